@@ -1,0 +1,218 @@
+//! Types shared by the eBPF programs (`gateway-ebpf`) and the daemon (`gateway`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel copies these bytes between the two sides,
+//! so field order, sizes and padding are part of the ABI. Any change to a layout bumps [`ABI_VERSION`],
+//! which names the bpffs directory of the pinned maps, so a new daemon never reuses maps of an
+//! incompatible layout.
+#![no_std]
+
+/// Version of the map layouts below; part of the pin path (`<pin_dir>/v<ABI_VERSION>/`).
+pub const ABI_VERSION: u32 = 1;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// `Config::mode`: non-target destinations pass and are reported.
+pub const MODE_AUDIT: u32 = 0;
+/// `Config::mode`: non-target destinations are refused with EPERM.
+pub const MODE_ENFORCE: u32 = 1;
+
+/// `Config::flags`: emit aya-log records (diagnostics; off by default, off the hot path).
+pub const FLAG_DEBUG_LOG: u32 = 1;
+
+/// Name of every map, shared so that the daemon and the programs cannot disagree.
+pub mod maps {
+    pub const CONFIG: &str = "CONFIG";
+    pub const DESTINATIONS: &str = "DESTINATIONS";
+    pub const DNS_RESOLVERS: &str = "DNS_RESOLVERS";
+    pub const PENDING: &str = "PENDING";
+    pub const BY_CLIENT: &str = "BY_CLIENT";
+    pub const ORIGINAL_PEER: &str = "ORIGINAL_PEER";
+    pub const EVENTS: &str = "EVENTS";
+    /// Every map, in the order the daemon pins them.
+    pub const ALL: [&str; 7] = [
+        CONFIG,
+        DESTINATIONS,
+        DNS_RESOLVERS,
+        PENDING,
+        BY_CLIENT,
+        ORIGINAL_PEER,
+        EVENTS,
+    ];
+}
+
+/// Every program, by the name of its function in `gateway-ebpf`, with what it is attached as.
+pub mod programs {
+    pub const CONNECT4: &str = "gw_connect4";
+    pub const CONNECT6: &str = "gw_connect6";
+    pub const SENDMSG4: &str = "gw_sendmsg4";
+    pub const SENDMSG6: &str = "gw_sendmsg6";
+    pub const GETPEERNAME4: &str = "gw_getpeername4";
+    pub const GETPEERNAME6: &str = "gw_getpeername6";
+    pub const BIND4: &str = "gw_bind4";
+    pub const BIND6: &str = "gw_bind6";
+    pub const SOCK_CREATE: &str = "gw_sock_create";
+    pub const SOCK_OPS: &str = "gw_sock_ops";
+}
+
+/// Single entry (index 0) of the `CONFIG` array, written by the daemon at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// IPv4 listener address as the kernel stores it (`bpf_sock_addr.user_ip4`: network byte order).
+    pub listen_ip4: u32,
+    /// IPv6 listener address, four words in network byte order (`bpf_sock_addr.user_ip6`).
+    pub listen_ip6: [u32; 4],
+    /// Listener port, host byte order. 0 means "no listener configured": nothing is redirected.
+    pub listen_port: u32,
+    /// `MODE_AUDIT` or `MODE_ENFORCE`.
+    pub mode: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// Key data of the `DESTINATIONS` LPM trie: port (network order) first so that it must match in
+/// full, then the address as IPv6 (IPv4 as IPv4-mapped `::ffff:a.b.c.d`), then padding.
+/// The prefix length of a key is `16 + 96 + v4_prefix` for IPv4 and `16 + v6_prefix` for IPv6.
+/// Entries with port 0 match any port (looked up second).
+pub type DestinationKeyData = [u8; 20];
+/// Bits of the key before the address starts.
+pub const DESTINATION_PORT_BITS: u32 = 16;
+
+/// `Destination::action`: redirect to the gateway listener.
+pub const ACTION_REDIRECT: u32 = 1;
+/// `Destination::action`: let it through unchanged (operator-configured direct destinations).
+pub const ACTION_DIRECT: u32 = 2;
+
+/// Value of the `DESTINATIONS` trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Destination {
+    pub action: u32,
+    /// Index of the target in the daemon's configuration (informational).
+    pub target_index: u32,
+}
+
+/// Builds the key data of a `DESTINATIONS` entry.
+pub fn destination_key(port: u16, addr: &[u8; 16]) -> DestinationKeyData {
+    let mut data = [0u8; 20];
+    let port = port.to_be_bytes();
+    data[0] = port[0];
+    data[1] = port[1];
+    let mut i = 0;
+    while i < 16 {
+        data[2 + i] = addr[i];
+        i += 1;
+    }
+    data
+}
+
+/// IPv4 address (network byte order bytes) as IPv4-mapped IPv6 bytes.
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+/// What the connect hook captured about a redirected connection, in process context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Original destination; IPv4 as IPv4-mapped IPv6.
+    pub dst_addr: [u8; 16],
+    /// Original destination port, host byte order.
+    pub dst_port: u16,
+    /// Address family the process connected with (`AF_INET` or `AF_INET6`).
+    pub family: u16,
+    /// Family of the listener the connection was sent to: `AF_INET` (also for IPv4-mapped
+    /// destinations) or `AF_INET6`. Tells sock_ops which client address the daemon will see.
+    pub listener_family: u16,
+    pub _pad: u16,
+    /// Thread-group id (the userspace "pid").
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup v2 id (inode number of the cgroup directory) of the connecting task.
+    pub cgroup_id: u64,
+    pub cookie: u64,
+    /// `bpf_ktime_get_boot_ns()` at connect: lets the daemon reject a reused pid whose process
+    /// started after the connect.
+    pub boot_ns: u64,
+    pub comm: [u8; 16],
+}
+
+/// Key of `BY_CLIENT`: the client end of a redirected connection, i.e. the peer address the
+/// daemon sees on accept. IPv4 as IPv4-mapped IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u32,
+}
+
+/// Value of `ORIGINAL_PEER` (keyed by socket cookie): what getpeername must report.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginalPeer {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u32,
+    pub family: u32,
+}
+
+/// `Event::kind`: a TCP connect to a destination outside the target set.
+pub const EVENT_CONNECT: u32 = 1;
+/// `Event::kind`: a UDP datagram or UDP connect to something other than a DNS resolver.
+pub const EVENT_UDP: u32 = 2;
+/// `Event::kind`: creation of a socket type jobs may not use (raw, ICMP, SCTP, MPTCP …).
+pub const EVENT_SOCKET: u32 = 3;
+/// `Event::kind`: a bind to the gateway listener port (an attempt to impersonate the gateway).
+pub const EVENT_BIND: u32 = 4;
+
+/// Ring-buffer record of something the programs refused (enforce) or let through (audit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u32,
+    /// 1 when the operation was refused, 0 when it was let through (audit mode).
+    pub denied: u32,
+    /// For connect/udp/bind: destination (IPv4 as IPv4-mapped), port host order.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+    /// For socket events: the requested socket type and protocol.
+    pub sock_type: u32,
+    pub protocol: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub boot_ns: u64,
+    pub comm: [u8; 16],
+}
+
+// The layouts must have no implicit padding (the verifier refuses to pass uninitialised stack bytes
+// to map helpers): each size below is the plain sum of the field sizes.
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Destination>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 80);
+const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);
+const _: () = assert!(core::mem::size_of::<OriginalPeer>() == 24);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are `#[repr(C)]` structs of integers and byte arrays: every bit
+    // pattern is a valid value, which is what `Pod` requires.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Destination {}
+    unsafe impl aya::Pod for super::ConnInfo {}
+    unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::OriginalPeer {}
+    unsafe impl aya::Pod for super::Event {}
+}

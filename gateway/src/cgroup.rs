@@ -1,0 +1,244 @@
+//! cgroup v2 plumbing: find the hierarchy, create and remove job cgroups, map processes to cgroups.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    MountInfo(io::Error),
+    #[error("cgroup {path} does not exist")]
+    Missing { path: String },
+    #[error("{path} is not inside the cgroup v2 hierarchy mounted at {root}")]
+    NotCgroup2 { path: String, root: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("cgroup {path} still has processes after {waited:?}")]
+    StillPopulated { path: String, waited: Duration },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup` on unified systems, `/sys/fs/cgroup/unified` on
+/// hybrid ones), read from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    cgroup2_root_from(&text).ok_or(CgroupError::NoCgroup2)
+}
+
+/// Mount point of the first `cgroup2` line of a mountinfo text.
+pub fn cgroup2_root_from(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // id parent major:minor root mount-point options [optional…] - fstype source super-options
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        if fstype != "cgroup2" {
+            return None;
+        }
+        let mount_point = left.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_mountinfo(mount_point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or(""), 8)
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup id the kernel reports (`bpf_get_current_cgroup_id`) is the directory's inode number.
+pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(CgroupError::Missing {
+            path: path.display().to_string(),
+        }),
+        Err(e) => Err(io_err("stat", path)(e)),
+    }
+}
+
+/// Resolves a user-supplied cgroup (absolute filesystem path, or a path relative to the cgroup v2
+/// root such as `/system.slice/runner-job-42.scope`) to a directory that exists in the hierarchy.
+pub fn resolve(root: &Path, given: &str) -> Result<PathBuf, CgroupError> {
+    let candidate = Path::new(given);
+    let path = if candidate.starts_with(root) {
+        candidate.to_path_buf()
+    } else {
+        root.join(given.trim_start_matches('/'))
+    };
+    let canonical = fs::canonicalize(&path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => CgroupError::Missing {
+            path: path.display().to_string(),
+        },
+        _ => io_err("resolve", &path)(e),
+    })?;
+    if !canonical.starts_with(root) || !canonical.join("cgroup.procs").exists() {
+        return Err(CgroupError::NotCgroup2 {
+            path: given.to_string(),
+            root: root.display().to_string(),
+        });
+    }
+    Ok(canonical)
+}
+
+/// Creates `<root>/<parent>/<name>` (and the parent if needed).
+pub fn create(root: &Path, parent: &str, name: &str) -> Result<PathBuf, CgroupError> {
+    let parent = root.join(parent);
+    fs::create_dir_all(&parent).map_err(io_err("create cgroup", &parent))?;
+    let path = parent.join(name);
+    fs::create_dir(&path).map_err(io_err("create cgroup", &path))?;
+    Ok(path)
+}
+
+/// Whether any process lives in the cgroup or its descendants.
+pub fn populated(path: &Path) -> Result<bool, CgroupError> {
+    let events = path.join("cgroup.events");
+    let text = fs::read_to_string(&events).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => CgroupError::Missing {
+            path: path.display().to_string(),
+        },
+        _ => io_err("read", &events)(e),
+    })?;
+    Ok(text.lines().any(|l| l.trim() == "populated 1"))
+}
+
+/// Kills every process of the cgroup (and descendants), waits until it is empty, removes it.
+pub fn kill_and_remove(path: &Path, wait: Duration) -> Result<(), CgroupError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if populated(path)? {
+        let kill = path.join("cgroup.kill");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&kill)
+            .and_then(|mut f| f.write_all(b"1"))
+            .map_err(io_err("write", &kill))?;
+        let started = Instant::now();
+        while populated(path)? {
+            if started.elapsed() > wait {
+                return Err(CgroupError::StillPopulated {
+                    path: path.display().to_string(),
+                    waited: wait,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    remove_tree(path)
+}
+
+/// Removes an empty cgroup and its (empty) descendants, deepest first.
+fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+    let entries = match fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("list", path)(e)),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove cgroup", path)(e)),
+    }
+}
+
+/// The cgroup v2 path (relative to the hierarchy root, starting with `/`) of a process.
+pub fn process_cgroup(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// Finds the directory of cgroup `id` below `under` (breadth-first, bounded).
+pub fn find_by_id(under: &Path, id: u64) -> Option<PathBuf> {
+    let mut queue = vec![under.to_path_buf()];
+    let mut visited = 0;
+    while let Some(dir) = queue.pop() {
+        visited += 1;
+        if visited > 10_000 {
+            return None;
+        }
+        if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            return Some(dir);
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            queue.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_unified_layouts() {
+        let hybrid = "\
+30 23 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_root_from(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "25 1 0:22 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_root_from(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            cgroup2_root_from("22 1 0:5 / /proc rw - proc proc rw\n"),
+            None
+        );
+        let escaped = "41 31 0:38 / /mnt/my\\040cgroups rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_root_from(escaped),
+            Some(PathBuf::from("/mnt/my cgroups"))
+        );
+    }
+}

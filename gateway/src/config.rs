@@ -1,0 +1,852 @@
+//! The TOML configuration: parsing, defaults and validation.
+//!
+//! Every error names the file, line, column and key (`gateway.toml:12:11: targets[0].address: …`),
+//! both for syntax errors and for values that parse but make no sense. All errors are collected, so
+//! an operator fixes a broken file in one pass.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gateway/gateway.toml";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/gateway/control.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
+pub const DEFAULT_JOB_CGROUP_PARENT: &str = "gateway-jobs";
+pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:15001", "[::1]:15001"];
+
+/// One problem in a configuration file, located as precisely as the parser allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `targets[0].address`; empty for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+/// Enforcement mode for destinations outside the target set (and other UDP, odd sockets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Postgres,
+    Ssh,
+    Http,
+    Kubernetes,
+}
+
+impl Protocol {
+    /// Protocols this build can serve; the others are refused by validation.
+    pub fn implemented(self) -> bool {
+        matches!(self, Protocol::Tcp)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
+            Protocol::Ssh => "ssh",
+            Protocol::Http => "http",
+            Protocol::Kubernetes => "kubernetes",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::RequireApproval => "require_approval",
+        })
+    }
+}
+
+/// Where a destination lives: an address or network, or a host name resolved at load and refreshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSpec {
+    Net(IpNet),
+    Name(String),
+}
+
+/// `ip:port`, `cidr:port`, `host:port`; port `*` (0 here) only where the key allows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressSpec {
+    pub host: HostSpec,
+    /// 0 = any port.
+    pub port: u16,
+}
+
+impl fmt::Display for AddressSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let port = if self.port == 0 {
+            "*".to_string()
+        } else {
+            self.port.to_string()
+        };
+        match &self.host {
+            HostSpec::Net(IpNet::V6(n)) if n.prefix_len() == 128 => {
+                write!(f, "[{}]:{port}", n.addr())
+            }
+            HostSpec::Net(IpNet::V6(n)) => write!(f, "[{n}]:{port}"),
+            HostSpec::Net(n) if n.prefix_len() == n.max_prefix_len() => {
+                write!(f, "{}:{port}", n.addr())
+            }
+            HostSpec::Net(n) => write!(f, "{n}:{port}"),
+            HostSpec::Name(h) => write!(f, "{h}:{port}"),
+        }
+    }
+}
+
+impl AddressSpec {
+    /// Parses `10.0.0.5:5432`, `10.0.0.0/24:5432`, `[fd00::5]:5432`, `[fd00::/64]:22`, `db.example:5432`.
+    pub fn parse(text: &str, allow_any_port: bool) -> Result<Self, String> {
+        let expected = "expected ip:port, cidr:port, [ipv6]:port or host:port";
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (h, p) = rest
+                .split_once("]:")
+                .ok_or_else(|| format!("{expected}, got {text:?}"))?;
+            (h, p)
+        } else {
+            text.rsplit_once(':')
+                .ok_or_else(|| format!("{expected}, got {text:?}"))?
+        };
+        let port = match port {
+            "*" if allow_any_port => 0,
+            "*" => return Err("a port is required here (\"*\" is not allowed)".into()),
+            p => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(format!("invalid port {p:?} in {text:?}")),
+                Ok(p) => p,
+            },
+        };
+        let host = if let Ok(net) = host.parse::<IpNet>() {
+            if net.trunc() != net {
+                return Err(format!(
+                    "{net} has host bits set; did you mean {}?",
+                    net.trunc()
+                ));
+            }
+            HostSpec::Net(net)
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            HostSpec::Net(IpNet::from(ip))
+        } else if is_hostname(host) {
+            HostSpec::Name(host.to_ascii_lowercase())
+        } else {
+            return Err(format!("{expected}, got {text:?}"));
+        };
+        Ok(AddressSpec { host, port })
+    }
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        // An all-numeric dotted name is a mistyped address, not a host.
+        && !s.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen_v4: Option<SocketAddr>,
+    pub listen_v6: Option<SocketAddr>,
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub mode: Mode,
+    pub bpf_pin_dir: PathBuf,
+    pub job_cgroup_parent: String,
+    /// `None`: the nameservers of /etc/resolv.conf at start.
+    pub dns_resolvers: Option<Vec<IpAddr>>,
+    pub allow_direct: Vec<AddressSpec>,
+    pub resolve_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub ebpf_debug_log: bool,
+}
+
+impl Server {
+    pub fn listen_port(&self) -> u16 {
+        self.listen_v4.or(self.listen_v6).map_or(0, |a| a.port())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub protocol: Protocol,
+    pub address: AddressSpec,
+    pub credentials: Credentials,
+}
+
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub url: String,
+    pub audiences: Vec<String>,
+}
+
+/// A claim selector value: one glob or a list (any of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPattern(pub Vec<String>);
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub action: Action,
+    /// Globs over target names.
+    pub targets: Vec<String>,
+    /// The rule applies to connections of jobs with no verified identity (and only to those).
+    pub unauthenticated: bool,
+    /// Claim name → patterns; every claim listed must match.
+    pub claims: BTreeMap<String, ClaimPattern>,
+    /// Shown to the client when the rule denies.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub issuers: Vec<Issuer>,
+    pub targets: Vec<Target>,
+    pub rules: Vec<Rule>,
+    /// The file this was read from; `None` for built-in defaults.
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// Built-in defaults: no targets, no rules (so every intercepted connection is denied).
+    pub fn defaults() -> Self {
+        Self::parse("", "<built-in defaults>").expect("built-in defaults are valid")
+    }
+
+    /// Reads `path`; `None` means the default path, and a missing default file means defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut cfg = Self::parse(&text, &path.display().to_string())?;
+                cfg.source = Some(path);
+                Ok(cfg)
+            }
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::defaults()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError::Invalid(vec![Problem {
+                file: file.to_string(),
+                line,
+                column,
+                key: String::new(),
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let mut v = Validator {
+            text,
+            file,
+            problems: Vec::new(),
+        };
+        let cfg = v.config(raw);
+        if v.problems.is_empty() {
+            Ok(cfg)
+        } else {
+            v.problems.sort_by_key(|p| (p.line, p.column));
+            Err(ConfigError::Invalid(v.problems))
+        }
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |i| offset - i - 1) + 1;
+    (line, column)
+}
+
+/// Parses `90s`, `5m`, `2h`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (e.g. \"30s\", \"5m\")"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+// --- raw (as written) --------------------------------------------------------------------------------
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<S<Vec<S<String>>>>,
+    control_socket: Option<S<String>>,
+    state_dir: Option<S<String>>,
+    mode: Option<Mode>,
+    bpf_pin_dir: Option<S<String>>,
+    job_cgroup_parent: Option<S<String>>,
+    dns_resolvers: Option<Vec<S<String>>>,
+    #[serde(default)]
+    allow_direct: Vec<S<String>>,
+    resolve_interval: Option<S<String>>,
+    shutdown_grace: Option<S<String>>,
+    upstream_connect_timeout: Option<S<String>>,
+    #[serde(default)]
+    ebpf_debug_log: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    url: S<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: S<String>,
+    protocol: S<Protocol>,
+    address: S<String>,
+    #[serde(default)]
+    credentials: RawCredentials,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    user: Option<String>,
+    password_file: Option<S<String>>,
+    key_file: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPattern {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: S<String>,
+    action: Action,
+    targets: Option<S<Vec<S<String>>>>,
+    unauthenticated: Option<S<bool>>,
+    #[serde(default)]
+    claims: BTreeMap<S<String>, S<RawPattern>>,
+    reason: Option<String>,
+}
+
+// --- validation ---------------------------------------------------------------------------------------
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, raw: Option<S<String>>, key: &str, default: Duration) -> Duration {
+        let Some(raw) = raw else { return default };
+        match parse_duration(raw.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problem(raw.span(), key, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                self.problem(raw.span(), key, e);
+                default
+            }
+        }
+    }
+
+    fn absolute_path(&mut self, raw: Option<S<String>>, key: &str, default: &str) -> PathBuf {
+        let Some(raw) = raw else {
+            return PathBuf::from(default);
+        };
+        let p = PathBuf::from(raw.get_ref());
+        if !p.is_absolute() {
+            self.problem(
+                raw.span(),
+                key,
+                format!("must be an absolute path, got {:?}", raw.get_ref()),
+            );
+        }
+        p
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(raw.server);
+        let issuers = raw
+            .issuers
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let url = r.url.get_ref().trim_end_matches('/').to_string();
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    self.problem(
+                        r.url.span(),
+                        format!("issuers[{i}].url"),
+                        "must be an https:// URL",
+                    );
+                }
+                Issuer {
+                    url,
+                    audiences: r.audiences,
+                }
+            })
+            .collect();
+        let targets = self.targets(raw.targets);
+        let rules = self.rules(raw.rules, &targets);
+        Config {
+            server,
+            issuers,
+            targets,
+            rules,
+            source: None,
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> Server {
+        let (mut listen_v4, mut listen_v6) = (None, None);
+        let listen: Vec<(String, Range<usize>)> = match raw.listen {
+            Some(l) => {
+                let span = l.span();
+                let list = l.into_inner();
+                if list.is_empty() {
+                    self.problem(span, "server.listen", "needs at least one address");
+                }
+                list.into_iter()
+                    .map(|s| (s.get_ref().clone(), s.span()))
+                    .collect()
+            }
+            None => DEFAULT_LISTEN
+                .iter()
+                .map(|s| (s.to_string(), 0..0))
+                .collect(),
+        };
+        for (i, (text, span)) in listen.iter().enumerate() {
+            let key = format!("server.listen[{i}]");
+            let addr = match text.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.problem(
+                        span.clone(),
+                        key,
+                        format!("expected ip:port or [ipv6]:port, got {text:?}"),
+                    );
+                    continue;
+                }
+            };
+            if !addr.ip().is_loopback() {
+                self.problem(
+                    span.clone(),
+                    key,
+                    format!("{addr} is not a loopback address: the intercept listener must not be reachable from the network"),
+                );
+                continue;
+            }
+            let slot = if addr.is_ipv4() {
+                &mut listen_v4
+            } else {
+                &mut listen_v6
+            };
+            if slot.is_some() {
+                self.problem(
+                    span.clone(),
+                    key,
+                    "only one IPv4 and one IPv6 listener are supported",
+                );
+                continue;
+            }
+            if addr.port() == 0 {
+                self.problem(span.clone(), key, "needs a fixed port");
+                continue;
+            }
+            *slot = Some(addr);
+        }
+        if let (Some(a), Some(b)) = (listen_v4, listen_v6) {
+            if a.port() != b.port() {
+                let span = listen.last().map(|l| l.1.clone()).unwrap_or(0..0);
+                self.problem(
+                    span,
+                    "server.listen",
+                    "the IPv4 and IPv6 listeners must share one port",
+                );
+            }
+        }
+
+        let job_cgroup_parent = match raw.job_cgroup_parent {
+            Some(p) => {
+                let v = p.get_ref().trim_matches('/').to_string();
+                if v.is_empty() || v.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+                    self.problem(
+                        p.span(),
+                        "server.job_cgroup_parent",
+                        "must be a relative cgroup path such as \"gateway-jobs\"",
+                    );
+                }
+                v
+            }
+            None => DEFAULT_JOB_CGROUP_PARENT.to_string(),
+        };
+        let dns_resolvers = raw.dns_resolvers.map(|list| {
+            list.into_iter()
+                .enumerate()
+                .filter_map(|(i, s)| match s.get_ref().parse::<IpAddr>() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        self.problem(
+                            s.span(),
+                            format!("server.dns_resolvers[{i}]"),
+                            format!("expected an IP address, got {:?}", s.get_ref()),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        });
+        let allow_direct = raw
+            .allow_direct
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| match AddressSpec::parse(s.get_ref(), true) {
+                Ok(a) if matches!(a.host, HostSpec::Net(_)) => Some(a),
+                Ok(_) => {
+                    self.problem(
+                        s.span(),
+                        format!("server.allow_direct[{i}]"),
+                        "must be an address or network, not a host name",
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(s.span(), format!("server.allow_direct[{i}]"), e);
+                    None
+                }
+            })
+            .collect();
+        Server {
+            listen_v4,
+            listen_v6,
+            control_socket: self.absolute_path(
+                raw.control_socket,
+                "server.control_socket",
+                DEFAULT_CONTROL_SOCKET,
+            ),
+            state_dir: self.absolute_path(raw.state_dir, "server.state_dir", DEFAULT_STATE_DIR),
+            mode: raw.mode.unwrap_or(Mode::Enforce),
+            bpf_pin_dir: self.absolute_path(raw.bpf_pin_dir, "server.bpf_pin_dir", DEFAULT_PIN_DIR),
+            job_cgroup_parent,
+            dns_resolvers,
+            allow_direct,
+            resolve_interval: self.duration(
+                raw.resolve_interval,
+                "server.resolve_interval",
+                Duration::from_secs(60),
+            ),
+            shutdown_grace: self.duration(
+                raw.shutdown_grace,
+                "server.shutdown_grace",
+                Duration::from_secs(10),
+            ),
+            upstream_connect_timeout: self.duration(
+                raw.upstream_connect_timeout,
+                "server.upstream_connect_timeout",
+                Duration::from_secs(5),
+            ),
+            ebpf_debug_log: raw.ebpf_debug_log,
+        }
+    }
+
+    fn targets(&mut self, raw: Vec<RawTarget>) -> Vec<Target> {
+        let mut names = HashSet::new();
+        let mut seen_addresses: Vec<(AddressSpec, String)> = Vec::new();
+        let mut out = Vec::new();
+        for (i, t) in raw.into_iter().enumerate() {
+            let name = t.name.get_ref().clone();
+            if !valid_name(&name) {
+                self.problem(
+                    t.name.span(),
+                    format!("targets[{i}].name"),
+                    format!("{name:?} must be 1-64 characters of a-z, 0-9, '-', '_' or '.'"),
+                );
+            } else if !names.insert(name.clone()) {
+                self.problem(
+                    t.name.span(),
+                    format!("targets[{i}].name"),
+                    format!("duplicate target name {name:?}"),
+                );
+            }
+            let protocol = *t.protocol.get_ref();
+            if !protocol.implemented() {
+                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp)"));
+            }
+            let address = match AddressSpec::parse(t.address.get_ref(), false) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.problem(t.address.span(), format!("targets[{i}].address"), e);
+                    continue;
+                }
+            };
+            if let Some((_, other)) = seen_addresses.iter().find(|(a, _)| *a == address) {
+                self.problem(
+                    t.address.span(),
+                    format!("targets[{i}].address"),
+                    format!("{address} is already the address of target {other:?}"),
+                );
+            }
+            seen_addresses.push((address.clone(), name.clone()));
+            let c = t.credentials;
+            let mut file = |f: Option<S<String>>, key: &str| {
+                f.map(|f| {
+                    let p = PathBuf::from(f.get_ref());
+                    if !p.is_absolute() {
+                        self.problem(
+                            f.span(),
+                            format!("targets[{i}].credentials.{key}"),
+                            "must be an absolute path",
+                        );
+                    }
+                    p
+                })
+            };
+            let credentials = Credentials {
+                user: c.user,
+                password_file: file(c.password_file, "password_file"),
+                key_file: file(c.key_file, "key_file"),
+            };
+            out.push(Target {
+                name,
+                protocol,
+                address,
+                credentials,
+            });
+        }
+        out
+    }
+
+    fn rules(&mut self, raw: Vec<RawRule>, targets: &[Target]) -> Vec<Rule> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let name = r.name.get_ref().clone();
+            if !valid_name(&name) {
+                self.problem(
+                    r.name.span(),
+                    format!("rules[{i}].name"),
+                    format!("{name:?} must be 1-64 characters of a-z, 0-9, '-', '_' or '.'"),
+                );
+            } else if !names.insert(name.clone()) {
+                self.problem(
+                    r.name.span(),
+                    format!("rules[{i}].name"),
+                    format!("duplicate rule name {name:?}"),
+                );
+            }
+            let target_globs: Vec<String> = match r.targets {
+                None => vec!["*".to_string()],
+                Some(list) => {
+                    let span = list.span();
+                    let list = list.into_inner();
+                    if list.is_empty() {
+                        self.problem(
+                            span,
+                            format!("rules[{i}].targets"),
+                            "is empty: the rule would never match (omit it to match every target)",
+                        );
+                    }
+                    for (j, g) in list.iter().enumerate() {
+                        if !targets
+                            .iter()
+                            .any(|t| crate::glob::matches(g.get_ref(), &t.name))
+                        {
+                            self.problem(
+                                g.span(),
+                                format!("rules[{i}].targets[{j}]"),
+                                format!("{:?} matches no target", g.get_ref()),
+                            );
+                        }
+                    }
+                    list.into_iter().map(Spanned::into_inner).collect()
+                }
+            };
+            let unauthenticated = r.unauthenticated.as_ref().is_some_and(|u| *u.get_ref());
+            if let Some(u) = r
+                .unauthenticated
+                .as_ref()
+                .filter(|u| *u.get_ref() && !r.claims.is_empty())
+            {
+                self.problem(u.span(), format!("rules[{i}].unauthenticated"), "an unauthenticated job has no claims: drop either `claims` or `unauthenticated`");
+            }
+            let mut claims = BTreeMap::new();
+            for (k, v) in r.claims {
+                let patterns = match v.into_inner() {
+                    RawPattern::One(s) => vec![s],
+                    RawPattern::Many(list) => list,
+                };
+                if patterns.is_empty() {
+                    self.problem(
+                        k.span(),
+                        format!("rules[{i}].claims.{}", k.get_ref()),
+                        "needs at least one pattern",
+                    );
+                }
+                claims.insert(k.into_inner(), ClaimPattern(patterns));
+            }
+            out.push(Rule {
+                name,
+                action: r.action,
+                targets: target_globs,
+                unauthenticated,
+                claims,
+                reason: r.reason,
+            });
+        }
+        out
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+#[cfg(test)]
+mod tests;

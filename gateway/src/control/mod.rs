@@ -1,0 +1,73 @@
+//! The control API: newline-delimited JSON over a Unix socket (mode 0600), one request and one
+//! response per connection. Callers are checked with SO_PEERCRED: root only, and never a process
+//! inside an agent job.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{JobRecord, SessionRecord, SessionSummary};
+
+/// Largest request or response line accepted.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// `gateway run`: a new job cgroup owned by the daemon.
+    CreateJob {
+        token: Option<String>,
+    },
+    /// `gateway attach`: bind an existing cgroup.
+    Attach {
+        cgroup: String,
+        token: Option<String>,
+    },
+    /// `gateway detach`, and the end of `gateway run` (`remove` kills and removes the cgroup).
+    EndJob {
+        job_id: Option<String>,
+        cgroup: Option<String>,
+    },
+    ListSessions {
+        limit: u32,
+    },
+    ShowSession {
+        id: i64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Error { message: String },
+    Status(Status),
+    Job(JobRecord),
+    Ended { job_id: String },
+    Sessions { sessions: Vec<SessionSummary> },
+    Session(Box<SessionRecord>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub mode: String,
+    pub listen: Vec<String>,
+    pub control_socket: String,
+    pub state_dir: String,
+    pub bpf_pin_dir: String,
+    pub cgroup_root: String,
+    pub started_at: String,
+    pub active_sessions: usize,
+    pub targets: Vec<TargetStatus>,
+    pub jobs: Vec<JobRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub name: String,
+    pub protocol: String,
+    pub address: String,
+}

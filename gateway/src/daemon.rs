@@ -1,0 +1,579 @@
+//! `gateway serve`: start-up in an order that leaves nothing half-done, the shared state every task
+//! works on, job lifecycle, and graceful shutdown.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use gateway_common::{Config as KernelConfig, FLAG_DEBUG_LOG, MODE_AUDIT, MODE_ENFORCE};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    cgroup::{self, CgroupError},
+    config::{Config, Mode},
+    control::{self, Request, Response, Status, TargetStatus},
+    ebpf::{Connections, Dataplane, DataplaneError},
+    identity::Identity,
+    intercept,
+    jobs::{Job, Jobs},
+    policy::Policy,
+    record::{JobRecord, Store, StoreError, now},
+    targets::TargetSet,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("gateway serve must run as root (it loads eBPF programs and manages cgroups)")]
+    NotRoot,
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Control(#[from] control::server::ControlError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("signal handling: {0}")]
+    Signal(std::io::Error),
+}
+
+/// State shared by every task of the daemon.
+pub struct Gateway {
+    pub config: Config,
+    pub policy: Policy,
+    pub targets: RwLock<Arc<TargetSet>>,
+    pub store: Store,
+    pub jobs: Jobs,
+    pub connections: Connections,
+    pub dataplane: tokio::sync::Mutex<Dataplane>,
+    pub cgroup_root: PathBuf,
+    /// cgroup of the daemon itself: never attached to (its upstream connects would loop).
+    pub own_cgroup: PathBuf,
+    pub shutdown: CancellationToken,
+    /// Every live session; drained on shutdown.
+    pub sessions: TaskTracker,
+    pub started_at: String,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    let server = config.server.clone();
+    let cgroup_root = cgroup::cgroup2_root()?;
+    let own_cgroup = cgroup::process_cgroup(std::process::id())
+        .map(|p| cgroup_root.join(p.trim_start_matches('/')))
+        .unwrap_or_else(|| cgroup_root.clone());
+
+    // The lock on the pinned objects comes first: a second daemon stops here, having changed nothing.
+    let mut dataplane = Dataplane::open(&server.bpf_pin_dir, ebpf_object)?;
+    let store = Store::open(&server.state_dir)?;
+
+    let mut listeners = Vec::new();
+    for addr in [server.listen_v4, server.listen_v6].into_iter().flatten() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen { addr, source })?;
+        listeners.push(listener);
+    }
+    let control_listener = control::server::bind(&server.control_socket)?;
+
+    let resolve_config = config.clone();
+    let (targets, problems) =
+        tokio::task::spawn_blocking(move || TargetSet::resolve(&resolve_config))
+            .await
+            .unwrap_or_default();
+    for p in problems {
+        tracing::warn!("{p}");
+    }
+    let resolvers = server
+        .dns_resolvers
+        .clone()
+        .unwrap_or_else(system_resolvers);
+    dataplane.configure(
+        kernel_config(&config),
+        &targets.kernel_entries(&server.allow_direct),
+        &resolvers,
+    )?;
+    let connections = dataplane.connections()?;
+    let events = dataplane.events()?;
+
+    let gw = Arc::new(Gateway {
+        policy: Policy::new(config.rules.clone()),
+        config,
+        targets: RwLock::new(Arc::new(targets)),
+        store,
+        jobs: Jobs::default(),
+        connections,
+        dataplane: tokio::sync::Mutex::new(dataplane),
+        cgroup_root,
+        own_cgroup,
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+        started_at: now(),
+    });
+    gw.adopt_jobs().await?;
+
+    let mut tasks = Vec::new();
+    for listener in listeners {
+        tasks.push(tokio::spawn(intercept::accept_loop(listener, gw.clone())));
+    }
+    tasks.push(tokio::spawn(control::server::serve(
+        control_listener,
+        gw.clone(),
+    )));
+    tasks.push(tokio::spawn(intercept::events::read_loop(
+        events,
+        gw.clone(),
+    )));
+    tasks.push(tokio::spawn(reap_loop(gw.clone())));
+    tasks.push(tokio::spawn(refresh_targets_loop(gw.clone())));
+
+    tracing::info!(
+        listen = ?[server.listen_v4, server.listen_v6].iter().flatten().collect::<Vec<_>>(),
+        mode = %server.mode,
+        control = %server.control_socket.display(),
+        targets = gw.config.targets.len(),
+        jobs = gw.jobs.list().len(),
+        "gateway ready"
+    );
+    notify_ready();
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections; draining sessions");
+    gw.shutdown.cancel();
+    gw.sessions.close();
+    if tokio::time::timeout(server.shutdown_grace, gw.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?server.shutdown_grace, "sessions still open after the grace period; closing them");
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&server.control_socket);
+    // Pinned programs and links stay: jobs stay intercepted (and fail closed) until a daemon returns.
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Tells systemd (Type=notify) that the daemon is ready, when started by it.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let sent = if let Some(abstract_name) = path.to_str().and_then(|p| p.strip_prefix('@')) {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
+    } else {
+        socket.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "sd_notify READY=1 failed");
+    }
+}
+
+fn kernel_config(config: &Config) -> KernelConfig {
+    let s = &config.server;
+    let v4 = s.listen_v4.map(|a| a.ip()).and_then(|ip| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = s.listen_v6.map(|a| a.ip()).and_then(|ip| match ip {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
+    });
+    let v6_words = v6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets();
+    KernelConfig {
+        listen_ip4: u32::from_ne_bytes(v4.unwrap_or(Ipv4Addr::UNSPECIFIED).octets()),
+        listen_ip6: [0, 1, 2, 3].map(|i| {
+            u32::from_ne_bytes([
+                v6_words[i * 4],
+                v6_words[i * 4 + 1],
+                v6_words[i * 4 + 2],
+                v6_words[i * 4 + 3],
+            ])
+        }),
+        listen_port: u32::from(s.listen_port()),
+        mode: match s.mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Audit => MODE_AUDIT,
+        },
+        flags: if s.ebpf_debug_log { FLAG_DEBUG_LOG } else { 0 },
+    }
+}
+
+/// The `nameserver` lines of /etc/resolv.conf.
+fn system_resolvers() -> Vec<IpAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().split('%').next()?.parse().ok())
+        .collect()
+}
+
+fn new_job_id() -> String {
+    let mut bytes = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = f.read_exact(&mut bytes);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("job-{hex}")
+}
+
+impl Gateway {
+    pub async fn control(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Status => Ok(Response::Status(self.status())),
+            Request::CreateJob { token } => self.create_job(token).await.map(Response::Job),
+            Request::Attach { cgroup, token } => {
+                self.attach(&cgroup, token).await.map(Response::Job)
+            }
+            Request::EndJob { job_id, cgroup } => self.end_job_request(job_id, cgroup).await,
+            Request::ListSessions { limit } => self
+                .store
+                .list_sessions(limit)
+                .await
+                .map(|sessions| Response::Sessions { sessions })
+                .map_err(|e| e.to_string()),
+            Request::ShowSession { id } => self
+                .store
+                .session(id)
+                .await
+                .map(|s| Response::Session(Box::new(s)))
+                .map_err(|e| e.to_string()),
+        };
+        result.unwrap_or_else(|message| Response::Error { message })
+    }
+
+    fn status(&self) -> Status {
+        let s = &self.config.server;
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            mode: s.mode.to_string(),
+            listen: [s.listen_v4, s.listen_v6]
+                .iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect(),
+            control_socket: s.control_socket.display().to_string(),
+            state_dir: s.state_dir.display().to_string(),
+            bpf_pin_dir: s.bpf_pin_dir.display().to_string(),
+            cgroup_root: self.cgroup_root.display().to_string(),
+            started_at: self.started_at.clone(),
+            active_sessions: self.sessions.len(),
+            targets: self
+                .config
+                .targets
+                .iter()
+                .map(|t| TargetStatus {
+                    name: t.name.clone(),
+                    protocol: t.protocol.to_string(),
+                    address: t.address.to_string(),
+                })
+                .collect(),
+            jobs: self.jobs.list().iter().map(|j| j.record()).collect(),
+        }
+    }
+
+    fn identity_from_token(&self, token: Option<String>) -> Result<Identity, String> {
+        match token {
+            None => Ok(Identity::unauthenticated()),
+            Some(_) => Err("identity tokens are not supported by this build yet: run the job without a token (it will be `unauthenticated`)".into()),
+        }
+    }
+
+    async fn create_job(&self, token: Option<String>) -> Result<JobRecord, String> {
+        let identity = self.identity_from_token(token)?;
+        let id = new_job_id();
+        let parent = self.config.server.job_cgroup_parent.clone();
+        let path = cgroup::create(&self.cgroup_root, &parent, &id).map_err(|e| e.to_string())?;
+        match self.register(id, path.clone(), true, identity).await {
+            Ok(job) => Ok(job),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(e)
+            }
+        }
+    }
+
+    async fn attach(&self, given: &str, token: Option<String>) -> Result<JobRecord, String> {
+        let identity = self.identity_from_token(token)?;
+        let path = cgroup::resolve(&self.cgroup_root, given).map_err(|e| e.to_string())?;
+        if self.own_cgroup.starts_with(&path) {
+            return Err(format!(
+                "refusing to attach to {}: the gateway itself runs in that cgroup or below it",
+                path.display()
+            ));
+        }
+        if let Some(job) = self.jobs.by_path(&path) {
+            return Err(format!(
+                "cgroup {} is already attached as {}",
+                path.display(),
+                job.id
+            ));
+        }
+        if let Some(job) = self
+            .jobs
+            .list()
+            .into_iter()
+            .find(|j| path.starts_with(&j.cgroup_path))
+        {
+            return Err(format!(
+                "cgroup {} is inside job {} already",
+                path.display(),
+                job.id
+            ));
+        }
+        self.register(new_job_id(), path, false, identity).await
+    }
+
+    /// Attaches the programs, records the job, and only then makes it known.
+    async fn register(
+        &self,
+        id: String,
+        path: PathBuf,
+        owned: bool,
+        identity: Identity,
+    ) -> Result<JobRecord, String> {
+        let cgroup_id = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
+        let mut dataplane = self.dataplane.lock().await;
+        dataplane
+            .attach(&path, cgroup_id)
+            .map_err(|e| e.to_string())?;
+        let job = Job {
+            id,
+            cgroup_path: path,
+            cgroup_id,
+            owned,
+            identity,
+            created_at: now(),
+        };
+        let record = job.record();
+        if let Err(e) = self.store.insert_job(record.clone()).await {
+            let _ = dataplane.detach(cgroup_id);
+            return Err(e.to_string());
+        }
+        drop(dataplane);
+        self.jobs.insert(job);
+        tracing::info!(job = %record.id, cgroup = %record.cgroup_path, owned, identity = %record.identity.subject, "job attached");
+        Ok(record)
+    }
+
+    async fn end_job_request(
+        &self,
+        job_id: Option<String>,
+        given: Option<String>,
+    ) -> Result<Response, String> {
+        let job = match (job_id, given) {
+            (Some(id), _) => self
+                .jobs
+                .by_id(&id)
+                .ok_or_else(|| format!("no active job {id}"))?,
+            (None, Some(given)) => {
+                let path = cgroup::resolve(&self.cgroup_root, &given).map_err(|e| e.to_string())?;
+                self.jobs
+                    .by_path(&path)
+                    .ok_or_else(|| format!("cgroup {} is not attached", path.display()))?
+            }
+            (None, None) => return Err("name a job id or a cgroup".into()),
+        };
+        self.end_job(&job).await?;
+        Ok(Response::Ended {
+            job_id: job.id.clone(),
+        })
+    }
+
+    /// Detaches the programs; for owned jobs kills what is left and removes the cgroup. Sessions stay.
+    async fn end_job(&self, job: &Job) -> Result<(), String> {
+        self.dataplane
+            .lock()
+            .await
+            .detach(job.cgroup_id)
+            .map_err(|e| e.to_string())?;
+        if job.owned {
+            let path = job.cgroup_path.clone();
+            tokio::task::spawn_blocking(move || {
+                cgroup::kill_and_remove(&path, Duration::from_secs(5))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        }
+        self.store
+            .end_job(job.id.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.jobs.remove(job.cgroup_id);
+        tracing::info!(job = %job.id, "job ended");
+        Ok(())
+    }
+
+    /// After a restart: take back the jobs of the store whose cgroups still exist, make sure their
+    /// programs are attached, and drop pinned links that belong to no job.
+    async fn adopt_jobs(&self) -> Result<(), DaemonError> {
+        let records = self.store.active_jobs().await?;
+        let mut dataplane = self.dataplane.lock().await;
+        for r in records {
+            let path = PathBuf::from(&r.cgroup_path);
+            let alive = cgroup::cgroup_id(&path).is_ok_and(|id| id == r.cgroup_id);
+            if !alive {
+                let _ = dataplane.detach(r.cgroup_id);
+                self.store.end_job(r.id.clone()).await?;
+                tracing::info!(job = %r.id, "job's cgroup is gone; ended");
+                continue;
+            }
+            if let Err(e) = dataplane.attach(&path, r.cgroup_id) {
+                tracing::error!(job = %r.id, error = %e, "cannot re-attach adopted job");
+            }
+            self.jobs.insert(Job {
+                id: r.id.clone(),
+                cgroup_path: path,
+                cgroup_id: r.cgroup_id,
+                owned: r.owned,
+                identity: r.identity,
+                created_at: r.created_at,
+            });
+            tracing::info!(job = %r.id, "adopted job");
+        }
+        for cgroup_id in dataplane.attached() {
+            if self.jobs.for_cgroup_exact(cgroup_id).is_none() {
+                tracing::info!(cgroup_id, "removing pinned links of no known job");
+                let _ = dataplane.detach(cgroup_id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ends jobs whose cgroup disappeared, and owned jobs whose processes are all gone.
+async fn reap_loop(gw: Arc<Gateway>) {
+    // An owned job is only reaped empty after this long (its first process may not have moved in yet).
+    const EMPTY_GRACE: Duration = Duration::from_secs(30);
+    let mut seen_populated: std::collections::HashSet<String> = Default::default();
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = gw.shutdown.cancelled() => return,
+        }
+        for job in gw.jobs.list() {
+            let populated = match cgroup::populated(&job.cgroup_path) {
+                Ok(p) => p,
+                Err(CgroupError::Missing { .. }) => {
+                    if let Err(e) = gw.end_job(&job).await {
+                        tracing::warn!(job = %job.id, error = %e, "ending vanished job");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot read job cgroup");
+                    continue;
+                }
+            };
+            if populated {
+                seen_populated.insert(job.id.clone());
+                continue;
+            }
+            let old_enough = job_age(&job) > EMPTY_GRACE && started.elapsed() > EMPTY_GRACE;
+            if job.owned && (seen_populated.contains(&job.id) || old_enough) {
+                seen_populated.remove(&job.id);
+                if let Err(e) = gw.end_job(&job).await {
+                    tracing::warn!(job = %job.id, error = %e, "reaping finished job");
+                }
+            }
+        }
+    }
+}
+
+fn job_age(job: &Job) -> Duration {
+    chrono::DateTime::parse_from_rfc3339(&job.created_at)
+        .ok()
+        .and_then(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Re-resolves host-name targets and updates the kernel's destination set when they change.
+async fn refresh_targets_loop(gw: Arc<Gateway>) {
+    let has_names = gw
+        .config
+        .targets
+        .iter()
+        .any(|t| matches!(t.address.host, crate::config::HostSpec::Name(_)));
+    if !has_names {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(gw.config.server.resolve_interval) => {}
+            () = gw.shutdown.cancelled() => return,
+        }
+        let config = gw.config.clone();
+        let Ok((fresh, problems)) =
+            tokio::task::spawn_blocking(move || TargetSet::resolve(&config)).await
+        else {
+            continue;
+        };
+        for p in problems {
+            tracing::warn!("{p}");
+        }
+        let current = gw.targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if *current == fresh {
+            continue;
+        }
+        let entries = fresh.kernel_entries(&gw.config.server.allow_direct);
+        let resolvers = gw
+            .config
+            .server
+            .dns_resolvers
+            .clone()
+            .unwrap_or_else(system_resolvers);
+        let configured =
+            gw.dataplane
+                .lock()
+                .await
+                .configure(kernel_config(&gw.config), &entries, &resolvers);
+        match configured {
+            Ok(()) => {
+                *gw.targets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                tracing::info!("target addresses changed; destination set updated");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot update the destination set"),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Who a job is: the verified claims of the token it was bound with, or `unauthenticated`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Issuer URL of the verified token; `None` for `unauthenticated`.
+    pub issuer: Option<String>,
+    /// `sub` of the token, or `unauthenticated`.
+    pub subject: String,
+    /// All claims of the token (empty for `unauthenticated`).
+    #[serde(default)]
+    pub claims: BTreeMap<String, serde_json::Value>,
+}
+
+impl Identity {
+    pub fn unauthenticated() -> Self {
+        Identity {
+            issuer: None,
+            subject: UNAUTHENTICATED.to_string(),
+            claims: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.issuer.is_some()
+    }
+
+    /// The string values of a claim: a string, a number or bool as text, or each string of an array.
+    pub fn claim_values(&self, name: &str) -> Vec<String> {
+        if name == "sub" && !self.claims.contains_key("sub") {
+            return vec![self.subject.clone()];
+        }
+        match self.claims.get(name) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    serde_json::Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            Some(serde_json::Value::Number(n)) => vec![n.to_string()],
+            Some(serde_json::Value::Bool(b)) => vec![b.to_string()],
+            Some(serde_json::Value::Object(_)) => Vec::new(),
+        }
+    }
+}

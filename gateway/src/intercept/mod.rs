@@ -1,0 +1,253 @@
+//! The intercept listener: accept redirected connections, find out where they were going and who
+//! made them, ask policy, record the session, and hand the connection to its protocol handler.
+
+pub mod events;
+pub mod process;
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use gateway_common::{AF_INET, ConnInfo};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{
+    config::{Protocol, Target},
+    daemon::Gateway,
+    identity::Identity,
+    policy::Decision,
+    protocol::tcp,
+    record::{NewSession, ProcessInfo, SessionEnd, SessionKind, now},
+};
+
+pub async fn accept_loop(listener: TcpListener, gw: Arc<Gateway>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let gw2 = gw.clone();
+                    gw.sessions.spawn(async move { handle(stream, peer, gw2).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = gw.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The original destination as the process wrote it (IPv4-mapped shown as IPv4).
+pub fn destination(info: &ConnInfo) -> SocketAddr {
+    SocketAddr::new(
+        address(&info.dst_addr, info.family == AF_INET),
+        info.dst_port,
+    )
+}
+
+/// An address of the kernel records (IPv6 bytes, IPv4 mapped) as the process knows it.
+pub fn address(bytes: &[u8; 16], v4: bool) -> IpAddr {
+    let v6 = Ipv6Addr::from(*bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4addr) if v4 || bytes[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] => {
+            IpAddr::V4(v4addr)
+        }
+        _ => IpAddr::V6(v6),
+    }
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
+    let started_at = now();
+    let Some(info) = gw.connections.take(peer) else {
+        return anomaly(client, peer, &gw, started_at).await;
+    };
+    let process = process::describe(&info);
+    let dst = destination(&info);
+    let job = gw.jobs.for_cgroup(info.cgroup_id);
+    let identity = job
+        .as_ref()
+        .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
+    let target = {
+        let targets = gw.targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        targets
+            .lookup(dst)
+            .and_then(|i| gw.config.targets.get(i))
+            .cloned()
+    };
+    let decision = match &target {
+        Some(t) => gw.policy.decide_connection(&identity, &t.name),
+        // The destination set changed between connect and accept.
+        None => Decision::Deny {
+            rule: None,
+            reason: format!("{dst} is no longer a target"),
+        },
+    };
+    let decision = match decision {
+        Decision::RequireApproval { rule } => Decision::Deny {
+            rule: Some(rule),
+            reason: "approval of whole TCP connections is not supported; use allow or deny".into(),
+        },
+        d => d,
+    };
+    let session = NewSession {
+        kind: SessionKind::Proxied,
+        job_id: job.as_ref().map(|j| j.id.clone()),
+        target: target.as_ref().map(|t| t.name.clone()),
+        protocol: target.as_ref().map(|t| t.protocol.to_string()),
+        destination: dst.to_string(),
+        process: Some(process.clone()),
+        identity,
+        decision: decision.label().to_string(),
+        rule: decision.rule().map(str::to_string),
+        reason: decision.reason().map(str::to_string),
+        started_at,
+        ended_at: None,
+    };
+    // Write-ahead: nothing reaches the upstream before the session is durably recorded. A gateway
+    // that cannot record does not serve.
+    let session_id = match gw.store.insert_session(session).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, %dst, "cannot record session; refusing the connection");
+            return tcp::reset(client);
+        }
+    };
+    log_session(session_id, &process, dst, &decision, target.as_ref());
+    match (decision, target) {
+        (Decision::Allow { .. }, Some(target)) => serve(client, dst, target, session_id, &gw).await,
+        _ => {
+            gw.store.end_session(session_id, SessionEnd::default());
+            tcp::reset(client);
+        }
+    }
+}
+
+fn log_session(
+    id: i64,
+    p: &ProcessInfo,
+    dst: SocketAddr,
+    decision: &Decision,
+    target: Option<&Target>,
+) {
+    tracing::info!(
+        session = id,
+        pid = p.pid,
+        comm = %p.comm,
+        %dst,
+        target = target.map_or("-", |t| t.name.as_str()),
+        decision = decision.label(),
+        rule = decision.rule().unwrap_or("-"),
+        "connection"
+    );
+}
+
+async fn serve(client: TcpStream, dst: SocketAddr, target: Target, session_id: i64, gw: &Gateway) {
+    match target.protocol {
+        Protocol::Tcp => serve_tcp(client, dst, session_id, gw).await,
+        other => {
+            // Validation refuses unimplemented protocols; this is the second line.
+            gw.store.note_event(
+                session_id,
+                "error",
+                json!({ "message": format!("protocol {other} not implemented") }),
+            );
+            gw.store.end_session(session_id, SessionEnd::default());
+            tcp::reset(client);
+        }
+    }
+}
+
+async fn serve_tcp(client: TcpStream, dst: SocketAddr, session_id: i64, gw: &Gateway) {
+    let upstream = match tcp::connect(dst, gw.config.server.upstream_connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            gw.store.note_event(
+                session_id,
+                "upstream_error",
+                json!({ "upstream": dst.to_string(), "error": e.to_string() }),
+            );
+            gw.store.end_session(session_id, SessionEnd::default());
+            // The client's handshake is done already: a reset is the closest thing to a refusal.
+            return tcp::reset(client);
+        }
+    };
+    gw.store.note_event(
+        session_id,
+        "upstream_connected",
+        json!({ "upstream": dst.to_string() }),
+    );
+    let counters = Arc::new(tcp::Counters::default());
+    let end = tcp::relay(client, upstream, counters.clone(), gw.shutdown.cancelled()).await;
+    let (up, down) = (
+        counters.up.load(Ordering::Relaxed),
+        counters.down.load(Ordering::Relaxed),
+    );
+    gw.store.note_event(
+        session_id,
+        "closed",
+        json!({ "end": end, "bytes_up": up, "bytes_down": down }),
+    );
+    gw.store.end_session(
+        session_id,
+        SessionEnd {
+            bytes_up: up,
+            bytes_down: down,
+        },
+    );
+}
+
+/// A connection to the listener that no redirect produced: someone connected to it directly.
+async fn anomaly(client: TcpStream, peer: SocketAddr, gw: &Gateway, started_at: String) {
+    let listener = client
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::warn!(%peer, %listener, "connection to the listener without an intercept record; closed");
+    let session = NewSession {
+        kind: SessionKind::Anomaly,
+        job_id: None,
+        target: None,
+        protocol: None,
+        destination: listener,
+        process: None,
+        identity: Identity::unauthenticated(),
+        decision: "deny".into(),
+        rule: None,
+        reason: Some(format!(
+            "direct connection to the gateway listener from {peer} (no intercept record)"
+        )),
+        ended_at: Some(started_at.clone()),
+        started_at,
+    };
+    if let Err(e) = gw.store.insert_session(session).await {
+        tracing::error!(error = %e, "cannot record anomaly");
+    }
+    tcp::reset(client);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn addresses_come_back_as_the_process_wrote_them() {
+        let mapped = gateway_common::v4_mapped([10, 0, 0, 5]);
+        assert_eq!(
+            address(&mapped, true),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5))
+        );
+        // An IPv4-mapped destination on an IPv6 socket is still an IPv4 host.
+        assert_eq!(
+            address(&mapped, false),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5))
+        );
+        let v6: Ipv6Addr = "fd00::5".parse().unwrap();
+        assert_eq!(address(&v6.octets(), false), IpAddr::V6(v6));
+    }
+}

@@ -1,0 +1,114 @@
+//! Process attribution: what eBPF captured at connect, enriched from /proc when the process is
+//! still alive and provably the one that connected.
+
+use std::fs;
+
+use gateway_common::ConnInfo;
+
+use crate::record::ProcessInfo;
+
+/// The process behind a redirected connection.
+pub fn describe(info: &ConnInfo) -> ProcessInfo {
+    let mut p = ProcessInfo {
+        pid: info.pid,
+        tid: info.tid,
+        uid: info.uid,
+        gid: info.gid,
+        comm: comm(&info.comm),
+        exe: None,
+        cmdline: None,
+        verified: false,
+        cgroup_id: info.cgroup_id,
+    };
+    // A pid may have been reused since the connect: only trust /proc for a process that started
+    // before the connect did (both on CLOCK_BOOTTIME).
+    let Some(start_ns) = start_time_ns(info.pid) else {
+        return p;
+    };
+    if start_ns > info.boot_ns {
+        return p;
+    }
+    p.exe = fs::read_link(format!("/proc/{}/exe", info.pid))
+        .ok()
+        .map(|e| e.display().to_string());
+    p.cmdline = fs::read(format!("/proc/{}/cmdline", info.pid))
+        .ok()
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        });
+    // Re-check: the process may have exited (and the pid been reused) while we read.
+    p.verified = start_time_ns(info.pid) == Some(start_ns) && p.exe.is_some();
+    if !p.verified {
+        p.exe = None;
+        p.cmdline = None;
+    }
+    p
+}
+
+pub fn comm(raw: &[u8; 16]) -> String {
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..len]).into_owned()
+}
+
+/// Start time of a process in nanoseconds since boot (field 22 of /proc/PID/stat, in clock ticks).
+fn start_time_ns(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // Fields from 3 on; starttime is field 22 → index 19 here.
+    let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()? as u64;
+    Some(ticks.saturating_mul(1_000_000_000 / hz.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_verified_and_enriched() {
+        let pid = std::process::id();
+        let now_boot = {
+            let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+            ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+        };
+        let mut info = ConnInfo {
+            dst_addr: [0; 16],
+            dst_port: 1,
+            family: 2,
+            listener_family: 2,
+            _pad: 0,
+            pid,
+            tid: pid,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 1,
+            cookie: 1,
+            boot_ns: now_boot,
+            comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let p = describe(&info);
+        assert!(p.verified);
+        assert_eq!(
+            p.exe.as_deref(),
+            fs::read_link("/proc/self/exe")
+                .ok()
+                .map(|e| e.display().to_string())
+                .as_deref()
+        );
+        assert!(!p.cmdline.unwrap().is_empty());
+        assert_eq!(p.comm, "test");
+
+        // A connect recorded before this process started: the pid was reused, /proc is not ours.
+        info.boot_ns = 1;
+        let p = describe(&info);
+        assert!(!p.verified);
+        assert_eq!(p.exe, None);
+        assert_eq!(p.pid, pid);
+    }
+}

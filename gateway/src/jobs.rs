@@ -1,0 +1,123 @@
+//! The jobs the daemon knows: cgroups with the programs attached, and who each one is.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use crate::{cgroup, identity::Identity, record::JobRecord};
+
+#[derive(Debug)]
+pub struct Job {
+    pub id: String,
+    pub cgroup_path: PathBuf,
+    pub cgroup_id: u64,
+    /// Created by `gateway run`: the daemon removes the cgroup when the job is over.
+    pub owned: bool,
+    pub identity: Identity,
+    pub created_at: String,
+}
+
+impl Job {
+    pub fn record(&self) -> JobRecord {
+        JobRecord {
+            id: self.id.clone(),
+            cgroup_path: self.cgroup_path.display().to_string(),
+            cgroup_id: self.cgroup_id,
+            owned: self.owned,
+            identity: self.identity.clone(),
+            created_at: self.created_at.clone(),
+            ended_at: None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Jobs {
+    by_cgroup: RwLock<HashMap<u64, Arc<Job>>>,
+    /// Descendant cgroup id → the job it belongs to (jobs may create child cgroups).
+    descendants: RwLock<HashMap<u64, u64>>,
+}
+
+impl Jobs {
+    pub fn insert(&self, job: Job) -> Arc<Job> {
+        let job = Arc::new(job);
+        self.by_cgroup
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.cgroup_id, job.clone());
+        job
+    }
+
+    pub fn remove(&self, cgroup_id: u64) -> Option<Arc<Job>> {
+        self.descendants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, j| *j != cgroup_id);
+        self.by_cgroup
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&cgroup_id)
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<Arc<Job>> {
+        self.list().into_iter().find(|j| j.id == id)
+    }
+
+    pub fn by_path(&self, path: &Path) -> Option<Arc<Job>> {
+        self.list().into_iter().find(|j| j.cgroup_path == path)
+    }
+
+    pub fn list(&self) -> Vec<Arc<Job>> {
+        let mut jobs: Vec<_> = self
+            .by_cgroup
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        jobs
+    }
+
+    pub fn for_cgroup_exact(&self, id: u64) -> Option<Arc<Job>> {
+        self.by_cgroup
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// The job a connection from cgroup `id` belongs to: the job's own cgroup or a descendant.
+    pub fn for_cgroup(&self, id: u64) -> Option<Arc<Job>> {
+        let by_cgroup = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = by_cgroup.get(&id) {
+            return Some(job.clone());
+        }
+        if let Some(job_cgroup) = self
+            .descendants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return by_cgroup.get(job_cgroup).cloned();
+        }
+        let job = by_cgroup
+            .values()
+            .find(|j| cgroup::find_by_id(&j.cgroup_path, id).is_some())?
+            .clone();
+        drop(by_cgroup);
+        self.descendants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, job.cgroup_id);
+        Some(job)
+    }
+
+    /// Whether a process's cgroup (as in /proc/PID/cgroup, relative to `root`) is inside a job.
+    pub fn contains_cgroup(&self, root: &Path, relative: &str) -> bool {
+        let path = root.join(relative.trim_start_matches('/'));
+        self.list().iter().any(|j| path.starts_with(&j.cgroup_path))
+    }
+}

@@ -1,0 +1,21 @@
+//! The gateway daemon and CLI: transparent interception of agent jobs' connections (eBPF), process
+//! attribution, policy, and recording.
+//!
+//! Module map (DESIGN.md): `ebpf` (load, attach, pin, maps) · `intercept` (accept, attribution,
+//! dispatch) · `identity` · `policy` (pure) · `protocol/*` (bytes ↔ typed operations) · `record`
+//! (session store) · `control` (Unix-socket API) · `config` · `cgroup` · `jobs` · `daemon`.
+
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod ebpf;
+pub mod glob;
+pub mod identity;
+pub mod intercept;
+pub mod jobs;
+pub mod policy;
+pub mod protocol;
+pub mod record;
+pub mod targets;

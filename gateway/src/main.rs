@@ -1,0 +1,282 @@
+//! `gateway`: the daemon (`serve`) and the CLI that talks to it.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use gateway::{
+    cli::{self, Endpoint, output, run::RunOptions},
+    config::{self, Config},
+    control::{Request, Response},
+};
+
+/// The eBPF programs, built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Transparent Layer-7 gateway for AI agent CI jobs"
+)]
+struct Cli {
+    /// Configuration file [default: /etc/gateway/gateway.toml; built-in defaults when absent]
+    #[arg(long, global = true, env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Control socket of the daemon [default: from the configuration, else /run/gateway/control.sock]
+    #[arg(long, global = true, env = "GATEWAY_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (root; systemd runs this)
+    Serve {
+        /// Use this eBPF object instead of the embedded one
+        #[arg(long)]
+        ebpf_object: Option<PathBuf>,
+    },
+    /// Run CMD as a new job bound to the token's identity; exits with CMD's status
+    Run {
+        #[command(flatten)]
+        token: TokenArgs,
+        /// Run CMD as this user (the job cgroup is still set up by root)
+        #[arg(long)]
+        user: Option<String>,
+        /// The command and its arguments
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Bind an existing cgroup as a job (CI runner job-started hook)
+    Attach {
+        /// cgroup directory, absolute or relative to the cgroup v2 mount
+        #[arg(long)]
+        cgroup: String,
+        #[command(flatten)]
+        token: TokenArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unbind a cgroup (CI runner job-completed hook)
+    Detach {
+        #[arg(long)]
+        cgroup: String,
+    },
+    /// Recorded sessions
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Validate a configuration file and explain every error
+    CheckConfig {
+        /// File to check [default: --config, else /etc/gateway/gateway.toml]
+        file: Option<PathBuf>,
+    },
+    /// Daemon, targets and attached jobs
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// File holding the job's OIDC token
+    #[arg(long, conflicts_with = "token_env")]
+    token_file: Option<PathBuf>,
+    /// Environment variable holding the job's OIDC token
+    #[arg(long)]
+    token_env: Option<String>,
+}
+
+impl TokenArgs {
+    fn read(&self) -> anyhow::Result<Option<String>> {
+        cli::read_token(self.token_file.as_deref(), self.token_env.as_deref())
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Most recent sessions, oldest first
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One session with its process, identity and event log
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve { .. });
+    init_logging(serving);
+    match execute(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("gateway: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(serving: bool) {
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
+    if let Some(socket) = &cli.control_socket {
+        return Ok(Endpoint {
+            socket: socket.clone(),
+        });
+    }
+    let cfg = Config::load(cli.config.as_deref())?;
+    Ok(Endpoint {
+        socket: cfg.server.control_socket,
+    })
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn execute(cli: Cli) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Serve { ebpf_object } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let object: Vec<u8> = match ebpf_object {
+                Some(path) => {
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+                }
+                None => EBPF_OBJECT.to_vec(),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(gateway::daemon::serve(config, &object))?;
+            Ok(0)
+        }
+        Command::CheckConfig { file } => {
+            let path = file
+                .clone()
+                .or_else(|| cli.config.clone())
+                .unwrap_or_else(|| config::DEFAULT_CONFIG_PATH.into());
+            match Config::load(Some(&path)) {
+                Ok(cfg) => {
+                    println!(
+                        "{}: ok ({} targets, {} rules, {} issuers, mode {})",
+                        path.display(),
+                        cfg.targets.len(),
+                        cfg.rules.len(),
+                        cfg.issuers.len(),
+                        cfg.server.mode
+                    );
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    let n = e.problems().len();
+                    if n > 0 {
+                        eprintln!(
+                            "{}: {n} error{}",
+                            path.display(),
+                            if n == 1 { "" } else { "s" }
+                        );
+                    }
+                    Ok(1)
+                }
+            }
+        }
+        Command::Run {
+            token,
+            user,
+            command,
+        } => {
+            let endpoint = endpoint(&cli)?;
+            let opts = RunOptions {
+                token: token.read()?,
+                user: user.clone(),
+                command: command.clone(),
+            };
+            let code = cli::run::run(&endpoint, opts)?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Command::Attach {
+            cgroup,
+            token,
+            json,
+        } => {
+            let request = Request::Attach {
+                cgroup: cgroup.clone(),
+                token: token.read()?,
+            };
+            match endpoint(&cli)?.call(&request)? {
+                Response::Job(job) if *json => print_json(&job)?,
+                Response::Job(job) => println!(
+                    "attached {} as {} ({})",
+                    job.cgroup_path, job.id, job.identity.subject
+                ),
+                _ => bail!("unexpected answer from the daemon"),
+            }
+            Ok(0)
+        }
+        Command::Detach { cgroup } => {
+            match endpoint(&cli)?.call(&Request::EndJob {
+                job_id: None,
+                cgroup: Some(cgroup.clone()),
+            })? {
+                Response::Ended { job_id } => println!("detached {cgroup} (job {job_id})"),
+                _ => bail!("unexpected answer from the daemon"),
+            }
+            Ok(0)
+        }
+        Command::Sessions { command } => {
+            let endpoint = endpoint(&cli)?;
+            match command {
+                SessionsCommand::List { limit, json } => match endpoint
+                    .call(&Request::ListSessions { limit: *limit })?
+                {
+                    Response::Sessions { sessions } if *json => print_json(&sessions)?,
+                    Response::Sessions { sessions } => print!("{}", output::sessions(&sessions)),
+                    _ => bail!("unexpected answer from the daemon"),
+                },
+                SessionsCommand::Show { id, json } => {
+                    match endpoint.call(&Request::ShowSession { id: *id })? {
+                        Response::Session(s) if *json => print_json(&s)?,
+                        Response::Session(s) => print!("{}", output::session(&s)),
+                        _ => bail!("unexpected answer from the daemon"),
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Status { json } => {
+            match endpoint(&cli)?.call(&Request::Status)? {
+                Response::Status(s) if *json => print_json(&s)?,
+                Response::Status(s) => print!("{}", output::status(&s)),
+                _ => bail!("unexpected answer from the daemon"),
+            }
+            Ok(0)
+        }
+    }
+}

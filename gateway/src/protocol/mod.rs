@@ -1,0 +1,4 @@
+//! Protocol handlers: each turns bytes into typed operations and back. They ask policy; they never
+//! decide.
+
+pub mod tcp;

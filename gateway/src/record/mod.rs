@@ -1,0 +1,14 @@
+//! Recording: the append-only session store and its records.
+
+mod schema;
+mod sessions;
+mod store;
+
+pub use sessions::{
+    EventRecord, JobRecord, NewSession, ProcessInfo, SessionEnd, SessionKind, SessionRecord,
+    SessionSummary, now,
+};
+pub use store::{Store, StoreError};
+
+#[cfg(test)]
+mod tests;

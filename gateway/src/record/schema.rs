@@ -1,0 +1,82 @@
+//! Schema of the session store and its migrations (`PRAGMA user_version`).
+//!
+//! The same tables are meant to live on PostgreSQL for fleets; keep to types both understand
+//! (INTEGER, TEXT, timestamps as RFC 3339 text in UTC).
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, sessions, events.
+    r#"
+    CREATE TABLE jobs (
+        id            TEXT PRIMARY KEY,
+        cgroup_path   TEXT NOT NULL,
+        cgroup_id     INTEGER NOT NULL,
+        owned         INTEGER NOT NULL,          -- 1: created by `gateway run` (removed at its end)
+        issuer        TEXT,
+        subject       TEXT NOT NULL,
+        claims        TEXT NOT NULL DEFAULT '{}',
+        created_at    TEXT NOT NULL,
+        ended_at      TEXT
+    );
+    CREATE INDEX jobs_active ON jobs (ended_at);
+
+    CREATE TABLE sessions (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind          TEXT NOT NULL,             -- proxied | anomaly | kernel
+        job_id        TEXT,
+        target        TEXT,
+        protocol      TEXT,
+        destination   TEXT NOT NULL,
+        pid           INTEGER,
+        tid           INTEGER,
+        uid           INTEGER,
+        gid           INTEGER,
+        comm          TEXT,
+        exe           TEXT,
+        cmdline       TEXT,                      -- JSON array
+        process_verified INTEGER NOT NULL DEFAULT 0,
+        cgroup_id     INTEGER,
+        issuer        TEXT,
+        identity      TEXT NOT NULL,             -- subject or 'unauthenticated'
+        claims        TEXT NOT NULL DEFAULT '{}',
+        decision      TEXT NOT NULL,
+        rule          TEXT,
+        reason        TEXT,
+        started_at    TEXT NOT NULL,
+        ended_at      TEXT,
+        bytes_up      INTEGER NOT NULL DEFAULT 0,
+        bytes_down    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX sessions_job ON sessions (job_id);
+
+    CREATE TABLE events (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id    INTEGER NOT NULL REFERENCES sessions(id),
+        at            TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        detail        TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_session ON events (session_id, id);
+    "#,
+];
+
+pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! Records of jobs, sessions and session events, and the queries over them.
+
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+use crate::identity::Identity;
+
+/// Timestamps are RFC 3339 UTC with milliseconds: sortable as text, readable as they are.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// A connection the gateway accepted and served (or refused by policy).
+    Proxied,
+    /// A connection to the listener with no intercept record: someone connected to it directly.
+    Anomaly,
+    /// Something the kernel programs refused or let through without the gateway in the path.
+    Kernel,
+}
+
+impl SessionKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Proxied => "proxied",
+            SessionKind::Anomaly => "anomaly",
+            SessionKind::Kernel => "kernel",
+        }
+    }
+
+    fn parse(s: &str) -> SessionKind {
+        match s {
+            "anomaly" => SessionKind::Anomaly,
+            "kernel" => SessionKind::Kernel,
+            _ => SessionKind::Proxied,
+        }
+    }
+}
+
+/// The process behind a connection: what eBPF captured at connect, enriched from /proc when the
+/// process was still alive and provably the same (`verified`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+    /// /proc data belongs to the connecting process (start time checked against the connect).
+    pub verified: bool,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub kind: SessionKind,
+    pub job_id: Option<String>,
+    pub target: Option<String>,
+    pub protocol: Option<String>,
+    pub destination: String,
+    pub process: Option<ProcessInfo>,
+    pub identity: Identity,
+    pub decision: String,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+    pub started_at: String,
+    /// Set for sessions that are over when recorded (refusals, anomalies, kernel events).
+    pub ended_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionEnd {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// One line of `gateway sessions list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub id: i64,
+    pub kind: SessionKind,
+    pub job_id: Option<String>,
+    pub target: Option<String>,
+    pub protocol: Option<String>,
+    pub destination: String,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub identity: String,
+    pub decision: String,
+    pub rule: Option<String>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// Everything about one session: `gateway sessions show ID`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    #[serde(flatten)]
+    pub summary: SessionSummary,
+    pub reason: Option<String>,
+    pub issuer: Option<String>,
+    pub claims: serde_json::Value,
+    pub process: Option<ProcessInfo>,
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: i64,
+    pub at: String,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub cgroup_path: String,
+    pub cgroup_id: u64,
+    pub owned: bool,
+    pub identity: Identity,
+    pub created_at: String,
+    pub ended_at: Option<String>,
+}
+
+// --- jobs -----------------------------------------------------------------------------------------------
+
+pub(crate) fn insert_job(conn: &Connection, job: &JobRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO jobs (id, cgroup_path, cgroup_id, owned, issuer, subject, claims, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        job.id,
+        job.cgroup_path,
+        job.cgroup_id as i64,
+        job.owned,
+        job.identity.issuer,
+        job.identity.subject,
+        serde_json::to_string(&job.identity.claims)?,
+        job.created_at,
+    ])?;
+    Ok(())
+}
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let claims: String = r.get("claims")?;
+    Ok(JobRecord {
+        id: r.get("id")?,
+        cgroup_path: r.get("cgroup_path")?,
+        cgroup_id: r.get::<_, i64>("cgroup_id")? as u64,
+        owned: r.get("owned")?,
+        identity: Identity {
+            issuer: r.get("issuer")?,
+            subject: r.get("subject")?,
+            claims: serde_json::from_str(&claims).unwrap_or_default(),
+        },
+        created_at: r.get("created_at")?,
+        ended_at: r.get("ended_at")?,
+    })
+}
+
+impl Store {
+    pub async fn insert_job(&self, job: JobRecord) -> Result<(), StoreError> {
+        self.call(move |c| insert_job(c, &job)).await
+    }
+
+    pub async fn end_job(&self, id: String) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE jobs SET ended_at = ?2 WHERE id = ?1 AND ended_at IS NULL",
+                params![id, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn active_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.call(|c| {
+            let mut st =
+                c.prepare("SELECT * FROM jobs WHERE ended_at IS NULL ORDER BY created_at")?;
+            let rows = st
+                .query_map([], job_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    // --- sessions -------------------------------------------------------------------------------------
+
+    /// Records a session; resolves (with its id) once it is durable.
+    pub async fn insert_session(&self, s: NewSession) -> Result<i64, StoreError> {
+        self.call(move |c| insert_session(c, &s)).await
+    }
+
+    /// Records a session without waiting (events that are over when they are recorded).
+    pub fn record_session(&self, s: NewSession) {
+        self.spawn("record session", move |c| insert_session(c, &s).map(|_| ()));
+    }
+
+    pub fn end_session(&self, id: i64, end: SessionEnd) {
+        self.spawn("end session", move |c| {
+            c.prepare_cached(
+                "UPDATE sessions SET ended_at = ?2, bytes_up = ?3, bytes_down = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                now(),
+                end.bytes_up as i64,
+                end.bytes_down as i64
+            ])?;
+            Ok(())
+        });
+    }
+
+    /// Appends an event; resolves once it is durable (write-ahead of whatever it describes).
+    pub async fn append_event(
+        &self,
+        session_id: i64,
+        kind: &'static str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| insert_event(c, session_id, kind, &detail))
+            .await
+    }
+
+    /// Appends an event without waiting for it.
+    pub fn note_event(&self, session_id: i64, kind: &'static str, detail: serde_json::Value) {
+        self.spawn("session event", move |c| {
+            insert_event(c, session_id, kind, &detail)
+        });
+    }
+
+    pub async fn list_sessions(&self, limit: u32) -> Result<Vec<SessionSummary>, StoreError> {
+        self.call(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT * FROM (SELECT * FROM sessions ORDER BY id DESC LIMIT ?1) ORDER BY id",
+            )?;
+            let rows = st
+                .query_map([limit], summary_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn session(&self, id: i64) -> Result<SessionRecord, StoreError> {
+        self.call(move |c| {
+            let record = c
+                .query_row("SELECT * FROM sessions WHERE id = ?1", [id], |r| {
+                    let claims: String = r.get("claims")?;
+                    let cmdline: Option<String> = r.get("cmdline")?;
+                    let pid: Option<u32> = r.get("pid")?;
+                    let process = match pid {
+                        None => None,
+                        Some(pid) => Some(ProcessInfo {
+                            pid,
+                            tid: r.get::<_, Option<u32>>("tid")?.unwrap_or_default(),
+                            uid: r.get::<_, Option<u32>>("uid")?.unwrap_or_default(),
+                            gid: r.get::<_, Option<u32>>("gid")?.unwrap_or_default(),
+                            comm: r.get::<_, Option<String>>("comm")?.unwrap_or_default(),
+                            exe: r.get("exe")?,
+                            cmdline: cmdline.and_then(|c| serde_json::from_str(&c).ok()),
+                            verified: r.get("process_verified")?,
+                            cgroup_id: r.get::<_, Option<i64>>("cgroup_id")?.unwrap_or_default()
+                                as u64,
+                        }),
+                    };
+                    Ok(SessionRecord {
+                        summary: summary_from_row(r)?,
+                        reason: r.get("reason")?,
+                        issuer: r.get("issuer")?,
+                        claims: serde_json::from_str(&claims).unwrap_or_default(),
+                        process,
+                        events: Vec::new(),
+                    })
+                })
+                .optional()?;
+            let mut record = record.ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
+            let mut st = c.prepare_cached(
+                "SELECT id, at, kind, detail FROM events WHERE session_id = ?1 ORDER BY id",
+            )?;
+            record.events = st
+                .query_map([id], |r| {
+                    let detail: String = r.get(3)?;
+                    Ok(EventRecord {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        kind: r.get(2)?,
+                        detail: serde_json::from_str(&detail).unwrap_or_default(),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(record)
+        })
+        .await
+    }
+}
+
+pub(crate) fn insert_session(conn: &Connection, s: &NewSession) -> Result<i64, StoreError> {
+    let p = s.process.as_ref();
+    conn.prepare_cached(
+        "INSERT INTO sessions (kind, job_id, target, protocol, destination, pid, tid, uid, gid, comm,
+            exe, cmdline, process_verified, cgroup_id, issuer, identity, claims, decision, rule,
+            reason, started_at, ended_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+            ?19, ?20, ?21, ?22)",
+    )?
+    .execute(params![
+        s.kind.as_str(),
+        s.job_id,
+        s.target,
+        s.protocol,
+        s.destination,
+        p.map(|p| p.pid),
+        p.map(|p| p.tid),
+        p.map(|p| p.uid),
+        p.map(|p| p.gid),
+        p.map(|p| p.comm.clone()),
+        p.and_then(|p| p.exe.clone()),
+        p.and_then(|p| p.cmdline.as_ref()).map(serde_json::to_string).transpose()?,
+        p.is_some_and(|p| p.verified),
+        p.map(|p| p.cgroup_id as i64),
+        s.identity.issuer,
+        s.identity.subject,
+        serde_json::to_string(&s.identity.claims)?,
+        s.decision,
+        s.rule,
+        s.reason,
+        s.started_at,
+        s.ended_at,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn insert_event(
+    conn: &Connection,
+    session_id: i64,
+    kind: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO events (session_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![session_id, now(), kind, detail.to_string()])?;
+    Ok(())
+}
+
+fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<SessionSummary> {
+    let kind: String = r.get("kind")?;
+    Ok(SessionSummary {
+        id: r.get("id")?,
+        kind: SessionKind::parse(&kind),
+        job_id: r.get("job_id")?,
+        target: r.get("target")?,
+        protocol: r.get("protocol")?,
+        destination: r.get("destination")?,
+        pid: r.get("pid")?,
+        comm: r.get("comm")?,
+        identity: r.get("identity")?,
+        decision: r.get("decision")?,
+        rule: r.get("rule")?,
+        started_at: r.get("started_at")?,
+        ended_at: r.get("ended_at")?,
+        bytes_up: r.get::<_, i64>("bytes_up")? as u64,
+        bytes_down: r.get::<_, i64>("bytes_down")? as u64,
+    })
+}
