@@ -108,6 +108,11 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     )?;
     let connections = dataplane.connections()?;
     let events = dataplane.events()?;
+    let ebpf_logger = if server.ebpf_debug_log {
+        Some(dataplane.logger()?)
+    } else {
+        None
+    };
 
     let gw = Arc::new(Gateway {
         policy: Policy::new(config.rules.clone()),
@@ -140,6 +145,12 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     )));
     tasks.push(tokio::spawn(reap_loop(gw.clone())));
     tasks.push(tokio::spawn(refresh_targets_loop(gw.clone())));
+    if let Some(logger) = ebpf_logger {
+        tasks.push(tokio::spawn(intercept::events::log_loop(
+            logger,
+            gw.clone(),
+        )));
+    }
 
     tracing::info!(
         listen = ?[server.listen_v4, server.listen_v6].iter().flatten().collect::<Vec<_>>(),
