@@ -14,6 +14,9 @@ use std::{
 };
 
 use ipnet::IpNet;
+
+mod ssh;
+pub use ssh::{SshCondition, SshOperationKind, SshSettings, parse_host_key};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
@@ -95,7 +98,7 @@ pub enum Protocol {
 impl Protocol {
     /// Protocols this build can serve; the others are refused by validation.
     pub fn implemented(self) -> bool {
-        matches!(self, Protocol::Tcp)
+        matches!(self, Protocol::Tcp | Protocol::Ssh)
     }
 }
 
@@ -256,6 +259,8 @@ pub struct Target {
     pub protocol: Protocol,
     pub address: AddressSpec,
     pub credentials: Credentials,
+    /// `[targets.ssh]`: settings of ssh targets (defaults for the others).
+    pub ssh: SshSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -280,6 +285,8 @@ pub struct Rule {
     pub claims: BTreeMap<String, ClaimPattern>,
     /// Shown to the client when the rule denies.
     pub reason: Option<String>,
+    /// `[rules.ssh]`: the rule is about SSH operations, not connections (see `policy`).
+    pub ssh: Option<SshCondition>,
 }
 
 #[derive(Debug, Clone)]
@@ -430,6 +437,7 @@ struct RawTarget {
     address: S<String>,
     #[serde(default)]
     credentials: RawCredentials,
+    ssh: Option<S<ssh::RawSshTarget>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -457,6 +465,7 @@ struct RawRule {
     #[serde(default)]
     claims: BTreeMap<S<String>, S<RawPattern>>,
     reason: Option<String>,
+    ssh: Option<S<ssh::RawSshCondition>>,
 }
 
 // --- validation ---------------------------------------------------------------------------------------
@@ -714,7 +723,7 @@ impl Validator<'_> {
             }
             let protocol = *t.protocol.get_ref();
             if !protocol.implemented() {
-                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp)"));
+                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, ssh)"));
             }
             let address = match AddressSpec::parse(t.address.get_ref(), false) {
                 Ok(a) => a,
@@ -750,12 +759,16 @@ impl Validator<'_> {
                 password_file: file(c.password_file, "password_file"),
                 key_file: file(c.key_file, "key_file"),
             };
-            out.push(Target {
+            let ssh = self.ssh_settings(i, protocol, t.ssh, t.name.span());
+            let target = Target {
                 name,
                 protocol,
                 address,
                 credentials,
-            });
+                ssh,
+            };
+            self.ssh_credentials(i, &target, t.name.span());
+            out.push(target);
         }
         out
     }
@@ -828,6 +841,9 @@ impl Validator<'_> {
                 }
                 claims.insert(k.into_inner(), ClaimPattern(patterns));
             }
+            let ssh = r
+                .ssh
+                .map(|c| self.ssh_condition(i, c, &target_globs, targets));
             out.push(Rule {
                 name,
                 action: r.action,
@@ -835,6 +851,7 @@ impl Validator<'_> {
                 unauthenticated,
                 claims,
                 reason: r.reason,
+                ssh,
             });
         }
         out

@@ -5,6 +5,7 @@
 //! dispatch) · `identity` · `policy` (pure) · `protocol/*` (bytes ↔ typed operations) · `record`
 //! (session store) · `control` (Unix-socket API) · `config` · `cgroup` · `jobs` · `daemon`.
 
+pub mod approval;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod glob;
 pub mod identity;
 pub mod intercept;
 pub mod jobs;
+pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod record;

@@ -6,6 +6,9 @@
 
 use serde::Serialize;
 
+mod ssh;
+pub use ssh::SshOperation;
+
 use crate::{
     config::{Action, ClaimPattern, Rule},
     glob,
@@ -61,9 +64,9 @@ impl Policy {
         Policy { rules }
     }
 
-    /// May `identity` open a connection to `target` at all?
+    /// May `identity` open a connection to `target` at all? Rules about operations are not asked.
     pub fn decide_connection(&self, identity: &Identity, target: &str) -> Decision {
-        for rule in &self.rules {
+        for rule in self.rules.iter().filter(|r| r.ssh.is_none()) {
             if applies(rule, identity, target) {
                 return decision_of(rule, identity, target);
             }

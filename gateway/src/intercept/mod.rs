@@ -19,7 +19,7 @@ use crate::{
     daemon::Gateway,
     identity::Identity,
     policy::Decision,
-    protocol::tcp,
+    protocol::{ssh, tcp},
     record::{NewSession, ProcessInfo, SessionEnd, SessionKind, now},
 };
 
@@ -94,6 +94,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         d => d,
     };
     let allowed = matches!(decision, Decision::Allow { .. }) && target.is_some();
+    let origin = identity.clone();
 
     // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
     // cannot record does not serve. Opening the upstream connection overlaps with the recording.
@@ -138,7 +139,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
                 "upstream_connected",
                 json!({ "upstream": dst.to_string() }),
             );
-            serve(client, upstream, target, session_id, &gw).await;
+            serve(client, upstream, target, session_id, origin, &gw).await;
         }
         (_, Some(Err(e))) => {
             gw.store.note_event(
@@ -183,10 +184,15 @@ async fn serve(
     upstream: TcpStream,
     target: Target,
     session_id: i64,
+    identity: Identity,
     gw: &Gateway,
 ) {
     match target.protocol {
         Protocol::Tcp => serve_tcp(client, upstream, session_id, gw).await,
+        Protocol::Ssh => {
+            let end = ssh::serve(client, upstream, target, session_id, identity, gw).await;
+            gw.store.end_session(session_id, end);
+        }
         other => {
             // Validation refuses unimplemented protocols; this is the second line.
             gw.store.note_event(

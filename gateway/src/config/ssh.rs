@@ -1,0 +1,288 @@
+//! `[targets.ssh]` (how the gateway reaches and records an SSH host) and `[rules.ssh]` (which SSH
+//! operations a rule is about).
+
+use std::time::Duration;
+
+use russh::keys::PublicKey;
+use serde::Deserialize;
+
+use super::{AddressSpec, Protocol, S, Target, Validator};
+
+/// Recorded stdout/stderr of one exec, each (the rest is counted, not kept).
+pub const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
+/// Terminal stream kept per channel (asciicast file); the rest is counted and noted.
+pub const DEFAULT_MAX_RECORDING: u64 = 64 * 1024 * 1024;
+
+/// Settings of an SSH target (defaults for the other protocols).
+#[derive(Debug, Clone, Default)]
+pub struct SshSettings {
+    /// The real host's public keys: the upstream must present one of them.
+    pub host_keys: Vec<PublicKey>,
+    /// Globs of environment variable names the job may set on the host (`env` requests).
+    pub env: Vec<String>,
+    /// Bytes of stdout and of stderr recorded per exec.
+    pub max_output: usize,
+    /// Bytes of terminal output recorded per channel.
+    pub max_recording: u64,
+    /// Time a job has to finish key exchange and authentication.
+    pub handshake_timeout: Duration,
+}
+
+/// What an SSH operation is, for `[rules.ssh] operations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SshOperationKind {
+    /// A command run with `ssh host CMD` (also legacy `scp -O`, which runs `scp -t|-f`).
+    Exec,
+    /// An interactive shell, and each line submitted in it.
+    Shell,
+    /// sftp (and scp, which speaks sftp since OpenSSH 9): open for reading, download.
+    SftpRead,
+    /// sftp: open for writing, create, mkdir, rename (new name), setstat, symlink.
+    SftpWrite,
+    /// sftp: remove, rmdir, rename (old name).
+    SftpDelete,
+    /// sftp: list directories and read metadata (stat, realpath, readlink).
+    SftpList,
+    /// A subsystem other than sftp.
+    Subsystem,
+    /// `ssh -L` / `ssh -W` (direct-tcpip): only allowed by a rule that names it.
+    Forward,
+    /// `ssh -R` (tcpip-forward): only allowed by a rule that names it.
+    RemoteForward,
+}
+
+impl SshOperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SshOperationKind::Exec => "exec",
+            SshOperationKind::Shell => "shell",
+            SshOperationKind::SftpRead => "sftp_read",
+            SshOperationKind::SftpWrite => "sftp_write",
+            SshOperationKind::SftpDelete => "sftp_delete",
+            SshOperationKind::SftpList => "sftp_list",
+            SshOperationKind::Subsystem => "subsystem",
+            SshOperationKind::Forward => "forward",
+            SshOperationKind::RemoteForward => "remote_forward",
+        }
+    }
+
+    /// Port forwarding opens a lateral-movement channel: rules must name it to allow it.
+    pub fn needs_explicit_rule(self) -> bool {
+        matches!(
+            self,
+            SshOperationKind::Forward | SshOperationKind::RemoteForward
+        )
+    }
+}
+
+/// `[rules.ssh]`: the rule decides SSH operations that match every condition given.
+#[derive(Debug, Clone, Default)]
+pub struct SshCondition {
+    /// Empty: every kind.
+    pub operations: Vec<SshOperationKind>,
+    /// Globs over exec command lines and submitted shell lines.
+    pub commands: Vec<String>,
+    /// Globs over sftp paths.
+    pub paths: Vec<String>,
+    /// Forwarding destinations (`ip:port`, `cidr:port`, `host:port`; port `*` = any).
+    pub destinations: Vec<AddressSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSshTarget {
+    host_key: Option<S<OneOrMany>>,
+    #[serde(default)]
+    env: Vec<String>,
+    max_output: Option<S<i64>>,
+    max_recording: Option<S<i64>>,
+    handshake_timeout: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSshCondition {
+    #[serde(default)]
+    operations: Vec<SshOperationKind>,
+    #[serde(default)]
+    commands: Vec<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    destinations: Vec<S<String>>,
+}
+
+/// Parses `ssh-ed25519 AAAA… [comment]`, or a known_hosts line (`host[,host] ssh-ed25519 AAAA…`).
+pub fn parse_host_key(text: &str) -> Result<PublicKey, String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| {
+            w.starts_with("ssh-") || w.starts_with("ecdsa-") || w.starts_with("sk-")
+        })
+        .ok_or_else(|| {
+            format!("expected \"ssh-ed25519 AAAA…\" (a known_hosts key), got {text:?}")
+        })?;
+    if words.first().is_some_and(|w| w.starts_with('@')) {
+        return Err("@cert-authority and @revoked lines are not supported here".into());
+    }
+    let blob = words
+        .get(at + 1)
+        .ok_or_else(|| format!("{text:?} has no key after the algorithm"))?;
+    let key = russh::keys::parse_public_key_base64(blob)
+        .map_err(|e| format!("invalid {} key: {e}", words[at]))?;
+    if key.algorithm().as_str() != words[at] {
+        return Err(format!(
+            "the key is {}, but the line says {}",
+            key.algorithm().as_str(),
+            words[at]
+        ));
+    }
+    Ok(key)
+}
+
+impl Validator<'_> {
+    pub(super) fn ssh_settings(
+        &mut self,
+        i: usize,
+        protocol: Protocol,
+        raw: Option<S<RawSshTarget>>,
+        target_span: std::ops::Range<usize>,
+    ) -> SshSettings {
+        let key = format!("targets[{i}].ssh");
+        let mut out = SshSettings {
+            max_output: DEFAULT_MAX_OUTPUT,
+            max_recording: DEFAULT_MAX_RECORDING,
+            handshake_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let Some(raw) = raw else {
+            if protocol == Protocol::Ssh {
+                self.problem(target_span, format!("{key}.host_key"), "an ssh target needs the real host's key (`[targets.ssh] host_key = \"ssh-ed25519 AAAA…\"`, a line of `ssh-keyscan`) so the gateway can verify it");
+            }
+            return out;
+        };
+        let span = raw.span();
+        if protocol != Protocol::Ssh {
+            self.problem(span, key, "only ssh targets take `[targets.ssh]`");
+            return out;
+        }
+        let raw = raw.into_inner();
+        match raw.host_key {
+            None => self.problem(
+                span,
+                format!("{key}.host_key"),
+                "an ssh target needs the real host's key (`host_key = \"ssh-ed25519 AAAA…\"`)",
+            ),
+            Some(keys) => {
+                let keys_span = keys.span();
+                for text in keys.into_inner().into_vec() {
+                    match parse_host_key(&text) {
+                        Ok(k) => out.host_keys.push(k),
+                        Err(e) => self.problem(keys_span.clone(), format!("{key}.host_key"), e),
+                    }
+                }
+            }
+        }
+        out.env = raw.env;
+        let mut size = |v: Option<S<i64>>, name: &str, default: u64| -> u64 {
+            match v {
+                None => default,
+                Some(n) if *n.get_ref() >= 0 => *n.get_ref() as u64,
+                Some(n) => {
+                    self.problem(n.span(), format!("{key}.{name}"), "must not be negative");
+                    default
+                }
+            }
+        };
+        out.max_output = size(raw.max_output, "max_output", DEFAULT_MAX_OUTPUT as u64) as usize;
+        out.max_recording = size(raw.max_recording, "max_recording", DEFAULT_MAX_RECORDING);
+        out.handshake_timeout = self.duration(
+            raw.handshake_timeout,
+            &format!("{key}.handshake_timeout"),
+            out.handshake_timeout,
+        );
+        out
+    }
+
+    pub(super) fn ssh_credentials(&mut self, i: usize, target: &Target, span: std::ops::Range<usize>) {
+        if target.protocol == Protocol::Ssh
+            && target.credentials.key_file.is_none()
+            && target.credentials.password_file.is_none()
+        {
+            self.problem(
+                span,
+                format!("targets[{i}].credentials"),
+                "an ssh target needs `key_file` (a private key the host accepts) or `password_file`",
+            );
+        }
+    }
+
+    pub(super) fn ssh_condition(
+        &mut self,
+        i: usize,
+        raw: S<RawSshCondition>,
+        target_globs: &[String],
+        targets: &[Target],
+    ) -> SshCondition {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let key = format!("rules[{i}].ssh");
+        let ssh_targets = targets.iter().any(|t| {
+            t.protocol == Protocol::Ssh
+                && target_globs
+                    .iter()
+                    .any(|g| crate::glob::matches(g, &t.name))
+        });
+        if !ssh_targets {
+            self.problem(
+                span.clone(),
+                key.clone(),
+                "the rule's targets include no ssh target",
+            );
+        }
+        let destinations = raw
+            .destinations
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, d)| match AddressSpec::parse(d.get_ref(), true) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.problem(d.span(), format!("{key}.destinations[{j}]"), e);
+                    None
+                }
+            })
+            .collect::<Vec<_>>();
+        let forwards = raw.operations.iter().any(|k| k.needs_explicit_rule());
+        if !destinations.is_empty() && !raw.operations.is_empty() && !forwards {
+            self.problem(
+                span,
+                format!("{key}.destinations"),
+                "destinations only apply to forward / remote_forward operations",
+            );
+        }
+        SshCondition {
+            operations: raw.operations,
+            commands: raw.commands,
+            paths: raw.paths,
+            destinations,
+        }
+    }
+}

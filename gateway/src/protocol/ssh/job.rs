@@ -1,0 +1,1137 @@
+//! The job side: russh's server handler. Every request the job makes is turned into a typed
+//! operation, policy decides, and the request is forwarded, refused, or held for approval.
+//!
+//! russh keeps one "wants reply" flag per channel, so a request's answer must be sent before the
+//! handler returns: allowed requests are forwarded with a reply asked for, and the handler waits
+//! for the host's answer (one round trip per request at channel start).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use russh::{
+    Channel, ChannelId, ChannelOpenFailure, Pty, Sig,
+    server::{self, Auth, ChannelOpenHandle, Msg, Session},
+};
+use serde_json::json;
+use tokio::{net::TcpStream, sync::mpsc, task::JoinHandle};
+
+use super::{
+    Ctx, SshError,
+    bridge::{self, Down, HIGH_WATER, Inflight, UpSide},
+    keys,
+    recorder::ChannelRecorder,
+    sftp::{self, Framer, Pending, Request},
+    shell::{Key, LineEditor},
+    upstream::{self, UpstreamHandle},
+};
+use crate::{
+    approval::{ApprovalOutcome, ApprovalRequest},
+    config::SshOperationKind,
+    glob,
+    policy::{Decision, SshOperation},
+};
+
+/// What the session runner shares with the handler.
+#[derive(Default)]
+pub struct Shared {
+    pub authenticated: AtomicBool,
+    pub upstream: tokio::sync::Mutex<Option<Arc<UpstreamHandle>>>,
+}
+
+enum UpstreamState {
+    /// Not started: the upstream user comes from the job's login.
+    Idle(Option<TcpStream>),
+    Connecting(JoinHandle<Result<UpstreamHandle, SshError>>),
+    Ready(Arc<UpstreamHandle>),
+    Failed(String),
+}
+
+/// Longest line of a shell without a terminal that is held back for a decision.
+const MAX_SCRIPT_LINE: usize = 64 * 1024;
+
+enum Mode {
+    /// No shell, exec or subsystem yet.
+    Fresh,
+    /// Bytes pass through (exec, other subsystems, forwarded connections).
+    Pass,
+    /// A shell with a terminal: keystrokes pass, Enter waits for the decision on the line.
+    Terminal(LineEditor),
+    /// A shell reading commands from stdin: each line is held until it is decided.
+    Script(Vec<u8>),
+    Sftp(Framer),
+    /// Refused or failed: the job's further input is dropped.
+    Refused,
+}
+
+struct Chan {
+    number: u32,
+    tx: mpsc::UnboundedSender<Down>,
+    replies: mpsc::Receiver<bool>,
+    rec: Arc<ChannelRecorder>,
+    mode: Mode,
+    sftp: Arc<Mutex<Option<sftp::Tracker>>>,
+    inject: mpsc::UnboundedSender<Bytes>,
+}
+
+pub struct JobSide {
+    ctx: Arc<Ctx>,
+    shared: Arc<Shared>,
+    upstream: UpstreamState,
+    chans: HashMap<ChannelId, Chan>,
+    next_number: u32,
+    inflight: Arc<Inflight>,
+    throttled: bool,
+}
+
+fn connect_task(
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    user: String,
+) -> JoinHandle<Result<UpstreamHandle, SshError>> {
+    tokio::spawn(async move {
+        let secret = keys::upstream_secret(&ctx.target)?;
+        upstream::connect(stream, &ctx.target, &user, &secret).await
+    })
+}
+
+impl JobSide {
+    pub fn new(ctx: Arc<Ctx>, upstream: TcpStream) -> (Self, Arc<Shared>) {
+        // With a configured user the upstream handshake overlaps with the job's.
+        let upstream = match ctx.target.credentials.user.clone() {
+            Some(user) => UpstreamState::Connecting(connect_task(ctx.clone(), upstream, user)),
+            None => UpstreamState::Idle(Some(upstream)),
+        };
+        let shared = Arc::new(Shared::default());
+        (
+            JobSide {
+                ctx,
+                shared: shared.clone(),
+                upstream,
+                chans: HashMap::new(),
+                next_number: 0,
+                inflight: Arc::new(Inflight::default()),
+                throttled: false,
+            },
+            shared,
+        )
+    }
+
+    fn event(&self, kind: &'static str, detail: serde_json::Value) {
+        self.ctx.store.note_event(self.ctx.session_id, kind, detail);
+    }
+
+    /// Write-ahead: resolves once the event is durable. A gateway that cannot record refuses.
+    async fn durable(&self, kind: &'static str, detail: serde_json::Value) -> bool {
+        match self
+            .ctx
+            .store
+            .append_event(self.ctx.session_id, kind, detail)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(session = self.ctx.session_id, error = %e, "cannot record; refusing");
+                false
+            }
+        }
+    }
+
+    async fn ensure_upstream(&mut self, job_user: Option<&str>) -> Result<Arc<UpstreamHandle>, String> {
+        let state = std::mem::replace(&mut self.upstream, UpstreamState::Failed(String::new()));
+        let joined = match state {
+            UpstreamState::Ready(h) => {
+                self.upstream = UpstreamState::Ready(h.clone());
+                return Ok(h);
+            }
+            UpstreamState::Failed(e) => {
+                self.upstream = UpstreamState::Failed(e.clone());
+                return Err(e);
+            }
+            UpstreamState::Connecting(task) => task.await,
+            UpstreamState::Idle(stream) => match (stream, job_user) {
+                (Some(stream), Some(user)) => {
+                    connect_task(self.ctx.clone(), stream, user.to_string()).await
+                }
+                _ => Ok(Err(SshError::NoUser)),
+            },
+        };
+        let result = joined.unwrap_or_else(|e| {
+            Err(SshError::Upstream(russh::Error::IO(std::io::Error::other(
+                e.to_string(),
+            ))))
+        });
+        match result {
+            Ok(handle) => {
+                let handle = Arc::new(handle);
+                *self.shared.upstream.lock().await = Some(handle.clone());
+                self.event(
+                    "upstream_authenticated",
+                    json!({
+                        "user": self.ctx.target.credentials.user.as_deref().or(job_user),
+                        "host_key": "pinned key verified",
+                    }),
+                );
+                self.upstream = UpstreamState::Ready(handle.clone());
+                Ok(handle)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(session = self.ctx.session_id, error = %message, "ssh upstream failed");
+                self.event("upstream_error", json!({ "error": message }));
+                self.upstream = UpstreamState::Failed(message.clone());
+                Err(message)
+            }
+        }
+    }
+
+    async fn authorize(&mut self, user: &str, method: &str) -> Auth {
+        match self.ensure_upstream(Some(user)).await {
+            Ok(_) => {
+                self.shared.authenticated.store(true, Ordering::Release);
+                self.event(
+                    "ssh_login",
+                    json!({ "requested_user": user, "method": method }),
+                );
+                Auth::Accept
+            }
+            Err(_) => Auth::reject(),
+        }
+    }
+
+    fn decide(&self, op: &SshOperation<'_>) -> Decision {
+        self.ctx
+            .policy
+            .decide_ssh(&self.ctx.identity, &self.ctx.target.name, op)
+    }
+
+    /// Waits for the host's answer to the request just forwarded and gives it to the job.
+    async fn relay_reply(&mut self, channel: ChannelId, session: &mut Session) -> bool {
+        let ok = match self.chans.get_mut(&channel) {
+            Some(c) => matches!(
+                tokio::time::timeout(Duration::from_secs(60), c.replies.recv()).await,
+                Ok(Some(true))
+            ),
+            None => false,
+        };
+        let _ = if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        };
+        ok
+    }
+
+    /// Answers a refused shell/exec/subsystem like a command that failed: the reason on stderr,
+    /// exit status 1, and the channel closed (the upstream channel is closed unused).
+    fn refuse_channel(&mut self, channel: ChannelId, message: &str, session: &mut Session) {
+        let _ = session.channel_success(channel);
+        let _ = session.extended_data(channel, 1, Bytes::from(format!("gateway: {message}\r\n")));
+        let _ = session.exit_status_request(channel, 1);
+        let _ = session.eof(channel);
+        let _ = session.close(channel);
+        if let Some(c) = self.chans.get_mut(&channel) {
+            c.mode = Mode::Refused;
+            let _ = c.tx.send(Down::Close);
+        }
+    }
+
+    fn queue(&self, channel: ChannelId, data: &[u8]) {
+        if let Some(c) = self.chans.get(&channel) {
+            self.inflight.bytes.fetch_add(data.len(), Ordering::AcqRel);
+            if c.tx.send(Down::Data(Bytes::copy_from_slice(data))).is_err() {
+                self.inflight.bytes.fetch_sub(data.len(), Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn send(&self, channel: ChannelId, m: Down) {
+        if let Some(c) = self.chans.get(&channel) {
+            let _ = c.tx.send(m);
+        }
+    }
+
+    /// Opens the upstream side of a channel and starts its pumps.
+    fn bridge(
+        &mut self,
+        down: Channel<Msg>,
+        up: russh::Channel<russh::client::Msg>,
+        session: &Session,
+        mode: Mode,
+    ) -> u32 {
+        let down_id = down.id();
+        let (up_rx, up_tx) = up.split();
+        // Every message russh queues on the job channel also reaches the handler callbacks, the
+        // path used here (data, EOF, close and requests in one order); the read half is dropped.
+        let (down_rx, down_tx) = down.split();
+        drop(down_rx);
+        let (reply_tx, reply_rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        let (inject_tx, inject_rx) = mpsc::unbounded_channel();
+        let number = self.next_number;
+        self.next_number += 1;
+        let rec = Arc::new(ChannelRecorder::new(&self.ctx, number));
+        let tracker = Arc::new(Mutex::new(None));
+        tokio::spawn(bridge::pump_down(
+            rx,
+            up_tx,
+            self.inflight.clone(),
+            closed_rx,
+        ));
+        tokio::spawn(bridge::pump_up(
+            up_rx,
+            down_tx,
+            UpSide {
+                ctx: self.ctx.clone(),
+                down_id,
+                down: session.handle(),
+                replies: reply_tx,
+                rec: rec.clone(),
+                sftp: tracker.clone(),
+                inject: inject_rx,
+                up_closed: closed_tx,
+            },
+        ));
+        self.chans.insert(
+            down_id,
+            Chan {
+                number,
+                tx,
+                replies: reply_rx,
+                rec,
+                mode,
+                sftp: tracker,
+                inject: inject_tx,
+            },
+        );
+        number
+    }
+
+    async fn shell_keys(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) {
+        let Some(c) = self.chans.get_mut(&channel) else {
+            return;
+        };
+        let Mode::Terminal(editor) = &mut c.mode else {
+            return;
+        };
+        let keys = editor.feed(data);
+        let number = c.number;
+        for key in keys {
+            match key {
+                Key::Input(a, b) => self.queue(channel, &data[a..b]),
+                Key::Submit { at, line, edited } => {
+                    if self.submit_line(number, &line, edited).await {
+                        self.queue(channel, &data[at..=at]);
+                    } else {
+                        // Ctrl-C in place of Enter: the shell drops the line it holds.
+                        self.queue(channel, b"\x03");
+                        let reason = self.line_refusal(&line);
+                        let _ = session.data(
+                            channel,
+                            Bytes::from(format!("\r\ngateway: {reason}\r\n")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    async fn script_input(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) {
+        let mut lines = Vec::new();
+        let number;
+        {
+            let Some(c) = self.chans.get_mut(&channel) else {
+                return;
+            };
+            number = c.number;
+            let Mode::Script(held) = &mut c.mode else {
+                return;
+            };
+            held.extend_from_slice(data);
+            while let Some(end) = held.iter().position(|&b| b == b'\n') {
+                lines.push(held.drain(..=end).collect::<Vec<u8>>());
+            }
+            if held.len() > MAX_SCRIPT_LINE {
+                c.mode = Mode::Refused;
+                let _ = c.tx.send(Down::Close);
+                let _ = session.extended_data(
+                    channel,
+                    1,
+                    Bytes::from_static(b"gateway: input line too long to check; closed\r\n"),
+                );
+                let _ = session.close(channel);
+                return;
+            }
+        }
+        for raw in lines {
+            let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+            if self.submit_line(number, &line, false).await {
+                self.queue(channel, &raw);
+            } else {
+                let reason = self.line_refusal(&line);
+                let _ = session.extended_data(channel, 1, Bytes::from(format!("gateway: {reason}\n")));
+            }
+        }
+    }
+
+    /// Decides one submitted shell line and records it (write-ahead when it goes through).
+    async fn submit_line(&mut self, channel: u32, line: &str, edited: bool) -> bool {
+        let command = line.trim();
+        if command.is_empty() {
+            return true;
+        }
+        let decision = self.decide(&SshOperation::Shell {
+            line: Some(command),
+        });
+        let detail = json!({
+            "channel": channel,
+            "line": command,
+            "edited": edited,
+            "decision": decision.label(),
+            "rule": decision.rule(),
+            "reason": decision.reason(),
+        });
+        match decision {
+            Decision::Allow { .. } => self.durable("ssh_shell_line", detail).await,
+            _ => {
+                self.event("ssh_shell_line", detail);
+                false
+            }
+        }
+    }
+
+    fn line_refusal(&self, line: &str) -> String {
+        match self.decide(&SshOperation::Shell {
+            line: Some(line.trim()),
+        }) {
+            Decision::RequireApproval { rule } => format!(
+                "{:?} needs approval (rule {rule:?}); approvals apply to commands run as `ssh host 'COMMAND'`, not to lines typed in a shell",
+                line.trim()
+            ),
+            Decision::Deny { reason, .. } => format!("blocked by policy: {reason}"),
+            Decision::Allow { .. } => "could not record the line; not sent".to_string(),
+        }
+    }
+
+    async fn sftp_input(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) {
+        let mut packets = Vec::new();
+        {
+            let Some(c) = self.chans.get_mut(&channel) else {
+                return;
+            };
+            let Mode::Sftp(framer) = &mut c.mode else {
+                return;
+            };
+            framer.push(data);
+            loop {
+                match framer.next_packet() {
+                    None => break,
+                    Some(Ok(p)) => packets.push(p),
+                    Some(Err(e)) => {
+                        tracing::warn!(session = self.ctx.session_id, error = %e, "malformed sftp stream from the job; closing the channel");
+                        c.mode = Mode::Refused;
+                        let _ = c.tx.send(Down::Close);
+                        let _ = session.close(channel);
+                        break;
+                    }
+                }
+            }
+        }
+        for packet in packets {
+            self.sftp_request(channel, packet).await;
+        }
+    }
+
+    async fn sftp_request(&mut self, channel: ChannelId, packet: Bytes) {
+        let Some(c) = self.chans.get(&channel) else {
+            return;
+        };
+        let (number, tracker, inject) = (c.number, c.sftp.clone(), c.inject.clone());
+        let request = match sftp::parse_request(&packet) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not understood, not forwarded: the host never sees what policy could not read.
+                tracing::debug!(error = %e, "malformed sftp request");
+                return;
+            }
+        };
+        let id = request.id().unwrap_or(0);
+        let handle_path = |h: &[u8]| {
+            tracker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .and_then(|t| t.path_of(h).map(str::to_string))
+                .unwrap_or_else(|| "<unknown handle>".into())
+        };
+        // The checks this request needs, and how it is logged.
+        let (op, checks, logged): (String, Vec<(SshOperationKind, String)>, bool) = match &request {
+            Request::Open {
+                path, read, write, ..
+            } => {
+                let mut checks = Vec::new();
+                if *read || !*write {
+                    checks.push((SshOperationKind::SftpRead, path.clone()));
+                }
+                if *write {
+                    checks.push((SshOperationKind::SftpWrite, path.clone()));
+                }
+                ("open".into(), checks, true)
+            }
+            Request::Paths {
+                op, checks, logged, ..
+            } => ((*op).into(), checks.clone(), *logged),
+            Request::OnHandle {
+                op, kind, handle, ..
+            } => ((*op).into(), vec![(*kind, handle_path(handle))], *kind == SshOperationKind::SftpWrite),
+            Request::Unsupported { op, .. } => {
+                self.event(
+                    "ssh_sftp",
+                    json!({ "channel": number, "op": op, "decision": "deny", "reason": "unsupported sftp extension" }),
+                );
+                let _ = inject.send(sftp::status(
+                    id,
+                    sftp::FX_OP_UNSUPPORTED,
+                    "gateway: this sftp operation is not supported",
+                ));
+                return;
+            }
+            Request::Init | Request::Close { .. } | Request::Read { .. } | Request::Write { .. } => {
+                (String::new(), Vec::new(), false)
+            }
+        };
+        let mut verdict = None;
+        for (kind, path) in &checks {
+            let d = self.decide(&SshOperation::Sftp { kind: *kind, path });
+            if !matches!(d, Decision::Allow { .. }) {
+                verdict = Some((d, *kind, path.clone()));
+                break;
+            }
+        }
+        if let Some((decision, kind, path)) = verdict {
+            let reason = match &decision {
+                Decision::Deny { reason, .. } => reason.clone(),
+                Decision::RequireApproval { rule } => format!(
+                    "{} of {path:?} needs approval (rule {rule:?}); approvals apply to exec commands",
+                    kind.as_str()
+                ),
+                Decision::Allow { .. } => String::new(),
+            };
+            self.event(
+                "ssh_sftp",
+                json!({
+                    "channel": number, "op": op, "kind": kind.as_str(), "path": path,
+                    "decision": decision.label(), "rule": decision.rule(), "reason": reason,
+                }),
+            );
+            let _ = inject.send(sftp::status(
+                id,
+                sftp::FX_PERMISSION_DENIED,
+                &format!("gateway: {reason}"),
+            ));
+            return;
+        }
+        if logged {
+            let paths: Vec<&str> = checks.iter().map(|(_, p)| p.as_str()).collect();
+            let kinds: Vec<&str> = checks.iter().map(|(k, _)| k.as_str()).collect();
+            let detail = json!({ "channel": number, "op": op, "kinds": kinds, "paths": paths, "decision": "allow" });
+            if !self.durable("ssh_sftp", detail).await {
+                let _ = inject.send(sftp::status(id, sftp::FX_PERMISSION_DENIED, "gateway: cannot record"));
+                return;
+            }
+        }
+        {
+            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+            let t = t.get_or_insert_with(Default::default);
+            match request {
+                Request::Open {
+                    id, path, write, ..
+                } => t.expect(
+                    id,
+                    Pending::Open(sftp::OpenFile {
+                        path,
+                        mode: if write { "write" } else { "read" },
+                        ..Default::default()
+                    }),
+                ),
+                Request::Paths { id, op: "opendir", checks, .. } => t.expect(
+                    id,
+                    Pending::Open(sftp::OpenFile {
+                        path: checks.into_iter().next().map(|c| c.1).unwrap_or_default(),
+                        mode: "list",
+                        ..Default::default()
+                    }),
+                ),
+                Request::Read { id, handle } => t.expect(id, Pending::Read(handle)),
+                Request::Close { id, handle } => t.expect(id, Pending::Close(handle)),
+                Request::Write { handle, len, .. } => t.wrote(&handle, len),
+                _ => {}
+            }
+        }
+        self.queue(channel, &packet);
+    }
+
+    async fn exec(&mut self, channel: ChannelId, command: String, session: &mut Session) {
+        let Some(number) = self.chans.get(&channel).map(|c| c.number) else {
+            let _ = session.channel_failure(channel);
+            return;
+        };
+        let decision = self.decide(&SshOperation::Exec { command: &command });
+        let detail = json!({
+            "channel": number,
+            "command": command,
+            "decision": decision.label(),
+            "rule": decision.rule(),
+            "reason": decision.reason(),
+        });
+        match decision {
+            Decision::Allow { .. } => {
+                if !self.durable("ssh_exec", detail).await {
+                    return self.refuse_channel(channel, "the gateway cannot record; refused", session);
+                }
+                if let Some(c) = self.chans.get_mut(&channel) {
+                    c.rec.begin(&self.ctx, "exec", Some(&command));
+                    c.mode = Mode::Pass;
+                }
+                self.send(channel, Down::Exec(command.into_bytes()));
+                self.relay_reply(channel, session).await;
+            }
+            Decision::Deny { reason, .. } => {
+                self.event("ssh_exec", detail);
+                self.refuse_channel(channel, &format!("refused by policy: {reason}"), session);
+            }
+            Decision::RequireApproval { rule } => {
+                self.event("ssh_exec", detail);
+                let request = ApprovalRequest {
+                    session_id: self.ctx.session_id,
+                    target: self.ctx.target.name.clone(),
+                    rule: rule.clone(),
+                    identity: self.ctx.identity.clone(),
+                    operation: command.clone(),
+                };
+                // The job is told at once which request it waits for; the channel stays open.
+                let _ = session.channel_success(channel);
+                let _ = session.extended_data(
+                    channel,
+                    1,
+                    Bytes::from(format!(
+                        "gateway: {command:?} needs approval (rule {rule:?}, session {} channel {number}); waiting for a decision…\r\n",
+                        self.ctx.session_id
+                    )),
+                );
+                let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
+                if let Some(c) = self.chans.get_mut(&channel) {
+                    c.rec.begin(&self.ctx, "exec", Some(&command));
+                    c.mode = Mode::Pass;
+                    let _ = c.tx.send(Down::Approval(decided_rx));
+                }
+                let ctx = self.ctx.clone();
+                let handle = session.handle();
+                tokio::spawn(async move {
+                    let outcome = ctx.approvals.request(&request).await;
+                    let approved = matches!(outcome, ApprovalOutcome::Approved { .. });
+                    let recorded = ctx
+                        .store
+                        .append_event(
+                            ctx.session_id,
+                            "ssh_approval",
+                            json!({ "channel": number, "command": command, "rule": rule, "outcome": outcome }),
+                        )
+                        .await
+                        .is_ok();
+                    match outcome {
+                        ApprovalOutcome::Approved { .. } if approved && recorded => {
+                            let _ = decided_tx.send(Some(command.into_bytes()));
+                        }
+                        other => {
+                            let _ = decided_tx.send(None);
+                            let reason = match other {
+                                ApprovalOutcome::Denied { reason } => reason,
+                                ApprovalOutcome::Approved { .. } => {
+                                    "the gateway cannot record".into()
+                                }
+                            };
+                            let _ = handle
+                                .extended_data(
+                                    channel,
+                                    1,
+                                    Bytes::from(format!("gateway: denied: {reason}\r\n")),
+                                )
+                                .await;
+                            let _ = handle.exit_status_request(channel, 1).await;
+                            let _ = handle.eof(channel).await;
+                            let _ = handle.close(channel).await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl server::Handler for JobSide {
+    type Error = SshError;
+
+    /// russh calls this right after queueing a WINDOW_ADJUST to the job; the value returned is the
+    /// window it grants next. A trickle while too much job data waits for the host.
+    fn adjust_window(&mut self, _channel: ChannelId, _current: u32) -> u32 {
+        if self.inflight.queued() > HIGH_WATER {
+            self.throttled = true;
+            2
+        } else {
+            if self.throttled {
+                self.throttled = false;
+            }
+            russh::server::Config::default().window_size
+        }
+    }
+
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        // When the upstream login started early, its failure is worth telling the job.
+        if matches!(self.upstream, UpstreamState::Connecting(_))
+            && let Err(e) = self.ensure_upstream(None).await
+        {
+            return Ok(Some(format!("gateway: cannot open the session on the host: {e}\r\n")));
+        }
+        Ok(None)
+    }
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user, "none").await)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user, "publickey").await)
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user, "password").await)
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user, "keyboard-interactive").await)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let up = match self.ensure_upstream(None).await {
+            Ok(up) => up,
+            Err(_) => {
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        match up.channel_open_session().await {
+            Ok(upch) => {
+                self.bridge(channel, upch, session, Mode::Fresh);
+                reply.accept().await;
+            }
+            Err(e) => {
+                self.event("upstream_error", json!({ "error": format!("session channel: {e}") }));
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        originator: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let port16 = u16::try_from(port).unwrap_or(0);
+        let decision = self.decide(&SshOperation::Forward { host, port: port16 });
+        self.event(
+            "ssh_forward",
+            json!({ "destination": format!("{host}:{port}"), "decision": decision.label(), "rule": decision.rule(), "reason": decision.reason() }),
+        );
+        if !matches!(decision, Decision::Allow { .. }) {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let up = match self.ensure_upstream(None).await {
+            Ok(up) => up,
+            Err(_) => {
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        match up
+            .channel_open_direct_tcpip(host, port, originator, originator_port)
+            .await
+        {
+            Ok(upch) => {
+                let number = self.bridge(channel, upch, session, Mode::Pass);
+                if let Some(c) = self.chans.values().find(|c| c.number == number) {
+                    c.rec.begin(&self.ctx, "forward", Some(&format!("{host}:{port}")));
+                }
+                reply.accept().await;
+            }
+            Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.event(
+            "ssh_forward",
+            json!({ "destination": path, "decision": "deny", "reason": "unix socket forwarding is not supported" }),
+        );
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator: &str,
+        _port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let decision = self.decide(&SshOperation::RemoteForward {
+            address,
+            port: u16::try_from(*port).unwrap_or(0),
+        });
+        // Even when a rule allows it, remote forwarding is not relayed by this gateway yet.
+        let reason = match &decision {
+            Decision::Allow { .. } => "remote forwarding is not supported by the gateway".to_string(),
+            d => d.reason().unwrap_or("needs approval").to_string(),
+        };
+        self.event(
+            "ssh_forward",
+            json!({ "listen": format!("{address}:{port}"), "decision": "deny", "rule": decision.rule(), "reason": reason }),
+        );
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.event(
+            "ssh_forward",
+            json!({ "listen": path, "decision": "deny", "reason": "unix socket forwarding is not supported" }),
+        );
+        Ok(false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // The job's agent would let the host act with the job's keys elsewhere.
+        let number = self.chans.get(&channel).map(|c| c.number);
+        self.event(
+            "ssh_agent_forwarding",
+            json!({ "channel": number, "decision": "deny" }),
+        );
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let _ = session.channel_failure(channel);
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.chans.get(&channel) {
+            Some(c) if matches!(c.mode, Mode::Fresh) => {
+                c.rec.pty(term, cols, rows);
+                let _ = c.tx.send(Down::Pty {
+                    term: term.to_string(),
+                    cols,
+                    rows,
+                    pix_width,
+                    pix_height,
+                    modes: modes.to_vec(),
+                });
+                self.relay_reply(channel, session).await;
+            }
+            _ => {
+                let _ = session.channel_failure(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = self
+            .ctx
+            .target
+            .ssh
+            .env
+            .iter()
+            .any(|g| glob::matches(g, name));
+        if !allowed {
+            self.event("ssh_env", json!({ "name": name, "decision": "deny" }));
+            let _ = session.channel_failure(channel);
+            return Ok(());
+        }
+        self.send(channel, Down::Env(name.to_string(), value.to_string()));
+        self.relay_reply(channel, session).await;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let decision = self.decide(&SshOperation::Shell { line: None });
+        let Some(c) = self.chans.get(&channel) else {
+            let _ = session.channel_failure(channel);
+            return Ok(());
+        };
+        let (number, terminal) = (c.number, c.rec.has_pty());
+        let detail = json!({ "channel": number, "terminal": terminal, "decision": decision.label(), "rule": decision.rule(), "reason": decision.reason() });
+        if let Decision::Allow { .. } = decision {
+            if !self.durable("ssh_shell", detail).await {
+                self.refuse_channel(channel, "the gateway cannot record; refused", session);
+                return Ok(());
+            }
+            if let Some(c) = self.chans.get_mut(&channel) {
+                c.rec.begin(&self.ctx, "shell", None);
+                c.mode = if terminal {
+                    Mode::Terminal(LineEditor::default())
+                } else {
+                    Mode::Script(Vec::new())
+                };
+            }
+            self.send(channel, Down::Shell);
+            self.relay_reply(channel, session).await;
+        } else {
+            self.event("ssh_shell", detail);
+            let reason = match decision {
+                Decision::Deny { reason, .. } => reason,
+                _ => "an interactive shell cannot wait for approval; run the command as `ssh host 'COMMAND'`".into(),
+            };
+            self.refuse_channel(channel, &format!("refused by policy: {reason}"), session);
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        self.exec(channel, command, session).await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(number) = self.chans.get(&channel).map(|c| c.number) else {
+            let _ = session.channel_failure(channel);
+            return Ok(());
+        };
+        if name != "sftp" {
+            let decision = self.decide(&SshOperation::Subsystem { name });
+            self.event(
+                "ssh_subsystem",
+                json!({ "channel": number, "name": name, "decision": decision.label(), "rule": decision.rule() }),
+            );
+            if !matches!(decision, Decision::Allow { .. }) {
+                let _ = session.channel_failure(channel);
+                return Ok(());
+            }
+        }
+        if let Some(c) = self.chans.get_mut(&channel) {
+            c.rec.begin(&self.ctx, "subsystem", Some(name));
+            if name == "sftp" {
+                // Every sftp request is decided on its own; the tracker tells the response pump to
+                // read sftp framing from here on.
+                *c.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(Default::default());
+                c.mode = Mode::Sftp(Framer::default());
+            } else {
+                c.mode = Mode::Pass;
+            }
+        }
+        self.send(channel, Down::Subsystem(name.to_string()));
+        self.relay_reply(channel, session).await;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(c) = self.chans.get(&channel) {
+            c.rec.resize(cols, rows);
+            let _ = c.tx.send(Down::WindowChange(cols, rows, pix_width, pix_height));
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(channel, Down::Signal(signal));
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.ctx
+            .counters
+            .up
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mode = match self.chans.get(&channel).map(|c| &c.mode) {
+            None | Some(Mode::Refused) => return Ok(()),
+            Some(Mode::Terminal(_)) => 1,
+            Some(Mode::Script(_)) => 2,
+            Some(Mode::Sftp(_)) => 3,
+            Some(Mode::Fresh | Mode::Pass) => 0,
+        };
+        match mode {
+            1 => self.shell_keys(channel, data, session).await,
+            2 => self.script_input(channel, data, session).await,
+            3 => self.sftp_input(channel, data, session).await,
+            _ => self.queue(channel, data),
+        }
+        self.inflight.wait().await;
+        Ok(())
+    }
+
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        code: u32,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(c) = self.chans.get(&channel)
+            && !matches!(c.mode, Mode::Refused)
+        {
+            self.inflight.bytes.fetch_add(data.len(), Ordering::AcqRel);
+            let _ = c.tx.send(Down::Ext(code, Bytes::copy_from_slice(data)));
+        }
+        self.inflight.wait().await;
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // A script's last line may lack its newline: it is decided like the others.
+        let tail = match self.chans.get_mut(&channel).map(|c| &mut c.mode) {
+            Some(Mode::Script(held)) if !held.is_empty() => Some(std::mem::take(held)),
+            _ => None,
+        };
+        if let Some(tail) = tail {
+            let number = self.chans.get(&channel).map_or(0, |c| c.number);
+            let line = String::from_utf8_lossy(&tail).trim_end().to_string();
+            if self.submit_line(number, &line, false).await {
+                self.queue(channel, &tail);
+            }
+        }
+        self.send(channel, Down::Eof);
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Only called when the job closes first; the pumps finish the channel's record.
+        if let Some(c) = self.chans.remove(&channel) {
+            let _ = c.tx.send(Down::Close);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,225 @@
+//! SSH targets at Layer 7: the gateway is the SSH server the job talks to and an SSH client of the
+//! real host. The job may present any key or none (who it is comes from the job binding); the
+//! gateway authenticates upstream with the target's key or password, pins the host's key, and
+//! relays channel by channel, asking policy about every exec, shell line, sftp operation and
+//! forwarding request, and recording what happened.
+//!
+//! One file per concern: `keys` (host keys, secrets, known_hosts), `upstream` (client side),
+//! `job` (server side: requests → typed operations), `bridge` (channel pumps, flow control),
+//! `sftp` and `shell` (what flows through those channels), `recorder` (what is kept).
+
+mod bridge;
+mod job;
+pub mod keys;
+mod recorder;
+mod sftp;
+mod shell;
+mod upstream;
+
+use std::{path::PathBuf, sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use russh::{MethodKind, MethodSet, server};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    approval::Approvals,
+    config::Target,
+    daemon::Gateway,
+    identity::Identity,
+    mask::Detector,
+    policy::Policy,
+    record::{SessionEnd, Store},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("ssh: {0}")]
+    Protocol(#[from] russh::Error),
+    #[error("upstream: {0}")]
+    Upstream(russh::Error),
+    #[error(
+        "the host presented {presented}, which is not the key pinned in the configuration (targets.ssh.host_key)"
+    )]
+    HostKeyMismatch { presented: String },
+    #[error("the host refused the gateway's credentials for user {user:?}")]
+    UpstreamAuth { user: String },
+    #[error("no upstream user: set [targets.credentials] user or let the job name one")]
+    NoUser,
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error("the job did not finish key exchange and authentication within {0:?}")]
+    HandshakeTimeout(Duration),
+}
+
+/// Output of SSH sessions is masked with these detectors: keys, tokens, card numbers.
+pub const DETECTORS: &[Detector] = &[
+    Detector::PrivateKey,
+    Detector::AwsAccessKey,
+    Detector::Jwt,
+    Detector::CreditCard,
+];
+
+/// Everything the handlers of one SSH session share.
+pub struct Ctx {
+    pub session_id: i64,
+    pub target: Target,
+    pub identity: Identity,
+    pub store: Store,
+    pub policy: Policy,
+    pub approvals: Approvals,
+    pub recordings: PathBuf,
+    pub detectors: Arc<[Detector]>,
+    pub counters: bridge::Counters,
+}
+
+/// The recordings directory under the state directory.
+pub fn recordings_dir(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("recordings")
+}
+
+/// Serves one intercepted SSH connection; returns its byte counts for the session record.
+pub async fn serve(
+    client: TcpStream,
+    upstream: TcpStream,
+    target: Target,
+    session_id: i64,
+    identity: Identity,
+    gw: &Gateway,
+) -> SessionEnd {
+    let state_dir = &gw.config.server.state_dir;
+    let host_key = match keys::host_key(state_dir, &target.name) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(session = session_id, error = %e, "no host key for the ssh target");
+            gw.store.note_event(
+                session_id,
+                "error",
+                json!({ "message": format!("host key: {e}") }),
+            );
+            crate::protocol::tcp::reset(client);
+            return SessionEnd::default();
+        }
+    };
+    let ctx = Arc::new(Ctx {
+        session_id,
+        target,
+        identity,
+        store: gw.store.clone(),
+        policy: gw.policy.clone(),
+        approvals: Approvals::new(),
+        recordings: recordings_dir(state_dir),
+        detectors: DETECTORS.into(),
+        counters: bridge::Counters::default(),
+    });
+    let end = run(client, upstream, host_key, ctx.clone(), gw.shutdown.clone()).await;
+    let (up, down) = (
+        ctx.counters.up.load(Ordering::Relaxed),
+        ctx.counters.down.load(Ordering::Relaxed),
+    );
+    let mut detail = json!({ "bytes_up": up, "bytes_down": down });
+    match &end {
+        Ok(how) => detail["end"] = json!(how),
+        Err(e) => {
+            detail["end"] = json!("error");
+            detail["error"] = json!(e.to_string());
+        }
+    }
+    ctx.store.note_event(session_id, "closed", detail);
+    SessionEnd {
+        bytes_up: up,
+        bytes_down: down,
+    }
+}
+
+fn server_config(host_key: russh::keys::PrivateKey) -> Arc<server::Config> {
+    let mut methods = MethodSet::empty();
+    // Any key, or none, is accepted: who the job is comes from its binding, not from SSH auth.
+    for m in [
+        MethodKind::None,
+        MethodKind::PublicKey,
+        MethodKind::Password,
+        MethodKind::KeyboardInteractive,
+    ] {
+        methods.push(m);
+    }
+    Arc::new(server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-gateway".into()),
+        keys: vec![host_key],
+        methods,
+        auth_rejection_time: Duration::from_millis(100),
+        // OpenSSH's first attempt is a `none` probe; do not make every login wait for it.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        // A quiet CI command must not be cut off; keepalives find dead jobs instead.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        nodelay: true,
+        preferred: russh::Preferred {
+            compression: std::borrow::Cow::Borrowed(&[russh::compression::NONE]),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+async fn run(
+    client: TcpStream,
+    upstream: TcpStream,
+    host_key: russh::keys::PrivateKey,
+    ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+) -> Result<&'static str, SshError> {
+    let timeout = ctx.target.ssh.handshake_timeout;
+    let (handler, shared) = job::JobSide::new(ctx.clone(), upstream);
+    let running = tokio::time::timeout(
+        timeout,
+        server::run_stream(server_config(host_key), client, handler),
+    )
+    .await
+    .map_err(|_| SshError::HandshakeTimeout(timeout))??;
+    let handle = running.handle();
+    // The job must be authenticated within the handshake timeout (a client that never finishes
+    // key exchange holds a connection and a task otherwise).
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let handle = running.handle();
+        let shared = shared.clone();
+        let timed_out = timed_out.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if !shared.authenticated.load(Ordering::Acquire) {
+                timed_out.store(true, Ordering::Release);
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "key exchange and authentication took too long".into(),
+                        "en".into(),
+                    )
+                    .await;
+            }
+        })
+    };
+    let result = tokio::select! {
+        r = running => r.map(|()| "closed"),
+        () = shutdown.cancelled() => {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "the gateway is shutting down".into(), "en".into())
+                .await;
+            Ok("shutdown")
+        }
+    };
+    watchdog.abort();
+    // The job is gone: so is its access to the host (running commands get SIGHUP as with direct
+    // OpenSSH for terminals; others keep running, as they would).
+    if let Some(up) = shared.upstream.lock().await.take() {
+        let _ = up
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+    if timed_out.load(Ordering::Acquire) {
+        return Err(SshError::HandshakeTimeout(timeout));
+    }
+    result
+}

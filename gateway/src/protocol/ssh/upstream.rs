@@ -1,0 +1,139 @@
+//! The gateway as an SSH client of the real host: pinned host key, injected credentials.
+
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use russh::{
+    client,
+    keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate},
+};
+use tokio::net::TcpStream;
+
+use super::{SshError, keys::UpstreamSecret};
+use crate::config::Target;
+
+/// russh's client handler: accepts the host only if it presents a pinned key.
+pub struct Upstream {
+    pinned: Vec<PublicKey>,
+    /// The key the host presented (fingerprint), for the error message on a mismatch.
+    presented: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Upstream {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let (ok, shown) = match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => (
+                self.pinned.iter().any(|k| k.key_data() == key.key_data()),
+                format!(
+                    "{} {}",
+                    key.algorithm().as_str(),
+                    key.fingerprint(HashAlg::Sha256)
+                ),
+            ),
+            // Host certificates are not pinned keys; not accepted.
+            PublicKeyOrCertificate::Certificate(c) => (
+                false,
+                format!("certificate {}", c.public_key().fingerprint(HashAlg::Sha256)),
+            ),
+        };
+        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(shown);
+        Ok(ok)
+    }
+}
+
+pub type UpstreamHandle = client::Handle<Upstream>;
+
+fn config(target: &Target) -> Arc<client::Config> {
+    // Only the algorithms of the pinned keys are asked for, so the host presents a key we can check.
+    let mut key_algorithms: Vec<Algorithm> = Vec::new();
+    for k in &target.ssh.host_keys {
+        let algs = match k.algorithm() {
+            Algorithm::Rsa { .. } => vec![
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha512),
+                },
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha256),
+                },
+            ],
+            other => vec![other],
+        };
+        for a in algs {
+            if !key_algorithms.contains(&a) {
+                key_algorithms.push(a);
+            }
+        }
+    }
+    let preferred = russh::Preferred {
+        key: Cow::Owned(key_algorithms),
+        // Compression costs CPU on both sides of a fast link and gains nothing on a LAN.
+        compression: Cow::Borrowed(&[russh::compression::NONE]),
+        ..Default::default()
+    };
+    Arc::new(client::Config {
+        preferred,
+        nodelay: true,
+        // A quiet CI command must not be cut off; keepalives find dead hosts instead.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        ..Default::default()
+    })
+}
+
+/// Key exchange with the real host over `stream`, then authentication as `user` with `secret`.
+pub async fn connect(
+    stream: TcpStream,
+    target: &Target,
+    user: &str,
+    secret: &UpstreamSecret,
+) -> Result<UpstreamHandle, SshError> {
+    let presented = Arc::new(Mutex::new(None));
+    let handler = Upstream {
+        pinned: target.ssh.host_keys.clone(),
+        presented: presented.clone(),
+    };
+    let mut handle = match client::connect_stream(config(target), stream, handler).await {
+        Ok(h) => h,
+        Err(russh::Error::UnknownKey) => {
+            let shown = presented
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| "no key".into());
+            return Err(SshError::HostKeyMismatch { presented: shown });
+        }
+        Err(e) => return Err(SshError::Upstream(e)),
+    };
+    let result = match secret {
+        UpstreamSecret::Key(key) => {
+            // RSA with hash None would sign with SHA-1 `ssh-rsa`, which OpenSSH ≥ 8.8 refuses: ask
+            // the host (server-sig-algs) for the best hash it takes.
+            let hash = if key.algorithm().is_rsa() {
+                handle.best_supported_rsa_hash().await?.flatten()
+            } else {
+                None
+            };
+            handle
+                .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), hash))
+                .await?
+        }
+        UpstreamSecret::Password(password) => {
+            handle.authenticate_password(user, password).await?
+        }
+    };
+    if !result.success() {
+        return Err(SshError::UpstreamAuth {
+            user: user.to_string(),
+        });
+    }
+    Ok(handle)
+}
