@@ -16,9 +16,9 @@ use std::{
 use ipnet::IpNet;
 
 mod ssh;
-pub use ssh::{SshCondition, SshOperationKind, SshSettings, parse_host_key};
 use serde::Deserialize;
 use serde_spanned::Spanned;
+pub use ssh::{SshCondition, SshOperationKind, SshSettings, parse_host_key};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gateway/gateway.toml";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/gateway/control.sock";

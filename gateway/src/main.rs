@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Configured targets
+    Targets {
+        #[command(subcommand)]
+        command: TargetsCommand,
+    },
     /// Validate a configuration file and explain every error
     CheckConfig {
         /// File to check [default: --config, else /etc/gateway/gateway.toml]
@@ -104,6 +109,21 @@ impl TokenArgs {
 }
 
 #[derive(Subcommand)]
+enum TargetsCommand {
+    /// known_hosts lines for the gateway's host key of each SSH target (add them to the runner
+    /// image's /etc/ssh/ssh_known_hosts; keys are created under the state directory if missing)
+    KnownHosts,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// asciicast v2 of a terminal channel (`asciinema play` plays it)
+    Asciicast,
+    /// The session and its events as JSON lines
+    Jsonl,
+}
+
+#[derive(Subcommand)]
 enum SessionsCommand {
     /// Most recent sessions, oldest first
     List {
@@ -117,6 +137,31 @@ enum SessionsCommand {
         id: i64,
         #[arg(long)]
         json: bool,
+    },
+    /// Play a session's terminal recording back with its timing
+    Replay {
+        id: i64,
+        /// Channel of the session (default: its first terminal)
+        #[arg(long)]
+        channel: Option<u64>,
+        /// Playback speed factor
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Shorten pauses longer than this many seconds
+        #[arg(long)]
+        max_idle: Option<f64>,
+    },
+    /// Write a session out: asciicast v2 (terminals) or JSON lines
+    Export {
+        id: i64,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Channel of the session, for asciicast (default: its first terminal)
+        #[arg(long)]
+        channel: Option<u64>,
+        /// Write to this file instead of standard output
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -158,6 +203,13 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+fn fetch_session(endpoint: &Endpoint, id: i64) -> anyhow::Result<gateway::record::SessionRecord> {
+    match endpoint.call(&Request::ShowSession { id })? {
+        Response::Session(s) => Ok(*s),
+        _ => bail!("unexpected answer from the daemon"),
+    }
 }
 
 fn execute(cli: Cli) -> anyhow::Result<u8> {
@@ -260,6 +312,37 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
                     Response::Sessions { sessions } => print!("{}", output::sessions(&sessions)),
                     _ => bail!("unexpected answer from the daemon"),
                 },
+                SessionsCommand::Replay {
+                    id,
+                    channel,
+                    speed,
+                    max_idle,
+                } => {
+                    let session = fetch_session(&endpoint, *id)?;
+                    let mut out = std::io::stdout().lock();
+                    cli::replay::replay(&session, *channel, *speed, *max_idle, &mut out)?;
+                }
+                SessionsCommand::Export {
+                    id,
+                    format,
+                    channel,
+                    output,
+                } => {
+                    let session = fetch_session(&endpoint, *id)?;
+                    let mut out: Box<dyn std::io::Write> = match output {
+                        Some(p) => Box::new(
+                            std::fs::File::create(p)
+                                .with_context(|| format!("creating {}", p.display()))?,
+                        ),
+                        None => Box::new(std::io::stdout().lock()),
+                    };
+                    match format {
+                        ExportFormat::Asciicast => {
+                            cli::replay::export_asciicast(&session, *channel, &mut out)?
+                        }
+                        ExportFormat::Jsonl => cli::replay::export_jsonl(&session, &mut out)?,
+                    }
+                }
                 SessionsCommand::Show { id, json } => {
                     match endpoint.call(&Request::ShowSession { id: *id })? {
                         Response::Session(s) if *json => print_json(&s)?,
@@ -267,6 +350,23 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
                         _ => bail!("unexpected answer from the daemon"),
                     }
                 }
+            }
+            Ok(0)
+        }
+        Command::Targets {
+            command: TargetsCommand::KnownHosts,
+        } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            for t in cfg
+                .targets
+                .iter()
+                .filter(|t| t.protocol == config::Protocol::Ssh)
+            {
+                let key = gateway::protocol::ssh::keys::host_key(&cfg.server.state_dir, &t.name)?;
+                println!(
+                    "{}",
+                    gateway::protocol::ssh::keys::known_hosts_line(t, &key)
+                );
             }
             Ok(0)
         }

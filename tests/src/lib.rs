@@ -16,6 +16,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+
+pub mod ssh;
 use serde_json::Value;
 
 /// The tests attach eBPF programs, create namespaces and cgroups: they need root.

@@ -15,6 +15,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "haproxy",
     "openssh-server",
     "openssh-client",
+    // SSH tests: an interactive shell driven through a terminal, recordings checked by asciinema.
+    "tmux",
+    "asciinema",
     // Namespaces, process tools, TLS tooling.
     "iproute2",
     "procps",

@@ -2,6 +2,7 @@
 //! (tables) or machines (`--json`).
 
 pub mod output;
+pub mod replay;
 pub mod run;
 pub mod table;
 

@@ -134,9 +134,7 @@ pub fn parse_host_key(text: &str) -> Result<PublicKey, String> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let at = words
         .iter()
-        .position(|w| {
-            w.starts_with("ssh-") || w.starts_with("ecdsa-") || w.starts_with("sk-")
-        })
+        .position(|w| w.starts_with("ssh-") || w.starts_with("ecdsa-") || w.starts_with("sk-"))
         .ok_or_else(|| {
             format!("expected \"ssh-ed25519 AAAA…\" (a known_hosts key), got {text:?}")
         })?;
@@ -222,7 +220,12 @@ impl Validator<'_> {
         out
     }
 
-    pub(super) fn ssh_credentials(&mut self, i: usize, target: &Target, span: std::ops::Range<usize>) {
+    pub(super) fn ssh_credentials(
+        &mut self,
+        i: usize,
+        target: &Target,
+        span: std::ops::Range<usize>,
+    ) {
         if target.protocol == Protocol::Ssh
             && target.credentials.key_file.is_none()
             && target.credentials.password_file.is_none()

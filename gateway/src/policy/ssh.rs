@@ -103,9 +103,14 @@ impl Policy {
         Decision::Deny {
             rule: None,
             reason: if op.kind().needs_explicit_rule() {
-                format!("port forwarding is refused unless a rule allows it ({op} on target {target:?})")
+                format!(
+                    "port forwarding is refused unless a rule allows it ({op} on target {target:?})"
+                )
             } else {
-                format!("no rule allows {} {op} on target {target:?}", describe(identity))
+                format!(
+                    "no rule allows {} {op} on target {target:?}",
+                    describe(identity)
+                )
             },
         }
     }

@@ -216,7 +216,10 @@ pub async fn pump_up(
         let Some(msg) = msg else { break };
         match msg {
             ChannelMsg::Data { data } => {
-                side.ctx.counters.down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                side.ctx
+                    .counters
+                    .down
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 let is_sftp = side
                     .sftp
                     .lock()
@@ -236,7 +239,10 @@ pub async fn pump_up(
                 }
             }
             ChannelMsg::ExtendedData { data, ext } => {
-                side.ctx.counters.down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                side.ctx
+                    .counters
+                    .down
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 side.rec.output(2, &data);
                 if down_tx.extended_data_bytes(ext, data).await.is_err() {
                     break;
@@ -268,7 +274,10 @@ pub async fn pump_up(
                     .await;
             }
             ChannelMsg::XonXoff { client_can_do } => {
-                let _ = side.down.xon_xoff_request(side.down_id, client_can_do).await;
+                let _ = side
+                    .down
+                    .xon_xoff_request(side.down_id, client_can_do)
+                    .await;
             }
             ChannelMsg::Success => {
                 let _ = side.replies.send(true).await;

@@ -143,7 +143,10 @@ impl JobSide {
         }
     }
 
-    async fn ensure_upstream(&mut self, job_user: Option<&str>) -> Result<Arc<UpstreamHandle>, String> {
+    async fn ensure_upstream(
+        &mut self,
+        job_user: Option<&str>,
+    ) -> Result<Arc<UpstreamHandle>, String> {
         let state = std::mem::replace(&mut self.upstream, UpstreamState::Failed(String::new()));
         let joined = match state {
             UpstreamState::Ready(h) => {
@@ -333,10 +336,8 @@ impl JobSide {
                         // Ctrl-C in place of Enter: the shell drops the line it holds.
                         self.queue(channel, b"\x03");
                         let reason = self.line_refusal(&line);
-                        let _ = session.data(
-                            channel,
-                            Bytes::from(format!("\r\ngateway: {reason}\r\n")),
-                        );
+                        let _ = session
+                            .data(channel, Bytes::from(format!("\r\ngateway: {reason}\r\n")));
                     }
                 }
             }
@@ -376,7 +377,8 @@ impl JobSide {
                 self.queue(channel, &raw);
             } else {
                 let reason = self.line_refusal(&line);
-                let _ = session.extended_data(channel, 1, Bytes::from(format!("gateway: {reason}\n")));
+                let _ =
+                    session.extended_data(channel, 1, Bytes::from(format!("gateway: {reason}\n")));
             }
         }
     }
@@ -490,7 +492,11 @@ impl JobSide {
             } => ((*op).into(), checks.clone(), *logged),
             Request::OnHandle {
                 op, kind, handle, ..
-            } => ((*op).into(), vec![(*kind, handle_path(handle))], *kind == SshOperationKind::SftpWrite),
+            } => (
+                (*op).into(),
+                vec![(*kind, handle_path(handle))],
+                *kind == SshOperationKind::SftpWrite,
+            ),
             Request::Unsupported { op, .. } => {
                 self.event(
                     "ssh_sftp",
@@ -503,9 +509,10 @@ impl JobSide {
                 ));
                 return;
             }
-            Request::Init | Request::Close { .. } | Request::Read { .. } | Request::Write { .. } => {
-                (String::new(), Vec::new(), false)
-            }
+            Request::Init
+            | Request::Close { .. }
+            | Request::Read { .. }
+            | Request::Write { .. } => (String::new(), Vec::new(), false),
         };
         let mut verdict = None;
         for (kind, path) in &checks {
@@ -543,7 +550,11 @@ impl JobSide {
             let kinds: Vec<&str> = checks.iter().map(|(k, _)| k.as_str()).collect();
             let detail = json!({ "channel": number, "op": op, "kinds": kinds, "paths": paths, "decision": "allow" });
             if !self.durable("ssh_sftp", detail).await {
-                let _ = inject.send(sftp::status(id, sftp::FX_PERMISSION_DENIED, "gateway: cannot record"));
+                let _ = inject.send(sftp::status(
+                    id,
+                    sftp::FX_PERMISSION_DENIED,
+                    "gateway: cannot record",
+                ));
                 return;
             }
         }
@@ -561,7 +572,12 @@ impl JobSide {
                         ..Default::default()
                     }),
                 ),
-                Request::Paths { id, op: "opendir", checks, .. } => t.expect(
+                Request::Paths {
+                    id,
+                    op: "opendir",
+                    checks,
+                    ..
+                } => t.expect(
                     id,
                     Pending::Open(sftp::OpenFile {
                         path: checks.into_iter().next().map(|c| c.1).unwrap_or_default(),
@@ -594,7 +610,11 @@ impl JobSide {
         match decision {
             Decision::Allow { .. } => {
                 if !self.durable("ssh_exec", detail).await {
-                    return self.refuse_channel(channel, "the gateway cannot record; refused", session);
+                    return self.refuse_channel(
+                        channel,
+                        "the gateway cannot record; refused",
+                        session,
+                    );
                 }
                 if let Some(c) = self.chans.get_mut(&channel) {
                     c.rec.begin(&self.ctx, "exec", Some(&command));
@@ -698,7 +718,9 @@ impl server::Handler for JobSide {
         if matches!(self.upstream, UpstreamState::Connecting(_))
             && let Err(e) = self.ensure_upstream(None).await
         {
-            return Ok(Some(format!("gateway: cannot open the session on the host: {e}\r\n")));
+            return Ok(Some(format!(
+                "gateway: cannot open the session on the host: {e}\r\n"
+            )));
         }
         Ok(None)
     }
@@ -747,7 +769,10 @@ impl server::Handler for JobSide {
                 reply.accept().await;
             }
             Err(e) => {
-                self.event("upstream_error", json!({ "error": format!("session channel: {e}") }));
+                self.event(
+                    "upstream_error",
+                    json!({ "error": format!("session channel: {e}") }),
+                );
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
             }
         }
@@ -790,7 +815,8 @@ impl server::Handler for JobSide {
             Ok(upch) => {
                 let number = self.bridge(channel, upch, session, Mode::Pass);
                 if let Some(c) = self.chans.values().find(|c| c.number == number) {
-                    c.rec.begin(&self.ctx, "forward", Some(&format!("{host}:{port}")));
+                    c.rec
+                        .begin(&self.ctx, "forward", Some(&format!("{host}:{port}")));
                 }
                 reply.accept().await;
             }
@@ -842,7 +868,9 @@ impl server::Handler for JobSide {
         });
         // Even when a rule allows it, remote forwarding is not relayed by this gateway yet.
         let reason = match &decision {
-            Decision::Allow { .. } => "remote forwarding is not supported by the gateway".to_string(),
+            Decision::Allow { .. } => {
+                "remote forwarding is not supported by the gateway".to_string()
+            }
             d => d.reason().unwrap_or("needs approval").to_string(),
         };
         self.event(
@@ -1043,7 +1071,8 @@ impl server::Handler for JobSide {
     ) -> Result<(), Self::Error> {
         if let Some(c) = self.chans.get(&channel) {
             c.rec.resize(cols, rows);
-            let _ = c.tx.send(Down::WindowChange(cols, rows, pix_width, pix_height));
+            let _ =
+                c.tx.send(Down::WindowChange(cols, rows, pix_width, pix_height));
         }
         Ok(())
     }

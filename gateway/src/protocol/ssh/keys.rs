@@ -62,8 +62,7 @@ pub fn host_key(state_dir: &Path, target: &str) -> Result<PrivateKey, KeyError> 
     }
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     for d in [dir.parent().unwrap_or(&dir), &dir] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_error(d))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io_error(d))?;
     }
     let mut seed = [0u8; 32];
     std::fs::File::open("/dev/urandom")

@@ -172,6 +172,16 @@ async fn run(
     shutdown: CancellationToken,
 ) -> Result<&'static str, SshError> {
     let timeout = ctx.target.ssh.handshake_timeout;
+    // A second handle on the job's socket: shutting it down ends russh's session task, which
+    // ignores a disconnect request before key exchange is done.
+    let std_client = client.into_std().map_err(russh::Error::IO)?;
+    let killer = std_client.try_clone().map_err(russh::Error::IO)?;
+    let client = TcpStream::from_std(std_client).map_err(russh::Error::IO)?;
+    let kill = || {
+        if let Err(e) = killer.shutdown(std::net::Shutdown::Both) {
+            tracing::debug!(error = %e, "shutting down the job's socket");
+        }
+    };
     let (handler, shared) = job::JobSide::new(ctx.clone(), upstream);
     let running = tokio::time::timeout(
         timeout,
@@ -180,37 +190,33 @@ async fn run(
     .await
     .map_err(|_| SshError::HandshakeTimeout(timeout))??;
     let handle = running.handle();
-    // The job must be authenticated within the handshake timeout (a client that never finishes
-    // key exchange holds a connection and a task otherwise).
-    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = {
-        let handle = running.handle();
-        let shared = shared.clone();
-        let timed_out = timed_out.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if !shared.authenticated.load(Ordering::Acquire) {
-                timed_out.store(true, Ordering::Release);
-                let _ = handle
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "key exchange and authentication took too long".into(),
-                        "en".into(),
-                    )
-                    .await;
+    tokio::pin!(running);
+    // The job must be authenticated within the handshake timeout: a client that never finishes
+    // key exchange would hold a connection and a task otherwise.
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut armed = true;
+    let mut timed_out = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut running => break r.map(|()| "closed"),
+            () = &mut deadline, if armed => {
+                armed = false;
+                if !shared.authenticated.load(Ordering::Acquire) {
+                    tracing::info!(session = ctx.session_id, ?timeout, "the job did not authenticate in time; closing");
+                    timed_out = true;
+                    kill();
+                }
             }
-        })
-    };
-    let result = tokio::select! {
-        r = running => r.map(|()| "closed"),
-        () = shutdown.cancelled() => {
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, "the gateway is shutting down".into(), "en".into())
-                .await;
-            Ok("shutdown")
+            () = shutdown.cancelled() => {
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, "the gateway is shutting down".into(), "en".into())
+                    .await;
+                kill();
+                break Ok("shutdown");
+            }
         }
     };
-    watchdog.abort();
     // The job is gone: so is its access to the host (running commands get SIGHUP as with direct
     // OpenSSH for terminals; others keep running, as they would).
     if let Some(up) = shared.upstream.lock().await.take() {
@@ -218,7 +224,7 @@ async fn run(
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
-    if timed_out.load(Ordering::Acquire) {
+    if timed_out {
         return Err(SshError::HandshakeTimeout(timeout));
     }
     result

@@ -169,7 +169,11 @@ impl ChannelRecorder {
         let mut g = self.lock();
         let elapsed = g.start.map_or(0.0, |s| s.elapsed().as_secs_f64());
         if let Some(cast) = g.cast.as_mut() {
-            let _ = writeln!(cast.w, "{}", json!([round(elapsed), "r", format!("{cols}x{rows}")]));
+            let _ = writeln!(
+                cast.w,
+                "{}",
+                json!([round(elapsed), "r", format!("{cols}x{rows}")])
+            );
         }
     }
 
@@ -218,7 +222,8 @@ impl ChannelRecorder {
             );
             detail["masked"] = json!(out_masked + err_masked);
         }
-        ctx.store.note_event(ctx.session_id, "ssh_channel_end", detail);
+        ctx.store
+            .note_event(ctx.session_id, "ssh_channel_end", detail);
     }
 }
 
@@ -259,7 +264,11 @@ impl Cast {
             let _ = writeln!(
                 self.w,
                 "{}",
-                json!([round(elapsed), "o", "\r\n[gateway: recording truncated here]\r\n"])
+                json!([
+                    round(elapsed),
+                    "o",
+                    "\r\n[gateway: recording truncated here]\r\n"
+                ])
             );
         }
         if self.last_flush.elapsed().as_millis() > 250 {

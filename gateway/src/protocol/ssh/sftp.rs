@@ -159,7 +159,10 @@ pub enum Request {
         handle: Vec<u8>,
     },
     /// An extension the gateway does not understand: refused.
-    Unsupported { id: u32, op: String },
+    Unsupported {
+        id: u32,
+        op: String,
+    },
 }
 
 impl Request {

@@ -41,7 +41,10 @@ impl client::Handler for Upstream {
             // Host certificates are not pinned keys; not accepted.
             PublicKeyOrCertificate::Certificate(c) => (
                 false,
-                format!("certificate {}", c.public_key().fingerprint(HashAlg::Sha256)),
+                format!(
+                    "certificate {}",
+                    c.public_key().fingerprint(HashAlg::Sha256)
+                ),
             ),
         };
         *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(shown);
@@ -126,9 +129,7 @@ pub async fn connect(
                 .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), hash))
                 .await?
         }
-        UpstreamSecret::Password(password) => {
-            handle.authenticate_password(user, password).await?
-        }
+        UpstreamSecret::Password(password) => handle.authenticate_password(user, password).await?,
     };
     if !result.success() {
         return Err(SshError::UpstreamAuth {

@@ -1,0 +1,750 @@
+//! SSH at Layer 7 with real peers: Debian's sshd in a network namespace, the OpenSSH client in an
+//! intercepted job (`gateway run -- ssh …`) checking the gateway's host key strictly.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use gateway_e2e::{
+    Daemon, DaemonConfig, Netns, TempDir, gateway_bin,
+    ssh::{Sshd, client_options, keygen},
+    unique_id, wait_until,
+};
+use serde_json::Value;
+
+const RULES: &str = r#"
+[[rules]]
+name = "no-shutdown"
+action = "deny"
+targets = ["web"]
+unauthenticated = true
+reason = "shutting hosts down is not for CI jobs"
+[rules.ssh]
+commands = ["*shutdown*"]
+
+[[rules]]
+name = "restarts-need-approval"
+action = "require_approval"
+targets = ["web"]
+unauthenticated = true
+[rules.ssh]
+commands = ["*systemctl restart *"]
+
+[[rules]]
+name = "etc-is-read-only"
+action = "deny"
+targets = ["web"]
+unauthenticated = true
+[rules.ssh]
+operations = ["sftp_write", "sftp_delete"]
+paths = ["/etc/*"]
+
+[[rules]]
+name = "forward-to-the-host-itself"
+action = "allow"
+targets = ["web"]
+unauthenticated = true
+[rules.ssh]
+operations = ["forward"]
+destinations = ["{HOST}:22"]
+
+[[rules]]
+name = "jobs-may-ssh"
+action = "allow"
+targets = ["web"]
+unauthenticated = true
+"#;
+
+/// A host in a namespace with sshd, a gateway with an SSH target for it, and a known_hosts file
+/// holding the gateway's line (the runner image's one trust step).
+struct Setup {
+    daemon: Daemon,
+    sshd: Sshd,
+    known_hosts: PathBuf,
+    dir: TempDir,
+    _ns: Netns,
+}
+
+impl Setup {
+    fn new(server: &str, target_extra: &str) -> Result<Setup> {
+        let id = unique_id();
+        let dir = TempDir::new(&format!("ssh{id}"));
+        let ns = Netns::new(&id)?;
+        let sshd = Sshd::start(&ns, dir.path())?;
+        let body = format!(
+            "{}\n{}",
+            sshd.target("web", target_extra),
+            RULES.replace("{HOST}", &sshd.addr.to_string())
+        );
+        let daemon = Daemon::start(DaemonConfig {
+            server: server.to_string(),
+            body,
+        })?;
+        let known_hosts = dir.path().join("known_hosts");
+        let lines = known_hosts_lines(&daemon)?;
+        fs::write(&known_hosts, &lines)?;
+        Ok(Setup {
+            daemon,
+            sshd,
+            known_hosts,
+            dir,
+            _ns: ns,
+        })
+    }
+
+    fn host(&self) -> String {
+        format!("root@{}", self.sshd.addr)
+    }
+
+    /// Runs an OpenSSH tool as a job with the job's client options.
+    fn job(&self, tool: &str, args: &[&str]) -> Output {
+        let mut all = client_options(&self.known_hosts);
+        all.extend(args.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.daemon.run_job(&[], tool, &all)
+    }
+
+    fn ssh(&self, args: &[&str]) -> Output {
+        let host = self.host();
+        let mut all = args.to_vec();
+        all.insert(0, &host);
+        // Options must come before the destination.
+        let (opts, rest): (Vec<&str>, Vec<&str>) = (Vec::new(), all);
+        let mut v = opts;
+        v.extend(rest);
+        self.job("ssh", &v)
+    }
+
+    fn ssh_sessions(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .daemon
+            .sessions()?
+            .into_iter()
+            .filter(|s| s["protocol"] == "ssh")
+            .collect())
+    }
+
+    /// Events of the newest SSH session once it has ended.
+    fn last_session(&self) -> Result<Value> {
+        let mut shown = Value::Null;
+        let ended = wait_until(Duration::from_secs(10), || {
+            let Some(id) = self
+                .ssh_sessions()
+                .ok()
+                .and_then(|l| l.last().and_then(|s| s["id"].as_i64()))
+            else {
+                return false;
+            };
+            shown = self
+                .daemon
+                .cli_json(&["sessions", "show", &id.to_string(), "--json"])
+                .unwrap_or(Value::Null);
+            shown["ended_at"].is_string()
+                && shown["events"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["kind"] == "closed"))
+        });
+        ensure!(ended, "no ended ssh session: {shown}");
+        Ok(shown)
+    }
+}
+
+fn known_hosts_lines(daemon: &Daemon) -> Result<String> {
+    let out = Command::new(gateway_bin())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(["targets", "known-hosts"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "known-hosts: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn events<'a>(session: &'a Value, kind: &str) -> Vec<&'a Value> {
+    session["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["kind"] == kind)
+                .map(|e| &e["detail"])
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn exec_is_decided_recorded_and_exit_status_passes_through() -> Result<()> {
+    let s = Setup::new("", "env = [\"LC_*\"]")?;
+    let line = fs::read_to_string(&s.known_hosts)?;
+    assert!(
+        line.starts_with(&format!("{} ssh-ed25519 ", s.sshd.addr)),
+        "{line}"
+    );
+
+    // Allowed: output and the exact exit status come back; the job needed no key.
+    let out = s.ssh(&["echo hi; echo oops >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    assert_eq!(text(&out.stderr), "oops\n");
+    let session = s.last_session()?;
+    assert_eq!(session["target"], "web");
+    let exec = events(&session, "ssh_exec");
+    assert_eq!(exec[0]["command"], "echo hi; echo oops >&2; exit 3");
+    assert_eq!(exec[0]["decision"], "allow");
+    let end = events(&session, "ssh_channel_end");
+    assert_eq!(end[0]["exit_status"], 3, "{session}");
+    assert_eq!(end[0]["stdout"], "hi\n");
+    assert_eq!(end[0]["stderr"], "oops\n");
+
+    // Denied: the command never reaches the host; the reason is on stderr.
+    let marker = format!("/tmp/gwe-denied-{}", unique_id());
+    let out = s.ssh(&[&format!("touch {marker}; sudo shutdown -h now")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("refused by policy: shutting hosts down is not for CI jobs"),
+        "{err}"
+    );
+    assert!(!Path::new(&marker).exists(), "the denied command ran");
+    let session = s.last_session()?;
+    assert_eq!(events(&session, "ssh_exec")[0]["decision"], "deny");
+    assert_eq!(events(&session, "ssh_exec")[0]["rule"], "no-shutdown");
+
+    // Held for approval: the job is told which request it waits for, then (approvals are not
+    // configured yet) that it was denied; nothing ran.
+    let out = s.ssh(&[&format!("touch {marker}; systemctl restart app")]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("needs approval (rule \"restarts-need-approval\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("denied:") && err.contains("approvals are not configured"),
+        "{err}"
+    );
+    assert!(!Path::new(&marker).exists(), "the held command ran");
+    let session = s.last_session()?;
+    assert_eq!(
+        events(&session, "ssh_exec")[0]["decision"],
+        "require_approval"
+    );
+    assert_eq!(
+        events(&session, "ssh_approval")[0]["outcome"]["outcome"],
+        "denied"
+    );
+
+    // Output is recorded masked; the job itself sees what the host printed.
+    let key = "AKIAIOSFODNN7EXAMPLE";
+    let out = s.ssh(&[&format!("echo key={key}")]);
+    assert_eq!(text(&out.stdout), format!("key={key}\n"));
+    let session = s.last_session()?;
+    let end = events(&session, "ssh_channel_end");
+    assert_eq!(
+        end[0]["stdout"], "key=[masked:aws_access_key]\n",
+        "{session}"
+    );
+
+    // Environment: allow-listed names pass, others do not (the host would accept both).
+    let mut opts = client_options(&s.known_hosts);
+    opts.extend(
+        [
+            "-o",
+            "SendEnv=LC_GWE GWE_SECRET",
+            &s.host(),
+            "echo [$LC_GWE] [$GWE_SECRET]",
+        ]
+        .map(String::from),
+    );
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let out = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "ssh"])
+        .args(&opts)
+        .env("LC_GWE", "passed")
+        .env("GWE_SECRET", "leaked")
+        .output()?;
+    assert_eq!(text(&out.stdout), "[passed] []\n", "{}", text(&out.stderr));
+
+    // stdin reaches the host intact and EOF ends it.
+    let data = s.dir.path().join("stdin.bin");
+    fs::write(
+        &data,
+        (0..3_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )?;
+    let mut opts = client_options(&s.known_hosts);
+    opts.extend([s.host(), "sha256sum".into()]);
+    let out = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "ssh"])
+        .args(&opts)
+        .stdin(fs::File::open(&data)?)
+        .output()?;
+    let local = Command::new("sha256sum").arg(&data).output()?;
+    assert_eq!(
+        text(&out.stdout).split_whitespace().next(),
+        text(&local.stdout).split_whitespace().next()
+    );
+    Ok(())
+}
+
+#[test]
+fn scp_and_sftp_transfer_and_sftp_operations_are_policed() -> Result<()> {
+    let s = Setup::new("", "")?;
+    let local = s.dir.path().join("up.bin");
+    fs::write(
+        &local,
+        (0..5_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect::<Vec<u8>>(),
+    )?;
+    let remote = format!("/tmp/gwe-scp-{}", unique_id());
+    // Upload (scp speaks sftp), then download it again under another name.
+    let out = s.job(
+        "scp",
+        &[local.to_str().unwrap(), &format!("{}:{remote}", s.host())],
+    );
+    assert!(out.status.success(), "scp up: {}", text(&out.stderr));
+    let back = s.dir.path().join("down.bin");
+    let out = s.job(
+        "scp",
+        &[&format!("{}:{remote}", s.host()), back.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "scp down: {}", text(&out.stderr));
+    assert_eq!(fs::read(&local)?, fs::read(&back)?);
+    assert_eq!(
+        fs::read(&remote)?.len(),
+        5_000_000,
+        "the file is on the host"
+    );
+    let session = s.last_session()?;
+    let files = events(&session, "ssh_sftp_file");
+    assert!(
+        files
+            .iter()
+            .any(|f| f["path"] == remote.as_str() && f["bytes_read"] == 5_000_000),
+        "{session}"
+    );
+
+    // sftp: listing works, writing under /etc is refused by policy, the rest of the batch
+    // is not run (sftp -b stops at the first failure).
+    let batch = s.dir.path().join("batch");
+    fs::write(
+        &batch,
+        format!(
+            "ls -l {remote}\nput {} /etc/gwe-forbidden\n",
+            local.display()
+        ),
+    )?;
+    let out = s.job("sftp", &["-b", batch.to_str().unwrap(), &s.host()]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("5000000"), "{all}");
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("gateway:") || all.contains("ermission denied"),
+        "{all}"
+    );
+    assert!(!Path::new("/etc/gwe-forbidden").exists());
+    let session = s.last_session()?;
+    let refused: Vec<_> = events(&session, "ssh_sftp")
+        .into_iter()
+        .filter(|e| e["decision"] == "deny")
+        .collect();
+    assert_eq!(refused[0]["path"], "/etc/gwe-forbidden", "{session}");
+    assert_eq!(refused[0]["rule"], "etc-is-read-only");
+    let _ = fs::remove_file(&remote);
+    Ok(())
+}
+
+/// A tmux server of the test's own (own socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()?;
+        Ok(text(&out.stdout))
+    }
+
+    fn screen(&self) -> String {
+        self.cmd(&["capture-pane", "-p", "-t", "gwe"])
+            .unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str) -> Result<()> {
+        let found = wait_until(Duration::from_secs(20), || self.screen().contains(what));
+        ensure!(found, "{what:?} not on screen:\n{}", self.screen());
+        Ok(())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[test]
+fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> {
+    let s = Setup::new("", "")?;
+    let tmux = Tmux {
+        socket: format!("gwe-{}", unique_id()),
+    };
+    let rc_file = s.dir.path().join("rc");
+    let mut ssh = vec![
+        gateway_bin().display().to_string(),
+        "--control-socket".into(),
+        s.daemon.control_socket.display().to_string(),
+        "run".into(),
+        "--".into(),
+        "ssh".into(),
+    ];
+    ssh.extend(client_options(&s.known_hosts));
+    ssh.extend(["-tt".into(), s.host()]);
+    let shell_cmd = format!(
+        "{}; echo RC=$? > {}; sleep 60",
+        ssh.join(" "),
+        rc_file.display()
+    );
+    tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "gwe",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &shell_cmd,
+    ])?;
+    tmux.cmd(&["send-keys", "-t", "gwe", "echo hello-$((6*7))", "Enter"])?;
+    tmux.wait_for("hello-42")?;
+    tmux.cmd(&["send-keys", "-t", "gwe", "stty size", "Enter"])?;
+    tmux.wait_for("30 100")?;
+    tmux.cmd(&["resize-window", "-t", "gwe", "-x", "132", "-y", "40"])?;
+    tmux.cmd(&["send-keys", "-t", "gwe", "stty size", "Enter"])?;
+    tmux.wait_for("40 132")?;
+    // A high-risk line is blocked before it reaches the host.
+    let marker = format!("/tmp/gwe-shell-{}", unique_id());
+    tmux.cmd(&[
+        "send-keys",
+        "-t",
+        "gwe",
+        &format!("touch {marker}; echo shutdown-now"),
+        "Enter",
+    ])?;
+    tmux.wait_for("gateway: blocked by policy")?;
+    tmux.cmd(&["send-keys", "-t", "gwe", "echo after-$((1+1))", "Enter"])?;
+    tmux.wait_for("after-2")?;
+    assert!(!Path::new(&marker).exists(), "the blocked line ran");
+    tmux.cmd(&["send-keys", "-t", "gwe", "exit 7", "Enter"])?;
+    ensure!(
+        wait_until(Duration::from_secs(20), || fs::read_to_string(&rc_file)
+            .is_ok_and(|r| r.contains("RC=7"))),
+        "exit status not passed through: {:?}\n{}",
+        fs::read_to_string(&rc_file),
+        tmux.screen()
+    );
+
+    let session = s.last_session()?;
+    let lines = events(&session, "ssh_shell_line");
+    let find = |l: &str| lines.iter().find(|e| e["line"] == l).copied();
+    assert_eq!(
+        find("echo hello-$((6*7))").context("line recorded")?["decision"],
+        "allow",
+        "{session}"
+    );
+    assert_eq!(
+        find(&format!("touch {marker}; echo shutdown-now")).context("blocked line recorded")?["decision"],
+        "deny"
+    );
+    let end = events(&session, "ssh_channel_end");
+    assert_eq!(end[0]["exit_status"], 7);
+
+    // Replay with its timing (sped up), and asciicast v2 that asciinema accepts.
+    let id = session["id"].as_i64().unwrap().to_string();
+    let out = s.daemon.cli(&[
+        "sessions",
+        "replay",
+        &id,
+        "--speed",
+        "50",
+        "--max-idle",
+        "0.2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let replayed = text(&out.stdout);
+    assert!(
+        replayed.contains("hello-42") && replayed.contains("40 132"),
+        "{replayed}"
+    );
+    let cast = s.dir.path().join("session.cast");
+    let out = s.daemon.cli(&[
+        "sessions",
+        "export",
+        &id,
+        "--format",
+        "asciicast",
+        "-o",
+        cast.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cast_text = fs::read_to_string(&cast)?;
+    let header: Value = serde_json::from_str(cast_text.lines().next().unwrap_or(""))?;
+    assert_eq!(header["version"], 2);
+    assert_eq!(header["width"], 100);
+    assert!(
+        cast_text
+            .lines()
+            .any(|l| l.contains("\"r\"") && l.contains("132x40"))
+    );
+    if which("asciinema") {
+        // asciinema wants a terminal: `script` gives it one.
+        let out = Command::new("script")
+            .args([
+                "-qec",
+                &format!("asciinema play -s 20 -i 0.2 {}", cast.display()),
+                "/dev/null",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        assert!(
+            out.status.success(),
+            "asciinema play: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("hello-42"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    let out = s
+        .daemon
+        .cli(&["sessions", "export", &id, "--format", "jsonl"]);
+    let first: Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap_or(""))?;
+    assert_eq!(first["session"]["id"].to_string(), id);
+    Ok(())
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn forwarding_is_refused_unless_a_rule_names_the_destination() -> Result<()> {
+    let s = Setup::new("", "")?;
+    // Not named by a rule: refused.
+    let out = s.ssh(&["-W", "10.0.0.1:5432"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("administratively prohibited"), "{err}");
+    // ssh -R: refused.
+    let out = s.job(
+        "ssh",
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "127.0.0.1:15556:127.0.0.1:22",
+            &s.host(),
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("remote port forwarding failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Named by a rule: the host's own sshd answers through the forwarded channel.
+    let out = s.job("ssh", &["-W", &format!("{}:22", s.sshd.addr), &s.host()]);
+    assert!(
+        text(&out.stdout).starts_with("SSH-2.0-"),
+        "{}",
+        text(&out.stderr)
+    );
+    let session = s.last_session()?;
+    let fwd = events(&session, "ssh_forward");
+    assert_eq!(fwd[0]["decision"], "allow");
+    assert_eq!(fwd[0]["rule"], "forward-to-the-host-itself");
+
+    // Agent forwarding: the host sees no agent.
+    let agent = Command::new("ssh-agent").arg("-s").output()?;
+    let env = text(&agent.stdout);
+    let sock = env
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("SSH_AUTH_SOCK="))
+        .context("agent socket")?
+        .to_string();
+    let pid = env
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("SSH_AGENT_PID="))
+        .context("agent pid")?
+        .to_string();
+    let mut opts = client_options(&s.known_hosts);
+    opts.extend(["-A".into(), s.host(), "echo [$SSH_AUTH_SOCK]".into()]);
+    let out = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "ssh"])
+        .args(&opts)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()?;
+    let _ = Command::new("kill").arg(&pid).output();
+    assert_eq!(text(&out.stdout), "[]\n", "{}", text(&out.stderr));
+    let session = s.last_session()?;
+    assert!(!events(&session, "ssh_agent_forwarding").is_empty());
+    Ok(())
+}
+
+#[test]
+fn an_upstream_with_another_host_key_is_refused() -> Result<()> {
+    let id = unique_id();
+    let dir = TempDir::new(&format!("sshk{id}"));
+    let ns = Netns::new(&id)?;
+    let sshd = Sshd::start(&ns, dir.path())?;
+    let impostor = dir.path().join("impostor");
+    keygen(&impostor)?;
+    let wrong = fs::read_to_string(impostor.with_extension("pub"))?;
+    let wrong: String = wrong
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let target = sshd.target("web", "").replace(&sshd.host_key, &wrong);
+    let daemon = Daemon::start(DaemonConfig {
+        server: String::new(),
+        body: format!(
+            "{target}\n[[rules]]\nname = \"jobs-may-ssh\"\naction = \"allow\"\ntargets = [\"web\"]\nunauthenticated = true\n"
+        ),
+    })?;
+    let known_hosts = dir.path().join("known_hosts");
+    fs::write(&known_hosts, known_hosts_lines(&daemon)?)?;
+    let marker = format!("/tmp/gwe-mitm-{id}");
+    let mut args = client_options(&known_hosts);
+    args.extend([format!("root@{}", sshd.addr), format!("touch {marker}")]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = daemon.run_job(&[], "ssh", &args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("not the key pinned"), "{err}");
+    assert!(!Path::new(&marker).exists());
+    let sessions = daemon.sessions()?;
+    let sid = sessions.last().context("session")?["id"].to_string();
+    let shown = daemon.cli_json(&["sessions", "show", &sid, "--json"])?;
+    assert!(shown.to_string().contains("upstream_error"), "{shown}");
+    Ok(())
+}
+
+#[test]
+fn bad_ssh_input_gets_clean_errors_and_the_gateway_keeps_serving() -> Result<()> {
+    let s = Setup::new("", "handshake_timeout = \"2s\"")?;
+    let dst = format!("/dev/tcp/{}/22", s.sshd.addr);
+    // A job writes raw bytes to the SSH target and reads until the gateway closes. `timeout`
+    // bounds the test; a gateway that closes cleanly makes it end long before.
+    let raw = |payload: &str| -> Output {
+        let script =
+            format!("exec 3<>{dst}; printf '{payload}' >&3; cat <&3 >/dev/null; echo closed");
+        s.daemon
+            .run_job(&[], "timeout", &["20", "bash", "-c", &script])
+    };
+    // Not SSH at all.
+    let out = raw("GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n");
+    assert_eq!(
+        text(&out.stdout),
+        "closed\n",
+        "{} {:?}",
+        text(&out.stderr),
+        out.status
+    );
+    // A banner, then garbage where the key exchange should be.
+    let out = raw(
+        "SSH-2.0-bad\\r\\n\\x00\\x00\\x00\\x10\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff",
+    );
+    assert_eq!(text(&out.stdout), "closed\n");
+    // A banner and then silence: cut off after the handshake timeout.
+    let out = raw("SSH-2.0-silent\\r\\n");
+    assert_eq!(text(&out.stdout), "closed\n");
+    // A length field of 4 GiB.
+    let out = raw("SSH-2.0-big\\r\\n\\xff\\xff\\xff\\xff\\x00");
+    assert_eq!(text(&out.stdout), "closed\n");
+    // Algorithms the gateway does not offer: the client is told.
+    let out = s.ssh(&["-o", "KexAlgorithms=diffie-hellman-group1-sha1", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("no matching key exchange"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = s.ssh(&["-o", "Ciphers=3des-cbc", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+
+    // A flood of stdin into a command that does not read it for a while: memory stays bounded.
+    let pid = s.daemon.pid();
+    let mut opts = client_options(&s.known_hosts);
+    opts.extend([s.host(), "sleep 2; cat > /dev/null; echo done".into()]);
+    let flood = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 400000000 /dev/zero | {} --control-socket {} run -- ssh {}",
+            gateway_bin().display(),
+            s.daemon.control_socket.display(),
+            opts.iter()
+                .map(|o| format!("'{o}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut max_rss = 0u64;
+    let mut child = flood;
+    let finished = wait_until(Duration::from_secs(120), || {
+        max_rss = max_rss.max(rss_kib(pid));
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    ensure!(finished, "the flood did not finish");
+    let out = child.wait_with_output()?;
+    assert_eq!(text(&out.stdout), "done\n");
+    assert!(max_rss < 300 * 1024, "gateway RSS reached {max_rss} KiB");
+
+    // Still serving.
+    let out = s.ssh(&["echo still-here"]);
+    assert_eq!(text(&out.stdout), "still-here\n", "{}", text(&out.stderr));
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
