@@ -31,6 +31,7 @@ name = "restarts-need-approval"
 action = "require_approval"
 targets = ["web"]
 unauthenticated = true
+approvers = ["ops"]
 [rules.ssh]
 commands = ["*systemctl restart *"]
 
@@ -57,6 +58,10 @@ name = "jobs-may-ssh"
 action = "allow"
 targets = ["web"]
 unauthenticated = true
+
+[[approvers]]
+name = "ops"
+unix_users = ["root"]
 "#;
 
 /// A host in a namespace with sshd, a gateway with an SSH target for it, and a known_hosts file
@@ -222,29 +227,80 @@ fn exec_is_decided_recorded_and_exit_status_passes_through() -> Result<()> {
     assert_eq!(events(&session, "ssh_exec")[0]["decision"], "deny");
     assert_eq!(events(&session, "ssh_exec")[0]["rule"], "no-shutdown");
 
-    // Held for approval: the job is told which request it waits for, then (approvals are not
-    // configured yet) that it was denied; nothing ran.
-    let out = s.ssh(&[&format!("touch {marker}; systemctl restart app")]);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("needs approval (rule \"restarts-need-approval\""),
-        "{err}"
-    );
-    assert!(
-        err.contains("denied:") && err.contains("approvals are not configured"),
-        "{err}"
-    );
-    assert!(!Path::new(&marker).exists(), "the held command ran");
-    let session = s.last_session()?;
-    assert_eq!(
-        events(&session, "ssh_exec")[0]["decision"],
-        "require_approval"
-    );
-    assert_eq!(
-        events(&session, "ssh_approval")[0]["outcome"]["outcome"],
-        "denied"
-    );
+    // Held for approval: the exec waits, the job reads which request it waits for on stderr;
+    // someone outside the job approves it and it runs, or denies it and it never does.
+    let approve_marker = format!("/tmp/gwe-approved-{}", unique_id());
+    for (verdict, marker) in [("approve", &approve_marker), ("deny", &marker)] {
+        let command = format!("touch {marker}; echo systemctl restart app");
+        let mut opts = client_options(&s.known_hosts);
+        opts.extend([s.host(), command.clone()]);
+        let job = Command::new(gateway_bin())
+            .arg("--control-socket")
+            .arg(&s.daemon.control_socket)
+            .args(["run", "--", "ssh"])
+            .args(&opts)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut id = String::new();
+        let pending = wait_until(Duration::from_secs(20), || {
+            let list = s
+                .daemon
+                .cli_json(&["approvals", "list", "--json"])
+                .unwrap_or(Value::Null);
+            let found = list.as_array().and_then(|l| {
+                l.iter()
+                    .find(|a| a["operation"] == command.as_str() && a["status"] == "pending")
+                    .and_then(|a| a["id"].as_str().map(str::to_string))
+            });
+            found.map(|f| id = f).is_some()
+        });
+        assert!(pending, "no pending approval for {command:?}");
+        assert!(!Path::new(marker).exists(), "ran before approval");
+        let decided = s.daemon.cli(
+            &["approvals", verdict, &id, "--reason", "not now"]
+                [..if verdict == "deny" { 5 } else { 3 }],
+        );
+        assert!(decided.status.success(), "{}", text(&decided.stderr));
+        let out = job.wait_with_output()?;
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "needs approval (rule \"restarts-need-approval\"): request {id}"
+            )),
+            "{err}"
+        );
+        if verdict == "approve" {
+            assert_eq!(out.status.code(), Some(0), "{err}");
+            assert_eq!(text(&out.stdout), "systemctl restart app\n");
+            assert!(
+                Path::new(marker).exists(),
+                "the approved command did not run"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(
+                err.contains("gateway: denied: ") && err.contains("not now"),
+                "{err}"
+            );
+            assert!(!Path::new(marker).exists(), "the denied command ran");
+        }
+        let session = s.last_session()?;
+        assert_eq!(
+            events(&session, "ssh_exec")[0]["decision"],
+            "require_approval"
+        );
+        let outcome = &events(&session, "ssh_approval")[0]["outcome"]["outcome"];
+        assert_eq!(
+            *outcome,
+            if verdict == "approve" {
+                "approved"
+            } else {
+                "denied"
+            }
+        );
+    }
+    let _ = fs::remove_file(&approve_marker);
 
     // Output is recorded masked; the job itself sees what the host printed.
     let key = "AKIAIOSFODNN7EXAMPLE";

@@ -21,6 +21,7 @@ use russh::{
 };
 use serde_json::json;
 use tokio::{net::TcpStream, sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     Ctx, SshError,
@@ -32,7 +33,7 @@ use super::{
     upstream::{self, UpstreamHandle},
 };
 use crate::{
-    approval::{ApprovalOutcome, ApprovalRequest},
+    approval::{ApprovalOutcome, ApprovalRequest, Submission},
     config::SshOperationKind,
     glob,
     policy::{Decision, SshOperation},
@@ -78,6 +79,8 @@ struct Chan {
     mode: Mode,
     sftp: Arc<Mutex<Option<sftp::Tracker>>>,
     inject: mpsc::UnboundedSender<Bytes>,
+    /// Cancelled when the job closes the channel or leaves: a pending approval is abandoned.
+    gone: CancellationToken,
 }
 
 pub struct JobSide {
@@ -312,6 +315,7 @@ impl JobSide {
                 mode,
                 sftp: tracker,
                 inject: inject_tx,
+                gone: CancellationToken::new(),
             },
         );
         number
@@ -635,28 +639,52 @@ impl JobSide {
                     rule: rule.clone(),
                     identity: self.ctx.identity.clone(),
                     operation: command.clone(),
+                    kind: "ssh_exec".into(),
+                    detail: json!({ "command": command, "channel": number }),
+                    process: None,
+                    job_id: None,
                 };
-                // The job is told at once which request it waits for; the channel stays open.
+                // The channel is accepted at once; the job reads on stderr which request it waits
+                // for. Everything it sends meanwhile waits behind the decision (`Down::Approval`).
                 let _ = session.channel_success(channel);
-                let _ = session.extended_data(
-                    channel,
-                    1,
-                    Bytes::from(format!(
-                        "gateway: {command:?} needs approval (rule {rule:?}, session {} channel {number}); waiting for a decision…\r\n",
-                        self.ctx.session_id
-                    )),
-                );
                 let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
-                if let Some(c) = self.chans.get_mut(&channel) {
-                    c.rec.begin(&self.ctx, "exec", Some(&command));
-                    c.mode = Mode::Pass;
-                    let _ = c.tx.send(Down::Approval(decided_rx));
-                }
+                let Some(c) = self.chans.get_mut(&channel) else {
+                    return;
+                };
+                c.rec.begin(&self.ctx, "exec", Some(&command));
+                c.mode = Mode::Pass;
+                let _ = c.tx.send(Down::Approval(decided_rx));
+                let gone = c.gone.clone();
                 let ctx = self.ctx.clone();
                 let handle = session.handle();
                 tokio::spawn(async move {
-                    let outcome = ctx.approvals.request(&request).await;
-                    let approved = matches!(outcome, ApprovalOutcome::Approved { .. });
+                    let say = |text: String| {
+                        let handle = handle.clone();
+                        async move {
+                            let _ = handle
+                                .extended_data(
+                                    channel,
+                                    1,
+                                    Bytes::from(format!("gateway: {text}\r\n")),
+                                )
+                                .await;
+                        }
+                    };
+                    let outcome = match ctx.approvals.submit(&request).await {
+                        Submission::Decided(o) => o,
+                        Submission::Waiting(ticket) => {
+                            say(format!(
+                                "{command:?} needs approval (rule {rule:?}): request {}; {}; waiting until {}…",
+                                ticket.id, ticket.how, ticket.deadline
+                            ))
+                            .await;
+                            tokio::select! {
+                                o = ticket.wait() => o,
+                                // Dropping the ticket marks the request abandoned.
+                                () = gone.cancelled() => return,
+                            }
+                        }
+                    };
                     let recorded = ctx
                         .store
                         .append_event(
@@ -667,7 +695,8 @@ impl JobSide {
                         .await
                         .is_ok();
                     match outcome {
-                        ApprovalOutcome::Approved { .. } if approved && recorded => {
+                        ApprovalOutcome::Approved { by } if recorded => {
+                            say(format!("approved by {by}")).await;
                             let _ = decided_tx.send(Some(command.into_bytes()));
                         }
                         other => {
@@ -678,13 +707,7 @@ impl JobSide {
                                     "the gateway cannot record".into()
                                 }
                             };
-                            let _ = handle
-                                .extended_data(
-                                    channel,
-                                    1,
-                                    Bytes::from(format!("gateway: denied: {reason}\r\n")),
-                                )
-                                .await;
+                            say(format!("denied: {reason}")).await;
                             let _ = handle.exit_status_request(channel, 1).await;
                             let _ = handle.eof(channel).await;
                             let _ = handle.close(channel).await;
@@ -692,6 +715,14 @@ impl JobSide {
                     }
                 });
             }
+        }
+    }
+}
+
+impl Drop for JobSide {
+    fn drop(&mut self) {
+        for c in self.chans.values() {
+            c.gone.cancel();
         }
     }
 }
@@ -1159,6 +1190,7 @@ impl server::Handler for JobSide {
     ) -> Result<(), Self::Error> {
         // Only called when the job closes first; the pumps finish the channel's record.
         if let Some(c) = self.chans.remove(&channel) {
+            c.gone.cancel();
             let _ = c.tx.send(Down::Close);
         }
         Ok(())

@@ -108,7 +108,7 @@ pub async fn serve(
         identity,
         store: gw.store.clone(),
         policy: gw.policy.clone(),
-        approvals: Approvals::new(),
+        approvals: gw.approvals.clone(),
         recordings: recordings_dir(state_dir),
         detectors: DETECTORS.into(),
         counters: bridge::Counters::default(),
