@@ -77,7 +77,7 @@ address = "10.0.0.5:5432"
 
 [[targets]]
 name = "b"
-protocol = "ssh"
+protocol = "kubernetes"
 address = "10.0.0.5:5432"
 
 [[rules]]
@@ -93,7 +93,7 @@ claims = { sub = "x" }
         "t.toml:3:13: server.state_dir: must be an absolute path",
         "t.toml:4:20: server.resolve_interval: invalid duration",
         "t.toml:7:8: targets[0].name: \"Orders DB\" must be",
-        "t.toml:13:12: targets[1].protocol: protocol \"ssh\" is not supported",
+        "t.toml:13:12: targets[1].protocol: protocol \"kubernetes\" is not supported",
         "t.toml:14:11: targets[1].address: 10.0.0.5:5432 is already the address of target",
         "t.toml:19:12: rules[0].targets[0]: \"nothing-*\" matches no target",
         "t.toml:20:19: rules[0].unauthenticated: an unauthenticated job has no claims",

@@ -153,3 +153,6 @@ fn destination_matches(spec: &AddressSpec, host: &str, port: u16) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

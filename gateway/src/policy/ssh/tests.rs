@@ -1,0 +1,165 @@
+use super::*;
+use crate::config::Config;
+
+const HOST_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+
+fn policy(rules: &str) -> Policy {
+    let text = format!(
+        "[[targets]]\nname = \"web\"\nprotocol = \"ssh\"\naddress = \"10.0.0.7:22\"\n[targets.credentials]\nkey_file = \"/k\"\n[targets.ssh]\nhost_key = \"{HOST_KEY}\"\n\n{rules}"
+    );
+    Policy::new(
+        Config::parse(&text, "t")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .rules,
+    )
+}
+
+const RULES: &str = r#"
+[[rules]]
+name = "no-rm"
+action = "deny"
+unauthenticated = true
+[rules.ssh]
+commands = ["rm -rf /*"]
+
+[[rules]]
+name = "restarts"
+action = "require_approval"
+unauthenticated = true
+approvers = ["ops"]
+[rules.ssh]
+operations = ["exec"]
+commands = ["systemctl restart *"]
+
+[[rules]]
+name = "etc-read-only"
+action = "deny"
+unauthenticated = true
+[rules.ssh]
+operations = ["sftp_write", "sftp_delete"]
+paths = ["/etc/*"]
+
+[[rules]]
+name = "db-tunnel"
+action = "allow"
+unauthenticated = true
+[rules.ssh]
+destinations = ["10.0.0.9:5432"]
+
+[[rules]]
+name = "jobs"
+action = "allow"
+unauthenticated = true
+
+[[approvers]]
+name = "ops"
+unix_users = ["root"]
+"#;
+
+fn decide(p: &Policy, op: SshOperation<'_>) -> Decision {
+    p.decide_ssh(&Identity::unauthenticated(), "web", &op)
+}
+
+#[test]
+fn commands_match_whole_lines_with_blanks_normalised() {
+    let p = policy(RULES);
+    let d = decide(
+        &p,
+        SshOperation::Exec {
+            command: "rm  -rf   /var",
+        },
+    );
+    assert_eq!(d.rule(), Some("no-rm"));
+    assert_eq!(d.label(), "deny");
+    assert!(d.reason().unwrap().contains("command \"rm  -rf   /var\""));
+    // The same rule covers lines typed in a shell.
+    let d = decide(
+        &p,
+        SshOperation::Shell {
+            line: Some("rm -rf /home"),
+        },
+    );
+    assert_eq!(d.rule(), Some("no-rm"));
+    // Opening a shell has no command: command rules do not match it.
+    let d = decide(&p, SshOperation::Shell { line: None });
+    assert_eq!(d.rule(), Some("jobs"));
+    let d = decide(
+        &p,
+        SshOperation::Exec {
+            command: "systemctl restart app",
+        },
+    );
+    assert_eq!(d.label(), "require_approval");
+    // `operations = ["exec"]` keeps the approval rule off shell lines.
+    let d = decide(
+        &p,
+        SshOperation::Shell {
+            line: Some("systemctl restart app"),
+        },
+    );
+    assert_eq!(d.rule(), Some("jobs"));
+    assert_eq!(
+        decide(&p, SshOperation::Exec { command: "uptime" }).rule(),
+        Some("jobs")
+    );
+}
+
+#[test]
+fn sftp_paths_and_kinds() {
+    let p = policy(RULES);
+    let write = |path| SshOperation::Sftp {
+        kind: SshOperationKind::SftpWrite,
+        path,
+    };
+    assert_eq!(decide(&p, write("/etc/passwd")).label(), "deny");
+    assert_eq!(decide(&p, write("/tmp/x")).label(), "allow");
+    let read = SshOperation::Sftp {
+        kind: SshOperationKind::SftpRead,
+        path: "/etc/passwd",
+    };
+    assert_eq!(decide(&p, read).label(), "allow");
+}
+
+#[test]
+fn forwarding_needs_a_rule_that_names_it() {
+    let p = policy(RULES);
+    let d = decide(
+        &p,
+        SshOperation::Forward {
+            host: "10.0.0.9",
+            port: 5432,
+        },
+    );
+    assert_eq!(d.rule(), Some("db-tunnel"));
+    assert_eq!(d.label(), "allow");
+    // The connection rule "jobs" does not allow other destinations.
+    let d = decide(
+        &p,
+        SshOperation::Forward {
+            host: "10.0.0.10",
+            port: 5432,
+        },
+    );
+    assert_eq!(d.label(), "deny");
+    assert!(
+        d.reason().unwrap().contains("port forwarding is refused"),
+        "{d:?}"
+    );
+    let d = decide(
+        &p,
+        SshOperation::RemoteForward {
+            address: "0.0.0.0",
+            port: 8080,
+        },
+    );
+    assert_eq!(d.label(), "deny");
+}
+
+#[test]
+fn operation_rules_do_not_decide_connections() {
+    // A deny rule about commands must not refuse the connection itself.
+    let p = policy(RULES);
+    let d = p.decide_connection(&Identity::unauthenticated(), "web");
+    assert_eq!(d.rule(), Some("jobs"));
+}
