@@ -335,6 +335,30 @@ fn exec_is_decided_recorded_and_exit_status_passes_through() -> Result<()> {
         .output()?;
     assert_eq!(text(&out.stdout), "[passed] []\n", "{}", text(&out.stderr));
 
+    // A shell without a terminal reads commands from stdin: each line is decided before it is
+    // passed on, a denied one is dropped and the rest run.
+    let script = s.dir.path().join("script.sh");
+    fs::write(
+        &script,
+        format!("echo one\ntouch {marker}; echo shutdown now\necho two\n"),
+    )?;
+    let mut opts = client_options(&s.known_hosts);
+    opts.extend(["-T".into(), s.host()]);
+    let out = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "ssh"])
+        .args(&opts)
+        .stdin(fs::File::open(&script)?)
+        .output()?;
+    assert_eq!(text(&out.stdout), "one\ntwo\n", "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("blocked by policy"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!Path::new(&marker).exists(), "the blocked line ran");
+
     // stdin reaches the host intact and EOF ends it.
     let data = s.dir.path().join("stdin.bin");
     fs::write(

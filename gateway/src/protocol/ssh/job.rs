@@ -740,7 +740,7 @@ impl server::Handler for JobSide {
             if self.throttled {
                 self.throttled = false;
             }
-            russh::server::Config::default().window_size
+            super::JOB_WINDOW
         }
     }
 

@@ -61,6 +61,9 @@ pub const DETECTORS: &[Detector] = &[
     Detector::CreditCard,
 ];
 
+/// The receive window granted to the job (russh's default, restored after throttling).
+pub const JOB_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// Everything the handlers of one SSH session share.
 pub struct Ctx {
     pub session_id: i64,
@@ -148,6 +151,7 @@ fn server_config(host_key: russh::keys::PrivateKey) -> Arc<server::Config> {
         server_id: russh::SshId::Standard("SSH-2.0-gateway".into()),
         keys: vec![host_key],
         methods,
+        window_size: JOB_WINDOW,
         auth_rejection_time: Duration::from_millis(100),
         // OpenSSH's first attempt is a `none` probe; do not make every login wait for it.
         auth_rejection_time_initial: Some(Duration::ZERO),
