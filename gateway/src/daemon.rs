@@ -17,7 +17,7 @@ use crate::{
     config::{Config, Mode},
     control::{self, Request, Response, Status, TargetStatus},
     ebpf::{Connections, Dataplane, DataplaneError},
-    identity::Identity,
+    identity::{Identity, Verifier, VerifyError},
     intercept,
     jobs::{Job, Jobs},
     policy::Policy,
@@ -44,12 +44,16 @@ pub enum DaemonError {
     },
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] VerifyError),
 }
 
 /// State shared by every task of the daemon.
 pub struct Gateway {
     pub config: Config,
     pub policy: Policy,
+    /// Verifies the OIDC tokens jobs are bound with.
+    pub verifier: Verifier,
     pub targets: RwLock<Arc<TargetSet>>,
     pub store: Store,
     pub jobs: Jobs,
@@ -70,6 +74,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         return Err(DaemonError::NotRoot);
     }
     let server = config.server.clone();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let verifier = Verifier::new(&config.issuers)?;
     let cgroup_root = cgroup::cgroup2_root()?;
     let own_cgroup = cgroup::process_cgroup(std::process::id())
         .map(|p| cgroup_root.join(p.trim_start_matches('/')))
@@ -110,6 +118,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
 
     let gw = Arc::new(Gateway {
         policy: Policy::new(config.rules.clone()),
+        verifier,
         config,
         targets: RwLock::new(Arc::new(targets)),
         store,
@@ -138,6 +147,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     )));
     tasks.push(tokio::spawn(reap_loop(gw.clone())));
     tasks.push(tokio::spawn(refresh_targets_loop(gw.clone())));
+    let prefetch = gw.clone();
+    tasks.push(tokio::spawn(
+        async move { prefetch.verifier.prefetch().await },
+    ));
 
     tracing::info!(
         listen = ?[server.listen_v4, server.listen_v6].iter().flatten().collect::<Vec<_>>(),
@@ -241,6 +254,12 @@ fn system_resolvers() -> Vec<IpAddr> {
         .collect()
 }
 
+/// What a job is bound to.
+struct Binding {
+    identity: Identity,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 fn new_job_id() -> String {
     let mut bytes = [0u8; 6];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
@@ -304,22 +323,41 @@ impl Gateway {
                 })
                 .collect(),
             jobs: self.jobs.list().iter().map(|j| j.record()).collect(),
+            issuers: self.verifier.status(),
         }
     }
 
-    fn identity_from_token(&self, token: Option<String>) -> Result<Identity, String> {
-        match token {
-            None => Ok(Identity::unauthenticated()),
-            Some(_) => Err("identity tokens are not supported by this build yet: run the job without a token (it will be `unauthenticated`)".into()),
+    /// No token: `unauthenticated`, unbounded. A token: verified, bound until the issuer's
+    /// `max_binding_lifetime` from now (the token's own short `exp` only matters at this moment).
+    async fn binding(&self, token: Option<String>) -> Result<Binding, String> {
+        let Some(token) = token else {
+            return Ok(Binding {
+                identity: Identity::unauthenticated(),
+                expires_at: None,
+            });
+        };
+        match self.verifier.verify(&token).await {
+            Ok(v) => Ok(Binding {
+                identity: v.identity,
+                expires_at: Some(
+                    chrono::Utc::now()
+                        + chrono::Duration::from_std(v.max_binding)
+                            .unwrap_or(chrono::Duration::MAX),
+                ),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "job not bound");
+                Err(e.to_string())
+            }
         }
     }
 
     async fn create_job(&self, token: Option<String>) -> Result<JobRecord, String> {
-        let identity = self.identity_from_token(token)?;
+        let binding = self.binding(token).await?;
         let id = new_job_id();
         let parent = self.config.server.job_cgroup_parent.clone();
         let path = cgroup::create(&self.cgroup_root, &parent, &id).map_err(|e| e.to_string())?;
-        match self.register(id, path.clone(), true, identity).await {
+        match self.register(id, path.clone(), true, binding).await {
             Ok(job) => Ok(job),
             Err(e) => {
                 let _ = std::fs::remove_dir(&path);
@@ -329,7 +367,7 @@ impl Gateway {
     }
 
     async fn attach(&self, given: &str, token: Option<String>) -> Result<JobRecord, String> {
-        let identity = self.identity_from_token(token)?;
+        let binding = self.binding(token).await?;
         let path = cgroup::resolve(&self.cgroup_root, given).map_err(|e| e.to_string())?;
         if self.own_cgroup.starts_with(&path) {
             return Err(format!(
@@ -356,7 +394,7 @@ impl Gateway {
                 job.id
             ));
         }
-        self.register(new_job_id(), path, false, identity).await
+        self.register(new_job_id(), path, false, binding).await
     }
 
     /// Attaches the programs, records the job, and only then makes it known.
@@ -365,7 +403,7 @@ impl Gateway {
         id: String,
         path: PathBuf,
         owned: bool,
-        identity: Identity,
+        binding: Binding,
     ) -> Result<JobRecord, String> {
         let cgroup_id = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
         let mut dataplane = self.dataplane.lock().await;
@@ -377,7 +415,8 @@ impl Gateway {
             cgroup_path: path,
             cgroup_id,
             owned,
-            identity,
+            identity: binding.identity,
+            binding_expires_at: binding.expires_at,
             created_at: now(),
         };
         let record = job.record();
@@ -387,7 +426,15 @@ impl Gateway {
         }
         drop(dataplane);
         self.jobs.insert(job);
-        tracing::info!(job = %record.id, cgroup = %record.cgroup_path, owned, identity = %record.identity.subject, "job attached");
+        tracing::info!(
+            job = %record.id,
+            cgroup = %record.cgroup_path,
+            owned,
+            issuer = record.identity.issuer.as_deref().unwrap_or("-"),
+            identity = %record.identity.subject,
+            bound_until = record.binding_expires_at.as_deref().unwrap_or("-"),
+            "job attached"
+        );
         Ok(record)
     }
 
@@ -463,6 +510,11 @@ impl Gateway {
                 cgroup_id: r.cgroup_id,
                 owned: r.owned,
                 identity: r.identity,
+                binding_expires_at: r
+                    .binding_expires_at
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc)),
                 created_at: r.created_at,
             });
             tracing::info!(job = %r.id, "adopted job");

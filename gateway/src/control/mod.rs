@@ -7,7 +7,10 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{JobRecord, SessionRecord, SessionSummary};
+use crate::{
+    identity::IssuerStatus,
+    record::{JobRecord, SessionRecord, SessionSummary},
+};
 
 /// Largest request or response line accepted.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
@@ -63,6 +66,8 @@ pub struct Status {
     pub active_sessions: usize,
     pub targets: Vec<TargetStatus>,
     pub jobs: Vec<JobRecord>,
+    #[serde(default)]
+    pub issuers: Vec<IssuerStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -61,6 +61,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_session ON events (session_id, id);
     "#,
+    // 2: how long a job's identity binding lasts (NULL: unauthenticated, no limit).
+    r#"
+    ALTER TABLE jobs ADD COLUMN binding_expires_at TEXT;
+    "#,
 ];
 
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {

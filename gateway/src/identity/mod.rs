@@ -1,8 +1,26 @@
-//! Who a job is: the verified claims of the token it was bound with, or `unauthenticated`.
+//! Who a job is: the verified claims of the OIDC token it was bound with, or `unauthenticated`.
+//!
+//! `Verifier` checks a token against the configured issuers (discovery document and JWKS fetched
+//! over HTTPS and cached, signature, algorithm allow-list, `iss`, `aud`, `exp`, `nbf`) and turns
+//! its claims into an `Identity`. Rules select on `Identity::claim_values`.
+
+pub mod claims;
+mod discovery;
+mod error;
+mod fetch;
+mod issuer;
+mod jwks;
+mod token;
+mod verifier;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use error::{FetchError, VerifyError};
+pub use issuer::IssuerStatus;
+pub use token::MAX_TOKEN_BYTES;
+pub use verifier::{Verified, Verifier};
 
 pub const UNAUTHENTICATED: &str = "unauthenticated";
 
@@ -53,3 +71,6 @@ impl Identity {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
