@@ -221,6 +221,140 @@ impl Validator<'_> {
             Some(s) => format!("; did you mean {s:?}?"),
             None => "; if your issuer sets it, list it in the issuer's known_claims".into(),
         };
-        self.warn(name.span(), format!("{key}.{n}"), format!("warning: no configured or well-known issuer sets claim {n:?}, so this rule never matches a token without it{hint}"));
+        self.warn(name.span(), format!("{key}.{n}"), format!("warning: no configured or well-known issuer sets claim {n:?}: the rule only matches tokens that carry it{hint}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::{Config, ConfigError};
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, "g.toml") {
+            Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+            Err(e) => panic!("{e}"),
+            Ok(_) => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_asymmetric_algorithms_and_bounded_fetches() {
+        let cfg = Config::parse(
+            "[[issuers]]\nurl = \"https://token.actions.githubusercontent.com\"\naudiences = [\"gateway\"]\n",
+            "g.toml",
+        )
+        .unwrap();
+        let i = &cfg.issuers[0];
+        assert_eq!(i.url, "https://token.actions.githubusercontent.com");
+        assert!(i.algorithms.contains(&jsonwebtoken::Algorithm::RS256));
+        assert!(!i.algorithms.contains(&jsonwebtoken::Algorithm::HS256));
+        assert_eq!(i.clock_skew, Duration::from_secs(60));
+        assert_eq!(i.max_binding_lifetime, Duration::from_secs(6 * 3600));
+        assert_eq!(i.fetch_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_issuer_setting_is_parsed() {
+        let cfg = Config::parse(
+            r#"
+[[issuers]]
+url = "https://gitlab.example.com/"
+audiences = ["gateway", "https://gateway.example"]
+algorithms = ["RS256", "ES256"]
+claim_mappings = { groups = "realm_access.roles" }
+known_claims = ["team"]
+clock_skew = "30s"
+max_binding_lifetime = "2h"
+ca_file = "/etc/gateway/issuer-ca.pem"
+fetch_timeout = "3s"
+jwks_max_age = "10m"
+jwks_refetch_cooldown = "5s"
+"#,
+            "g.toml",
+        )
+        .unwrap();
+        let i = &cfg.issuers[0];
+        // Kept exactly as written: it is compared with `iss` byte for byte.
+        assert_eq!(i.url, "https://gitlab.example.com/");
+        assert_eq!(i.audiences.len(), 2);
+        assert_eq!(i.algorithms.len(), 2);
+        assert_eq!(i.claim_mappings["groups"], "realm_access.roles");
+        assert_eq!(i.clock_skew, Duration::from_secs(30));
+        assert_eq!(i.max_binding_lifetime, Duration::from_secs(7200));
+        assert_eq!(i.jwks_refetch_cooldown, Duration::from_secs(5));
+        assert!(i.ca_file.is_some());
+    }
+
+    #[test]
+    fn unsafe_or_incomplete_issuers_are_errors() {
+        let p = problems(
+            "[[issuers]]\nurl = \"https://i.test\"\naudiences = [\"g\"]\nalgorithms = [\"none\", \"HS256\", \"RS999\"]\n",
+        );
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].contains("g.toml:4:")
+                && p[0].contains("issuers[0].algorithms[0]")
+                && p[0].contains("never"),
+            "{p:?}"
+        );
+        assert!(p[1].contains("HS256 is never accepted"), "{p:?}");
+        assert!(p[2].contains("unknown algorithm"), "{p:?}");
+
+        let p = problems("[[issuers]]\nurl = \"http://i.test\"\n");
+        assert!(p.iter().any(|m| m.contains("https://")), "{p:?}");
+        assert!(
+            p.iter().any(|m| m.contains("audiences: is required")),
+            "{p:?}"
+        );
+
+        let p = problems(
+            "[[issuers]]\nurl = \"https://i.test\"\naudiences = [\"g\"]\nclock_skew = \"1h\"\nfetch_timeout = \"2m\"\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn rules_on_unknown_claims_warn_with_a_suggestion() {
+        let text = r#"
+[[issuers]]
+url = "https://i.test"
+audiences = ["gateway"]
+known_claims = ["team"]
+claim_mappings = { groups = "realm_access.roles" }
+
+[[targets]]
+name = "db"
+protocol = "tcp"
+address = "10.0.0.5:5432"
+
+[[rules]]
+name = "ok"
+action = "allow"
+claims = { repository = "acme/*", team = "red", groups = "ops", iss = "https://i.test" }
+
+[[rules]]
+name = "typo"
+action = "allow"
+claims = { repositry = "acme/*", flavour = "x" }
+"#;
+        let cfg = Config::parse(text, "g.toml").unwrap();
+        let w: Vec<String> = cfg.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("rules[1].claims.") && w[0].contains("warning:"),
+            "{w:?}"
+        );
+        assert!(
+            w.iter().any(|m| m.contains("did you mean \"repository\"")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|m| m.contains("\"flavour\"") && m.contains("known_claims")),
+            "{w:?}"
+        );
+        assert!(w.iter().all(|m| m.starts_with("g.toml:21:")), "{w:?}");
     }
 }

@@ -73,4 +73,6 @@ impl Identity {
 }
 
 #[cfg(test)]
+mod test_keys;
+#[cfg(test)]
 mod tests;
