@@ -18,6 +18,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
+pub mod oidc;
+
 /// The tests attach eBPF programs, create namespaces and cgroups: they need root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

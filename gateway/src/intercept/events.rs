@@ -81,10 +81,7 @@ fn record(event: &Event, gw: &Gateway) {
     let identity = job
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
-    let dst = SocketAddr::new(
-        address(&event.addr, event.family == AF_INET as u16),
-        event.port,
-    );
+    let dst = SocketAddr::new(address(&event.addr, event.family == AF_INET), event.port);
     let (protocol, destination, reason) = match event.kind {
         EVENT_CONNECT => ("tcp", dst.to_string(), format!("{dst} is not a target")),
         EVENT_UDP => (
