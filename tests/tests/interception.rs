@@ -618,3 +618,28 @@ fn sigterm_stops_the_daemon_gracefully_and_interception_stays_closed() -> Result
     assert_eq!(errno(&v), Some(libc::ECONNREFUSED as i64), "{v}");
     Ok(())
 }
+
+#[test]
+fn ebpf_debug_log_reaches_the_daemon_log_only_when_enabled() -> Result<()> {
+    let quiet = Setup::new("")?;
+    let v = quiet.daemon.probe_in_job(&["connect", &quiet.v4(7000)])?;
+    assert_eq!(v["ok"], true);
+    let s = Setup::new("ebpf_debug_log = true")?;
+    let v = s.daemon.probe_in_job(&["connect", &s.v4(7000)])?;
+    assert_eq!(v["ok"], true);
+    let expected = format!("redirect pid={}", v["pid"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || s
+            .daemon
+            .log()
+            .contains(&expected)),
+        "{}",
+        s.daemon.log()
+    );
+    assert!(
+        !quiet.daemon.log().contains("redirect pid="),
+        "{}",
+        quiet.daemon.log()
+    );
+    Ok(())
+}

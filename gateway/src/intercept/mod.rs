@@ -66,7 +66,6 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     let Some(info) = gw.connections.take(peer) else {
         return anomaly(client, peer, &gw, started_at).await;
     };
-    let process = process::describe(&info);
     let dst = destination(&info);
     let job = gw.jobs.for_cgroup(info.cgroup_id);
     let identity = job
@@ -94,27 +93,41 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     let decision = match decision {
         Decision::RequireApproval { rule } => Decision::Deny {
             rule: Some(rule),
-            reason: "approval of whole TCP connections is not supported; use allow or deny".into(),
+            reason: "approval of whole connections is not supported; approve statements or commands instead".into(),
         },
         d => d,
     };
-    let session = NewSession {
-        kind: SessionKind::Proxied,
-        job_id: job.as_ref().map(|j| j.id.clone()),
-        target: target.as_ref().map(|t| t.name.clone()),
-        protocol: target.as_ref().map(|t| t.protocol.to_string()),
-        destination: dst.to_string(),
-        process: Some(process.clone()),
-        identity,
-        decision: decision.label().to_string(),
-        rule: decision.rule().map(str::to_string),
-        reason: decision.reason().map(str::to_string),
-        started_at,
-        ended_at: None,
+    let allowed = matches!(decision, Decision::Allow { .. }) && target.is_some();
+
+    // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
+    // cannot record does not serve. Opening the upstream connection overlaps with the recording.
+    let record = async {
+        let process = gw.processes.describe(&info);
+        let session = NewSession {
+            kind: SessionKind::Proxied,
+            job_id: job.as_ref().map(|j| j.id.clone()),
+            target: target.as_ref().map(|t| t.name.clone()),
+            protocol: target.as_ref().map(|t| t.protocol.to_string()),
+            destination: dst.to_string(),
+            process: Some(process.clone()),
+            identity,
+            decision: decision.label().to_string(),
+            rule: decision.rule().map(str::to_string),
+            reason: decision.reason().map(str::to_string),
+            started_at,
+            ended_at: None,
+        };
+        (gw.store.insert_session(session).await, process)
     };
-    // Write-ahead: nothing reaches the upstream before the session is durably recorded. A gateway
-    // that cannot record does not serve.
-    let session_id = match gw.store.insert_session(session).await {
+    let upstream = async {
+        if allowed {
+            Some(tcp::connect(dst, gw.config.server.upstream_connect_timeout).await)
+        } else {
+            None
+        }
+    };
+    let ((recorded, process), upstream) = tokio::join!(record, upstream);
+    let session_id = match recorded {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, %dst, "cannot record session; refusing the connection");
@@ -122,8 +135,25 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         }
     };
     log_session(session_id, &process, dst, &decision, target.as_ref());
-    match (decision, target) {
-        (Decision::Allow { .. }, Some(target)) => serve(client, dst, target, session_id, &gw).await,
+    match (target, upstream) {
+        (Some(target), Some(Ok(upstream))) => {
+            gw.store.note_event(
+                session_id,
+                "upstream_connected",
+                json!({ "upstream": dst.to_string() }),
+            );
+            serve(client, upstream, target, session_id, &gw).await;
+        }
+        (_, Some(Err(e))) => {
+            gw.store.note_event(
+                session_id,
+                "upstream_error",
+                json!({ "upstream": dst.to_string(), "error": e.to_string() }),
+            );
+            gw.store.end_session(session_id, SessionEnd::default());
+            // The client's handshake is done already: a reset is the closest thing to a refusal.
+            tcp::reset(client);
+        }
         _ => {
             gw.store.end_session(session_id, SessionEnd::default());
             tcp::reset(client);
@@ -138,7 +168,8 @@ fn log_session(
     decision: &Decision,
     target: Option<&Target>,
 ) {
-    tracing::info!(
+    // Debug level: every session is in the store already; the log is for following along.
+    tracing::debug!(
         session = id,
         pid = p.pid,
         comm = %p.comm,
@@ -150,9 +181,16 @@ fn log_session(
     );
 }
 
-async fn serve(client: TcpStream, dst: SocketAddr, target: Target, session_id: i64, gw: &Gateway) {
+/// Hands an allowed, recorded connection and its upstream to the target's protocol handler.
+async fn serve(
+    client: TcpStream,
+    upstream: TcpStream,
+    target: Target,
+    session_id: i64,
+    gw: &Gateway,
+) {
     match target.protocol {
-        Protocol::Tcp => serve_tcp(client, dst, session_id, gw).await,
+        Protocol::Tcp => serve_tcp(client, upstream, session_id, gw).await,
         other => {
             // Validation refuses unimplemented protocols; this is the second line.
             gw.store.note_event(
@@ -166,25 +204,7 @@ async fn serve(client: TcpStream, dst: SocketAddr, target: Target, session_id: i
     }
 }
 
-async fn serve_tcp(client: TcpStream, dst: SocketAddr, session_id: i64, gw: &Gateway) {
-    let upstream = match tcp::connect(dst, gw.config.server.upstream_connect_timeout).await {
-        Ok(u) => u,
-        Err(e) => {
-            gw.store.note_event(
-                session_id,
-                "upstream_error",
-                json!({ "upstream": dst.to_string(), "error": e.to_string() }),
-            );
-            gw.store.end_session(session_id, SessionEnd::default());
-            // The client's handshake is done already: a reset is the closest thing to a refusal.
-            return tcp::reset(client);
-        }
-    };
-    gw.store.note_event(
-        session_id,
-        "upstream_connected",
-        json!({ "upstream": dst.to_string() }),
-    );
+async fn serve_tcp(client: TcpStream, upstream: TcpStream, session_id: i64, gw: &Gateway) {
     let counters = Arc::new(tcp::Counters::default());
     let end = tcp::relay(client, upstream, counters.clone(), gw.shutdown.cancelled()).await;
     let (up, down) = (
