@@ -173,10 +173,11 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         jobs = gw.jobs.list().len(),
         "gateway ready"
     );
-    notify_ready();
+    sd_notify("READY=1");
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; draining sessions");
+    sd_notify("STOPPING=1");
     gw.shutdown.cancel();
     gw.sessions.close();
     if tokio::time::timeout(server.shutdown_grace, gw.sessions.wait())
@@ -205,8 +206,8 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Tells systemd (Type=notify) that the daemon is ready, when started by it.
-fn notify_ready() {
+/// Tells systemd (Type=notify) about readiness and shutdown, when started by it.
+fn sd_notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -218,12 +219,12 @@ fn notify_ready() {
     let sent = if let Some(abstract_name) = path.to_str().and_then(|p| p.strip_prefix('@')) {
         use std::os::linux::net::SocketAddrExt as _;
         std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
-            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
     } else {
-        socket.send_to(b"READY=1", &path)
+        socket.send_to(state.as_bytes(), &path)
     };
     if let Err(e) = sent {
-        tracing::warn!(error = %e, "sd_notify READY=1 failed");
+        tracing::warn!(error = %e, "sd_notify {state} failed");
     }
 }
 

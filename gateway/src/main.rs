@@ -88,7 +88,7 @@ enum Command {
 
 #[derive(Args)]
 struct TokenArgs {
-    /// File holding the job's OIDC token
+    /// File holding the job's OIDC token (`-`: standard input)
     #[arg(long, conflicts_with = "token_env")]
     token_file: Option<PathBuf>,
     /// Environment variable holding the job's OIDC token
