@@ -114,26 +114,20 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-/// Serves `{"value": token}` at http://127.0.0.1:PORT/idtoken, like the Actions token endpoint.
+/// Serves `{"value": token}` on http://127.0.0.1:PORT/, like the Actions token endpoint.
 fn token_endpoint(dir: &Path, token: &str) -> Result<(Process, String)> {
-    let root = dir.join("token-endpoint");
-    std::fs::create_dir_all(&root)?;
-    std::fs::write(
-        root.join("idtoken"),
-        serde_json::json!({ "count": 1, "value": token }).to_string(),
-    )?;
+    let reply = serde_json::json!({ "count": 1, "value": token }).to_string();
     let port = free_port();
     let process = Process::spawn(
         "token-endpoint",
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(&root),
+        Command::new("node")
+            .arg("-e")
+            .arg(
+                "const [reply, port] = process.argv.slice(1); \
+                 require('http').createServer((q, s) => s.end(reply)).listen(Number(port), '127.0.0.1')",
+            )
+            .arg(&reply)
+            .arg(port.to_string()),
         dir.join("token-endpoint.log"),
     )?;
     let up = wait_until(Duration::from_secs(10), || {
@@ -142,7 +136,7 @@ fn token_endpoint(dir: &Path, token: &str) -> Result<(Process, String)> {
     anyhow::ensure!(up, "token endpoint did not start: {}", process.output());
     Ok((
         process,
-        format!("http://127.0.0.1:{port}/idtoken?api-version=2.0"),
+        format!("http://127.0.0.1:{port}/token?api-version=2.0"),
     ))
 }
 
@@ -160,7 +154,7 @@ fn github_hooks_bind_the_runner_worker_for_the_job_and_release_it_after() -> Res
         "$PROBE" connect "$DST" during                       # a job step
         . "$GATEWAY_HOOKS/github-common.sh"
         # An agent (not a shell) calling the helper itself to end interception is refused.
-        python3 -c 'import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))' \
+        node -e 'const r = require("child_process").spawnSync(process.argv[1], process.argv.slice(2), { stdio: "inherit" }); process.exit(r.status)' \
             "$GATEWAY_HOOKS/gateway-hook" detach "$(job_key)" 2>"$OUT/agent-detach.err" && exit 11
         "$PROBE" connect "$DST" still                        # still intercepted
         "$GATEWAY_HOOKS/github-job-completed.sh" || exit 12
