@@ -66,9 +66,10 @@ pub fn ebpf_object() -> Result<PathBuf> {
     Ok(object)
 }
 
-/// `cargo build --release` of the daemon and the test binaries (eBPF embedded by build.rs).
+/// `cargo build --release` of the workspace (eBPF embedded by build.rs). The package set is the same
+/// as `cargo test --workspace`'s so that the test run reuses this build instead of redoing it.
 pub fn release_build() -> Result<PathBuf> {
-    check(cargo().args(["build", "--release", "-p", "gateway", "-p", "gateway-e2e"]))?;
+    check(cargo().args(["build", "--release", "--workspace"]))?;
     Ok(workspace_root().join("target/release"))
 }
 

@@ -1,0 +1,3 @@
+//! Just-in-time approvals: held commands, approvers, decisions, grants.
+
+pub mod model;
