@@ -59,6 +59,7 @@ pub struct Gateway {
     pub jobs: Jobs,
     pub connections: Connections,
     pub processes: intercept::process::ProcessCache,
+    pub approvals: crate::approval::Approvals,
     pub dataplane: tokio::sync::Mutex<Dataplane>,
     pub cgroup_root: PathBuf,
     /// cgroup of the daemon itself: never attached to (its upstream connects would loop).
@@ -95,7 +96,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             .map_err(|source| DaemonError::Listen { addr, source })?;
         listeners.push(listener);
     }
-    let control_listener = control::server::bind(&server.control_socket)?;
+    let control_listener = control::server::bind(
+        &server.control_socket,
+        config.approvals.cli_unix_group.as_deref(),
+    )?;
 
     let resolve_config = config.clone();
     let (targets, problems) =
@@ -111,7 +115,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         .unwrap_or_else(system_resolvers);
     dataplane.configure(
         kernel_config(&config),
-        &targets.kernel_entries(&server.allow_direct),
+        &targets.kernel_entries(&server.allow_direct, &blocked(&config)),
         &resolvers,
     )?;
     let connections = dataplane.connections()?;
@@ -122,6 +126,13 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         None
     };
 
+    let approvals = crate::approval::Approvals::start(
+        &config.approvals,
+        &config.approvers,
+        &config.rules,
+        store.clone(),
+    )
+    .await?;
     let gw = Arc::new(Gateway {
         policy: Policy::new(config.rules.clone()),
         verifier,
@@ -131,6 +142,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         jobs: Jobs::default(),
         connections,
         processes: Default::default(),
+        approvals,
         dataplane: tokio::sync::Mutex::new(dataplane),
         cgroup_root,
         own_cgroup,
@@ -258,6 +270,11 @@ fn kernel_config(config: &Config) -> KernelConfig {
     }
 }
 
+/// The gateway's own listeners jobs must never reach, in any mode (the approvals page).
+fn blocked(config: &Config) -> Vec<SocketAddr> {
+    config.approvals.web.iter().map(|w| w.listen).collect()
+}
+
 /// The `nameserver` lines of /etc/resolv.conf.
 fn system_resolvers() -> Vec<IpAddr> {
     std::fs::read_to_string("/etc/resolv.conf")
@@ -285,7 +302,7 @@ fn new_job_id() -> String {
 }
 
 impl Gateway {
-    pub async fn control(&self, request: Request) -> Response {
+    pub async fn control(&self, request: Request, uid: u32) -> Response {
         let result = match request {
             Request::Status => Ok(Response::Status(self.status())),
             Request::CreateJob { token } => self.create_job(token).await.map(Response::Job),
@@ -299,6 +316,30 @@ impl Gateway {
                 .await
                 .map(|sessions| Response::Sessions { sessions })
                 .map_err(|e| e.to_string()),
+            Request::ListApprovals { recent } => self
+                .approvals
+                .list(recent)
+                .await
+                .map(|approvals| Response::Approvals { approvals })
+                .map_err(|e| e.to_string()),
+            Request::DecideApproval {
+                id,
+                approve,
+                for_seconds,
+                reason,
+            } => {
+                let approver = self.approvals.unix_approver(uid);
+                let verdict = if approve {
+                    crate::approval::model::Verdict::Approve { for_seconds }
+                } else {
+                    crate::approval::model::Verdict::Deny { reason }
+                };
+                self.approvals
+                    .decide(&id, &approver, verdict)
+                    .await
+                    .map(|v| Response::Approval(Box::new(v)))
+                    .map_err(|e| e.to_string())
+            }
             Request::ShowSession { id } => self
                 .store
                 .session(id)
@@ -626,7 +667,7 @@ async fn refresh_targets_loop(gw: Arc<Gateway>) {
         if *current == fresh {
             continue;
         }
-        let entries = fresh.kernel_entries(&gw.config.server.allow_direct);
+        let entries = fresh.kernel_entries(&gw.config.server.allow_direct, &blocked(&gw.config));
         let resolvers = gw
             .config
             .server

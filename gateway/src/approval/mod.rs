@@ -1,3 +1,9 @@
-//! Just-in-time approvals: held commands, approvers, decisions, grants.
+//! Just-in-time approvals: a rule whose action is `require_approval` holds the command; the protocol
+//! handler submits it here and waits; people decide (CLI, web page); webhooks tell them.
 
 pub mod model;
+pub mod notify;
+pub mod service;
+pub mod store;
+
+pub use service::{ApprovalOutcome, ApprovalRequest, Approvals, Submission, Ticket, peer_closed};

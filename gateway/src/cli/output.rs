@@ -2,6 +2,7 @@
 
 use super::table::{bytes, fields, render};
 use crate::{
+    approval::{model::Status as ApprovalStatus, store::ApprovalView},
     control::Status,
     record::{SessionRecord, SessionSummary},
 };
@@ -206,4 +207,73 @@ pub fn status(s: &Status) -> String {
         ));
     }
     out
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        format!("{}…", flat.chars().take(max).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+pub fn approvals(list: &[ApprovalView]) -> String {
+    if list.is_empty() {
+        return "no approval requests\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            let approvals = a.votes.iter().filter(|v| v.approve).count();
+            let pid = a.detail["process"]["pid"]
+                .as_u64()
+                .map_or_else(|| "-".into(), |p| p.to_string());
+            vec![
+                a.id.clone(),
+                a.status.as_str().to_string(),
+                if a.status == ApprovalStatus::Pending {
+                    format!("until {}", short_time(&a.deadline))
+                } else {
+                    short_time(a.decided_at.as_deref().unwrap_or(&a.created_at))
+                },
+                a.target.clone(),
+                a.requester.subject.clone(),
+                pid,
+                format!("{approvals}/{}", a.quorum),
+                one_line(&a.operation, 60),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "ID",
+            "STATUS",
+            "WHEN",
+            "TARGET",
+            "IDENTITY",
+            "PID",
+            "VOTES",
+            "OPERATION",
+        ],
+        &rows,
+    )
+}
+
+pub fn approval_decided(a: &ApprovalView) -> String {
+    let approvals = a.votes.iter().filter(|v| v.approve).count();
+    match a.status {
+        ApprovalStatus::Pending => format!(
+            "{}: approval recorded ({approvals} of {} needed)",
+            a.id, a.quorum
+        ),
+        ApprovalStatus::Approved => match a.grant_seconds {
+            Some(s) => format!(
+                "{}: approved; the same rule, identity and target pass without asking for {s}s",
+                a.id
+            ),
+            None => format!("{}: approved", a.id),
+        },
+        other => format!("{}: {}", a.id, other.as_str()),
+    }
 }
