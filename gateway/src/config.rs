@@ -999,6 +999,7 @@ fn valid_name(s: &str) -> bool {
 }
 
 mod issuers;
+pub use issuers::login_issuer;
 
 #[cfg(test)]
 mod tests;

@@ -42,6 +42,8 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Web(#[from] crate::approval::web::WebError),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
@@ -133,6 +135,12 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         store.clone(),
     )
     .await?;
+    let web = match config.approvals.web.clone() {
+        Some(w) => {
+            Some(crate::approval::web::bind(w, config.approvers.clone(), approvals.clone()).await?)
+        }
+        None => None,
+    };
     let gw = Arc::new(Gateway {
         policy: Policy::new(config.rules.clone()),
         verifier,
@@ -166,6 +174,14 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     )));
     tasks.push(tokio::spawn(reap_loop(gw.clone())));
     tasks.push(tokio::spawn(refresh_targets_loop(gw.clone())));
+    if let Some((listener, router)) = web {
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "approvals page");
+        tasks.push(tokio::spawn(crate::approval::web::serve(
+            listener,
+            router,
+            gw.shutdown.clone(),
+        )));
+    }
     let prefetch = gw.clone();
     tasks.push(tokio::spawn(
         async move { prefetch.verifier.prefetch().await },

@@ -225,6 +225,27 @@ impl Validator<'_> {
     }
 }
 
+/// The issuer entry that verifies ID tokens of people signing in to the approvals page: audience
+/// the page's client id, the usual defaults otherwise.
+pub fn login_issuer(url: &str, client_id: &str, ca_file: Option<PathBuf>) -> Issuer {
+    Issuer {
+        url: url.to_string(),
+        audiences: vec![client_id.to_string()],
+        algorithms: DEFAULT_ALGORITHMS
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect(),
+        claim_mappings: Default::default(),
+        known_claims: Vec::new(),
+        clock_skew: DEFAULT_CLOCK_SKEW,
+        max_binding_lifetime: DEFAULT_MAX_BINDING,
+        ca_file,
+        fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+        jwks_max_age: DEFAULT_JWKS_MAX_AGE,
+        jwks_refetch_cooldown: DEFAULT_REFETCH_COOLDOWN,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

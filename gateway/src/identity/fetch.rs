@@ -78,7 +78,43 @@ impl Fetcher {
         })
     }
 
+    /// POSTs a form (an OAuth token request) and parses the JSON answer, with the same limits.
+    pub async fn post_form_json<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        basic_auth: Option<(&str, &str)>,
+        what: &'static str,
+    ) -> Result<T, FetchError> {
+        let mut request = self.client.post(url).form(form);
+        if let Some((user, password)) = basic_auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let body = match tokio::time::timeout(self.timeout, self.send(request, url)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(FetchError::Timeout {
+                    url: url.to_string(),
+                    timeout: self.timeout,
+                });
+            }
+        };
+        serde_json::from_slice(&body).map_err(|e| FetchError::Invalid {
+            url: url.to_string(),
+            what,
+            message: e.to_string(),
+        })
+    }
+
     async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        self.send(self.client.get(url), url).await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<Vec<u8>, FetchError> {
         let transport = |e: reqwest::Error| {
             if e.is_timeout() {
                 FetchError::Timeout {
@@ -92,9 +128,7 @@ impl Fetcher {
                 }
             }
         };
-        let mut response = self
-            .client
-            .get(url)
+        let mut response = request
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await

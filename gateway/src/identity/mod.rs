@@ -14,7 +14,7 @@
 pub mod claims;
 mod discovery;
 mod error;
-mod fetch;
+pub(crate) mod fetch;
 mod issuer;
 mod jwks;
 mod token;
