@@ -17,7 +17,7 @@ use crate::{
     config::{Config, Mode},
     control::{self, Request, Response, Status, TargetStatus},
     ebpf::{Connections, Dataplane, DataplaneError},
-    identity::Identity,
+    identity::{Identity, Verifier, VerifyError},
     intercept,
     jobs::{Job, Jobs},
     policy::Policy,
@@ -42,14 +42,20 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Web(#[from] crate::approval::web::WebError),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] VerifyError),
 }
 
 /// State shared by every task of the daemon.
 pub struct Gateway {
     pub config: Config,
     pub policy: Policy,
+    /// Verifies the OIDC tokens jobs are bound with.
+    pub verifier: Verifier,
     pub targets: RwLock<Arc<TargetSet>>,
     pub store: Store,
     pub jobs: Jobs,
@@ -72,6 +78,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         return Err(DaemonError::NotRoot);
     }
     let server = config.server.clone();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let verifier = Verifier::new(&config.issuers)?;
     let cgroup_root = cgroup::cgroup2_root()?;
     let own_cgroup = cgroup::process_cgroup(std::process::id())
         .map(|p| cgroup_root.join(p.trim_start_matches('/')))
@@ -125,8 +135,15 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         store.clone(),
     )
     .await?;
+    let web = match config.approvals.web.clone() {
+        Some(w) => {
+            Some(crate::approval::web::bind(w, config.approvers.clone(), approvals.clone()).await?)
+        }
+        None => None,
+    };
     let gw = Arc::new(Gateway {
         policy: Policy::new(config.rules.clone()),
+        verifier,
         config,
         targets: RwLock::new(Arc::new(targets)),
         store,
@@ -157,6 +174,18 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     )));
     tasks.push(tokio::spawn(reap_loop(gw.clone())));
     tasks.push(tokio::spawn(refresh_targets_loop(gw.clone())));
+    if let Some((listener, router)) = web {
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "approvals page");
+        tasks.push(tokio::spawn(crate::approval::web::serve(
+            listener,
+            router,
+            gw.shutdown.clone(),
+        )));
+    }
+    let prefetch = gw.clone();
+    tasks.push(tokio::spawn(
+        async move { prefetch.verifier.prefetch().await },
+    ));
     if let Some(logger) = ebpf_logger {
         tasks.push(tokio::spawn(intercept::events::log_loop(
             logger,
@@ -172,10 +201,11 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         jobs = gw.jobs.list().len(),
         "gateway ready"
     );
-    notify_ready();
+    sd_notify("READY=1");
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; draining sessions");
+    sd_notify("STOPPING=1");
     gw.shutdown.cancel();
     gw.sessions.close();
     if tokio::time::timeout(server.shutdown_grace, gw.sessions.wait())
@@ -204,8 +234,8 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Tells systemd (Type=notify) that the daemon is ready, when started by it.
-fn notify_ready() {
+/// Tells systemd (Type=notify) about readiness and shutdown, when started by it.
+fn sd_notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -217,12 +247,12 @@ fn notify_ready() {
     let sent = if let Some(abstract_name) = path.to_str().and_then(|p| p.strip_prefix('@')) {
         use std::os::linux::net::SocketAddrExt as _;
         std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
-            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
     } else {
-        socket.send_to(b"READY=1", &path)
+        socket.send_to(state.as_bytes(), &path)
     };
     if let Err(e) = sent {
-        tracing::warn!(error = %e, "sd_notify READY=1 failed");
+        tracing::warn!(error = %e, "sd_notify {state} failed");
     }
 }
 
@@ -269,6 +299,12 @@ fn system_resolvers() -> Vec<IpAddr> {
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|ip| ip.trim().split('%').next()?.parse().ok())
         .collect()
+}
+
+/// What a job is bound to.
+struct Binding {
+    identity: Identity,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn new_job_id() -> String {
@@ -358,22 +394,41 @@ impl Gateway {
                 })
                 .collect(),
             jobs: self.jobs.list().iter().map(|j| j.record()).collect(),
+            issuers: self.verifier.status(),
         }
     }
 
-    fn identity_from_token(&self, token: Option<String>) -> Result<Identity, String> {
-        match token {
-            None => Ok(Identity::unauthenticated()),
-            Some(_) => Err("identity tokens are not supported by this build yet: run the job without a token (it will be `unauthenticated`)".into()),
+    /// No token: `unauthenticated`, unbounded. A token: verified, bound until the issuer's
+    /// `max_binding_lifetime` from now (the token's own short `exp` only matters at this moment).
+    async fn binding(&self, token: Option<String>) -> Result<Binding, String> {
+        let Some(token) = token else {
+            return Ok(Binding {
+                identity: Identity::unauthenticated(),
+                expires_at: None,
+            });
+        };
+        match self.verifier.verify(&token).await {
+            Ok(v) => Ok(Binding {
+                identity: v.identity,
+                expires_at: Some(
+                    chrono::Utc::now()
+                        + chrono::Duration::from_std(v.max_binding)
+                            .unwrap_or(chrono::Duration::MAX),
+                ),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "job not bound");
+                Err(e.to_string())
+            }
         }
     }
 
     async fn create_job(&self, token: Option<String>) -> Result<JobRecord, String> {
-        let identity = self.identity_from_token(token)?;
+        let binding = self.binding(token).await?;
         let id = new_job_id();
         let parent = self.config.server.job_cgroup_parent.clone();
         let path = cgroup::create(&self.cgroup_root, &parent, &id).map_err(|e| e.to_string())?;
-        match self.register(id, path.clone(), true, identity).await {
+        match self.register(id, path.clone(), true, binding).await {
             Ok(job) => Ok(job),
             Err(e) => {
                 let _ = std::fs::remove_dir(&path);
@@ -383,7 +438,7 @@ impl Gateway {
     }
 
     async fn attach(&self, given: &str, token: Option<String>) -> Result<JobRecord, String> {
-        let identity = self.identity_from_token(token)?;
+        let binding = self.binding(token).await?;
         let path = cgroup::resolve(&self.cgroup_root, given).map_err(|e| e.to_string())?;
         if self.own_cgroup.starts_with(&path) {
             return Err(format!(
@@ -410,7 +465,7 @@ impl Gateway {
                 job.id
             ));
         }
-        self.register(new_job_id(), path, false, identity).await
+        self.register(new_job_id(), path, false, binding).await
     }
 
     /// Attaches the programs, records the job, and only then makes it known.
@@ -419,7 +474,7 @@ impl Gateway {
         id: String,
         path: PathBuf,
         owned: bool,
-        identity: Identity,
+        binding: Binding,
     ) -> Result<JobRecord, String> {
         let cgroup_id = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
         let mut dataplane = self.dataplane.lock().await;
@@ -431,7 +486,8 @@ impl Gateway {
             cgroup_path: path,
             cgroup_id,
             owned,
-            identity,
+            identity: binding.identity,
+            binding_expires_at: binding.expires_at,
             created_at: now(),
         };
         let record = job.record();
@@ -441,7 +497,15 @@ impl Gateway {
         }
         drop(dataplane);
         self.jobs.insert(job);
-        tracing::info!(job = %record.id, cgroup = %record.cgroup_path, owned, identity = %record.identity.subject, "job attached");
+        tracing::info!(
+            job = %record.id,
+            cgroup = %record.cgroup_path,
+            owned,
+            issuer = record.identity.issuer.as_deref().unwrap_or("-"),
+            identity = %record.identity.subject,
+            bound_until = record.binding_expires_at.as_deref().unwrap_or("-"),
+            "job attached"
+        );
         Ok(record)
     }
 
@@ -521,6 +585,11 @@ impl Gateway {
                 cgroup_id: r.cgroup_id,
                 owned: r.owned,
                 identity: r.identity,
+                binding_expires_at: r
+                    .binding_expires_at
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc)),
                 created_at: r.created_at,
             });
             tracing::info!(job = %r.id, "adopted job");

@@ -98,7 +98,7 @@ enum Command {
 
 #[derive(Args)]
 struct TokenArgs {
-    /// File holding the job's OIDC token
+    /// File holding the job's OIDC token (`-`: standard input)
     #[arg(long, conflicts_with = "token_env")]
     token_file: Option<PathBuf>,
     /// Environment variable holding the job's OIDC token
@@ -270,8 +270,17 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
                 .unwrap_or_else(|| config::DEFAULT_CONFIG_PATH.into());
             match Config::load(Some(&path)) {
                 Ok(cfg) => {
+                    // Warnings (e.g. a rule on a claim no issuer sets) do not fail the check.
+                    for w in &cfg.warnings {
+                        eprintln!("{w}");
+                    }
+                    let warned = match cfg.warnings.len() {
+                        0 => String::new(),
+                        1 => ", 1 warning".to_string(),
+                        n => format!(", {n} warnings"),
+                    };
                     println!(
-                        "{}: ok ({} targets, {} rules, {} issuers, mode {})",
+                        "{}: ok ({} targets, {} rules, {} issuers, mode {}{warned})",
                         path.display(),
                         cfg.targets.len(),
                         cfg.rules.len(),
@@ -320,8 +329,14 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
             match endpoint(&cli)?.call(&request)? {
                 Response::Job(job) if *json => print_json(&job)?,
                 Response::Job(job) => println!(
-                    "attached {} as {} ({})",
-                    job.cgroup_path, job.id, job.identity.subject
+                    "attached {} as {} ({}{})",
+                    job.cgroup_path,
+                    job.id,
+                    job.identity.subject,
+                    job.binding_expires_at
+                        .as_deref()
+                        .map(|t| format!(", bound until {t}"))
+                        .unwrap_or_default()
                 ),
                 _ => bail!("unexpected answer from the daemon"),
             }

@@ -5,5 +5,6 @@ pub mod model;
 pub mod notify;
 pub mod service;
 pub mod store;
+pub mod web;
 
 pub use service::{ApprovalOutcome, ApprovalRequest, Approvals, Submission, Ticket, peer_closed};

@@ -70,7 +70,14 @@ pub fn session(s: &SessionRecord) -> String {
         ("protocol", or_dash(m.protocol.as_deref())),
         ("destination", m.destination.clone()),
         ("identity", m.identity.clone()),
-        ("issuer", or_dash(s.issuer.as_deref())),
+        ("issuer", or_dash(m.issuer.as_deref())),
+        (
+            "claims",
+            match &s.claims {
+                serde_json::Value::Object(c) if !c.is_empty() => s.claims.to_string(),
+                _ => "-".to_string(),
+            },
+        ),
         ("decision", m.decision.clone()),
         ("rule", or_dash(m.rule.as_deref())),
         ("reason", or_dash(s.reason.as_deref())),
@@ -146,6 +153,7 @@ pub fn status(s: &Status) -> String {
                 vec![
                     j.id.clone(),
                     j.identity.subject.clone(),
+                    or_dash(j.identity.issuer.as_deref()),
                     if j.owned {
                         "run".into()
                     } else {
@@ -153,11 +161,48 @@ pub fn status(s: &Status) -> String {
                     },
                     j.cgroup_path.clone(),
                     short_time(&j.created_at),
+                    j.binding_expires_at
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), short_time),
                 ]
             })
             .collect();
         out.push_str(&render(
-            &["JOB", "IDENTITY", "HOW", "CGROUP", "SINCE"],
+            &[
+                "JOB",
+                "IDENTITY",
+                "ISSUER",
+                "HOW",
+                "CGROUP",
+                "SINCE",
+                "BOUND UNTIL",
+            ],
+            &rows,
+        ));
+    }
+    if !s.issuers.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .issuers
+            .iter()
+            .map(|i| {
+                vec![
+                    i.url.clone(),
+                    i.audiences.join(","),
+                    i.keys.to_string(),
+                    i.keys_fetched_at
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), short_time),
+                    if i.fetching {
+                        "fetching keys".to_string()
+                    } else {
+                        or_dash(i.last_error.as_deref())
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&render(
+            &["ISSUER", "AUDIENCES", "KEYS", "FETCHED", "LAST ERROR"],
             &rows,
         ));
     }

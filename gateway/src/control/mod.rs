@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     approval::store::ApprovalView,
+    identity::IssuerStatus,
     record::{JobRecord, SessionRecord, SessionSummary},
 };
 
@@ -89,6 +90,8 @@ pub struct Status {
     pub active_sessions: usize,
     pub targets: Vec<TargetStatus>,
     pub jobs: Vec<JobRecord>,
+    #[serde(default)]
+    pub issuers: Vec<IssuerStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

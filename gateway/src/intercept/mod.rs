@@ -78,10 +78,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
             .and_then(|i| gw.config.targets.get(i))
             .cloned()
     };
-    let decision = match &target {
-        Some(t) => gw.policy.decide_connection(&identity, &t.name),
+    let expired = job.as_ref().and_then(|j| j.binding_expired());
+    let decision = match (&target, expired) {
+        // Fail closed: an expired binding neither keeps its rights nor falls back to the rules
+        // for unauthenticated jobs.
+        (_, Some(reason)) => Decision::Deny { rule: None, reason },
+        (Some(t), None) => gw.policy.decide_connection(&identity, &t.name),
         // The destination set changed between connect and accept.
-        None => Decision::Deny {
+        (None, None) => Decision::Deny {
             rule: None,
             reason: format!("{dst} is no longer a target"),
         },

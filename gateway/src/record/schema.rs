@@ -107,6 +107,10 @@ const MIGRATIONS: &[&str] = &[
         approved_by       TEXT NOT NULL
     );
     "#,
+    // 3: how long a job's identity binding lasts (NULL: unauthenticated, no limit).
+    r#"
+    ALTER TABLE jobs ADD COLUMN binding_expires_at TEXT;
+    "#,
 ];
 
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
