@@ -117,7 +117,12 @@ impl TokenArgs {
 enum TargetsCommand {
     /// known_hosts lines for the gateway's host key of each SSH target (add them to the runner
     /// image's /etc/ssh/ssh_known_hosts; keys are created under the state directory if missing)
-    KnownHosts,
+    KnownHosts {
+        /// One `@cert-authority` line for a gateway host CA instead (created if missing; from
+        /// then on the gateway also presents its host keys certified by it)
+        #[arg(long)]
+        ca: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -404,14 +409,21 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Targets {
-            command: TargetsCommand::KnownHosts,
+            command: TargetsCommand::KnownHosts { ca },
         } => {
+            use gateway::protocol::ssh::keys;
             let cfg = Config::load(cli.config.as_deref())?;
-            for t in cfg
+            let targets: Vec<&config::Target> = cfg
                 .targets
                 .iter()
                 .filter(|t| t.protocol == config::Protocol::Ssh)
-            {
+                .collect();
+            if *ca {
+                let ca = keys::create_host_ca(&cfg.server.state_dir)?;
+                println!("{}", keys::cert_authority_line(&ca, &targets));
+                return Ok(0);
+            }
+            for t in targets {
                 let key = gateway::protocol::ssh::keys::host_key(&cfg.server.state_dir, &t.name)?;
                 println!(
                     "{}",

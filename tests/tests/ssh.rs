@@ -830,3 +830,41 @@ fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn one_cert_authority_line_trusts_the_gateway_for_every_ssh_target() -> Result<()> {
+    let s = Setup::new("", "")?;
+    let out = Command::new(gateway_bin())
+        .arg("--config")
+        .arg(&s.daemon.config_path)
+        .args(["targets", "known-hosts", "--ca"])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert!(
+        line.starts_with(&format!("@cert-authority {} ssh-ed25519 ", s.sshd.addr)),
+        "{line}"
+    );
+    let ca_only = s.dir.path().join("known_hosts.ca");
+    fs::write(&ca_only, &line)?;
+    let mut opts = client_options(&ca_only);
+    opts.extend([s.host(), "echo certified".into()]);
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let out = s.daemon.run_job(&[], "ssh", &opts);
+    assert_eq!(text(&out.stdout), "certified\n", "{}", text(&out.stderr));
+    // The plain key lines keep working next to the CA.
+    let out = s.ssh(&["echo plain"]);
+    assert_eq!(text(&out.stdout), "plain\n", "{}", text(&out.stderr));
+    // A CA line for another host pattern does not vouch for this one.
+    let elsewhere = s.dir.path().join("known_hosts.elsewhere");
+    fs::write(
+        &elsewhere,
+        line.replacen(&s.sshd.addr.to_string(), "10.255.255.254", 1),
+    )?;
+    let mut opts = client_options(&elsewhere);
+    opts.extend([s.host(), "true".into()]);
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let out = s.daemon.run_job(&[], "ssh", &opts);
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    Ok(())
+}

@@ -98,7 +98,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         d => d,
     };
     let allowed = matches!(decision, Decision::Allow { .. }) && target.is_some();
-    let origin = identity.clone();
+    let identity_of_job = identity.clone();
 
     // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
     // cannot record does not serve. Opening the upstream connection overlaps with the recording.
@@ -143,6 +143,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
                 "upstream_connected",
                 json!({ "upstream": dst.to_string() }),
             );
+            let origin = Origin {
+                identity: identity_of_job,
+                process,
+                job_id: job.as_ref().map(|j| j.id.clone()),
+            };
             serve(client, upstream, target, session_id, origin, &gw).await;
         }
         (_, Some(Err(e))) => {
@@ -182,19 +187,26 @@ fn log_session(
     );
 }
 
+/// Who is behind an allowed connection, for protocol handlers that decide per operation.
+pub struct Origin {
+    pub identity: Identity,
+    pub process: ProcessInfo,
+    pub job_id: Option<String>,
+}
+
 /// Hands an allowed, recorded connection and its upstream to the target's protocol handler.
 async fn serve(
     client: TcpStream,
     upstream: TcpStream,
     target: Target,
     session_id: i64,
-    identity: Identity,
+    origin: Origin,
     gw: &Gateway,
 ) {
     match target.protocol {
         Protocol::Tcp => serve_tcp(client, upstream, session_id, gw).await,
         Protocol::Ssh => {
-            let end = ssh::serve(client, upstream, target, session_id, identity, gw).await;
+            let end = ssh::serve(client, upstream, target, session_id, origin, gw).await;
             gw.store.end_session(session_id, end);
         }
         other => {

@@ -641,8 +641,8 @@ impl JobSide {
                     operation: command.clone(),
                     kind: "ssh_exec".into(),
                     detail: json!({ "command": command, "channel": number }),
-                    process: None,
-                    job_id: None,
+                    process: Some(self.ctx.process.clone()),
+                    job_id: self.ctx.job_id.clone(),
                 };
                 // The channel is accepted at once; the job reads on stderr which request it waits
                 // for. Everything it sends meanwhile waits behind the decision (`Down::Approval`).

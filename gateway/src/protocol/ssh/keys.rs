@@ -4,8 +4,10 @@
 //! The one trust step: the job's `ssh` verifies the host it reaches against `known_hosts`, and what
 //! it reaches is the gateway. `gateway targets known-hosts` prints a line per SSH target with the
 //! gateway's key for it; a runner image adds those lines to `/etc/ssh/ssh_known_hosts` and keeps
-//! `StrictHostKeyChecking` on. The real host's key is pinned in the configuration instead
-//! (`[targets.ssh] host_key`), and the gateway refuses an upstream that presents another.
+//! `StrictHostKeyChecking` on. Or, with `--ca`, one `@cert-authority` line for a gateway host CA
+//! (created then, under the state directory): from then on the gateway also presents its host key
+//! certified by that CA, so new targets need no new line. The real host's key is pinned in the
+//! configuration instead (`[targets.ssh] host_key`), and the gateway refuses another.
 
 use std::{
     io::{Read as _, Write as _},
@@ -15,8 +17,8 @@ use std::{
 
 use ipnet::IpNet;
 use russh::keys::{
-    PrivateKey,
-    ssh_key::{LineEnding, private::Ed25519Keypair},
+    Certificate, PrivateKey,
+    ssh_key::{LineEnding, certificate, private::Ed25519Keypair},
 };
 
 use crate::config::{AddressSpec, HostSpec, Target};
@@ -32,6 +34,8 @@ pub enum KeyError {
     Invalid { path: String, message: String },
     #[error("{path}: the password file is empty")]
     EmptyPassword { path: String },
+    #[error("cannot certify the host key of target {target}: {message}")]
+    Certificate { target: String, message: String },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -48,8 +52,94 @@ pub fn host_key_dir(state_dir: &Path) -> PathBuf {
 
 /// The gateway's host key for `target`, created on first use (Ed25519).
 pub fn host_key(state_dir: &Path, target: &str) -> Result<PrivateKey, KeyError> {
-    let dir = host_key_dir(state_dir);
-    let path = dir.join(format!("{target}_ed25519"));
+    load_or_create(
+        &host_key_dir(state_dir),
+        &format!("{target}_ed25519"),
+        &format!("gateway host key for target {target}"),
+    )
+}
+
+fn ca_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("ssh").join("host_ca_ed25519")
+}
+
+/// The gateway's host CA, if one was created (`gateway targets known-hosts --ca`).
+pub fn host_ca(state_dir: &Path) -> Result<Option<PrivateKey>, KeyError> {
+    if !ca_path(state_dir).exists() {
+        return Ok(None);
+    }
+    create_host_ca(state_dir).map(Some)
+}
+
+/// The gateway's host CA, created if missing.
+pub fn create_host_ca(state_dir: &Path) -> Result<PrivateKey, KeyError> {
+    let path = ca_path(state_dir);
+    let dir = path.parent().unwrap_or(state_dir).to_path_buf();
+    load_or_create(&dir, "host_ca_ed25519", "gateway host CA")
+}
+
+/// `host_key` certified by `ca` as a host key for the target's address (wildcard principals, as
+/// OpenSSH ≥ 8.5 matches them), valid from five minutes ago, forever.
+pub fn host_certificate(
+    ca: &PrivateKey,
+    host_key: &PrivateKey,
+    target: &Target,
+) -> Result<Certificate, KeyError> {
+    let err = |e: russh::keys::ssh_key::Error| KeyError::Certificate {
+        target: target.name.clone(),
+        message: e.to_string(),
+    };
+    let mut nonce = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut nonce))
+        .map_err(io_error(Path::new("/dev/urandom")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut b = certificate::Builder::new(
+        nonce.to_vec(),
+        host_key.public_key().key_data().clone(),
+        now.saturating_sub(300),
+        u64::MAX,
+    )
+    .map_err(err)?;
+    b.cert_type(certificate::CertType::Host).map_err(err)?;
+    b.key_id(format!("gateway:{}", target.name)).map_err(err)?;
+    match principal(&target.address) {
+        Some(p) => b.valid_principal(p).map_err(err)?,
+        None => b.all_principals_valid().map_err(err)?,
+    };
+    b.sign(ca).map_err(err)
+}
+
+/// The host part of the target's known_hosts pattern (principals carry no port).
+fn principal(address: &AddressSpec) -> Option<String> {
+    let patterns = host_patterns(&AddressSpec {
+        host: address.host.clone(),
+        port: 22,
+    })?;
+    Some(patterns)
+}
+
+/// `@cert-authority` line trusting the gateway's host CA for every SSH target.
+pub fn cert_authority_line(ca: &PrivateKey, targets: &[&Target]) -> String {
+    let openssh = ca.public_key().to_openssh().unwrap_or_default();
+    let mut words = openssh.split_whitespace();
+    let (alg, blob) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let hosts: Vec<String> = targets
+        .iter()
+        .filter_map(|t| host_patterns(&t.address))
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "*".to_string()
+    } else {
+        hosts.join(",")
+    };
+    format!("@cert-authority {hosts} {alg} {blob} gateway-host-ca")
+}
+
+fn load_or_create(dir: &Path, name: &str, comment: &str) -> Result<PrivateKey, KeyError> {
+    let path = dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             return PrivateKey::from_openssh(&text).map_err(|e| KeyError::Invalid {
@@ -60,8 +150,8 @@ pub fn host_key(state_dir: &Path, target: &str) -> Result<PrivateKey, KeyError> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_error(&path)(e)),
     }
-    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-    for d in [dir.parent().unwrap_or(&dir), &dir] {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    for d in [dir.parent().unwrap_or(dir), dir] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io_error(d))?;
     }
     let mut seed = [0u8; 32];
@@ -69,7 +159,7 @@ pub fn host_key(state_dir: &Path, target: &str) -> Result<PrivateKey, KeyError> 
         .and_then(|mut f| f.read_exact(&mut seed))
         .map_err(io_error(Path::new("/dev/urandom")))?;
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    key.set_comment(format!("gateway host key for target {target}"));
+    key.set_comment(comment);
     let text = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| KeyError::Invalid {
@@ -77,7 +167,7 @@ pub fn host_key(state_dir: &Path, target: &str) -> Result<PrivateKey, KeyError> 
             message: e.to_string(),
         })?;
     // Written aside and linked into place: two processes creating the key at once agree on one.
-    let tmp = dir.join(format!(".{target}_ed25519.{}", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -92,7 +182,9 @@ pub fn host_key(state_dir: &Path, target: &str) -> Result<PrivateKey, KeyError> 
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(key),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => host_key(state_dir, target),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            load_or_create(dir, name, comment)
+        }
         Err(e) => Err(io_error(&path)(e)),
     }
 }

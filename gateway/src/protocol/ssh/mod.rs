@@ -28,9 +28,10 @@ use crate::{
     config::Target,
     daemon::Gateway,
     identity::Identity,
+    intercept::Origin,
     mask::Detector,
     policy::Policy,
-    record::{SessionEnd, Store},
+    record::{ProcessInfo, SessionEnd, Store},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,8 @@ pub struct Ctx {
     pub session_id: i64,
     pub target: Target,
     pub identity: Identity,
+    pub process: ProcessInfo,
+    pub job_id: Option<String>,
     pub store: Store,
     pub policy: Policy,
     pub approvals: Approvals,
@@ -88,7 +91,7 @@ pub async fn serve(
     upstream: TcpStream,
     target: Target,
     session_id: i64,
-    identity: Identity,
+    origin: Origin,
     gw: &Gateway,
 ) -> SessionEnd {
     let state_dir = &gw.config.server.state_dir;
@@ -105,10 +108,23 @@ pub async fn serve(
             return SessionEnd::default();
         }
     };
+    // With a gateway host CA, the host key is also presented certified (for `@cert-authority`).
+    let certificate = match keys::host_ca(state_dir).and_then(|ca| {
+        ca.map(|ca| keys::host_certificate(&ca, &host_key, &target))
+            .transpose()
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(session = session_id, error = %e, "host certificate unavailable; presenting the plain key");
+            None
+        }
+    };
     let ctx = Arc::new(Ctx {
         session_id,
         target,
-        identity,
+        identity: origin.identity,
+        process: origin.process,
+        job_id: origin.job_id,
         store: gw.store.clone(),
         policy: gw.policy.clone(),
         approvals: gw.approvals.clone(),
@@ -116,7 +132,8 @@ pub async fn serve(
         detectors: DETECTORS.into(),
         counters: bridge::Counters::default(),
     });
-    let end = run(client, upstream, host_key, ctx.clone(), gw.shutdown.clone()).await;
+    let config = server_config(host_key, certificate);
+    let end = run(client, upstream, config, ctx.clone(), gw.shutdown.clone()).await;
     let (up, down) = (
         ctx.counters.up.load(Ordering::Relaxed),
         ctx.counters.down.load(Ordering::Relaxed),
@@ -136,7 +153,10 @@ pub async fn serve(
     }
 }
 
-fn server_config(host_key: russh::keys::PrivateKey) -> Arc<server::Config> {
+fn server_config(
+    host_key: russh::keys::PrivateKey,
+    certificate: Option<russh::keys::Certificate>,
+) -> Arc<server::Config> {
     let mut methods = MethodSet::empty();
     // Any key, or none, is accepted: who the job is comes from its binding, not from SSH auth.
     for m in [
@@ -150,6 +170,7 @@ fn server_config(host_key: russh::keys::PrivateKey) -> Arc<server::Config> {
     Arc::new(server::Config {
         server_id: russh::SshId::Standard("SSH-2.0-gateway".into()),
         keys: vec![host_key],
+        certificates: certificate.into_iter().collect(),
         methods,
         window_size: JOB_WINDOW,
         auth_rejection_time: Duration::from_millis(100),
@@ -171,7 +192,7 @@ fn server_config(host_key: russh::keys::PrivateKey) -> Arc<server::Config> {
 async fn run(
     client: TcpStream,
     upstream: TcpStream,
-    host_key: russh::keys::PrivateKey,
+    config: Arc<server::Config>,
     ctx: Arc<Ctx>,
     shutdown: CancellationToken,
 ) -> Result<&'static str, SshError> {
@@ -187,12 +208,9 @@ async fn run(
         }
     };
     let (handler, shared) = job::JobSide::new(ctx.clone(), upstream);
-    let running = tokio::time::timeout(
-        timeout,
-        server::run_stream(server_config(host_key), client, handler),
-    )
-    .await
-    .map_err(|_| SshError::HandshakeTimeout(timeout))??;
+    let running = tokio::time::timeout(timeout, server::run_stream(config, client, handler))
+        .await
+        .map_err(|_| SshError::HandshakeTimeout(timeout))??;
     let handle = running.handle();
     tokio::pin!(running);
     // The job must be authenticated within the handshake timeout: a client that never finishes
