@@ -441,6 +441,52 @@ fn scp_and_sftp_transfer_and_sftp_operations_are_policed() -> Result<()> {
         "{all}"
     );
     assert!(!Path::new("/etc/gwe-forbidden").exists());
+    // Legacy scp (an exec of `scp -t PATH` on the host) is held to the same path rules.
+    let out = s.job(
+        "scp",
+        &[
+            "-O",
+            local.to_str().unwrap(),
+            &format!("{}:/etc/gwe-forbidden", s.host()),
+        ],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("etc-is-read-only") || text(&out.stderr).contains("gateway"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!Path::new("/etc/gwe-forbidden").exists());
+    let legacy = format!("{remote}-legacy");
+    let out = s.job(
+        "scp",
+        &[
+            "-O",
+            local.to_str().unwrap(),
+            &format!("{}:{legacy}", s.host()),
+        ],
+    );
+    assert!(out.status.success(), "scp -O: {}", text(&out.stderr));
+    assert_eq!(fs::read(&legacy)?, fs::read(&local)?);
+    let _ = fs::remove_file(&legacy);
+
+    // Full duplex: the host sends a file while the job sends one, both as fast as they can (a
+    // relay that only blocks the job's socket deadlocks here; see `bridge`).
+    let mut opts = client_options(&s.known_hosts);
+    let zeros = s.dir.path().join("zeros.bin");
+    fs::write(&zeros, vec![0u8; 64 << 20])?;
+    opts.extend([
+        s.host(),
+        "head -c 67108864 /dev/zero & cat > /dev/null; wait".into(),
+    ]);
+    let out = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "timeout", "120", "ssh"])
+        .args(&opts)
+        .stdin(fs::File::open(&zeros)?)
+        .output()?;
+    assert_eq!(out.stdout.len(), 64 << 20, "{}", text(&out.stderr));
     let session = s.last_session()?;
     let refused: Vec<_> = events(&session, "ssh_sftp")
         .into_iter()

@@ -603,7 +603,15 @@ impl JobSide {
             let _ = session.channel_failure(channel);
             return;
         };
-        let decision = self.decide(&SshOperation::Exec { command: &command });
+        let mut decision = self.decide(&SshOperation::Exec { command: &command });
+        // Legacy scp (`scp -O`) runs `scp -t|-f PATH` on the host: it is also the file operation
+        // it stands for, so sftp path rules hold for it too.
+        if let (Decision::Allow { .. }, Some((kind, path))) = (&decision, legacy_scp(&command)) {
+            let as_file = self.decide(&SshOperation::Sftp { kind, path: &path });
+            if !matches!(as_file, Decision::Allow { .. }) {
+                decision = as_file;
+            }
+        }
         let detail = json!({
             "channel": number,
             "command": command,
@@ -717,6 +725,35 @@ impl JobSide {
             }
         }
     }
+}
+
+/// `scp [-flags] -t|-f [--] PATH`, as the OpenSSH client runs it on the host: the file operation.
+pub fn legacy_scp(command: &str) -> Option<(SshOperationKind, String)> {
+    let mut words = command.split_whitespace();
+    let program = words.next()?;
+    if program != "scp" && !program.ends_with("/scp") {
+        return None;
+    }
+    let mut kind = None;
+    let mut rest = Vec::new();
+    let mut flags_done = false;
+    for w in words {
+        if !flags_done && w == "--" {
+            flags_done = true;
+        } else if !flags_done && w.starts_with('-') && w.len() > 1 {
+            if w.contains('t') {
+                kind = Some(SshOperationKind::SftpWrite);
+            } else if w.contains('f') {
+                kind = Some(SshOperationKind::SftpRead);
+            }
+        } else {
+            flags_done = true;
+            rest.push(w);
+        }
+    }
+    let path = rest.join(" ");
+    let path = path.trim_matches('\'').to_string();
+    Some((kind?, path))
 }
 
 impl Drop for JobSide {
@@ -1194,5 +1231,28 @@ impl server::Handler for JobSide {
             let _ = c.tx.send(Down::Close);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_scp_is_a_file_operation() {
+        assert_eq!(
+            legacy_scp("scp -t /etc/x"),
+            Some((SshOperationKind::SftpWrite, "/etc/x".into()))
+        );
+        assert_eq!(
+            legacy_scp("scp -v -r -d -t -- '/srv/my dir'"),
+            Some((SshOperationKind::SftpWrite, "/srv/my dir".into()))
+        );
+        assert_eq!(
+            legacy_scp("/usr/bin/scp -p -f /var/log/syslog"),
+            Some((SshOperationKind::SftpRead, "/var/log/syslog".into()))
+        );
+        assert_eq!(legacy_scp("scpx -t /a"), None);
+        assert_eq!(legacy_scp("echo scp -t /a"), None);
     }
 }
