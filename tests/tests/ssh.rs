@@ -441,6 +441,13 @@ fn scp_and_sftp_transfer_and_sftp_operations_are_policed() -> Result<()> {
         "{all}"
     );
     assert!(!Path::new("/etc/gwe-forbidden").exists());
+    let session = s.last_session()?;
+    let refused: Vec<_> = events(&session, "ssh_sftp")
+        .into_iter()
+        .filter(|e| e["decision"] == "deny")
+        .collect();
+    assert_eq!(refused[0]["path"], "/etc/gwe-forbidden", "{session}");
+    assert_eq!(refused[0]["rule"], "etc-is-read-only");
     // Legacy scp (an exec of `scp -t PATH` on the host) is held to the same path rules.
     let out = s.job(
         "scp",
@@ -487,13 +494,6 @@ fn scp_and_sftp_transfer_and_sftp_operations_are_policed() -> Result<()> {
         .stdin(fs::File::open(&zeros)?)
         .output()?;
     assert_eq!(out.stdout.len(), 64 << 20, "{}", text(&out.stderr));
-    let session = s.last_session()?;
-    let refused: Vec<_> = events(&session, "ssh_sftp")
-        .into_iter()
-        .filter(|e| e["decision"] == "deny")
-        .collect();
-    assert_eq!(refused[0]["path"], "/etc/gwe-forbidden", "{session}");
-    assert_eq!(refused[0]["rule"], "etc-is-read-only");
     let _ = fs::remove_file(&remote);
     Ok(())
 }
