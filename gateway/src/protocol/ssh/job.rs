@@ -211,6 +211,14 @@ impl JobSide {
         }
     }
 
+    /// Command lines are decided as typed and recorded masked (a token on a `curl` line).
+    fn masked(&self, text: &str) -> String {
+        match crate::mask::redact(text.as_bytes(), &self.ctx.detectors) {
+            Some((masked, _)) => String::from_utf8_lossy(&masked).into_owned(),
+            None => text.to_string(),
+        }
+    }
+
     fn decide(&self, op: &SshOperation<'_>) -> Decision {
         self.ctx
             .policy
@@ -398,7 +406,7 @@ impl JobSide {
         });
         let detail = json!({
             "channel": channel,
-            "line": command,
+            "line": self.masked(command),
             "edited": edited,
             "decision": decision.label(),
             "rule": decision.rule(),
@@ -614,7 +622,7 @@ impl JobSide {
         }
         let detail = json!({
             "channel": number,
-            "command": command,
+            "command": self.masked(&command),
             "decision": decision.label(),
             "rule": decision.rule(),
             "reason": decision.reason(),
