@@ -312,6 +312,10 @@ fn exec_is_decided_recorded_and_exit_status_passes_through() -> Result<()> {
         end[0]["stdout"], "key=[masked:aws_access_key]\n",
         "{session}"
     );
+    assert_eq!(
+        events(&session, "ssh_exec")[0]["command"],
+        "echo key=[masked:aws_access_key]"
+    );
 
     // Environment: allow-listed names pass, others do not (the host would accept both).
     let mut opts = client_options(&s.known_hosts);
