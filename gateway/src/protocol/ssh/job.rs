@@ -257,10 +257,15 @@ impl JobSide {
     }
 
     fn queue(&self, channel: ChannelId, data: &[u8]) {
+        self.queue_bytes(channel, Bytes::copy_from_slice(data));
+    }
+
+    fn queue_bytes(&self, channel: ChannelId, data: Bytes) {
         if let Some(c) = self.chans.get(&channel) {
-            self.inflight.bytes.fetch_add(data.len(), Ordering::AcqRel);
-            if c.tx.send(Down::Data(Bytes::copy_from_slice(data))).is_err() {
-                self.inflight.bytes.fetch_sub(data.len(), Ordering::AcqRel);
+            let n = data.len();
+            self.inflight.bytes.fetch_add(n, Ordering::AcqRel);
+            if c.tx.send(Down::Data(data)).is_err() {
+                self.inflight.bytes.fetch_sub(n, Ordering::AcqRel);
             }
         }
     }
@@ -603,7 +608,7 @@ impl JobSide {
                 _ => {}
             }
         }
-        self.queue(channel, &packet);
+        self.queue_bytes(channel, packet);
     }
 
     async fn exec(&mut self, channel: ChannelId, command: String, session: &mut Session) {

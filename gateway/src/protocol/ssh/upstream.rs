@@ -77,6 +77,15 @@ fn config(target: &Target) -> Arc<client::Config> {
     }
     let preferred = russh::Preferred {
         key: Cow::Owned(key_algorithms),
+        // AES-GCM first: with AES-NI it costs a fraction of chacha20-poly1305, and the gateway
+        // encrypts every byte twice.
+        cipher: Cow::Borrowed(&[
+            russh::cipher::AES_256_GCM,
+            russh::cipher::AES_128_GCM,
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_CTR,
+            russh::cipher::AES_128_CTR,
+        ]),
         // Compression costs CPU on both sides of a fast link and gains nothing on a LAN.
         compression: Cow::Borrowed(&[russh::compression::NONE]),
         ..Default::default()
