@@ -26,6 +26,7 @@ host_key = "10.0.0.7 {KEY}"
 env = ["LANG", "LC_*"]
 max_output = 1024
 handshake_timeout = "10s"
+job_ciphers = ["aes128-gcm@openssh.com", "aes128-ctr"]
 
 [[rules]]
 name = "tunnel"
@@ -42,6 +43,10 @@ destinations = ["10.0.0.9:5432", "10.1.0.0/16:*"]
     assert_eq!(t.ssh.env, ["LANG", "LC_*"]);
     assert_eq!(t.ssh.max_output, 1024);
     assert_eq!(t.ssh.handshake_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(
+        t.ssh.job_ciphers,
+        [russh::cipher::AES_128_GCM, russh::cipher::AES_128_CTR]
+    );
     let c = cfg.rules[0].ssh.as_ref().unwrap();
     assert_eq!(c.operations, [SshOperationKind::Forward]);
     assert_eq!(c.destinations.len(), 2);
@@ -69,6 +74,7 @@ address = "10.0.0.9:22"
 [targets.credentials]
 password_file = "/p"
 [targets.ssh]
+job_ciphers = ["3des-cbc"]
 host_key = "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
 
 [[rules]]

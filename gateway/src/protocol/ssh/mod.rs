@@ -132,7 +132,7 @@ pub async fn serve(
         detectors: DETECTORS.into(),
         counters: bridge::Counters::default(),
     });
-    let config = server_config(host_key, certificate);
+    let config = server_config(host_key, certificate, ctx.target.ssh.job_ciphers.clone());
     let end = run(client, upstream, config, ctx.clone(), gw.shutdown.clone()).await;
     let (up, down) = (
         ctx.counters.up.load(Ordering::Relaxed),
@@ -156,6 +156,7 @@ pub async fn serve(
 fn server_config(
     host_key: russh::keys::PrivateKey,
     certificate: Option<russh::keys::Certificate>,
+    ciphers: Vec<russh::cipher::Name>,
 ) -> Arc<server::Config> {
     let mut methods = MethodSet::empty();
     // Any key, or none, is accepted: who the job is comes from its binding, not from SSH auth.
@@ -182,6 +183,7 @@ fn server_config(
         keepalive_max: 4,
         nodelay: true,
         preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Owned(ciphers),
             compression: std::borrow::Cow::Borrowed(&[russh::compression::NONE]),
             ..Default::default()
         },
