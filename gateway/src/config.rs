@@ -14,6 +14,9 @@ use std::{
 };
 
 use ipnet::IpNet;
+
+mod postgres;
+pub use postgres::{MaskingRule, PostgresSettings, SqlCondition, UpstreamTls};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
@@ -95,7 +98,7 @@ pub enum Protocol {
 impl Protocol {
     /// Protocols this build can serve; the others are refused by validation.
     pub fn implemented(self) -> bool {
-        matches!(self, Protocol::Tcp)
+        matches!(self, Protocol::Tcp | Protocol::Postgres)
     }
 }
 
@@ -248,6 +251,16 @@ pub struct Credentials {
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Per-identity upstream accounts (`[[targets.credentials.identities]]`), first match wins;
+    /// identities that match none use `user` / `password_file`.
+    pub identities: Vec<IdentityCredentials>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityCredentials {
+    pub claims: BTreeMap<String, ClaimPattern>,
+    pub user: String,
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +269,8 @@ pub struct Target {
     pub protocol: Protocol,
     pub address: AddressSpec,
     pub credentials: Credentials,
+    /// `[targets.postgres]`: settings of postgres targets (defaults for the others).
+    pub postgres: PostgresSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -280,6 +295,8 @@ pub struct Rule {
     pub claims: BTreeMap<String, ClaimPattern>,
     /// Shown to the client when the rule denies.
     pub reason: Option<String>,
+    /// `[rules.sql]`: the rule is about statements, not connections (see `policy`).
+    pub sql: Option<SqlCondition>,
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +305,7 @@ pub struct Config {
     pub issuers: Vec<Issuer>,
     pub targets: Vec<Target>,
     pub rules: Vec<Rule>,
+    pub masking: Vec<MaskingRule>,
     /// The file this was read from; `None` for built-in defaults.
     pub source: Option<PathBuf>,
 }
@@ -393,6 +411,8 @@ struct RawConfig {
     targets: Vec<RawTarget>,
     #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    masking: Vec<postgres::RawMasking>,
 }
 
 #[derive(Deserialize, Default)]
@@ -430,6 +450,7 @@ struct RawTarget {
     address: S<String>,
     #[serde(default)]
     credentials: RawCredentials,
+    postgres: Option<S<postgres::RawPostgres>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -438,6 +459,8 @@ struct RawCredentials {
     user: Option<String>,
     password_file: Option<S<String>>,
     key_file: Option<S<String>>,
+    #[serde(default)]
+    identities: Vec<postgres::RawIdentityCredentials>,
 }
 
 #[derive(Deserialize)]
@@ -457,6 +480,7 @@ struct RawRule {
     #[serde(default)]
     claims: BTreeMap<S<String>, S<RawPattern>>,
     reason: Option<String>,
+    sql: Option<S<postgres::RawSql>>,
 }
 
 // --- validation ---------------------------------------------------------------------------------------
@@ -532,11 +556,13 @@ impl Validator<'_> {
             .collect();
         let targets = self.targets(raw.targets);
         let rules = self.rules(raw.rules, &targets);
+        let masking = self.masking(raw.masking, &targets);
         Config {
             server,
             issuers,
             targets,
             rules,
+            masking,
             source: None,
         }
     }
@@ -714,7 +740,7 @@ impl Validator<'_> {
             }
             let protocol = *t.protocol.get_ref();
             if !protocol.implemented() {
-                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp)"));
+                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, postgres)"));
             }
             let address = match AddressSpec::parse(t.address.get_ref(), false) {
                 Ok(a) => a,
@@ -745,16 +771,20 @@ impl Validator<'_> {
                     p
                 })
             };
-            let credentials = Credentials {
+            let mut credentials = Credentials {
                 user: c.user,
                 password_file: file(c.password_file, "password_file"),
                 key_file: file(c.key_file, "key_file"),
+                identities: Vec::new(),
             };
+            credentials.identities = self.identity_credentials(i, c.identities);
+            let postgres = self.postgres_settings(i, protocol, t.postgres);
             out.push(Target {
                 name,
                 protocol,
                 address,
                 credentials,
+                postgres,
             });
         }
         out
@@ -813,21 +843,8 @@ impl Validator<'_> {
             {
                 self.problem(u.span(), format!("rules[{i}].unauthenticated"), "an unauthenticated job has no claims: drop either `claims` or `unauthenticated`");
             }
-            let mut claims = BTreeMap::new();
-            for (k, v) in r.claims {
-                let patterns = match v.into_inner() {
-                    RawPattern::One(s) => vec![s],
-                    RawPattern::Many(list) => list,
-                };
-                if patterns.is_empty() {
-                    self.problem(
-                        k.span(),
-                        format!("rules[{i}].claims.{}", k.get_ref()),
-                        "needs at least one pattern",
-                    );
-                }
-                claims.insert(k.into_inner(), ClaimPattern(patterns));
-            }
+            let claims = self.claims(r.claims, &format!("rules[{i}].claims"));
+            let sql = r.sql.map(|s| self.sql_condition(i, s, &target_globs, targets));
             out.push(Rule {
                 name,
                 action: r.action,
@@ -835,9 +852,35 @@ impl Validator<'_> {
                 unauthenticated,
                 claims,
                 reason: r.reason,
+                sql,
             });
         }
         out
+    }
+}
+
+impl Validator<'_> {
+    fn claims(
+        &mut self,
+        raw: BTreeMap<S<String>, S<RawPattern>>,
+        key: &str,
+    ) -> BTreeMap<String, ClaimPattern> {
+        let mut claims = BTreeMap::new();
+        for (k, v) in raw {
+            let patterns = match v.into_inner() {
+                RawPattern::One(s) => vec![s],
+                RawPattern::Many(list) => list,
+            };
+            if patterns.is_empty() {
+                self.problem(
+                    k.span(),
+                    format!("{key}.{}", k.get_ref()),
+                    "needs at least one pattern",
+                );
+            }
+            claims.insert(k.into_inner(), ClaimPattern(patterns));
+        }
+        claims
     }
 }
 

@@ -109,7 +109,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     let events = dataplane.events()?;
 
     let gw = Arc::new(Gateway {
-        policy: Policy::new(config.rules.clone()),
+        policy: Policy::from_config(&config),
         config,
         targets: RwLock::new(Arc::new(targets)),
         store,
