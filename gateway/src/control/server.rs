@@ -67,12 +67,12 @@ pub async fn serve(listener: UnixListener, gw: Arc<Gateway>) {
 }
 
 async fn handle(mut stream: UnixStream, gw: Arc<Gateway>) {
-    let response = match authorize(&stream, &gw) {
-        Err(message) => Response::Error { message },
-        Ok(()) => match read_request(&mut stream).await {
-            Ok(request) => gw.control(request).await,
-            Err(message) => Response::Error { message },
-        },
+    // The request is read (bounded) before the caller is judged, so that a refused caller reads a
+    // refusal rather than a broken pipe.
+    let request = read_request(&mut stream).await;
+    let response = match (authorize(&stream, &gw), request) {
+        (Err(message), _) | (Ok(()), Err(message)) => Response::Error { message },
+        (Ok(()), Ok(request)) => gw.control(request).await,
     };
     let mut line = serde_json::to_vec(&response).unwrap_or_else(|e| {
         format!("{{\"result\":\"error\",\"message\":\"cannot encode response: {e}\"}}").into_bytes()

@@ -1,0 +1,620 @@
+//! The interception core end to end: real eBPF programs on the real kernel, a "remote" host in a
+//! network namespace, a gateway daemon per test, and jobs started with `gateway run` or attached.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::Result;
+use gateway_e2e::{
+    Daemon, DaemonConfig, EchoServer, Netns, Postgres, TempDir, TestCgroup, probe_bin, unique_id,
+    wait_until,
+};
+use serde_json::Value;
+
+/// A remote echo server (IPv4 and IPv6, ports 7000 and 7001) and a daemon whose only target is
+/// the echo server's port 7000, open to unauthenticated jobs.
+struct Setup {
+    daemon: Daemon,
+    echo: EchoServer,
+    ns: Netns,
+    _dir: TempDir,
+}
+
+impl Setup {
+    fn new(server: &str) -> Result<Setup> {
+        Self::with_body(server, "")
+    }
+
+    fn with_body(server: &str, extra_body: &str) -> Result<Setup> {
+        let id = unique_id();
+        let dir = TempDir::new(&format!("s{id}"));
+        let ns = Netns::new(&id)?;
+        let echo = EchoServer::start(
+            &ns,
+            dir.path(),
+            &[
+                format!("{}:7000", ns.remote_ip),
+                format!("{}:7001", ns.remote_ip),
+                format!("[{}]:7000", ns.remote_ip6),
+            ],
+        )?;
+        let body = format!(
+            r#"
+[[targets]]
+name = "echo"
+protocol = "tcp"
+address = "{v4}:7000"
+
+[[targets]]
+name = "echo6"
+protocol = "tcp"
+address = "[{v6}]:7000"
+
+[[targets]]
+name = "closed-port"
+protocol = "tcp"
+address = "{v4}:7009"
+
+{extra_body}
+
+[[rules]]
+name = "jobs-may-echo"
+action = "allow"
+targets = ["echo", "echo6", "closed-port"]
+unauthenticated = true
+"#,
+            v4 = ns.remote_ip,
+            v6 = ns.remote_ip6,
+        );
+        let daemon = Daemon::start(DaemonConfig {
+            server: server.to_string(),
+            body,
+        })?;
+        Ok(Setup {
+            daemon,
+            echo,
+            ns,
+            _dir: dir,
+        })
+    }
+
+    fn v4(&self, port: u16) -> String {
+        format!("{}:{port}", self.ns.remote_ip)
+    }
+
+    fn session_for(&self, destination: &str) -> Result<Vec<Value>> {
+        Ok(self
+            .daemon
+            .sessions()?
+            .into_iter()
+            .filter(|s| s["destination"] == destination)
+            .collect())
+    }
+}
+
+fn errno(v: &Value) -> Option<i64> {
+    v["errno"].as_i64()
+}
+
+#[test]
+fn job_reaches_tcp_target_through_the_gateway_and_is_attributed() -> Result<()> {
+    let s = Setup::new("")?;
+    let dst = s.v4(7000);
+    let v = s.daemon.probe_in_job(&["connect", &dst, "through"])?;
+    assert_eq!(v["ok"], true, "{v}");
+    // getpeername: the job sees the address it connected to, not the listener.
+    assert_eq!(v["peer"], dst.as_str(), "{v}");
+    // Its socket really is connected to the gateway's loopback listener…
+    assert!(
+        v["local"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{v}"
+    );
+    // …and the upstream connection was made by the gateway from the host side.
+    assert!(
+        v["greeting"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("hello {}:", s.ns.host_ip)),
+        "{v}"
+    );
+    assert_eq!(v["echo"], "through");
+
+    let sessions = s.session_for(&dst)?;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let session = &sessions[0];
+    assert_eq!(session["target"], "echo");
+    assert_eq!(session["decision"], "allow");
+    assert_eq!(session["identity"], "unauthenticated");
+    assert_eq!(session["comm"], "e2e-probe");
+    assert_eq!(
+        session["pid"], v["pid"],
+        "session pid must be the probe's pid"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            s.session_for(&dst)
+                .is_ok_and(|l| l[0]["ended_at"].is_string() && l[0]["bytes_up"] == 7)
+        }),
+        "bytes_up/ended_at not recorded: {:?}",
+        s.session_for(&dst)?
+    );
+
+    // The process details: exe and cmdline verified from /proc while it was alive.
+    let id = session["id"].as_i64().unwrap().to_string();
+    let shown = s.daemon.cli_json(&["sessions", "show", &id, "--json"])?;
+    assert_eq!(shown["process"]["verified"], true, "{shown}");
+    assert!(
+        shown["process"]["exe"]
+            .as_str()
+            .unwrap()
+            .ends_with("/e2e-probe"),
+        "{shown}"
+    );
+    assert_eq!(shown["process"]["cmdline"][1], "connect");
+    let kinds: Vec<&str> = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"upstream_connected") && kinds.contains(&"closed"),
+        "{kinds:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_process_outside_the_job_is_not_intercepted() -> Result<()> {
+    let s = Setup::new("")?;
+    let out = Command::new(probe_bin())
+        .args(["connect", &s.v4(7000)])
+        .output()?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["ok"], true, "{v}");
+    // Straight from the host's veth address, no listener in between, nothing recorded.
+    assert!(
+        v["local"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", s.ns.host_ip)),
+        "{v}"
+    );
+    assert!(s.daemon.sessions()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn ipv6_and_ipv4_mapped_destinations_are_intercepted() -> Result<()> {
+    let s = Setup::new("")?;
+    let v6 = format!("[{}]:7000", s.ns.remote_ip6);
+    let v = s.daemon.probe_in_job(&["connect", &v6])?;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["peer"], v6.as_str());
+    assert!(v["local"].as_str().unwrap().starts_with("[::1]:"), "{v}");
+    assert!(
+        v["greeting"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("hello [{}]:", s.ns.host_ip6)),
+        "{v}"
+    );
+
+    // An IPv4 target reached through an IPv6 socket with an IPv4-mapped address.
+    let mapped = format!("[::ffff:{}]:7000", s.ns.remote_ip);
+    let v = s.daemon.probe_in_job(&["connect", &mapped])?;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["peer"], mapped.as_str());
+    assert!(
+        v["local"]
+            .as_str()
+            .unwrap()
+            .starts_with("[::ffff:127.0.0.1]:"),
+        "{v}"
+    );
+
+    let sessions = s.daemon.sessions()?;
+    let targets: Vec<(&str, &str)> = sessions
+        .iter()
+        .map(|s| {
+            (
+                s["target"].as_str().unwrap_or("-"),
+                s["destination"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(targets.contains(&("echo6", v6.as_str())), "{targets:?}");
+    assert!(
+        targets.contains(&("echo", s.v4(7000).as_str())),
+        "{targets:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn enforce_mode_refuses_destinations_outside_the_target_set() -> Result<()> {
+    let s = Setup::new("mode = \"enforce\"")?;
+    let before = s.echo.accepted().len();
+    let v = s.daemon.probe_in_job(&["connect", &s.v4(7001)])?;
+    assert_eq!(errno(&v), Some(libc::EPERM as i64), "{v}");
+    assert_eq!(
+        s.echo.accepted().len(),
+        before,
+        "the refused connect must not reach the host"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        s.session_for(&s.v4(7001))
+            .is_ok_and(|l| l.len() == 1 && l[0]["decision"] == "deny")
+    }));
+    Ok(())
+}
+
+#[test]
+fn audit_mode_lets_non_targets_through_and_records_them() -> Result<()> {
+    let s = Setup::new("mode = \"audit\"")?;
+    let v = s.daemon.probe_in_job(&["connect", &s.v4(7001)])?;
+    assert_eq!(v["ok"], true, "{v}");
+    // Direct (not through the gateway) …
+    assert!(
+        v["local"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", s.ns.host_ip)),
+        "{v}"
+    );
+    // … and recorded with the process that made it.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            s.session_for(&s.v4(7001)).is_ok_and(|l| {
+                l.len() == 1 && l[0]["decision"] == "audit" && l[0]["pid"] == v["pid"]
+            })
+        }),
+        "{:?}",
+        s.daemon.sessions()?
+    );
+    // Targets are still served by the gateway in audit mode.
+    let v = s.daemon.probe_in_job(&["connect", &s.v4(7000)])?;
+    assert!(
+        v["local"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{v}"
+    );
+    Ok(())
+}
+
+#[test]
+fn udp_raw_sockets_and_other_bypasses_are_refused() -> Result<()> {
+    let s = Setup::new("")?;
+    // Restart with the namespace host as the only DNS resolver.
+    let resolver = s.ns.remote_ip.to_string();
+    let s = {
+        let mut s = s;
+        let text = std::fs::read_to_string(&s.daemon.config_path)?.replacen(
+            "[server]\n",
+            &format!("[server]\ndns_resolvers = [\"{resolver}\"]\n"),
+            1,
+        );
+        std::fs::write(&s.daemon.config_path, text)?;
+        s.daemon.restart()?;
+        s
+    };
+    let eperm = Some(libc::EPERM as i64);
+    let dns = s.daemon.probe_in_job(&["udp", &format!("{resolver}:53")])?;
+    assert_eq!(
+        dns["ok"], true,
+        "DNS to the configured resolver must pass: {dns}"
+    );
+    for (what, args) in [
+        ("UDP to a non-resolver", vec!["udp".to_string(), s.v4(9999)]),
+        (
+            "UDP to the resolver on another port",
+            vec!["udp".to_string(), format!("{resolver}:5353")],
+        ),
+        ("connected UDP", vec!["udp-connect".to_string(), s.v4(9999)]),
+        ("raw socket", vec!["raw".to_string()]),
+        ("MPTCP socket", vec!["mptcp".to_string()]),
+        (
+            "TCP Fast Open to a non-target",
+            vec!["tfo".to_string(), s.v4(7001)],
+        ),
+        (
+            "binding the gateway's listener port",
+            vec!["bind".to_string(), format!("0.0.0.0:{}", s.daemon.port)],
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v = s.daemon.probe_in_job(&args)?;
+        assert_eq!(errno(&v), eperm, "{what} must be refused with EPERM: {v}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            s.daemon.sessions().is_ok_and(|l| {
+                ["udp", "socket", "bind", "tcp"].iter().all(|p| {
+                    l.iter()
+                        .any(|x| x["protocol"] == *p && x["decision"] == "deny")
+                })
+            })
+        }),
+        "{:?}",
+        s.daemon.sessions()?
+    );
+    Ok(())
+}
+
+#[test]
+fn a_direct_connection_to_the_listener_is_closed_and_recorded_as_an_anomaly() -> Result<()> {
+    let s = Setup::new("")?;
+    let listener = format!("127.0.0.1:{}", s.daemon.port);
+    // From inside a job and from a host process alike.
+    let inside = s.daemon.probe_in_job(&["connect", &listener])?;
+    assert_eq!(inside["ok"], false, "{inside}");
+    let out = Command::new(probe_bin())
+        .args(["connect", &listener])
+        .output()?;
+    let outside: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(outside["ok"], false, "{outside}");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            s.daemon.sessions().is_ok_and(|l| {
+                l.iter()
+                    .filter(|x| x["kind"] == "anomaly" && x["decision"] == "deny")
+                    .count()
+                    == 2
+            })
+        }),
+        "{:?}",
+        s.daemon.sessions()?
+    );
+    Ok(())
+}
+
+#[test]
+fn upstream_refusal_is_passed_back_as_a_reset() -> Result<()> {
+    let s = Setup::new("")?;
+    let v = s.daemon.probe_in_job(&["connect", &s.v4(7009)])?;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(errno(&v), Some(libc::ECONNRESET as i64), "{v}");
+    let session = s.session_for(&s.v4(7009))?.remove(0);
+    let shown = s
+        .daemon
+        .cli_json(&["sessions", "show", &session["id"].to_string(), "--json"])?;
+    assert!(
+        shown["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "upstream_error"),
+        "{shown}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_target_without_an_allowing_rule_is_refused() -> Result<()> {
+    let id = unique_id();
+    let dir = TempDir::new(&format!("p{id}"));
+    let ns = Netns::new(&id)?;
+    let echo = EchoServer::start(&ns, dir.path(), &[format!("{}:7000", ns.remote_ip)])?;
+    let body = format!(
+        "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{}:7000\"\n",
+        ns.remote_ip
+    );
+    let daemon = Daemon::start(DaemonConfig {
+        server: String::new(),
+        body,
+    })?;
+    let v = daemon.probe_in_job(&["connect", &format!("{}:7000", ns.remote_ip)])?;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        echo.accepted().is_empty(),
+        "a denied connection must not reach the upstream"
+    );
+    let sessions = daemon.sessions()?;
+    assert_eq!(sessions[0]["decision"], "deny");
+    let shown = daemon.cli_json(&["sessions", "show", &sessions[0]["id"].to_string(), "--json"])?;
+    assert!(
+        shown["reason"].as_str().unwrap().contains("no rule allows"),
+        "{shown}"
+    );
+    Ok(())
+}
+
+#[test]
+fn kill_9_fails_closed_and_a_restart_restores_service_for_the_same_job() -> Result<()> {
+    let mut s = Setup::new("")?;
+    let cg = TestCgroup::new("kill9")?;
+    let out = s
+        .daemon
+        .cli(&["attach", "--cgroup", cg.path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cg.probe(&["connect", &s.v4(7000)])?["ok"], true);
+
+    s.daemon.kill9();
+    let accepted = s.echo.accepted().len();
+    let down = cg.probe(&["connect", &s.v4(7000)])?;
+    assert_eq!(
+        errno(&down),
+        Some(libc::ECONNREFUSED as i64),
+        "must fail, not bypass: {down}"
+    );
+    let non_target = cg.probe(&["connect", &s.v4(7001)])?;
+    assert_eq!(errno(&non_target), Some(libc::EPERM as i64), "{non_target}");
+    assert_eq!(
+        s.echo.accepted().len(),
+        accepted,
+        "nothing may reach the host while the gateway is down"
+    );
+
+    s.daemon.start_again()?;
+    let up = cg.probe(&["connect", &s.v4(7000)])?;
+    assert_eq!(up["ok"], true, "{up}");
+    assert!(
+        up["local"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{up}"
+    );
+    let status = s.daemon.cli_json(&["status", "--json"])?;
+    assert_eq!(
+        status["jobs"].as_array().unwrap().len(),
+        1,
+        "the job is adopted: {status}"
+    );
+    Ok(())
+}
+
+#[test]
+fn psql_reaches_postgres_in_a_namespace_through_a_tcp_target() -> Result<()> {
+    let id = unique_id();
+    let dir = TempDir::new(&format!("q{id}"));
+    let ns = Netns::new(&id)?;
+    let pg = Postgres::start(&ns, dir.path())?;
+    let body = format!(
+        "[[targets]]\nname = \"orders-db\"\nprotocol = \"tcp\"\naddress = \"{}:5432\"\n\n[[rules]]\nname = \"db\"\naction = \"allow\"\ntargets = [\"orders-db\"]\nunauthenticated = true\n",
+        pg.host
+    );
+    let daemon = Daemon::start(DaemonConfig {
+        server: String::new(),
+        body,
+    })?;
+    let out = Command::new(gateway_e2e::gateway_bin())
+        .arg("--control-socket")
+        .arg(&daemon.control_socket)
+        .args([
+            "run",
+            "--",
+            "psql",
+            "-h",
+            &pg.host.to_string(),
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-AtX",
+            "-c",
+        ])
+        .arg("select 'through ' || host(inet_server_addr())")
+        .env("PGPASSWORD", "apppw")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("through {}", pg.host)
+    );
+    let sessions = daemon.sessions()?;
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["comm"], "psql");
+    assert_eq!(sessions[0]["target"], "orders-db");
+    assert!(sessions[0]["bytes_down"].as_u64().unwrap() > 0);
+    Ok(())
+}
+
+#[test]
+fn gateway_run_returns_the_exit_status_and_removes_the_job_cgroup() -> Result<()> {
+    let s = Setup::new("")?;
+    let out = s.daemon.run_job(&[], "sh", &["-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let out = s.daemon.run_job(&[], "sh", &["-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    // A daemon left behind by the job is killed with it.
+    let out = s
+        .daemon
+        .run_job(&[], "sh", &["-c", "sleep 300 & echo started"]);
+    assert!(out.status.success());
+    let leftovers: Vec<_> = std::fs::read_dir(s.daemon.job_parent_path())?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .collect();
+    assert!(leftovers.is_empty(), "job cgroups left: {leftovers:?}");
+    let status = s.daemon.cli_json(&["status", "--json"])?;
+    assert!(status["jobs"].as_array().unwrap().is_empty(), "{status}");
+    let missing = s.daemon.run_job(&[], "/nonexistent/cmd", &[]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("cannot start"),
+        "{missing:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_job_cannot_use_the_control_socket_or_leave_its_cgroup() -> Result<()> {
+    let s = Setup::new("")?;
+    let socket = s.daemon.control_socket.to_str().unwrap().to_string();
+    // Even a job running as root is refused by the daemon.
+    let v = s.daemon.probe_in_job(&["control", &socket])?;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["answer"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("inside an agent job"),
+        "{v}"
+    );
+
+    // An unprivileged job can neither reach the socket nor move itself out of its cgroup; its
+    // connections stay intercepted.
+    let root_procs = gateway_e2e::cgroup2_root()?;
+    let out = s.daemon.run_job(
+        &["--user", "nobody"],
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "{p} control {socket}; {p} move-cgroup {root}; {p} connect {dst}",
+                p = probe_bin().display(),
+                root = root_procs.display(),
+                dst = s.v4(7000),
+            ),
+        ],
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out:?}");
+    assert_eq!(
+        errno(&lines[0]),
+        Some(libc::EACCES as i64),
+        "control socket: {}",
+        lines[0]
+    );
+    assert_eq!(lines[1]["ok"], false, "cgroup escape: {}", lines[1]);
+    assert_eq!(lines[2]["ok"], true, "{}", lines[2]);
+    assert!(
+        lines[2]["local"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "still intercepted: {}",
+        lines[2]
+    );
+    let sessions = s.session_for(&s.v4(7000))?;
+    assert_eq!(sessions.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn sigterm_stops_the_daemon_gracefully_and_interception_stays_closed() -> Result<()> {
+    let mut s = Setup::new("")?;
+    let cg = TestCgroup::new("term")?;
+    assert!(
+        s.daemon
+            .cli(&["attach", "--cgroup", cg.path.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let status = s.daemon.terminate().expect("daemon was running");
+    assert!(status.success(), "{status:?}\n{}", s.daemon.log());
+    assert!(
+        !s.daemon.control_socket.exists(),
+        "control socket removed on shutdown"
+    );
+    let v = cg.probe(&["connect", &s.v4(7000)])?;
+    assert_eq!(errno(&v), Some(libc::ECONNREFUSED as i64), "{v}");
+    Ok(())
+}
