@@ -62,6 +62,8 @@ pub struct Gateway {
     /// Every live session; drained on shutdown.
     pub sessions: TaskTracker,
     pub started_at: String,
+    /// Cancel keys, the statement classification cache and the approvals seam of postgres sessions.
+    pub postgres: crate::protocol::postgres::Shared,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -121,6 +123,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         started_at: now(),
+        postgres: Default::default(),
     });
     gw.adopt_jobs().await?;
 

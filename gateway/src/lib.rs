@@ -5,6 +5,7 @@
 //! dispatch) · `identity` · `policy` (pure) · `protocol/*` (bytes ↔ typed operations) · `record`
 //! (session store) · `control` (Unix-socket API) · `config` · `cgroup` · `jobs` · `daemon`.
 
+pub mod approval;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

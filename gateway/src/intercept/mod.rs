@@ -19,7 +19,7 @@ use crate::{
     daemon::Gateway,
     identity::Identity,
     policy::Decision,
-    protocol::tcp,
+    protocol::{postgres, tcp},
     record::{NewSession, ProcessInfo, SessionEnd, SessionKind, now},
 };
 
@@ -94,6 +94,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         },
         d => d,
     };
+    let session_identity = identity.clone();
     let session = NewSession {
         kind: SessionKind::Proxied,
         job_id: job.as_ref().map(|j| j.id.clone()),
@@ -119,7 +120,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     };
     log_session(session_id, &process, dst, &decision, target.as_ref());
     match (decision, target) {
-        (Decision::Allow { .. }, Some(target)) => serve(client, dst, target, session_id, &gw).await,
+        (Decision::Allow { .. }, Some(target)) => {
+            let origin = Origin {
+                identity: session_identity,
+                cgroup_id: info.cgroup_id,
+            };
+            serve(client, dst, target, session_id, origin, &gw).await
+        }
         _ => {
             gw.store.end_session(session_id, SessionEnd::default());
             tcp::reset(client);
@@ -146,9 +153,37 @@ fn log_session(
     );
 }
 
-async fn serve(client: TcpStream, dst: SocketAddr, target: Target, session_id: i64, gw: &Gateway) {
+/// Who is behind an allowed connection, for protocol handlers that decide per operation.
+struct Origin {
+    identity: Identity,
+    cgroup_id: u64,
+}
+
+async fn serve(
+    client: TcpStream,
+    dst: SocketAddr,
+    target: Target,
+    session_id: i64,
+    origin: Origin,
+    gw: &Gateway,
+) {
     match target.protocol {
         Protocol::Tcp => serve_tcp(client, dst, session_id, gw).await,
+        Protocol::Postgres => {
+            let end = postgres::serve(
+                client,
+                postgres::Session {
+                    gw,
+                    target: &target,
+                    dst,
+                    id: session_id,
+                    identity: &origin.identity,
+                    cgroup_id: origin.cgroup_id,
+                },
+            )
+            .await;
+            gw.store.end_session(session_id, end);
+        }
         other => {
             // Validation refuses unimplemented protocols; this is the second line.
             gw.store.note_event(

@@ -1,4 +1,5 @@
 //! Protocol handlers: each turns bytes into typed operations and back. They ask policy; they never
 //! decide.
 
+pub mod postgres;
 pub mod tcp;

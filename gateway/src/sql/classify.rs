@@ -147,11 +147,18 @@ impl Visitor for Walk {
             Statement::CreateView(v) => self.writes.push(object(&v.name)),
             Statement::CreateIndex(c) => self.writes.push(object(&c.table_name)),
             Statement::AlterTable(a) => self.writes.push(object(&a.name)),
+            // COPY's table is not visited as a relation.
             Statement::Copy {
                 source: CopySource::Table { table_name, .. },
-                to: false,
+                to,
                 ..
-            } => self.writes.push(object(table_name)),
+            } => {
+                if *to {
+                    self.relations.push(object(table_name));
+                } else {
+                    self.writes.push(object(table_name));
+                }
+            }
             _ => {}
         }
         ControlFlow::Continue(())

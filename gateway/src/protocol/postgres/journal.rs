@@ -1,0 +1,152 @@
+//! The statement log of a session: a `sql` event stored durably before a statement is forwarded
+//! (write-ahead), and a `sql_result` event when its answer is complete (rows, duration, outcome and
+//! a capped sample of the masked result).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+
+use super::state::Exec;
+use crate::{
+    policy::Decision,
+    record::{Store, StoreError},
+    sql::SqlStatement,
+};
+
+/// Longest SQL text stored per statement; longer texts are cut (and say so).
+const MAX_SQL: usize = 16 * 1024;
+/// Longest single value in a parameter list or a result sample.
+pub const MAX_VALUE: usize = 256;
+
+pub struct Journal<'a> {
+    pub store: &'a Store,
+    pub session_id: i64,
+    pub sample_rows: usize,
+    /// Bytes of samples still allowed in this session.
+    sample_budget: AtomicUsize,
+}
+
+pub fn cap(text: &str, max: usize) -> Value {
+    if text.len() <= max {
+        return Value::String(text.to_string());
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Value::String(format!("{}… ({} bytes)", &text[..end], text.len()))
+}
+
+/// A value as recorded: text (lossy), capped.
+pub fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
+    match bytes {
+        None => Value::Null,
+        Some(b) if binary => {
+            let hex: String = b
+                .iter()
+                .take(MAX_VALUE / 2)
+                .map(|x| format!("{x:02x}"))
+                .collect();
+            Value::String(format!("\\x{hex}{}", if b.len() > MAX_VALUE / 2 { "…" } else { "" }))
+        }
+        Some(b) => cap(&String::from_utf8_lossy(b), MAX_VALUE),
+    }
+}
+
+impl<'a> Journal<'a> {
+    pub fn new(store: &'a Store, session_id: i64, sample_rows: usize, sample_bytes: usize) -> Self {
+        Journal {
+            store,
+            session_id,
+            sample_rows,
+            sample_budget: AtomicUsize::new(sample_bytes),
+        }
+    }
+
+    /// Records a statement about to be forwarded (or refused); resolves once durable.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn statement(
+        &self,
+        seq: u64,
+        protocol: &'static str,
+        sql: &str,
+        params: Option<&[Value]>,
+        statements: &[SqlStatement],
+        decision: &Decision,
+        note: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut detail = json!({
+            "seq": seq,
+            "protocol": protocol,
+            "sql": cap(sql, MAX_SQL),
+            "statements": statements,
+            "decision": decision.label(),
+            "rule": decision.rule(),
+        });
+        if let Some(p) = params {
+            detail["params"] = Value::Array(p.to_vec());
+        }
+        if let Some(r) = decision.reason() {
+            detail["reason"] = Value::String(r.to_string());
+        }
+        if let Some(n) = note {
+            detail["note"] = Value::String(n.to_string());
+        }
+        self.store
+            .append_event(self.session_id, "sql", detail)
+            .await
+    }
+
+    /// Whether another sample row may be kept.
+    pub fn wants_sample(&self, exec: &Exec) -> bool {
+        exec.sample.len() < self.sample_rows && self.sample_budget.load(Ordering::Relaxed) > 0
+    }
+
+    pub fn keep_sample(&self, exec: &mut Exec, row: Vec<Value>) {
+        let size: usize = row.iter().map(|v| v.to_string().len()).sum();
+        let budget = self.sample_budget.load(Ordering::Relaxed);
+        if size > budget {
+            self.sample_budget.store(0, Ordering::Relaxed);
+            exec.sample_dropped = true;
+            return;
+        }
+        self.sample_budget.store(budget - size, Ordering::Relaxed);
+        exec.sample.push(row);
+    }
+
+    /// Records the outcome of an execution (not waited for: the answer already went out).
+    pub fn result(&self, exec: &Exec, skipped: bool) {
+        let mut detail = json!({
+            "seq": exec.seq,
+            "duration_ms": (exec.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            "rows": exec.rows,
+        });
+        if !exec.tags.is_empty() {
+            detail["tags"] = json!(exec.tags);
+        }
+        if exec.masked > 0 {
+            detail["masked_values"] = json!(exec.masked);
+        }
+        if exec.suspended {
+            detail["suspended"] = json!(true);
+        }
+        if skipped {
+            detail["skipped"] = json!("not executed: an earlier message of the pipeline failed");
+        }
+        if let Some((code, message)) = &exec.error {
+            detail["error"] = json!({ "code": code, "message": message });
+        }
+        if let Some(r) = &exec.refusal {
+            detail["refused"] = json!(r.message);
+        }
+        if !exec.sample.is_empty() {
+            detail["columns"] = json!(exec.sample_columns);
+            detail["sample"] = json!(exec.sample);
+        }
+        if exec.sample_dropped {
+            detail["sample_note"] =
+                json!("result samples left out: the session's sample cap is reached");
+        }
+        self.store.note_event(self.session_id, "sql_result", detail);
+    }
+}
