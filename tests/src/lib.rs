@@ -62,6 +62,10 @@ pub fn probe_bin() -> PathBuf {
     target_dir().join("e2e-probe")
 }
 
+pub fn pgwire_bin() -> PathBuf {
+    target_dir().join("e2e-pgwire")
+}
+
 pub fn echo_bin() -> PathBuf {
     target_dir().join("e2e-echo")
 }
@@ -709,6 +713,15 @@ impl Postgres {
             "create database app owner app",
         ]))?;
         Ok(pg)
+    }
+
+    /// Puts an authentication line at the top of pg_hba.conf (first match wins) and reloads.
+    pub fn prepend_hba(&self, line: &str) -> Result<()> {
+        let path = self.data.join("pg_hba.conf");
+        let old = fs::read_to_string(&path)?;
+        fs::write(&path, format!("{line}\n{old}"))?;
+        self.admin_sql("select pg_reload_conf()")?;
+        Ok(())
     }
 
     /// Runs SQL as the superuser over the server's Unix socket (outside any job).
