@@ -625,15 +625,15 @@ impl Validator<'_> {
             }
             *slot = Some(addr);
         }
-        if let (Some(a), Some(b)) = (listen_v4, listen_v6) {
-            if a.port() != b.port() {
-                let span = listen.last().map(|l| l.1.clone()).unwrap_or(0..0);
-                self.problem(
-                    span,
-                    "server.listen",
-                    "the IPv4 and IPv6 listeners must share one port",
-                );
-            }
+        if let (Some(a), Some(b)) = (listen_v4, listen_v6)
+            && a.port() != b.port()
+        {
+            let span = listen.last().map(|l| l.1.clone()).unwrap_or(0..0);
+            self.problem(
+                span,
+                "server.listen",
+                "the IPv4 and IPv6 listeners must share one port",
+            );
         }
 
         let job_cgroup_parent = match raw.job_cgroup_parent {

@@ -54,6 +54,7 @@ pub struct Gateway {
     pub store: Store,
     pub jobs: Jobs,
     pub connections: Connections,
+    pub processes: intercept::process::ProcessCache,
     pub dataplane: tokio::sync::Mutex<Dataplane>,
     pub cgroup_root: PathBuf,
     /// cgroup of the daemon itself: never attached to (its upstream connects would loop).
@@ -109,6 +110,11 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     )?;
     let connections = dataplane.connections()?;
     let events = dataplane.events()?;
+    let ebpf_logger = if server.ebpf_debug_log {
+        Some(dataplane.logger()?)
+    } else {
+        None
+    };
 
     let gw = Arc::new(Gateway {
         policy: Policy::from_config(&config),
@@ -117,6 +123,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         store,
         jobs: Jobs::default(),
         connections,
+        processes: Default::default(),
         dataplane: tokio::sync::Mutex::new(dataplane),
         cgroup_root,
         own_cgroup,
@@ -141,6 +148,12 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     )));
     tasks.push(tokio::spawn(reap_loop(gw.clone())));
     tasks.push(tokio::spawn(refresh_targets_loop(gw.clone())));
+    if let Some(logger) = ebpf_logger {
+        tasks.push(tokio::spawn(intercept::events::log_loop(
+            logger,
+            gw.clone(),
+        )));
+    }
 
     tracing::info!(
         listen = ?[server.listen_v4, server.listen_v6].iter().flatten().collect::<Vec<_>>(),
@@ -446,6 +459,10 @@ impl Gateway {
     /// After a restart: take back the jobs of the store whose cgroups still exist, make sure their
     /// programs are attached, and drop pinned links that belong to no job.
     async fn adopt_jobs(&self) -> Result<(), DaemonError> {
+        let interrupted = self.store.close_interrupted_sessions().await?;
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "closed sessions a previous gateway left open");
+        }
         let records = self.store.active_jobs().await?;
         let mut dataplane = self.dataplane.lock().await;
         for r in records {

@@ -148,8 +148,13 @@ impl Dataplane {
         for d in [&maps_dir, &jobs_dir] {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
-        let map_paths: Vec<(&str, PathBuf)> =
-            maps::ALL.iter().map(|m| (*m, maps_dir.join(m))).collect();
+        // AYA_LOGS (aya-log's ring buffer) is pinned too, so that programs attached by an earlier
+        // daemon still reach this one's log reader.
+        let map_paths: Vec<(&str, PathBuf)> = maps::ALL
+            .iter()
+            .chain(&["AYA_LOGS"])
+            .map(|m| (*m, maps_dir.join(m)))
+            .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
@@ -339,6 +344,14 @@ impl Dataplane {
         })?;
         let map = HashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
         Ok(Connections(Mutex::new(map)))
+    }
+
+    /// The reader of the programs' aya-log records (diagnostics, `server.ebpf_debug_log`).
+    pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, DataplaneError> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| DataplaneError::Program {
+            name: "AYA_LOGS",
+            detail: e.to_string(),
+        })
     }
 
     /// The ring buffer of refused and audited operations.

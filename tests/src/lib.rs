@@ -41,8 +41,12 @@ pub fn unique_id() -> String {
     format!("{mixed:06x}")
 }
 
-/// Directory of the binaries built with the test (target/<profile>/), from the test executable's path.
+/// Directory of the binaries built with the test (target/<profile>/): $E2E_BIN_DIR, else from the
+/// test executable's path.
 fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("E2E_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> → target/<profile>
     exe.parent()
@@ -64,6 +68,10 @@ pub fn probe_bin() -> PathBuf {
 
 pub fn pgwire_bin() -> PathBuf {
     target_dir().join("e2e-pgwire")
+}
+
+pub fn bench_bin() -> PathBuf {
+    target_dir().join("e2e-bench")
 }
 
 pub fn echo_bin() -> PathBuf {

@@ -509,7 +509,10 @@ fn psql_reaches_postgres_in_a_namespace_through_a_tcp_target() -> Result<()> {
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0]["comm"], "psql");
     assert_eq!(sessions[0]["target"], "orders-db");
-    assert!(sessions[0]["bytes_down"].as_u64().unwrap() > 0);
+    // The end of the session (bytes, time) is written as the relay finishes, just after psql exits.
+    assert!(wait_until(Duration::from_secs(5), || {
+        daemon.sessions().is_ok_and(|l| l[0]["bytes_down"].as_u64().unwrap_or(0) > 0 && l[0]["ended_at"].is_string())
+    }));
     Ok(())
 }
 
@@ -616,5 +619,30 @@ fn sigterm_stops_the_daemon_gracefully_and_interception_stays_closed() -> Result
     );
     let v = cg.probe(&["connect", &s.v4(7000)])?;
     assert_eq!(errno(&v), Some(libc::ECONNREFUSED as i64), "{v}");
+    Ok(())
+}
+
+#[test]
+fn ebpf_debug_log_reaches_the_daemon_log_only_when_enabled() -> Result<()> {
+    let quiet = Setup::new("")?;
+    let v = quiet.daemon.probe_in_job(&["connect", &quiet.v4(7000)])?;
+    assert_eq!(v["ok"], true);
+    let s = Setup::new("ebpf_debug_log = true")?;
+    let v = s.daemon.probe_in_job(&["connect", &s.v4(7000)])?;
+    assert_eq!(v["ok"], true);
+    let expected = format!("redirect pid={}", v["pid"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || s
+            .daemon
+            .log()
+            .contains(&expected)),
+        "{}",
+        s.daemon.log()
+    );
+    assert!(
+        !quiet.daemon.log().contains("redirect pid="),
+        "{}",
+        quiet.daemon.log()
+    );
     Ok(())
 }

@@ -251,7 +251,7 @@ fn psql_runs_queries_with_injected_credentials_and_every_statement_is_recorded()
             .any(|e| e["detail"]["rows"] == 1 && e["detail"]["sample"][0][0] == "app"),
         "{results:#?}"
     );
-    let connected = t.events_of("upstream_connected")?;
+    let connected = t.events_of("upstream_session")?;
     assert_eq!(connected[0]["detail"]["user"], "app");
     assert_eq!(connected[0]["detail"]["client_user"], "agent");
     assert_eq!(connected[0]["detail"]["auth"], "scram-sha-256");
@@ -539,7 +539,7 @@ fn md5_and_cleartext_upstream_authentication() -> Result<()> {
             t.psql_ok("select current_user, count(*) from users")?,
             format!("{}|3", if method == "md5" { "md5user" } else { "clearuser" })
         );
-        let connected = t.events_of("upstream_connected")?;
+        let connected = t.events_of("upstream_session")?;
         assert_eq!(connected[0]["detail"]["auth"], method);
     }
     Ok(())

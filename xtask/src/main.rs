@@ -1,1 +1,69 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build-ebpf | run | test | bench`.
+
+mod bench;
+mod build;
+mod setup;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark the gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent): nightly rust-src, bpf-linker built
+    /// against the nightly's LLVM, Debian packages and test peers
+    Setup {
+        /// Skip Debian packages and test peers (toolchain only)
+        #[arg(long)]
+        toolchain_only: bool,
+    },
+    /// Build the eBPF object alone and print its path
+    BuildEbpf,
+    /// Set up, build (release) and run `gateway serve` with the given arguments (root)
+    Run {
+        /// Arguments passed to `gateway` before `serve` (e.g. `--config FILE`)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build once (release) and run every unit and end-to-end test (root)
+    Test {
+        /// Only tests whose name contains this
+        filter: Option<String>,
+    },
+    /// Benchmarks (not pass/fail): gateway vs direct vs haproxy, printed as ratios of one run
+    Bench {
+        /// Which benchmarks: tcp (default: all)
+        #[arg(long)]
+        only: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup { toolchain_only } => setup::setup(!toolchain_only),
+        Command::BuildEbpf => build::ebpf_object().map(|p| println!("{}", p.display())),
+        Command::Run { args } => setup::setup(true).and_then(|()| build::run(&args)),
+        Command::Test { filter } => {
+            setup::setup(true).and_then(|()| build::test(filter.as_deref()))
+        }
+        Command::Bench { only } => bench::run(only.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,160 @@
+use super::*;
 
+fn problems(text: &str) -> Vec<String> {
+    match Config::parse(text, "t.toml") {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn built_in_defaults_follow_the_contract() {
+    let cfg = Config::defaults();
+    assert_eq!(
+        cfg.server.listen_v4,
+        Some("127.0.0.1:15001".parse().unwrap())
+    );
+    assert_eq!(cfg.server.listen_v6, Some("[::1]:15001".parse().unwrap()));
+    assert_eq!(
+        cfg.server.control_socket,
+        PathBuf::from("/run/gateway/control.sock")
+    );
+    assert_eq!(cfg.server.state_dir, PathBuf::from("/var/lib/gateway"));
+    assert_eq!(cfg.server.mode, Mode::Enforce);
+    assert!(cfg.targets.is_empty() && cfg.rules.is_empty());
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let text = include_str!("../../../examples/gateway.toml");
+    let cfg = Config::parse(text, "examples/gateway.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!cfg.targets.is_empty());
+    assert!(!cfg.rules.is_empty());
+}
+
+#[test]
+fn address_forms() {
+    let p = |s| AddressSpec::parse(s, false);
+    assert_eq!(p("10.0.0.5:5432").unwrap().to_string(), "10.0.0.5:5432");
+    assert_eq!(
+        p("10.0.0.0/24:5432").unwrap().to_string(),
+        "10.0.0.0/24:5432"
+    );
+    assert_eq!(p("[fd00::5]:22").unwrap().to_string(), "[fd00::5]:22");
+    assert_eq!(p("[fd00::/64]:22").unwrap().to_string(), "[fd00::/64]:22");
+    assert_eq!(
+        p("DB.Internal:5432").unwrap().host,
+        HostSpec::Name("db.internal".into())
+    );
+    assert!(p("10.0.0.5").is_err());
+    assert!(p("10.0.0.5:0").is_err());
+    assert!(p("10.0.0.5:70000").is_err());
+    assert!(
+        p("10.0.0.1/24:5432")
+            .unwrap_err()
+            .contains("did you mean 10.0.0.0/24")
+    );
+    assert!(
+        p("10.0.0.300:5432").is_err(),
+        "a mistyped address is not a host name"
+    );
+    assert!(p("10.0.0.0/8:*").is_err());
+    assert_eq!(AddressSpec::parse("10.0.0.0/8:*", true).unwrap().port, 0);
+    assert!(p("bad_host!:1").is_err());
+}
+
+#[test]
+fn semantic_errors_name_line_column_and_key_and_are_all_reported() {
+    let text = r#"[server]
+listen = ["10.1.1.1:15001", "[::1]:15002"]
+state_dir = "relative/dir"
+resolve_interval = "soon"
+
+[[targets]]
+name = "Orders DB"
+protocol = "tcp"
+address = "10.0.0.5:5432"
+
+[[targets]]
+name = "b"
+protocol = "ssh"
+address = "10.0.0.5:5432"
+
+[[rules]]
+name = "r"
+action = "allow"
+targets = ["nothing-*"]
+unauthenticated = true
+claims = { sub = "x" }
+"#;
+    let got = problems(text);
+    let expect = [
+        "t.toml:2:11: server.listen[0]: 10.1.1.1:15001 is not a loopback address",
+        "t.toml:3:13: server.state_dir: must be an absolute path",
+        "t.toml:4:20: server.resolve_interval: invalid duration",
+        "t.toml:7:8: targets[0].name: \"Orders DB\" must be",
+        "t.toml:13:12: targets[1].protocol: protocol \"ssh\" is not supported",
+        "t.toml:14:11: targets[1].address: 10.0.0.5:5432 is already the address of target",
+        "t.toml:19:12: rules[0].targets[0]: \"nothing-*\" matches no target",
+        "t.toml:20:19: rules[0].unauthenticated: an unauthenticated job has no claims",
+    ];
+    for e in expect {
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing {e:?} in {got:#?}"
+        );
+    }
+    // The two listener ports differ too, and the IPv4 listener was already refused.
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
+}
+
+#[test]
+fn syntax_and_unknown_keys_are_located() {
+    let got = problems("[server]\nmode = \"enforce\"\nmoed = 1\n");
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].starts_with("t.toml:3:1: unknown field `moed`"),
+        "{got:?}"
+    );
+    let got =
+        problems("[[targets]]\nname = \"x\"\nprotocol = \"telnet\"\naddress = \"1.2.3.4:23\"\n");
+    assert!(
+        got[0].starts_with("t.toml:3:12:") && got[0].contains("telnet"),
+        "{got:?}"
+    );
+    let got = problems("[server\n");
+    assert!(got[0].starts_with("t.toml:1:"), "{got:?}");
+}
+
+#[test]
+fn listeners_must_be_loopback_and_share_a_port() {
+    let got = problems("[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]\n");
+    assert!(got[0].contains("must share one port"), "{got:?}");
+    let got = problems("[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.2:1\"]\n");
+    assert!(
+        got[0].contains("only one IPv4 and one IPv6 listener"),
+        "{got:?}"
+    );
+    let cfg = Config::parse("[server]\nlisten = [\"127.0.0.1:9\"]\n", "t").unwrap();
+    assert_eq!(cfg.server.listen_v6, None);
+    assert_eq!(cfg.server.listen_port(), 9);
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+    assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("12").unwrap(), Duration::from_secs(12));
+    assert!(parse_duration("5 minutes").is_err());
+    assert!(parse_duration("-1s").is_err());
+}
+
+#[test]
+fn a_missing_default_file_means_defaults_but_a_missing_named_file_is_an_error() {
+    assert!(matches!(
+        Config::load(Some(Path::new("/nonexistent/gw.toml"))),
+        Err(ConfigError::Read { .. })
+    ));
+}

@@ -76,15 +76,37 @@ pub async fn read_loop(ring: RingBuf<MapData>, gw: Arc<Gateway>) {
     }
 }
 
+/// Forwards the programs' aya-log records to the daemon's log (only with `server.ebpf_debug_log`).
+pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, gw: Arc<Gateway>) {
+    // SAFETY: the logger owns its ring buffer's descriptor and keeps it open, unchanged, for as
+    // long as the AsyncFd owns the logger.
+    let mut logger = match unsafe { AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot poll the eBPF log ring buffer");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            ready = logger.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(_) => return,
+            },
+            () = gw.shutdown.cancelled() => return,
+        }
+    }
+}
+
 fn record(event: &Event, gw: &Gateway) {
     let job = gw.jobs.for_cgroup(event.cgroup_id);
     let identity = job
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
-    let dst = SocketAddr::new(
-        address(&event.addr, event.family == AF_INET as u16),
-        event.port,
-    );
+    let dst = SocketAddr::new(address(&event.addr, event.family == AF_INET), event.port);
     let (protocol, destination, reason) = match event.kind {
         EVENT_CONNECT => ("tcp", dst.to_string(), format!("{dst} is not a target")),
         EVENT_UDP => (

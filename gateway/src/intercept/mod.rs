@@ -66,7 +66,6 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     let Some(info) = gw.connections.take(peer) else {
         return anomaly(client, peer, &gw, started_at).await;
     };
-    let process = process::describe(&info);
     let dst = destination(&info);
     let job = gw.jobs.for_cgroup(info.cgroup_id);
     let identity = job
@@ -90,28 +89,46 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     let decision = match decision {
         Decision::RequireApproval { rule } => Decision::Deny {
             rule: Some(rule),
-            reason: "approval of whole TCP connections is not supported; use allow or deny".into(),
+            reason: "approval of whole connections is not supported; approve statements or commands instead".into(),
         },
         d => d,
     };
-    let session_identity = identity.clone();
-    let session = NewSession {
-        kind: SessionKind::Proxied,
-        job_id: job.as_ref().map(|j| j.id.clone()),
-        target: target.as_ref().map(|t| t.name.clone()),
-        protocol: target.as_ref().map(|t| t.protocol.to_string()),
-        destination: dst.to_string(),
-        process: Some(process.clone()),
-        identity,
-        decision: decision.label().to_string(),
-        rule: decision.rule().map(str::to_string),
-        reason: decision.reason().map(str::to_string),
-        started_at,
-        ended_at: None,
+    let allowed = matches!(decision, Decision::Allow { .. }) && target.is_some();
+    let origin = Origin {
+        identity: identity.clone(),
+        cgroup_id: info.cgroup_id,
+        dst,
     };
-    // Write-ahead: nothing reaches the upstream before the session is durably recorded. A gateway
-    // that cannot record does not serve.
-    let session_id = match gw.store.insert_session(session).await {
+
+    // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
+    // cannot record does not serve. Opening the upstream connection overlaps with the recording.
+    let record = async {
+        let process = gw.processes.describe(&info);
+        let session = NewSession {
+            kind: SessionKind::Proxied,
+            job_id: job.as_ref().map(|j| j.id.clone()),
+            target: target.as_ref().map(|t| t.name.clone()),
+            protocol: target.as_ref().map(|t| t.protocol.to_string()),
+            destination: dst.to_string(),
+            process: Some(process.clone()),
+            identity,
+            decision: decision.label().to_string(),
+            rule: decision.rule().map(str::to_string),
+            reason: decision.reason().map(str::to_string),
+            started_at,
+            ended_at: None,
+        };
+        (gw.store.insert_session(session).await, process)
+    };
+    let upstream = async {
+        if allowed {
+            Some(tcp::connect(dst, gw.config.server.upstream_connect_timeout).await)
+        } else {
+            None
+        }
+    };
+    let ((recorded, process), upstream) = tokio::join!(record, upstream);
+    let session_id = match recorded {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, %dst, "cannot record session; refusing the connection");
@@ -119,13 +136,24 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         }
     };
     log_session(session_id, &process, dst, &decision, target.as_ref());
-    match (decision, target) {
-        (Decision::Allow { .. }, Some(target)) => {
-            let origin = Origin {
-                identity: session_identity,
-                cgroup_id: info.cgroup_id,
-            };
-            serve(client, dst, target, session_id, origin, &gw).await
+    match (target, upstream) {
+        (Some(target), Some(Ok(upstream))) => {
+            gw.store.note_event(
+                session_id,
+                "upstream_connected",
+                json!({ "upstream": dst.to_string() }),
+            );
+            serve(client, upstream, target, session_id, origin, &gw).await;
+        }
+        (_, Some(Err(e))) => {
+            gw.store.note_event(
+                session_id,
+                "upstream_error",
+                json!({ "upstream": dst.to_string(), "error": e.to_string() }),
+            );
+            gw.store.end_session(session_id, SessionEnd::default());
+            // The client's handshake is done already: a reset is the closest thing to a refusal.
+            tcp::reset(client);
         }
         _ => {
             gw.store.end_session(session_id, SessionEnd::default());
@@ -141,7 +169,8 @@ fn log_session(
     decision: &Decision,
     target: Option<&Target>,
 ) {
-    tracing::info!(
+    // Debug level: every session is in the store already; the log is for following along.
+    tracing::debug!(
         session = id,
         pid = p.pid,
         comm = %p.comm,
@@ -153,35 +182,34 @@ fn log_session(
     );
 }
 
-/// Who is behind an allowed connection, for protocol handlers that decide per operation.
+/// Who is behind an allowed connection, for handlers that decide per operation.
 struct Origin {
     identity: Identity,
     cgroup_id: u64,
+    dst: SocketAddr,
 }
 
+/// Hands an allowed, recorded connection and its upstream to the target's protocol handler.
 async fn serve(
     client: TcpStream,
-    dst: SocketAddr,
+    upstream: TcpStream,
     target: Target,
     session_id: i64,
     origin: Origin,
     gw: &Gateway,
 ) {
     match target.protocol {
-        Protocol::Tcp => serve_tcp(client, dst, session_id, gw).await,
+        Protocol::Tcp => serve_tcp(client, upstream, session_id, gw).await,
         Protocol::Postgres => {
-            let end = postgres::serve(
-                client,
-                postgres::Session {
-                    gw,
-                    target: &target,
-                    dst,
-                    id: session_id,
-                    identity: &origin.identity,
-                    cgroup_id: origin.cgroup_id,
-                },
-            )
-            .await;
+            let session = postgres::Session {
+                gw,
+                target: &target,
+                dst: origin.dst,
+                id: session_id,
+                identity: &origin.identity,
+                cgroup_id: origin.cgroup_id,
+            };
+            let end = postgres::serve(client, upstream, session).await;
             gw.store.end_session(session_id, end);
         }
         other => {
@@ -197,25 +225,7 @@ async fn serve(
     }
 }
 
-async fn serve_tcp(client: TcpStream, dst: SocketAddr, session_id: i64, gw: &Gateway) {
-    let upstream = match tcp::connect(dst, gw.config.server.upstream_connect_timeout).await {
-        Ok(u) => u,
-        Err(e) => {
-            gw.store.note_event(
-                session_id,
-                "upstream_error",
-                json!({ "upstream": dst.to_string(), "error": e.to_string() }),
-            );
-            gw.store.end_session(session_id, SessionEnd::default());
-            // The client's handshake is done already: a reset is the closest thing to a refusal.
-            return tcp::reset(client);
-        }
-    };
-    gw.store.note_event(
-        session_id,
-        "upstream_connected",
-        json!({ "upstream": dst.to_string() }),
-    );
+async fn serve_tcp(client: TcpStream, upstream: TcpStream, session_id: i64, gw: &Gateway) {
     let counters = Arc::new(tcp::Counters::default());
     let end = tcp::relay(client, upstream, counters.clone(), gw.shutdown.cancelled()).await;
     let (up, down) = (

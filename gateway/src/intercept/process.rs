@@ -1,15 +1,61 @@
 //! Process attribution: what eBPF captured at connect, enriched from /proc when the process is
 //! still alive and provably the one that connected.
 
-use std::fs;
+use std::{collections::HashMap, fs, sync::Mutex};
 
 use gateway_common::ConnInfo;
 
 use crate::record::ProcessInfo;
 
-/// The process behind a redirected connection.
-pub fn describe(info: &ConnInfo) -> ProcessInfo {
-    let mut p = ProcessInfo {
+/// What /proc said about recent processes, by (pid, start time): a process that opens many
+/// connections (a connection pool, a benchmark) is read from /proc once.
+#[derive(Default)]
+pub struct ProcessCache {
+    known: Mutex<HashMap<(u32, u64), Enrichment>>,
+}
+
+/// exe and cmdline of a process.
+type Enrichment = (Option<String>, Option<Vec<String>>);
+
+/// Entries kept at most; the cache is simply emptied when full.
+const CACHE_ENTRIES: usize = 4096;
+
+impl ProcessCache {
+    /// The process behind a redirected connection (see [`describe`]), cached.
+    pub fn describe(&self, info: &ConnInfo) -> ProcessInfo {
+        let Some(start_ns) = start_time_ns(info.pid).filter(|s| *s <= info.boot_ns) else {
+            return captured(info);
+        };
+        let key = (info.pid, start_ns);
+        if let Some((exe, cmdline)) = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
+        {
+            return ProcessInfo {
+                exe,
+                cmdline,
+                verified: true,
+                ..captured(info)
+            };
+        }
+        let p = describe(info);
+        if p.verified {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() >= CACHE_ENTRIES {
+                known.clear();
+            }
+            known.insert(key, (p.exe.clone(), p.cmdline.clone()));
+        }
+        p
+    }
+}
+
+/// Only what eBPF captured at connect.
+fn captured(info: &ConnInfo) -> ProcessInfo {
+    ProcessInfo {
         pid: info.pid,
         tid: info.tid,
         uid: info.uid,
@@ -19,7 +65,12 @@ pub fn describe(info: &ConnInfo) -> ProcessInfo {
         cmdline: None,
         verified: false,
         cgroup_id: info.cgroup_id,
-    };
+    }
+}
+
+/// The process behind a redirected connection.
+pub fn describe(info: &ConnInfo) -> ProcessInfo {
+    let mut p = captured(info);
     // A pid may have been reused since the connect: only trust /proc for a process that started
     // before the connect did (both on CLOCK_BOOTTIME).
     let Some(start_ns) = start_time_ns(info.pid) else {

@@ -20,7 +20,7 @@ use tokio::{
     net::TcpStream,
 };
 
-const BUFFER: usize = 64 * 1024;
+const BUFFER: usize = 32 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -183,6 +183,22 @@ impl Store {
         .await
     }
 
+    /// Sessions a previous daemon left open (it crashed or was killed) are closed, with an event
+    /// saying so; returns how many.
+    pub async fn close_interrupted_sessions(&self) -> Result<usize, StoreError> {
+        self.call(|c| {
+            let at = now();
+            c.execute(
+                "INSERT INTO events (session_id, at, kind, detail)
+                 SELECT id, ?1, 'interrupted', '{\"reason\":\"the gateway stopped before the session ended\"}'
+                 FROM sessions WHERE ended_at IS NULL",
+                [&at],
+            )?;
+            Ok(c.execute("UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL", [&at])?)
+        })
+        .await
+    }
+
     pub async fn active_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         self.call(|c| {
             let mut st =

@@ -64,6 +64,13 @@ impl Store {
         restrict_permissions(state_dir);
         let path = state_dir.join("gateway.db");
         let conn = open_connection(&path)?;
+        // Checkpoints (which fsync) run on a connection of their own, off the writer's path.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = open_connection(&path)?;
+        thread::Builder::new()
+            .name("session-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer))
+            .expect("spawn checkpoint thread");
         let (tx, rx) = mpsc::channel::<Work>();
         thread::Builder::new()
             .name("session-store".into())
@@ -162,6 +169,17 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         .map_err(wrap)?;
     schema::migrate(&conn)?;
     Ok(conn)
+}
+
+/// Copies the WAL into the database every half second without blocking the writer. Ends when the
+/// process does.
+fn checkpoint_loop(conn: Connection) {
+    loop {
+        thread::sleep(std::time::Duration::from_millis(500));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "session store checkpoint failed");
+        }
+    }
 }
 
 /// Runs one closure inside a savepoint, so that a closure that fails halfway leaves nothing behind

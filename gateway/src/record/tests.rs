@@ -1,1 +1,146 @@
+use super::*;
+use crate::identity::Identity;
 
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("gateway-store-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn session(destination: &str) -> NewSession {
+    NewSession {
+        kind: SessionKind::Proxied,
+        job_id: Some("job-1".into()),
+        target: Some("db".into()),
+        protocol: Some("tcp".into()),
+        destination: destination.into(),
+        process: Some(ProcessInfo {
+            pid: 42,
+            tid: 43,
+            uid: 1000,
+            gid: 1000,
+            comm: "psql".into(),
+            exe: Some("/usr/bin/psql".into()),
+            cmdline: Some(vec!["psql".into(), "-h".into(), "db".into()]),
+            verified: true,
+            cgroup_id: 7,
+        }),
+        identity: Identity::unauthenticated(),
+        decision: "allow".into(),
+        rule: Some("r".into()),
+        reason: None,
+        started_at: now(),
+        ended_at: None,
+    }
+}
+
+#[tokio::test]
+async fn sessions_and_events_round_trip_and_survive_reopening() {
+    let dir = temp_dir("roundtrip");
+    let store = Store::open(&dir).unwrap();
+    let id = store
+        .insert_session(session("10.0.0.5:5432"))
+        .await
+        .unwrap();
+    store
+        .append_event(id, "statement", serde_json::json!({ "sql": "select 1" }))
+        .await
+        .unwrap();
+    store.end_session(
+        id,
+        SessionEnd {
+            bytes_up: 10,
+            bytes_down: 20,
+        },
+    );
+    let second = store
+        .insert_session(session("10.0.0.6:5432"))
+        .await
+        .unwrap();
+    assert!(second > id);
+
+    // A fresh store over the same directory sees everything that was acknowledged.
+    drop(store);
+    let store = Store::open(&dir).unwrap();
+    let list = store.list_sessions(10).await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].id, id, "oldest first");
+    assert_eq!(list[0].bytes_up, 10);
+    assert_eq!(list[0].bytes_down, 20);
+    assert!(list[0].ended_at.is_some());
+    let shown = store.session(id).await.unwrap();
+    assert_eq!(
+        shown.process.as_ref().unwrap().cmdline.as_ref().unwrap()[2],
+        "db"
+    );
+    assert_eq!(shown.events.len(), 1);
+    assert_eq!(shown.events[0].detail["sql"], "select 1");
+    assert!(matches!(
+        store.session(999).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let limited = store.list_sessions(1).await.unwrap();
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0].id, second, "the limit keeps the newest");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_failing_write_leaves_nothing_and_does_not_spoil_the_batch() {
+    let dir = temp_dir("savepoint");
+    let store = Store::open(&dir).unwrap();
+    let failing = store.call(|c| {
+        c.execute(
+            "INSERT INTO events (session_id, at, kind) VALUES (1, 'x', 'half')",
+            [],
+        )?;
+        c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+        Ok(())
+    });
+    let fine = store.insert_session(session("10.0.0.7:1"));
+    let (failing, fine) = tokio::join!(failing, fine);
+    assert!(failing.is_err());
+    assert!(fine.is_ok());
+    let half: i64 = store
+        .call(|c| Ok(c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(half, 0, "the failed closure's first insert was rolled back");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn jobs_are_listed_until_ended() {
+    let dir = temp_dir("jobs");
+    let store = Store::open(&dir).unwrap();
+    let job = JobRecord {
+        id: "job-a".into(),
+        cgroup_path: "/sys/fs/cgroup/x".into(),
+        cgroup_id: 9,
+        owned: true,
+        identity: Identity::unauthenticated(),
+        created_at: now(),
+        ended_at: None,
+    };
+    store.insert_job(job.clone()).await.unwrap();
+    assert_eq!(store.active_jobs().await.unwrap(), vec![job]);
+    store.end_job("job-a".into()).await.unwrap();
+    assert!(store.active_jobs().await.unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sessions_left_open_by_a_crash_are_closed_with_an_event() {
+    let dir = temp_dir("interrupted");
+    let store = Store::open(&dir).unwrap();
+    let open = store.insert_session(session("10.0.0.8:1")).await.unwrap();
+    let closed = store.insert_session(session("10.0.0.9:1")).await.unwrap();
+    store.end_session(closed, SessionEnd::default());
+    assert_eq!(store.close_interrupted_sessions().await.unwrap(), 1);
+    let shown = store.session(open).await.unwrap();
+    assert!(shown.summary.ended_at.is_some());
+    assert_eq!(shown.events.last().unwrap().kind, "interrupted");
+    assert!(store.session(closed).await.unwrap().events.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -83,7 +83,9 @@ pub struct Context<'a> {
 }
 
 /// Serves one connection; returns the byte counts for the session record.
-pub async fn serve(mut client: TcpStream, s: Session<'_>) -> SessionEnd {
+/// `upstream` is a TCP connection to the server already open (the intercept layer opens it while it
+/// records the session).
+pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -> SessionEnd {
     let _ = client.set_nodelay(true);
     let store = &s.gw.store;
     let mut buf = BytesMut::with_capacity(512);
@@ -109,7 +111,7 @@ pub async fn serve(mut client: TcpStream, s: Session<'_>) -> SessionEnd {
             SessionEnd::default()
         }
         Hello::Startup { minor, parameters } => {
-            session(client, buf, &s, minor, parameters).await
+            session(client, buf, upstream, &s, minor, parameters).await
         }
     }
 }
@@ -154,6 +156,7 @@ async fn refuse(client: &mut TcpStream, err: GatewayError) {
 async fn session(
     mut client: TcpStream,
     leftover: BytesMut,
+    tcp: TcpStream,
     s: &Session<'_>,
     minor: u16,
     parameters: std::collections::BTreeMap<String, String>,
@@ -187,7 +190,7 @@ async fn session(
         parameters: upstream_params,
         timeout: gw.config.server.upstream_connect_timeout,
     };
-    let mut up = match upstream::connect(request).await {
+    let mut up = match upstream::connect(tcp, request).await {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(session = s.id, error = %e, "upstream session failed");
@@ -256,7 +259,7 @@ async fn session(
     }
     store.note_event(
         s.id,
-        "upstream_connected",
+        "upstream_session",
         json!({
             "upstream": s.dst.to_string(),
             "client_user": client_user,

@@ -25,8 +25,6 @@ pub type BoxStream = Box<dyn Stream>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
     #[error("no answer from {addr} within {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("the server does not offer TLS, and the target requires it (tls = {0:?})")]
@@ -89,22 +87,17 @@ pub struct Upstream {
     pub method: &'static str,
 }
 
-pub async fn connect(req: Request<'_>) -> Result<Upstream, UpstreamError> {
+/// Opens the session over `tcp`, an established connection to the server.
+pub async fn connect(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, UpstreamError> {
     let addr = req.addr;
     let timeout = req.timeout;
-    match tokio::time::timeout(timeout, open(req)).await {
+    match tokio::time::timeout(timeout, open(tcp, req)).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Timeout { addr, timeout }),
     }
 }
 
-async fn open(req: Request<'_>) -> Result<Upstream, UpstreamError> {
-    let tcp = TcpStream::connect(req.addr)
-        .await
-        .map_err(|source| UpstreamError::Connect {
-            addr: req.addr,
-            source,
-        })?;
+async fn open(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, UpstreamError> {
     let _ = tcp.set_nodelay(true);
     let (stream, tls) = negotiate_tls(tcp, &req).await?;
     let mut up = Upstream {

@@ -1,0 +1,67 @@
+//! `cargo xtask bench`: benchmarks printed as tables of ratios against baselines measured in the same
+//! run (the machines are shared and noisy: absolute numbers mean little, ratios of one run do).
+//! These are measurements, not tests: nothing here passes or fails on a timing.
+
+mod tcp;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::build;
+
+pub fn run(only: Option<&str>) -> Result<()> {
+    crate::setup::setup(true)?;
+    let bin_dir = build::release_build()?;
+    // The e2e support library finds the binaries through these.
+    // SAFETY: single-threaded at this point; nothing else reads the environment concurrently.
+    unsafe {
+        std::env::set_var("GATEWAY_BIN", bin_dir.join("gateway"));
+        std::env::set_var("E2E_BIN_DIR", &bin_dir);
+    }
+    gateway_e2e::require_root();
+    let all = only.is_none();
+    let mut ran = false;
+    if all || only == Some("tcp") {
+        tcp::run()?;
+        ran = true;
+    }
+    if !ran {
+        bail!("unknown benchmark {only:?} (known: tcp)");
+    }
+    Ok(())
+}
+
+/// Runs a command that prints one JSON object (e2e-bench) and parses it.
+pub fn json_of(cmd: &mut Command) -> Result<Value> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("{cmd:?} printed {text:?}"))
+}
+
+/// Median of a list of numbers.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A fixed-width table row.
+pub fn row(cells: &[String]) -> String {
+    let widths = [22, 12, 12, 12, 14];
+    cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(12)))
+        .collect::<Vec<_>>()
+        .join("")
+        .trim_end()
+        .to_string()
+}

@@ -1,0 +1,180 @@
+//! TCP target: connection setup time and request/response round trips through the gateway, against
+//! the same traffic sent directly and through haproxy (tcp mode), all to an echo server in a network
+//! namespace, in one run. Targets (issue 2): setup within 1.5× of direct; round trip no slower than
+//! haproxy.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{Result, ensure};
+use gateway_e2e::{
+    Daemon, DaemonConfig, EchoServer, Netns, Process, TempDir, bench_bin, free_port, gateway_bin,
+    unique_id, wait_until,
+};
+
+use super::{json_of, median, row};
+
+const CONNECTS: &str = "2000";
+const ROUND_TRIPS: &str = "20000";
+const SIZE: &str = "64";
+const ROUNDS: usize = 3;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Direct,
+    Haproxy,
+    Gateway,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Haproxy => "haproxy (tcp mode)",
+            Path::Gateway => "gateway (recorded)",
+        }
+    }
+}
+
+pub fn run() -> Result<()> {
+    let id = unique_id();
+    let dir = TempDir::new(&format!("b{id}"));
+    let ns = Netns::new(&id)?;
+    let upstream = format!("{}:7000", ns.remote_ip);
+    let _echo = EchoServer::start(&ns, dir.path(), std::slice::from_ref(&upstream))?;
+
+    let haproxy_port = free_port();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\nlisten echo\n    bind 127.0.0.1:{haproxy_port}\n    server echo1 {upstream}\n"
+        ),
+    )?;
+    let _haproxy = Process::spawn(
+        "haproxy",
+        Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
+        dir.path().join("haproxy.log"),
+    )?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            haproxy_port
+        ))
+        .is_ok()),
+        "haproxy did not start"
+    );
+
+    let body = format!(
+        "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{upstream}\"\n\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"echo\"]\nunauthenticated = true\n"
+    );
+    let daemon = Daemon::start(DaemonConfig {
+        server: String::new(),
+        body,
+    })?;
+
+    let measure = |path: Path, args: &[&str]| -> Result<serde_json::Value> {
+        let mut cmd = match path {
+            Path::Gateway => {
+                let mut c = Command::new(gateway_bin());
+                c.arg("--control-socket")
+                    .arg(&daemon.control_socket)
+                    .args(["run", "--"])
+                    .arg(bench_bin());
+                c
+            }
+            _ => Command::new(bench_bin()),
+        };
+        let target = match path {
+            Path::Haproxy => format!("127.0.0.1:{haproxy_port}"),
+            _ => upstream.clone(),
+        };
+        cmd.arg(args[0]).arg(&target).args(&args[1..]);
+        json_of(&mut cmd)
+    };
+
+    let paths = [Path::Direct, Path::Haproxy, Path::Gateway];
+    // Warm-up: caches, page tables, the gateway's prepared statements.
+    for p in paths {
+        measure(p, &["connect", "200"])?;
+    }
+    let mut connect: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut connect_p99: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut rtt: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut rtt_p99: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    // Interleaved rounds, so that background noise hits every path alike.
+    for _ in 0..ROUNDS {
+        for (i, p) in paths.iter().enumerate() {
+            let c = measure(*p, &["connect", CONNECTS])?;
+            connect[i].push(c["p50_us"].as_f64().unwrap_or(f64::NAN));
+            connect_p99[i].push(c["p99_us"].as_f64().unwrap_or(f64::NAN));
+            let r = measure(*p, &["rtt", ROUND_TRIPS, SIZE])?;
+            rtt[i].push(r["p50_us"].as_f64().unwrap_or(f64::NAN));
+            rtt_p99[i].push(r["p99_us"].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    let c50: Vec<f64> = connect.into_iter().map(median).collect();
+    let c99: Vec<f64> = connect_p99.into_iter().map(median).collect();
+    let r50: Vec<f64> = rtt.into_iter().map(median).collect();
+    let r99: Vec<f64> = rtt_p99.into_iter().map(median).collect();
+
+    println!(
+        "\nTCP target — connection setup (connect + first byte), {CONNECTS} sequential connections, median of {ROUNDS} rounds"
+    );
+    println!(
+        "{}",
+        row(&[
+            "path".into(),
+            "p50 µs".into(),
+            "p99 µs".into(),
+            "× direct".into()
+        ])
+    );
+    for (i, p) in paths.iter().enumerate() {
+        println!(
+            "{}",
+            row(&[
+                p.name().into(),
+                format!("{:.1}", c50[i]),
+                format!("{:.1}", c99[i]),
+                format!("{:.2}", c50[i] / c50[0])
+            ])
+        );
+    }
+    println!(
+        "target: gateway within 1.50× of direct → {:.2}×",
+        c50[2] / c50[0]
+    );
+
+    println!(
+        "\nTCP target — request/response round trip ({SIZE} B), {ROUND_TRIPS} on one connection, median of {ROUNDS} rounds"
+    );
+    println!(
+        "{}",
+        row(&[
+            "path".into(),
+            "p50 µs".into(),
+            "p99 µs".into(),
+            "× direct".into(),
+            "× haproxy".into()
+        ])
+    );
+    for (i, p) in paths.iter().enumerate() {
+        println!(
+            "{}",
+            row(&[
+                p.name().into(),
+                format!("{:.1}", r50[i]),
+                format!("{:.1}", r99[i]),
+                format!("{:.2}", r50[i] / r50[0]),
+                format!("{:.2}", r50[i] / r50[1])
+            ])
+        );
+    }
+    println!(
+        "target: gateway round trip no slower than haproxy → {:.2}× haproxy",
+        r50[2] / r50[1]
+    );
+    let sessions = daemon.sessions()?.len();
+    println!("(gateway recorded {sessions} sessions during the run)");
+    Ok(())
+}

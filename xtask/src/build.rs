@@ -1,0 +1,95 @@
+//! Building the eBPF object and the workspace, running the daemon and the tests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn check(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("{cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds the programs on the nightly toolchain for bpfel-unknown-none (the same flags aya-build
+/// uses) and copies the object to target/gateway-ebpf.o.
+pub fn ebpf_object() -> Result<PathBuf> {
+    let root = workspace_root();
+    let target_dir = root.join("target/ebpf");
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(root.join("gateway-ebpf"))
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            [
+                "--cfg=bpf_target_arch=\"x86_64\"",
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    check(&mut cmd)?;
+    let object = root.join("target/gateway-ebpf.o");
+    std::fs::copy(
+        target_dir.join("bpfel-unknown-none/release/gateway-ebpf"),
+        &object,
+    )?;
+    Ok(object)
+}
+
+/// `cargo build --release` of the workspace (eBPF embedded by build.rs). The package set is the same
+/// as `cargo test --workspace`'s so that the test run reuses this build instead of redoing it.
+pub fn release_build() -> Result<PathBuf> {
+    check(cargo().args(["build", "--release", "--workspace"]))?;
+    Ok(workspace_root().join("target/release"))
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let bin = release_build()?.join("gateway");
+    let err = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(&bin).args(args).arg("serve").exec()
+    };
+    Err(err).with_context(|| format!("exec {}", bin.display()))
+}
+
+/// Builds everything once in release mode, then runs every test of the workspace against it.
+pub fn test(filter: Option<&str>) -> Result<()> {
+    let bin_dir = release_build()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--workspace"])
+        .env("GATEWAY_BIN", bin_dir.join("gateway"));
+    if let Some(f) = filter {
+        cmd.args(["--", f]);
+    }
+    check(&mut cmd)
+}

@@ -1,0 +1,90 @@
+//! `cargo xtask setup`: everything a fresh machine needs to build and test, idempotent.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::build::workspace_root;
+
+/// Debian packages the build and the tests use.
+const DEBIAN_PACKAGES: &[&str] = &[
+    // Test peers and baselines.
+    "postgresql-15",
+    "postgresql-client-15",
+    "pgbouncer",
+    "haproxy",
+    "openssh-server",
+    "openssh-client",
+    // Namespaces, process tools, TLS tooling.
+    "iproute2",
+    "procps",
+    "util-linux",
+    "curl",
+    "ca-certificates",
+    "openssl",
+];
+
+pub fn setup(with_packages: bool) -> Result<()> {
+    let root = workspace_root();
+    let status = Command::new("bash")
+        .arg(root.join("scripts/setup-ebpf-toolchain.sh"))
+        .status()
+        .context("running scripts/setup-ebpf-toolchain.sh")?;
+    if !status.success() {
+        bail!("eBPF toolchain setup failed ({status})");
+    }
+    if with_packages {
+        debian_packages()?;
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("[setup] Debian packages present");
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("missing Debian packages {missing:?}: run `cargo xtask setup` as root");
+    }
+    eprintln!("[setup] installing {}", missing.join(" "));
+    let apt = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .with_context(|| format!("apt-get {args:?}"))?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec![
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "--no-upgrade",
+    ];
+    args.extend(&missing);
+    apt(&args)?;
+    // Services the packages start on install would collide with the tests' own instances.
+    for service in ["postgresql", "pgbouncer", "haproxy", "ssh"] {
+        let _ = Command::new("service").args([service, "stop"]).output();
+    }
+    Ok(())
+}
