@@ -20,6 +20,10 @@ pub use postgres::{MaskingRule, PostgresSettings, SqlCondition, UpstreamTls};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+mod approvals;
+
+pub use approvals::{Approvals, ApproverGroup, WebConfig};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gateway/gateway.toml";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/gateway/control.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
@@ -297,6 +301,12 @@ pub struct Rule {
     pub reason: Option<String>,
     /// `[rules.sql]`: the rule is about statements, not connections (see `policy`).
     pub sql: Option<SqlCondition>,
+    /// `require_approval`: approver groups (`[[approvers]]` names) that may decide.
+    pub approvers: Vec<String>,
+    /// `require_approval`: distinct approvals needed.
+    pub quorum: u32,
+    /// `require_approval`: how long a request waits (default `[approvals] default_timeout`).
+    pub approval_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +316,8 @@ pub struct Config {
     pub targets: Vec<Target>,
     pub rules: Vec<Rule>,
     pub masking: Vec<MaskingRule>,
+    pub approvals: Approvals,
+    pub approvers: Vec<ApproverGroup>,
     /// The file this was read from; `None` for built-in defaults.
     pub source: Option<PathBuf>,
 }
@@ -413,6 +425,10 @@ struct RawConfig {
     rules: Vec<RawRule>,
     #[serde(default)]
     masking: Vec<postgres::RawMasking>,
+    #[serde(default)]
+    approvals: approvals::RawApprovals,
+    #[serde(default)]
+    approvers: Vec<approvals::RawApproverGroup>,
 }
 
 #[derive(Deserialize, Default)]
@@ -481,6 +497,10 @@ struct RawRule {
     claims: BTreeMap<S<String>, S<RawPattern>>,
     reason: Option<String>,
     sql: Option<S<postgres::RawSql>>,
+    #[serde(default)]
+    approvers: Vec<S<String>>,
+    quorum: Option<S<u32>>,
+    approval_timeout: Option<S<String>>,
 }
 
 // --- validation ---------------------------------------------------------------------------------------
@@ -555,7 +575,9 @@ impl Validator<'_> {
             })
             .collect();
         let targets = self.targets(raw.targets);
-        let rules = self.rules(raw.rules, &targets);
+        let approvals = self.approvals(raw.approvals);
+        let approvers = self.approver_groups(raw.approvers);
+        let rules = self.rules(raw.rules, &targets, &approvers);
         let masking = self.masking(raw.masking, &targets);
         Config {
             server,
@@ -563,6 +585,8 @@ impl Validator<'_> {
             targets,
             rules,
             masking,
+            approvals,
+            approvers,
             source: None,
         }
     }
@@ -790,7 +814,12 @@ impl Validator<'_> {
         out
     }
 
-    fn rules(&mut self, raw: Vec<RawRule>, targets: &[Target]) -> Vec<Rule> {
+    fn rules(
+        &mut self,
+        raw: Vec<RawRule>,
+        targets: &[Target],
+        groups: &[ApproverGroup],
+    ) -> Vec<Rule> {
         let mut names = HashSet::new();
         let mut out = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
@@ -845,6 +874,13 @@ impl Validator<'_> {
             }
             let claims = self.claims(r.claims, &format!("rules[{i}].claims"));
             let sql = r.sql.map(|s| self.sql_condition(i, s, &target_globs, targets));
+            let (approvers, quorum, approval_timeout) = self.rule_approval(
+                i,
+                r.action,
+                r.name.span(),
+                (&r.approvers, &r.quorum, &r.approval_timeout),
+                groups,
+            );
             out.push(Rule {
                 name,
                 action: r.action,
@@ -853,6 +889,9 @@ impl Validator<'_> {
                 claims,
                 reason: r.reason,
                 sql,
+                approvers,
+                quorum,
+                approval_timeout,
             });
         }
         out
@@ -881,6 +920,79 @@ impl Validator<'_> {
             claims.insert(k.into_inner(), ClaimPattern(patterns));
         }
         claims
+    }
+
+    /// The approval settings of rule `i`: required with `require_approval`, refused otherwise.
+    #[allow(clippy::type_complexity)]
+    fn rule_approval(
+        &mut self,
+        i: usize,
+        action: Action,
+        name_span: Range<usize>,
+        (approvers, quorum, approval_timeout): (
+            &Vec<S<String>>,
+            &Option<S<u32>>,
+            &Option<S<String>>,
+        ),
+        groups: &[ApproverGroup],
+    ) -> (Vec<String>, u32, Option<Duration>) {
+        let key = |k: &str| format!("rules[{i}].{k}");
+        if action != Action::RequireApproval {
+            if let Some(a) = approvers.first() {
+                self.problem(
+                    a.span(),
+                    key("approvers"),
+                    "only rules with action = \"require_approval\" have approvers",
+                );
+            }
+            return (Vec::new(), 1, None);
+        }
+        if approvers.is_empty() {
+            self.problem(
+                name_span,
+                key("approvers"),
+                "a require_approval rule must name approver groups, e.g. approvers = [\"dba\"]",
+            );
+        }
+        for (j, a) in approvers.iter().enumerate() {
+            if !groups.iter().any(|g| g.name == *a.get_ref()) {
+                self.problem(
+                    a.span(),
+                    format!("rules[{i}].approvers[{j}]"),
+                    format!("no [[approvers]] group named {:?}", a.get_ref()),
+                );
+            }
+        }
+        let quorum = match quorum {
+            Some(q) if *q.get_ref() == 0 || *q.get_ref() > 10 => {
+                self.problem(q.span(), key("quorum"), "must be between 1 and 10");
+                1
+            }
+            Some(q) => *q.get_ref(),
+            None => 1,
+        };
+        let timeout = approval_timeout
+            .as_ref()
+            .and_then(|t| match parse_duration(t.get_ref()) {
+                Ok(d) if !d.is_zero() && d <= Duration::from_secs(24 * 3600) => Some(d),
+                Ok(_) => {
+                    self.problem(
+                        t.span(),
+                        key("approval_timeout"),
+                        "must be between 1 second and 24 hours",
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(t.span(), key("approval_timeout"), e);
+                    None
+                }
+            });
+        (
+            approvers.iter().map(|a| a.get_ref().clone()).collect(),
+            quorum,
+            timeout,
+        )
     }
 }
 

@@ -511,7 +511,9 @@ fn psql_reaches_postgres_in_a_namespace_through_a_tcp_target() -> Result<()> {
     assert_eq!(sessions[0]["target"], "orders-db");
     // The end of the session (bytes, time) is written as the relay finishes, just after psql exits.
     assert!(wait_until(Duration::from_secs(5), || {
-        daemon.sessions().is_ok_and(|l| l[0]["bytes_down"].as_u64().unwrap_or(0) > 0 && l[0]["ended_at"].is_string())
+        daemon.sessions().is_ok_and(|l| {
+            l[0]["bytes_down"].as_u64().unwrap_or(0) > 0 && l[0]["ended_at"].is_string()
+        })
     }));
     Ok(())
 }

@@ -52,9 +52,14 @@ unauthenticated = true
 [rules.sql]
 functions = ["pg_read_file", "pg_read_binary_file", "lo_export", "lo_import", "dblink*"]
 
+[[approvers]]
+name = "dba"
+unix_users = ["root"]
+
 [[rules]]
 name = "grants-need-approval"
 action = "require_approval"
+approvers = ["dba"]
 targets = ["app-db"]
 unauthenticated = true
 [rules.sql]

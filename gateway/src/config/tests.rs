@@ -158,3 +158,47 @@ fn a_missing_default_file_means_defaults_but_a_missing_named_file_is_an_error() 
         Err(ConfigError::Read { .. })
     ));
 }
+
+#[test]
+fn approval_rules_need_known_approver_groups() {
+    let got = problems(
+        r#"[approvals]
+default_timeout = "30h"
+webhooks = ["ftp://x"]
+
+[[approvers]]
+name = "dba"
+
+[[rules]]
+name = "ask"
+action = "require_approval"
+approvers = ["dba", "nobody"]
+quorum = 0
+
+[[rules]]
+name = "plain"
+action = "allow"
+approvers = ["dba"]
+"#,
+    );
+    for e in [
+        "t.toml:2:19: approvals.default_timeout: must be between 1 second and 24 hours",
+        "t.toml:3:13: approvals.webhooks[0]: must be an http:// or https:// URL",
+        "t.toml:6:8: approvers[0]: names nobody",
+        "t.toml:11:21: rules[0].approvers[1]: no [[approvers]] group named \"nobody\"",
+        "t.toml:12:10: rules[0].quorum: must be between 1 and 10",
+        "t.toml:17:14: rules[1].approvers: only rules with action = \"require_approval\" have approvers",
+    ] {
+        assert!(got.iter().any(|g| g.starts_with(e)), "missing {e:?} in {got:#?}");
+    }
+    let cfg = Config::parse(
+        "[approvals.web]\nlisten = \"127.0.0.1:15080\"\nissuer = \"https://login.test/\"\nclient_id = \"gw\"\n\n[[approvers]]\nname = \"dba\"\nsubjects = [\"alice\"]\n\n[[rules]]\nname = \"ask\"\naction = \"require_approval\"\napprovers = [\"dba\"]\nquorum = 2\napproval_timeout = \"10m\"\n",
+        "t",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let web = cfg.approvals.web.as_ref().unwrap();
+    assert_eq!(web.public_url, "http://127.0.0.1:15080");
+    assert_eq!(web.issuer, "https://login.test");
+    assert_eq!(cfg.rules[0].quorum, 2);
+    assert_eq!(cfg.rules[0].approval_timeout, Some(Duration::from_secs(600)));
+}
