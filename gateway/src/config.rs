@@ -873,7 +873,9 @@ impl Validator<'_> {
                 self.problem(u.span(), format!("rules[{i}].unauthenticated"), "an unauthenticated job has no claims: drop either `claims` or `unauthenticated`");
             }
             let claims = self.claims(r.claims, &format!("rules[{i}].claims"));
-            let sql = r.sql.map(|s| self.sql_condition(i, s, &target_globs, targets));
+            let sql = r
+                .sql
+                .map(|s| self.sql_condition(i, s, &target_globs, targets));
             let (approvers, quorum, approval_timeout) = self.rule_approval(
                 i,
                 r.action,

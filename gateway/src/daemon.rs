@@ -72,6 +72,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
+    raise_open_files_limit();
     let server = config.server.clone();
     let cgroup_root = cgroup::cgroup2_root()?;
     let own_cgroup = cgroup::process_cgroup(std::process::id())
@@ -182,6 +183,17 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     // Pinned programs and links stay: jobs stay intercepted (and fail closed) until a daemon returns.
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every proxied connection holds two descriptors: take the hard limit, not the soft 1024.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
+    }
 }
 
 async fn wait_for_signal() -> Result<(), DaemonError> {

@@ -202,14 +202,19 @@ fn condition_matches(c: &SqlCondition, s: &SqlStatement) -> bool {
         && (!c.without_where || s.has_where == Some(false))
         && (!c.unbounded || s.bounded == Some(false))
         && (c.copy.is_empty()
-            || s.copy.as_ref().is_some_and(|cp| c.copy.contains(&cp.endpoint)))
+            || s.copy
+                .as_ref()
+                .is_some_and(|cp| c.copy.contains(&cp.endpoint)))
 }
 
 /// Names what the statement did to match, for the client's error message.
 fn describe_match(c: &SqlCondition, s: &SqlStatement) -> String {
     let mut what = format!("{} statements", s.kind);
     if c.without_where {
-        what = format!("{} without a WHERE clause", s.kinds().find(|k| k.filters_rows()).unwrap_or(s.kind));
+        what = format!(
+            "{} without a WHERE clause",
+            s.kinds().find(|k| k.filters_rows()).unwrap_or(s.kind)
+        );
     } else if !c.functions.is_empty() {
         if let Some(f) = s
             .functions
@@ -224,10 +229,8 @@ fn describe_match(c: &SqlCondition, s: &SqlStatement) -> String {
         }
     } else if c.unbounded {
         what = "unbounded queries (add a LIMIT or a key predicate)".to_string();
-    } else if !c.kinds.is_empty() {
-        if let Some(k) = s.kinds().find(|k| c.kinds.contains(k)) {
-            what = format!("{} statements", k.as_str().to_uppercase());
-        }
+    } else if let Some(k) = s.kinds().find(|k| c.kinds.contains(k)) {
+        what = format!("{} statements", k.as_str().to_uppercase());
     }
     if !c.tables.is_empty() || !c.tables_written.is_empty() {
         let all: Vec<&str> = s.tables().collect();

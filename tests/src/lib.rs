@@ -640,6 +640,11 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 impl Postgres {
     pub fn start(ns: &Netns, dir: &Path) -> Result<Postgres> {
+        Self::start_with(ns, dir, "")
+    }
+
+    /// Like [`Postgres::start`], with extra server options (`-c max_connections=1100`).
+    pub fn start_with(ns: &Netns, dir: &Path, server_options: &str) -> Result<Postgres> {
         let data = dir.join("pgdata");
         fs::create_dir_all(&data)?;
         let pwfile = dir.join("pgpw");
@@ -684,7 +689,7 @@ impl Postgres {
             port: 5432,
         };
         let opts = format!(
-            "-p 5432 -k {} -c listen_addresses={} -c fsync=off",
+            "-p 5432 -k {} -c listen_addresses={} -c fsync=off {server_options}",
             data.display(),
             ns.remote_ip
         );

@@ -243,10 +243,12 @@ fn psql_runs_queries_with_injected_credentials_and_every_statement_is_recorded()
 
     let sql = t.events_of("sql")?;
     assert!(
-        sql.iter().any(|e| e["detail"]["sql"] == "select current_user, count(*) from users"
-            && e["detail"]["decision"] == "allow"
-            && e["detail"]["rule"] == "jobs"
-            && e["detail"]["statements"][0]["kind"] == "select"),
+        sql.iter().any(
+            |e| e["detail"]["sql"] == "select current_user, count(*) from users"
+                && e["detail"]["decision"] == "allow"
+                && e["detail"]["rule"] == "jobs"
+                && e["detail"]["statements"][0]["kind"] == "select"
+        ),
         "{sql:#?}"
     );
     let results = t.events_of("sql_result")?;
@@ -290,7 +292,10 @@ fn drop_unfiltered_delete_and_server_file_access_are_refused_naming_the_rule() -
         "{err}"
     );
     let out = t.psql(&["-c", "DELETE FROM users WHERE true"]);
-    assert!(!out.status.success(), "a WHERE without a column is no filter");
+    assert!(
+        !out.status.success(),
+        "a WHERE without a column is no filter"
+    );
     assert_eq!(admin(&t.pg, "select count(*) from users")?, "3");
     assert_eq!(t.psql_ok("DELETE FROM users WHERE id = 3")?, "DELETE 1");
     assert_eq!(admin(&t.pg, "select count(*) from users")?, "2");
@@ -321,7 +326,11 @@ fn drop_unfiltered_delete_and_server_file_access_are_refused_naming_the_rule() -
         .filter(|e| e["detail"]["decision"] == "deny")
         .collect();
     assert!(denied.iter().any(|e| e["detail"]["rule"] == "no-drop"));
-    assert!(denied.iter().any(|e| e["detail"]["rule"] == "grants-need-approval"));
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["detail"]["rule"] == "grants-need-approval")
+    );
     Ok(())
 }
 
@@ -360,7 +369,10 @@ fn results_are_masked_by_column_rule_and_by_detector_with_shape_intact() -> Resu
         rows[0],
         "1|[masked:email]|[masked:credit_card]|mail [masked:email]|[masked]|0"
     );
-    assert_eq!(rows[1], "2|[masked:email]|[masked:credit_card]|nothing secret|[masked]|0");
+    assert_eq!(
+        rows[1],
+        "2|[masked:email]|[masked:credit_card]|nothing secret|[masked]|0"
+    );
     // A column rule follows the column, not its name.
     assert_eq!(
         t.psql_ok("select ssn as x, pin + 0 as y, pin as z from users where id = 1")?,
@@ -375,8 +387,10 @@ fn results_are_masked_by_column_rule_and_by_detector_with_shape_intact() -> Resu
     assert_eq!(out, "11110", "computed values are not column values");
     let results = t.events_of("sql_result")?;
     assert!(
-        results.iter().any(|e| e["detail"]["masked_values"].as_u64() >= Some(8)
-            && e["detail"]["sample"][0][1] == "[masked:email]"),
+        results
+            .iter()
+            .any(|e| e["detail"]["masked_values"].as_u64() >= Some(8)
+                && e["detail"]["sample"][0][1] == "[masked:email]"),
         "the recorded sample is masked too: {results:#?}"
     );
     // Nothing unmasked is in the session store.
@@ -411,11 +425,17 @@ fn copy_in_and_out_pass_through_and_copy_out_is_masked() -> Result<()> {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        admin(&t.pg, "select count(*) from notes where body like 'from copy%'")?,
+        admin(
+            &t.pg,
+            "select count(*) from notes where body like 'from copy%'"
+        )?,
         "2"
     );
     let out = t.psql_ok("COPY (SELECT body FROM notes ORDER BY id) TO STDOUT WITH (FORMAT csv)");
-    assert!(out.is_err(), "COPY of a query is refused while column rules apply");
+    assert!(
+        out.is_err(),
+        "COPY of a query is refused while column rules apply"
+    );
     Ok(())
 }
 
@@ -424,15 +444,29 @@ fn pgbench_runs_simple_extended_and_prepared_through_the_gateway() -> Result<()>
     let t = Pg::start()?;
     // Initialise directly (as the owner of the data), then run as a job through the gateway.
     let mut init = Command::new("ip");
-    init.args(["netns", "exec", &t.ns.name, "env", "PGPASSWORD=apppw", "pgbench", "-i", "-s", "1", "-q", "-h"])
-        .arg(t.host())
-        .args(["-U", "app", "app"]);
+    init.args([
+        "netns",
+        "exec",
+        &t.ns.name,
+        "env",
+        "PGPASSWORD=apppw",
+        "pgbench",
+        "-i",
+        "-s",
+        "1",
+        "-q",
+        "-h",
+    ])
+    .arg(t.host())
+    .args(["-U", "app", "app"]);
     let o = init.output()?;
     ensure!(o.status.success(), "pgbench -i: {}", stderr(&o));
     let host = t.host();
     for mode in ["simple", "extended", "prepared"] {
         for script in [&["-S"][..], &["-N"][..]] {
-            let mut args = vec!["-h", &host, "-U", "agent", "-n", "-c", "2", "-j", "1", "-t", "100", "-M", mode];
+            let mut args = vec![
+                "-h", &host, "-U", "agent", "-n", "-c", "2", "-j", "1", "-t", "100", "-M", mode,
+            ];
             args.extend_from_slice(script);
             args.push("app");
             let out = t.job("pgbench", &args);
@@ -466,7 +500,12 @@ fn psycopg_sees_masked_results_refusals_and_real_transaction_state() -> Result<(
     assert_eq!(r["server_user"], "app");
     assert_eq!(
         r["row"],
-        serde_json::json!([1, "[masked:email]", "[masked:credit_card]", "mail [masked:email]"])
+        serde_json::json!([
+            1,
+            "[masked:email]",
+            "[masked:credit_card]",
+            "mail [masked:email]"
+        ])
     );
     assert_eq!(r["count"], 3);
     assert_eq!(r["rows"].as_array().map(Vec::len), Some(3));
@@ -507,7 +546,9 @@ fn cancel_of_a_long_pg_sleep_reaches_the_server() -> Result<()> {
     assert_eq!(r["after"], "still usable");
     let cancels = t.events_of("cancel")?;
     assert!(
-        cancels.iter().any(|e| e["detail"]["outcome"] == "forwarded"),
+        cancels
+            .iter()
+            .any(|e| e["detail"]["outcome"] == "forwarded"),
         "{cancels:#?}"
     );
     Ok(())
@@ -542,7 +583,14 @@ fn md5_and_cleartext_upstream_authentication() -> Result<()> {
         let t = Pg::with(account)?;
         assert_eq!(
             t.psql_ok("select current_user, count(*) from users")?,
-            format!("{}|3", if method == "md5" { "md5user" } else { "clearuser" })
+            format!(
+                "{}|3",
+                if method == "md5" {
+                    "md5user"
+                } else {
+                    "clearuser"
+                }
+            )
         );
         let connected = t.events_of("upstream_session")?;
         assert_eq!(connected[0]["detail"]["auth"], method);
@@ -583,7 +631,10 @@ fn bad_input_bogus_protocol_version() -> Result<()> {
     let (t, r) = bad_input("bad-version")?;
     let (code, message) = first_error(&r);
     assert_eq!(code, "0A000", "{r}");
-    assert!(message.contains("unsupported frontend protocol 9999.0"), "{message}");
+    assert!(
+        message.contains("unsupported frontend protocol 9999.0"),
+        "{message}"
+    );
     assert_eq!(r["closed"], true);
     assert!(!protocol_errors(&t)?.is_empty());
     Ok(())
@@ -612,9 +663,10 @@ fn bad_input_truncated_message() -> Result<()> {
     assert_eq!(r["closed"], true, "{r}");
     let errors = protocol_errors(&t)?;
     assert!(
-        errors
-            .iter()
-            .any(|e| e["detail"]["error"].as_str().unwrap_or_default().contains("middle of a message")),
+        errors.iter().any(|e| e["detail"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("middle of a message")),
         "{errors:#?}"
     );
     Ok(())
@@ -665,7 +717,11 @@ fn function_call_messages_are_refused_and_the_session_goes_on() -> Result<()> {
     assert_eq!(first_error(&r).0, "42501");
     assert_eq!(r["closed"], false);
     let denied = t.events_of("sql")?;
-    assert!(denied.iter().any(|e| e["detail"]["sql"] == "<FunctionCall message>"));
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["detail"]["sql"] == "<FunctionCall message>")
+    );
     Ok(())
 }
 
@@ -744,7 +800,10 @@ fn a_million_row_select_streams_in_bounded_memory() -> Result<()> {
         "peak RSS grew from {before} KiB to {after} KiB: the result was buffered"
     );
     let results = t.events_of("sql_result")?;
-    assert!(results.iter().any(|e| e["detail"]["rows"] == 1_000_000
-        && e["detail"]["masked_values"] == 1_000_000));
+    assert!(
+        results
+            .iter()
+            .any(|e| e["detail"]["rows"] == 1_000_000 && e["detail"]["masked_values"] == 1_000_000)
+    );
     Ok(())
 }

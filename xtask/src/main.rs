@@ -42,7 +42,7 @@ enum Command {
     },
     /// Benchmarks (not pass/fail): gateway vs direct vs haproxy, printed as ratios of one run
     Bench {
-        /// Which benchmarks: tcp (default: all)
+        /// Which benchmarks: tcp, postgres (default: all)
         #[arg(long)]
         only: Option<String>,
     },

@@ -136,7 +136,10 @@ fn statement_log(events: &[&EventRecord]) -> String {
                 Some(r) => format!("{} ({r})", str_of(&d["decision"])),
                 None => str_of(&d["decision"]),
             };
-            let sql = str_of(&d["sql"]).split_whitespace().collect::<Vec<_>>().join(" ");
+            let sql = str_of(&d["sql"])
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             let _ = writeln!(out, "#{seq:<4} {}  {decision:<24} {sql}", short_time(&e.at));
             if let Some(params) = d["params"].as_array().filter(|p| !p.is_empty()) {
                 let p: Vec<String> = params.iter().map(str_of).collect();
@@ -156,7 +159,10 @@ fn statement_log(events: &[&EventRecord]) -> String {
             }
         }
         parts.push(format!("{rows} row{}", if rows == 1 { "" } else { "s" }));
-        parts.push(format!("{} ms", d["duration_ms"].as_f64().unwrap_or_default()));
+        parts.push(format!(
+            "{} ms",
+            d["duration_ms"].as_f64().unwrap_or_default()
+        ));
         if let Some(m) = d["masked_values"].as_u64() {
             parts.push(format!("{m} value{} masked", if m == 1 { "" } else { "s" }));
         }

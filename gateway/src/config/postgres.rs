@@ -164,7 +164,11 @@ impl Validator<'_> {
         if let Some(f) = raw.ca_file {
             let p = PathBuf::from(f.get_ref());
             if !p.is_absolute() {
-                self.problem(f.span(), format!("{key}.ca_file"), "must be an absolute path");
+                self.problem(
+                    f.span(),
+                    format!("{key}.ca_file"),
+                    "must be an absolute path",
+                );
             }
             if out.tls != UpstreamTls::VerifyFull {
                 self.problem(
@@ -196,8 +200,12 @@ impl Validator<'_> {
             0,
             out.sample_bytes_per_session,
         );
-        out.max_message_size =
-            count(raw.max_message_size, "max_message_size", 1024, out.max_message_size);
+        out.max_message_size = count(
+            raw.max_message_size,
+            "max_message_size",
+            1024,
+            out.max_message_size,
+        );
         out
     }
 
@@ -247,7 +255,9 @@ impl Validator<'_> {
         let key = format!("rules[{i}].sql");
         let matches_postgres = targets.iter().any(|t| {
             t.protocol == Protocol::Postgres
-                && target_globs.iter().any(|g| crate::glob::matches(g, &t.name))
+                && target_globs
+                    .iter()
+                    .any(|g| crate::glob::matches(g, &t.name))
         });
         if !matches_postgres {
             self.problem(

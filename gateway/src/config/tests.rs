@@ -189,7 +189,10 @@ approvers = ["dba"]
         "t.toml:12:10: rules[0].quorum: must be between 1 and 10",
         "t.toml:17:14: rules[1].approvers: only rules with action = \"require_approval\" have approvers",
     ] {
-        assert!(got.iter().any(|g| g.starts_with(e)), "missing {e:?} in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing {e:?} in {got:#?}"
+        );
     }
     let cfg = Config::parse(
         "[approvals.web]\nlisten = \"127.0.0.1:15080\"\nissuer = \"https://login.test/\"\nclient_id = \"gw\"\n\n[[approvers]]\nname = \"dba\"\nsubjects = [\"alice\"]\n\n[[rules]]\nname = \"ask\"\naction = \"require_approval\"\napprovers = [\"dba\"]\nquorum = 2\napproval_timeout = \"10m\"\n",
@@ -200,5 +203,8 @@ approvers = ["dba"]
     assert_eq!(web.public_url, "http://127.0.0.1:15080");
     assert_eq!(web.issuer, "https://login.test");
     assert_eq!(cfg.rules[0].quorum, 2);
-    assert_eq!(cfg.rules[0].approval_timeout, Some(Duration::from_secs(600)));
+    assert_eq!(
+        cfg.rules[0].approval_timeout,
+        Some(Duration::from_secs(600))
+    );
 }

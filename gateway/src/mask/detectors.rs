@@ -210,10 +210,7 @@ fn cards(text: &[u8]) -> Vec<Range<usize>> {
     digit_runs(text, b" -")
         .into_iter()
         .filter(|(r, d)| {
-            (13..=19).contains(&d.len())
-                && (2..=6).contains(&d[0])
-                && luhn(d)
-                && bounded(text, r)
+            (13..=19).contains(&d.len()) && (2..=6).contains(&d[0]) && luhn(d) && bounded(text, r)
         })
         .map(|(r, _)| r)
         .collect()
@@ -251,7 +248,8 @@ fn phones(text: &[u8]) -> Vec<Range<usize>> {
     let mut i = 0;
     while i < text.len() {
         let b = text[i];
-        let starts = (b == b'+' || b == b'(' || b.is_ascii_digit()) && (i == 0 || !is_word(text[i - 1]));
+        let starts =
+            (b == b'+' || b == b'(' || b.is_ascii_digit()) && (i == 0 || !is_word(text[i - 1]));
         if !starts {
             i += 1;
             continue;
@@ -335,10 +333,9 @@ fn ibans(text: &[u8]) -> Vec<Range<usize>> {
                 break;
             }
         }
-        let found = ends
-            .iter()
-            .rev()
-            .find(|(n, end)| (15..=34).contains(n) && mod97(&chars[..*n]) && bounded(text, &(i..*end)));
+        let found = ends.iter().rev().find(|(n, end)| {
+            (15..=34).contains(n) && mod97(&chars[..*n]) && bounded(text, &(i..*end))
+        });
         match found {
             Some(&(_, end)) => {
                 out.push(i..end);

@@ -58,8 +58,13 @@ impl ColumnPattern {
 
     /// Does a column of `schema.table` named `column` fall under the pattern?
     pub fn matches(&self, schema: &str, table: &str, column: &str) -> bool {
-        self.schema.as_deref().is_none_or(|s| glob::matches(s, schema))
-            && self.table.as_deref().is_none_or(|t| glob::matches(t, table))
+        self.schema
+            .as_deref()
+            .is_none_or(|s| glob::matches(s, schema))
+            && self
+                .table
+                .as_deref()
+                .is_none_or(|t| glob::matches(t, table))
             && glob::matches(&self.column, column)
     }
 

@@ -65,10 +65,7 @@ fn phones() {
         masked(Detector::Phone, "call +44 20 7946 0958 today"),
         "call [masked:phone] today"
     );
-    assert_eq!(
-        masked(Detector::Phone, "(555) 123-4567"),
-        "[masked:phone]"
-    );
+    assert_eq!(masked(Detector::Phone, "(555) 123-4567"), "[masked:phone]");
     assert_eq!(masked(Detector::Phone, "555.123.4567"), "[masked:phone]");
     assert_eq!(masked(Detector::Phone, "id 5551234567"), "id 5551234567");
     assert_eq!(masked(Detector::Phone, "2024-01-15"), "2024-01-15");
@@ -159,7 +156,12 @@ fn rows_keep_their_shape_and_types() {
     let plan = m.plan(&columns, &covered);
     assert_eq!(
         plan.actions,
-        [Action::Keep, Action::Detect, Action::Replace, Action::Detect]
+        [
+            Action::Keep,
+            Action::Detect,
+            Action::Replace,
+            Action::Detect
+        ]
     );
     let body = row(&[Some(b"7"), Some(b"mail a@b.org"), Some(b"123456789"), None]);
     let (out, n) = plan.apply(&body).unwrap().unwrap();
@@ -188,7 +190,11 @@ fn covered_binary_columns_are_masked_by_type_or_nulled() {
         col("secret_arr", 0, 0, 1007, true),
     ];
     let plan = m.plan(&columns, &HashSet::new());
-    let body = row(&[Some(&[0, 0, 0, 0, 0, 0, 0, 42]), Some(b"top"), Some(b"\x00\x01")]);
+    let body = row(&[
+        Some(&[0, 0, 0, 0, 0, 0, 0, 42]),
+        Some(b"top"),
+        Some(b"\x00\x01"),
+    ]);
     let (out, _) = plan.apply(&body).unwrap().unwrap();
     assert_eq!(
         row_values(&out).unwrap(),
@@ -210,11 +216,15 @@ fn output_names_match_bare_patterns_only() {
 
 #[test]
 fn malformed_rows_are_errors_not_panics() {
-    let plan = masker(&[], &[Detector::Email]).plan(
-        &[col("a", 0, 0, values::TEXT, false)],
-        &HashSet::new(),
-    );
-    for bad in [&b""[..], b"\x00", b"\x00\x01\x00\x00", b"\x00\x01\x00\x00\x00\x09ab", b"\xff\xff"] {
+    let plan = masker(&[], &[Detector::Email])
+        .plan(&[col("a", 0, 0, values::TEXT, false)], &HashSet::new());
+    for bad in [
+        &b""[..],
+        b"\x00",
+        b"\x00\x01\x00\x00",
+        b"\x00\x01\x00\x00\x00\x09ab",
+        b"\xff\xff",
+    ] {
         assert!(plan.apply(bad).is_err(), "{bad:?}");
     }
     assert!(matches!(

@@ -142,7 +142,9 @@ fn array_claims_match_any_element_and_missing_claims_never_match() {
 
 #[test]
 fn require_approval_is_reported_as_such() {
-    let p = policy("[[approvers]]\nname = \"dba\"\nunix_users = [\"ops\"]\n\n[[rules]]\nname = \"ask\"\naction = \"require_approval\"\napprovers = [\"dba\"]\n");
+    let p = policy(
+        "[[approvers]]\nname = \"dba\"\nunix_users = [\"ops\"]\n\n[[rules]]\nname = \"ask\"\naction = \"require_approval\"\napprovers = [\"dba\"]\n",
+    );
     assert_eq!(
         p.decide_connection(&identity(&[]), "web"),
         Decision::RequireApproval { rule: "ask".into() }

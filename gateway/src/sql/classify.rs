@@ -5,8 +5,8 @@ use std::ops::ControlFlow;
 use sqlparser::{
     ast::{
         BinaryOperator, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, FromTable,
-        FunctionArguments, InTarget, LimitClause, ObjectName, Query, Select, SelectItem, SetExpr, Statement,
-        TableFactor, TableObject, Visit, Visitor, visit_expressions,
+        FunctionArguments, InTarget, LimitClause, ObjectName, Query, Select, SelectItem, SetExpr,
+        Statement, TableFactor, TableObject, Visit, Visitor, visit_expressions,
     },
     dialect::PostgreSqlDialect,
     parser::Parser,

@@ -5,6 +5,9 @@
 //! Usage: e2e-pgwire HOST:PORT CASE
 //!   bad-version | huge-startup | garbage | truncated | bad-length | oversized | unknown-type |
 //!   function-call | encryption-requests | pipeline | cancel-unknown
+//!
+//! e2e-pgwire HOST:PORT idle N: opens N sessions (startup to ReadyForQuery), prints
+//! `{"open": N}`, and holds them until stdin closes (benchmark of idle connections).
 
 use std::{
     io::{Read as _, Write as _},
@@ -139,6 +142,19 @@ fn open(addr: &str, messages: &mut Vec<Value>) -> TcpStream {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (addr, case) = (args[1].as_str(), args[2].as_str());
+    if case == "idle" {
+        let n: usize = args[3].parse().expect("N");
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut m = Vec::new();
+            held.push(open(addr, &mut m));
+        }
+        println!("{}", json!({ "open": held.len() }));
+        let _ = std::io::stdout().flush();
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        return;
+    }
     let mut messages = Vec::new();
     let mut answer = String::new();
     let closed = match case {
@@ -156,7 +172,9 @@ fn main() {
         }
         "garbage" => {
             let mut s = connect(addr);
-            let junk: Vec<u8> = (0u32..512).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            let junk: Vec<u8> = (0u32..512)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
             let _ = s.write_all(&junk);
             read_messages(&mut s, false, &mut messages)
         }

@@ -28,7 +28,8 @@ const MAX_ITERATIONS: u32 = 1_000_000;
 
 fn encode(m: &impl Message) -> Bytes {
     let mut buf = BytesMut::new();
-    m.encode(&mut buf).expect("encode an authentication message");
+    m.encode(&mut buf)
+        .expect("encode an authentication message");
     buf.freeze()
 }
 
@@ -115,7 +116,8 @@ impl Scram {
 
     /// Answers the server-first message with the client-final message (a `SASLResponse`).
     pub fn respond(&mut self, server_first: &[u8]) -> Result<Bytes, AuthError> {
-        let text = std::str::from_utf8(server_first).map_err(|_| AuthError::Scram("server-first is not UTF-8"))?;
+        let text = std::str::from_utf8(server_first)
+            .map_err(|_| AuthError::Scram("server-first is not UTF-8"))?;
         let mut nonce = None;
         let mut salt = None;
         let mut iterations = None;
@@ -129,7 +131,9 @@ impl Scram {
         }
         let nonce = nonce.ok_or(AuthError::Scram("no nonce in server-first"))?;
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
-            return Err(AuthError::Scram("server nonce does not extend the client nonce"));
+            return Err(AuthError::Scram(
+                "server nonce does not extend the client nonce",
+            ));
         }
         let salt = B64
             .decode(salt.ok_or(AuthError::Scram("no salt in server-first"))?)
@@ -144,7 +148,11 @@ impl Scram {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
         let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
         let server_key = hmac(&salted, b"Server Key");
         self.expected_server_signature = Some(hmac(&server_key, auth_message.as_bytes()));
         let final_message = format!("{without_proof},p={}", B64.encode(proof));
@@ -153,7 +161,8 @@ impl Scram {
 
     /// Checks the server-final message: the server proves it knew the password too.
     pub fn verify(&self, server_final: &[u8]) -> Result<(), AuthError> {
-        let text = std::str::from_utf8(server_final).map_err(|_| AuthError::Scram("server-final is not UTF-8"))?;
+        let text = std::str::from_utf8(server_final)
+            .map_err(|_| AuthError::Scram("server-final is not UTF-8"))?;
         if text.starts_with("e=") {
             return Err(AuthError::Scram("the server reported a SCRAM error"));
         }
@@ -199,8 +208,12 @@ mod tests {
         assert!(text.ends_with(
             "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
         ), "{text}");
-        s.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
-        assert!(s.verify(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").is_err());
+        s.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            .unwrap();
+        assert!(
+            s.verify(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+                .is_err()
+        );
     }
 
     #[test]

@@ -220,7 +220,11 @@ impl<'a> Backend<'a> {
                     Described::Statement(s) => s.set_columns(fields.clone()),
                     Described::Portal(p) => p.set_columns(fields.clone()),
                 }
-                if swallow { Forward::Drop } else { Forward::Same }
+                if swallow {
+                    Forward::Drop
+                } else {
+                    Forward::Same
+                }
             }
             Some(Pending::Query(_)) => {
                 take_plan = Some(result_columns(&fields, None));
@@ -249,7 +253,11 @@ impl<'a> Backend<'a> {
                     Described::Statement(s) => s.set_columns(none),
                     Described::Portal(p) => p.set_columns(none),
                 }
-                if swallow { Forward::Drop } else { Forward::Same }
+                if swallow {
+                    Forward::Drop
+                } else {
+                    Forward::Same
+                }
             }
             _ => Forward::Same,
         })

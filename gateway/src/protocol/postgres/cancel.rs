@@ -2,13 +2,7 @@
 //! the upstream backend never leaves the gateway. A cancel arrives as a new (intercepted)
 //! connection carrying the gateway's key; it is honoured only for a session of the same job.
 
-use std::{
-    collections::HashMap,
-    io,
-    net::SocketAddr,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, io, net::SocketAddr, sync::Mutex, time::Duration};
 
 use bytes::{BufMut as _, BytesMut};
 use tokio::{

@@ -57,8 +57,14 @@ pub fn query(patterns: &[ColumnPattern]) -> Option<String> {
 pub fn covered(rows: &[Vec<Option<bytes::Bytes>>]) -> HashSet<(u32, i16)> {
     rows.iter()
         .filter_map(|r| {
-            let oid = std::str::from_utf8(r.first()?.as_ref()?).ok()?.parse::<u32>().ok()?;
-            let att = std::str::from_utf8(r.get(1)?.as_ref()?).ok()?.parse::<i16>().ok()?;
+            let oid = std::str::from_utf8(r.first()?.as_ref()?)
+                .ok()?
+                .parse::<u32>()
+                .ok()?;
+            let att = std::str::from_utf8(r.get(1)?.as_ref()?)
+                .ok()?
+                .parse::<i16>()
+                .ok()?;
             Some((oid, att))
         })
         .collect()

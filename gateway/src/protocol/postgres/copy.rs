@@ -16,7 +16,11 @@ pub struct CopyPlan {
 
 /// What to do about a COPY out of `statement` under `masker`: a plan, or the reason it cannot be
 /// masked (the gateway then refuses the statement).
-pub fn plan(masker: &Masker, statement: &SqlStatement, spec: &CopySpec) -> Result<CopyPlan, String> {
+pub fn plan(
+    masker: &Masker,
+    statement: &SqlStatement,
+    spec: &CopySpec,
+) -> Result<CopyPlan, String> {
     if spec.format == CopyFormat::Binary {
         return Err("binary COPY output cannot be masked; use text or CSV format".into());
     }
@@ -94,7 +98,11 @@ impl CopyPlan {
             for (i, (s, e)) in f.iter().enumerate() {
                 out.extend_from_slice(&data[at..*s]);
                 let value = &data[*s..*e];
-                let null = if self.csv { value.is_empty() } else { value == b"\\N" };
+                let null = if self.csv {
+                    value.is_empty()
+                } else {
+                    value == b"\\N"
+                };
                 if self.replace.contains(&i) && !null {
                     out.extend_from_slice(b"[masked]");
                     count += 1;
@@ -122,7 +130,10 @@ mod tests {
     fn masker(columns: &[&str]) -> Masker {
         Masker {
             rules: vec!["t".into()],
-            columns: columns.iter().map(|c| ColumnPattern::parse(c).unwrap()).collect(),
+            columns: columns
+                .iter()
+                .map(|c| ColumnPattern::parse(c).unwrap())
+                .collect(),
             detectors: vec![Detector::Email],
         }
     }
@@ -155,7 +166,10 @@ mod tests {
             assert!(plan(&m, s, s.copy.as_ref().unwrap()).is_err(), "{sql}");
         }
         // Detectors alone work on any text COPY.
-        let m = Masker { columns: vec![], ..masker(&[]) };
+        let m = Masker {
+            columns: vec![],
+            ..masker(&[])
+        };
         let s = &classify("COPY users TO STDOUT")[0];
         assert!(plan(&m, s, s.copy.as_ref().unwrap()).is_ok());
     }

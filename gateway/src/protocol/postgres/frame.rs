@@ -125,7 +125,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads more bytes; `Ok(false)` at a clean end of stream.
     pub async fn fill(&mut self) -> Result<bool, ReadError> {
         if self.buf.capacity() - self.buf.len() < 512 {
-            self.buf.reserve(READ_CHUNK.max(self.buf.len() / 2).min(self.max));
+            self.buf
+                .reserve(READ_CHUNK.max(self.buf.len() / 2).min(self.max));
         }
         let n = self.inner.read_buf(&mut self.buf).await?;
         if n == 0 {

@@ -11,12 +11,10 @@ use pgwire::messages::{
     extendedquery::{Bind, Close, Describe, Execute, Parse},
     simplequery::Query,
 };
-use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 
 use super::{
-    Context,
-    copy,
+    Context, copy,
     frame::{Frame, FrameReader, ReadError},
     journal,
     state::{self, Described, Exec, Pending, Portal, Refusal, Stmt},
@@ -210,7 +208,9 @@ impl<'a> Frontend<'a> {
 
     fn classify(&self, sql: &str, valid_utf8: bool) -> Statements {
         if !valid_utf8 {
-            return Arc::new(vec![SqlStatement::unparsed("the statement is not valid UTF-8")]);
+            return Arc::new(vec![SqlStatement::unparsed(
+                "the statement is not valid UTF-8",
+            )]);
         }
         self.ctx.classifier.classify(sql)
     }
@@ -286,7 +286,8 @@ impl<'a> Frontend<'a> {
                     continue;
                 }
                 if let Err(why) = copy::plan(m, s, spec) {
-                    let reason = format!("masking rules apply to target {:?}: {why}", ctx.target.name);
+                    let reason =
+                        format!("masking rules apply to target {:?}: {why}", ctx.target.name);
                     return Verdict {
                         refusal: Some(Refusal {
                             rule: m.rules.first().cloned(),
@@ -307,30 +308,10 @@ impl<'a> Frontend<'a> {
         }
     }
 
-    async fn record(
-        &self,
-        seq: u64,
-        protocol: &'static str,
-        sql: &str,
-        params: Option<&[Value]>,
-        statements: &[SqlStatement],
-        decision: Option<&Decision>,
-        note: Option<&str>,
-    ) -> Result<(), End> {
-        let none = Decision::Allow {
-            rule: String::new(),
-        };
+    async fn record(&self, entry: journal::Entry<'_>) -> Result<(), End> {
         self.ctx
             .journal
-            .statement(
-                seq,
-                protocol,
-                sql,
-                params,
-                statements,
-                decision.unwrap_or(&none),
-                note,
-            )
+            .statement(entry)
             .await
             .map_err(|e| End::RecordFailed(e.to_string()))
     }
@@ -343,15 +324,15 @@ impl<'a> Frontend<'a> {
         let verdict = self.judge(&sql, &statements).await;
         self.seq += 1;
         let seq = self.seq;
-        self.record(
+        self.record(journal::Entry {
             seq,
-            "simple",
-            &sql,
-            None,
-            &statements,
-            verdict.decision.as_ref(),
-            None,
-        )
+            protocol: "simple",
+            sql: &sql,
+            params: None,
+            statements: &statements,
+            decision: verdict.decision.as_ref(),
+            note: None,
+        })
         .await?;
         let mut exec = Exec::new(seq, statements);
         match verdict.refusal {
@@ -378,15 +359,15 @@ impl<'a> Frontend<'a> {
             rule: refusal.rule.clone(),
             reason: refusal.message.clone(),
         };
-        self.record(
-            self.seq,
-            "simple",
-            what,
-            None,
-            &statements,
-            Some(&decision),
-            None,
-        )
+        self.record(journal::Entry {
+            seq: self.seq,
+            protocol: "simple",
+            sql: what,
+            params: None,
+            statements: &statements,
+            decision: Some(&decision),
+            note: None,
+        })
         .await?;
         let mut exec = Exec::new(self.seq, statements);
         exec.refusal = Some(refusal);
@@ -412,15 +393,15 @@ impl<'a> Frontend<'a> {
         if verdict.refusal.is_some() {
             // Refusals are recorded here; allowed statements when they are executed.
             self.seq += 1;
-            self.record(
-                self.seq,
-                "extended",
-                &sql,
-                None,
-                &statements,
-                verdict.decision.as_ref(),
-                Some("refused at Parse"),
-            )
+            self.record(journal::Entry {
+                seq: self.seq,
+                protocol: "extended",
+                sql: &sql,
+                params: None,
+                statements: &statements,
+                decision: verdict.decision.as_ref(),
+                note: Some("refused at Parse"),
+            })
             .await?;
             self.out
                 .extend_from_slice(&wire::parse(p.name.clone(), REFUSED_SQL));
@@ -529,15 +510,15 @@ impl<'a> Frontend<'a> {
         let stmt = &portal.stmt;
         let decision = stmt.rule.clone().map(|rule| Decision::Allow { rule });
         if stmt.refusal.is_none() {
-            self.record(
-                self.seq,
-                "extended",
-                &stmt.sql,
-                Some(&portal.params),
-                &stmt.statements,
-                decision.as_ref(),
-                None,
-            )
+            self.record(journal::Entry {
+                seq: self.seq,
+                protocol: "extended",
+                sql: &stmt.sql,
+                params: Some(&portal.params),
+                statements: &stmt.statements,
+                decision: decision.as_ref(),
+                note: None,
+            })
             .await?;
         }
         let mut exec = Exec::new(self.seq, stmt.statements.clone());

@@ -18,6 +18,20 @@ const MAX_SQL: usize = 16 * 1024;
 /// Longest single value in a parameter list or a result sample.
 pub const MAX_VALUE: usize = 256;
 
+/// One statement as recorded before it is forwarded.
+pub struct Entry<'s> {
+    pub seq: u64,
+    /// `simple` or `extended`.
+    pub protocol: &'static str,
+    pub sql: &'s str,
+    /// Bound parameters (extended protocol).
+    pub params: Option<&'s [Value]>,
+    pub statements: &'s [SqlStatement],
+    /// `None`: nothing to decide (an empty query).
+    pub decision: Option<&'s Decision>,
+    pub note: Option<&'s str>,
+}
+
 pub struct Journal<'a> {
     pub store: &'a Store,
     pub session_id: i64,
@@ -47,7 +61,10 @@ pub fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
                 .take(MAX_VALUE / 2)
                 .map(|x| format!("{x:02x}"))
                 .collect();
-            Value::String(format!("\\x{hex}{}", if b.len() > MAX_VALUE / 2 { "…" } else { "" }))
+            Value::String(format!(
+                "\\x{hex}{}",
+                if b.len() > MAX_VALUE / 2 { "…" } else { "" }
+            ))
         }
         Some(b) => cap(&String::from_utf8_lossy(b), MAX_VALUE),
     }
@@ -64,32 +81,22 @@ impl<'a> Journal<'a> {
     }
 
     /// Records a statement about to be forwarded (or refused); resolves once durable.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn statement(
-        &self,
-        seq: u64,
-        protocol: &'static str,
-        sql: &str,
-        params: Option<&[Value]>,
-        statements: &[SqlStatement],
-        decision: &Decision,
-        note: Option<&str>,
-    ) -> Result<(), StoreError> {
+    pub async fn statement(&self, e: Entry<'_>) -> Result<(), StoreError> {
         let mut detail = json!({
-            "seq": seq,
-            "protocol": protocol,
-            "sql": cap(sql, MAX_SQL),
-            "statements": statements,
-            "decision": decision.label(),
-            "rule": decision.rule(),
+            "seq": e.seq,
+            "protocol": e.protocol,
+            "sql": cap(e.sql, MAX_SQL),
+            "statements": e.statements,
+            "decision": e.decision.map_or("allow", Decision::label),
+            "rule": e.decision.and_then(Decision::rule).filter(|r| !r.is_empty()),
         });
-        if let Some(p) = params {
+        if let Some(p) = e.params {
             detail["params"] = Value::Array(p.to_vec());
         }
-        if let Some(r) = decision.reason() {
+        if let Some(r) = e.decision.and_then(Decision::reason) {
             detail["reason"] = Value::String(r.to_string());
         }
-        if let Some(n) = note {
+        if let Some(n) = e.note {
             detail["note"] = Value::String(n.to_string());
         }
         self.store

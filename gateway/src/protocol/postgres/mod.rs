@@ -21,12 +21,7 @@ mod tls;
 mod upstream;
 pub mod wire;
 
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use serde_json::json;
@@ -89,19 +84,28 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
     let _ = client.set_nodelay(true);
     let store = &s.gw.store;
     let mut buf = BytesMut::with_capacity(512);
-    let hello = tokio::time::timeout(STARTUP_TIMEOUT, startup::read_hello(&mut client, &mut buf)).await;
+    let hello =
+        tokio::time::timeout(STARTUP_TIMEOUT, startup::read_hello(&mut client, &mut buf)).await;
     let hello = match hello {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             tracing::info!(session = s.id, error = %e, "postgres startup refused");
-            store.note_event(s.id, "protocol_error", json!({ "phase": "startup", "error": e.to_string() }));
+            store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "phase": "startup", "error": e.to_string() }),
+            );
             if let Some(err) = e.client_error() {
                 let _ = client.write_all(&err.encode()).await;
             }
             return SessionEnd::default();
         }
         Err(_) => {
-            store.note_event(s.id, "protocol_error", json!({ "phase": "startup", "error": "no startup packet within 30s" }));
+            store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "phase": "startup", "error": "no startup packet within 30s" }),
+            );
             return SessionEnd::default();
         }
     };
@@ -124,7 +128,11 @@ async fn cancel(s: &Session<'_>, pid: i32, key: i32) {
         return;
     };
     if entry.cgroup_id != s.cgroup_id {
-        tracing::warn!(session = s.id, target_session = entry.session_id, "cancel request from another job refused");
+        tracing::warn!(
+            session = s.id,
+            target_session = entry.session_id,
+            "cancel request from another job refused"
+        );
         store.note_event(s.id, "cancel", json!({ "outcome": "refused: the session belongs to another job", "session": entry.session_id }));
         return;
     }
@@ -132,8 +140,16 @@ async fn cancel(s: &Session<'_>, pid: i32, key: i32) {
         Ok(()) => "forwarded".to_string(),
         Err(e) => format!("failed: {e}"),
     };
-    store.note_event(s.id, "cancel", json!({ "outcome": outcome, "session": entry.session_id }));
-    store.note_event(entry.session_id, "cancel_requested", json!({ "by_session": s.id, "outcome": outcome }));
+    store.note_event(
+        s.id,
+        "cancel",
+        json!({ "outcome": outcome, "session": entry.session_id }),
+    );
+    store.note_event(
+        entry.session_id,
+        "cancel_requested",
+        json!({ "by_session": s.id, "outcome": outcome }),
+    );
 }
 
 /// The name the server's certificate must carry: configured, the target's host name, or its
@@ -194,7 +210,11 @@ async fn session(
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(session = s.id, error = %e, "upstream session failed");
-            store.note_event(s.id, "upstream_error", json!({ "upstream": s.dst.to_string(), "user": user, "error": e.to_string() }));
+            store.note_event(
+                s.id,
+                "upstream_error",
+                json!({ "upstream": s.dst.to_string(), "user": user, "error": e.to_string() }),
+            );
             // The server's own refusals (unknown database, too many clients) are the client's
             // business; anything about the gateway's credentials is not.
             let err = match &e {
@@ -221,8 +241,22 @@ async fn session(
             Ok(rows) => covered = catalog::covered(&rows),
             Err(e) => {
                 // Without the catalog, column rules could miss aliased columns: fail closed.
-                store.note_event(s.id, "upstream_error", json!({ "error": format!("masking catalog lookup: {e}") }));
-                refuse(&mut client, GatewayError::fatal(wire::CONNECTION_FAILURE, format!("gateway: target {:?}: cannot resolve the columns that masking covers", s.target.name))).await;
+                store.note_event(
+                    s.id,
+                    "upstream_error",
+                    json!({ "error": format!("masking catalog lookup: {e}") }),
+                );
+                refuse(
+                    &mut client,
+                    GatewayError::fatal(
+                        wire::CONNECTION_FAILURE,
+                        format!(
+                            "gateway: target {:?}: cannot resolve the columns that masking covers",
+                            s.target.name
+                        ),
+                    ),
+                )
+                .await;
                 return SessionEnd::default();
             }
         }
@@ -278,7 +312,12 @@ async fn session(
         identity: s.identity,
         target: s.target,
         session_id: s.id,
-        journal: journal::Journal::new(store, s.id, settings.sample_rows, settings.sample_bytes_per_session),
+        journal: journal::Journal::new(
+            store,
+            s.id,
+            settings.sample_rows,
+            settings.sample_bytes_per_session,
+        ),
         masker,
         covered,
         approvals: &gw.postgres.approvals,
@@ -312,26 +351,46 @@ async fn session(
         Outcome::Client(frontend::End::ClientIo(e)) => (format!("client_error: {e}"), None),
         Outcome::Client(frontend::End::UpstreamIo(e)) => (format!("upstream_error: {e}"), None),
         Outcome::Client(frontend::End::Violation(err)) => {
-            store.note_event(s.id, "protocol_error", json!({ "side": "client", "error": err.message }));
-            (format!("client protocol violation: {}", err.message), Some(err))
+            store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "side": "client", "error": err.message }),
+            );
+            (
+                format!("client protocol violation: {}", err.message),
+                Some(err),
+            )
         }
         Outcome::Client(frontend::End::RecordFailed(e)) => {
             tracing::error!(session = s.id, error = %e, "cannot record a statement; closing the session");
             (
                 format!("record_failed: {e}"),
-                Some(GatewayError::fatal(wire::CANNOT_CONNECT_NOW, "gateway: the statement could not be recorded, so it was not run; closing the session")),
+                Some(GatewayError::fatal(
+                    wire::CANNOT_CONNECT_NOW,
+                    "gateway: the statement could not be recorded, so it was not run; closing the session",
+                )),
             )
         }
         Outcome::Server(backend::End::Closed) => ("upstream_closed".to_string(), None),
         Outcome::Server(backend::End::UpstreamIo(e)) => (format!("upstream_error: {e}"), None),
         Outcome::Server(backend::End::ClientIo(e)) => (format!("client_error: {e}"), None),
         Outcome::Server(backend::End::Violation(err)) => {
-            store.note_event(s.id, "protocol_error", json!({ "side": "server", "error": err.message }));
-            (format!("server protocol violation: {}", err.message), Some(err))
+            store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "side": "server", "error": err.message }),
+            );
+            (
+                format!("server protocol violation: {}", err.message),
+                Some(err),
+            )
         }
         Outcome::Shutdown => (
             "gateway_shutdown".to_string(),
-            Some(GatewayError::fatal(wire::ADMIN_SHUTDOWN, "gateway: shutting down")),
+            Some(GatewayError::fatal(
+                wire::ADMIN_SHUTDOWN,
+                "gateway: shutting down",
+            )),
         ),
     };
     if let Some(err) = error {

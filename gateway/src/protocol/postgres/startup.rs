@@ -54,9 +54,13 @@ impl StartupError {
                 wire::FEATURE_NOT_SUPPORTED,
                 self.to_string(),
             )),
-            StartupError::Frame(_) | StartupError::Decode(_) | StartupError::BadCancel | StartupError::TooManyRequests => Some(
-                wire::GatewayError::fatal(wire::PROTOCOL_VIOLATION, format!("gateway: invalid startup packet: {self}")),
-            ),
+            StartupError::Frame(_)
+            | StartupError::Decode(_)
+            | StartupError::BadCancel
+            | StartupError::TooManyRequests => Some(wire::GatewayError::fatal(
+                wire::PROTOCOL_VIOLATION,
+                format!("gateway: invalid startup packet: {self}"),
+            )),
             StartupError::Closed | StartupError::Io(_) => None,
         }
     }
@@ -164,7 +168,11 @@ mod tests {
         let mut buf = BytesMut::new();
         let r = read_hello(&mut a, &mut buf).await;
         let mut answered = Vec::new();
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), b.read_to_end(&mut answered)).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            b.read_to_end(&mut answered),
+        )
+        .await;
         (r, answered)
     }
 
@@ -201,12 +209,18 @@ mod tests {
         assert!(matches!(e, StartupError::Version { major: 2, .. }));
         assert!(e.client_error().is_some());
         let (r, _) = hello(vec![0x7f, 0, 0, 0, 1, 2, 3, 4]).await;
-        assert!(matches!(r, Err(StartupError::Frame(FrameError::BadStartupLength { .. }))));
+        assert!(matches!(
+            r,
+            Err(StartupError::Frame(FrameError::BadStartupLength { .. }))
+        ));
         let (r, _) = hello(vec![0, 0, 0, 4]).await;
         assert!(r.is_err());
         // Truncated mid-packet.
         let (r, _) = hello(vec![0, 0, 0, 40, 0, 3, 0, 0]).await;
-        assert!(matches!(r, Err(StartupError::Frame(FrameError::Truncated(_)))));
+        assert!(matches!(
+            r,
+            Err(StartupError::Frame(FrameError::Truncated(_)))
+        ));
     }
 
     #[test]

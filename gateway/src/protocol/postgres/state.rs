@@ -179,10 +179,15 @@ pub enum Described {
 pub enum Pending {
     /// A simple Query (or a refused message turned into one): answered up to ReadyForQuery.
     Query(Box<Exec>),
-    Parse { refusal: Option<Refusal> },
+    Parse {
+        refusal: Option<Refusal>,
+    },
     Bind,
     /// `swallow`: injected by the gateway to learn a portal's columns; the client never asked.
-    Describe { target: Described, swallow: bool },
+    Describe {
+        target: Described,
+        swallow: bool,
+    },
     Execute(Box<Exec>),
     Close,
     Sync,

@@ -18,11 +18,20 @@ fn frames_split_only_when_whole() {
 #[test]
 fn lying_lengths_are_errors() {
     let mut buf = BytesMut::from(&b"Q\x00\x00\x00\x02"[..]);
-    assert!(matches!(split(&mut buf, 1024), Err(FrameError::BadLength { .. })));
+    assert!(matches!(
+        split(&mut buf, 1024),
+        Err(FrameError::BadLength { .. })
+    ));
     let mut buf = BytesMut::from(&b"Q\xff\xff\xff\xff"[..]);
-    assert!(matches!(split(&mut buf, 1024), Err(FrameError::BadLength { .. })));
+    assert!(matches!(
+        split(&mut buf, 1024),
+        Err(FrameError::BadLength { .. })
+    ));
     let mut buf = BytesMut::from(&b"Q\x00\x10\x00\x00"[..]);
-    assert!(matches!(split(&mut buf, 1024), Err(FrameError::TooLarge { .. })));
+    assert!(matches!(
+        split(&mut buf, 1024),
+        Err(FrameError::TooLarge { .. })
+    ));
     let mut buf = BytesMut::from(&b"\x00\x00\x00\x03abcd"[..]);
     assert!(split_startup(&mut buf).is_err());
     let mut buf = BytesMut::from(&b"\x00\x01\x00\x00abcd"[..]);

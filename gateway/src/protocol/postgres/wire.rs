@@ -165,9 +165,10 @@ pub fn describe_portal(name: Option<String>) -> Bytes {
 
 /// `NegotiateProtocolVersion`: we speak 3.0; list the `_pq_.` options we do not support.
 pub fn negotiate_protocol_version(unsupported: Vec<String>) -> Bytes {
-    encode(
-        &pgwire::messages::startup::NegotiateProtocolVersion::new(0, unsupported),
-    )
+    encode(&pgwire::messages::startup::NegotiateProtocolVersion::new(
+        0,
+        unsupported,
+    ))
 }
 
 /// A C string field of a message body.
