@@ -240,6 +240,9 @@ fn psql_runs_queries_with_injected_credentials_and_every_statement_is_recorded()
     assert_eq!(out, "app|3");
     let out = t.psql_ok("select 1; select 'two'")?;
     assert_eq!(out, "1\ntwo");
+    // psql's own catalog queries (\dt, \d) parse and pass.
+    assert!(t.psql_ok("\\dt")?.contains("users"));
+    assert!(t.psql_ok("\\d users")?.contains("email"));
 
     let sql = t.events_of("sql")?;
     assert!(

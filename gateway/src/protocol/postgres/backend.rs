@@ -344,8 +344,8 @@ impl<'a> Backend<'a> {
         state::with(self.tracker, |t| {
             let replace = |r: &state::Refusal| {
                 let mut e = GatewayError::error(wire::INSUFFICIENT_PRIVILEGE, r.message.clone());
-                if let Some(h) = &r.hint {
-                    e = e.with_detail(h.clone());
+                if let Some(d) = &r.detail {
+                    e = e.with_detail(d.clone());
                 }
                 Forward::Replace(e.encode())
             };

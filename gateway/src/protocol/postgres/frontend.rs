@@ -115,7 +115,15 @@ impl<'a> Frontend<'a> {
                 return e;
             }
             reader.shrink();
-            match reader.fill().await {
+            // Outcomes ride along with the next statement's write-ahead; when the client stays quiet
+            // they are stored after a moment.
+            let filled = loop {
+                tokio::select! {
+                    r = reader.fill() => break r,
+                    () = self.ctx.journal.settled() => self.ctx.journal.flush(),
+                }
+            };
+            match filled {
                 Ok(true) => {}
                 Ok(false) => return End::Closed,
                 Err(ReadError::Io(e)) => return End::ClientIo(e.to_string()),
@@ -173,7 +181,7 @@ impl<'a> Frontend<'a> {
                 let refusal = Refusal {
                     rule: None,
                     message: "gateway: the FunctionCall protocol message is not allowed (it bypasses statement policy); call the function in SQL".into(),
-                    hint: None,
+                    detail: None,
                 };
                 self.refuse_as_query("<FunctionCall message>", Arc::new(Vec::new()), refusal)
                     .await
@@ -244,7 +252,7 @@ impl<'a> Frontend<'a> {
                     let refusal = Refusal {
                         rule: rule.clone(),
                         message,
-                        hint: which,
+                        detail: which,
                     };
                     return Verdict {
                         decision: Some(d),
@@ -266,7 +274,7 @@ impl<'a> Frontend<'a> {
                                 refusal: Some(Refusal {
                                     rule: Some(rule.clone()),
                                     message: format!("gateway: {reason}"),
-                                    hint: which,
+                                    detail: which,
                                 }),
                                 decision: Some(Decision::Deny {
                                     rule: Some(rule.clone()),
@@ -292,7 +300,7 @@ impl<'a> Frontend<'a> {
                         refusal: Some(Refusal {
                             rule: m.rules.first().cloned(),
                             message: format!("gateway: {reason}"),
-                            hint: None,
+                            detail: None,
                         }),
                         decision: Some(Decision::Deny {
                             rule: m.rules.first().cloned(),

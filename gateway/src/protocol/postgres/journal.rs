@@ -2,7 +2,10 @@
 //! (write-ahead), and a `sql_result` event when its answer is complete (rows, duration, outcome and
 //! a capped sample of the masked result).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{
+    Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use serde_json::{Value, json};
 
@@ -38,7 +41,14 @@ pub struct Journal<'a> {
     pub sample_rows: usize,
     /// Bytes of samples still allowed in this session.
     sample_budget: AtomicUsize,
+    /// Outcomes not stored yet: they go with the next statement's write-ahead transaction (one
+    /// commit per statement), or on [`Journal::flush`] when the session idles or ends.
+    results: Mutex<Vec<Value>>,
+    new_result: tokio::sync::Notify,
 }
+
+/// How long a finished statement's outcome may wait for the next statement to be stored with it.
+const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub fn cap(text: &str, max: usize) -> Value {
     if text.len() <= max {
@@ -77,6 +87,8 @@ impl<'a> Journal<'a> {
             session_id,
             sample_rows,
             sample_budget: AtomicUsize::new(sample_bytes),
+            results: Mutex::new(Vec::new()),
+            new_result: tokio::sync::Notify::new(),
         }
     }
 
@@ -99,9 +111,47 @@ impl<'a> Journal<'a> {
         if let Some(n) = e.note {
             detail["note"] = Value::String(n.to_string());
         }
-        self.store
-            .append_event(self.session_id, "sql", detail)
-            .await
+        let mut events: Vec<(&'static str, Value)> = self
+            .take_results()
+            .into_iter()
+            .map(|r| ("sql_result", r))
+            .collect();
+        events.push(("sql", detail));
+        self.store.append_events(self.session_id, events).await
+    }
+
+    fn take_results(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn has_pending_results(&self) -> bool {
+        !self
+            .results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Resolves once outcomes have waited [`RESULT_DELAY`] without a statement to go with.
+    pub async fn settled(&self) {
+        loop {
+            if self.has_pending_results() {
+                tokio::time::sleep(RESULT_DELAY).await;
+                return;
+            }
+            self.new_result.notified().await;
+        }
+    }
+
+    /// Stores the outcomes recorded so far (not waited for).
+    pub fn flush(&self) {
+        let results = self.take_results();
+        if !results.is_empty() {
+            self.store.note_events(
+                self.session_id,
+                results.into_iter().map(|r| ("sql_result", r)).collect(),
+            );
+        }
     }
 
     /// Whether another sample row may be kept.
@@ -121,7 +171,8 @@ impl<'a> Journal<'a> {
         exec.sample.push(row);
     }
 
-    /// Records the outcome of an execution (not waited for: the answer already went out).
+    /// Records the outcome of an execution (stored with the next statement or flush: the answer
+    /// already went out).
     pub fn result(&self, exec: &Exec, skipped: bool) {
         let mut detail = json!({
             "seq": exec.seq,
@@ -154,6 +205,10 @@ impl<'a> Journal<'a> {
             detail["sample_note"] =
                 json!("result samples left out: the session's sample cap is reached");
         }
-        self.store.note_event(self.session_id, "sql_result", detail);
+        self.results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(detail);
+        self.new_result.notify_one();
     }
 }

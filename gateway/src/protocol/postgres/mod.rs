@@ -397,6 +397,7 @@ async fn session(
         refuse(&mut client, err).await;
     }
     let (bytes_up, bytes_down) = (fe.bytes_up, be.bytes_down);
+    ctx.journal.flush();
     store.note_event(
         s.id,
         "closed",

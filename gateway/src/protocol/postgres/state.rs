@@ -17,7 +17,8 @@ use crate::{mask::ResultColumn, sql::Statements};
 pub struct Refusal {
     pub rule: Option<String>,
     pub message: String,
-    pub hint: Option<String>,
+    /// Shown as the error's DETAIL (which statement of a multi-statement query).
+    pub detail: Option<String>,
 }
 
 pub type Columns = Arc<Vec<FieldDescription>>;

@@ -163,10 +163,10 @@ pub fn describe_portal(name: Option<String>) -> Bytes {
     encode(&Describe::new(b'P', name))
 }
 
-/// `NegotiateProtocolVersion`: we speak 3.0; list the `_pq_.` options we do not support.
+/// `NegotiateProtocolVersion`: we speak 3.0 (the full version number, as PostgreSQL sends it); list the `_pq_.` options we do not support.
 pub fn negotiate_protocol_version(unsupported: Vec<String>) -> Bytes {
     encode(&pgwire::messages::startup::NegotiateProtocolVersion::new(
-        0,
+        i32::from(ProtocolVersion::PROTOCOL3_0),
         unsupported,
     ))
 }
