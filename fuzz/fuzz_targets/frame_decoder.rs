@@ -18,7 +18,24 @@ use pgwire::messages::{
     startup::{Authentication, Startup},
 };
 
+/// pgwire's decoders panic on some malformed bodies; the gateway runs them under `catch_unwind`
+/// and turns those panics into protocol errors. libFuzzer's hook would abort on them: only panics
+/// raised elsewhere (the gateway's own framing, masking and detectors) are crashes.
+fn install_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let file = info.location().map(|l| l.file()).unwrap_or_default();
+            if !(file.contains("/pgwire-") || file.contains("/bytes-")) {
+                eprintln!("{info}");
+                std::process::abort();
+            }
+        }));
+    });
+}
+
 fuzz_target!(|data: &[u8]| {
+    install_hook();
     // Startup phase.
     let mut buf = BytesMut::from(data);
     if let Ok(Some(packet)) = frame::split_startup(&mut buf) {
