@@ -84,6 +84,9 @@ pub const ACTION_REDIRECT: u32 = 1;
 /// `Destination::action`: let it through unchanged (operator-configured direct destinations).
 pub const ACTION_DIRECT: u32 = 2;
 
+/// `Destination::action`: refused whatever the mode (the gateway's own pages: jobs never reach them).
+pub const ACTION_BLOCK: u32 = 3;
+
 /// Value of the `DESTINATIONS` trie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use gateway_common::{
-    ACTION_DIRECT, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, Config, ConnInfo,
+    ACTION_BLOCK, ACTION_DIRECT, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, Config, ConnInfo,
     DESTINATION_PORT_BITS, Destination, DestinationKeyData, EVENT_BIND, EVENT_CONNECT,
     EVENT_SOCKET, EVENT_UDP, Event, FLAG_DEBUG_LOG, MODE_ENFORCE, OriginalPeer, destination_key,
     v4_mapped,
@@ -294,6 +294,17 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     let action = lookup_destination(&dst, port).map(|d| d.action);
     if action == Some(ACTION_DIRECT) {
         return Ok(ALLOW);
+    }
+    if action == Some(ACTION_BLOCK) {
+        report(
+            EVENT_CONNECT,
+            true,
+            dst,
+            port,
+            family,
+            (sock_type, protocol),
+        );
+        return Ok(REFUSE);
     }
     if action != Some(ACTION_REDIRECT) || cfg.listen_port == 0 {
         report(

@@ -277,11 +277,36 @@ pub struct Target {
     pub postgres: PostgresSettings,
 }
 
+/// An OIDC issuer whose tokens bind jobs to identities (see `identity`).
 #[derive(Debug, Clone)]
 pub struct Issuer {
+    /// The issuer identifier, exactly as tokens carry it in `iss`.
     pub url: String,
+    /// A token must name at least one of these in `aud`.
     pub audiences: Vec<String>,
+    /// Signature algorithms accepted (never `none` or HS*).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Name rules use → claim (or dotted path) of the token it is copied from.
+    pub claim_mappings: BTreeMap<String, String>,
+    /// Claim names this issuer sets beyond the well-known ones (silences check-config warnings).
+    pub known_claims: Vec<String>,
+    pub clock_skew: Duration,
+    /// How long a job stays bound after its token was verified, whatever the token's `exp`.
+    pub max_binding_lifetime: Duration,
+    /// PEM bundle trusted for this issuer's HTTPS instead of the system store.
+    pub ca_file: Option<PathBuf>,
+    /// Bound on each HTTPS exchange with the issuer.
+    pub fetch_timeout: Duration,
+    /// Keys older than this are refetched on next use.
+    pub jwks_max_age: Duration,
+    /// Minimum time between two fetches (unknown `kid`s included).
+    pub jwks_refetch_cooldown: Duration,
 }
+
+/// Accepted when an issuer does not list `algorithms`: every asymmetric algorithm.
+pub const DEFAULT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 /// A claim selector value: one glob or a list (any of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,6 +345,8 @@ pub struct Config {
     pub approvers: Vec<ApproverGroup>,
     /// The file this was read from; `None` for built-in defaults.
     pub source: Option<PathBuf>,
+    /// Things that are valid but probably not meant (e.g. a rule on a claim no issuer sets).
+    pub warnings: Vec<Problem>,
 }
 
 impl Config {
@@ -363,9 +390,12 @@ impl Config {
             text,
             file,
             problems: Vec::new(),
+            warnings: Vec::new(),
         };
-        let cfg = v.config(raw);
+        let mut cfg = v.config(raw);
         if v.problems.is_empty() {
+            v.warnings.sort_by_key(|p| (p.line, p.column));
+            cfg.warnings = v.warnings;
             Ok(cfg)
         } else {
             v.problems.sort_by_key(|p| (p.line, p.column));
@@ -454,8 +484,18 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawIssuer {
     url: S<String>,
+    audiences: Option<S<Vec<S<String>>>>,
+    algorithms: Option<S<Vec<S<String>>>>,
     #[serde(default)]
-    audiences: Vec<String>,
+    claim_mappings: BTreeMap<S<String>, S<String>>,
+    #[serde(default)]
+    known_claims: Vec<String>,
+    clock_skew: Option<S<String>>,
+    max_binding_lifetime: Option<S<String>>,
+    ca_file: Option<S<String>>,
+    fetch_timeout: Option<S<String>>,
+    jwks_max_age: Option<S<String>>,
+    jwks_refetch_cooldown: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -509,18 +549,29 @@ struct Validator<'a> {
     text: &'a str,
     file: &'a str,
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl Validator<'_> {
     fn problem(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let p = self.locate(span, key.into(), message.into());
+        self.problems.push(p);
+    }
+
+    fn warn(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let p = self.locate(span, key.into(), message.into());
+        self.warnings.push(p);
+    }
+
+    fn locate(&self, span: Range<usize>, key: String, message: String) -> Problem {
         let (line, column) = line_col(self.text, span.start);
-        self.problems.push(Problem {
+        Problem {
             file: self.file.to_string(),
             line,
             column,
-            key: key.into(),
-            message: message.into(),
-        });
+            key,
+            message,
+        }
     }
 
     fn duration(&mut self, raw: Option<S<String>>, key: &str, default: Duration) -> Duration {
@@ -555,29 +606,11 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         let server = self.server(raw.server);
-        let issuers = raw
-            .issuers
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let url = r.url.get_ref().trim_end_matches('/').to_string();
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    self.problem(
-                        r.url.span(),
-                        format!("issuers[{i}].url"),
-                        "must be an https:// URL",
-                    );
-                }
-                Issuer {
-                    url,
-                    audiences: r.audiences,
-                }
-            })
-            .collect();
+        let issuers = self.issuers(raw.issuers);
         let targets = self.targets(raw.targets);
         let approvals = self.approvals(raw.approvals);
         let approvers = self.approver_groups(raw.approvers);
-        let rules = self.rules(raw.rules, &targets, &approvers);
+        let rules = self.rules(raw.rules, &targets, &approvers, &issuers);
         let masking = self.masking(raw.masking, &targets);
         Config {
             server,
@@ -588,6 +621,7 @@ impl Validator<'_> {
             approvals,
             approvers,
             source: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -819,6 +853,7 @@ impl Validator<'_> {
         raw: Vec<RawRule>,
         targets: &[Target],
         groups: &[ApproverGroup],
+        issuers: &[Issuer],
     ) -> Vec<Rule> {
         let mut names = HashSet::new();
         let mut out = Vec::new();
@@ -872,7 +907,22 @@ impl Validator<'_> {
             {
                 self.problem(u.span(), format!("rules[{i}].unauthenticated"), "an unauthenticated job has no claims: drop either `claims` or `unauthenticated`");
             }
-            let claims = self.claims(r.claims, &format!("rules[{i}].claims"));
+            let mut claims = BTreeMap::new();
+            for (k, v) in r.claims {
+                let patterns = match v.into_inner() {
+                    RawPattern::One(s) => vec![s],
+                    RawPattern::Many(list) => list,
+                };
+                if patterns.is_empty() {
+                    self.problem(
+                        k.span(),
+                        format!("rules[{i}].claims.{}", k.get_ref()),
+                        "needs at least one pattern",
+                    );
+                }
+                self.check_claim_name(&k, &format!("rules[{i}].claims"), issuers);
+                claims.insert(k.into_inner(), ClaimPattern(patterns));
+            }
             let sql = r
                 .sql
                 .map(|s| self.sql_condition(i, s, &target_globs, targets));
@@ -1004,6 +1054,9 @@ fn valid_name(s: &str) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
+
+mod issuers;
+pub use issuers::login_issuer;
 
 #[cfg(test)]
 mod tests;

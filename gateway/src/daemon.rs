@@ -17,7 +17,7 @@ use crate::{
     config::{Config, Mode},
     control::{self, Request, Response, Status, TargetStatus},
     ebpf::{Connections, Dataplane, DataplaneError},
-    identity::Identity,
+    identity::{Identity, Verifier, VerifyError},
     intercept,
     jobs::{Job, Jobs},
     policy::Policy,
@@ -42,19 +42,26 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Web(#[from] crate::approval::web::WebError),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] VerifyError),
 }
 
 /// State shared by every task of the daemon.
 pub struct Gateway {
     pub config: Config,
     pub policy: Policy,
+    /// Verifies the OIDC tokens jobs are bound with.
+    pub verifier: Verifier,
     pub targets: RwLock<Arc<TargetSet>>,
     pub store: Store,
     pub jobs: Jobs,
     pub connections: Connections,
     pub processes: intercept::process::ProcessCache,
+    pub approvals: crate::approval::Approvals,
     pub dataplane: tokio::sync::Mutex<Dataplane>,
     pub cgroup_root: PathBuf,
     /// cgroup of the daemon itself: never attached to (its upstream connects would loop).
@@ -74,6 +81,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     }
     raise_open_files_limit();
     let server = config.server.clone();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let verifier = Verifier::new(&config.issuers)?;
     let cgroup_root = cgroup::cgroup2_root()?;
     let own_cgroup = cgroup::process_cgroup(std::process::id())
         .map(|p| cgroup_root.join(p.trim_start_matches('/')))
@@ -90,7 +101,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             .map_err(|source| DaemonError::Listen { addr, source })?;
         listeners.push(listener);
     }
-    let control_listener = control::server::bind(&server.control_socket)?;
+    let control_listener = control::server::bind(
+        &server.control_socket,
+        config.approvals.cli_unix_group.as_deref(),
+    )?;
 
     let resolve_config = config.clone();
     let (targets, problems) =
@@ -106,7 +120,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         .unwrap_or_else(system_resolvers);
     dataplane.configure(
         kernel_config(&config),
-        &targets.kernel_entries(&server.allow_direct),
+        &targets.kernel_entries(&server.allow_direct, &blocked(&config)),
         &resolvers,
     )?;
     let connections = dataplane.connections()?;
@@ -117,14 +131,29 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         None
     };
 
+    let approvals = crate::approval::Approvals::start(
+        &config.approvals,
+        &config.approvers,
+        &config.rules,
+        store.clone(),
+    )
+    .await?;
+    let web = match config.approvals.web.clone() {
+        Some(w) => {
+            Some(crate::approval::web::bind(w, config.approvers.clone(), approvals.clone()).await?)
+        }
+        None => None,
+    };
     let gw = Arc::new(Gateway {
         policy: Policy::from_config(&config),
+        verifier,
         config,
         targets: RwLock::new(Arc::new(targets)),
         store,
         jobs: Jobs::default(),
         connections,
         processes: Default::default(),
+        approvals,
         dataplane: tokio::sync::Mutex::new(dataplane),
         cgroup_root,
         own_cgroup,
@@ -149,6 +178,18 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     )));
     tasks.push(tokio::spawn(reap_loop(gw.clone())));
     tasks.push(tokio::spawn(refresh_targets_loop(gw.clone())));
+    if let Some((listener, router)) = web {
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "approvals page");
+        tasks.push(tokio::spawn(crate::approval::web::serve(
+            listener,
+            router,
+            gw.shutdown.clone(),
+        )));
+    }
+    let prefetch = gw.clone();
+    tasks.push(tokio::spawn(
+        async move { prefetch.verifier.prefetch().await },
+    ));
     if let Some(logger) = ebpf_logger {
         tasks.push(tokio::spawn(intercept::events::log_loop(
             logger,
@@ -164,10 +205,11 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         jobs = gw.jobs.list().len(),
         "gateway ready"
     );
-    notify_ready();
+    sd_notify("READY=1");
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; draining sessions");
+    sd_notify("STOPPING=1");
     gw.shutdown.cancel();
     gw.sessions.close();
     if tokio::time::timeout(server.shutdown_grace, gw.sessions.wait())
@@ -207,8 +249,8 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Tells systemd (Type=notify) that the daemon is ready, when started by it.
-fn notify_ready() {
+/// Tells systemd (Type=notify) about readiness and shutdown, when started by it.
+fn sd_notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -220,12 +262,12 @@ fn notify_ready() {
     let sent = if let Some(abstract_name) = path.to_str().and_then(|p| p.strip_prefix('@')) {
         use std::os::linux::net::SocketAddrExt as _;
         std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
-            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
     } else {
-        socket.send_to(b"READY=1", &path)
+        socket.send_to(state.as_bytes(), &path)
     };
     if let Err(e) = sent {
-        tracing::warn!(error = %e, "sd_notify READY=1 failed");
+        tracing::warn!(error = %e, "sd_notify {state} failed");
     }
 }
 
@@ -259,6 +301,11 @@ fn kernel_config(config: &Config) -> KernelConfig {
     }
 }
 
+/// The gateway's own listeners jobs must never reach, in any mode (the approvals page).
+fn blocked(config: &Config) -> Vec<SocketAddr> {
+    config.approvals.web.iter().map(|w| w.listen).collect()
+}
+
 /// The `nameserver` lines of /etc/resolv.conf.
 fn system_resolvers() -> Vec<IpAddr> {
     std::fs::read_to_string("/etc/resolv.conf")
@@ -267,6 +314,12 @@ fn system_resolvers() -> Vec<IpAddr> {
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|ip| ip.trim().split('%').next()?.parse().ok())
         .collect()
+}
+
+/// What a job is bound to.
+struct Binding {
+    identity: Identity,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn new_job_id() -> String {
@@ -280,7 +333,7 @@ fn new_job_id() -> String {
 }
 
 impl Gateway {
-    pub async fn control(&self, request: Request) -> Response {
+    pub async fn control(&self, request: Request, uid: u32) -> Response {
         let result = match request {
             Request::Status => Ok(Response::Status(self.status())),
             Request::CreateJob { token } => self.create_job(token).await.map(Response::Job),
@@ -294,6 +347,30 @@ impl Gateway {
                 .await
                 .map(|sessions| Response::Sessions { sessions })
                 .map_err(|e| e.to_string()),
+            Request::ListApprovals { recent } => self
+                .approvals
+                .list(recent)
+                .await
+                .map(|approvals| Response::Approvals { approvals })
+                .map_err(|e| e.to_string()),
+            Request::DecideApproval {
+                id,
+                approve,
+                for_seconds,
+                reason,
+            } => {
+                let approver = self.approvals.unix_approver(uid);
+                let verdict = if approve {
+                    crate::approval::model::Verdict::Approve { for_seconds }
+                } else {
+                    crate::approval::model::Verdict::Deny { reason }
+                };
+                self.approvals
+                    .decide(&id, &approver, verdict)
+                    .await
+                    .map(|v| Response::Approval(Box::new(v)))
+                    .map_err(|e| e.to_string())
+            }
             Request::ShowSession { id } => self
                 .store
                 .session(id)
@@ -332,22 +409,41 @@ impl Gateway {
                 })
                 .collect(),
             jobs: self.jobs.list().iter().map(|j| j.record()).collect(),
+            issuers: self.verifier.status(),
         }
     }
 
-    fn identity_from_token(&self, token: Option<String>) -> Result<Identity, String> {
-        match token {
-            None => Ok(Identity::unauthenticated()),
-            Some(_) => Err("identity tokens are not supported by this build yet: run the job without a token (it will be `unauthenticated`)".into()),
+    /// No token: `unauthenticated`, unbounded. A token: verified, bound until the issuer's
+    /// `max_binding_lifetime` from now (the token's own short `exp` only matters at this moment).
+    async fn binding(&self, token: Option<String>) -> Result<Binding, String> {
+        let Some(token) = token else {
+            return Ok(Binding {
+                identity: Identity::unauthenticated(),
+                expires_at: None,
+            });
+        };
+        match self.verifier.verify(&token).await {
+            Ok(v) => Ok(Binding {
+                identity: v.identity,
+                expires_at: Some(
+                    chrono::Utc::now()
+                        + chrono::Duration::from_std(v.max_binding)
+                            .unwrap_or(chrono::Duration::MAX),
+                ),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "job not bound");
+                Err(e.to_string())
+            }
         }
     }
 
     async fn create_job(&self, token: Option<String>) -> Result<JobRecord, String> {
-        let identity = self.identity_from_token(token)?;
+        let binding = self.binding(token).await?;
         let id = new_job_id();
         let parent = self.config.server.job_cgroup_parent.clone();
         let path = cgroup::create(&self.cgroup_root, &parent, &id).map_err(|e| e.to_string())?;
-        match self.register(id, path.clone(), true, identity).await {
+        match self.register(id, path.clone(), true, binding).await {
             Ok(job) => Ok(job),
             Err(e) => {
                 let _ = std::fs::remove_dir(&path);
@@ -357,7 +453,7 @@ impl Gateway {
     }
 
     async fn attach(&self, given: &str, token: Option<String>) -> Result<JobRecord, String> {
-        let identity = self.identity_from_token(token)?;
+        let binding = self.binding(token).await?;
         let path = cgroup::resolve(&self.cgroup_root, given).map_err(|e| e.to_string())?;
         if self.own_cgroup.starts_with(&path) {
             return Err(format!(
@@ -384,7 +480,7 @@ impl Gateway {
                 job.id
             ));
         }
-        self.register(new_job_id(), path, false, identity).await
+        self.register(new_job_id(), path, false, binding).await
     }
 
     /// Attaches the programs, records the job, and only then makes it known.
@@ -393,7 +489,7 @@ impl Gateway {
         id: String,
         path: PathBuf,
         owned: bool,
-        identity: Identity,
+        binding: Binding,
     ) -> Result<JobRecord, String> {
         let cgroup_id = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
         let mut dataplane = self.dataplane.lock().await;
@@ -405,7 +501,8 @@ impl Gateway {
             cgroup_path: path,
             cgroup_id,
             owned,
-            identity,
+            identity: binding.identity,
+            binding_expires_at: binding.expires_at,
             created_at: now(),
         };
         let record = job.record();
@@ -415,7 +512,15 @@ impl Gateway {
         }
         drop(dataplane);
         self.jobs.insert(job);
-        tracing::info!(job = %record.id, cgroup = %record.cgroup_path, owned, identity = %record.identity.subject, "job attached");
+        tracing::info!(
+            job = %record.id,
+            cgroup = %record.cgroup_path,
+            owned,
+            issuer = record.identity.issuer.as_deref().unwrap_or("-"),
+            identity = %record.identity.subject,
+            bound_until = record.binding_expires_at.as_deref().unwrap_or("-"),
+            "job attached"
+        );
         Ok(record)
     }
 
@@ -495,6 +600,11 @@ impl Gateway {
                 cgroup_id: r.cgroup_id,
                 owned: r.owned,
                 identity: r.identity,
+                binding_expires_at: r
+                    .binding_expires_at
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc)),
                 created_at: r.created_at,
             });
             tracing::info!(job = %r.id, "adopted job");
@@ -588,7 +698,7 @@ async fn refresh_targets_loop(gw: Arc<Gateway>) {
         if *current == fresh {
             continue;
         }
-        let entries = fresh.kernel_entries(&gw.config.server.allow_direct);
+        let entries = fresh.kernel_entries(&gw.config.server.allow_direct, &blocked(&gw.config));
         let resolvers = gw
             .config
             .server

@@ -16,6 +16,8 @@ pub struct Job {
     /// Created by `gateway run`: the daemon removes the cgroup when the job is over.
     pub owned: bool,
     pub identity: Identity,
+    /// After this the job's connections are refused (`None`: no limit, unauthenticated jobs).
+    pub binding_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: String,
 }
 
@@ -27,9 +29,25 @@ impl Job {
             cgroup_id: self.cgroup_id,
             owned: self.owned,
             identity: self.identity.clone(),
+            binding_expires_at: self
+                .binding_expires_at
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             created_at: self.created_at.clone(),
             ended_at: None,
         }
+    }
+
+    /// Why the job's identity may no longer be used, once its binding has run out.
+    pub fn binding_expired(&self) -> Option<String> {
+        let at = self.binding_expires_at?;
+        (chrono::Utc::now() >= at).then(|| {
+            format!(
+                "identity binding of job {} ({}) expired at {}; bind the job again with a fresh token",
+                self.id,
+                self.identity.subject,
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
     }
 }
 

@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Held commands waiting for a human decision
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Validate a configuration file and explain every error
     CheckConfig {
         /// File to check [default: --config, else /etc/gateway/gateway.toml]
@@ -88,7 +93,7 @@ enum Command {
 
 #[derive(Args)]
 struct TokenArgs {
-    /// File holding the job's OIDC token
+    /// File holding the job's OIDC token (`-`: standard input)
     #[arg(long, conflicts_with = "token_env")]
     token_file: Option<PathBuf>,
     /// Environment variable holding the job's OIDC token
@@ -101,6 +106,36 @@ impl TokenArgs {
         cli::read_token(self.token_file.as_deref(), self.token_env.as_deref())
             .map_err(anyhow::Error::msg)
     }
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Pending requests, then the most recent decided ones
+    List {
+        /// How many decided requests to show
+        #[arg(long, default_value_t = 20)]
+        recent: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request (once, or for a duration: the same rule, identity and target pass
+    /// without asking until it ends)
+    Approve {
+        id: String,
+        /// e.g. 10m, 1h (at most 24h)
+        #[arg(long = "for", value_name = "DURATION")]
+        for_duration: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a request; the reason is shown to the job
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,8 +218,17 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
                 .unwrap_or_else(|| config::DEFAULT_CONFIG_PATH.into());
             match Config::load(Some(&path)) {
                 Ok(cfg) => {
+                    // Warnings (e.g. a rule on a claim no issuer sets) do not fail the check.
+                    for w in &cfg.warnings {
+                        eprintln!("{w}");
+                    }
+                    let warned = match cfg.warnings.len() {
+                        0 => String::new(),
+                        1 => ", 1 warning".to_string(),
+                        n => format!(", {n} warnings"),
+                    };
                     println!(
-                        "{}: ok ({} targets, {} rules, {} issuers, mode {})",
+                        "{}: ok ({} targets, {} rules, {} issuers, mode {}{warned})",
                         path.display(),
                         cfg.targets.len(),
                         cfg.rules.len(),
@@ -233,8 +277,14 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
             match endpoint(&cli)?.call(&request)? {
                 Response::Job(job) if *json => print_json(&job)?,
                 Response::Job(job) => println!(
-                    "attached {} as {} ({})",
-                    job.cgroup_path, job.id, job.identity.subject
+                    "attached {} as {} ({}{})",
+                    job.cgroup_path,
+                    job.id,
+                    job.identity.subject,
+                    job.binding_expires_at
+                        .as_deref()
+                        .map(|t| format!(", bound until {t}"))
+                        .unwrap_or_default()
                 ),
                 _ => bail!("unexpected answer from the daemon"),
             }
@@ -267,6 +317,54 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
                         _ => bail!("unexpected answer from the daemon"),
                     }
                 }
+            }
+            Ok(0)
+        }
+        Command::Approvals { command } => {
+            let endpoint = endpoint(&cli)?;
+            let (request, json) = match command {
+                ApprovalsCommand::List { recent, json } => {
+                    (Request::ListApprovals { recent: *recent }, *json)
+                }
+                ApprovalsCommand::Approve {
+                    id,
+                    for_duration,
+                    json,
+                } => {
+                    let for_seconds = match for_duration {
+                        Some(d) => Some(
+                            config::parse_duration(d)
+                                .map_err(anyhow::Error::msg)?
+                                .as_secs(),
+                        ),
+                        None => None,
+                    };
+                    (
+                        Request::DecideApproval {
+                            id: id.clone(),
+                            approve: true,
+                            for_seconds,
+                            reason: None,
+                        },
+                        *json,
+                    )
+                }
+                ApprovalsCommand::Deny { id, reason, json } => {
+                    let request = Request::DecideApproval {
+                        id: id.clone(),
+                        approve: false,
+                        for_seconds: None,
+                        reason: reason.clone(),
+                    };
+                    (request, *json)
+                }
+            };
+            match endpoint.call(&request)? {
+                Response::Approvals { approvals } if json => print_json(&approvals)?,
+                Response::Approvals { approvals } => print!("{}", output::approvals(&approvals)),
+                Response::Approval(a) if json => print_json(&a)?,
+                Response::Approval(a) => println!("{}", output::approval_decided(&a)),
+                _ => bail!("unexpected answer from the daemon"),
             }
             Ok(0)
         }

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
 
-use gateway_common::{ACTION_DIRECT, ACTION_REDIRECT, Destination};
+use gateway_common::{ACTION_BLOCK, ACTION_DIRECT, ACTION_REDIRECT, Destination};
 use ipnet::IpNet;
 
 use crate::{
@@ -82,8 +82,14 @@ impl TargetSet {
             .map(|e| e.target)
     }
 
-    /// The kernel's destination set: redirected targets plus the operator's direct destinations.
-    pub fn kernel_entries(&self, allow_direct: &[AddressSpec]) -> Vec<DestinationEntry> {
+    /// The kernel's destination set: redirected targets, the operator's direct destinations, and
+    /// the gateway's own services that jobs may never reach (an unspecified address blocks the port
+    /// on every address).
+    pub fn kernel_entries(
+        &self,
+        allow_direct: &[AddressSpec],
+        blocked: &[SocketAddr],
+    ) -> Vec<DestinationEntry> {
         let mut out: Vec<DestinationEntry> = self
             .entries
             .iter()
@@ -103,6 +109,26 @@ impl TargetSet {
                     port: d.port,
                     value: Destination {
                         action: ACTION_DIRECT,
+                        target_index: u32::MAX,
+                    },
+                });
+            }
+        }
+        for b in blocked {
+            let nets: Vec<IpNet> = if b.ip().is_unspecified() {
+                vec![
+                    "0.0.0.0/0".parse().expect("net"),
+                    "::/0".parse().expect("net"),
+                ]
+            } else {
+                vec![IpNet::from(b.ip())]
+            };
+            for net in nets {
+                out.push(DestinationEntry {
+                    net,
+                    port: b.port(),
+                    value: Destination {
+                        action: ACTION_BLOCK,
                         target_index: u32::MAX,
                     },
                 });

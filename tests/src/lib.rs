@@ -18,6 +18,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
+pub mod oidc;
+
 /// The tests attach eBPF programs, create namespaces and cgroups: they need root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -387,10 +389,27 @@ pub struct Daemon {
     pub cgroup_root: PathBuf,
     process: Option<Process>,
     starts: u32,
+    /// Extra environment of the daemon process (e.g. NOTIFY_SOCKET).
+    env: Vec<(String, String)>,
+    /// A command the daemon is started through (e.g. `setpriv` with a capability set).
+    wrapper: Vec<String>,
 }
 
 impl Daemon {
     pub fn start(config: DaemonConfig) -> Result<Daemon> {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: DaemonConfig, env: &[(&str, &str)]) -> Result<Daemon> {
+        Self::start_wrapped(config, env, &[])
+    }
+
+    /// Starts `wrapper… gateway --config F serve` with `env` added.
+    pub fn start_wrapped(
+        config: DaemonConfig,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Result<Daemon> {
         require_root();
         let id = unique_id();
         let dir = TempDir::new(&format!("d{id}"));
@@ -420,6 +439,11 @@ impl Daemon {
             cgroup_root,
             process: None,
             starts: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         daemon.spawn()?;
         Ok(daemon)
@@ -428,11 +452,19 @@ impl Daemon {
     fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
         let log = self.dir.path().join(format!("daemon-{}.log", self.starts));
-        let mut cmd = Command::new(gateway_bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(gateway_bin());
+                c
+            }
+            None => Command::new(gateway_bin()),
+        };
         cmd.arg("--config")
             .arg(&self.config_path)
             .arg("serve")
-            .env("RUST_LOG", "info,gateway=debug");
+            .env("RUST_LOG", "info,gateway=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut process = Process::spawn("gateway", &mut cmd, log)?;
         let socket = self.control_socket.clone();
         let ready = wait_until(Duration::from_secs(20), || {

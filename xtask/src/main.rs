@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | run | test | bench`.
+//! Project tasks: `cargo xtask setup | build-ebpf | run | test | bench | install`.
 
 mod bench;
 mod build;
+mod install;
 mod setup;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,19 @@ enum Command {
         /// Only tests whose name contains this
         filter: Option<String>,
     },
+    /// Build (release) and install the binary, systemd unit and job slice, runner hooks, docs and
+    /// an example /etc/gateway/gateway.toml (an existing one is kept)
+    Install {
+        /// Prefix of the binary, hooks and docs (the unit runs <prefix>/bin/gateway)
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Stage the files below this directory instead of installing them on this system
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+        /// Install target/release/gateway as it is, without building
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Benchmarks (not pass/fail): gateway vs direct vs haproxy, printed as ratios of one run
     Bench {
         /// Which benchmarks: tcp, postgres (default: all)
@@ -58,6 +72,15 @@ fn main() -> ExitCode {
             setup::setup(true).and_then(|()| build::test(filter.as_deref()))
         }
         Command::Bench { only } => bench::run(only.as_deref()),
+        Command::Install {
+            prefix,
+            destdir,
+            no_build,
+        } => install::install(&install::Options {
+            prefix,
+            destdir,
+            no_build,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "ca-certificates",
     "openssl",
+    // systemd-analyze, to verify the unit.
+    "systemd",
 ];
 
 pub fn setup(with_packages: bool) -> Result<()> {
@@ -35,6 +37,14 @@ pub fn setup(with_packages: bool) -> Result<()> {
     }
     if with_packages {
         debian_packages()?;
+        // The OIDC issuer of the identity tests (npm oidc-provider, node from Debian if absent).
+        let status = Command::new("bash")
+            .arg(root.join("tests/peers/install.sh"))
+            .status()
+            .context("running tests/peers/install.sh")?;
+        if !status.success() {
+            bail!("test peer setup failed ({status})");
+        }
         python_packages()?;
     }
     Ok(())

@@ -31,6 +31,16 @@ pub fn read_token(
 ) -> Result<Option<String>, String> {
     const MAX_TOKEN: usize = 16 * 1024;
     let raw = match (file, env) {
+        // `-`: standard input, so hooks can pass a token without a file or an environment variable.
+        (Some(f), _) if f.as_os_str() == "-" => {
+            use std::io::Read as _;
+            let mut raw = String::new();
+            std::io::stdin()
+                .take(MAX_TOKEN as u64 + 1)
+                .read_to_string(&mut raw)
+                .map_err(|e| format!("reading the token from standard input: {e}"))?;
+            raw
+        }
         (Some(f), _) => {
             let meta =
                 std::fs::metadata(f).map_err(|e| format!("token file {}: {e}", f.display()))?;

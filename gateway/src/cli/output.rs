@@ -2,6 +2,7 @@
 
 use super::table::{bytes, fields, render};
 use crate::{
+    approval::{model::Status as ApprovalStatus, store::ApprovalView},
     control::Status,
     record::{EventRecord, SessionRecord, SessionSummary},
 };
@@ -69,7 +70,14 @@ pub fn session(s: &SessionRecord) -> String {
         ("protocol", or_dash(m.protocol.as_deref())),
         ("destination", m.destination.clone()),
         ("identity", m.identity.clone()),
-        ("issuer", or_dash(s.issuer.as_deref())),
+        ("issuer", or_dash(m.issuer.as_deref())),
+        (
+            "claims",
+            match &s.claims {
+                serde_json::Value::Object(c) if !c.is_empty() => s.claims.to_string(),
+                _ => "-".to_string(),
+            },
+        ),
         ("decision", m.decision.clone()),
         ("rule", or_dash(m.rule.as_deref())),
         ("reason", or_dash(s.reason.as_deref())),
@@ -236,6 +244,7 @@ pub fn status(s: &Status) -> String {
                 vec![
                     j.id.clone(),
                     j.identity.subject.clone(),
+                    or_dash(j.identity.issuer.as_deref()),
                     if j.owned {
                         "run".into()
                     } else {
@@ -243,13 +252,119 @@ pub fn status(s: &Status) -> String {
                     },
                     j.cgroup_path.clone(),
                     short_time(&j.created_at),
+                    j.binding_expires_at
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), short_time),
                 ]
             })
             .collect();
         out.push_str(&render(
-            &["JOB", "IDENTITY", "HOW", "CGROUP", "SINCE"],
+            &[
+                "JOB",
+                "IDENTITY",
+                "ISSUER",
+                "HOW",
+                "CGROUP",
+                "SINCE",
+                "BOUND UNTIL",
+            ],
+            &rows,
+        ));
+    }
+    if !s.issuers.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .issuers
+            .iter()
+            .map(|i| {
+                vec![
+                    i.url.clone(),
+                    i.audiences.join(","),
+                    i.keys.to_string(),
+                    i.keys_fetched_at
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), short_time),
+                    if i.fetching {
+                        "fetching keys".to_string()
+                    } else {
+                        or_dash(i.last_error.as_deref())
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&render(
+            &["ISSUER", "AUDIENCES", "KEYS", "FETCHED", "LAST ERROR"],
             &rows,
         ));
     }
     out
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        format!("{}…", flat.chars().take(max).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+pub fn approvals(list: &[ApprovalView]) -> String {
+    if list.is_empty() {
+        return "no approval requests\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            let approvals = a.votes.iter().filter(|v| v.approve).count();
+            let pid = a.detail["process"]["pid"]
+                .as_u64()
+                .map_or_else(|| "-".into(), |p| p.to_string());
+            vec![
+                a.id.clone(),
+                a.status.as_str().to_string(),
+                if a.status == ApprovalStatus::Pending {
+                    format!("until {}", short_time(&a.deadline))
+                } else {
+                    short_time(a.decided_at.as_deref().unwrap_or(&a.created_at))
+                },
+                a.target.clone(),
+                a.requester.subject.clone(),
+                pid,
+                format!("{approvals}/{}", a.quorum),
+                one_line(&a.operation, 60),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "ID",
+            "STATUS",
+            "WHEN",
+            "TARGET",
+            "IDENTITY",
+            "PID",
+            "VOTES",
+            "OPERATION",
+        ],
+        &rows,
+    )
+}
+
+pub fn approval_decided(a: &ApprovalView) -> String {
+    let approvals = a.votes.iter().filter(|v| v.approve).count();
+    match a.status {
+        ApprovalStatus::Pending => format!(
+            "{}: approval recorded ({approvals} of {} needed)",
+            a.id, a.quorum
+        ),
+        ApprovalStatus::Approved => match a.grant_seconds {
+            Some(s) => format!(
+                "{}: approved; the same rule, identity and target pass without asking for {s}s",
+                a.id
+            ),
+            None => format!("{}: approved", a.id),
+        },
+        other => format!("{}: {}", a.id, other.as_str()),
+    }
 }

@@ -30,6 +30,8 @@ fn the_documented_example_parses() {
     let cfg = Config::parse(text, "examples/gateway.toml").unwrap_or_else(|e| panic!("{e}"));
     assert!(!cfg.targets.is_empty());
     assert!(!cfg.rules.is_empty());
+    assert!(!cfg.issuers.is_empty());
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
 
 #[test]

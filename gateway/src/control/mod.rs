@@ -7,7 +7,11 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{JobRecord, SessionRecord, SessionSummary};
+use crate::{
+    approval::store::ApprovalView,
+    identity::IssuerStatus,
+    record::{JobRecord, SessionRecord, SessionSummary},
+};
 
 /// Largest request or response line accepted.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
@@ -36,6 +40,27 @@ pub enum Request {
     ShowSession {
         id: i64,
     },
+    /// Pending approval requests and the most recent decided ones.
+    ListApprovals {
+        recent: u32,
+    },
+    /// Approve (optionally for a duration) or deny an approval request.
+    DecideApproval {
+        id: String,
+        approve: bool,
+        for_seconds: Option<u64>,
+        reason: Option<String>,
+    },
+}
+
+impl Request {
+    /// Requests members of `[approvals] cli_unix_group` may make; everything else is root's.
+    pub fn is_approval(&self) -> bool {
+        matches!(
+            self,
+            Request::ListApprovals { .. } | Request::DecideApproval { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +72,8 @@ pub enum Response {
     Ended { job_id: String },
     Sessions { sessions: Vec<SessionSummary> },
     Session(Box<SessionRecord>),
+    Approvals { approvals: Vec<ApprovalView> },
+    Approval(Box<ApprovalView>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +90,8 @@ pub struct Status {
     pub active_sessions: usize,
     pub targets: Vec<TargetStatus>,
     pub jobs: Vec<JobRecord>,
+    #[serde(default)]
+    pub issuers: Vec<IssuerStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -21,8 +21,9 @@ pub enum ControlError {
     InUse { path: String },
 }
 
-/// Binds the control socket (mode 0600, parent directory created 0755).
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+/// Binds the control socket: mode 0600, or 0660 owned by `approver_group` when members of that
+/// Unix group may use the approval commands (parent directory created 0755).
+pub fn bind(path: &Path, approver_group: Option<&str>) -> Result<UnixListener, ControlError> {
     let err = |source| ControlError::Bind {
         path: path.display().to_string(),
         source,
@@ -44,7 +45,23 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = listener.map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    let mode = match approver_group {
+        Some(name) => {
+            let group = nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| ControlError::Bind {
+                    path: path.display().to_string(),
+                    source: std::io::Error::other(format!(
+                        "no Unix group {name:?} (approvals.cli_unix_group)"
+                    )),
+                })?;
+            nix::unistd::chown(path, None, Some(group.gid)).map_err(|e| err(e.into()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     Ok(listener)
 }
 
@@ -71,8 +88,11 @@ async fn handle(mut stream: UnixStream, gw: Arc<Gateway>) {
     // refusal rather than a broken pipe.
     let request = read_request(&mut stream).await;
     let response = match (authorize(&stream, &gw), request) {
-        (Err(message), _) | (Ok(()), Err(message)) => Response::Error { message },
-        (Ok(()), Ok(request)) => gw.control(request).await,
+        (Err(message), _) | (Ok(_), Err(message)) => Response::Error { message },
+        (Ok(uid), Ok(request)) if uid != 0 && !request.is_approval() => Response::Error {
+            message: format!("permission denied: uid {uid} may only use the approval commands"),
+        },
+        (Ok(uid), Ok(request)) => gw.control(request, uid).await,
     };
     let mut line = serde_json::to_vec(&response).unwrap_or_else(|e| {
         format!("{{\"result\":\"error\",\"message\":\"cannot encode response: {e}\"}}").into_bytes()
@@ -98,12 +118,15 @@ async fn read_request(read: impl tokio::io::AsyncRead + Unpin) -> Result<Request
     serde_json::from_str(&line).map_err(|e| format!("malformed request: {e}"))
 }
 
-/// Root only, and never from inside an agent job (a job running as root must not steer the gateway).
-fn authorize(stream: &UnixStream, gw: &Gateway) -> Result<(), String> {
+/// Root, or a member of `[approvals] cli_unix_group` (approval commands only); never a process
+/// inside an agent job (a job running as root must not steer the gateway). Returns the caller's uid.
+fn authorize(stream: &UnixStream, gw: &Gateway) -> Result<u32, String> {
     let cred = stream
         .peer_cred()
         .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-    if cred.uid() != 0 {
+    if cred.uid() != 0
+        && !in_approver_group(cred.uid(), gw.config.approvals.cli_unix_group.as_deref())
+    {
         return Err(format!(
             "permission denied: uid {} may not use the control API (root only)",
             cred.uid()
@@ -119,5 +142,18 @@ fn authorize(stream: &UnixStream, gw: &Gateway) -> Result<(), String> {
         tracing::warn!(pid, cgroup = %path, "control request from inside an agent job refused");
         return Err("permission denied: requests from inside an agent job are refused".into());
     }
-    Ok(())
+    Ok(cred.uid())
+}
+
+fn in_approver_group(uid: u32, group: Option<&str>) -> bool {
+    let Some(group) = group.and_then(|g| nix::unistd::Group::from_name(g).ok().flatten()) else {
+        return false;
+    };
+    let Some(user) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+    else {
+        return false;
+    };
+    user.gid == group.gid || group.mem.contains(&user.name)
 }

@@ -78,10 +78,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
             .and_then(|i| gw.config.targets.get(i))
             .cloned()
     };
-    let decision = match &target {
-        Some(t) => gw.policy.decide_connection(&identity, &t.name),
+    let expired = job.as_ref().and_then(|j| j.binding_expired());
+    let decision = match (&target, expired) {
+        // Fail closed: an expired binding neither keeps its rights nor falls back to the rules
+        // for unauthenticated jobs.
+        (_, Some(reason)) => Decision::Deny { rule: None, reason },
+        (Some(t), None) => gw.policy.decide_connection(&identity, &t.name),
         // The destination set changed between connect and accept.
-        None => Decision::Deny {
+        (None, None) => Decision::Deny {
             rule: None,
             reason: format!("{dst} is no longer a target"),
         },
@@ -95,6 +99,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     };
     let allowed = matches!(decision, Decision::Allow { .. }) && target.is_some();
     let origin = Origin {
+        process: None,
+        job_id: None,
         identity: identity.clone(),
         cgroup_id: info.cgroup_id,
         dst,
@@ -136,6 +142,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         }
     };
     log_session(session_id, &process, dst, &decision, target.as_ref());
+    let origin = Origin {
+        process: Some(process),
+        job_id: job.as_ref().map(|j| j.id.clone()),
+        ..origin
+    };
     match (target, upstream) {
         (Some(target), Some(Ok(upstream))) => {
             gw.store.note_event(
@@ -184,6 +195,8 @@ fn log_session(
 
 /// Who is behind an allowed connection, for handlers that decide per operation.
 struct Origin {
+    process: Option<ProcessInfo>,
+    job_id: Option<String>,
     identity: Identity,
     cgroup_id: u64,
     dst: SocketAddr,
@@ -208,6 +221,8 @@ async fn serve(
                 id: session_id,
                 identity: &origin.identity,
                 cgroup_id: origin.cgroup_id,
+                process: origin.process.as_ref(),
+                job_id: origin.job_id.as_deref(),
             };
             let end = postgres::serve(client, upstream, session).await;
             gw.store.end_session(session_id, end);

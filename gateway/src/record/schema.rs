@@ -61,6 +61,56 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_session ON events (session_id, id);
     "#,
+    // 2: approval requests, their votes, and standing grants.
+    r#"
+    CREATE TABLE approvals (
+        id                TEXT PRIMARY KEY,
+        session_id        INTEGER REFERENCES sessions(id),
+        created_at        TEXT NOT NULL,
+        deadline          TEXT NOT NULL,
+        status            TEXT NOT NULL,         -- pending | approved | denied | expired | abandoned
+        target            TEXT NOT NULL,
+        rule              TEXT NOT NULL,
+        kind              TEXT NOT NULL,         -- sql | ssh_exec | sftp | …
+        operation         TEXT NOT NULL,         -- what would run, as people read it
+        detail            TEXT NOT NULL DEFAULT '{}',
+        requester_issuer  TEXT,
+        requester_subject TEXT NOT NULL,
+        requester_email   TEXT,
+        approvers         TEXT NOT NULL,         -- JSON array of approver groups
+        quorum            INTEGER NOT NULL,
+        decided_at        TEXT,
+        reason            TEXT,
+        grant_seconds     INTEGER
+    );
+    CREATE INDEX approvals_status ON approvals (status, created_at);
+
+    CREATE TABLE approval_votes (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        approval_id       TEXT NOT NULL REFERENCES approvals(id),
+        approver          TEXT NOT NULL,
+        display           TEXT NOT NULL,
+        at                TEXT NOT NULL,
+        approve           INTEGER NOT NULL,
+        reason            TEXT
+    );
+
+    CREATE TABLE grants (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        approval_id       TEXT NOT NULL REFERENCES approvals(id),
+        rule              TEXT NOT NULL,
+        target            TEXT NOT NULL,
+        issuer            TEXT,
+        subject           TEXT NOT NULL,
+        created_at        TEXT NOT NULL,
+        expires_at        TEXT NOT NULL,
+        approved_by       TEXT NOT NULL
+    );
+    "#,
+    // 3: how long a job's identity binding lasts (NULL: unauthenticated, no limit).
+    r#"
+    ALTER TABLE jobs ADD COLUMN binding_expires_at TEXT;
+    "#,
 ];
 
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {

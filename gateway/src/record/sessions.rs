@@ -90,7 +90,11 @@ pub struct SessionSummary {
     pub destination: String,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// Subject of the job's verified token, or `unauthenticated`.
     pub identity: String,
+    /// Issuer of that token (`None` for `unauthenticated`).
+    #[serde(default)]
+    pub issuer: Option<String>,
     pub decision: String,
     pub rule: Option<String>,
     pub started_at: String,
@@ -105,7 +109,6 @@ pub struct SessionRecord {
     #[serde(flatten)]
     pub summary: SessionSummary,
     pub reason: Option<String>,
-    pub issuer: Option<String>,
     pub claims: serde_json::Value,
     pub process: Option<ProcessInfo>,
     pub events: Vec<EventRecord>,
@@ -126,6 +129,9 @@ pub struct JobRecord {
     pub cgroup_id: u64,
     pub owned: bool,
     pub identity: Identity,
+    /// When the identity binding runs out (RFC 3339); `None` for unauthenticated jobs.
+    #[serde(default)]
+    pub binding_expires_at: Option<String>,
     pub created_at: String,
     pub ended_at: Option<String>,
 }
@@ -134,8 +140,9 @@ pub struct JobRecord {
 
 pub(crate) fn insert_job(conn: &Connection, job: &JobRecord) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO jobs (id, cgroup_path, cgroup_id, owned, issuer, subject, claims, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO jobs (id, cgroup_path, cgroup_id, owned, issuer, subject, claims, created_at,
+                           binding_expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         job.id,
@@ -146,6 +153,7 @@ pub(crate) fn insert_job(conn: &Connection, job: &JobRecord) -> Result<(), Store
         job.identity.subject,
         serde_json::to_string(&job.identity.claims)?,
         job.created_at,
+        job.binding_expires_at,
     ])?;
     Ok(())
 }
@@ -162,6 +170,7 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
             subject: r.get("subject")?,
             claims: serde_json::from_str(&claims).unwrap_or_default(),
         },
+        binding_expires_at: r.get("binding_expires_at")?,
         created_at: r.get("created_at")?,
         ended_at: r.get("ended_at")?,
     })
@@ -321,7 +330,6 @@ impl Store {
                     Ok(SessionRecord {
                         summary: summary_from_row(r)?,
                         reason: r.get("reason")?,
-                        issuer: r.get("issuer")?,
                         claims: serde_json::from_str(&claims).unwrap_or_default(),
                         process,
                         events: Vec::new(),
@@ -410,6 +418,7 @@ fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<SessionSummary> {
         pid: r.get("pid")?,
         comm: r.get("comm")?,
         identity: r.get("identity")?,
+        issuer: r.get("issuer")?,
         decision: r.get("decision")?,
         rule: r.get("rule")?,
         started_at: r.get("started_at")?,

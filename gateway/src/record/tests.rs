@@ -120,11 +120,29 @@ async fn jobs_are_listed_until_ended() {
         cgroup_id: 9,
         owned: true,
         identity: Identity::unauthenticated(),
+        binding_expires_at: None,
         created_at: now(),
         ended_at: None,
     };
     store.insert_job(job.clone()).await.unwrap();
-    assert_eq!(store.active_jobs().await.unwrap(), vec![job]);
+    assert_eq!(store.active_jobs().await.unwrap(), vec![job.clone()]);
+    // A bound job keeps its issuer, claims and binding deadline across a restart of the store.
+    let bound = JobRecord {
+        id: "job-b".into(),
+        cgroup_id: 10,
+        identity: Identity {
+            issuer: Some("https://issuer.test".into()),
+            subject: "repo:acme/app:ref:refs/heads/main".into(),
+            claims: [("repository".to_string(), serde_json::json!("acme/app"))].into(),
+        },
+        binding_expires_at: Some("2026-11-26T06:00:00.000Z".into()),
+        ..job.clone()
+    };
+    store.insert_job(bound.clone()).await.unwrap();
+    drop(store);
+    let store = Store::open(&dir).unwrap();
+    assert_eq!(store.active_jobs().await.unwrap(), vec![job, bound]);
+    store.end_job("job-b".into()).await.unwrap();
     store.end_job("job-a".into()).await.unwrap();
     assert!(store.active_jobs().await.unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);

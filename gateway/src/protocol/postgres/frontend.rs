@@ -266,6 +266,13 @@ impl<'a> Frontend<'a> {
                         rule: rule.clone(),
                         identity: ctx.identity.clone(),
                         operation: sql.to_string(),
+                        kind: "sql".to_string(),
+                        detail: serde_json::json!({
+                            "statement": s,
+                            "of": count,
+                        }),
+                        process: ctx.process.cloned(),
+                        job_id: ctx.job_id.map(str::to_string),
                     };
                     match ctx.approvals.request(&request).await {
                         ApprovalOutcome::Approved { .. } => decision = Some(d),

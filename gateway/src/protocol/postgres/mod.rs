@@ -34,7 +34,7 @@ use crate::{
     identity::Identity,
     mask::Masker,
     policy::Policy,
-    record::SessionEnd,
+    record::{ProcessInfo, SessionEnd},
     sql::ClassifierCache,
 };
 use startup::Hello;
@@ -50,7 +50,6 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Shared {
     pub cancels: cancel::Registry,
     pub classifier: ClassifierCache,
-    pub approvals: Approvals,
 }
 
 /// One intercepted connection to a postgres target.
@@ -61,6 +60,8 @@ pub struct Session<'a> {
     pub id: i64,
     pub identity: &'a Identity,
     pub cgroup_id: u64,
+    pub process: Option<&'a ProcessInfo>,
+    pub job_id: Option<&'a str>,
 }
 
 /// What both directions of a session read.
@@ -75,6 +76,8 @@ pub struct Context<'a> {
     pub covered: HashSet<(u32, i16)>,
     pub approvals: &'a Approvals,
     pub classifier: &'a ClassifierCache,
+    pub process: Option<&'a ProcessInfo>,
+    pub job_id: Option<&'a str>,
 }
 
 /// Serves one connection; returns the byte counts for the session record.
@@ -320,8 +323,10 @@ async fn session(
         ),
         masker,
         covered,
-        approvals: &gw.postgres.approvals,
+        approvals: &gw.approvals,
         classifier: &gw.postgres.classifier,
+        process: s.process,
+        job_id: s.job_id,
     };
     let tracker = state::Shared::default();
     let (up_read, up_write) = tokio::io::split(up.stream);
