@@ -60,6 +60,7 @@ unix_users = ["root"]
 name = "grants-need-approval"
 action = "require_approval"
 approvers = ["dba"]
+approval_timeout = "4s"
 targets = ["app-db"]
 unauthenticated = true
 [rules.sql]
@@ -305,12 +306,6 @@ fn drop_unfiltered_delete_and_server_file_access_are_refused_naming_the_rule() -
 
     let out = t.psql(&["-c", "select pg_read_file('/etc/hostname')"]);
     assert!(stderr(&out).contains("no-server-files"), "{}", stderr(&out));
-    let out = t.psql(&["-c", "GRANT SELECT ON users TO PUBLIC"]);
-    assert!(
-        stderr(&out).contains("approvals are not configured"),
-        "{}",
-        stderr(&out)
-    );
     // SQL the gateway cannot parse is refused, not passed on.
     let out = t.psql(&["-c", "DO $$ BEGIN PERFORM 1; END $$"]);
     assert!(
@@ -329,10 +324,68 @@ fn drop_unfiltered_delete_and_server_file_access_are_refused_naming_the_rule() -
         .filter(|e| e["detail"]["decision"] == "deny")
         .collect();
     assert!(denied.iter().any(|e| e["detail"]["rule"] == "no-drop"));
+    Ok(())
+}
+
+#[test]
+fn require_approval_holds_the_statement_until_a_person_decides() -> Result<()> {
+    let t = Pg::start()?;
+    // Approved by root through the CLI while psql waits: the GRANT runs.
+    let out = std::thread::scope(|scope| -> Result<Output> {
+        let job = scope.spawn(|| t.psql(&["-c", "GRANT SELECT ON users TO PUBLIC"]));
+        let mut request = Value::Null;
+        gateway_e2e::wait_until(std::time::Duration::from_secs(10), || {
+            request = t
+                .daemon
+                .cli_json(&["approvals", "list", "--json"])
+                .ok()
+                .and_then(|v| {
+                    v.as_array()?
+                        .iter()
+                        .find(|a| a["status"] == "pending")
+                        .cloned()
+                })
+                .unwrap_or_default();
+            !request.is_null()
+        });
+        let id = request["id"]
+            .as_str()
+            .context("no pending approval request")?
+            .to_string();
+        assert_eq!(request["operation"], "GRANT SELECT ON users TO PUBLIC");
+        assert_eq!(request["kind"], "sql");
+        assert_eq!(request["rule"], "grants-need-approval");
+        let approve = t.daemon.cli(&["approvals", "approve", &id]);
+        ensure!(approve.status.success(), "{}", stderr(&approve));
+        Ok(job.join().expect("psql thread"))
+    })?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        admin(
+            &t.pg,
+            "select has_table_privilege('public', 'users', 'select')"
+        )?,
+        "t"
+    );
+    // Nobody decides: the request expires and the statement is refused, naming why.
+    let out = t.psql(&[
+        "-v",
+        "VERBOSITY=verbose",
+        "-c",
+        "REVOKE SELECT ON users FROM PUBLIC",
+    ]);
+    let err = stderr(&out);
     assert!(
-        denied
-            .iter()
-            .any(|e| e["detail"]["rule"] == "grants-need-approval")
+        !out.status.success() && err.contains("42501") && err.contains("expired"),
+        "{err}"
+    );
+    assert_eq!(
+        admin(
+            &t.pg,
+            "select has_table_privilege('public', 'users', 'select')"
+        )?,
+        "t",
+        "the REVOKE did not run"
     );
     Ok(())
 }
