@@ -25,3 +25,11 @@ else
   log "npm ci (oidc-provider) in $here/oidc"
   (cd "$here/oidc" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# Headless Chromium driver for the approvals page test (Chromium itself is a Debian package).
+if [ -f "$here/browser/node_modules/playwright-core/package.json" ]; then
+  log "playwright-core already installed in $here/browser"
+else
+  log "npm ci (playwright-core) in $here/browser"
+  (cd "$here/browser" && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -162,6 +162,11 @@ pub struct Issuer {
 impl Issuer {
     /// Starts an issuer signing with a fresh key `kid` "k1"; files go to `dir`.
     pub fn start(dir: &Path, mode: Mode) -> Result<Issuer> {
+        Self::start_with_redirects(dir, mode, &[])
+    }
+
+    /// Like [`Issuer::start`], with extra redirect URIs for the `web-approvals` client.
+    pub fn start_with_redirects(dir: &Path, mode: Mode, redirects: &[String]) -> Result<Issuer> {
         require_installed();
         let dir = dir.join(format!("issuer-{}", unique_id()));
         fs::create_dir_all(&dir)?;
@@ -175,6 +180,7 @@ impl Issuer {
             .env("TLS_CERT", &tls.cert)
             .env("TLS_KEY", &tls.key)
             .env("KEYS_FILE", &keys_file)
+            .env("WEB_REDIRECTS", redirects.join(","))
             .env(
                 "MODE",
                 match mode {

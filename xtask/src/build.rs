@@ -86,7 +86,7 @@ pub fn run(args: &[String]) -> Result<()> {
 pub fn test(filter: Option<&str>) -> Result<()> {
     let bin_dir = release_build()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--workspace"])
+    cmd.args(["test", "--release", "--workspace", "--no-fail-fast"])
         .env("GATEWAY_BIN", bin_dir.join("gateway"));
     if let Some(f) = filter {
         cmd.args(["--", f]);

@@ -24,6 +24,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",
     // systemd-analyze, to verify the unit.
     "systemd",
+    // The approvals page test: a real browser, and OCR to read its screenshot.
+    "chromium",
+    "fonts-dejavu-core",
+    "tesseract-ocr",
+    "tesseract-ocr-eng",
 ];
 
 pub fn setup(with_packages: bool) -> Result<()> {

@@ -10,7 +10,8 @@
 // default https://gateway.test, with CI-style claims per client):
 //   ci-app / ci-secret     repository acme/app on main, environment prod
 //   ci-fork / ci-secret    repository mallory/fork on a feature branch
-//   web-approvals / web-secret   authorization_code + PKCE: an ID token (devInteractions login)
+//   web-approvals / web-secret   authorization_code + PKCE: an ID token (devInteractions login);
+//                                redirect URIs: http://127.0.0.1:54001/cb and $WEB_REDIRECTS
 //
 // MODE=junk-discovery: every request gets 200 with a body that is not JSON.
 // MODE=junk-jwks: a valid discovery document whose jwks_uri answers with junk.
@@ -56,7 +57,8 @@ function provider(issuer) {
       {
         client_id: 'web-approvals', client_secret: 'web-secret', application_type: 'native',
         grant_types: ['authorization_code'], response_types: ['code'],
-        redirect_uris: ['http://127.0.0.1:54001/cb'],
+        // WEB_REDIRECTS: more redirect URIs (comma-separated), e.g. an approvals page under test.
+        redirect_uris: ['http://127.0.0.1:54001/cb', ...(process.env.WEB_REDIRECTS || '').split(',').filter(Boolean)],
       },
     ],
     jwks: { keys: signingKeys() },

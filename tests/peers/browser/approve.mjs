@@ -1,0 +1,45 @@
+// Headless Chromium against the approvals page, as a person would use it:
+//   node approve.mjs PAGE_URL USER OPERATION_TEXT SCREENSHOT.png
+// Signs in through the OIDC issuer's login and consent pages, waits for the pending request whose
+// operation contains OPERATION_TEXT to appear (live, without reloading), takes a screenshot, clicks
+// "Approve once" and waits until the request has left the pending list. Prints one JSON line.
+import { chromium } from 'playwright-core';
+
+const [pageUrl, user, operation, screenshot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync'],
+});
+const out = { signedIn: false, sawRequest: false, approved: false };
+try {
+  // The test issuer's certificate comes from a CA the test made; only the issuer's pages use it.
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  await page.goto(pageUrl);
+  await page.click('#login button');
+  for (let step = 0; step < 6 && !page.url().startsWith(pageUrl); step++) {
+    await page.waitForLoadState('domcontentloaded');
+    if (await page.locator('input[name="login"]').count()) {
+      await page.fill('input[name="login"]', user);
+      await page.fill('input[name="password"]', 'any-password');
+    }
+    await Promise.all([page.waitForNavigation({ timeout: 15000 }).catch(() => {}), page.click('button[type="submit"]')]);
+  }
+  await page.waitForSelector('#app:not([hidden])', { timeout: 15000 });
+  out.signedIn = true;
+  out.who = await page.textContent('#who');
+  const card = page.locator('.card', { hasText: operation });
+  await card.first().waitFor({ timeout: 30000 });
+  out.sawRequest = true;
+  out.id = await card.first().getAttribute('data-id');
+  await page.screenshot({ path: screenshot, fullPage: true });
+  await card.first().locator('button.approve').click();
+  await page.locator(`.card[data-id="${out.id}"]`).waitFor({ state: 'detached', timeout: 15000 });
+  out.approved = true;
+} catch (e) {
+  out.error = String(e && e.message || e).split('\n')[0];
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(out));
