@@ -36,6 +36,7 @@ pub enum End {
 }
 
 pub struct Backend<'a> {
+    notices: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
     ctx: &'a Context<'a>,
     tracker: &'a state::Shared,
     out: BytesMut,
@@ -58,8 +59,13 @@ enum Forward {
 }
 
 impl<'a> Backend<'a> {
-    pub fn new(ctx: &'a Context<'a>, tracker: &'a state::Shared) -> Self {
+    pub fn new(
+        ctx: &'a Context<'a>,
+        tracker: &'a state::Shared,
+        notices: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+    ) -> Self {
         Backend {
+            notices,
             ctx,
             tracker,
             out: BytesMut::new(),
@@ -107,7 +113,19 @@ impl<'a> Backend<'a> {
                 return e;
             }
             reader.shrink();
-            match reader.fill().await {
+            // Idle: wait for the server, or for a notice of the gateway's own to pass on.
+            let filled = loop {
+                tokio::select! {
+                    filled = reader.fill() => break filled,
+                    Some(notice) = self.notices.recv() => {
+                        self.out.extend_from_slice(&notice);
+                        if let Err(e) = self.flush(&mut client).await {
+                            return e;
+                        }
+                    }
+                }
+            };
+            match filled {
                 Ok(true) => {}
                 Ok(false) => return End::Closed,
                 Err(ReadError::Io(e)) => return End::UpstreamIo(e.to_string()),

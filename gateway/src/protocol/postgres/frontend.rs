@@ -21,7 +21,7 @@ use super::{
     wire::{self, GatewayError},
 };
 use crate::{
-    approval::{ApprovalOutcome, ApprovalRequest},
+    approval::{ApprovalOutcome, ApprovalRequest, Submission, peer_closed},
     policy::Decision,
     sql::{CopyDirection, CopyEndpoint, SqlStatement, Statements},
 };
@@ -274,7 +274,7 @@ impl<'a> Frontend<'a> {
                         process: ctx.process.cloned(),
                         job_id: ctx.job_id.map(str::to_string),
                     };
-                    match ctx.approvals.request(&request).await {
+                    match self.await_approval(&request).await {
                         ApprovalOutcome::Approved { .. } => decision = Some(d),
                         ApprovalOutcome::Denied { reason } => {
                             return Verdict {
@@ -320,6 +320,42 @@ impl<'a> Frontend<'a> {
         Verdict {
             decision,
             refusal: None,
+        }
+    }
+
+    /// Submits a held statement and waits for people to decide. The client is told at once (a
+    /// NoticeResponse naming the request and how to decide it); a client that leaves meanwhile
+    /// abandons the request.
+    async fn await_approval(&self, request: &ApprovalRequest) -> ApprovalOutcome {
+        let ticket = match self.ctx.approvals.submit(request).await {
+            Submission::Decided(outcome) => return outcome,
+            Submission::Waiting(ticket) => ticket,
+        };
+        let _ = self.ctx.notices.send(wire::notice(
+            format!(
+                "gateway: this statement needs approval (rule {:?}); request {} is waiting, up to {}s",
+                request.rule,
+                ticket.id,
+                ticket.timeout.as_secs()
+            ),
+            Some(ticket.how.clone()),
+        ));
+        let watch = self
+            .ctx
+            .client_watch
+            .as_ref()
+            .and_then(|fd| fd.try_clone().ok())
+            .map(std::net::TcpStream::from)
+            .and_then(|s| tokio::net::TcpStream::from_std(s).ok());
+        let Some(watch) = watch else {
+            return ticket.wait().await;
+        };
+        let id = ticket.id.clone();
+        tokio::select! {
+            outcome = ticket.wait() => outcome,
+            () = peer_closed(&watch) => ApprovalOutcome::Denied {
+                reason: format!("the client went away while approval request {id} was pending"),
+            },
         }
     }
 

@@ -78,6 +78,11 @@ pub struct Context<'a> {
     pub classifier: &'a ClassifierCache,
     pub process: Option<&'a ProcessInfo>,
     pub job_id: Option<&'a str>,
+    /// Messages the gateway sends the client on its own (a NoticeResponse while a statement waits
+    /// for approval); the backend writes them between the server's messages.
+    pub notices: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+    /// A second descriptor of the client socket, to notice a client that leaves while it waits.
+    pub client_watch: Option<std::os::fd::OwnedFd>,
 }
 
 /// Serves one connection; returns the byte counts for the session record.
@@ -310,7 +315,14 @@ async fn session(
     );
     tracing::info!(session = s.id, user = %user, database = %database, tls = up.tls, "postgres session open");
 
+    let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
+    let client_watch = {
+        use std::os::fd::AsFd as _;
+        client.as_fd().try_clone_to_owned().ok()
+    };
     let ctx = Context {
+        notices,
+        client_watch,
         policy: &gw.policy,
         identity: s.identity,
         target: s.target,
@@ -332,7 +344,7 @@ async fn session(
     let (up_read, up_write) = tokio::io::split(up.stream);
     let up_buffer = std::mem::take(&mut up.buffer);
     let mut fe = frontend::Frontend::new(&ctx, &tracker);
-    let mut be = backend::Backend::new(&ctx, &tracker);
+    let mut be = backend::Backend::new(&ctx, &tracker, notices_rx);
     let outcome = {
         let (client_read, client_write) = client.split();
         let fe_run = fe.run(

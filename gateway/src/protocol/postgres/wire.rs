@@ -117,6 +117,20 @@ impl GatewayError {
     }
 }
 
+/// A NoticeResponse in the gateway's own name (clients show it at once, whatever they are doing).
+pub fn notice(message: impl Into<String>, hint: Option<String>) -> Bytes {
+    let mut fields = vec![
+        (b'S', "NOTICE".to_string()),
+        (b'V', "NOTICE".to_string()),
+        (b'C', "01000".to_string()),
+        (b'M', message.into()),
+    ];
+    if let Some(h) = hint {
+        fields.push((b'H', h));
+    }
+    encode(&pgwire::messages::response::NoticeResponse::new(fields))
+}
+
 /// `(code, message)` of an ErrorResponse or NoticeResponse.
 pub fn error_fields(frame: &Frame) -> (String, String) {
     match decode_frame::<ErrorResponse>("ErrorResponse", frame) {
