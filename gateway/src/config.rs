@@ -15,7 +15,9 @@ use std::{
 
 use ipnet::IpNet;
 
+mod postgres;
 mod ssh;
+pub use postgres::{MaskingRule, PostgresSettings, SqlCondition, UpstreamTls};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 pub use ssh::{SshCondition, SshOperationKind, SshSettings, parse_host_key};
@@ -102,7 +104,7 @@ pub enum Protocol {
 impl Protocol {
     /// Protocols this build can serve; the others are refused by validation.
     pub fn implemented(self) -> bool {
-        matches!(self, Protocol::Tcp | Protocol::Ssh)
+        matches!(self, Protocol::Tcp | Protocol::Postgres | Protocol::Ssh)
     }
 }
 
@@ -255,6 +257,16 @@ pub struct Credentials {
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Per-identity upstream accounts (`[[targets.credentials.identities]]`), first match wins;
+    /// identities that match none use `user` / `password_file`.
+    pub identities: Vec<IdentityCredentials>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityCredentials {
+    pub claims: BTreeMap<String, ClaimPattern>,
+    pub user: String,
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +277,8 @@ pub struct Target {
     pub credentials: Credentials,
     /// `[targets.ssh]`: settings of ssh targets (defaults for the others).
     pub ssh: SshSettings,
+    /// `[targets.postgres]`: settings of postgres targets (defaults for the others).
+    pub postgres: PostgresSettings,
 }
 
 /// An OIDC issuer whose tokens bind jobs to identities (see `identity`).
@@ -316,6 +330,8 @@ pub struct Rule {
     pub reason: Option<String>,
     /// `[rules.ssh]`: the rule is about SSH operations, not connections (see `policy`).
     pub ssh: Option<SshCondition>,
+    /// `[rules.sql]`: the rule is about statements, not connections (see `policy`).
+    pub sql: Option<SqlCondition>,
     /// `require_approval`: approver groups (`[[approvers]]` names) that may decide.
     pub approvers: Vec<String>,
     /// `require_approval`: distinct approvals needed.
@@ -330,6 +346,7 @@ pub struct Config {
     pub issuers: Vec<Issuer>,
     pub targets: Vec<Target>,
     pub rules: Vec<Rule>,
+    pub masking: Vec<MaskingRule>,
     pub approvals: Approvals,
     pub approvers: Vec<ApproverGroup>,
     /// The file this was read from; `None` for built-in defaults.
@@ -443,6 +460,8 @@ struct RawConfig {
     #[serde(default)]
     rules: Vec<RawRule>,
     #[serde(default)]
+    masking: Vec<postgres::RawMasking>,
+    #[serde(default)]
     approvals: approvals::RawApprovals,
     #[serde(default)]
     approvers: Vec<approvals::RawApproverGroup>,
@@ -494,6 +513,7 @@ struct RawTarget {
     #[serde(default)]
     credentials: RawCredentials,
     ssh: Option<S<ssh::RawSshTarget>>,
+    postgres: Option<S<postgres::RawPostgres>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -502,6 +522,8 @@ struct RawCredentials {
     user: Option<String>,
     password_file: Option<S<String>>,
     key_file: Option<S<String>>,
+    #[serde(default)]
+    identities: Vec<postgres::RawIdentityCredentials>,
 }
 
 #[derive(Deserialize)]
@@ -522,6 +544,7 @@ struct RawRule {
     claims: BTreeMap<S<String>, S<RawPattern>>,
     reason: Option<String>,
     ssh: Option<S<ssh::RawSshCondition>>,
+    sql: Option<S<postgres::RawSql>>,
     #[serde(default)]
     approvers: Vec<S<String>>,
     quorum: Option<S<u32>>,
@@ -596,11 +619,13 @@ impl Validator<'_> {
         let approvals = self.approvals(raw.approvals);
         let approvers = self.approver_groups(raw.approvers);
         let rules = self.rules(raw.rules, &targets, &approvers, &issuers);
+        let masking = self.masking(raw.masking, &targets);
         Config {
             server,
             issuers,
             targets,
             rules,
+            masking,
             approvals,
             approvers,
             source: None,
@@ -781,7 +806,7 @@ impl Validator<'_> {
             }
             let protocol = *t.protocol.get_ref();
             if !protocol.implemented() {
-                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, ssh)"));
+                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, postgres, ssh)"));
             }
             let address = match AddressSpec::parse(t.address.get_ref(), false) {
                 Ok(a) => a,
@@ -812,17 +837,21 @@ impl Validator<'_> {
                     p
                 })
             };
-            let credentials = Credentials {
+            let mut credentials = Credentials {
                 user: c.user,
                 password_file: file(c.password_file, "password_file"),
                 key_file: file(c.key_file, "key_file"),
+                identities: Vec::new(),
             };
+            credentials.identities = self.identity_credentials(i, c.identities);
+            let postgres = self.postgres_settings(i, protocol, t.postgres);
             let ssh = self.ssh_settings(i, protocol, t.ssh, t.name.span());
             let target = Target {
                 name,
                 protocol,
                 address,
                 credentials,
+                postgres,
                 ssh,
             };
             self.ssh_credentials(i, &target, t.name.span());
@@ -909,6 +938,9 @@ impl Validator<'_> {
             let ssh = r
                 .ssh
                 .map(|c| self.ssh_condition(i, c, &target_globs, targets));
+            let sql = r
+                .sql
+                .map(|s| self.sql_condition(i, s, &target_globs, targets));
             let (approvers, quorum, approval_timeout) = self.rule_approval(
                 i,
                 r.action,
@@ -924,6 +956,7 @@ impl Validator<'_> {
                 claims,
                 reason: r.reason,
                 ssh,
+                sql,
                 approvers,
                 quorum,
                 approval_timeout,
@@ -934,6 +967,29 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    fn claims(
+        &mut self,
+        raw: BTreeMap<S<String>, S<RawPattern>>,
+        key: &str,
+    ) -> BTreeMap<String, ClaimPattern> {
+        let mut claims = BTreeMap::new();
+        for (k, v) in raw {
+            let patterns = match v.into_inner() {
+                RawPattern::One(s) => vec![s],
+                RawPattern::Many(list) => list,
+            };
+            if patterns.is_empty() {
+                self.problem(
+                    k.span(),
+                    format!("{key}.{}", k.get_ref()),
+                    "needs at least one pattern",
+                );
+            }
+            claims.insert(k.into_inner(), ClaimPattern(patterns));
+        }
+        claims
+    }
+
     /// The approval settings of rule `i`: required with `require_approval`, refused otherwise.
     #[allow(clippy::type_complexity)]
     fn rule_approval(

@@ -70,6 +70,8 @@ pub struct Gateway {
     /// Every live session; drained on shutdown.
     pub sessions: TaskTracker,
     pub started_at: String,
+    /// Cancel keys, the statement classification cache and the approvals seam of postgres sessions.
+    pub postgres: crate::protocol::postgres::Shared,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -77,6 +79,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
+    raise_open_files_limit();
     let server = config.server.clone();
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -142,7 +145,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         None => None,
     };
     let gw = Arc::new(Gateway {
-        policy: Policy::new(config.rules.clone()),
+        policy: Policy::from_config(&config),
         verifier,
         config,
         targets: RwLock::new(Arc::new(targets)),
@@ -157,6 +160,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         started_at: now(),
+        postgres: Default::default(),
     });
     gw.adopt_jobs().await?;
 
@@ -221,6 +225,17 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     // Pinned programs and links stay: jobs stay intercepted (and fail closed) until a daemon returns.
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every proxied connection holds two descriptors: take the hard limit, not the soft 1024.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
+    }
 }
 
 async fn wait_for_signal() -> Result<(), DaemonError> {

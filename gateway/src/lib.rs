@@ -20,4 +20,5 @@ pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod record;
+pub mod sql;
 pub mod targets;

@@ -3,16 +3,23 @@
 //! Rules are evaluated in file order and the first rule that matches decides; when none matches the
 //! answer is deny. A rule without `claims` matches every *authenticated* identity; connections of
 //! jobs without a verified identity only match rules that say `unauthenticated = true`.
+//!
+//! Rules with a `[rules.sql]` table are statement rules: they never decide whether a connection
+//! opens, only what happens to each statement on it. Statements are matched against all rules in
+//! order (a rule without `[rules.sql]` matches every statement), so statement rules go before the
+//! connection rule that lets the identity in.
 
 use serde::Serialize;
 
 mod ssh;
 pub use ssh::SshOperation;
+use std::{collections::HashSet, path::PathBuf};
 
 use crate::{
-    config::{Action, ClaimPattern, Rule},
+    config::{Action, ClaimPattern, Config, Credentials, Rule, SqlCondition},
     glob,
     identity::Identity,
+    sql::{SqlStatement, StatementKind},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,16 +64,38 @@ impl Decision {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Targets whose unparseable statements go to the rules instead of being refused.
+    allow_unparseable: HashSet<String>,
 }
 
 impl Policy {
     pub fn new(rules: Vec<Rule>) -> Self {
-        Policy { rules }
+        Policy {
+            rules,
+            allow_unparseable: HashSet::new(),
+        }
     }
 
-    /// May `identity` open a connection to `target` at all? Rules about operations are not asked.
+    pub fn from_config(config: &Config) -> Self {
+        Policy {
+            rules: config.rules.clone(),
+            allow_unparseable: config
+                .targets
+                .iter()
+                .filter(|t| t.postgres.allow_unparseable)
+                .map(|t| t.name.clone())
+                .collect(),
+        }
+    }
+
+    /// May `identity` open a connection to `target` at all? Statement and SSH operation rules are
+    /// not asked.
     pub fn decide_connection(&self, identity: &Identity, target: &str) -> Decision {
-        for rule in self.rules.iter().filter(|r| r.ssh.is_none()) {
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.sql.is_none() && r.ssh.is_none())
+        {
             if applies(rule, identity, target) {
                 return decision_of(rule, identity, target);
             }
@@ -79,6 +108,144 @@ impl Policy {
             ),
         }
     }
+}
+
+impl Policy {
+    /// May this statement run? The first rule whose identity, target and statement conditions
+    /// all match decides; rules without statement conditions match every statement.
+    pub fn decide_statement(
+        &self,
+        identity: &Identity,
+        target: &str,
+        statement: &SqlStatement,
+    ) -> Decision {
+        if statement.kind == StatementKind::Unparsed && !self.allow_unparseable.contains(target) {
+            return Decision::Deny {
+                rule: None,
+                reason: format!(
+                    "the statement could not be parsed ({}); SQL the gateway cannot classify is refused",
+                    statement.error.as_deref().unwrap_or("syntax error")
+                ),
+            };
+        }
+        for rule in &self.rules {
+            let sql_matches = rule
+                .sql
+                .as_ref()
+                .is_none_or(|c| condition_matches(c, statement));
+            if sql_matches && applies(rule, identity, target) {
+                return match (&rule.action, &rule.sql) {
+                    (Action::Deny, Some(c)) => Decision::Deny {
+                        rule: Some(rule.name.clone()),
+                        reason: rule.reason.clone().unwrap_or_else(|| {
+                            format!(
+                                "rule {:?} denies {} on target {target:?}",
+                                rule.name,
+                                describe_match(c, statement)
+                            )
+                        }),
+                    },
+                    _ => decision_of(rule, identity, target),
+                };
+            }
+        }
+        Decision::Deny {
+            rule: None,
+            reason: format!(
+                "no rule allows {} to run {} statements on target {target:?}",
+                describe(identity),
+                statement.kind
+            ),
+        }
+    }
+
+    /// The upstream account for `identity`: the first `[[targets.credentials.identities]]` entry
+    /// whose claims match, else the target's own `user` and `password_file`.
+    pub fn upstream_account<'a>(
+        credentials: &'a Credentials,
+        identity: &Identity,
+    ) -> (Option<&'a str>, Option<&'a PathBuf>) {
+        if identity.is_authenticated() {
+            for c in &credentials.identities {
+                if claims_match(&c.claims, identity) {
+                    return (Some(&c.user), c.password_file.as_ref());
+                }
+            }
+        }
+        (
+            credentials.user.as_deref(),
+            credentials.password_file.as_ref(),
+        )
+    }
+}
+
+fn any_glob<'a>(globs: &[String], mut values: impl Iterator<Item = &'a str>) -> bool {
+    values.any(|v| globs.iter().any(|g| table_glob(g, v)))
+}
+
+/// A table (or function) glob: unqualified patterns match the last part of a qualified name;
+/// qualified patterns match unqualified names as if they were in `public`.
+fn table_glob(pattern: &str, name: &str) -> bool {
+    if glob::matches(pattern, name) {
+        return true;
+    }
+    match (pattern.contains('.'), name.rsplit_once('.')) {
+        (false, Some((_, last))) => glob::matches(pattern, last),
+        (true, None) => glob::matches(pattern, &format!("public.{name}")),
+        _ => false,
+    }
+}
+
+fn condition_matches(c: &SqlCondition, s: &SqlStatement) -> bool {
+    (c.kinds.is_empty() || s.kinds().any(|k| c.kinds.contains(&k)))
+        && (c.tables.is_empty() || any_glob(&c.tables, s.tables()))
+        && (c.tables_written.is_empty()
+            || any_glob(
+                &c.tables_written,
+                s.tables_written.iter().map(String::as_str),
+            ))
+        && (c.functions.is_empty()
+            || any_glob(&c.functions, s.functions.iter().map(String::as_str)))
+        && (!c.without_where || s.has_where == Some(false))
+        && (!c.unbounded || s.bounded == Some(false))
+        && (c.copy.is_empty()
+            || s.copy
+                .as_ref()
+                .is_some_and(|cp| c.copy.contains(&cp.endpoint)))
+}
+
+/// Names what the statement did to match, for the client's error message.
+fn describe_match(c: &SqlCondition, s: &SqlStatement) -> String {
+    let mut what = format!("{} statements", s.kind);
+    if c.without_where {
+        what = format!(
+            "{} without a WHERE clause",
+            s.kinds().find(|k| k.filters_rows()).unwrap_or(s.kind)
+        );
+    } else if !c.functions.is_empty() {
+        if let Some(f) = s
+            .functions
+            .iter()
+            .find(|f| c.functions.iter().any(|g| table_glob(g, f)))
+        {
+            what = format!("calls to {f}()");
+        }
+    } else if !c.copy.is_empty() {
+        if let Some(cp) = &s.copy {
+            what = format!("COPY with {}", cp.endpoint.as_str());
+        }
+    } else if c.unbounded {
+        what = "unbounded queries (add a LIMIT or a key predicate)".to_string();
+    } else if let Some(k) = s.kinds().find(|k| c.kinds.contains(k)) {
+        what = format!("{} statements", k.as_str().to_uppercase());
+    }
+    if !c.tables.is_empty() || !c.tables_written.is_empty() {
+        let all: Vec<&str> = s.tables().collect();
+        if !all.is_empty() {
+            what = format!("{what} on {}", all.join(", "));
+        }
+    }
+    what
 }
 
 fn describe(identity: &Identity) -> String {
@@ -121,7 +288,14 @@ fn identity_matches(rule: &Rule, identity: &Identity) -> bool {
     if rule.unauthenticated {
         return false;
     }
-    rule.claims.iter().all(|(name, ClaimPattern(patterns))| {
+    claims_match(&rule.claims, identity)
+}
+
+fn claims_match(
+    claims: &std::collections::BTreeMap<String, ClaimPattern>,
+    identity: &Identity,
+) -> bool {
+    claims.iter().all(|(name, ClaimPattern(patterns))| {
         let values = identity.claim_values(name);
         values
             .iter()

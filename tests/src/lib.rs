@@ -70,6 +70,10 @@ pub fn probe_bin() -> PathBuf {
     target_dir().join("e2e-probe")
 }
 
+pub fn pgwire_bin() -> PathBuf {
+    target_dir().join("e2e-pgwire")
+}
+
 pub fn bench_bin() -> PathBuf {
     target_dir().join("e2e-bench")
 }
@@ -670,6 +674,11 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 impl Postgres {
     pub fn start(ns: &Netns, dir: &Path) -> Result<Postgres> {
+        Self::start_with(ns, dir, "")
+    }
+
+    /// Like [`Postgres::start`], with extra server options (`-c max_connections=1100`).
+    pub fn start_with(ns: &Netns, dir: &Path, server_options: &str) -> Result<Postgres> {
         let data = dir.join("pgdata");
         fs::create_dir_all(&data)?;
         let pwfile = dir.join("pgpw");
@@ -714,7 +723,7 @@ impl Postgres {
             port: 5432,
         };
         let opts = format!(
-            "-p 5432 -k {} -c listen_addresses={} -c fsync=off",
+            "-p 5432 -k {} -c listen_addresses={} -c fsync=off {server_options}",
             data.display(),
             ns.remote_ip
         );
@@ -751,6 +760,15 @@ impl Postgres {
             "create database app owner app",
         ]))?;
         Ok(pg)
+    }
+
+    /// Puts an authentication line at the top of pg_hba.conf (first match wins) and reloads.
+    pub fn prepend_hba(&self, line: &str) -> Result<()> {
+        let path = self.data.join("pg_hba.conf");
+        let old = fs::read_to_string(&path)?;
+        fs::write(&path, format!("{line}\n{old}"))?;
+        self.admin_sql("select pg_reload_conf()")?;
+        Ok(())
     }
 
     /// Runs SQL as the superuser over the server's Unix socket (outside any job).

@@ -56,7 +56,7 @@ enum Command {
     },
     /// Benchmarks (not pass/fail): gateway vs direct vs haproxy, printed as ratios of one run
     Bench {
-        /// Which benchmarks: tcp, ssh (default: all)
+        /// Which benchmarks: tcp, postgres, ssh (default: all)
         #[arg(long)]
         only: Option<String>,
     },

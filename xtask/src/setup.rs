@@ -53,6 +53,38 @@ pub fn setup(with_packages: bool) -> Result<()> {
         if !status.success() {
             bail!("test peer setup failed ({status})");
         }
+        python_packages()?;
+    }
+    Ok(())
+}
+
+/// PyPI packages of the end-to-end tests: psycopg (libpq through the gateway, as a job would).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("psycopg", "psycopg[binary]>=3.1,<4")];
+
+fn python_packages() -> Result<()> {
+    for (module, requirement) in PYTHON_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if present {
+            continue;
+        }
+        eprintln!("[setup] pip install {requirement}");
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                requirement,
+            ])
+            .status()
+            .context("python3 -m pip")?;
+        if !status.success() {
+            bail!("pip install {requirement} failed ({status})");
+        }
     }
     Ok(())
 }

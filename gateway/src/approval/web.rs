@@ -16,7 +16,7 @@ use axum::{
     Json, Router,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
-    response::{Html, IntoResponse, Redirect, Response, sse},
+    response::{self, Html, IntoResponse, Redirect, Response, sse},
     routing::{get, post},
 };
 use base64::Engine as _;
@@ -448,8 +448,9 @@ async fn callback(
     // A same-site page load after a cross-site redirect: serve a tiny page that navigates, so that
     // the Strict session cookie is sent on the next request.
     let html = "<!doctype html><meta http-equiv=\"refresh\" content=\"0; url=/\"><a href=\"/\">continue</a>";
+    // AppendHeaders: a plain header array would keep only the last Set-Cookie.
     (
-        [(header::SET_COOKIE, set), (header::SET_COOKIE, clear)],
+        response::AppendHeaders([(header::SET_COOKIE, set), (header::SET_COOKIE, clear)]),
         Html(html),
     )
         .into_response()

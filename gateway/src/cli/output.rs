@@ -4,7 +4,7 @@ use super::table::{bytes, fields, render};
 use crate::{
     approval::{model::Status as ApprovalStatus, store::ApprovalView},
     control::Status,
-    record::{SessionRecord, SessionSummary},
+    record::{EventRecord, SessionRecord, SessionSummary},
 };
 
 fn short_time(rfc3339: &str) -> String {
@@ -107,14 +107,105 @@ pub fn session(s: &SessionRecord) -> String {
         ));
     }
     let mut out = fields(&pairs);
-    if !s.events.is_empty() {
+    let (statements, others): (Vec<&EventRecord>, Vec<&EventRecord>) = s
+        .events
+        .iter()
+        .partition(|e| e.kind == "sql" || e.kind == "sql_result");
+    if !others.is_empty() {
         out.push('\n');
-        let rows: Vec<Vec<String>> = s
-            .events
+        let rows: Vec<Vec<String>> = others
             .iter()
             .map(|e| vec![e.at.clone(), e.kind.clone(), e.detail.to_string()])
             .collect();
         out.push_str(&render(&["AT", "EVENT", "DETAIL"], &rows));
+    }
+    if !statements.is_empty() {
+        out.push_str("\nstatements\n");
+        out.push_str(&statement_log(&statements));
+    }
+    out
+}
+
+/// The SQL statement log: each statement with its decision, then its outcome and sample rows.
+fn statement_log(events: &[&EventRecord]) -> String {
+    use std::fmt::Write as _;
+    let str_of = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "NULL".to_string(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    for e in events {
+        let d = &e.detail;
+        let seq = d["seq"].as_u64().unwrap_or_default();
+        if e.kind == "sql" {
+            let rule = d["rule"].as_str().filter(|r| !r.is_empty());
+            let decision = match rule {
+                Some(r) => format!("{} ({r})", str_of(&d["decision"])),
+                None => str_of(&d["decision"]),
+            };
+            let sql = str_of(&d["sql"])
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = writeln!(out, "#{seq:<4} {}  {decision:<24} {sql}", short_time(&e.at));
+            if let Some(params) = d["params"].as_array().filter(|p| !p.is_empty()) {
+                let p: Vec<String> = params.iter().map(str_of).collect();
+                let _ = writeln!(out, "      params: {}", p.join(", "));
+            }
+            if let Some(reason) = d["reason"].as_str() {
+                let _ = writeln!(out, "      reason: {reason}");
+            }
+            continue;
+        }
+        let rows = d["rows"].as_u64().unwrap_or_default();
+        let mut parts = Vec::new();
+        if let Some(tags) = d["tags"].as_array() {
+            let t: Vec<String> = tags.iter().map(str_of).filter(|t| !t.is_empty()).collect();
+            if !t.is_empty() {
+                parts.push(t.join("; "));
+            }
+        }
+        parts.push(format!("{rows} row{}", if rows == 1 { "" } else { "s" }));
+        parts.push(format!(
+            "{} ms",
+            d["duration_ms"].as_f64().unwrap_or_default()
+        ));
+        if let Some(m) = d["masked_values"].as_u64() {
+            parts.push(format!("{m} value{} masked", if m == 1 { "" } else { "s" }));
+        }
+        if let Some(r) = d["refused"].as_str() {
+            parts.push(format!("refused: {r}"));
+        } else if let Some(err) = d["error"].as_object() {
+            parts.push(format!(
+                "error {}: {}",
+                err.get("code").map(str_of).unwrap_or_default(),
+                err.get("message").map(str_of).unwrap_or_default()
+            ));
+        }
+        if let Some(skipped) = d["skipped"].as_str() {
+            parts.push(skipped.to_string());
+        }
+        let _ = writeln!(out, "#{seq:<4} -> {}", parts.join(" · "));
+        if let Some(sample) = d["sample"].as_array() {
+            if let Some(cols) = d["columns"].as_array() {
+                let c: Vec<String> = cols.iter().map(str_of).collect();
+                let _ = writeln!(out, "      | {}", c.join(" | "));
+            }
+            for row in sample {
+                let r: Vec<String> = row
+                    .as_array()
+                    .map(|r| r.iter().map(str_of).collect())
+                    .unwrap_or_default();
+                let _ = writeln!(out, "      | {}", r.join(" | "));
+            }
+            if rows > sample.len() as u64 {
+                let _ = writeln!(out, "      | … {} more", rows - sample.len() as u64);
+            }
+        }
+        if let Some(note) = d["sample_note"].as_str() {
+            let _ = writeln!(out, "      ({note})");
+        }
     }
     out
 }

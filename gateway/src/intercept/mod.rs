@@ -19,7 +19,7 @@ use crate::{
     daemon::Gateway,
     identity::Identity,
     policy::Decision,
-    protocol::{ssh, tcp},
+    protocol::{postgres, ssh, tcp},
     record::{NewSession, ProcessInfo, SessionEnd, SessionKind, now},
 };
 
@@ -98,7 +98,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         d => d,
     };
     let allowed = matches!(decision, Decision::Allow { .. }) && target.is_some();
-    let identity_of_job = identity.clone();
+    let origin = Origin {
+        process: None,
+        job_id: None,
+        identity: identity.clone(),
+        cgroup_id: info.cgroup_id,
+        dst,
+    };
 
     // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
     // cannot record does not serve. Opening the upstream connection overlaps with the recording.
@@ -136,6 +142,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         }
     };
     log_session(session_id, &process, dst, &decision, target.as_ref());
+    let origin = Origin {
+        process: Some(process),
+        job_id: job.as_ref().map(|j| j.id.clone()),
+        ..origin
+    };
     match (target, upstream) {
         (Some(target), Some(Ok(upstream))) => {
             gw.store.note_event(
@@ -143,11 +154,6 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
                 "upstream_connected",
                 json!({ "upstream": dst.to_string() }),
             );
-            let origin = Origin {
-                identity: identity_of_job,
-                process,
-                job_id: job.as_ref().map(|j| j.id.clone()),
-            };
             serve(client, upstream, target, session_id, origin, &gw).await;
         }
         (_, Some(Err(e))) => {
@@ -187,11 +193,13 @@ fn log_session(
     );
 }
 
-/// Who is behind an allowed connection, for protocol handlers that decide per operation.
+/// Who is behind an allowed connection, for handlers that decide per operation.
 pub struct Origin {
-    pub identity: Identity,
-    pub process: ProcessInfo,
+    pub process: Option<ProcessInfo>,
     pub job_id: Option<String>,
+    pub identity: Identity,
+    pub cgroup_id: u64,
+    pub dst: SocketAddr,
 }
 
 /// Hands an allowed, recorded connection and its upstream to the target's protocol handler.
@@ -205,6 +213,20 @@ async fn serve(
 ) {
     match target.protocol {
         Protocol::Tcp => serve_tcp(client, upstream, session_id, gw).await,
+        Protocol::Postgres => {
+            let session = postgres::Session {
+                gw,
+                target: &target,
+                dst: origin.dst,
+                id: session_id,
+                identity: &origin.identity,
+                cgroup_id: origin.cgroup_id,
+                process: origin.process.as_ref(),
+                job_id: origin.job_id.as_deref(),
+            };
+            let end = postgres::serve(client, upstream, session).await;
+            gw.store.end_session(session_id, end);
+        }
         Protocol::Ssh => {
             let end = ssh::serve(client, upstream, target, session_id, origin, gw).await;
             gw.store.end_session(session_id, end);

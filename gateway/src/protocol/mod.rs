@@ -1,5 +1,6 @@
 //! Protocol handlers: each turns bytes into typed operations and back. They ask policy; they never
 //! decide.
 
+pub mod postgres;
 pub mod ssh;
 pub mod tcp;

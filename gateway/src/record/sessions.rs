@@ -258,6 +258,33 @@ impl Store {
             .await
     }
 
+    /// Appends several events of one session in order, in one transaction; resolves once durable.
+    /// (A handler that records outcomes lazily sends them along with its next write-ahead event,
+    /// so that each operation costs one commit.)
+    pub async fn append_events(
+        &self,
+        session_id: i64,
+        events: Vec<(&'static str, serde_json::Value)>,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| {
+            for (kind, detail) in &events {
+                insert_event(c, session_id, kind, detail)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Like [`Store::append_events`], without waiting.
+    pub fn note_events(&self, session_id: i64, events: Vec<(&'static str, serde_json::Value)>) {
+        self.spawn("session events", move |c| {
+            for (kind, detail) in &events {
+                insert_event(c, session_id, kind, detail)?;
+            }
+            Ok(())
+        });
+    }
+
     /// Appends an event without waiting for it.
     pub fn note_event(&self, session_id: i64, kind: &'static str, detail: serde_json::Value) {
         self.spawn("session event", move |c| {

@@ -2,6 +2,7 @@
 //! run (the machines are shared and noisy: absolute numbers mean little, ratios of one run do).
 //! These are measurements, not tests: nothing here passes or fails on a timing.
 
+mod postgres;
 mod ssh;
 mod tcp;
 
@@ -28,12 +29,16 @@ pub fn run(only: Option<&str>) -> Result<()> {
         tcp::run()?;
         ran = true;
     }
+    if all || only == Some("postgres") {
+        postgres::run()?;
+        ran = true;
+    }
     if all || only == Some("ssh") {
         ssh::run()?;
         ran = true;
     }
     if !ran {
-        bail!("unknown benchmark {only:?} (known: tcp, ssh)");
+        bail!("unknown benchmark {only:?} (known: tcp, postgres, ssh)");
     }
     Ok(())
 }

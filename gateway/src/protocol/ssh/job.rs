@@ -662,7 +662,7 @@ impl JobSide {
                     operation: command.clone(),
                     kind: "ssh_exec".into(),
                     detail: json!({ "command": command, "channel": number }),
-                    process: Some(self.ctx.process.clone()),
+                    process: self.ctx.process.clone(),
                     job_id: self.ctx.job_id.clone(),
                 };
                 // The channel is accepted at once; the job reads on stderr which request it waits

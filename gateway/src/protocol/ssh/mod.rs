@@ -70,7 +70,7 @@ pub struct Ctx {
     pub session_id: i64,
     pub target: Target,
     pub identity: Identity,
-    pub process: ProcessInfo,
+    pub process: Option<ProcessInfo>,
     pub job_id: Option<String>,
     pub store: Store,
     pub policy: Policy,

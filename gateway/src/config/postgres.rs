@@ -1,0 +1,414 @@
+//! The configuration of Layer-7 PostgreSQL handling: `[targets.postgres]`,
+//! `[[targets.credentials.identities]]`, `[rules.sql]` and `[[masking]]`.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use super::{IdentityCredentials, Protocol, RawPattern, Target, Validator};
+use crate::{
+    mask::{ColumnPattern, Detector},
+    sql::{CopyEndpoint, StatementKind},
+};
+
+type S<T> = Spanned<T>;
+
+/// How the gateway secures its connection to a postgres target (libpq's `sslmode` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum UpstreamTls {
+    /// Plain TCP.
+    #[serde(rename = "disable")]
+    Disable,
+    /// TLS when the server offers it, without certificate verification (libpq's default).
+    #[serde(rename = "prefer")]
+    Prefer,
+    /// TLS or nothing, without certificate verification.
+    #[serde(rename = "require")]
+    Require,
+    /// TLS or nothing, certificate chain and host name verified (`ca_file` or the system roots).
+    #[serde(rename = "verify-full")]
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresSettings {
+    pub tls: UpstreamTls,
+    /// PEM bundle of CAs for `verify-full`; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Name checked against the server certificate (default: the target's host name or address).
+    pub server_name: Option<String>,
+    /// Statements that do not parse are refused unless this is set; then rules see them with kind
+    /// `unparsed`.
+    pub allow_unparseable: bool,
+    /// Rows of each result kept (masked) in the session recording.
+    pub sample_rows: usize,
+    /// Bytes of recorded result samples per session, after which samples are left out.
+    pub sample_bytes_per_session: usize,
+    /// Largest message accepted from the client.
+    pub max_message_size: usize,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            tls: UpstreamTls::Prefer,
+            ca_file: None,
+            server_name: None,
+            allow_unparseable: false,
+            sample_rows: 5,
+            sample_bytes_per_session: 256 * 1024,
+            max_message_size: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[rules.sql]`: which statements a rule is about. Every condition given must hold; within a
+/// list, one entry matching is enough. An empty table matches every statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SqlCondition {
+    /// Statement kinds (the statement's own or a nested one, e.g. a DELETE inside a CTE).
+    pub kinds: Vec<StatementKind>,
+    /// Globs over tables read or written.
+    pub tables: Vec<String>,
+    /// Globs over tables written only.
+    pub tables_written: Vec<String>,
+    /// Globs over functions called.
+    pub functions: Vec<String>,
+    /// An UPDATE or DELETE without a WHERE that refers to a column.
+    pub without_where: bool,
+    /// A query without LIMIT, key predicate or lone aggregate.
+    pub unbounded: bool,
+    /// COPY to or from these endpoints (`client`, `file`, `program`).
+    pub copy: Vec<CopyEndpoint>,
+}
+
+/// `[[masking]]`: what to mask in results of the matching targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskingRule {
+    pub name: String,
+    /// Globs over target names.
+    pub targets: Vec<String>,
+    /// Columns whose values are replaced whole.
+    pub columns: Vec<ColumnPattern>,
+    /// Value detectors run over text values of every column.
+    pub detectors: Vec<Detector>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgres {
+    tls: Option<UpstreamTls>,
+    ca_file: Option<S<String>>,
+    server_name: Option<String>,
+    allow_unparseable: Option<bool>,
+    sample_rows: Option<S<i64>>,
+    sample_bytes_per_session: Option<S<i64>>,
+    max_message_size: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentityCredentials {
+    #[serde(default)]
+    claims: BTreeMap<S<String>, S<RawPattern>>,
+    user: S<String>,
+    password_file: Option<S<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSql {
+    kinds: Option<Vec<S<String>>>,
+    tables: Option<Vec<S<String>>>,
+    tables_written: Option<Vec<S<String>>>,
+    functions: Option<Vec<S<String>>>,
+    without_where: Option<S<bool>>,
+    unbounded: Option<S<bool>>,
+    copy: Option<Vec<S<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMasking {
+    name: S<String>,
+    targets: Option<S<Vec<S<String>>>>,
+    #[serde(default)]
+    columns: Vec<S<String>>,
+    #[serde(default)]
+    detectors: Vec<S<String>>,
+}
+
+impl Validator<'_> {
+    pub(super) fn postgres_settings(
+        &mut self,
+        i: usize,
+        protocol: Protocol,
+        raw: Option<S<RawPostgres>>,
+    ) -> PostgresSettings {
+        let mut out = PostgresSettings::default();
+        let Some(raw) = raw else { return out };
+        let key = format!("targets[{i}].postgres");
+        if protocol != Protocol::Postgres {
+            self.problem(
+                raw.span(),
+                key,
+                format!("only postgres targets take [targets.postgres] (this one is {protocol})"),
+            );
+            return out;
+        }
+        let raw = raw.into_inner();
+        if let Some(t) = raw.tls {
+            out.tls = t;
+        }
+        if let Some(f) = raw.ca_file {
+            let p = PathBuf::from(f.get_ref());
+            if !p.is_absolute() {
+                self.problem(
+                    f.span(),
+                    format!("{key}.ca_file"),
+                    "must be an absolute path",
+                );
+            }
+            if out.tls != UpstreamTls::VerifyFull {
+                self.problem(
+                    f.span(),
+                    format!("{key}.ca_file"),
+                    "is only used with tls = \"verify-full\"",
+                );
+            }
+            out.ca_file = Some(p);
+        }
+        out.server_name = raw.server_name;
+        out.allow_unparseable = raw.allow_unparseable.unwrap_or(false);
+        let mut count = |v: Option<S<i64>>, name: &str, min: i64, default: usize| match v {
+            None => default,
+            Some(n) if *n.get_ref() >= min => *n.get_ref() as usize,
+            Some(n) => {
+                self.problem(
+                    n.span(),
+                    format!("{key}.{name}"),
+                    format!("must be at least {min}"),
+                );
+                default
+            }
+        };
+        out.sample_rows = count(raw.sample_rows, "sample_rows", 0, out.sample_rows);
+        out.sample_bytes_per_session = count(
+            raw.sample_bytes_per_session,
+            "sample_bytes_per_session",
+            0,
+            out.sample_bytes_per_session,
+        );
+        out.max_message_size = count(
+            raw.max_message_size,
+            "max_message_size",
+            1024,
+            out.max_message_size,
+        );
+        out
+    }
+
+    pub(super) fn identity_credentials(
+        &mut self,
+        i: usize,
+        raw: Vec<RawIdentityCredentials>,
+    ) -> Vec<IdentityCredentials> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(j, r)| {
+                let key = format!("targets[{i}].credentials.identities[{j}]");
+                if r.claims.is_empty() {
+                    self.problem(
+                        r.user.span(),
+                        format!("{key}.claims"),
+                        "is required: which identities use this account?",
+                    );
+                }
+                let password_file = r.password_file.map(|f| {
+                    let p = PathBuf::from(f.get_ref());
+                    if !p.is_absolute() {
+                        self.problem(
+                            f.span(),
+                            format!("{key}.password_file"),
+                            "must be an absolute path",
+                        );
+                    }
+                    p
+                });
+                IdentityCredentials {
+                    claims: self.claims(r.claims, &format!("{key}.claims")),
+                    user: r.user.into_inner(),
+                    password_file,
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn sql_condition(
+        &mut self,
+        i: usize,
+        raw: S<RawSql>,
+        target_globs: &[String],
+        targets: &[Target],
+    ) -> SqlCondition {
+        let key = format!("rules[{i}].sql");
+        let matches_postgres = targets.iter().any(|t| {
+            t.protocol == Protocol::Postgres
+                && target_globs
+                    .iter()
+                    .any(|g| crate::glob::matches(g, &t.name))
+        });
+        if !matches_postgres {
+            self.problem(
+                raw.span(),
+                key.clone(),
+                "statement conditions need a postgres target, and this rule's targets include none",
+            );
+        }
+        let raw = raw.into_inner();
+        let mut out = SqlCondition::default();
+        for (j, k) in raw.kinds.unwrap_or_default().into_iter().enumerate() {
+            match StatementKind::parse(k.get_ref()) {
+                Some(kind) => out.kinds.push(kind),
+                None => self.problem(
+                    k.span(),
+                    format!("{key}.kinds[{j}]"),
+                    format!(
+                        "unknown statement kind {:?} (one of: {})",
+                        k.get_ref(),
+                        StatementKind::ALL
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            }
+        }
+        let globs = |list: Option<Vec<S<String>>>| -> Vec<String> {
+            list.unwrap_or_default()
+                .into_iter()
+                .map(|g| g.into_inner().to_string())
+                .collect()
+        };
+        out.tables = globs(raw.tables);
+        out.tables_written = globs(raw.tables_written);
+        out.functions = globs(raw.functions)
+            .into_iter()
+            .map(|f| f.to_lowercase())
+            .collect();
+        for (name, flag, slot) in [
+            ("without_where", raw.without_where, &mut out.without_where),
+            ("unbounded", raw.unbounded, &mut out.unbounded),
+        ] {
+            if let Some(f) = flag {
+                if !*f.get_ref() {
+                    self.problem(
+                        f.span(),
+                        format!("{key}.{name}"),
+                        "only `true` is a condition; omit the key instead",
+                    );
+                }
+                *slot = *f.get_ref();
+            }
+        }
+        for (j, c) in raw.copy.unwrap_or_default().into_iter().enumerate() {
+            match c.get_ref().as_str() {
+                "client" | "stdin" | "stdout" => out.copy.push(CopyEndpoint::Client),
+                "file" => out.copy.push(CopyEndpoint::File),
+                "program" => out.copy.push(CopyEndpoint::Program),
+                other => self.problem(
+                    c.span(),
+                    format!("{key}.copy[{j}]"),
+                    format!("unknown COPY endpoint {other:?} (client, file or program)"),
+                ),
+            }
+        }
+        out
+    }
+
+    pub(super) fn masking(&mut self, raw: Vec<RawMasking>, targets: &[Target]) -> Vec<MaskingRule> {
+        let mut names = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (i, m) in raw.into_iter().enumerate() {
+            let key = format!("masking[{i}]");
+            let name = m.name.get_ref().clone();
+            if !super::valid_name(&name) {
+                self.problem(
+                    m.name.span(),
+                    format!("{key}.name"),
+                    format!("{name:?} must be 1-64 characters of a-z, 0-9, '-', '_' or '.'"),
+                );
+            } else if !names.insert(name.clone()) {
+                self.problem(
+                    m.name.span(),
+                    format!("{key}.name"),
+                    format!("duplicate masking rule name {name:?}"),
+                );
+            }
+            let target_globs: Vec<String> = match m.targets {
+                None => vec!["*".into()],
+                Some(list) => list
+                    .into_inner()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, g)| {
+                        let ok = targets.iter().any(|t| {
+                            t.protocol == Protocol::Postgres
+                                && crate::glob::matches(g.get_ref(), &t.name)
+                        });
+                        if !ok {
+                            self.problem(
+                                g.span(),
+                                format!("{key}.targets[{j}]"),
+                                format!("{:?} matches no postgres target", g.get_ref()),
+                            );
+                        }
+                        g.into_inner()
+                    })
+                    .collect(),
+            };
+            let mut columns = Vec::new();
+            for (j, c) in m.columns.into_iter().enumerate() {
+                match ColumnPattern::parse(c.get_ref()) {
+                    Ok(p) => columns.push(p),
+                    Err(e) => self.problem(c.span(), format!("{key}.columns[{j}]"), e),
+                }
+            }
+            let mut detectors = Vec::new();
+            for (j, d) in m.detectors.into_iter().enumerate() {
+                match Detector::parse(d.get_ref()) {
+                    Some(det) => detectors.push(det),
+                    None => self.problem(
+                        d.span(),
+                        format!("{key}.detectors[{j}]"),
+                        format!(
+                            "unknown detector {:?} (one of: {})",
+                            d.get_ref(),
+                            Detector::ALL
+                                .iter()
+                                .map(|d| d.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                }
+            }
+            if columns.is_empty() && detectors.is_empty() {
+                self.problem(
+                    m.name.span(),
+                    key.clone(),
+                    "masks nothing: give `columns`, `detectors` or both",
+                );
+            }
+            out.push(MaskingRule {
+                name,
+                targets: target_globs,
+                columns,
+                detectors,
+            });
+        }
+        out
+    }
+}

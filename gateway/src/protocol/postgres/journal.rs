@@ -1,0 +1,214 @@
+//! The statement log of a session: a `sql` event stored durably before a statement is forwarded
+//! (write-ahead), and a `sql_result` event when its answer is complete (rows, duration, outcome and
+//! a capped sample of the masked result).
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use serde_json::{Value, json};
+
+use super::state::Exec;
+use crate::{
+    policy::Decision,
+    record::{Store, StoreError},
+    sql::SqlStatement,
+};
+
+/// Longest SQL text stored per statement; longer texts are cut (and say so).
+const MAX_SQL: usize = 16 * 1024;
+/// Longest single value in a parameter list or a result sample.
+pub const MAX_VALUE: usize = 256;
+
+/// One statement as recorded before it is forwarded.
+pub struct Entry<'s> {
+    pub seq: u64,
+    /// `simple` or `extended`.
+    pub protocol: &'static str,
+    pub sql: &'s str,
+    /// Bound parameters (extended protocol).
+    pub params: Option<&'s [Value]>,
+    pub statements: &'s [SqlStatement],
+    /// `None`: nothing to decide (an empty query).
+    pub decision: Option<&'s Decision>,
+    pub note: Option<&'s str>,
+}
+
+pub struct Journal<'a> {
+    pub store: &'a Store,
+    pub session_id: i64,
+    pub sample_rows: usize,
+    /// Bytes of samples still allowed in this session.
+    sample_budget: AtomicUsize,
+    /// Outcomes not stored yet: they go with the next statement's write-ahead transaction (one
+    /// commit per statement), or on [`Journal::flush`] when the session idles or ends.
+    results: Mutex<Vec<Value>>,
+    new_result: tokio::sync::Notify,
+}
+
+/// How long a finished statement's outcome may wait for the next statement to be stored with it.
+const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+pub fn cap(text: &str, max: usize) -> Value {
+    if text.len() <= max {
+        return Value::String(text.to_string());
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Value::String(format!("{}… ({} bytes)", &text[..end], text.len()))
+}
+
+/// A value as recorded: text (lossy), capped.
+pub fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
+    match bytes {
+        None => Value::Null,
+        Some(b) if binary => {
+            let hex: String = b
+                .iter()
+                .take(MAX_VALUE / 2)
+                .map(|x| format!("{x:02x}"))
+                .collect();
+            Value::String(format!(
+                "\\x{hex}{}",
+                if b.len() > MAX_VALUE / 2 { "…" } else { "" }
+            ))
+        }
+        Some(b) => cap(&String::from_utf8_lossy(b), MAX_VALUE),
+    }
+}
+
+impl<'a> Journal<'a> {
+    pub fn new(store: &'a Store, session_id: i64, sample_rows: usize, sample_bytes: usize) -> Self {
+        Journal {
+            store,
+            session_id,
+            sample_rows,
+            sample_budget: AtomicUsize::new(sample_bytes),
+            results: Mutex::new(Vec::new()),
+            new_result: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Records a statement about to be forwarded (or refused); resolves once durable.
+    pub async fn statement(&self, e: Entry<'_>) -> Result<(), StoreError> {
+        let mut detail = json!({
+            "seq": e.seq,
+            "protocol": e.protocol,
+            "sql": cap(e.sql, MAX_SQL),
+            "statements": e.statements,
+            "decision": e.decision.map_or("allow", Decision::label),
+            "rule": e.decision.and_then(Decision::rule).filter(|r| !r.is_empty()),
+        });
+        if let Some(p) = e.params {
+            detail["params"] = Value::Array(p.to_vec());
+        }
+        if let Some(r) = e.decision.and_then(Decision::reason) {
+            detail["reason"] = Value::String(r.to_string());
+        }
+        if let Some(n) = e.note {
+            detail["note"] = Value::String(n.to_string());
+        }
+        let mut events: Vec<(&'static str, Value)> = self
+            .take_results()
+            .into_iter()
+            .map(|r| ("sql_result", r))
+            .collect();
+        events.push(("sql", detail));
+        self.store.append_events(self.session_id, events).await
+    }
+
+    fn take_results(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn has_pending_results(&self) -> bool {
+        !self
+            .results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Resolves once outcomes have waited [`RESULT_DELAY`] without a statement to go with.
+    pub async fn settled(&self) {
+        loop {
+            if self.has_pending_results() {
+                tokio::time::sleep(RESULT_DELAY).await;
+                return;
+            }
+            self.new_result.notified().await;
+        }
+    }
+
+    /// Stores the outcomes recorded so far (not waited for).
+    pub fn flush(&self) {
+        let results = self.take_results();
+        if !results.is_empty() {
+            self.store.note_events(
+                self.session_id,
+                results.into_iter().map(|r| ("sql_result", r)).collect(),
+            );
+        }
+    }
+
+    /// Whether another sample row may be kept.
+    pub fn wants_sample(&self, exec: &Exec) -> bool {
+        exec.sample.len() < self.sample_rows && self.sample_budget.load(Ordering::Relaxed) > 0
+    }
+
+    pub fn keep_sample(&self, exec: &mut Exec, row: Vec<Value>) {
+        let size: usize = row.iter().map(|v| v.to_string().len()).sum();
+        let budget = self.sample_budget.load(Ordering::Relaxed);
+        if size > budget {
+            self.sample_budget.store(0, Ordering::Relaxed);
+            exec.sample_dropped = true;
+            return;
+        }
+        self.sample_budget.store(budget - size, Ordering::Relaxed);
+        exec.sample.push(row);
+    }
+
+    /// Records the outcome of an execution (stored with the next statement or flush: the answer
+    /// already went out).
+    pub fn result(&self, exec: &Exec, skipped: bool) {
+        let mut detail = json!({
+            "seq": exec.seq,
+            "duration_ms": (exec.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            "rows": exec.rows,
+        });
+        if !exec.tags.is_empty() {
+            detail["tags"] = json!(exec.tags);
+        }
+        if exec.masked > 0 {
+            detail["masked_values"] = json!(exec.masked);
+        }
+        if exec.suspended {
+            detail["suspended"] = json!(true);
+        }
+        if skipped {
+            detail["skipped"] = json!("not executed: an earlier message of the pipeline failed");
+        }
+        if let Some((code, message)) = &exec.error {
+            detail["error"] = json!({ "code": code, "message": message });
+        }
+        if let Some(r) = &exec.refusal {
+            detail["refused"] = json!(r.message);
+        }
+        if !exec.sample.is_empty() {
+            detail["columns"] = json!(exec.sample_columns);
+            detail["sample"] = json!(exec.sample);
+        }
+        if exec.sample_dropped {
+            detail["sample_note"] =
+                json!("result samples left out: the session's sample cap is reached");
+        }
+        self.results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(detail);
+        self.new_result.notify_one();
+    }
+}

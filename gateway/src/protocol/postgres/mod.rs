@@ -1,0 +1,436 @@
+//! PostgreSQL at Layer 7: the gateway terminates the client's protocol (pgwire codecs), opens its
+//! own session upstream with the target's credentials, and relays message by message, putting
+//! every statement to policy, recording it write-ahead and masking results as they stream.
+//!
+//! One file per concern: `frame` (lengths and limits), `wire` (pgwire messages), `startup` (the
+//! client's first packets), `upstream` + `auth` + `tls` (the gateway's own session), `catalog`
+//! (which columns masking covers), `frontend` / `backend` (the two directions), `state` (what they
+//! share), `journal` (statement recording), `copy` (COPY output masking), `cancel` (cancel keys).
+
+mod auth;
+mod backend;
+pub mod cancel;
+mod catalog;
+mod copy;
+pub mod frame;
+mod frontend;
+mod journal;
+mod startup;
+mod state;
+mod tls;
+mod upstream;
+pub mod wire;
+
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use serde_json::json;
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+use crate::{
+    approval::Approvals,
+    config::{HostSpec, Target},
+    daemon::Gateway,
+    identity::Identity,
+    mask::Masker,
+    policy::Policy,
+    record::{ProcessInfo, SessionEnd},
+    sql::ClassifierCache,
+};
+use startup::Hello;
+use wire::GatewayError;
+
+pub use frame::{Frame, FrameError, split as split_frame};
+
+/// How long a client may take to send its startup packet.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// State shared by every PostgreSQL session of the daemon.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub cancels: cancel::Registry,
+    pub classifier: ClassifierCache,
+}
+
+/// One intercepted connection to a postgres target.
+pub struct Session<'a> {
+    pub gw: &'a Gateway,
+    pub target: &'a Target,
+    pub dst: SocketAddr,
+    pub id: i64,
+    pub identity: &'a Identity,
+    pub cgroup_id: u64,
+    pub process: Option<&'a ProcessInfo>,
+    pub job_id: Option<&'a str>,
+}
+
+/// What both directions of a session read.
+pub struct Context<'a> {
+    pub policy: &'a Policy,
+    pub identity: &'a Identity,
+    pub target: &'a Target,
+    pub session_id: i64,
+    pub journal: journal::Journal<'a>,
+    pub masker: Option<Arc<Masker>>,
+    /// Real columns (table oid, column number) covered by column masking rules.
+    pub covered: HashSet<(u32, i16)>,
+    pub approvals: &'a Approvals,
+    pub classifier: &'a ClassifierCache,
+    pub process: Option<&'a ProcessInfo>,
+    pub job_id: Option<&'a str>,
+    /// Messages the gateway sends the client on its own (a NoticeResponse while a statement waits
+    /// for approval); the backend writes them between the server's messages.
+    pub notices: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+    /// A second descriptor of the client socket, to notice a client that leaves while it waits.
+    pub client_watch: Option<std::os::fd::OwnedFd>,
+}
+
+/// Serves one connection; returns the byte counts for the session record.
+/// `upstream` is a TCP connection to the server already open (the intercept layer opens it while it
+/// records the session).
+pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -> SessionEnd {
+    let _ = client.set_nodelay(true);
+    let store = &s.gw.store;
+    let mut buf = BytesMut::with_capacity(512);
+    let hello =
+        tokio::time::timeout(STARTUP_TIMEOUT, startup::read_hello(&mut client, &mut buf)).await;
+    let hello = match hello {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::info!(session = s.id, error = %e, "postgres startup refused");
+            store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "phase": "startup", "error": e.to_string() }),
+            );
+            if let Some(err) = e.client_error() {
+                let _ = client.write_all(&err.encode()).await;
+            }
+            return SessionEnd::default();
+        }
+        Err(_) => {
+            store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "phase": "startup", "error": "no startup packet within 30s" }),
+            );
+            return SessionEnd::default();
+        }
+    };
+    match hello {
+        Hello::Cancel { pid, key } => {
+            cancel(&s, pid, key).await;
+            SessionEnd::default()
+        }
+        Hello::Startup { minor, parameters } => {
+            session(client, buf, upstream, &s, minor, parameters).await
+        }
+    }
+}
+
+async fn cancel(s: &Session<'_>, pid: i32, key: i32) {
+    let store = &s.gw.store;
+    let registry = &s.gw.postgres.cancels;
+    let Some(entry) = registry.lookup(pid, key) else {
+        store.note_event(s.id, "cancel", json!({ "outcome": "unknown key" }));
+        return;
+    };
+    if entry.cgroup_id != s.cgroup_id {
+        tracing::warn!(
+            session = s.id,
+            target_session = entry.session_id,
+            "cancel request from another job refused"
+        );
+        store.note_event(s.id, "cancel", json!({ "outcome": "refused: the session belongs to another job", "session": entry.session_id }));
+        return;
+    }
+    let outcome = match cancel::forward(&entry, s.gw.config.server.upstream_connect_timeout).await {
+        Ok(()) => "forwarded".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    store.note_event(
+        s.id,
+        "cancel",
+        json!({ "outcome": outcome, "session": entry.session_id }),
+    );
+    store.note_event(
+        entry.session_id,
+        "cancel_requested",
+        json!({ "by_session": s.id, "outcome": outcome }),
+    );
+}
+
+/// The name the server's certificate must carry: configured, the target's host name, or its
+/// address.
+fn server_name(target: &Target, dst: SocketAddr) -> String {
+    if let Some(n) = &target.postgres.server_name {
+        return n.clone();
+    }
+    match &target.address.host {
+        HostSpec::Name(n) => n.clone(),
+        HostSpec::Net(_) => dst.ip().to_string(),
+    }
+}
+
+async fn refuse(client: &mut TcpStream, err: GatewayError) {
+    let _ = client.write_all(&err.encode()).await;
+    let _ = client.shutdown().await;
+}
+
+async fn session(
+    mut client: TcpStream,
+    leftover: BytesMut,
+    tcp: TcpStream,
+    s: &Session<'_>,
+    minor: u16,
+    parameters: std::collections::BTreeMap<String, String>,
+) -> SessionEnd {
+    let gw = s.gw;
+    let store = &gw.store;
+    let settings = &s.target.postgres;
+    let upstream_params = match startup::upstream_parameters(&parameters) {
+        Ok(p) => p,
+        Err(e) => {
+            store.note_event(s.id, "refused", json!({ "reason": e.message }));
+            refuse(&mut client, e).await;
+            return SessionEnd::default();
+        }
+    };
+    let client_user = parameters.get("user").cloned().unwrap_or_default();
+    let (user, password_file) = Policy::upstream_account(&s.target.credentials, s.identity);
+    let user = user.map_or(client_user.clone(), str::to_string);
+    let database = upstream_params
+        .iter()
+        .find(|(k, _)| k == "database")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+
+    let request = upstream::Request {
+        addr: s.dst,
+        server_name: server_name(s.target, s.dst),
+        settings,
+        user: &user,
+        password_file: password_file.map(|p| p.as_path()),
+        parameters: upstream_params,
+        timeout: gw.config.server.upstream_connect_timeout,
+    };
+    let mut up = match upstream::connect(tcp, request).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(session = s.id, error = %e, "upstream session failed");
+            store.note_event(
+                s.id,
+                "upstream_error",
+                json!({ "upstream": s.dst.to_string(), "user": user, "error": e.to_string() }),
+            );
+            // The server's own refusals (unknown database, too many clients) are the client's
+            // business; anything about the gateway's credentials is not.
+            let err = match &e {
+                upstream::UpstreamError::Server { code, message, .. }
+                    if !code.starts_with("28") =>
+                {
+                    GatewayError::fatal(wire::CONNECTION_FAILURE, format!("gateway: target {:?}: {message}", s.target.name))
+                }
+                _ => GatewayError::fatal(
+                    wire::CONNECTION_FAILURE,
+                    format!("gateway: cannot open a session on target {:?}", s.target.name),
+                )
+                .with_detail("the gateway's connection or authentication to the server failed; the details are in the gateway's session log"),
+            };
+            refuse(&mut client, err).await;
+            return SessionEnd::default();
+        }
+    };
+
+    let masker = Masker::for_target(&gw.config.masking, &s.target.name);
+    let mut covered = HashSet::new();
+    if let Some(q) = masker.as_ref().and_then(|m| catalog::query(&m.columns)) {
+        match up.internal_query(&q).await {
+            Ok(rows) => covered = catalog::covered(&rows),
+            Err(e) => {
+                // Without the catalog, column rules could miss aliased columns: fail closed.
+                store.note_event(
+                    s.id,
+                    "upstream_error",
+                    json!({ "error": format!("masking catalog lookup: {e}") }),
+                );
+                refuse(
+                    &mut client,
+                    GatewayError::fatal(
+                        wire::CONNECTION_FAILURE,
+                        format!(
+                            "gateway: target {:?}: cannot resolve the columns that masking covers",
+                            s.target.name
+                        ),
+                    ),
+                )
+                .await;
+                return SessionEnd::default();
+            }
+        }
+    }
+
+    let registration = up.key.map(|(pid, key)| {
+        gw.postgres.cancels.register(cancel::Entry {
+            upstream: s.dst,
+            pid,
+            key,
+            cgroup_id: s.cgroup_id,
+            session_id: s.id,
+        })
+    });
+    let mut hello = BytesMut::new();
+    if minor > 0 {
+        let unsupported = parameters
+            .keys()
+            .filter(|k| k.starts_with("_pq_."))
+            .cloned()
+            .collect();
+        hello.extend_from_slice(&wire::negotiate_protocol_version(unsupported));
+    }
+    hello.extend_from_slice(&wire::auth_ok());
+    for m in &up.replay {
+        hello.extend_from_slice(m);
+    }
+    if let Some(r) = &registration {
+        hello.extend_from_slice(&wire::backend_key_data(r.pid, r.key));
+    }
+    hello.extend_from_slice(&wire::ready_for_query(b'I'));
+    if client.write_all(&hello).await.is_err() {
+        return SessionEnd::default();
+    }
+    store.note_event(
+        s.id,
+        "upstream_session",
+        json!({
+            "upstream": s.dst.to_string(),
+            "client_user": client_user,
+            "user": user,
+            "database": database,
+            "tls": up.tls,
+            "auth": up.method,
+            "masking": masker.as_ref().map(|m| m.rules.clone()),
+            "masked_columns": covered.len(),
+        }),
+    );
+    tracing::info!(session = s.id, user = %user, database = %database, tls = up.tls, "postgres session open");
+
+    let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
+    let client_watch = {
+        use std::os::fd::AsFd as _;
+        client.as_fd().try_clone_to_owned().ok()
+    };
+    let ctx = Context {
+        notices,
+        client_watch,
+        policy: &gw.policy,
+        identity: s.identity,
+        target: s.target,
+        session_id: s.id,
+        journal: journal::Journal::new(
+            store,
+            s.id,
+            settings.sample_rows,
+            settings.sample_bytes_per_session,
+        ),
+        masker,
+        covered,
+        approvals: &gw.approvals,
+        classifier: &gw.postgres.classifier,
+        process: s.process,
+        job_id: s.job_id,
+    };
+    let tracker = state::Shared::default();
+    let (up_read, up_write) = tokio::io::split(up.stream);
+    let up_buffer = std::mem::take(&mut up.buffer);
+    let mut fe = frontend::Frontend::new(&ctx, &tracker);
+    let mut be = backend::Backend::new(&ctx, &tracker, notices_rx);
+    let outcome = {
+        let (client_read, client_write) = client.split();
+        let fe_run = fe.run(
+            frame::FrameReader::with_buffer(client_read, leftover, settings.max_message_size),
+            up_write,
+        );
+        let be_run = be.run(
+            frame::FrameReader::with_buffer(up_read, up_buffer, frame::MAX_BACKEND_MESSAGE),
+            client_write,
+        );
+        tokio::select! {
+            end = fe_run => Outcome::Client(end),
+            end = be_run => Outcome::Server(end),
+            () = gw.shutdown.cancelled() => Outcome::Shutdown,
+        }
+    };
+    drop(registration);
+    let (end, error) = match outcome {
+        Outcome::Client(frontend::End::Terminated) => ("client_terminated".to_string(), None),
+        Outcome::Client(frontend::End::Closed) => ("client_closed".to_string(), None),
+        Outcome::Client(frontend::End::ClientIo(e)) => (format!("client_error: {e}"), None),
+        Outcome::Client(frontend::End::UpstreamIo(e)) => (format!("upstream_error: {e}"), None),
+        Outcome::Client(frontend::End::Violation(err)) => {
+            store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "side": "client", "error": err.message }),
+            );
+            (
+                format!("client protocol violation: {}", err.message),
+                Some(err),
+            )
+        }
+        Outcome::Client(frontend::End::RecordFailed(e)) => {
+            tracing::error!(session = s.id, error = %e, "cannot record a statement; closing the session");
+            (
+                format!("record_failed: {e}"),
+                Some(GatewayError::fatal(
+                    wire::CANNOT_CONNECT_NOW,
+                    "gateway: the statement could not be recorded, so it was not run; closing the session",
+                )),
+            )
+        }
+        Outcome::Server(backend::End::Closed) => ("upstream_closed".to_string(), None),
+        Outcome::Server(backend::End::UpstreamIo(e)) => (format!("upstream_error: {e}"), None),
+        Outcome::Server(backend::End::ClientIo(e)) => (format!("client_error: {e}"), None),
+        Outcome::Server(backend::End::Violation(err)) => {
+            store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "side": "server", "error": err.message }),
+            );
+            (
+                format!("server protocol violation: {}", err.message),
+                Some(err),
+            )
+        }
+        Outcome::Shutdown => (
+            "gateway_shutdown".to_string(),
+            Some(GatewayError::fatal(
+                wire::ADMIN_SHUTDOWN,
+                "gateway: shutting down",
+            )),
+        ),
+    };
+    if let Some(err) = error {
+        refuse(&mut client, err).await;
+    }
+    let (bytes_up, bytes_down) = (fe.bytes_up, be.bytes_down);
+    ctx.journal.flush();
+    store.note_event(
+        s.id,
+        "closed",
+        json!({ "end": end, "bytes_up": bytes_up, "bytes_down": bytes_down }),
+    );
+    SessionEnd {
+        bytes_up,
+        bytes_down,
+    }
+}
+
+enum Outcome {
+    Client(frontend::End),
+    Server(backend::End),
+    Shutdown,
+}
+
+#[cfg(test)]
+mod tests;

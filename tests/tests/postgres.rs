@@ -1,0 +1,865 @@
+//! PostgreSQL at Layer 7 end to end: PostgreSQL 15 in a network namespace, the gateway daemon with
+//! a postgres target, and real clients (psql, pgbench, psycopg, a raw wire client) run as jobs.
+//! The job never has the database password: it connects as whoever it likes, without a secret.
+
+use std::{
+    fs,
+    process::{Command, Output},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use gateway_e2e::{
+    Daemon, DaemonConfig, Netns, Postgres, TempDir, gateway_bin, pgwire_bin, unique_id,
+};
+use serde_json::Value;
+
+const SCHEMA: &str = "
+create table users (id int primary key, email text, card text, note text, ssn text, pin int);
+insert into users values
+  (1, 'alice@example.com', '4111 1111 1111 1111', 'mail alice@example.com', '123-45-6789', 1234),
+  (2, 'bob@example.org', '5500-0000-0000-0004', 'nothing secret', '987-65-4321', 4321),
+  (3, 'carol@example.net', '', 'n/a', '111-22-3333', 5555);
+create table notes (id serial primary key, body text);
+alter table users owner to app;
+alter table notes owner to app;
+";
+
+/// Statement rules first, then the connection rule that lets jobs in (first match wins).
+const RULES: &str = r#"
+[[rules]]
+name = "no-drop"
+action = "deny"
+targets = ["app-db"]
+unauthenticated = true
+[rules.sql]
+kinds = ["drop", "truncate"]
+
+[[rules]]
+name = "no-unfiltered-writes"
+action = "deny"
+targets = ["app-db"]
+unauthenticated = true
+reason = "DELETE and UPDATE need a WHERE clause"
+[rules.sql]
+kinds = ["delete", "update"]
+without_where = true
+
+[[rules]]
+name = "no-server-files"
+action = "deny"
+targets = ["app-db"]
+unauthenticated = true
+[rules.sql]
+functions = ["pg_read_file", "pg_read_binary_file", "lo_export", "lo_import", "dblink*"]
+
+[[approvers]]
+name = "dba"
+unix_users = ["root"]
+
+[[rules]]
+name = "grants-need-approval"
+action = "require_approval"
+approvers = ["dba"]
+approval_timeout = "4s"
+targets = ["app-db"]
+unauthenticated = true
+[rules.sql]
+kinds = ["grant", "revoke"]
+
+[[rules]]
+name = "jobs"
+action = "allow"
+targets = ["app-db"]
+unauthenticated = true
+
+[[masking]]
+name = "pii"
+targets = ["app-db"]
+columns = ["users.ssn", "users.pin"]
+detectors = ["email", "credit_card"]
+"#;
+
+struct Pg {
+    daemon: Daemon,
+    pg: Postgres,
+    ns: Netns,
+    dir: TempDir,
+}
+
+/// The upstream account the gateway logs in with.
+struct Account {
+    user: &'static str,
+    password: &'static str,
+    /// SQL (as superuser) that creates the account, and its pg_hba.conf line.
+    create: Option<(&'static str, &'static str)>,
+}
+
+const APP: Account = Account {
+    user: "app",
+    password: "apppw",
+    create: None,
+};
+
+impl Pg {
+    fn start() -> Result<Pg> {
+        Self::with(APP)
+    }
+
+    fn with(account: Account) -> Result<Pg> {
+        let id = unique_id();
+        let dir = TempDir::new(&format!("p{id}"));
+        let ns = Netns::new(&id)?;
+        let pg = Postgres::start(&ns, dir.path())?;
+        pg.admin_sql(SCHEMA)?;
+        if let Some((sql, hba)) = account.create {
+            pg.admin_sql(sql)?;
+            pg.prepend_hba(hba)?;
+        }
+        let secret = dir.path().join("app-db.secret");
+        fs::write(&secret, format!("{}\n", account.password))?;
+        let host = pg.host.to_string();
+        let body = format!(
+            r#"
+[[targets]]
+name = "app-db"
+protocol = "postgres"
+address = "{host}:5432"
+[targets.credentials]
+user = "{user}"
+password_file = "{secret}"
+
+{RULES}
+"#,
+            user = account.user,
+            secret = secret.display(),
+        );
+        let daemon = Daemon::start(DaemonConfig {
+            server: String::new(),
+            body,
+        })?;
+        Ok(Pg {
+            daemon,
+            pg,
+            ns,
+            dir,
+        })
+    }
+
+    fn host(&self) -> String {
+        self.pg.host.to_string()
+    }
+
+    /// Runs `program args` as a job, without any database password in its environment.
+    fn job(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(gateway_bin())
+            .arg("--control-socket")
+            .arg(&self.daemon.control_socket)
+            .arg("run")
+            .arg("--")
+            .arg("timeout")
+            .arg("120")
+            .arg(program)
+            .args(args)
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/nonexistent")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("gateway run")
+    }
+
+    /// psql as a job: `-At` output, `-v ON_ERROR_STOP=0`, extra args appended.
+    fn psql(&self, args: &[&str]) -> Output {
+        let host = self.host();
+        let mut all = vec!["-X", "-At", "-h", &host, "-U", "agent", "-d", "app"];
+        all.extend_from_slice(args);
+        self.job("psql", &all)
+    }
+
+    fn psql_ok(&self, sql: &str) -> Result<String> {
+        let out = self.psql(&["-v", "ON_ERROR_STOP=1", "-c", sql]);
+        ensure!(
+            out.status.success(),
+            "psql -c {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn raw(&self, case: &str) -> Result<Value> {
+        let addr = format!("{}:5432", self.host());
+        let out = self.job(pgwire_bin().to_str().unwrap(), &[&addr, case]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).with_context(|| {
+            format!(
+                "e2e-pgwire {case}: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Every recorded event of every session to the target, in order.
+    fn events(&self) -> Result<Vec<Value>> {
+        let mut all = Vec::new();
+        for s in self.daemon.sessions()? {
+            let id = s["id"].to_string();
+            let show = self.daemon.cli_json(&["sessions", "show", &id, "--json"])?;
+            for mut e in show["events"].as_array().cloned().unwrap_or_default() {
+                e["session"] = s["id"].clone();
+                all.push(e);
+            }
+        }
+        Ok(all)
+    }
+
+    fn events_of(&self, kind: &str) -> Result<Vec<Value>> {
+        Ok(self
+            .events()?
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect())
+    }
+}
+
+/// Superuser SQL outside the gateway, output trimmed.
+fn admin(pg: &Postgres, sql: &str) -> Result<String> {
+    Ok(pg.admin_sql(sql)?.trim().to_string())
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn psql_runs_queries_with_injected_credentials_and_every_statement_is_recorded() -> Result<()> {
+    let t = Pg::start()?;
+    // The job asks for user "agent" and has no password; the server sees the target's account.
+    let out = t.psql_ok("select current_user, count(*) from users")?;
+    assert_eq!(out, "app|3");
+    let out = t.psql_ok("select 1; select 'two'")?;
+    assert_eq!(out, "1\ntwo");
+    // psql's own catalog queries (\dt, \d) parse and pass.
+    assert!(t.psql_ok("\\dt")?.contains("users"));
+    assert!(t.psql_ok("\\d users")?.contains("email"));
+
+    let sql = t.events_of("sql")?;
+    assert!(
+        sql.iter().any(
+            |e| e["detail"]["sql"] == "select current_user, count(*) from users"
+                && e["detail"]["decision"] == "allow"
+                && e["detail"]["rule"] == "jobs"
+                && e["detail"]["statements"][0]["kind"] == "select"
+        ),
+        "{sql:#?}"
+    );
+    let results = t.events_of("sql_result")?;
+    assert!(
+        results
+            .iter()
+            .any(|e| e["detail"]["rows"] == 1 && e["detail"]["sample"][0][0] == "app"),
+        "{results:#?}"
+    );
+    let connected = t.events_of("upstream_session")?;
+    assert_eq!(connected[0]["detail"]["user"], "app");
+    assert_eq!(connected[0]["detail"]["client_user"], "agent");
+    assert_eq!(connected[0]["detail"]["auth"], "scram-sha-256");
+
+    // The statement log reads as a log.
+    let session = t.daemon.sessions()?[0]["id"].to_string();
+    let show = t.daemon.cli(&["sessions", "show", &session]);
+    let text = stdout(&show);
+    assert!(
+        text.contains("select current_user, count(*) from users")
+            && text.contains("allow")
+            && text.contains("1 row"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn drop_unfiltered_delete_and_server_file_access_are_refused_naming_the_rule() -> Result<()> {
+    let t = Pg::start()?;
+    let out = t.psql(&["-c", "DROP TABLE users"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no-drop"), "{err}");
+    assert_eq!(admin(&t.pg, "select count(*) from users")?, "3");
+
+    let out = t.psql(&["-c", "DELETE FROM users"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("no-unfiltered-writes") && err.contains("WHERE"),
+        "{err}"
+    );
+    let out = t.psql(&["-c", "DELETE FROM users WHERE true"]);
+    assert!(
+        !out.status.success(),
+        "a WHERE without a column is no filter"
+    );
+    assert_eq!(admin(&t.pg, "select count(*) from users")?, "3");
+    assert_eq!(t.psql_ok("DELETE FROM users WHERE id = 3")?, "DELETE 1");
+    assert_eq!(admin(&t.pg, "select count(*) from users")?, "2");
+
+    let out = t.psql(&["-c", "select pg_read_file('/etc/hostname')"]);
+    assert!(stderr(&out).contains("no-server-files"), "{}", stderr(&out));
+    // SQL the gateway cannot parse is refused, not passed on.
+    let out = t.psql(&["-c", "DO $$ BEGIN PERFORM 1; END $$"]);
+    assert!(
+        stderr(&out).contains("could not be parsed"),
+        "{}",
+        stderr(&out)
+    );
+
+    // psql shows SQLSTATE with VERBOSITY verbose.
+    let out = t.psql(&["-v", "VERBOSITY=verbose", "-c", "TRUNCATE users"]);
+    assert!(stderr(&out).contains("42501"), "{}", stderr(&out));
+
+    let denied: Vec<Value> = t
+        .events_of("sql")?
+        .into_iter()
+        .filter(|e| e["detail"]["decision"] == "deny")
+        .collect();
+    assert!(denied.iter().any(|e| e["detail"]["rule"] == "no-drop"));
+    Ok(())
+}
+
+#[test]
+fn require_approval_holds_the_statement_until_a_person_decides() -> Result<()> {
+    let t = Pg::start()?;
+    // Approved by root through the CLI while psql waits: the GRANT runs.
+    let out = std::thread::scope(|scope| -> Result<Output> {
+        let job = scope.spawn(|| t.psql(&["-c", "GRANT SELECT ON users TO PUBLIC"]));
+        let mut request = Value::Null;
+        gateway_e2e::wait_until(std::time::Duration::from_secs(10), || {
+            request = t
+                .daemon
+                .cli_json(&["approvals", "list", "--json"])
+                .ok()
+                .and_then(|v| {
+                    v.as_array()?
+                        .iter()
+                        .find(|a| a["status"] == "pending")
+                        .cloned()
+                })
+                .unwrap_or_default();
+            !request.is_null()
+        });
+        let id = request["id"]
+            .as_str()
+            .context("no pending approval request")?
+            .to_string();
+        assert_eq!(request["operation"], "GRANT SELECT ON users TO PUBLIC");
+        assert_eq!(request["kind"], "sql");
+        assert_eq!(request["rule"], "grants-need-approval");
+        let approve = t.daemon.cli(&["approvals", "approve", &id]);
+        ensure!(approve.status.success(), "{}", stderr(&approve));
+        Ok(job.join().expect("psql thread"))
+    })?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        admin(
+            &t.pg,
+            "select has_table_privilege('public', 'users', 'select')"
+        )?,
+        "t"
+    );
+    // Nobody decides: the request expires and the statement is refused, naming why.
+    let out = t.psql(&[
+        "-v",
+        "VERBOSITY=verbose",
+        "-c",
+        "REVOKE SELECT ON users FROM PUBLIC",
+    ]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("42501") && err.contains("expired"),
+        "{err}"
+    );
+    assert_eq!(
+        admin(
+            &t.pg,
+            "select has_table_privilege('public', 'users', 'select')"
+        )?,
+        "t",
+        "the REVOKE did not run"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_refused_statement_inside_a_transaction_aborts_it_like_a_server_error() -> Result<()> {
+    let t = Pg::start()?;
+    let script = "BEGIN;
+INSERT INTO notes (body) VALUES ('first');
+DROP TABLE notes;
+SELECT 'after the refusal';
+ROLLBACK;
+SELECT count(*) FROM notes;
+";
+    let path = t.dir.path().join("script.sql");
+    fs::write(&path, script)?;
+    let out = t.psql(&["-q", "-v", "ON_ERROR_STOP=0", "-f", path.to_str().unwrap()]);
+    let err = stderr(&out);
+    // The refusal, then the server's own "transaction is aborted" for the next statement.
+    assert!(err.contains("no-drop"), "{err}");
+    assert!(
+        err.contains("current transaction is aborted"),
+        "the server must be in the failed transaction too: {err}"
+    );
+    assert_eq!(stdout(&out), "0", "the INSERT was rolled back");
+    assert_eq!(admin(&t.pg, "select count(*) from notes")?, "0");
+    Ok(())
+}
+
+#[test]
+fn results_are_masked_by_column_rule_and_by_detector_with_shape_intact() -> Result<()> {
+    let t = Pg::start()?;
+    let out = t.psql_ok("select id, email, card, note, ssn, pin from users order by id")?;
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 3, "row count intact: {out}");
+    assert_eq!(
+        rows[0],
+        "1|[masked:email]|[masked:credit_card]|mail [masked:email]|[masked]|0"
+    );
+    assert_eq!(
+        rows[1],
+        "2|[masked:email]|[masked:credit_card]|nothing secret|[masked]|0"
+    );
+    // A column rule follows the column, not its name.
+    assert_eq!(
+        t.psql_ok("select ssn as x, pin + 0 as y, pin as z from users where id = 1")?,
+        "[masked]|1234|0"
+    );
+    // Types stay what they were: the masked int is still an int.
+    assert_eq!(
+        t.psql_ok("select pg_typeof(pin) from users limit 1")?,
+        "integer"
+    );
+    let out = t.psql_ok("select sum(pin) from (select pin from users) s")?;
+    assert_eq!(out, "11110", "computed values are not column values");
+    let results = t.events_of("sql_result")?;
+    assert!(
+        results
+            .iter()
+            .any(|e| e["detail"]["masked_values"].as_u64() >= Some(8)
+                && e["detail"]["sample"][0][1] == "[masked:email]"),
+        "the recorded sample is masked too: {results:#?}"
+    );
+    // Nothing unmasked is in the session store.
+    let all = serde_json::to_string(&t.events()?)?;
+    assert!(!all.contains("alice@example.com") || all.contains("mail alice@example.com'"));
+    assert!(!all.contains("4111 1111 1111 1111"));
+    Ok(())
+}
+
+#[test]
+fn copy_in_and_out_pass_through_and_copy_out_is_masked() -> Result<()> {
+    let t = Pg::start()?;
+    let out = t.psql_ok("COPY users (id, email, ssn) TO STDOUT")?;
+    assert_eq!(
+        out.lines().next(),
+        Some("1\t[masked:email]\t[masked]"),
+        "{out}"
+    );
+    let out = t.psql(&["-c", "COPY users TO STDOUT"]);
+    assert!(
+        stderr(&out).contains("name the columns"),
+        "a COPY the gateway cannot mask is refused: {}",
+        stderr(&out)
+    );
+    let csv = t.dir.path().join("in.csv");
+    fs::write(&csv, "from copy one\nfrom copy two\n")?;
+    let out = t.psql(&[
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        &format!("\\copy notes (body) FROM '{}'", csv.display()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        admin(
+            &t.pg,
+            "select count(*) from notes where body like 'from copy%'"
+        )?,
+        "2"
+    );
+    let out = t.psql_ok("COPY (SELECT body FROM notes ORDER BY id) TO STDOUT WITH (FORMAT csv)");
+    assert!(
+        out.is_err(),
+        "COPY of a query is refused while column rules apply"
+    );
+    Ok(())
+}
+
+#[test]
+fn pgbench_runs_simple_extended_and_prepared_through_the_gateway() -> Result<()> {
+    let t = Pg::start()?;
+    // Initialise directly (as the owner of the data), then run as a job through the gateway.
+    let mut init = Command::new("ip");
+    init.args([
+        "netns",
+        "exec",
+        &t.ns.name,
+        "env",
+        "PGPASSWORD=apppw",
+        "pgbench",
+        "-i",
+        "-s",
+        "1",
+        "-q",
+        "-h",
+    ])
+    .arg(t.host())
+    .args(["-U", "app", "app"]);
+    let o = init.output()?;
+    ensure!(o.status.success(), "pgbench -i: {}", stderr(&o));
+    let host = t.host();
+    for mode in ["simple", "extended", "prepared"] {
+        for script in [&["-S"][..], &["-N"][..]] {
+            let mut args = vec![
+                "-h", &host, "-U", "agent", "-n", "-c", "2", "-j", "1", "-t", "100", "-M", mode,
+            ];
+            args.extend_from_slice(script);
+            args.push("app");
+            let out = t.job("pgbench", &args);
+            let text = stdout(&out);
+            assert!(
+                out.status.success()
+                    && text.contains("number of transactions actually processed: 200/200"),
+                "pgbench -M {mode} {script:?}: {text}\n{}",
+                stderr(&out)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn python() -> String {
+    std::env::var("GATEWAY_E2E_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn driver(t: &Pg, scenario: &str) -> Result<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/pg_driver.py");
+    let out = t.job(&python(), &[script, &t.host(), scenario]);
+    serde_json::from_str(&stdout(&out))
+        .with_context(|| format!("pg_driver {scenario}: {} {}", stdout(&out), stderr(&out)))
+}
+
+#[test]
+fn psycopg_sees_masked_results_refusals_and_real_transaction_state() -> Result<()> {
+    let t = Pg::start()?;
+    let r = driver(&t, "basic")?;
+    assert_eq!(r["server_user"], "app");
+    assert_eq!(
+        r["row"],
+        serde_json::json!([
+            1,
+            "[masked:email]",
+            "[masked:credit_card]",
+            "mail [masked:email]"
+        ])
+    );
+    assert_eq!(r["count"], 3);
+    assert_eq!(r["rows"].as_array().map(Vec::len), Some(3));
+    // Binary format: the int column is masked as an int, the text column as text.
+    assert_eq!(r["binary_row"], serde_json::json!([2, 0, "[masked]"]));
+    assert_eq!(r["delete"]["sqlstate"], "42501");
+    assert!(
+        r["delete"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no-unfiltered-writes"),
+        "{r:#?}"
+    );
+    assert_eq!(r["status_after_refusal"], "INERROR");
+    assert_eq!(r["next_statement"], "25P02");
+    assert_eq!(r["notes_after_rollback"], 0);
+    assert_eq!(r["drop"]["sqlstate"], "42501");
+    assert_eq!(r["named_cursor"], serde_json::json!([1, 2]));
+    assert_eq!(r["pipeline"], serde_json::json!([0, 2, 4]));
+    assert_eq!(r["copy_out"][0], serde_json::json!(["1", "[masked:email]"]));
+    assert_eq!(r["copied_in"], 1);
+    // Extended-protocol statements are recorded with their parameters.
+    let sql = t.events_of("sql")?;
+    assert!(
+        sql.iter().any(|e| e["detail"]["protocol"] == "extended"
+            && e["detail"]["sql"] == "select id, email, card, note from users where id = $1"
+            && e["detail"]["params"].as_array().map(Vec::len) == Some(1)),
+        "{sql:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn cancel_of_a_long_pg_sleep_reaches_the_server() -> Result<()> {
+    let t = Pg::start()?;
+    let r = driver(&t, "cancel")?;
+    assert_eq!(r["sleep"]["outcome"], "57014", "{r:#?}");
+    assert_eq!(r["after"], "still usable");
+    let cancels = t.events_of("cancel")?;
+    assert!(
+        cancels
+            .iter()
+            .any(|e| e["detail"]["outcome"] == "forwarded"),
+        "{cancels:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn md5_and_cleartext_upstream_authentication() -> Result<()> {
+    for (method, account) in [
+        (
+            "md5",
+            Account {
+                user: "md5user",
+                password: "md5 pw",
+                create: Some((
+                    "set password_encryption = 'md5'; create role md5user login password 'md5 pw'; grant select on users to md5user",
+                    "host all md5user 0.0.0.0/0 md5",
+                )),
+            },
+        ),
+        (
+            "cleartext",
+            Account {
+                user: "clearuser",
+                password: "clear-pw",
+                create: Some((
+                    "create role clearuser login password 'clear-pw'; grant select on users to clearuser",
+                    "host all clearuser 0.0.0.0/0 password",
+                )),
+            },
+        ),
+    ] {
+        let t = Pg::with(account)?;
+        assert_eq!(
+            t.psql_ok("select current_user, count(*) from users")?,
+            format!(
+                "{}|3",
+                if method == "md5" {
+                    "md5user"
+                } else {
+                    "clearuser"
+                }
+            )
+        );
+        let connected = t.events_of("upstream_session")?;
+        assert_eq!(connected[0]["detail"]["auth"], method);
+    }
+    Ok(())
+}
+
+/// Runs a raw-protocol case as a job and checks the gateway still serves psql afterwards.
+fn bad_input(case: &str) -> Result<(Pg, Value)> {
+    let t = Pg::start()?;
+    let r = t.raw(case)?;
+    assert_eq!(
+        t.psql_ok("select 'still serving'")?,
+        "still serving",
+        "the gateway keeps serving after {case}"
+    );
+    Ok((t, r))
+}
+
+fn first_error(r: &Value) -> (String, String) {
+    let e = r["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["tag"] == "E"))
+        .cloned()
+        .unwrap_or_default();
+    (
+        e["code"].as_str().unwrap_or_default().to_string(),
+        e["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn protocol_errors(t: &Pg) -> Result<Vec<Value>> {
+    t.events_of("protocol_error")
+}
+
+#[test]
+fn bad_input_bogus_protocol_version() -> Result<()> {
+    let (t, r) = bad_input("bad-version")?;
+    let (code, message) = first_error(&r);
+    assert_eq!(code, "0A000", "{r}");
+    assert!(
+        message.contains("unsupported frontend protocol 9999.0"),
+        "{message}"
+    );
+    assert_eq!(r["closed"], true);
+    assert!(!protocol_errors(&t)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn bad_input_oversized_startup_packet() -> Result<()> {
+    let (t, r) = bad_input("huge-startup")?;
+    assert_eq!(first_error(&r).0, "08P01", "{r}");
+    assert_eq!(r["closed"], true);
+    assert!(!protocol_errors(&t)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn bad_input_binary_garbage() -> Result<()> {
+    let (t, r) = bad_input("garbage")?;
+    assert_eq!(r["closed"], true, "{r}");
+    assert!(!protocol_errors(&t)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn bad_input_truncated_message() -> Result<()> {
+    let (t, r) = bad_input("truncated")?;
+    assert_eq!(r["closed"], true, "{r}");
+    let errors = protocol_errors(&t)?;
+    assert!(
+        errors.iter().any(|e| e["detail"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("middle of a message")),
+        "{errors:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_input_wrong_length_field() -> Result<()> {
+    let (t, r) = bad_input("bad-length")?;
+    let (code, message) = first_error(&r);
+    assert_eq!(code, "08P01", "{r}");
+    assert!(message.contains("length"), "{message}");
+    assert_eq!(r["closed"], true);
+    assert!(!protocol_errors(&t)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn bad_input_oversized_message() -> Result<()> {
+    let (t, r) = bad_input("oversized")?;
+    let (code, message) = first_error(&r);
+    assert_eq!(code, "08P01", "{r}");
+    assert!(message.contains("more than"), "{message}");
+    assert!(!protocol_errors(&t)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn bad_input_unknown_message_type() -> Result<()> {
+    let (t, r) = bad_input("unknown-type")?;
+    let (code, message) = first_error(&r);
+    assert_eq!(code, "08P01", "{r}");
+    assert!(message.contains("unknown message type"), "{message}");
+    assert!(!protocol_errors(&t)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn function_call_messages_are_refused_and_the_session_goes_on() -> Result<()> {
+    let (t, r) = bad_input("function-call")?;
+    let tags: Vec<&str> = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["tag"].as_str())
+        .collect();
+    // Refusal + ReadyForQuery, then the next query's full answer.
+    assert_eq!(tags, ["E", "Z", "T", "D", "C", "Z"], "{r}");
+    assert_eq!(first_error(&r).0, "42501");
+    assert_eq!(r["closed"], false);
+    let denied = t.events_of("sql")?;
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["detail"]["sql"] == "<FunctionCall message>")
+    );
+    Ok(())
+}
+
+#[test]
+fn encryption_requests_are_answered_no_and_startup_continues() -> Result<()> {
+    let (_t, r) = bad_input("encryption-requests")?;
+    assert_eq!(r["answer"], "NN");
+    let rows: Vec<&Value> = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["tag"] == "D")
+        .collect();
+    assert_eq!(rows.len(), 1, "{r}");
+    Ok(())
+}
+
+#[test]
+fn a_refused_statement_in_a_pipeline_recovers_at_sync() -> Result<()> {
+    let (_t, r) = bad_input("pipeline")?;
+    let tags: Vec<&str> = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["tag"].as_str())
+        .collect();
+    // Parse refused (Bind and Execute skipped by the server), Sync; then the next pipeline runs.
+    assert_eq!(tags, ["E", "Z", "1", "2", "D", "C", "Z"], "{r}");
+    let (code, message) = first_error(&r);
+    assert_eq!(code, "42501");
+    assert!(message.contains("no-drop"), "{message}");
+    assert_eq!(r["messages"][1]["status"], "I");
+    Ok(())
+}
+
+#[test]
+fn a_cancel_request_with_an_unknown_key_is_ignored() -> Result<()> {
+    let (t, r) = bad_input("cancel-unknown")?;
+    assert_eq!(r["closed"], true);
+    let cancels = t.events_of("cancel")?;
+    assert_eq!(cancels[0]["detail"]["outcome"], "unknown key");
+    Ok(())
+}
+
+/// VmHWM of a process in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_million_row_select_streams_in_bounded_memory() -> Result<()> {
+    let t = Pg::start()?;
+    assert_eq!(t.psql_ok("select 1")?, "1");
+    let before = peak_rss_kib(t.daemon.pid());
+    // About 45 MB of rows, every one through the detectors; psql counts them.
+    let host = t.host();
+    let out = t.job(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "psql -X -At -h {host} -U agent -d app -c \"select g, 'user' || g || '@example.com', md5(g::text) from generate_series(1, 1000000) g\" | wc -l"
+            ),
+        ],
+    );
+    assert_eq!(stdout(&out), "1000000", "{}", stderr(&out));
+    let after = peak_rss_kib(t.daemon.pid());
+    eprintln!("gateway peak RSS: {before} KiB before, {after} KiB after a 1,000,000-row SELECT");
+    assert!(
+        after < before + 32 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB: the result was buffered"
+    );
+    let results = t.events_of("sql_result")?;
+    assert!(
+        results
+            .iter()
+            .any(|e| e["detail"]["rows"] == 1_000_000 && e["detail"]["masked_values"] == 1_000_000)
+    );
+    Ok(())
+}

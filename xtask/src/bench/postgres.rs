@@ -1,0 +1,390 @@
+//! PostgreSQL target: pgbench select-only throughput (simple and extended protocol) directly,
+//! through pgbouncer (session pooling), through haproxy (tcp mode) and through the gateway with
+//! statement policy, masking and recording all on; per-transaction p50 latency from single-client
+//! runs; and the gateway's memory for 1,000 idle sessions. Targets (issue 4): gateway TPS at or
+//! above pgbouncer and haproxy, added p50 under 0.15 ms, under 64 KiB per idle connection.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    os::unix::fs::PermissionsExt as _,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use gateway_e2e::{
+    Daemon, DaemonConfig, Netns, Postgres, Process, TempDir, free_port, gateway_bin, pgwire_bin,
+    unique_id, wait_until,
+};
+
+use super::{median, row};
+
+const SECONDS: &str = "20";
+const LATENCY_SECONDS: &str = "5";
+const IDLE: usize = 1000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Direct,
+    Pgbouncer,
+    Haproxy,
+    Gateway,
+}
+
+const PATHS: [Path; 4] = [Path::Direct, Path::Pgbouncer, Path::Haproxy, Path::Gateway];
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Pgbouncer => "pgbouncer (session)",
+            Path::Haproxy => "haproxy (tcp mode)",
+            Path::Gateway => "gateway (L7, all on)",
+        }
+    }
+}
+
+/// Statement rules, masking (a column rule that hits every result row, all detectors) and the
+/// write-ahead statement log: everything on.
+fn gateway_config(host: &str, secret: &std::path::Path) -> String {
+    format!(
+        r#"
+[[targets]]
+name = "bench-db"
+protocol = "postgres"
+address = "{host}:5432"
+[targets.credentials]
+user = "app"
+password_file = "{secret}"
+
+[[rules]]
+name = "no-ddl"
+action = "deny"
+unauthenticated = true
+[rules.sql]
+kinds = ["drop", "truncate", "alter", "grant", "revoke"]
+
+[[rules]]
+name = "writes-need-where"
+action = "deny"
+unauthenticated = true
+[rules.sql]
+without_where = true
+
+[[rules]]
+name = "no-server-files"
+action = "deny"
+unauthenticated = true
+[rules.sql]
+functions = ["pg_read_file", "lo_export", "lo_import", "dblink*"]
+
+[[rules]]
+name = "bench"
+action = "allow"
+targets = ["bench-db"]
+unauthenticated = true
+
+[[masking]]
+name = "bench"
+columns = ["pgbench_accounts.abalance", "*email*"]
+detectors = ["email", "credit_card", "us_ssn", "phone", "iban", "aws_access_key", "jwt", "private_key"]
+"#,
+        secret = secret.display()
+    )
+}
+
+struct Bench {
+    ns: Netns,
+    pg: Postgres,
+    daemon: Daemon,
+    dir: TempDir,
+    pgbouncer_port: u16,
+    haproxy_port: u16,
+    _peers: Vec<Process>,
+}
+
+impl Bench {
+    fn start() -> Result<Bench> {
+        let id = unique_id();
+        let dir = TempDir::new(&format!("pb{id}"));
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        let ns = Netns::new(&id)?;
+        let pg = Postgres::start_with(
+            &ns,
+            dir.path(),
+            &format!("-c max_connections={} -c shared_buffers=64MB", IDLE + 100),
+        )?;
+        let host = pg.host.to_string();
+        let init = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "env",
+                "PGPASSWORD=apppw",
+                "pgbench",
+            ])
+            .args(["-i", "-s", "1", "-q", "-h", &host, "-U", "app", "app"])
+            .output()?;
+        ensure!(
+            init.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+
+        let mut peers = Vec::new();
+        // pgbouncer refuses to run as root: its files must be readable by postgres.
+        let pgbouncer_port = free_port();
+        let ini = dir.path().join("pgbouncer.ini");
+        fs::write(
+            &ini,
+            format!(
+                "[databases]\napp = host={host} port=5432 dbname=app user=app password=apppw\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {pgbouncer_port}\nunix_socket_dir =\nauth_type = any\npool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 20\nlogfile = {log}\npidfile = {pid}\n",
+                log = dir.path().join("pgbouncer.log").display(),
+                pid = dir.path().join("pgbouncer.pid").display(),
+            ),
+        )?;
+        fs::set_permissions(&ini, fs::Permissions::from_mode(0o644))?;
+        let _ = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status();
+        peers.push(Process::spawn(
+            "pgbouncer",
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", "pgbouncer"])
+                .arg(&ini),
+            dir.path().join("pgbouncer.out"),
+        )?);
+        let haproxy_port = free_port();
+        let cfg = dir.path().join("haproxy.cfg");
+        fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\nlisten pg\n    bind 127.0.0.1:{haproxy_port}\n    server pg1 {host}:5432\n"
+            ),
+        )?;
+        peers.push(Process::spawn(
+            "haproxy",
+            Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
+            dir.path().join("haproxy.log"),
+        )?);
+        for port in [pgbouncer_port, haproxy_port] {
+            ensure!(
+                wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+                    "127.0.0.1",
+                    port
+                ))
+                .is_ok()),
+                "a baseline proxy did not start on port {port}"
+            );
+        }
+
+        let secret = dir.path().join("bench-db.secret");
+        fs::write(&secret, "apppw\n")?;
+        let daemon = Daemon::start(DaemonConfig {
+            server: String::new(),
+            body: gateway_config(&host, &secret),
+        })?;
+        Ok(Bench {
+            ns,
+            pg,
+            daemon,
+            dir,
+            pgbouncer_port,
+            haproxy_port,
+            _peers: peers,
+        })
+    }
+
+    /// pgbench through `path` with `args`; returns its stdout.
+    fn pgbench(&self, path: Path, args: &[&str]) -> Result<String> {
+        let host = self.pg.host.to_string();
+        let (h, port) = match path {
+            Path::Direct | Path::Gateway => (host.as_str(), "5432".to_string()),
+            Path::Pgbouncer => ("127.0.0.1", self.pgbouncer_port.to_string()),
+            Path::Haproxy => ("127.0.0.1", self.haproxy_port.to_string()),
+        };
+        let mut cmd = match path {
+            Path::Gateway => {
+                let mut c = Command::new(gateway_bin());
+                c.arg("--control-socket")
+                    .arg(&self.daemon.control_socket)
+                    .args(["run", "--", "pgbench"]);
+                // The job has no password: the gateway holds it.
+                c.env_remove("PGPASSWORD");
+                c
+            }
+            _ => {
+                let mut c = Command::new("pgbench");
+                c.env("PGPASSWORD", "apppw");
+                c
+            }
+        };
+        cmd.args(["-h", h, "-p", &port, "-U", "app", "-n"])
+            .args(args)
+            .arg("app")
+            .current_dir(self.dir.path());
+        let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "pgbench via {}: {}{}",
+                path.name(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+}
+
+fn tps(output: &str) -> f64 {
+    output
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// p50 per-transaction latency (µs) from a pgbench `-l` log in `dir`.
+fn p50_from_log(dir: &std::path::Path, prefix: &str) -> Result<f64> {
+    let mut samples = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(prefix))
+        {
+            for line in fs::read_to_string(&path)?.lines() {
+                if let Some(v) = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {
+                    samples.push(v);
+                }
+            }
+            fs::remove_file(&path)?;
+        }
+    }
+    ensure!(!samples.is_empty(), "no pgbench log {prefix}*");
+    Ok(median(samples))
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn run() -> Result<()> {
+    let b = Bench::start()?;
+    // Warm-up: connections, caches, the gateway's classification cache.
+    for p in PATHS {
+        b.pgbench(p, &["-S", "-c", "4", "-j", "2", "-T", "2"])?;
+    }
+
+    let modes = ["simple", "extended"];
+    let mut table: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut latency: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for (m, mode) in modes.iter().enumerate() {
+        for p in PATHS {
+            let out = b.pgbench(p, &["-S", "-c", "4", "-j", "2", "-T", SECONDS, "-M", mode])?;
+            table[m].push(tps(&out));
+        }
+        for (i, p) in PATHS.iter().enumerate() {
+            let prefix = format!("lat{m}{i}");
+            b.pgbench(
+                *p,
+                &[
+                    "-S",
+                    "-c",
+                    "1",
+                    "-T",
+                    LATENCY_SECONDS,
+                    "-M",
+                    mode,
+                    "-l",
+                    "--log-prefix",
+                    &prefix,
+                ],
+            )?;
+            latency[m].push(p50_from_log(b.dir.path(), &prefix)?);
+        }
+    }
+
+    for (m, mode) in modes.iter().enumerate() {
+        println!(
+            "\nPostgreSQL — pgbench -S -c 4 -j 2 -T {SECONDS} -M {mode}; p50 from -c 1 -T {LATENCY_SECONDS}"
+        );
+        println!(
+            "{}",
+            row(&[
+                "path".into(),
+                "TPS".into(),
+                "× direct".into(),
+                "p50 µs".into(),
+                "added p50 µs".into(),
+            ])
+        );
+        let t = &table[m];
+        let l = &latency[m];
+        for (i, p) in PATHS.iter().enumerate() {
+            println!(
+                "{}",
+                row(&[
+                    p.name().into(),
+                    format!("{:.0}", t[i]),
+                    format!("{:.2}", t[i] / t[0]),
+                    format!("{:.0}", l[i]),
+                    format!("{:+.0}", l[i] - l[0]),
+                ])
+            );
+        }
+        println!(
+            "gateway: {:.2}× pgbouncer, {:.2}× haproxy TPS (target ≥ 1.00); added p50 {:.3} ms (target < 0.150)",
+            t[3] / t[1],
+            t[3] / t[2],
+            (l[3] - l[0]) / 1000.0
+        );
+    }
+
+    // Idle sessions: memory of the gateway with IDLE open, authenticated sessions.
+    let pid = b.daemon.pid();
+    let before = rss_kib(pid, "VmRSS:");
+    let mut holder = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&b.daemon.control_socket)
+        .args(["run", "--"])
+        .arg(pgwire_bin())
+        .arg(format!("{}:5432", b.pg.host))
+        .args(["idle", &IDLE.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().context("stdout")?).read_line(&mut line)?;
+    ensure!(
+        line.contains(&format!("\"open\":{IDLE}")),
+        "idle sessions: {line}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let with_idle = rss_kib(pid, "VmRSS:");
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    let per = (with_idle.saturating_sub(before)) as f64 / IDLE as f64;
+    println!(
+        "\nPostgreSQL — {IDLE} idle sessions through the gateway (each authenticated upstream)"
+    );
+    println!(
+        "gateway RSS {before} KiB before, {with_idle} KiB with {IDLE} idle sessions: {per:.1} KiB per session (target < 64)"
+    );
+    println!(
+        "(gateway recorded {} sessions; network namespace {})",
+        b.daemon.sessions()?.len(),
+        b.ns.name
+    );
+    Ok(())
+}
