@@ -847,3 +847,100 @@ fn a_client_that_leaves_abandons_its_request_and_a_restart_abandons_the_rest() -
     assert_eq!(s.count("vole")?, "1");
     Ok(())
 }
+
+#[test]
+fn a_unix_approver_group_decides_through_the_cli_and_a_dead_webhook_blocks_nothing() -> Result<()> {
+    let mut s = Setup::start("enforce", "")?;
+    // Members of `nogroup` (the user `nobody`) may use the approval commands, nothing else; one
+    // webhook points at a closed port.
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let text = std::fs::read_to_string(&s.daemon.config_path)?
+        .replacen(
+            "[approvals]\n",
+            "[approvals]\ncli_unix_group = \"nogroup\"\nwebhook_timeout = \"1s\"\n",
+            1,
+        )
+        .replacen("webhooks = [", &format!("webhooks = [\"{dead}\", "), 1)
+        .replacen(
+            "unix_users = [\"root\"]",
+            "unix_users = [\"root\"]\nunix_groups = [\"nogroup\"]",
+            1,
+        );
+    std::fs::write(&s.daemon.config_path, text)?;
+    s.daemon.restart()?;
+    let as_nobody = |args: &[&str]| -> Output {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(gateway_bin())
+            .arg("--control-socket")
+            .arg(&s.daemon.control_socket)
+            .args(args)
+            .output()
+            .expect("runuser")
+    };
+    let refused = as_nobody(&["status"]);
+    assert!(
+        !refused.status.success()
+            && stderr(&refused).contains("may only use the approval commands"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let started = std::time::Instant::now();
+    let out = while_waiting(
+        || s.psql(&["-c", "DELETE FROM orders WHERE customer = 'yak'"]),
+        || {
+            let id = s.pending("'yak'")?["id"].as_str().unwrap().to_string();
+            let listed = as_nobody(&["approvals", "list"]);
+            ensure!(
+                listed.status.success() && stdout(&listed).contains(&id),
+                "{}{}",
+                stdout(&listed),
+                stderr(&listed)
+            );
+            let approved = as_nobody(&["approvals", "approve", &id]);
+            ensure!(approved.status.success(), "{}", stderr(&approved));
+            Ok(())
+        },
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Retries against the dead hook (3 attempts, 1 s timeout) did not hold the statement up.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(s.count("yak")?, "0");
+    let request = s
+        .approvals()?
+        .into_iter()
+        .find(|a| a["operation"].as_str().unwrap().contains("'yak'"))
+        .unwrap();
+    assert_eq!(request["votes"][0]["display"], "nobody");
+    // The failure is recorded; the live receiver still got both notifications.
+    let session = request["session_id"].to_string();
+    assert!(wait_until(Duration::from_secs(20), || {
+        s.daemon
+            .cli_json(&["sessions", "show", &session, "--json"])
+            .is_ok_and(|v| {
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["kind"] == "webhook_failed" && e["detail"]["url"] == dead.as_str())
+            })
+    }));
+    assert!(wait_until(Duration::from_secs(10), || s
+        .hooks
+        .events()
+        .len()
+        >= 2));
+
+    // A sign-in that did not come from the issuer (a made-up code and state) gets nobody in.
+    let forged = run_ok(Command::new("curl").args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/callback?code=forged&state=forged", s.web),
+    ]))?;
+    assert_eq!(forged, "400");
+    Ok(())
+}

@@ -133,7 +133,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
             None
         }
     };
-    let ((recorded, process), upstream) = tokio::join!(record, upstream);
+    // The upstream future is polled first: its SYN is on the wire before the (synchronous) commit.
+    let (upstream, (recorded, process)) = tokio::join!(upstream, record);
     let session_id = match recorded {
         Ok(id) => id,
         Err(e) => {

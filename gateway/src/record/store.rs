@@ -1,17 +1,18 @@
-//! The session store: one SQLite database (WAL) owned by one thread.
+//! The session store: one SQLite database (WAL) with one writer connection.
 //!
-//! Callers hand the thread closures; it runs everything that is queued inside one transaction, commits,
-//! and only then answers each caller (group commit). An answer therefore means "durably stored": a
-//! `kill -9` of the daemon after it loses nothing a caller was told was written.
+//! Write-ahead records (`call`) are committed on the caller's thread before it goes on: an answer
+//! means "durably stored", so a `kill -9` of the daemon loses nothing a caller was told was written.
+//! Records nobody waits for (`spawn`) are queued and committed in batches by a background thread, or
+//! earlier, in order, by the next `call`.
 
 use std::{
+    collections::VecDeque,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{Arc, Condvar, Mutex},
     thread,
 };
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
 
 use super::schema;
 
@@ -45,17 +46,24 @@ pub enum StoreError {
 
 /// Sends the outcome of one closure once the transaction it ran in is settled.
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A closure to run on the store thread: whether it succeeded, and how to answer its caller.
+/// A queued closure: whether it succeeded, and how to answer its caller.
 type Work = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+/// The writer connection, and work queued for it that nobody waits for.
+struct Shared {
+    conn: Mutex<Connection>,
+    queue: Mutex<VecDeque<Work>>,
+    queued: Condvar,
+}
 
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Work>,
+    shared: Arc<Shared>,
     path: PathBuf,
 }
 
 impl Store {
-    /// Opens (creating if needed) `<state_dir>/gateway.db` and starts the store thread.
+    /// Opens (creating if needed) `<state_dir>/gateway.db` and starts the background writer.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
             path: state_dir.display().to_string(),
@@ -71,42 +79,70 @@ impl Store {
             .name("session-store-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer))
             .expect("spawn checkpoint thread");
-        let (tx, rx) = mpsc::channel::<Work>();
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(conn),
+            queue: Mutex::new(VecDeque::new()),
+            queued: Condvar::new(),
+        });
+        let background = shared.clone();
         thread::Builder::new()
             .name("session-store".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(&background))
             .expect("spawn session store thread");
-        Ok(Store { tx, path })
+        Ok(Store { shared, path })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Runs `f` on the store thread; resolves once its transaction is committed.
+    /// Runs `f` in a transaction of its own and returns once it is committed (durable against a
+    /// crash of the process: WAL, synchronous=NORMAL). It runs on the calling thread: a commit
+    /// without fsync costs microseconds, far less than handing the work to another thread and
+    /// back. Work queued earlier with [`Store::spawn`] is committed first, in the same transaction,
+    /// so the store keeps the order in which things happened.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.submit(f, move |r| {
-            let _ = reply_tx.send(r);
-        })?;
-        reply_rx.await.map_err(|_| StoreError::Closed)?
+        self.call_blocking(f)
     }
 
-    /// Like [`Store::call`] for threads outside the async runtime.
+    /// [`Store::call`] for threads outside the async runtime.
     pub fn call_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        self.submit(f, move |r| {
-            let _ = reply_tx.send(r);
-        })?;
-        reply_rx.recv().map_err(|_| StoreError::Closed)?
+        let conn = self.shared.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let earlier: Vec<Work> = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let replies: Vec<Reply> = earlier.into_iter().map(|w| isolated(&conn, w)).collect();
+        let savepoint = conn.execute_batch("SAVEPOINT work").is_ok();
+        let result = f(&conn);
+        if savepoint {
+            if result.is_err() {
+                let _ = conn.execute_batch("ROLLBACK TO work");
+            }
+            let _ = conn.execute_batch("RELEASE work");
+        }
+        let commit = commit(&conn);
+        drop(conn);
+        for reply in replies {
+            reply(commit.clone());
+        }
+        match (result, commit) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(StoreError::Commit(e)),
+        }
     }
 
     /// Queues `f` without waiting for it (counters, end-of-session updates); errors are logged.
@@ -114,33 +150,23 @@ impl Store {
     where
         F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
     {
-        let queued = self.submit(f, move |r: Result<(), StoreError>| {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "session store: {what} failed");
-            }
-        });
-        if let Err(e) = queued {
-            tracing::error!(error = %e, "session store: {what} not recorded");
-        }
-    }
-
-    fn submit<T, F, D>(&self, f: F, deliver: D) -> Result<(), StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-        D: FnOnce(Result<T, StoreError>) + Send + 'static,
-    {
         let work: Work = Box::new(move |conn| {
             let result = f(conn);
             let ok = result.is_ok();
-            let reply: Reply = Box::new(move |commit: Result<(), String>| match (result, commit) {
-                (Ok(v), Ok(())) => deliver(Ok(v)),
-                (Err(e), _) => deliver(Err(e)),
-                (Ok(_), Err(e)) => deliver(Err(StoreError::Commit(e))),
+            let reply: Reply = Box::new(move |commit: Result<(), String>| {
+                let failed = result.err().map(|e| e.to_string()).or(commit.err());
+                if let Some(e) = failed {
+                    tracing::error!(error = %e, "session store: {what} failed");
+                }
             });
             (ok, reply)
         });
-        self.tx.send(work).map_err(|_| StoreError::Closed)
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(work);
+        self.shared.queued.notify_one();
     }
 }
 
@@ -196,29 +222,42 @@ fn isolated(conn: &Connection, work: Work) -> Reply {
     reply
 }
 
-/// Most closures one transaction takes; bounds the latency a long queue adds to the first caller.
+fn commit(conn: &Connection) -> Result<(), String> {
+    conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::error!(error = %e, "session store transaction failed");
+        e.to_string()
+    })
+}
+
+/// Most queued closures one background transaction takes.
 const MAX_BATCH: usize = 256;
 
-fn run(conn: Connection, rx: mpsc::Receiver<Work>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
+/// Commits queued work in batches, shortly after it arrives (callers of `call` may take it first).
+fn run(shared: &Shared) {
+    loop {
+        let batch: Vec<Work> = {
+            let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            while queue.is_empty() {
+                queue = shared.queued.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
+            // Let a burst gather (and a waiting `call` take it along) before committing.
+            drop(queue);
+            thread::sleep(std::time::Duration::from_millis(2));
+            let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let n = queue.len().min(MAX_BATCH);
+            queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            continue;
         }
+        let conn = shared.conn.lock().unwrap_or_else(|p| p.into_inner());
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         let replies: Vec<Reply> = batch.into_iter().map(|w| isolated(&conn, w)).collect();
         let commit = began
-            .and_then(|()| conn.execute_batch("COMMIT"))
-            .map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                e.to_string()
-            });
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, "session store transaction failed");
-        }
+            .map_err(|e| e.to_string())
+            .and_then(|()| commit(&conn));
+        drop(conn);
         for reply in replies {
             reply(commit.clone());
         }
