@@ -83,6 +83,10 @@ alter table orders owner to app;
 impl Setup {
     /// `mode`: enforce or audit; `extra_rules` go before the rules every test shares.
     fn start(mode: &str, extra_rules: &str) -> Result<Setup> {
+        Self::start_with_env(mode, extra_rules, &[])
+    }
+
+    fn start_with_env(mode: &str, extra_rules: &str, env: &[(&str, &str)]) -> Result<Setup> {
         let id = unique_id();
         let dir = TempDir::new(&format!("a{id}"));
         let ns = Netns::new(&id)?;
@@ -153,10 +157,13 @@ claims = {{ repository = "acme/*" }}
             pg = pg.host,
             secret = secret.display(),
         );
-        let daemon = Daemon::start(DaemonConfig {
-            server: format!("mode = \"{mode}\""),
-            body,
-        })?;
+        let daemon = Daemon::start_with_env(
+            DaemonConfig {
+                server: format!("mode = \"{mode}\""),
+                body,
+            },
+            env,
+        )?;
         Ok(Setup {
             daemon,
             pg,
@@ -943,4 +950,90 @@ fn a_unix_approver_group_decides_through_the_cli_and_a_dead_webhook_blocks_nothi
     ]))?;
     assert_eq!(forged, "400");
     Ok(())
+}
+
+/// libfaketime, preloaded into the daemon so that the test can move its wall clock.
+fn libfaketime() -> Result<String> {
+    let files = run_ok(Command::new("dpkg").args(["-L", "libfaketime"]))?;
+    files
+        .lines()
+        .find(|l| l.ends_with("/libfaketime.so.1"))
+        .map(str::to_string)
+        .context("libfaketime is not installed (cargo xtask setup installs faketime)")
+}
+
+#[test]
+fn a_jump_of_the_wall_clock_neither_expires_nor_extends_a_request() -> Result<()> {
+    let timed = r#"
+[[rules]]
+name = "updates-timed"
+action = "require_approval"
+approvers = ["dba"]
+approval_timeout = "6s"
+targets = ["orders-db"]
+[rules.sql]
+kinds = ["update"]
+"#;
+    let id = unique_id();
+    let clock = std::env::temp_dir().join(format!("gwe-clock-{id}"));
+    std::fs::write(&clock, "+0\n")?;
+    let lib = libfaketime()?;
+    let env = [
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME_TIMESTAMP_FILE", clock.to_str().unwrap()),
+        ("FAKETIME_NO_CACHE", "1"),
+        // Only the wall clock moves: deadlines run on the monotonic clock.
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let result = (|| -> Result<()> {
+        let s = Setup::start_with_env("enforce", timed, &env)?;
+        // Forward by two hours while a request waits: it is still pending, and can be approved.
+        let out = while_waiting(
+            || s.psql(&["-c", "UPDATE orders SET customer = 'moved' WHERE id = 1"]),
+            || {
+                let request = s.pending("'moved'")?;
+                std::fs::write(&clock, "+2h\n")?;
+                std::thread::sleep(Duration::from_millis(1500));
+                let again = s.pending("'moved'")?;
+                ensure!(again["id"] == request["id"], "{again}");
+                let out = s
+                    .daemon
+                    .cli(&["approvals", "approve", request["id"].as_str().unwrap()]);
+                ensure!(
+                    out.status.success(),
+                    "approving after the jump: {}",
+                    stderr(&out)
+                );
+                Ok(())
+            },
+        )?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(s.count("moved")?, "1");
+        // The daemon's wall clock really jumped: the decision is stamped two hours after the request.
+        let moved = s
+            .approvals()?
+            .into_iter()
+            .find(|a| a["operation"].as_str().unwrap().contains("'moved'"))
+            .unwrap();
+        let at =
+            |k: &str| chrono::DateTime::parse_from_rfc3339(moved[k].as_str().unwrap()).unwrap();
+        assert!(
+            (at("decided_at") - at("created_at")).num_minutes() >= 119,
+            "{moved}"
+        );
+        // Back by a day: the next request still expires after its 6 s, not a day later.
+        std::fs::write(&clock, "-1d\n")?;
+        let started = std::time::Instant::now();
+        let out = s.psql(&["-c", "UPDATE orders SET customer = 'late' WHERE id = 2"]);
+        let err = stderr(&out);
+        assert!(!out.status.success() && err.contains("expired"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the deadline moved with the wall clock"
+        );
+        assert_eq!(s.count("late")?, "0");
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&clock);
+    result
 }

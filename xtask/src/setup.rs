@@ -32,6 +32,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     "tesseract-ocr",
     "tesseract-ocr-eng",
+    // Wall-clock jumps under the daemon (approvals must not care).
+    "faketime",
 ];
 
 pub fn setup(with_packages: bool) -> Result<()> {
