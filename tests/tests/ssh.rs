@@ -12,9 +12,9 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
-    Daemon, DaemonConfig, Netns, TempDir, gateway_bin, sshraw_bin,
+    Daemon, DaemonConfig, Netns, TempDir, gateway_bin,
     ssh::{Sshd, SshdOptions, TestUser, client_options, keygen},
-    unique_id, wait_until,
+    sshraw_bin, unique_id, wait_until,
 };
 use serde_json::Value;
 
@@ -1036,7 +1036,10 @@ fn remote_forwarding_is_relayed_only_where_a_rule_lets_the_host_listen() -> Resu
         );
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(255), "{spec}: {err}");
-        assert!(err.contains("remote port forwarding failed"), "{spec}: {err}");
+        assert!(
+            err.contains("remote port forwarding failed"),
+            "{spec}: {err}"
+        );
         assert_eq!(text(&out.stdout), "", "{spec}");
         let session = s.last_session()?;
         let asked = events(&session, "ssh_forward");
@@ -1085,7 +1088,11 @@ fn upstream_password_and_rsa_key_logins() -> Result<()> {
         pw_key = by_password.host_key,
         rsa = by_rsa.target("rsa", ""),
     );
-    assert!(by_rsa.host_key.starts_with("ssh-rsa "), "{}", by_rsa.host_key);
+    assert!(
+        by_rsa.host_key.starts_with("ssh-rsa "),
+        "{}",
+        by_rsa.host_key
+    );
     let daemon = Daemon::start(DaemonConfig {
         server: String::new(),
         body,
@@ -1181,7 +1188,10 @@ fn huge_window_adjusts_keep_the_gateway_bounded_and_serving() -> Result<()> {
     }
     let raw_out = raw.wait_with_output()?;
     let raw_err = fs::read_to_string(&stderr).unwrap_or_default();
-    ensure!(paused && finished, "the raw client did not finish: {raw_err}");
+    ensure!(
+        paused && finished,
+        "the raw client did not finish: {raw_err}"
+    );
     assert_eq!(text(&out.stdout), "still-here\n", "{}", text(&out.stderr));
     let out = raw_out;
     // Every byte arrived: the window neither wrapped to something small nor stalled.
@@ -1189,6 +1199,9 @@ fn huge_window_adjusts_keep_the_gateway_bounded_and_serving() -> Result<()> {
         text(&out.stdout),
         format!("bytes={FLOOD} exit=0\n"),
         "{raw_err}"
+    );
+    eprintln!(
+        "gateway RSS: {before} KiB before, at most {max_rss} KiB during; raw client: {raw_err}"
     );
     assert!(
         max_rss < before + 128 * 1024,
@@ -1202,6 +1215,9 @@ fn huge_window_adjusts_keep_the_gateway_bounded_and_serving() -> Result<()> {
         .into_iter()
         .find(|x| x["comm"] == "e2e-sshraw")
         .context("the raw client's session")?;
-    assert!(session["bytes_down"].as_u64().unwrap_or(0) >= FLOOD, "{session}");
+    assert!(
+        session["bytes_down"].as_u64().unwrap_or(0) >= FLOOD,
+        "{session}"
+    );
     Ok(())
 }

@@ -31,9 +31,6 @@ use tokio::sync::Notify;
 
 use super::{Ctx, bridge};
 
-/// How long a job's ssh has to answer a forwarded connection (it connects to its local end first).
-const JOB_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// What policy is asked about for a `tcpip-forward` request's address. OpenSSH sends `localhost`
 /// when `-R` names no bind address (asked as 127.0.0.1), and an empty string for `*` / every
 /// interface (asked as 0.0.0.0, so only a rule destination containing 0.0.0.0 allows it).
@@ -151,7 +148,12 @@ pub async fn incoming(
 ) {
     let from = format!("{}:{}", originator.0, originator.1);
     let Some((listening, job)) = ctx.forwards.find(connected.0, connected.1) else {
-        tracing::warn!(session = ctx.session_id, address = connected.0, port = connected.1, "the host opened a forwarded connection the job did not ask for");
+        tracing::warn!(
+            session = ctx.session_id,
+            address = connected.0,
+            port = connected.1,
+            "the host opened a forwarded connection the job did not ask for"
+        );
         ctx.store.note_event(
             ctx.session_id,
             "ssh_forward_connection",
@@ -184,22 +186,19 @@ pub async fn incoming(
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return;
         }
-        let opened = tokio::time::timeout(
-            JOB_OPEN_TIMEOUT,
-            job.channel_open_forwarded_tcpip(address, port, originator.0, originator.1),
-        )
-        .await;
+        // No timeout of our own: the job's ssh answers once its local connect() is decided, and
+        // a channel it confirmed after we stopped waiting would be registered with nobody to
+        // pump it. The wait ends with the job's session at the latest.
+        let opened = job
+            .channel_open_forwarded_tcpip(address, port, originator.0, originator.1)
+            .await;
         let down = match opened {
-            Ok(Ok(down)) => down,
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "the job did not answer".to_string(),
-                };
+            Ok(down) => down,
+            Err(e) => {
                 ctx.store.note_event(
                     ctx.session_id,
                     "ssh_forward_connection",
-                    json!({ "listen": listening.label(), "originator": from, "error": format!("the job refused the connection: {why}") }),
+                    json!({ "listen": listening.label(), "originator": from, "error": format!("the job did not take the connection: {e}") }),
                 );
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 return;
