@@ -82,6 +82,10 @@ pub fn echo_bin() -> PathBuf {
     target_dir().join("e2e-echo")
 }
 
+pub fn sshraw_bin() -> PathBuf {
+    target_dir().join("e2e-sshraw")
+}
+
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     Ok(out)

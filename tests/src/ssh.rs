@@ -27,34 +27,100 @@ pub struct Sshd {
 }
 
 pub fn keygen(path: &Path) -> Result<()> {
+    keygen_typed(path, "ed25519")
+}
+
+/// `ssh-keygen -t key_type` without a passphrase.
+pub fn keygen_typed(path: &Path, key_type: &str) -> Result<()> {
     run_ok(
         Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "gwe", "-f"])
+            .args(["-q", "-t", key_type, "-N", "", "-C", "gwe", "-f"])
             .arg(path),
     )?;
     Ok(())
 }
 
+/// How an sshd differs from the default one (Ed25519 keys, port 22, public keys only).
+pub struct SshdOptions<'a> {
+    pub port: u16,
+    /// Type of both the host key and the key the gateway logs in with (`ed25519`, `rsa`).
+    pub key_type: &'a str,
+    /// sshd_config lines that take precedence (sshd keeps the first value of a keyword).
+    pub config: &'a str,
+}
+
+impl Default for SshdOptions<'_> {
+    fn default() -> Self {
+        SshdOptions {
+            port: 22,
+            key_type: "ed25519",
+            config: "",
+        }
+    }
+}
+
+/// A local user with a password, for password logins to an sshd of the tests (same user database
+/// in every network namespace). Deleted on drop.
+pub struct TestUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl TestUser {
+    pub fn create() -> Result<TestUser> {
+        let id = unique_id();
+        let name = format!("gwe{}", &id[..id.len().min(8)]);
+        let mut random = [0u8; 12];
+        use std::io::Read as _;
+        fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        run_ok(Command::new("useradd").args(["-M", "-d", "/tmp", "-s", "/bin/sh", &name]))?;
+        let user = TestUser { name, password };
+        let mut chpasswd = Command::new("chpasswd")
+            .stdin(std::process::Stdio::piped())
+            .spawn()?;
+        {
+            use std::io::Write as _;
+            let mut stdin = chpasswd.stdin.take().expect("stdin");
+            writeln!(stdin, "{}:{}", user.name, user.password)?;
+        }
+        ensure!(chpasswd.wait()?.success(), "chpasswd failed");
+        Ok(user)
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
 impl Sshd {
     pub fn start(ns: &Netns, dir: &Path) -> Result<Sshd> {
+        Self::start_with(ns, dir, SshdOptions::default())
+    }
+
+    pub fn start_with(ns: &Netns, dir: &Path, options: SshdOptions<'_>) -> Result<Sshd> {
         let dir = dir.join(format!("sshd-{}", unique_id()));
         fs::create_dir_all(&dir)?;
         // sshd's privilege separation directory.
         fs::create_dir_all("/run/sshd")?;
-        let host = dir.join("host_ed25519");
-        let client = dir.join("gateway_ed25519");
-        keygen(&host)?;
-        keygen(&client)?;
-        fs::copy(dir.join("gateway_ed25519.pub"), dir.join("authorized_keys"))?;
+        let host = dir.join("host_key");
+        let client = dir.join("gateway_key");
+        keygen_typed(&host, options.key_type)?;
+        keygen_typed(&client, options.key_type)?;
+        fs::copy(dir.join("gateway_key.pub"), dir.join("authorized_keys"))?;
         let config = dir.join("sshd_config");
         fs::write(
             &config,
             format!(
-                "Port 22\nListenAddress {addr}\nHostKey {host}\nPidFile none\nAuthorizedKeysFile {keys}\n\
+                "{extra}\nPort {port}\nListenAddress {addr}\nHostKey {host}\nPidFile none\nAuthorizedKeysFile {keys}\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
                  AllowAgentForwarding yes\nAcceptEnv LANG LC_* GWE_*\nSubsystem sftp internal-sftp\n\
                  MaxStartups 100\nMaxSessions 100\nLogLevel VERBOSE\n",
+                extra = options.config,
+                port = options.port,
                 addr = ns.remote_ip,
                 host = host.display(),
                 keys = dir.join("authorized_keys").display(),
@@ -70,7 +136,7 @@ impl Sshd {
         let mut cmd = ns.command("/usr/sbin/sshd");
         cmd.arg("-D").arg("-e").arg("-f").arg(&config);
         let process = Process::spawn("sshd", &mut cmd, log.clone())?;
-        let host_key = fs::read_to_string(dir.join("host_ed25519.pub"))?
+        let host_key = fs::read_to_string(dir.join("host_key.pub"))?
             .split_whitespace()
             .take(2)
             .collect::<Vec<_>>()
@@ -78,7 +144,7 @@ impl Sshd {
         let sshd = Sshd {
             _process: process,
             addr: ns.remote_ip,
-            port: 22,
+            port: options.port,
             host_key,
             client_key: client,
             log,

@@ -3,6 +3,8 @@
 
 use std::{
     fs,
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
@@ -11,8 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
     Daemon, DaemonConfig, Netns, TempDir, gateway_bin,
-    ssh::{Sshd, client_options, keygen},
-    unique_id, wait_until,
+    ssh::{Sshd, SshdOptions, TestUser, client_options, keygen},
+    sshraw_bin, unique_id, wait_until,
 };
 use serde_json::Value;
 
@@ -52,6 +54,15 @@ unauthenticated = true
 [rules.ssh]
 operations = ["forward"]
 destinations = ["{HOST}:22"]
+
+[[rules]]
+name = "reverse-tunnel-on-the-host-loopback"
+action = "allow"
+targets = ["web"]
+unauthenticated = true
+[rules.ssh]
+operations = ["remote_forward"]
+destinations = ["127.0.0.1:17001"]
 
 [[rules]]
 name = "jobs-may-ssh"
@@ -916,5 +927,297 @@ fn one_cert_authority_line_trusts_the_gateway_for_every_ssh_target() -> Result<(
     let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
     let out = s.daemon.run_job(&[], "ssh", &opts);
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    Ok(())
+}
+
+/// Accepts one connection within `timeout`, reads a line, answers `reply`; returns the line read.
+fn serve_one(listener: TcpListener, reply: &'static str, timeout: Duration) -> Result<String> {
+    listener.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "no connection reached the job's listener"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(timeout))?;
+    let mut line = String::new();
+    BufReader::new(conn.try_clone()?).read_line(&mut line)?;
+    conn.write_all(reply.as_bytes())?;
+    Ok(line)
+}
+
+#[test]
+fn remote_forwarding_is_relayed_only_where_a_rule_lets_the_host_listen() -> Result<()> {
+    // The job's side of `ssh -R`: a listener next to the job, which the job's ssh reaches for each
+    // forwarded connection (an ordinary connect() of the job: allowed directly here).
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let local = listener.local_addr()?.port();
+    let s = Setup::new(&format!("allow_direct = [\"127.0.0.1:{local}\"]"), "")?;
+    let served = std::thread::spawn(move || {
+        serve_one(listener, "pong-from-the-job\n", Duration::from_secs(60))
+    });
+    // On the host, a connection to the forwarded port talks to the job's listener.
+    let on_host = "exec 3<>/dev/tcp/127.0.0.1/17001; echo ping-from-the-host >&3; head -n1 <&3";
+    let out = s.job(
+        "ssh",
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            // No bind address: OpenSSH asks for `localhost`, decided as 127.0.0.1.
+            "-R",
+            &format!("17001:127.0.0.1:{local}"),
+            &s.host(),
+            &format!("bash -c '{on_host}'"),
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "pong-from-the-job\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let heard = served.join().expect("listener thread")?;
+    assert_eq!(heard, "ping-from-the-host\n");
+    let session = s.last_session()?;
+    let asked = events(&session, "ssh_forward");
+    assert_eq!(asked.len(), 1, "{session}");
+    assert_eq!(asked[0]["direction"], "remote");
+    assert_eq!(asked[0]["listen"], "localhost:17001");
+    assert_eq!(asked[0]["asked_as"], "127.0.0.1:17001");
+    assert_eq!(asked[0]["decision"], "allow");
+    assert_eq!(asked[0]["rule"], "reverse-tunnel-on-the-host-loopback");
+    assert_eq!(
+        events(&session, "ssh_forward_listening")[0]["listen"],
+        "localhost:17001"
+    );
+    let conns = events(&session, "ssh_forward_connection");
+    assert_eq!(conns.len(), 1, "{session}");
+    assert_eq!(conns[0]["decision"], "allow");
+    assert_eq!(conns[0]["listen"], "localhost:17001");
+    assert!(
+        conns[0]["originator"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("127.0.0.1:")),
+        "{session}"
+    );
+    // The relayed channel is recorded like any other channel.
+    assert!(
+        events(&session, "ssh_channel_end")
+            .iter()
+            .any(|e| e["kind"] == "remote_forward"),
+        "{session}"
+    );
+
+    // Refused: another port, every interface, a port the host would pick. The host never listens.
+    for spec in [
+        format!("127.0.0.1:17002:127.0.0.1:{local}"),
+        format!("*:17001:127.0.0.1:{local}"),
+        format!("0:127.0.0.1:{local}"),
+    ] {
+        let out = s.job(
+            "ssh",
+            &[
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &spec,
+                &s.host(),
+                "echo should-not-run",
+            ],
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{spec}: {err}");
+        assert!(
+            err.contains("remote port forwarding failed"),
+            "{spec}: {err}"
+        );
+        assert_eq!(text(&out.stdout), "", "{spec}");
+        let session = s.last_session()?;
+        let asked = events(&session, "ssh_forward");
+        assert_eq!(asked[0]["decision"], "deny", "{spec}: {session}");
+        assert!(events(&session, "ssh_forward_listening").is_empty());
+    }
+    // Nothing was left listening on the host (the allowed forward ended with its session).
+    let out = s.ssh(&["bash -c 'exec 3<>/dev/tcp/127.0.0.1/17001' && echo open || echo closed"]);
+    assert_eq!(text(&out.stdout), "closed\n", "{}", text(&out.stderr));
+    Ok(())
+}
+
+#[test]
+fn upstream_password_and_rsa_key_logins() -> Result<()> {
+    let id = unique_id();
+    let dir = TempDir::new(&format!("sshp{id}"));
+    let ns = Netns::new(&id)?;
+    // A host that takes a password (for a user the test creates) and nothing else ...
+    let user = TestUser::create()?;
+    let by_password = Sshd::start_with(
+        &ns,
+        dir.path(),
+        SshdOptions {
+            config: "PasswordAuthentication yes\nPubkeyAuthentication no\nAuthenticationMethods password",
+            ..Default::default()
+        },
+    )?;
+    // ... and one whose host key and accepted client key are RSA.
+    let by_rsa = Sshd::start_with(
+        &ns,
+        dir.path(),
+        SshdOptions {
+            port: 2222,
+            key_type: "rsa",
+            config: "",
+        },
+    )?;
+    let secret = dir.path().join("password");
+    fs::write(&secret, format!("{}\n", user.password))?;
+    let body = format!(
+        "[[targets]]\nname = \"pw\"\nprotocol = \"ssh\"\naddress = \"{addr}:22\"\n[targets.credentials]\nuser = \"{name}\"\npassword_file = \"{secret}\"\n[targets.ssh]\nhost_key = \"{pw_key}\"\n\n{rsa}\n\
+         [[rules]]\nname = \"jobs-may-ssh\"\naction = \"allow\"\nunauthenticated = true\n",
+        addr = by_password.addr,
+        name = user.name,
+        secret = secret.display(),
+        pw_key = by_password.host_key,
+        rsa = by_rsa.target("rsa", ""),
+    );
+    assert!(
+        by_rsa.host_key.starts_with("ssh-rsa "),
+        "{}",
+        by_rsa.host_key
+    );
+    let daemon = Daemon::start(DaemonConfig {
+        server: String::new(),
+        body,
+    })?;
+    let known_hosts = dir.path().join("known_hosts");
+    fs::write(&known_hosts, known_hosts_lines(&daemon)?)?;
+    let ssh = |port: &str, login: &str, command: &str| {
+        let mut args = client_options(&known_hosts);
+        args.extend([
+            "-p".into(),
+            port.into(),
+            format!("{login}@{}", by_password.addr),
+            command.into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        daemon.run_job(&[], "ssh", &args)
+    };
+
+    // The job holds no secret (BatchMode, no keys); the gateway logs in with the password.
+    let out = ssh("22", "anyone", "id -un");
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}\n", user.name),
+        "{}",
+        text(&out.stderr)
+    );
+    let sessions = daemon.sessions()?;
+    let sid = sessions.last().context("session")?["id"].to_string();
+    let shown = daemon.cli_json(&["sessions", "show", &sid, "--json"])?;
+    assert!(
+        shown.to_string().contains("upstream_authenticated"),
+        "{shown}"
+    );
+    assert!(!shown.to_string().contains(&user.password), "{shown}");
+    // The password is what lets it in: with another one in the file, the host refuses.
+    fs::write(&secret, "not-the-password\n")?;
+    let out = ssh("22", "anyone", "id -un");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert_eq!(text(&out.stdout), "");
+    assert!(err.contains("refused the gateway's credentials"), "{err}");
+
+    // RSA: the host's RSA key is pinned, the gateway signs with rsa-sha2-*.
+    let out = ssh("2222", "root", "echo rsa-ok");
+    assert_eq!(text(&out.stdout), "rsa-ok\n", "{}", text(&out.stderr));
+    let log = fs::read_to_string(&by_rsa.log)?;
+    assert!(
+        log.contains("Accepted publickey for root") && log.contains("RSA"),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn huge_window_adjusts_keep_the_gateway_bounded_and_serving() -> Result<()> {
+    let s = Setup::new("", "")?;
+    let pid = s.daemon.pid();
+    let before = rss_kib(pid);
+    // 100000 adjusts of 0xFFFFFFFF: the job's window overflows 32 bits at the second one, if a
+    // gateway adds without care. Then 512 MiB of output while the client reads nothing at first:
+    // the gateway may believe the window is open, the socket still holds it back.
+    const FLOOD: u64 = 512 << 20;
+    let stderr = s.dir.path().join("sshraw.err");
+    let mut raw = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--"])
+        .arg(sshraw_bin())
+        .args([
+            &format!("{}:22", s.sshd.addr),
+            "root",
+            "100000",
+            "5",
+            &format!("head -c {FLOOD} /dev/zero"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(fs::File::create(&stderr)?)
+        .spawn()?;
+    let mut max_rss = 0u64;
+    let paused = wait_until(Duration::from_secs(60), || {
+        max_rss = max_rss.max(rss_kib(pid));
+        fs::read_to_string(&stderr).is_ok_and(|e| e.contains("paused"))
+            || matches!(raw.try_wait(), Ok(Some(_)))
+    });
+    // While the raw client reads nothing, another job is served.
+    let out = s.ssh(&["echo still-here"]);
+    let finished = wait_until(Duration::from_secs(180), || {
+        max_rss = max_rss.max(rss_kib(pid));
+        matches!(raw.try_wait(), Ok(Some(_)))
+    });
+    if !finished {
+        let _ = raw.kill();
+    }
+    let raw_out = raw.wait_with_output()?;
+    let raw_err = fs::read_to_string(&stderr).unwrap_or_default();
+    ensure!(
+        paused && finished,
+        "the raw client did not finish: {raw_err}"
+    );
+    assert_eq!(text(&out.stdout), "still-here\n", "{}", text(&out.stderr));
+    let out = raw_out;
+    // Every byte arrived: the window neither wrapped to something small nor stalled.
+    assert_eq!(
+        text(&out.stdout),
+        format!("bytes={FLOOD} exit=0\n"),
+        "{raw_err}"
+    );
+    eprintln!(
+        "gateway RSS: {before} KiB before, at most {max_rss} KiB during; raw client: {raw_err}"
+    );
+    assert!(
+        max_rss < before + 128 * 1024,
+        "gateway RSS grew from {before} to {max_rss} KiB"
+    );
+    // The gateway is still up and serves.
+    let out = s.ssh(&["echo after"]);
+    assert_eq!(text(&out.stdout), "after\n", "{}", text(&out.stderr));
+    let session = s
+        .ssh_sessions()?
+        .into_iter()
+        .find(|x| x["comm"] == "e2e-sshraw")
+        .context("the raw client's session")?;
+    assert!(
+        session["bytes_down"].as_u64().unwrap_or(0) >= FLOOD,
+        "{session}"
+    );
     Ok(())
 }

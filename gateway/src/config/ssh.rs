@@ -108,7 +108,8 @@ pub struct SshCondition {
     pub commands: Vec<String>,
     /// Globs over sftp paths.
     pub paths: Vec<String>,
-    /// Forwarding destinations (`ip:port`, `cidr:port`, `host:port`; port `*` = any).
+    /// Forwarding destinations (`ip:port`, `cidr:port`, `host:port`; port `*` = any): where the host
+    /// connects (`forward`) or listens (`remote_forward`) for the job.
     pub destinations: Vec<AddressSpec>,
 }
 

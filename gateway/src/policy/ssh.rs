@@ -4,7 +4,10 @@
 //! `[rules.ssh]` matches every SSH operation except port forwarding, so the rule that lets an
 //! identity connect also lets it run commands, open shells and transfer files; command and path
 //! rules therefore go before it. Forwarding is a lateral-movement channel: only a rule whose
-//! `[rules.ssh]` names `forward` / `remote_forward` (or lists `destinations`) allows it.
+//! `[rules.ssh]` names `forward` / `remote_forward` allows it (a rule that lists `destinations`
+//! without `operations` is about `forward`). For `forward` (`ssh -L`/`-W`) a destination is where
+//! the host connects for the job; for `remote_forward` (`ssh -R`) it is the address and port the
+//! host listens on for the job (see `protocol::ssh::forward::listen_address`).
 
 use std::{fmt, net::IpAddr};
 
@@ -119,7 +122,9 @@ impl Policy {
 fn condition_matches(c: &SshCondition, op: &SshOperation<'_>) -> bool {
     let kind = op.kind();
     let kind_ok = if c.operations.is_empty() {
-        !kind.needs_explicit_rule() || !c.destinations.is_empty()
+        // Destinations alone mean `ssh -L`: a listening address on the host is another matter.
+        !kind.needs_explicit_rule()
+            || (kind == SshOperationKind::Forward && !c.destinations.is_empty())
     } else {
         c.operations.contains(&kind)
     };

@@ -48,6 +48,14 @@ unauthenticated = true
 destinations = ["10.0.0.9:5432"]
 
 [[rules]]
+name = "reverse-tunnel"
+action = "allow"
+unauthenticated = true
+[rules.ssh]
+operations = ["remote_forward"]
+destinations = ["127.0.0.1:8080", "10.0.0.7:*"]
+
+[[rules]]
 name = "jobs"
 action = "allow"
 unauthenticated = true
@@ -150,6 +158,31 @@ fn forwarding_needs_a_rule_that_names_it() {
         &p,
         SshOperation::RemoteForward {
             address: "0.0.0.0",
+            port: 8080,
+        },
+    );
+    assert_eq!(d.label(), "deny");
+}
+
+#[test]
+fn remote_forwarding_is_decided_on_the_listening_address() {
+    let p = policy(RULES);
+    let remote = |address, port| decide(&p, SshOperation::RemoteForward { address, port });
+    let d = remote("127.0.0.1", 8080);
+    assert_eq!((d.label(), d.rule()), ("allow", Some("reverse-tunnel")));
+    assert_eq!(remote("10.0.0.7", 9000).rule(), Some("reverse-tunnel"));
+    // Another port, every interface, or a port the host picks (0) is not what the rule names.
+    assert_eq!(remote("127.0.0.1", 8081).label(), "deny");
+    assert_eq!(remote("0.0.0.0", 8080).label(), "deny");
+    assert_eq!(remote("127.0.0.1", 0).label(), "deny");
+    // A rule listing destinations without operations is about `ssh -L` only: "db-tunnel" names
+    // 10.0.0.9:5432 as a place to connect to, not as a place the host may listen on.
+    assert_eq!(remote("10.0.0.9", 5432).label(), "deny");
+    // And a remote_forward rule does not open `ssh -L` to the same address.
+    let d = decide(
+        &p,
+        SshOperation::Forward {
+            host: "127.0.0.1",
             port: 8080,
         },
     );

@@ -116,6 +116,50 @@ pub struct UpSide {
     pub up_closed: watch::Sender<bool>,
 }
 
+/// The gateway's ends of a job channel registered with the job-side handler (which keeps the
+/// sending ends), until `start` connects them to an upstream channel.
+pub struct Parts {
+    pub number: u32,
+    pub rx: mpsc::UnboundedReceiver<Down>,
+    pub inflight: Arc<Inflight>,
+    pub replies: mpsc::Sender<bool>,
+    pub rec: Arc<ChannelRecorder>,
+    pub sftp: Arc<Mutex<Option<sftp::Tracker>>>,
+    pub inject: mpsc::UnboundedReceiver<Bytes>,
+}
+
+/// Starts the two pumps of a job channel and its upstream channel.
+pub fn start(
+    ctx: Arc<Ctx>,
+    parts: Parts,
+    down: russh::Channel<server::Msg>,
+    down_handle: server::Handle,
+    up: russh::Channel<client::Msg>,
+) {
+    let down_id = down.id();
+    let (up_rx, up_tx) = up.split();
+    // Every message russh queues on the job channel also reaches the handler callbacks, the path
+    // used here (data, EOF, close and requests in one order); the read half is dropped.
+    let (down_rx, down_tx) = down.split();
+    drop(down_rx);
+    let (closed_tx, closed_rx) = watch::channel(false);
+    tokio::spawn(pump_down(parts.rx, up_tx, parts.inflight, closed_rx));
+    tokio::spawn(pump_up(
+        up_rx,
+        down_tx,
+        UpSide {
+            ctx,
+            down_id,
+            down: down_handle,
+            replies: parts.replies,
+            rec: parts.rec,
+            sftp: parts.sftp,
+            inject: parts.inject,
+            up_closed: closed_tx,
+        },
+    ));
+}
+
 /// Job → host pump: the only place that waits on the host's window.
 pub async fn pump_down(
     mut rx: mpsc::UnboundedReceiver<Down>,

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Ctx, SshError,
-    bridge::{self, Down, HIGH_WATER, Inflight, UpSide},
-    keys,
+    bridge::{self, Down, HIGH_WATER, Inflight},
+    forward, keys,
     recorder::ChannelRecorder,
     sftp::{self, Framer, Pending, Request},
     shell::{Key, LineEditor},
@@ -100,7 +100,7 @@ fn connect_task(
 ) -> JoinHandle<Result<UpstreamHandle, SshError>> {
     tokio::spawn(async move {
         let secret = keys::upstream_secret(&ctx.target)?;
-        upstream::connect(stream, &ctx.target, &user, &secret).await
+        upstream::connect(ctx, stream, &user, &secret).await
     })
 }
 
@@ -276,6 +276,39 @@ impl JobSide {
         }
     }
 
+    /// Registers a job channel: the handler keeps the sending ends, the rest goes to the pumps.
+    fn register(&mut self, down_id: ChannelId, mode: Mode) -> bridge::Parts {
+        let (reply_tx, reply_rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (inject_tx, inject_rx) = mpsc::unbounded_channel();
+        let number = self.next_number;
+        self.next_number += 1;
+        let rec = Arc::new(ChannelRecorder::new(&self.ctx, number));
+        let tracker = Arc::new(Mutex::new(None));
+        self.chans.insert(
+            down_id,
+            Chan {
+                number,
+                tx,
+                replies: reply_rx,
+                rec: rec.clone(),
+                mode,
+                sftp: tracker.clone(),
+                inject: inject_tx,
+                gone: CancellationToken::new(),
+            },
+        );
+        bridge::Parts {
+            number,
+            rx,
+            inflight: self.inflight.clone(),
+            replies: reply_tx,
+            rec,
+            sftp: tracker,
+            inject: inject_rx,
+        }
+    }
+
     /// Opens the upstream side of a channel and starts its pumps.
     fn bridge(
         &mut self,
@@ -284,53 +317,9 @@ impl JobSide {
         session: &Session,
         mode: Mode,
     ) -> u32 {
-        let down_id = down.id();
-        let (up_rx, up_tx) = up.split();
-        // Every message russh queues on the job channel also reaches the handler callbacks, the
-        // path used here (data, EOF, close and requests in one order); the read half is dropped.
-        let (down_rx, down_tx) = down.split();
-        drop(down_rx);
-        let (reply_tx, reply_rx) = mpsc::channel(8);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
-        let (inject_tx, inject_rx) = mpsc::unbounded_channel();
-        let number = self.next_number;
-        self.next_number += 1;
-        let rec = Arc::new(ChannelRecorder::new(&self.ctx, number));
-        let tracker = Arc::new(Mutex::new(None));
-        tokio::spawn(bridge::pump_down(
-            rx,
-            up_tx,
-            self.inflight.clone(),
-            closed_rx,
-        ));
-        tokio::spawn(bridge::pump_up(
-            up_rx,
-            down_tx,
-            UpSide {
-                ctx: self.ctx.clone(),
-                down_id,
-                down: session.handle(),
-                replies: reply_tx,
-                rec: rec.clone(),
-                sftp: tracker.clone(),
-                inject: inject_rx,
-                up_closed: closed_tx,
-            },
-        ));
-        self.chans.insert(
-            down_id,
-            Chan {
-                number,
-                tx,
-                replies: reply_rx,
-                rec,
-                mode,
-                sftp: tracker,
-                inject: inject_tx,
-                gone: CancellationToken::new(),
-            },
-        );
+        let parts = self.register(down.id(), mode);
+        let number = parts.number;
+        bridge::start(self.ctx.clone(), parts, down, session.handle(), up);
         number
     }
 
@@ -941,24 +930,104 @@ impl server::Handler for JobSide {
         &mut self,
         address: &str,
         port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let requested = *port;
+        let asked_as = forward::listen_address(address);
+        let decision = match u16::try_from(requested) {
+            Ok(p) => self.decide(&SshOperation::RemoteForward {
+                address: asked_as,
+                port: p,
+            }),
+            Err(_) => Decision::Deny {
+                rule: None,
+                reason: format!("port {requested} is not a TCP port"),
+            },
+        };
+        let detail = json!({
+            "direction": "remote",
+            "listen": format!("{address}:{requested}"),
+            "asked_as": format!("{asked_as}:{requested}"),
+            "decision": decision.label(),
+            "rule": decision.rule(),
+            "reason": decision.reason(),
+        });
+        let Decision::Allow { rule } = decision else {
+            // Approvals apply to exec commands; a forward needing one is refused like a denied one.
+            self.event("ssh_forward", detail);
+            return Ok(false);
+        };
+        let Ok(up) = self.ensure_upstream(None).await else {
+            self.event("ssh_forward", detail);
+            return Ok(false);
+        };
+        // Write-ahead: the host listens for the job only once that is on record.
+        if !self.durable("ssh_forward", detail).await {
+            return Ok(false);
+        }
+        match up.tcpip_forward(address, requested).await {
+            Ok(bound) => {
+                let bound = if requested == 0 { bound } else { requested };
+                *port = bound;
+                self.event(
+                    "ssh_forward_listening",
+                    json!({ "listen": format!("{address}:{bound}") }),
+                );
+                self.ctx.forwards.add(
+                    session.handle(),
+                    forward::Listening {
+                        address: address.to_string(),
+                        port: requested,
+                        bound,
+                        rule: Some(rule),
+                    },
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                self.event(
+                    "upstream_error",
+                    json!({ "error": format!("remote forward {address}:{requested}: {e}") }),
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let decision = self.decide(&SshOperation::RemoteForward {
-            address,
-            port: u16::try_from(*port).unwrap_or(0),
-        });
-        // Even when a rule allows it, remote forwarding is not relayed by this gateway yet.
-        let reason = match &decision {
-            Decision::Allow { .. } => {
-                "remote forwarding is not supported by the gateway".to_string()
-            }
-            d => d.reason().unwrap_or("needs approval").to_string(),
-        };
+        // Only a forward this job holds is cancelled on the host.
+        if !self.ctx.forwards.remove(address, port) {
+            return Ok(false);
+        }
         self.event(
-            "ssh_forward",
-            json!({ "listen": format!("{address}:{port}"), "decision": "deny", "rule": decision.rule(), "reason": reason }),
+            "ssh_forward_cancel",
+            json!({ "listen": format!("{address}:{port}") }),
         );
-        Ok(false)
+        let Ok(up) = self.ensure_upstream(None).await else {
+            return Ok(false);
+        };
+        Ok(up.cancel_tcpip_forward(address, port).await.is_ok())
+    }
+
+    /// The job accepted a channel the gateway opened: only forwarded connections are. It is
+    /// registered here, before any of its data can arrive, and handed to the task that opened it.
+    async fn channel_open_confirmation(
+        &mut self,
+        id: ChannelId,
+        _max_packet_size: u32,
+        _window_size: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if !self.chans.contains_key(&id) {
+            let parts = self.register(id, Mode::Pass);
+            self.ctx.forwards.file(id, parts, session.handle());
+        }
+        Ok(())
     }
 
     async fn streamlocal_forward(

@@ -6,9 +6,11 @@
 //!
 //! One file per concern: `keys` (host keys, secrets, known_hosts), `upstream` (client side),
 //! `job` (server side: requests → typed operations), `bridge` (channel pumps, flow control),
+//! `forward` (remote forwarding: the host listens for the job),
 //! `sftp` and `shell` (what flows through those channels), `recorder` (what is kept).
 
 mod bridge;
+mod forward;
 mod job;
 pub mod keys;
 mod recorder;
@@ -78,6 +80,7 @@ pub struct Ctx {
     pub recordings: PathBuf,
     pub detectors: Arc<[Detector]>,
     pub counters: bridge::Counters,
+    pub forwards: forward::RemoteForwards,
 }
 
 /// The recordings directory under the state directory.
@@ -131,6 +134,7 @@ pub async fn serve(
         recordings: recordings_dir(state_dir),
         detectors: DETECTORS.into(),
         counters: bridge::Counters::default(),
+        forwards: forward::RemoteForwards::default(),
     });
     let config = server_config(host_key, certificate, ctx.target.ssh.job_ciphers.clone());
     let end = run(client, upstream, config, ctx.clone(), gw.shutdown.clone()).await;
@@ -241,6 +245,7 @@ async fn run(
             }
         }
     };
+    ctx.forwards.clear();
     // The job is gone: so is its access to the host (running commands get SIGHUP as with direct
     // OpenSSH for terminals; others keep running, as they would).
     if let Some(up) = shared.upstream.lock().await.take() {

@@ -7,19 +7,36 @@ use std::{
 };
 
 use russh::{
-    client,
+    Channel, ChannelOpenFailure,
+    client::{self, ChannelOpenHandle, Msg, Session},
     keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate},
 };
 use tokio::net::TcpStream;
 
-use super::{SshError, keys::UpstreamSecret};
+use super::{Ctx, SshError, forward, keys::UpstreamSecret};
 use crate::config::Target;
 
-/// russh's client handler: accepts the host only if it presents a pinned key.
+/// russh's client handler: accepts the host only if it presents a pinned key, and accepts no
+/// channel the host opens except connections on the job's remote forwards.
 pub struct Upstream {
+    ctx: Arc<Ctx>,
     pinned: Vec<PublicKey>,
     /// The key the host presented (fingerprint), for the error message on a mismatch.
     presented: Arc<Mutex<Option<String>>>,
+}
+
+impl Upstream {
+    /// russh accepts host-opened channels by default; none of these has a job-side meaning.
+    async fn refuse(&self, kind: &str, reply: ChannelOpenHandle) {
+        tracing::warn!(
+            session = self.ctx.session_id,
+            kind,
+            "the host tried to open a channel to the gateway; refused"
+        );
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+    }
 }
 
 impl client::Handler for Upstream {
@@ -49,6 +66,95 @@ impl client::Handler for Upstream {
         };
         *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(shown);
         Ok(ok)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        forward::incoming(
+            self.ctx.clone(),
+            channel,
+            reply,
+            (connected_address, connected_port),
+            (originator_address, originator_port),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("session", reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("direct-tcpip", reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11", reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("auth-agent", reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("direct-streamlocal", reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("forwarded-streamlocal", reply).await;
+        Ok(())
     }
 }
 
@@ -103,17 +209,19 @@ fn config(target: &Target) -> Arc<client::Config> {
 
 /// Key exchange with the real host over `stream`, then authentication as `user` with `secret`.
 pub async fn connect(
+    ctx: Arc<Ctx>,
     stream: TcpStream,
-    target: &Target,
     user: &str,
     secret: &UpstreamSecret,
 ) -> Result<UpstreamHandle, SshError> {
+    let config = config(&ctx.target);
     let presented = Arc::new(Mutex::new(None));
     let handler = Upstream {
-        pinned: target.ssh.host_keys.clone(),
+        pinned: ctx.target.ssh.host_keys.clone(),
+        ctx,
         presented: presented.clone(),
     };
-    let mut handle = match client::connect_stream(config(target), stream, handler).await {
+    let mut handle = match client::connect_stream(config, stream, handler).await {
         Ok(h) => h,
         Err(russh::Error::UnknownKey) => {
             let shown = presented
