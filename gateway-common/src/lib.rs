@@ -53,7 +53,13 @@ pub mod programs {
     pub const BIND6: &str = "gw_bind6";
     pub const SOCK_CREATE: &str = "gw_sock_create";
     pub const SOCK_OPS: &str = "gw_sock_ops";
+    /// `lsm_cgroup/socket_create`: address families other than inet, unix and netlink (packet,
+    /// XDP, vsock, …) — the cgroup `sock_create` hook only sees inet sockets.
+    pub const SOCKET_FAMILY: &str = "gw_socket_family";
 }
+
+/// The LSM hook `programs::SOCKET_FAMILY` is loaded for.
+pub const SOCKET_FAMILY_HOOK: &str = "socket_create";
 
 /// Single entry (index 0) of the `CONFIG` array, written by the daemon at start.
 #[repr(C)]

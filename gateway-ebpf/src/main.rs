@@ -1,4 +1,4 @@
-//! cgroup programs attached to every agent job's cgroup.
+//! cgroup (and cgroup LSM) programs attached to every agent job's cgroup.
 //!
 //! - `connect4`/`connect6`: TCP connects to a destination in the target set are rewritten to the
 //!   gateway listener and what the process was and wanted is stored by socket cookie; other TCP
@@ -10,6 +10,8 @@
 //! - `sendmsg4`/`sendmsg6`: UDP only to the configured DNS resolvers on port 53.
 //! - `sock_create`: only TCP and UDP inet sockets (no raw, ICMP, SCTP, MPTCP …).
 //! - `bind4`/`bind6`: nobody in a job binds the gateway's listener port.
+//! - `lsm_cgroup/socket_create` (when the BPF LSM is active): sockets only in the inet, unix and
+//!   netlink families (no packet, XDP, vsock …: `sock_create` only runs for inet sockets).
 //!
 //! Every program is written as `fn prog(ctx) -> i32 { match try_prog(ctx) { Ok(r) | Err(r) => r } }`
 //! and fails closed in enforce mode: an internal error refuses the operation.

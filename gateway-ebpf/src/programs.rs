@@ -7,9 +7,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
     },
-    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops},
     maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::debug;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
@@ -559,6 +559,41 @@ pub fn gw_sock_create(ctx: SockContext) -> i32 {
         0,
         family as u16,
         (sock_type, protocol),
+    );
+    if enforce { REFUSE } else { ALLOW }
+}
+
+/// Families a job may open sockets in besides inet (which `sock_create` polices): local IPC and
+/// netlink (needed by glibc's getaddrinfo and by `ip`; it moves no traffic off the host).
+const AF_UNIX: i32 = 1;
+const AF_NETLINK: i32 = 16;
+
+#[lsm_cgroup(hook = "socket_create")]
+pub fn gw_socket_family(ctx: LsmContext) -> i32 {
+    // security_socket_create(int family, int type, int protocol, int kern); `type` is already
+    // stripped of SOCK_NONBLOCK/SOCK_CLOEXEC.
+    let family: i32 = ctx.arg(0);
+    let sock_type: i32 = ctx.arg(1);
+    let protocol: i32 = ctx.arg(2);
+    let kern: i32 = ctx.arg(3);
+    // Sockets the kernel opens for itself while running in the job's context are not the job's.
+    if kern != 0
+        || family == AF_UNIX
+        || family == AF_NETLINK
+        || family == AF_INET as i32
+        || family == AF_INET6 as i32
+    {
+        return ALLOW;
+    }
+    // Packet (AF_PACKET), XDP, vsock, … sockets carry traffic that no connect or sendmsg hook sees.
+    let enforce = enforcing(config());
+    report(
+        EVENT_SOCKET,
+        enforce,
+        [0u8; 16],
+        0,
+        family as u16,
+        (sock_type as u32, protocol as u32),
     );
     if enforce { REFUSE } else { ALLOW }
 }

@@ -63,6 +63,8 @@ pub struct Gateway {
     pub processes: intercept::process::ProcessCache,
     pub approvals: crate::approval::Approvals,
     pub dataplane: tokio::sync::Mutex<Dataplane>,
+    /// Whether jobs' packet/XDP/vsock sockets are refused (needs the BPF LSM), for `status`.
+    pub socket_family_guard: String,
     pub cgroup_root: PathBuf,
     /// cgroup of the daemon itself: never attached to (its upstream connects would loop).
     pub own_cgroup: PathBuf,
@@ -154,6 +156,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         connections,
         processes: Default::default(),
         approvals,
+        socket_family_guard: dataplane.family_guard().to_string(),
         dataplane: tokio::sync::Mutex::new(dataplane),
         cgroup_root,
         own_cgroup,
@@ -395,6 +398,7 @@ impl Gateway {
             control_socket: s.control_socket.display().to_string(),
             state_dir: s.state_dir.display().to_string(),
             bpf_pin_dir: s.bpf_pin_dir.display().to_string(),
+            socket_family_guard: self.socket_family_guard.clone(),
             cgroup_root: self.cgroup_root.display().to_string(),
             started_at: self.started_at.clone(),
             active_sessions: self.sessions.len(),

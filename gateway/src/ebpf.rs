@@ -26,13 +26,13 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, Link as _, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Link as _, LsmCgroup, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
 use gateway_common::{
     ABI_VERSION, ClientKey, Config as KernelConfig, ConnInfo, DESTINATION_PORT_BITS, Destination,
-    DestinationKeyData, destination_key, maps, programs, v4_mapped,
+    DestinationKeyData, SOCKET_FAMILY_HOOK, destination_key, maps, programs, v4_mapped,
 };
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
@@ -123,9 +123,27 @@ impl DestinationEntry {
     }
 }
 
+/// Whether packet, XDP, vsock … sockets are refused in jobs: that needs the BPF LSM
+/// (`lsm_cgroup/socket_create`), which not every kernel has active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FamilyGuard {
+    Active,
+    Unavailable(String),
+}
+
+impl std::fmt::Display for FamilyGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FamilyGuard::Active => f.write_str("active"),
+            FamilyGuard::Unavailable(why) => write!(f, "unavailable: {why}"),
+        }
+    }
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     jobs_dir: PathBuf,
+    family_guard: FamilyGuard,
     _lock: Flock<File>,
 }
 
@@ -175,11 +193,22 @@ impl Dataplane {
                 detail: verifier_message(&e),
             })?;
         }
+        let family_guard = load_family_guard(&mut ebpf);
+        if let FamilyGuard::Unavailable(why) = &family_guard {
+            tracing::warn!(
+                "packet, XDP and vsock sockets cannot be refused in jobs ({why}); raw inet sockets still are"
+            );
+        }
         Ok(Dataplane {
             ebpf,
             jobs_dir,
+            family_guard,
             _lock: lock,
         })
+    }
+
+    pub fn family_guard(&self) -> &FamilyGuard {
+        &self.family_guard
     }
 
     /// Writes the listener/mode configuration, the destination set and the DNS resolvers. The
@@ -266,6 +295,26 @@ impl Dataplane {
             detail,
         };
         let cg = File::open(cgroup).map_err(|e| attach_err(e.to_string()))?;
+        if self.family_guard == FamilyGuard::Active {
+            let name = programs::SOCKET_FAMILY;
+            let path = dir.join(name);
+            if !path.exists() {
+                let program = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| attach_err(format!("no program {name}")))?;
+                let p = as_kind::<LsmCgroup>(program, name)?;
+                let id = p
+                    .attach(cg.as_fd())
+                    .map_err(|e| attach_err(format!("{name}: {e}")))?;
+                let link: FdLink = p
+                    .take_link(id)
+                    .map_err(|e| attach_err(e.to_string()))?
+                    .into();
+                link.pin(&path)
+                    .map_err(|e| attach_err(format!("pin {}: {e}", path.display())))?;
+            }
+        }
         // bpf_link attachments to cgroups are multi-attach by nature; AllowMultiple would be EINVAL.
         let mode = CgroupAttachMode::Single;
         for (name, kind) in PROGRAMS {
@@ -321,6 +370,8 @@ impl Dataplane {
     pub fn is_attached(&self, cgroup_id: u64) -> bool {
         let dir = self.jobs_dir.join(cgroup_id.to_string());
         PROGRAMS.iter().all(|(name, _)| dir.join(name).exists())
+            && (self.family_guard != FamilyGuard::Active
+                || dir.join(programs::SOCKET_FAMILY).exists())
     }
 
     /// cgroup ids with pinned links.
@@ -365,6 +416,39 @@ impl Dataplane {
     }
 }
 
+/// Loads the socket-family guard when the kernel runs the BPF LSM; says why not otherwise.
+fn load_family_guard(ebpf: &mut Ebpf) -> FamilyGuard {
+    const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
+    match fs::read_to_string(ACTIVE_LSMS) {
+        Ok(list) if !list.trim().split(',').any(|l| l == "bpf") => {
+            return FamilyGuard::Unavailable(format!(
+                "the BPF LSM is not active ({ACTIVE_LSMS}: {}); add bpf to the kernel's lsm= boot parameter",
+                list.trim()
+            ));
+        }
+        Ok(_) => {}
+        // securityfs not mounted: try anyway, the load says whether the kernel has the BPF LSM.
+        Err(e) => tracing::debug!("cannot read {ACTIVE_LSMS}: {e}"),
+    }
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => return FamilyGuard::Unavailable(format!("no kernel BTF: {e}")),
+    };
+    let name = programs::SOCKET_FAMILY;
+    let loaded = ebpf
+        .program_mut(name)
+        .ok_or_else(|| "missing from the eBPF object".to_string())
+        .and_then(|p| {
+            let p: &mut LsmCgroup = p.try_into().map_err(|e| format!("{e}"))?;
+            p.load(SOCKET_FAMILY_HOOK, &btf)
+                .map_err(|e| verifier_message(&e))
+        });
+    match loaded {
+        Ok(()) => FamilyGuard::Active,
+        Err(why) => FamilyGuard::Unavailable(format!("{name}: {why}")),
+    }
+}
+
 fn same_key(a: &Key<DestinationKeyData>, b: &Key<DestinationKeyData>) -> bool {
     a.prefix_len() == b.prefix_len() && a.data() == b.data()
 }
@@ -399,7 +483,12 @@ fn verifier_message(e: &aya::programs::ProgramError) -> String {
                 .take(8)
                 .collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("refused by the verifier ({io_error}): {}", tail.join(" | "))
+            if tail.is_empty() {
+                // No verifier log: the kernel refused the program type before verifying it.
+                format!("the kernel refuses to load it ({io_error})")
+            } else {
+                format!("refused by the verifier ({io_error}): {}", tail.join(" | "))
+            }
         }
         other => other.to_string(),
     }

@@ -297,6 +297,44 @@ fn udp_raw_sockets_and_other_bypasses_are_refused() -> Result<()> {
         s
     };
     let eperm = Some(libc::EPERM as i64);
+    // Packet sockets: a root job started by `gateway run` has no CAP_NET_RAW (nor the other
+    // capabilities that would let it tamper with the gateway) in its bounding set, so not even a
+    // setuid or file-capability binary regains them. Where the kernel lets BPF LSM programs load,
+    // the socket-family guard refuses them as well; the daemon says which applies.
+    let status = s.daemon.cli_json(&["status", "--json"])?;
+    let guard = status["socket_family_guard"].as_str().unwrap_or_default();
+    assert!(
+        guard == "active" || guard.starts_with("unavailable: "),
+        "{status}"
+    );
+    let out = s
+        .daemon
+        .run_job(&[], "sh", &["-c", "grep CapBnd /proc/self/status"]);
+    let bounding = String::from_utf8_lossy(&out.stdout);
+    let bounding = u64::from_str_radix(bounding.trim().trim_start_matches("CapBnd:").trim(), 16)?;
+    for (name, bit) in [
+        ("CAP_NET_RAW", 13),
+        ("CAP_NET_ADMIN", 12),
+        ("CAP_SYS_ADMIN", 21),
+        ("CAP_BPF", 39),
+        ("CAP_SYS_PTRACE", 19),
+    ] {
+        assert_eq!(
+            bounding & (1 << bit),
+            0,
+            "{name} left in a root job's bounding set: {bounding:x}"
+        );
+    }
+    assert_ne!(
+        bounding & 1,
+        0,
+        "CAP_CHOWN is not the gateway's business: {bounding:x}"
+    );
+    let unix = s.daemon.probe_in_job(&["unix"])?;
+    assert_eq!(
+        unix["ok"], true,
+        "unix sockets stay usable in a job: {unix}"
+    );
     let dns = s.daemon.probe_in_job(&["udp", &format!("{resolver}:53")])?;
     assert_eq!(
         dns["ok"], true,
@@ -310,6 +348,9 @@ fn udp_raw_sockets_and_other_bypasses_are_refused() -> Result<()> {
         ),
         ("connected UDP", vec!["udp-connect".to_string(), s.v4(9999)]),
         ("raw socket", vec!["raw".to_string()]),
+        ("packet socket", vec!["packet".to_string()]),
+        ("vsock socket", vec!["vsock".to_string()]),
+        ("io_uring", vec!["io-uring".to_string()]),
         ("MPTCP socket", vec!["mptcp".to_string()]),
         (
             "TCP Fast Open to a non-target",

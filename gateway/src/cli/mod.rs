@@ -1,6 +1,7 @@
 //! The command-line client: talks to the daemon over the control socket and prints for people
 //! (tables) or machines (`--json`).
 
+mod confine;
 pub mod output;
 pub mod replay;
 pub mod run;

@@ -210,6 +210,15 @@ fn statement_log(events: &[&EventRecord]) -> String {
     out
 }
 
+/// What a job may open sockets in, from the daemon's guard state.
+fn socket_families(guard: &str) -> String {
+    match guard {
+        "active" => "inet (TCP, UDP), unix, netlink".to_string(),
+        "" => "unknown (older daemon)".to_string(),
+        other => format!("not restricted beyond inet: {other}"),
+    }
+}
+
 pub fn status(s: &Status) -> String {
     let mut out = fields(&[
         ("gateway", format!("{} (pid {})", s.version, s.pid)),
@@ -218,6 +227,7 @@ pub fn status(s: &Status) -> String {
         ("control socket", s.control_socket.clone()),
         ("state", s.state_dir.clone()),
         ("bpf pins", s.bpf_pin_dir.clone()),
+        ("socket families", socket_families(&s.socket_family_guard)),
         ("cgroup v2", s.cgroup_root.clone()),
         ("started", s.started_at.clone()),
         ("active sessions", s.active_sessions.to_string()),

@@ -10,7 +10,7 @@ use std::{
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::Endpoint;
+use super::{Endpoint, confine};
 use crate::{
     control::{Request, Response},
     record::JobRecord,
@@ -98,20 +98,29 @@ fn run_in_job(
         cmd.args(&command[1..]);
         cmd.env("GATEWAY_JOB_ID", &job.id);
         if let Some(u) = &user {
-            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
             cmd.env("USER", &u.name)
                 .env("LOGNAME", &u.name)
                 .env("HOME", &u.dir);
         }
-        // SAFETY: the closure runs in the forked child before exec and only calls write(2), which is
-        // async-signal-safe, on a descriptor opened before the fork.
+        let switch_to = user.as_ref().map(|u| (u.uid.as_raw(), u.gid.as_raw()));
+        let root = nix::unistd::geteuid().is_root();
+        // SAFETY: the closure runs in the forked child before exec and only makes system calls
+        // (write, prctl, setgroups, setgid, setuid), which are async-signal-safe, on a descriptor
+        // opened before the fork; nothing allocates.
         unsafe {
             cmd.pre_exec(move || {
                 let written = libc::write(procs_fd, b"0".as_ptr().cast(), 1);
-                if written == 1 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if root {
+                    confine::restrict_socket_families()?;
+                }
+                match switch_to {
+                    Some((uid, gid)) => confine::switch_user(uid, gid),
+                    // A job that stays root loses what would let it get around the gateway.
+                    None if root => confine::drop_capabilities(),
+                    None => Ok(()),
                 }
             });
         }

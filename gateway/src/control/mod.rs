@@ -85,6 +85,9 @@ pub struct Status {
     pub control_socket: String,
     pub state_dir: String,
     pub bpf_pin_dir: String,
+    /// "active", or "unavailable: why" (packet/XDP/vsock sockets then not refused).
+    #[serde(default)]
+    pub socket_family_guard: String,
     pub cgroup_root: String,
     pub started_at: String,
     pub active_sessions: usize,

@@ -8,6 +8,9 @@
 //!   raw                     socket(AF_INET, SOCK_RAW, IPPROTO_ICMP)
 //!   packet                  socket(AF_PACKET, SOCK_RAW, ETH_P_ALL)
 //!   mptcp                   socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)
+//!   vsock                   socket(AF_VSOCK, SOCK_STREAM, 0)
+//!   unix                    socket(AF_UNIX, SOCK_STREAM, 0)
+//!   io-uring                io_uring_setup(2) (its socket operation would skip socket(2))
 //!   bind ADDR               bind a TCP socket
 //!   tfo ADDR                TCP Fast Open: sendto(MSG_FASTOPEN) without connect()
 //!   move-cgroup DIR         write own pid into DIR/cgroup.procs (escape attempt)
@@ -36,6 +39,19 @@ fn socket_call(domain: i32, ty: i32, proto: i32) -> Value {
     }
     // SAFETY: fd is a descriptor this function owns.
     unsafe { libc::close(fd) };
+    json!({ "ok": true })
+}
+
+fn io_uring_setup() -> Value {
+    // struct io_uring_params is 120 bytes; zeroed asks for defaults.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup(2) with a valid params buffer; the descriptor is closed right away.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) };
+    if fd < 0 {
+        return errno_json(&std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a descriptor this function owns.
+    unsafe { libc::close(fd as i32) };
     json!({ "ok": true })
 }
 
@@ -198,6 +214,9 @@ fn main() {
             (libc::ETH_P_ALL as u16).to_be() as i32,
         ),
         "mptcp" => socket_call(libc::AF_INET, libc::SOCK_STREAM, 262),
+        "vsock" => socket_call(libc::AF_VSOCK, libc::SOCK_STREAM, 0),
+        "unix" => socket_call(libc::AF_UNIX, libc::SOCK_STREAM, 0),
+        "io-uring" => io_uring_setup(),
         "bind" => bind(arg(1)),
         "tfo" => tfo(arg(1)),
         "move-cgroup" => move_cgroup(arg(1)),
