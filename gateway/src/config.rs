@@ -17,7 +17,7 @@ use ipnet::IpNet;
 
 mod postgres;
 mod ssh;
-pub use postgres::{MaskingRule, PostgresSettings, SqlCondition, UpstreamTls};
+pub use postgres::{ClientTls, MaskingRule, PostgresSettings, SqlCondition, UpstreamTls};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 pub use ssh::{SshCondition, SshOperationKind, SshSettings, parse_host_key};

@@ -48,6 +48,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error(transparent)]
     Identity(#[from] VerifyError),
+    #[error("the gateway's client TLS CA: {0}")]
+    ClientCa(#[from] crate::tls_ca::CaError),
 }
 
 /// State shared by every task of the daemon.
@@ -76,6 +78,24 @@ pub struct Gateway {
     pub postgres: crate::protocol::postgres::Shared,
 }
 
+/// The CA and certificates for TLS toward postgres clients, when a target offers it. Loaded (or
+/// created) before anything else changes: a damaged CA stops the start.
+fn client_tls(
+    config: &Config,
+) -> Result<Option<crate::protocol::postgres::client_tls::ClientTls>, DaemonError> {
+    let offered = config.targets.iter().any(|t| {
+        t.protocol == crate::config::Protocol::Postgres
+            && t.postgres.client_tls != crate::config::ClientTls::Off
+    });
+    if !offered {
+        return Ok(None);
+    }
+    let ca = crate::tls_ca::Ca::load_or_create(&config.server.state_dir)?;
+    Ok(Some(crate::protocol::postgres::client_tls::ClientTls::new(
+        ca,
+    )))
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError> {
     if !nix::unistd::geteuid().is_root() {
@@ -91,6 +111,8 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     let own_cgroup = cgroup::process_cgroup(std::process::id())
         .map(|p| cgroup_root.join(p.trim_start_matches('/')))
         .unwrap_or_else(|| cgroup_root.clone());
+
+    let client_tls = client_tls(&config)?;
 
     // The lock on the pinned objects comes first: a second daemon stops here, having changed nothing.
     let mut dataplane = Dataplane::open(&server.bpf_pin_dir, ebpf_object)?;
@@ -163,7 +185,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         started_at: now(),
-        postgres: Default::default(),
+        postgres: crate::protocol::postgres::Shared {
+            client_tls,
+            ..Default::default()
+        },
     });
     gw.adopt_jobs().await?;
 

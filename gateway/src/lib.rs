@@ -22,3 +22,4 @@ pub mod protocol;
 pub mod record;
 pub mod sql;
 pub mod targets;
+pub mod tls_ca;

@@ -123,6 +123,10 @@ enum TargetsCommand {
         #[arg(long)]
         ca: bool,
     },
+    /// The CA certificate (PEM) of the TLS the gateway terminates toward PostgreSQL clients
+    /// (runner images trust it: PGSSLROOTCERT=FILE with sslmode=verify-full; created under the
+    /// state directory if missing)
+    Ca,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -430,6 +434,14 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
                     gateway::protocol::ssh::keys::known_hosts_line(t, &key)
                 );
             }
+            Ok(0)
+        }
+        Command::Targets {
+            command: TargetsCommand::Ca,
+        } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let ca = gateway::tls_ca::Ca::load_or_create(&cfg.server.state_dir)?;
+            print!("{}", ca.pem());
             Ok(0)
         }
         Command::Approvals { command } => {

@@ -83,8 +83,11 @@ if scenario == "basic":
             "select count(*) from notes where body = 'copied in'"
         ).fetchone()[0]
 
-elif scenario == "cancel":
+elif scenario in ("cancel", "cancel-safe"):
+    # "cancel": PQcancel, a plain connection whatever sslmode says; "cancel-safe": libpq >= 17's
+    # PQcancelConn, which negotiates encryption as the session did (SSLRequest first).
     with connect() as conn:
+        out["ssl_in_use"] = conn.pgconn.ssl_in_use
         result = {}
 
         def sleeper():
@@ -99,7 +102,10 @@ elif scenario == "cancel":
         t = threading.Thread(target=sleeper)
         t.start()
         time.sleep(1.5)
-        conn.cancel()
+        if scenario == "cancel":
+            conn.cancel()
+        else:
+            conn.cancel_safe(timeout=10)
         t.join(timeout=20)
         out["sleep"] = result
         conn.rollback()

@@ -263,3 +263,32 @@ fn unprivileged_callers_and_malformed_requests_get_clear_errors() -> Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn serve_refuses_a_damaged_client_tls_ca_and_keeps_the_file() -> Result<()> {
+    let mut d = Daemon::start(DaemonConfig {
+        server: String::new(),
+        body:
+            "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"192.0.2.10:5432\"\n"
+                .into(),
+    })?;
+    let cert = d.dir.path().join("state/tls/ca.pem");
+    assert!(
+        cert.exists(),
+        "the CA is created when a postgres target offers TLS"
+    );
+    d.terminate();
+    let damaged = "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n";
+    std::fs::write(&cert, damaged)?;
+    let e = d
+        .start_again()
+        .expect_err("a damaged CA stops the start")
+        .to_string();
+    let line = e
+        .lines()
+        .find(|l| l.contains("ca.pem"))
+        .unwrap_or_else(|| panic!("no line naming ca.pem in {e}"));
+    assert!(line.contains("client TLS CA"), "{line}");
+    assert_eq!(std::fs::read_to_string(&cert)?, damaged, "never replaced");
+    Ok(())
+}

@@ -106,6 +106,11 @@ impl Pg {
     }
 
     fn with(account: Account) -> Result<Pg> {
+        Self::with_settings(account, "")
+    }
+
+    /// `settings`: lines of the target's `[targets.postgres]` table.
+    fn with_settings(account: Account, settings: &str) -> Result<Pg> {
         let id = unique_id();
         let dir = TempDir::new(&format!("p{id}"));
         let ns = Netns::new(&id)?;
@@ -127,6 +132,8 @@ address = "{host}:5432"
 [targets.credentials]
 user = "{user}"
 password_file = "{secret}"
+[targets.postgres]
+{settings}
 
 {RULES}
 "#,
@@ -149,8 +156,44 @@ password_file = "{secret}"
         self.pg.host.to_string()
     }
 
+    /// `gateway targets ca` with the daemon's configuration.
+    fn ca_pem(&self) -> Result<String> {
+        let out = Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&self.daemon.config_path)
+            .args(["targets", "ca"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "gateway targets ca: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The gateway's CA in a file, as a runner image would install it.
+    fn write_ca(&self) -> Result<std::path::PathBuf> {
+        let path = self.dir.path().join("gateway-pg-ca.pem");
+        fs::write(&path, self.ca_pem()?)?;
+        Ok(path)
+    }
+
+    /// psql as a job with a libpq connection string (TLS settings in it).
+    fn psql_conn(&self, conn: &str, commands: &[&str]) -> Output {
+        let conn = format!("host={} dbname=app user=agent {conn}", self.host());
+        let mut args = vec!["-X", "-At", "-v", "ON_ERROR_STOP=1", conn.as_str()];
+        for c in commands {
+            args.extend_from_slice(&["-c", c]);
+        }
+        self.job("psql", &args)
+    }
+
     /// Runs `program args` as a job, without any database password in its environment.
     fn job(&self, program: &str, args: &[&str]) -> Output {
+        self.job_env(program, args, &[])
+    }
+
+    fn job_env(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(gateway_bin())
             .arg("--control-socket")
             .arg(&self.daemon.control_socket)
@@ -163,6 +206,7 @@ password_file = "{secret}"
             .env_remove("PGPASSWORD")
             .env("PGPASSFILE", "/nonexistent")
             .env("PGCONNECT_TIMEOUT", "10")
+            .envs(env.iter().copied())
             .output()
             .expect("gateway run")
     }
@@ -543,8 +587,13 @@ fn python() -> String {
 }
 
 fn driver(t: &Pg, scenario: &str) -> Result<Value> {
+    driver_env(t, scenario, &[])
+}
+
+/// The driver with libpq environment (`PGSSLMODE`, `PGSSLROOTCERT`, …).
+fn driver_env(t: &Pg, scenario: &str, env: &[(&str, &str)]) -> Result<Value> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/pg_driver.py");
-    let out = t.job(&python(), &[script, &t.host(), scenario]);
+    let out = t.job_env(&python(), &[script, &t.host(), scenario], env);
     serde_json::from_str(&stdout(&out))
         .with_context(|| format!("pg_driver {scenario}: {} {}", stdout(&out), stderr(&out)))
 }
@@ -656,7 +705,11 @@ fn md5_and_cleartext_upstream_authentication() -> Result<()> {
 
 /// Runs a raw-protocol case as a job and checks the gateway still serves psql afterwards.
 fn bad_input(case: &str) -> Result<(Pg, Value)> {
-    let t = Pg::start()?;
+    bad_input_with(case, "")
+}
+
+fn bad_input_with(case: &str, settings: &str) -> Result<(Pg, Value)> {
+    let t = Pg::with_settings(APP, settings)?;
     let r = t.raw(case)?;
     assert_eq!(
         t.psql_ok("select 'still serving'")?,
@@ -783,7 +836,8 @@ fn function_call_messages_are_refused_and_the_session_goes_on() -> Result<()> {
 
 #[test]
 fn encryption_requests_are_answered_no_and_startup_continues() -> Result<()> {
-    let (_t, r) = bad_input("encryption-requests")?;
+    // With TLS toward clients off, SSLRequest is answered like GSSENCRequest.
+    let (_t, r) = bad_input_with("encryption-requests", "client_tls = \"off\"")?;
     assert_eq!(r["answer"], "NN");
     let rows: Vec<&Value> = r["messages"]
         .as_array()
@@ -860,6 +914,177 @@ fn a_million_row_select_streams_in_bounded_memory() -> Result<()> {
         results
             .iter()
             .any(|e| e["detail"]["rows"] == 1_000_000 && e["detail"]["masked_values"] == 1_000_000)
+    );
+    Ok(())
+}
+
+#[test]
+fn client_tls_verify_full_with_the_gateway_ca_runs_queries_masked() -> Result<()> {
+    let t = Pg::start()?;
+    let ca = t.write_ca()?;
+    let out = t.psql_conn(
+        &format!("sslmode=verify-full sslrootcert={}", ca.display()),
+        &[
+            "\\conninfo",
+            "select id, email, ssn, pin from users where id = 1",
+        ],
+    );
+    ensure!(out.status.success(), "psql over TLS: {}", stderr(&out));
+    let text = stdout(&out);
+    // The client side of the connection (the gateway), not the upstream leg.
+    assert!(text.contains("SSL connection (protocol: TLSv1.3"), "{text}");
+    assert!(
+        text.lines().any(|l| l == "1|[masked:email]|[masked]|0"),
+        "masking applies over TLS: {text}"
+    );
+    let tls = t.events_of("client_tls")?;
+    assert_eq!(tls.len(), 1, "{tls:#?}");
+    assert_eq!(tls[0]["detail"]["version"], "TLSv1_3", "{tls:#?}");
+    let opened = t.events_of("upstream_session")?;
+    assert_eq!(opened[0]["detail"]["client_tls"], true, "{opened:#?}");
+    let show = t
+        .daemon
+        .cli(&["sessions", "show", &tls[0]["session"].to_string()]);
+    assert!(stdout(&show).contains("client_tls"), "{}", stdout(&show));
+
+    // A plain client is still served by default ("offer"), and recorded as plain.
+    let out = t.psql_conn("sslmode=disable", &["\\conninfo", "select 'plain'"]);
+    ensure!(out.status.success(), "plain psql: {}", stderr(&out));
+    assert!(!stdout(&out).contains("SSL connection"), "{}", stdout(&out));
+    let opened = t.events_of("upstream_session")?;
+    assert!(
+        opened.iter().any(|e| e["detail"]["client_tls"] == false),
+        "{opened:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn client_tls_verify_full_refuses_an_unrelated_root() -> Result<()> {
+    let t = Pg::start()?;
+    let key = t.dir.path().join("unrelated.key");
+    let cert = t.dir.path().join("unrelated-ca.pem");
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=unrelated CA", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    ensure!(made.status.success(), "openssl: {}", stderr(&made));
+    let out = t.psql_conn(
+        &format!("sslmode=verify-full sslrootcert={}", cert.display()),
+        &["select 1"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("certificate verify failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(t.events_of("sql")?.is_empty(), "nothing ran");
+    let errors = protocol_errors(&t)?;
+    assert!(
+        errors.iter().any(|e| e["detail"]["phase"] == "client_tls"),
+        "the failed handshake is recorded: {errors:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn client_tls_require_refuses_plain_clients_and_serves_tls_ones() -> Result<()> {
+    let t = Pg::with_settings(APP, "client_tls = \"require\"")?;
+    let out = t.psql_conn("sslmode=disable", &["select 1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("requires TLS from clients"),
+        "{}",
+        stderr(&out)
+    );
+    let refused = t.events_of("refused")?;
+    assert!(
+        refused.iter().any(|e| e["detail"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("requires TLS")),
+        "{refused:#?}"
+    );
+    let out = t.psql_conn("sslmode=require", &["select 'over tls'"]);
+    ensure!(
+        out.status.success(),
+        "psql sslmode=require: {}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "over tls");
+    Ok(())
+}
+
+#[test]
+fn cancel_of_a_long_pg_sleep_works_over_client_tls() -> Result<()> {
+    let t = Pg::start()?;
+    let ca = t.write_ca()?;
+    let ca = ca.display().to_string();
+    let env = [("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", ca.as_str())];
+    // PQcancel opens a plain cancel connection; libpq 18's PQcancelConn sends SSLRequest first.
+    for scenario in ["cancel", "cancel-safe"] {
+        let started = std::time::Instant::now();
+        let r = driver_env(&t, scenario, &env)?;
+        assert_eq!(r["ssl_in_use"], true, "{scenario}: {r:#?}");
+        assert_eq!(r["sleep"]["outcome"], "57014", "{scenario}: {r:#?}");
+        assert!(
+            r["sleep"]["seconds"].as_f64() < Some(15.0),
+            "{scenario}: {r:#?}"
+        );
+        assert_eq!(r["after"], "still usable");
+        assert!(started.elapsed() < std::time::Duration::from_secs(25));
+    }
+    let cancels = t.events_of("cancel")?;
+    for tls in [false, true] {
+        assert!(
+            cancels
+                .iter()
+                .any(|e| e["detail"]["outcome"] == "forwarded" && e["detail"]["client_tls"] == tls),
+            "a forwarded cancel with client_tls = {tls}: {cancels:#?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn client_tls_ca_persists_across_a_daemon_restart() -> Result<()> {
+    let mut t = Pg::start()?;
+    let before = t.ca_pem()?;
+    assert!(
+        before.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{before}"
+    );
+    let key = t.daemon.dir.path().join("state/tls/ca.key");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+    }
+    t.daemon.restart()?;
+    assert_eq!(t.ca_pem()?, before, "the same CA after a restart");
+    let ca = t.write_ca()?;
+    let out = t.psql_conn(
+        &format!("sslmode=verify-full sslrootcert={}", ca.display()),
+        &["select 'trusted'"],
+    );
+    ensure!(out.status.success(), "psql after restart: {}", stderr(&out));
+    assert_eq!(stdout(&out), "trusted");
+    Ok(())
+}
+
+#[test]
+fn bad_input_garbage_instead_of_a_tls_client_hello() -> Result<()> {
+    let (t, r) = bad_input("tls-garbage")?;
+    assert_eq!(r["answer"], "S", "{r}");
+    assert_eq!(r["closed"], true, "{r}");
+    let errors = protocol_errors(&t)?;
+    assert!(
+        errors.iter().any(|e| e["detail"]["phase"] == "client_tls"),
+        "{errors:#?}"
     );
     Ok(())
 }

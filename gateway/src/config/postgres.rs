@@ -31,9 +31,37 @@ pub enum UpstreamTls {
     VerifyFull,
 }
 
+/// Whether the gateway terminates TLS toward the job's client (with a certificate of its own CA,
+/// `gateway targets ca`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTls {
+    /// SSLRequest answered `N`: plain only.
+    Off,
+    /// TLS when the client asks for it; plain clients still served.
+    Offer,
+    /// TLS or nothing: a plain startup is refused (SQLSTATE 28000).
+    Require,
+}
+
+impl ClientTls {
+    pub const NAMES: &str = "off, offer or require";
+
+    pub fn parse(text: &str) -> Option<ClientTls> {
+        match text {
+            "off" => Some(ClientTls::Off),
+            "offer" => Some(ClientTls::Offer),
+            "require" => Some(ClientTls::Require),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresSettings {
     pub tls: UpstreamTls,
+    /// TLS toward the job's client.
+    pub client_tls: ClientTls,
     /// PEM bundle of CAs for `verify-full`; the system roots when absent.
     pub ca_file: Option<PathBuf>,
     /// Name checked against the server certificate (default: the target's host name or address).
@@ -53,6 +81,7 @@ impl Default for PostgresSettings {
     fn default() -> Self {
         PostgresSettings {
             tls: UpstreamTls::Prefer,
+            client_tls: ClientTls::Offer,
             ca_file: None,
             server_name: None,
             allow_unparseable: false,
@@ -99,6 +128,7 @@ pub struct MaskingRule {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPostgres {
     tls: Option<UpstreamTls>,
+    client_tls: Option<S<String>>,
     ca_file: Option<S<String>>,
     server_name: Option<String>,
     allow_unparseable: Option<bool>,
@@ -160,6 +190,20 @@ impl Validator<'_> {
         let raw = raw.into_inner();
         if let Some(t) = raw.tls {
             out.tls = t;
+        }
+        if let Some(c) = raw.client_tls {
+            match ClientTls::parse(c.get_ref()) {
+                Some(t) => out.client_tls = t,
+                None => self.problem(
+                    c.span(),
+                    format!("{key}.client_tls"),
+                    format!(
+                        "unknown value {:?} (one of: {})",
+                        c.get_ref(),
+                        ClientTls::NAMES
+                    ),
+                ),
+            }
         }
         if let Some(f) = raw.ca_file {
             let p = PathBuf::from(f.get_ref());

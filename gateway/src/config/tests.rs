@@ -210,3 +210,38 @@ approvers = ["dba"]
         Some(Duration::from_secs(600))
     );
 }
+
+#[test]
+fn postgres_client_tls_defaults_to_offer_and_bad_values_are_located() {
+    let target = |extra: &str| {
+        format!(
+            "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"10.0.0.5:5432\"\n{extra}"
+        )
+    };
+    let cfg = Config::parse(&target(""), "t").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.targets[0].postgres.client_tls, ClientTls::Offer);
+    for (value, expect) in [
+        ("off", ClientTls::Off),
+        ("offer", ClientTls::Offer),
+        ("require", ClientTls::Require),
+    ] {
+        let text = target(&format!("[targets.postgres]\nclient_tls = \"{value}\"\n"));
+        let cfg = Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.targets[0].postgres.client_tls, expect);
+    }
+    let got = problems(&target(
+        "[targets.postgres]\nclient_tls = \"verify-full\"\n",
+    ));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with(
+            "t.toml:6:14: targets[0].postgres.client_tls: unknown value \"verify-full\" (one of: off, offer or require)"
+        ),
+        "{got:#?}"
+    );
+    let got = problems(&target("[targets.postgres]\nclient_tls = true\n"));
+    assert!(
+        got.len() == 1 && got[0].starts_with("t.toml:6:14:"),
+        "{got:#?}"
+    );
+}

@@ -4,7 +4,7 @@
 //!
 //! Usage: e2e-pgwire HOST:PORT CASE
 //!   bad-version | huge-startup | garbage | truncated | bad-length | oversized | unknown-type |
-//!   function-call | encryption-requests | pipeline | cancel-unknown
+//!   function-call | encryption-requests | pipeline | cancel-unknown | tls-garbage
 //!
 //! e2e-pgwire HOST:PORT idle N: opens N sessions (startup to ReadyForQuery), prints
 //! `{"open": N}`, and holds them until stdin closes (benchmark of idle connections).
@@ -241,6 +241,28 @@ fn main() {
             }
             s.write_all(&all).unwrap();
             read_messages(&mut s, false, &mut messages)
+        }
+        "tls-garbage" => {
+            // SSLRequest, then bytes that are no TLS ClientHello.
+            let mut s = connect(addr);
+            let mut ssl = 8i32.to_be_bytes().to_vec();
+            ssl.extend_from_slice(&80_877_103i32.to_be_bytes());
+            s.write_all(&ssl).unwrap();
+            let mut one = [0u8; 1];
+            s.read_exact(&mut one).unwrap();
+            answer.push(one[0] as char);
+            let junk: Vec<u8> = (0u32..512)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
+            let _ = s.write_all(&junk);
+            let mut sink = Vec::new();
+            match s.read_to_end(&mut sink) {
+                Ok(_) => true,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
         }
         "cancel-unknown" => {
             let mut s = connect(addr);

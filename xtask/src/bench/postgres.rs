@@ -222,7 +222,10 @@ impl Bench {
                 c
             }
         };
-        cmd.args(["-h", h, "-p", &port, "-U", "app", "-n"])
+        // Plain on every path: the server and the baselines offer no TLS, and the gateway's
+        // client TLS (offered by default) would otherwise be measured against plain TCP.
+        cmd.env("PGSSLMODE", "disable")
+            .args(["-h", h, "-p", &port, "-U", "app", "-n"])
             .args(args)
             .arg("app")
             .current_dir(self.dir.path());

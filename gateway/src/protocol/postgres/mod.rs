@@ -5,12 +5,14 @@
 //! One file per concern: `frame` (lengths and limits), `wire` (pgwire messages), `startup` (the
 //! client's first packets), `upstream` + `auth` + `tls` (the gateway's own session), `catalog`
 //! (which columns masking covers), `frontend` / `backend` (the two directions), `state` (what they
-//! share), `journal` (statement recording), `copy` (COPY output masking), `cancel` (cancel keys).
+//! share), `journal` (statement recording), `copy` (COPY output masking), `cancel` (cancel keys),
+//! `client_tls` (TLS toward the job's client, and the stream type the session is generic over).
 
 mod auth;
 mod backend;
 pub mod cancel;
 mod catalog;
+pub mod client_tls;
 mod copy;
 pub mod frame;
 mod frontend;
@@ -25,11 +27,14 @@ use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use serde_json::json;
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
 
 use crate::{
     approval::Approvals,
-    config::{HostSpec, Target},
+    config::{ClientTls as ClientTlsMode, HostSpec, Target},
     daemon::Gateway,
     identity::Identity,
     mask::Masker,
@@ -37,6 +42,7 @@ use crate::{
     record::{ProcessInfo, SessionEnd},
     sql::ClassifierCache,
 };
+use client_tls::ClientStream;
 use startup::Hello;
 use wire::GatewayError;
 
@@ -50,6 +56,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Shared {
     pub cancels: cancel::Registry,
     pub classifier: ClassifierCache,
+    /// Certificates for TLS toward clients; `None` when no target offers it.
+    pub client_tls: Option<client_tls::ClientTls>,
 }
 
 /// One intercepted connection to a postgres target.
@@ -90,23 +98,109 @@ pub struct Context<'a> {
 /// records the session).
 pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -> SessionEnd {
     let _ = client.set_nodelay(true);
-    let store = &s.gw.store;
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let mode = s.target.postgres.client_tls;
+    let tls =
+        s.gw.postgres
+            .client_tls
+            .as_ref()
+            .filter(|_| mode != ClientTlsMode::Off);
     let mut buf = BytesMut::with_capacity(512);
+    let Some(hello) = read_hello(&mut client, &mut buf, tls.is_some(), deadline, &s).await else {
+        return SessionEnd::default();
+    };
+    let (Hello::TlsRequest, Some(tls)) = (&hello, tls) else {
+        if mode == ClientTlsMode::Require && matches!(hello, Hello::Startup { .. }) {
+            // Cancel requests stay accepted in plain: libpq before 17 never encrypts them.
+            let message = format!(
+                "gateway: target {:?} requires TLS from clients (connect with sslmode=require or verify-full)",
+                s.target.name
+            );
+            s.gw.store.note_event(
+                s.id,
+                "refused",
+                json!({ "reason": message, "client_tls": false }),
+            );
+            refuse(
+                &mut client,
+                GatewayError::fatal(wire::INVALID_AUTHORIZATION, message),
+            )
+            .await;
+            return SessionEnd::default();
+        }
+        return handle(client, buf, hello, upstream, &s).await;
+    };
+    let config = match tls.config(s.target, s.dst.ip()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(session = s.id, error = %e, "no TLS certificate for the client");
+            s.gw.store.note_event(
+                s.id,
+                "error",
+                json!({ "phase": "client_tls", "error": e.to_string() }),
+            );
+            return SessionEnd::default();
+        }
+    };
+    if client.write_all(b"S").await.is_err() {
+        return SessionEnd::default();
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(client)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::info!(session = s.id, error = %e, "client TLS handshake failed");
+            s.gw.store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "phase": "client_tls", "error": format!("TLS handshake with the client failed: {e}") }),
+            );
+            return SessionEnd::default();
+        }
+        Err(_) => {
+            s.gw.store.note_event(
+                s.id,
+                "protocol_error",
+                json!({ "phase": "client_tls", "error": "no TLS handshake within 30s" }),
+            );
+            return SessionEnd::default();
+        }
+    };
+    s.gw.store
+        .note_event(s.id, "client_tls", client_tls::describe(&stream));
+    let mut buf = BytesMut::with_capacity(512);
+    let Some(hello) = read_hello(&mut stream, &mut buf, false, deadline, &s).await else {
+        return SessionEnd::default();
+    };
+    handle(stream, buf, hello, upstream, &s).await
+}
+
+/// Reads the client's first packets before `deadline`; a failure is recorded (and told to the
+/// client when it still listens).
+async fn read_hello<C: ClientStream>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    offer_tls: bool,
+    deadline: tokio::time::Instant,
+    s: &Session<'_>,
+) -> Option<Hello> {
+    let store = &s.gw.store;
     let hello =
-        tokio::time::timeout(STARTUP_TIMEOUT, startup::read_hello(&mut client, &mut buf)).await;
-    let hello = match hello {
-        Ok(Ok(h)) => h,
+        tokio::time::timeout_at(deadline, startup::read_hello(client, buf, offer_tls)).await;
+    match hello {
+        Ok(Ok(h)) => Some(h),
         Ok(Err(e)) => {
             tracing::info!(session = s.id, error = %e, "postgres startup refused");
             store.note_event(
                 s.id,
                 "protocol_error",
-                json!({ "phase": "startup", "error": e.to_string() }),
+                json!({ "phase": "startup", "error": e.to_string(), "client_tls": client.is_tls() }),
             );
             if let Some(err) = e.client_error() {
                 let _ = client.write_all(&err.encode()).await;
+                close(client).await;
             }
-            return SessionEnd::default();
+            None
         }
         Err(_) => {
             store.note_event(
@@ -114,21 +208,33 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
                 "protocol_error",
                 json!({ "phase": "startup", "error": "no startup packet within 30s" }),
             );
-            return SessionEnd::default();
-        }
-    };
-    match hello {
-        Hello::Cancel { pid, key } => {
-            cancel(&s, pid, key).await;
-            SessionEnd::default()
-        }
-        Hello::Startup { minor, parameters } => {
-            session(client, buf, upstream, &s, minor, parameters).await
+            None
         }
     }
 }
 
-async fn cancel(s: &Session<'_>, pid: i32, key: i32) {
+async fn handle<C: ClientStream>(
+    mut client: C,
+    buf: BytesMut,
+    hello: Hello,
+    upstream: TcpStream,
+    s: &Session<'_>,
+) -> SessionEnd {
+    match hello {
+        Hello::Cancel { pid, key } => {
+            cancel(s, pid, key, client.is_tls()).await;
+            close(&mut client).await;
+            SessionEnd::default()
+        }
+        Hello::Startup { minor, parameters } => {
+            session(client, buf, upstream, s, minor, parameters).await
+        }
+        // Only answered `N` once the caller declined TLS, so it never gets here.
+        Hello::TlsRequest => SessionEnd::default(),
+    }
+}
+
+async fn cancel(s: &Session<'_>, pid: i32, key: i32, tls: bool) {
     let store = &s.gw.store;
     let registry = &s.gw.postgres.cancels;
     let Some(entry) = registry.lookup(pid, key) else {
@@ -151,7 +257,7 @@ async fn cancel(s: &Session<'_>, pid: i32, key: i32) {
     store.note_event(
         s.id,
         "cancel",
-        json!({ "outcome": outcome, "session": entry.session_id }),
+        json!({ "outcome": outcome, "session": entry.session_id, "client_tls": tls }),
     );
     store.note_event(
         entry.session_id,
@@ -172,13 +278,20 @@ fn server_name(target: &Target, dst: SocketAddr) -> String {
     }
 }
 
-async fn refuse(client: &mut TcpStream, err: GatewayError) {
+/// Ends the connection cleanly: over TLS that is a close_notify, without which clients report an
+/// unexpected EOF (libpq's cancel waits for the close and treats that as a failure). Bounded: a
+/// client that stopped reading does not hold the session open.
+async fn close<C: AsyncWrite + Unpin>(client: &mut C) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
+}
+
+async fn refuse<C: AsyncWrite + Unpin>(client: &mut C, err: GatewayError) {
     let _ = client.write_all(&err.encode()).await;
     let _ = client.shutdown().await;
 }
 
-async fn session(
-    mut client: TcpStream,
+async fn session<C: ClientStream>(
+    mut client: C,
     leftover: BytesMut,
     tcp: TcpStream,
     s: &Session<'_>,
@@ -308,17 +421,19 @@ async fn session(
             "user": user,
             "database": database,
             "tls": up.tls,
+            "client_tls": client.is_tls(),
             "auth": up.method,
             "masking": masker.as_ref().map(|m| m.rules.clone()),
             "masked_columns": covered.len(),
         }),
     );
-    tracing::info!(session = s.id, user = %user, database = %database, tls = up.tls, "postgres session open");
+    tracing::info!(session = s.id, user = %user, database = %database, tls = up.tls, client_tls = client.is_tls(), "postgres session open");
 
     let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
+    // The TCP socket under any TLS: whether the client left is a socket-level question.
     let client_watch = {
         use std::os::fd::AsFd as _;
-        client.as_fd().try_clone_to_owned().ok()
+        client.tcp().as_fd().try_clone_to_owned().ok()
     };
     let ctx = Context {
         notices,
@@ -346,7 +461,7 @@ async fn session(
     let mut fe = frontend::Frontend::new(&ctx, &tracker);
     let mut be = backend::Backend::new(&ctx, &tracker, notices_rx);
     let outcome = {
-        let (client_read, client_write) = client.split();
+        let (client_read, client_write) = client.halves();
         let fe_run = fe.run(
             frame::FrameReader::with_buffer(client_read, leftover, settings.max_message_size),
             up_write,
@@ -410,8 +525,9 @@ async fn session(
             )),
         ),
     };
-    if let Some(err) = error {
-        refuse(&mut client, err).await;
+    match error {
+        Some(err) => refuse(&mut client, err).await,
+        None => close(&mut client).await,
     }
     let (bytes_up, bytes_down) = (fe.bytes_up, be.bytes_down);
     ctx.journal.flush();

@@ -1,5 +1,6 @@
-//! The client side of the startup phase: SSL/GSS encryption requests (refused: the job's traffic
-//! to the gateway never leaves the host), the startup packet, or a cancel request.
+//! The client side of the startup phase: encryption requests (SSLRequest handed to the caller when
+//! the target offers TLS to clients, otherwise answered `N`; GSSENCRequest always `N`), the
+//! startup packet, or a cancel request.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,8 @@ pub enum Hello {
         pid: i32,
         key: i32,
     },
+    /// An SSLRequest the caller answers (`S`, then the TLS handshake).
+    TlsRequest,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,8 @@ pub enum StartupError {
     BadCancel,
     #[error("too many encryption requests")]
     TooManyRequests,
+    #[error("data sent before the answer to an encryption request")]
+    DataAfterRequest,
     #[error("the client closed the connection during startup")]
     Closed,
     #[error("startup: {0}")]
@@ -57,7 +62,8 @@ impl StartupError {
             StartupError::Frame(_)
             | StartupError::Decode(_)
             | StartupError::BadCancel
-            | StartupError::TooManyRequests => Some(wire::GatewayError::fatal(
+            | StartupError::TooManyRequests
+            | StartupError::DataAfterRequest => Some(wire::GatewayError::fatal(
                 wire::PROTOCOL_VIOLATION,
                 format!("gateway: invalid startup packet: {self}"),
             )),
@@ -66,8 +72,13 @@ impl StartupError {
     }
 }
 
-/// Reads the client's first packets. `buf` keeps whatever followed the startup packet.
-pub async fn read_hello<S>(client: &mut S, buf: &mut BytesMut) -> Result<Hello, StartupError>
+/// Reads the client's first packets. `buf` keeps whatever followed the startup packet. With
+/// `offer_tls`, an SSLRequest is returned as `Hello::TlsRequest`; without, it is answered `N`.
+pub async fn read_hello<S>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    offer_tls: bool,
+) -> Result<Hello, StartupError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -89,9 +100,16 @@ where
         match code {
             SSL_REQUEST | GSSENC_REQUEST => {
                 requests += 1;
-                if requests > 2 || !buf.is_empty() {
-                    // Bytes after an encryption request would be a downgrade attempt or garbage.
+                if requests > 2 {
                     return Err(StartupError::TooManyRequests);
+                }
+                if !buf.is_empty() {
+                    // Bytes sent ahead of the answer would be read as if they came over TLS
+                    // (CVE-2021-23214), or are garbage.
+                    return Err(StartupError::DataAfterRequest);
+                }
+                if code == SSL_REQUEST && offer_tls {
+                    return Ok(Hello::TlsRequest);
                 }
                 client.write_all(b"N").await?;
             }
@@ -166,7 +184,7 @@ mod tests {
         b.write_all(&bytes).await.unwrap();
         drop(b.shutdown().await);
         let mut buf = BytesMut::new();
-        let r = read_hello(&mut a, &mut buf).await;
+        let r = read_hello(&mut a, &mut buf, false).await;
         let mut answered = Vec::new();
         let _ = tokio::time::timeout(
             std::time::Duration::from_millis(50),
@@ -185,6 +203,32 @@ mod tests {
         let (r, answered) = hello(bytes).await;
         assert!(r.is_err());
         assert_eq!(answered, b"N");
+    }
+
+    #[tokio::test]
+    async fn ssl_is_handed_over_when_offered_and_gss_still_refused() {
+        let (mut a, mut b) = tokio::io::duplex(65536);
+        b.write_all(&packet(GSSENC_REQUEST, &[])).await.unwrap();
+        let mut buf = BytesMut::new();
+        let task = tokio::spawn(async move {
+            let r = read_hello(&mut a, &mut buf, true).await;
+            (r, buf)
+        });
+        let mut answer = [0u8; 1];
+        b.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"N");
+        b.write_all(&packet(SSL_REQUEST, &[])).await.unwrap();
+        let (r, buf) = task.await.unwrap();
+        assert_eq!(r.unwrap(), Hello::TlsRequest);
+        assert!(buf.is_empty());
+        // A ClientHello sent ahead of the answer is refused, not read as plain data.
+        let mut bytes = packet(SSL_REQUEST, &[]);
+        bytes.extend_from_slice(&[0x16, 3, 1, 0, 5]);
+        let (mut a, mut b) = tokio::io::duplex(65536);
+        b.write_all(&bytes).await.unwrap();
+        let mut buf = BytesMut::new();
+        let r = read_hello(&mut a, &mut buf, true).await;
+        assert!(matches!(r, Err(StartupError::DataAfterRequest)), "{r:?}");
     }
 
     #[tokio::test]
