@@ -47,6 +47,16 @@ operations = ["sftp_write", "sftp_delete"]
 paths = ["/etc/*"]
 
 [[rules]]
+name = "held-uploads-need-approval"
+action = "require_approval"
+targets = ["web"]
+unauthenticated = true
+approvers = ["ops"]
+[rules.ssh]
+operations = ["sftp_write"]
+paths = ["/tmp/gwe-held-*"]
+
+[[rules]]
 name = "forward-to-the-host-itself"
 action = "allow"
 targets = ["web"]
@@ -510,6 +520,183 @@ fn scp_and_sftp_transfer_and_sftp_operations_are_policed() -> Result<()> {
         .output()?;
     assert_eq!(out.stdout.len(), 64 << 20, "{}", text(&out.stderr));
     let _ = fs::remove_file(&remote);
+    Ok(())
+}
+
+/// A job started in the background (bounded by `timeout` inside the job), for the approvals a
+/// test decides while it waits.
+fn spawn_job(s: &Setup, seconds: u32, tool: &str, args: &[&str]) -> Result<std::process::Child> {
+    let mut opts = client_options(&s.known_hosts);
+    opts.extend(args.iter().map(|a| a.to_string()));
+    Ok(Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "timeout", &seconds.to_string(), tool])
+        .args(&opts)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?)
+}
+
+/// The approval requests whose operation is `operation`.
+fn approvals_for(s: &Setup, operation: &str) -> Vec<Value> {
+    s.daemon
+        .cli_json(&["approvals", "list", "--json"])
+        .ok()
+        .and_then(|l| l.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["operation"] == operation)
+        .collect()
+}
+
+/// Waits for a pending request for `operation`; its id.
+fn pending_approval(s: &Setup, operation: &str) -> Result<String> {
+    let mut id = None;
+    let found = wait_until(Duration::from_secs(20), || {
+        id = approvals_for(s, operation)
+            .into_iter()
+            .find(|a| a["status"] == "pending")
+            .and_then(|a| a["id"].as_str().map(str::to_string));
+        id.is_some()
+    });
+    ensure!(found, "no pending approval for {operation:?}");
+    Ok(id.unwrap_or_default())
+}
+
+#[test]
+fn sftp_operations_needing_approval_wait_for_the_decision() -> Result<()> {
+    let s = Setup::new("", "")?;
+    let local = s.dir.path().join("held.bin");
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(&local, &content)?;
+    let base = format!("/tmp/gwe-held-{}", unique_id());
+    let put = |name: &str| -> Result<(String, std::process::Child)> {
+        let remote = format!("{base}-{name}");
+        let batch = s.dir.path().join(format!("batch-{name}"));
+        fs::write(
+            &batch,
+            format!("put {} {remote}\nls -l {remote}\n", local.display()),
+        )?;
+        let child = spawn_job(&s, 60, "sftp", &["-b", batch.to_str().unwrap(), &s.host()])?;
+        Ok((remote, child))
+    };
+
+    // Approved: the upload waits (nothing reaches the host), then goes through and is answered.
+    let (remote, job) = put("approved")?;
+    let id = pending_approval(&s, &format!("sftp write {remote}"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!Path::new(&remote).exists(), "written before approval");
+    let out = s.daemon.cli(&["approvals", "approve", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = job.wait_with_output()?;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}{}", text(&out.stdout));
+    assert!(
+        err.contains(&format!(
+            "gateway: \"sftp write {remote}\" needs approval (rule \"held-uploads-need-approval\"): \
+             request {id}; approve with `gateway approvals approve {id}`"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("gateway: approved by root"), "{err}");
+    assert_eq!(
+        fs::read(&remote)?,
+        content,
+        "the approved upload is on the host"
+    );
+    let session = s.last_session()?;
+    let held: Vec<_> = events(&session, "ssh_sftp")
+        .into_iter()
+        .filter(|e| e["decision"] == "require_approval")
+        .collect();
+    assert_eq!(held.len(), 1, "{session}");
+    assert_eq!(held[0]["rule"], "held-uploads-need-approval");
+    assert_eq!(held[0]["operation"], format!("sftp write {remote}"));
+    let approval = events(&session, "ssh_approval");
+    assert_eq!(approval[0]["outcome"]["outcome"], "approved", "{session}");
+    assert_eq!(approval[0]["kind"], "sftp");
+    assert!(
+        events(&session, "ssh_sftp_file")
+            .iter()
+            .any(|f| f["path"] == remote.as_str() && f["bytes_written"] == content.len()),
+        "{session}"
+    );
+    let _ = fs::remove_file(&remote);
+
+    // Denied: the job gets "permission denied" and reads the reason; nothing is written.
+    let (remote, job) = put("denied")?;
+    let id = pending_approval(&s, &format!("sftp write {remote}"))?;
+    let out = s
+        .daemon
+        .cli(&["approvals", "deny", &id, "--reason", "not this file"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = job.wait_with_output()?;
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("ermission denied"), "{all}");
+    assert!(
+        all.contains("gateway: denied: ") && all.contains("not this file"),
+        "{all}"
+    );
+    assert!(
+        !Path::new(&remote).exists(),
+        "the denied upload was written"
+    );
+    let session = s.last_session()?;
+    assert_eq!(
+        events(&session, "ssh_approval")[0]["outcome"]["outcome"],
+        "denied",
+        "{session}"
+    );
+
+    // A job that gives up while waiting abandons its request; nothing is written.
+    let (remote, job) = {
+        let remote = format!("{base}-abandoned");
+        let batch = s.dir.path().join("batch-abandoned");
+        fs::write(&batch, format!("put {} {remote}\n", local.display()))?;
+        (
+            remote,
+            spawn_job(&s, 6, "sftp", &["-b", batch.to_str().unwrap(), &s.host()])?,
+        )
+    };
+    let operation = format!("sftp write {remote}");
+    pending_approval(&s, &operation)?;
+    let out = job.wait_with_output()?;
+    assert_ne!(out.status.code(), Some(0));
+    let abandoned = wait_until(Duration::from_secs(10), || {
+        approvals_for(&s, &operation)
+            .iter()
+            .any(|a| a["status"] == "abandoned")
+    });
+    assert!(abandoned, "{:?}", approvals_for(&s, &operation));
+    assert!(!Path::new(&remote).exists());
+    // Approved for a while: the same rule, identity and target pass without asking again.
+    let (first, job) = put("granted")?;
+    let id = pending_approval(&s, &format!("sftp write {first}"))?;
+    let out = s.daemon.cli(&["approvals", "approve", &id, "--for", "10m"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = job.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let (second, job) = put("granted-again")?;
+    let out = job.wait_with_output()?;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("needs approval"), "{err}");
+    assert_eq!(fs::read(&second)?, content);
+    assert!(
+        approvals_for(&s, &format!("sftp write {second}")).is_empty(),
+        "a new request despite the grant"
+    );
+    let session = s.last_session()?;
+    assert!(
+        !events(&session, "approval_grant_used").is_empty(),
+        "{session}"
+    );
+    let _ = fs::remove_file(&first);
+    let _ = fs::remove_file(&second);
+
     Ok(())
 }
 

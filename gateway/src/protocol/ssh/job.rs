@@ -26,14 +26,15 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Ctx, SshError,
     bridge::{self, Down, HIGH_WATER, Inflight},
-    forward, keys,
+    forward,
+    hold::{Held, Hold},
+    keys,
     recorder::ChannelRecorder,
-    sftp::{self, Framer, Pending, Request},
+    sftp, sftp_gate,
     shell::{Key, LineEditor},
     upstream::{self, UpstreamHandle},
 };
 use crate::{
-    approval::{ApprovalOutcome, ApprovalRequest, Submission},
     config::SshOperationKind,
     glob,
     policy::{Decision, SshOperation},
@@ -66,7 +67,6 @@ enum Mode {
     Terminal(LineEditor),
     /// A shell reading commands from stdin: each line is held until it is decided.
     Script(Vec<u8>),
-    Sftp(Framer),
     /// Refused or failed: the job's further input is dropped.
     Refused,
 }
@@ -428,178 +428,6 @@ impl JobSide {
         }
     }
 
-    async fn sftp_input(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) {
-        let mut packets = Vec::new();
-        {
-            let Some(c) = self.chans.get_mut(&channel) else {
-                return;
-            };
-            let Mode::Sftp(framer) = &mut c.mode else {
-                return;
-            };
-            framer.push(data);
-            loop {
-                match framer.next_packet() {
-                    None => break,
-                    Some(Ok(p)) => packets.push(p),
-                    Some(Err(e)) => {
-                        tracing::warn!(session = self.ctx.session_id, error = %e, "malformed sftp stream from the job; closing the channel");
-                        c.mode = Mode::Refused;
-                        let _ = c.tx.send(Down::Close);
-                        let _ = session.close(channel);
-                        break;
-                    }
-                }
-            }
-        }
-        for packet in packets {
-            self.sftp_request(channel, packet).await;
-        }
-    }
-
-    async fn sftp_request(&mut self, channel: ChannelId, packet: Bytes) {
-        let Some(c) = self.chans.get(&channel) else {
-            return;
-        };
-        let (number, tracker, inject) = (c.number, c.sftp.clone(), c.inject.clone());
-        let request = match sftp::parse_request(&packet) {
-            Ok(r) => r,
-            Err(e) => {
-                // Not understood, not forwarded: the host never sees what policy could not read.
-                tracing::debug!(error = %e, "malformed sftp request");
-                return;
-            }
-        };
-        let id = request.id().unwrap_or(0);
-        let handle_path = |h: &[u8]| {
-            tracker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .and_then(|t| t.path_of(h).map(str::to_string))
-                .unwrap_or_else(|| "<unknown handle>".into())
-        };
-        // The checks this request needs, and how it is logged.
-        let (op, checks, logged): (String, Vec<(SshOperationKind, String)>, bool) = match &request {
-            Request::Open {
-                path, read, write, ..
-            } => {
-                let mut checks = Vec::new();
-                if *read || !*write {
-                    checks.push((SshOperationKind::SftpRead, path.clone()));
-                }
-                if *write {
-                    checks.push((SshOperationKind::SftpWrite, path.clone()));
-                }
-                ("open".into(), checks, true)
-            }
-            Request::Paths {
-                op, checks, logged, ..
-            } => ((*op).into(), checks.clone(), *logged),
-            Request::OnHandle {
-                op, kind, handle, ..
-            } => (
-                (*op).into(),
-                vec![(*kind, handle_path(handle))],
-                *kind == SshOperationKind::SftpWrite,
-            ),
-            Request::Unsupported { op, .. } => {
-                self.event(
-                    "ssh_sftp",
-                    json!({ "channel": number, "op": op, "decision": "deny", "reason": "unsupported sftp extension" }),
-                );
-                let _ = inject.send(sftp::status(
-                    id,
-                    sftp::FX_OP_UNSUPPORTED,
-                    "gateway: this sftp operation is not supported",
-                ));
-                return;
-            }
-            Request::Init
-            | Request::Close { .. }
-            | Request::Read { .. }
-            | Request::Write { .. } => (String::new(), Vec::new(), false),
-        };
-        let mut verdict = None;
-        for (kind, path) in &checks {
-            let d = self.decide(&SshOperation::Sftp { kind: *kind, path });
-            if !matches!(d, Decision::Allow { .. }) {
-                verdict = Some((d, *kind, path.clone()));
-                break;
-            }
-        }
-        if let Some((decision, kind, path)) = verdict {
-            let reason = match &decision {
-                Decision::Deny { reason, .. } => reason.clone(),
-                Decision::RequireApproval { rule } => format!(
-                    "{} of {path:?} needs approval (rule {rule:?}); approvals apply to exec commands",
-                    kind.as_str()
-                ),
-                Decision::Allow { .. } => String::new(),
-            };
-            self.event(
-                "ssh_sftp",
-                json!({
-                    "channel": number, "op": op, "kind": kind.as_str(), "path": path,
-                    "decision": decision.label(), "rule": decision.rule(), "reason": reason,
-                }),
-            );
-            let _ = inject.send(sftp::status(
-                id,
-                sftp::FX_PERMISSION_DENIED,
-                &format!("gateway: {reason}"),
-            ));
-            return;
-        }
-        if logged {
-            let paths: Vec<&str> = checks.iter().map(|(_, p)| p.as_str()).collect();
-            let kinds: Vec<&str> = checks.iter().map(|(k, _)| k.as_str()).collect();
-            let detail = json!({ "channel": number, "op": op, "kinds": kinds, "paths": paths, "decision": "allow" });
-            if !self.durable("ssh_sftp", detail).await {
-                let _ = inject.send(sftp::status(
-                    id,
-                    sftp::FX_PERMISSION_DENIED,
-                    "gateway: cannot record",
-                ));
-                return;
-            }
-        }
-        {
-            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-            let t = t.get_or_insert_with(Default::default);
-            match request {
-                Request::Open {
-                    id, path, write, ..
-                } => t.expect(
-                    id,
-                    Pending::Open(sftp::OpenFile {
-                        path,
-                        mode: if write { "write" } else { "read" },
-                        ..Default::default()
-                    }),
-                ),
-                Request::Paths {
-                    id,
-                    op: "opendir",
-                    checks,
-                    ..
-                } => t.expect(
-                    id,
-                    Pending::Open(sftp::OpenFile {
-                        path: checks.into_iter().next().map(|c| c.1).unwrap_or_default(),
-                        mode: "list",
-                        ..Default::default()
-                    }),
-                ),
-                Request::Read { id, handle } => t.expect(id, Pending::Read(handle)),
-                Request::Close { id, handle } => t.expect(id, Pending::Close(handle)),
-                Request::Write { handle, len, .. } => t.wrote(&handle, len),
-                _ => {}
-            }
-        }
-        self.queue_bytes(channel, packet);
-    }
-
     async fn exec(&mut self, channel: ChannelId, command: String, session: &mut Session) {
         let Some(number) = self.chans.get(&channel).map(|c| c.number) else {
             let _ = session.channel_failure(channel);
@@ -643,17 +471,6 @@ impl JobSide {
             }
             Decision::RequireApproval { rule } => {
                 self.event("ssh_exec", detail);
-                let request = ApprovalRequest {
-                    session_id: self.ctx.session_id,
-                    target: self.ctx.target.name.clone(),
-                    rule: rule.clone(),
-                    identity: self.ctx.identity.clone(),
-                    operation: command.clone(),
-                    kind: "ssh_exec".into(),
-                    detail: json!({ "command": command, "channel": number }),
-                    process: self.ctx.process.clone(),
-                    job_id: self.ctx.job_id.clone(),
-                };
                 // The channel is accepted at once; the job reads on stderr which request it waits
                 // for. Everything it sends meanwhile waits behind the decision (`Down::Approval`).
                 let _ = session.channel_success(channel);
@@ -664,64 +481,27 @@ impl JobSide {
                 c.rec.begin(&self.ctx, "exec", Some(&command));
                 c.mode = Mode::Pass;
                 let _ = c.tx.send(Down::Approval(decided_rx));
-                let gone = c.gone.clone();
-                let ctx = self.ctx.clone();
-                let handle = session.handle();
+                let hold = Hold {
+                    ctx: self.ctx.clone(),
+                    handle: session.handle(),
+                    channel,
+                    number,
+                    gone: c.gone.clone(),
+                };
                 tokio::spawn(async move {
-                    let say = |text: String| {
-                        let handle = handle.clone();
-                        async move {
-                            let _ = handle
-                                .extended_data(
-                                    channel,
-                                    1,
-                                    Bytes::from(format!("gateway: {text}\r\n")),
-                                )
-                                .await;
-                        }
-                    };
-                    let outcome = match ctx.approvals.submit(&request).await {
-                        Submission::Decided(o) => o,
-                        Submission::Waiting(ticket) => {
-                            say(format!(
-                                "{command:?} needs approval (rule {rule:?}): request {}; {}; waiting until {}…",
-                                ticket.id, ticket.how, ticket.deadline
-                            ))
-                            .await;
-                            tokio::select! {
-                                o = ticket.wait() => o,
-                                // Dropping the ticket marks the request abandoned.
-                                () = gone.cancelled() => return,
-                            }
-                        }
-                    };
-                    let recorded = ctx
-                        .store
-                        .append_event(
-                            ctx.session_id,
-                            "ssh_approval",
-                            json!({ "channel": number, "command": command, "rule": rule, "outcome": outcome }),
-                        )
-                        .await
-                        .is_ok();
-                    match outcome {
-                        ApprovalOutcome::Approved { by } if recorded => {
-                            say(format!("approved by {by}")).await;
+                    let detail = json!({ "command": command, "channel": number });
+                    match hold.ask(&rule, "ssh_exec", &command, detail).await {
+                        Held::Approved => {
                             let _ = decided_tx.send(Some(command.into_bytes()));
                         }
-                        other => {
+                        Held::Refused { .. } => {
                             let _ = decided_tx.send(None);
-                            let reason = match other {
-                                ApprovalOutcome::Denied { reason } => reason,
-                                ApprovalOutcome::Approved { .. } => {
-                                    "the gateway cannot record".into()
-                                }
-                            };
-                            say(format!("denied: {reason}")).await;
-                            let _ = handle.exit_status_request(channel, 1).await;
-                            let _ = handle.eof(channel).await;
-                            let _ = handle.close(channel).await;
+                            let _ = hold.handle.exit_status_request(channel, 1).await;
+                            let _ = hold.handle.eof(channel).await;
+                            let _ = hold.handle.close(channel).await;
                         }
+                        // Nobody to answer; dropping `decided_tx` closes the upstream channel.
+                        Held::Gone => {}
                     }
                 });
             }
@@ -1196,13 +976,26 @@ impl server::Handler for JobSide {
         }
         if let Some(c) = self.chans.get_mut(&channel) {
             c.rec.begin(&self.ctx, "subsystem", Some(name));
+            c.mode = Mode::Pass;
             if name == "sftp" {
-                // Every sftp request is decided on its own; the tracker tells the response pump to
-                // read sftp framing from here on.
+                // Every sftp request is decided on its own, in the gate that from now on stands
+                // between this channel and the host; the tracker tells the response pump to read
+                // sftp framing.
                 *c.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(Default::default());
-                c.mode = Mode::Sftp(Framer::default());
-            } else {
-                c.mode = Mode::Pass;
+                let gate = sftp_gate::Gate {
+                    hold: Hold {
+                        ctx: self.ctx.clone(),
+                        handle: session.handle(),
+                        channel,
+                        number,
+                        gone: c.gone.clone(),
+                    },
+                    tracker: c.sftp.clone(),
+                    inject: c.inject.clone(),
+                    up: c.tx.clone(),
+                    inflight: self.inflight.clone(),
+                };
+                c.tx = sftp_gate::start(gate);
             }
         }
         self.send(channel, Down::Subsystem(name.to_string()));
@@ -1251,13 +1044,11 @@ impl server::Handler for JobSide {
             None | Some(Mode::Refused) => return Ok(()),
             Some(Mode::Terminal(_)) => 1,
             Some(Mode::Script(_)) => 2,
-            Some(Mode::Sftp(_)) => 3,
             Some(Mode::Fresh | Mode::Pass) => 0,
         };
         match mode {
             1 => self.shell_keys(channel, data, session).await,
             2 => self.script_input(channel, data, session).await,
-            3 => self.sftp_input(channel, data, session).await,
             _ => self.queue(channel, data),
         }
         self.inflight.wait().await;

@@ -6,15 +6,18 @@
 //!
 //! One file per concern: `keys` (host keys, secrets, known_hosts), `upstream` (client side),
 //! `job` (server side: requests → typed operations), `bridge` (channel pumps, flow control),
-//! `forward` (remote forwarding: the host listens for the job),
-//! `sftp` and `shell` (what flows through those channels), `recorder` (what is kept).
+//! `forward` (remote forwarding: the host listens for the job), `hold` (an operation waiting for
+//! approval), `sftp` and `shell` (what flows through those channels), `sftp_gate` (sftp requests
+//! decided in order), `recorder` (what is kept).
 
 mod bridge;
 mod forward;
+mod hold;
 mod job;
 pub mod keys;
 mod recorder;
 mod sftp;
+mod sftp_gate;
 mod shell;
 mod upstream;
 
