@@ -700,6 +700,54 @@ fn sftp_operations_needing_approval_wait_for_the_decision() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_script_line_needing_approval_waits_for_the_decision() -> Result<()> {
+    let s = Setup::new("", "")?;
+    let marker = format!("/tmp/gwe-script-{}", unique_id());
+    let held = format!("touch {marker}; echo systemctl restart app");
+    for verdict in ["approve", "deny"] {
+        let script = s.dir.path().join(format!("script-{verdict}.sh"));
+        fs::write(&script, format!("echo one\n{held}\necho two\n"))?;
+        let mut opts = client_options(&s.known_hosts);
+        opts.extend(["-T".into(), s.host()]);
+        let job = Command::new(gateway_bin())
+            .arg("--control-socket")
+            .arg(&s.daemon.control_socket)
+            .args(["run", "--", "timeout", "60", "ssh"])
+            .args(&opts)
+            .stdin(fs::File::open(&script)?)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let id = pending_approval(&s, &held)?;
+        assert!(!Path::new(&marker).exists(), "ran before approval");
+        let out = s.daemon.cli(&["approvals", verdict, &id]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = job.wait_with_output()?;
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "needs approval (rule \"restarts-need-approval\"): request {id}"
+            )),
+            "{err}"
+        );
+        if verdict == "approve" {
+            assert_eq!(
+                text(&out.stdout),
+                "one\nsystemctl restart app\ntwo\n",
+                "{err}"
+            );
+            assert!(Path::new(&marker).exists(), "the approved line did not run");
+            fs::remove_file(&marker)?;
+        } else {
+            assert_eq!(text(&out.stdout), "one\ntwo\n", "{err}");
+            assert!(err.contains("gateway: denied: "), "{err}");
+            assert!(!Path::new(&marker).exists(), "the denied line ran");
+        }
+    }
+    Ok(())
+}
+
 /// A tmux server of the test's own (own socket), killed on drop.
 struct Tmux {
     socket: String,
@@ -715,7 +763,8 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
-        self.cmd(&["capture-pane", "-p", "-t", "gwe"])
+        // -J: a wrapped line reads as one.
+        self.cmd(&["capture-pane", "-p", "-J", "-t", "gwe"])
             .unwrap_or_default()
     }
 
@@ -785,6 +834,49 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
     tmux.cmd(&["send-keys", "-t", "gwe", "echo after-$((1+1))", "Enter"])?;
     tmux.wait_for("after-2")?;
     assert!(!Path::new(&marker).exists(), "the blocked line ran");
+    // A line needing approval waits at Enter; the terminal names the request. Approved, it runs.
+    let held = format!("touch {marker}; echo systemctl restart held-$((2+3))");
+    tmux.cmd(&["send-keys", "-t", "gwe", &held, "Enter"])?;
+    let id = pending_approval(&s, &held)?;
+    tmux.wait_for(&format!(
+        "needs approval (rule \"restarts-need-approval\"): request {id}"
+    ))?;
+    // Typed while waiting: runs after the held line, not before.
+    tmux.cmd(&[
+        "send-keys",
+        "-t",
+        "gwe",
+        "echo typed-ahead-$((3+4))",
+        "Enter",
+    ])?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!Path::new(&marker).exists(), "ran before approval");
+    assert!(
+        !tmux.screen().contains("typed-ahead-7"),
+        "{}",
+        tmux.screen()
+    );
+    let out = s.daemon.cli(&["approvals", "approve", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    tmux.wait_for("restart held-5")?;
+    tmux.wait_for("typed-ahead-7")?;
+    assert!(Path::new(&marker).exists(), "the approved line did not run");
+    fs::remove_file(&marker)?;
+    // Ctrl-C while waiting withdraws the request; the line never runs.
+    let withdrawn = format!("touch {marker}; echo systemctl restart withdrawn");
+    tmux.cmd(&["send-keys", "-t", "gwe", &withdrawn, "Enter"])?;
+    pending_approval(&s, &withdrawn)?;
+    tmux.cmd(&["send-keys", "-t", "gwe", "C-c"])?;
+    tmux.wait_for("gateway: withdrawn with Ctrl-C")?;
+    let abandoned = wait_until(Duration::from_secs(10), || {
+        approvals_for(&s, &withdrawn)
+            .iter()
+            .any(|a| a["status"] == "abandoned")
+    });
+    assert!(abandoned, "{:?}", approvals_for(&s, &withdrawn));
+    tmux.cmd(&["send-keys", "-t", "gwe", "echo still-$((4+4))", "Enter"])?;
+    tmux.wait_for("still-8")?;
+    assert!(!Path::new(&marker).exists(), "the withdrawn line ran");
     tmux.cmd(&["send-keys", "-t", "gwe", "exit 7", "Enter"])?;
     ensure!(
         wait_until(Duration::from_secs(20), || fs::read_to_string(&rc_file)
@@ -806,6 +898,13 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
         find(&format!("touch {marker}; echo shutdown-now")).context("blocked line recorded")?["decision"],
         "deny"
     );
+    assert_eq!(
+        find(&held).context("held line recorded")?["decision"],
+        "require_approval"
+    );
+    let approvals = events(&session, "ssh_approval");
+    assert_eq!(approvals[0]["outcome"]["outcome"], "approved", "{session}");
+    assert_eq!(approvals[1]["outcome"]["outcome"], "withdrawn", "{session}");
     let end = events(&session, "ssh_channel_end");
     assert_eq!(end[0]["exit_status"], 7);
 

@@ -31,7 +31,8 @@ use super::{
     keys,
     recorder::ChannelRecorder,
     sftp, sftp_gate,
-    shell::{Key, LineEditor},
+    shell::LineEditor,
+    shell_gate,
     upstream::{self, UpstreamHandle},
 };
 use crate::{
@@ -55,18 +56,12 @@ enum UpstreamState {
     Failed(String),
 }
 
-/// Longest line of a shell without a terminal that is held back for a decision.
-const MAX_SCRIPT_LINE: usize = 64 * 1024;
-
 enum Mode {
     /// No shell, exec or subsystem yet.
     Fresh,
-    /// Bytes pass through (exec, other subsystems, forwarded connections).
+    /// Bytes go on to the channel's queue: to the host (exec, other subsystems, forwarded
+    /// connections) or to the gate that decides what a shell or sftp channel sends.
     Pass,
-    /// A shell with a terminal: keystrokes pass, Enter waits for the decision on the line.
-    Terminal(LineEditor),
-    /// A shell reading commands from stdin: each line is held until it is decided.
-    Script(Vec<u8>),
     /// Refused or failed: the job's further input is dropped.
     Refused,
 }
@@ -321,111 +316,6 @@ impl JobSide {
         let number = parts.number;
         bridge::start(self.ctx.clone(), parts, down, session.handle(), up);
         number
-    }
-
-    async fn shell_keys(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) {
-        let Some(c) = self.chans.get_mut(&channel) else {
-            return;
-        };
-        let Mode::Terminal(editor) = &mut c.mode else {
-            return;
-        };
-        let keys = editor.feed(data);
-        let number = c.number;
-        for key in keys {
-            match key {
-                Key::Input(a, b) => self.queue(channel, &data[a..b]),
-                Key::Submit { at, line, edited } => {
-                    if self.submit_line(number, &line, edited).await {
-                        self.queue(channel, &data[at..=at]);
-                    } else {
-                        // Ctrl-C in place of Enter: the shell drops the line it holds.
-                        self.queue(channel, b"\x03");
-                        let reason = self.line_refusal(&line);
-                        let _ = session
-                            .data(channel, Bytes::from(format!("\r\ngateway: {reason}\r\n")));
-                    }
-                }
-            }
-        }
-    }
-
-    async fn script_input(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) {
-        let mut lines = Vec::new();
-        let number;
-        {
-            let Some(c) = self.chans.get_mut(&channel) else {
-                return;
-            };
-            number = c.number;
-            let Mode::Script(held) = &mut c.mode else {
-                return;
-            };
-            held.extend_from_slice(data);
-            while let Some(end) = held.iter().position(|&b| b == b'\n') {
-                lines.push(held.drain(..=end).collect::<Vec<u8>>());
-            }
-            if held.len() > MAX_SCRIPT_LINE {
-                c.mode = Mode::Refused;
-                let _ = c.tx.send(Down::Close);
-                let _ = session.extended_data(
-                    channel,
-                    1,
-                    Bytes::from_static(b"gateway: input line too long to check; closed\r\n"),
-                );
-                let _ = session.close(channel);
-                return;
-            }
-        }
-        for raw in lines {
-            let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-            if self.submit_line(number, &line, false).await {
-                self.queue(channel, &raw);
-            } else {
-                let reason = self.line_refusal(&line);
-                let _ =
-                    session.extended_data(channel, 1, Bytes::from(format!("gateway: {reason}\n")));
-            }
-        }
-    }
-
-    /// Decides one submitted shell line and records it (write-ahead when it goes through).
-    async fn submit_line(&mut self, channel: u32, line: &str, edited: bool) -> bool {
-        let command = line.trim();
-        if command.is_empty() {
-            return true;
-        }
-        let decision = self.decide(&SshOperation::Shell {
-            line: Some(command),
-        });
-        let detail = json!({
-            "channel": channel,
-            "line": self.masked(command),
-            "edited": edited,
-            "decision": decision.label(),
-            "rule": decision.rule(),
-            "reason": decision.reason(),
-        });
-        match decision {
-            Decision::Allow { .. } => self.durable("ssh_shell_line", detail).await,
-            _ => {
-                self.event("ssh_shell_line", detail);
-                false
-            }
-        }
-    }
-
-    fn line_refusal(&self, line: &str) -> String {
-        match self.decide(&SshOperation::Shell {
-            line: Some(line.trim()),
-        }) {
-            Decision::RequireApproval { rule } => format!(
-                "{:?} needs approval (rule {rule:?}); approvals apply to commands run as `ssh host 'COMMAND'`, not to lines typed in a shell",
-                line.trim()
-            ),
-            Decision::Deny { reason, .. } => format!("blocked by policy: {reason}"),
-            Decision::Allow { .. } => "could not record the line; not sent".to_string(),
-        }
     }
 
     async fn exec(&mut self, channel: ChannelId, command: String, session: &mut Session) {
@@ -923,11 +813,26 @@ impl server::Handler for JobSide {
             }
             if let Some(c) = self.chans.get_mut(&channel) {
                 c.rec.begin(&self.ctx, "shell", None);
-                c.mode = if terminal {
-                    Mode::Terminal(LineEditor::default())
-                } else {
-                    Mode::Script(Vec::new())
+                c.mode = Mode::Pass;
+                // Lines are decided in the gate that from now on stands between the channel and
+                // the host (it may hold one for approval without holding up the session).
+                let gate = shell_gate::Gate {
+                    hold: Hold {
+                        ctx: self.ctx.clone(),
+                        handle: session.handle(),
+                        channel,
+                        number,
+                        gone: c.gone.clone(),
+                    },
+                    up: c.tx.clone(),
+                    inflight: self.inflight.clone(),
+                    input: if terminal {
+                        shell_gate::Input::Terminal(LineEditor::default())
+                    } else {
+                        shell_gate::Input::Script(Vec::new())
+                    },
                 };
+                c.tx = shell_gate::start(gate);
             }
             self.send(channel, Down::Shell);
             self.relay_reply(channel, session).await;
@@ -1034,22 +939,15 @@ impl server::Handler for JobSide {
         &mut self,
         channel: ChannelId,
         data: &[u8],
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.ctx
             .counters
             .up
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let mode = match self.chans.get(&channel).map(|c| &c.mode) {
+        match self.chans.get(&channel).map(|c| &c.mode) {
             None | Some(Mode::Refused) => return Ok(()),
-            Some(Mode::Terminal(_)) => 1,
-            Some(Mode::Script(_)) => 2,
-            Some(Mode::Fresh | Mode::Pass) => 0,
-        };
-        match mode {
-            1 => self.shell_keys(channel, data, session).await,
-            2 => self.script_input(channel, data, session).await,
-            _ => self.queue(channel, data),
+            Some(Mode::Fresh | Mode::Pass) => self.queue(channel, data),
         }
         self.inflight.wait().await;
         Ok(())
@@ -1077,18 +975,6 @@ impl server::Handler for JobSide {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // A script's last line may lack its newline: it is decided like the others.
-        let tail = match self.chans.get_mut(&channel).map(|c| &mut c.mode) {
-            Some(Mode::Script(held)) if !held.is_empty() => Some(std::mem::take(held)),
-            _ => None,
-        };
-        if let Some(tail) = tail {
-            let number = self.chans.get(&channel).map_or(0, |c| c.number);
-            let line = String::from_utf8_lossy(&tail).trim_end().to_string();
-            if self.submit_line(number, &line, false).await {
-                self.queue(channel, &tail);
-            }
-        }
         self.send(channel, Down::Eof);
         Ok(())
     }
