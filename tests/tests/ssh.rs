@@ -1339,6 +1339,82 @@ fn remote_forwarding_is_relayed_only_where_a_rule_lets_the_host_listen() -> Resu
 }
 
 #[test]
+fn a_cancelled_remote_forward_stops_listening_on_the_host() -> Result<()> {
+    // Held open and never accepted: the host's connections land in its backlog.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let local = listener.local_addr()?.port();
+    let s = Setup::new(&format!("allow_direct = [\"127.0.0.1:{local}\"]"), "")?;
+    let control = s.dir.path().join("ctl");
+    let control = control.to_str().unwrap();
+    let spec = format!("17001:127.0.0.1:{local}");
+    // A master connection holding the forward (bounded by `timeout` in the job).
+    let master = spawn_job(
+        &s,
+        60,
+        "ssh",
+        &[
+            "-M",
+            "-S",
+            control,
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &spec,
+            &s.host(),
+        ],
+    )?;
+    let probe = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/17001' && echo open || echo closed";
+    let listening = wait_until(Duration::from_secs(20), || {
+        text(&s.ssh(&[probe]).stdout) == "open\n"
+    });
+    ensure!(listening, "the remote forward never listened");
+    // `ssh -O cancel` asks the master to send cancel-tcpip-forward (the control client talks to
+    // the master over its socket, not to the network).
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-S",
+            control,
+            "-O",
+            "cancel",
+            "-R",
+            &spec,
+        ])
+        .arg(s.host())
+        .output()?;
+    assert!(out.status.success(), "cancel: {}", text(&out.stderr));
+    let closed = wait_until(Duration::from_secs(10), || {
+        text(&s.ssh(&[probe]).stdout) == "closed\n"
+    });
+    let _ = Command::new("timeout")
+        .args(["20", "ssh", "-F", "/dev/null", "-S", control, "-O", "exit"])
+        .arg(s.host())
+        .output();
+    let out = master.wait_with_output()?;
+    assert!(closed, "the host still listens after the cancel");
+    drop(listener);
+    // The master's session: the one that asked for the forward.
+    let shown = s
+        .ssh_sessions()?
+        .into_iter()
+        .filter_map(|sess| {
+            s.daemon
+                .cli_json(&["sessions", "show", &sess["id"].to_string(), "--json"])
+                .ok()
+        })
+        .find(|shown| !events(shown, "ssh_forward").is_empty())
+        .context("the master's session")?;
+    let cancels = events(&shown, "ssh_forward_cancel");
+    assert_eq!(cancels.len(), 1, "{shown}\n{}", text(&out.stderr));
+    assert_eq!(cancels[0]["listen"], "localhost:17001");
+    Ok(())
+}
+
+#[test]
 fn upstream_password_and_rsa_key_logins() -> Result<()> {
     let id = unique_id();
     let dir = TempDir::new(&format!("sshp{id}"));
