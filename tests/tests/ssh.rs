@@ -47,6 +47,16 @@ operations = ["sftp_write", "sftp_delete"]
 paths = ["/etc/*"]
 
 [[rules]]
+name = "held-uploads-need-approval"
+action = "require_approval"
+targets = ["web"]
+unauthenticated = true
+approvers = ["ops"]
+[rules.ssh]
+operations = ["sftp_write"]
+paths = ["/tmp/gwe-held-*"]
+
+[[rules]]
 name = "forward-to-the-host-itself"
 action = "allow"
 targets = ["web"]
@@ -513,6 +523,231 @@ fn scp_and_sftp_transfer_and_sftp_operations_are_policed() -> Result<()> {
     Ok(())
 }
 
+/// A job started in the background (bounded by `timeout` inside the job), for the approvals a
+/// test decides while it waits.
+fn spawn_job(s: &Setup, seconds: u32, tool: &str, args: &[&str]) -> Result<std::process::Child> {
+    let mut opts = client_options(&s.known_hosts);
+    opts.extend(args.iter().map(|a| a.to_string()));
+    Ok(Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "timeout", &seconds.to_string(), tool])
+        .args(&opts)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?)
+}
+
+/// The approval requests whose operation is `operation`.
+fn approvals_for(s: &Setup, operation: &str) -> Vec<Value> {
+    s.daemon
+        .cli_json(&["approvals", "list", "--json"])
+        .ok()
+        .and_then(|l| l.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["operation"] == operation)
+        .collect()
+}
+
+/// Waits for a pending request for `operation`; its id.
+fn pending_approval(s: &Setup, operation: &str) -> Result<String> {
+    let mut id = None;
+    let found = wait_until(Duration::from_secs(20), || {
+        id = approvals_for(s, operation)
+            .into_iter()
+            .find(|a| a["status"] == "pending")
+            .and_then(|a| a["id"].as_str().map(str::to_string));
+        id.is_some()
+    });
+    ensure!(found, "no pending approval for {operation:?}");
+    Ok(id.unwrap_or_default())
+}
+
+#[test]
+fn sftp_operations_needing_approval_wait_for_the_decision() -> Result<()> {
+    let s = Setup::new("", "")?;
+    let local = s.dir.path().join("held.bin");
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(&local, &content)?;
+    let base = format!("/tmp/gwe-held-{}", unique_id());
+    let put = |name: &str| -> Result<(String, std::process::Child)> {
+        let remote = format!("{base}-{name}");
+        let batch = s.dir.path().join(format!("batch-{name}"));
+        fs::write(
+            &batch,
+            format!("put {} {remote}\nls -l {remote}\n", local.display()),
+        )?;
+        let child = spawn_job(&s, 60, "sftp", &["-b", batch.to_str().unwrap(), &s.host()])?;
+        Ok((remote, child))
+    };
+
+    // Approved: the upload waits (nothing reaches the host), then goes through and is answered.
+    let (remote, job) = put("approved")?;
+    let id = pending_approval(&s, &format!("sftp write {remote}"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!Path::new(&remote).exists(), "written before approval");
+    let out = s.daemon.cli(&["approvals", "approve", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = job.wait_with_output()?;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}{}", text(&out.stdout));
+    assert!(
+        err.contains(&format!(
+            "gateway: \"sftp write {remote}\" needs approval (rule \"held-uploads-need-approval\"): \
+             request {id}; approve with `gateway approvals approve {id}`"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("gateway: approved by root"), "{err}");
+    assert_eq!(
+        fs::read(&remote)?,
+        content,
+        "the approved upload is on the host"
+    );
+    let session = s.last_session()?;
+    let held: Vec<_> = events(&session, "ssh_sftp")
+        .into_iter()
+        .filter(|e| e["decision"] == "require_approval")
+        .collect();
+    assert_eq!(held.len(), 1, "{session}");
+    assert_eq!(held[0]["rule"], "held-uploads-need-approval");
+    assert_eq!(held[0]["operation"], format!("sftp write {remote}"));
+    let approval = events(&session, "ssh_approval");
+    assert_eq!(approval[0]["outcome"]["outcome"], "approved", "{session}");
+    assert_eq!(approval[0]["kind"], "sftp");
+    assert!(
+        events(&session, "ssh_sftp_file")
+            .iter()
+            .any(|f| f["path"] == remote.as_str() && f["bytes_written"] == content.len()),
+        "{session}"
+    );
+    let _ = fs::remove_file(&remote);
+
+    // Denied: the job gets "permission denied" and reads the reason; nothing is written.
+    let (remote, job) = put("denied")?;
+    let id = pending_approval(&s, &format!("sftp write {remote}"))?;
+    let out = s
+        .daemon
+        .cli(&["approvals", "deny", &id, "--reason", "not this file"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = job.wait_with_output()?;
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("ermission denied"), "{all}");
+    assert!(
+        all.contains("gateway: denied: ") && all.contains("not this file"),
+        "{all}"
+    );
+    assert!(
+        !Path::new(&remote).exists(),
+        "the denied upload was written"
+    );
+    let session = s.last_session()?;
+    assert_eq!(
+        events(&session, "ssh_approval")[0]["outcome"]["outcome"],
+        "denied",
+        "{session}"
+    );
+
+    // A job that gives up while waiting abandons its request; nothing is written.
+    let (remote, job) = {
+        let remote = format!("{base}-abandoned");
+        let batch = s.dir.path().join("batch-abandoned");
+        fs::write(&batch, format!("put {} {remote}\n", local.display()))?;
+        (
+            remote,
+            spawn_job(&s, 6, "sftp", &["-b", batch.to_str().unwrap(), &s.host()])?,
+        )
+    };
+    let operation = format!("sftp write {remote}");
+    pending_approval(&s, &operation)?;
+    let out = job.wait_with_output()?;
+    assert_ne!(out.status.code(), Some(0));
+    let abandoned = wait_until(Duration::from_secs(10), || {
+        approvals_for(&s, &operation)
+            .iter()
+            .any(|a| a["status"] == "abandoned")
+    });
+    assert!(abandoned, "{:?}", approvals_for(&s, &operation));
+    assert!(!Path::new(&remote).exists());
+    // Approved for a while: the same rule, identity and target pass without asking again.
+    let (first, job) = put("granted")?;
+    let id = pending_approval(&s, &format!("sftp write {first}"))?;
+    let out = s.daemon.cli(&["approvals", "approve", &id, "--for", "10m"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = job.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let (second, job) = put("granted-again")?;
+    let out = job.wait_with_output()?;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("needs approval"), "{err}");
+    assert_eq!(fs::read(&second)?, content);
+    assert!(
+        approvals_for(&s, &format!("sftp write {second}")).is_empty(),
+        "a new request despite the grant"
+    );
+    let session = s.last_session()?;
+    assert!(
+        !events(&session, "approval_grant_used").is_empty(),
+        "{session}"
+    );
+    let _ = fs::remove_file(&first);
+    let _ = fs::remove_file(&second);
+
+    Ok(())
+}
+
+#[test]
+fn a_script_line_needing_approval_waits_for_the_decision() -> Result<()> {
+    let s = Setup::new("", "")?;
+    let marker = format!("/tmp/gwe-script-{}", unique_id());
+    let held = format!("touch {marker}; echo systemctl restart app");
+    for verdict in ["approve", "deny"] {
+        let script = s.dir.path().join(format!("script-{verdict}.sh"));
+        fs::write(&script, format!("echo one\n{held}\necho two\n"))?;
+        let mut opts = client_options(&s.known_hosts);
+        opts.extend(["-T".into(), s.host()]);
+        let job = Command::new(gateway_bin())
+            .arg("--control-socket")
+            .arg(&s.daemon.control_socket)
+            .args(["run", "--", "timeout", "60", "ssh"])
+            .args(&opts)
+            .stdin(fs::File::open(&script)?)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let id = pending_approval(&s, &held)?;
+        assert!(!Path::new(&marker).exists(), "ran before approval");
+        let out = s.daemon.cli(&["approvals", verdict, &id]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = job.wait_with_output()?;
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "needs approval (rule \"restarts-need-approval\"): request {id}"
+            )),
+            "{err}"
+        );
+        if verdict == "approve" {
+            assert_eq!(
+                text(&out.stdout),
+                "one\nsystemctl restart app\ntwo\n",
+                "{err}"
+            );
+            assert!(Path::new(&marker).exists(), "the approved line did not run");
+            fs::remove_file(&marker)?;
+        } else {
+            assert_eq!(text(&out.stdout), "one\ntwo\n", "{err}");
+            assert!(err.contains("gateway: denied: "), "{err}");
+            assert!(!Path::new(&marker).exists(), "the denied line ran");
+        }
+    }
+    Ok(())
+}
+
 /// A tmux server of the test's own (own socket), killed on drop.
 struct Tmux {
     socket: String,
@@ -528,7 +763,8 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
-        self.cmd(&["capture-pane", "-p", "-t", "gwe"])
+        // -J: a wrapped line reads as one.
+        self.cmd(&["capture-pane", "-p", "-J", "-t", "gwe"])
             .unwrap_or_default()
     }
 
@@ -598,6 +834,49 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
     tmux.cmd(&["send-keys", "-t", "gwe", "echo after-$((1+1))", "Enter"])?;
     tmux.wait_for("after-2")?;
     assert!(!Path::new(&marker).exists(), "the blocked line ran");
+    // A line needing approval waits at Enter; the terminal names the request. Approved, it runs.
+    let held = format!("touch {marker}; echo systemctl restart held-$((2+3))");
+    tmux.cmd(&["send-keys", "-t", "gwe", &held, "Enter"])?;
+    let id = pending_approval(&s, &held)?;
+    tmux.wait_for(&format!(
+        "needs approval (rule \"restarts-need-approval\"): request {id}"
+    ))?;
+    // Typed while waiting: runs after the held line, not before.
+    tmux.cmd(&[
+        "send-keys",
+        "-t",
+        "gwe",
+        "echo typed-ahead-$((3+4))",
+        "Enter",
+    ])?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!Path::new(&marker).exists(), "ran before approval");
+    assert!(
+        !tmux.screen().contains("typed-ahead-7"),
+        "{}",
+        tmux.screen()
+    );
+    let out = s.daemon.cli(&["approvals", "approve", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    tmux.wait_for("restart held-5")?;
+    tmux.wait_for("typed-ahead-7")?;
+    assert!(Path::new(&marker).exists(), "the approved line did not run");
+    fs::remove_file(&marker)?;
+    // Ctrl-C while waiting withdraws the request; the line never runs.
+    let withdrawn = format!("touch {marker}; echo systemctl restart withdrawn");
+    tmux.cmd(&["send-keys", "-t", "gwe", &withdrawn, "Enter"])?;
+    pending_approval(&s, &withdrawn)?;
+    tmux.cmd(&["send-keys", "-t", "gwe", "C-c"])?;
+    tmux.wait_for("gateway: withdrawn with Ctrl-C")?;
+    let abandoned = wait_until(Duration::from_secs(10), || {
+        approvals_for(&s, &withdrawn)
+            .iter()
+            .any(|a| a["status"] == "abandoned")
+    });
+    assert!(abandoned, "{:?}", approvals_for(&s, &withdrawn));
+    tmux.cmd(&["send-keys", "-t", "gwe", "echo still-$((4+4))", "Enter"])?;
+    tmux.wait_for("still-8")?;
+    assert!(!Path::new(&marker).exists(), "the withdrawn line ran");
     tmux.cmd(&["send-keys", "-t", "gwe", "exit 7", "Enter"])?;
     ensure!(
         wait_until(Duration::from_secs(20), || fs::read_to_string(&rc_file)
@@ -619,6 +898,13 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
         find(&format!("touch {marker}; echo shutdown-now")).context("blocked line recorded")?["decision"],
         "deny"
     );
+    assert_eq!(
+        find(&held).context("held line recorded")?["decision"],
+        "require_approval"
+    );
+    let approvals = events(&session, "ssh_approval");
+    assert_eq!(approvals[0]["outcome"]["outcome"], "approved", "{session}");
+    assert_eq!(approvals[1]["outcome"]["outcome"], "withdrawn", "{session}");
     let end = events(&session, "ssh_channel_end");
     assert_eq!(end[0]["exit_status"], 7);
 
@@ -1049,6 +1335,82 @@ fn remote_forwarding_is_relayed_only_where_a_rule_lets_the_host_listen() -> Resu
     // Nothing was left listening on the host (the allowed forward ended with its session).
     let out = s.ssh(&["bash -c 'exec 3<>/dev/tcp/127.0.0.1/17001' && echo open || echo closed"]);
     assert_eq!(text(&out.stdout), "closed\n", "{}", text(&out.stderr));
+    Ok(())
+}
+
+#[test]
+fn a_cancelled_remote_forward_stops_listening_on_the_host() -> Result<()> {
+    // Held open and never accepted: the host's connections land in its backlog.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let local = listener.local_addr()?.port();
+    let s = Setup::new(&format!("allow_direct = [\"127.0.0.1:{local}\"]"), "")?;
+    let control = s.dir.path().join("ctl");
+    let control = control.to_str().unwrap();
+    let spec = format!("17001:127.0.0.1:{local}");
+    // A master connection holding the forward (bounded by `timeout` in the job).
+    let master = spawn_job(
+        &s,
+        60,
+        "ssh",
+        &[
+            "-M",
+            "-S",
+            control,
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &spec,
+            &s.host(),
+        ],
+    )?;
+    let probe = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/17001' && echo open || echo closed";
+    let listening = wait_until(Duration::from_secs(20), || {
+        text(&s.ssh(&[probe]).stdout) == "open\n"
+    });
+    ensure!(listening, "the remote forward never listened");
+    // `ssh -O cancel` asks the master to send cancel-tcpip-forward (the control client talks to
+    // the master over its socket, not to the network).
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-S",
+            control,
+            "-O",
+            "cancel",
+            "-R",
+            &spec,
+        ])
+        .arg(s.host())
+        .output()?;
+    assert!(out.status.success(), "cancel: {}", text(&out.stderr));
+    let closed = wait_until(Duration::from_secs(10), || {
+        text(&s.ssh(&[probe]).stdout) == "closed\n"
+    });
+    let _ = Command::new("timeout")
+        .args(["20", "ssh", "-F", "/dev/null", "-S", control, "-O", "exit"])
+        .arg(s.host())
+        .output();
+    let out = master.wait_with_output()?;
+    assert!(closed, "the host still listens after the cancel");
+    drop(listener);
+    // The master's session: the one that asked for the forward.
+    let shown = s
+        .ssh_sessions()?
+        .into_iter()
+        .filter_map(|sess| {
+            s.daemon
+                .cli_json(&["sessions", "show", &sess["id"].to_string(), "--json"])
+                .ok()
+        })
+        .find(|shown| !events(shown, "ssh_forward").is_empty())
+        .context("the master's session")?;
+    let cancels = events(&shown, "ssh_forward_cancel");
+    assert_eq!(cancels.len(), 1, "{shown}\n{}", text(&out.stderr));
+    assert_eq!(cancels[0]["listen"], "localhost:17001");
     Ok(())
 }
 

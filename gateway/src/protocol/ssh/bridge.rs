@@ -46,6 +46,13 @@ impl Inflight {
         self.drained.notify_waiters();
     }
 
+    /// Job data that will not reach the host after all (refused, or its channel went away).
+    pub fn release(&self, n: usize) {
+        if n > 0 {
+            self.done(n);
+        }
+    }
+
     pub fn queued(&self) -> usize {
         self.bytes.load(Ordering::Acquire)
     }

@@ -26,14 +26,16 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Ctx, SshError,
     bridge::{self, Down, HIGH_WATER, Inflight},
-    forward, keys,
+    forward,
+    hold::{Held, Hold},
+    keys,
     recorder::ChannelRecorder,
-    sftp::{self, Framer, Pending, Request},
-    shell::{Key, LineEditor},
+    sftp, sftp_gate,
+    shell::LineEditor,
+    shell_gate,
     upstream::{self, UpstreamHandle},
 };
 use crate::{
-    approval::{ApprovalOutcome, ApprovalRequest, Submission},
     config::SshOperationKind,
     glob,
     policy::{Decision, SshOperation},
@@ -54,19 +56,12 @@ enum UpstreamState {
     Failed(String),
 }
 
-/// Longest line of a shell without a terminal that is held back for a decision.
-const MAX_SCRIPT_LINE: usize = 64 * 1024;
-
 enum Mode {
     /// No shell, exec or subsystem yet.
     Fresh,
-    /// Bytes pass through (exec, other subsystems, forwarded connections).
+    /// Bytes go on to the channel's queue: to the host (exec, other subsystems, forwarded
+    /// connections) or to the gate that decides what a shell or sftp channel sends.
     Pass,
-    /// A shell with a terminal: keystrokes pass, Enter waits for the decision on the line.
-    Terminal(LineEditor),
-    /// A shell reading commands from stdin: each line is held until it is decided.
-    Script(Vec<u8>),
-    Sftp(Framer),
     /// Refused or failed: the job's further input is dropped.
     Refused,
 }
@@ -323,283 +318,6 @@ impl JobSide {
         number
     }
 
-    async fn shell_keys(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) {
-        let Some(c) = self.chans.get_mut(&channel) else {
-            return;
-        };
-        let Mode::Terminal(editor) = &mut c.mode else {
-            return;
-        };
-        let keys = editor.feed(data);
-        let number = c.number;
-        for key in keys {
-            match key {
-                Key::Input(a, b) => self.queue(channel, &data[a..b]),
-                Key::Submit { at, line, edited } => {
-                    if self.submit_line(number, &line, edited).await {
-                        self.queue(channel, &data[at..=at]);
-                    } else {
-                        // Ctrl-C in place of Enter: the shell drops the line it holds.
-                        self.queue(channel, b"\x03");
-                        let reason = self.line_refusal(&line);
-                        let _ = session
-                            .data(channel, Bytes::from(format!("\r\ngateway: {reason}\r\n")));
-                    }
-                }
-            }
-        }
-    }
-
-    async fn script_input(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) {
-        let mut lines = Vec::new();
-        let number;
-        {
-            let Some(c) = self.chans.get_mut(&channel) else {
-                return;
-            };
-            number = c.number;
-            let Mode::Script(held) = &mut c.mode else {
-                return;
-            };
-            held.extend_from_slice(data);
-            while let Some(end) = held.iter().position(|&b| b == b'\n') {
-                lines.push(held.drain(..=end).collect::<Vec<u8>>());
-            }
-            if held.len() > MAX_SCRIPT_LINE {
-                c.mode = Mode::Refused;
-                let _ = c.tx.send(Down::Close);
-                let _ = session.extended_data(
-                    channel,
-                    1,
-                    Bytes::from_static(b"gateway: input line too long to check; closed\r\n"),
-                );
-                let _ = session.close(channel);
-                return;
-            }
-        }
-        for raw in lines {
-            let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-            if self.submit_line(number, &line, false).await {
-                self.queue(channel, &raw);
-            } else {
-                let reason = self.line_refusal(&line);
-                let _ =
-                    session.extended_data(channel, 1, Bytes::from(format!("gateway: {reason}\n")));
-            }
-        }
-    }
-
-    /// Decides one submitted shell line and records it (write-ahead when it goes through).
-    async fn submit_line(&mut self, channel: u32, line: &str, edited: bool) -> bool {
-        let command = line.trim();
-        if command.is_empty() {
-            return true;
-        }
-        let decision = self.decide(&SshOperation::Shell {
-            line: Some(command),
-        });
-        let detail = json!({
-            "channel": channel,
-            "line": self.masked(command),
-            "edited": edited,
-            "decision": decision.label(),
-            "rule": decision.rule(),
-            "reason": decision.reason(),
-        });
-        match decision {
-            Decision::Allow { .. } => self.durable("ssh_shell_line", detail).await,
-            _ => {
-                self.event("ssh_shell_line", detail);
-                false
-            }
-        }
-    }
-
-    fn line_refusal(&self, line: &str) -> String {
-        match self.decide(&SshOperation::Shell {
-            line: Some(line.trim()),
-        }) {
-            Decision::RequireApproval { rule } => format!(
-                "{:?} needs approval (rule {rule:?}); approvals apply to commands run as `ssh host 'COMMAND'`, not to lines typed in a shell",
-                line.trim()
-            ),
-            Decision::Deny { reason, .. } => format!("blocked by policy: {reason}"),
-            Decision::Allow { .. } => "could not record the line; not sent".to_string(),
-        }
-    }
-
-    async fn sftp_input(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) {
-        let mut packets = Vec::new();
-        {
-            let Some(c) = self.chans.get_mut(&channel) else {
-                return;
-            };
-            let Mode::Sftp(framer) = &mut c.mode else {
-                return;
-            };
-            framer.push(data);
-            loop {
-                match framer.next_packet() {
-                    None => break,
-                    Some(Ok(p)) => packets.push(p),
-                    Some(Err(e)) => {
-                        tracing::warn!(session = self.ctx.session_id, error = %e, "malformed sftp stream from the job; closing the channel");
-                        c.mode = Mode::Refused;
-                        let _ = c.tx.send(Down::Close);
-                        let _ = session.close(channel);
-                        break;
-                    }
-                }
-            }
-        }
-        for packet in packets {
-            self.sftp_request(channel, packet).await;
-        }
-    }
-
-    async fn sftp_request(&mut self, channel: ChannelId, packet: Bytes) {
-        let Some(c) = self.chans.get(&channel) else {
-            return;
-        };
-        let (number, tracker, inject) = (c.number, c.sftp.clone(), c.inject.clone());
-        let request = match sftp::parse_request(&packet) {
-            Ok(r) => r,
-            Err(e) => {
-                // Not understood, not forwarded: the host never sees what policy could not read.
-                tracing::debug!(error = %e, "malformed sftp request");
-                return;
-            }
-        };
-        let id = request.id().unwrap_or(0);
-        let handle_path = |h: &[u8]| {
-            tracker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .and_then(|t| t.path_of(h).map(str::to_string))
-                .unwrap_or_else(|| "<unknown handle>".into())
-        };
-        // The checks this request needs, and how it is logged.
-        let (op, checks, logged): (String, Vec<(SshOperationKind, String)>, bool) = match &request {
-            Request::Open {
-                path, read, write, ..
-            } => {
-                let mut checks = Vec::new();
-                if *read || !*write {
-                    checks.push((SshOperationKind::SftpRead, path.clone()));
-                }
-                if *write {
-                    checks.push((SshOperationKind::SftpWrite, path.clone()));
-                }
-                ("open".into(), checks, true)
-            }
-            Request::Paths {
-                op, checks, logged, ..
-            } => ((*op).into(), checks.clone(), *logged),
-            Request::OnHandle {
-                op, kind, handle, ..
-            } => (
-                (*op).into(),
-                vec![(*kind, handle_path(handle))],
-                *kind == SshOperationKind::SftpWrite,
-            ),
-            Request::Unsupported { op, .. } => {
-                self.event(
-                    "ssh_sftp",
-                    json!({ "channel": number, "op": op, "decision": "deny", "reason": "unsupported sftp extension" }),
-                );
-                let _ = inject.send(sftp::status(
-                    id,
-                    sftp::FX_OP_UNSUPPORTED,
-                    "gateway: this sftp operation is not supported",
-                ));
-                return;
-            }
-            Request::Init
-            | Request::Close { .. }
-            | Request::Read { .. }
-            | Request::Write { .. } => (String::new(), Vec::new(), false),
-        };
-        let mut verdict = None;
-        for (kind, path) in &checks {
-            let d = self.decide(&SshOperation::Sftp { kind: *kind, path });
-            if !matches!(d, Decision::Allow { .. }) {
-                verdict = Some((d, *kind, path.clone()));
-                break;
-            }
-        }
-        if let Some((decision, kind, path)) = verdict {
-            let reason = match &decision {
-                Decision::Deny { reason, .. } => reason.clone(),
-                Decision::RequireApproval { rule } => format!(
-                    "{} of {path:?} needs approval (rule {rule:?}); approvals apply to exec commands",
-                    kind.as_str()
-                ),
-                Decision::Allow { .. } => String::new(),
-            };
-            self.event(
-                "ssh_sftp",
-                json!({
-                    "channel": number, "op": op, "kind": kind.as_str(), "path": path,
-                    "decision": decision.label(), "rule": decision.rule(), "reason": reason,
-                }),
-            );
-            let _ = inject.send(sftp::status(
-                id,
-                sftp::FX_PERMISSION_DENIED,
-                &format!("gateway: {reason}"),
-            ));
-            return;
-        }
-        if logged {
-            let paths: Vec<&str> = checks.iter().map(|(_, p)| p.as_str()).collect();
-            let kinds: Vec<&str> = checks.iter().map(|(k, _)| k.as_str()).collect();
-            let detail = json!({ "channel": number, "op": op, "kinds": kinds, "paths": paths, "decision": "allow" });
-            if !self.durable("ssh_sftp", detail).await {
-                let _ = inject.send(sftp::status(
-                    id,
-                    sftp::FX_PERMISSION_DENIED,
-                    "gateway: cannot record",
-                ));
-                return;
-            }
-        }
-        {
-            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-            let t = t.get_or_insert_with(Default::default);
-            match request {
-                Request::Open {
-                    id, path, write, ..
-                } => t.expect(
-                    id,
-                    Pending::Open(sftp::OpenFile {
-                        path,
-                        mode: if write { "write" } else { "read" },
-                        ..Default::default()
-                    }),
-                ),
-                Request::Paths {
-                    id,
-                    op: "opendir",
-                    checks,
-                    ..
-                } => t.expect(
-                    id,
-                    Pending::Open(sftp::OpenFile {
-                        path: checks.into_iter().next().map(|c| c.1).unwrap_or_default(),
-                        mode: "list",
-                        ..Default::default()
-                    }),
-                ),
-                Request::Read { id, handle } => t.expect(id, Pending::Read(handle)),
-                Request::Close { id, handle } => t.expect(id, Pending::Close(handle)),
-                Request::Write { handle, len, .. } => t.wrote(&handle, len),
-                _ => {}
-            }
-        }
-        self.queue_bytes(channel, packet);
-    }
-
     async fn exec(&mut self, channel: ChannelId, command: String, session: &mut Session) {
         let Some(number) = self.chans.get(&channel).map(|c| c.number) else {
             let _ = session.channel_failure(channel);
@@ -643,17 +361,6 @@ impl JobSide {
             }
             Decision::RequireApproval { rule } => {
                 self.event("ssh_exec", detail);
-                let request = ApprovalRequest {
-                    session_id: self.ctx.session_id,
-                    target: self.ctx.target.name.clone(),
-                    rule: rule.clone(),
-                    identity: self.ctx.identity.clone(),
-                    operation: command.clone(),
-                    kind: "ssh_exec".into(),
-                    detail: json!({ "command": command, "channel": number }),
-                    process: self.ctx.process.clone(),
-                    job_id: self.ctx.job_id.clone(),
-                };
                 // The channel is accepted at once; the job reads on stderr which request it waits
                 // for. Everything it sends meanwhile waits behind the decision (`Down::Approval`).
                 let _ = session.channel_success(channel);
@@ -664,64 +371,27 @@ impl JobSide {
                 c.rec.begin(&self.ctx, "exec", Some(&command));
                 c.mode = Mode::Pass;
                 let _ = c.tx.send(Down::Approval(decided_rx));
-                let gone = c.gone.clone();
-                let ctx = self.ctx.clone();
-                let handle = session.handle();
+                let hold = Hold {
+                    ctx: self.ctx.clone(),
+                    handle: session.handle(),
+                    channel,
+                    number,
+                    gone: c.gone.clone(),
+                };
                 tokio::spawn(async move {
-                    let say = |text: String| {
-                        let handle = handle.clone();
-                        async move {
-                            let _ = handle
-                                .extended_data(
-                                    channel,
-                                    1,
-                                    Bytes::from(format!("gateway: {text}\r\n")),
-                                )
-                                .await;
-                        }
-                    };
-                    let outcome = match ctx.approvals.submit(&request).await {
-                        Submission::Decided(o) => o,
-                        Submission::Waiting(ticket) => {
-                            say(format!(
-                                "{command:?} needs approval (rule {rule:?}): request {}; {}; waiting until {}…",
-                                ticket.id, ticket.how, ticket.deadline
-                            ))
-                            .await;
-                            tokio::select! {
-                                o = ticket.wait() => o,
-                                // Dropping the ticket marks the request abandoned.
-                                () = gone.cancelled() => return,
-                            }
-                        }
-                    };
-                    let recorded = ctx
-                        .store
-                        .append_event(
-                            ctx.session_id,
-                            "ssh_approval",
-                            json!({ "channel": number, "command": command, "rule": rule, "outcome": outcome }),
-                        )
-                        .await
-                        .is_ok();
-                    match outcome {
-                        ApprovalOutcome::Approved { by } if recorded => {
-                            say(format!("approved by {by}")).await;
+                    let detail = json!({ "command": command, "channel": number });
+                    match hold.ask(&rule, "ssh_exec", &command, detail).await {
+                        Held::Approved => {
                             let _ = decided_tx.send(Some(command.into_bytes()));
                         }
-                        other => {
+                        Held::Refused { .. } => {
                             let _ = decided_tx.send(None);
-                            let reason = match other {
-                                ApprovalOutcome::Denied { reason } => reason,
-                                ApprovalOutcome::Approved { .. } => {
-                                    "the gateway cannot record".into()
-                                }
-                            };
-                            say(format!("denied: {reason}")).await;
-                            let _ = handle.exit_status_request(channel, 1).await;
-                            let _ = handle.eof(channel).await;
-                            let _ = handle.close(channel).await;
+                            let _ = hold.handle.exit_status_request(channel, 1).await;
+                            let _ = hold.handle.eof(channel).await;
+                            let _ = hold.handle.close(channel).await;
                         }
+                        // Nobody to answer; dropping `decided_tx` closes the upstream channel.
+                        Held::Gone => {}
                     }
                 });
             }
@@ -1143,11 +813,26 @@ impl server::Handler for JobSide {
             }
             if let Some(c) = self.chans.get_mut(&channel) {
                 c.rec.begin(&self.ctx, "shell", None);
-                c.mode = if terminal {
-                    Mode::Terminal(LineEditor::default())
-                } else {
-                    Mode::Script(Vec::new())
+                c.mode = Mode::Pass;
+                // Lines are decided in the gate that from now on stands between the channel and
+                // the host (it may hold one for approval without holding up the session).
+                let gate = shell_gate::Gate {
+                    hold: Hold {
+                        ctx: self.ctx.clone(),
+                        handle: session.handle(),
+                        channel,
+                        number,
+                        gone: c.gone.clone(),
+                    },
+                    up: c.tx.clone(),
+                    inflight: self.inflight.clone(),
+                    input: if terminal {
+                        shell_gate::Input::Terminal(LineEditor::default())
+                    } else {
+                        shell_gate::Input::Script(Vec::new())
+                    },
                 };
+                c.tx = shell_gate::start(gate);
             }
             self.send(channel, Down::Shell);
             self.relay_reply(channel, session).await;
@@ -1196,13 +881,26 @@ impl server::Handler for JobSide {
         }
         if let Some(c) = self.chans.get_mut(&channel) {
             c.rec.begin(&self.ctx, "subsystem", Some(name));
+            c.mode = Mode::Pass;
             if name == "sftp" {
-                // Every sftp request is decided on its own; the tracker tells the response pump to
-                // read sftp framing from here on.
+                // Every sftp request is decided on its own, in the gate that from now on stands
+                // between this channel and the host; the tracker tells the response pump to read
+                // sftp framing.
                 *c.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(Default::default());
-                c.mode = Mode::Sftp(Framer::default());
-            } else {
-                c.mode = Mode::Pass;
+                let gate = sftp_gate::Gate {
+                    hold: Hold {
+                        ctx: self.ctx.clone(),
+                        handle: session.handle(),
+                        channel,
+                        number,
+                        gone: c.gone.clone(),
+                    },
+                    tracker: c.sftp.clone(),
+                    inject: c.inject.clone(),
+                    up: c.tx.clone(),
+                    inflight: self.inflight.clone(),
+                };
+                c.tx = sftp_gate::start(gate);
             }
         }
         self.send(channel, Down::Subsystem(name.to_string()));
@@ -1241,24 +939,15 @@ impl server::Handler for JobSide {
         &mut self,
         channel: ChannelId,
         data: &[u8],
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.ctx
             .counters
             .up
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let mode = match self.chans.get(&channel).map(|c| &c.mode) {
+        match self.chans.get(&channel).map(|c| &c.mode) {
             None | Some(Mode::Refused) => return Ok(()),
-            Some(Mode::Terminal(_)) => 1,
-            Some(Mode::Script(_)) => 2,
-            Some(Mode::Sftp(_)) => 3,
-            Some(Mode::Fresh | Mode::Pass) => 0,
-        };
-        match mode {
-            1 => self.shell_keys(channel, data, session).await,
-            2 => self.script_input(channel, data, session).await,
-            3 => self.sftp_input(channel, data, session).await,
-            _ => self.queue(channel, data),
+            Some(Mode::Fresh | Mode::Pass) => self.queue(channel, data),
         }
         self.inflight.wait().await;
         Ok(())
@@ -1286,18 +975,6 @@ impl server::Handler for JobSide {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // A script's last line may lack its newline: it is decided like the others.
-        let tail = match self.chans.get_mut(&channel).map(|c| &mut c.mode) {
-            Some(Mode::Script(held)) if !held.is_empty() => Some(std::mem::take(held)),
-            _ => None,
-        };
-        if let Some(tail) = tail {
-            let number = self.chans.get(&channel).map_or(0, |c| c.number);
-            let line = String::from_utf8_lossy(&tail).trim_end().to_string();
-            if self.submit_line(number, &line, false).await {
-                self.queue(channel, &tail);
-            }
-        }
         self.send(channel, Down::Eof);
         Ok(())
     }

@@ -6,16 +6,21 @@
 //!
 //! One file per concern: `keys` (host keys, secrets, known_hosts), `upstream` (client side),
 //! `job` (server side: requests → typed operations), `bridge` (channel pumps, flow control),
-//! `forward` (remote forwarding: the host listens for the job),
-//! `sftp` and `shell` (what flows through those channels), `recorder` (what is kept).
+//! `forward` (remote forwarding: the host listens for the job), `hold` (an operation waiting for
+//! approval), `sftp` and `shell` (what flows through those channels), `sftp_gate` and
+//! `shell_gate` (sftp requests and shell lines decided in order, held for approval), `recorder`
+//! (what is kept).
 
 mod bridge;
 mod forward;
+mod hold;
 mod job;
 pub mod keys;
 mod recorder;
 mod sftp;
+mod sftp_gate;
 mod shell;
+mod shell_gate;
 mod upstream;
 
 use std::{path::PathBuf, sync::Arc, sync::atomic::Ordering, time::Duration};

@@ -79,9 +79,16 @@ impl Framer {
         Some(Ok(self.buf.split_to(4 + len).freeze()))
     }
 
-    #[cfg(test)]
+    /// Bytes of an incomplete packet held back.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Drops what is buffered; returns how many bytes that was.
+    pub fn clear(&mut self) -> usize {
+        let n = self.buf.len();
+        self.buf.clear();
+        n
     }
 }
 
