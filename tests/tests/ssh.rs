@@ -1509,6 +1509,52 @@ fn upstream_password_and_rsa_key_logins() -> Result<()> {
 }
 
 #[test]
+fn a_malformed_sftp_request_is_answered_and_recorded() -> Result<()> {
+    let s = Setup::new("", "")?;
+    let out = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "timeout", "60"])
+        .arg(sshraw_bin())
+        .args([
+            &format!("{}:22", s.sshd.addr),
+            "root",
+            "0",
+            "0",
+            "sftp-malformed",
+        ])
+        .output()?;
+    // SSH_FX_BAD_MESSAGE for the request's own id, instead of a client left waiting.
+    assert_eq!(
+        text(&out.stdout),
+        "status id=77 code=5\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let session = s
+        .ssh_sessions()?
+        .into_iter()
+        .find(|x| x["comm"] == "e2e-sshraw")
+        .context("the raw client's session")?;
+    let shown = s
+        .daemon
+        .cli_json(&["sessions", "show", &session["id"].to_string(), "--json"])?;
+    assert!(
+        shown["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "ssh_sftp"
+                && e["detail"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("malformed sftp request")))),
+        "{shown}"
+    );
+    // The gateway goes on serving.
+    let out = s.ssh(&["echo still-here"]);
+    assert_eq!(text(&out.stdout), "still-here\n", "{}", text(&out.stderr));
+    Ok(())
+}
+
+#[test]
 fn huge_window_adjusts_keep_the_gateway_bounded_and_serving() -> Result<()> {
     let s = Setup::new("", "")?;
     let pid = s.daemon.pid();

@@ -7,6 +7,10 @@
 //!
 //! usage: e2e-sshraw ADDR:PORT USER ADJUSTS PAUSE_SECS COMMAND
 //! prints `bytes=N exit=S` (stdout bytes of the command, its exit status).
+//!
+//! With COMMAND `sftp-malformed` it opens the sftp subsystem instead, sends INIT and then an OPEN
+//! request whose path length runs past the end of its packet, and prints the answer to that
+//! request: `status id=N code=C`.
 
 use std::{
     io::{Read, Write},
@@ -352,6 +356,9 @@ fn main() -> Result<()> {
         put_u32(&mut p, u32::MAX);
         c.write_packet(&p)?;
     }
+    if command == "sftp-malformed" {
+        return sftp_malformed_request(&mut c, remote);
+    }
     let mut p = vec![98];
     put_u32(&mut p, remote);
     put_str(&mut p, b"exec");
@@ -399,4 +406,56 @@ fn main() -> Result<()> {
         exit.map_or("none".into(), |e| e.to_string())
     );
     Ok(())
+}
+
+fn sftp_malformed_request(c: &mut Conn, remote: u32) -> Result<()> {
+    let mut p = vec![98];
+    put_u32(&mut p, remote);
+    put_str(&mut p, b"subsystem");
+    p.push(1);
+    put_str(&mut p, b"sftp");
+    c.write_packet(&p)?;
+    // One sftp packet (uint32 length, then type and fields) per channel data message.
+    let send = |c: &mut Conn, sftp: &[u8]| {
+        let mut framed = Vec::new();
+        put_str(&mut framed, sftp);
+        let mut p = vec![94];
+        put_u32(&mut p, remote);
+        put_str(&mut p, &framed);
+        c.write_packet(&p)
+    };
+    send(c, &[1, 0, 0, 0, 3])?; // INIT, version 3
+    let mut open = vec![3]; // OPEN, id 77, a path said to be 1000 bytes long that is 3
+    put_u32(&mut open, 77);
+    put_u32(&mut open, 1000);
+    open.extend_from_slice(b"abc");
+    send(c, &open)?;
+    let mut stream = Vec::new();
+    loop {
+        let p = c.next()?;
+        match p[0] {
+            94 => {
+                let mut r = Reader(&p[1..]);
+                r.u32()?;
+                stream.extend_from_slice(r.string()?);
+            }
+            96 | 97 => bail!("the channel closed before an answer"),
+            100 => bail!("the sftp subsystem was refused"),
+            _ => continue,
+        }
+        while stream.len() >= 4 {
+            let len = u32::from_be_bytes(stream[..4].try_into()?) as usize;
+            if stream.len() < 4 + len {
+                break;
+            }
+            let packet: Vec<u8> = stream.drain(..4 + len).collect();
+            // STATUS: type 101, id, code.
+            if packet.get(4) == Some(&101) && packet.len() >= 13 {
+                let id = u32::from_be_bytes(packet[5..9].try_into()?);
+                let code = u32::from_be_bytes(packet[9..13].try_into()?);
+                println!("status id={id} code={code}");
+                return Ok(());
+            }
+        }
+    }
 }

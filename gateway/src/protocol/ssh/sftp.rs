@@ -38,6 +38,7 @@ const DATA: u8 = 103;
 
 pub const FX_OK: u32 = 0;
 pub const FX_PERMISSION_DENIED: u32 = 3;
+pub const FX_BAD_MESSAGE: u32 = 5;
 pub const FX_OP_UNSUPPORTED: u32 = 8;
 
 const PFLAG_READ: u32 = 1;

@@ -142,8 +142,21 @@ impl Gate {
             Ok(r) => r,
             Err(e) => {
                 // Not understood, not forwarded: the host never sees what policy could not read.
+                // The client is answered (it would otherwise wait for ever) when it sent an id.
                 tracing::debug!(error = %e, "malformed sftp request");
-                self.inflight.release(packet.len());
+                self.event(json!({
+                    "channel": number, "decision": "deny",
+                    "reason": format!("malformed sftp request: {e}"),
+                }));
+                match packet.get(5..9).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+                    Some(id) => self.refuse(
+                        u32::from_be_bytes(id),
+                        sftp::FX_BAD_MESSAGE,
+                        "gateway: malformed sftp request",
+                        &packet,
+                    ),
+                    None => self.inflight.release(packet.len()),
+                }
                 return true;
             }
         };
