@@ -45,7 +45,7 @@ pub enum JournalError {
 pub enum Record {
     Session {
         id: i64,
-        session: NewSession,
+        session: Box<NewSession>,
     },
     End {
         id: i64,

@@ -228,14 +228,23 @@ impl Store {
     /// Records a session; resolves (with its id) once it is durable (written to the journal).
     pub async fn insert_session(&self, s: NewSession) -> Result<i64, StoreError> {
         let id = self.allocate_session_id();
-        self.log(Record::Session { id, session: s })?;
+        self.log(Record::Session {
+            id,
+            session: Box::new(s),
+        })?;
         Ok(id)
     }
 
     /// Records a session without waiting (events that are over when they are recorded).
     pub fn record_session(&self, s: NewSession) {
         let id = self.allocate_session_id();
-        self.log_or_warn("record session", Record::Session { id, session: s });
+        self.log_or_warn(
+            "record session",
+            Record::Session {
+                id,
+                session: Box::new(s),
+            },
+        );
     }
 
     pub fn end_session(&self, id: i64, end: SessionEnd) {
