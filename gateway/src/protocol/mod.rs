@@ -2,5 +2,6 @@
 //! decide.
 
 pub mod postgres;
+mod source_ports;
 pub mod ssh;
 pub mod tcp;

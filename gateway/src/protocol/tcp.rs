@@ -44,7 +44,7 @@ pub struct Counters {
 
 /// Connects to `upstream` with a timeout.
 pub async fn connect(upstream: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    match tokio::time::timeout(timeout, TcpStream::connect(upstream)).await {
+    match tokio::time::timeout(timeout, super::source_ports::connect(upstream)).await {
         Ok(r) => {
             let s = r?;
             s.set_nodelay(true)?;

@@ -1,5 +1,6 @@
 //! Recording: the append-only session store and its records.
 
+mod journal;
 mod schema;
 mod sessions;
 mod store;

@@ -111,6 +111,14 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN binding_expires_at TEXT;
     "#,
+    // 4: the last write-ahead journal record folded into these tables (journal.rs).
+    r#"
+    CREATE TABLE journal_state (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        applied       INTEGER NOT NULL
+    );
+    INSERT INTO journal_state (id, applied) VALUES (1, 0);
+    "#,
 ];
 
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -3,7 +3,10 @@
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{
+    Store, StoreError,
+    journal::{EventRow, Record},
+};
 use crate::identity::Identity;
 
 /// Timestamps are RFC 3339 UTC with milliseconds: sortable as text, readable as they are.
@@ -56,7 +59,7 @@ pub struct ProcessInfo {
     pub cgroup_id: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewSession {
     pub kind: SessionKind,
     pub job_id: Option<String>,
@@ -222,29 +225,36 @@ impl Store {
 
     // --- sessions -------------------------------------------------------------------------------------
 
-    /// Records a session; resolves (with its id) once it is durable.
+    /// Records a session; resolves (with its id) once it is durable (written to the journal).
     pub async fn insert_session(&self, s: NewSession) -> Result<i64, StoreError> {
-        self.call(move |c| insert_session(c, &s)).await
+        let id = self.allocate_session_id();
+        self.log(Record::Session {
+            id,
+            session: Box::new(s),
+        })?;
+        Ok(id)
     }
 
     /// Records a session without waiting (events that are over when they are recorded).
     pub fn record_session(&self, s: NewSession) {
-        self.spawn("record session", move |c| insert_session(c, &s).map(|_| ()));
+        let id = self.allocate_session_id();
+        self.log_or_warn(
+            "record session",
+            Record::Session {
+                id,
+                session: Box::new(s),
+            },
+        );
     }
 
     pub fn end_session(&self, id: i64, end: SessionEnd) {
-        self.spawn("end session", move |c| {
-            c.prepare_cached(
-                "UPDATE sessions SET ended_at = ?2, bytes_up = ?3, bytes_down = ?4 WHERE id = ?1",
-            )?
-            .execute(params![
-                id,
-                now(),
-                end.bytes_up as i64,
-                end.bytes_down as i64
-            ])?;
-            Ok(())
-        });
+        let record = Record::End {
+            id,
+            at: now(),
+            bytes_up: end.bytes_up,
+            bytes_down: end.bytes_down,
+        };
+        self.log_or_warn("end session", record);
     }
 
     /// Appends an event; resolves once it is durable (write-ahead of whatever it describes).
@@ -254,42 +264,43 @@ impl Store {
         kind: &'static str,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        self.call(move |c| insert_event(c, session_id, kind, &detail))
-            .await
+        self.append_events(session_id, vec![(kind, detail)]).await
     }
 
-    /// Appends several events of one session in order, in one transaction; resolves once durable.
-    /// (A handler that records outcomes lazily sends them along with its next write-ahead event,
-    /// so that each operation costs one commit.)
+    /// Appends several events of one session in order, with one journal write; resolves once
+    /// durable. (A handler that records outcomes lazily sends them along with its next
+    /// write-ahead event, so that each operation costs one write.)
     pub async fn append_events(
         &self,
         session_id: i64,
         events: Vec<(&'static str, serde_json::Value)>,
     ) -> Result<(), StoreError> {
-        self.call(move |c| {
-            for (kind, detail) in &events {
-                insert_event(c, session_id, kind, detail)?;
-            }
-            Ok(())
-        })
-        .await
+        self.append_rendered(session_id, rendered(events))
+    }
+
+    /// [`Store::append_events`] with details already rendered as JSON text (hot paths build the
+    /// text directly, without a `Value` tree).
+    pub fn append_rendered(
+        &self,
+        session_id: i64,
+        events: Vec<(&'static str, String)>,
+    ) -> Result<(), StoreError> {
+        self.log(events_record(session_id, events))
     }
 
     /// Like [`Store::append_events`], without waiting.
     pub fn note_events(&self, session_id: i64, events: Vec<(&'static str, serde_json::Value)>) {
-        self.spawn("session events", move |c| {
-            for (kind, detail) in &events {
-                insert_event(c, session_id, kind, detail)?;
-            }
-            Ok(())
-        });
+        self.note_rendered(session_id, rendered(events));
+    }
+
+    /// Like [`Store::append_rendered`], without waiting.
+    pub fn note_rendered(&self, session_id: i64, events: Vec<(&'static str, String)>) {
+        self.log_or_warn("session events", events_record(session_id, events));
     }
 
     /// Appends an event without waiting for it.
     pub fn note_event(&self, session_id: i64, kind: &'static str, detail: serde_json::Value) {
-        self.spawn("session event", move |c| {
-            insert_event(c, session_id, kind, &detail)
-        });
+        self.note_events(session_id, vec![(kind, detail)]);
     }
 
     pub async fn list_sessions(&self, limit: u32) -> Result<Vec<SessionSummary>, StoreError> {
@@ -357,14 +368,72 @@ impl Store {
     }
 }
 
-pub(crate) fn insert_session(conn: &Connection, s: &NewSession) -> Result<i64, StoreError> {
+fn rendered(events: Vec<(&'static str, serde_json::Value)>) -> Vec<(&'static str, String)> {
+    events
+        .into_iter()
+        .map(|(kind, detail)| (kind, detail.to_string()))
+        .collect()
+}
+
+fn events_record(session_id: i64, events: Vec<(&'static str, String)>) -> Record {
+    let at = now();
+    let events = events
+        .into_iter()
+        .map(|(kind, detail)| EventRow {
+            kind: kind.into(),
+            at: at.clone(),
+            detail,
+        })
+        .collect();
+    Record::Events { session_id, events }
+}
+
+/// The first id to hand out: past every session stored (AUTOINCREMENT never reuses ids).
+pub(crate) fn next_session_id(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT max(coalesce((SELECT max(id) FROM sessions), 0),
+                    coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'sessions'), 0)) + 1",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Writes one journal record into the tables (inside the caller's transaction).
+pub(crate) fn apply(conn: &Connection, record: &Record) -> Result<(), StoreError> {
+    match record {
+        Record::Session { id, session } => insert_session(conn, *id, session),
+        Record::End {
+            id,
+            at,
+            bytes_up,
+            bytes_down,
+        } => {
+            conn.prepare_cached(
+                "UPDATE sessions SET ended_at = ?2, bytes_up = ?3, bytes_down = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, at, *bytes_up as i64, *bytes_down as i64])?;
+            Ok(())
+        }
+        Record::Events { session_id, events } => {
+            let mut st = conn.prepare_cached(
+                "INSERT INTO events (session_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for e in events {
+                st.execute(params![session_id, e.at, e.kind.as_ref(), e.detail])?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), StoreError> {
     let p = s.process.as_ref();
     conn.prepare_cached(
-        "INSERT INTO sessions (kind, job_id, target, protocol, destination, pid, tid, uid, gid, comm,
-            exe, cmdline, process_verified, cgroup_id, issuer, identity, claims, decision, rule,
-            reason, started_at, ended_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21, ?22)",
+        "INSERT INTO sessions (id, kind, job_id, target, protocol, destination, pid, tid, uid, gid,
+            comm, exe, cmdline, process_verified, cgroup_id, issuer, identity, claims, decision,
+            rule, reason, started_at, ended_at)
+         VALUES (?23, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+            ?18, ?19, ?20, ?21, ?22)",
     )?
     .execute(params![
         s.kind.as_str(),
@@ -378,7 +447,9 @@ pub(crate) fn insert_session(conn: &Connection, s: &NewSession) -> Result<i64, S
         p.map(|p| p.gid),
         p.map(|p| p.comm.clone()),
         p.and_then(|p| p.exe.clone()),
-        p.and_then(|p| p.cmdline.as_ref()).map(serde_json::to_string).transpose()?,
+        p.and_then(|p| p.cmdline.as_ref())
+            .map(serde_json::to_string)
+            .transpose()?,
         p.is_some_and(|p| p.verified),
         p.map(|p| p.cgroup_id as i64),
         s.identity.issuer,
@@ -389,20 +460,8 @@ pub(crate) fn insert_session(conn: &Connection, s: &NewSession) -> Result<i64, S
         s.reason,
         s.started_at,
         s.ended_at,
+        id,
     ])?;
-    Ok(conn.last_insert_rowid())
-}
-
-fn insert_event(
-    conn: &Connection,
-    session_id: i64,
-    kind: &str,
-    detail: &serde_json::Value,
-) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO events (session_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![session_id, now(), kind, detail.to_string()])?;
     Ok(())
 }
 

@@ -1,20 +1,30 @@
-//! The session store: one SQLite database (WAL) with one writer connection.
+//! The session store: one SQLite database (WAL) with one writer connection, fed through a
+//! write-ahead journal.
 //!
-//! Write-ahead records (`call`) are committed on the caller's thread before it goes on: an answer
-//! means "durably stored", so a `kill -9` of the daemon loses nothing a caller was told was written.
-//! Records nobody waits for (`spawn`) are queued and committed in batches by a background thread, or
-//! earlier, in order, by the next `call`.
+//! Session records (sessions, their events and ends) are appended to the journal (`journal.rs`)
+//! with one `write()` and queued in memory, under one lock that gives both the same order; the
+//! append is the durability point (a `kill -9` of the daemon loses nothing it acknowledged). A
+//! background thread folds queued records into SQLite in batches and stores, in the same
+//! transaction, the sequence number of the last one applied; at startup, journal records past it
+//! are applied before anything else reads the store. Queries and the approvals' read-modify-write
+//! work (`call`) first apply everything queued, so they see every acknowledged record in order.
 
 use std::{
     collections::VecDeque,
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex},
-    thread,
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    thread::{self, JoinHandle},
 };
 
 use rusqlite::Connection;
 
-use super::schema;
+use super::{
+    journal::{self, Encoded, Journal, JournalError, Record},
+    schema, sessions,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +42,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("session store: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("session store: {0}")]
+    Journal(#[from] JournalError),
     #[error(
         "session store schema version {found} is newer than this gateway understands ({supported})"
     )]
@@ -44,27 +56,102 @@ pub enum StoreError {
     NotFound(String),
 }
 
-/// Sends the outcome of one closure once the transaction it ran in is settled.
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A queued closure: whether it succeeded, and how to answer its caller.
-type Work = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+/// The journal and the records written to it but not yet applied, ordered by one lock.
+struct Log {
+    journal: Journal,
+    queue: VecDeque<(u64, Record)>,
+    next_seq: u64,
+    /// Last sequence number in the rotated-out file, while that file still holds unapplied records.
+    rotated_upto: Option<u64>,
+}
 
-/// The writer connection, and work queued for it that nobody waits for.
 struct Shared {
     conn: Mutex<Connection>,
-    queue: Mutex<VecDeque<Work>>,
+    log: Mutex<Log>,
     queued: Condvar,
+    next_session: AtomicI64,
+    rotated_path: PathBuf,
+    /// The last handle is gone: background threads end.
+    closed: AtomicBool,
 }
 
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
+    _owner: Arc<Owner>,
     path: PathBuf,
 }
 
+/// Dropped with the last handle: stops the background writer and applies what is still queued
+/// (a store reopened in the same process then finds nothing left to replay).
+struct Owner {
+    shared: Arc<Shared>,
+    background: Option<JoinHandle<()>>,
+    /// False for stores opened without a writer: dropping one leaves its records unapplied, as a
+    /// crash would.
+    apply_on_drop: bool,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.queued.notify_all();
+        if let Some(t) = self.background.take() {
+            let _ = t.join();
+        }
+        if self.apply_on_drop
+            && let Err(e) = apply_queued(&self.shared, usize::MAX)
+        {
+            tracing::error!(error = %e, "session store: applying the last records failed (they stay in the journal)");
+        }
+    }
+}
+
+/// Most records one background transaction takes.
+const MAX_BATCH: usize = 512;
+/// A fully applied journal larger than this is emptied.
+const CLEAR_AT: u64 = 256 * 1024;
+/// A journal larger than this moves aside (to be deleted once applied) even while records keep
+/// coming.
+const ROTATE_AT: u64 = 16 * 1024 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Store {
-    /// Opens (creating if needed) `<state_dir>/gateway.db` and starts the background writer.
+    /// Opens (creating if needed) `<state_dir>/gateway.db`, applies what the journal holds beyond
+    /// it, and starts the background writer.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let shared = Self::open_shared(state_dir)?;
+        let background = shared.clone();
+        let thread = thread::Builder::new()
+            .name("session-store".into())
+            .spawn(move || run(&background))
+            .expect("spawn session store thread");
+        Ok(Store::new(shared, Some(thread), state_dir))
+    }
+
+    fn new(shared: Arc<Shared>, background: Option<JoinHandle<()>>, state_dir: &Path) -> Store {
+        Store {
+            _owner: Arc::new(Owner {
+                shared: shared.clone(),
+                apply_on_drop: background.is_some(),
+                background,
+            }),
+            shared,
+            path: state_dir.join("gateway.db"),
+        }
+    }
+
+    /// [`Store::open`] without the background writer: records stay in the journal and the queue
+    /// until a `call` applies them (tests use it to leave records unapplied, as a crash would).
+    #[cfg(test)]
+    pub(crate) fn open_unapplied(state_dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store::new(Self::open_shared(state_dir)?, None, state_dir))
+    }
+
+    fn open_shared(state_dir: &Path) -> Result<Arc<Shared>, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
             path: state_dir.display().to_string(),
             source,
@@ -74,33 +161,77 @@ impl Store {
         let conn = open_connection(&path)?;
         // Checkpoints (which fsync) run on a connection of their own, off the writer's path.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (journal_path, rotated_path) = journal::paths(state_dir);
+        let last_seq = replay(&conn, &[&rotated_path, &journal_path])?;
+        match std::fs::remove_file(&rotated_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(JournalError::Io {
+                    path: rotated_path.display().to_string(),
+                    source: e,
+                }
+                .into());
+            }
+            _ => {}
+        }
+        let journal = Journal::create(&journal_path)?;
+        let next_session = sessions::next_session_id(&conn)?;
         let checkpointer = open_connection(&path)?;
-        thread::Builder::new()
-            .name("session-store-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer))
-            .expect("spawn checkpoint thread");
         let shared = Arc::new(Shared {
             conn: Mutex::new(conn),
-            queue: Mutex::new(VecDeque::new()),
+            log: Mutex::new(Log {
+                journal,
+                queue: VecDeque::new(),
+                next_seq: last_seq + 1,
+                rotated_upto: None,
+            }),
             queued: Condvar::new(),
+            next_session: AtomicI64::new(next_session),
+            rotated_path,
+            closed: AtomicBool::new(false),
         });
-        let background = shared.clone();
+        let weak = Arc::downgrade(&shared);
         thread::Builder::new()
-            .name("session-store".into())
-            .spawn(move || run(&background))
-            .expect("spawn session store thread");
-        Ok(Store { shared, path })
+            .name("session-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, &weak))
+            .expect("spawn checkpoint thread");
+        Ok(shared)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// A fresh session id (ids are handed out here, so recording a session needs no commit).
+    pub(crate) fn allocate_session_id(&self) -> i64 {
+        self.shared.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Writes `record` to the journal and queues it for SQLite; once this returns `Ok` the record
+    /// survives a crash of the process, and every later `call` sees it.
+    pub(crate) fn log(&self, record: Record) -> Result<(), StoreError> {
+        // Encoding happens outside the lock; only the append and the queueing are ordered.
+        let mut encoded = Encoded::new(&record)?;
+        let mut log = lock(&self.shared.log);
+        let seq = log.next_seq;
+        log.journal.append(seq, &mut encoded)?;
+        log.next_seq += 1;
+        log.queue.push_back((seq, record));
+        drop(log);
+        self.shared.queued.notify_one();
+        Ok(())
+    }
+
+    /// [`Store::log`] for records nobody waits for: a failure is logged.
+    pub(crate) fn log_or_warn(&self, what: &'static str, record: Record) {
+        if let Err(e) = self.log(record) {
+            tracing::error!(error = %e, "session store: {what} failed");
+        }
+    }
+
     /// Runs `f` in a transaction of its own and returns once it is committed (durable against a
-    /// crash of the process: WAL, synchronous=NORMAL). It runs on the calling thread: a commit
-    /// without fsync costs microseconds, far less than handing the work to another thread and
-    /// back. Work queued earlier with [`Store::spawn`] is committed first, in the same transaction,
-    /// so the store keeps the order in which things happened.
+    /// crash of the process: WAL, synchronous=NORMAL). Everything logged before is applied first,
+    /// in the same transaction, so `f` sees every acknowledged record in order. For queries and
+    /// transactional read-modify-write work; session records go through the journal.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -115,18 +246,15 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.shared.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let earlier: Vec<Work> = self
-            .shared
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let replies: Vec<Reply> = earlier.into_iter().map(|w| isolated(&conn, w)).collect();
+        let conn = lock(&self.shared.conn);
+        let earlier: Vec<(u64, Record)> = lock(&self.shared.log).queue.drain(..).collect();
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            self.requeue(earlier);
+            return Err(e.into());
+        }
+        let applied = apply_records(&conn, &earlier);
         let savepoint = conn.execute_batch("SAVEPOINT work").is_ok();
-        let result = f(&conn);
+        let result = applied.map_err(StoreError::from).and_then(|()| f(&conn));
         if savepoint {
             if result.is_err() {
                 let _ = conn.execute_batch("ROLLBACK TO work");
@@ -134,10 +262,10 @@ impl Store {
             let _ = conn.execute_batch("RELEASE work");
         }
         let commit = commit(&conn);
-        drop(conn);
-        for reply in replies {
-            reply(commit.clone());
+        if commit.is_err() {
+            self.requeue(earlier);
         }
+        drop(conn);
         match (result, commit) {
             (Ok(v), Ok(())) => Ok(v),
             (Err(e), _) => Err(e),
@@ -145,28 +273,13 @@ impl Store {
         }
     }
 
-    /// Queues `f` without waiting for it (counters, end-of-session updates); errors are logged.
-    pub fn spawn<F>(&self, what: &'static str, f: F)
-    where
-        F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
-    {
-        let work: Work = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = result.is_ok();
-            let reply: Reply = Box::new(move |commit: Result<(), String>| {
-                let failed = result.err().map(|e| e.to_string()).or(commit.err());
-                if let Some(e) = failed {
-                    tracing::error!(error = %e, "session store: {what} failed");
-                }
-            });
-            (ok, reply)
-        });
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(work);
-        self.shared.queued.notify_one();
+    /// Puts records whose transaction failed back at the front of the queue (they are still in
+    /// the journal; the next transaction tries again). Called with the connection locked.
+    fn requeue(&self, records: Vec<(u64, Record)>) {
+        let mut log = lock(&self.shared.log);
+        for r in records.into_iter().rev() {
+            log.queue.push_front(r);
+        }
     }
 }
 
@@ -197,29 +310,73 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Copies the WAL into the database every half second without blocking the writer. Ends when the
-/// process does.
-fn checkpoint_loop(conn: Connection) {
+/// Applies the journal records past the last applied one (files oldest first); returns the
+/// highest sequence number seen, applied or not.
+fn replay(conn: &Connection, files: &[&Path]) -> Result<u64, StoreError> {
+    let applied = applied_seq(conn)?;
+    let mut last = applied;
+    let mut pending = Vec::new();
+    for file in files {
+        for (seq, record) in journal::read(file)? {
+            last = last.max(seq);
+            if seq > applied {
+                pending.push((seq, record));
+            }
+        }
+    }
+    if !pending.is_empty() {
+        tracing::info!(
+            records = pending.len(),
+            "session store: applying journal records a previous daemon left unapplied"
+        );
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        apply_records(conn, &pending)?;
+        commit(conn).map_err(StoreError::Commit)?;
+    }
+    Ok(last)
+}
+
+fn applied_seq(conn: &Connection) -> Result<u64, StoreError> {
+    let seq: i64 = conn.query_row("SELECT applied FROM journal_state WHERE id = 1", [], |r| {
+        r.get(0)
+    })?;
+    Ok(seq as u64)
+}
+
+/// Applies records inside the open transaction, each in a savepoint (one that fails is logged and
+/// leaves nothing behind, the others go on), and notes the last one as applied.
+fn apply_records(conn: &Connection, records: &[(u64, Record)]) -> rusqlite::Result<()> {
+    let Some((last, _)) = records.last() else {
+        return Ok(());
+    };
+    for (seq, record) in records {
+        conn.execute_batch("SAVEPOINT record")?;
+        if let Err(e) = sessions::apply(conn, record) {
+            tracing::error!(seq, error = %e, "session store: a journal record could not be applied");
+            conn.execute_batch("ROLLBACK TO record")?;
+        }
+        conn.execute_batch("RELEASE record")?;
+    }
+    conn.prepare_cached("UPDATE journal_state SET applied = ?1 WHERE id = 1")?
+        .execute([*last as i64])?;
+    Ok(())
+}
+
+/// Copies the WAL into the database every half second without blocking the writer. Ends with the
+/// store.
+fn checkpoint_loop(conn: Connection, shared: &std::sync::Weak<Shared>) {
     loop {
         thread::sleep(std::time::Duration::from_millis(500));
+        if shared
+            .upgrade()
+            .is_none_or(|s| s.closed.load(Ordering::Relaxed))
+        {
+            return;
+        }
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "session store checkpoint failed");
         }
     }
-}
-
-/// Runs one closure inside a savepoint, so that a closure that fails halfway leaves nothing behind
-/// while the rest of the batch commits.
-fn isolated(conn: &Connection, work: Work) -> Reply {
-    let savepoint = conn.execute_batch("SAVEPOINT work").is_ok();
-    let (ok, reply) = work(conn);
-    if savepoint {
-        if !ok {
-            let _ = conn.execute_batch("ROLLBACK TO work");
-        }
-        let _ = conn.execute_batch("RELEASE work");
-    }
-    reply
 }
 
 fn commit(conn: &Connection) -> Result<(), String> {
@@ -230,36 +387,84 @@ fn commit(conn: &Connection) -> Result<(), String> {
     })
 }
 
-/// Most queued closures one background transaction takes.
-const MAX_BATCH: usize = 256;
+/// Applies up to `max` queued records in one transaction; returns the last one applied. On
+/// failure they go back to the front of the queue (they are still in the journal).
+fn apply_queued(shared: &Shared, max: usize) -> Result<Option<u64>, String> {
+    // The connection is taken before the queue so that batches are applied in queue order.
+    let conn = lock(&shared.conn);
+    let batch: Vec<(u64, Record)> = {
+        let mut log = lock(&shared.log);
+        let n = log.queue.len().min(max);
+        log.queue.drain(..n).collect()
+    };
+    let Some(&(last, _)) = batch.last() else {
+        return Ok(None);
+    };
+    let applied = conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .and_then(|()| apply_records(&conn, &batch))
+        .map_err(|e| e.to_string())
+        .and_then(|()| commit(&conn));
+    if let Err(e) = applied {
+        let mut log = lock(&shared.log);
+        for r in batch.into_iter().rev() {
+            log.queue.push_front(r);
+        }
+        return Err(e);
+    }
+    Ok(Some(last))
+}
 
-/// Commits queued work in batches, shortly after it arrives (callers of `call` may take it first).
+/// Applies queued records in batches, shortly after they arrive (a `call` may take them first),
+/// and keeps the journal short. Ends when the store is dropped.
 fn run(shared: &Shared) {
     loop {
-        let batch: Vec<Work> = {
-            let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            while queue.is_empty() {
-                queue = shared.queued.wait(queue).unwrap_or_else(|p| p.into_inner());
+        {
+            let mut log = lock(&shared.log);
+            while log.queue.is_empty() && !shared.closed.load(Ordering::Relaxed) {
+                log = shared.queued.wait(log).unwrap_or_else(|p| p.into_inner());
             }
-            // Let a burst gather (and a waiting `call` take it along) before committing.
-            drop(queue);
-            thread::sleep(std::time::Duration::from_millis(2));
-            let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            let n = queue.len().min(MAX_BATCH);
-            queue.drain(..n).collect()
-        };
-        if batch.is_empty() {
-            continue;
         }
-        let conn = shared.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let began = conn.execute_batch("BEGIN IMMEDIATE");
-        let replies: Vec<Reply> = batch.into_iter().map(|w| isolated(&conn, w)).collect();
-        let commit = began
-            .map_err(|e| e.to_string())
-            .and_then(|()| commit(&conn));
-        drop(conn);
-        for reply in replies {
-            reply(commit.clone());
+        if shared.closed.load(Ordering::Relaxed) {
+            return;
         }
+        // Let a burst gather before committing.
+        thread::sleep(std::time::Duration::from_millis(2));
+        match apply_queued(shared, MAX_BATCH) {
+            Ok(Some(last)) => compact(shared, last),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "session store: applying journal records failed; retrying");
+                thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Keeps the journal short: empties it once everything in it is applied, or moves it aside while
+/// records keep coming (deleted once the records it holds are applied).
+fn compact(shared: &Shared, applied: u64) {
+    let mut log = lock(&shared.log);
+    if log.rotated_upto.is_some_and(|upto| applied >= upto) {
+        match std::fs::remove_file(&shared.rotated_path) {
+            Ok(()) => log.rotated_upto = None,
+            Err(e) => {
+                tracing::warn!(error = %e, "session store: cannot delete the applied journal")
+            }
+        }
+    }
+    let all_applied = log.next_seq == applied + 1;
+    let result = if all_applied && log.rotated_upto.is_none() && log.journal.len() > CLEAR_AT {
+        log.journal.clear()
+    } else if !all_applied && log.rotated_upto.is_none() && log.journal.len() > ROTATE_AT {
+        let upto = log.next_seq - 1;
+        log.journal.rotate(&shared.rotated_path).map(|()| {
+            log.rotated_upto = Some(upto);
+        })
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "session store: cannot shorten the journal");
     }
 }

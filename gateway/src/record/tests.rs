@@ -162,3 +162,101 @@ async fn sessions_left_open_by_a_crash_are_closed_with_an_event() {
     assert!(store.session(closed).await.unwrap().events.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What a `kill -9` between the journal write and its application leaves: records in the
+/// journal only. Reopening applies them before anything reads the store.
+#[tokio::test]
+async fn acknowledged_records_survive_a_crash_before_they_are_applied() {
+    let dir = temp_dir("crash");
+    let store = Store::open_unapplied(&dir).unwrap();
+    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    store
+        .append_events(
+            id,
+            vec![
+                ("sql_result", serde_json::json!({ "seq": 1 })),
+                ("sql", serde_json::json!({ "sql": "select 2" })),
+            ],
+        )
+        .await
+        .unwrap();
+    store.note_event(id, "closed", serde_json::json!({}));
+    store.end_session(
+        id,
+        SessionEnd {
+            bytes_up: 3,
+            bytes_down: 4,
+        },
+    );
+    let open = store.insert_session(session("10.0.0.6:1")).await.unwrap();
+    drop(store);
+
+    let store = Store::open(&dir).unwrap();
+    let shown = store.session(id).await.unwrap();
+    let kinds: Vec<&str> = shown.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["sql_result", "sql", "closed"]);
+    assert_eq!(shown.events[1].detail["sql"], "select 2");
+    assert_eq!(shown.summary.bytes_down, 4);
+    assert!(shown.summary.ended_at.is_some());
+    // Applied before the daemon closes what its predecessor left open.
+    assert_eq!(store.close_interrupted_sessions().await.unwrap(), 1);
+    let next = store.insert_session(session("10.0.0.7:1")).await.unwrap();
+    assert!(next > open, "ids are not reused after a replay");
+    drop(store);
+
+    // Applied records are not applied twice.
+    let store = Store::open(&dir).unwrap();
+    assert_eq!(store.session(id).await.unwrap().events.len(), 3);
+    assert_eq!(store.list_sessions(10).await.unwrap().len(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_torn_last_record_is_ignored_on_replay() {
+    let dir = temp_dir("torn");
+    let store = Store::open_unapplied(&dir).unwrap();
+    let kept = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    let journal = dir.join("gateway.journal");
+    let whole = std::fs::metadata(&journal).unwrap().len();
+    let torn = store.insert_session(session("10.0.0.6:1")).await.unwrap();
+    drop(store);
+    // A write cut short by the crash: the second frame lost its last bytes.
+    let len = std::fs::metadata(&journal).unwrap().len();
+    assert!(len > whole + 20);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+
+    let store = Store::open(&dir).unwrap();
+    assert!(store.session(kept).await.is_ok());
+    assert!(matches!(
+        store.session(torn).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_rotated_journal_is_replayed_before_the_current_one() {
+    let dir = temp_dir("rotated");
+    let journal = dir.join("gateway.journal");
+    let store = Store::open_unapplied(&dir).unwrap();
+    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    let first = std::fs::metadata(&journal).unwrap().len() as usize;
+    store.note_event(id, "later", serde_json::json!({}));
+    drop(store);
+    // As if the daemon had moved the journal aside after the session and crashed before
+    // applying either file (the event needs its session in the table first).
+    let bytes = std::fs::read(&journal).unwrap();
+    std::fs::write(dir.join("gateway.journal.1"), &bytes[..first]).unwrap();
+    std::fs::write(&journal, &bytes[first..]).unwrap();
+
+    let store = Store::open(&dir).unwrap();
+    let shown = store.session(id).await.unwrap();
+    assert_eq!(shown.events.len(), 1);
+    assert!(!dir.join("gateway.journal.1").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

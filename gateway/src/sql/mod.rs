@@ -8,6 +8,7 @@
 
 mod classify;
 mod names;
+mod normalize;
 
 use std::{
     collections::HashMap,
@@ -264,7 +265,8 @@ const CACHE_CAPACITY: usize = 4096;
 /// Longer texts are classified every time rather than kept.
 const CACHE_MAX_TEXT: usize = 4096;
 
-/// Classification results by exact text, shared by every session of the daemon.
+/// Classification results by text (numeric literals' values left out: see `normalize`), shared
+/// by every session of the daemon. Policy is still decided per statement on the result.
 #[derive(Debug, Default)]
 pub struct ClassifierCache {
     entries: Mutex<HashMap<Box<str>, Statements>>,
@@ -275,16 +277,22 @@ impl ClassifierCache {
         if sql.len() > CACHE_MAX_TEXT {
             return Arc::new(classify(sql));
         }
-        if let Some(hit) = self.lock().get(sql) {
+        let normalized = normalize::literal_free_key(sql);
+        let key = normalized.as_deref().unwrap_or(sql);
+        if let Some(hit) = self.lock().get(key) {
             return hit.clone();
         }
         let result = Arc::new(classify(sql));
+        // An unparsed result's error message quotes the text: keep it under its exact text only.
+        if normalized.is_some() && result.iter().any(|s| s.error.is_some()) {
+            return result;
+        }
         let mut entries = self.lock();
         // Crude but bounded: when full, start over (hot texts come back on their next use).
         if entries.len() >= CACHE_CAPACITY {
             entries.clear();
         }
-        entries.insert(sql.into(), result.clone());
+        entries.insert(key.into(), result.clone());
         result
     }
 

@@ -216,3 +216,47 @@ ORDER BY 2, 3;"#;
         assert!(s.tables_read.contains(&"pg_catalog.pg_class".to_string()));
     }
 }
+
+#[test]
+fn cache_keys_leave_out_the_values_of_numbers_only() {
+    use super::normalize::literal_free_key as key;
+    assert_eq!(
+        key("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;").as_deref(),
+        Some("SELECT abalance FROM pgbench_accounts WHERE aid = 0;")
+    );
+    assert_eq!(
+        key("select * from t2 where a = 12 limit 30").as_deref(),
+        Some("select * from t2 where a = 0 limit 0")
+    );
+    // Nothing to replace: the text itself is the key.
+    assert_eq!(key("SELECT * FROM t WHERE id = $1"), None);
+    assert_eq!(key("SELECT 0"), None);
+    // Identifiers, parameters, decimals, strings, quoted names and comments keep their digits.
+    assert_eq!(
+        key("SELECT t1.c2, $12, 1.5, 2e3, '42', \"7\" FROM t1 -- 99\nWHERE x = 5").as_deref(),
+        Some("SELECT t1.c2, $12, 1.5, 2e3, '42', \"7\" FROM t1 -- 99\nWHERE x = 0")
+    );
+    assert_eq!(
+        key("SELECT 'it''s 3' , 4").as_deref(),
+        Some("SELECT 'it''s 3' , 0")
+    );
+    // What the scanner does not fully understand is keyed by its exact text.
+    assert_eq!(key("SELECT E'\\' 1' , 2"), None);
+    assert_eq!(key("SELECT $$ 1 $$, 2"), None);
+    assert_eq!(key("SELECT /* 1 */ 2"), None);
+    assert_eq!(key("SELECT 'unterminated 1"), None);
+}
+
+#[test]
+fn texts_differing_in_numbers_share_a_classification_but_not_an_error() {
+    let cache = ClassifierCache::default();
+    let a = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1");
+    let b = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 2");
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(b[0].tables_read, ["pgbench_accounts"]);
+    assert_eq!(b[0].bounded, Some(true));
+    let bad1 = cache.classify("SELEC 1");
+    let bad2 = cache.classify("SELEC 2");
+    assert!(!Arc::ptr_eq(&bad1, &bad2));
+    assert_eq!(bad2[0].kind, StatementKind::Unparsed);
+}

@@ -18,10 +18,16 @@ pub fn run(only: Option<&str>) -> Result<()> {
     let bin_dir = build::release_build()?;
     // The e2e support library finds the binaries through these.
     // SAFETY: single-threaded at this point; nothing else reads the environment concurrently.
+    // BENCH_GATEWAY_BIN measures another gateway binary (a build of an earlier commit) with this
+    // tree's harness, for before/after numbers under the same conditions.
+    let gateway = std::env::var_os("BENCH_GATEWAY_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| bin_dir.join("gateway"));
     unsafe {
-        std::env::set_var("GATEWAY_BIN", bin_dir.join("gateway"));
+        std::env::set_var("GATEWAY_BIN", &gateway);
         std::env::set_var("E2E_BIN_DIR", &bin_dir);
     }
+    println!("gateway binary: {}", gateway.display());
     gateway_e2e::require_root();
     let all = only.is_none();
     let mut ran = false;
@@ -55,6 +61,31 @@ pub fn json_of(cmd: &mut Command) -> Result<Value> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).with_context(|| format!("{cmd:?} printed {text:?}"))
+}
+
+/// With BENCH_PERF_DIR set, samples `pid` with `perf record -g` for 10 s into
+/// `<dir>/<name>.data` (profiling runs only: sampling costs the gateway some throughput).
+pub fn profile(pid: u32, name: &str) -> Result<Option<std::process::Child>> {
+    let Some(dir) = std::env::var_os("BENCH_PERF_DIR") else {
+        return Ok(None);
+    };
+    let out = std::path::Path::new(&dir).join(format!("{name}.data"));
+    let child = Command::new("perf")
+        .args([
+            "record",
+            "-F",
+            "999",
+            "-g",
+            "-q",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
+        .arg(&out)
+        .args(["--", "sleep", "10"])
+        .spawn()
+        .context("perf record")?;
+    Ok(Some(child))
 }
 
 /// Median of a list of numbers.

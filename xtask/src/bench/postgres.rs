@@ -294,7 +294,14 @@ pub fn run() -> Result<()> {
     let mut latency: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for (m, mode) in modes.iter().enumerate() {
         for p in PATHS {
+            let profile = (p == Path::Gateway)
+                .then(|| super::profile(b.daemon.pid(), &format!("postgres-{mode}")))
+                .transpose()?
+                .flatten();
             let out = b.pgbench(p, &["-S", "-c", "4", "-j", "2", "-T", SECONDS, "-M", mode])?;
+            if let Some(mut perf) = profile {
+                let _ = perf.wait();
+            }
             table[m].push(tps(&out));
         }
         for (i, p) in PATHS.iter().enumerate() {

@@ -112,6 +112,12 @@ pub fn run() -> Result<()> {
             rtt_p99[i].push(r["p99_us"].as_f64().unwrap_or(f64::NAN));
         }
     }
+    // Profiling runs only (BENCH_PERF_DIR): the gateway's connection setup, after the measurements.
+    if let Some(mut perf) = super::profile(daemon.pid(), "tcp-connect")? {
+        while perf.try_wait()?.is_none() {
+            measure(Path::Gateway, &["connect", CONNECTS])?;
+        }
+    }
     let c50: Vec<f64> = connect.into_iter().map(median).collect();
     let c99: Vec<f64> = connect_p99.into_iter().map(median).collect();
     let r50: Vec<f64> = rtt.into_iter().map(median).collect();

@@ -7,10 +7,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use bytes::BytesMut;
-use pgwire::messages::{
-    extendedquery::{Bind, Close, Describe, Execute, Parse},
-    simplequery::Query,
-};
+use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 
 use super::{
@@ -368,9 +365,18 @@ impl<'a> Frontend<'a> {
     }
 
     async fn query(&mut self, frame: Frame) -> Result<(), End> {
-        let q: Query = wire::decode_frame("Query", &frame).map_err(Self::decode_error)?;
-        let raw = frame.body().strip_suffix(&[0]).unwrap_or(frame.body());
-        let (sql, valid) = Self::sql_text(q.query, raw);
+        // Read in place (as pgwire would: the text up to the first NUL), without copying the
+        // message or the text.
+        let raw = wire::cstr(frame.body())
+            .map(|(sql, _)| sql)
+            .ok_or_else(|| {
+                Self::decode_error(wire::DecodeError {
+                    what: "Query",
+                    reason: "missing terminator".into(),
+                })
+            })?;
+        let valid = std::str::from_utf8(raw).is_ok();
+        let sql = String::from_utf8_lossy(raw);
         let statements = self.classify(&sql, valid);
         let verdict = self.judge(&sql, &statements).await;
         self.seq += 1;

@@ -7,6 +7,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
+use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
 use super::state::Exec;
@@ -42,13 +43,43 @@ pub struct Journal<'a> {
     /// Bytes of samples still allowed in this session.
     sample_budget: AtomicUsize,
     /// Outcomes not stored yet: they go with the next statement's write-ahead transaction (one
-    /// commit per statement), or on [`Journal::flush`] when the session idles or ends.
-    results: Mutex<Vec<Value>>,
+    /// write per statement), or on [`Journal::flush`] when the session idles or ends. Rendered
+    /// as JSON text when recorded.
+    results: Mutex<Vec<String>>,
     new_result: tokio::sync::Notify,
 }
 
 /// How long a finished statement's outcome may wait for the next statement to be stored with it.
 const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The `sql` event, serialized straight from borrowed parts.
+#[derive(Serialize)]
+struct SqlEvent<'s> {
+    seq: u64,
+    protocol: &'static str,
+    sql: Capped<'s>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<&'s [Value]>,
+    statements: &'s [SqlStatement],
+    decision: &'s str,
+    rule: Option<&'s str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'s str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'s str>,
+}
+
+/// Text recorded up to a length (see [`cap`]).
+struct Capped<'s>(&'s str, usize);
+
+impl Serialize for Capped<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.len() <= self.1 {
+            return s.serialize_str(self.0);
+        }
+        cap(self.0, self.1).serialize(s)
+    }
+}
 
 pub fn cap(text: &str, max: usize) -> Value {
     if text.len() <= max {
@@ -94,33 +125,30 @@ impl<'a> Journal<'a> {
 
     /// Records a statement about to be forwarded (or refused); resolves once durable.
     pub async fn statement(&self, e: Entry<'_>) -> Result<(), StoreError> {
-        let mut detail = json!({
-            "seq": e.seq,
-            "protocol": e.protocol,
-            "sql": cap(e.sql, MAX_SQL),
-            "statements": e.statements,
-            "decision": e.decision.map_or("allow", Decision::label),
-            "rule": e.decision.and_then(Decision::rule).filter(|r| !r.is_empty()),
-        });
-        if let Some(p) = e.params {
-            detail["params"] = Value::Array(p.to_vec());
-        }
-        if let Some(r) = e.decision.and_then(Decision::reason) {
-            detail["reason"] = Value::String(r.to_string());
-        }
-        if let Some(n) = e.note {
-            detail["note"] = Value::String(n.to_string());
-        }
-        let mut events: Vec<(&'static str, Value)> = self
+        let detail = SqlEvent {
+            seq: e.seq,
+            protocol: e.protocol,
+            sql: Capped(e.sql, MAX_SQL),
+            params: e.params,
+            statements: e.statements,
+            decision: e.decision.map_or("allow", Decision::label),
+            rule: e
+                .decision
+                .and_then(Decision::rule)
+                .filter(|r| !r.is_empty()),
+            reason: e.decision.and_then(Decision::reason),
+            note: e.note,
+        };
+        let mut events: Vec<(&'static str, String)> = self
             .take_results()
             .into_iter()
             .map(|r| ("sql_result", r))
             .collect();
-        events.push(("sql", detail));
-        self.store.append_events(self.session_id, events).await
+        events.push(("sql", serde_json::to_string(&detail)?));
+        self.store.append_rendered(self.session_id, events)
     }
 
-    fn take_results(&self) -> Vec<Value> {
+    fn take_results(&self) -> Vec<String> {
         std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -147,7 +175,7 @@ impl<'a> Journal<'a> {
     pub fn flush(&self) {
         let results = self.take_results();
         if !results.is_empty() {
-            self.store.note_events(
+            self.store.note_rendered(
                 self.session_id,
                 results.into_iter().map(|r| ("sql_result", r)).collect(),
             );
@@ -208,7 +236,7 @@ impl<'a> Journal<'a> {
         self.results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(detail);
+            .push(detail.to_string());
         self.new_result.notify_one();
     }
 }
