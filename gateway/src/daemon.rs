@@ -399,9 +399,15 @@ impl Gateway {
                     .map(|v| Response::Approval(Box::new(v)))
                     .map_err(|e| e.to_string())
             }
-            Request::ShowSession { id } => self
+            Request::ShowSession { id, after, limit } => self
                 .store
-                .session(id)
+                .session_page(
+                    id,
+                    after,
+                    limit
+                        .unwrap_or(control::MAX_EVENTS_PER_PAGE)
+                        .min(control::MAX_EVENTS_PER_PAGE),
+                )
                 .await
                 .map(|s| Response::Session(Box::new(s)))
                 .map_err(|e| e.to_string()),

@@ -179,6 +179,12 @@ enum SessionsCommand {
     /// One session with its process, identity and event log
     Show {
         id: i64,
+        /// Events after this event id (the next page of a long log)
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Events per page (at most 2000)
+        #[arg(long)]
+        limit: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -249,11 +255,27 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fetch_session(endpoint: &Endpoint, id: i64) -> anyhow::Result<gateway::record::SessionRecord> {
-    match endpoint.call(&Request::ShowSession { id })? {
+fn fetch_session_page(
+    endpoint: &Endpoint,
+    id: i64,
+    after: i64,
+    limit: Option<u32>,
+) -> anyhow::Result<gateway::record::SessionRecord> {
+    match endpoint.call(&Request::ShowSession { id, after, limit })? {
         Response::Session(s) => Ok(*s),
         _ => bail!("unexpected answer from the daemon"),
     }
+}
+
+/// A session with its whole event log, page by page (replay and export need all of it).
+fn fetch_session(endpoint: &Endpoint, id: i64) -> anyhow::Result<gateway::record::SessionRecord> {
+    let mut session = fetch_session_page(endpoint, id, 0, None)?;
+    while let Some(after) = session.more_after {
+        let page = fetch_session_page(endpoint, id, after, None)?;
+        session.events.extend(page.events);
+        session.more_after = page.more_after;
+    }
+    Ok(session)
 }
 
 fn execute(cli: Cli) -> anyhow::Result<u8> {
@@ -402,11 +424,17 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
                         ExportFormat::Jsonl => cli::replay::export_jsonl(&session, &mut out)?,
                     }
                 }
-                SessionsCommand::Show { id, json } => {
-                    match endpoint.call(&Request::ShowSession { id: *id })? {
-                        Response::Session(s) if *json => print_json(&s)?,
-                        Response::Session(s) => print!("{}", output::session(&s)),
-                        _ => bail!("unexpected answer from the daemon"),
+                SessionsCommand::Show {
+                    id,
+                    after,
+                    limit,
+                    json,
+                } => {
+                    let s = fetch_session_page(&endpoint, *id, *after, *limit)?;
+                    if *json {
+                        print_json(&s)?;
+                    } else {
+                        print!("{}", output::session(&s));
                     }
                 }
             }

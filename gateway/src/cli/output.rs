@@ -123,6 +123,12 @@ pub fn session(s: &SessionRecord) -> String {
         out.push_str("\nstatements\n");
         out.push_str(&statement_log(&statements));
     }
+    if let Some(after) = s.more_after {
+        out.push_str(&format!(
+            "\n(more events: gateway sessions show {} --after {after})\n",
+            s.summary.id
+        ));
+    }
     out
 }
 

@@ -16,6 +16,10 @@ use crate::{
 /// Largest request or response line accepted.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 
+/// Events per `ShowSession` answer at most (and by default): keeps an answer well under the
+/// client's 64 MiB limit, whatever a session recorded (result samples are capped per event).
+pub const MAX_EVENTS_PER_PAGE: u32 = 2000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -37,8 +41,14 @@ pub enum Request {
     ListSessions {
         limit: u32,
     },
+    /// A session and one page of its events (those after event id `after`, at most `limit`,
+    /// which the daemon caps at [`MAX_EVENTS_PER_PAGE`]).
     ShowSession {
         id: i64,
+        #[serde(default)]
+        after: i64,
+        #[serde(default)]
+        limit: Option<u32>,
     },
     /// Pending approval requests and the most recent decided ones.
     ListApprovals {

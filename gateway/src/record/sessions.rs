@@ -115,6 +115,9 @@ pub struct SessionRecord {
     pub claims: serde_json::Value,
     pub process: Option<ProcessInfo>,
     pub events: Vec<EventRecord>,
+    /// Set when `events` is one page of a longer log: the id the next page starts after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more_after: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,7 +319,19 @@ impl Store {
         .await
     }
 
+    /// One session with every event.
     pub async fn session(&self, id: i64) -> Result<SessionRecord, StoreError> {
+        self.session_page(id, 0, u32::MAX).await
+    }
+
+    /// One session with at most `limit` of its events, those after event id `after`;
+    /// `more_after` says where the next page starts when there are more.
+    pub async fn session_page(
+        &self,
+        id: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<SessionRecord, StoreError> {
         self.call(move |c| {
             let record = c
                 .query_row("SELECT * FROM sessions WHERE id = ?1", [id], |r| {
@@ -344,15 +359,19 @@ impl Store {
                         claims: serde_json::from_str(&claims).unwrap_or_default(),
                         process,
                         events: Vec::new(),
+                        more_after: None,
                     })
                 })
                 .optional()?;
             let mut record = record.ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
             let mut st = c.prepare_cached(
-                "SELECT id, at, kind, detail FROM events WHERE session_id = ?1 ORDER BY id",
+                "SELECT id, at, kind, detail FROM events WHERE session_id = ?1 AND id > ?2
+                 ORDER BY id LIMIT ?3",
             )?;
+            // One more than asked for: whether another page follows.
+            let fetch = i64::from(limit).saturating_add(1);
             record.events = st
-                .query_map([id], |r| {
+                .query_map(params![id, after, fetch], |r| {
                     let detail: String = r.get(3)?;
                     Ok(EventRecord {
                         id: r.get(0)?,
@@ -362,6 +381,10 @@ impl Store {
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
+            if record.events.len() > limit as usize {
+                record.events.truncate(limit as usize);
+                record.more_after = record.events.last().map(|e| e.id);
+            }
             Ok(record)
         })
         .await

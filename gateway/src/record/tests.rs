@@ -260,3 +260,37 @@ async fn a_rotated_journal_is_replayed_before_the_current_one() {
     assert!(!dir.join("gateway.journal.1").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_long_event_log_is_read_page_by_page_without_gaps() {
+    let dir = temp_dir("pages");
+    let store = Store::open(&dir).unwrap();
+    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    for n in 0..25 {
+        store
+            .append_event(id, "sql", serde_json::json!({ "seq": n }))
+            .await
+            .unwrap();
+    }
+    let (mut seen, mut after, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        let page = store.session_page(id, after, 10).await.unwrap();
+        assert!(page.events.len() <= 10);
+        seen.extend(
+            page.events
+                .iter()
+                .map(|e| e.detail["seq"].as_u64().unwrap()),
+        );
+        pages += 1;
+        match page.more_after {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..25).collect::<Vec<u64>>());
+    assert_eq!(pages, 3);
+    // Exactly one page's worth: no empty page announced.
+    let whole = store.session_page(id, 0, 25).await.unwrap();
+    assert_eq!((whole.events.len(), whole.more_after), (25, None));
+    let _ = std::fs::remove_dir_all(&dir);
+}
