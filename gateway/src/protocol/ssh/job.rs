@@ -78,6 +78,19 @@ struct Chan {
     gone: CancellationToken,
 }
 
+impl Chan {
+    /// What a held operation on this channel needs (exec, sftp and shell gates alike).
+    fn hold(&self, ctx: &Arc<Ctx>, handle: server::Handle, channel: ChannelId) -> Hold {
+        Hold {
+            ctx: ctx.clone(),
+            handle,
+            channel,
+            number: self.number,
+            gone: self.gone.clone(),
+        }
+    }
+}
+
 pub struct JobSide {
     ctx: Arc<Ctx>,
     shared: Arc<Shared>,
@@ -371,13 +384,7 @@ impl JobSide {
                 c.rec.begin(&self.ctx, "exec", Some(&command));
                 c.mode = Mode::Pass;
                 let _ = c.tx.send(Down::Approval(decided_rx));
-                let hold = Hold {
-                    ctx: self.ctx.clone(),
-                    handle: session.handle(),
-                    channel,
-                    number,
-                    gone: c.gone.clone(),
-                };
+                let hold = c.hold(&self.ctx, session.handle(), channel);
                 tokio::spawn(async move {
                     let detail = json!({ "command": command, "channel": number });
                     match hold.ask(&rule, "ssh_exec", &command, detail).await {
@@ -817,13 +824,7 @@ impl server::Handler for JobSide {
                 // Lines are decided in the gate that from now on stands between the channel and
                 // the host (it may hold one for approval without holding up the session).
                 let gate = shell_gate::Gate {
-                    hold: Hold {
-                        ctx: self.ctx.clone(),
-                        handle: session.handle(),
-                        channel,
-                        number,
-                        gone: c.gone.clone(),
-                    },
+                    hold: c.hold(&self.ctx, session.handle(), channel),
                     up: c.tx.clone(),
                     inflight: self.inflight.clone(),
                     input: if terminal {
@@ -888,13 +889,7 @@ impl server::Handler for JobSide {
                 // sftp framing.
                 *c.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(Default::default());
                 let gate = sftp_gate::Gate {
-                    hold: Hold {
-                        ctx: self.ctx.clone(),
-                        handle: session.handle(),
-                        channel,
-                        number,
-                        gone: c.gone.clone(),
-                    },
+                    hold: c.hold(&self.ctx, session.handle(), channel),
                     tracker: c.sftp.clone(),
                     inject: c.inject.clone(),
                     up: c.tx.clone(),
