@@ -294,3 +294,22 @@ async fn a_long_event_log_is_read_page_by_page_without_gaps() {
     assert_eq!((whole.events.len(), whole.more_after), (25, None));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_record_that_cannot_be_applied_leaves_the_rest_of_its_batch_in_place() {
+    let dir = temp_dir("bad-record");
+    let store = Store::open(&dir).unwrap();
+    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    store.note_event(id, "sql", serde_json::json!({ "seq": 1 }));
+    // No such session: the foreign key refuses this one.
+    store.note_event(id + 1000, "sql", serde_json::json!({ "seq": 2 }));
+    store.note_event(id, "sql", serde_json::json!({ "seq": 3 }));
+    let shown = store.session(id).await.unwrap();
+    let seqs: Vec<u64> = shown
+        .events
+        .iter()
+        .map(|e| e.detail["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 3]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
