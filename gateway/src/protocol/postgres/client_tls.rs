@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use rustls::ServerConfig;
@@ -39,10 +40,17 @@ pub enum ClientTlsError {
     Config(#[from] rustls::Error),
 }
 
+/// How long an issued certificate is served before a fresh one replaces it: far inside its year
+/// of validity, so a daemon that runs for years never presents an expired one.
+const REISSUE_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+type Configs = HashMap<(String, IpAddr), (Arc<ServerConfig>, Instant)>;
+
 /// The CA and the server configurations issued from it, shared by every postgres session.
 pub struct ClientTls {
     ca: Ca,
-    configs: Mutex<HashMap<(String, IpAddr), Arc<ServerConfig>>>,
+    configs: Mutex<Configs>,
+    reissue_after: Duration,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -56,6 +64,7 @@ impl ClientTls {
         ClientTls {
             ca,
             configs: Mutex::new(HashMap::new()),
+            reissue_after: REISSUE_AFTER,
         }
     }
 
@@ -66,7 +75,9 @@ impl ClientTls {
         dst: IpAddr,
     ) -> Result<Arc<ServerConfig>, ClientTlsError> {
         let key = (target.name.clone(), dst);
-        if let Some(c) = self.lock().get(&key) {
+        if let Some((c, issued)) = self.lock().get(&key)
+            && issued.elapsed() < self.reissue_after
+        {
             return Ok(Arc::clone(c));
         }
         let (names, ips) = subject_names(target, dst);
@@ -82,10 +93,11 @@ impl ClientTls {
         if map.len() >= MAX_CONFIGS {
             map.clear();
         }
-        Ok(Arc::clone(map.entry(key).or_insert(config)))
+        map.insert(key, (Arc::clone(&config), Instant::now()));
+        Ok(config)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, IpAddr), Arc<ServerConfig>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Configs> {
         self.configs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -184,6 +196,26 @@ mod tests {
         let t = cfg.targets[0].clone();
         assert_eq!(t.address, AddressSpec::parse(address, false).unwrap());
         t
+    }
+
+    #[test]
+    fn certificates_are_reused_and_replaced_well_before_they_expire() {
+        let dir = std::env::temp_dir().join(format!("gw-client-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = Ca::load_or_create(&dir).unwrap();
+        let db = target("10.0.0.5:5432");
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        let tls = ClientTls::new(ca);
+        let first = tls.config(&db, ip).unwrap();
+        assert!(Arc::ptr_eq(&first, &tls.config(&db, ip).unwrap()));
+        // Past the reissue age, the next connection gets a newly issued certificate.
+        let tls = ClientTls {
+            reissue_after: Duration::ZERO,
+            ..tls
+        };
+        let again = tls.config(&db, ip).unwrap();
+        assert!(!Arc::ptr_eq(&first, &again));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
