@@ -919,22 +919,11 @@ impl Validator<'_> {
             {
                 self.problem(u.span(), format!("rules[{i}].unauthenticated"), "an unauthenticated job has no claims: drop either `claims` or `unauthenticated`");
             }
-            let mut claims = BTreeMap::new();
-            for (k, v) in r.claims {
-                let patterns = match v.into_inner() {
-                    RawPattern::One(s) => vec![s],
-                    RawPattern::Many(list) => list,
-                };
-                if patterns.is_empty() {
-                    self.problem(
-                        k.span(),
-                        format!("rules[{i}].claims.{}", k.get_ref()),
-                        "needs at least one pattern",
-                    );
-                }
-                self.check_claim_name(&k, &format!("rules[{i}].claims"), issuers);
-                claims.insert(k.into_inner(), ClaimPattern(patterns));
+            let key = format!("rules[{i}].claims");
+            for k in r.claims.keys() {
+                self.check_claim_name(k, &key, issuers);
             }
+            let claims = self.claims(r.claims, &key);
             let ssh = r
                 .ssh
                 .map(|c| self.ssh_condition(i, c, &target_globs, targets));
