@@ -279,6 +279,9 @@ pub struct Target {
     pub ssh: SshSettings,
     /// `[targets.postgres]`: settings of postgres targets (defaults for the others).
     pub postgres: PostgresSettings,
+    /// TCP targets: keep a spare upstream connection to a destination while jobs keep connecting
+    /// to it (see `protocol::spares`). Off by default.
+    pub preconnect: bool,
 }
 
 /// An OIDC issuer whose tokens bind jobs to identities (see `identity`).
@@ -514,6 +517,7 @@ struct RawTarget {
     credentials: RawCredentials,
     ssh: Option<S<ssh::RawSshTarget>>,
     postgres: Option<S<postgres::RawPostgres>>,
+    preconnect: Option<S<bool>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -846,6 +850,16 @@ impl Validator<'_> {
             credentials.identities = self.identity_credentials(i, c.identities);
             let postgres = self.postgres_settings(i, protocol, t.postgres);
             let ssh = self.ssh_settings(i, protocol, t.ssh, t.name.span());
+            let preconnect = t.preconnect.is_some_and(|p| {
+                if *p.get_ref() && protocol != Protocol::Tcp {
+                    self.problem(
+                        p.span(),
+                        format!("targets[{i}].preconnect"),
+                        format!("preconnect is for protocol \"tcp\" targets (a {protocol} server sees a spare connection closed unused as a failed login)"),
+                    );
+                }
+                *p.get_ref()
+            });
             let target = Target {
                 name,
                 protocol,
@@ -853,6 +867,7 @@ impl Validator<'_> {
                 credentials,
                 postgres,
                 ssh,
+                preconnect,
             };
             self.ssh_credentials(i, &target, t.name.span());
             out.push(target);

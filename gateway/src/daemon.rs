@@ -76,6 +76,8 @@ pub struct Gateway {
     pub started_at: String,
     /// Cancel keys, the statement classification cache and the approvals seam of postgres sessions.
     pub postgres: crate::protocol::postgres::Shared,
+    /// Spare upstream connections of `preconnect` targets.
+    pub spares: crate::protocol::spares::Spares,
 }
 
 /// The CA and certificates for TLS toward postgres clients, when a target offers it. Loaded (or
@@ -189,6 +191,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             client_tls,
             ..Default::default()
         },
+        spares: Default::default(),
     });
     gw.adopt_jobs().await?;
 
@@ -565,10 +568,15 @@ impl Gateway {
         given: Option<String>,
     ) -> Result<Response, String> {
         let job = match (job_id, given) {
-            (Some(id), _) => self
-                .jobs
-                .by_id(&id)
-                .ok_or_else(|| format!("no active job {id}"))?,
+            (Some(id), _) => match self.jobs.by_id(&id) {
+                Some(job) => job,
+                // Ending is idempotent: the reaper may have ended an owned job whose processes
+                // are all gone before `gateway run` asked.
+                None if self.store.job_ended(id.clone()).await.unwrap_or(false) => {
+                    return Ok(Response::Ended { job_id: id });
+                }
+                None => return Err(format!("no active job {id}")),
+            },
             (None, Some(given)) => {
                 let path = cgroup::resolve(&self.cgroup_root, &given).map_err(|e| e.to_string())?;
                 self.jobs

@@ -363,10 +363,19 @@ impl EchoServer {
 
     /// Peers of every connection accepted so far.
     pub fn accepted(&self) -> Vec<String> {
+        self.logged("accepted ")
+    }
+
+    /// Peers of every connection that ended so far.
+    pub fn closed(&self) -> Vec<String> {
+        self.logged("closed ")
+    }
+
+    fn logged(&self, prefix: &str) -> Vec<String> {
         self.process
             .output()
             .lines()
-            .filter_map(|l| l.strip_prefix("accepted "))
+            .filter_map(|l| l.strip_prefix(prefix))
             .map(str::to_string)
             .collect()
     }

@@ -10,8 +10,9 @@ use gateway_e2e::{
 };
 use serde_json::Value;
 
-/// A remote echo server (IPv4 and IPv6, ports 7000 and 7001) and a daemon whose only target is
-/// the echo server's port 7000, open to unauthenticated jobs.
+/// A remote echo server (IPv4 and IPv6, ports 7000 and 7001) and a daemon whose targets are the
+/// echo server's port 7000 and a closed port (plus what a test adds; `{v4}` in it is the echo
+/// server's IPv4 address), open to unauthenticated jobs.
 struct Setup {
     daemon: Daemon,
     echo: EchoServer,
@@ -54,7 +55,7 @@ name = "closed-port"
 protocol = "tcp"
 address = "{v4}:7009"
 
-{extra_body}
+{extra}
 
 [[rules]]
 name = "jobs-may-echo"
@@ -64,6 +65,7 @@ unauthenticated = true
 "#,
             v4 = ns.remote_ip,
             v6 = ns.remote_ip6,
+            extra = extra_body.replace("{v4}", &ns.remote_ip.to_string()),
         );
         let daemon = Daemon::start(DaemonConfig {
             server: server.to_string(),
@@ -160,6 +162,89 @@ fn job_reaches_tcp_target_through_the_gateway_and_is_attributed() -> Result<()> 
         kinds.contains(&"upstream_connected") && kinds.contains(&"closed"),
         "{kinds:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_preconnect_target_hands_out_its_spare_once_and_closes_it_unused() -> Result<()> {
+    let s = Setup::with_body(
+        "",
+        r#"
+[[targets]]
+name = "echo-spare"
+protocol = "tcp"
+address = "{v4}:7001"
+preconnect = true
+
+[[rules]]
+name = "jobs-may-echo-spare"
+action = "allow"
+targets = ["echo-spare"]
+unauthenticated = true
+"#,
+    )?;
+    let dst = s.v4(7001);
+    let greeted = |v: &Value| -> String {
+        v["greeting"].as_str().unwrap_or_default().trim()["hello ".len()..].to_string()
+    };
+    let first = s.daemon.probe_in_job(&["connect", &dst, "one"])?;
+    assert_eq!(first["echo"], "one", "{first}");
+    // The allowed connection leaves a spare to the same destination behind it.
+    assert!(
+        wait_until(Duration::from_secs(5), || s.echo.accepted().len() == 2),
+        "no spare connection: {:?}",
+        s.echo.accepted()
+    );
+    let spare = s
+        .echo
+        .accepted()
+        .into_iter()
+        .find(|p| *p != greeted(&first))
+        .unwrap();
+    // The next connection takes it: the server's greeting names the spare's address.
+    let second = s.daemon.probe_in_job(&["connect", &dst, "two"])?;
+    assert_eq!(second["echo"], "two", "{second}");
+    assert_eq!(second["peer"], dst.as_str(), "{second}");
+    assert_eq!(greeted(&second), spare, "{second}");
+    let sessions = s.session_for(&dst)?;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let preconnected = |session: &Value| -> Result<bool> {
+        let id = session["id"].as_i64().unwrap().to_string();
+        let shown = s.daemon.cli_json(&["sessions", "show", &id, "--json"])?;
+        let event = shown["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "upstream_connected")
+            .cloned()
+            .unwrap_or_default();
+        Ok(event["detail"]["preconnected"] == true)
+    };
+    assert!(!preconnected(&sessions[0])?);
+    assert!(preconnected(&sessions[1])?);
+
+    // The second connection left a spare too; nobody takes it, so it is closed after its idle time
+    // (2 s), and no further one is opened.
+    assert!(
+        wait_until(Duration::from_secs(5), || s.echo.accepted().len() == 3),
+        "{:?}",
+        s.echo.accepted()
+    );
+    let unused = s.echo.accepted()[2..]
+        .iter()
+        .find(|p| **p != spare && **p != greeted(&first))
+        .cloned()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .echo
+            .closed()
+            .contains(&unused)),
+        "the unused spare {unused} was not closed: {:?}",
+        s.echo.closed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.echo.accepted().len(), 3, "{:?}", s.echo.accepted());
     Ok(())
 }
 
@@ -578,6 +663,29 @@ fn gateway_run_returns_the_exit_status_and_removes_the_job_cgroup() -> Result<()
     assert!(leftovers.is_empty(), "job cgroups left: {leftovers:?}");
     let status = s.daemon.cli_json(&["status", "--json"])?;
     assert!(status["jobs"].as_array().unwrap().is_empty(), "{status}");
+    // Ending a job is idempotent (the daemon's reaper may end an emptied job before `gateway run`
+    // asks); a job that never existed is still an error.
+    let probe = s.daemon.probe_in_job(&["connect", &s.v4(7000)])?;
+    assert_eq!(probe["ok"], true, "{probe}");
+    let sessions = s.session_for(&s.v4(7000))?;
+    let job_id = sessions[0]["job_id"].as_str().unwrap().to_string();
+    let end = |id: &str| -> Result<Value> {
+        use std::io::{BufRead as _, Write as _};
+        let stream = std::os::unix::net::UnixStream::connect(&s.daemon.control_socket)?;
+        (&stream).write_all(format!("{{\"op\":\"end_job\",\"job_id\":\"{id}\"}}\n").as_bytes())?;
+        let mut answer = String::new();
+        std::io::BufReader::new(&stream).read_line(&mut answer)?;
+        Ok(serde_json::from_str(&answer)?)
+    };
+    let again = end(&job_id)?;
+    assert_eq!(again["job_id"], job_id.as_str(), "{again}");
+    let unknown = end("job-000000000000")?;
+    assert!(
+        unknown["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no active job")),
+        "{unknown}"
+    );
     let missing = s.daemon.run_job(&[], "/nonexistent/cmd", &[]);
     assert!(!missing.status.success());
     assert!(

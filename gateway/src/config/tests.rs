@@ -245,3 +245,22 @@ fn postgres_client_tls_defaults_to_offer_and_bad_values_are_located() {
         "{got:#?}"
     );
 }
+
+#[test]
+fn preconnect_is_off_by_default_and_only_for_tcp_targets() {
+    let tcp = "[[targets]]\nname = \"a\"\nprotocol = \"tcp\"\naddress = \"10.0.0.5:7000\"\n";
+    let cfg = Config::parse(tcp, "t.toml").unwrap();
+    assert!(!cfg.targets[0].preconnect);
+    let cfg = Config::parse(&format!("{tcp}preconnect = true\n"), "t.toml").unwrap();
+    assert!(cfg.targets[0].preconnect);
+    let got = problems(
+        "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"10.0.0.5:5432\"\npreconnect = true\n",
+    );
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with(
+            "t.toml:5:14: targets[0].preconnect: preconnect is for protocol \"tcp\" targets"
+        ),
+        "{got:#?}"
+    );
+}

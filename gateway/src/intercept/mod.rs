@@ -127,11 +127,24 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         (gw.store.insert_session(session).await, process)
     };
     let upstream = async {
-        if allowed {
-            Some(tcp::connect(dst, gw.config.server.upstream_connect_timeout).await)
-        } else {
-            None
+        if !allowed {
+            return None;
         }
+        let timeout = gw.config.server.upstream_connect_timeout;
+        if target.as_ref().is_some_and(|t| t.preconnect) {
+            let spare = gw.spares.take(dst);
+            let refill = gw.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = refill.spares.refill(dst, timeout) => {}
+                    () = refill.shutdown.cancelled() => {}
+                }
+            });
+            if let Some(s) = spare {
+                return Some(Ok((s, true)));
+            }
+        }
+        Some(tcp::connect(dst, timeout).await.map(|s| (s, false)))
     };
     // The upstream future is polled first: its SYN is on the wire before the (synchronous) commit.
     let (upstream, (recorded, process)) = tokio::join!(upstream, record);
@@ -149,12 +162,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         ..origin
     };
     match (target, upstream) {
-        (Some(target), Some(Ok(upstream))) => {
-            gw.store.note_event(
-                session_id,
-                "upstream_connected",
-                json!({ "upstream": dst.to_string() }),
-            );
+        (Some(target), Some(Ok((upstream, spare)))) => {
+            let detail = if spare {
+                json!({ "upstream": dst.to_string(), "preconnected": true })
+            } else {
+                json!({ "upstream": dst.to_string() })
+            };
+            gw.store
+                .note_event(session_id, "upstream_connected", detail);
             serve(client, upstream, target, session_id, origin, &gw).await;
         }
         (_, Some(Err(e))) => {

@@ -106,9 +106,20 @@ pub fn comm(raw: &[u8; 16]) -> String {
 
 /// Start time of a process in nanoseconds since boot (field 22 of /proc/PID/stat, in clock ticks).
 fn start_time_ns(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
-    let after_comm = &stat[stat.rfind(')')? + 1..];
+    use std::io::Read as _;
+    // One read() (it runs for every accepted connection): the file is generated whole on the
+    // first read and is far shorter than the buffer. `read_to_string` would add a statx and
+    // several growing reads.
+    let mut buf = [0u8; 2048];
+    let n = fs::File::open(format!("/proc/{pid}/stat"))
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    let stat = buf.get(..n).filter(|_| n < buf.len())?;
+    // The command name (field 2) may contain spaces, parentheses and bytes that are not UTF-8:
+    // skip past the last ')'.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let after_comm = std::str::from_utf8(&stat[close + 1..]).ok()?;
     // Fields from 3 on; starttime is field 22 → index 19 here.
     let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

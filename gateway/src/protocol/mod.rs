@@ -3,5 +3,6 @@
 
 pub mod postgres;
 mod source_ports;
+pub mod spares;
 pub mod ssh;
 pub mod tcp;

@@ -198,6 +198,21 @@ impl Store {
         .await
     }
 
+    /// Whether job `id` existed and has ended.
+    pub async fn job_ended(&self, id: String) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            let ended: Option<bool> = c
+                .query_row(
+                    "SELECT ended_at IS NOT NULL FROM jobs WHERE id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(ended == Some(true))
+        })
+        .await
+    }
+
     /// Sessions a previous daemon left open (it crashed or was killed) are closed, with an event
     /// saying so; returns how many.
     pub async fn close_interrupted_sessions(&self) -> Result<usize, StoreError> {

@@ -63,6 +63,8 @@ struct Log {
     next_seq: u64,
     /// Last sequence number in the rotated-out file, while that file still holds unapplied records.
     rotated_upto: Option<u64>,
+    /// The background writer sleeps on `queued` (a notify costs a syscall, so only then).
+    writer_waiting: bool,
 }
 
 struct Shared {
@@ -108,7 +110,9 @@ impl Drop for Owner {
 }
 
 /// Most records one background transaction takes.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 2048;
+/// How long the background writer lets records gather before a transaction.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 /// A fully applied journal larger than this is emptied.
 const CLEAR_AT: u64 = 256 * 1024;
 /// A journal larger than this moves aside (to be deleted once applied) even while records keep
@@ -183,6 +187,7 @@ impl Store {
                 queue: VecDeque::new(),
                 next_seq: last_seq + 1,
                 rotated_upto: None,
+                writer_waiting: false,
             }),
             queued: Condvar::new(),
             next_session: AtomicI64::new(next_session),
@@ -216,8 +221,11 @@ impl Store {
         log.journal.append(seq, &mut encoded)?;
         log.next_seq += 1;
         log.queue.push_back((seq, record));
+        let wake = std::mem::take(&mut log.writer_waiting);
         drop(log);
-        self.shared.queued.notify_one();
+        if wake {
+            self.shared.queued.notify_one();
+        }
         Ok(())
     }
 
@@ -429,18 +437,23 @@ fn apply_queued(shared: &Shared, max: usize) -> Result<Option<u64>, String> {
 /// and keeps the journal short. Ends when the store is dropped.
 fn run(shared: &Shared) {
     loop {
-        {
+        let backlog = {
             let mut log = lock(&shared.log);
             while log.queue.is_empty() && !shared.closed.load(Ordering::Relaxed) {
+                log.writer_waiting = true;
                 log = shared.queued.wait(log).unwrap_or_else(|p| p.into_inner());
             }
-        }
+            log.writer_waiting = false;
+            log.queue.len()
+        };
         if shared.closed.load(Ordering::Relaxed) {
             return;
         }
         // Let a burst gather before committing: fewer, larger transactions (readers do not wait
-        // for this thread, a `call` applies what is queued itself).
-        thread::sleep(std::time::Duration::from_millis(10));
+        // for this thread, a `call` applies what is queued itself). A full batch goes at once.
+        if backlog < MAX_BATCH {
+            thread::sleep(GATHER);
+        }
         match apply_queued(shared, MAX_BATCH) {
             Ok(Some(last)) => compact(shared, last),
             Ok(None) => {}

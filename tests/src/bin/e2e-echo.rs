@@ -1,5 +1,5 @@
 //! Test peer: a TCP echo server. On each connection it logs `accepted <peer>` to stdout, greets with
-//! `hello <peer>\n`, then echoes everything until EOF.
+//! `hello <peer>\n`, then echoes everything until EOF, and logs `closed <peer>`.
 //!
 //! Usage: e2e-echo ADDR [ADDR...]
 
@@ -9,9 +9,16 @@ use std::{
     thread,
 };
 
-fn serve(mut conn: TcpStream) {
+fn serve(conn: TcpStream) {
     let peer = conn.peer_addr().map(|p| p.to_string()).unwrap_or_default();
     println!("accepted {peer}");
+    let _ = std::io::stdout().flush();
+    echo(conn, &peer);
+    println!("closed {peer}");
+    let _ = std::io::stdout().flush();
+}
+
+fn echo(mut conn: TcpStream, peer: &str) {
     let _ = std::io::stdout().flush();
     if conn
         .write_all(format!("hello {peer}\n").as_bytes())

@@ -183,10 +183,14 @@ impl Bench {
 
         let secret = dir.path().join("bench-db.secret");
         fs::write(&secret, "apppw\n")?;
-        let daemon = Daemon::start(DaemonConfig {
-            server: String::new(),
-            body: gateway_config(&host, &secret),
-        })?;
+        let daemon = Daemon::start_with_env(
+            DaemonConfig {
+                server: String::new(),
+                body: gateway_config(&host, &secret),
+            },
+            // The daemon's own default log level (the tests' daemons log at debug).
+            &[("RUST_LOG", "info")],
+        )?;
         Ok(Bench {
             ns,
             pg,
@@ -283,17 +287,30 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 pub fn run() -> Result<()> {
+    // BENCH_PG_QUICK=1 (development only): haproxy and the gateway, simple protocol, no idle test.
+    let quick = std::env::var_os("BENCH_PG_QUICK").is_some();
     let b = Bench::start()?;
     // Warm-up: connections, caches, the gateway's classification cache.
+    let skipped = |p: Path| quick && !matches!(p, Path::Haproxy | Path::Gateway);
     for p in PATHS {
-        b.pgbench(p, &["-S", "-c", "4", "-j", "2", "-T", "2"])?;
+        if !skipped(p) {
+            b.pgbench(p, &["-S", "-c", "4", "-j", "2", "-T", "2"])?;
+        }
     }
 
-    let modes = ["simple", "extended"];
+    let modes: &[&str] = if quick {
+        &["simple"]
+    } else {
+        &["simple", "extended"]
+    };
     let mut table: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut latency: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for (m, mode) in modes.iter().enumerate() {
         for p in PATHS {
+            if skipped(p) {
+                table[m].push(f64::NAN);
+                continue;
+            }
             let profile = (p == Path::Gateway)
                 .then(|| super::profile(b.daemon.pid(), &format!("postgres-{mode}")))
                 .transpose()?
@@ -305,6 +322,10 @@ pub fn run() -> Result<()> {
             table[m].push(tps(&out));
         }
         for (i, p) in PATHS.iter().enumerate() {
+            if skipped(*p) {
+                latency[m].push(f64::NAN);
+                continue;
+            }
             let prefix = format!("lat{m}{i}");
             b.pgbench(
                 *p,
@@ -361,6 +382,9 @@ pub fn run() -> Result<()> {
         );
     }
 
+    if quick {
+        return Ok(());
+    }
     // Idle sessions: memory of the gateway with IDLE open, authenticated sessions.
     let pid = b.daemon.pid();
     let before = rss_kib(pid, "VmRSS:");

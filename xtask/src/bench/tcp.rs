@@ -23,6 +23,8 @@ enum Path {
     Direct,
     Haproxy,
     Gateway,
+    /// The same through a target with `preconnect = true` (another port of the echo server).
+    GatewayPreconnect,
 }
 
 impl Path {
@@ -31,6 +33,7 @@ impl Path {
             Path::Direct => "direct",
             Path::Haproxy => "haproxy (tcp mode)",
             Path::Gateway => "gateway (recorded)",
+            Path::GatewayPreconnect => "gateway, preconnect",
         }
     }
 }
@@ -40,7 +43,8 @@ pub fn run() -> Result<()> {
     let dir = TempDir::new(&format!("b{id}"));
     let ns = Netns::new(&id)?;
     let upstream = format!("{}:7000", ns.remote_ip);
-    let _echo = EchoServer::start(&ns, dir.path(), std::slice::from_ref(&upstream))?;
+    let preconnected = format!("{}:7001", ns.remote_ip);
+    let _echo = EchoServer::start(&ns, dir.path(), &[upstream.clone(), preconnected.clone()])?;
 
     let haproxy_port = free_port();
     let cfg = dir.path().join("haproxy.cfg");
@@ -65,16 +69,32 @@ pub fn run() -> Result<()> {
     );
 
     let body = format!(
-        "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{upstream}\"\n\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"echo\"]\nunauthenticated = true\n"
+        "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{upstream}\"\n\n[[targets]]\nname = \"echo-preconnect\"\nprotocol = \"tcp\"\naddress = \"{preconnected}\"\npreconnect = true\n\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"echo*\"]\nunauthenticated = true\n"
     );
-    let daemon = Daemon::start(DaemonConfig {
-        server: String::new(),
-        body,
-    })?;
+    let daemon = Daemon::start_with_env(
+        DaemonConfig {
+            server: String::new(),
+            body,
+        },
+        // The daemon's own default log level (the tests' daemons log at debug).
+        &[("RUST_LOG", "info")],
+    )?;
 
+    // BENCH_TCP_HOLD=1 (development only): print how to reach each path and wait for a line on
+    // stdin, to trace or profile the gateway by hand.
+    if std::env::var_os("BENCH_TCP_HOLD").is_some() {
+        println!(
+            "gateway pid {} control socket {} direct/gateway {upstream} preconnect {preconnected} haproxy 127.0.0.1:{haproxy_port}",
+            daemon.pid(),
+            daemon.control_socket.display()
+        );
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        return Ok(());
+    }
     let measure = |path: Path, args: &[&str]| -> Result<serde_json::Value> {
         let mut cmd = match path {
-            Path::Gateway => {
+            Path::Gateway | Path::GatewayPreconnect => {
                 let mut c = Command::new(gateway_bin());
                 c.arg("--control-socket")
                     .arg(&daemon.control_socket)
@@ -86,21 +106,27 @@ pub fn run() -> Result<()> {
         };
         let target = match path {
             Path::Haproxy => format!("127.0.0.1:{haproxy_port}"),
+            Path::GatewayPreconnect => preconnected.clone(),
             _ => upstream.clone(),
         };
         cmd.arg(args[0]).arg(&target).args(&args[1..]);
         json_of(&mut cmd)
     };
 
-    let paths = [Path::Direct, Path::Haproxy, Path::Gateway];
+    let paths = [
+        Path::Direct,
+        Path::Haproxy,
+        Path::Gateway,
+        Path::GatewayPreconnect,
+    ];
     // Warm-up: caches, page tables, the gateway's prepared statements.
     for p in paths {
         measure(p, &["connect", "200"])?;
     }
-    let mut connect: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut connect_p99: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut rtt: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut rtt_p99: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut connect: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut connect_p99: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut rtt: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut rtt_p99: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     // Interleaved rounds, so that background noise hits every path alike.
     for _ in 0..ROUNDS {
         for (i, p) in paths.iter().enumerate() {
@@ -147,8 +173,9 @@ pub fn run() -> Result<()> {
         );
     }
     println!(
-        "target: gateway within 1.50× of direct → {:.2}×",
-        c50[2] / c50[0]
+        "target: gateway within 1.50× of direct → {:.2}× ({:.2}× with preconnect)",
+        c50[2] / c50[0],
+        c50[3] / c50[0]
     );
 
     println!(

@@ -3,7 +3,7 @@
 //! gateway's own error in place of the server's parse error, and each execution's outcome is
 //! recorded when it completes.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::{BufMut as _, BytesMut};
 use pgwire::messages::data::RowDescription;
@@ -82,6 +82,10 @@ impl<'a> Backend<'a> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        // Stores the outcomes of finished statements when no next statement took them along
+        // within RESULT_DELAY; armed at most once per delay, not per statement.
+        let mut store_results = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut armed = false;
         loop {
             loop {
                 let frame = match reader.buffered() {
@@ -113,6 +117,12 @@ impl<'a> Backend<'a> {
                 return e;
             }
             reader.shrink();
+            if !armed && self.ctx.journal.has_pending_results() {
+                store_results
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + journal::RESULT_DELAY);
+                armed = true;
+            }
             // Idle: wait for the server, or for a notice of the gateway's own to pass on.
             let filled = loop {
                 tokio::select! {
@@ -122,6 +132,10 @@ impl<'a> Backend<'a> {
                         if let Err(e) = self.flush(&mut client).await {
                             return e;
                         }
+                    }
+                    () = &mut store_results, if armed => {
+                        armed = false;
+                        self.ctx.journal.flush();
                     }
                 }
             };

@@ -113,14 +113,8 @@ impl<'a> Frontend<'a> {
             }
             reader.shrink();
             // Outcomes ride along with the next statement's write-ahead; when the client stays quiet
-            // they are stored after a moment.
-            let filled = loop {
-                tokio::select! {
-                    r = reader.fill() => break r,
-                    () = self.ctx.journal.settled() => self.ctx.journal.flush(),
-                }
-            };
-            match filled {
+            // the backend stores them after a moment.
+            match reader.fill().await {
                 Ok(true) => {}
                 Ok(false) => return End::Closed,
                 Err(ReadError::Io(e)) => return End::ClientIo(e.to_string()),

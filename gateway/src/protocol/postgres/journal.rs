@@ -46,11 +46,10 @@ pub struct Journal<'a> {
     /// write per statement), or on [`Journal::flush`] when the session idles or ends. Rendered
     /// as JSON text when recorded.
     results: Mutex<Vec<String>>,
-    new_result: tokio::sync::Notify,
 }
 
 /// How long a finished statement's outcome may wait for the next statement to be stored with it.
-const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+pub const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The `sql` event, serialized straight from borrowed parts.
 #[derive(Serialize)]
@@ -119,7 +118,6 @@ impl<'a> Journal<'a> {
             sample_rows,
             sample_budget: AtomicUsize::new(sample_bytes),
             results: Mutex::new(Vec::new()),
-            new_result: tokio::sync::Notify::new(),
         }
     }
 
@@ -152,23 +150,13 @@ impl<'a> Journal<'a> {
         std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn has_pending_results(&self) -> bool {
+    /// Whether outcomes wait to be stored.
+    pub fn has_pending_results(&self) -> bool {
         !self
             .results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
-    }
-
-    /// Resolves once outcomes have waited [`RESULT_DELAY`] without a statement to go with.
-    pub async fn settled(&self) {
-        loop {
-            if self.has_pending_results() {
-                tokio::time::sleep(RESULT_DELAY).await;
-                return;
-            }
-            self.new_result.notified().await;
-        }
     }
 
     /// Stores the outcomes recorded so far (not waited for).
@@ -237,6 +225,5 @@ impl<'a> Journal<'a> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(detail.to_string());
-        self.new_result.notify_one();
     }
 }
