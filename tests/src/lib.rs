@@ -415,6 +415,12 @@ impl Daemon {
         Self::start_with_env(config, &[])
     }
 
+    /// [`Daemon::start`] at the daemon's own default log level, for benchmarks (the tests' debug
+    /// logging would be measured too).
+    pub fn start_at_default_log_level(config: DaemonConfig) -> Result<Daemon> {
+        Self::start_with_env(config, &[("RUST_LOG", "info")])
+    }
+
     pub fn start_with_env(config: DaemonConfig, env: &[(&str, &str)]) -> Result<Daemon> {
         Self::start_wrapped(config, env, &[])
     }

@@ -183,14 +183,10 @@ impl Bench {
 
         let secret = dir.path().join("bench-db.secret");
         fs::write(&secret, "apppw\n")?;
-        let daemon = Daemon::start_with_env(
-            DaemonConfig {
-                server: String::new(),
-                body: gateway_config(&host, &secret),
-            },
-            // The daemon's own default log level (the tests' daemons log at debug).
-            &[("RUST_LOG", "info")],
-        )?;
+        let daemon = Daemon::start_at_default_log_level(DaemonConfig {
+            server: String::new(),
+            body: gateway_config(&host, &secret),
+        })?;
         Ok(Bench {
             ns,
             pg,

@@ -101,14 +101,10 @@ pub fn run() -> Result<()> {
         "{}\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"web\"]\nunauthenticated = true\n",
         sshd.target("web", "")
     );
-    let daemon = Daemon::start_with_env(
-        DaemonConfig {
-            server: String::new(),
-            body,
-        },
-        // The daemon's own default log level (the tests' daemons log at debug).
-        &[("RUST_LOG", "info")],
-    )?;
+    let daemon = Daemon::start_at_default_log_level(DaemonConfig {
+        server: String::new(),
+        body,
+    })?;
     let lines = Command::new(gateway_bin())
         .arg("--config")
         .arg(&daemon.config_path)

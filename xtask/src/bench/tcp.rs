@@ -71,14 +71,10 @@ pub fn run() -> Result<()> {
     let body = format!(
         "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{upstream}\"\n\n[[targets]]\nname = \"echo-preconnect\"\nprotocol = \"tcp\"\naddress = \"{preconnected}\"\npreconnect = true\n\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"echo*\"]\nunauthenticated = true\n"
     );
-    let daemon = Daemon::start_with_env(
-        DaemonConfig {
-            server: String::new(),
-            body,
-        },
-        // The daemon's own default log level (the tests' daemons log at debug).
-        &[("RUST_LOG", "info")],
-    )?;
+    let daemon = Daemon::start_at_default_log_level(DaemonConfig {
+        server: String::new(),
+        body,
+    })?;
 
     // BENCH_TCP_HOLD=1 (development only): print how to reach each path and wait for a line on
     // stdin, to trace or profile the gateway by hand.
