@@ -106,6 +106,23 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         dst,
     };
 
+    let timeout = gw.config.server.upstream_connect_timeout;
+    // Taken before the refill starts (which leaves an occupied slot alone).
+    let spare = if allowed && target.as_ref().is_some_and(|t| t.preconnect) {
+        let spare = gw.spares.take(dst);
+        let refill = gw.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = refill.spares.refill(dst, timeout) => {}
+                () = refill.shutdown.cancelled() => {}
+            }
+        });
+        spare
+    } else {
+        None
+    };
+    let preconnected = spare.is_some();
+
     // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
     // cannot record does not serve. Opening the upstream connection overlaps with the recording.
     let record = async {
@@ -124,27 +141,28 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
             started_at,
             ended_at: None,
         };
-        (gw.store.insert_session(session).await, process)
+        // A spare upstream is known before the session is written: one write for both.
+        let connected = if preconnected {
+            vec![(
+                "upstream_connected",
+                json!({ "upstream": dst.to_string(), "preconnected": true }),
+            )]
+        } else {
+            Vec::new()
+        };
+        (
+            gw.store.insert_session_with(session, connected).await,
+            process,
+        )
     };
     let upstream = async {
         if !allowed {
             return None;
         }
-        let timeout = gw.config.server.upstream_connect_timeout;
-        if target.as_ref().is_some_and(|t| t.preconnect) {
-            let spare = gw.spares.take(dst);
-            let refill = gw.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = refill.spares.refill(dst, timeout) => {}
-                    () = refill.shutdown.cancelled() => {}
-                }
-            });
-            if let Some(s) = spare {
-                return Some(Ok((s, true)));
-            }
+        match spare {
+            Some(s) => Some(Ok(s)),
+            None => Some(tcp::connect(dst, timeout).await),
         }
-        Some(tcp::connect(dst, timeout).await.map(|s| (s, false)))
     };
     // The upstream future is polled first: its SYN is on the wire before the (synchronous) commit.
     let (upstream, (recorded, process)) = tokio::join!(upstream, record);
@@ -162,14 +180,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         ..origin
     };
     match (target, upstream) {
-        (Some(target), Some(Ok((upstream, spare)))) => {
-            let detail = if spare {
-                json!({ "upstream": dst.to_string(), "preconnected": true })
-            } else {
-                json!({ "upstream": dst.to_string() })
-            };
-            gw.store
-                .note_event(session_id, "upstream_connected", detail);
+        (Some(target), Some(Ok(upstream))) => {
+            if !preconnected {
+                gw.store.note_event(
+                    session_id,
+                    "upstream_connected",
+                    json!({ "upstream": dst.to_string() }),
+                );
+            }
             serve(client, upstream, target, session_id, origin, &gw).await;
         }
         (_, Some(Err(e))) => {
@@ -267,13 +285,12 @@ async fn serve_tcp(client: TcpStream, upstream: TcpStream, session_id: i64, gw: 
         counters.up.load(Ordering::Relaxed),
         counters.down.load(Ordering::Relaxed),
     );
-    gw.store.note_event(
+    gw.store.close_session(
         session_id,
-        "closed",
-        json!({ "end": end, "bytes_up": up, "bytes_down": down }),
-    );
-    gw.store.end_session(
-        session_id,
+        vec![(
+            "closed",
+            json!({ "end": end, "bytes_up": up, "bytes_down": down }),
+        )],
         SessionEnd {
             bytes_up: up,
             bytes_down: down,

@@ -138,16 +138,28 @@ impl Journal {
         self.len
     }
 
-    /// Appends one frame with one `write()`; once this returns the record survives a crash of
-    /// the process. A failed write is cut off again so that no torn frame hides later records.
-    pub fn append(&mut self, seq: u64, record: &mut Encoded) -> Result<(), JournalError> {
+    /// Appends the frames of `records` (sequence numbers from `first_seq` on) with one `write()`;
+    /// once this returns they survive a crash of the process. A failed write is cut off again so
+    /// that no torn frame hides later records.
+    pub fn append(&mut self, first_seq: u64, records: &mut [Encoded]) -> Result<(), JournalError> {
         if self.broken {
             return Err(JournalError::Broken(self.path.display().to_string()));
         }
-        let frame = record.seal(seq);
-        match self.file.write_all(frame) {
+        let joined;
+        let bytes: &[u8] = match records {
+            [one] => one.seal(first_seq),
+            many => {
+                let mut all = Vec::with_capacity(many.iter().map(|r| r.0.len()).sum());
+                for (seq, r) in (first_seq..).zip(many.iter_mut()) {
+                    all.extend_from_slice(r.seal(seq));
+                }
+                joined = all;
+                &joined
+            }
+        };
+        match self.file.write_all(bytes) {
             Ok(()) => {
-                self.len += frame.len() as u64;
+                self.len += bytes.len() as u64;
                 Ok(())
             }
             Err(source) => {

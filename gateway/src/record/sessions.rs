@@ -253,6 +253,26 @@ impl Store {
         Ok(id)
     }
 
+    /// [`Store::insert_session`] with its first events, in one journal write.
+    pub async fn insert_session_with(
+        &self,
+        s: NewSession,
+        events: Vec<(&'static str, serde_json::Value)>,
+    ) -> Result<i64, StoreError> {
+        if events.is_empty() {
+            return self.insert_session(s).await;
+        }
+        let id = self.allocate_session_id();
+        self.log_all(vec![
+            Record::Session {
+                id,
+                session: Box::new(s),
+            },
+            events_record(id, rendered(events)),
+        ])?;
+        Ok(id)
+    }
+
     /// Records a session without waiting (events that are over when they are recorded).
     pub fn record_session(&self, s: NewSession) {
         let id = self.allocate_session_id();
@@ -266,13 +286,20 @@ impl Store {
     }
 
     pub fn end_session(&self, id: i64, end: SessionEnd) {
-        let record = Record::End {
-            id,
-            at: now(),
-            bytes_up: end.bytes_up,
-            bytes_down: end.bytes_down,
-        };
-        self.log_or_warn("end session", record);
+        self.log_or_warn("end session", end_record(id, end));
+    }
+
+    /// Records a session's last events and its end with one journal write (not waited for).
+    pub fn close_session(
+        &self,
+        id: i64,
+        events: Vec<(&'static str, serde_json::Value)>,
+        end: SessionEnd,
+    ) {
+        let records = vec![events_record(id, rendered(events)), end_record(id, end)];
+        if let Err(e) = self.log_all(records) {
+            tracing::error!(error = %e, "session store: end session failed");
+        }
     }
 
     /// Appends an event; resolves once it is durable (write-ahead of whatever it describes).
@@ -411,6 +438,15 @@ fn rendered(events: Vec<(&'static str, serde_json::Value)>) -> Vec<(&'static str
         .into_iter()
         .map(|(kind, detail)| (kind, detail.to_string()))
         .collect()
+}
+
+fn end_record(id: i64, end: SessionEnd) -> Record {
+    Record::End {
+        id,
+        at: now(),
+        bytes_up: end.bytes_up,
+        bytes_down: end.bytes_down,
+    }
 }
 
 fn events_record(session_id: i64, events: Vec<(&'static str, String)>) -> Record {

@@ -214,13 +214,21 @@ impl Store {
     /// Writes `record` to the journal and queues it for SQLite; once this returns `Ok` the record
     /// survives a crash of the process, and every later `call` sees it.
     pub(crate) fn log(&self, record: Record) -> Result<(), StoreError> {
+        self.log_all(vec![record])
+    }
+
+    /// [`Store::log`] for several records, in order, with one `write()`.
+    pub(crate) fn log_all(&self, records: Vec<Record>) -> Result<(), StoreError> {
         // Encoding happens outside the lock; only the append and the queueing are ordered.
-        let mut encoded = Encoded::new(&record)?;
+        let mut encoded = records
+            .iter()
+            .map(Encoded::new)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut log = lock(&self.shared.log);
-        let seq = log.next_seq;
-        log.journal.append(seq, &mut encoded)?;
-        log.next_seq += 1;
-        log.queue.push_back((seq, record));
+        let first = log.next_seq;
+        log.journal.append(first, &mut encoded)?;
+        log.next_seq += records.len() as u64;
+        log.queue.extend((first..).zip(records));
         let wake = std::mem::take(&mut log.writer_waiting);
         drop(log);
         if wake {

@@ -169,7 +169,16 @@ async fn sessions_left_open_by_a_crash_are_closed_with_an_event() {
 async fn acknowledged_records_survive_a_crash_before_they_are_applied() {
     let dir = temp_dir("crash");
     let store = Store::open_unapplied(&dir).unwrap();
-    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    let id = store
+        .insert_session_with(
+            session("10.0.0.5:1"),
+            vec![(
+                "upstream_connected",
+                serde_json::json!({ "preconnected": true }),
+            )],
+        )
+        .await
+        .unwrap();
     store
         .append_events(
             id,
@@ -180,9 +189,9 @@ async fn acknowledged_records_survive_a_crash_before_they_are_applied() {
         )
         .await
         .unwrap();
-    store.note_event(id, "closed", serde_json::json!({}));
-    store.end_session(
+    store.close_session(
         id,
+        vec![("closed", serde_json::json!({}))],
         SessionEnd {
             bytes_up: 3,
             bytes_down: 4,
@@ -194,8 +203,8 @@ async fn acknowledged_records_survive_a_crash_before_they_are_applied() {
     let store = Store::open(&dir).unwrap();
     let shown = store.session(id).await.unwrap();
     let kinds: Vec<&str> = shown.events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["sql_result", "sql", "closed"]);
-    assert_eq!(shown.events[1].detail["sql"], "select 2");
+    assert_eq!(kinds, ["upstream_connected", "sql_result", "sql", "closed"]);
+    assert_eq!(shown.events[2].detail["sql"], "select 2");
     assert_eq!(shown.summary.bytes_down, 4);
     assert!(shown.summary.ended_at.is_some());
     // Applied before the daemon closes what its predecessor left open.
@@ -206,7 +215,7 @@ async fn acknowledged_records_survive_a_crash_before_they_are_applied() {
 
     // Applied records are not applied twice.
     let store = Store::open(&dir).unwrap();
-    assert_eq!(store.session(id).await.unwrap().events.len(), 3);
+    assert_eq!(store.session(id).await.unwrap().events.len(), 4);
     assert_eq!(store.list_sessions(10).await.unwrap().len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -236,6 +245,35 @@ async fn a_torn_last_record_is_ignored_on_replay() {
         store.session(torn).await,
         Err(StoreError::NotFound(_))
     ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Records written together (one `write()`) are separate frames: a crash that tears the write
+/// keeps the whole ones before the tear.
+#[tokio::test]
+async fn a_torn_write_of_several_records_keeps_the_whole_ones() {
+    let dir = temp_dir("torn-many");
+    let store = Store::open_unapplied(&dir).unwrap();
+    let id = store
+        .insert_session_with(
+            session("10.0.0.5:1"),
+            vec![("upstream_connected", serde_json::json!({}))],
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let journal = dir.join("gateway.journal");
+    let len = std::fs::metadata(&journal).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+
+    let store = Store::open(&dir).unwrap();
+    let shown = store.session(id).await.unwrap();
+    assert!(shown.events.is_empty(), "{:?}", shown.events);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
