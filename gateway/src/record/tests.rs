@@ -220,6 +220,17 @@ async fn acknowledged_records_survive_a_crash_before_they_are_applied() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Cuts the last 7 bytes off a journal, as a crash in the middle of its last write would.
+fn tear_last_write(journal: &std::path::Path) {
+    let len = std::fs::metadata(journal).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(journal)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_torn_last_record_is_ignored_on_replay() {
     let dir = temp_dir("torn");
@@ -230,14 +241,8 @@ async fn a_torn_last_record_is_ignored_on_replay() {
     let torn = store.insert_session(session("10.0.0.6:1")).await.unwrap();
     drop(store);
     // A write cut short by the crash: the second frame lost its last bytes.
-    let len = std::fs::metadata(&journal).unwrap().len();
-    assert!(len > whole + 20);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&journal)
-        .unwrap()
-        .set_len(len - 7)
-        .unwrap();
+    assert!(std::fs::metadata(&journal).unwrap().len() > whole + 20);
+    tear_last_write(&journal);
 
     let store = Store::open(&dir).unwrap();
     assert!(store.session(kept).await.is_ok());
@@ -262,14 +267,7 @@ async fn a_torn_write_of_several_records_keeps_the_whole_ones() {
         .await
         .unwrap();
     drop(store);
-    let journal = dir.join("gateway.journal");
-    let len = std::fs::metadata(&journal).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&journal)
-        .unwrap()
-        .set_len(len - 7)
-        .unwrap();
+    tear_last_write(&dir.join("gateway.journal"));
 
     let store = Store::open(&dir).unwrap();
     let shown = store.session(id).await.unwrap();
