@@ -214,20 +214,30 @@ impl Store {
     /// Writes `record` to the journal and queues it for SQLite; once this returns `Ok` the record
     /// survives a crash of the process, and every later `call` sees it.
     pub(crate) fn log(&self, record: Record) -> Result<(), StoreError> {
-        self.log_all(vec![record])
+        // Encoding happens outside the lock; only the append and the queueing are ordered.
+        let mut encoded = [Encoded::new(&record)?];
+        self.append(&mut encoded, [record])
     }
 
     /// [`Store::log`] for several records, in order, with one `write()`.
     pub(crate) fn log_all(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        // Encoding happens outside the lock; only the append and the queueing are ordered.
         let mut encoded = records
             .iter()
             .map(Encoded::new)
             .collect::<Result<Vec<_>, _>>()?;
+        self.append(&mut encoded, records)
+    }
+
+    /// Writes `encoded` (the frames of `records`) to the journal and queues the records.
+    fn append(
+        &self,
+        encoded: &mut [Encoded],
+        records: impl IntoIterator<Item = Record>,
+    ) -> Result<(), StoreError> {
         let mut log = lock(&self.shared.log);
         let first = log.next_seq;
-        log.journal.append(first, &mut encoded)?;
-        log.next_seq += records.len() as u64;
+        log.journal.append(first, encoded)?;
+        log.next_seq += encoded.len() as u64;
         log.queue.extend((first..).zip(records));
         let wake = std::mem::take(&mut log.writer_waiting);
         drop(log);
