@@ -564,6 +564,11 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).with_context(|| format!("gateway {args:?}: not JSON"))
     }
 
+    /// `gateway sessions show ID --json`: the session with its events.
+    pub fn show_session(&self, id: impl std::fmt::Display) -> Result<Value> {
+        self.cli_json(&["sessions", "show", &id.to_string(), "--json"])
+    }
+
     pub fn sessions(&self) -> Result<Vec<Value>> {
         let v = self.cli_json(&["sessions", "list", "--json", "--limit", "10000"])?;
         Ok(v.as_array().cloned().unwrap_or_default())

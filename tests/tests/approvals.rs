@@ -308,23 +308,19 @@ fn approved_through_the_cli_the_statement_runs_and_everything_is_recorded() -> R
         .find(|x| x["target"] == "orders-db")
         .context("session")?;
     assert!(wait_until(Duration::from_secs(10), || {
-        s.daemon
-            .cli_json(&["sessions", "show", &session["id"].to_string(), "--json"])
-            .is_ok_and(|v| {
-                let kinds: Vec<String> = v["events"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| e["kind"].as_str().unwrap().to_string())
-                    .collect();
-                ["approval_requested", "approval_vote", "webhook_delivered"]
-                    .iter()
-                    .all(|k| kinds.iter().any(|x| x == k))
-            })
+        s.daemon.show_session(&session["id"]).is_ok_and(|v| {
+            let kinds: Vec<String> = v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap().to_string())
+                .collect();
+            ["approval_requested", "approval_vote", "webhook_delivered"]
+                .iter()
+                .all(|k| kinds.iter().any(|x| x == k))
+        })
     }));
-    let shown = s
-        .daemon
-        .cli_json(&["sessions", "show", &session["id"].to_string(), "--json"])?;
+    let shown = s.daemon.show_session(&session["id"])?;
     let vote = shown["events"]
         .as_array()
         .unwrap()
@@ -923,15 +919,13 @@ fn a_unix_approver_group_decides_through_the_cli_and_a_dead_webhook_blocks_nothi
     // The failure is recorded; the live receiver still got both notifications.
     let session = request["session_id"].to_string();
     assert!(wait_until(Duration::from_secs(20), || {
-        s.daemon
-            .cli_json(&["sessions", "show", &session, "--json"])
-            .is_ok_and(|v| {
-                v["events"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e["kind"] == "webhook_failed" && e["detail"]["url"] == dead.as_str())
-            })
+        s.daemon.show_session(&session).is_ok_and(|v| {
+            v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "webhook_failed" && e["detail"]["url"] == dead.as_str())
+        })
     }));
     assert!(wait_until(Duration::from_secs(10), || s
         .hooks

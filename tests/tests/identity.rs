@@ -161,11 +161,11 @@ reason = "only acme/app on main may reach orders-db"
     assert_eq!(denied["rule"], "others-denied");
 
     // The full record keeps the claims the decision was made on.
-    let shown = daemon.cli_json(&["sessions", "show", &denied["id"].to_string(), "--json"])?;
+    let shown = daemon.show_session(&denied["id"])?;
     assert_eq!(shown["claims"]["repository"], "mallory/fork", "{shown}");
     assert_eq!(shown["claims"]["aud"], AUDIENCE);
     assert_eq!(shown["reason"], "only acme/app on main may reach orders-db");
-    let shown = daemon.cli_json(&["sessions", "show", &allowed["id"].to_string(), "--json"])?;
+    let shown = daemon.show_session(&allowed["id"])?;
     assert_eq!(shown["claims"]["ref"], "refs/heads/main", "{shown}");
     Ok(())
 }
@@ -549,7 +549,7 @@ unauthenticated = true
         s["identity"], "ci-app",
         "the record keeps who the job was: {s}"
     );
-    let shown = daemon.cli_json(&["sessions", "show", &s["id"].to_string(), "--json"])?;
+    let shown = daemon.show_session(&s["id"])?;
     assert!(
         shown["reason"]
             .as_str()

@@ -141,8 +141,7 @@ fn job_reaches_tcp_target_through_the_gateway_and_is_attributed() -> Result<()> 
     );
 
     // The process details: exe and cmdline verified from /proc while it was alive.
-    let id = session["id"].as_i64().unwrap().to_string();
-    let shown = s.daemon.cli_json(&["sessions", "show", &id, "--json"])?;
+    let shown = s.daemon.show_session(&session["id"])?;
     assert_eq!(shown["process"]["verified"], true, "{shown}");
     assert!(
         shown["process"]["exe"]
@@ -209,8 +208,7 @@ unauthenticated = true
     let sessions = s.session_for(&dst)?;
     assert_eq!(sessions.len(), 2, "{sessions:?}");
     let preconnected = |session: &Value| -> Result<bool> {
-        let id = session["id"].as_i64().unwrap().to_string();
-        let shown = s.daemon.cli_json(&["sessions", "show", &id, "--json"])?;
+        let shown = s.daemon.show_session(&session["id"])?;
         let event = shown["events"]
             .as_array()
             .unwrap()
@@ -499,9 +497,7 @@ fn upstream_refusal_is_passed_back_as_a_reset() -> Result<()> {
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(errno(&v), Some(libc::ECONNRESET as i64), "{v}");
     let session = s.session_for(&s.v4(7009))?.remove(0);
-    let shown = s
-        .daemon
-        .cli_json(&["sessions", "show", &session["id"].to_string(), "--json"])?;
+    let shown = s.daemon.show_session(&session["id"])?;
     assert!(
         shown["events"]
             .as_array()
@@ -535,7 +531,7 @@ fn a_target_without_an_allowing_rule_is_refused() -> Result<()> {
     );
     let sessions = daemon.sessions()?;
     assert_eq!(sessions[0]["decision"], "deny");
-    let shown = daemon.cli_json(&["sessions", "show", &sessions[0]["id"].to_string(), "--json"])?;
+    let shown = daemon.show_session(&sessions[0]["id"])?;
     assert!(
         shown["reason"].as_str().unwrap().contains("no rule allows"),
         "{shown}"

@@ -350,9 +350,7 @@ fn a_long_statement_log_is_shown_page_by_page() -> Result<()> {
     let session = t.daemon.sessions()?[0]["id"].to_string();
 
     // The first page is capped, and says where the next one starts.
-    let first = t
-        .daemon
-        .cli_json(&["sessions", "show", &session, "--json"])?;
+    let first = t.daemon.show_session(&session)?;
     assert_eq!(
         first["events"].as_array().map(Vec::len),
         Some(2000),

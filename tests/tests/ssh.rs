@@ -6,7 +6,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
@@ -165,10 +165,7 @@ impl Setup {
             else {
                 return false;
             };
-            shown = self
-                .daemon
-                .cli_json(&["sessions", "show", &id.to_string(), "--json"])
-                .unwrap_or(Value::Null);
+            shown = self.daemon.show_session(id).unwrap_or(Value::Null);
             shown["ended_at"].is_string()
                 && shown["events"]
                     .as_array()
@@ -253,30 +250,8 @@ fn exec_is_decided_recorded_and_exit_status_passes_through() -> Result<()> {
     let approve_marker = format!("/tmp/gwe-approved-{}", unique_id());
     for (verdict, marker) in [("approve", &approve_marker), ("deny", &marker)] {
         let command = format!("touch {marker}; echo systemctl restart app");
-        let mut opts = client_options(&s.known_hosts);
-        opts.extend([s.host(), command.clone()]);
-        let job = Command::new(gateway_bin())
-            .arg("--control-socket")
-            .arg(&s.daemon.control_socket)
-            .args(["run", "--", "ssh"])
-            .args(&opts)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let mut id = String::new();
-        let pending = wait_until(Duration::from_secs(20), || {
-            let list = s
-                .daemon
-                .cli_json(&["approvals", "list", "--json"])
-                .unwrap_or(Value::Null);
-            let found = list.as_array().and_then(|l| {
-                l.iter()
-                    .find(|a| a["operation"] == command.as_str() && a["status"] == "pending")
-                    .and_then(|a| a["id"].as_str().map(str::to_string))
-            });
-            found.map(|f| id = f).is_some()
-        });
-        assert!(pending, "no pending approval for {command:?}");
+        let job = spawn_job(&s, 60, "ssh", &[&s.host(), &command], Stdio::null())?;
+        let id = pending_approval(&s, &command)?;
         assert!(!Path::new(marker).exists(), "ran before approval");
         let decided = s.daemon.cli(
             &["approvals", verdict, &id, "--reason", "not now"]
@@ -285,12 +260,7 @@ fn exec_is_decided_recorded_and_exit_status_passes_through() -> Result<()> {
         assert!(decided.status.success(), "{}", text(&decided.stderr));
         let out = job.wait_with_output()?;
         let err = text(&out.stderr);
-        assert!(
-            err.contains(&format!(
-                "needs approval (rule \"restarts-need-approval\"): request {id}"
-            )),
-            "{err}"
-        );
+        assert!(err.contains(&held_notice(&id)), "{err}");
         if verdict == "approve" {
             assert_eq!(out.status.code(), Some(0), "{err}");
             assert_eq!(text(&out.stdout), "systemctl restart app\n");
@@ -523,9 +493,20 @@ fn scp_and_sftp_transfer_and_sftp_operations_are_policed() -> Result<()> {
     Ok(())
 }
 
+/// What the job is told while its command or line waits for request `id` of the restart rule.
+fn held_notice(id: &str) -> String {
+    format!("needs approval (rule \"restarts-need-approval\"): request {id}")
+}
+
 /// A job started in the background (bounded by `timeout` inside the job), for the approvals a
 /// test decides while it waits.
-fn spawn_job(s: &Setup, seconds: u32, tool: &str, args: &[&str]) -> Result<std::process::Child> {
+fn spawn_job(
+    s: &Setup,
+    seconds: u32,
+    tool: &str,
+    args: &[&str],
+    stdin: Stdio,
+) -> Result<std::process::Child> {
     let mut opts = client_options(&s.known_hosts);
     opts.extend(args.iter().map(|a| a.to_string()));
     Ok(Command::new(gateway_bin())
@@ -533,9 +514,9 @@ fn spawn_job(s: &Setup, seconds: u32, tool: &str, args: &[&str]) -> Result<std::
         .arg(&s.daemon.control_socket)
         .args(["run", "--", "timeout", &seconds.to_string(), tool])
         .args(&opts)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()?)
 }
 
@@ -579,7 +560,13 @@ fn sftp_operations_needing_approval_wait_for_the_decision() -> Result<()> {
             &batch,
             format!("put {} {remote}\nls -l {remote}\n", local.display()),
         )?;
-        let child = spawn_job(&s, 60, "sftp", &["-b", batch.to_str().unwrap(), &s.host()])?;
+        let child = spawn_job(
+            &s,
+            60,
+            "sftp",
+            &["-b", batch.to_str().unwrap(), &s.host()],
+            Stdio::null(),
+        )?;
         Ok((remote, child))
     };
 
@@ -658,7 +645,13 @@ fn sftp_operations_needing_approval_wait_for_the_decision() -> Result<()> {
         fs::write(&batch, format!("put {} {remote}\n", local.display()))?;
         (
             remote,
-            spawn_job(&s, 6, "sftp", &["-b", batch.to_str().unwrap(), &s.host()])?,
+            spawn_job(
+                &s,
+                6,
+                "sftp",
+                &["-b", batch.to_str().unwrap(), &s.host()],
+                Stdio::null(),
+            )?,
         )
     };
     let operation = format!("sftp write {remote}");
@@ -708,29 +701,20 @@ fn a_script_line_needing_approval_waits_for_the_decision() -> Result<()> {
     for verdict in ["approve", "deny"] {
         let script = s.dir.path().join(format!("script-{verdict}.sh"));
         fs::write(&script, format!("echo one\n{held}\necho two\n"))?;
-        let mut opts = client_options(&s.known_hosts);
-        opts.extend(["-T".into(), s.host()]);
-        let job = Command::new(gateway_bin())
-            .arg("--control-socket")
-            .arg(&s.daemon.control_socket)
-            .args(["run", "--", "timeout", "60", "ssh"])
-            .args(&opts)
-            .stdin(fs::File::open(&script)?)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
+        let job = spawn_job(
+            &s,
+            60,
+            "ssh",
+            &["-T", &s.host()],
+            fs::File::open(&script)?.into(),
+        )?;
         let id = pending_approval(&s, &held)?;
         assert!(!Path::new(&marker).exists(), "ran before approval");
         let out = s.daemon.cli(&["approvals", verdict, &id]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let out = job.wait_with_output()?;
         let err = text(&out.stderr);
-        assert!(
-            err.contains(&format!(
-                "needs approval (rule \"restarts-need-approval\"): request {id}"
-            )),
-            "{err}"
-        );
+        assert!(err.contains(&held_notice(&id)), "{err}");
         if verdict == "approve" {
             assert_eq!(
                 text(&out.stdout),
@@ -838,9 +822,7 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
     let held = format!("touch {marker}; echo systemctl restart held-$((2+3))");
     tmux.cmd(&["send-keys", "-t", "gwe", &held, "Enter"])?;
     let id = pending_approval(&s, &held)?;
-    tmux.wait_for(&format!(
-        "needs approval (rule \"restarts-need-approval\"): request {id}"
-    ))?;
+    tmux.wait_for(&held_notice(&id))?;
     // Typed while waiting: runs after the held line, not before.
     tmux.cmd(&[
         "send-keys",
@@ -953,7 +935,7 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
                 &format!("asciinema play -s 20 -i 0.2 {}", cast.display()),
                 "/dev/null",
             ])
-            .stdin(std::process::Stdio::null())
+            .stdin(Stdio::null())
             .output()?;
         assert!(
             out.status.success(),
@@ -1083,7 +1065,7 @@ fn an_upstream_with_another_host_key_is_refused() -> Result<()> {
     assert!(!Path::new(&marker).exists());
     let sessions = daemon.sessions()?;
     let sid = sessions.last().context("session")?["id"].to_string();
-    let shown = daemon.cli_json(&["sessions", "show", &sid, "--json"])?;
+    let shown = daemon.show_session(&sid)?;
     assert!(shown.to_string().contains("upstream_error"), "{shown}");
     Ok(())
 }
@@ -1148,7 +1130,7 @@ fn bad_ssh_input_gets_clean_errors_and_the_gateway_keeps_serving() -> Result<()>
                 .collect::<Vec<_>>()
                 .join(" ")
         ))
-        .stdout(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()?;
     let mut max_rss = 0u64;
     let mut child = flood;
@@ -1363,6 +1345,7 @@ fn a_cancelled_remote_forward_stops_listening_on_the_host() -> Result<()> {
             &spec,
             &s.host(),
         ],
+        Stdio::null(),
     )?;
     let probe = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/17001' && echo open || echo closed";
     let listening = wait_until(Duration::from_secs(20), || {
@@ -1401,11 +1384,7 @@ fn a_cancelled_remote_forward_stops_listening_on_the_host() -> Result<()> {
     let shown = s
         .ssh_sessions()?
         .into_iter()
-        .filter_map(|sess| {
-            s.daemon
-                .cli_json(&["sessions", "show", &sess["id"].to_string(), "--json"])
-                .ok()
-        })
+        .filter_map(|sess| s.daemon.show_session(&sess["id"]).ok())
         .find(|shown| !events(shown, "ssh_forward").is_empty())
         .context("the master's session")?;
     let cancels = events(&shown, "ssh_forward_cancel");
@@ -1483,7 +1462,7 @@ fn upstream_password_and_rsa_key_logins() -> Result<()> {
     );
     let sessions = daemon.sessions()?;
     let sid = sessions.last().context("session")?["id"].to_string();
-    let shown = daemon.cli_json(&["sessions", "show", &sid, "--json"])?;
+    let shown = daemon.show_session(&sid)?;
     assert!(
         shown.to_string().contains("upstream_authenticated"),
         "{shown}"
@@ -1536,9 +1515,7 @@ fn a_malformed_sftp_request_is_answered_and_recorded() -> Result<()> {
         .into_iter()
         .find(|x| x["comm"] == "e2e-sshraw")
         .context("the raw client's session")?;
-    let shown = s
-        .daemon
-        .cli_json(&["sessions", "show", &session["id"].to_string(), "--json"])?;
+    let shown = s.daemon.show_session(&session["id"])?;
     assert!(
         shown["events"]
             .as_array()
@@ -1576,7 +1553,7 @@ fn huge_window_adjusts_keep_the_gateway_bounded_and_serving() -> Result<()> {
             "5",
             &format!("head -c {FLOOD} /dev/zero"),
         ])
-        .stdout(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(fs::File::create(&stderr)?)
         .spawn()?;
     let mut max_rss = 0u64;

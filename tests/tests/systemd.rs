@@ -189,7 +189,7 @@ fn daemon_works_with_only_the_units_capabilities_and_notifies_systemd() -> Resul
         .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
     assert_eq!(v["echo"], "nobody", "{v}");
     let last = daemon.sessions()?.pop().unwrap();
-    let shown = daemon.cli_json(&["sessions", "show", &last["id"].to_string(), "--json"])?;
+    let shown = daemon.show_session(&last["id"])?;
     assert!(
         shown["process"]["exe"]
             .as_str()
