@@ -165,6 +165,53 @@ fn job_reaches_tcp_target_through_the_gateway_and_is_attributed() -> Result<()> 
 }
 
 #[test]
+fn a_process_that_execs_another_program_is_attributed_to_the_new_program() -> Result<()> {
+    // The laundering an attacker would try: connect once as an innocuous program, then exec
+    // (same pid, same start time) into another whose connections should pass as the first's.
+    let s = Setup::new("")?;
+    let dst = s.v4(7000);
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/7000 && head -c 6 <&3 >/dev/null; exec 3>&-; exec \"$0\" connect {dst} after-exec",
+        s.ns.remote_ip
+    );
+    let out = s.daemon.run_job(
+        &[],
+        "bash",
+        &["-c", &script, &probe_bin().display().to_string()],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("{e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    assert_eq!(v["echo"], "after-exec", "{v}");
+
+    let mut sessions = s.session_for(&dst)?;
+    sessions.sort_by_key(|x| x["id"].as_i64());
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let shown: Vec<Value> = sessions
+        .iter()
+        .map(|x| s.daemon.show_session(&x["id"]))
+        .collect::<Result<_>>()?;
+    let (before, after) = (&shown[0]["process"], &shown[1]["process"]);
+    assert_eq!(before["pid"], v["pid"], "{before}");
+    assert_eq!(
+        after["pid"], v["pid"],
+        "one process, before and after its exec: {after}"
+    );
+    assert_eq!(before["comm"], "bash");
+    assert!(
+        before["exe"].as_str().unwrap().ends_with("/bash"),
+        "{before}"
+    );
+    assert_eq!(after["comm"], "e2e-probe");
+    assert_eq!(after["verified"], true, "{after}");
+    assert!(
+        after["exe"].as_str().unwrap().ends_with("/e2e-probe"),
+        "attributed to the program before the exec: {after}"
+    );
+    assert_eq!(after["cmdline"][3], "after-exec", "{after}");
+    Ok(())
+}
+
+#[test]
 fn a_preconnect_target_hands_out_its_spare_once_and_closes_it_unused() -> Result<()> {
     let s = Setup::with_body(
         "",

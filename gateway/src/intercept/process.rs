@@ -7,47 +7,56 @@ use gateway_common::ConnInfo;
 
 use crate::record::ProcessInfo;
 
-/// What /proc said about recent processes, by (pid, start time): a process that opens many
-/// connections (a connection pool, a benchmark) is read from /proc once.
+/// What /proc said about recent processes: a process that opens many connections (a connection
+/// pool, a benchmark) has its command line read once. Keyed by what identifies one program image
+/// of one process: pid and start time (pid reuse), and exe and comm, both of which `execve`
+/// changes while pid and start time stay: without them, a process that connected once and then
+/// exec'd another program would have that program's connections attributed to the first one.
 #[derive(Default)]
 pub struct ProcessCache {
-    known: Mutex<HashMap<(u32, u64), Enrichment>>,
+    known: Mutex<HashMap<ImageKey, Option<Vec<String>>>>,
 }
 
-/// exe and cmdline of a process.
-type Enrichment = (Option<String>, Option<Vec<String>>);
+/// (pid, start time, exe, comm).
+type ImageKey = (u32, u64, String, String);
 
 /// Entries kept at most; the cache is simply emptied when full.
 const CACHE_ENTRIES: usize = 4096;
 
 impl ProcessCache {
-    /// The process behind a redirected connection (see [`describe`]), cached.
+    /// The process behind a redirected connection (see [`describe`]), its cmdline cached.
     pub fn describe(&self, info: &ConnInfo) -> ProcessInfo {
+        // exe before the start time: a start time from before the connect, read after, proves the
+        // pid still belonged to the connecting process when its exe was read.
+        let Some(exe) = exe_of(info.pid) else {
+            return captured(info);
+        };
         let Some(start_ns) = start_time_ns(info.pid).filter(|s| *s <= info.boot_ns) else {
             return captured(info);
         };
-        let key = (info.pid, start_ns);
-        if let Some((exe, cmdline)) = self
+        let key = (info.pid, start_ns, exe, comm(&info.comm));
+        let known = self
             .known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            .cloned()
-        {
+            .cloned();
+        if let Some(cmdline) = known {
             return ProcessInfo {
-                exe,
+                exe: Some(key.2),
                 cmdline,
                 verified: true,
                 ..captured(info)
             };
         }
         let p = describe(info);
-        if p.verified {
+        // Cached only under the exe this description found (the process may have exec'd since).
+        if p.verified && p.exe.as_ref() == Some(&key.2) {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             if known.len() >= CACHE_ENTRIES {
                 known.clear();
             }
-            known.insert(key, (p.exe.clone(), p.cmdline.clone()));
+            known.insert(key, p.cmdline.clone());
         }
         p
     }
@@ -79,9 +88,7 @@ pub fn describe(info: &ConnInfo) -> ProcessInfo {
     if start_ns > info.boot_ns {
         return p;
     }
-    p.exe = fs::read_link(format!("/proc/{}/exe", info.pid))
-        .ok()
-        .map(|e| e.display().to_string());
+    p.exe = exe_of(info.pid);
     p.cmdline = fs::read(format!("/proc/{}/cmdline", info.pid))
         .ok()
         .map(|raw| {
@@ -97,6 +104,12 @@ pub fn describe(info: &ConnInfo) -> ProcessInfo {
         p.cmdline = None;
     }
     p
+}
+
+fn exe_of(pid: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|e| e.display().to_string())
 }
 
 pub fn comm(raw: &[u8; 16]) -> String {
@@ -172,5 +185,50 @@ mod tests {
         assert!(!p.verified);
         assert_eq!(p.exe, None);
         assert_eq!(p.pid, pid);
+    }
+
+    #[test]
+    fn the_cache_serves_only_the_program_image_it_saw() {
+        let pid = std::process::id();
+        let info = ConnInfo {
+            dst_addr: [0; 16],
+            dst_port: 1,
+            family: 2,
+            listener_family: 2,
+            _pad: 0,
+            pid,
+            tid: pid,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 1,
+            cookie: 1,
+            boot_ns: u64::MAX,
+            comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let exe = exe_of(pid).unwrap();
+        let start = start_time_ns(pid).unwrap();
+        let cache = ProcessCache::default();
+        let poisoned = Some(vec!["poisoned".to_string()]);
+        {
+            let mut known = cache.known.lock().unwrap();
+            // Earlier images of this pid: another program (before an exec), another comm.
+            known.insert(
+                (pid, start, "/usr/bin/bash".into(), "test".into()),
+                poisoned.clone(),
+            );
+            known.insert(
+                (pid, start, exe.clone(), "renamed".into()),
+                poisoned.clone(),
+            );
+        }
+        let p = cache.describe(&info);
+        assert!(p.verified);
+        assert_eq!(p.exe.as_deref(), Some(exe.as_str()));
+        assert_ne!(p.cmdline, poisoned, "an entry of another image was served");
+        // The image it saw is cached now, and served from the cache.
+        let key = (pid, start, exe.clone(), "test".to_string());
+        assert_eq!(cache.known.lock().unwrap().get(&key), Some(&p.cmdline));
+        cache.known.lock().unwrap().insert(key, poisoned.clone());
+        assert_eq!(cache.describe(&info).cmdline, poisoned);
     }
 }
