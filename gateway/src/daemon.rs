@@ -125,6 +125,13 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| DaemonError::Listen { addr, source })?;
+        // Accepted connections inherit TCP_NODELAY from the listener: every relay writes whole
+        // messages, and setting it here saves a setsockopt per connection.
+        nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true)
+            .map_err(|e| DaemonError::Listen {
+                addr,
+                source: e.into(),
+            })?;
         listeners.push(listener);
     }
     let control_listener = control::server::bind(

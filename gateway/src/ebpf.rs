@@ -19,7 +19,6 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use aya::{
@@ -393,8 +392,15 @@ impl Dataplane {
             name,
             detail: "map missing from the eBPF object".into(),
         })?;
-        let map = HashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        Ok(Connections(Mutex::new(map)))
+        // Checks the map's type and its key and value sizes against ClientKey and ConnInfo.
+        HashMap::<&MapData, ClientKey, ConnInfo>::try_from(&map)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        match map {
+            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
+                Ok(Connections(data))
+            }
+            _ => unreachable!("HashMap::try_from accepts hash maps only"),
+        }
     }
 
     /// The reader of the programs' aya-log records (diagnostics, `server.ebpf_debug_log`).
@@ -558,7 +564,7 @@ fn ensure_bpffs(pin_root: &Path) -> Result<(), DataplaneError> {
 }
 
 /// Redirected connections waiting for accept(), keyed by the client's address.
-pub struct Connections(Mutex<HashMap<MapData, ClientKey, ConnInfo>>);
+pub struct Connections(MapData);
 
 impl Connections {
     /// Takes (looks up and deletes) the record of the connection whose client end is `peer`.
@@ -573,9 +579,47 @@ impl Connections {
             addr,
             port: u32::from(peer.port()),
         };
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let info = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(info)
+        lookup_and_delete(self.0.fd().as_fd(), &key).ok()
     }
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map (kernel 5.14 and later): the record is taken in
+/// one atomic syscall instead of a lookup and a delete. aya 0.14 offers it for queues and stacks
+/// only.
+fn lookup_and_delete(map: std::os::fd::BorrowedFd<'_>, key: &ClientKey) -> io::Result<ConnInfo> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    /// The map element commands' part of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut value = std::mem::MaybeUninit::<ConnInfo>::uninit();
+    let attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` has the layout the kernel reads for this command; the map's key and value
+    // sizes are those of ClientKey and ConnInfo (checked when the map was opened), so the kernel
+    // reads exactly `*key` and writes exactly one ConnInfo into `value`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &raw const attr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled it (the call succeeded); ConnInfo is plain old data.
+    Ok(unsafe { value.assume_init() })
 }

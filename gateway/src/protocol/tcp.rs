@@ -70,7 +70,6 @@ pub async fn relay(
     counters: Arc<Counters>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> End {
-    let _ = client.set_nodelay(true);
     let end = {
         // Borrowed halves: unlike owned ones they do not send a FIN when dropped, so a reset below
         // reaches the peer as a reset and not as a clean end of stream.

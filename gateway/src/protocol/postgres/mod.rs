@@ -97,7 +97,6 @@ pub struct Context<'a> {
 /// `upstream` is a TCP connection to the server already open (the intercept layer opens it while it
 /// records the session).
 pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -> SessionEnd {
-    let _ = client.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let mode = s.target.postgres.client_tls;
     let tls =

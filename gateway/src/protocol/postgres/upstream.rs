@@ -98,7 +98,6 @@ pub async fn connect(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, Upstr
 }
 
 async fn open(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, UpstreamError> {
-    let _ = tcp.set_nodelay(true);
     let (stream, tls) = negotiate_tls(tcp, &req).await?;
     let mut up = Upstream {
         stream,
