@@ -652,6 +652,48 @@ impl Drop for TestCgroup {
 }
 
 /// Kills what is left in a cgroup subtree and removes it, deepest first.
+/// A tmpfs of `size` mounted over a directory for one test (a small disk to fill); unmounted
+/// lazily when dropped, so files a process still holds open do not keep it mounted.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Result<Tmpfs> {
+        fs::create_dir_all(path)?;
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size},mode=0700"))
+                .arg("tmpfs")
+                .arg(path),
+        )?;
+        Ok(Tmpfs(path.to_path_buf()))
+    }
+
+    /// Writes `file` until the file system is full (bounded by its size).
+    pub fn fill(&self, file: &str) -> Result<()> {
+        use std::io::Write as _;
+        let mut f = fs::File::create(self.0.join(file))?;
+        // Large writes first, then ever smaller ones: the last pages fill up too.
+        for chunk in [1 << 20, 64 << 10, 4 << 10, 512, 64, 1] {
+            let bytes = vec![0u8; chunk];
+            for _ in 0..4096 {
+                if f.write_all(&bytes).is_err() {
+                    break;
+                }
+            }
+        }
+        let probe = f.write_all(&[0]);
+        ensure!(probe.is_err(), "{} is not full", self.0.display());
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 pub fn remove_cgroup_tree(path: &Path) {
     if !path.exists() {
         return;

@@ -5,8 +5,8 @@ use std::{process::Command, time::Duration};
 
 use anyhow::Result;
 use gateway_e2e::{
-    Daemon, DaemonConfig, EchoServer, Netns, Postgres, TempDir, TestCgroup, probe_bin, unique_id,
-    wait_until,
+    Daemon, DaemonConfig, EchoServer, Netns, Postgres, TempDir, TestCgroup, Tmpfs, probe_bin,
+    unique_id, wait_until,
 };
 use serde_json::Value;
 
@@ -208,6 +208,97 @@ fn a_process_that_execs_another_program_is_attributed_to_the_new_program() -> Re
         "attributed to the program before the exec: {after}"
     );
     assert_eq!(after["cmdline"][3], "after-exec", "{after}");
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
+    // An agent that fills the disk the gateway records on must not get unrecorded access: every
+    // connection the job got through is in the record, the rest were refused; no job starts.
+    let mut s = Setup::new("")?;
+    let dst = s.v4(7000);
+    s.daemon.terminate();
+    let disk = Tmpfs::mount(&s.daemon.dir.path().join("state"), "4m")?;
+    s.daemon.start_again()?;
+    assert_eq!(
+        s.daemon.probe_in_job(&["connect", &dst, "before"])?["ok"],
+        true
+    );
+
+    // A job already running when the disk fills up: it connects 20 times once told to.
+    let (ready, go) = (
+        s.daemon.dir.path().join("ready"),
+        s.daemon.dir.path().join("go"),
+    );
+    let script = format!(
+        "touch {ready}; for _ in $(seq 200); do [ -e {go} ] && break; sleep 0.05; done; for i in $(seq 20); do \"$0\" connect {dst} full-$i; done",
+        ready = ready.display(),
+        go = go.display()
+    );
+    let job = Command::new(gateway_e2e::gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "bash", "-c", &script])
+        .arg(probe_bin())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    assert!(
+        wait_until(Duration::from_secs(10), || ready.exists()),
+        "the job did not start"
+    );
+    disk.fill("filler")?;
+    std::fs::write(&go, "")?;
+    let out = job.wait_with_output()?;
+    let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        results.len(),
+        20,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The journal's last page may still hold a record or two; the attempts after it are refused.
+    let served = results.iter().filter(|v| v["ok"] == true).count();
+    assert!(served < 20, "served all 20 connections with a full disk");
+    assert!(
+        s.daemon
+            .log()
+            .contains("cannot record session; refusing the connection"),
+        "{}",
+        s.daemon.log()
+    );
+    // And no new job starts unrecorded.
+    let refused = s
+        .daemon
+        .run_job(&[], probe_bin(), &["connect", &dst, "new-job"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("disk is full"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    std::fs::remove_file(s.daemon.dir.path().join("state/filler"))?;
+    assert_eq!(
+        s.daemon.probe_in_job(&["connect", &dst, "after"])?["ok"],
+        true
+    );
+    // Everything served is recorded: before, after, and each one served while the disk was full.
+    let allowed = || {
+        s.session_for(&dst)
+            .map(|l| l.iter().filter(|x| x["decision"] == "allow").count())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || allowed() == served + 2),
+        "served {served} with a full disk (+2), recorded {}: {:?}",
+        allowed(),
+        s.session_for(&dst)?
+    );
+    drop(disk);
     Ok(())
 }
 
