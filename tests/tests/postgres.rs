@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
-    Daemon, DaemonConfig, Netns, Postgres, TempDir, gateway_bin, pgwire_bin, unique_id,
+    Daemon, DaemonConfig, Netns, Postgres, TempDir, Tmpfs, gateway_bin, pgwire_bin, unique_id,
+    wait_until,
 };
 use serde_json::Value;
 
@@ -334,6 +335,106 @@ fn psql_runs_queries_with_injected_credentials_and_every_statement_is_recorded()
             && text.contains("1 row"),
         "{text}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_executes_no_statement_unrecorded() -> Result<()> {
+    // A session open before the recording disk fills up: each statement is recorded before it is
+    // forwarded, so once nothing can be recorded nothing more reaches the server.
+    let mut t = Pg::start()?;
+    t.daemon.terminate();
+    let disk = Tmpfs::mount(&t.daemon.dir.path().join("state"), "4m")?;
+    t.daemon.start_again()?;
+    let host = t.host();
+    let mut psql = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&t.daemon.control_socket)
+        .args(["run", "--", "timeout", "60", "psql", "-X", "-At", "-h"])
+        .args([
+            host.as_str(),
+            "-U",
+            "agent",
+            "-d",
+            "app",
+            "-v",
+            "ON_ERROR_STOP=0",
+        ])
+        .env("PGPASSFILE", "/nonexistent")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = psql.stdin.take().context("psql stdin")?;
+    use std::io::Write as _;
+    writeln!(stdin, "insert into notes (body) values ('before');")?;
+    let count = |pattern: &str| {
+        admin(
+            &t.pg,
+            &format!("select count(*) from notes where body like '{pattern}'"),
+        )
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0)
+    };
+    ensure!(
+        wait_until(std::time::Duration::from_secs(20), || count("before") == 1),
+        "the session did not start"
+    );
+
+    disk.fill("filler")?;
+    for i in 0..20 {
+        writeln!(stdin, "insert into notes (body) values ('during-{i}');")?;
+    }
+    drop(stdin);
+    let out = psql.wait_with_output()?;
+    let executed = count("during-%");
+    // The journal's last page may still hold a record or two; then the session is closed.
+    assert!(executed < 20, "all 20 statements ran with a full disk");
+    assert!(
+        stderr(&out).contains("cannot record") || stderr(&out).contains("connection"),
+        "{}",
+        stderr(&out)
+    );
+
+    fs::remove_file(t.daemon.dir.path().join("state/filler"))?;
+    // Every statement that ran is in the record.
+    let recorded = || {
+        t.events_of("sql").map_or(0, |events| {
+            events
+                .iter()
+                .filter(|e| {
+                    e["detail"]["sql"]
+                        .as_str()
+                        .is_some_and(|q| q.contains("'during-"))
+                })
+                .count()
+        })
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || recorded()
+            >= executed),
+        "{executed} statements ran, {} recorded",
+        recorded()
+    );
+    // The job's end, refused while the disk was full, is recorded once it can be.
+    let active_jobs = || {
+        t.daemon
+            .cli_json(&["status", "--json"])
+            .map_or(usize::MAX, |s| {
+                s["jobs"].as_array().map_or(usize::MAX, Vec::len)
+            })
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || active_jobs() == 0),
+        "{:?}",
+        t.daemon.cli_json(&["status", "--json"])
+    );
+    assert_eq!(
+        t.psql_ok("select count(*) from notes where body = 'before'")?,
+        "1"
+    );
+    drop(disk);
     Ok(())
 }
 
