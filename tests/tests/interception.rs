@@ -452,6 +452,51 @@ fn ipv6_and_ipv4_mapped_destinations_are_intercepted() -> Result<()> {
 }
 
 #[test]
+fn a_job_in_a_network_namespace_of_its_own_loses_connectivity_and_stays_covered() -> Result<()> {
+    // An unprivileged job creates a user and network namespace (where it holds CAP_NET_ADMIN) and
+    // tries from there: the cgroup hooks still apply, and the new namespace reaches nothing.
+    let s = Setup::new("")?;
+    let before = s.echo.accepted().len();
+    let inner = format!(
+        "ip link set lo up && echo \"{{\\\"netns\\\": \\\"$(readlink /proc/self/ns/net)\\\"}}\"; {p} connect {target}; {p} connect {other}",
+        p = probe_bin().display(),
+        target = s.v4(7000),
+        other = s.v4(7001),
+    );
+    let out = s.daemon.run_job(
+        &["--user", "nobody"],
+        "unshare",
+        &["--user", "--map-root-user", "--net", "sh", "-c", &inner],
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 3, "{out:?}");
+    let own = std::fs::read_link("/proc/self/ns/net")?;
+    assert_ne!(
+        lines[0]["netns"],
+        own.display().to_string(),
+        "the job did not get a namespace of its own"
+    );
+    // The target is still redirected to the loopback listener, which the new namespace lacks.
+    assert_eq!(
+        errno(&lines[1]),
+        Some(libc::ECONNREFUSED as i64),
+        "{}",
+        lines[1]
+    );
+    // A destination outside the target set is still refused by the hook.
+    assert_eq!(errno(&lines[2]), Some(libc::EPERM as i64), "{}", lines[2]);
+    assert_eq!(
+        s.echo.accepted().len(),
+        before,
+        "a connection reached the host"
+    );
+    Ok(())
+}
+
+#[test]
 fn enforce_mode_refuses_destinations_outside_the_target_set() -> Result<()> {
     let s = Setup::new("mode = \"enforce\"")?;
     let before = s.echo.accepted().len();
