@@ -145,14 +145,10 @@ fn start_time_ns(pid: u32) -> Option<u64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn own_process_is_verified_and_enriched() {
+    /// A connect of this test process (comm "test") recorded at `boot_ns`.
+    fn own_connect(boot_ns: u64) -> ConnInfo {
         let pid = std::process::id();
-        let now_boot = {
-            let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
-            ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
-        };
-        let mut info = ConnInfo {
+        ConnInfo {
             dst_addr: [0; 16],
             dst_port: 1,
             family: 2,
@@ -164,9 +160,19 @@ mod tests {
             gid: 0,
             cgroup_id: 1,
             cookie: 1,
-            boot_ns: now_boot,
+            boot_ns: boot_ns,
             comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    #[test]
+    fn own_process_is_verified_and_enriched() {
+        let pid = std::process::id();
+        let now_boot = {
+            let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+            ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
         };
+        let mut info = own_connect(now_boot);
         let p = describe(&info);
         assert!(p.verified);
         assert_eq!(
@@ -190,21 +196,7 @@ mod tests {
     #[test]
     fn the_cache_serves_only_the_program_image_it_saw() {
         let pid = std::process::id();
-        let info = ConnInfo {
-            dst_addr: [0; 16],
-            dst_port: 1,
-            family: 2,
-            listener_family: 2,
-            _pad: 0,
-            pid,
-            tid: pid,
-            uid: 0,
-            gid: 0,
-            cgroup_id: 1,
-            cookie: 1,
-            boot_ns: u64::MAX,
-            comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
-        };
+        let info = own_connect(u64::MAX);
         let exe = exe_of(pid).unwrap();
         let start = start_time_ns(pid).unwrap();
         let cache = ProcessCache::default();
