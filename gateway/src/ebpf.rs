@@ -395,12 +395,13 @@ impl Dataplane {
         // Checks the map's type and its key and value sizes against ClientKey and ConnInfo.
         HashMap::<&MapData, ClientKey, ConnInfo>::try_from(&map)
             .map_err(|source| DataplaneError::Map { name, source })?;
-        match map {
-            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
-                Ok(Connections(data))
-            }
-            _ => unreachable!("HashMap::try_from accepts hash maps only"),
-        }
+        let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
+            return Err(DataplaneError::Program {
+                name,
+                detail: "not a hash map".into(),
+            });
+        };
+        Ok(Connections(data))
     }
 
     /// The reader of the programs' aya-log records (diagnostics, `server.ebpf_debug_log`).

@@ -160,7 +160,7 @@ mod tests {
             gid: 0,
             cgroup_id: 1,
             cookie: 1,
-            boot_ns: boot_ns,
+            boot_ns,
             comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
         }
     }
