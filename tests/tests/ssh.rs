@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
-    Daemon, DaemonConfig, Netns, TempDir, gateway_bin,
+    Daemon, DaemonConfig, Netns, TempDir, Tmpfs, gateway_bin,
     ssh::{Sshd, SshdOptions, TestUser, client_options, keygen},
     sshraw_bin, unique_id, wait_until,
 };
@@ -729,6 +729,77 @@ fn a_script_line_needing_approval_waits_for_the_decision() -> Result<()> {
             assert!(!Path::new(&marker).exists(), "the denied line ran");
         }
     }
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_runs_no_shell_line_unrecorded() -> Result<()> {
+    // A shell session open before the recording disk fills up: each line is recorded before it is
+    // sent, so once nothing can be recorded no line reaches the host.
+    let mut s = Setup::new("", "")?;
+    s.daemon.terminate();
+    let disk = Tmpfs::mount(&s.daemon.dir.path().join("state"), "4m")?;
+    s.daemon.start_again()?;
+    // A fresh state directory: the gateway made itself new host keys.
+    fs::write(&s.known_hosts, known_hosts_lines(&s.daemon)?)?;
+    let base = format!("/tmp/gwe-full-{}", unique_id());
+    let mut job = spawn_job(&s, 60, "ssh", &["-T", &s.host()], Stdio::piped())?;
+    let mut stdin = job.stdin.take().context("ssh stdin")?;
+    writeln!(stdin, "touch {base}-before")?;
+    ensure!(
+        wait_until(Duration::from_secs(20), || Path::new(&format!(
+            "{base}-before"
+        ))
+        .exists()),
+        "the shell did not start"
+    );
+
+    disk.fill("filler")?;
+    for i in 0..20 {
+        writeln!(stdin, "touch {base}-during-{i}")?;
+    }
+    drop(stdin);
+    let out = job.wait_with_output()?;
+    let ran: Vec<usize> = (0..20)
+        .filter(|i| Path::new(&format!("{base}-during-{i}")).exists())
+        .collect();
+    // The journal's last page may still hold a record or two; the lines after it are refused.
+    assert!(ran.len() < 20, "all 20 lines ran with a full disk");
+    assert!(
+        text(&out.stderr).contains("not sent: the gateway cannot record it"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    fs::remove_file(s.daemon.dir.path().join("state/filler"))?;
+    // Every line that ran is in the record.
+    let recorded = || {
+        s.ssh_sessions().map_or(0, |sessions| {
+            sessions
+                .iter()
+                .filter_map(|x| s.daemon.show_session(&x["id"]).ok())
+                .flat_map(|shown| shown["events"].as_array().cloned().unwrap_or_default())
+                .filter(|e| {
+                    e["kind"] == "ssh_shell_line"
+                        && e["detail"]["decision"] == "allow"
+                        && e["detail"]["line"]
+                            .as_str()
+                            .is_some_and(|l| l.contains("-during-"))
+                })
+                .count()
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || recorded() >= ran.len()),
+        "{} lines ran, {} recorded",
+        ran.len(),
+        recorded()
+    );
+    for i in ran {
+        let _ = fs::remove_file(format!("{base}-during-{i}"));
+    }
+    let _ = fs::remove_file(format!("{base}-before"));
+    drop(disk);
     Ok(())
 }
 

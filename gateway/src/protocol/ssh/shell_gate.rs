@@ -64,6 +64,7 @@ pub fn start(gate: Gate) -> mpsc::UnboundedSender<Down> {
 /// What policy said about a submitted line, once recorded.
 enum Verdict {
     Pass,
+    /// Not sent; what the job is told.
     Blocked(String),
     Approval(String),
 }
@@ -162,8 +163,7 @@ impl Running {
                     let pass = match self.verdict(&line, edited).await {
                         Verdict::Pass => true,
                         Verdict::Blocked(reason) => {
-                            self.terminal_note(&format!("blocked by policy: {reason}"))
-                                .await;
+                            self.terminal_note(&reason).await;
                             false
                         }
                         Verdict::Approval(rule) => {
@@ -258,10 +258,7 @@ impl Running {
             let pass = match self.verdict(&line, false).await {
                 Verdict::Pass => true,
                 Verdict::Blocked(reason) => {
-                    self.gate
-                        .hold
-                        .say(&format!("blocked by policy: {reason}"))
-                        .await;
+                    self.gate.hold.say(&reason).await;
                     false
                 }
                 Verdict::Approval(rule) => {
@@ -317,14 +314,14 @@ impl Running {
                     Ok(()) => Verdict::Pass,
                     Err(e) => {
                         tracing::error!(session = ctx.session_id, error = %e, "cannot record; refusing");
-                        Verdict::Blocked("the gateway cannot record; not sent".into())
+                        Verdict::Blocked("not sent: the gateway cannot record it".into())
                     }
                 }
             }
             Decision::Deny { reason, .. } => {
                 ctx.store
                     .note_event(ctx.session_id, "ssh_shell_line", detail);
-                Verdict::Blocked(reason)
+                Verdict::Blocked(format!("blocked by policy: {reason}"))
             }
             Decision::RequireApproval { rule } => {
                 ctx.store
