@@ -401,6 +401,24 @@ impl Dataplane {
                 detail: "not a hash map".into(),
             });
         };
+        // A kernel without lookup-and-delete on hash maps would make every connection an anomaly:
+        // refuse to start instead. A key nobody uses must come back as not found.
+        let probe = ClientKey {
+            addr: [0; 16],
+            port: 0,
+        };
+        match lookup_and_delete(data.fd().as_fd(), &probe) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Ok(_) => {}
+            Err(e) => {
+                return Err(DataplaneError::Program {
+                    name,
+                    detail: format!(
+                        "this kernel cannot take records from it (BPF_MAP_LOOKUP_AND_DELETE_ELEM on hash maps needs Linux 5.14 or later): {e}"
+                    ),
+                });
+            }
+        }
         Ok(Connections(data))
     }
 
