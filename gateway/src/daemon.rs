@@ -15,7 +15,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     cgroup::{self, CgroupError},
     config::{Config, Mode},
-    control::{self, Request, Response, Status, TargetStatus},
+    control::{self, RecordingStatus, Request, Response, Status, TargetStatus},
     ebpf::{Connections, Dataplane, DataplaneError},
     identity::{Identity, Verifier, VerifyError},
     intercept,
@@ -373,7 +373,7 @@ fn new_job_id() -> String {
 impl Gateway {
     pub async fn control(&self, request: Request, uid: u32) -> Response {
         let result = match request {
-            Request::Status => Ok(Response::Status(self.status())),
+            Request::Status => Ok(Response::Status(Box::new(self.status()))),
             Request::CreateJob { token } => self.create_job(token).await.map(Response::Job),
             Request::Attach { cgroup, token } => {
                 self.attach(&cgroup, token).await.map(Response::Job)
@@ -455,6 +455,12 @@ impl Gateway {
                 .collect(),
             jobs: self.jobs.list().iter().map(|j| j.record()).collect(),
             issuers: self.verifier.status(),
+            recording: RecordingStatus {
+                free_bytes: nix::sys::statvfs::statvfs(&s.state_dir)
+                    .ok()
+                    .map(|f| f.blocks_available().saturating_mul(f.fragment_size())),
+                health: self.store.health(),
+            },
         }
     }
 

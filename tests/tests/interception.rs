@@ -270,6 +270,19 @@ fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
         "{}",
         s.daemon.log()
     );
+    // `gateway status` says so, for people and for monitoring.
+    let status = s.daemon.cli_json(&["status", "--json"])?;
+    let failing = &status["recording"]["journal_failing"];
+    assert!(
+        failing["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left on device")),
+        "{status}"
+    );
+    assert!(failing["since"].is_string(), "{status}");
+    let shown = s.daemon.cli(&["status"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("FAILING since"), "{shown}");
     // And no new job starts unrecorded.
     let refused = s
         .daemon
@@ -286,6 +299,12 @@ fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
         s.daemon.probe_in_job(&["connect", &dst, "after"])?["ok"],
         true
     );
+    let status = s.daemon.cli_json(&["status", "--json"])?;
+    assert!(status["recording"]["journal_failing"].is_null(), "{status}");
+    assert!(
+        status["recording"]["free_bytes"].as_u64() > Some(0),
+        "{status}"
+    );
     // Everything served is recorded: before, after, and each one served while the disk was full.
     let allowed = || {
         s.session_for(&dst)
@@ -297,6 +316,16 @@ fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
         "served {served} with a full disk (+2), recorded {}: {:?}",
         allowed(),
         s.session_for(&dst)?
+    );
+    // Whatever SQLite could not take meanwhile has been folded in.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            s.daemon.cli_json(&["status", "--json"]).is_ok_and(|st| {
+                st["recording"]["apply_failing"].is_null() && st["recording"]["unapplied"] == 0
+            })
+        }),
+        "{:?}",
+        s.daemon.cli_json(&["status", "--json"])
     );
     drop(disk);
     Ok(())

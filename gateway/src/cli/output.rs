@@ -3,7 +3,7 @@
 use super::table::{bytes, fields, render};
 use crate::{
     approval::{model::Status as ApprovalStatus, store::ApprovalView},
-    control::Status,
+    control::{RecordingStatus, Status},
     record::{EventRecord, SessionRecord, SessionSummary},
 };
 
@@ -225,6 +225,26 @@ fn socket_families(guard: &str) -> String {
     }
 }
 
+fn recording(r: &RecordingStatus) -> String {
+    let free = r
+        .free_bytes
+        .map(|b| format!(", {} free", bytes(b)))
+        .unwrap_or_default();
+    if let Some(f) = &r.health.journal_failing {
+        return format!(
+            "FAILING since {}: {} (new sessions, statements and commands are refused){free}",
+            f.since, f.error
+        );
+    }
+    if let Some(f) = &r.health.apply_failing {
+        return format!(
+            "journal ok; folding into SQLite fails since {}: {} ({} records wait in the journal){free}",
+            f.since, f.error, r.health.unapplied
+        );
+    }
+    format!("ok{free}")
+}
+
 pub fn status(s: &Status) -> String {
     let mut out = fields(&[
         ("gateway", format!("{} (pid {})", s.version, s.pid)),
@@ -237,6 +257,7 @@ pub fn status(s: &Status) -> String {
         ("cgroup v2", s.cgroup_root.clone()),
         ("started", s.started_at.clone()),
         ("active sessions", s.active_sessions.to_string()),
+        ("recording", recording(&s.recording)),
     ]);
     out.push('\n');
     if s.targets.is_empty() {

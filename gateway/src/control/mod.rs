@@ -77,7 +77,7 @@ impl Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Error { message: String },
-    Status(Status),
+    Status(Box<Status>),
     Job(JobRecord),
     Ended { job_id: String },
     Sessions { sessions: Vec<SessionSummary> },
@@ -105,6 +105,17 @@ pub struct Status {
     pub jobs: Vec<JobRecord>,
     #[serde(default)]
     pub issuers: Vec<IssuerStatus>,
+    #[serde(default)]
+    pub recording: RecordingStatus,
+}
+
+/// Whether sessions can be recorded (a gateway that cannot record refuses them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecordingStatus {
+    /// Free space on the file system of the state directory, when it can be read.
+    pub free_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub health: crate::record::Health,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

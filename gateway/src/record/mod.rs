@@ -9,7 +9,7 @@ pub use sessions::{
     EventRecord, JobRecord, NewSession, ProcessInfo, SessionEnd, SessionKind, SessionRecord,
     SessionSummary, now,
 };
-pub use store::{Store, StoreError};
+pub use store::{Failure, Health, Store, StoreError};
 
 #[cfg(test)]
 mod tests;

@@ -65,6 +65,41 @@ struct Log {
     rotated_upto: Option<u64>,
     /// The background writer sleeps on `queued` (a notify costs a syscall, so only then).
     writer_waiting: bool,
+    /// Since when, and why, appending to the journal fails (sessions are refused meanwhile).
+    journal_failing: Option<Failure>,
+    /// Since when, and why, folding records into SQLite fails (they wait in the journal).
+    apply_failing: Option<Failure>,
+}
+
+/// A failure of the store that lasts until the next success.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub since: String,
+    pub error: String,
+}
+
+impl Failure {
+    /// Keeps the first time of a failure that goes on.
+    fn note(slot: &mut Option<Failure>, error: String) {
+        match slot {
+            Some(f) => f.error = error,
+            None => {
+                *slot = Some(Failure {
+                    since: sessions::now(),
+                    error,
+                })
+            }
+        }
+    }
+}
+
+/// How recording is going, for `gateway status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    pub journal_failing: Option<Failure>,
+    pub apply_failing: Option<Failure>,
+    /// Records in the journal not yet folded into SQLite.
+    pub unapplied: usize,
 }
 
 struct Shared {
@@ -188,6 +223,8 @@ impl Store {
                 next_seq: last_seq + 1,
                 rotated_upto: None,
                 writer_waiting: false,
+                journal_failing: None,
+                apply_failing: None,
             }),
             queued: Condvar::new(),
             next_session: AtomicI64::new(next_session),
@@ -219,6 +256,16 @@ impl Store {
         self.append(&mut encoded, [record])
     }
 
+    /// How recording is going.
+    pub fn health(&self) -> Health {
+        let log = lock(&self.shared.log);
+        Health {
+            journal_failing: log.journal_failing.clone(),
+            apply_failing: log.apply_failing.clone(),
+            unapplied: log.queue.len(),
+        }
+    }
+
     /// [`Store::log`] for several records, in order, with one `write()`.
     pub(crate) fn log_all(&self, records: Vec<Record>) -> Result<(), StoreError> {
         let mut encoded = records
@@ -236,7 +283,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut log = lock(&self.shared.log);
         let first = log.next_seq;
-        log.journal.append(first, encoded)?;
+        if let Err(e) = log.journal.append(first, encoded) {
+            Failure::note(&mut log.journal_failing, e.to_string());
+            return Err(e.into());
+        }
+        log.journal_failing = None;
         log.next_seq += encoded.len() as u64;
         log.queue.extend((first..).zip(records));
         let wake = std::mem::take(&mut log.writer_waiting);
@@ -288,8 +339,12 @@ impl Store {
             let _ = conn.execute_batch("RELEASE work");
         }
         let commit = commit(&conn);
-        if commit.is_err() {
-            self.requeue(earlier);
+        match &commit {
+            Ok(()) => lock(&self.shared.log).apply_failing = None,
+            Err(e) => {
+                Failure::note(&mut lock(&self.shared.log).apply_failing, e.clone());
+                self.requeue(earlier);
+            }
         }
         drop(conn);
         match (result, commit) {
@@ -441,13 +496,15 @@ fn apply_queued(shared: &Shared, max: usize) -> Result<Option<u64>, String> {
         .and_then(|()| apply_records(&conn, &batch))
         .map_err(|e| e.to_string())
         .and_then(|()| commit(&conn));
+    let mut log = lock(&shared.log);
     if let Err(e) = applied {
-        let mut log = lock(&shared.log);
         for r in batch.into_iter().rev() {
             log.queue.push_front(r);
         }
+        Failure::note(&mut log.apply_failing, e.clone());
         return Err(e);
     }
+    log.apply_failing = None;
     Ok(Some(last))
 }
 
