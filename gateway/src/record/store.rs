@@ -511,6 +511,8 @@ fn apply_queued(shared: &Shared, max: usize) -> Result<Option<u64>, String> {
 /// Applies queued records in batches, shortly after they arrive (a `call` may take them first),
 /// and keeps the journal short. Ends when the store is dropped.
 fn run(shared: &Shared) {
+    // A failure that goes on (a full disk) is logged when it starts and when it ends, not per try.
+    let mut failing = false;
     loop {
         let backlog = {
             let mut log = lock(&shared.log);
@@ -530,11 +532,19 @@ fn run(shared: &Shared) {
             thread::sleep(GATHER);
         }
         match apply_queued(shared, MAX_BATCH) {
-            Ok(Some(last)) => compact(shared, last),
-            Ok(None) => {}
+            Ok(applied) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("session store: applying journal records works again");
+                }
+                if let Some(last) = applied {
+                    compact(shared, last);
+                }
+            }
             Err(e) => {
-                tracing::error!(error = %e, "session store: applying journal records failed; retrying");
-                thread::sleep(std::time::Duration::from_millis(100));
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::error!(error = %e, "session store: applying journal records failed; retrying (see `gateway status`)");
+                }
+                thread::sleep(std::time::Duration::from_millis(250));
             }
         }
     }
