@@ -32,6 +32,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
 pub const DEFAULT_JOB_CGROUP_PARENT: &str = "gateway-jobs";
 pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:15001", "[::1]:15001"];
+/// Default of `server.max_connections_per_job`: with the unit's 65,536 descriptors and two per
+/// connection, at least 32 jobs at their limit still fit.
+pub const DEFAULT_MAX_CONNECTIONS_PER_JOB: usize = 1024;
 
 /// One problem in a configuration file, located as precisely as the parser allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +246,9 @@ pub struct Server {
     pub resolve_interval: Duration,
     pub shutdown_grace: Duration,
     pub upstream_connect_timeout: Duration,
+    /// Connections one job may have open at once; more are refused (and recorded), so that one
+    /// job cannot use up the gateway's descriptors for every other job.
+    pub max_connections_per_job: usize,
     pub ebpf_debug_log: bool,
 }
 
@@ -485,6 +491,7 @@ struct RawServer {
     resolve_interval: Option<S<String>>,
     shutdown_grace: Option<S<String>>,
     upstream_connect_timeout: Option<S<String>>,
+    max_connections_per_job: Option<S<i64>>,
     #[serde(default)]
     ebpf_debug_log: bool,
 }
@@ -785,6 +792,18 @@ impl Validator<'_> {
                 "server.upstream_connect_timeout",
                 Duration::from_secs(5),
             ),
+            max_connections_per_job: match raw.max_connections_per_job {
+                None => DEFAULT_MAX_CONNECTIONS_PER_JOB,
+                Some(n) if *n.get_ref() >= 1 => *n.get_ref() as usize,
+                Some(n) => {
+                    self.problem(
+                        n.span(),
+                        "server.max_connections_per_job",
+                        "must be at least 1",
+                    );
+                    DEFAULT_MAX_CONNECTIONS_PER_JOB
+                }
+            },
             ebpf_debug_log: raw.ebpf_debug_log,
         }
     }

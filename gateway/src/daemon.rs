@@ -555,6 +555,7 @@ impl Gateway {
             identity: binding.identity,
             binding_expires_at: binding.expires_at,
             created_at: now(),
+            open_connections: Default::default(),
         };
         let record = job.record();
         if let Err(e) = self.store.insert_job(record.clone()).await {
@@ -662,6 +663,7 @@ impl Gateway {
                     .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                     .map(|t| t.with_timezone(&chrono::Utc)),
                 created_at: r.created_at,
+                open_connections: Default::default(),
             });
             tracing::info!(job = %r.id, "adopted job");
         }

@@ -3,7 +3,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use crate::{cgroup, identity::Identity, record::JobRecord};
@@ -19,6 +22,29 @@ pub struct Job {
     /// After this the job's connections are refused (`None`: no limit, unauthenticated jobs).
     pub binding_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: String,
+    /// Connections of the job the gateway is serving now (see [`ConnectionSlot`]).
+    pub open_connections: AtomicUsize,
+}
+
+/// One of a job's open connections, counted while it lives.
+pub struct ConnectionSlot(Arc<Job>);
+
+impl ConnectionSlot {
+    /// A slot, or how many connections the job has open already when that is `max` or more.
+    pub fn take(job: &Arc<Job>, max: usize) -> Result<ConnectionSlot, usize> {
+        let open = job.open_connections.fetch_add(1, Ordering::Relaxed);
+        let slot = ConnectionSlot(job.clone());
+        if open >= max {
+            return Err(open);
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Job {

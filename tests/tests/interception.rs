@@ -332,6 +332,61 @@ fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
 }
 
 #[test]
+fn a_job_over_its_connection_limit_is_refused_and_recorded_until_it_closes_some() -> Result<()> {
+    // One job must not use up the gateway for every other one: it holds its limit of connections
+    // open, the next is refused and recorded; once it closes them it is served again.
+    let s = Setup::new("max_connections_per_job = 3")?;
+    let dst = s.v4(7000);
+    let ip = s.ns.remote_ip.to_string();
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip}/7000 4<>/dev/tcp/{ip}/7000 5<>/dev/tcp/{ip}/7000; \
+         \"$0\" connect {dst} over; \
+         exec 3>&- 4>&- 5>&-; \
+         for _ in $(seq 50); do r=$(\"$0\" connect {dst} again); case \"$r\" in *'\"ok\":true'*) break;; esac; sleep 0.1; done; echo \"$r\""
+    );
+    let out = s.daemon.run_job(
+        &[],
+        "bash",
+        &["-c", &script, &probe_bin().display().to_string()],
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_eq!(
+        lines[0]["ok"], false,
+        "the fourth connection was served: {}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1]["ok"], true,
+        "not served again after closing: {}",
+        lines[1]
+    );
+    // Another job has its own limit meanwhile.
+    assert_eq!(
+        s.daemon.probe_in_job(&["connect", &dst, "other"])?["ok"],
+        true
+    );
+
+    let denied: Vec<Value> = s
+        .session_for(&dst)?
+        .into_iter()
+        .filter(|x| x["decision"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    let shown = s.daemon.show_session(&denied[0]["id"])?;
+    assert!(
+        shown["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("server.max_connections_per_job")),
+        "{shown}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_preconnect_target_hands_out_its_spare_once_and_closes_it_unused() -> Result<()> {
     let s = Setup::with_body(
         "",

@@ -264,3 +264,21 @@ fn preconnect_is_off_by_default_and_only_for_tcp_targets() {
         "{got:#?}"
     );
 }
+
+#[test]
+fn connections_per_job_are_limited_by_default_and_the_limit_is_checked() {
+    assert_eq!(
+        Config::defaults().server.max_connections_per_job,
+        DEFAULT_MAX_CONNECTIONS_PER_JOB
+    );
+    let cfg = Config::parse("[server]\nmax_connections_per_job = 3\n", "t.toml").unwrap();
+    assert_eq!(cfg.server.max_connections_per_job, 3);
+    let got = problems("[server]\nmax_connections_per_job = 0\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains("t.toml:2:")
+            && got[0].contains("server.max_connections_per_job")
+            && got[0].contains("at least 1"),
+        "{got:?}"
+    );
+}

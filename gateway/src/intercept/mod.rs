@@ -18,6 +18,7 @@ use crate::{
     config::{Protocol, Target},
     daemon::Gateway,
     identity::Identity,
+    jobs::ConnectionSlot,
     policy::Decision,
     protocol::{postgres, ssh, tcp},
     record::{NewSession, ProcessInfo, SessionEnd, SessionKind, now},
@@ -79,10 +80,19 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
             .cloned()
     };
     let expired = job.as_ref().and_then(|j| j.binding_expired());
+    // Held until the connection is over (the end of this function).
+    let max = gw.config.server.max_connections_per_job;
+    let slot = job.as_ref().map(|j| ConnectionSlot::take(j, max));
     let decision = match (&target, expired) {
         // Fail closed: an expired binding neither keeps its rights nor falls back to the rules
         // for unauthenticated jobs.
         (_, Some(reason)) => Decision::Deny { rule: None, reason },
+        (_, None) if matches!(slot, Some(Err(_))) => Decision::Deny {
+            rule: None,
+            reason: format!(
+                "the job already has {max} connections open (server.max_connections_per_job)"
+            ),
+        },
         (Some(t), None) => gw.policy.decide_connection(&identity, &t.name),
         // The destination set changed between connect and accept.
         (None, None) => Decision::Deny {
