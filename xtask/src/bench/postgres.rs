@@ -184,7 +184,8 @@ impl Bench {
         let secret = dir.path().join("bench-db.secret");
         fs::write(&secret, "apppw\n")?;
         let daemon = Daemon::start_at_default_log_level(DaemonConfig {
-            server: String::new(),
+            // The idle test holds IDLE sessions of one job.
+            server: format!("max_connections_per_job = {}", IDLE + 100),
             body: gateway_config(&host, &secret),
         })?;
         Ok(Bench {
