@@ -24,10 +24,12 @@ type ImageKey = (u32, u64, String, String);
 const CACHE_ENTRIES: usize = 4096;
 
 impl ProcessCache {
-    /// The process behind a redirected connection (see [`describe`]), its cmdline cached.
+    /// The process behind a redirected connection: what eBPF captured, with exe and cmdline from
+    /// /proc when they provably belong to the process that connected (its cmdline cached).
     pub fn describe(&self, info: &ConnInfo) -> ProcessInfo {
-        // exe before the start time: a start time from before the connect, read after, proves the
-        // pid still belonged to the connecting process when its exe was read.
+        // exe before the start time: a start time from before the connect (both on
+        // CLOCK_BOOTTIME), read after, proves the pid still belonged to the connecting process
+        // when its exe was read. A later start time: the pid was reused, /proc is someone else's.
         let Some(exe) = exe_of(info.pid) else {
             return captured(info);
         };
@@ -41,24 +43,28 @@ impl ProcessCache {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .cloned();
-        if let Some(cmdline) = known {
-            return ProcessInfo {
-                exe: Some(key.2),
-                cmdline,
-                verified: true,
-                ..captured(info)
-            };
-        }
-        let p = describe(info);
-        // Cached only under the exe this description found (the process may have exec'd since).
-        if p.verified && p.exe.as_ref() == Some(&key.2) {
-            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if known.len() >= CACHE_ENTRIES {
-                known.clear();
+        let cmdline = match known {
+            Some(cmdline) => cmdline,
+            None => {
+                let cmdline = cmdline_of(info.pid);
+                // Re-check: the process may have exited (and the pid been reused) while we read.
+                if start_time_ns(info.pid) != Some(start_ns) {
+                    return captured(info);
+                }
+                let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                if known.len() >= CACHE_ENTRIES {
+                    known.clear();
+                }
+                known.insert(key.clone(), cmdline.clone());
+                cmdline
             }
-            known.insert(key, p.cmdline.clone());
+        };
+        ProcessInfo {
+            exe: Some(key.2),
+            cmdline,
+            verified: true,
+            ..captured(info)
         }
-        p
     }
 }
 
@@ -77,33 +83,13 @@ fn captured(info: &ConnInfo) -> ProcessInfo {
     }
 }
 
-/// The process behind a redirected connection.
-pub fn describe(info: &ConnInfo) -> ProcessInfo {
-    let mut p = captured(info);
-    // A pid may have been reused since the connect: only trust /proc for a process that started
-    // before the connect did (both on CLOCK_BOOTTIME).
-    let Some(start_ns) = start_time_ns(info.pid) else {
-        return p;
-    };
-    if start_ns > info.boot_ns {
-        return p;
-    }
-    p.exe = exe_of(info.pid);
-    p.cmdline = fs::read(format!("/proc/{}/cmdline", info.pid))
-        .ok()
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        });
-    // Re-check: the process may have exited (and the pid been reused) while we read.
-    p.verified = start_time_ns(info.pid) == Some(start_ns) && p.exe.is_some();
-    if !p.verified {
-        p.exe = None;
-        p.cmdline = None;
-    }
-    p
+fn cmdline_of(pid: u32) -> Option<Vec<String>> {
+    fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| {
+        raw.split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    })
 }
 
 fn exe_of(pid: u32) -> Option<String> {
@@ -173,7 +159,7 @@ mod tests {
             ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
         };
         let mut info = own_connect(now_boot);
-        let p = describe(&info);
+        let p = ProcessCache::default().describe(&info);
         assert!(p.verified);
         assert_eq!(
             p.exe.as_deref(),
@@ -187,7 +173,7 @@ mod tests {
 
         // A connect recorded before this process started: the pid was reused, /proc is not ours.
         info.boot_ns = 1;
-        let p = describe(&info);
+        let p = ProcessCache::default().describe(&info);
         assert!(!p.verified);
         assert_eq!(p.exe, None);
         assert_eq!(p.pid, pid);
