@@ -153,10 +153,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         };
         // A spare upstream is known before the session is written: one write for both.
         let connected = if preconnected {
-            vec![(
-                "upstream_connected",
-                json!({ "upstream": dst.to_string(), "preconnected": true }),
-            )]
+            vec![upstream_connected(dst, true)]
         } else {
             Vec::new()
         };
@@ -192,11 +189,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     match (target, upstream) {
         (Some(target), Some(Ok(upstream))) => {
             if !preconnected {
-                gw.store.note_event(
-                    session_id,
-                    "upstream_connected",
-                    json!({ "upstream": dst.to_string() }),
-                );
+                let (kind, detail) = upstream_connected(dst, false);
+                gw.store.note_event(session_id, kind, detail);
             }
             serve(client, upstream, target, session_id, origin, &gw).await;
         }
@@ -215,6 +209,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
             tcp::reset(client);
         }
     }
+}
+
+/// The `upstream_connected` event (`preconnected` only said when a spare was used).
+fn upstream_connected(dst: SocketAddr, preconnected: bool) -> (&'static str, serde_json::Value) {
+    let mut detail = json!({ "upstream": dst.to_string() });
+    if preconnected {
+        detail["preconnected"] = json!(true);
+    }
+    ("upstream_connected", detail)
 }
 
 fn log_session(

@@ -296,10 +296,10 @@ impl Store {
         events: Vec<(&'static str, serde_json::Value)>,
         end: SessionEnd,
     ) {
-        let records = vec![events_record(id, rendered(events)), end_record(id, end)];
-        if let Err(e) = self.log_all(records) {
-            tracing::error!(error = %e, "session store: end session failed");
-        }
+        self.log_all_or_warn(
+            "end session",
+            vec![events_record(id, rendered(events)), end_record(id, end)],
+        );
     }
 
     /// Appends an event; resolves once it is durable (write-ahead of whatever it describes).

@@ -300,9 +300,12 @@ impl Store {
 
     /// [`Store::log`] for records nobody waits for: a failure is logged.
     pub(crate) fn log_or_warn(&self, what: &'static str, record: Record) {
-        if let Err(e) = self.log(record) {
-            tracing::error!(error = %e, "session store: {what} failed");
-        }
+        warn_failed(what, self.log(record));
+    }
+
+    /// [`Store::log_all`] for records nobody waits for: a failure is logged.
+    pub(crate) fn log_all_or_warn(&self, what: &'static str, records: Vec<Record>) {
+        warn_failed(what, self.log_all(records));
     }
 
     /// Runs `f` in a transaction of its own and returns once it is committed (durable against a
@@ -361,6 +364,12 @@ impl Store {
         for r in records.into_iter().rev() {
             log.queue.push_front(r);
         }
+    }
+}
+
+fn warn_failed(what: &'static str, result: Result<(), StoreError>) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "session store: {what} failed");
     }
 }
 
