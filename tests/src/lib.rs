@@ -544,6 +544,15 @@ impl Daemon {
         self.spawn()
     }
 
+    /// Restarts the daemon with its state directory on a fresh tmpfs of `size` (a disk the test
+    /// can fill).
+    pub fn restart_on_small_disk(&mut self, size: &str) -> Result<Tmpfs> {
+        self.terminate();
+        let disk = Tmpfs::mount(&self.dir.path().join("state"), size)?;
+        self.start_again()?;
+        Ok(disk)
+    }
+
     /// Runs the gateway CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(gateway_bin())
@@ -669,10 +678,10 @@ impl Tmpfs {
         Ok(Tmpfs(path.to_path_buf()))
     }
 
-    /// Writes `file` until the file system is full (bounded by its size).
-    pub fn fill(&self, file: &str) -> Result<()> {
+    /// Writes a filler file until the file system is full (bounded by its size).
+    pub fn fill(&self) -> Result<()> {
         use std::io::Write as _;
-        let mut f = fs::File::create(self.0.join(file))?;
+        let mut f = fs::File::create(self.0.join(FILLER))?;
         // Large writes first, then ever smaller ones: the last pages fill up too.
         for chunk in [1 << 20, 64 << 10, 4 << 10, 512, 64, 1] {
             let bytes = vec![0u8; chunk];
@@ -686,7 +695,14 @@ impl Tmpfs {
         ensure!(probe.is_err(), "{} is not full", self.0.display());
         Ok(())
     }
+
+    /// Removes what [`Tmpfs::fill`] wrote.
+    pub fn free(&self) -> Result<()> {
+        Ok(fs::remove_file(self.0.join(FILLER))?)
+    }
 }
+
+const FILLER: &str = "filler";
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {

@@ -5,8 +5,8 @@ use std::{process::Command, time::Duration};
 
 use anyhow::Result;
 use gateway_e2e::{
-    Daemon, DaemonConfig, EchoServer, Netns, Postgres, TempDir, TestCgroup, Tmpfs, probe_bin,
-    unique_id, wait_until,
+    Daemon, DaemonConfig, EchoServer, Netns, Postgres, TempDir, TestCgroup, probe_bin, unique_id,
+    wait_until,
 };
 use serde_json::Value;
 
@@ -217,9 +217,7 @@ fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
     // connection the job got through is in the record, the rest were refused; no job starts.
     let mut s = Setup::new("")?;
     let dst = s.v4(7000);
-    s.daemon.terminate();
-    let disk = Tmpfs::mount(&s.daemon.dir.path().join("state"), "4m")?;
-    s.daemon.start_again()?;
+    let disk = s.daemon.restart_on_small_disk("4m")?;
     assert_eq!(
         s.daemon.probe_in_job(&["connect", &dst, "before"])?["ok"],
         true
@@ -247,7 +245,7 @@ fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
         wait_until(Duration::from_secs(10), || ready.exists()),
         "the job did not start"
     );
-    disk.fill("filler")?;
+    disk.fill()?;
     std::fs::write(&go, "")?;
     let out = job.wait_with_output()?;
     let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
@@ -294,7 +292,7 @@ fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    std::fs::remove_file(s.daemon.dir.path().join("state/filler"))?;
+    disk.free()?;
     assert_eq!(
         s.daemon.probe_in_job(&["connect", &dst, "after"])?["ok"],
         true

@@ -9,8 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
-    Daemon, DaemonConfig, Netns, Postgres, TempDir, Tmpfs, gateway_bin, pgwire_bin, unique_id,
-    wait_until,
+    Daemon, DaemonConfig, Netns, Postgres, TempDir, gateway_bin, pgwire_bin, unique_id, wait_until,
 };
 use serde_json::Value;
 
@@ -343,9 +342,7 @@ fn a_full_disk_executes_no_statement_unrecorded() -> Result<()> {
     // A session open before the recording disk fills up: each statement is recorded before it is
     // forwarded, so once nothing can be recorded nothing more reaches the server.
     let mut t = Pg::start()?;
-    t.daemon.terminate();
-    let disk = Tmpfs::mount(&t.daemon.dir.path().join("state"), "4m")?;
-    t.daemon.start_again()?;
+    let disk = t.daemon.restart_on_small_disk("4m")?;
     let host = t.host();
     let mut psql = Command::new(gateway_bin())
         .arg("--control-socket")
@@ -382,7 +379,7 @@ fn a_full_disk_executes_no_statement_unrecorded() -> Result<()> {
         "the session did not start"
     );
 
-    disk.fill("filler")?;
+    disk.fill()?;
     for i in 0..20 {
         writeln!(stdin, "insert into notes (body) values ('during-{i}');")?;
     }
@@ -397,7 +394,7 @@ fn a_full_disk_executes_no_statement_unrecorded() -> Result<()> {
         stderr(&out)
     );
 
-    fs::remove_file(t.daemon.dir.path().join("state/filler"))?;
+    disk.free()?;
     // Every statement that ran is in the record.
     let recorded = || {
         t.events_of("sql").map_or(0, |events| {

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
-    Daemon, DaemonConfig, Netns, TempDir, Tmpfs, gateway_bin,
+    Daemon, DaemonConfig, Netns, TempDir, gateway_bin,
     ssh::{Sshd, SshdOptions, TestUser, client_options, keygen},
     sshraw_bin, unique_id, wait_until,
 };
@@ -737,9 +737,7 @@ fn a_full_disk_runs_no_shell_line_unrecorded() -> Result<()> {
     // A shell session open before the recording disk fills up: each line is recorded before it is
     // sent, so once nothing can be recorded no line reaches the host.
     let mut s = Setup::new("", "")?;
-    s.daemon.terminate();
-    let disk = Tmpfs::mount(&s.daemon.dir.path().join("state"), "4m")?;
-    s.daemon.start_again()?;
+    let disk = s.daemon.restart_on_small_disk("4m")?;
     // A fresh state directory: the gateway made itself new host keys.
     fs::write(&s.known_hosts, known_hosts_lines(&s.daemon)?)?;
     let base = format!("/tmp/gwe-full-{}", unique_id());
@@ -754,7 +752,7 @@ fn a_full_disk_runs_no_shell_line_unrecorded() -> Result<()> {
         "the shell did not start"
     );
 
-    disk.fill("filler")?;
+    disk.fill()?;
     for i in 0..20 {
         writeln!(stdin, "touch {base}-during-{i}")?;
     }
@@ -771,7 +769,7 @@ fn a_full_disk_runs_no_shell_line_unrecorded() -> Result<()> {
         text(&out.stderr)
     );
 
-    fs::remove_file(s.daemon.dir.path().join("state/filler"))?;
+    disk.free()?;
     // Every line that ran is in the record.
     let recorded = || {
         s.ssh_sessions().map_or(0, |sessions| {
