@@ -29,8 +29,10 @@ pub mod maps {
     pub const BY_CLIENT: &str = "BY_CLIENT";
     pub const ORIGINAL_PEER: &str = "ORIGINAL_PEER";
     pub const EVENTS: &str = "EVENTS";
+    /// tgid → CLOCK_BOOTTIME of its latest execve(at) entry, for processes that connected.
+    pub const EXEC_STARTS: &str = "EXEC_STARTS";
     /// Every map, in the order the daemon pins them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         CONFIG,
         DESTINATIONS,
         DNS_RESOLVERS,
@@ -38,6 +40,7 @@ pub mod maps {
         BY_CLIENT,
         ORIGINAL_PEER,
         EVENTS,
+        EXEC_STARTS,
     ];
 }
 
@@ -56,6 +59,9 @@ pub mod programs {
     /// `lsm_cgroup/socket_create`: address families other than inet, unix and netlink (packet,
     /// XDP, vsock, …) — the cgroup `sock_create` hook only sees inet sockets.
     pub const SOCKET_FAMILY: &str = "gw_socket_family";
+    /// Tracepoint on `syscalls:sys_enter_execve` and `sys_enter_execveat`: when a process that
+    /// connected through the gateway last began to run another program (`maps::EXEC_STARTS`).
+    pub const EXEC_START: &str = "gw_exec_start";
 }
 
 /// The LSM hook `programs::SOCKET_FAMILY` is loaded for.

@@ -1,4 +1,4 @@
-//! cgroup (and cgroup LSM) programs attached to every agent job's cgroup.
+//! cgroup (and cgroup LSM) programs attached to every agent job's cgroup, and one tracepoint.
 //!
 //! - `connect4`/`connect6`: TCP connects to a destination in the target set are rewritten to the
 //!   gateway listener and what the process was and wanted is stored by socket cookie; other TCP
@@ -12,8 +12,11 @@
 //! - `bind4`/`bind6`: nobody in a job binds the gateway's listener port.
 //! - `lsm_cgroup/socket_create` (when the BPF LSM is active): sockets only in the inet, unix and
 //!   netlink families (no packet, XDP, vsock …: `sock_create` only runs for inet sockets).
+//! - `gw_exec_start` (tracepoint on `syscalls:sys_enter_execve(at)`, not per job): when each
+//!   process that connected through the gateway last began an exec, so that the daemon does not
+//!   attribute a connection to a program the process exec'd after connecting.
 //!
-//! Every program is written as `fn prog(ctx) -> i32 { match try_prog(ctx) { Ok(r) | Err(r) => r } }`
+//! Every cgroup program is written as `fn prog(ctx) -> i32 { match try_prog(ctx) { Ok(r) | Err(r) => r } }`
 //! and fails closed in enforce mode: an internal error refuses the operation.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 

@@ -2,14 +2,14 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
+    bindings::{BPF_EXIST, BPF_NOEXIST, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
     },
-    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops},
+    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops, tracepoint},
     maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
-    programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext},
+    programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
@@ -54,6 +54,14 @@ static BY_CLIENT: LruHashMap<ClientKey, ConnInfo> = LruHashMap::with_max_entries
 /// What getpeername reports for a redirected socket, by socket cookie.
 #[map]
 static ORIGINAL_PEER: LruHashMap<u64, OriginalPeer> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// tgid → when it last began an exec (CLOCK_BOOTTIME, like `ConnInfo::boot_ns`; 0: none since it
+/// first connected). A redirected connect adds its process; `gw_exec_start` updates only
+/// processes already here, so the table holds processes that connect through the gateway, not
+/// every exec of the machine. No entry (never added, or evicted) tells the daemon nothing, and it
+/// then vouches for nothing.
+#[map]
+static EXEC_STARTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 /// Refused (enforce) and let-through (audit) operations, for the daemon's audit log.
 #[map]
@@ -339,6 +347,9 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     // Without the records the daemon could not serve the connection: refuse instead of sending
     // an unattributed connection (the daemon would close it anyway).
     PENDING.insert(&cookie, &info, 0).map_err(|_| REFUSE)?;
+    // From now on the process's execs are noted (an exec noted earlier is kept). Failing this only
+    // costs the daemon its proof: the connection goes on.
+    let _ = EXEC_STARTS.insert(&c.pid, &0, u64::from(BPF_NOEXIST));
     let peer = OriginalPeer {
         addr: dst,
         port: u32::from(port),
@@ -596,6 +607,20 @@ pub fn gw_socket_family(ctx: LsmContext) -> i32 {
         (sock_type as u32, protocol as u32),
     );
     if enforce { REFUSE } else { ALLOW }
+}
+
+/// On entry to execve/execveat, before anything of the process changes: the daemon, having read
+/// /proc/PID/exe for a connection, knows from this whether the program it read may have replaced
+/// the one that connected (an exec begun after the connect). A failed exec counts too: the
+/// daemon then only claims less than it could.
+#[tracepoint]
+pub fn gw_exec_start(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // Only processes that connected through the gateway (see EXEC_STARTS).
+    let _ = EXEC_STARTS.insert(&tgid, &now, u64::from(BPF_EXIST));
+    0
 }
 
 #[panic_handler]

@@ -63,6 +63,8 @@ pub struct Gateway {
     pub jobs: Jobs,
     pub connections: Connections,
     pub processes: intercept::process::ProcessCache,
+    /// When processes last began an exec: attribution refuses to vouch for /proc across one.
+    pub exec_starts: crate::ebpf::ExecStarts,
     pub approvals: crate::approval::Approvals,
     pub dataplane: tokio::sync::Mutex<Dataplane>,
     /// Whether jobs' packet/XDP/vsock sockets are refused (needs the BPF LSM), for `status`.
@@ -157,6 +159,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         &resolvers,
     )?;
     let connections = dataplane.connections()?;
+    let exec_starts = dataplane.exec_starts()?;
     let events = dataplane.events()?;
     let ebpf_logger = if server.ebpf_debug_log {
         Some(dataplane.logger()?)
@@ -185,6 +188,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         store,
         jobs: Jobs::default(),
         connections,
+        exec_starts,
         processes: Default::default(),
         approvals,
         socket_family_guard: dataplane.family_guard().to_string(),

@@ -25,7 +25,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, Link as _, LsmCgroup, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Link as _, LsmCgroup, SockOps, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -40,6 +40,8 @@ use nix::fcntl::{Flock, FlockArg};
 pub enum DataplaneError {
     #[error("bpffs is not mounted at {0} and cannot be mounted there: {1}")]
     Bpffs(String, String),
+    #[error("tracefs is not mounted and cannot be mounted on {TRACEFS}: {0}")]
+    Tracefs(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -422,6 +424,44 @@ impl Dataplane {
         Ok(Connections(data))
     }
 
+    /// Starts noting execs: attaches `gw_exec_start` to the execve and execveat syscall entries
+    /// for the daemon's lifetime (attribution, not enforcement: the link is not pinned; while no
+    /// daemon runs, nothing is accepted either) and returns the table it fills (pinned, shared
+    /// with the connect programs of every attached job).
+    pub fn exec_starts(&mut self) -> Result<ExecStarts, DataplaneError> {
+        let name = programs::EXEC_START;
+        let program_err = |detail: String| DataplaneError::Program { name, detail };
+        ensure_tracefs()?;
+        let program: &mut TracePoint = as_kind(
+            self.ebpf
+                .program_mut(name)
+                .ok_or_else(|| program_err("missing from the eBPF object".into()))?,
+            name,
+        )?;
+        program
+            .load()
+            .map_err(|e| program_err(verifier_message(&e)))?;
+        for syscall in ["sys_enter_execve", "sys_enter_execveat"] {
+            program
+                .attach("syscalls", syscall)
+                .map_err(|e| program_err(format!("attaching to syscalls/{syscall}: {e}")))?;
+        }
+        let map_name = maps::EXEC_STARTS;
+        let map = self
+            .ebpf
+            .take_map(map_name)
+            .ok_or(DataplaneError::Program {
+                name: map_name,
+                detail: "map missing from the eBPF object".into(),
+            })?;
+        HashMap::try_from(map)
+            .map(ExecStarts)
+            .map_err(|source| DataplaneError::Map {
+                name: map_name,
+                source,
+            })
+    }
+
     /// The reader of the programs' aya-log records (diagnostics, `server.ebpf_debug_log`).
     pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, DataplaneError> {
         aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| DataplaneError::Program {
@@ -544,6 +584,29 @@ fn unpin_dir(dir: &Path) -> Result<(), DataplaneError> {
     }
 }
 
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs on /sys/kernel/tracing unless it is mounted there or at its old debugfs place
+/// (a fresh machine may have neither; aya looks in both).
+fn ensure_tracefs() -> Result<(), DataplaneError> {
+    let mounted = |dir: &str| Path::new(dir).join("events").is_dir();
+    if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0700"),
+    )
+    .map_err(|e| DataplaneError::Tracefs(e.to_string()))?;
+    tracing::info!("mounted tracefs on {TRACEFS}");
+    Ok(())
+}
+
 /// Mounts bpffs on /sys/fs/bpf when the pin directory lives there and nothing is mounted yet.
 fn ensure_bpffs(pin_root: &Path) -> Result<(), DataplaneError> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -599,6 +662,17 @@ impl Connections {
             port: u32::from(peer.port()),
         };
         lookup_and_delete(self.0.fd().as_fd(), &key).ok()
+    }
+}
+
+/// When processes that connected through the gateway last began an exec (see `EXEC_STARTS`).
+pub struct ExecStarts(HashMap<MapData, u32, u64>);
+
+impl ExecStarts {
+    /// CLOCK_BOOTTIME nanoseconds of the latest execve/execveat entry of process `pid` (0: none
+    /// since it first connected); `None` when the table (LRU) holds nothing about it.
+    pub fn last(&self, pid: u32) -> Option<u64> {
+        self.0.get(&pid, 0).ok()
     }
 }
 

@@ -196,6 +196,15 @@ impl Drop for Process {
     }
 }
 
+/// A stopped daemon (see [`Daemon::freeze`]); continues when dropped.
+pub struct Frozen<'a>(&'a Daemon);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.signal(libc::SIGCONT);
+    }
+}
+
 /// A per-test scratch directory under /tmp, removed on drop (kept with E2E_KEEP=1).
 pub struct TempDir(pub PathBuf);
 
@@ -517,6 +526,19 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.process.as_ref().map_or(0, Process::pid)
+    }
+
+    /// SIGSTOP: the daemon accepts nothing (the kernel still completes handshakes into the
+    /// listener's backlog) until the returned guard is dropped (SIGCONT), also on failure.
+    pub fn freeze(&self) -> Frozen<'_> {
+        self.signal(libc::SIGSTOP);
+        Frozen(self)
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(p) = &self.process {
+            p.signal(sig);
+        }
     }
 
     /// kill -9: no cleanup, pinned programs stay attached.

@@ -212,6 +212,93 @@ fn a_process_that_execs_another_program_is_attributed_to_the_new_program() -> Re
 }
 
 #[test]
+fn a_process_that_execs_before_the_gateway_looks_is_not_vouched_for() -> Result<()> {
+    // The race an attacker would try after the test above: connect as one program and exec
+    // another before the gateway reads /proc, so that /proc shows the second program. The daemon
+    // is stopped so that the exec surely comes first; what /proc shows then (the exe of `sleep`)
+    // must not be recorded as the connecting program.
+    let s = Setup::new("")?;
+    let dst = s.v4(7000);
+    let dir = s.daemon.dir.path();
+    let (ready, go) = (dir.join("ready"), dir.join("go"));
+    let script = format!(
+        "echo $$ > {ready}; for _ in $(seq 200); do [ -e {go} ] && break; sleep 0.05; done; exec 3<>/dev/tcp/{ip}/7000 && exec sleep 30",
+        ready = ready.display(),
+        go = go.display(),
+        ip = s.ns.remote_ip
+    );
+    let job = gateway_e2e::Process::spawn(
+        "exec-job",
+        Command::new(gateway_e2e::gateway_bin())
+            .arg("--control-socket")
+            .arg(&s.daemon.control_socket)
+            .args(["run", "--", "bash", "-c", &script]),
+        dir.join("exec-job.log"),
+    )?;
+    let pid_of_job = || {
+        std::fs::read_to_string(&ready)
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || pid_of_job().is_some()),
+        "the job did not start: {}",
+        job.output()
+    );
+    let pid = pid_of_job().unwrap_or_default();
+    // The job's command (bash, then sleep) is a child of `gateway run`: ended by pid, also when an
+    // assertion fails (it lives 30 s, longer than this test).
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the job command this test started, still alive (see above).
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let command = KillOnDrop(pid);
+    let exe = || std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    {
+        let _frozen = s.daemon.freeze();
+        std::fs::write(&go, "")?;
+        assert!(
+            wait_until(Duration::from_secs(10), || exe().ends_with("sleep")),
+            "the job did not connect and exec: {} (exe {})",
+            job.output(),
+            exe().display()
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .session_for(&dst)
+            .is_ok_and(|v| !v.is_empty())),
+        "no session recorded: {}",
+        s.daemon.log()
+    );
+    let session = &s.session_for(&dst)?[0];
+    let process = &s.daemon.show_session(&session["id"])?["process"];
+    assert_eq!(process["pid"], pid, "{process}");
+    assert_eq!(process["comm"], "bash", "as captured at connect: {process}");
+    assert_eq!(
+        process["verified"], false,
+        "vouched for what /proc showed after the exec: {process}"
+    );
+    assert!(
+        process["exe"].is_null() && process["cmdline"].is_null(),
+        "the exec'd program recorded as the connecting one: {process}"
+    );
+    assert!(
+        exe().ends_with("sleep"),
+        "the job ended early: {}",
+        job.output()
+    );
+    drop(command);
+    drop(job);
+    Ok(())
+}
+
+#[test]
 fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
     // An agent that fills the disk the gateway records on must not get unrecorded access: every
     // connection the job got through is in the record, the rest were refused; no job starts.
@@ -846,6 +933,17 @@ fn kill_9_fails_closed_and_a_restart_restores_service_for_the_same_job() -> Resu
         status["jobs"].as_array().unwrap().len(),
         1,
         "the job is adopted: {status}"
+    );
+    // The programs attached by the killed daemon and this one share the exec table: the adopted
+    // job's processes are still described from /proc.
+    let mut sessions = s.session_for(&s.v4(7000))?;
+    sessions.sort_by_key(|x| x["id"].as_i64());
+    let last = sessions.last().expect("sessions");
+    let process = &s.daemon.show_session(&last["id"])?["process"];
+    assert_eq!(
+        (&process["pid"], &process["verified"]),
+        (&up["pid"], &Value::Bool(true)),
+        "{process}"
     );
     Ok(())
 }

@@ -102,7 +102,7 @@ pub fn session(s: &SessionRecord) -> String {
             if p.verified {
                 "verified from /proc".into()
             } else {
-                "as captured at connect (process gone or pid reused)".into()
+                "as captured at connect (the process exited, its pid was reused, or it began running another program)".into()
             },
         ));
     }

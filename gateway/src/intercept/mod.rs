@@ -136,7 +136,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
     // cannot record does not serve. Opening the upstream connection overlaps with the recording.
     let record = async {
-        let process = gw.processes.describe(&info);
+        let process = gw.processes.describe(&info, |pid| gw.exec_starts.last(pid));
         let session = NewSession {
             kind: SessionKind::Proxied,
             job_id: job.as_ref().map(|j| j.id.clone()),

@@ -26,7 +26,9 @@ const CACHE_ENTRIES: usize = 4096;
 impl ProcessCache {
     /// The process behind a redirected connection: what eBPF captured, with exe and cmdline from
     /// /proc when they provably belong to the process that connected (its cmdline cached).
-    pub fn describe(&self, info: &ConnInfo) -> ProcessInfo {
+    /// `last_exec(pid)`: when the process last began an exec as eBPF saw it (CLOCK_BOOTTIME ns;
+    /// 0: none since it first connected; `None`: not known, so nothing is vouched for).
+    pub fn describe(&self, info: &ConnInfo, last_exec: impl Fn(u32) -> Option<u64>) -> ProcessInfo {
         // exe before the start time: a start time from before the connect (both on
         // CLOCK_BOOTTIME), read after, proves the pid still belonged to the connecting process
         // when its exe was read. A later start time: the pid was reused, /proc is someone else's.
@@ -36,6 +38,12 @@ impl ProcessCache {
         let Some(start_ns) = start_time_ns(info.pid).filter(|s| *s <= info.boot_ns) else {
             return captured(info);
         };
+        // exe before the exec check too: an exec is noted on entry, before it replaces anything,
+        // so an exe read after the replacement is always caught here. An exec begun since the
+        // connect means the exe read may be the next program's (the one that connected is gone).
+        if last_exec(info.pid).is_none_or(|at| at >= info.boot_ns) {
+            return captured(info);
+        }
         let key = (info.pid, start_ns, exe, comm(&info.comm));
         let known = self
             .known
@@ -131,6 +139,11 @@ fn start_time_ns(pid: u32) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// No exec since the process first connected.
+    fn no_exec(_pid: u32) -> Option<u64> {
+        Some(0)
+    }
+
     /// A connect of this test process (comm "test") recorded at `boot_ns`.
     fn own_connect(boot_ns: u64) -> ConnInfo {
         let pid = std::process::id();
@@ -159,7 +172,7 @@ mod tests {
             ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
         };
         let mut info = own_connect(now_boot);
-        let p = ProcessCache::default().describe(&info);
+        let p = ProcessCache::default().describe(&info, no_exec);
         assert!(p.verified);
         assert_eq!(
             p.exe.as_deref(),
@@ -171,9 +184,20 @@ mod tests {
         assert!(!p.cmdline.unwrap().is_empty());
         assert_eq!(p.comm, "test");
 
+        // An exec begun before the connect changes nothing; one begun at or after it does (the
+        // exe in /proc may be another program's), and so does not knowing.
+        let cache = ProcessCache::default();
+        assert!(cache.describe(&info, |_| Some(now_boot - 1)).verified);
+        for since in [Some(now_boot), Some(now_boot + 1), None] {
+            let p = cache.describe(&info, |p| if p == pid { since } else { Some(0) });
+            assert!(!p.verified);
+            assert_eq!((p.exe, p.cmdline), (None, None));
+            assert_eq!((p.pid, p.comm.as_str()), (pid, "test"));
+        }
+
         // A connect recorded before this process started: the pid was reused, /proc is not ours.
         info.boot_ns = 1;
-        let p = ProcessCache::default().describe(&info);
+        let p = ProcessCache::default().describe(&info, no_exec);
         assert!(!p.verified);
         assert_eq!(p.exe, None);
         assert_eq!(p.pid, pid);
@@ -199,7 +223,7 @@ mod tests {
                 poisoned.clone(),
             );
         }
-        let p = cache.describe(&info);
+        let p = cache.describe(&info, no_exec);
         assert!(p.verified);
         assert_eq!(p.exe.as_deref(), Some(exe.as_str()));
         assert_ne!(p.cmdline, poisoned, "an entry of another image was served");
@@ -207,6 +231,6 @@ mod tests {
         let key = (pid, start, exe.clone(), "test".to_string());
         assert_eq!(cache.known.lock().unwrap().get(&key), Some(&p.cmdline));
         cache.known.lock().unwrap().insert(key, poisoned.clone());
-        assert_eq!(cache.describe(&info).cmdline, poisoned);
+        assert_eq!(cache.describe(&info, no_exec).cmdline, poisoned);
     }
 }
