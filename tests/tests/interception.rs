@@ -212,6 +212,36 @@ fn a_process_that_execs_another_program_is_attributed_to_the_new_program() -> Re
 }
 
 #[test]
+fn a_process_that_execs_itself_with_other_arguments_is_recorded_with_them() -> Result<()> {
+    // Same pid, start time, exe and comm before and after the exec: only the arguments differ,
+    // and the second connection must not be described by the first command line.
+    let s = Setup::new("")?;
+    let dst = s.v4(7000);
+    let connect = format!(
+        "exec 3<>/dev/tcp/{}/7000 && head -c 6 <&3 >/dev/null; exec 3>&-",
+        s.ns.remote_ip
+    );
+    let script = format!("{connect}; exec bash -c '{connect}' second-image");
+    let out = s
+        .daemon
+        .run_job(&[], "bash", &["-c", &script, "first-image"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut sessions = s.session_for(&dst)?;
+    sessions.sort_by_key(|x| x["id"].as_i64());
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let args: Vec<Value> = sessions
+        .iter()
+        .map(|x| Ok(s.daemon.show_session(&x["id"])?["process"]["cmdline"][3].clone()))
+        .collect::<Result<_>>()?;
+    assert_eq!(args, ["first-image", "second-image"]);
+    Ok(())
+}
+
+#[test]
 fn a_process_that_execs_before_the_gateway_looks_is_not_vouched_for() -> Result<()> {
     // The race an attacker would try after the test above: connect as one program and exec
     // another before the gateway reads /proc, so that /proc shows the second program. The daemon

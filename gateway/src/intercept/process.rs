@@ -9,16 +9,17 @@ use crate::record::ProcessInfo;
 
 /// What /proc said about recent processes: a process that opens many connections (a connection
 /// pool, a benchmark) has its command line read once. Keyed by what identifies one program image
-/// of one process: pid and start time (pid reuse), and exe and comm, both of which `execve`
-/// changes while pid and start time stay: without them, a process that connected once and then
-/// exec'd another program would have that program's connections attributed to the first one.
+/// of one process: pid and start time (pid reuse), and the time of its last exec, exe and comm,
+/// which `execve` changes while pid and start time stay: without them, a process that connected
+/// once and then exec'd another program (or the same one with other arguments) would have its
+/// later connections described by its first command line.
 #[derive(Default)]
 pub struct ProcessCache {
     known: Mutex<HashMap<ImageKey, Option<Vec<String>>>>,
 }
 
-/// (pid, start time, exe, comm).
-type ImageKey = (u32, u64, String, String);
+/// (pid, start time, last exec, exe, comm).
+type ImageKey = (u32, u64, u64, String, String);
 
 /// Entries kept at most; the cache is simply emptied when full.
 const CACHE_ENTRIES: usize = 4096;
@@ -41,10 +42,10 @@ impl ProcessCache {
         // exe before the exec check too: an exec is noted on entry, before it replaces anything,
         // so an exe read after the replacement is always caught here. An exec begun since the
         // connect means the exe read may be the next program's (the one that connected is gone).
-        if last_exec(info.pid).is_none_or(|at| at >= info.boot_ns) {
+        let Some(exec_ns) = last_exec(info.pid).filter(|at| *at < info.boot_ns) else {
             return captured(info);
-        }
-        let key = (info.pid, start_ns, exe, comm(&info.comm));
+        };
+        let key = (info.pid, start_ns, exec_ns, exe, comm(&info.comm));
         let known = self
             .known
             .lock()
@@ -68,7 +69,7 @@ impl ProcessCache {
             }
         };
         ProcessInfo {
-            exe: Some(key.2),
+            exe: Some(key.3),
             cmdline,
             verified: true,
             ..captured(info)
@@ -213,24 +214,30 @@ mod tests {
         let poisoned = Some(vec!["poisoned".to_string()]);
         {
             let mut known = cache.known.lock().unwrap();
-            // Earlier images of this pid: another program (before an exec), another comm.
+            // Earlier images of this pid: another program (before an exec), another comm, the
+            // same program before it exec'd itself again (other arguments).
             known.insert(
-                (pid, start, "/usr/bin/bash".into(), "test".into()),
+                (pid, start, 0, "/usr/bin/bash".into(), "test".into()),
                 poisoned.clone(),
             );
             known.insert(
-                (pid, start, exe.clone(), "renamed".into()),
+                (pid, start, 0, exe.clone(), "renamed".into()),
+                poisoned.clone(),
+            );
+            known.insert(
+                (pid, start, 0, exe.clone(), "test".into()),
                 poisoned.clone(),
             );
         }
-        let p = cache.describe(&info, no_exec);
+        let exec_again = |_: u32| Some(1u64);
+        let p = cache.describe(&info, exec_again);
         assert!(p.verified);
         assert_eq!(p.exe.as_deref(), Some(exe.as_str()));
         assert_ne!(p.cmdline, poisoned, "an entry of another image was served");
         // The image it saw is cached now, and served from the cache.
-        let key = (pid, start, exe.clone(), "test".to_string());
+        let key = (pid, start, 1, exe.clone(), "test".to_string());
         assert_eq!(cache.known.lock().unwrap().get(&key), Some(&p.cmdline));
         cache.known.lock().unwrap().insert(key, poisoned.clone());
-        assert_eq!(cache.describe(&info, no_exec).cmdline, poisoned);
+        assert_eq!(cache.describe(&info, exec_again).cmdline, poisoned);
     }
 }
