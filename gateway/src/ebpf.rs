@@ -444,7 +444,11 @@ impl Dataplane {
         for syscall in ["sys_enter_execve", "sys_enter_execveat"] {
             program
                 .attach("syscalls", syscall)
-                .map_err(|e| program_err(format!("attaching to syscalls/{syscall}: {e}")))?;
+                .map_err(|e| {
+                    program_err(format!(
+                        "attaching to the tracepoint syscalls/{syscall} (process attribution needs a kernel with syscall tracepoints, CONFIG_FTRACE_SYSCALLS): {e}"
+                    ))
+                })?;
         }
         let map_name = maps::EXEC_STARTS;
         let map = self
