@@ -597,16 +597,8 @@ fn ensure_tracefs() -> Result<(), DataplaneError> {
     if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
         return Ok(());
     }
-    nix::mount::mount(
-        Some("tracefs"),
-        TRACEFS,
-        Some("tracefs"),
-        nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC,
-        Some("mode=0700"),
-    )
-    .map_err(|e| DataplaneError::Tracefs(e.to_string()))?;
+    mount_kernel_fs("tracefs", Path::new(TRACEFS))
+        .map_err(|e| DataplaneError::Tracefs(e.to_string()))?;
     tracing::info!("mounted tracefs on {TRACEFS}");
     Ok(())
 }
@@ -635,18 +627,22 @@ fn ensure_bpffs(pin_root: &Path) -> Result<(), DataplaneError> {
         ));
     }
     fs::create_dir_all(default).map_err(io_err("create", default))?;
-    nix::mount::mount(
-        Some("bpf"),
-        default,
-        Some("bpf"),
-        nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC,
-        Some("mode=0700"),
-    )
-    .map_err(|e| DataplaneError::Bpffs(default.display().to_string(), e.to_string()))?;
+    mount_kernel_fs("bpf", default)
+        .map_err(|e| DataplaneError::Bpffs(default.display().to_string(), e.to_string()))?;
     tracing::info!("mounted bpffs on /sys/fs/bpf");
     Ok(())
+}
+
+/// Mounts a kernel pseudo-filesystem (bpf, tracefs) for root only, without devices, setuid or exec.
+fn mount_kernel_fs(fstype: &str, at: &Path) -> nix::Result<()> {
+    use nix::mount::MsFlags;
+    nix::mount::mount(
+        Some(fstype),
+        at,
+        Some(fstype),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700"),
+    )
 }
 
 /// Redirected connections waiting for accept(), keyed by the client's address.

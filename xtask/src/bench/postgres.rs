@@ -3,6 +3,8 @@
 //! statement policy, masking and recording all on; per-transaction p50 latency from single-client
 //! runs; and the gateway's memory for 1,000 idle sessions. Targets (issue 4): gateway TPS at or
 //! above pgbouncer and haproxy, added p50 under 0.15 ms, under 64 KiB per idle connection.
+//! For reference, the same server through the gateway as a plain `tcp` target (a second address
+//! of the server): what interception and relaying cost without the PostgreSQL layer.
 
 use std::{
     fs,
@@ -30,9 +32,17 @@ enum Path {
     Pgbouncer,
     Haproxy,
     Gateway,
+    /// The gateway relaying bytes (a `tcp` target): no protocol layer.
+    GatewayRelay,
 }
 
-const PATHS: [Path; 4] = [Path::Direct, Path::Pgbouncer, Path::Haproxy, Path::Gateway];
+const PATHS: [Path; 5] = [
+    Path::Direct,
+    Path::Pgbouncer,
+    Path::Haproxy,
+    Path::Gateway,
+    Path::GatewayRelay,
+];
 
 impl Path {
     fn name(self) -> &'static str {
@@ -41,13 +51,15 @@ impl Path {
             Path::Pgbouncer => "pgbouncer (session)",
             Path::Haproxy => "haproxy (tcp mode)",
             Path::Gateway => "gateway (L7, all on)",
+            Path::GatewayRelay => "gateway (tcp relay)",
         }
     }
 }
 
 /// Statement rules, masking (a column rule that hits every result row, all detectors) and the
-/// write-ahead statement log: everything on.
-fn gateway_config(host: &str, secret: &std::path::Path) -> String {
+/// write-ahead statement log: everything on. `relay_host`: the server's second address, a plain
+/// `tcp` target.
+fn gateway_config(host: &str, relay_host: &str, secret: &std::path::Path) -> String {
     format!(
         r#"
 [[targets]]
@@ -58,9 +70,15 @@ address = "{host}:5432"
 user = "app"
 password_file = "{secret}"
 
+[[targets]]
+name = "bench-relay"
+protocol = "tcp"
+address = "{relay_host}:5432"
+
 [[rules]]
 name = "no-ddl"
 action = "deny"
+targets = ["bench-db"]
 unauthenticated = true
 [rules.sql]
 kinds = ["drop", "truncate", "alter", "grant", "revoke"]
@@ -68,6 +86,7 @@ kinds = ["drop", "truncate", "alter", "grant", "revoke"]
 [[rules]]
 name = "writes-need-where"
 action = "deny"
+targets = ["bench-db"]
 unauthenticated = true
 [rules.sql]
 without_where = true
@@ -75,6 +94,7 @@ without_where = true
 [[rules]]
 name = "no-server-files"
 action = "deny"
+targets = ["bench-db"]
 unauthenticated = true
 [rules.sql]
 functions = ["pg_read_file", "lo_export", "lo_import", "dblink*"]
@@ -82,7 +102,7 @@ functions = ["pg_read_file", "lo_export", "lo_import", "dblink*"]
 [[rules]]
 name = "bench"
 action = "allow"
-targets = ["bench-db"]
+targets = ["bench-db", "bench-relay"]
 unauthenticated = true
 
 [[masking]]
@@ -98,6 +118,8 @@ struct Bench {
     ns: Netns,
     pg: Postgres,
     daemon: Daemon,
+    /// The server's second address: the gateway's `tcp` target.
+    relay_host: std::net::Ipv4Addr,
     dir: TempDir,
     pgbouncer_port: u16,
     haproxy_port: u16,
@@ -110,10 +132,15 @@ impl Bench {
         let dir = TempDir::new(&format!("pb{id}"));
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let ns = Netns::new(&id)?;
+        let relay_host = second_address(&ns)?;
         let pg = Postgres::start_with(
             &ns,
             dir.path(),
-            &format!("-c max_connections={} -c shared_buffers=64MB", IDLE + 100),
+            &format!(
+                "-c max_connections={} -c shared_buffers=64MB -c listen_addresses={},{relay_host}",
+                IDLE + 100,
+                ns.remote_ip
+            ),
         )?;
         let host = pg.host.to_string();
         let init = Command::new("ip")
@@ -186,11 +213,12 @@ impl Bench {
         let daemon = Daemon::start_at_default_log_level(DaemonConfig {
             // The idle test holds IDLE sessions of one job.
             server: format!("max_connections_per_job = {}", IDLE + 100),
-            body: gateway_config(&host, &secret),
+            body: gateway_config(&host, &relay_host.to_string(), &secret),
         })?;
         Ok(Bench {
             ns,
             pg,
+            relay_host,
             daemon,
             dir,
             pgbouncer_port,
@@ -202,8 +230,10 @@ impl Bench {
     /// pgbench through `path` with `args`; returns its stdout.
     fn pgbench(&self, path: Path, args: &[&str]) -> Result<String> {
         let host = self.pg.host.to_string();
+        let relay_host = self.relay_host.to_string();
         let (h, port) = match path {
             Path::Direct | Path::Gateway => (host.as_str(), "5432".to_string()),
+            Path::GatewayRelay => (relay_host.as_str(), "5432".to_string()),
             Path::Pgbouncer => ("127.0.0.1", self.pgbouncer_port.to_string()),
             Path::Haproxy => ("127.0.0.1", self.haproxy_port.to_string()),
         };
@@ -215,6 +245,15 @@ impl Bench {
                     .args(["run", "--", "pgbench"]);
                 // The job has no password: the gateway holds it.
                 c.env_remove("PGPASSWORD");
+                c
+            }
+            Path::GatewayRelay => {
+                let mut c = Command::new(gateway_bin());
+                c.arg("--control-socket")
+                    .arg(&self.daemon.control_socket)
+                    .args(["run", "--", "pgbench"]);
+                // Bytes are relayed as they are: the job authenticates itself.
+                c.env("PGPASSWORD", "apppw");
                 c
             }
             _ => {
@@ -274,6 +313,30 @@ fn p50_from_log(dir: &std::path::Path, prefix: &str) -> Result<f64> {
     Ok(median(samples))
 }
 
+/// Adds a second address (the namespace's .3) next to its .2 on the namespace's interface.
+fn second_address(ns: &Netns) -> Result<std::net::Ipv4Addr> {
+    let listing =
+        gateway_e2e::run_ok(Command::new("ip").args(["-n", &ns.name, "-o", "-4", "addr", "show"]))?;
+    let device = listing
+        .lines()
+        .find(|l| l.contains(&format!(" {}/", ns.remote_ip)))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|d| d.split('@').next().unwrap_or(d).to_string())
+        .with_context(|| format!("no interface with {} in {listing}", ns.remote_ip))?;
+    let [a, b, c, _] = ns.remote_ip.octets();
+    let second = std::net::Ipv4Addr::new(a, b, c, 3);
+    gateway_e2e::run_ok(Command::new("ip").args([
+        "-n",
+        &ns.name,
+        "addr",
+        "add",
+        &format!("{second}/24"),
+        "dev",
+        &device,
+    ]))?;
+    Ok(second)
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -284,11 +347,13 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 pub fn run() -> Result<()> {
-    // BENCH_PG_QUICK=1 (development only): haproxy and the gateway, simple protocol, no idle test.
+    // BENCH_PG_QUICK=1 (development only): haproxy and the gateway (both ways), simple protocol, no
+    // idle test.
     let quick = std::env::var_os("BENCH_PG_QUICK").is_some();
     let b = Bench::start()?;
     // Warm-up: connections, caches, the gateway's classification cache.
-    let skipped = |p: Path| quick && !matches!(p, Path::Haproxy | Path::Gateway);
+    let skipped =
+        |p: Path| quick && !matches!(p, Path::Haproxy | Path::Gateway | Path::GatewayRelay);
     for p in PATHS {
         if !skipped(p) {
             b.pgbench(p, &["-S", "-c", "4", "-j", "2", "-T", "2"])?;
@@ -376,6 +441,12 @@ pub fn run() -> Result<()> {
             t[3] / t[1],
             t[3] / t[2],
             (l[3] - l[0]) / 1000.0
+        );
+        println!(
+            "(reference) gateway as a tcp relay: {:.2}× pgbouncer, {:.2}× haproxy TPS; the PostgreSQL layer (policy, masking, write-ahead statement log) keeps {:.2} of the relay's TPS",
+            t[4] / t[1],
+            t[4] / t[2],
+            t[3] / t[4]
         );
     }
 
