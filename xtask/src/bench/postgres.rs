@@ -238,22 +238,18 @@ impl Bench {
             Path::Haproxy => ("127.0.0.1", self.haproxy_port.to_string()),
         };
         let mut cmd = match path {
-            Path::Gateway => {
+            Path::Gateway | Path::GatewayRelay => {
                 let mut c = Command::new(gateway_bin());
                 c.arg("--control-socket")
                     .arg(&self.daemon.control_socket)
                     .args(["run", "--", "pgbench"]);
-                // The job has no password: the gateway holds it.
-                c.env_remove("PGPASSWORD");
-                c
-            }
-            Path::GatewayRelay => {
-                let mut c = Command::new(gateway_bin());
-                c.arg("--control-socket")
-                    .arg(&self.daemon.control_socket)
-                    .args(["run", "--", "pgbench"]);
-                // Bytes are relayed as they are: the job authenticates itself.
-                c.env("PGPASSWORD", "apppw");
+                if path == Path::Gateway {
+                    // The job has no password: the gateway holds it.
+                    c.env_remove("PGPASSWORD");
+                } else {
+                    // Bytes are relayed as they are: the job authenticates itself.
+                    c.env("PGPASSWORD", "apppw");
+                }
                 c
             }
             _ => {
