@@ -9,7 +9,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::fs::PermissionsExt as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -177,11 +177,15 @@ impl Bench {
             .arg("postgres")
             .arg(dir.path())
             .status();
+        // Started as postgres directly (not through runuser): the process ended on drop must be
+        // pgbouncer itself, or every run leaves one behind.
+        let postgres = nix::unistd::User::from_name("postgres")?.context("no postgres user")?;
         peers.push(Process::spawn(
             "pgbouncer",
-            Command::new("runuser")
-                .args(["-u", "postgres", "--", "pgbouncer"])
-                .arg(&ini),
+            Command::new("pgbouncer")
+                .arg(&ini)
+                .uid(postgres.uid.as_raw())
+                .gid(postgres.gid.as_raw()),
             dir.path().join("pgbouncer.out"),
         )?);
         let haproxy_port = free_port();
