@@ -273,10 +273,12 @@ impl Dataplane {
     }
 
     fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
-        self.ebpf.map_mut(name).ok_or(DataplaneError::Program {
-            name,
-            detail: "map missing from the eBPF object".into(),
-        })
+        self.ebpf.map_mut(name).ok_or_else(|| missing_map(name))
+    }
+
+    /// Takes a map out of the loaded object, for a reader that owns it from now on.
+    fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, DataplaneError> {
+        self.ebpf.take_map(name).ok_or_else(|| missing_map(name))
     }
 
     /// Attaches every program to the cgroup and pins the links. On failure nothing stays attached.
@@ -390,10 +392,7 @@ impl Dataplane {
     /// The table of redirected connections waiting to be accepted.
     pub fn connections(&mut self) -> Result<Connections, DataplaneError> {
         let name = maps::BY_CLIENT;
-        let map = self.ebpf.take_map(name).ok_or(DataplaneError::Program {
-            name,
-            detail: "map missing from the eBPF object".into(),
-        })?;
+        let map = self.take_map(name)?;
         // Checks the map's type and its key and value sizes against ClientKey and ConnInfo.
         HashMap::<&MapData, ClientKey, ConnInfo>::try_from(&map)
             .map_err(|source| DataplaneError::Map { name, source })?;
@@ -451,14 +450,7 @@ impl Dataplane {
                 })?;
         }
         let map_name = maps::EXEC_STARTS;
-        let map = self
-            .ebpf
-            .take_map(map_name)
-            .ok_or(DataplaneError::Program {
-                name: map_name,
-                detail: "map missing from the eBPF object".into(),
-            })?;
-        HashMap::try_from(map)
+        HashMap::try_from(self.take_map(map_name)?)
             .map(ExecStarts)
             .map_err(|source| DataplaneError::Map {
                 name: map_name,
@@ -477,11 +469,8 @@ impl Dataplane {
     /// The ring buffer of refused and audited operations.
     pub fn events(&mut self) -> Result<RingBuf<MapData>, DataplaneError> {
         let name = maps::EVENTS;
-        let map = self.ebpf.take_map(name).ok_or(DataplaneError::Program {
-            name,
-            detail: "map missing from the eBPF object".into(),
-        })?;
-        RingBuf::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+        RingBuf::try_from(self.take_map(name)?)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 }
 
@@ -585,6 +574,13 @@ fn unpin_dir(dir: &Path) -> Result<(), DataplaneError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err("remove", dir)(e)),
+    }
+}
+
+fn missing_map(name: &'static str) -> DataplaneError {
+    DataplaneError::Program {
+        name,
+        detail: "map missing from the eBPF object".into(),
     }
 }
 
