@@ -79,14 +79,16 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// Keeps the first time of a failure that goes on.
-    fn note(slot: &mut Option<Failure>, error: String) {
-        match slot {
-            Some(f) => f.error = error,
-            None => {
+    /// Follows one kind of failure: a success clears it; a failure that goes on keeps its first
+    /// time and its latest error.
+    fn track<T, E: std::fmt::Display>(slot: &mut Option<Failure>, result: &Result<T, E>) {
+        match (result, slot.as_mut()) {
+            (Ok(_), _) => *slot = None,
+            (Err(e), Some(f)) => f.error = e.to_string(),
+            (Err(e), None) => {
                 *slot = Some(Failure {
                     since: sessions::now(),
-                    error,
+                    error: e.to_string(),
                 })
             }
         }
@@ -283,11 +285,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut log = lock(&self.shared.log);
         let first = log.next_seq;
-        if let Err(e) = log.journal.append(first, encoded) {
-            Failure::note(&mut log.journal_failing, e.to_string());
-            return Err(e.into());
-        }
-        log.journal_failing = None;
+        let appended = log.journal.append(first, encoded);
+        Failure::track(&mut log.journal_failing, &appended);
+        appended?;
         log.next_seq += encoded.len() as u64;
         log.queue.extend((first..).zip(records));
         let wake = std::mem::take(&mut log.writer_waiting);
@@ -342,12 +342,9 @@ impl Store {
             let _ = conn.execute_batch("RELEASE work");
         }
         let commit = commit(&conn);
-        match &commit {
-            Ok(()) => lock(&self.shared.log).apply_failing = None,
-            Err(e) => {
-                Failure::note(&mut lock(&self.shared.log).apply_failing, e.clone());
-                self.requeue(earlier);
-            }
+        Failure::track(&mut lock(&self.shared.log).apply_failing, &commit);
+        if commit.is_err() {
+            self.requeue(earlier);
         }
         drop(conn);
         match (result, commit) {
@@ -506,15 +503,13 @@ fn apply_queued(shared: &Shared, max: usize) -> Result<Option<u64>, String> {
         .map_err(|e| e.to_string())
         .and_then(|()| commit(&conn));
     let mut log = lock(&shared.log);
-    if let Err(e) = applied {
+    Failure::track(&mut log.apply_failing, &applied);
+    if applied.is_err() {
         for r in batch.into_iter().rev() {
             log.queue.push_front(r);
         }
-        Failure::note(&mut log.apply_failing, e.clone());
-        return Err(e);
     }
-    log.apply_failing = None;
-    Ok(Some(last))
+    applied.map(|()| Some(last))
 }
 
 /// Applies queued records in batches, shortly after they arrive (a `call` may take them first),
