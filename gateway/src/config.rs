@@ -104,6 +104,39 @@ pub enum Protocol {
     Kubernetes,
 }
 
+/// Why a job could serve an address itself (a network of several addresses, any of which it might
+/// hold, or an address of the runner), if it could.
+pub fn servable_by_a_job(address: &AddressSpec) -> Option<String> {
+    let HostSpec::Net(net) = &address.host else {
+        return None;
+    };
+    if net.prefix_len() < net.max_prefix_len() {
+        return Some(format!("{net} has more than one address"));
+    }
+    let ip = net.addr();
+    (ip.is_loopback() || ip.is_unspecified())
+        .then(|| format!("{ip} is an address of the runner itself"))
+}
+
+/// The runner's own addresses among `targets` (postgres targets that do not authenticate their
+/// server): a job could listen on them. Checked at startup against the machine's interfaces.
+pub fn targets_on_local_addresses<'a>(
+    targets: &'a [Target],
+    local: &[std::net::IpAddr],
+) -> Vec<(&'a str, std::net::IpAddr)> {
+    targets
+        .iter()
+        .filter(|t| t.protocol == Protocol::Postgres && !t.postgres.authenticates_server())
+        .filter_map(|t| match &t.address.host {
+            HostSpec::Net(net) => local
+                .iter()
+                .find(|ip| net.contains(*ip))
+                .map(|ip| (t.name.as_str(), *ip)),
+            HostSpec::Name(_) => None,
+        })
+        .collect()
+}
+
 impl Protocol {
     /// Protocols this build can serve; the others are refused by validation.
     pub fn implemented(self) -> bool {
@@ -868,6 +901,16 @@ impl Validator<'_> {
             };
             credentials.identities = self.identity_credentials(i, c.identities);
             let postgres = self.postgres_settings(i, protocol, t.postgres);
+            if protocol == Protocol::Postgres
+                && !postgres.authenticates_server()
+                && let Some(why) = servable_by_a_job(&address)
+            {
+                self.problem(
+                    t.address.span(),
+                    format!("targets[{i}].address"),
+                    format!("{why}, so a job could listen there and receive the gateway's login: set [targets.postgres] tls = \"verify-full\" (with ca_file) or pinned_certificate"),
+                );
+            }
             let ssh = self.ssh_settings(i, protocol, t.ssh, t.name.span());
             let preconnect = t.preconnect.is_some_and(|p| {
                 if *p.get_ref() && protocol != Protocol::Tcp {

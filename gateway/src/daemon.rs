@@ -50,6 +50,29 @@ pub enum DaemonError {
     Identity(#[from] VerifyError),
     #[error("the gateway's client TLS CA: {0}")]
     ClientCa(#[from] crate::tls_ca::CaError),
+    #[error(
+        "target {target:?} includes {address}, an address of this machine: a job could listen there and receive the gateway's login; set [targets.postgres] tls = \"verify-full\" (with ca_file) or pinned_certificate"
+    )]
+    LocalTarget {
+        target: String,
+        address: std::net::IpAddr,
+    },
+}
+
+/// The addresses of this machine's interfaces.
+pub fn local_addresses() -> Vec<IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| {
+                    let a = a.address?;
+                    a.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// State shared by every task of the daemon.
@@ -116,6 +139,14 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         .map(|p| cgroup_root.join(p.trim_start_matches('/')))
         .unwrap_or_else(|| cgroup_root.clone());
 
+    if let Some((target, address)) =
+        crate::config::targets_on_local_addresses(&config.targets, &local_addresses()).first()
+    {
+        return Err(DaemonError::LocalTarget {
+            target: target.to_string(),
+            address: *address,
+        });
+    }
     let client_tls = client_tls(&config)?;
 
     // The lock on the pinned objects comes first: a second daemon stops here, having changed nothing.

@@ -305,6 +305,17 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
                     for w in &cfg.warnings {
                         eprintln!("{w}");
                     }
+                    let local = gateway::daemon::local_addresses();
+                    let on_this_machine = config::targets_on_local_addresses(&cfg.targets, &local);
+                    for (target, address) in &on_this_machine {
+                        eprintln!(
+                            "{}: target {target:?} includes {address}, an address of this machine: a job could listen there and receive the gateway's login; set [targets.postgres] tls = \"verify-full\" or pinned_certificate",
+                            path.display()
+                        );
+                    }
+                    if !on_this_machine.is_empty() {
+                        return Ok(1);
+                    }
                     let warned = match cfg.warnings.len() {
                         0 => String::new(),
                         1 => ", 1 warning".to_string(),

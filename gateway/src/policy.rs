@@ -11,7 +11,9 @@
 
 use serde::Serialize;
 
+mod settings;
 mod ssh;
+pub use settings::{PROTECTED_SETTINGS, StartupSettingError, check_startup_setting};
 pub use ssh::SshOperation;
 use std::{collections::HashSet, path::PathBuf};
 
@@ -21,6 +23,38 @@ use crate::{
     identity::Identity,
     sql::{SqlStatement, StatementKind},
 };
+
+/// What the session tells policy about how names in a statement resolve.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatementContext<'a> {
+    /// The session's search path (schemas unqualified names resolve in, in order).
+    pub search_path: &'a [String],
+}
+
+/// Functions that run SQL given to them as text (or read tables named by text): statement, table
+/// and column rules cannot see what they do, so they are refused unless the target says
+/// `allow_opaque_sql`.
+pub const OPAQUE_FUNCTIONS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xml_and_xmlschema",
+    "query_to_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xml_and_xmlschema",
+    "table_to_xmlschema",
+    "schema_to_xml",
+    "schema_to_xml_and_xmlschema",
+    "schema_to_xmlschema",
+    "database_to_xml",
+    "database_to_xml_and_xmlschema",
+    "database_to_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+    "dblink*",
+    "crosstab*",
+    "connectby",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
@@ -66,25 +100,31 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// Targets whose unparseable statements go to the rules instead of being refused.
     allow_unparseable: HashSet<String>,
+    /// Targets whose opaque SQL (DO blocks, functions running SQL text) goes to the rules.
+    allow_opaque: HashSet<String>,
 }
 
 impl Policy {
     pub fn new(rules: Vec<Rule>) -> Self {
         Policy {
             rules,
-            allow_unparseable: HashSet::new(),
+            ..Policy::default()
         }
     }
 
     pub fn from_config(config: &Config) -> Self {
-        Policy {
-            rules: config.rules.clone(),
-            allow_unparseable: config
+        let targets = |f: fn(&crate::config::Target) -> bool| {
+            config
                 .targets
                 .iter()
-                .filter(|t| t.postgres.allow_unparseable)
+                .filter(|t| f(t))
                 .map(|t| t.name.clone())
-                .collect(),
+                .collect()
+        };
+        Policy {
+            rules: config.rules.clone(),
+            allow_unparseable: targets(|t| t.postgres.allow_unparseable),
+            allow_opaque: targets(|t| t.postgres.allow_opaque_sql),
         }
     }
 
@@ -111,13 +151,16 @@ impl Policy {
 }
 
 impl Policy {
-    /// May this statement run? The first rule whose identity, target and statement conditions
-    /// all match decides; rules without statement conditions match every statement.
+    /// May this statement run? First what the gateway itself requires (SQL it can classify,
+    /// session settings it pins, no SQL it cannot see into); then the first rule whose identity,
+    /// target and statement conditions all match decides; rules without statement conditions
+    /// match every statement.
     pub fn decide_statement(
         &self,
         identity: &Identity,
         target: &str,
         statement: &SqlStatement,
+        context: &StatementContext<'_>,
     ) -> Decision {
         if statement.kind == StatementKind::Unparsed && !self.allow_unparseable.contains(target) {
             return Decision::Deny {
@@ -128,11 +171,24 @@ impl Policy {
                 ),
             };
         }
+        if let Err(reason) = settings::check_changes(&statement.settings) {
+            return Decision::Deny { rule: None, reason };
+        }
+        if !self.allow_opaque.contains(target)
+            && let Some(what) = opaque(statement)
+        {
+            return Decision::Deny {
+                rule: None,
+                reason: format!(
+                    "{what} runs SQL the gateway cannot see, so statement, table and masking rules could not hold; refused (a target may allow it with allow_opaque_sql = true)"
+                ),
+            };
+        }
         for rule in &self.rules {
             let sql_matches = rule
                 .sql
                 .as_ref()
-                .is_none_or(|c| condition_matches(c, statement));
+                .is_none_or(|c| condition_matches(c, rule.action, statement, context));
             if sql_matches && applies(rule, identity, target) {
                 return match (&rule.action, &rule.sql) {
                     (Action::Deny, Some(c)) => Decision::Deny {
@@ -179,33 +235,104 @@ impl Policy {
     }
 }
 
-fn any_glob<'a>(globs: &[String], mut values: impl Iterator<Item = &'a str>) -> bool {
-    values.any(|v| globs.iter().any(|g| table_glob(g, v)))
+/// Why a statement runs SQL the gateway cannot see, if it does.
+fn opaque(s: &SqlStatement) -> Option<String> {
+    if s.kinds().any(|k| k == StatementKind::Do) {
+        return Some("a DO block".into());
+    }
+    s.functions
+        .iter()
+        .find(|f| {
+            let last = f.rsplit('.').next().unwrap_or(f);
+            OPAQUE_FUNCTIONS.iter().any(|g| glob::matches(g, last))
+        })
+        .map(|f| format!("{f}()"))
 }
 
-/// A table (or function) glob: unqualified patterns match the last part of a qualified name;
-/// qualified patterns match unqualified names as if they were in `public`.
-fn table_glob(pattern: &str, name: &str) -> bool {
+/// How a list condition holds: a deny or approval rule matches when any element matches (any part
+/// of the statement it is about is enough to refuse it or hold it); an allow rule only when every
+/// element does (a statement that also reads another table is not "a statement on x").
+fn list_matches<'a>(
+    globs: &[String],
+    action: Action,
+    values: impl Iterator<Item = &'a str>,
+    matches: impl Fn(&str, &str) -> bool,
+) -> bool {
+    let mut values = values.peekable();
+    match action {
+        Action::Allow => {
+            values.peek().is_some() && values.all(|v| globs.iter().any(|g| matches(g, v)))
+        }
+        Action::Deny | Action::RequireApproval => {
+            values.any(|v| globs.iter().any(|g| matches(g, v)))
+        }
+    }
+}
+
+/// A table (or function) glob against a name as written: unqualified patterns match the last part
+/// of a qualified name; a qualified pattern matches an unqualified name through the session's
+/// search path (for a deny or approval rule, any schema the name could be in; for an allow rule,
+/// every one).
+fn table_glob(pattern: &str, name: &str, action: Action, search_path: &[String]) -> bool {
     if glob::matches(pattern, name) {
         return true;
     }
     match (pattern.contains('.'), name.rsplit_once('.')) {
         (false, Some((_, last))) => glob::matches(pattern, last),
-        (true, None) => glob::matches(pattern, &format!("public.{name}")),
+        (true, None) => {
+            let mut schemas: Vec<&str> = search_path
+                .iter()
+                .map(String::as_str)
+                .filter(|s| match action {
+                    // System catalogs all start with pg_; temporary tables are the job's own.
+                    Action::Allow => {
+                        (*s != "pg_catalog" || name.starts_with("pg_")) && !s.starts_with("pg_temp")
+                    }
+                    Action::Deny | Action::RequireApproval => true,
+                })
+                .collect();
+            if schemas.is_empty() {
+                schemas.push("public");
+            }
+            let matches = |s: &&str| glob::matches(pattern, &format!("{s}.{name}"));
+            match action {
+                Action::Allow => schemas.iter().all(matches),
+                Action::Deny | Action::RequireApproval => schemas.iter().any(matches),
+            }
+        }
         _ => false,
     }
 }
 
-fn condition_matches(c: &SqlCondition, s: &SqlStatement) -> bool {
-    (c.kinds.is_empty() || s.kinds().any(|k| c.kinds.contains(&k)))
-        && (c.tables.is_empty() || any_glob(&c.tables, s.tables()))
+fn condition_matches(
+    c: &SqlCondition,
+    action: Action,
+    s: &SqlStatement,
+    context: &StatementContext<'_>,
+) -> bool {
+    let path = context.search_path;
+    let tables = |g: &str, v: &str| table_glob(g, v, action, path);
+    let names = |g: &str, v: &str| table_glob(g, v, action, &[]);
+    let kinds = match action {
+        Action::Allow => s.kinds().all(|k| c.kinds.contains(&k)),
+        Action::Deny | Action::RequireApproval => s.kinds().any(|k| c.kinds.contains(&k)),
+    };
+    (c.kinds.is_empty() || kinds)
+        && (c.tables.is_empty() || list_matches(&c.tables, action, s.tables(), tables))
         && (c.tables_written.is_empty()
-            || any_glob(
+            || list_matches(
                 &c.tables_written,
+                action,
                 s.tables_written.iter().map(String::as_str),
+                tables,
             ))
         && (c.functions.is_empty()
-            || any_glob(&c.functions, s.functions.iter().map(String::as_str)))
+            || list_matches(
+                &c.functions,
+                action,
+                s.functions.iter().map(String::as_str),
+                names,
+            ))
         && (!c.without_where || s.has_where == Some(false))
         && (!c.unbounded || s.bounded == Some(false))
         && (c.copy.is_empty()
@@ -223,11 +350,11 @@ fn describe_match(c: &SqlCondition, s: &SqlStatement) -> String {
             s.kinds().find(|k| k.filters_rows()).unwrap_or(s.kind)
         );
     } else if !c.functions.is_empty() {
-        if let Some(f) = s
-            .functions
-            .iter()
-            .find(|f| c.functions.iter().any(|g| table_glob(g, f)))
-        {
+        if let Some(f) = s.functions.iter().find(|f| {
+            c.functions
+                .iter()
+                .any(|g| table_glob(g, f, Action::Deny, &[]))
+        }) {
             what = format!("calls to {f}()");
         }
     } else if !c.copy.is_empty() {

@@ -8,6 +8,9 @@ use crate::build::workspace_root;
 
 /// Debian packages the build and the tests use.
 const DEBIAN_PACKAGES: &[&str] = &[
+    // Building: pg_query compiles PostgreSQL's parser (libpg_query) and generates its bindings
+    // with bindgen, which needs libclang.
+    "libclang-dev",
     // Test peers and baselines.
     "postgresql-15",
     "postgresql-client-15",

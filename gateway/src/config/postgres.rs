@@ -75,6 +75,34 @@ pub struct PostgresSettings {
     pub sample_bytes_per_session: usize,
     /// Largest message accepted from the client.
     pub max_message_size: usize,
+    /// SQL the gateway will classify per statement text: longer or more tokens is refused.
+    pub limits: crate::sql::Limits,
+    /// DO blocks and functions that run SQL given as text are refused unless this is set.
+    pub allow_opaque_sql: bool,
+    /// Startup settings allowed beyond the built-in list (lower-case names).
+    pub allowed_settings: Vec<String>,
+    /// SHA-256 digest of the server's certificate (DER): TLS to exactly that server.
+    pub pinned_certificate: Option<[u8; 32]>,
+}
+
+impl PostgresSettings {
+    /// Whether the gateway authenticates the server (a CA-verified name, or a pinned certificate).
+    pub fn authenticates_server(&self) -> bool {
+        self.tls == UpstreamTls::VerifyFull || self.pinned_certificate.is_some()
+    }
+}
+
+/// Parses `AB:CD:…` or `abcd…` (64 hex digits) into a SHA-256 digest.
+fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Default for PostgresSettings {
@@ -88,6 +116,10 @@ impl Default for PostgresSettings {
             sample_rows: 5,
             sample_bytes_per_session: 256 * 1024,
             max_message_size: 64 * 1024 * 1024,
+            limits: crate::sql::Limits::default(),
+            allow_opaque_sql: false,
+            allowed_settings: Vec::new(),
+            pinned_certificate: None,
         }
     }
 }
@@ -135,6 +167,11 @@ pub(super) struct RawPostgres {
     sample_rows: Option<S<i64>>,
     sample_bytes_per_session: Option<S<i64>>,
     max_message_size: Option<S<i64>>,
+    max_statement_bytes: Option<S<i64>>,
+    max_statement_tokens: Option<S<i64>>,
+    allow_opaque_sql: Option<bool>,
+    allowed_settings: Option<Vec<S<String>>>,
+    pinned_certificate: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +287,46 @@ impl Validator<'_> {
             1024,
             out.max_message_size,
         );
+        out.limits.max_bytes = count(
+            raw.max_statement_bytes,
+            "max_statement_bytes",
+            1024,
+            out.limits.max_bytes,
+        );
+        out.limits.max_tokens = count(
+            raw.max_statement_tokens,
+            "max_statement_tokens",
+            100,
+            out.limits.max_tokens,
+        );
+        out.allow_opaque_sql = raw.allow_opaque_sql.unwrap_or(false);
+        for (j, s) in raw
+            .allowed_settings
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let name = s.get_ref().to_ascii_lowercase();
+            if crate::policy::PROTECTED_SETTINGS.contains(&name.as_str()) {
+                self.problem(
+                    s.span(),
+                    format!("{key}.allowed_settings[{j}]"),
+                    format!("{name} is pinned by the gateway and cannot be allowed"),
+                );
+            } else {
+                out.allowed_settings.push(name);
+            }
+        }
+        if let Some(p) = raw.pinned_certificate {
+            match parse_fingerprint(p.get_ref()) {
+                Some(digest) => out.pinned_certificate = Some(digest),
+                None => self.problem(
+                    p.span(),
+                    format!("{key}.pinned_certificate"),
+                    "expected the certificate's SHA-256 digest: 64 hex digits (colons allowed), e.g. from `openssl x509 -noout -fingerprint -sha256`",
+                ),
+            }
+        }
         out
     }
 

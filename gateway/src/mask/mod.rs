@@ -5,11 +5,13 @@
 //! Pure data transformation: the protocol handler tells which columns a result has (and which of
 //! them the catalog says are covered by a rule); this module says what to do with each value.
 
+mod coverage;
 mod detectors;
 mod values;
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
+pub use coverage::{CatalogColumn, Coverage, CoveredTable};
 pub use detectors::{Detector, redact};
 pub use values::{is_textual, replacement};
 
@@ -112,13 +114,13 @@ impl Masker {
         (!m.rules.is_empty()).then(|| Arc::new(m))
     }
 
-    /// Plans the masking of a result with these columns. `covered` holds the (table oid, column
-    /// number) pairs that the catalog matched against the column rules.
-    pub fn plan(&self, columns: &[ResultColumn], covered: &HashSet<(u32, i16)>) -> Plan {
+    /// Plans the masking of a result with these columns. `covered` says which (table oid, column
+    /// number) pairs the catalog matched against the column rules.
+    pub fn plan(&self, columns: &[ResultColumn], covered: &Coverage) -> Plan {
         let actions = columns
             .iter()
             .map(|c| {
-                let by_rule = (c.table_oid != 0 && covered.contains(&(c.table_oid, c.column)))
+                let by_rule = (c.table_oid != 0 && covered.contains(c.table_oid, c.column))
                     || self.columns.iter().any(|p| p.matches_output_name(&c.name));
                 if by_rule {
                     Action::Replace
@@ -142,6 +144,16 @@ impl Masker {
             return None;
         }
         redact(text, &self.detectors)
+    }
+
+    /// [`Masker::redact_text`] for text that stays text; the input when nothing matched.
+    pub fn redact_str<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        match self.redact_text(text.as_bytes()) {
+            Some((masked, _)) => {
+                std::borrow::Cow::Owned(String::from_utf8_lossy(&masked).into_owned())
+            }
+            None => std::borrow::Cow::Borrowed(text),
+        }
     }
 }
 

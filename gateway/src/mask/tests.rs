@@ -152,7 +152,18 @@ fn rows_keep_their_shape_and_types() {
         col("nothing", 0, 0, values::TEXT, false),
     ];
     // The catalog said users.ssn is (1000, 3).
-    let covered: HashSet<(u32, i16)> = [(1000, 3)].into();
+    let covered = Coverage::new(vec![CoveredTable {
+        oid: 1000,
+        schema: "public".into(),
+        name: "users".into(),
+        columns: vec![CatalogColumn {
+            attnum: 3,
+            name: "x".into(),
+            type_oid: values::INT8,
+            generated: false,
+            covered: true,
+        }],
+    }]);
     let plan = m.plan(&columns, &covered);
     assert_eq!(
         plan.actions,
@@ -189,7 +200,7 @@ fn covered_binary_columns_are_masked_by_type_or_nulled() {
         col("secret_t", 0, 0, values::TEXT, true),
         col("secret_arr", 0, 0, 1007, true),
     ];
-    let plan = m.plan(&columns, &HashSet::new());
+    let plan = m.plan(&columns, &Coverage::default());
     let body = row(&[
         Some(&[0, 0, 0, 0, 0, 0, 0, 42]),
         Some(b"top"),
@@ -209,7 +220,7 @@ fn output_names_match_bare_patterns_only() {
         col("user_email", 0, 0, values::TEXT, false),
         col("phone", 0, 0, values::TEXT, false),
     ];
-    let plan = m.plan(&columns, &HashSet::new());
+    let plan = m.plan(&columns, &Coverage::default());
     assert_eq!(plan.actions, [Action::Replace, Action::Keep]);
     assert!(!plan.is_noop());
 }
@@ -217,7 +228,7 @@ fn output_names_match_bare_patterns_only() {
 #[test]
 fn malformed_rows_are_errors_not_panics() {
     let plan = masker(&[], &[Detector::Email])
-        .plan(&[col("a", 0, 0, values::TEXT, false)], &HashSet::new());
+        .plan(&[col("a", 0, 0, values::TEXT, false)], &Coverage::default());
     for bad in [
         &b""[..],
         b"\x00",

@@ -150,3 +150,140 @@ fn require_approval_is_reported_as_such() {
         Decision::RequireApproval { rule: "ask".into() }
     );
 }
+
+fn sql_policy(rules: &str) -> Policy {
+    let text = format!(
+        "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"10.0.0.5:5432\"\n\n{rules}"
+    );
+    Policy::from_config(&Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn statement(policy: &Policy, sql: &str, search_path: &[String]) -> &'static str {
+    let s = &crate::sql::classify(sql)[0];
+    let ctx = StatementContext { search_path };
+    policy
+        .decide_statement(&Identity::unauthenticated(), "db", s, &ctx)
+        .label()
+}
+
+#[test]
+fn an_allow_rule_covers_a_statement_only_if_it_covers_every_part_of_it() {
+    let p = sql_policy(
+        r#"
+[[rules]]
+name = "reports"
+action = "allow"
+targets = ["db"]
+unauthenticated = true
+[rules.sql]
+kinds = ["select"]
+tables = ["reports"]
+"#,
+    );
+    assert_eq!(statement(&p, "SELECT * FROM reports", &[]), "allow");
+    // Also reads another table: not "a select on reports".
+    assert_eq!(statement(&p, "SELECT * FROM reports, secrets", &[]), "deny");
+    // A nested DELETE is not a select.
+    assert_eq!(
+        statement(
+            &p,
+            "WITH d AS (DELETE FROM reports RETURNING *) SELECT * FROM d",
+            &[]
+        ),
+        "deny"
+    );
+    // No table at all is not a statement on reports either.
+    assert_eq!(
+        statement(&p, "SELECT pg_read_file('/etc/passwd')", &[]),
+        "deny"
+    );
+}
+
+#[test]
+fn a_deny_or_approval_rule_catches_any_part() {
+    let p = sql_policy(
+        r#"
+[[rules]]
+name = "no-delete"
+action = "deny"
+targets = ["db"]
+unauthenticated = true
+[rules.sql]
+kinds = ["delete"]
+
+[[rules]]
+name = "jobs"
+action = "allow"
+targets = ["db"]
+unauthenticated = true
+"#,
+    );
+    assert_eq!(
+        statement(&p, "WITH d AS (DELETE FROM t RETURNING *) SELECT 1", &[]),
+        "deny"
+    );
+    assert_eq!(statement(&p, "SELECT * FROM t", &[]), "allow");
+}
+
+#[test]
+fn qualified_patterns_resolve_unqualified_names_through_the_search_path() {
+    let p = sql_policy(
+        r#"
+[[rules]]
+name = "no-secrets"
+action = "deny"
+targets = ["db"]
+unauthenticated = true
+[rules.sql]
+tables = ["vault.secrets"]
+
+[[rules]]
+name = "jobs"
+action = "allow"
+targets = ["db"]
+unauthenticated = true
+"#,
+    );
+    let path = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        statement(
+            &p,
+            "SELECT * FROM secrets",
+            &path(&["pg_catalog", "vault", "public"])
+        ),
+        "deny"
+    );
+    assert_eq!(
+        statement(
+            &p,
+            "SELECT * FROM secrets",
+            &path(&["pg_catalog", "public"])
+        ),
+        "allow"
+    );
+    assert_eq!(statement(&p, "SELECT * FROM vault.secrets", &[]), "deny");
+}
+
+#[test]
+fn opaque_sql_and_pinned_settings_are_refused_before_any_rule() {
+    let p = sql_policy(
+        r#"
+[[rules]]
+name = "jobs"
+action = "allow"
+targets = ["db"]
+unauthenticated = true
+"#,
+    );
+    for sql in [
+        "DO $$ BEGIN DELETE FROM t; END $$",
+        "SELECT query_to_xml('delete from t returning 1', true, true, '')",
+        "SELECT * FROM dblink('host=x', 'select 1') AS r(a int)",
+        "SELECT * FROM public.crosstab('select 1')",
+        "SET ROLE admin",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+    ] {
+        assert_eq!(statement(&p, sql, &[]), "deny", "{sql}");
+    }
+    assert_eq!(statement(&p, "SELECT xmlforest(1 AS a)", &[]), "allow");
+}

@@ -38,6 +38,10 @@ pub enum JournalError {
     Encode(#[from] serde_json::Error),
     #[error("journal {0}: an earlier write failed and could not be undone; refusing to append")]
     Broken(String),
+    #[error(
+        "a record of {0} bytes is larger than the journal reads back ({MAX_PAYLOAD} bytes); not recorded"
+    )]
+    TooLarge(usize),
 }
 
 /// One thing the store was asked to keep, as it is written to the journal and later to SQLite.
@@ -71,10 +75,15 @@ pub struct EventRow {
 pub struct Encoded(Vec<u8>);
 
 impl Encoded {
+    /// Encodes a record; one that replay would refuse as too large is refused here instead, so
+    /// that nothing is stored that cannot be read back.
     pub fn new(record: &Record) -> Result<Encoded, JournalError> {
         let mut buf = Vec::with_capacity(256);
         buf.resize(HEADER, 0);
         serde_json::to_writer(&mut buf, record)?;
+        if buf.len() - HEADER > MAX_PAYLOAD {
+            return Err(JournalError::TooLarge(buf.len() - HEADER));
+        }
         Ok(Encoded(buf))
     }
 

@@ -349,3 +349,25 @@ async fn a_record_that_cannot_be_applied_leaves_the_rest_of_its_batch_in_place()
     assert_eq!(seqs, [1, 3]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_record_larger_than_replay_reads_is_refused_when_written() {
+    use super::journal::{Encoded, EventRow, JournalError, Record};
+    let huge = Record::Events {
+        session_id: 1,
+        events: vec![EventRow {
+            kind: "x".into(),
+            at: String::new(),
+            detail: "a".repeat(65 * 1024 * 1024),
+        }],
+    };
+    assert!(matches!(
+        Encoded::new(&huge),
+        Err(JournalError::TooLarge(_))
+    ));
+    let small = Record::Events {
+        session_id: 1,
+        events: vec![],
+    };
+    assert!(Encoded::new(&small).is_ok());
+}

@@ -1,73 +1,108 @@
-//! The walk over sqlparser's AST that fills a [`SqlStatement`].
+//! Statement text → [`SqlStatement`]s, with PostgreSQL's own parser (libpg_query): the gateway
+//! splits, lexes and parses exactly as the server does, including every syntax the walker never
+//! heard of.
 
-use std::ops::ControlFlow;
-
-use sqlparser::{
-    ast::{
-        BinaryOperator, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, FromTable,
-        FunctionArguments, InTarget, LimitClause, ObjectName, Query, Select, SelectItem, SetExpr,
-        Statement, TableFactor, TableObject, Visit, Visitor, visit_expressions,
-    },
-    dialect::PostgreSqlDialect,
-    parser::Parser,
-};
+use pg_query::{NodeEnum, ParserOptions, protobuf};
 
 use super::{
-    CopyDirection, CopyEndpoint, CopyFormat, CopySpec, SqlStatement, StatementKind,
-    names::{ident, object},
+    CopyDirection, CopyEndpoint, CopyFormat, CopySpec, SqlObject, SqlStatement, StatementKind,
+    walk::{self, Facts},
 };
 
-/// Nesting deeper than this is refused as unparseable rather than risking the stack.
-const RECURSION_LIMIT: usize = 64;
+/// Classifies every statement of `sql` as the server would lex it with
+/// `standard_conforming_strings` on (`scs_off` for the other reading). Text that does not parse
+/// yields one `Unparsed` statement.
+pub fn classify_with(sql: &str, scs_off: bool) -> Vec<SqlStatement> {
+    let options = if scs_off {
+        ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
+    } else {
+        ParserOptions::DEFAULT
+    };
+    let parsed = match pg_query::parse(sql, options) {
+        Ok(p) => p,
+        Err(e) => return vec![SqlStatement::unparsed(parse_error(&e))],
+    };
+    parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|raw| raw.stmt.as_deref())
+        .map(statement)
+        .collect()
+}
 
-/// Classifies every statement of `sql`. Text that does not parse yields one `Unparsed` statement.
+/// Classifies `sql` (the reading of the pinned session settings).
 pub fn classify(sql: &str) -> Vec<SqlStatement> {
-    let dialect = PostgreSqlDialect {};
-    let parsed = Parser::new(&dialect)
-        .with_recursion_limit(RECURSION_LIMIT)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements());
-    match parsed {
-        Ok(statements) => statements.iter().map(statement).collect(),
-        Err(e) => vec![SqlStatement::unparsed(e.to_string())],
+    classify_with(sql, false)
+}
+
+fn parse_error(e: &pg_query::Error) -> String {
+    match e {
+        pg_query::Error::Parse(m) => m.clone(),
+        pg_query::Error::Decode(d) if d.to_string().contains("recursion limit") => {
+            "the statement nests expressions more deeply than the gateway classifies; split it up or pass values as parameters".into()
+        }
+        pg_query::Error::Conversion(_) => "the statement text contains a NUL byte".into(),
+        other => other.to_string(),
     }
 }
 
-fn statement(stmt: &Statement) -> SqlStatement {
-    let mut walk = Walk::default();
-    let _ = stmt.visit(&mut walk);
+fn statement(node: &protobuf::Node) -> SqlStatement {
+    let Some(top) = node.node.as_ref() else {
+        return SqlStatement::unparsed("empty statement node");
+    };
+    let facts = match walk::walk(node) {
+        Ok(f) => f,
+        Err(e) => return SqlStatement::unparsed(e.to_string()),
+    };
+    let mut out = SqlStatement::new(kind_of(top, facts.root));
+    fill_from_facts(&mut out, facts);
+    match top {
+        NodeEnum::SelectStmt(s) => {
+            out.bounded = Some(select_bounded(s));
+            if s.into_clause.is_some() {
+                out.nested_kinds.push(StatementKind::Create);
+            }
+        }
+        NodeEnum::CopyStmt(c) => out.copy = Some(copy_spec(c)),
+        NodeEnum::DropStmt(d) => {
+            for o in &d.objects {
+                if let Some(name) = dotted(o) {
+                    out.tables_written.push(name);
+                }
+            }
+        }
+        _ => {}
+    }
+    out.object = object_of(top);
+    out.nested_kinds = dedup(std::mem::take(&mut out.nested_kinds));
+    out.tables_written = dedup(std::mem::take(&mut out.tables_written));
+    out
+}
 
-    let mut out = SqlStatement::new(kind_of(stmt));
-    out.nested_kinds = dedup(walk.nested);
-    let mut read = walk.relations;
-    read.retain(|r| !walk.ctes.contains(r));
-    // A write target is visited as a relation too; it counts as read only if it appears again.
-    for w in &walk.writes {
-        if let Some(i) = read.iter().position(|r| r == w) {
-            read.remove(i);
+fn fill_from_facts(out: &mut SqlStatement, facts: Facts) {
+    out.nested_kinds = facts.nested.iter().map(|n| kind_of_name(n)).collect();
+    let mut read = Vec::new();
+    for r in &facts.relations {
+        if r.written {
+            out.tables_written.push(r.qualified());
+        } else {
+            read.push(r.qualified());
         }
     }
+    // A written table that the statement also reads (`UPDATE t … FROM t`) counts as read too;
+    // one only written does not.
     out.tables_read = dedup(read);
-    out.tables_written = dedup(walk.writes);
-    out.functions = dedup(walk.functions);
-    if walk.filtered_writes + walk.unfiltered_writes > 0 {
-        out.has_where = Some(walk.unfiltered_writes == 0);
+    out.functions = dedup(facts.functions);
+    if facts.filtered_writes + facts.unfiltered_writes > 0 {
+        out.has_where = Some(facts.unfiltered_writes == 0);
     }
-    if let Statement::Query(q) = stmt {
-        out.bounded = Some(query_bounded(q));
-    }
-    if let Statement::Copy {
-        source,
-        to,
-        target,
-        options,
-        legacy_options,
-        ..
-    } = stmt
-    {
-        out.copy = Some(copy_spec(source, *to, target, options, legacy_options));
-    }
-    out
+    let mut settings = facts.settings;
+    settings.sort();
+    settings.dedup();
+    out.settings = settings;
+    out.relations = facts.relations;
+    out.columns = facts.columns;
 }
 
 fn dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
@@ -76,344 +111,288 @@ fn dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v
 }
 
-#[derive(Default)]
-struct Walk {
-    statements_seen: usize,
-    nested: Vec<StatementKind>,
-    relations: Vec<String>,
-    /// Names of CTEs: references to them are not tables.
-    ctes: Vec<String>,
-    writes: Vec<String>,
-    functions: Vec<String>,
-    /// Table-function names about to be visited as relations.
-    not_relations: Vec<String>,
-    filtered_writes: usize,
-    unfiltered_writes: usize,
+/// `a.b.c` of a List of String nodes (DROP's object names).
+fn dotted(node: &protobuf::Node) -> Option<String> {
+    let NodeEnum::List(list) = node.node.as_ref()? else {
+        return None;
+    };
+    let parts: Option<Vec<&str>> = list
+        .items
+        .iter()
+        .map(|i| match i.node.as_ref()? {
+            NodeEnum::String(s) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    Some(parts?.join("."))
 }
 
-impl Walk {
-    fn filtered(&mut self, selection: Option<&Expr>) {
-        if selection.is_some_and(refers_to_column) {
-            self.filtered_writes += 1;
-        } else {
-            self.unfiltered_writes += 1;
-        }
-    }
-}
-
-impl Visitor for Walk {
-    type Break = ();
-
-    fn pre_visit_statement(&mut self, stmt: &Statement) -> ControlFlow<()> {
-        self.statements_seen += 1;
-        if self.statements_seen > 1 {
-            self.nested.push(kind_of(stmt));
-        }
-        match stmt {
-            Statement::Insert(i) => {
-                if let TableObject::TableName(name) = &i.table {
-                    self.writes.push(object(name));
-                }
-            }
-            Statement::Update(u) => {
-                if let TableFactor::Table { name, .. } = &u.table.relation {
-                    self.writes.push(object(name));
-                }
-                self.filtered(u.selection.as_ref());
-            }
-            Statement::Delete(d) => {
-                let from = match &d.from {
-                    FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
-                };
-                for t in from {
-                    if let TableFactor::Table { name, .. } = &t.relation {
-                        self.writes.push(object(name));
-                    }
-                }
-                self.writes.extend(d.tables.iter().map(object));
-                self.filtered(d.selection.as_ref());
-            }
-            Statement::Merge(m) => {
-                if let TableFactor::Table { name, .. } = &m.table {
-                    self.writes.push(object(name));
-                }
-            }
-            Statement::Truncate(t) => {
-                self.writes
-                    .extend(t.table_names.iter().map(|t| object(&t.name)));
-            }
-            Statement::Drop { names, .. } => self.writes.extend(names.iter().map(object)),
-            Statement::CreateTable(c) => self.writes.push(object(&c.name)),
-            Statement::CreateView(v) => self.writes.push(object(&v.name)),
-            Statement::CreateIndex(c) => self.writes.push(object(&c.table_name)),
-            Statement::AlterTable(a) => self.writes.push(object(&a.name)),
-            // COPY's table is not visited as a relation.
-            Statement::Copy {
-                source: CopySource::Table { table_name, .. },
-                to,
-                ..
-            } => {
-                if *to {
-                    self.relations.push(object(table_name));
-                } else {
-                    self.writes.push(object(table_name));
-                }
-            }
-            _ => {}
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-        if let Some(with) = &q.with {
-            self.ctes
-                .extend(with.cte_tables.iter().map(|c| ident(&c.alias.name)));
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
-        // SELECT … INTO new_table creates a table.
-        if let Some(into) = &s.into {
-            for t in &into.targets {
-                match t {
-                    Expr::Identifier(i) => self.writes.push(ident(i)),
-                    Expr::CompoundIdentifier(parts) => self
-                        .writes
-                        .push(parts.iter().map(ident).collect::<Vec<_>>().join(".")),
-                    _ => {}
-                }
-            }
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
-        match t {
-            // `FROM dblink(…)`, `FROM pg_ls_dir(…)`: a function, not a table.
-            TableFactor::Table {
-                name,
-                args: Some(_),
-                ..
-            }
-            | TableFactor::Function { name, .. } => {
-                let n = object(name);
-                self.not_relations.push(n.clone());
-                self.functions.push(n);
-            }
-            _ => {}
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
-        let n = object(name);
-        if let Some(i) = self.not_relations.iter().position(|f| *f == n) {
-            self.not_relations.remove(i);
-        } else {
-            self.relations.push(n);
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-        if let Expr::Function(f) = e {
-            self.functions.push(object(&f.name));
-        }
-        ControlFlow::Continue(())
+/// The statement's kind from its node type (`root`, as the walker saw it).
+fn kind_of(node: &NodeEnum, root: &str) -> StatementKind {
+    match node {
+        NodeEnum::GrantStmt(g) if !g.is_grant => StatementKind::Revoke,
+        NodeEnum::GrantRoleStmt(g) if !g.is_grant => StatementKind::Revoke,
+        _ => kind_of_name(root),
     }
 }
 
-fn kind_of(stmt: &Statement) -> StatementKind {
+fn kind_of_name(name: &str) -> StatementKind {
     use StatementKind as K;
-    match stmt {
-        Statement::Query(_) => K::Select,
-        Statement::Insert(_) => K::Insert,
-        Statement::Update(_) => K::Update,
-        Statement::Delete(_) => K::Delete,
-        Statement::Merge(_) => K::Merge,
-        Statement::Copy { .. } => K::Copy,
-        Statement::Truncate(_) => K::Truncate,
-        Statement::Grant(_) | Statement::GrantRole(_) => K::Grant,
-        Statement::Revoke(_) | Statement::RevokeRole(_) => K::Revoke,
-        Statement::StartTransaction { .. }
-        | Statement::Commit { .. }
-        | Statement::Rollback { .. }
-        | Statement::Savepoint { .. }
-        | Statement::ReleaseSavepoint { .. } => K::Transaction,
-        Statement::Set(_) | Statement::Reset(_) | Statement::Discard { .. } => K::Set,
-        Statement::Explain { .. } | Statement::ExplainTable { .. } => K::Explain,
-        Statement::Call(_) => K::Call,
-        Statement::Prepare { .. } => K::Prepare,
-        Statement::Execute { .. } => K::Execute,
-        Statement::Deallocate { .. } => K::Deallocate,
-        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => K::Cursor,
-        Statement::Lock(_) | Statement::LockTables { .. } => K::Lock,
-        Statement::Vacuum(_) | Statement::Analyze(_) => K::Maintenance,
-        Statement::Comment { .. } => K::Comment,
-        // The many CREATE/ALTER/DROP/SHOW variants: go by the leading keyword.
-        other => {
-            let text = other.to_string();
-            let first = text
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_ascii_uppercase();
-            match first.as_str() {
-                "CREATE" => K::Create,
-                "ALTER" => K::Alter,
-                "DROP" => K::Drop,
-                "SHOW" => K::Show,
-                "SET" | "RESET" => K::Set,
-                "LISTEN" | "UNLISTEN" | "NOTIFY" => K::Notify,
-                "GRANT" => K::Grant,
-                "REVOKE" => K::Revoke,
-                _ => K::Other,
-            }
+    match name {
+        "SelectStmt" => K::Select,
+        "InsertStmt" => K::Insert,
+        "UpdateStmt" => K::Update,
+        "DeleteStmt" => K::Delete,
+        "MergeStmt" => K::Merge,
+        "CopyStmt" => K::Copy,
+        "TruncateStmt" => K::Truncate,
+        "GrantStmt" | "GrantRoleStmt" | "AlterDefaultPrivilegesStmt" => K::Grant,
+        "TransactionStmt" => K::Transaction,
+        "VariableSetStmt" | "DiscardStmt" => K::Set,
+        "VariableShowStmt" => K::Show,
+        "ExplainStmt" => K::Explain,
+        "CallStmt" => K::Call,
+        "PrepareStmt" => K::Prepare,
+        "ExecuteStmt" => K::Execute,
+        "DeallocateStmt" => K::Deallocate,
+        "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => K::Cursor,
+        "ListenStmt" | "UnlistenStmt" | "NotifyStmt" => K::Notify,
+        "LockStmt" => K::Lock,
+        "VacuumStmt" => K::Maintenance,
+        "CommentStmt" => K::Comment,
+        "DoStmt" => K::Do,
+        "ViewStmt" | "IndexStmt" | "DefineStmt" | "RuleStmt" | "CompositeTypeStmt"
+        | "CreateTableAsStmt" | "CreatedbStmt" => K::Create,
+        "RenameStmt" | "ReassignOwnedStmt" => K::Alter,
+        "DropdbStmt" | "DropOwnedStmt" => K::Drop,
+        n if n.starts_with("Create") => K::Create,
+        n if n.starts_with("Alter") => K::Alter,
+        n if n.starts_with("Drop") => K::Drop,
+        _ => K::Other,
+    }
+}
+
+/// Prepared statements and cursors the statement creates, runs or removes.
+fn object_of(node: &NodeEnum) -> Option<SqlObject> {
+    Some(match node {
+        NodeEnum::PrepareStmt(p) => SqlObject::Prepare {
+            name: p.name.clone(),
+        },
+        NodeEnum::ExecuteStmt(e) => SqlObject::Execute {
+            name: e.name.clone(),
+        },
+        NodeEnum::DeallocateStmt(d) => SqlObject::Deallocate {
+            name: (!d.isall).then(|| d.name.clone()),
+        },
+        NodeEnum::DeclareCursorStmt(d) => SqlObject::Declare {
+            name: d.portalname.clone(),
+            // CURSOR_OPT_HOLD: the cursor outlives its transaction.
+            hold: d.options & 0x0020 != 0,
+        },
+        NodeEnum::FetchStmt(f) => SqlObject::Fetch {
+            name: f.portalname.clone(),
+            moves: f.ismove,
+        },
+        NodeEnum::ClosePortalStmt(c) => SqlObject::Close {
+            name: (!c.portalname.is_empty()).then(|| c.portalname.clone()),
+        },
+        NodeEnum::DiscardStmt(d) if d.target == protobuf::DiscardMode::DiscardAll as i32 => {
+            SqlObject::DiscardAll
         }
-    }
-}
-
-/// Does the expression mention a column at all? (`WHERE true`, `WHERE 1 = 1` do not.)
-fn refers_to_column(e: &Expr) -> bool {
-    visit_expressions(e, |e| match e {
-        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => ControlFlow::Break(()),
-        _ => ControlFlow::Continue(()),
+        _ => return None,
     })
-    .is_break()
 }
 
-fn query_bounded(q: &Query) -> bool {
-    let limited = match &q.limit_clause {
-        Some(LimitClause::LimitOffset {
-            limit: Some(limit), ..
-        }) => !matches!(limit, Expr::Value(v) if v.to_string().eq_ignore_ascii_case("null")),
-        Some(LimitClause::OffsetCommaLimit { .. }) => true,
-        _ => false,
-    };
-    limited || q.fetch.is_some() || set_bounded(&q.body)
-}
-
-fn set_bounded(body: &SetExpr) -> bool {
-    match body {
-        SetExpr::Select(s) => select_bounded(s),
-        SetExpr::Query(q) => query_bounded(q),
-        SetExpr::Values(_) => true,
-        SetExpr::SetOperation { left, right, .. } => set_bounded(left) && set_bounded(right),
+fn is_const(node: Option<&protobuf::Node>) -> bool {
+    match node.and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::AConst(c)) => !c.isnull,
+        Some(NodeEnum::ParamRef(_)) => true,
+        Some(NodeEnum::TypeCast(t)) => is_const(t.arg.as_deref()),
         _ => false,
     }
 }
 
-fn select_bounded(s: &Select) -> bool {
-    if s.from.is_empty() {
-        return true;
-    }
-    if s.selection.as_ref().is_some_and(key_predicate) {
-        return true;
-    }
-    let no_group = match &s.group_by {
-        sqlparser::ast::GroupByExpr::Expressions(e, _) => e.is_empty(),
-        sqlparser::ast::GroupByExpr::All(_) => false,
-    };
-    no_group && !s.projection.is_empty() && s.projection.iter().all(lone_aggregate)
+fn is_column(node: Option<&protobuf::Node>) -> bool {
+    matches!(
+        node.and_then(|n| n.node.as_ref()),
+        Some(NodeEnum::ColumnRef(_))
+    )
+}
+
+fn operator_is(names: &[protobuf::Node], op: &str) -> bool {
+    matches!(
+        names.last().and_then(|n| n.node.as_ref()),
+        Some(NodeEnum::String(s)) if s.sval == op
+    )
 }
 
 /// `col = constant`, `col IN (constants)`, anywhere in a chain of ANDs.
-fn key_predicate(e: &Expr) -> bool {
-    let is_col = |e: &Expr| matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_));
-    let is_const = |e: &Expr| match e {
-        Expr::Value(_) => true,
-        Expr::Cast { expr, .. } => matches!(**expr, Expr::Value(_)),
-        _ => false,
-    };
-    match e {
-        Expr::Nested(inner) => key_predicate(inner),
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => key_predicate(left) || key_predicate(right),
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::Eq,
-            right,
-        } => (is_col(left) && is_const(right)) || (is_const(left) && is_col(right)),
-        Expr::In {
-            expr,
-            target: InTarget::List(list),
-            negated: false,
-            ..
-        } => is_col(expr) && list.iter().all(is_const),
+fn key_predicate(node: Option<&protobuf::Node>) -> bool {
+    match node.and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::BoolExpr(b)) if b.boolop == protobuf::BoolExprType::AndExpr as i32 => {
+            b.args.iter().any(|a| key_predicate(Some(a)))
+        }
+        Some(NodeEnum::AExpr(e)) => {
+            let (l, r) = (e.lexpr.as_deref(), e.rexpr.as_deref());
+            if e.kind == protobuf::AExprKind::AexprOp as i32 && operator_is(&e.name, "=") {
+                (is_column(l) && is_const(r)) || (is_const(l) && is_column(r))
+            } else if e.kind == protobuf::AExprKind::AexprIn as i32 && operator_is(&e.name, "=") {
+                let list = match r.and_then(|n| n.node.as_ref()) {
+                    Some(NodeEnum::List(l)) => &l.items,
+                    _ => return false,
+                };
+                is_column(l) && list.iter().all(|i| is_const(Some(i)))
+            } else {
+                false
+            }
+        }
         _ => false,
     }
 }
 
 /// `count(*)`, `max(x)` and friends: one row, small. (`array_agg` and `string_agg` return one row
 /// too, but as large as the table: not bounded.)
-fn lone_aggregate(item: &SelectItem) -> bool {
-    let e = match item {
-        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+fn lone_aggregate(target: &protobuf::Node) -> bool {
+    let Some(NodeEnum::ResTarget(t)) = target.node.as_ref() else {
+        return false;
+    };
+    let Some(NodeEnum::FuncCall(f)) = t.val.as_deref().and_then(|v| v.node.as_ref()) else {
+        return false;
+    };
+    let name = match f.funcname.last().and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::String(s)) => s.sval.as_str(),
         _ => return false,
     };
-    match e {
-        Expr::Function(f) => {
-            let name = object(&f.name);
-            let name = name.rsplit('.').next().unwrap_or_default();
-            matches!(
-                name,
-                "count" | "sum" | "min" | "max" | "avg" | "bool_and" | "bool_or" | "every"
-            ) && !matches!(f.args, FunctionArguments::None)
-        }
-        _ => false,
+    matches!(
+        name,
+        "count" | "sum" | "min" | "max" | "avg" | "bool_and" | "bool_or" | "every"
+    ) && (f.agg_star || !f.args.is_empty())
+        && f.over.is_none()
+}
+
+fn select_bounded(s: &protobuf::SelectStmt) -> bool {
+    let limited = match s.limit_count.as_deref().and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::AConst(c)) => !c.isnull,
+        Some(_) => true,
+        None => false,
+    };
+    if limited {
+        return true;
+    }
+    if let (Some(l), Some(r)) = (&s.larg, &s.rarg) {
+        return select_bounded(l) && select_bounded(r);
+    }
+    if !s.values_lists.is_empty() || s.from_clause.is_empty() {
+        return true;
+    }
+    if key_predicate(s.where_clause.as_deref()) {
+        return true;
+    }
+    s.group_clause.is_empty()
+        && !s.target_list.is_empty()
+        && s.target_list.iter().all(lone_aggregate)
+}
+
+/// The string value of a DefElem's argument (`FORMAT csv`, `DELIMITER '|'`, `HEADER true`).
+fn def_value(arg: Option<&protobuf::Node>) -> Option<String> {
+    match arg.and_then(|n| n.node.as_ref())? {
+        NodeEnum::String(s) => Some(s.sval.clone()),
+        NodeEnum::Integer(i) => Some(i.ival.to_string()),
+        NodeEnum::Boolean(b) => Some(b.boolval.to_string()),
+        NodeEnum::AConst(c) => match c.val.as_ref()? {
+            protobuf::a_const::Val::Sval(s) => Some(s.sval.clone()),
+            protobuf::a_const::Val::Ival(i) => Some(i.ival.to_string()),
+            protobuf::a_const::Val::Boolval(b) => Some(b.boolval.to_string()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
-fn copy_spec(
-    source: &CopySource,
-    to: bool,
-    target: &CopyTarget,
-    options: &[CopyOption],
-    legacy: &[CopyLegacyOption],
-) -> CopySpec {
+fn single_byte(value: Option<String>) -> Option<u8> {
+    let v = value?;
+    (v.len() == 1).then(|| v.as_bytes()[0])
+}
+
+fn copy_spec(c: &protobuf::CopyStmt) -> CopySpec {
     let mut format = CopyFormat::Text;
     let mut delimiter = None;
-    for o in options {
-        match o {
-            CopyOption::Format(f) => {
-                format = match f.value.to_ascii_lowercase().as_str() {
-                    "csv" => CopyFormat::Csv,
-                    "binary" => CopyFormat::Binary,
+    let mut quote = None;
+    let mut escape = None;
+    let mut header = false;
+    let mut encoding = None;
+    let mut unknown = Vec::new();
+    for o in &c.options {
+        let Some(NodeEnum::DefElem(d)) = o.node.as_ref() else {
+            continue;
+        };
+        let value = def_value(d.arg.as_deref());
+        match d.defname.as_str() {
+            "format" => {
+                format = match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                    Some("csv") => CopyFormat::Csv,
+                    Some("binary") => CopyFormat::Binary,
                     _ => CopyFormat::Text,
                 }
             }
-            CopyOption::Delimiter(d) => delimiter = Some(*d),
-            _ => {}
+            "delimiter" => delimiter = Some(single_byte(value)),
+            "quote" => quote = Some(single_byte(value)),
+            "escape" => escape = Some(single_byte(value)),
+            // `HEADER` alone has no argument; `HEADER false|off|0` turns it off.
+            "header" => {
+                header = !matches!(
+                    value.as_deref().map(str::to_ascii_lowercase).as_deref(),
+                    Some("false" | "off" | "0")
+                )
+            }
+            "encoding" => encoding = value,
+            "null" | "default" | "force_quote" | "force_not_null" | "force_null" | "freeze"
+            | "on_error" | "log_verbosity" | "reject_limit" => {}
+            other => unknown.push(other.to_string()),
         }
     }
-    for o in legacy {
-        match o {
-            CopyLegacyOption::Binary => format = CopyFormat::Binary,
-            CopyLegacyOption::Csv(_) => format = CopyFormat::Csv,
-            CopyLegacyOption::Delimiter(d) => delimiter = Some(*d),
-            _ => {}
-        }
-    }
+    let default_delimiter = if format == CopyFormat::Csv {
+        b','
+    } else {
+        b'\t'
+    };
+    let quote = quote.unwrap_or(Some(b'"'));
     CopySpec {
-        direction: if to {
-            CopyDirection::To
-        } else {
+        direction: if c.is_from {
             CopyDirection::From
+        } else {
+            CopyDirection::To
         },
-        endpoint: match target {
-            CopyTarget::Stdin | CopyTarget::Stdout => CopyEndpoint::Client,
-            CopyTarget::File { .. } => CopyEndpoint::File,
-            CopyTarget::Program { .. } => CopyEndpoint::Program,
+        endpoint: if c.is_program {
+            CopyEndpoint::Program
+        } else if c.filename.is_empty() {
+            CopyEndpoint::Client
+        } else {
+            CopyEndpoint::File
         },
         format,
-        delimiter: delimiter.unwrap_or(if format == CopyFormat::Csv { ',' } else { '\t' }),
-        columns: match source {
-            CopySource::Table { columns, .. } => columns.iter().map(ident).collect(),
-            CopySource::Query(_) => Vec::new(),
-        },
+        // A multi-byte delimiter, quote or escape is an error on the server; `None` here makes
+        // masking refuse rather than guess.
+        delimiter: delimiter.unwrap_or(Some(default_delimiter)),
+        quote,
+        escape: escape.unwrap_or(quote),
+        header,
+        encoding,
+        unknown_options: unknown,
+        columns: c
+            .attlist
+            .iter()
+            .filter_map(|n| match n.node.as_ref() {
+                Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                _ => None,
+            })
+            .collect(),
+        table: c.relation.as_ref().map(|r| {
+            if r.schemaname.is_empty() {
+                r.relname.clone()
+            } else {
+                format!("{}.{}", r.schemaname, r.relname)
+            }
+        }),
     }
 }

@@ -1,14 +1,18 @@
 //! SQL classification: statement text → typed operations that policy can reason about.
 //!
-//! Every statement is parsed with sqlparser's PostgreSQL dialect and summarised as a
-//! [`SqlStatement`]: its kind, the tables it reads and writes, whether its UPDATE/DELETE parts are
-//! filtered, whether a SELECT is bounded, the functions it calls and what a COPY touches. Nothing
-//! here decides anything; `policy` does. Text that does not parse becomes one statement of kind
-//! [`StatementKind::Unparsed`] so that policy can refuse it.
+//! Every statement is parsed with PostgreSQL's own parser (libpg_query, through `pg_query`) and
+//! summarised as a [`SqlStatement`]: its kind, the tables it reads and writes, whether its
+//! UPDATE/DELETE parts are filtered, whether a SELECT is bounded, the functions it calls, the
+//! settings it changes, what a COPY touches, and where each referenced column's value goes.
+//! Nothing here decides anything; `policy` does. Text that does not parse, or that would read
+//! differently under a lexing state the server could be switched to (see `readings`), becomes
+//! one statement of kind [`StatementKind::Unparsed`] so that policy refuses it.
 
 mod classify;
-mod names;
+pub mod encoding;
 mod normalize;
+mod readings;
+mod walk;
 
 use std::{
     collections::HashMap,
@@ -18,6 +22,9 @@ use std::{
 use serde::Serialize;
 
 pub use classify::classify;
+pub use encoding::{ClientEncoding, EncodingError};
+pub use readings::classify_all_readings;
+pub use walk::{ColumnFlow, ColumnUse, RelationRef, SettingChange};
 
 /// What a statement does, by its leading command (nested data-modifying parts are listed in
 /// [`SqlStatement::nested_kinds`]).
@@ -54,6 +61,8 @@ pub enum StatementKind {
     /// VACUUM, ANALYZE.
     Maintenance,
     Comment,
+    /// `DO` blocks: code the server runs that the gateway cannot see into.
+    Do,
     Other,
     /// The text did not parse; policy refuses it unless the target allows unparseable SQL.
     Unparsed,
@@ -86,6 +95,7 @@ impl StatementKind {
         StatementKind::Lock,
         StatementKind::Maintenance,
         StatementKind::Comment,
+        StatementKind::Do,
         StatementKind::Other,
         StatementKind::Unparsed,
     ];
@@ -117,6 +127,7 @@ impl StatementKind {
             StatementKind::Lock => "lock",
             StatementKind::Maintenance => "maintenance",
             StatementKind::Comment => "comment",
+            StatementKind::Do => "do",
             StatementKind::Other => "other",
             StatementKind::Unparsed => "unparsed",
         }
@@ -182,10 +193,56 @@ pub struct CopySpec {
     pub direction: CopyDirection,
     pub endpoint: CopyEndpoint,
     pub format: CopyFormat,
-    /// Field delimiter of text/CSV data.
-    pub delimiter: char,
+    /// Field delimiter of text/CSV data; `None` when not a single byte (the server refuses it).
+    pub delimiter: Option<u8>,
+    /// CSV quote and escape characters.
+    pub quote: Option<u8>,
+    pub escape: Option<u8>,
+    /// The first line holds column names.
+    pub header: bool,
+    /// `ENCODING` of the data, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// Options the gateway does not know (masking refuses such COPYs rather than guess).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown_options: Vec<String>,
     /// The column list as written; empty means every column of the table (or a query's columns).
     pub columns: Vec<String>,
+    /// The table (`schema.table` or `table`); `None` for `COPY (query)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+}
+
+/// A prepared statement or cursor that a statement creates, runs or removes (SQL-level PREPARE,
+/// EXECUTE, DEALLOCATE, DECLARE, FETCH/MOVE, CLOSE): they share the server's namespaces with the
+/// protocol's own, so the gateway follows them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SqlObject {
+    Prepare {
+        name: String,
+    },
+    Execute {
+        name: String,
+    },
+    /// `None`: DEALLOCATE ALL.
+    Deallocate {
+        name: Option<String>,
+    },
+    Declare {
+        name: String,
+        hold: bool,
+    },
+    Fetch {
+        name: String,
+        moves: bool,
+    },
+    /// `None`: CLOSE ALL.
+    Close {
+        name: Option<String>,
+    },
+    /// DISCARD ALL: every prepared statement and portal goes.
+    DiscardAll,
 }
 
 /// One statement, as policy sees it.
@@ -216,9 +273,20 @@ pub struct SqlStatement {
     pub functions: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopySpec>,
+    /// Settings changed (SET, RESET, `set_config()`, `ALTER ROLE … SET`, …), anywhere in it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<SettingChange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<SqlObject>,
     /// Why the text did not parse (kind `unparsed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The relations named, with aliases (for masking: whole-row references, covered tables).
+    #[serde(skip)]
+    pub relations: Vec<RelationRef>,
+    /// Every column reference and where its value goes (for masking).
+    #[serde(skip)]
+    pub columns: Vec<ColumnUse>,
 }
 
 impl SqlStatement {
@@ -232,7 +300,11 @@ impl SqlStatement {
             bounded: None,
             functions: Vec::new(),
             copy: None,
+            settings: Vec::new(),
+            object: None,
             error: None,
+            relations: Vec::new(),
+            columns: Vec::new(),
         }
     }
 
@@ -264,36 +336,153 @@ pub type Statements = Arc<Vec<SqlStatement>>;
 const CACHE_CAPACITY: usize = 4096;
 /// Longer texts are classified every time rather than kept.
 const CACHE_MAX_TEXT: usize = 4096;
+/// Texts up to this size are parsed on the session's own task (microseconds); longer ones on a
+/// blocking thread, a bounded number at a time.
+const INLINE_MAX_TEXT: usize = 8 * 1024;
 
-/// Classification results by text (numeric literals' values left out: see `normalize`), shared
-/// by every session of the daemon. Policy is still decided per statement on the result.
-#[derive(Debug, Default)]
-pub struct ClassifierCache {
-    entries: Mutex<HashMap<Box<str>, Statements>>,
+/// How much SQL one statement text may hold, per target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longer texts are refused unparsed.
+    pub max_bytes: usize,
+    /// Texts with more tokens are refused before parsing (a parse tree costs ~700 bytes a token).
+    pub max_tokens: usize,
 }
 
-impl ClassifierCache {
-    pub fn classify(&self, sql: &str) -> Statements {
-        if sql.len() > CACHE_MAX_TEXT {
-            return Arc::new(classify(sql));
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 1024 * 1024,
+            max_tokens: 50_000,
         }
-        let normalized = normalize::literal_free_key(sql);
-        let key = normalized.as_deref().unwrap_or(sql);
-        if let Some(hit) = self.lock().get(key) {
-            return hit.clone();
+    }
+}
+
+/// A statement text as the gateway read it.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    /// The text decoded from the client encoding (lossy when it was not valid, and then refused).
+    pub text: Arc<str>,
+    pub statements: Statements,
+}
+
+/// Classification shared by every session of the daemon: results by text (numeric literals'
+/// values left out: see `normalize`), and a bound on how many long texts are parsed at once, so
+/// that memory stays bounded whatever jobs send. Policy is still decided per statement.
+#[derive(Debug)]
+pub struct Classifier {
+    entries: Mutex<HashMap<Box<str>, Statements>>,
+    parses: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Classifier::new(2)
+    }
+}
+
+impl Classifier {
+    /// `parallel`: long texts parsed at the same time (each may take tens of MB).
+    pub fn new(parallel: usize) -> Self {
+        Classifier {
+            entries: Mutex::new(HashMap::new()),
+            parses: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
         }
-        let result = Arc::new(classify(sql));
-        // An unparsed result's error message quotes the text: keep it under its exact text only.
-        if normalized.is_some() && result.iter().any(|s| s.error.is_some()) {
-            return result;
+    }
+
+    /// Reads `raw` (a Query's or Parse's text as sent) in the session's `encoding` and classifies it.
+    pub async fn classify(
+        &self,
+        raw: &[u8],
+        encoding: ClientEncoding,
+        limits: Limits,
+    ) -> Classified {
+        let refused = |text: Arc<str>, why: String| Classified {
+            text,
+            statements: Arc::new(vec![SqlStatement::unparsed(why)]),
+        };
+        let lossy = || Arc::<str>::from(String::from_utf8_lossy(raw).as_ref());
+        if raw.len() > limits.max_bytes {
+            return refused(
+                lossy(),
+                format!(
+                    "the statement is {} bytes; the gateway classifies at most {} ([targets.postgres] max_statement_bytes)",
+                    raw.len(),
+                    limits.max_bytes
+                ),
+            );
         }
-        let mut entries = self.lock();
-        // Crude but bounded: when full, start over (hot texts come back on their next use).
-        if entries.len() >= CACHE_CAPACITY {
-            entries.clear();
+        let Some(text) = encoding.decode(raw) else {
+            return refused(
+                lossy(),
+                format!("the statement is not valid {} text", encoding.name()),
+            );
+        };
+        let text: Arc<str> = Arc::from(text.as_ref());
+        // Texts no longer than the token limit cannot exceed it: those may share results.
+        let cacheable = raw.len() <= CACHE_MAX_TEXT.min(limits.max_tokens);
+        let normalized = cacheable
+            .then(|| normalize::literal_free_key(&text))
+            .flatten();
+        let key = cacheable.then(|| {
+            let base = normalized.as_deref().unwrap_or(&text);
+            match encoding {
+                ClientEncoding::Utf8 | ClientEncoding::SqlAscii => Box::<str>::from(base),
+                other => format!("{}\0{base}", other.name()).into_boxed_str(),
+            }
+        });
+        if let Some(k) = &key
+            && let Some(hit) = self.lock().get(k)
+        {
+            return Classified {
+                text,
+                statements: hit.clone(),
+            };
         }
-        entries.insert(key.into(), result.clone());
-        result
+        let statements = if raw.len() <= INLINE_MAX_TEXT {
+            Arc::new(classify_all_readings(&text, raw, limits.max_tokens))
+        } else {
+            self.classify_blocking(text.clone(), raw.to_vec(), limits.max_tokens)
+                .await
+        };
+        if let Some(k) = key {
+            // An unparsed result's error message may quote the text: keep it under its exact
+            // text only.
+            let exact_only = normalized.is_some() && statements.iter().any(|s| s.error.is_some());
+            if !exact_only {
+                let mut entries = self.lock();
+                // Crude but bounded: when full, start over (hot texts come back on their next use).
+                if entries.len() >= CACHE_CAPACITY {
+                    entries.clear();
+                }
+                entries.insert(k, statements.clone());
+            }
+        }
+        Classified { text, statements }
+    }
+
+    async fn classify_blocking(
+        &self,
+        text: Arc<str>,
+        raw: Vec<u8>,
+        max_tokens: usize,
+    ) -> Statements {
+        let Ok(permit) = self.parses.clone().acquire_owned().await else {
+            return Arc::new(vec![SqlStatement::unparsed("the gateway is shutting down")]);
+        };
+        // The permit goes with the work: a session that leaves mid-parse does not free a slot
+        // while its parse still runs.
+        let task = tokio::task::spawn_blocking(move || {
+            let statements = classify_all_readings(&text, &raw, max_tokens);
+            drop(permit);
+            statements
+        });
+        match task.await {
+            Ok(v) => Arc::new(v),
+            Err(e) => Arc::new(vec![SqlStatement::unparsed(format!(
+                "the statement could not be classified: {e}"
+            ))]),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Statements>> {

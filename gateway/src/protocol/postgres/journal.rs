@@ -19,6 +19,8 @@ use crate::{
 
 /// Longest SQL text stored per statement; longer texts are cut (and say so).
 const MAX_SQL: usize = 16 * 1024;
+/// Longest SQL text shown to approvers and sent to webhooks; longer texts are cut (and say so).
+pub const MAX_APPROVAL_TEXT: usize = 16 * 1024;
 /// Longest single value in a parameter list or a result sample.
 pub const MAX_VALUE: usize = 256;
 
@@ -81,14 +83,19 @@ impl Serialize for Capped<'_> {
 }
 
 pub fn cap(text: &str, max: usize) -> Value {
+    Value::String(cap_text(text, max))
+}
+
+/// `text` up to `max` bytes (on a character boundary), saying how long it was when cut.
+pub fn cap_text(text: &str, max: usize) -> String {
     if text.len() <= max {
-        return Value::String(text.to_string());
+        return text.to_string();
     }
     let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    Value::String(format!("{}… ({} bytes)", &text[..end], text.len()))
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// A value as recorded: text (lossy), capped.

@@ -3,10 +3,12 @@
 //! every statement to policy, recording it write-ahead and masking results as they stream.
 //!
 //! One file per concern: `frame` (lengths and limits), `wire` (pgwire messages), `startup` (the
-//! client's first packets), `upstream` + `auth` + `tls` (the gateway's own session), `catalog`
-//! (which columns masking covers), `frontend` / `backend` (the two directions), `state` (what they
-//! share), `journal` (statement recording), `copy` (COPY output masking), `cancel` (cancel keys),
-//! `client_tls` (TLS toward the job's client, and the stream type the session is generic over).
+//! client's first packets and the settings policy lets through), `upstream` + `auth` + `tls` (the
+//! gateway's own session), `catalog` (which columns masking covers, the search path), `session`
+//! (what is pinned for the session), `frontend` / `backend` (the two directions), `state` (what
+//! they share: the server's prepared statements and portals), `journal` (statement recording),
+//! `copy` (COPY output masking), `cancel` (cancel keys), `client_tls` (TLS toward the job's client,
+//! and the stream type the session is generic over).
 
 mod auth;
 mod backend;
@@ -17,13 +19,14 @@ mod copy;
 pub mod frame;
 mod frontend;
 mod journal;
+mod session;
 mod startup;
 mod state;
 mod tls;
 mod upstream;
 pub mod wire;
 
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use serde_json::json;
@@ -37,10 +40,10 @@ use crate::{
     config::{ClientTls as ClientTlsMode, HostSpec, Target},
     daemon::Gateway,
     identity::Identity,
-    mask::Masker,
+    mask::{Coverage, Masker},
     policy::Policy,
     record::{ProcessInfo, SessionEnd},
-    sql::ClassifierCache,
+    sql::Classifier,
 };
 use client_tls::ClientStream;
 use startup::Hello;
@@ -55,7 +58,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub struct Shared {
     pub cancels: cancel::Registry,
-    pub classifier: ClassifierCache,
+    pub classifier: Classifier,
     /// Certificates for TLS toward clients; `None` when no target offers it.
     pub client_tls: Option<client_tls::ClientTls>,
 }
@@ -80,10 +83,12 @@ pub struct Context<'a> {
     pub session_id: i64,
     pub journal: journal::Journal<'a>,
     pub masker: Option<Arc<Masker>>,
-    /// Real columns (table oid, column number) covered by column masking rules.
-    pub covered: HashSet<(u32, i16)>,
+    /// Tables and columns covered by column masking rules (from the catalog).
+    pub coverage: Coverage,
+    /// What is pinned for the session (encoding, limits, search path, account).
+    pub session: session::SessionSettings,
     pub approvals: &'a Approvals,
-    pub classifier: &'a ClassifierCache,
+    pub classifier: &'a Classifier,
     pub process: Option<&'a ProcessInfo>,
     pub job_id: Option<&'a str>,
     /// Messages the gateway sends the client on its own (a NoticeResponse while a statement waits
@@ -91,6 +96,26 @@ pub struct Context<'a> {
     pub notices: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
     /// A second descriptor of the client socket, to notice a client that leaves while it waits.
     pub client_watch: Option<std::os::fd::OwnedFd>,
+}
+
+impl Context<'_> {
+    /// Text as it may be recorded or shown: the detectors run over it when masking applies.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.masker {
+            Some(m) => m.redact_str(text).into_owned(),
+            None => text.to_string(),
+        }
+    }
+
+    /// A recorded value (a parameter) through the detectors.
+    pub fn redact_value(&self, v: serde_json::Value) -> serde_json::Value {
+        match (&self.masker, v) {
+            (Some(m), serde_json::Value::String(s)) => {
+                serde_json::Value::String(m.redact_str(&s).into_owned())
+            }
+            (_, v) => v,
+        }
+    }
 }
 
 /// Serves one connection; returns the byte counts for the session record.
@@ -300,14 +325,20 @@ async fn session<C: ClientStream>(
     let gw = s.gw;
     let store = &gw.store;
     let settings = &s.target.postgres;
-    let upstream_params = match startup::upstream_parameters(&parameters) {
-        Ok(p) => p,
-        Err(e) => {
-            store.note_event(s.id, "refused", json!({ "reason": e.message }));
-            refuse(&mut client, e).await;
-            return SessionEnd::default();
-        }
-    };
+    let upstream_startup =
+        match startup::upstream_parameters(&parameters, &settings.allowed_settings) {
+            Ok(p) => p,
+            Err(e) => {
+                store.note_event(
+                    s.id,
+                    "refused",
+                    json!({ "reason": e.message, "code": e.code }),
+                );
+                refuse(&mut client, e).await;
+                return SessionEnd::default();
+            }
+        };
+    let upstream_params = upstream_startup.parameters;
     let client_user = parameters.get("user").cloned().unwrap_or_default();
     let (user, password_file) = Policy::upstream_account(&s.target.credentials, s.identity);
     let user = user.map_or(client_user.clone(), str::to_string);
@@ -323,7 +354,7 @@ async fn session<C: ClientStream>(
         settings,
         user: &user,
         password_file: password_file.map(|p| p.as_path()),
-        parameters: upstream_params,
+        parameters: upstream_params.clone(),
         timeout: gw.config.server.upstream_connect_timeout,
     };
     let mut up = match upstream::connect(tcp, request).await {
@@ -354,32 +385,58 @@ async fn session<C: ClientStream>(
         }
     };
 
-    let masker = Masker::for_target(&gw.config.masking, &s.target.name);
-    let mut covered = HashSet::new();
-    if let Some(q) = masker.as_ref().and_then(|m| catalog::query(&m.columns)) {
-        match up.internal_query(&q).await {
-            Ok(rows) => covered = catalog::covered(&rows),
-            Err(e) => {
-                // Without the catalog, column rules could miss aliased columns: fail closed.
-                store.note_event(
-                    s.id,
-                    "upstream_error",
-                    json!({ "error": format!("masking catalog lookup: {e}") }),
-                );
-                refuse(
-                    &mut client,
-                    GatewayError::fatal(
-                        wire::CONNECTION_FAILURE,
-                        format!(
-                            "gateway: target {:?}: cannot resolve the columns that masking covers",
-                            s.target.name
-                        ),
-                    ),
-                )
-                .await;
-                return SessionEnd::default();
-            }
+    // The server must run with what the gateway pinned before anything is served.
+    let mut pinned = session::SessionSettings {
+        encoding: upstream_startup.encoding,
+        limits: settings.limits,
+        search_path: Vec::new(),
+        user: user.clone(),
+    };
+    for m in &up.replay {
+        let Ok(p) =
+            wire::decode::<pgwire::messages::startup::ParameterStatus>("ParameterStatus", m)
+        else {
+            continue;
+        };
+        if let Err(why) = pinned.check_report(&p.name, &p.value) {
+            store.note_event(s.id, "refused", json!({ "reason": why }));
+            refuse(
+                &mut client,
+                GatewayError::fatal(wire::FEATURE_NOT_SUPPORTED, format!("gateway: {why}")),
+            )
+            .await;
+            return SessionEnd::default();
         }
+    }
+    let masker = Masker::for_target(&gw.config.masking, &s.target.name);
+    let mut coverage = Coverage::default();
+    let catalog = async {
+        if let Some(q) = masker.as_ref().and_then(|m| catalog::query(&m.columns)) {
+            coverage = catalog::coverage(&up.internal_query(&q).await?);
+        }
+        pinned.search_path = catalog::search_path(&up.internal_query(catalog::SEARCH_PATH).await?);
+        Ok::<(), upstream::UpstreamError>(())
+    };
+    if let Err(e) = catalog.await {
+        // Without the catalog, column rules could miss aliased columns and names could resolve
+        // unseen: fail closed.
+        store.note_event(
+            s.id,
+            "upstream_error",
+            json!({ "error": format!("catalog lookup: {e}") }),
+        );
+        refuse(
+            &mut client,
+            GatewayError::fatal(
+                wire::CONNECTION_FAILURE,
+                format!(
+                    "gateway: target {:?}: cannot read the catalog (masked columns, search path)",
+                    s.target.name
+                ),
+            ),
+        )
+        .await;
+        return SessionEnd::default();
     }
 
     let registration = up.key.map(|(pid, key)| {
@@ -420,10 +477,13 @@ async fn session<C: ClientStream>(
             "user": user,
             "database": database,
             "tls": up.tls,
+            "server_verified": up.verified,
             "client_tls": client.is_tls(),
             "auth": up.method,
+            "settings": upstream_params.iter().filter(|(k, _)| k != "database").cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "search_path": pinned.search_path,
             "masking": masker.as_ref().map(|m| m.rules.clone()),
-            "masked_columns": covered.len(),
+            "masked_columns": coverage.len(),
         }),
     );
     tracing::info!(session = s.id, user = %user, database = %database, tls = up.tls, client_tls = client.is_tls(), "postgres session open");
@@ -448,17 +508,18 @@ async fn session<C: ClientStream>(
             settings.sample_bytes_per_session,
         ),
         masker,
-        covered,
+        coverage,
+        session: pinned,
         approvals: &gw.approvals,
         classifier: &gw.postgres.classifier,
         process: s.process,
         job_id: s.job_id,
     };
-    let tracker = state::Shared::default();
+    let shared = state::Shared::default();
     let (up_read, up_write) = tokio::io::split(up.stream);
     let up_buffer = std::mem::take(&mut up.buffer);
-    let mut fe = frontend::Frontend::new(&ctx, &tracker);
-    let mut be = backend::Backend::new(&ctx, &tracker, notices_rx);
+    let mut fe = frontend::Frontend::new(&ctx, &shared);
+    let mut be = backend::Backend::new(&ctx, &shared, notices_rx);
     let outcome = {
         let (client_read, client_write) = client.halves();
         let fe_run = fe.run(

@@ -12,6 +12,10 @@ use super::{
     frame::{self, FrameError},
     wire::{self, DecodeError},
 };
+use crate::{
+    policy::{StartupSettingError, check_startup_setting},
+    sql::ClientEncoding,
+};
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -137,15 +141,91 @@ where
     }
 }
 
-/// Startup parameters that select the upstream session and are passed on unchanged; anything else
-/// the client sends is passed on too, except the account and replication.
-pub const NOT_FORWARDED: &[&str] = &["user", "replication"];
+/// Settings of the upstream startup packet, as policy allowed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamStartup {
+    /// `database` and every setting, explicit `client_encoding` and `standard_conforming_strings`
+    /// included (role or database defaults cannot change them underneath).
+    pub parameters: Vec<(String, String)>,
+    pub encoding: ClientEncoding,
+}
 
-/// Parameters for the upstream startup packet. Refuses replication connections: they speak a
-/// different protocol that statement policy cannot see into.
+/// Splits a startup `options` value as the server does (`pg_split_opts`): on whitespace, a
+/// backslash taking the next character literally.
+fn split_options(options: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = options.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return out;
+        }
+        let mut word = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                c if c.is_ascii_whitespace() => break,
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        word.push(n);
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        out.push(word);
+    }
+}
+
+/// `name=value` of a `-c` or `--` switch, named as the server names settings (lower case, dashes
+/// as underscores).
+fn setting_of(arg: &str) -> Option<(String, String)> {
+    let (name, value) = arg.split_once('=')?;
+    Some((
+        name.replace('-', "_").to_ascii_lowercase(),
+        value.to_string(),
+    ))
+}
+
+/// The settings in a startup `options` value; only `-c name=value` and `--name=value` switches.
+fn option_settings(options: &str) -> Result<Vec<(String, String)>, wire::GatewayError> {
+    let refuse = |what: &str| {
+        wire::GatewayError::fatal(
+            wire::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "gateway: the startup option {what:?} is not allowed through the gateway (only -c name=value settings are)"
+            ),
+        )
+    };
+    let words = split_options(options);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        let setting = if w == "-c" {
+            i += 1;
+            words.get(i).and_then(|v| setting_of(v))
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            setting_of(rest)
+        } else if let Some(rest) = w.strip_prefix("--") {
+            setting_of(rest)
+        } else {
+            None
+        };
+        out.push(setting.ok_or_else(|| refuse(w))?);
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// Parameters for the upstream startup packet: `database`, and the client's settings (its
+/// `options` and its other startup parameters) that policy allows. Refuses replication
+/// connections: they speak a different protocol that statement policy cannot see into.
 pub fn upstream_parameters(
     client: &BTreeMap<String, String>,
-) -> Result<Vec<(String, String)>, wire::GatewayError> {
+    allowed: &[String],
+) -> Result<UpstreamStartup, wire::GatewayError> {
     if let Some(r) = client.get("replication")
         && !matches!(r.as_str(), "false" | "off" | "no" | "0")
     {
@@ -154,18 +234,48 @@ pub fn upstream_parameters(
             "gateway: replication connections are not allowed through the gateway",
         ));
     }
-    let mut out: Vec<(String, String)> = client
-        .iter()
-        .filter(|(k, _)| !NOT_FORWARDED.contains(&k.as_str()) && !k.starts_with("_pq_."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    // `options` first: the server applies explicit parameters after it.
+    let mut settings: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(options) = client.get("options") {
+        settings.extend(option_settings(options)?);
+    }
+    for (k, v) in client {
+        if matches!(k.as_str(), "user" | "database" | "replication" | "options")
+            || k.starts_with("_pq_.")
+        {
+            continue;
+        }
+        settings.insert(k.to_ascii_lowercase(), v.clone());
+    }
+    let mut encoding = ClientEncoding::Utf8;
+    for (name, value) in &settings {
+        match check_startup_setting(name, value, allowed) {
+            Ok(Some(e)) => encoding = e,
+            Ok(None) => {}
+            Err(e) => {
+                let code = match e {
+                    StartupSettingError::Encoding(_) => wire::FEATURE_NOT_SUPPORTED,
+                    _ => wire::INSUFFICIENT_PRIVILEGE,
+                };
+                return Err(wire::GatewayError::fatal(code, format!("gateway: {e}")));
+            }
+        }
+    }
+    settings.insert("client_encoding".into(), encoding.name().into());
+    settings.insert("standard_conforming_strings".into(), "on".into());
     // PostgreSQL's default database is the user name: the name the client asked for, not the
     // upstream account.
-    if !client.contains_key("database") {
-        let db = client.get("user").cloned().unwrap_or_default();
-        out.push(("database".to_string(), db));
-    }
-    Ok(out)
+    let database = client
+        .get("database")
+        .or_else(|| client.get("user"))
+        .cloned()
+        .unwrap_or_default();
+    let mut parameters = vec![("database".to_string(), database)];
+    parameters.extend(settings);
+    Ok(UpstreamStartup {
+        parameters,
+        encoding,
+    })
 }
 
 #[cfg(test)]
@@ -267,15 +377,59 @@ mod tests {
         ));
     }
 
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn parameters_passed_on() {
-        let mut p = BTreeMap::new();
-        p.insert("user".to_string(), "whoever".to_string());
-        p.insert("application_name".to_string(), "psql".to_string());
-        let out = upstream_parameters(&p).unwrap();
+    fn parameters_passed_on_with_the_lexing_settings_pinned() {
+        let p = params(&[("user", "whoever"), ("application_name", "psql")]);
+        let out = upstream_parameters(&p, &[]).unwrap().parameters;
         assert!(out.contains(&("database".into(), "whoever".into())));
+        assert!(out.contains(&("client_encoding".into(), "UTF8".into())));
+        assert!(out.contains(&("standard_conforming_strings".into(), "on".into())));
         assert!(!out.iter().any(|(k, _)| k == "user"));
-        p.insert("replication".into(), "database".into());
-        assert!(upstream_parameters(&p).is_err());
+        let p = params(&[("user", "x"), ("replication", "database")]);
+        assert!(upstream_parameters(&p, &[]).is_err());
+    }
+
+    #[test]
+    fn options_are_split_like_the_server_and_checked() {
+        assert_eq!(
+            split_options(r"-c a=b\ c  --x-y=1"),
+            ["-c", "a=b c", "--x-y=1"]
+        );
+        let p = params(&[
+            ("user", "x"),
+            ("options", "-c statement_timeout=5s --application-name=a"),
+        ]);
+        let out = upstream_parameters(&p, &[]).unwrap().parameters;
+        assert!(out.contains(&("statement_timeout".into(), "5s".into())));
+        assert!(out.contains(&("application_name".into(), "a".into())));
+        for bad in [
+            "-c role=admin",
+            "-crole=admin",
+            "--role=admin",
+            "-c search_path=evil",
+            "-c standard_conforming_strings=off",
+            "-c client_encoding=GBK",
+            "-c session_authorization=postgres",
+            "-d 5",
+            "-c",
+        ] {
+            let p = params(&[("user", "x"), ("options", bad)]);
+            assert!(upstream_parameters(&p, &[]).is_err(), "{bad}");
+        }
+        let p = params(&[("user", "x"), ("client_encoding", "GBK")]);
+        let e = upstream_parameters(&p, &[]).unwrap_err();
+        assert_eq!(e.code, wire::FEATURE_NOT_SUPPORTED);
+        let p = params(&[("user", "x"), ("Role", "admin")]);
+        assert_eq!(
+            upstream_parameters(&p, &[]).unwrap_err().code,
+            wire::INSUFFICIENT_PRIVILEGE
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! TLS toward the upstream server (rustls): verifying (`verify-full`) or encrypting only
-//! (`prefer` / `require`, libpq's semantics).
+//! TLS toward the upstream server (rustls): verifying (`verify-full`), pinned to one certificate,
+//! or encrypting only (`prefer` / `require`, libpq's semantics).
 
 use std::{path::Path, sync::Arc};
 
@@ -61,8 +61,21 @@ pub fn verifying(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> 
 /// Encrypts without authenticating the server (libpq's `prefer`/`require`): still checks that the
 /// handshake signatures are valid, so it is TLS, just not verified TLS.
 pub fn encrypting_only() -> Result<Arc<ClientConfig>, TlsError> {
+    with_verifier(None)
+}
+
+/// Authenticates the server by the SHA-256 digest of its certificate (DER), whatever its name or
+/// issuer: for servers with a self-signed certificate.
+pub fn pinned(sha256: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
+    with_verifier(Some(sha256))
+}
+
+fn with_verifier(pin: Option<[u8; 32]>) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(AnyServer(provider.signature_verification_algorithms));
+    let verifier = Arc::new(AnyServer {
+        algorithms: provider.signature_verification_algorithms,
+        pin,
+    });
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -71,19 +84,29 @@ pub fn encrypting_only() -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// Any server (`pin: None`), or the one whose certificate has this SHA-256 digest.
 #[derive(Debug)]
-struct AnyServer(WebPkiSupportedAlgorithms);
+struct AnyServer {
+    algorithms: WebPkiSupportedAlgorithms,
+    pin: Option<[u8; 32]>,
+}
 
 impl ServerCertVerifier for AnyServer {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        use sha2::Digest as _;
+        match self.pin {
+            Some(pin) if sha2::Sha256::digest(end_entity.as_ref())[..] != pin[..] => Err(
+                rustls::Error::General("the server's certificate is not the pinned one".into()),
+            ),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -92,7 +115,7 @@ impl ServerCertVerifier for AnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -101,10 +124,10 @@ impl ServerCertVerifier for AnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }

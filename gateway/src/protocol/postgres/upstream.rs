@@ -12,7 +12,7 @@ use tokio::{
 };
 
 use super::{
-    auth::{self, AuthError, SCRAM_SHA_256, Scram},
+    auth::{self, AuthError, Scram},
     frame::{Frame, FrameError, FrameReader, MAX_BACKEND_MESSAGE, ReadError},
     tls::{self, TlsError},
     wire,
@@ -84,7 +84,18 @@ pub struct Upstream {
     /// The server's BackendKeyData (pid, secret), for cancel requests.
     pub key: Option<(i32, i32)>,
     pub tls: bool,
+    /// The server's certificate was verified (CA and name, or the pinned digest).
+    pub verified: bool,
     pub method: &'static str,
+}
+
+/// The TLS state of the connection being opened.
+struct Secured {
+    stream: BoxStream,
+    tls: bool,
+    verified: bool,
+    /// The server's certificate (DER), for channel binding.
+    server_cert: Option<Vec<u8>>,
 }
 
 /// Opens the session over `tcp`, an established connection to the server.
@@ -98,13 +109,15 @@ pub async fn connect(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, Upstr
 }
 
 async fn open(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, UpstreamError> {
-    let (stream, tls) = negotiate_tls(tcp, &req).await?;
+    let secured = negotiate_tls(tcp, &req).await?;
+    let server_cert = secured.server_cert;
     let mut up = Upstream {
-        stream,
+        stream: secured.stream,
         buffer: BytesMut::new(),
         replay: Vec::new(),
         key: None,
-        tls,
+        tls: secured.tls,
+        verified: secured.verified,
         method: "trust",
     };
     let mut startup = Startup::new();
@@ -122,18 +135,21 @@ async fn open(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, UpstreamErro
         })
     })?;
     up.write(&buf).await?;
-    up.authenticate(&req).await?;
+    up.authenticate(&req, server_cert.as_deref()).await?;
     up.finish_startup().await?;
     Ok(up)
 }
 
-async fn negotiate_tls(
-    mut tcp: TcpStream,
-    req: &Request<'_>,
-) -> Result<(BoxStream, bool), UpstreamError> {
+async fn negotiate_tls(mut tcp: TcpStream, req: &Request<'_>) -> Result<Secured, UpstreamError> {
+    let plain = |tcp: TcpStream| Secured {
+        stream: Box::new(tcp),
+        tls: false,
+        verified: false,
+        server_cert: None,
+    };
     let mode = req.settings.tls;
     if mode == UpstreamTls::Disable {
-        return Ok((Box::new(tcp), false));
+        return Ok(plain(tcp));
     }
     // SSLRequest: length 8, code 80877103.
     let mut ssl_request = BytesMut::with_capacity(8);
@@ -145,14 +161,16 @@ async fn negotiate_tls(
     let answer = tcp.read_u8().await.map_err(|_| UpstreamError::Closed)?;
     match answer {
         b'S' => {}
-        b'N' if mode == UpstreamTls::Prefer => return Ok((Box::new(tcp), false)),
+        b'N' if mode == UpstreamTls::Prefer && req.settings.pinned_certificate.is_none() => {
+            return Ok(plain(tcp));
+        }
         b'N' => return Err(UpstreamError::TlsRefused(mode)),
         other => return Err(UpstreamError::Unexpected(char::from(other))),
     }
-    let config = if mode == UpstreamTls::VerifyFull {
-        tls::verifying(req.settings.ca_file.as_deref())?
-    } else {
-        tls::encrypting_only()?
+    let (config, verified) = match (mode, req.settings.pinned_certificate) {
+        (_, Some(pin)) => (tls::pinned(pin)?, true),
+        (UpstreamTls::VerifyFull, None) => (tls::verifying(req.settings.ca_file.as_deref())?, true),
+        _ => (tls::encrypting_only()?, false),
     };
     let name = ServerName::try_from(req.server_name.clone()).map_err(|e| {
         UpstreamError::Handshake(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
@@ -162,7 +180,18 @@ async fn negotiate_tls(
         .connect(name, tcp)
         .await
         .map_err(UpstreamError::Handshake)?;
-    Ok((Box::new(stream), true))
+    let server_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec());
+    Ok(Secured {
+        stream: Box::new(stream),
+        tls: true,
+        verified,
+        server_cert,
+    })
 }
 
 impl Upstream {
@@ -192,7 +221,14 @@ impl Upstream {
         }
     }
 
-    async fn authenticate(&mut self, req: &Request<'_>) -> Result<(), UpstreamError> {
+    /// Authenticates with the target's secret. A password (cleartext or MD5) is only sent to a
+    /// server whose certificate was verified; SCRAM is bound to the TLS certificate when there is
+    /// one, so a server relaying it elsewhere gets nothing usable.
+    async fn authenticate(
+        &mut self,
+        req: &Request<'_>,
+        server_cert: Option<&[u8]>,
+    ) -> Result<(), UpstreamError> {
         let password = || -> Result<String, UpstreamError> {
             let path = req.password_file.ok_or(AuthError::NoPassword)?;
             let text =
@@ -221,21 +257,31 @@ impl Upstream {
             match auth {
                 Authentication::Ok => return Ok(()),
                 Authentication::CleartextPassword => {
+                    if !self.verified {
+                        return Err(AuthError::UnverifiedPassword("cleartext").into());
+                    }
                     self.method = "cleartext";
                     let msg = auth::cleartext(&password()?);
                     self.write(&msg).await?;
                 }
                 Authentication::MD5Password(salt) => {
+                    if !self.verified {
+                        return Err(AuthError::UnverifiedPassword("MD5").into());
+                    }
                     self.method = "md5";
-                    let msg = auth::md5_password(req.user, &password()?, &salt);
+                    let salt: [u8; 4] = salt.as_slice().try_into().map_err(|_| {
+                        AuthError::Unsupported("an MD5 salt that is not 4 bytes".into())
+                    })?;
+                    let msg = auth::md5_password(req.user, &password()?, salt);
                     self.write(&msg).await?;
                 }
                 Authentication::SASL(mechanisms) => {
-                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-                        return Err(AuthError::NoMechanism(mechanisms.join(", ")).into());
-                    }
-                    self.method = "scram-sha-256";
-                    let s = Scram::new(&password()?);
+                    let s = Scram::start(&password()?, &mechanisms, server_cert)?;
+                    self.method = if s.mechanism() == "SCRAM-SHA-256-PLUS" {
+                        "scram-sha-256-plus"
+                    } else {
+                        "scram-sha-256"
+                    };
                     let msg = s.initial();
                     scram = Some(s);
                     self.write(&msg).await?;
@@ -243,14 +289,14 @@ impl Upstream {
                 Authentication::SASLContinue(data) => {
                     let s = scram
                         .as_mut()
-                        .ok_or(AuthError::Scram("SASLContinue before SASL"))?;
+                        .ok_or(AuthError::Scram("SASLContinue before SASL".into()))?;
                     let msg = s.respond(&data)?;
                     self.write(&msg).await?;
                 }
                 Authentication::SASLFinal(data) => {
                     scram
-                        .as_ref()
-                        .ok_or(AuthError::Scram("SASLFinal before SASL"))?
+                        .as_mut()
+                        .ok_or(AuthError::Scram("SASLFinal before SASL".into()))?
                         .verify(&data)?;
                 }
                 other => {

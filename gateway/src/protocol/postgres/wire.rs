@@ -46,11 +46,29 @@ pub fn decode_frame<M: Message>(what: &'static str, frame: &Frame) -> Result<M, 
     decode(what, &frame.bytes)
 }
 
-fn encode(m: &impl Message) -> Bytes {
+/// Encodes a message the gateway built (or rebuilt from a decoded one, with masked values).
+pub fn encode(m: &impl Message) -> Bytes {
     let mut buf = BytesMut::new();
-    // Only messages the gateway builds from bounded values are encoded here.
+    // Only messages built from values that fit the protocol's lengths are encoded here.
     m.encode(&mut buf).expect("encode a gateway-built message");
     buf.freeze()
+}
+
+/// A message of type `tag` with `body`.
+pub fn message(tag: u8, body: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(body.len() + 5);
+    b.extend_from_slice(&[tag]);
+    b.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    b.extend_from_slice(body);
+    b.freeze()
+}
+
+pub fn encode_error(e: &ErrorResponse) -> Bytes {
+    encode(e)
+}
+
+pub fn encode_notice(n: &pgwire::messages::response::NoticeResponse) -> Bytes {
+    encode(n)
 }
 
 /// SQLSTATE of a refused statement or connection.
