@@ -21,6 +21,7 @@ pub mod ssh;
 use serde_json::Value;
 
 pub mod oidc;
+pub mod pg;
 
 /// The tests attach eBPF programs, create namespaces and cgroups: they need root.
 pub fn require_root() {
@@ -864,6 +865,78 @@ impl Postgres {
             "create database app owner app",
         ]))?;
         Ok(pg)
+    }
+
+    /// Turns TLS on with a certificate for the server's address from a CA of the test's own
+    /// (generated here with openssl); returns the CA's PEM file.
+    pub fn enable_tls(&self, dir: &Path) -> Result<PathBuf> {
+        let ca_key = dir.join("pg-ca.key");
+        let ca = dir.join("pg-ca.pem");
+        let key = self.data.join("server.key");
+        let csr = dir.join("server.csr");
+        let cert = self.data.join("server.crt");
+        let ext = dir.join("server.ext");
+        fs::write(&ext, format!("subjectAltName = IP:{}\n", self.host))?;
+        let openssl = |args: &[&str]| run_ok(Command::new("openssl").args(args));
+        let p = |p: &Path| p.display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &p(&ca_key),
+            "-out",
+            &p(&ca),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gateway e2e test CA",
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &p(&key),
+            "-out",
+            &p(&csr),
+            "-subj",
+            &format!("/CN={}", self.host),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&ca),
+            "-CAkey",
+            &p(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            &p(&cert),
+            "-days",
+            "2",
+            "-extfile",
+            &p(&ext),
+        ])?;
+        run_ok(
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&key)
+                .arg(&cert),
+        )?;
+        run_ok(Command::new("chmod").arg("600").arg(&key))?;
+        self.admin_sql("ALTER SYSTEM SET ssl = on")?;
+        self.admin_sql("select pg_reload_conf()")?;
+        Ok(ca)
     }
 
     /// Puts an authentication line at the top of pg_hba.conf (first match wins) and reloads.

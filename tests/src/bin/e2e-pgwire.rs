@@ -8,6 +8,16 @@
 //!
 //! e2e-pgwire HOST:PORT idle N: opens N sessions (startup to ReadyForQuery), prints
 //! `{"open": N}`, and holds them until stdin closes (benchmark of idle connections).
+//!
+//! e2e-pgwire HOST:PORT script JSON|@FILE: a session driven message by message, as a hostile
+//! client would. JSON is a list of steps:
+//!   {"startup": {"options": "-c role=x", …}}  (user "anyone", database "app" unless given)
+//!   {"Q": "sql"}  {"Qhex": "hex bytes of the text"}  {"P": [name, sql]}
+//!   {"B": [portal, statement, [text param | null, …]]}  {"D": ["S"|"P", name]}
+//!   {"E": [portal, max_rows]}  {"C": ["S"|"P", name]}  {"S": null}  {"H": null}
+//!   {"read": "Z"} (send, then read up to the next ReadyForQuery)  {"read": "all"} (until quiet)
+//!   {"timeout": seconds} (how long a read waits for the next message; 3 by default)
+//! Prints {"messages": [...], "closed": bool}; DataRows come with their values as text.
 
 use std::{
     io::{Read as _, Write as _},
@@ -100,7 +110,26 @@ fn read_messages(s: &mut TcpStream, stop_at_ready: bool, out: &mut Vec<Value>) -
                     }
                 }
                 b'Z' => m["status"] = json!((body[0] as char).to_string()),
-                b'D' => m["row"] = json!(String::from_utf8_lossy(&body).to_string()),
+                b'D' => {
+                    m["row"] = json!(String::from_utf8_lossy(&body).to_string());
+                    m["values"] = json!(row_values(&body));
+                }
+                b'd' => m["data"] = json!(String::from_utf8_lossy(&body).to_string()),
+                b'S' => {
+                    let mut parts = body.split(|b| *b == 0);
+                    let name =
+                        String::from_utf8_lossy(parts.next().unwrap_or_default()).to_string();
+                    let value =
+                        String::from_utf8_lossy(parts.next().unwrap_or_default()).to_string();
+                    m["name"] = json!(name);
+                    m["value"] = json!(value);
+                }
+                b'A' => {
+                    let rest = &body[4.min(body.len())..];
+                    let mut parts = rest.split(|b| *b == 0);
+                    m["channel"] = json!(String::from_utf8_lossy(parts.next().unwrap_or_default()));
+                    m["payload"] = json!(String::from_utf8_lossy(parts.next().unwrap_or_default()));
+                }
                 _ => {}
             }
             out.push(m);
@@ -122,6 +151,152 @@ fn read_messages(s: &mut TcpStream, stop_at_ready: bool, out: &mut Vec<Value>) -
             Err(_) => return true,
         }
     }
+}
+
+/// The values of a DataRow body, as text (NULL as null).
+fn row_values(body: &[u8]) -> Vec<Value> {
+    let mut out = Vec::new();
+    if body.len() < 2 {
+        return out;
+    }
+    let n = i16::from_be_bytes([body[0], body[1]]);
+    let mut at = 2;
+    for _ in 0..n.max(0) {
+        let Some(len) = body.get(at..at + 4) else {
+            break;
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4;
+        if len < 0 {
+            out.push(Value::Null);
+            continue;
+        }
+        let Some(v) = body.get(at..at + len as usize) else {
+            break;
+        };
+        out.push(json!(String::from_utf8_lossy(v)));
+        at += len as usize;
+    }
+    out
+}
+
+fn startup_with(params: &serde_json::Map<String, Value>) -> Vec<u8> {
+    let mut all: Vec<(String, String)> = vec![
+        ("user".into(), "anyone".into()),
+        ("database".into(), "app".into()),
+    ];
+    for (k, v) in params {
+        all.retain(|(key, _)| key != k);
+        all.push((k.clone(), v.as_str().unwrap_or_default().to_string()));
+    }
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in &all {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn named(tag: u8, kind: &str, name: &str) -> Vec<u8> {
+    let mut b = kind.as_bytes()[..1].to_vec();
+    b.extend_from_slice(&cstr(name));
+    msg(tag, &b)
+}
+
+/// Runs a script (see the module docs); returns whether the server closed the connection.
+fn script(addr: &str, steps: &[Value], messages: &mut Vec<Value>) -> bool {
+    let mut s = connect(addr);
+    let mut out: Vec<u8> = Vec::new();
+    let mut started = false;
+    for step in steps {
+        let Some((op, arg)) = step.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let text = |i: usize| arg[i].as_str().unwrap_or_default().to_string();
+        match op.as_str() {
+            "startup" => {
+                out.extend_from_slice(&startup_with(
+                    arg.as_object().unwrap_or(&Default::default()),
+                ));
+                started = true;
+            }
+            "Q" => out.extend_from_slice(&query(arg.as_str().unwrap_or_default())),
+            "Qhex" => {
+                let mut b = hex(arg.as_str().unwrap_or_default());
+                b.push(0);
+                out.extend_from_slice(&msg(b'Q', &b));
+            }
+            "P" => {
+                let mut b = cstr(&text(0));
+                b.extend_from_slice(&cstr(&text(1)));
+                b.extend_from_slice(&0i16.to_be_bytes());
+                out.extend_from_slice(&msg(b'P', &b));
+            }
+            "B" => {
+                let mut b = cstr(&text(0));
+                b.extend_from_slice(&cstr(&text(1)));
+                b.extend_from_slice(&0i16.to_be_bytes());
+                let params = arg[2].as_array().cloned().unwrap_or_default();
+                b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+                for p in &params {
+                    match p.as_str() {
+                        Some(v) => {
+                            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                            b.extend_from_slice(v.as_bytes());
+                        }
+                        None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                    }
+                }
+                b.extend_from_slice(&0i16.to_be_bytes());
+                out.extend_from_slice(&msg(b'B', &b));
+            }
+            "D" => out.extend_from_slice(&named(b'D', &text(0), &text(1))),
+            "C" => out.extend_from_slice(&named(b'C', &text(0), &text(1))),
+            "E" => {
+                let mut b = cstr(&text(0));
+                b.extend_from_slice(&(arg[1].as_i64().unwrap_or(0) as i32).to_be_bytes());
+                out.extend_from_slice(&msg(b'E', &b));
+            }
+            "S" => out.extend_from_slice(&sync()),
+            "H" => out.extend_from_slice(&msg(b'H', &[])),
+            // How long a read waits for the next message before taking the server as quiet.
+            "timeout" => {
+                let secs = arg.as_u64().unwrap_or(3);
+                s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+            }
+            "read" => {
+                if !started {
+                    s.write_all(&startup("anyone", "app")).unwrap();
+                    read_messages(&mut s, true, &mut Vec::new());
+                    started = true;
+                }
+                if s.write_all(&out).is_err() {
+                    return true;
+                }
+                out.clear();
+                let closed = read_messages(&mut s, arg.as_str() == Some("Z"), messages);
+                if closed {
+                    return true;
+                }
+            }
+            other => panic!("unknown step {other}"),
+        }
+    }
+    if !out.is_empty() {
+        let _ = s.write_all(&out);
+    }
+    read_messages(&mut s, false, messages)
 }
 
 fn connect(addr: &str) -> TcpStream {
@@ -157,6 +332,16 @@ fn main() {
     }
     let mut messages = Vec::new();
     let mut answer = String::new();
+    if case == "script" {
+        let text = match args[3].strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path).expect("script file"),
+            None => args[3].clone(),
+        };
+        let steps: Vec<Value> = serde_json::from_str(&text).expect("script JSON");
+        let closed = script(addr, &steps, &mut messages);
+        println!("{}", json!({ "messages": messages, "closed": closed }));
+        return;
+    }
     let closed = match case {
         "bad-version" => {
             let mut s = connect(addr);
