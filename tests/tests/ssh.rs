@@ -1093,7 +1093,11 @@ fn forwarding_is_refused_unless_a_rule_names_the_destination() -> Result<()> {
         .context("agent pid")?
         .to_string();
     let mut opts = client_options(&s.known_hosts);
-    opts.extend(["-A".into(), s.host(), "echo [$SSH_AUTH_SOCK]".into()]);
+    opts.extend([
+        "-A".into(),
+        s.host(),
+        "printenv SSH_AUTH_SOCK || echo none".into(),
+    ]);
     let out = Command::new(gateway_bin())
         .arg("--control-socket")
         .arg(&s.daemon.control_socket)
@@ -1102,7 +1106,7 @@ fn forwarding_is_refused_unless_a_rule_names_the_destination() -> Result<()> {
         .env("SSH_AUTH_SOCK", &sock)
         .output()?;
     let _ = Command::new("kill").arg(&pid).output();
-    assert_eq!(text(&out.stdout), "[]\n", "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "none\n", "{}", text(&out.stderr));
     let session = s.last_session()?;
     assert!(!events(&session, "ssh_agent_forwarding").is_empty());
     Ok(())
@@ -1605,6 +1609,25 @@ fn a_malformed_sftp_request_is_answered_and_recorded() -> Result<()> {
     // The gateway goes on serving.
     let out = s.ssh(&["echo still-here"]);
     assert_eq!(text(&out.stdout), "still-here\n", "{}", text(&out.stderr));
+    // An exec command with a NUL byte: refused with the reason, nothing runs.
+    let out = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "timeout", "60"])
+        .arg(sshraw_bin())
+        .args([&format!("{}:22", s.sshd.addr), "root", "0", "0", "exec-nul"])
+        .output()?;
+    assert_eq!(
+        text(&out.stdout),
+        "bytes=0 exit=1\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("not UTF-8 text without NUL bytes"),
+        "{}",
+        text(&out.stderr)
+    );
     Ok(())
 }
 
@@ -1772,16 +1795,15 @@ fn command_rules_see_argv_not_shell_source() -> Result<()> {
         &script,
         format!("echo one\necho shut''down\ntouch {marker} $HOME\necho two\n"),
     )?;
-    let job = spawn_job(
-        &s,
-        60,
-        "ssh",
-        &["-T", &s.host()],
-        fs::File::open(&script)?.into(),
-    )?;
-    let out = job.wait_with_output()?;
-    assert_eq!(text(&out.stdout), "one\ntwo\n", "{}", text(&out.stderr));
-    assert!(!Path::new(&marker).exists(), "a refused script line ran");
+    // Also when the job asks for a shell as a command (`ssh host sh < script`).
+    let host = s.host();
+    for args in [["-T", &host], [&host, "sh"], [&host, "bash -s"]] {
+        let job = spawn_job(&s, 60, "ssh", &args, fs::File::open(&script)?.into())?;
+        let out = job.wait_with_output()?;
+        let err = text(&out.stderr);
+        assert_eq!(text(&out.stdout), "one\ntwo\n", "{args:?}: {err}");
+        assert!(!Path::new(&marker).exists(), "a refused script line ran");
+    }
     Ok(())
 }
 
@@ -1916,6 +1938,7 @@ unauthenticated = true
          -ln {dir}/etc/existing {dir}/tmp/hard-link\n\
          -get {dir}/s/key {dir}/local/k1\n\
          -get {dir}/keylink {dir}/local/k2\n\
+         -put {local} {dir}/nowhere/x\n\
          put {local} {dir}/tmp/allowed\n"
     );
     let batch_file = format!("{dir}/local/batch");
@@ -1955,6 +1978,12 @@ unauthenticated = true
         refused
             .iter()
             .any(|e| e["resolved"] == format!("{dir}/etc/via-link").as_str()),
+        "{session}"
+    );
+    assert!(
+        refused.iter().any(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no such directory on the host"))),
         "{session}"
     );
 
@@ -2003,7 +2032,7 @@ fn a_secret_split_across_terminal_packets_is_masked_in_the_recording() -> Result
         &[
             "-tt",
             &s.host(),
-            "printf 'key=AKIAIOSF'; sleep 1; printf 'ODNN7EXAMPLE done\\n'",
+            "printf 'key=AKIA%s' IOSF; sleep 1; printf '%sEXAMPLE done\\n' ODNN7",
         ],
     );
     assert!(
@@ -2033,5 +2062,17 @@ fn a_secret_split_across_terminal_packets_is_masked_in_the_recording() -> Result
         !cast.contains("AKIAIOSF") && !cast.contains("ODNN7EXAMPLE"),
         "{cast}"
     );
+    // A key in the command is masked where the recording and the channel's end name it.
+    let out = s.job("ssh", &["-tt", &s.host(), "echo AKIAIOSFODNN7EXAMPLE"]);
+    assert!(text(&out.stdout).contains("AKIAIOSFODNN7EXAMPLE"));
+    let session = s.last_session()?;
+    let end = &events(&session, "ssh_channel_end")[0];
+    assert_eq!(end["command"], "echo [masked:aws_access_key]", "{end}");
+    let file = events(&session, "ssh_recording")[0]["file"]
+        .as_str()
+        .context("a recording")?
+        .to_string();
+    let cast = fs::read_to_string(&file)?;
+    assert!(!cast.contains("AKIAIOSF"), "{cast}");
     Ok(())
 }

@@ -333,6 +333,25 @@ impl JobSide {
         number
     }
 
+    /// Lines are decided in the gate that from now on stands between the channel and the host
+    /// (it may hold one for approval without holding up the session).
+    fn gate_shell(&mut self, channel: ChannelId, session: &Session) {
+        let Some(c) = self.chans.get_mut(&channel) else {
+            return;
+        };
+        let gate = shell_gate::Gate {
+            hold: c.hold(&self.ctx, session.handle(), channel),
+            up: c.tx.clone(),
+            inflight: self.inflight.clone(),
+            input: if c.rec.has_pty() {
+                shell_gate::Input::Terminal(LineEditor::default())
+            } else {
+                shell_gate::Input::Script(Vec::new())
+            },
+        };
+        c.tx = shell_gate::start(gate);
+    }
+
     /// Every sftp request on the channel is decided on its own, in the gate that from now on
     /// stands between the channel and the host; the tracker tells the response pump to read sftp
     /// framing.
@@ -434,6 +453,9 @@ impl JobSide {
                 }
                 if sftp_server {
                     self.gate_sftp(channel, session);
+                } else if reads_commands_from_stdin(&line) {
+                    // `ssh host sh < script`: the lines are a shell's, decided like a shell's.
+                    self.gate_shell(channel, session);
                 }
                 self.send(channel, Down::Exec(command.into_bytes()));
                 self.relay_reply(channel, session).await;
@@ -450,6 +472,8 @@ impl JobSide {
                 let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
                 if sftp_server {
                     self.gate_sftp(channel, session);
+                } else if reads_commands_from_stdin(&line) {
+                    self.gate_shell(channel, session);
                 }
                 let Some(c) = self.chans.get_mut(&channel) else {
                     return;
@@ -543,6 +567,38 @@ fn scp_command(argv: &[String]) -> Option<LegacyScp> {
         recursive,
         into_directory,
     })
+}
+
+/// Is the line a shell that reads its commands from stdin (`sh`, `bash -s`, `bash -l`)?
+fn reads_commands_from_stdin(line: &CommandLine) -> bool {
+    let Some(argv) = line.plain() else {
+        return false;
+    };
+    if !matches!(
+        argv::program(&argv[0]),
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "posh" | "yash"
+    ) {
+        return false;
+    }
+    let mut stdin = false; // -s: read commands from stdin even with operands
+    let mut words = argv[1..].iter();
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "-o" | "+o" | "-O" | "+O" | "--rcfile" | "--init-file" => {
+                words.next();
+            }
+            "--" => return stdin || words.next().is_none(),
+            w if w.starts_with("--") => {}
+            w if (w.starts_with('-') || w.starts_with('+')) && w.len() > 1 => {
+                if w.starts_with('-') && w.contains('c') {
+                    return false;
+                }
+                stdin |= w.starts_with('-') && w.contains('s');
+            }
+            _ => return stdin,
+        }
+    }
+    true
 }
 
 /// Does the line run an sftp server (`sftp -s /usr/lib/openssh/sftp-server` sends that as an
@@ -940,20 +996,8 @@ impl server::Handler for JobSide {
             if let Some(c) = self.chans.get_mut(&channel) {
                 c.rec.begin(&self.ctx, "shell", None);
                 c.mode = Mode::Pass;
-                // Lines are decided in the gate that from now on stands between the channel and
-                // the host (it may hold one for approval without holding up the session).
-                let gate = shell_gate::Gate {
-                    hold: c.hold(&self.ctx, session.handle(), channel),
-                    up: c.tx.clone(),
-                    inflight: self.inflight.clone(),
-                    input: if terminal {
-                        shell_gate::Input::Terminal(LineEditor::default())
-                    } else {
-                        shell_gate::Input::Script(Vec::new())
-                    },
-                };
-                c.tx = shell_gate::start(gate);
             }
+            self.gate_shell(channel, session);
             self.send(channel, Down::Shell);
             self.relay_reply(channel, session).await;
         } else {
@@ -1150,5 +1194,10 @@ mod tests {
             "exec env X=1 /tmp/../usr/lib/sftp-server -l DEBUG3"
         )));
         assert!(!runs_sftp_server(&CommandLine::parse("sftp host")));
+        let stdin = |l: &str| reads_commands_from_stdin(&CommandLine::parse(l));
+        assert!(
+            stdin("sh") && stdin("bash -l") && stdin("bash -s -- a b") && stdin("/bin/dash -e")
+        );
+        assert!(!stdin("bash -c 'x'") && !stdin("bash script.sh") && !stdin("sh; x"));
     }
 }

@@ -121,7 +121,9 @@ impl ChannelRecorder {
             return;
         }
         g.kind = Some(kind);
-        g.command = command.map(str::to_string);
+        // Recorded masked, like the exec event (a token on a `curl` line).
+        let command = command.map(|c| masked_text(c.as_bytes(), &self.detectors).0);
+        g.command = command.clone();
         g.start = Some(Instant::now());
         let Some((term, cols, rows)) = g.pty.clone() else {
             return;
@@ -150,7 +152,7 @@ impl ChannelRecorder {
             "env": { "TERM": term },
             "title": format!("session {} channel {} on {}", ctx.session_id, self.number, ctx.target.name),
         });
-        if let Some(c) = command {
+        if let Some(c) = &command {
             header["command"] = json!(c);
         }
         let _ = writeln!(w, "{header}");
