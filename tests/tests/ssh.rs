@@ -97,6 +97,12 @@ struct Setup {
 
 impl Setup {
     fn new(server: &str, target_extra: &str) -> Result<Setup> {
+        Self::with_rules(server, target_extra, RULES)
+    }
+
+    /// A setup with rules of its own: `{HOST}` in them is the host's address, `{DIR}` the test's
+    /// directory (also on the host: the namespace shares the file system).
+    fn with_rules(server: &str, target_extra: &str, rules: &str) -> Result<Setup> {
         let id = unique_id();
         let dir = TempDir::new(&format!("ssh{id}"));
         let ns = Netns::new(&id)?;
@@ -104,7 +110,9 @@ impl Setup {
         let body = format!(
             "{}\n{}",
             sshd.target("web", target_extra),
-            RULES.replace("{HOST}", &sshd.addr.to_string())
+            rules
+                .replace("{HOST}", &sshd.addr.to_string())
+                .replace("{DIR}", &dir.path().display().to_string())
         );
         let daemon = Daemon::start(DaemonConfig {
             server: server.to_string(),
@@ -315,7 +323,7 @@ fn exec_is_decided_recorded_and_exit_status_passes_through() -> Result<()> {
             "-o",
             "SendEnv=LC_GWE GWE_SECRET",
             &s.host(),
-            "echo [$LC_GWE] [$GWE_SECRET]",
+            "printenv LC_GWE GWE_SECRET",
         ]
         .map(String::from),
     );
@@ -328,7 +336,7 @@ fn exec_is_decided_recorded_and_exit_status_passes_through() -> Result<()> {
         .env("LC_GWE", "passed")
         .env("GWE_SECRET", "leaked")
         .output()?;
-    assert_eq!(text(&out.stdout), "[passed] []\n", "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "passed\n", "{}", text(&out.stderr));
 
     // A shell without a terminal reads commands from stdin: each line is decided before it is
     // passed on, a denied one is dropped and the rest run.
@@ -867,7 +875,7 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
         "30",
         &shell_cmd,
     ])?;
-    tmux.cmd(&["send-keys", "-t", "gwe", "echo hello-$((6*7))", "Enter"])?;
+    tmux.cmd(&["send-keys", "-t", "gwe", "printf 'hello-%d\\n' 42", "Enter"])?;
     tmux.wait_for("hello-42")?;
     tmux.cmd(&["send-keys", "-t", "gwe", "stty size", "Enter"])?;
     tmux.wait_for("30 100")?;
@@ -884,11 +892,11 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
         "Enter",
     ])?;
     tmux.wait_for("gateway: blocked by policy")?;
-    tmux.cmd(&["send-keys", "-t", "gwe", "echo after-$((1+1))", "Enter"])?;
+    tmux.cmd(&["send-keys", "-t", "gwe", "printf 'after-%d\\n' 2", "Enter"])?;
     tmux.wait_for("after-2")?;
     assert!(!Path::new(&marker).exists(), "the blocked line ran");
     // A line needing approval waits at Enter; the terminal names the request. Approved, it runs.
-    let held = format!("touch {marker}; echo systemctl restart held-$((2+3))");
+    let held = format!("touch {marker}; printf 'systemctl restart held-%d\\n' 5");
     tmux.cmd(&["send-keys", "-t", "gwe", &held, "Enter"])?;
     let id = pending_approval(&s, &held)?;
     tmux.wait_for(&held_notice(&id))?;
@@ -897,7 +905,7 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
         "send-keys",
         "-t",
         "gwe",
-        "echo typed-ahead-$((3+4))",
+        "printf 'typed-ahead-%d\\n' 7",
         "Enter",
     ])?;
     std::thread::sleep(Duration::from_millis(500));
@@ -925,7 +933,7 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
             .any(|a| a["status"] == "abandoned")
     });
     assert!(abandoned, "{:?}", approvals_for(&s, &withdrawn));
-    tmux.cmd(&["send-keys", "-t", "gwe", "echo still-$((4+4))", "Enter"])?;
+    tmux.cmd(&["send-keys", "-t", "gwe", "printf 'still-%d\\n' 8", "Enter"])?;
     tmux.wait_for("still-8")?;
     assert!(!Path::new(&marker).exists(), "the withdrawn line ran");
     tmux.cmd(&["send-keys", "-t", "gwe", "exit 7", "Enter"])?;
@@ -941,7 +949,7 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
     let lines = events(&session, "ssh_shell_line");
     let find = |l: &str| lines.iter().find(|e| e["line"] == l).copied();
     assert_eq!(
-        find("echo hello-$((6*7))").context("line recorded")?["decision"],
+        find("printf 'hello-%d\\n' 42").context("line recorded")?["decision"],
         "allow",
         "{session}"
     );
@@ -1085,7 +1093,11 @@ fn forwarding_is_refused_unless_a_rule_names_the_destination() -> Result<()> {
         .context("agent pid")?
         .to_string();
     let mut opts = client_options(&s.known_hosts);
-    opts.extend(["-A".into(), s.host(), "echo [$SSH_AUTH_SOCK]".into()]);
+    opts.extend([
+        "-A".into(),
+        s.host(),
+        "printenv SSH_AUTH_SOCK || echo none".into(),
+    ]);
     let out = Command::new(gateway_bin())
         .arg("--control-socket")
         .arg(&s.daemon.control_socket)
@@ -1094,7 +1106,7 @@ fn forwarding_is_refused_unless_a_rule_names_the_destination() -> Result<()> {
         .env("SSH_AUTH_SOCK", &sock)
         .output()?;
     let _ = Command::new("kill").arg(&pid).output();
-    assert_eq!(text(&out.stdout), "[]\n", "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "none\n", "{}", text(&out.stderr));
     let session = s.last_session()?;
     assert!(!events(&session, "ssh_agent_forwarding").is_empty());
     Ok(())
@@ -1597,6 +1609,25 @@ fn a_malformed_sftp_request_is_answered_and_recorded() -> Result<()> {
     // The gateway goes on serving.
     let out = s.ssh(&["echo still-here"]);
     assert_eq!(text(&out.stdout), "still-here\n", "{}", text(&out.stderr));
+    // An exec command with a NUL byte: refused with the reason, nothing runs.
+    let out = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--", "timeout", "60"])
+        .arg(sshraw_bin())
+        .args([&format!("{}:22", s.sshd.addr), "root", "0", "0", "exec-nul"])
+        .output()?;
+    assert_eq!(
+        text(&out.stdout),
+        "bytes=0 exit=1\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("not UTF-8 text without NUL bytes"),
+        "{}",
+        text(&out.stderr)
+    );
     Ok(())
 }
 
@@ -1673,5 +1704,375 @@ fn huge_window_adjusts_keep_the_gateway_bounded_and_serving() -> Result<()> {
         session["bytes_down"].as_u64().unwrap_or(0) >= FLOOD,
         "{session}"
     );
+    Ok(())
+}
+
+/// Runs `line` as `ssh host LINE` and expects the gateway to refuse it: exit status 1, nothing on
+/// stdout (it never ran), and `reason` in what the job reads on stderr.
+fn assert_refused(s: &Setup, line: &str, reason: &str) {
+    let out = s.ssh(&[line]);
+    let err = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{line}: {err}{}",
+        text(&out.stdout)
+    );
+    assert_eq!(text(&out.stdout), "", "{line} ran: {err}");
+    assert!(err.contains(reason), "{line}: {err}");
+}
+
+#[test]
+fn command_rules_see_argv_not_shell_source() -> Result<()> {
+    let s = Setup::new("", "")?;
+    // Quotes and escapes are removed, lists split, `sh -c`, `eval` and `env` unwrapped before the
+    // rules look: each of these runs `echo shutdown` on the host and is denied as `*shutdown*`.
+    for line in [
+        "echo shut''down",
+        "echo shut\\down",
+        "echo \"shut\"down",
+        "true && echo shut''down",
+        "true; echo shut''down | cat",
+        "bash -c 'echo shut\"\"down'",
+        "env X=1 sh -lc \"echo shut''down\"",
+        "exec eval echo shut''down",
+        "sudo -u root nohup echo shut''down",
+    ] {
+        assert_refused(&s, line, "shutting hosts down is not for CI jobs");
+    }
+    // What the gateway cannot see through is refused where a deny or approval rule about commands
+    // applies, with the reason; nothing runs.
+    let marker = format!("/tmp/gwe-opaque-{}", unique_id());
+    for (line, why) in [
+        (
+            format!("s=shut; touch {marker}; echo ${{s}}down"),
+            "expansion",
+        ),
+        (format!("touch {marker} `echo x`"), "command substitution"),
+        (format!("touch {marker} $(echo x)"), "expansion"),
+        (
+            format!("e''cho hi; touch {marker}"),
+            "quoting in the command word",
+        ),
+        (
+            format!("touch {marker}; echo shutdow?"),
+            "pathname expansion",
+        ),
+        (format!("touch {marker}; ech{{o,}} hi"), "brace expansion"),
+        (
+            format!("if true; then touch {marker}; fi"),
+            "compound command",
+        ),
+        (format!("(touch {marker})"), "subshell"),
+        (format!("touch {marker} ~"), "tilde expansion"),
+        (format!("cat <<EOF\ntouch {marker}\nEOF"), "here-document"),
+    ] {
+        assert_refused(&s, &line, "cannot be checked against command rules");
+        assert_refused(&s, &line, why);
+        assert!(!Path::new(&marker).exists(), "{line} ran");
+    }
+    let session = s.last_session()?;
+    let exec = &events(&session, "ssh_exec")[0];
+    assert_eq!(exec["decision"], "deny", "{session}");
+    assert_eq!(exec["rule"], "no-shutdown", "{session}");
+    // The approval rule sees `systemctl 're'start`: the exec is held (and denied here).
+    let line = "echo systemctl 're'start app";
+    let job = spawn_job(&s, 60, "ssh", &[&s.host(), line], Stdio::null())?;
+    let id = pending_approval(&s, line)?;
+    let decided = s.daemon.cli(&["approvals", "deny", &id]);
+    assert!(decided.status.success(), "{}", text(&decided.stderr));
+    let out = job.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    // A list of plain commands is checked command by command and runs.
+    let out = s.ssh(&["echo one && echo 'two; three' | cat >&2; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "one\n");
+    assert_eq!(text(&out.stderr), "two; three\n");
+    // Lines of a shell without a terminal are held to the same rules.
+    let script = s.dir.path().join("script.sh");
+    fs::write(
+        &script,
+        format!("echo one\necho shut''down\ntouch {marker} $HOME\necho two\n"),
+    )?;
+    // Also when the job asks for a shell as a command (`ssh host sh < script`).
+    let host = s.host();
+    for args in [["-T", &host], [&host, "sh"], [&host, "bash -s"]] {
+        let job = spawn_job(&s, 60, "ssh", &args, fs::File::open(&script)?.into())?;
+        let out = job.wait_with_output()?;
+        let err = text(&out.stderr);
+        assert_eq!(text(&out.stdout), "one\ntwo\n", "{args:?}: {err}");
+        assert!(!Path::new(&marker).exists(), "a refused script line ran");
+    }
+    Ok(())
+}
+
+#[test]
+fn allow_rules_admit_only_the_command_they_name() -> Result<()> {
+    let rules = r#"
+[[rules]]
+name = "status-only"
+action = "allow"
+unauthenticated = true
+[rules.ssh]
+operations = ["exec", "shell"]
+commands = ["echo status *"]
+
+[[rules]]
+name = "nothing-else"
+action = "deny"
+unauthenticated = true
+reason = "only named commands"
+[rules.ssh]
+operations = ["exec", "shell"]
+
+[[rules]]
+name = "jobs-may-ssh"
+action = "allow"
+unauthenticated = true
+"#;
+    let s = Setup::with_rules("", "", rules)?;
+    let out = s.ssh(&["echo status 'a b'"]);
+    assert_eq!(text(&out.stdout), "status a b\n", "{}", text(&out.stderr));
+    let marker = format!("/tmp/gwe-allow-{}", unique_id());
+    for line in [
+        format!("echo status x; touch {marker}"),
+        format!("echo status x && touch {marker}"),
+        format!("echo status x | tee {marker}"),
+        format!("echo status x > {marker}"),
+        format!("echo status x\ntouch {marker}"),
+        format!("echo status $(touch {marker})"),
+        format!("echo status `touch {marker}`"),
+        format!("X=1 echo status x; touch {marker}"),
+    ] {
+        assert_refused(&s, &line, "only named commands");
+        assert!(!Path::new(&marker).exists(), "{line:?} ran");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_raw_command_rule_matches_shell_source_as_typed() -> Result<()> {
+    let rules = r#"
+[[rules]]
+name = "this-exact-pipeline"
+action = "allow"
+unauthenticated = true
+[rules.ssh]
+operations = ["exec"]
+commands = ["echo raw | tr a-z A-Z"]
+raw = true
+
+[[rules]]
+name = "nothing-else"
+action = "deny"
+unauthenticated = true
+reason = "only named commands"
+[rules.ssh]
+operations = ["exec", "shell"]
+
+[[rules]]
+name = "jobs-may-ssh"
+action = "allow"
+unauthenticated = true
+"#;
+    let s = Setup::with_rules("", "", rules)?;
+    let out = s.ssh(&["echo raw | tr a-z A-Z"]);
+    assert_eq!(text(&out.stdout), "RAW\n", "{}", text(&out.stderr));
+    assert_refused(&s, "echo raw | tr a-z A-Z; id", "only named commands");
+    Ok(())
+}
+
+#[test]
+fn sftp_path_rules_see_the_path_the_host_uses() -> Result<()> {
+    // The protected directories live in the test's directory (the host shares the file system).
+    let rules = r#"
+[[rules]]
+name = "etc-is-read-only"
+action = "deny"
+unauthenticated = true
+[rules.ssh]
+operations = ["sftp_write", "sftp_delete"]
+paths = ["{DIR}/etc/*"]
+
+[[rules]]
+name = "secrets-are-not-read"
+action = "deny"
+unauthenticated = true
+[rules.ssh]
+operations = ["sftp_read"]
+paths = ["{DIR}/secret/*"]
+
+[[rules]]
+name = "jobs-may-ssh"
+action = "allow"
+unauthenticated = true
+"#;
+    let s = Setup::with_rules("", "", rules)?;
+    let dir = s.dir.path().display().to_string();
+    for d in ["etc", "secret", "tmp", "local"] {
+        fs::create_dir_all(format!("{dir}/{d}"))?;
+    }
+    fs::write(format!("{dir}/etc/existing"), "x")?;
+    fs::write(format!("{dir}/tmp/movable"), "x")?;
+    fs::write(format!("{dir}/secret/key"), "top secret")?;
+    std::os::unix::fs::symlink(format!("{dir}/etc"), format!("{dir}/l"))?;
+    std::os::unix::fs::symlink(format!("{dir}/secret"), format!("{dir}/s"))?;
+    std::os::unix::fs::symlink(format!("{dir}/secret/key"), format!("{dir}/keylink"))?;
+    let local = format!("{dir}/local/f");
+    fs::write(&local, "payload")?;
+    let etc_mode = fs::metadata(format!("{dir}/etc"))?.permissions();
+    // From root's home (/root) on the host.
+    let relative = format!("../{}/etc/relative", dir.trim_start_matches('/'));
+    // `-`: the batch goes on after a refusal.
+    let batch = format!(
+        "-put {local} /{dir}/etc/double-slash\n\
+         -put {local} {dir}/tmp/../etc/dot-dot\n\
+         -put {local} {relative}\n\
+         -put {local} {dir}/l/via-link\n\
+         -put {local} {dir}/etc/./dot\n\
+         -rename {dir}/tmp/movable {dir}/l/renamed\n\
+         -rm {dir}/l/existing\n\
+         -chmod 777 {dir}/etc\n\
+         -ln -s {dir}/etc {dir}/tmp/new-link\n\
+         -ln {dir}/etc/existing {dir}/tmp/hard-link\n\
+         -get {dir}/s/key {dir}/local/k1\n\
+         -get {dir}/keylink {dir}/local/k2\n\
+         -put {local} {dir}/nowhere/x\n\
+         put {local} {dir}/tmp/allowed\n"
+    );
+    let batch_file = format!("{dir}/local/batch");
+    fs::write(&batch_file, batch)?;
+    let out = s.job("sftp", &["-b", &batch_file, &s.host()]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for name in [
+        "double-slash",
+        "dot-dot",
+        "relative",
+        "via-link",
+        "dot",
+        "renamed",
+    ] {
+        assert!(
+            !Path::new(&format!("{dir}/etc/{name}")).exists(),
+            "{name} was written: {all}"
+        );
+    }
+    assert!(Path::new(&format!("{dir}/etc/existing")).exists(), "{all}");
+    assert!(Path::new(&format!("{dir}/tmp/movable")).exists(), "{all}");
+    assert_eq!(fs::metadata(format!("{dir}/etc"))?.permissions(), etc_mode);
+    for made in ["tmp/new-link", "tmp/hard-link", "local/k1", "local/k2"] {
+        assert!(
+            fs::symlink_metadata(format!("{dir}/{made}")).is_err(),
+            "{made} exists: {all}"
+        );
+    }
+    assert_eq!(fs::read_to_string(format!("{dir}/tmp/allowed"))?, "payload");
+    let session = s.last_session()?;
+    let refused: Vec<_> = events(&session, "ssh_sftp")
+        .into_iter()
+        .filter(|e| e["decision"] == "deny")
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["resolved"] == format!("{dir}/etc/via-link").as_str()),
+        "{session}"
+    );
+    assert!(
+        refused.iter().any(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no such directory on the host"))),
+        "{session}"
+    );
+
+    // Legacy scp into the protected directory itself (the path is the directory).
+    let out = s.job("scp", &["-O", &local, &format!("{}:{dir}/etc", s.host())]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!Path::new(&format!("{dir}/etc/f")).exists());
+
+    // sftp over an exec of the sftp server (`sftp -s PATH`) is gated and recorded like the
+    // subsystem.
+    let batch = format!("-put {local} {dir}/etc/via-exec\nput {local} {dir}/tmp/via-exec\n");
+    fs::write(&batch_file, batch)?;
+    let out = s.job(
+        "sftp",
+        &[
+            "-s",
+            "/usr/lib/openssh/sftp-server",
+            "-b",
+            &batch_file,
+            &s.host(),
+        ],
+    );
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!Path::new(&format!("{dir}/etc/via-exec")).exists(), "{all}");
+    assert_eq!(
+        fs::read_to_string(format!("{dir}/tmp/via-exec"))?,
+        "payload"
+    );
+    let session = s.last_session()?;
+    assert!(
+        events(&session, "ssh_sftp_file")
+            .iter()
+            .any(|f| f["path"] == format!("{dir}/tmp/via-exec").as_str()),
+        "{session}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_secret_split_across_terminal_packets_is_masked_in_the_recording() -> Result<()> {
+    let s = Setup::new("", "")?;
+    // Two writes with a pause between them: two SSH data messages.
+    let out = s.job(
+        "ssh",
+        &[
+            "-tt",
+            &s.host(),
+            "printf 'key=AKIA%s' IOSF; sleep 1; printf '%sEXAMPLE done\\n' ODNN7",
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("key=AKIAIOSFODNN7EXAMPLE done"),
+        "{}",
+        text(&out.stderr)
+    );
+    let session = s.last_session()?;
+    let file = events(&session, "ssh_recording")[0]["file"]
+        .as_str()
+        .context("a recording")?
+        .to_string();
+    let cast = fs::read_to_string(&file)?;
+    // What a player shows: the output events one after the other.
+    let played: String = cast
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e[1] == "o")
+        .filter_map(|e| e[2].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        played.contains("key=[masked:aws_access_key] done"),
+        "{cast}"
+    );
+    assert!(
+        !cast.contains("AKIAIOSF") && !cast.contains("ODNN7EXAMPLE"),
+        "{cast}"
+    );
+    // A key in the command is masked where the recording and the channel's end name it.
+    let out = s.job("ssh", &["-tt", &s.host(), "echo AKIAIOSFODNN7EXAMPLE"]);
+    assert!(text(&out.stdout).contains("AKIAIOSFODNN7EXAMPLE"));
+    let session = s.last_session()?;
+    let end = &events(&session, "ssh_channel_end")[0];
+    assert_eq!(end["command"], "echo [masked:aws_access_key]", "{end}");
+    let file = events(&session, "ssh_recording")[0]["file"]
+        .as_str()
+        .context("a recording")?
+        .to_string();
+    let cast = fs::read_to_string(&file)?;
+    assert!(!cast.contains("AKIAIOSF"), "{cast}");
     Ok(())
 }

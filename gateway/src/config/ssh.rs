@@ -104,8 +104,11 @@ impl SshOperationKind {
 pub struct SshCondition {
     /// Empty: every kind.
     pub operations: Vec<SshOperationKind>,
-    /// Globs over exec command lines and submitted shell lines.
+    /// Globs over the commands an exec or a submitted shell line runs (argv joined with spaces),
+    /// or over the line as typed when `raw`.
     pub commands: Vec<String>,
+    /// `commands` match shell source as typed (quoting and shell syntax can evade them).
+    pub raw: bool,
     /// Globs over sftp paths.
     pub paths: Vec<String>,
     /// Forwarding destinations (`ip:port`, `cidr:port`, `host:port`; port `*` = any): where the host
@@ -148,6 +151,7 @@ pub(super) struct RawSshCondition {
     operations: Vec<SshOperationKind>,
     #[serde(default)]
     commands: Vec<String>,
+    raw: Option<S<bool>>,
     #[serde(default)]
     paths: Vec<String>,
     #[serde(default)]
@@ -330,9 +334,22 @@ impl Validator<'_> {
                 "destinations only apply to forward / remote_forward operations",
             );
         }
+        let shell_source = match raw.raw {
+            Some(r) if *r.get_ref() && raw.commands.is_empty() => {
+                self.problem(
+                    r.span(),
+                    format!("{key}.raw"),
+                    "raw only applies to `commands`, and the rule has none",
+                );
+                false
+            }
+            Some(r) => *r.get_ref(),
+            None => false,
+        };
         SshCondition {
             operations: raw.operations,
             commands: raw.commands,
+            raw: shell_source,
             paths: raw.paths,
             destinations,
         }

@@ -13,18 +13,19 @@ use std::{fmt, net::IpAddr};
 
 use super::{Decision, Policy, applies, decision_of, describe};
 use crate::{
-    config::{AddressSpec, HostSpec, SshCondition, SshOperationKind},
+    config::{Action, AddressSpec, HostSpec, Rule, SshCondition, SshOperationKind},
     glob,
     identity::Identity,
+    protocol::ssh::argv::{CommandLine, render},
 };
 
 /// One thing a job asks an SSH host to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SshOperation<'a> {
     /// `ssh host CMD`.
-    Exec { command: &'a str },
+    Exec { line: &'a CommandLine },
     /// Opening an interactive shell (`line: None`), or a line submitted in it.
-    Shell { line: Option<&'a str> },
+    Shell { line: Option<&'a CommandLine> },
     /// An sftp request on a path (`kind` is one of the sftp kinds).
     Sftp {
         kind: SshOperationKind,
@@ -50,9 +51,9 @@ impl SshOperation<'_> {
         }
     }
 
-    fn command(&self) -> Option<&str> {
+    fn command(&self) -> Option<&CommandLine> {
         match self {
-            SshOperation::Exec { command } => Some(command),
+            SshOperation::Exec { line } => Some(line),
             SshOperation::Shell { line } => *line,
             _ => None,
         }
@@ -70,9 +71,9 @@ impl SshOperation<'_> {
 impl fmt::Display for SshOperation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SshOperation::Exec { command } => write!(f, "command {command:?}"),
+            SshOperation::Exec { line } => write!(f, "command {:?}", line.source()),
             SshOperation::Shell { line: None } => f.write_str("an interactive shell"),
-            SshOperation::Shell { line: Some(l) } => write!(f, "shell line {l:?}"),
+            SshOperation::Shell { line: Some(l) } => write!(f, "shell line {:?}", l.source()),
             SshOperation::Sftp { kind, path } => write!(f, "{} of {path:?}", kind.as_str()),
             SshOperation::Subsystem { name } => write!(f, "subsystem {name:?}"),
             SshOperation::Forward { host, port } => write!(f, "forwarding to {host}:{port}"),
@@ -88,8 +89,25 @@ impl Policy {
     pub fn decide_ssh(&self, identity: &Identity, target: &str, op: &SshOperation<'_>) -> Decision {
         for rule in &self.rules {
             let matches = match &rule.ssh {
-                None => !op.kind().needs_explicit_rule(),
-                Some(c) => condition_matches(c, op),
+                None => Match::Yes,
+                Some(c) => condition_matches(c, rule, op),
+            };
+            let matches = match matches {
+                Match::Yes => rule.ssh.is_some() || !op.kind().needs_explicit_rule(),
+                Match::No => false,
+                // A rule that would deny or hold the line might match what it runs: refused.
+                Match::Unknown(why) => {
+                    if !applies(rule, identity, target) {
+                        continue;
+                    }
+                    return Decision::Deny {
+                        rule: Some(rule.name.clone()),
+                        reason: format!(
+                            "{op} cannot be checked against command rules: it uses {why}, so the gateway cannot tell what it runs (rule {:?}; write the command without it, or give the rule `raw = true` to match shell source as typed)",
+                            rule.name
+                        ),
+                    };
+                }
             };
             if matches && applies(rule, identity, target) {
                 return match (&rule.action, &rule.ssh) {
@@ -119,7 +137,31 @@ impl Policy {
     }
 }
 
-fn condition_matches(c: &SshCondition, op: &SshOperation<'_>) -> bool {
+/// Whether a condition matches; `Unknown` when the command of a line cannot be known.
+enum Match {
+    Yes,
+    No,
+    Unknown(String),
+}
+
+impl Policy {
+    /// Does a rule about paths apply to `kind` operations of `identity` on `target`? Only then are
+    /// paths resolved on the host before deciding (a round trip).
+    pub fn ssh_path_rules(
+        &self,
+        identity: &Identity,
+        target: &str,
+        kind: SshOperationKind,
+    ) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.ssh.as_ref().is_some_and(|c| {
+                !c.paths.is_empty() && (c.operations.is_empty() || c.operations.contains(&kind))
+            }) && applies(rule, identity, target)
+        })
+    }
+}
+
+fn condition_matches(c: &SshCondition, rule: &Rule, op: &SshOperation<'_>) -> Match {
     let kind = op.kind();
     let kind_ok = if c.operations.is_empty() {
         // Destinations alone mean `ssh -L`: a listening address on the host is another matter.
@@ -128,24 +170,58 @@ fn condition_matches(c: &SshCondition, op: &SshOperation<'_>) -> bool {
     } else {
         c.operations.contains(&kind)
     };
-    kind_ok
-        && (c.commands.is_empty()
-            || op
-                .command()
-                .is_some_and(|cmd| c.commands.iter().any(|g| command_matches(g, cmd))))
+    let others = kind_ok
         && (c.paths.is_empty()
-            || matches!(op, SshOperation::Sftp { path, .. } if c.paths.iter().any(|g| glob::matches(g, path))))
+            || matches!(op, SshOperation::Sftp { path, .. } if c.paths.iter().any(|g| path_matches(g, path))))
         && (c.destinations.is_empty()
             || op
                 .destination()
-                .is_some_and(|(h, p)| c.destinations.iter().any(|d| destination_matches(d, h, p))))
+                .is_some_and(|(h, p)| c.destinations.iter().any(|d| destination_matches(d, h, p))));
+    if !others {
+        return Match::No;
+    }
+    if c.commands.is_empty() {
+        return Match::Yes;
+    }
+    let Some(line) = op.command() else {
+        return Match::No;
+    };
+    if c.raw {
+        return if c.commands.iter().any(|g| source_matches(g, line.source())) {
+            Match::Yes
+        } else {
+            Match::No
+        };
+    }
+    let yes = |hit: bool| if hit { Match::Yes } else { Match::No };
+    if rule.action == Action::Allow {
+        // Allowed is exactly one command with nothing around it: a list, a redirection or an
+        // assignment would run or change more than the rule names.
+        return yes(line
+            .plain()
+            .is_some_and(|argv| c.commands.iter().any(|g| glob::matches(g, &render(argv)))));
+    }
+    match line.commands() {
+        Ok(commands) => yes(commands.iter().any(|argv| {
+            let text = render(argv);
+            c.commands.iter().any(|g| glob::matches(g, &text))
+        })),
+        Err(why) => Match::Unknown(why.to_string()),
+    }
 }
 
-/// Commands are compared with surrounding whitespace trimmed and inner runs of blanks collapsed,
-/// so that `rm  -rf /` does not slip past a rule written as `rm -rf /*`.
-fn command_matches(pattern: &str, command: &str) -> bool {
+/// Shell source (`raw = true`) is compared with surrounding whitespace trimmed and inner runs of
+/// blanks collapsed, so that `rm  -rf /` does not slip past a rule written as `rm -rf /*`.
+fn source_matches(pattern: &str, command: &str) -> bool {
     let normal: String = command.split_whitespace().collect::<Vec<_>>().join(" ");
     glob::matches(pattern, &normal) || glob::matches(pattern, command)
+}
+
+/// A path matches a glob as it is, and as a directory: `/etc` falls under `/etc/*` (a directory
+/// is where the files a rule names are made).
+fn path_matches(pattern: &str, path: &str) -> bool {
+    glob::matches(pattern, path)
+        || (!path.ends_with('/') && glob::matches(pattern, &format!("{path}/")))
 }
 
 fn destination_matches(spec: &AddressSpec, host: &str, port: u16) -> bool {

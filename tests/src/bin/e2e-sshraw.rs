@@ -8,6 +8,8 @@
 //! usage: e2e-sshraw ADDR:PORT USER ADJUSTS PAUSE_SECS COMMAND
 //! prints `bytes=N exit=S` (stdout bytes of the command, its exit status).
 //!
+//! With COMMAND `exec-nul` it runs `echo hi<NUL>; id`, a command no shell can take as text.
+//!
 //! With COMMAND `sftp-malformed` it opens the sftp subsystem instead, sends INIT and then an OPEN
 //! request whose path length runs past the end of its packet, and prints the answer to that
 //! request: `status id=N code=C`.
@@ -363,7 +365,11 @@ fn main() -> Result<()> {
     put_u32(&mut p, remote);
     put_str(&mut p, b"exec");
     p.push(1);
-    put_str(&mut p, command.as_bytes());
+    if command == "exec-nul" {
+        put_str(&mut p, b"echo hi\0; id");
+    } else {
+        put_str(&mut p, command.as_bytes());
+    }
     c.write_packet(&p)?;
     // Read nothing for a while: the gateway may send as much as it believes the window allows.
     eprintln!("paused");

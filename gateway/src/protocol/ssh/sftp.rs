@@ -47,12 +47,18 @@ const PFLAG_APPEND: u32 = 4;
 const PFLAG_CREAT: u32 = 8;
 const PFLAG_TRUNC: u32 = 0x10;
 
+/// Longest path accepted (Linux's PATH_MAX): the host would refuse a longer one.
+pub const MAX_PATH: usize = 4096;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SftpError {
     #[error("sftp packet of {0} bytes exceeds the {MAX_PACKET}-byte limit")]
     TooLarge(usize),
     #[error("malformed sftp packet (type {0})")]
     Malformed(u8),
+    /// Paths are matched and recorded as text: one the gateway cannot show as it is, is refused.
+    #[error("sftp path {0}")]
+    BadPath(&'static str),
 }
 
 /// Splits a byte stream into whole SFTP packets (length prefix included).
@@ -123,6 +129,18 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self) -> Result<String, SftpError> {
         Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
+    }
+
+    /// A path: UTF-8 without NUL (the host reads C strings), at most `MAX_PATH` bytes.
+    fn path(&mut self) -> Result<String, SftpError> {
+        let b = self.bytes()?;
+        if b.len() > MAX_PATH {
+            return Err(SftpError::BadPath("longer than 4096 bytes"));
+        }
+        if b.contains(&0) {
+            return Err(SftpError::BadPath("contains a NUL byte"));
+        }
+        String::from_utf8(b.to_vec()).map_err(|_| SftpError::BadPath("is not UTF-8"))
     }
 }
 
@@ -205,7 +223,7 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
     };
     Ok(match kind {
         OPEN => {
-            let path = r.string()?;
+            let path = r.path()?;
             let flags = r.u32()?;
             Request::Open {
                 id,
@@ -235,22 +253,22 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
                 REALPATH => "realpath",
                 _ => "readlink",
             };
-            paths(op, vec![(SftpList, r.string()?)], false)
+            paths(op, vec![(SftpList, r.path()?)], false)
         }
-        OPENDIR => paths("opendir", vec![(SftpList, r.string()?)], true),
-        SETSTAT => paths("setstat", vec![(SftpWrite, r.string()?)], true),
-        MKDIR => paths("mkdir", vec![(SftpWrite, r.string()?)], true),
-        REMOVE => paths("remove", vec![(SftpDelete, r.string()?)], true),
-        RMDIR => paths("rmdir", vec![(SftpDelete, r.string()?)], true),
+        OPENDIR => paths("opendir", vec![(SftpList, r.path()?)], true),
+        SETSTAT => paths("setstat", vec![(SftpWrite, r.path()?)], true),
+        MKDIR => paths("mkdir", vec![(SftpWrite, r.path()?)], true),
+        REMOVE => paths("remove", vec![(SftpDelete, r.path()?)], true),
+        RMDIR => paths("rmdir", vec![(SftpDelete, r.path()?)], true),
         RENAME => {
-            let from = r.string()?;
-            let to = r.string()?;
+            let from = r.path()?;
+            let to = r.path()?;
             paths("rename", vec![(SftpDelete, from), (SftpWrite, to)], true)
         }
         SYMLINK => {
             // OpenSSH sends (target, link) in the reverse of the draft's order: check both as writes.
-            let a = r.string()?;
-            let b = r.string()?;
+            let a = r.path()?;
+            let b = r.path()?;
             paths("symlink", vec![(SftpWrite, a), (SftpWrite, b)], true)
         }
         FSTAT | READDIR | FSETSTAT => {
@@ -285,18 +303,18 @@ fn extended(id: u32, r: &mut Reader<'_>) -> Result<Request, SftpError> {
     };
     Ok(match name.as_str() {
         "posix-rename@openssh.com" => {
-            let from = r.string()?;
-            let to = r.string()?;
+            let from = r.path()?;
+            let to = r.path()?;
             paths("rename", vec![(SftpDelete, from), (SftpWrite, to)], true)
         }
         "hardlink@openssh.com" => {
-            let from = r.string()?;
-            let to = r.string()?;
+            let from = r.path()?;
+            let to = r.path()?;
             paths("hardlink", vec![(SftpRead, from), (SftpWrite, to)], true)
         }
-        "lsetstat@openssh.com" => paths("setstat", vec![(SftpWrite, r.string()?)], true),
+        "lsetstat@openssh.com" => paths("setstat", vec![(SftpWrite, r.path()?)], true),
         "statvfs@openssh.com" | "expand-path@openssh.com" => {
-            paths("stat", vec![(SftpList, r.string()?)], false)
+            paths("stat", vec![(SftpList, r.path()?)], false)
         }
         "fsync@openssh.com" | "fstatvfs@openssh.com" => Request::OnHandle {
             id,
@@ -347,6 +365,95 @@ pub fn parse_response(packet: &[u8]) -> Result<Response, SftpError> {
         }
         _ => Response::Other,
     })
+}
+
+const NAME: u8 = 104;
+const ATTRS: u8 = 105;
+const ATTR_SIZE: u32 = 1;
+const ATTR_UIDGID: u32 = 2;
+const ATTR_PERMISSIONS: u32 = 4;
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+
+pub const FX_NO_SUCH_FILE: u32 = 2;
+pub const FX_FAILURE: u32 = 4;
+
+/// A request of the gateway's own (`INIT`, `REALPATH`, `STAT`).
+pub fn request(kind: u8, id: Option<u32>, path: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(16 + path.len());
+    let len = 1 + if id.is_some() { 8 + path.len() } else { 4 };
+    b.put_u32(len as u32);
+    b.put_u8(kind);
+    match id {
+        Some(id) => {
+            b.put_u32(id);
+            b.put_u32(path.len() as u32);
+            b.put_slice(path);
+        }
+        None => b.put_u32(3), // INIT: version 3
+    }
+    b.freeze()
+}
+
+pub fn init() -> Bytes {
+    request(INIT, None, &[])
+}
+
+pub fn realpath(id: u32, path: &str) -> Bytes {
+    request(REALPATH, Some(id), path.as_bytes())
+}
+
+pub fn stat(id: u32, path: &str) -> Bytes {
+    request(STAT, Some(id), path.as_bytes())
+}
+
+/// The answer to a REALPATH or STAT of the gateway's.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// NAME: the first name.
+    Name(String),
+    /// ATTRS: whether it is a directory.
+    Attrs {
+        directory: bool,
+    },
+    Status(u32),
+    /// VERSION, or something the gateway did not ask for.
+    Other,
+}
+
+/// The request id a response answers (none for VERSION), and what it says.
+pub fn answer(packet: &[u8]) -> Result<(Option<u32>, Answer), SftpError> {
+    let kind = *packet.get(4).ok_or(SftpError::Malformed(0))?;
+    let mut r = Reader(&packet[5..], kind);
+    if !matches!(kind, NAME | ATTRS | STATUS) {
+        return Ok((None, Answer::Other));
+    }
+    let id = r.u32()?;
+    let answer = match kind {
+        NAME => {
+            if r.u32()? == 0 {
+                return Err(SftpError::Malformed(kind));
+            }
+            Answer::Name(
+                String::from_utf8(r.bytes()?.to_vec())
+                    .map_err(|_| SftpError::BadPath("is not UTF-8"))?,
+            )
+        }
+        ATTRS => {
+            let flags = r.u32()?;
+            if flags & ATTR_SIZE != 0 {
+                r.u64()?;
+            }
+            if flags & ATTR_UIDGID != 0 {
+                r.u32()?;
+                r.u32()?;
+            }
+            let directory = flags & ATTR_PERMISSIONS != 0 && r.u32()? & S_IFMT == S_IFDIR;
+            Answer::Attrs { directory }
+        }
+        _ => Answer::Status(r.u32()?),
+    };
+    Ok((Some(id), answer))
 }
 
 /// SSH_FXP_STATUS for request `id`.

@@ -152,7 +152,7 @@ impl Gate {
                     Some(id) => self.refuse(
                         u32::from_be_bytes(id),
                         sftp::FX_BAD_MESSAGE,
-                        "gateway: malformed sftp request",
+                        &format!("gateway: malformed sftp request: {e}"),
                         &packet,
                     ),
                     None => self.inflight.release(packet.len()),
@@ -174,18 +174,69 @@ impl Gate {
             return true;
         }
         let Checked { op, checks, logged } = self.checks(&request);
-        let decisions: Vec<(Decision, SshOperationKind, &str)> = checks
+        let ruled = |kind| {
+            let ctx = self.ctx();
+            ctx.policy
+                .ssh_path_rules(&ctx.identity, &ctx.target.name, kind)
+        };
+        // A link gives a file a second name: a hard link one no check can trace back. Where path
+        // rules apply, links are not made.
+        if matches!(op.as_str(), "symlink" | "hardlink") && checks.iter().any(|(k, _)| ruled(*k)) {
+            let reason = "links cannot be made where path rules apply";
+            self.event(json!({
+                "channel": number, "op": op, "paths": checks.iter().map(|c| &c.1).collect::<Vec<_>>(),
+                "decision": "deny", "reason": reason,
+            }));
+            self.refuse(
+                id,
+                sftp::FX_PERMISSION_DENIED,
+                &format!("gateway: {reason}"),
+                &packet,
+            );
+            return true;
+        }
+        // Where path rules apply, a path is decided as the host resolves it (`resolve`): every
+        // name it leads to is asked about.
+        let mut resolved: Vec<(SshOperationKind, &str, Vec<String>)> = Vec::new();
+        for (kind, path) in &checks {
+            if !ruled(*kind) || matches!(request, Request::OnHandle { .. }) {
+                resolved.push((*kind, path.as_str(), vec![path.clone()]));
+                continue;
+            }
+            let (code, reason) = match self.ctx().resolver.resolve(path).await {
+                Ok(Some(r)) => {
+                    resolved.push((*kind, path.as_str(), r.forms()));
+                    continue;
+                }
+                Ok(None) => (
+                    sftp::FX_NO_SUCH_FILE,
+                    format!("{path:?}: no such directory on the host"),
+                ),
+                Err(e) => (sftp::FX_FAILURE, format!("cannot resolve {path:?}: {e}")),
+            };
+            self.event(json!({
+                "channel": number, "op": op, "kind": kind.as_str(), "path": path,
+                "decision": "deny", "reason": reason,
+            }));
+            self.refuse(id, code, &format!("gateway: {reason}"), &packet);
+            return true;
+        }
+        let decisions: Vec<(Decision, SshOperationKind, &str, &str)> = resolved
             .iter()
-            .map(|(kind, path)| (self.decide(*kind, path), *kind, path.as_str()))
+            .flat_map(|(kind, path, forms)| {
+                forms
+                    .iter()
+                    .map(move |form| (self.decide(*kind, form), *kind, *path, form.as_str()))
+            })
             .collect();
         // Any denial refuses the request; otherwise every rule that wants approval is asked.
-        if let Some((Decision::Deny { rule, reason }, kind, path)) = decisions
+        if let Some((Decision::Deny { rule, reason }, kind, path, form)) = decisions
             .iter()
             .find(|(d, ..)| matches!(d, Decision::Deny { .. }))
         {
             self.event(json!({
                 "channel": number, "op": op, "kind": kind.as_str(), "path": path,
-                "decision": "deny", "rule": rule, "reason": reason,
+                "resolved": form, "decision": "deny", "rule": rule, "reason": reason,
             }));
             self.refuse(
                 id,
@@ -205,14 +256,20 @@ impl Gate {
         }
         let paths: Vec<&str> = checks.iter().map(|(_, p)| p.as_str()).collect();
         let kinds: Vec<&str> = checks.iter().map(|(k, _)| k.as_str()).collect();
+        // What the paths lead to, where that is not what the job wrote.
+        let elsewhere: Vec<&str> = resolved
+            .iter()
+            .flat_map(|(_, path, forms)| forms.iter().filter(move |f| f != path))
+            .map(String::as_str)
+            .collect();
         if !rules.is_empty() {
-            let operation = describe(&request, &op, &checks);
+            let operation = describe(&request, &op, &resolved);
             self.event(json!({
-                "channel": number, "op": op, "kinds": kinds, "paths": paths,
+                "channel": number, "op": op, "kinds": kinds, "paths": paths, "resolved": elsewhere,
                 "decision": "require_approval", "rule": rules[0], "operation": operation,
             }));
             for rule in rules {
-                let detail = json!({ "channel": number, "op": op, "kinds": kinds, "paths": paths });
+                let detail = json!({ "channel": number, "op": op, "kinds": kinds, "paths": paths, "resolved": elsewhere });
                 match self.hold.ask(rule, "sftp", &operation, detail).await {
                     Held::Approved => {}
                     Held::Refused { reason } => {
@@ -231,7 +288,7 @@ impl Gate {
                 }
             }
         } else if logged {
-            let detail = json!({ "channel": number, "op": op, "kinds": kinds, "paths": paths, "decision": "allow" });
+            let detail = json!({ "channel": number, "op": op, "kinds": kinds, "paths": paths, "resolved": elsewhere, "decision": "allow" });
             let ctx = self.ctx();
             if ctx
                 .store
@@ -249,7 +306,9 @@ impl Gate {
                 return true;
             }
         }
-        self.track(request);
+        // Handles are known by where they lead.
+        let target = resolved.first().and_then(|(_, _, f)| f.first().cloned());
+        self.track(request, target);
         self.forward(Down::Data(packet));
         true
     }
@@ -308,7 +367,7 @@ impl Gate {
     }
 
     /// Remembers what the host's reply to a forwarded request will mean (handles, sizes).
-    fn track(&self, request: Request) {
+    fn track(&self, request: Request, target: Option<String>) {
         let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
         let t = t.get_or_insert_with(Default::default);
         match request {
@@ -317,7 +376,7 @@ impl Gate {
             } => t.expect(
                 id,
                 Pending::Open(OpenFile {
-                    path,
+                    path: target.unwrap_or(path),
                     mode: if write { "write" } else { "read" },
                     ..Default::default()
                 }),
@@ -330,7 +389,9 @@ impl Gate {
             } => t.expect(
                 id,
                 Pending::Open(OpenFile {
-                    path: checks.into_iter().next().map(|c| c.1).unwrap_or_default(),
+                    path: target
+                        .or_else(|| checks.into_iter().next().map(|c| c.1))
+                        .unwrap_or_default(),
                     mode: "list",
                     ..Default::default()
                 }),
@@ -343,26 +404,42 @@ impl Gate {
     }
 }
 
-/// The operation as an approver reads it: `sftp write /etc/app.conf`, `sftp rename /a /b`.
-fn describe(request: &Request, op: &str, checks: &[(SshOperationKind, String)]) -> String {
+/// The operation as an approver reads it: `sftp write /etc/app.conf`, `sftp rename /a /b`, and
+/// where a path leads when that is elsewhere: `sftp write /tmp/l/x (= /etc/x)`.
+fn describe(
+    request: &Request,
+    op: &str,
+    checks: &[(SshOperationKind, &str, Vec<String>)],
+) -> String {
     let verb = match request {
         Request::Open { write: true, .. } => "write",
         Request::Open { .. } => "read",
         _ => op,
     };
+    // A path that would read as two words, or hides control characters, is quoted.
+    let shown = |path: &str| {
+        if path.is_empty() || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            format!("{path:?}")
+        } else {
+            path.to_string()
+        }
+    };
     let mut text = format!("sftp {verb}");
     let mut seen: Vec<&str> = Vec::new();
-    for (_, path) in checks {
-        if seen.contains(&path.as_str()) {
+    for (_, path, forms) in checks {
+        if seen.contains(path) {
             continue;
         }
         seen.push(path);
-        // A path that would read as two words, or hides control characters, is quoted.
-        if path.is_empty() || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            text.push_str(&format!(" {path:?}"));
-        } else {
-            text.push(' ');
-            text.push_str(path);
+        text.push(' ');
+        text.push_str(&shown(path));
+        let elsewhere: Vec<String> = forms
+            .iter()
+            .filter(|f| f != path)
+            .map(|f| shown(f))
+            .collect();
+        if !elsewhere.is_empty() {
+            text.push_str(&format!(" (= {})", elsewhere.join(", ")));
         }
     }
     text
@@ -384,15 +461,13 @@ mod tests {
     #[test]
     fn operations_read_as_an_approver_expects() {
         use SshOperationKind::*;
-        let w = vec![(SftpWrite, "/etc/app.conf".to_string())];
+        let same = |kind, path: &'static str| (kind, path, vec![path.to_string()]);
+        let w = vec![same(SftpWrite, "/etc/app.conf")];
         assert_eq!(
             describe(&open(true, "/etc/app.conf"), "open", &w),
             "sftp write /etc/app.conf"
         );
-        let rw = vec![
-            (SftpRead, "/a b".to_string()),
-            (SftpWrite, "/a b".to_string()),
-        ];
+        let rw = vec![same(SftpRead, "/a b"), same(SftpWrite, "/a b")];
         assert_eq!(
             describe(&open(true, "/a b"), "open", &rw),
             "sftp write \"/a b\""
@@ -403,9 +478,16 @@ mod tests {
             checks: vec![(SftpDelete, "/a".into()), (SftpWrite, "/b".into())],
             logged: true,
         };
-        let Request::Paths { checks, .. } = &rename else {
-            unreachable!()
-        };
-        assert_eq!(describe(&rename, "rename", checks), "sftp rename /a /b");
+        let checks = vec![same(SftpDelete, "/a"), same(SftpWrite, "/b")];
+        assert_eq!(describe(&rename, "rename", &checks), "sftp rename /a /b");
+        let linked = vec![(
+            SftpWrite,
+            "/tmp/l/x",
+            vec!["/etc/x".to_string(), "/tmp/l/x".to_string()],
+        )];
+        assert_eq!(
+            describe(&open(true, "/tmp/l/x"), "open", &linked),
+            "sftp write /tmp/l/x (= /etc/x)"
+        );
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Ctx,
+    argv::CommandLine,
     bridge::{Down, Inflight},
     hold::{Held, Hold},
     shell::{Key, LineEditor},
@@ -289,11 +290,12 @@ impl Running {
             return Verdict::Pass;
         }
         let ctx = self.ctx();
+        let parsed = CommandLine::parse(command);
         let decision = ctx.policy.decide_ssh(
             &ctx.identity,
             &ctx.target.name,
             &SshOperation::Shell {
-                line: Some(command),
+                line: Some(&parsed),
             },
         );
         let detail = json!({

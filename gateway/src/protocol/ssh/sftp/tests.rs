@@ -116,3 +116,73 @@ fn handles_sizes_and_close_are_followed() {
         }
     );
 }
+
+#[test]
+fn paths_the_gateway_cannot_show_as_they_are_are_refused() {
+    let open_path = |path: &[u8]| {
+        let mut body = 5u32.to_be_bytes().to_vec();
+        body.extend(string(path));
+        body.extend(PFLAG_WRITE.to_be_bytes());
+        body.extend(0u32.to_be_bytes());
+        parse_request(&packet(OPEN, &body))
+    };
+    assert_eq!(
+        open_path(b"/tmp/ok\0/../../etc/x"),
+        Err(SftpError::BadPath("contains a NUL byte"))
+    );
+    assert_eq!(
+        open_path(b"/tmp/\xff"),
+        Err(SftpError::BadPath("is not UTF-8"))
+    );
+    assert_eq!(
+        open_path(&[b'a'; MAX_PATH + 1]),
+        Err(SftpError::BadPath("longer than 4096 bytes"))
+    );
+    assert!(open_path(&[b'a'; MAX_PATH]).is_ok());
+    // Both names of a rename are paths.
+    let mut body = 9u32.to_be_bytes().to_vec();
+    body.extend(string(b"/a"));
+    body.extend(string(b"/b\0"));
+    assert_eq!(
+        parse_request(&packet(RENAME, &body)),
+        Err(SftpError::BadPath("contains a NUL byte"))
+    );
+}
+
+#[test]
+fn the_gateways_own_questions_and_their_answers() {
+    assert_eq!(init().as_ref(), [0, 0, 0, 5, INIT, 0, 0, 0, 3]);
+    let q = realpath(7, "/etc/x");
+    assert_eq!(
+        parse_request(&q).unwrap(),
+        Request::Paths {
+            id: 7,
+            op: "realpath",
+            checks: vec![(SshOperationKind::SftpList, "/etc/x".into())],
+            logged: false
+        }
+    );
+    let mut body = 7u32.to_be_bytes().to_vec();
+    body.extend(1u32.to_be_bytes());
+    body.extend(string(b"/etc/x"));
+    body.extend(string(b"long name"));
+    body.extend(0u32.to_be_bytes());
+    assert_eq!(
+        answer(&packet(NAME, &body)).unwrap(),
+        (Some(7), Answer::Name("/etc/x".into()))
+    );
+    // ATTRS: size, uid/gid, then permissions (a directory).
+    let mut body = 8u32.to_be_bytes().to_vec();
+    body.extend((ATTR_SIZE | ATTR_UIDGID | ATTR_PERMISSIONS).to_be_bytes());
+    body.extend(4096u64.to_be_bytes());
+    body.extend([0u8; 8]);
+    body.extend(0o040755u32.to_be_bytes());
+    assert_eq!(
+        answer(&packet(ATTRS, &body)).unwrap(),
+        (Some(8), Answer::Attrs { directory: true })
+    );
+    assert_eq!(
+        answer(&status(9, FX_NO_SUCH_FILE, "no")).unwrap(),
+        (Some(9), Answer::Status(FX_NO_SUCH_FILE))
+    );
+}
