@@ -413,9 +413,17 @@ pub fn approvals(list: &[ApprovalView]) -> String {
         .iter()
         .map(|a| {
             let approvals = a.votes.iter().filter(|v| v.approve).count();
-            let pid = a.detail["process"]["pid"]
-                .as_u64()
-                .map_or_else(|| "-".into(), |p| p.to_string());
+            let process = &a.detail["process"];
+            let pid = process["pid"].as_u64().map_or_else(
+                || "-".into(),
+                |p| {
+                    if process["verified"].as_bool() == Some(true) {
+                        p.to_string()
+                    } else {
+                        format!("{p} (unverified)")
+                    }
+                },
+            );
             let params = a.detail["parameters"].as_array().map_or(0, Vec::len);
             let mut op = one_line(&a.operation, 60);
             if params > 0 {

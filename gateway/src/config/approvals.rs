@@ -280,6 +280,14 @@ impl Validator<'_> {
                     "names nobody: add subjects, emails, oidc_groups, unix_users, unix_groups or people",
                 );
             }
+            // `subjects` used to match emails too; now an address there matches only a `sub`.
+            if let Some(email) = g.subjects.iter().find(|s| s.contains('@')) {
+                self.warn(
+                    g.name.span(),
+                    format!("approvers[{i}].subjects"),
+                    format!("warning: {email:?} looks like an email; subjects match only the OIDC `sub`: list verified emails in `emails`"),
+                );
+            }
             let mut people = Vec::new();
             for (j, p) in g.people.into_iter().enumerate() {
                 let key = format!("approvers[{i}].people[{j}]");

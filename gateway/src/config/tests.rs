@@ -255,6 +255,19 @@ unix_users = ["alice", "root"]
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.approvals.person_claims, ["triggered_by"]);
+    let old_style = Config::parse(
+        "[[approvers]]\nname = \"dba\"\nsubjects = [\"alice@example.com\"]\n",
+        "t",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        old_style
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains("list verified emails in `emails`")),
+        "{:?}",
+        old_style.warnings
+    );
     assert_eq!(cfg.approvers[0].emails, ["bob@example.com"]);
     assert_eq!(cfg.approvers[0].people[0].ci_users, ["alice-gh"]);
     let defaults = Config::parse("", "t").unwrap_or_else(|e| panic!("{e}"));
