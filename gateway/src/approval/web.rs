@@ -4,8 +4,8 @@
 //! Protections: the session cookie is HttpOnly and SameSite=Strict; every state-changing request
 //! must carry the session's CSRF token in `X-CSRF-Token` and, when the browser sends one, an
 //! `Origin` equal to the page's own; no CORS is ever granted. The eBPF programs refuse connects from
-//! jobs to this listener in every mode. Anyone the issuer knows may sign in, but only members of an
-//! approver group see requests, and only those they may decide. What any client can grow is bounded:
+//! jobs to this listener in every mode. Only members of an approver group get a session (anyone
+//! the issuer knows can authenticate), and they see only the requests of their groups. What any client can grow is bounded:
 //! sign-ins in progress and sessions (the oldest make room), live-update streams (per session and
 //! in all). Job-controlled text reaches the page with its hidden characters made visible.
 
@@ -474,6 +474,17 @@ async fn callback(
         return fail(StatusCode::UNAUTHORIZED, "nonce mismatch".into());
     }
     let approver = web.approvals.oidc_approver(&verified.identity);
+    // No session for someone who may see nothing: the provider's other accounts cannot fill the
+    // session table and push approvers out.
+    if approver.groups.is_empty() {
+        return fail(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is in no approver group; the approvals page is for approvers only",
+                approver.display
+            ),
+        );
+    }
     tracing::info!(approver = %approver.display, groups = ?approver.groups, "signed in to the approvals page");
     let (id, csrf) = match random::token().and_then(|id| Ok((id, random::token()?))) {
         Ok(t) => t,
