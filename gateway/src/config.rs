@@ -24,7 +24,7 @@ pub use ssh::{SshCondition, SshOperationKind, SshSettings, parse_host_key};
 
 mod approvals;
 
-pub use approvals::{Approvals, ApproverGroup, WebConfig};
+pub use approvals::{Approvals, ApproverGroup, Person, WebConfig};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gateway/gateway.toml";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/gateway/control.sock";

@@ -50,6 +50,9 @@ pub enum DaemonError {
     Identity(#[from] VerifyError),
     #[error("the gateway's client TLS CA: {0}")]
     ClientCa(#[from] crate::tls_ca::CaError),
+    /// Session cookies, tokens and ids need it: the daemon does not start without it.
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
     #[error(
         "target {target:?} includes {address}, an address of this machine: a job could listen there and receive the gateway's login; set [targets.postgres] tls = \"verify-full\" (with ca_file) or pinned_certificate"
     )]
@@ -129,6 +132,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         return Err(DaemonError::NotRoot);
     }
     raise_open_files_limit();
+    crate::random::bytes::<16>()?;
     let server = config.server.clone();
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -206,9 +210,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     )
     .await?;
     let web = match config.approvals.web.clone() {
-        Some(w) => {
-            Some(crate::approval::web::bind(w, config.approvers.clone(), approvals.clone()).await?)
-        }
+        Some(w) => Some(crate::approval::web::bind(w, approvals.clone()).await?),
         None => None,
     };
     let gw = Arc::new(Gateway {
@@ -395,14 +397,8 @@ struct Binding {
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-fn new_job_id() -> String {
-    let mut bytes = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read as _;
-        let _ = f.read_exact(&mut bytes);
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("job-{hex}")
+fn new_job_id() -> Result<String, String> {
+    crate::random::id::<6>("job").map_err(|e| format!("cannot make a job id: {e}"))
 }
 
 impl Gateway {
@@ -425,6 +421,12 @@ impl Gateway {
                 .list(recent)
                 .await
                 .map(|approvals| Response::Approvals { approvals })
+                .map_err(|e| e.to_string()),
+            Request::ShowApproval { id } => self
+                .approvals
+                .show(&id)
+                .await
+                .map(|v| Response::Approval(Box::new(v)))
                 .map_err(|e| e.to_string()),
             Request::DecideApproval {
                 id,
@@ -526,7 +528,7 @@ impl Gateway {
 
     async fn create_job(&self, token: Option<String>) -> Result<JobRecord, String> {
         let binding = self.binding(token).await?;
-        let id = new_job_id();
+        let id = new_job_id()?;
         let parent = self.config.server.job_cgroup_parent.clone();
         let path = cgroup::create(&self.cgroup_root, &parent, &id).map_err(|e| e.to_string())?;
         match self.register(id, path.clone(), true, binding).await {
@@ -566,7 +568,7 @@ impl Gateway {
                 job.id
             ));
         }
-        self.register(new_job_id(), path, false, binding).await
+        self.register(new_job_id()?, path, false, binding).await
     }
 
     /// Attaches the programs, records the job, and only then makes it known.

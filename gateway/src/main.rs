@@ -147,8 +147,15 @@ enum ApprovalsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One request in full: the whole operation and its parameters, the process, every vote
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve a request (once, or for a duration: the same rule, identity and target pass
-    /// without asking until it ends)
+    /// without asking until it ends; granted only when every approving vote asks for one, for the
+    /// shortest duration asked, and never for unauthenticated jobs)
     Approve {
         id: String,
         /// e.g. 10m, 1h (at most 24h)
@@ -488,6 +495,14 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
             let (request, json) = match command {
                 ApprovalsCommand::List { recent, json } => {
                     (Request::ListApprovals { recent: *recent }, *json)
+                }
+                ApprovalsCommand::Show { id, json } => {
+                    match endpoint.call(&Request::ShowApproval { id: id.clone() })? {
+                        Response::Approval(a) if *json => print_json(&a)?,
+                        Response::Approval(a) => print!("{}", output::approval(&a)),
+                        _ => bail!("unexpected answer from the daemon"),
+                    }
+                    return Ok(0);
                 }
                 ApprovalsCommand::Approve {
                     id,

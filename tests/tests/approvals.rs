@@ -125,6 +125,10 @@ ca_file = "{ca}"
 name = "dba"
 unix_users = ["root"]
 subjects = ["alice", "bob", "ci-app"]
+[[approvers.people]]
+name = "admin"
+unix_users = ["root"]
+subjects = ["admin"]
 
 [[targets]]
 name = "orders-db"
@@ -226,6 +230,49 @@ claims = {{ repository = "acme/*" }}
             self.daemon.log()
         );
         Ok(found)
+    }
+
+    /// psql as a job without a token (the shared `unauthenticated` identity).
+    fn psql_unauthenticated(&self, args: &[&str]) -> Output {
+        let host = self.pg.host.to_string();
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("--control-socket")
+            .arg(&self.daemon.control_socket)
+            .args([
+                "run", "--", "timeout", "120", "psql", "-X", "-At", "-h", &host, "-U", "agent",
+                "-d", "app",
+            ])
+            .args(args)
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/nonexistent");
+        cmd.output().expect("gateway run psql")
+    }
+
+    /// Rewrites the daemon's configuration and restarts it.
+    fn reconfigure(&mut self, edit: impl FnOnce(String) -> String) -> Result<()> {
+        let text = edit(std::fs::read_to_string(&self.daemon.config_path)?);
+        std::fs::write(&self.daemon.config_path, text)?;
+        self.daemon.restart()
+    }
+
+    /// The CLI as the Unix user `nobody` (a member of `nogroup`).
+    fn as_nobody(&self, args: &[&str]) -> Output {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(gateway_bin())
+            .arg("--control-socket")
+            .arg(&self.daemon.control_socket)
+            .args(args)
+            .output()
+            .expect("runuser")
+    }
+
+    /// The request with this id, as `approvals list --json` shows it.
+    fn approval(&self, id: &str) -> Result<Value> {
+        self.approvals()?
+            .into_iter()
+            .find(|a| a["id"] == id)
+            .with_context(|| format!("no request {id}"))
     }
 
     fn count(&self, customer: &str) -> Result<String> {
@@ -452,7 +499,7 @@ impl WebSession {
         ])?;
         for _ in 0..8 {
             if next.starts_with(&format!("{base}/callback")) {
-                let callback = curl(&["-D", "-", "-o", "/dev/null", &next])?;
+                let callback = curl(&["-D", "-", &next])?;
                 let page = curl(&[&format!("{base}/")])?;
                 let csrf = page
                     .split("data-csrf=\"")
@@ -499,6 +546,34 @@ impl WebSession {
             }
         }
         bail!("sign-in did not complete (last URL {next})")
+    }
+
+    /// GETs from the page's API with the session's cookie.
+    fn get(&self, path: &str) -> Result<(u16, String)> {
+        let out = run_ok(
+            Command::new("curl")
+                .args(["-sS", "--max-time", "10", "-b"])
+                .arg(&self.jar)
+                .args(["-w", "\n%{http_code}"])
+                .arg(format!("{}{path}", self.base)),
+        )?;
+        let (body, code) = out.rsplit_once('\n').context("no status")?;
+        Ok((code.trim().parse()?, body.to_string()))
+    }
+
+    /// The value of the session cookie (for raw HTTP requests).
+    fn cookie(&self) -> Result<String> {
+        let jar = std::fs::read_to_string(&self.jar)?;
+        jar.lines()
+            .filter_map(|l| {
+                l.split('\t')
+                    .collect::<Vec<_>>()
+                    .get(5..7)
+                    .map(|kv| kv.to_vec())
+            })
+            .find(|kv| kv[0] == "gw_session")
+            .map(|kv| kv[1].to_string())
+            .context("no session cookie")
     }
 
     /// POSTs JSON to the page's API; `csrf`/`origin` as a browser (or an attacker) would send them.
@@ -692,7 +767,9 @@ fn the_web_page_in_chromium_shows_the_request_and_approving_it_delivers_the_rows
     let s = Setup::start("enforce", "")?;
     let shot = s.dir.path().join("approvals.png");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/browser/approve.mjs");
-    let sql = "DELETE FROM orders WHERE customer = 'walrus' RETURNING customer";
+    // A zero-width space in a comment: the card must show it, not hide it.
+    let sql =
+        "DELETE FROM orders WHERE customer = 'walrus' RETURNING customer /* zero\u{200b}width */";
     let mut browser_out = None;
     let out = while_waiting(
         || s.psql(&["-c", sql]),
@@ -721,6 +798,19 @@ fn the_web_page_in_chromium_shows_the_request_and_approving_it_delivers_the_rows
         "{verdict}"
     );
     assert_eq!(verdict["sawRequest"], true, "{verdict}");
+    let op = verdict["op"].as_str().unwrap_or("");
+    assert!(
+        op.contains("zero\\u{200b}width") && !op.contains('\u{200b}'),
+        "the card shows the hidden character: {verdict}"
+    );
+    // A standing approval's button says what it lets through.
+    assert!(
+        verdict["buttons"].as_array().unwrap().iter().any(|b| b
+            .as_str()
+            .unwrap()
+            .contains("rule deletes-need-approval, identity ci-app, target orders-db")),
+        "{verdict}"
+    );
     assert_eq!(verdict["approved"], true, "{verdict}");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -1030,4 +1120,533 @@ kinds = ["update"]
     })();
     let _ = std::fs::remove_file(&clock);
     result
+}
+
+/// A rule for UPDATE statements that needs two approvers.
+const QUORUM_TWO: &str = r#"
+[[rules]]
+name = "updates-need-two"
+action = "require_approval"
+approvers = ["dba"]
+quorum = 2
+targets = ["orders-db"]
+[rules.sql]
+kinds = ["update"]
+"#;
+
+/// `nobody` (group `nogroup`) may use the approval commands and is in the `dba` group.
+fn with_nobody_as_cli_approver(text: String) -> String {
+    text.replacen(
+        "[approvals]\n",
+        "[approvals]\ncli_unix_group = \"nogroup\"\n",
+        1,
+    )
+    .replacen(
+        "unix_users = [\"root\"]",
+        "unix_users = [\"root\", \"nobody\"]",
+        1,
+    )
+}
+
+/// Adds `[[approvers.people]]` entries (TOML text) to the `dba` group.
+fn with_people(text: String, people: &str) -> String {
+    const FIRST: &str = "[[approvers.people]]\nname = \"admin\"";
+    assert!(text.contains(FIRST), "{text}");
+    text.replacen(FIRST, &format!("{people}\n{FIRST}"), 1)
+}
+
+/// Approves `id` on the page as `who`; the HTTP status and the answer.
+fn web_approve(s: &Setup, who: &WebSession, id: &str, body: Value) -> Result<(u16, Value)> {
+    who.post(
+        &format!("/api/approvals/{id}/approve"),
+        &body,
+        Some(&who.csrf),
+        Some(&s.web),
+    )
+}
+
+#[test]
+fn one_person_voting_from_the_cli_and_the_page_counts_once_toward_a_quorum() -> Result<()> {
+    let mut s = Setup::start("enforce", QUORUM_TWO)?;
+    // erin (not the person who started the job: that is carol) can use the CLI as the Unix user `nobody` and the page as the OIDC subject `erin`.
+    s.reconfigure(|t| {
+        with_nobody_as_cli_approver(t).replacen("\"ci-app\"]", "\"ci-app\", \"erin\"]", 1)
+    })?;
+
+    // Not said to be one person: the gateway cannot tell a Unix account and an OIDC account apart,
+    // so the second channel's vote does not complete the quorum.
+    let out = while_waiting(
+        || s.psql(&["-c", "UPDATE orders SET customer = 'one' WHERE id = 1"]),
+        || {
+            let id = s.pending("'one'")?["id"].as_str().unwrap().to_string();
+            let cli = s.as_nobody(&["approvals", "approve", &id]);
+            ensure!(
+                cli.status.success() && stdout(&cli).contains("1 of 2"),
+                "{}{}",
+                stdout(&cli),
+                stderr(&cli)
+            );
+            let erin = WebSession::login(&s.web, "erin", s.dir.path())?;
+            let (code, body) = web_approve(&s, &erin, &id, json!({}))?;
+            ensure!(
+                code == 409,
+                "the same person's second vote counted: {code} {body}"
+            );
+            ensure!(
+                body["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("[[approvers.people]]"),
+                "{body}"
+            );
+            ensure!(s.approval(&id)?["status"] == "pending");
+            let deny = s.daemon.cli(&["approvals", "deny", &id]);
+            ensure!(deny.status.success(), "{}", stderr(&deny));
+            Ok(())
+        },
+    )?;
+    assert!(!out.status.success());
+    assert_eq!(s.count("one")?, "0", "the UPDATE never ran");
+
+    // Said to be one person: the second vote is that person's again; bob's makes two.
+    s.reconfigure(|t| {
+        with_people(
+            t,
+            "[[approvers.people]]\nname = \"erin\"\nunix_users = [\"nobody\"]\nsubjects = [\"erin\"]",
+        )
+    })?;
+    let out = while_waiting(
+        || s.psql(&["-c", "UPDATE orders SET customer = 'two' WHERE id = 2"]),
+        || {
+            let id = s.pending("'two'")?["id"].as_str().unwrap().to_string();
+            let cli = s.as_nobody(&["approvals", "approve", &id]);
+            ensure!(cli.status.success(), "{}", stderr(&cli));
+            let erin = WebSession::login(&s.web, "erin", s.dir.path())?;
+            let (code, body) = web_approve(&s, &erin, &id, json!({}))?;
+            ensure!(
+                code == 409
+                    && body["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("erin has already approved"),
+                "{code} {body}"
+            );
+            ensure!(s.approval(&id)?["votes"].as_array().unwrap().len() == 1);
+            let bob = WebSession::login(&s.web, "bob", s.dir.path())?;
+            let (code, body) = web_approve(&s, &bob, &id, json!({}))?;
+            ensure!(code == 200 && body["status"] == "approved", "{code} {body}");
+            let votes = s.approval(&id)?["votes"].clone();
+            ensure!(votes[0]["person"] == "erin", "{votes}");
+            Ok(())
+        },
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.count("two")?, "1");
+    Ok(())
+}
+
+#[test]
+fn a_standing_grant_is_what_every_approving_vote_chose_and_never_for_unauthenticated_jobs()
+-> Result<()> {
+    let mut s = Setup::start("enforce", QUORUM_TWO)?;
+    s.reconfigure(with_nobody_as_cli_approver)?;
+
+    // root asks for a day, nobody approves once: once it is.
+    let out = while_waiting(
+        || s.psql(&["-c", "UPDATE orders SET customer = 'first' WHERE id = 1"]),
+        || {
+            let id = s.pending("'first'")?["id"].as_str().unwrap().to_string();
+            let root = s.daemon.cli(&["approvals", "approve", &id, "--for", "24h"]);
+            ensure!(root.status.success(), "{}", stderr(&root));
+            // What the first vote asked for is on the request before the second approver decides.
+            let shown = s.daemon.cli(&["approvals", "show", &id]);
+            ensure!(
+                stdout(&shown).contains("approved by root for 24h"),
+                "{}{}",
+                stdout(&shown),
+                stderr(&shown)
+            );
+            let once = s.as_nobody(&["approvals", "approve", &id]);
+            ensure!(once.status.success(), "{}", stderr(&once));
+            ensure!(
+                stdout(&once).contains("approved once")
+                    && !stdout(&once).contains("without asking"),
+                "{}",
+                stdout(&once)
+            );
+            let decided = s.approval(&id)?;
+            ensure!(decided["grant_seconds"].is_null(), "{decided}");
+            ensure!(decided["votes"][0]["for_seconds"] == 86400, "{decided}");
+            Ok(())
+        },
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    // No grant: the next UPDATE asks again.
+    let out = while_waiting(
+        || s.psql(&["-c", "UPDATE orders SET customer = 'second' WHERE id = 2"]),
+        || {
+            let id = s.pending("'second'")?["id"].as_str().unwrap().to_string();
+            // Both ask for a duration: the shorter one is granted.
+            let root = s.daemon.cli(&["approvals", "approve", &id, "--for", "24h"]);
+            ensure!(root.status.success(), "{}", stderr(&root));
+            let nobody = s.as_nobody(&["approvals", "approve", &id, "--for", "10m"]);
+            ensure!(
+                nobody.status.success() && stdout(&nobody).contains("for 10m"),
+                "{}{}",
+                stdout(&nobody),
+                stderr(&nobody)
+            );
+            ensure!(s.approval(&id)?["grant_seconds"] == 600);
+            Ok(())
+        },
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.count("second")?, "1");
+    let before = s.approvals()?.len();
+    let out = s.psql(&["-c", "UPDATE orders SET customer = 'third' WHERE id = 3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.approvals()?.len(), before, "the grant let it pass");
+
+    // Every unauthenticated job shares one identity: no standing approval for it.
+    s.reconfigure(|t| {
+        t + r#"
+[[rules]]
+name = "unauthenticated-deletes-need-approval"
+action = "require_approval"
+approvers = ["dba"]
+unauthenticated = true
+targets = ["orders-db"]
+[rules.sql]
+kinds = ["delete"]
+
+[[rules]]
+name = "unauthenticated-may-query"
+action = "allow"
+unauthenticated = true
+targets = ["orders-db"]
+"#
+    })?;
+    let out = while_waiting(
+        || s.psql_unauthenticated(&["-c", "DELETE FROM orders WHERE customer = 'vole'"]),
+        || {
+            let request = s.pending("'vole'")?;
+            ensure!(
+                request["requester"]["subject"] == "unauthenticated",
+                "{request}"
+            );
+            let id = request["id"].as_str().unwrap();
+            let out = s.daemon.cli(&["approvals", "approve", id, "--for", "10m"]);
+            ensure!(
+                !out.status.success() && stderr(&out).contains("unauthenticated"),
+                "{}{}",
+                stdout(&out),
+                stderr(&out)
+            );
+            ensure!(s.approval(id)?["votes"].as_array().unwrap().is_empty());
+            let out = s.daemon.cli(&["approvals", "approve", id]);
+            ensure!(out.status.success(), "{}", stderr(&out));
+            Ok(())
+        },
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    Ok(())
+}
+
+#[test]
+fn only_approvers_see_requests_emails_must_be_verified_and_the_person_who_started_the_job_cannot_approve()
+-> Result<()> {
+    let mut s = Setup::start("enforce", "")?;
+    // A group member by email, the old way (in `subjects`).
+    s.reconfigure(|t| {
+        t.replacen(
+            "\"ci-app\"]",
+            "\"ci-app\", \"carol\", \"victim@example.test\"]",
+            1,
+        )
+    })?;
+    let out = while_waiting(
+        || s.psql(&["-c", "DELETE FROM orders WHERE customer = 'zebra'"]),
+        || {
+            let id = s.pending("'zebra'")?["id"].as_str().unwrap().to_string();
+            // Anyone the provider knows can authenticate, but only approvers get a session.
+            let dave = WebSession::login(&s.web, "dave", s.dir.path())
+                .err()
+                .context("dave, in no approver group, got a session")?;
+            let why = format!("{dave:#}");
+            ensure!(
+                why.contains("403") && why.contains("in no approver group"),
+                "{why}"
+            );
+            // Without a session nothing is shown.
+            let (code, head, _) = raw_get(&s.web, "/api/approvals", "")?;
+            ensure!(code == 401, "{head}");
+            // An unverified email is nobody's: not an approver, no session, sees nothing.
+            let fake = WebSession::login(&s.web, "unverified-victim", s.dir.path())
+                .err()
+                .context("an unverified email made an approver")?;
+            let why = format!("{fake:#}");
+            ensure!(why.contains("in no approver group"), "{why}");
+            // carol started the CI job (`actor` in its token): she may not approve it.
+            let carol = WebSession::login(&s.web, "carol", s.dir.path())?;
+            let (code, body) = web_approve(&s, &carol, &id, json!({}))?;
+            ensure!(
+                code == 409 && body["error"].as_str().unwrap_or("").contains("own request"),
+                "{code} {body}"
+            );
+            ensure!(s.approval(&id)?["votes"].as_array().unwrap().is_empty());
+            let out = s.daemon.cli(&["approvals", "deny", &id]);
+            ensure!(out.status.success(), "{}", stderr(&out));
+            Ok(())
+        },
+    )?;
+    assert!(!out.status.success());
+
+    // Emails in their own key, verified only; carol's Unix account is hers too.
+    s.reconfigure(|t| {
+        with_people(
+            with_nobody_as_cli_approver(t).replacen(", \"victim@example.test\"]", "]\nemails = [\"victim@example.test\"]", 1),
+            "[[approvers.people]]\nname = \"carol\"\nunix_users = [\"nobody\"]\nsubjects = [\"carol\"]",
+        )
+    })?;
+    let out = while_waiting(
+        || s.psql(&["-c", "DELETE FROM orders WHERE customer = 'yak'"]),
+        || {
+            let id = s.pending("'yak'")?["id"].as_str().unwrap().to_string();
+            let victim = WebSession::login(&s.web, "victim", s.dir.path())?;
+            let (code, body) = victim.get("/api/approvals")?;
+            ensure!(code == 200 && body.contains("'yak'"), "{code} {body}");
+            ensure!(WebSession::login(&s.web, "unverified-victim", s.dir.path()).is_err());
+            let cli = s.as_nobody(&["approvals", "approve", &id]);
+            ensure!(
+                !cli.status.success() && stderr(&cli).contains("own request"),
+                "{}{}",
+                stdout(&cli),
+                stderr(&cli)
+            );
+            let (code, body) = web_approve(&s, &victim, &id, json!({}))?;
+            ensure!(code == 200 && body["status"] == "approved", "{code} {body}");
+            Ok(())
+        },
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.count("yak")?, "0");
+    Ok(())
+}
+
+/// Characters a job can use to make text look like something else on a terminal or a page.
+const HIDDEN: [char; 5] = ['\u{1b}', '\u{7}', '\u{202e}', '\u{200b}', '\u{85}'];
+
+fn assert_visible(what: &str, text: &str) {
+    for c in HIDDEN {
+        assert!(
+            !text.contains(c),
+            "{what} shows U+{:04X} as it is:\n{text}",
+            c as u32
+        );
+    }
+}
+
+#[test]
+fn what_the_approver_sees_is_what_runs_with_hidden_characters_shown_everywhere() -> Result<()> {
+    let s = Setup::start("enforce", "")?;
+    // Clears the screen and sets root's window title, reverses the text direction, hides a word.
+    let sql = "DELETE FROM orders WHERE customer = 'zebra' /* \u{1b}[2J\u{1b}]0;owned\u{7} \u{202e}lla\u{202c} zero\u{200b}width \u{85} */ AND id > 0 AND customer <> 'a tail well past the first sixty characters'";
+    let out = while_waiting(
+        || s.psql(&["-c", sql]),
+        || {
+            let request = s.pending("'zebra'")?;
+            let id = request["id"].as_str().unwrap().to_string();
+            // The CLI list, as root's terminal gets it.
+            let list = s.daemon.cli(&["approvals", "list"]);
+            ensure!(list.status.success(), "{}", stderr(&list));
+            assert_visible("approvals list", &stdout(&list));
+            ensure!(
+                stdout(&list).contains("\\x1b[2J") && stdout(&list).contains("chars)"),
+                "the list shows the escape and says how much it cut: {}",
+                stdout(&list)
+            );
+            // The whole operation, parameters and process.
+            let show = s.daemon.cli(&["approvals", "show", &id]);
+            ensure!(show.status.success(), "{}", stderr(&show));
+            let text = stdout(&show);
+            assert_visible("approvals show", &text);
+            for part in [
+                "\\x1b[2J",
+                "\\x07",
+                "\\u{202e}lla\\u{202c}",
+                "zero\\u{200b}width",
+                "well past the first sixty characters'",
+                "psql",
+                "verified",
+            ] {
+                ensure!(text.contains(part), "{part:?} missing from:\n{text}");
+            }
+            let json = s.daemon.cli_json(&["approvals", "show", &id, "--json"])?;
+            ensure!(
+                json["operation"] == sql,
+                "machines get it unchanged: {json}"
+            );
+            // The page's data, as an approver's browser gets it.
+            let alice = WebSession::login(&s.web, "alice", s.dir.path())?;
+            let (code, body) = alice.get("/api/approvals")?;
+            ensure!(code == 200, "{code} {body}");
+            let page: Value = serde_json::from_str(&body)?;
+            let shown = page
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["id"] == id.as_str())
+                .context("request on the page")?;
+            assert_visible("the page", shown["operation"].as_str().unwrap());
+            assert_visible(
+                "the page",
+                &shown["detail"]["process"]["cmdline"].to_string(),
+            );
+            ensure!(
+                shown["operation"].as_str().unwrap().contains("\\u{202e}"),
+                "{shown}"
+            );
+            let out = s.daemon.cli(&["approvals", "approve", &id]);
+            ensure!(out.status.success(), "{}", stderr(&out));
+            // The decision names what was approved, visibly.
+            assert_visible("approvals approve", &stdout(&out));
+            Ok(())
+        },
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s.count("zebra")?, "0");
+    // The session as root reads it.
+    let session = s.approvals()?[0]["session_id"].to_string();
+    let shown = s.daemon.cli(&["sessions", "show", &session]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert_visible("sessions show", &stdout(&shown));
+    assert!(stdout(&shown).contains("\\u{202e}"), "{}", stdout(&shown));
+    // Webhook text (chat clients render it for people).
+    assert!(wait_until(Duration::from_secs(10), || s
+        .hooks
+        .events()
+        .len()
+        >= 2));
+    for hook in s.hooks.events() {
+        assert_visible("webhook text", hook["text"].as_str().unwrap());
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 GET over a fresh connection; the status code and the still open stream.
+fn raw_get(base: &str, path: &str, cookie: &str) -> Result<(u16, String, std::net::TcpStream)> {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: keep-alive\r\n\r\n"
+    )?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        if stream.read(&mut byte)? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((code, head, stream))
+}
+
+/// The `gw_login` cookie a `/login` answer sets.
+fn login_cookie(head: &str) -> Result<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: gw_login="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+        .with_context(|| format!("no login cookie in {head}"))
+}
+
+/// What `/callback` says for a sign-in cookie with a wrong state.
+fn callback_answer(base: &str, login: &str) -> Result<String> {
+    let (_, _, mut stream) = raw_get(
+        base,
+        "/callback?code=x&state=not-the-state",
+        &format!("gw_login={login}"),
+    )?;
+    let mut body = [0u8; 512];
+    let n = stream.read(&mut body)?;
+    Ok(String::from_utf8_lossy(&body[..n]).into_owned())
+}
+
+#[test]
+fn the_page_bounds_sign_ins_in_progress_and_event_streams() -> Result<()> {
+    const MAX_LOGINS: usize = 1024;
+    const MAX_STREAMS_PER_SESSION: usize = 4;
+    const MAX_STREAMS: usize = 32;
+    let s = Setup::start("enforce", "")?;
+    // A sign-in followed by MAX_LOGINS - 1 more is still there (its state is checked) ...
+    let (code, head, _) = raw_get(&s.web, "/login", "")?;
+    assert_eq!(code, 303, "{head}");
+    let first = login_cookie(&head)?;
+    for _ in 1..MAX_LOGINS {
+        raw_get(&s.web, "/login", "")?;
+    }
+    let answer = callback_answer(&s.web, &first)?;
+    assert!(answer.contains("state mismatch"), "{answer}");
+    // ... one followed by MAX_LOGINS more is gone: the oldest make room.
+    let (_, head, _) = raw_get(&s.web, "/login", "")?;
+    let second = login_cookie(&head)?;
+    for _ in 0..MAX_LOGINS {
+        let (code, head, _) = raw_get(&s.web, "/login", "")?;
+        assert_eq!(code, 303, "every sign-in may start: {head}");
+    }
+    let answer = callback_answer(&s.web, &second)?;
+    assert!(answer.contains("no sign-in in progress"), "{answer}");
+    // A person can still sign in after the flood.
+    let alice = WebSession::login(&s.web, "alice", s.dir.path())?;
+
+    // Live updates: a few streams per signed-in person, a bounded number in all.
+    let cookie = format!("gw_session={}", alice.cookie()?);
+    let mut open = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_SESSION {
+        let (code, head, stream) = raw_get(&s.web, "/api/events", &cookie)?;
+        assert_eq!(code, 200, "{head}");
+        open.push(stream);
+    }
+    let (code, head, _) = raw_get(&s.web, "/api/events", &cookie)?;
+    assert_eq!(code, 429, "one more stream for the same person: {head}");
+    let mut people = Vec::new();
+    while open.len() < MAX_STREAMS {
+        let who = WebSession::login(&s.web, "bob", s.dir.path())?;
+        let cookie = format!("gw_session={}", who.cookie()?);
+        for _ in 0..MAX_STREAMS_PER_SESSION.min(MAX_STREAMS - open.len()) {
+            let (code, head, stream) = raw_get(&s.web, "/api/events", &cookie)?;
+            assert_eq!(code, 200, "{head}");
+            open.push(stream);
+        }
+        people.push(who);
+    }
+    let late = WebSession::login(&s.web, "bob", s.dir.path())?;
+    let (code, head, _) = raw_get(
+        &s.web,
+        "/api/events",
+        &format!("gw_session={}", late.cookie()?),
+    )?;
+    assert_eq!(code, 503, "one stream more than the page serves: {head}");
+    // Closed streams give their places back.
+    drop(open);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            raw_get(
+                &s.web,
+                "/api/events",
+                &format!("gw_session={}", late.cookie().unwrap_or_default()),
+            )
+            .is_ok_and(|(code, _, _)| code == 200)
+        }),
+        "places were not given back"
+    );
+    Ok(())
 }

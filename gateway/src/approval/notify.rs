@@ -1,13 +1,14 @@
 //! Webhook notifications of new and decided approval requests: a JSON POST per configured URL with a
 //! Slack-compatible `text` field. Delivery runs in the background with a bounded timeout and a few
 //! retries; it never holds up a request or a decision. Each attempt's result is a session event.
+//! The `text` is for people (chat clients render it): hidden characters in it are made visible.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use super::store::ApprovalView;
-use crate::record::Store;
+use crate::{record::Store, visible};
 
 const ATTEMPTS: u32 = 3;
 
@@ -70,6 +71,7 @@ impl Notifier {
         if self.urls.is_empty() {
             return;
         }
+        let text = visible::line(&text);
         let body =
             json!({ "event": event, "text": text, "approval": view, "url": web_url }).to_string();
         for url in &self.urls {

@@ -15,13 +15,14 @@ use tokio::{
 };
 
 use super::{
-    model::{self, Approver, DecisionError, Requester, Status, Verdict},
+    model::{self, Approver, Channel, DecisionError, Person, Requester, Status, Verdict},
     notify::Notifier,
     store::{ApprovalView, GrantRecord},
 };
 use crate::{
-    config::{Approvals as ApprovalsConfig, ApproverGroup, Rule},
+    config::{self, Approvals as ApprovalsConfig, ApproverGroup, Rule},
     identity::Identity,
+    random::{self, RandomError},
     record::{ProcessInfo, Store, StoreError, now},
 };
 
@@ -53,6 +54,15 @@ pub enum ApprovalOutcome {
 pub enum ApprovalError {
     #[error(transparent)]
     Decision(#[from] DecisionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a person may not see a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ShowError {
+    #[error("approval request {0} does not exist")]
+    NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -101,6 +111,9 @@ struct RuleApproval {
 struct Inner {
     store: Store,
     groups: Vec<ApproverGroup>,
+    /// Every `[[approvers.people]]` entry once (the same person may be in several groups).
+    people: Vec<config::Person>,
+    person_claims: Vec<String>,
     rules: HashMap<String, RuleApproval>,
     web_url: Option<String>,
     live: tokio::sync::Mutex<HashMap<String, Live>>,
@@ -115,16 +128,28 @@ pub struct Approvals {
     inner: Arc<Inner>,
 }
 
-fn new_id() -> String {
-    let mut bytes = [0u8; 5];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read as _;
-        let _ = f.read_exact(&mut bytes);
+fn new_id() -> Result<String, RandomError> {
+    random::id::<5>("apr")
+}
+
+/// The model's view of a configured person.
+fn person_of(p: &config::Person) -> Person {
+    let mut channels = Vec::new();
+    if !p.unix_users.is_empty() {
+        channels.push(Channel::Unix);
     }
-    format!(
-        "apr-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    if !p.subjects.is_empty() || !p.emails.is_empty() {
+        channels.push(Channel::Oidc);
+    }
+    Person {
+        name: p.name.clone(),
+        channels,
+        names: [&p.unix_users, &p.subjects, &p.emails, &p.ci_users]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
+    }
 }
 
 fn wall_in(d: Duration) -> String {
@@ -183,8 +208,16 @@ impl Approvals {
             })
             .collect();
         let (updates, _) = broadcast::channel(256);
+        let mut people: Vec<config::Person> = Vec::new();
+        for p in groups.iter().flat_map(|g| &g.people) {
+            if !people.iter().any(|q| q.name == p.name) {
+                people.push(p.clone());
+            }
+        }
         Ok(Approvals {
             inner: Arc::new(Inner {
+                people,
+                person_claims: config.person_claims.clone(),
                 notifier: Notifier::new(
                     config.webhooks.clone(),
                     config.webhook_timeout,
@@ -231,17 +264,34 @@ impl Approvals {
                 ),
             });
         };
-        let id = new_id();
+        let id = match new_id() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make an approval request id; denied");
+                return Submission::Decided(ApprovalOutcome::Denied {
+                    reason: format!("the approval request could not be made: {e}"),
+                });
+            }
+        };
         let email = request.identity.claim_values("email").into_iter().next();
+        let started_by: Vec<String> = inner
+            .person_claims
+            .iter()
+            .flat_map(|c| request.identity.claim_values(c))
+            .collect();
         let requester = Requester {
             issuer: request.identity.issuer.clone(),
             subject: request.identity.subject.clone(),
             email,
+            started_by: started_by.clone(),
         };
         let mut detail = request.detail.clone();
         if let Some(obj) = detail.as_object_mut() {
             obj.insert("process".into(), json!(request.process));
             obj.insert("job_id".into(), json!(request.job_id));
+            if !started_by.is_empty() {
+                obj.insert("started_by".into(), json!(started_by));
+            }
         }
         let view = ApprovalView {
             id: id.clone(),
@@ -425,6 +475,80 @@ impl Approvals {
         self.inner.store.list_approvals(recent).await
     }
 
+    /// The requests `approver` may decide (an approver of none sees none).
+    pub async fn list_for(
+        &self,
+        approver: &Approver,
+        recent: u32,
+    ) -> Result<Vec<ApprovalView>, StoreError> {
+        let mut list = self.list(recent).await?;
+        list.retain(|v| approver.may_see(&v.approvers));
+        Ok(list)
+    }
+
+    /// One request, pending or decided.
+    pub async fn show(&self, id: &str) -> Result<ApprovalView, ShowError> {
+        if let Some(live) = self.inner.live.lock().await.get(id) {
+            return Ok(live.view.clone());
+        }
+        self.inner
+            .store
+            .approval(id.to_string())
+            .await?
+            .ok_or_else(|| ShowError::NotFound(id.to_string()))
+    }
+
+    fn person_where(&self, listed: impl Fn(&config::Person) -> bool) -> Option<Person> {
+        self.inner.people.iter().find(|p| listed(p)).map(person_of)
+    }
+
+    /// The approver a verified ID token of the page's issuer describes. Emails count only when the
+    /// issuer says they are verified; subjects and emails are matched each with their own list.
+    pub fn oidc_approver(&self, identity: &Identity) -> Approver {
+        let verified = identity
+            .claim_values("email_verified")
+            .first()
+            .is_some_and(|v| v == "true");
+        let email = identity
+            .claim_values("email")
+            .into_iter()
+            .next()
+            .filter(|_| verified);
+        let same_email = |e: &String| email.as_ref().is_some_and(|m| m.eq_ignore_ascii_case(e));
+        let person = self.person_where(|p| {
+            p.subjects.contains(&identity.subject) || p.emails.iter().any(same_email)
+        });
+        let oidc_groups = identity.claim_values("groups");
+        let groups = self
+            .inner
+            .groups
+            .iter()
+            .filter(|g| {
+                g.subjects.contains(&identity.subject)
+                    || g.emails.iter().any(same_email)
+                    || g.oidc_groups.iter().any(|og| oidc_groups.contains(og))
+                    || person
+                        .as_ref()
+                        .is_some_and(|p| g.people.iter().any(|q| q.name == p.name))
+            })
+            .map(|g| g.name.clone())
+            .collect();
+        Approver {
+            principal: format!(
+                "oidc:{}#{}",
+                identity.issuer.clone().unwrap_or_default(),
+                identity.subject
+            ),
+            display: email.clone().unwrap_or_else(|| identity.subject.clone()),
+            channel: Channel::Oidc,
+            issuer: identity.issuer.clone(),
+            subject: Some(identity.subject.clone()),
+            email,
+            groups,
+            person,
+        }
+    }
+
     /// The approver groups a local Unix user belongs to (root: all of them).
     pub fn unix_approver(&self, uid: u32) -> Approver {
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
@@ -433,6 +557,7 @@ impl Approvals {
         let name = user
             .as_ref()
             .map_or_else(|| format!("uid {uid}"), |u| u.name.clone());
+        let person = self.person_where(|p| p.unix_users.contains(&name));
         let mut groups: Vec<String> = Vec::new();
         if uid == 0 {
             groups.push("*".into());
@@ -452,6 +577,9 @@ impl Approvals {
             for g in &self.inner.groups {
                 if g.unix_users.contains(&u.name)
                     || g.unix_groups.iter().any(|ug| unix_groups.contains(ug))
+                    || person
+                        .as_ref()
+                        .is_some_and(|p| g.people.iter().any(|q| q.name == p.name))
                 {
                     groups.push(g.name.clone());
                 }
@@ -460,10 +588,12 @@ impl Approvals {
         Approver {
             principal: format!("unix:{name}"),
             display: name,
+            channel: Channel::Unix,
             issuer: None,
             subject: None,
             email: None,
             groups,
+            person,
         }
     }
 }

@@ -59,6 +59,7 @@ fn view_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalView> {
             issuer: r.get("requester_issuer")?,
             subject: r.get("requester_subject")?,
             email: r.get("requester_email")?,
+            started_by: Vec::new(),
         },
         approvers: serde_json::from_str(&approvers).unwrap_or_default(),
         quorum: r.get("quorum")?,
@@ -71,7 +72,7 @@ fn view_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalView> {
 
 fn votes_of(c: &Connection, id: &str) -> Result<Vec<Vote>, StoreError> {
     let mut st = c.prepare_cached(
-        "SELECT approver, display, at, approve, reason FROM approval_votes WHERE approval_id = ?1 ORDER BY id",
+        "SELECT approver, display, at, approve, reason, for_seconds, person FROM approval_votes WHERE approval_id = ?1 ORDER BY id",
     )?;
     let votes = st
         .query_map([id], |r| {
@@ -81,6 +82,9 @@ fn votes_of(c: &Connection, id: &str) -> Result<Vec<Vote>, StoreError> {
                 at: r.get(2)?,
                 approve: r.get(3)?,
                 reason: r.get(4)?,
+                for_seconds: r.get::<_, Option<i64>>(5)?.map(|s| s as u64),
+                person: r.get(6)?,
+                person_channels: Vec::new(),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -141,9 +145,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.call(move |c| {
             c.execute(
-                "INSERT INTO approval_votes (approval_id, approver, display, at, approve, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, vote.approver, vote.display, vote.at, vote.approve, vote.reason],
+                "INSERT INTO approval_votes (approval_id, approver, display, at, approve, reason, for_seconds, person)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![id, vote.approver, vote.display, vote.at, vote.approve, vote.reason,
+                    vote.for_seconds.map(|s| s as i64), vote.person],
             )?;
             if status != Status::Pending {
                 c.execute(

@@ -4,7 +4,10 @@
 //! Protections: the session cookie is HttpOnly and SameSite=Strict; every state-changing request
 //! must carry the session's CSRF token in `X-CSRF-Token` and, when the browser sends one, an
 //! `Origin` equal to the page's own; no CORS is ever granted. The eBPF programs refuse connects from
-//! jobs to this listener in every mode.
+//! jobs to this listener in every mode. Only members of an approver group get a session (anyone
+//! the issuer knows can authenticate), and they see only the requests of their groups. What any client can grow is bounded:
+//! sign-ins in progress and sessions (the oldest make room), live-update streams (per session and
+//! in all). Job-controlled text reaches the page with its hidden characters made visible.
 
 use std::{
     collections::HashMap,
@@ -26,16 +29,27 @@ use serde_json::json;
 use super::{
     Approvals,
     model::{Approver, Verdict},
+    store::ApprovalView,
 };
 use crate::{
-    config::{ApproverGroup, WebConfig},
+    config::WebConfig,
     identity::{Verifier, fetch::Fetcher},
+    random, visible,
 };
 
 const SESSION_COOKIE: &str = "gw_session";
 const LOGIN_COOKIE: &str = "gw_login";
 const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 const LOGIN_LIFETIME: Duration = Duration::from_secs(600);
+/// Sign-ins in progress (anyone can start one); beyond this the oldest is forgotten.
+const MAX_LOGINS: usize = 1024;
+/// Signed-in sessions; beyond this the oldest is signed out.
+const MAX_SESSIONS: usize = 1024;
+/// Live-update streams of one session (browser tabs), and of the page in all.
+const MAX_STREAMS_PER_SESSION: usize = 4;
+const MAX_STREAMS: usize = 32;
+/// How often an idle stream is written to (a closed one is noticed, and its place freed, then).
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
@@ -70,22 +84,78 @@ struct Web {
     approvals: Approvals,
     config: WebConfig,
     client_secret: Option<String>,
-    groups: Vec<ApproverGroup>,
     fetcher: Fetcher,
     verifier: Verifier,
     endpoints: tokio::sync::OnceCell<Endpoints>,
     logins: Mutex<HashMap<String, Login>>,
     sessions: Mutex<HashMap<String, Session>>,
+    streams: Arc<Mutex<Streams>>,
     secure_cookies: bool,
 }
 
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read as _;
-        let _ = f.read_exact(&mut bytes);
+/// Open live-update streams, in all and per session.
+#[derive(Default)]
+struct Streams {
+    total: usize,
+    per_session: HashMap<String, usize>,
+}
+
+/// A place among the open streams, given back when the stream ends.
+struct StreamPlace {
+    streams: Arc<Mutex<Streams>>,
+    session: String,
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let mut s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        s.total = s.total.saturating_sub(1);
+        if let Some(n) = s.per_session.get_mut(&self.session) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.per_session.remove(&self.session);
+            }
+        }
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Inserts into a map that holds at most `max` entries: the oldest (`since`) make room.
+fn insert_bounded<V>(
+    map: &mut HashMap<String, V>,
+    key: String,
+    value: V,
+    max: usize,
+    since: impl Fn(&V) -> Instant,
+) {
+    while map.len() >= max.max(1) {
+        let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| since(v))
+            .map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        map.remove(&oldest);
+    }
+    map.insert(key, value);
+}
+
+fn no_randomness(e: random::RandomError) -> Response {
+    tracing::error!(error = %e, "approvals page: no randomness for a sign-in");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("sign-in is unavailable: {e}"),
+    )
+        .into_response()
+}
+
+/// A request as the page shows it: every string with its hidden characters made visible; the
+/// operation keeps its line breaks.
+fn for_people(view: &ApprovalView) -> serde_json::Value {
+    let mut v = serde_json::to_value(view).unwrap_or_default();
+    visible::json(&mut v);
+    v["operation"] = visible::text(&view.operation).into();
+    v
 }
 
 fn pkce_challenge(verifier: &str) -> String {
@@ -108,7 +178,6 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Binds the page's listener (errors surface at start) and returns the server to run.
 pub async fn bind(
     config: WebConfig,
-    groups: Vec<ApproverGroup>,
     approvals: Approvals,
 ) -> Result<(tokio::net::TcpListener, Router), WebError> {
     let client_secret = match &config.client_secret_file {
@@ -137,12 +206,12 @@ pub async fn bind(
         approvals,
         config,
         client_secret,
-        groups,
         fetcher,
         verifier,
         endpoints: tokio::sync::OnceCell::new(),
         logins: Mutex::default(),
         sessions: Mutex::default(),
+        streams: Arc::default(),
     });
     let router = Router::new()
         .route("/", get(page))
@@ -210,35 +279,6 @@ impl Web {
                 })
             })
             .await
-    }
-
-    /// The approver a verified ID token describes, with the approver groups it belongs to.
-    fn approver(&self, identity: &crate::identity::Identity) -> Approver {
-        let email = identity.claim_values("email").into_iter().next();
-        let oidc_groups = identity.claim_values("groups");
-        let groups = self
-            .groups
-            .iter()
-            .filter(|g| {
-                g.subjects
-                    .iter()
-                    .any(|s| *s == identity.subject || Some(s) == email.as_ref())
-                    || g.oidc_groups.iter().any(|og| oidc_groups.contains(og))
-            })
-            .map(|g| g.name.clone())
-            .collect();
-        Approver {
-            principal: format!(
-                "oidc:{}#{}",
-                identity.issuer.clone().unwrap_or_default(),
-                identity.subject
-            ),
-            display: email.clone().unwrap_or_else(|| identity.subject.clone()),
-            issuer: identity.issuer.clone(),
-            subject: Some(identity.subject.clone()),
-            email,
-            groups,
-        }
     }
 
     /// A state-changing request: signed in, the session's CSRF token, and no foreign Origin.
@@ -322,12 +362,18 @@ async fn login(State(web): State<Arc<Web>>) -> Response {
                 .into_response();
         }
     };
-    let (id, state, nonce, verifier) = (
-        random_token(),
-        random_token(),
-        random_token(),
-        random_token(),
-    );
+    let tokens = (|| {
+        Ok((
+            random::token()?,
+            random::token()?,
+            random::token()?,
+            random::token()?,
+        ))
+    })();
+    let (id, state, nonce, verifier) = match tokens {
+        Ok(t) => t,
+        Err(e) => return no_randomness(e),
+    };
     let redirect_uri = format!("{}/callback", web.config.public_url);
     let url = format!(
         "{}?response_type=code&client_id={}&redirect_uri={}&scope={}&state={state}&nonce={nonce}&code_challenge={}&code_challenge_method=S256",
@@ -340,15 +386,13 @@ async fn login(State(web): State<Arc<Web>>) -> Response {
     {
         let mut logins = web.logins.lock().unwrap_or_else(|p| p.into_inner());
         logins.retain(|_, l| l.since.elapsed() < LOGIN_LIFETIME);
-        logins.insert(
-            id.clone(),
-            Login {
-                state,
-                nonce,
-                verifier,
-                since: Instant::now(),
-            },
-        );
+        let login = Login {
+            state,
+            nonce,
+            verifier,
+            since: Instant::now(),
+        };
+        insert_bounded(&mut logins, id.clone(), login, MAX_LOGINS, |l| l.since);
     }
     // Lax: the issuer sends the browser back with a top-level GET, which Strict would strip.
     let set = web.cookie_header(LOGIN_COOKIE, &id, "Lax", LOGIN_LIFETIME.as_secs());
@@ -429,20 +473,35 @@ async fn callback(
     if verified.identity.claim_values("nonce").first() != Some(&login.nonce) {
         return fail(StatusCode::UNAUTHORIZED, "nonce mismatch".into());
     }
-    let approver = web.approver(&verified.identity);
-    tracing::info!(approver = %approver.display, groups = ?approver.groups, "signed in to the approvals page");
-    let id = random_token();
-    web.sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            id.clone(),
-            Session {
-                approver,
-                csrf: random_token(),
-                since: Instant::now(),
-            },
+    let approver = web.approvals.oidc_approver(&verified.identity);
+    // No session for someone who may see nothing: the provider's other accounts cannot fill the
+    // session table and push approvers out.
+    if approver.groups.is_empty() {
+        return fail(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is in no approver group; the approvals page is for approvers only",
+                approver.display
+            ),
         );
+    }
+    tracing::info!(approver = %approver.display, groups = ?approver.groups, "signed in to the approvals page");
+    let (id, csrf) = match random::token().and_then(|id| Ok((id, random::token()?))) {
+        Ok(t) => t,
+        Err(e) => return no_randomness(e),
+    };
+    {
+        let mut sessions = web.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, s| s.since.elapsed() < SESSION_LIFETIME);
+        let session = Session {
+            approver,
+            csrf,
+            since: Instant::now(),
+        };
+        insert_bounded(&mut sessions, id.clone(), session, MAX_SESSIONS, |s| {
+            s.since
+        });
+    }
     let set = web.cookie_header(SESSION_COOKIE, &id, "Strict", SESSION_LIFETIME.as_secs());
     let clear = web.cookie_header(LOGIN_COOKIE, "", "Lax", 0);
     // A same-site page load after a cross-site redirect: serve a tiny page that navigates, so that
@@ -469,16 +528,30 @@ async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     ([(header::SET_COOKIE, clear)], Redirect::to("/")).into_response()
 }
 
-async fn list(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if web.session(&headers).is_none() {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "sign in first" })),
-        )
-            .into_response();
+/// The signed-in approver, or the answer for someone who may not see requests.
+fn approver_only(web: &Web, headers: &HeaderMap) -> Result<Approver, Box<Response>> {
+    let refuse = |status: StatusCode, m: &str| {
+        Box::new((status, Json(json!({ "error": m }))).into_response())
+    };
+    let Some((approver, _)) = web.session(headers) else {
+        return Err(refuse(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    if approver.groups.is_empty() {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "you are not in any approver group; requests are shown to approvers only",
+        ));
     }
-    match web.approvals.list(20).await {
-        Ok(list) => Json(list).into_response(),
+    Ok(approver)
+}
+
+async fn list(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let approver = match approver_only(&web, &headers) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    match web.approvals.list_for(&approver, 20).await {
+        Ok(list) => Json(list.iter().map(for_people).collect::<Vec<_>>()).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({ "error": e.to_string() })),
@@ -487,12 +560,50 @@ async fn list(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if web.session(&headers).is_none() {
-        return (StatusCode::UNAUTHORIZED, "sign in first").into_response();
+/// A place for one more live-update stream of `session`, or why not.
+fn stream_place(
+    streams: &Arc<Mutex<Streams>>,
+    session: &str,
+) -> Result<StreamPlace, (StatusCode, &'static str)> {
+    {
+        let mut s = streams.lock().unwrap_or_else(|p| p.into_inner());
+        if s.per_session.get(session).copied().unwrap_or(0) >= MAX_STREAMS_PER_SESSION {
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many live-update streams for this session; close another tab",
+            ));
+        }
+        if s.total >= MAX_STREAMS {
+            tracing::warn!(
+                max = MAX_STREAMS,
+                "approvals page: live-update streams full"
+            );
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many live-update streams; reload later",
+            ));
+        }
+        s.total += 1;
+        *s.per_session.entry(session.to_string()).or_default() += 1;
     }
+    Ok(StreamPlace {
+        streams: streams.clone(),
+        session: session.to_string(),
+    })
+}
+
+async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if let Err(r) = approver_only(&web, &headers) {
+        return *r;
+    }
+    let session = cookie(&headers, SESSION_COOKIE).unwrap_or_default();
+    let place = match stream_place(&web.streams, &session) {
+        Ok(p) => p,
+        Err(refused) => return refused.into_response(),
+    };
     let rx = web.approvals.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+    // The place lives as long as the stream: dropped when the client goes away.
+    let stream = futures_util::stream::unfold((rx, place), |(mut rx, place)| async move {
         let event = match rx.recv().await {
             Ok(view) => sse::Event::default()
                 .event("update")
@@ -502,10 +613,10 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok::<_, std::convert::Infallible>(event), rx))
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, place)))
     });
     sse::Sse::new(stream)
-        .keep_alive(sse::KeepAlive::default())
+        .keep_alive(sse::KeepAlive::new().interval(STREAM_KEEP_ALIVE))
         .into_response()
 }
 
@@ -607,5 +718,37 @@ mod tests {
             pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
+    }
+
+    #[test]
+    fn bounded_maps_forget_the_oldest() {
+        let start = Instant::now();
+        let mut map = HashMap::new();
+        for i in 0..10u64 {
+            let at = start + Duration::from_secs(i);
+            insert_bounded(&mut map, i.to_string(), at, 4, |t| *t);
+            assert!(map.len() <= 4);
+        }
+        let mut kept: Vec<_> = map.keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, ["6", "7", "8", "9"]);
+    }
+
+    #[test]
+    fn stream_places_are_bounded_and_given_back() {
+        let streams: Arc<Mutex<Streams>> = Arc::default();
+        let take = |session: &str| stream_place(&streams, session).ok();
+        let held: Vec<_> = (0..MAX_STREAMS_PER_SESSION)
+            .map(|_| take("a").unwrap())
+            .collect();
+        assert!(take("a").is_none());
+        let others: Vec<_> = (0..MAX_STREAMS)
+            .map_while(|i| take(&format!("s{}", i / MAX_STREAMS_PER_SESSION)))
+            .collect();
+        assert_eq!(others.len(), MAX_STREAMS - MAX_STREAMS_PER_SESSION);
+        assert!(take("late").is_none());
+        drop((held, others));
+        assert_eq!(streams.lock().unwrap().total, 0);
+        assert!(streams.lock().unwrap().per_session.is_empty());
     }
 }

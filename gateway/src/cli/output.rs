@@ -5,6 +5,7 @@ use crate::{
     approval::{model::Status as ApprovalStatus, store::ApprovalView},
     control::{RecordingStatus, Status},
     record::{EventRecord, SessionRecord, SessionSummary},
+    visible,
 };
 
 fn short_time(rfc3339: &str) -> String {
@@ -135,10 +136,13 @@ pub fn session(s: &SessionRecord) -> String {
 /// The SQL statement log: each statement with its decision, then its outcome and sample rows.
 fn statement_log(events: &[&EventRecord]) -> String {
     use std::fmt::Write as _;
-    let str_of = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "NULL".to_string(),
-        other => other.to_string(),
+    // Statements, parameters, rows and messages are the job's and the server's text: shown visibly.
+    let str_of = |v: &serde_json::Value| {
+        visible::line(&match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "NULL".to_string(),
+            other => other.to_string(),
+        })
     };
     let mut out = String::new();
     for e in events {
@@ -150,17 +154,14 @@ fn statement_log(events: &[&EventRecord]) -> String {
                 Some(r) => format!("{} ({r})", str_of(&d["decision"])),
                 None => str_of(&d["decision"]),
             };
-            let sql = str_of(&d["sql"])
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
+            let sql = one_line(&str_of(&d["sql"]), usize::MAX);
             let _ = writeln!(out, "#{seq:<4} {}  {decision:<24} {sql}", short_time(&e.at));
             if let Some(params) = d["params"].as_array().filter(|p| !p.is_empty()) {
                 let p: Vec<String> = params.iter().map(str_of).collect();
                 let _ = writeln!(out, "      params: {}", p.join(", "));
             }
             if let Some(reason) = d["reason"].as_str() {
-                let _ = writeln!(out, "      reason: {reason}");
+                let _ = writeln!(out, "      reason: {}", visible::line(reason));
             }
             continue;
         }
@@ -181,7 +182,7 @@ fn statement_log(events: &[&EventRecord]) -> String {
             parts.push(format!("{m} value{} masked", if m == 1 { "" } else { "s" }));
         }
         if let Some(r) = d["refused"].as_str() {
-            parts.push(format!("refused: {r}"));
+            parts.push(format!("refused: {}", visible::line(r)));
         } else if let Some(err) = d["error"].as_object() {
             parts.push(format!(
                 "error {}: {}",
@@ -190,7 +191,7 @@ fn statement_log(events: &[&EventRecord]) -> String {
             ));
         }
         if let Some(skipped) = d["skipped"].as_str() {
-            parts.push(skipped.to_string());
+            parts.push(visible::line(skipped));
         }
         let _ = writeln!(out, "#{seq:<4} -> {}", parts.join(" · "));
         if let Some(sample) = d["sample"].as_array() {
@@ -210,7 +211,7 @@ fn statement_log(events: &[&EventRecord]) -> String {
             }
         }
         if let Some(note) = d["sample_note"].as_str() {
-            let _ = writeln!(out, "      ({note})");
+            let _ = writeln!(out, "      ({})", visible::line(note));
         }
     }
     out
@@ -337,13 +338,71 @@ pub fn status(s: &Status) -> String {
     out
 }
 
+/// One line of at most `max` characters: hidden characters made visible (`\n` included), runs
+/// of spaces and tabs as one space; a cut says how much is missing.
 fn one_line(s: &str, max: usize) -> String {
-    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > max {
-        format!("{}…", flat.chars().take(max).collect::<String>())
+    let shown = visible::line(&s.replace('\t', " "));
+    let mut flat = String::with_capacity(shown.len());
+    for word in shown.split(' ').filter(|w| !w.is_empty()) {
+        if !flat.is_empty() {
+            flat.push(' ');
+        }
+        flat.push_str(word);
+    }
+    let n = flat.chars().count();
+    if n > max {
+        let kept: String = flat.chars().take(max).collect();
+        format!("{kept}… (+{} chars)", n - max)
     } else {
         flat
     }
+}
+
+/// 600 → "10m", 86400 → "24h", 90 → "1m30s".
+pub fn duration(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    for (v, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if v > 0 {
+            out.push_str(&format!("{v}{unit}"));
+        }
+    }
+    if out.is_empty() { "0s".into() } else { out }
+}
+
+/// What one vote said: "approved by root for 24h", "denied by bob: reason".
+fn vote_line(v: &crate::approval::model::Vote) -> String {
+    let who = &v.display;
+    let said = if v.approve {
+        match v.for_seconds {
+            Some(s) => format!("approved by {who} for {}", duration(s)),
+            None => format!("approved by {who} once"),
+        }
+    } else {
+        match &v.reason {
+            Some(r) => format!("denied by {who}: {r}"),
+            None => format!("denied by {who}"),
+        }
+    };
+    match &v.person {
+        Some(p) if p != who => format!("{said} [person {p}]"),
+        _ => said,
+    }
+}
+
+/// What a standing approval of this request would let through without asking.
+fn grant_scope(a: &ApprovalView) -> String {
+    format!(
+        "rule {}, identity {}{}, target {}",
+        a.rule,
+        a.requester.subject,
+        a.requester
+            .issuer
+            .as_deref()
+            .map(|i| format!(" ({i})"))
+            .unwrap_or_default(),
+        a.target
+    )
 }
 
 pub fn approvals(list: &[ApprovalView]) -> String {
@@ -354,9 +413,25 @@ pub fn approvals(list: &[ApprovalView]) -> String {
         .iter()
         .map(|a| {
             let approvals = a.votes.iter().filter(|v| v.approve).count();
-            let pid = a.detail["process"]["pid"]
-                .as_u64()
-                .map_or_else(|| "-".into(), |p| p.to_string());
+            let process = &a.detail["process"];
+            let pid = process["pid"].as_u64().map_or_else(
+                || "-".into(),
+                |p| {
+                    if process["verified"].as_bool() == Some(true) {
+                        p.to_string()
+                    } else {
+                        format!("{p} (unverified)")
+                    }
+                },
+            );
+            let params = a.detail["parameters"].as_array().map_or(0, Vec::len);
+            let mut op = one_line(&a.operation, 60);
+            if params > 0 {
+                op.push_str(&format!(
+                    " [{params} parameter{}]",
+                    if params == 1 { "" } else { "s" }
+                ));
+            }
             vec![
                 a.id.clone(),
                 a.status.as_str().to_string(),
@@ -369,11 +444,11 @@ pub fn approvals(list: &[ApprovalView]) -> String {
                 a.requester.subject.clone(),
                 pid,
                 format!("{approvals}/{}", a.quorum),
-                one_line(&a.operation, 60),
+                op,
             ]
         })
         .collect();
-    render(
+    let mut out = render(
         &[
             "ID",
             "STATUS",
@@ -385,23 +460,216 @@ pub fn approvals(list: &[ApprovalView]) -> String {
             "OPERATION",
         ],
         &rows,
-    )
+    );
+    out.push_str("\nread a request in full before deciding: gateway approvals show ID\n");
+    out
+}
+
+/// One request in full: the whole operation and its parameters, who asked from which process
+/// (marked when it could not be verified), every vote and what a decision would grant.
+pub fn approval(a: &ApprovalView) -> String {
+    let p = &a.detail["process"];
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut pairs = vec![
+        ("request", a.id.clone()),
+        (
+            "status",
+            match a.status {
+                ApprovalStatus::Pending => format!("pending until {}", a.deadline),
+                other => format!(
+                    "{} at {}{}",
+                    other.as_str(),
+                    a.decided_at.as_deref().unwrap_or("-"),
+                    a.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+            },
+        ),
+        ("kind", a.kind.clone()),
+        ("target", a.target.clone()),
+        (
+            "rule",
+            format!(
+                "{} (approvers: {}; quorum {})",
+                a.rule,
+                a.approvers.join(", "),
+                a.quorum
+            ),
+        ),
+        (
+            "identity",
+            format!(
+                "{}{}{}",
+                a.requester.subject,
+                a.requester
+                    .issuer
+                    .as_deref()
+                    .map(|i| format!(" (issuer {i})"))
+                    .unwrap_or_else(
+                        || " (unauthenticated: shared by every job without a token)".into()
+                    ),
+                a.requester
+                    .email
+                    .as_deref()
+                    .map(|e| format!(", email {e}"))
+                    .unwrap_or_default()
+            ),
+        ),
+    ];
+    if let Some(by) = a.detail["started_by"].as_array() {
+        pairs.push((
+            "started by",
+            by.iter().map(s).collect::<Vec<_>>().join(", "),
+        ));
+    }
+    pairs.push(("job", s(&a.detail["job_id"])));
+    pairs.push((
+        "session",
+        a.session_id.map_or_else(|| "-".into(), |i| i.to_string()),
+    ));
+    if p.is_object() {
+        pairs.push((
+            "process",
+            format!(
+                "{} (pid {}, uid {}) — {}",
+                s(&p["comm"]),
+                s(&p["pid"]),
+                s(&p["uid"]),
+                if p["verified"].as_bool() == Some(true) {
+                    "verified: read from /proc while the process ran"
+                } else {
+                    "UNVERIFIED: as captured at connect (the process exited, its pid was reused, or it began running another program)"
+                }
+            ),
+        ));
+        pairs.push(("exe", s(&p["exe"])));
+        let cmdline = p["cmdline"]
+            .as_array()
+            .map(|args| {
+                args.iter()
+                    .map(|a| {
+                        let a = s(a);
+                        if a.is_empty() || a.contains([' ', '\'', '"']) {
+                            format!("{a:?}")
+                        } else {
+                            a
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|| "-".into());
+        pairs.push(("cmdline", cmdline));
+    }
+    if let Some(d) = a.detail["destination"].as_str() {
+        pairs.push(("destination", d.to_string()));
+    }
+    pairs.push(("requested", a.created_at.clone()));
+    let votes: Vec<String> = a.votes.iter().map(vote_line).collect();
+    pairs.push((
+        "votes",
+        if votes.is_empty() {
+            "none yet".into()
+        } else {
+            votes.join("; ")
+        },
+    ));
+    pairs.push((
+        "standing",
+        match (a.status, a.grant_seconds) {
+            (ApprovalStatus::Approved, Some(g)) => format!(
+                "granted for {}: {} pass without asking",
+                duration(g),
+                grant_scope(a)
+            ),
+            (ApprovalStatus::Pending, _) if a.requester.issuer.is_none() => {
+                "none possible (unauthenticated)".into()
+            }
+            (ApprovalStatus::Pending, _) => format!(
+                "only if every approving vote asks for one (approve --for), for the shortest; scope: {}",
+                grant_scope(a)
+            ),
+            _ => "none".into(),
+        },
+    ));
+    let mut out = fields(&pairs);
+    if let Some(params) = a.detail["parameters"].as_array().filter(|p| !p.is_empty()) {
+        out.push_str("\nparameters\n");
+        for (i, v) in params.iter().enumerate() {
+            out.push_str(&format!(
+                "  ${}  {}\n",
+                i + 1,
+                visible::line(&v.to_string())
+            ));
+        }
+    }
+    out.push_str("\noperation (hidden characters shown as \\x.. and \\u{..})\n");
+    for line in visible::text(&a.operation).lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 pub fn approval_decided(a: &ApprovalView) -> String {
     let approvals = a.votes.iter().filter(|v| v.approve).count();
-    match a.status {
-        ApprovalStatus::Pending => format!(
-            "{}: approval recorded ({approvals} of {} needed)",
-            a.id, a.quorum
-        ),
+    let head = match a.status {
+        ApprovalStatus::Pending => {
+            let asked = a
+                .votes
+                .last()
+                .and_then(|v| v.for_seconds)
+                .map(|s| {
+                    format!(
+                        "; a standing approval ({}) needs every approving vote to ask for one",
+                        duration(s)
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{}: approval recorded ({approvals} of {} needed{asked})",
+                a.id, a.quorum
+            )
+        }
         ApprovalStatus::Approved => match a.grant_seconds {
             Some(s) => format!(
-                "{}: approved; the same rule, identity and target pass without asking for {s}s",
-                a.id
+                "{}: approved for {} ({s}s): {} pass without asking until it ends",
+                a.id,
+                duration(s),
+                grant_scope(a)
             ),
-            None => format!("{}: approved", a.id),
+            None => format!("{}: approved once", a.id),
         },
         other => format!("{}: {}", a.id, other.as_str()),
+    };
+    format!(
+        "{}\n  {}",
+        visible::line(&head),
+        one_line(&a.operation, 200)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_shows_what_it_cuts_and_hides_nothing() {
+        assert_eq!(one_line("a  \t b\nc", 80), "a b\\nc");
+        assert_eq!(one_line("x\u{85}y\u{2028}z", 80), "x\\u{85}y\\u{2028}z");
+        assert_eq!(
+            one_line(&"a".repeat(70), 60),
+            format!("{}… (+10 chars)", "a".repeat(60))
+        );
+        assert_eq!(duration(600), "10m");
+        assert_eq!(duration(86400), "24h");
+        assert_eq!(duration(90), "1m30s");
     }
 }

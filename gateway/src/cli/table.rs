@@ -1,7 +1,15 @@
-//! Plain aligned tables for terminal output.
+//! Plain aligned tables for terminal output. Every cell goes through [`visible::line`]: text a job
+//! controls can neither drive the terminal nor break a row into lines that look like others.
+
+use crate::visible;
 
 /// Renders rows under headers, columns padded to their widest cell (last column unpadded).
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| visible::line(c)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -37,7 +45,7 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     pairs
         .iter()
-        .map(|(k, v)| format!("{k:width$}  {v}\n"))
+        .map(|(k, v)| format!("{k:width$}  {}\n", visible::line(v)))
         .collect()
 }
 
@@ -71,6 +79,16 @@ mod tests {
             ],
         );
         assert_eq!(out, "ID  NAME\n1   alpha\n10  b\n");
+    }
+
+    #[test]
+    fn cells_show_hidden_characters() {
+        let out = render(
+            &["A", "B"],
+            &[vec!["x\u{1b}[2J".into(), "y\nFAKE ROW".into()]],
+        );
+        assert_eq!(out, "A         B\nx\\x1b[2J  y\\nFAKE ROW\n");
+        assert_eq!(fields(&[("k", "\u{202e}v".into())]), "k  \\u{202e}v\n");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! cli_unix_group = "gateway-approvers"         # besides root, members may run `gateway approvals`
 //! webhooks = ["https://hooks.example/approvals"]
 //! webhook_timeout = "5s"
+//! person_claims = ["actor", "user_login", "user_email"] # who started a CI job (no self-approval)
 //!
 //! [approvals.web]                              # the approvals page (optional)
 //! listen = "127.0.0.1:15080"
@@ -17,10 +18,17 @@
 //!
 //! [[approvers]]
 //! name = "dba"
-//! subjects = ["alice", "bob@example.com"]      # OIDC `sub` or `email` of web approvers
+//! subjects = ["00u1x9"]                        # OIDC `sub` of web approvers
+//! emails = ["bob@example.com"]                 # or their verified `email`
 //! oidc_groups = ["db-admins"]                  # or membership in the ID token's `groups`
 //! unix_users = ["ops"]                         # CLI approvers (root may approve everything)
 //! unix_groups = ["dba"]
+//! [[approvers.people]]                         # one person's accounts: counts once in a quorum
+//! name = "alice"
+//! unix_users = ["alice"]
+//! subjects = ["00u1abc"]
+//! emails = ["alice@example.com"]
+//! ci_users = ["alice-gh"]                      # values of `person_claims` in CI tokens
 //! ```
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -37,7 +45,12 @@ pub struct Approvals {
     pub webhooks: Vec<String>,
     pub webhook_timeout: Duration,
     pub web: Option<WebConfig>,
+    /// Claims of a job's token that name the person who started it (compared with approvers).
+    pub person_claims: Vec<String>,
 }
+
+/// GitHub names the person who started a workflow `actor`, GitLab `user_login` and `user_email`.
+pub const DEFAULT_PERSON_CLAIMS: [&str; 3] = ["actor", "user_login", "user_email"];
 
 impl Default for Approvals {
     fn default() -> Self {
@@ -47,6 +60,7 @@ impl Default for Approvals {
             webhooks: Vec::new(),
             webhook_timeout: Duration::from_secs(5),
             web: None,
+            person_claims: DEFAULT_PERSON_CLAIMS.map(String::from).to_vec(),
         }
     }
 }
@@ -65,10 +79,26 @@ pub struct WebConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ApproverGroup {
     pub name: String,
+    /// OIDC `sub` values (never compared with emails).
     pub subjects: Vec<String>,
+    /// Verified OIDC `email` values.
+    pub emails: Vec<String>,
     pub oidc_groups: Vec<String>,
     pub unix_users: Vec<String>,
     pub unix_groups: Vec<String>,
+    /// People of this group, each with all their accounts.
+    pub people: Vec<Person>,
+}
+
+/// One person's accounts on every channel: votes from any of them count as this person's, once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Person {
+    pub name: String,
+    pub unix_users: Vec<String>,
+    pub subjects: Vec<String>,
+    pub emails: Vec<String>,
+    /// Values of `[approvals] person_claims` in CI tokens (GitHub `actor`, GitLab `user_login`).
+    pub ci_users: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -80,6 +110,7 @@ pub(super) struct RawApprovals {
     webhooks: Vec<Spanned<String>>,
     webhook_timeout: Option<Spanned<String>>,
     web: Option<RawWeb>,
+    person_claims: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -100,15 +131,37 @@ pub(super) struct RawApproverGroup {
     #[serde(default)]
     subjects: Vec<String>,
     #[serde(default)]
+    emails: Vec<String>,
+    #[serde(default)]
     oidc_groups: Vec<String>,
     #[serde(default)]
     unix_users: Vec<String>,
     #[serde(default)]
     unix_groups: Vec<String>,
+    #[serde(default)]
+    people: Vec<RawPerson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPerson {
+    name: Spanned<String>,
+    #[serde(default)]
+    unix_users: Vec<String>,
+    #[serde(default)]
+    subjects: Vec<String>,
+    #[serde(default)]
+    emails: Vec<String>,
+    #[serde(default)]
+    ci_users: Vec<String>,
 }
 
 fn is_http_url(s: &str) -> bool {
     (s.starts_with("https://") || s.starts_with("http://")) && s.len() > "https://".len()
+}
+
+fn is_https_url(s: &str) -> bool {
+    s.starts_with("https://") && s.len() > "https://".len()
 }
 
 impl Validator<'_> {
@@ -175,7 +228,8 @@ impl Validator<'_> {
                 }
                 None => format!("http://{listen}"),
             };
-            if !is_http_url(w.issuer.get_ref()) {
+            // Sign-in codes and ID tokens travel to and from the issuer: TLS only.
+            if !is_https_url(w.issuer.get_ref()) {
                 self.problem(
                     w.issuer.span(),
                     "approvals.web.issuer",
@@ -198,6 +252,7 @@ impl Validator<'_> {
             webhooks,
             webhook_timeout,
             web,
+            person_claims: raw.person_claims.unwrap_or(defaults.person_claims),
         }
     }
 
@@ -213,24 +268,102 @@ impl Validator<'_> {
                 );
             }
             if g.subjects.is_empty()
+                && g.emails.is_empty()
                 && g.oidc_groups.is_empty()
                 && g.unix_users.is_empty()
                 && g.unix_groups.is_empty()
+                && g.people.is_empty()
             {
                 self.problem(
                     g.name.span(),
                     format!("approvers[{i}]"),
-                    "names nobody: add subjects, oidc_groups, unix_users or unix_groups",
+                    "names nobody: add subjects, emails, oidc_groups, unix_users, unix_groups or people",
                 );
+            }
+            // `subjects` used to match emails too; now an address there matches only a `sub`.
+            if let Some(email) = g.subjects.iter().find(|s| s.contains('@')) {
+                self.warn(
+                    g.name.span(),
+                    format!("approvers[{i}].subjects"),
+                    format!("warning: {email:?} looks like an email; subjects match only the OIDC `sub`: list verified emails in `emails`"),
+                );
+            }
+            let mut people = Vec::new();
+            for (j, p) in g.people.into_iter().enumerate() {
+                let key = format!("approvers[{i}].people[{j}]");
+                let person = Person {
+                    name: p.name.get_ref().clone(),
+                    unix_users: p.unix_users,
+                    subjects: p.subjects,
+                    emails: p.emails,
+                    ci_users: p.ci_users,
+                };
+                if person.name.trim().is_empty() {
+                    self.problem(p.name.span(), format!("{key}.name"), "must not be empty");
+                } else if person.unix_users.is_empty()
+                    && person.subjects.is_empty()
+                    && person.emails.is_empty()
+                {
+                    self.problem(
+                        p.name.span(),
+                        key,
+                        "lists no account: add unix_users, subjects or emails",
+                    );
+                } else if let Some(clash) = people_clash(&out, &people, &person) {
+                    self.problem(p.name.span(), key, clash);
+                }
+                people.push(person);
             }
             out.push(ApproverGroup {
                 name,
                 subjects: g.subjects,
+                emails: g.emails,
                 oidc_groups: g.oidc_groups,
                 unix_users: g.unix_users,
                 unix_groups: g.unix_groups,
+                people,
             });
         }
         out
     }
+}
+
+/// A person must be one person everywhere: the same name with the same accounts in every group,
+/// and no account under two names.
+fn people_clash(groups: &[ApproverGroup], same_group: &[Person], p: &Person) -> Option<String> {
+    let accounts = |p: &Person| -> Vec<String> {
+        let tagged = |kind: &str, v: &[String]| -> Vec<String> {
+            v.iter().map(|a| format!("{kind} {a:?}")).collect()
+        };
+        [
+            tagged("unix user", &p.unix_users),
+            tagged("subject", &p.subjects),
+            tagged("email", &p.emails),
+            tagged("CI user", &p.ci_users),
+        ]
+        .concat()
+    };
+    let mine = accounts(p);
+    let others = groups
+        .iter()
+        .flat_map(|g| g.people.iter())
+        .chain(same_group);
+    for other in others {
+        if other.name == p.name {
+            if other != p {
+                return Some(format!(
+                    "person {:?} is listed with other accounts elsewhere; list the same accounts in every group",
+                    p.name
+                ));
+            }
+            continue;
+        }
+        if let Some(shared) = accounts(other).into_iter().find(|a| mine.contains(a)) {
+            return Some(format!(
+                "{shared} belongs to person {:?} already; one account is one person",
+                other.name
+            ));
+        }
+    }
+    None
 }

@@ -212,6 +212,72 @@ approvers = ["dba"]
 }
 
 #[test]
+fn the_sign_in_issuer_must_be_https_and_people_are_one_person_everywhere() {
+    let got = problems(
+        r#"[approvals.web]
+listen = "127.0.0.1:15080"
+issuer = "http://login.test"
+client_id = "gw"
+
+[[approvers]]
+name = "dba"
+[[approvers.people]]
+name = "alice"
+unix_users = ["alice"]
+subjects = ["a1"]
+[[approvers.people]]
+name = "mallory"
+subjects = ["a1"]
+[[approvers.people]]
+name = "nobody"
+
+[[approvers]]
+name = "ops"
+[[approvers.people]]
+name = "alice"
+unix_users = ["alice", "root"]
+"#,
+    );
+    for e in [
+        "t.toml:3:10: approvals.web.issuer: must be an https:// URL",
+        "t.toml:13:8: approvers[0].people[1]: subject \"a1\" belongs to person \"alice\" already",
+        "t.toml:16:8: approvers[0].people[2]: lists no account",
+        "t.toml:21:8: approvers[1].people[0]: person \"alice\" is listed with other accounts elsewhere",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing {e:?} in {got:#?}"
+        );
+    }
+    let cfg = Config::parse(
+        "[approvals]\nperson_claims = [\"triggered_by\"]\n\n[[approvers]]\nname = \"dba\"\nemails = [\"bob@example.com\"]\n[[approvers.people]]\nname = \"alice\"\nunix_users = [\"alice\"]\nci_users = [\"alice-gh\"]\n",
+        "t",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.approvals.person_claims, ["triggered_by"]);
+    let old_style = Config::parse(
+        "[[approvers]]\nname = \"dba\"\nsubjects = [\"alice@example.com\"]\n",
+        "t",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        old_style
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains("list verified emails in `emails`")),
+        "{:?}",
+        old_style.warnings
+    );
+    assert_eq!(cfg.approvers[0].emails, ["bob@example.com"]);
+    assert_eq!(cfg.approvers[0].people[0].ci_users, ["alice-gh"]);
+    let defaults = Config::parse("", "t").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        defaults.approvals.person_claims,
+        ["actor", "user_login", "user_email"]
+    );
+}
+
+#[test]
 fn postgres_client_tls_defaults_to_offer_and_bad_values_are_located() {
     let target = |extra: &str| {
         format!(

@@ -54,6 +54,10 @@ pub enum Request {
     ListApprovals {
         recent: u32,
     },
+    /// One approval request, pending or decided, in full.
+    ShowApproval {
+        id: String,
+    },
     /// Approve (optionally for a duration) or deny an approval request.
     DecideApproval {
         id: String,
@@ -68,7 +72,9 @@ impl Request {
     pub fn is_approval(&self) -> bool {
         matches!(
             self,
-            Request::ListApprovals { .. } | Request::DecideApproval { .. }
+            Request::ListApprovals { .. }
+                | Request::ShowApproval { .. }
+                | Request::DecideApproval { .. }
         )
     }
 }

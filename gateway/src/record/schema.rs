@@ -119,6 +119,11 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO journal_state (id, applied) VALUES (1, 0);
     "#,
+    // 5: what each approving vote asked for (a standing approval) and the person who cast it.
+    r#"
+    ALTER TABLE approval_votes ADD COLUMN for_seconds INTEGER;
+    ALTER TABLE approval_votes ADD COLUMN person TEXT;
+    "#,
 ];
 
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -2,7 +2,8 @@
 //   node approve.mjs PAGE_URL USER OPERATION_TEXT SCREENSHOT.png
 // Signs in through the OIDC issuer's login and consent pages, waits for the pending request whose
 // operation contains OPERATION_TEXT to appear (live, without reloading), takes a screenshot, clicks
-// "Approve once" and waits until the request has left the pending list. Prints one JSON line.
+// "Approve once" and waits until the request has left the pending list. Prints one JSON line (with
+// the card's operation text and button labels).
 import { chromium } from 'playwright-core';
 
 const [pageUrl, user, operation, screenshot] = process.argv.slice(2);
@@ -33,6 +34,8 @@ try {
   await card.first().waitFor({ timeout: 30000 });
   out.sawRequest = true;
   out.id = await card.first().getAttribute('data-id');
+  out.op = await card.first().locator('.op').textContent();
+  out.buttons = await card.first().locator('button').allTextContents();
   await page.screenshot({ path: screenshot, fullPage: true });
   await card.first().locator('button.approve').click();
   await page.locator(`.card[data-id="${out.id}"]`).waitFor({ state: 'detached', timeout: 15000 });

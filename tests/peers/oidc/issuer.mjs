@@ -8,10 +8,12 @@
 //
 // Clients (client_credentials give RS256 JWT access tokens, audience = the `resource` asked for,
 // default https://gateway.test, with CI-style claims per client):
-//   ci-app / ci-secret     repository acme/app on main, environment prod
+//   ci-app / ci-secret     repository acme/app on main, environment prod, started by `actor` carol
 //   ci-fork / ci-secret    repository mallory/fork on a feature branch
 //   web-approvals / web-secret   authorization_code + PKCE: an ID token (devInteractions login);
-//                                redirect URIs: http://127.0.0.1:54001/cb and $WEB_REDIRECTS
+//                                redirect URIs: http://127.0.0.1:54001/cb and $WEB_REDIRECTS;
+//                                any login name is an account (email NAME@example.test, verified,
+//                                except for `unverified-NAME`)
 //
 // MODE=junk-discovery: every request gets 200 with a body that is not JSON.
 // MODE=junk-jwks: a valid discovery document whose jwks_uri answers with junk.
@@ -29,7 +31,7 @@ const CLIENT_CLAIMS = {
   'ci-app': {
     repository: 'acme/app', repository_owner: 'acme', ref: 'refs/heads/main', ref_type: 'branch',
     environment: 'prod', job_workflow_ref: 'acme/app/.github/workflows/agent.yml@refs/heads/main',
-    runner_environment: 'self-hosted', groups: ['deployers', 'developers'],
+    runner_environment: 'self-hosted', groups: ['deployers', 'developers'], actor: 'carol',
   },
   'ci-fork': {
     repository: 'mallory/fork', repository_owner: 'mallory', ref: 'refs/heads/pwn', ref_type: 'branch',
@@ -78,8 +80,14 @@ function provider(issuer) {
         }),
       },
     },
-    findAccount: (ctx, id) => ({ accountId: id, claims: () => ({ sub: id, email: `${id}@example.test` }) }),
-    claims: { openid: ['sub'], email: ['email'] },
+    // Every account's email is verified, except that `unverified-NAME` claims NAME's address unverified.
+    findAccount: (ctx, id) => ({
+      accountId: id,
+      claims: () => (id.startsWith('unverified-')
+        ? { sub: id, email: `${id.slice('unverified-'.length)}@example.test`, email_verified: false }
+        : { sub: id, email: `${id}@example.test`, email_verified: true }),
+    }),
+    claims: { openid: ['sub'], email: ['email', 'email_verified'] },
     extraTokenClaims: (ctx, token) => CLIENT_CLAIMS[token.clientId] || {},
   });
   p.proxy = false;
