@@ -30,22 +30,22 @@ impl Registry {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a session's upstream key; returns the gateway key to give the client.
-    pub fn register(&self, entry: Entry) -> Registration<'_> {
+    /// Registers a session's upstream key; returns the gateway key to give the client (a guessable
+    /// key would let another client cancel the session's statements: no randomness, no key).
+    pub fn register(&self, entry: Entry) -> Result<Registration<'_>, crate::random::RandomError> {
         let mut map = self.lock();
         loop {
-            let mut raw = [0u8; 8];
-            getrandom::getrandom(&mut raw).expect("the kernel's random source");
+            let raw = crate::random::bytes::<8>()?;
             // Positive pids look like pids to tools that print them.
             let pid = i32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) & 0x7fff_ffff;
             let key = i32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
             if pid != 0 && !map.contains_key(&(pid, key)) {
                 map.insert((pid, key), entry);
-                return Registration {
+                return Ok(Registration {
                     registry: self,
                     pid,
                     key,
-                };
+                });
             }
         }
     }
@@ -110,8 +110,8 @@ mod tests {
             cgroup_id: 1,
             session_id: 3,
         };
-        let a = r.register(entry.clone());
-        let b = r.register(entry.clone());
+        let a = r.register(entry.clone()).unwrap();
+        let b = r.register(entry.clone()).unwrap();
         assert_ne!((a.pid, a.key), (b.pid, b.key));
         assert!(a.pid > 0);
         assert_eq!(r.lookup(a.pid, a.key), Some(entry));

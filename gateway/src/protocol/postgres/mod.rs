@@ -439,7 +439,7 @@ async fn session<C: ClientStream>(
         return SessionEnd::default();
     }
 
-    let registration = up.key.map(|(pid, key)| {
+    let registration = match up.key.map(|(pid, key)| {
         gw.postgres.cancels.register(cancel::Entry {
             upstream: s.dst,
             pid,
@@ -447,7 +447,23 @@ async fn session<C: ClientStream>(
             cgroup_id: s.cgroup_id,
             session_id: s.id,
         })
-    });
+    }) {
+        Some(Err(e)) => {
+            store.note_event(
+                s.id,
+                "error",
+                json!({ "phase": "cancel_key", "error": e.to_string() }),
+            );
+            refuse(
+                &mut client,
+                GatewayError::fatal(wire::CONNECTION_FAILURE, format!("gateway: {e}")),
+            )
+            .await;
+            return SessionEnd::default();
+        }
+        Some(Ok(r)) => Some(r),
+        None => None,
+    };
     let mut hello = BytesMut::new();
     if minor > 0 {
         let unsupported = parameters
