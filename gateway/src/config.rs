@@ -13,16 +13,22 @@ use std::{
     time::Duration,
 };
 
-use ipnet::IpNet;
-
 mod postgres;
 mod ssh;
-pub use postgres::{ClientTls, MaskingRule, PostgresSettings, SqlCondition, UpstreamTls};
+pub use postgres::{ClientTls, PostgresSettings, UpstreamTls};
 use serde::Deserialize;
 use serde_spanned::Spanned;
-pub use ssh::{SshCondition, SshOperationKind, SshSettings, parse_host_key};
+pub use ssh::{SshSettings, parse_host_key};
 
 mod approvals;
+
+pub use crate::address::{AddressSpec, HostSpec};
+pub use crate::identity::Issuer;
+pub use crate::mask::MaskingRule;
+pub use crate::policy::model::{
+    Action, ClaimPattern, Credentials, IdentityCredentials, Rule, SqlCondition, SshCondition,
+    SshOperationKind,
+};
 
 pub use approvals::{Approvals, ApproverGroup, Person, WebConfig};
 
@@ -156,114 +162,6 @@ impl fmt::Display for Protocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Allow,
-    Deny,
-    RequireApproval,
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-            Action::RequireApproval => "require_approval",
-        })
-    }
-}
-
-/// Where a destination lives: an address or network, or a host name resolved at load and refreshed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostSpec {
-    Net(IpNet),
-    Name(String),
-}
-
-/// `ip:port`, `cidr:port`, `host:port`; port `*` (0 here) only where the key allows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddressSpec {
-    pub host: HostSpec,
-    /// 0 = any port.
-    pub port: u16,
-}
-
-impl fmt::Display for AddressSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let port = if self.port == 0 {
-            "*".to_string()
-        } else {
-            self.port.to_string()
-        };
-        match &self.host {
-            HostSpec::Net(IpNet::V6(n)) if n.prefix_len() == 128 => {
-                write!(f, "[{}]:{port}", n.addr())
-            }
-            HostSpec::Net(IpNet::V6(n)) => write!(f, "[{n}]:{port}"),
-            HostSpec::Net(n) if n.prefix_len() == n.max_prefix_len() => {
-                write!(f, "{}:{port}", n.addr())
-            }
-            HostSpec::Net(n) => write!(f, "{n}:{port}"),
-            HostSpec::Name(h) => write!(f, "{h}:{port}"),
-        }
-    }
-}
-
-impl AddressSpec {
-    /// Parses `10.0.0.5:5432`, `10.0.0.0/24:5432`, `[fd00::5]:5432`, `[fd00::/64]:22`, `db.example:5432`.
-    pub fn parse(text: &str, allow_any_port: bool) -> Result<Self, String> {
-        let expected = "expected ip:port, cidr:port, [ipv6]:port or host:port";
-        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (h, p) = rest
-                .split_once("]:")
-                .ok_or_else(|| format!("{expected}, got {text:?}"))?;
-            (h, p)
-        } else {
-            text.rsplit_once(':')
-                .ok_or_else(|| format!("{expected}, got {text:?}"))?
-        };
-        let port = match port {
-            "*" if allow_any_port => 0,
-            "*" => return Err("a port is required here (\"*\" is not allowed)".into()),
-            p => match p.parse::<u16>() {
-                Ok(0) | Err(_) => return Err(format!("invalid port {p:?} in {text:?}")),
-                Ok(p) => p,
-            },
-        };
-        let host = if let Ok(net) = host.parse::<IpNet>() {
-            if net.trunc() != net {
-                return Err(format!(
-                    "{net} has host bits set; did you mean {}?",
-                    net.trunc()
-                ));
-            }
-            HostSpec::Net(net)
-        } else if let Ok(ip) = host.parse::<IpAddr>() {
-            HostSpec::Net(IpNet::from(ip))
-        } else if is_hostname(host) {
-            HostSpec::Name(host.to_ascii_lowercase())
-        } else {
-            return Err(format!("{expected}, got {text:?}"));
-        };
-        Ok(AddressSpec { host, port })
-    }
-}
-
-fn is_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-        // An all-numeric dotted name is a mistyped address, not a host.
-        && !s.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
-}
-
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen_v4: Option<SocketAddr>,
@@ -291,23 +189,6 @@ impl Server {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Credentials {
-    pub user: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Per-identity upstream accounts (`[[targets.credentials.identities]]`), first match wins;
-    /// identities that match none use `user` / `password_file`.
-    pub identities: Vec<IdentityCredentials>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityCredentials {
-    pub claims: BTreeMap<String, ClaimPattern>,
-    pub user: String,
-    pub password_file: Option<PathBuf>,
-}
-
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
@@ -323,64 +204,10 @@ pub struct Target {
     pub preconnect: bool,
 }
 
-/// An OIDC issuer whose tokens bind jobs to identities (see `identity`).
-#[derive(Debug, Clone)]
-pub struct Issuer {
-    /// The issuer identifier, exactly as tokens carry it in `iss`.
-    pub url: String,
-    /// A token must name at least one of these in `aud`.
-    pub audiences: Vec<String>,
-    /// Signature algorithms accepted (never `none` or HS*).
-    pub algorithms: Vec<jsonwebtoken::Algorithm>,
-    /// Name rules use → claim (or dotted path) of the token it is copied from.
-    pub claim_mappings: BTreeMap<String, String>,
-    /// Claim names this issuer sets beyond the well-known ones (silences check-config warnings).
-    pub known_claims: Vec<String>,
-    pub clock_skew: Duration,
-    /// How long a job stays bound after its token was verified, whatever the token's `exp`.
-    pub max_binding_lifetime: Duration,
-    /// PEM bundle trusted for this issuer's HTTPS instead of the system store.
-    pub ca_file: Option<PathBuf>,
-    /// Bound on each HTTPS exchange with the issuer.
-    pub fetch_timeout: Duration,
-    /// Keys older than this are refetched on next use.
-    pub jwks_max_age: Duration,
-    /// Minimum time between two fetches (unknown `kid`s included).
-    pub jwks_refetch_cooldown: Duration,
-}
-
 /// Accepted when an issuer does not list `algorithms`: every asymmetric algorithm.
 pub const DEFAULT_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
-
-/// A claim selector value: one glob or a list (any of them).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimPattern(pub Vec<String>);
-
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub name: String,
-    pub action: Action,
-    /// Globs over target names.
-    pub targets: Vec<String>,
-    /// The rule applies to connections of jobs with no verified identity (and only to those).
-    pub unauthenticated: bool,
-    /// Claim name → patterns; every claim listed must match.
-    pub claims: BTreeMap<String, ClaimPattern>,
-    /// Shown to the client when the rule denies.
-    pub reason: Option<String>,
-    /// `[rules.ssh]`: the rule is about SSH operations, not connections (see `policy`).
-    pub ssh: Option<SshCondition>,
-    /// `[rules.sql]`: the rule is about statements, not connections (see `policy`).
-    pub sql: Option<SqlCondition>,
-    /// `require_approval`: approver groups (`[[approvers]]` names) that may decide.
-    pub approvers: Vec<String>,
-    /// `require_approval`: distinct approvals needed.
-    pub quorum: u32,
-    /// `require_approval`: how long a request waits (default `[approvals] default_timeout`).
-    pub approval_timeout: Option<Duration>,
-}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -398,6 +225,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// The policy these rules and targets make.
+    pub fn policy(&self) -> crate::policy::Policy {
+        let targets = |f: fn(&Target) -> bool| {
+            self.targets
+                .iter()
+                .filter(|t| f(t))
+                .map(|t| t.name.clone())
+                .collect()
+        };
+        crate::policy::Policy::with_exceptions(
+            self.rules.clone(),
+            targets(|t| t.postgres.allow_unparseable),
+            targets(|t| t.postgres.allow_opaque_sql),
+        )
+    }
+
     /// Built-in defaults: no targets, no rules (so every intercepted connection is denied).
     pub fn defaults() -> Self {
         Self::parse("", "<built-in defaults>").expect("built-in defaults are valid")

@@ -214,7 +214,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         None => None,
     };
     let gw = Arc::new(Gateway {
-        policy: Policy::from_config(&config),
+        policy: config.policy(),
         verifier,
         config,
         targets: RwLock::new(Arc::new(targets)),

@@ -5,6 +5,7 @@
 //! dispatch) · `identity` · `policy` (pure) · `protocol/*` (bytes ↔ typed operations) · `record`
 //! (session store) · `control` (Unix-socket API) · `config` · `cgroup` · `jobs` · `daemon`.
 
+pub mod address;
 pub mod approval;
 pub mod cgroup;
 pub mod cli;
@@ -21,7 +22,9 @@ pub mod policy;
 pub mod protocol;
 pub mod random;
 pub mod record;
+pub mod shell;
 pub mod sql;
 pub mod targets;
+pub mod time;
 pub mod tls_ca;
 pub mod visible;

@@ -11,6 +11,7 @@
 
 use serde::Serialize;
 
+pub mod model;
 mod settings;
 mod ssh;
 pub use settings::{PROTECTED_SETTINGS, StartupSettingError, check_startup_setting};
@@ -18,11 +19,11 @@ pub use ssh::SshOperation;
 use std::{collections::HashSet, path::PathBuf};
 
 use crate::{
-    config::{Action, ClaimPattern, Config, Credentials, Rule, SqlCondition},
     glob,
     identity::Identity,
     sql::{SqlStatement, StatementKind},
 };
+use model::{Action, ClaimPattern, Credentials, Rule, SqlCondition};
 
 /// What the session tells policy about how names in a statement resolve.
 #[derive(Debug, Clone, Copy, Default)]
@@ -112,19 +113,17 @@ impl Policy {
         }
     }
 
-    pub fn from_config(config: &Config) -> Self {
-        let targets = |f: fn(&crate::config::Target) -> bool| {
-            config
-                .targets
-                .iter()
-                .filter(|t| f(t))
-                .map(|t| t.name.clone())
-                .collect()
-        };
+    /// Rules, with the targets whose unparseable SQL, and whose opaque SQL, go to the rules
+    /// instead of being refused.
+    pub fn with_exceptions(
+        rules: Vec<Rule>,
+        allow_unparseable: HashSet<String>,
+        allow_opaque: HashSet<String>,
+    ) -> Self {
         Policy {
-            rules: config.rules.clone(),
-            allow_unparseable: targets(|t| t.postgres.allow_unparseable),
-            allow_opaque: targets(|t| t.postgres.allow_opaque_sql),
+            rules,
+            allow_unparseable,
+            allow_opaque,
         }
     }
 

@@ -1,11 +1,12 @@
 //! The set of intercepted destinations: config targets with host names resolved, looked up by
 //! longest prefix, the same way the kernel's LPM trie matches them.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
+use std::net::{SocketAddr, ToSocketAddrs as _};
 
 use gateway_common::{ACTION_BLOCK, ACTION_DIRECT, ACTION_REDIRECT, Destination};
 use ipnet::IpNet;
 
+pub use crate::address::canonical;
 use crate::{
     config::{AddressSpec, Config, HostSpec},
     ebpf::DestinationEntry,
@@ -135,14 +136,6 @@ impl TargetSet {
             }
         }
         out
-    }
-}
-
-/// IPv4-mapped IPv6 addresses match IPv4 targets, as in the kernel.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::{IdentityCredentials, Protocol, RawPattern, Target, Validator};
+use super::{
+    IdentityCredentials, MaskingRule, Protocol, RawPattern, SqlCondition, Target, Validator,
+};
 use crate::{
     mask::{ColumnPattern, Detector},
     sql::{CopyEndpoint, StatementKind},
@@ -122,38 +124,6 @@ impl Default for PostgresSettings {
             pinned_certificate: None,
         }
     }
-}
-
-/// `[rules.sql]`: which statements a rule is about. Every condition given must hold; within a
-/// list, one entry matching is enough. An empty table matches every statement.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SqlCondition {
-    /// Statement kinds (the statement's own or a nested one, e.g. a DELETE inside a CTE).
-    pub kinds: Vec<StatementKind>,
-    /// Globs over tables read or written.
-    pub tables: Vec<String>,
-    /// Globs over tables written only.
-    pub tables_written: Vec<String>,
-    /// Globs over functions called.
-    pub functions: Vec<String>,
-    /// An UPDATE or DELETE without a WHERE that refers to a column.
-    pub without_where: bool,
-    /// A query without LIMIT, key predicate or lone aggregate.
-    pub unbounded: bool,
-    /// COPY to or from these endpoints (`client`, `file`, `program`).
-    pub copy: Vec<CopyEndpoint>,
-}
-
-/// `[[masking]]`: what to mask in results of the matching targets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MaskingRule {
-    pub name: String,
-    /// Globs over target names.
-    pub targets: Vec<String>,
-    /// Columns whose values are replaced whole.
-    pub columns: Vec<ColumnPattern>,
-    /// Value detectors run over text values of every column.
-    pub detectors: Vec<Detector>,
 }
 
 #[derive(Deserialize, Default)]

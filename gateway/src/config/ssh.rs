@@ -6,7 +6,7 @@ use std::time::Duration;
 use russh::keys::PublicKey;
 use serde::Deserialize;
 
-use super::{AddressSpec, Protocol, S, Target, Validator};
+use super::{AddressSpec, Protocol, S, SshCondition, SshOperationKind, Target, Validator};
 
 /// Recorded stdout/stderr of one exec, each (the rest is counted, not kept).
 pub const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
@@ -49,71 +49,6 @@ fn cipher(name: &str) -> Option<russh::cipher::Name> {
     ]
     .into_iter()
     .find(|c| c.as_ref() == name)
-}
-
-/// What an SSH operation is, for `[rules.ssh] operations`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SshOperationKind {
-    /// A command run with `ssh host CMD` (also legacy `scp -O`, which runs `scp -t|-f`).
-    Exec,
-    /// An interactive shell, and each line submitted in it.
-    Shell,
-    /// sftp (and scp, which speaks sftp since OpenSSH 9): open for reading, download.
-    SftpRead,
-    /// sftp: open for writing, create, mkdir, rename (new name), setstat, symlink.
-    SftpWrite,
-    /// sftp: remove, rmdir, rename (old name).
-    SftpDelete,
-    /// sftp: list directories and read metadata (stat, realpath, readlink).
-    SftpList,
-    /// A subsystem other than sftp.
-    Subsystem,
-    /// `ssh -L` / `ssh -W` (direct-tcpip): only allowed by a rule that names it.
-    Forward,
-    /// `ssh -R` (tcpip-forward): only allowed by a rule that names it.
-    RemoteForward,
-}
-
-impl SshOperationKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SshOperationKind::Exec => "exec",
-            SshOperationKind::Shell => "shell",
-            SshOperationKind::SftpRead => "sftp_read",
-            SshOperationKind::SftpWrite => "sftp_write",
-            SshOperationKind::SftpDelete => "sftp_delete",
-            SshOperationKind::SftpList => "sftp_list",
-            SshOperationKind::Subsystem => "subsystem",
-            SshOperationKind::Forward => "forward",
-            SshOperationKind::RemoteForward => "remote_forward",
-        }
-    }
-
-    /// Port forwarding opens a lateral-movement channel: rules must name it to allow it.
-    pub fn needs_explicit_rule(self) -> bool {
-        matches!(
-            self,
-            SshOperationKind::Forward | SshOperationKind::RemoteForward
-        )
-    }
-}
-
-/// `[rules.ssh]`: the rule decides SSH operations that match every condition given.
-#[derive(Debug, Clone, Default)]
-pub struct SshCondition {
-    /// Empty: every kind.
-    pub operations: Vec<SshOperationKind>,
-    /// Globs over the commands an exec or a submitted shell line runs (argv joined with spaces),
-    /// or over the line as typed when `raw`.
-    pub commands: Vec<String>,
-    /// `commands` match shell source as typed (quoting and shell syntax can evade them).
-    pub raw: bool,
-    /// Globs over sftp paths.
-    pub paths: Vec<String>,
-    /// Forwarding destinations (`ip:port`, `cidr:port`, `host:port`; port `*` = any): where the host
-    /// connects (`forward`) or listens (`remote_forward`) for the job.
-    pub destinations: Vec<AddressSpec>,
 }
 
 #[derive(Deserialize)]

@@ -13,13 +13,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::Issuer as IssuerConfig;
 use super::{
     discovery::{self, Discovery},
     error::{FetchError, VerifyError},
     fetch::Fetcher,
     jwks::{KeySet, RawKeySet},
 };
-use crate::config::Issuer as IssuerConfig;
 
 pub struct IssuerClient {
     pub config: IssuerConfig,
@@ -85,7 +85,7 @@ impl IssuerClient {
                 Ok(keys) => {
                     tracing::info!(issuer = %self.config.url, keys = keys.keys.len(), skipped = keys.skipped, "fetched issuer keys");
                     state.keys = Some(Arc::new(keys));
-                    state.fetched = Some((Instant::now(), crate::record::now()));
+                    state.fetched = Some((Instant::now(), crate::time::now()));
                     state.last_error = None;
                     refetched = true;
                 }

@@ -83,3 +83,29 @@ impl Identity {
 mod test_keys;
 #[cfg(test)]
 mod tests;
+
+/// An OIDC issuer whose tokens bind jobs to identities .
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    /// The issuer identifier, exactly as tokens carry it in `iss`.
+    pub url: String,
+    /// A token must name at least one of these in `aud`.
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted (never `none` or HS*).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Name rules use → claim (or dotted path) of the token it is copied from.
+    pub claim_mappings: std::collections::BTreeMap<String, String>,
+    /// Claim names this issuer sets beyond the well-known ones (silences check-config warnings).
+    pub known_claims: Vec<String>,
+    pub clock_skew: std::time::Duration,
+    /// How long a job stays bound after its token was verified, whatever the token's `exp`.
+    pub max_binding_lifetime: std::time::Duration,
+    /// PEM bundle trusted for this issuer's HTTPS instead of the system store.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Bound on each HTTPS exchange with the issuer.
+    pub fetch_timeout: std::time::Duration,
+    /// Keys older than this are refetched on next use.
+    pub jwks_max_age: std::time::Duration,
+    /// Minimum time between two fetches (unknown `kid`s included).
+    pub jwks_refetch_cooldown: std::time::Duration,
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::Issuer as IssuerConfig;
 use super::{
     Identity, claims,
     error::VerifyError,
@@ -12,7 +13,6 @@ use super::{
     jwks::algorithm_name,
     token::{self, Expectations},
 };
-use crate::config::Issuer as IssuerConfig;
 
 pub struct Verifier {
     issuers: Vec<IssuerClient>,

@@ -15,7 +15,19 @@ pub use coverage::{CatalogColumn, Coverage, CoveredTable};
 pub use detectors::{Detector, redact};
 pub use values::{is_textual, replacement};
 
-use crate::{config::MaskingRule, glob};
+use crate::glob;
+
+/// `[[masking]]`: what to mask in results of the matching targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskingRule {
+    pub name: String,
+    /// Globs over target names.
+    pub targets: Vec<String>,
+    /// Columns whose values are replaced whole.
+    pub columns: Vec<ColumnPattern>,
+    /// Value detectors run over text values of every column.
+    pub detectors: Vec<Detector>,
+}
 
 /// `column`, `table.column` or `schema.table.column`, each part a glob (`*email*`, `users.ssn`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,10 +13,11 @@ use std::{fmt, net::IpAddr};
 
 use super::{Decision, Policy, applies, decision_of, describe};
 use crate::{
-    config::{Action, AddressSpec, HostSpec, Rule, SshCondition, SshOperationKind},
+    address::{AddressSpec, HostSpec, canonical},
     glob,
     identity::Identity,
-    protocol::ssh::argv::{CommandLine, render},
+    policy::model::{Action, Rule, SshCondition, SshOperationKind},
+    shell::{CommandLine, render},
 };
 
 /// One thing a job asks an SSH host to do.
@@ -111,7 +112,7 @@ impl Policy {
             };
             if matches && applies(rule, identity, target) {
                 return match (&rule.action, &rule.ssh) {
-                    (crate::config::Action::Deny, Some(_)) => Decision::Deny {
+                    (Action::Deny, Some(_)) => Decision::Deny {
                         rule: Some(rule.name.clone()),
                         reason: rule.reason.clone().unwrap_or_else(|| {
                             format!("rule {:?} denies {op} on target {target:?}", rule.name)
@@ -229,7 +230,7 @@ fn destination_matches(spec: &AddressSpec, host: &str, port: u16) -> bool {
         return false;
     }
     match (&spec.host, host.parse::<IpAddr>()) {
-        (HostSpec::Net(net), Ok(ip)) => net.contains(&crate::targets::canonical(ip)),
+        (HostSpec::Net(net), Ok(ip)) => net.contains(&canonical(ip)),
         (HostSpec::Name(name), Err(_)) => name.eq_ignore_ascii_case(host),
         _ => false,
     }

@@ -155,7 +155,9 @@ fn sql_policy(rules: &str) -> Policy {
     let text = format!(
         "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"10.0.0.5:5432\"\n\n{rules}"
     );
-    Policy::from_config(&Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}")))
+    Config::parse(&text, "t")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .policy()
 }
 
 fn statement(policy: &Policy, sql: &str, search_path: &[String]) -> &'static str {

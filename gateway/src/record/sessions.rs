@@ -9,10 +9,7 @@ use super::{
 };
 use crate::identity::Identity;
 
-/// Timestamps are RFC 3339 UTC with milliseconds: sortable as text, readable as they are.
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub use crate::time::now;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

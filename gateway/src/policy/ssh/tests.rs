@@ -1,5 +1,5 @@
 use super::*;
-use crate::{config::Config, protocol::ssh::argv::CommandLine};
+use crate::{config::Config, shell::CommandLine};
 
 const HOST_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";

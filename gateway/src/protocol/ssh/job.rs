@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Ctx, SshError,
-    argv::{self, CommandLine},
     bridge::{self, Down, HIGH_WATER, Inflight},
     forward,
     hold::{Held, Hold},
@@ -36,6 +35,7 @@ use super::{
     shell_gate,
     upstream::{self, UpstreamHandle},
 };
+use crate::shell::{self as argv, CommandLine};
 use crate::{
     config::SshOperationKind,
     glob,

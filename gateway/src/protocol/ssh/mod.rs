@@ -12,7 +12,6 @@
 //! commands and shell lines as the commands they run), `resolve` (paths as the host resolves
 //! them), `recorder` (what is kept).
 
-pub mod argv;
 mod bridge;
 mod forward;
 mod hold;

@@ -20,12 +20,12 @@ use tokio::sync::mpsc;
 
 use super::{
     Ctx,
-    argv::CommandLine,
     bridge::{Down, Inflight},
     hold::{Held, Hold},
     shell::{Key, LineEditor},
 };
 use crate::policy::{Decision, SshOperation};
+use crate::shell::CommandLine;
 
 /// Longest line of a shell without a terminal that is held back for a decision.
 const MAX_SCRIPT_LINE: usize = 64 * 1024;
