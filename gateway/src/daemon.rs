@@ -280,11 +280,11 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         jobs = gw.jobs.list().len(),
         "gateway ready"
     );
-    sd_notify("READY=1");
+    sd_notify(sd_notify::NotifyState::Ready);
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; draining sessions");
-    sd_notify("STOPPING=1");
+    sd_notify(sd_notify::NotifyState::Stopping);
     gw.shutdown.cancel();
     gw.sessions.close();
     if tokio::time::timeout(server.shutdown_grace, gw.sessions.wait())
@@ -325,24 +325,9 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
 }
 
 /// Tells systemd (Type=notify) about readiness and shutdown, when started by it.
-fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = PathBuf::from(path);
-    let socket = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let sent = if let Some(abstract_name) = path.to_str().and_then(|p| p.strip_prefix('@')) {
-        use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
-            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
-    } else {
-        socket.send_to(state.as_bytes(), &path)
-    };
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "sd_notify {state} failed");
+fn sd_notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "sd_notify failed");
     }
 }
 

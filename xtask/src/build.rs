@@ -75,6 +75,20 @@ pub fn release_build() -> Result<PathBuf> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let bin = release_build()?.join("gateway");
+    // `cargo xtask run` is cargo running this task: a SIGTERM to cargo is not passed on, so the
+    // daemon asks the kernel for one when its parent (cargo) goes away. It survives the exec.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid have no memory-safety preconditions.
+    let parent = unsafe { libc::getppid() };
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
+        bail!(
+            "prctl(PR_SET_PDEATHSIG): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // The parent may have gone between the two calls: then no signal would come.
+    if unsafe { libc::getppid() } != parent {
+        bail!("the parent process (cargo) exited before the daemon started");
+    }
     let err = {
         use std::os::unix::process::CommandExt as _;
         Command::new(&bin).args(args).arg("serve").exec()

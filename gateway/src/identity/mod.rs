@@ -4,7 +4,7 @@
 //! over HTTPS and cached, signature, algorithm allow-list, `iss`, `aud`, `exp`, `nbf`) and turns
 //! its claims into an `Identity`. Rules select on `Identity::claim_values`.
 //!
-//! Why `jsonwebtoken` and not `openidconnect` (which DESIGN.md named): openidconnect's
+//! Why `jsonwebtoken` and not `openidconnect`: openidconnect's
 //! `ProviderMetadata` requires `authorization_endpoint`, which GitHub Actions' discovery document
 //! does not have (openidconnect-rs issue #201), and its only public verifier is for ID tokens (one
 //! client-id audience, no `nbf`, no clock skew, `typ` other than JWT refused), so it can verify
