@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | run | test | bench | install`.
+//! Project tasks: `cargo xtask setup | build-ebpf | run | demo | test | bench | install`.
 
 mod bench;
 mod build;
+mod demo;
 mod install;
 mod setup;
 
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long)]
         no_build: bool,
     },
+    /// The gateway at work in about a minute (root): a database and an SSH host in a network
+    /// namespace, a job using them through the gateway (masking, a refusal, an approval, the log)
+    Demo,
     /// Benchmarks (not pass/fail): gateway vs direct vs haproxy, printed as ratios of one run
     Bench {
         /// Which benchmarks: tcp, postgres, ssh (default: all)
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             setup::setup(true).and_then(|()| build::test(filter.as_deref()))
         }
         Command::Bench { only } => bench::run(only.as_deref()),
+        Command::Demo => setup::setup(true).and_then(|()| demo::run()),
         Command::Install {
             prefix,
             destdir,
