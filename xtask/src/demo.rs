@@ -116,10 +116,12 @@ pub fn run() -> Result<()> {
 
     step("The gateway, with rules, masking and an approval rule");
     let body = config(&pg, &secret, &sshd);
-    let daemon = Daemon::start_at_default_log_level(DaemonConfig {
+    let daemon = Daemon::builder(DaemonConfig {
         server: String::new(),
         body: body.clone(),
-    })?;
+    })
+    .default_log_level()
+    .start()?;
     println!("{}", body.trim());
     let known_hosts = dir.path().join("known_hosts");
     let lines = Command::new(gateway_bin())

@@ -214,11 +214,13 @@ impl Bench {
 
         let secret = dir.path().join("bench-db.secret");
         fs::write(&secret, "apppw\n")?;
-        let daemon = Daemon::start_at_default_log_level(DaemonConfig {
+        let daemon = Daemon::builder(DaemonConfig {
             // The idle test holds IDLE sessions of one job.
             server: format!("max_connections_per_job = {}", IDLE + 100),
             body: gateway_config(&host, &relay_host.to_string(), &secret),
-        })?;
+        })
+        .default_log_level()
+        .start()?;
         Ok(Bench {
             ns,
             pg,

@@ -101,10 +101,12 @@ pub fn run() -> Result<()> {
         "{}\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"web\"]\nunauthenticated = true\n",
         sshd.target("web", "")
     );
-    let daemon = Daemon::start_at_default_log_level(DaemonConfig {
+    let daemon = Daemon::builder(DaemonConfig {
         server: String::new(),
         body,
-    })?;
+    })
+    .default_log_level()
+    .start()?;
     let lines = Command::new(gateway_bin())
         .arg("--config")
         .arg(&daemon.config_path)
