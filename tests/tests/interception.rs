@@ -875,6 +875,16 @@ fn a_direct_connection_to_the_listener_is_closed_and_recorded_as_an_anomaly() ->
     Ok(())
 }
 
+/// A cgroup of the test's own, attached as a job (`gateway attach`); returns it and the job's id.
+fn attached_job(s: &Setup, name: &str) -> Result<(TestCgroup, String)> {
+    let cg = TestCgroup::new(name)?;
+    let job = s
+        .daemon
+        .cli_json(&["attach", "--cgroup", cg.path.to_str().unwrap(), "--json"])?;
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    Ok((cg, id))
+}
+
 #[test]
 fn upstream_refusal_is_passed_back_as_a_reset() -> Result<()> {
     let s = Setup::new("")?;
@@ -1091,7 +1101,8 @@ fn gateway_run_returns_the_exit_status_and_removes_the_job_cgroup() -> Result<()
 fn a_job_cannot_use_the_control_socket_or_leave_its_cgroup() -> Result<()> {
     let s = Setup::new("")?;
     let socket = s.daemon.control_socket.to_str().unwrap().to_string();
-    // Even a job running as root is refused by the daemon.
+    // Even a job running as root is refused by the daemon, before it reads the request: the
+    // daemon closes with the request unread (a reset after the answer), or before it was sent.
     let v = s.daemon.probe_in_job(&["control", &socket])?;
     assert_eq!(v["ok"], false, "{v}");
     assert!(
@@ -1100,6 +1111,10 @@ fn a_job_cannot_use_the_control_socket_or_leave_its_cgroup() -> Result<()> {
             .unwrap_or("")
             .contains("inside an agent job"),
         "{v}"
+    );
+    assert!(
+        v["after"] == "reset" || v["write_error"] == libc::EPIPE,
+        "the daemon read the request of a caller it refused: {v}"
     );
 
     // An unprivileged job can neither reach the socket nor move itself out of its cgroup; its
@@ -1142,6 +1157,62 @@ fn a_job_cannot_use_the_control_socket_or_leave_its_cgroup() -> Result<()> {
     let sessions = s.session_for(&s.v4(7000))?;
     assert_eq!(sessions.len(), 1);
     Ok(())
+}
+
+#[test]
+fn a_job_process_cannot_pass_for_another_by_leaving_its_pid_to_it() -> Result<()> {
+    // The daemon judged a control caller by the pid SO_PEERCRED reports: a job process could
+    // connect, send its request, hand the connection to a child and exit, so that its pid is
+    // reused by a process outside any job before the daemon looks. The test makes that happen for
+    // certain: the daemon is frozen, the pid is taken over with clone3(set_tid).
+    let s = Setup::new("")?;
+    let (cg, _) = attached_job(&s, "pidreuse")?;
+    let socket = s.daemon.control_socket.to_str().unwrap().to_string();
+    let mut attempts = Vec::new();
+    for _ in 0..5 {
+        let frozen = s.daemon.freeze();
+        let mut orphan = Command::new(probe_bin())
+            .arg("--cgroup")
+            .arg(&cg.path)
+            .args(["control-orphan", &socket])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let pid = orphan.id();
+        let mut out = std::io::BufReader::new(orphan.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line)?;
+        assert!(line.contains("\"connected\":true"), "{line}");
+        orphan.wait()?; // exited and reaped: its pid is free
+        let mut holder = Command::new(probe_bin())
+            .args(["hold-pid", &pid.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut held = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.as_mut().expect("stdout")),
+            &mut held,
+        )?;
+        let took_over = held.contains("\"ok\":true");
+        drop(frozen);
+        let mut answer = String::new();
+        std::io::BufRead::read_line(&mut out, &mut answer)?;
+        // The process now holding the pid was started by this test (through the holder).
+        if took_over {
+            // SAFETY: kill(2) of a process this test created.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = holder.wait();
+        if !took_over {
+            attempts.push(held);
+            continue; // someone else got the pid first: try again
+        }
+        let v: Value = serde_json::from_str(&answer)?;
+        assert_eq!(v["ok"], false, "a job process got an answer: {v}");
+        let message = v["answer"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("has exited"), "{v}");
+        return Ok(());
+    }
+    panic!("could not reuse a pid in 5 attempts: {attempts:?}");
 }
 
 #[test]

@@ -113,7 +113,7 @@ pub fn comm(raw: &[u8; 16]) -> String {
 }
 
 /// Start time of a process in nanoseconds since boot (field 22 of /proc/PID/stat, in clock ticks).
-fn start_time_ns(pid: u32) -> Option<u64> {
+pub fn start_time_ns(pid: u32) -> Option<u64> {
     use std::io::Read as _;
     // One read() (it runs for every accepted connection): the file is generated whole on the
     // first read and is far shorter than the buffer. `read_to_string` would add a statx and
