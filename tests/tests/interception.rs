@@ -886,6 +886,45 @@ fn attached_job(s: &Setup, name: &str) -> Result<(TestCgroup, String)> {
 }
 
 #[test]
+fn a_long_command_line_is_stored_cut_at_4_kib_and_marked() -> Result<()> {
+    // The job chooses its arguments: megabytes of them would be stored (and cached) for every
+    // connection it opens.
+    let s = Setup::new("")?;
+    let long = "a".repeat(100 * 1024);
+    let v = s
+        .daemon
+        .probe_in_job(&["connect", &s.v4(7000), "ping", &long])?;
+    assert_eq!(v["ok"], true, "{v}");
+    let session = &s.session_for(&s.v4(7000))?[0];
+    let shown = s.daemon.show_session(&session["id"])?;
+    let process = &shown["process"];
+    let stored = process["cmdline"].to_string().len();
+    assert_eq!(process["verified"], true, "{stored} bytes of cmdline");
+    assert_eq!(
+        process["cmdline_cut"], true,
+        "not marked as cut; {stored} bytes of cmdline"
+    );
+    let args: Vec<&str> = process["cmdline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args[1..3], ["connect", s.v4(7000).as_str()], "{args:?}");
+    let bytes = args.join("\0").len();
+    assert!(bytes <= 4096, "{bytes} bytes of command line stored");
+    // The CLI says so too.
+    let text = String::from_utf8_lossy(
+        &s.daemon
+            .cli(&["sessions", "show", &session["id"].to_string()])
+            .stdout,
+    )
+    .into_owned();
+    assert!(text.contains("only the first 4 KiB are kept"), "{text}");
+    Ok(())
+}
+
+#[test]
 fn upstream_refusal_is_passed_back_as_a_reset() -> Result<()> {
     let s = Setup::new("")?;
     let v = s.daemon.probe_in_job(&["connect", &s.v4(7009)])?;

@@ -143,6 +143,7 @@ fn record(event: &Event, gw: &Gateway) {
         comm: process::comm(&event.comm),
         exe: None,
         cmdline: None,
+        cmdline_cut: false,
         verified: false,
         cgroup_id: event.cgroup_id,
     };

@@ -119,6 +119,10 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO journal_state (id, applied) VALUES (1, 0);
     "#,
+    // 5: whether a session's command line was cut at the 4 KiB the gateway keeps.
+    r#"
+    ALTER TABLE sessions ADD COLUMN cmdline_cut INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
