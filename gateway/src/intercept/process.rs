@@ -217,6 +217,8 @@ mod tests {
             cookie: 1,
             boot_ns,
             comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
+            job_slot: 1,
+            _pad2: 0,
         }
     }
 

@@ -23,6 +23,8 @@ pub enum SessionKind {
     Anomaly,
     /// Something the kernel programs refused or let through without the gateway in the path.
     Kernel,
+    /// How many records of one job (or of no job) a budget kept out of the store in a second.
+    Suppressed,
 }
 
 impl SessionKind {
@@ -31,6 +33,7 @@ impl SessionKind {
             SessionKind::Proxied => "proxied",
             SessionKind::Anomaly => "anomaly",
             SessionKind::Kernel => "kernel",
+            SessionKind::Suppressed => "suppressed",
         }
     }
 
@@ -38,6 +41,7 @@ impl SessionKind {
         match s {
             "anomaly" => SessionKind::Anomaly,
             "kernel" => SessionKind::Kernel,
+            "suppressed" => SessionKind::Suppressed,
             _ => SessionKind::Proxied,
         }
     }
