@@ -41,6 +41,10 @@ pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:15001", "[::1]:15001"];
 /// Default of `server.max_connections_per_job`: with the unit's 65,536 descriptors and two per
 /// connection, at least 32 jobs at their limit still fit.
 pub const DEFAULT_MAX_CONNECTIONS_PER_JOB: usize = 1024;
+/// Default of `server.max_pending_connections_per_job`.
+pub const DEFAULT_MAX_PENDING_CONNECTIONS_PER_JOB: u32 = 256;
+/// Default of `server.records_per_second_per_job`.
+pub const DEFAULT_RECORDS_PER_SECOND_PER_JOB: u32 = 50;
 
 /// One problem in a configuration file, located as precisely as the parser allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +184,12 @@ pub struct Server {
     /// Connections one job may have open at once; more are refused (and recorded), so that one
     /// job cannot use up the gateway's descriptors for every other job.
     pub max_connections_per_job: usize,
+    /// Connects of one job redirected but not yet taken by the gateway; more are refused in the
+    /// kernel (and recorded), so that one job cannot fill the table the others' connects need.
+    pub max_pending_connections_per_job: u32,
+    /// Refusals (and audited operations) recorded one by one per job, kind and second; beyond it
+    /// they are counted and recorded as one summary per job and second.
+    pub records_per_second_per_job: u32,
     pub ebpf_debug_log: bool,
 }
 
@@ -368,6 +378,8 @@ struct RawServer {
     shutdown_grace: Option<S<String>>,
     upstream_connect_timeout: Option<S<String>>,
     max_connections_per_job: Option<S<i64>>,
+    max_pending_connections_per_job: Option<S<i64>>,
+    records_per_second_per_job: Option<S<i64>>,
     #[serde(default)]
     ebpf_debug_log: bool,
 }
@@ -479,6 +491,18 @@ impl Validator<'_> {
             }
             Err(e) => {
                 self.problem(raw.span(), key, e);
+                default
+            }
+        }
+    }
+
+    /// A count from 1 to `max`.
+    fn bounded(&mut self, raw: Option<S<i64>>, key: &str, max: u32, default: u32) -> u32 {
+        let Some(raw) = raw else { return default };
+        match u32::try_from(*raw.get_ref()) {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                self.problem(raw.span(), key, format!("must be from 1 to {max}"));
                 default
             }
         }
@@ -680,6 +704,18 @@ impl Validator<'_> {
                     DEFAULT_MAX_CONNECTIONS_PER_JOB
                 }
             },
+            max_pending_connections_per_job: self.bounded(
+                raw.max_pending_connections_per_job,
+                "server.max_pending_connections_per_job",
+                gateway_common::MAX_PENDING,
+                DEFAULT_MAX_PENDING_CONNECTIONS_PER_JOB,
+            ),
+            records_per_second_per_job: self.bounded(
+                raw.records_per_second_per_job,
+                "server.records_per_second_per_job",
+                1_000_000,
+                DEFAULT_RECORDS_PER_SECOND_PER_JOB,
+            ),
             ebpf_debug_log: raw.ebpf_debug_log,
         }
     }

@@ -88,6 +88,10 @@ pub struct Gateway {
     pub store: Store,
     pub jobs: Jobs,
     pub connections: Connections,
+    /// The programs' per-job counters (pending connects, events over budget).
+    pub job_states: Arc<crate::ebpf::JobStates>,
+    /// What jobs have recorded this second, and what they went over their budget by.
+    pub budgets: intercept::budget::Budgets,
     pub processes: intercept::process::ProcessCache,
     /// When processes last began an exec: attribution refuses to vouch for /proc across one.
     pub exec_starts: crate::ebpf::ExecStarts,
@@ -194,6 +198,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         &resolvers,
     )?;
     let connections = dataplane.connections()?;
+    let job_states = dataplane.job_states();
     let exec_starts = dataplane.exec_starts()?;
     let events = dataplane.events()?;
     let ebpf_logger = if server.ebpf_debug_log {
@@ -221,6 +226,8 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         store,
         jobs: Jobs::default(),
         connections,
+        job_states,
+        budgets: intercept::budget::Budgets::new(server.records_per_second_per_job),
         exec_starts,
         processes: Default::default(),
         approvals,
@@ -252,6 +259,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         gw.clone(),
     )));
     tasks.push(tokio::spawn(reap_loop(gw.clone())));
+    tasks.push(tokio::spawn(intercept::budget::summary_loop(gw.clone())));
     tasks.push(tokio::spawn(refresh_targets_loop(gw.clone())));
     if let Some((listener, router)) = web {
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "approvals page");
@@ -296,6 +304,8 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     for t in tasks {
         t.abort();
     }
+    // What went over a budget in the last (partial) second.
+    intercept::budget::record_summaries(&gw).await;
     let _ = std::fs::remove_file(&server.control_socket);
     // Pinned programs and links stay: jobs stay intercepted (and fail closed) until a daemon returns.
     tracing::info!("stopped");
@@ -358,6 +368,8 @@ fn kernel_config(config: &Config) -> KernelConfig {
             Mode::Audit => MODE_AUDIT,
         },
         flags: if s.ebpf_debug_log { FLAG_DEBUG_LOG } else { 0 },
+        max_pending_per_job: s.max_pending_connections_per_job,
+        events_per_second: s.records_per_second_per_job,
     }
 }
 
@@ -566,13 +578,14 @@ impl Gateway {
     ) -> Result<JobRecord, String> {
         let cgroup_id = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
         let mut dataplane = self.dataplane.lock().await;
-        dataplane
+        let slot = dataplane
             .attach(&path, cgroup_id)
             .map_err(|e| e.to_string())?;
         let job = Job {
             id,
             cgroup_path: path,
             cgroup_id,
+            slot,
             owned,
             identity: binding.identity,
             binding_expires_at: binding.expires_at,
@@ -582,10 +595,13 @@ impl Gateway {
         let record = job.record();
         if let Err(e) = self.store.insert_job(record.clone()).await {
             let _ = dataplane.detach(cgroup_id);
+            self.connections.purge(|s| s != slot);
+            dataplane.release_slot(slot);
             return Err(e.to_string());
         }
-        drop(dataplane);
+        // Known before the slot is free for another job.
         self.jobs.insert(job);
+        drop(dataplane);
         tracing::info!(
             job = %record.id,
             cgroup = %record.cgroup_path,
@@ -629,11 +645,14 @@ impl Gateway {
 
     /// Detaches the programs; for owned jobs kills what is left and removes the cgroup. Sessions stay.
     async fn end_job(&self, job: &Job) -> Result<(), String> {
-        self.dataplane
-            .lock()
-            .await
-            .detach(job.cgroup_id)
-            .map_err(|e| e.to_string())?;
+        {
+            let dataplane = self.dataplane.lock().await;
+            dataplane.detach(job.cgroup_id).map_err(|e| e.to_string())?;
+            // Nothing removes the job's waiting records any more; what it went over its budgets
+            // by is recorded before its slot can go to another job.
+            self.connections.purge(|s| s != job.slot);
+            intercept::budget::record_job_summary(self, job).await;
+        }
         if job.owned {
             let path = job.cgroup_path.clone();
             tokio::task::spawn_blocking(move || {
@@ -647,7 +666,10 @@ impl Gateway {
             .end_job(job.id.clone())
             .await
             .map_err(|e| e.to_string())?;
-        self.jobs.remove(job.cgroup_id);
+        // Only whoever ended it frees its slot (the reaper and a request may race).
+        if self.jobs.remove(job.cgroup_id).is_some() {
+            self.dataplane.lock().await.release_slot(job.slot);
+        }
         tracing::info!(job = %job.id, "job ended");
         Ok(())
     }
@@ -660,6 +682,8 @@ impl Gateway {
             tracing::warn!(interrupted, "closed sessions a previous gateway left open");
         }
         let records = self.store.active_jobs().await?;
+        self.budgets
+            .baseline(0, None, self.job_states.suppressed(0));
         let mut dataplane = self.dataplane.lock().await;
         for r in records {
             let path = PathBuf::from(&r.cgroup_path);
@@ -670,13 +694,23 @@ impl Gateway {
                 tracing::info!(job = %r.id, "job's cgroup is gone; ended");
                 continue;
             }
-            if let Err(e) = dataplane.attach(&path, r.cgroup_id) {
-                tracing::error!(job = %r.id, error = %e, "cannot re-attach adopted job");
+            let slot = match dataplane.attach(&path, r.cgroup_id) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    tracing::error!(job = %r.id, error = %e, "cannot re-attach adopted job");
+                    0
+                }
+            };
+            // What its counters hold was summarised by the daemon before (or is zero).
+            if slot != 0 {
+                self.budgets
+                    .baseline(slot, Some(&r.id), self.job_states.suppressed(slot));
             }
             self.jobs.insert(Job {
                 id: r.id.clone(),
                 cgroup_path: path,
                 cgroup_id: r.cgroup_id,
+                slot,
                 owned: r.owned,
                 identity: r.identity,
                 binding_expires_at: r
@@ -694,6 +728,15 @@ impl Gateway {
                 tracing::info!(cgroup_id, "removing pinned links of no known job");
                 let _ = dataplane.detach(cgroup_id);
             }
+        }
+        // Records of jobs that ended while no daemon ran.
+        let live: Vec<u32> = self.jobs.list().iter().map(|j| j.slot).collect();
+        let purged = self.connections.purge(|s| live.contains(&s));
+        if purged > 0 {
+            tracing::info!(
+                purged,
+                "removed waiting connect records of jobs that are gone"
+            );
         }
         Ok(())
     }

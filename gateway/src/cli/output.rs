@@ -94,9 +94,17 @@ pub fn session(s: &SessionRecord) -> String {
         pairs.push(("exe", or_dash(p.exe.as_deref())));
         pairs.push((
             "cmdline",
-            p.cmdline
-                .as_ref()
-                .map_or_else(|| "-".into(), |c| c.join(" ")),
+            p.cmdline.as_ref().map_or_else(
+                || "-".into(),
+                |c| {
+                    let args = c.join(" ");
+                    if p.cmdline_cut {
+                        format!("{args} … (cut: only the first 4 KiB are kept)")
+                    } else {
+                        args
+                    }
+                },
+            ),
         ));
         pairs.push((
             "process",

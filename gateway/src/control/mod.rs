@@ -1,8 +1,10 @@
 //! The control API: newline-delimited JSON over a Unix socket (mode 0600), one request and one
-//! response per connection. Callers are checked with SO_PEERCRED: root only, and never a process
-//! inside an agent job.
+//! response per connection. Callers are checked before their request is read: root only (or the
+//! approvers' group, for approvals), and never a process inside an agent job (by a pidfd of the
+//! process that connected, not by its possibly reused pid).
 
 pub mod client;
+mod peer;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -8,7 +8,7 @@ use tokio::{
 };
 
 use super::{MAX_MESSAGE, Request, Response};
-use crate::{cgroup, daemon::Gateway};
+use crate::daemon::Gateway;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -84,17 +84,25 @@ pub async fn serve(listener: UnixListener, gw: Arc<Gateway>) {
 }
 
 async fn handle(mut stream: UnixStream, gw: Arc<Gateway>) {
-    // The request is read (bounded) before the caller is judged, so that a refused caller reads a
-    // refusal rather than a broken pipe.
-    let request = read_request(&mut stream).await;
-    let response = match (authorize(&stream, &gw), request) {
-        (Err(message), _) | (Ok(_), Err(message)) => Response::Error { message },
-        (Ok(uid), Ok(request)) if uid != 0 && !request.is_approval() => Response::Error {
+    let accepted_at = super::peer::boot_time_ns();
+    // The caller is judged before a byte of its request is read: a refused caller gets its
+    // refusal at once, and nothing it sent is parsed (or waited for).
+    let uid = match authorize(&stream, &gw, accepted_at) {
+        Ok(uid) => uid,
+        Err(message) => return respond(stream, &Response::Error { message }).await,
+    };
+    let response = match read_request(&mut stream).await {
+        Err(message) => Response::Error { message },
+        Ok(request) if uid != 0 && !request.is_approval() => Response::Error {
             message: format!("permission denied: uid {uid} may only use the approval commands"),
         },
-        (Ok(uid), Ok(request)) => gw.control(request, uid).await,
+        Ok(request) => gw.control(request, uid).await,
     };
-    let mut line = serde_json::to_vec(&response).unwrap_or_else(|e| {
+    respond(stream, &response).await;
+}
+
+async fn respond(mut stream: UnixStream, response: &Response) {
+    let mut line = serde_json::to_vec(response).unwrap_or_else(|e| {
         format!("{{\"result\":\"error\",\"message\":\"cannot encode response: {e}\"}}").into_bytes()
     });
     line.push(b'\n');
@@ -119,8 +127,9 @@ async fn read_request(read: impl tokio::io::AsyncRead + Unpin) -> Result<Request
 }
 
 /// Root, or a member of `[approvals] cli_unix_group` (approval commands only); never a process
-/// inside an agent job (a job running as root must not steer the gateway). Returns the caller's uid.
-fn authorize(stream: &UnixStream, gw: &Gateway) -> Result<u32, String> {
+/// inside an agent job (a job running as root must not steer the gateway), judged by the process
+/// that connected itself, not by its pid (see `peer`). Returns the caller's uid.
+fn authorize(stream: &UnixStream, gw: &Gateway, accepted_at: u64) -> Result<u32, String> {
     let cred = stream
         .peer_cred()
         .map_err(|e| format!("cannot read peer credentials: {e}"))?;
@@ -132,14 +141,10 @@ fn authorize(stream: &UnixStream, gw: &Gateway) -> Result<u32, String> {
             cred.uid()
         ));
     }
-    let Some(pid) = cred.pid() else {
-        return Err("permission denied: peer process unknown".into());
-    };
-    let Some(path) = cgroup::process_cgroup(pid as u32) else {
-        return Err("permission denied: cannot determine the caller's cgroup".into());
-    };
+    let path = super::peer::peer_cgroup(stream, accepted_at)
+        .map_err(|why| format!("permission denied: {why}"))?;
     if gw.jobs.contains_cgroup(&gw.cgroup_root, &path) {
-        tracing::warn!(pid, cgroup = %path, "control request from inside an agent job refused");
+        tracing::warn!(pid = cred.pid().unwrap_or(0), cgroup = %path, "control request from inside an agent job refused");
         return Err("permission denied: requests from inside an agent job are refused".into());
     }
     Ok(cred.uid())

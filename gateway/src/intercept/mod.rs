@@ -1,6 +1,7 @@
 //! The intercept listener: accept redirected connections, find out where they were going and who
 //! made them, ask policy, record the session, and hand the connection to its protocol handler.
 
+pub mod budget;
 pub mod events;
 pub mod process;
 
@@ -108,6 +109,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         d => d,
     };
     let allowed = matches!(decision, Decision::Allow { .. }) && target.is_some();
+    // A job causes as many refusals as it likes; beyond its budget they are only counted (and
+    // cost neither a record nor a look at /proc).
+    if !allowed
+        && !gw
+            .budgets
+            .admit(job.as_deref(), budget::Source::DeniedConnections)
+    {
+        return tcp::reset(client);
+    }
     let origin = Origin {
         process: None,
         job_id: None,
@@ -311,8 +321,13 @@ async fn serve_tcp(client: TcpStream, upstream: TcpStream, session_id: i64, gw: 
     );
 }
 
-/// A connection to the listener that no redirect produced: someone connected to it directly.
+/// A connection to the listener that no redirect produced: someone outside any job connected to
+/// it directly (inside jobs the kernel refuses that), or its record was removed (it closed before
+/// the gateway took it).
 async fn anomaly(client: TcpStream, peer: SocketAddr, gw: &Gateway, started_at: String) {
+    if !gw.budgets.admit(None, budget::Source::DirectConnections) {
+        return tcp::reset(client);
+    }
     let listener = client
         .local_addr()
         .map(|a| a.to_string())

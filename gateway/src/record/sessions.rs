@@ -20,6 +20,8 @@ pub enum SessionKind {
     Anomaly,
     /// Something the kernel programs refused or let through without the gateway in the path.
     Kernel,
+    /// How many records of one job (or of no job) a budget kept out of the store in a second.
+    Suppressed,
 }
 
 impl SessionKind {
@@ -28,6 +30,7 @@ impl SessionKind {
             SessionKind::Proxied => "proxied",
             SessionKind::Anomaly => "anomaly",
             SessionKind::Kernel => "kernel",
+            SessionKind::Suppressed => "suppressed",
         }
     }
 
@@ -35,6 +38,7 @@ impl SessionKind {
         match s {
             "anomaly" => SessionKind::Anomaly,
             "kernel" => SessionKind::Kernel,
+            "suppressed" => SessionKind::Suppressed,
             _ => SessionKind::Proxied,
         }
     }
@@ -51,6 +55,9 @@ pub struct ProcessInfo {
     pub comm: String,
     pub exe: Option<String>,
     pub cmdline: Option<Vec<String>>,
+    /// The command line was longer than the gateway keeps (4 KiB): `cmdline` is its beginning.
+    #[serde(default)]
+    pub cmdline_cut: bool,
     /// /proc data belongs to the connecting process (start time checked against the connect).
     pub verified: bool,
     pub cgroup_id: u64,
@@ -387,6 +394,7 @@ impl Store {
                             comm: r.get::<_, Option<String>>("comm")?.unwrap_or_default(),
                             exe: r.get("exe")?,
                             cmdline: cmdline.and_then(|c| serde_json::from_str(&c).ok()),
+                            cmdline_cut: r.get("cmdline_cut")?,
                             verified: r.get("process_verified")?,
                             cgroup_id: r.get::<_, Option<i64>>("cgroup_id")?.unwrap_or_default()
                                 as u64,
@@ -502,9 +510,9 @@ fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), Stor
     conn.prepare_cached(
         "INSERT INTO sessions (id, kind, job_id, target, protocol, destination, pid, tid, uid, gid,
             comm, exe, cmdline, process_verified, cgroup_id, issuer, identity, claims, decision,
-            rule, reason, started_at, ended_at)
+            rule, reason, started_at, ended_at, cmdline_cut)
          VALUES (?23, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22)",
+            ?18, ?19, ?20, ?21, ?22, ?24)",
     )?
     .execute(params![
         s.kind.as_str(),
@@ -532,6 +540,7 @@ fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), Stor
         s.started_at,
         s.ended_at,
         id,
+        p.is_some_and(|p| p.cmdline_cut),
     ])?;
     Ok(())
 }

@@ -23,6 +23,7 @@ fn session(destination: &str) -> NewSession {
             comm: "psql".into(),
             exe: Some("/usr/bin/psql".into()),
             cmdline: Some(vec!["psql".into(), "-h".into(), "db".into()]),
+            cmdline_cut: true,
             verified: true,
             cgroup_id: 7,
         }),
@@ -74,6 +75,7 @@ async fn sessions_and_events_round_trip_and_survive_reopening() {
         shown.process.as_ref().unwrap().cmdline.as_ref().unwrap()[2],
         "db"
     );
+    assert!(shown.process.as_ref().unwrap().cmdline_cut);
     assert_eq!(shown.events.len(), 1);
     assert_eq!(shown.events[0].detail["sql"], "select 1");
     assert!(matches!(
