@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod approval;
+pub mod budget;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod glob;
 pub mod identity;
 pub mod intercept;
 pub mod jobs;
+pub mod lifecycle;
 pub mod mask;
 pub mod policy;
 pub mod protocol;

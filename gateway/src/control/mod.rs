@@ -4,8 +4,11 @@
 //! process that connected, not by its possibly reused pid).
 
 pub mod client;
+mod handlers;
 mod peer;
 pub mod server;
+
+pub use handlers::Context;
 
 use serde::{Deserialize, Serialize};
 

@@ -11,14 +11,14 @@ use gateway_common::{
 };
 use tokio::io::unix::AsyncFd;
 
+use super::Services;
 use super::{address, process};
 use crate::{
-    daemon::Gateway,
     identity::Identity,
     record::{NewSession, ProcessInfo, SessionKind, now},
 };
 
-pub async fn read_loop(ring: RingBuf<MapData>, gw: Arc<Gateway>) {
+pub async fn read_loop(ring: RingBuf<MapData>, services: Arc<Services>) {
     // SAFETY: the ring buffer owns its map descriptor and keeps it open, unchanged, for as long as
     // the AsyncFd owns the ring buffer.
     let mut ring = match unsafe { AsyncFd::register(ring) } {
@@ -37,7 +37,7 @@ pub async fn read_loop(ring: RingBuf<MapData>, gw: Arc<Gateway>) {
                     return;
                 }
             },
-            () = gw.shutdown.cancelled() => return,
+            () = services.shutdown.cancelled() => return,
         };
         let mut batch = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
@@ -49,17 +49,17 @@ pub async fn read_loop(ring: RingBuf<MapData>, gw: Arc<Gateway>) {
         }
         guard.clear_ready();
         for event in batch {
-            record(&event, &gw);
+            record(&event, &services);
         }
     }
 }
 
 /// Why a connect to a target was refused for lack of room.
-fn limit_reason(detail: u32, gw: &Gateway) -> String {
+fn limit_reason(detail: u32, services: &Services) -> String {
     match detail {
         LIMIT_PENDING => format!(
             "the job has {} connects waiting for the gateway already (server.max_pending_connections_per_job)",
-            gw.config.server.max_pending_connections_per_job
+            services.max_pending_connections_per_job
         ),
         LIMIT_TOTAL => {
             format!("all jobs together have {MAX_PENDING} connects waiting for the gateway")
@@ -70,7 +70,7 @@ fn limit_reason(detail: u32, gw: &Gateway) -> String {
 }
 
 /// Forwards the programs' aya-log records to the daemon's log (only with `server.ebpf_debug_log`).
-pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, gw: Arc<Gateway>) {
+pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, services: Arc<Services>) {
     // SAFETY: the logger owns its ring buffer's descriptor and keeps it open, unchanged, for as
     // long as the AsyncFd owns the logger.
     let mut logger = match unsafe { AsyncFd::register(logger) } {
@@ -89,16 +89,16 @@ pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, gw: Ar
                 }
                 Err(_) => return,
             },
-            () = gw.shutdown.cancelled() => return,
+            () = services.shutdown.cancelled() => return,
         }
     }
 }
 
-fn record(event: &Event, gw: &Gateway) {
-    let job = gw
+fn record(event: &Event, services: &Services) {
+    let job = services
         .jobs
         .by_slot(event.job_slot)
-        .or_else(|| gw.jobs.for_cgroup(event.cgroup_id));
+        .or_else(|| services.jobs.for_cgroup(event.cgroup_id));
     let identity = job
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
@@ -130,7 +130,7 @@ fn record(event: &Event, gw: &Gateway) {
                 "direct connection to the gateway listener {dst} (only redirected connects are served)"
             ),
         ),
-        EVENT_LIMIT => ("tcp", dst.to_string(), limit_reason(event.detail, gw)),
+        EVENT_LIMIT => ("tcp", dst.to_string(), limit_reason(event.detail, services)),
         _ => (
             "unknown",
             dst.to_string(),
@@ -166,5 +166,5 @@ fn record(event: &Event, gw: &Gateway) {
         started_at: at.clone(),
         ended_at: Some(at),
     };
-    gw.store.record_session(session);
+    services.store.record_session(session);
 }

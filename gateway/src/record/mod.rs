@@ -6,8 +6,8 @@ mod sessions;
 mod store;
 
 pub use sessions::{
-    EventRecord, JobRecord, NewSession, ProcessInfo, SessionEnd, SessionKind, SessionRecord,
-    SessionSummary, now,
+    EventRecord, JobRecord, NewSession, Origin, ProcessInfo, SessionEnd, SessionKind,
+    SessionRecord, SessionSummary, now,
 };
 pub use store::{Failure, Health, Store, StoreError};
 

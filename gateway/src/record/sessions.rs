@@ -44,6 +44,17 @@ impl SessionKind {
     }
 }
 
+/// Who is behind an allowed connection: what every protocol handler is told about a session it
+/// serves (and decides operations on).
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub process: Option<ProcessInfo>,
+    pub job_id: Option<String>,
+    pub identity: Identity,
+    pub cgroup_id: u64,
+    pub dst: std::net::SocketAddr,
+}
+
 /// The process behind a connection: what eBPF captured at connect, enriched from /proc when the
 /// process was still alive and provably the same (`verified`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

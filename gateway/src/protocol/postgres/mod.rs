@@ -35,14 +35,15 @@ use tokio::{
     net::TcpStream,
 };
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     approval::Approvals,
-    config::{ClientTls as ClientTlsMode, HostSpec, Target},
-    daemon::Gateway,
+    config::{ClientTls as ClientTlsMode, HostSpec, MaskingRule, Target},
     identity::Identity,
     mask::{Coverage, Masker},
     policy::Policy,
-    record::{ProcessInfo, SessionEnd},
+    record::{ProcessInfo, SessionEnd, Store},
     sql::Classifier,
 };
 use client_tls::ClientStream;
@@ -54,18 +55,24 @@ pub use frame::{Frame, FrameError, split as split_frame};
 /// How long a client may take to send its startup packet.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// State shared by every PostgreSQL session of the daemon.
-#[derive(Debug, Default)]
-pub struct Shared {
+/// What the PostgreSQL handler uses, shared by every session of the daemon.
+pub struct Services {
+    pub store: Store,
+    pub policy: Arc<Policy>,
+    pub approvals: Approvals,
+    /// `[[masking]]` rules of every target.
+    pub masking: Arc<[MaskingRule]>,
     pub cancels: cancel::Registry,
     pub classifier: Classifier,
     /// Certificates for TLS toward clients; `None` when no target offers it.
     pub client_tls: Option<client_tls::ClientTls>,
+    pub upstream_connect_timeout: Duration,
+    pub shutdown: CancellationToken,
 }
 
 /// One intercepted connection to a postgres target.
 pub struct Session<'a> {
-    pub gw: &'a Gateway,
+    pub services: &'a Services,
     pub target: &'a Target,
     pub dst: SocketAddr,
     pub id: i64,
@@ -124,11 +131,11 @@ impl Context<'_> {
 pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -> SessionEnd {
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let mode = s.target.postgres.client_tls;
-    let tls =
-        s.gw.postgres
-            .client_tls
-            .as_ref()
-            .filter(|_| mode != ClientTlsMode::Off);
+    let tls = s
+        .services
+        .client_tls
+        .as_ref()
+        .filter(|_| mode != ClientTlsMode::Off);
     let mut buf = BytesMut::with_capacity(512);
     let Some(hello) = read_hello(&mut client, &mut buf, tls.is_some(), deadline, &s).await else {
         return SessionEnd::default();
@@ -140,7 +147,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
                 "gateway: target {:?} requires TLS from clients (connect with sslmode=require or verify-full)",
                 s.target.name
             );
-            s.gw.store.note_event(
+            s.services.store.note_event(
                 s.id,
                 "refused",
                 json!({ "reason": message, "client_tls": false }),
@@ -158,7 +165,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
         Ok(c) => c,
         Err(e) => {
             tracing::error!(session = s.id, error = %e, "no TLS certificate for the client");
-            s.gw.store.note_event(
+            s.services.store.note_event(
                 s.id,
                 "error",
                 json!({ "phase": "client_tls", "error": e.to_string() }),
@@ -174,7 +181,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::info!(session = s.id, error = %e, "client TLS handshake failed");
-            s.gw.store.note_event(
+            s.services.store.note_event(
                 s.id,
                 "protocol_error",
                 json!({ "phase": "client_tls", "error": format!("TLS handshake with the client failed: {e}") }),
@@ -182,7 +189,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
             return SessionEnd::default();
         }
         Err(_) => {
-            s.gw.store.note_event(
+            s.services.store.note_event(
                 s.id,
                 "protocol_error",
                 json!({ "phase": "client_tls", "error": "no TLS handshake within 30s" }),
@@ -190,7 +197,8 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
             return SessionEnd::default();
         }
     };
-    s.gw.store
+    s.services
+        .store
         .note_event(s.id, "client_tls", client_tls::describe(&stream));
     let mut buf = BytesMut::with_capacity(512);
     let Some(hello) = read_hello(&mut stream, &mut buf, false, deadline, &s).await else {
@@ -208,7 +216,7 @@ async fn read_hello<C: ClientStream>(
     deadline: tokio::time::Instant,
     s: &Session<'_>,
 ) -> Option<Hello> {
-    let store = &s.gw.store;
+    let store = &s.services.store;
     let hello =
         tokio::time::timeout_at(deadline, startup::read_hello(client, buf, offer_tls)).await;
     match hello {
@@ -259,8 +267,8 @@ async fn handle<C: ClientStream>(
 }
 
 async fn cancel(s: &Session<'_>, pid: i32, key: i32, tls: bool) {
-    let store = &s.gw.store;
-    let registry = &s.gw.postgres.cancels;
+    let store = &s.services.store;
+    let registry = &s.services.cancels;
     let Some(entry) = registry.lookup(pid, key) else {
         store.note_event(s.id, "cancel", json!({ "outcome": "unknown key" }));
         return;
@@ -274,7 +282,7 @@ async fn cancel(s: &Session<'_>, pid: i32, key: i32, tls: bool) {
         store.note_event(s.id, "cancel", json!({ "outcome": "refused: the session belongs to another job", "session": entry.session_id }));
         return;
     }
-    let outcome = match cancel::forward(&entry, s.gw.config.server.upstream_connect_timeout).await {
+    let outcome = match cancel::forward(&entry, s.services.upstream_connect_timeout).await {
         Ok(()) => "forwarded".to_string(),
         Err(e) => format!("failed: {e}"),
     };
@@ -322,8 +330,8 @@ async fn session<C: ClientStream>(
     minor: u16,
     parameters: std::collections::BTreeMap<String, String>,
 ) -> SessionEnd {
-    let gw = s.gw;
-    let store = &gw.store;
+    let services = s.services;
+    let store = &services.store;
     let settings = &s.target.postgres;
     let upstream_startup =
         match startup::upstream_parameters(&parameters, &settings.allowed_settings) {
@@ -355,7 +363,7 @@ async fn session<C: ClientStream>(
         user: &user,
         password_file: password_file.map(|p| p.as_path()),
         parameters: upstream_params.clone(),
-        timeout: gw.config.server.upstream_connect_timeout,
+        timeout: services.upstream_connect_timeout,
     };
     let mut up = match upstream::connect(tcp, request).await {
         Ok(u) => u,
@@ -408,7 +416,7 @@ async fn session<C: ClientStream>(
             return SessionEnd::default();
         }
     }
-    let masker = Masker::for_target(&gw.config.masking, &s.target.name);
+    let masker = Masker::for_target(&services.masking, &s.target.name);
     let mut coverage = Coverage::default();
     let catalog = async {
         if let Some(q) = masker.as_ref().and_then(|m| catalog::query(&m.columns)) {
@@ -440,7 +448,7 @@ async fn session<C: ClientStream>(
     }
 
     let registration = match up.key.map(|(pid, key)| {
-        gw.postgres.cancels.register(cancel::Entry {
+        services.cancels.register(cancel::Entry {
             upstream: s.dst,
             pid,
             key,
@@ -513,7 +521,7 @@ async fn session<C: ClientStream>(
     let ctx = Context {
         notices,
         client_watch,
-        policy: &gw.policy,
+        policy: &services.policy,
         identity: s.identity,
         target: s.target,
         session_id: s.id,
@@ -526,8 +534,8 @@ async fn session<C: ClientStream>(
         masker,
         coverage,
         session: pinned,
-        approvals: &gw.approvals,
-        classifier: &gw.postgres.classifier,
+        approvals: &services.approvals,
+        classifier: &services.classifier,
         process: s.process,
         job_id: s.job_id,
     };
@@ -549,7 +557,7 @@ async fn session<C: ClientStream>(
         tokio::select! {
             end = fe_run => Outcome::Client(end),
             end = be_run => Outcome::Server(end),
-            () = gw.shutdown.cancelled() => Outcome::Shutdown,
+            () = services.shutdown.cancelled() => Outcome::Shutdown,
         }
     };
     drop(registration);

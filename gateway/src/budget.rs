@@ -20,12 +20,21 @@ use gateway_common::{
 use serde_json::json;
 
 use crate::{
-    daemon::Gateway,
-    ebpf::Suppressed,
+    ebpf::{JobStates, Suppressed},
     identity::Identity,
-    jobs::Job,
-    record::{NewSession, SessionKind, now},
+    jobs::{Job, Jobs},
+    record::{NewSession, SessionKind, Store, now},
 };
+
+/// What recording the budgets needs: the budgets, the programs' counters, the store, the jobs.
+pub struct Recorder {
+    pub budgets: Budgets,
+    pub job_states: std::sync::Arc<JobStates>,
+    pub store: Store,
+    pub jobs: std::sync::Arc<Jobs>,
+    /// `server.records_per_second_per_job`, for the summaries' wording.
+    pub per_second: u32,
+}
 
 /// What the gateway (not the kernel) records one by one within a budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,22 +156,25 @@ impl Summary {
 }
 
 /// Every second: the summaries of the second that ended.
-pub async fn summary_loop(gw: std::sync::Arc<Gateway>) {
+pub async fn summary_loop(
+    recorder: std::sync::Arc<Recorder>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => record_summaries(&gw).await,
-            () = gw.shutdown.cancelled() => return,
+            _ = tick.tick() => record_summaries(&recorder).await,
+            () = shutdown.cancelled() => return,
         }
     }
 }
 
 /// Records what every job (and no job) went over its budgets by since the last summaries, and
 /// starts a new second.
-pub async fn record_summaries(gw: &Gateway) {
+pub async fn record_summaries(recorder: &Recorder) {
     let (since, windows) = {
-        let mut state = gw.budgets.state();
+        let mut state = recorder.budgets.state();
         let since = std::mem::replace(&mut state.since, now());
         (since, std::mem::take(&mut state.windows))
     };
@@ -174,16 +186,16 @@ pub async fn record_summaries(gw: &Gateway) {
             s.identity = s.identity.take().or(w.identity);
         }
     }
-    let jobs = gw.jobs.list();
+    let jobs = recorder.jobs.list();
     let slots = jobs.iter().map(|j| (j.slot, Some(j))).chain([(0, None)]);
     for (slot, job) in slots {
         if slot == 0 && job.is_some() {
             continue; // a job adopted without its programs: nothing of its own to read
         }
         let id = job.map(|j| j.id.as_str());
-        let delta = gw
+        let delta = recorder
             .budgets
-            .kernel_delta(slot, id, gw.job_states.suppressed(slot));
+            .kernel_delta(slot, id, recorder.job_states.suppressed(slot));
         if delta.total() > 0 {
             let s = summaries.entry(id.map(str::to_string)).or_default();
             s.kernel = delta;
@@ -193,14 +205,14 @@ pub async fn record_summaries(gw: &Gateway) {
         }
     }
     for (job, summary) in summaries {
-        record(gw, job, summary, &since).await;
+        record(recorder, job, summary, &since).await;
     }
 }
 
 /// At the end of a job: what it went over its budgets by since the last summaries.
-pub async fn record_job_summary(gw: &Gateway, job: &Job) {
+pub async fn record_job_summary(recorder: &Recorder, job: &Job) {
     let (since, windows) = {
-        let mut state = gw.budgets.state();
+        let mut state = recorder.budgets.state();
         let mine: Vec<(Option<String>, Source)> = state
             .windows
             .keys()
@@ -225,12 +237,14 @@ pub async fn record_job_summary(gw: &Gateway, job: &Job) {
     if job.slot != 0 {
         // The slot's entry stays (the loop may still see the job until it is removed): a job
         // given the slot later starts from zero.
-        summary.kernel =
-            gw.budgets
-                .kernel_delta(job.slot, Some(&job.id), gw.job_states.suppressed(job.slot));
+        summary.kernel = recorder.budgets.kernel_delta(
+            job.slot,
+            Some(&job.id),
+            recorder.job_states.suppressed(job.slot),
+        );
     }
     if summary.total() > 0 {
-        record(gw, Some(job.id.clone()), summary, &since).await;
+        record(recorder, Some(job.id.clone()), summary, &since).await;
     }
 }
 
@@ -246,7 +260,7 @@ fn kind_name(kind: usize) -> (&'static str, &'static str) {
     }
 }
 
-async fn record(gw: &Gateway, job: Option<String>, summary: Summary, since: &str) {
+async fn record(recorder: &Recorder, job: Option<String>, summary: Summary, since: &str) {
     let total = summary.total();
     let mut counts = Vec::new();
     let mut parts = Vec::new();
@@ -275,7 +289,7 @@ async fn record(gw: &Gateway, job: Option<String>, summary: Summary, since: &str
         counts.push(json!({ "what": source.label(), "decision": "deny", "count": n }));
         parts.push(format!("{n} {}", source.describe()));
     }
-    let per_second = gw.config.server.records_per_second_per_job;
+    let per_second = recorder.per_second;
     let whose = if job.is_some() {
         "this job"
     } else {
@@ -301,7 +315,7 @@ async fn record(gw: &Gateway, job: Option<String>, summary: Summary, since: &str
         ended_at: Some(now()),
     };
     let detail = json!({ "total": total, "budget_per_second": per_second, "counts": counts });
-    if let Err(e) = gw
+    if let Err(e) = recorder
         .store
         .insert_session_with(session, vec![("suppressed", detail)])
         .await
