@@ -8,6 +8,7 @@
 //! count what they did not report (`JobState::suppressed`) and the summaries read those counts.
 //! Refused connections and direct connections to the listener are budgeted here.
 
+use crate::record::EventKind;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Mutex,
@@ -317,7 +318,7 @@ async fn record(recorder: &Recorder, job: Option<String>, summary: Summary, sinc
     let detail = json!({ "total": total, "budget_per_second": per_second, "counts": counts });
     if let Err(e) = recorder
         .store
-        .insert_session_with(session, vec![("suppressed", detail)])
+        .insert_session_with(session, vec![(EventKind::Suppressed, detail)])
         .await
     {
         tracing::error!(error = %e, "cannot record a summary of suppressed records");

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod process;
 
+use crate::record::EventKind;
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::{Arc, atomic::Ordering},
@@ -243,7 +244,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, services: Arc<Services>) {
         (_, Some(Err(e))) => {
             services.store.note_event(
                 session_id,
-                "upstream_error",
+                EventKind::UpstreamError,
                 json!({ "upstream": dst.to_string(), "error": e.to_string() }),
             );
             services
@@ -262,12 +263,12 @@ async fn handle(client: TcpStream, peer: SocketAddr, services: Arc<Services>) {
 }
 
 /// The `upstream_connected` event (`preconnected` only said when a spare was used).
-fn upstream_connected(dst: SocketAddr, preconnected: bool) -> (&'static str, serde_json::Value) {
+fn upstream_connected(dst: SocketAddr, preconnected: bool) -> (EventKind, serde_json::Value) {
     let mut detail = json!({ "upstream": dst.to_string() });
     if preconnected {
         detail["preconnected"] = json!(true);
     }
-    ("upstream_connected", detail)
+    (EventKind::UpstreamConnected, detail)
 }
 
 fn log_session(
@@ -323,7 +324,7 @@ async fn serve(
             // Validation refuses unimplemented protocols; this is the second line.
             services.store.note_event(
                 session_id,
-                "error",
+                EventKind::Error,
                 json!({ "message": format!("protocol {other} not implemented") }),
             );
             services
@@ -350,7 +351,7 @@ async fn serve_tcp(client: TcpStream, upstream: TcpStream, session_id: i64, serv
     services.store.close_session(
         session_id,
         vec![(
-            "closed",
+            EventKind::Closed,
             json!({ "end": end, "bytes_up": up, "bytes_down": down }),
         )],
         SessionEnd {

@@ -1,10 +1,12 @@
 //! Recording: the append-only session store and its records.
 
+mod event;
 mod journal;
 mod schema;
 mod sessions;
 mod store;
 
+pub use event::EventKind;
 pub use sessions::{
     EventRecord, JobRecord, NewSession, Origin, ProcessInfo, SessionEnd, SessionKind,
     SessionRecord, SessionSummary, now,

@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde::{Deserialize, Serialize};
 
+use super::event::EventKind;
 use super::{
     Store, StoreError,
     journal::{EventRow, Record},
@@ -139,8 +140,16 @@ pub struct SessionRecord {
 pub struct EventRecord {
     pub id: i64,
     pub at: String,
+    /// As stored: a kind this build does not know (a newer build's) is kept as its name.
     pub kind: String,
     pub detail: serde_json::Value,
+}
+
+impl EventRecord {
+    /// The event's kind, when this build knows it.
+    pub fn event_kind(&self) -> Option<EventKind> {
+        EventKind::parse(&self.kind)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,7 +281,7 @@ impl Store {
     pub async fn insert_session_with(
         &self,
         s: NewSession,
-        events: Vec<(&'static str, serde_json::Value)>,
+        events: Vec<(EventKind, serde_json::Value)>,
     ) -> Result<i64, StoreError> {
         if events.is_empty() {
             return self.insert_session(s).await;
@@ -308,7 +317,7 @@ impl Store {
     pub fn close_session(
         &self,
         id: i64,
-        events: Vec<(&'static str, serde_json::Value)>,
+        events: Vec<(EventKind, serde_json::Value)>,
         end: SessionEnd,
     ) {
         self.log_all_or_warn(
@@ -321,7 +330,7 @@ impl Store {
     pub async fn append_event(
         &self,
         session_id: i64,
-        kind: &'static str,
+        kind: EventKind,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
         self.append_events(session_id, vec![(kind, detail)]).await
@@ -333,7 +342,7 @@ impl Store {
     pub async fn append_events(
         &self,
         session_id: i64,
-        events: Vec<(&'static str, serde_json::Value)>,
+        events: Vec<(EventKind, serde_json::Value)>,
     ) -> Result<(), StoreError> {
         self.append_rendered(session_id, rendered(events))
     }
@@ -343,23 +352,23 @@ impl Store {
     pub fn append_rendered(
         &self,
         session_id: i64,
-        events: Vec<(&'static str, String)>,
+        events: Vec<(EventKind, String)>,
     ) -> Result<(), StoreError> {
         self.log(events_record(session_id, events))
     }
 
     /// Like [`Store::append_events`], without waiting.
-    pub fn note_events(&self, session_id: i64, events: Vec<(&'static str, serde_json::Value)>) {
+    pub fn note_events(&self, session_id: i64, events: Vec<(EventKind, serde_json::Value)>) {
         self.note_rendered(session_id, rendered(events));
     }
 
     /// Like [`Store::append_rendered`], without waiting.
-    pub fn note_rendered(&self, session_id: i64, events: Vec<(&'static str, String)>) {
+    pub fn note_rendered(&self, session_id: i64, events: Vec<(EventKind, String)>) {
         self.log_or_warn("session events", events_record(session_id, events));
     }
 
     /// Appends an event without waiting for it.
-    pub fn note_event(&self, session_id: i64, kind: &'static str, detail: serde_json::Value) {
+    pub fn note_event(&self, session_id: i64, kind: EventKind, detail: serde_json::Value) {
         self.note_events(session_id, vec![(kind, detail)]);
     }
 
@@ -449,7 +458,7 @@ impl Store {
     }
 }
 
-fn rendered(events: Vec<(&'static str, serde_json::Value)>) -> Vec<(&'static str, String)> {
+fn rendered(events: Vec<(EventKind, serde_json::Value)>) -> Vec<(EventKind, String)> {
     events
         .into_iter()
         .map(|(kind, detail)| (kind, detail.to_string()))
@@ -465,12 +474,12 @@ fn end_record(id: i64, end: SessionEnd) -> Record {
     }
 }
 
-fn events_record(session_id: i64, events: Vec<(&'static str, String)>) -> Record {
+fn events_record(session_id: i64, events: Vec<(EventKind, String)>) -> Record {
     let at = now();
     let events = events
         .into_iter()
         .map(|(kind, detail)| EventRow {
-            kind: kind.into(),
+            kind: kind.as_str().into(),
             at: at.clone(),
             detail,
         })

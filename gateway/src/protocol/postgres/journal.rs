@@ -2,6 +2,7 @@
 //! (write-ahead), and a `sql_result` event when its answer is complete (rows, duration, outcome and
 //! a capped sample of the masked result).
 
+use crate::record::EventKind;
 use std::sync::{
     Mutex,
     atomic::{AtomicUsize, Ordering},
@@ -144,12 +145,12 @@ impl<'a> Journal<'a> {
             reason: e.decision.and_then(Decision::reason),
             note: e.note,
         };
-        let mut events: Vec<(&'static str, String)> = self
+        let mut events: Vec<(EventKind, String)> = self
             .take_results()
             .into_iter()
-            .map(|r| ("sql_result", r))
+            .map(|r| (EventKind::SqlResult, r))
             .collect();
-        events.push(("sql", serde_json::to_string(&detail)?));
+        events.push((EventKind::Sql, serde_json::to_string(&detail)?));
         self.store.append_rendered(self.session_id, events)
     }
 
@@ -172,7 +173,10 @@ impl<'a> Journal<'a> {
         if !results.is_empty() {
             self.store.note_rendered(
                 self.session_id,
-                results.into_iter().map(|r| ("sql_result", r)).collect(),
+                results
+                    .into_iter()
+                    .map(|r| (EventKind::SqlResult, r))
+                    .collect(),
             );
         }
     }

@@ -26,6 +26,7 @@ mod tls;
 mod upstream;
 pub mod wire;
 
+use crate::record::EventKind;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
@@ -149,7 +150,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
             );
             s.services.store.note_event(
                 s.id,
-                "refused",
+                EventKind::Refused,
                 json!({ "reason": message, "client_tls": false }),
             );
             refuse(
@@ -167,7 +168,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
             tracing::error!(session = s.id, error = %e, "no TLS certificate for the client");
             s.services.store.note_event(
                 s.id,
-                "error",
+                EventKind::Error,
                 json!({ "phase": "client_tls", "error": e.to_string() }),
             );
             return SessionEnd::default();
@@ -183,7 +184,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
             tracing::info!(session = s.id, error = %e, "client TLS handshake failed");
             s.services.store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "phase": "client_tls", "error": format!("TLS handshake with the client failed: {e}") }),
             );
             return SessionEnd::default();
@@ -191,7 +192,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
         Err(_) => {
             s.services.store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "phase": "client_tls", "error": "no TLS handshake within 30s" }),
             );
             return SessionEnd::default();
@@ -199,7 +200,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
     };
     s.services
         .store
-        .note_event(s.id, "client_tls", client_tls::describe(&stream));
+        .note_event(s.id, EventKind::ClientTls, client_tls::describe(&stream));
     let mut buf = BytesMut::with_capacity(512);
     let Some(hello) = read_hello(&mut stream, &mut buf, false, deadline, &s).await else {
         return SessionEnd::default();
@@ -225,7 +226,7 @@ async fn read_hello<C: ClientStream>(
             tracing::info!(session = s.id, error = %e, "postgres startup refused");
             store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "phase": "startup", "error": e.to_string(), "client_tls": client.is_tls() }),
             );
             if let Some(err) = e.client_error() {
@@ -237,7 +238,7 @@ async fn read_hello<C: ClientStream>(
         Err(_) => {
             store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "phase": "startup", "error": "no startup packet within 30s" }),
             );
             None
@@ -270,7 +271,7 @@ async fn cancel(s: &Session<'_>, pid: i32, key: i32, tls: bool) {
     let store = &s.services.store;
     let registry = &s.services.cancels;
     let Some(entry) = registry.lookup(pid, key) else {
-        store.note_event(s.id, "cancel", json!({ "outcome": "unknown key" }));
+        store.note_event(s.id, EventKind::Cancel, json!({ "outcome": "unknown key" }));
         return;
     };
     if entry.cgroup_id != s.cgroup_id {
@@ -279,7 +280,7 @@ async fn cancel(s: &Session<'_>, pid: i32, key: i32, tls: bool) {
             target_session = entry.session_id,
             "cancel request from another job refused"
         );
-        store.note_event(s.id, "cancel", json!({ "outcome": "refused: the session belongs to another job", "session": entry.session_id }));
+        store.note_event(s.id, EventKind::Cancel, json!({ "outcome": "refused: the session belongs to another job", "session": entry.session_id }));
         return;
     }
     let outcome = match cancel::forward(&entry, s.services.upstream_connect_timeout).await {
@@ -288,12 +289,12 @@ async fn cancel(s: &Session<'_>, pid: i32, key: i32, tls: bool) {
     };
     store.note_event(
         s.id,
-        "cancel",
+        EventKind::Cancel,
         json!({ "outcome": outcome, "session": entry.session_id, "client_tls": tls }),
     );
     store.note_event(
         entry.session_id,
-        "cancel_requested",
+        EventKind::CancelRequested,
         json!({ "by_session": s.id, "outcome": outcome }),
     );
 }
@@ -339,7 +340,7 @@ async fn session<C: ClientStream>(
             Err(e) => {
                 store.note_event(
                     s.id,
-                    "refused",
+                    EventKind::Refused,
                     json!({ "reason": e.message, "code": e.code }),
                 );
                 refuse(&mut client, e).await;
@@ -371,7 +372,7 @@ async fn session<C: ClientStream>(
             tracing::warn!(session = s.id, error = %e, "upstream session failed");
             store.note_event(
                 s.id,
-                "upstream_error",
+                EventKind::UpstreamError,
                 json!({ "upstream": s.dst.to_string(), "user": user, "error": e.to_string() }),
             );
             // The server's own refusals (unknown database, too many clients) are the client's
@@ -407,7 +408,7 @@ async fn session<C: ClientStream>(
             continue;
         };
         if let Err(why) = pinned.check_report(&p.name, &p.value) {
-            store.note_event(s.id, "refused", json!({ "reason": why }));
+            store.note_event(s.id, EventKind::Refused, json!({ "reason": why }));
             refuse(
                 &mut client,
                 GatewayError::fatal(wire::FEATURE_NOT_SUPPORTED, format!("gateway: {why}")),
@@ -430,7 +431,7 @@ async fn session<C: ClientStream>(
         // unseen: fail closed.
         store.note_event(
             s.id,
-            "upstream_error",
+            EventKind::UpstreamError,
             json!({ "error": format!("catalog lookup: {e}") }),
         );
         refuse(
@@ -459,7 +460,7 @@ async fn session<C: ClientStream>(
         Some(Err(e)) => {
             store.note_event(
                 s.id,
-                "error",
+                EventKind::Error,
                 json!({ "phase": "cancel_key", "error": e.to_string() }),
             );
             refuse(
@@ -494,7 +495,7 @@ async fn session<C: ClientStream>(
     }
     store.note_event(
         s.id,
-        "upstream_session",
+        EventKind::UpstreamSession,
         json!({
             "upstream": s.dst.to_string(),
             "client_user": client_user,
@@ -569,7 +570,7 @@ async fn session<C: ClientStream>(
         Outcome::Client(frontend::End::Violation(err)) => {
             store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "side": "client", "error": err.message }),
             );
             (
@@ -593,7 +594,7 @@ async fn session<C: ClientStream>(
         Outcome::Server(backend::End::Violation(err)) => {
             store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "side": "server", "error": err.message }),
             );
             (
@@ -617,7 +618,7 @@ async fn session<C: ClientStream>(
     ctx.journal.flush();
     store.note_event(
         s.id,
-        "closed",
+        EventKind::Closed,
         json!({ "end": end, "bytes_up": bytes_up, "bytes_down": bytes_down }),
     );
     SessionEnd {

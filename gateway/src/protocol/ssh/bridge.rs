@@ -12,6 +12,7 @@
 //! socket alone deadlocks a full-duplex transfer (each side waits for a WINDOW_ADJUST queued
 //! behind data the other side is not reading), which is why the window is the first brake.
 
+use crate::record::EventKind;
 use std::{
     sync::{
         Arc, Mutex,
@@ -388,7 +389,7 @@ async fn forward_sftp_responses(
             {
                 side.ctx.store.note_event(
                     side.ctx.session_id,
-                    "ssh_sftp_file",
+                    EventKind::SshSftpFile,
                     serde_json::json!({
                         "channel": side.rec.number(),
                         "path": path,

@@ -15,6 +15,7 @@
 //! control), and files the gateway's ends here; the task that opened the channel picks them up
 //! and starts the pumps.
 
+use crate::record::EventKind;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -156,7 +157,7 @@ pub async fn incoming(
         );
         ctx.store.note_event(
             ctx.session_id,
-            "ssh_forward_connection",
+            EventKind::SshForwardConnection,
             json!({
                 "listen": format!("{}:{}", connected.0, connected.1),
                 "originator": from,
@@ -177,7 +178,7 @@ pub async fn incoming(
             .store
             .append_event(
                 ctx.session_id,
-                "ssh_forward_connection",
+                EventKind::SshForwardConnection,
                 json!({ "listen": listening.label(), "originator": from, "decision": "allow", "rule": listening.rule }),
             )
             .await
@@ -197,7 +198,7 @@ pub async fn incoming(
             Err(e) => {
                 ctx.store.note_event(
                     ctx.session_id,
-                    "ssh_forward_connection",
+                    EventKind::SshForwardConnection,
                     json!({ "listen": listening.label(), "originator": from, "error": format!("the job did not take the connection: {e}") }),
                 );
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;

@@ -2,6 +2,7 @@
 //! service, the job is told on the channel which request it waits for and how it gets decided, and
 //! the outcome is on record before anything goes on. Protocol code asks; people decide.
 
+use crate::record::EventKind;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -86,7 +87,7 @@ impl Hold {
             .store
             .append_event(
                 ctx.session_id,
-                "ssh_approval",
+                EventKind::SshApproval,
                 json!({ "channel": self.number, "kind": kind, "command": operation, "rule": rule, "outcome": outcome }),
             )
             .await

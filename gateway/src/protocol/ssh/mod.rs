@@ -25,6 +25,7 @@ mod shell;
 mod shell_gate;
 mod upstream;
 
+use crate::record::EventKind;
 use std::{path::PathBuf, sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use russh::{MethodKind, MethodSet, server};
@@ -121,7 +122,7 @@ pub async fn serve(
             tracing::error!(session = session_id, error = %e, "no host key for the ssh target");
             services.store.note_event(
                 session_id,
-                "error",
+                EventKind::Error,
                 json!({ "message": format!("host key: {e}") }),
             );
             crate::protocol::tcp::reset(client);
@@ -175,7 +176,7 @@ pub async fn serve(
             detail["error"] = json!(e.to_string());
         }
     }
-    ctx.store.note_event(session_id, "closed", detail);
+    ctx.store.note_event(session_id, EventKind::Closed, detail);
     SessionEnd {
         bytes_up: up,
         bytes_down: down,
