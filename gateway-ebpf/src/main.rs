@@ -29,7 +29,10 @@
 // The BPF target has no compare-and-swap, so `AtomicU64` offers no `fetch_add`; the intrinsic
 // lowers to the BPF atomic add instruction.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "aya-ebpf needs core intrinsics on bpf")
+)]
 
 // The programs only exist for the BPF target; a host build (`cargo build --workspace`,
 // `cargo clippy --workspace`) compiles an empty binary instead.

@@ -471,14 +471,14 @@ fn lookup_destination(addr: &[u8; 16], port: u16) -> Option<Destination> {
 // --- connect ---------------------------------------------------------------------------------------
 
 #[cgroup_sock_addr(connect4)]
-pub fn gw_connect4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_connect4(ctx: SockAddrContext) -> i32 {
     match try_connect(&ctx, AF_INET) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn gw_connect6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_connect6(ctx: SockAddrContext) -> i32 {
     match try_connect(&ctx, AF_INET6) {
         Ok(r) | Err(r) => r,
     }
@@ -608,7 +608,7 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     }
     // From now on the process's execs are noted (an exec noted earlier is kept). Failing this only
     // costs the daemon its proof: the connection goes on.
-    let _ = EXEC_STARTS.insert(&c.pid, &0, u64::from(BPF_NOEXIST));
+    let _ = EXEC_STARTS.insert(c.pid, 0, u64::from(BPF_NOEXIST));
 
     if family == AF_INET {
         // SAFETY: `sa` is the program context; 4-byte store.
@@ -667,7 +667,7 @@ fn forget(sk: *mut bpf_sock) {
     // SAFETY: `record` is this socket's storage, valid for the program's run.
     let (queued, client, slot) =
         unsafe { ((*record).queued, (*record).client, (*record).info.job_slot) };
-    if queued != 0 && BY_CLIENT.remove(&client).is_ok() {
+    if queued != 0 && BY_CLIENT.remove(client).is_ok() {
         count_pending(slot, true);
     }
     SOCKETS.delete(sk);
@@ -702,7 +702,7 @@ fn udp_verdict(
 
 // Not named `sock_ops`/`sockops`: the section name would clash with the symbol at link time.
 #[sock_ops]
-pub fn gw_sock_ops(ctx: SockOpsContext) -> u32 {
+pub(crate) fn gw_sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
         queue(&ctx);
@@ -755,10 +755,7 @@ fn queue(ctx: &SockOpsContext) {
     };
     // Never over another record: the connection then arrives without one, and the daemon closes
     // it (and records an anomaly).
-    if BY_CLIENT
-        .insert(&key, &info, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
+    if BY_CLIENT.insert(key, info, u64::from(BPF_NOEXIST)).is_ok() {
         // SAFETY: as above.
         unsafe {
             (*record).client = key;
@@ -773,13 +770,13 @@ fn queue(ctx: &SockOpsContext) {
 // --- getpeername -------------------------------------------------------------------------------------
 
 #[cgroup_sock_addr(getpeername4)]
-pub fn gw_getpeername4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_getpeername4(ctx: SockAddrContext) -> i32 {
     restore_peer(&ctx, AF_INET);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
-pub fn gw_getpeername6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_getpeername6(ctx: SockAddrContext) -> i32 {
     restore_peer(&ctx, AF_INET6);
     ALLOW
 }
@@ -820,12 +817,12 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
 // --- UDP sendmsg ---------------------------------------------------------------------------------------
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn gw_sendmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_sendmsg4(ctx: SockAddrContext) -> i32 {
     sendmsg(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
-pub fn gw_sendmsg6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_sendmsg6(ctx: SockAddrContext) -> i32 {
     sendmsg(&ctx, AF_INET6)
 }
 
@@ -841,12 +838,12 @@ fn sendmsg(ctx: &SockAddrContext, family: u16) -> i32 {
 // --- bind: the listener port is the gateway's ----------------------------------------------------------
 
 #[cgroup_sock_addr(bind4)]
-pub fn gw_bind4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_bind4(ctx: SockAddrContext) -> i32 {
     bind(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(bind6)]
-pub fn gw_bind6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_bind6(ctx: SockAddrContext) -> i32 {
     bind(&ctx, AF_INET6)
 }
 
@@ -875,7 +872,7 @@ fn bind(ctx: &SockAddrContext, family: u16) -> i32 {
 // --- socket creation -------------------------------------------------------------------------------------
 
 #[cgroup_sock(sock_create)]
-pub fn gw_sock_create(ctx: SockContext) -> i32 {
+pub(crate) fn gw_sock_create(ctx: SockContext) -> i32 {
     let sk = ctx.sock;
     // SAFETY: `sk` is the program context.
     let (family, sock_type, protocol) = unsafe {
@@ -911,7 +908,7 @@ const AF_UNIX: i32 = 1;
 const AF_NETLINK: i32 = 16;
 
 #[lsm_cgroup(hook = "socket_create")]
-pub fn gw_socket_family(ctx: LsmContext) -> i32 {
+pub(crate) fn gw_socket_family(ctx: LsmContext) -> i32 {
     // security_socket_create(int family, int type, int protocol, int kern); `type` is already
     // stripped of SOCK_NONBLOCK/SOCK_CLOEXEC.
     let family: i32 = ctx.arg(0);
@@ -945,12 +942,12 @@ pub fn gw_socket_family(ctx: LsmContext) -> i32 {
 /// the one that connected (an exec begun after the connect). A failed exec counts too: the
 /// daemon then only claims less than it could.
 #[tracepoint]
-pub fn gw_exec_start(_ctx: TracePointContext) -> u32 {
+pub(crate) fn gw_exec_start(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     // Only processes that connected through the gateway (see EXEC_STARTS).
-    let _ = EXEC_STARTS.insert(&tgid, &now, u64::from(BPF_EXIST));
+    let _ = EXEC_STARTS.insert(tgid, now, u64::from(BPF_EXIST));
     0
 }
 

@@ -936,7 +936,10 @@ impl Validator<'_> {
     }
 
     /// The approval settings of rule `i`: required with `require_approval`, refused otherwise.
-    #[allow(clippy::type_complexity)]
+    #[expect(
+        clippy::type_complexity,
+        reason = "the raw approval keys of a rule, each with its span"
+    )]
     fn rule_approval(
         &mut self,
         i: usize,

@@ -467,13 +467,6 @@ impl Dataplane {
         unpin_dir(&self.jobs_dir.join(cgroup_id.to_string()))
     }
 
-    pub fn is_attached(&self, cgroup_id: u64) -> bool {
-        let dir = self.jobs_dir.join(cgroup_id.to_string());
-        PROGRAMS.iter().all(|(name, _)| dir.join(name).exists())
-            && (self.family_guard != FamilyGuard::Active
-                || dir.join(programs::SOCKET_FAMILY).exists())
-    }
-
     /// cgroup ids with pinned links.
     pub fn attached(&self) -> Vec<u64> {
         fs::read_dir(&self.jobs_dir)

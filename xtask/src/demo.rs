@@ -94,7 +94,7 @@ detectors = ["email"]
     )
 }
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     gateway_e2e::require_root();
     build::release_build()?;
     let bin_dir = build::workspace_root().join("target/release");

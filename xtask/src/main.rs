@@ -37,6 +37,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The gates CI runs first: `cargo fmt --check`, clippy with warnings as errors for the host
+    /// crates and the eBPF crate
+    Lint,
     /// Set up, build once (release) and run every unit and end-to-end test (root)
     Test {
         /// Only tests whose name contains this
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         }
         Command::Bench { only } => bench::run(only.as_deref()),
         Command::Demo => setup::setup(true).and_then(|()| demo::run()),
+        Command::Lint => setup::setup(false).and_then(|()| build::lint()),
         Command::Install {
             prefix,
             destdir,

@@ -39,7 +39,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "faketime",
 ];
 
-pub fn setup(with_packages: bool) -> Result<()> {
+pub(crate) fn setup(with_packages: bool) -> Result<()> {
     let root = workspace_root();
     let status = Command::new("bash")
         .arg(root.join("scripts/setup-ebpf-toolchain.sh"))

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 use crate::cgroup;
 
 /// The cgroup (as in /proc/PID/cgroup) of the process that connected, or why it cannot be known.
-pub fn peer_cgroup(socket: &impl AsFd, accepted_at_ns: u64) -> Result<String, String> {
+pub(super) fn peer_cgroup(socket: &impl AsFd, accepted_at_ns: u64) -> Result<String, String> {
     match peer_pidfd(socket.as_fd()) {
         Ok(pidfd) => cgroup_of_pidfd(pidfd.as_fd()),
         Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
@@ -105,7 +105,7 @@ fn cgroup_of_pid_started_before(pid: u32, accepted_at_ns: u64) -> Result<String,
 }
 
 /// CLOCK_BOOTTIME in nanoseconds (what /proc/PID/stat start times count from).
-pub fn boot_time_ns() -> u64 {
+pub(super) fn boot_time_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(u64::MAX)

@@ -348,7 +348,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn run() -> Result<()> {
+pub(super) fn run() -> Result<()> {
     // BENCH_PG_QUICK=1 (development only): haproxy and the gateway (both ways), simple protocol, no
     // idle test.
     let quick = std::env::var_os("BENCH_PG_QUICK").is_some();

@@ -92,7 +92,7 @@ impl Bench {
     }
 }
 
-pub fn run() -> Result<()> {
+pub(super) fn run() -> Result<()> {
     let id = unique_id();
     let dir = TempDir::new(&format!("bs{id}"));
     let ns = Netns::new(&id)?;

@@ -38,7 +38,7 @@ impl Path {
     }
 }
 
-pub fn run() -> Result<()> {
+pub(super) fn run() -> Result<()> {
     let id = unique_id();
     let dir = TempDir::new(&format!("b{id}"));
     let ns = Netns::new(&id)?;

@@ -21,9 +21,9 @@ use crate::{
 /// Longest SQL text stored per statement; longer texts are cut (and say so).
 const MAX_SQL: usize = 16 * 1024;
 /// Longest SQL text shown to approvers and sent to webhooks; longer texts are cut (and say so).
-pub const MAX_APPROVAL_TEXT: usize = 16 * 1024;
+pub(super) const MAX_APPROVAL_TEXT: usize = 16 * 1024;
 /// Longest single value in a parameter list or a result sample.
-pub const MAX_VALUE: usize = 256;
+pub(super) const MAX_VALUE: usize = 256;
 
 /// One statement as recorded before it is forwarded.
 pub struct Entry<'s> {
@@ -52,7 +52,7 @@ pub struct Journal<'a> {
 }
 
 /// How long a finished statement's outcome may wait for the next statement to be stored with it.
-pub const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+pub(super) const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The `sql` event, serialized straight from borrowed parts.
 #[derive(Serialize)]
@@ -83,12 +83,12 @@ impl Serialize for Capped<'_> {
     }
 }
 
-pub fn cap(text: &str, max: usize) -> Value {
+pub(super) fn cap(text: &str, max: usize) -> Value {
     Value::String(cap_text(text, max))
 }
 
 /// `text` up to `max` bytes (on a character boundary), saying how long it was when cut.
-pub fn cap_text(text: &str, max: usize) -> String {
+pub(super) fn cap_text(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
@@ -100,7 +100,7 @@ pub fn cap_text(text: &str, max: usize) -> String {
 }
 
 /// A value as recorded: text (lossy), capped.
-pub fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
+pub(super) fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
     match bytes {
         None => Value::Null,
         Some(b) if binary => {

@@ -11,7 +11,7 @@ use rustls::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(super) enum TlsError {
     #[error("cannot read CA file {path}: {reason}")]
     CaFile { path: String, reason: String },
     #[error("no usable CA certificates ({0})")]
@@ -25,7 +25,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A client configuration that verifies the server against `ca_file` (or the system roots).
-pub fn verifying(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+pub(super) fn verifying(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -60,13 +60,13 @@ pub fn verifying(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> 
 
 /// Encrypts without authenticating the server (libpq's `prefer`/`require`): still checks that the
 /// handshake signatures are valid, so it is TLS, just not verified TLS.
-pub fn encrypting_only() -> Result<Arc<ClientConfig>, TlsError> {
+pub(super) fn encrypting_only() -> Result<Arc<ClientConfig>, TlsError> {
     with_verifier(None)
 }
 
 /// Authenticates the server by the SHA-256 digest of its certificate (DER), whatever its name or
 /// issuer: for servers with a self-signed certificate.
-pub fn pinned(sha256: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
+pub(super) fn pinned(sha256: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
     with_verifier(Some(sha256))
 }
 

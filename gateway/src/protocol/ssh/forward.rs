@@ -35,7 +35,7 @@ use super::{Ctx, bridge};
 /// What policy is asked about for a `tcpip-forward` request's address. OpenSSH sends `localhost`
 /// when `-R` names no bind address (asked as 127.0.0.1), and an empty string for `*` / every
 /// interface (asked as 0.0.0.0, so only a rule destination containing 0.0.0.0 allows it).
-pub fn listen_address(address: &str) -> &str {
+pub(super) fn listen_address(address: &str) -> &str {
     match address {
         "" | "*" => "0.0.0.0",
         a if a.eq_ignore_ascii_case("localhost") => "127.0.0.1",
@@ -140,7 +140,7 @@ impl RemoteForwards {
 
 /// The host opened a `forwarded-tcpip` channel: relay it to the job if it belongs to a forward
 /// the job holds.
-pub async fn incoming(
+pub(super) async fn incoming(
     ctx: Arc<Ctx>,
     up: Channel<client::Msg>,
     reply: ChannelOpenHandle,

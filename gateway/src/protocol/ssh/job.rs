@@ -45,7 +45,7 @@ use crate::{
 
 /// What the session runner shares with the handler.
 #[derive(Default)]
-pub struct Shared {
+pub(super) struct Shared {
     pub authenticated: AtomicBool,
     pub upstream: tokio::sync::Mutex<Option<Arc<UpstreamHandle>>>,
 }
@@ -93,7 +93,7 @@ impl Chan {
     }
 }
 
-pub struct JobSide {
+pub(super) struct JobSide {
     ctx: Arc<Ctx>,
     shared: Arc<Shared>,
     upstream: UpstreamState,
@@ -115,7 +115,7 @@ fn connect_task(
 }
 
 impl JobSide {
-    pub fn new(ctx: Arc<Ctx>, upstream: TcpStream) -> (Self, Arc<Shared>) {
+    pub(super) fn new(ctx: Arc<Ctx>, upstream: TcpStream) -> (Self, Arc<Shared>) {
         // With a configured user the upstream handshake overlaps with the job's.
         let upstream = match ctx.target.credentials.user.clone() {
             Some(user) => UpstreamState::Connecting(connect_task(ctx.clone(), upstream, user)),
@@ -507,7 +507,7 @@ impl JobSide {
 /// What legacy scp (`scp -O`) does on the host: `scp [-flags] -t|-f [--] PATH…`, the file
 /// operation it stands for.
 #[derive(Debug, PartialEq, Eq)]
-pub struct LegacyScp {
+pub(super) struct LegacyScp {
     /// `-t` (to the host) is a write, `-f` (from it) a read.
     pub kind: SshOperationKind,
     pub paths: Vec<String>,
@@ -518,7 +518,7 @@ pub struct LegacyScp {
 }
 
 /// The legacy scp commands a line runs (none when it is opaque: command rules decide those).
-pub fn legacy_scp(line: &CommandLine) -> Vec<LegacyScp> {
+pub(super) fn legacy_scp(line: &CommandLine) -> Vec<LegacyScp> {
     let Ok(commands) = line.commands() else {
         return Vec::new();
     };

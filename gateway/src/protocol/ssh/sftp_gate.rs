@@ -28,7 +28,7 @@ use crate::{
     policy::{Decision, SshOperation},
 };
 
-pub struct Gate {
+pub(super) struct Gate {
     pub hold: Hold,
     pub tracker: Arc<Mutex<Option<Tracker>>>,
     /// Whole reply packets for the job, written by the channel's `pump_up`.
@@ -39,7 +39,7 @@ pub struct Gate {
 }
 
 /// Starts the gate; the handler queues the channel's messages on the sender returned.
-pub fn start(gate: Gate) -> mpsc::UnboundedSender<Down> {
+pub(super) fn start(gate: Gate) -> mpsc::UnboundedSender<Down> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(gate.run(rx));
     tx

@@ -33,14 +33,14 @@ const MAX_SCRIPT_LINE: usize = 64 * 1024;
 
 const CTRL_C: u8 = 0x03;
 
-pub enum Input {
+pub(super) enum Input {
     /// A terminal: keystrokes, edited into lines.
     Terminal(LineEditor),
     /// Commands on stdin: the incomplete last line.
     Script(Vec<u8>),
 }
 
-pub struct Gate {
+pub(super) struct Gate {
     pub hold: Hold,
     /// The channel's queue to `pump_down`.
     pub up: mpsc::UnboundedSender<Down>,
@@ -49,7 +49,7 @@ pub struct Gate {
 }
 
 /// Starts the gate; the handler queues the channel's messages on the sender returned.
-pub fn start(gate: Gate) -> mpsc::UnboundedSender<Down> {
+pub(super) fn start(gate: Gate) -> mpsc::UnboundedSender<Down> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(
         Running {
