@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`<pin_dir>/v<ABI_VERSION>/`).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -37,8 +37,16 @@ pub mod maps {
     pub const JOB_LINKS: &str = "JOB_LINKS";
     /// Array of [`super::JobState`] by job slot, mmapped by the daemon.
     pub const JOB_STATES: &str = "JOB_STATES";
+    /// [`super::GrantKey`] → [`super::Grant`]: the kernel-path targets each job may reach,
+    /// compiled from the rules when the job is bound.
+    pub const GRANTS: &str = "GRANTS";
+    /// Socket storage: the [`super::KernelSocket`] of a kernel-path connection, until it closes.
+    pub const KERNEL_SOCKETS: &str = "KERNEL_SOCKETS";
+    /// Single `u64` (index 0): CLOCK_BOOTTIME until which a daemon reads the events; past it the
+    /// kernel path refuses connects.
+    pub const LIVENESS: &str = "LIVENESS";
     /// Every map, in the order the daemon pins them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 12] = [
         CONFIG,
         DESTINATIONS,
         DNS_RESOLVERS,
@@ -48,6 +56,9 @@ pub mod maps {
         EXEC_STARTS,
         JOB_LINKS,
         JOB_STATES,
+        GRANTS,
+        KERNEL_SOCKETS,
+        LIVENESS,
     ];
 }
 
@@ -104,6 +115,10 @@ pub struct Config {
     /// Events reported per job, kind and second; beyond it they are only counted
     /// (`JobState::suppressed`).
     pub events_per_second: u32,
+    /// Kernel-path connections one job may have open at once (`server.max_connections_per_job`);
+    /// one more is refused.
+    pub max_open_per_job: u32,
+    pub _pad: u32,
 }
 
 /// Key data of the `DESTINATIONS` LPM trie: port (network order) first so that it must match in
@@ -121,6 +136,50 @@ pub const ACTION_DIRECT: u32 = 2;
 
 /// `Destination::action`: refused whatever the mode (the gateway's own pages: jobs never reach them).
 pub const ACTION_BLOCK: u32 = 3;
+/// `Destination::action`: a `path = "kernel"` target: decided in the connect program (the job's
+/// [`Grant`] for `target_index`), recorded through the ring buffer, not redirected.
+pub const ACTION_KERNEL: u32 = 4;
+
+/// Key of `GRANTS`: a job (the id of its cgroup, never reused while the machine runs) and a
+/// kernel-path target (its index in the configuration).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    pub job_cgroup_id: u64,
+    pub target_index: u32,
+    pub _pad: u32,
+}
+
+/// Value of `GRANTS`: the job may connect to the target until `expires_boot_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// CLOCK_BOOTTIME nanoseconds after which the job's identity binding no longer holds
+    /// (`u64::MAX`: no limit).
+    pub expires_boot_ns: u64,
+}
+
+/// Value of `KERNEL_SOCKETS`: a kernel-path connection the programs recorded at connect and will
+/// record the end of.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelSocket {
+    pub cookie: u64,
+    /// Destination it was recorded for (IPv4 as IPv4-mapped), port host order.
+    pub dst_addr: [u8; 16],
+    pub dst_port: u32,
+    /// Slot of the job whose open connections it counts in.
+    pub job_slot: u32,
+    /// 1 while counted open (the close is recorded once).
+    pub open: u32,
+    /// `FIN_*` bits: which FINs the byte counters include (TCP counts them in sequence space).
+    pub fins: u32,
+}
+
+/// `KernelSocket::fins`: the peer's FIN was received (`bytes_received` counts it).
+pub const FIN_IN: u32 = 1;
+/// `KernelSocket::fins`: our FIN was acknowledged (`bytes_acked` counts it).
+pub const FIN_OUT_ACKED: u32 = 2;
 
 /// Value of the `DESTINATIONS` trie.
 #[repr(C)]
@@ -207,7 +266,7 @@ pub struct JobLink {
 }
 
 /// Event kinds counted apart (index `Event::kind`; 0 unused).
-pub const EVENT_KINDS: usize = 8;
+pub const EVENT_KINDS: usize = 10;
 
 /// Counters of one job (`JOB_STATES[slot]`), shared by the programs and the daemon (mmapped):
 /// every count is only ever changed by atomic adds (the windows are approximate) and is a running
@@ -229,6 +288,13 @@ pub struct JobState {
     pub window_count: [u64; EVENT_KINDS],
     /// Per event kind and outcome (`kind * 2 + denied`): events over the budget, not reported.
     pub suppressed: [u64; EVENT_KINDS * 2],
+    /// Kernel-path connections counted open, and closed: open = `opened - closed`.
+    pub kernel_opened: u64,
+    pub kernel_closed: u64,
+    /// Kernel-path events written to the ring buffer, and read by the daemon (its other write):
+    /// unread = `kernel_written - kernel_read`.
+    pub kernel_written: u64,
+    pub kernel_read: u64,
 }
 
 /// Key of `BY_CLIENT`: the client end of a redirected connection, i.e. the peer address the
@@ -261,6 +327,23 @@ pub const LIMIT_PENDING: u32 = 1;
 pub const LIMIT_TOTAL: u32 = 2;
 /// ... the cgroup has no job link (`JOB_LINKS`), or the socket no storage for its record.
 pub const LIMIT_NO_RECORD: u32 = 3;
+/// ... (kernel path) no daemon reads the events (`LIVENESS` ran out).
+pub const LIMIT_NO_DAEMON: u32 = 4;
+/// ... (kernel path) the job has `Config::max_pending_per_job` events the daemon has not read.
+pub const LIMIT_UNREAD: u32 = 5;
+/// ... (kernel path) the job has `Config::max_open_per_job` connections open.
+pub const LIMIT_OPEN: u32 = 6;
+/// ... (kernel path) the ring buffer had no room for the connect's record.
+pub const LIMIT_RING_FULL: u32 = 7;
+
+/// `Event::kind`: a connect to a kernel-path target the job has no grant for (no rule allows
+/// it, or its binding expired); `Event::detail` is the target index. Budgeted like the others.
+pub const EVENT_KERNEL_DENIED: u32 = 7;
+/// `Event::kind`: a kernel-path connection let through; `Event::detail` is the target index.
+/// Never budgeted: written, or the connect is refused.
+pub const EVENT_KERNEL_CONNECT: u32 = 8;
+/// `Event::kind`: a kernel-path connection closed; `Event::cookie` says which, with its bytes.
+pub const EVENT_KERNEL_CLOSE: u32 = 9;
 
 /// Ring-buffer record of something the programs refused (enforce) or let through (audit).
 #[repr(C)]
@@ -288,18 +371,26 @@ pub struct Event {
     /// Slot of the job the event is counted for (0: none known).
     pub job_slot: u32,
     pub _pad: u32,
+    /// Kernel path: the socket cookie that ties a connection's close to its connect.
+    pub cookie: u64,
+    /// Kernel path, at close: bytes the job sent that the peer acknowledged, and bytes received.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 // The layouts must have no implicit padding (the verifier refuses to pass uninitialised stack bytes
 // to map helpers): each size below is the plain sum of the field sizes.
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
 const _: () = assert!(core::mem::size_of::<Destination>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 88);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == 112);
 const _: () = assert!(core::mem::size_of::<JobLink>() == 16);
-const _: () = assert!(core::mem::size_of::<JobState>() == 4 * 8 + 4 * EVENT_KINDS * 8);
-const _: () = assert!(core::mem::size_of::<Event>() == 96);
+const _: () = assert!(core::mem::size_of::<JobState>() == 8 * 8 + 4 * EVENT_KINDS * 8);
+const _: () = assert!(core::mem::size_of::<GrantKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Grant>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelSocket>() == 40);
+const _: () = assert!(core::mem::size_of::<Event>() == 120);
 
 #[cfg(feature = "user")]
 mod user {
@@ -313,4 +404,7 @@ mod user {
     unsafe impl aya::Pod for super::JobLink {}
     unsafe impl aya::Pod for super::JobState {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::GrantKey {}
+    unsafe impl aya::Pod for super::Grant {}
+    unsafe impl aya::Pod for super::KernelSocket {}
 }

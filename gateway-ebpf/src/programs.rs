@@ -5,12 +5,13 @@ use aya_ebpf::{
     bindings::{
         BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, bpf_map_def, bpf_map_type, bpf_sock, bpf_sock_addr,
+        BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK,
+        bpf_map_def, bpf_map_type, bpf_sock, bpf_sock_addr,
     },
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_local_storage, bpf_get_socket_cookie,
-        bpf_ktime_get_boot_ns, bpf_sk_storage_delete, bpf_sk_storage_get,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_local_storage, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_storage_delete,
+        bpf_sk_storage_get, generated as raw,
     },
     macros::{btf_map, cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops, tracepoint},
     maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
@@ -25,11 +26,14 @@ use core::{
     ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 use gateway_common::{
-    ACTION_BLOCK, ACTION_DIRECT, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, Config, ConnInfo,
-    DESTINATION_PORT_BITS, Destination, DestinationKeyData, EVENT_BIND, EVENT_CONNECT, EVENT_KINDS,
-    EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP, Event, FLAG_DEBUG_LOG, JobLink, JobState,
-    LIMIT_NO_RECORD, LIMIT_PENDING, LIMIT_TOTAL, MAX_JOB_SLOTS, MAX_PENDING, MODE_ENFORCE,
-    PENDING_SLACK, SocketRecord, destination_key, v4_mapped,
+    ACTION_BLOCK, ACTION_DIRECT, ACTION_KERNEL, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey,
+    Config, ConnInfo, DESTINATION_PORT_BITS, Destination, DestinationKeyData, EVENT_BIND,
+    EVENT_CONNECT, EVENT_KERNEL_CLOSE, EVENT_KERNEL_CONNECT, EVENT_KERNEL_DENIED, EVENT_KINDS,
+    EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP, Event, FIN_IN, FIN_OUT_ACKED,
+    FLAG_DEBUG_LOG, Grant, GrantKey, JobLink, JobState, KernelSocket, LIMIT_NO_DAEMON,
+    LIMIT_NO_RECORD, LIMIT_OPEN, LIMIT_PENDING, LIMIT_RING_FULL, LIMIT_TOTAL, LIMIT_UNREAD,
+    MAX_JOB_SLOTS, MAX_PENDING, MODE_ENFORCE, PENDING_SLACK, SocketRecord, destination_key,
+    v4_mapped,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -83,9 +87,22 @@ static JOB_LINKS: SharedCgroupStorage<JobLink> = SharedCgroupStorage::new();
 #[btf_map]
 static SOCKETS: SocketStorage<SocketRecord> = SocketStorage::new();
 
-/// Refused (enforce) and let-through (audit) operations, for the daemon's audit log.
+/// Refused (enforce) and let-through (audit) operations, for the daemon's audit log, and the
+/// kernel path's connections (connect and close).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Kernel-path targets each job may reach (written by the daemon when it binds the job).
+#[map]
+static GRANTS: HashMap<GrantKey, Grant> = HashMap::with_max_entries(65536, 0);
+
+/// The record of each kernel-path connection, until it closes.
+#[btf_map]
+static KERNEL_SOCKETS: SocketStorage<KernelSocket> = SocketStorage::new();
+
+/// CLOCK_BOOTTIME until which a daemon reads the events (its event reader refreshes it).
+#[map]
+static LIVENESS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// `BPF_MAP_TYPE_CGROUP_STORAGE` keyed by the cgroup id alone (Linux 5.9+): one value per cgroup
 /// the programs are attached to, shared by all of them. aya-ebpf's `CgroupStorage` keys by
@@ -266,34 +283,6 @@ fn debug_log(cfg: Option<&Config>) -> bool {
     cfg.is_some_and(|c| c.flags & FLAG_DEBUG_LOG != 0)
 }
 
-/// The caller's identity as the kernel knows it, for records and events.
-struct Caller {
-    pid: u32,
-    tid: u32,
-    uid: u32,
-    gid: u32,
-    cgroup_id: u64,
-    boot_ns: u64,
-    comm: [u8; 16],
-}
-
-#[inline(always)]
-fn caller() -> Caller {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    Caller {
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        // SAFETY: helper without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        // SAFETY: helper without arguments.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
-    }
-}
-
 /// Events reported per job, kind and second when no configuration was written yet.
 const DEFAULT_EVENTS_PER_SECOND: u64 = 50;
 
@@ -309,14 +298,49 @@ fn report(
     sock: (u32, u32),
     detail: u32,
 ) {
+    let r = Report {
+        addr: dst.0,
+        port: dst.1,
+        family: dst.2,
+        sock_type: sock.0,
+        protocol: sock.1,
+        slot,
+        kind,
+        denied: denied as u32,
+        detail,
+    };
+    report_event(&r);
+}
+
+/// What [`report`] passes to [`report_event`] (a subprogram takes at most five arguments).
+#[repr(C)]
+struct Report {
+    addr: [u8; 16],
+    port: u16,
+    family: u16,
+    sock_type: u32,
+    protocol: u32,
+    slot: u32,
+    kind: u32,
+    denied: u32,
+    detail: u32,
+}
+
+/// [`report`]'s work, as a subprogram of its own: inlined in every caller it would take the
+/// connect programs past the 512 bytes of stack.
+#[inline(never)]
+fn report_event(r: &Report) {
+    let slot = r.slot;
     let Some(st) = job_state(slot) else {
         return;
     };
-    let k = kind as usize;
+    let k = r.kind as usize;
     if k >= EVENT_KINDS {
         return;
     }
-    let c = caller();
+    let denied = r.denied != 0;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let budget = config().map_or(DEFAULT_EVENTS_PER_SECOND, |c| {
         u64::from(c.events_per_second)
     });
@@ -331,10 +355,10 @@ fn report(
     };
     // One-second windows per kind. Two CPUs may both start a new one: the budget is approximate,
     // the counts are not.
-    if c.boot_ns.wrapping_sub(read_u64(start)) >= 1_000_000_000 {
+    if now.wrapping_sub(read_u64(start)) >= 1_000_000_000 {
         // SAFETY: as above.
         unsafe {
-            write_volatile(start, c.boot_ns);
+            write_volatile(start, now);
             write_volatile(count, 0);
         }
     }
@@ -343,27 +367,80 @@ fn report(
         return;
     }
     add(count, 1);
-    let event = Event {
-        kind,
-        denied: denied as u32,
-        addr: dst.0,
-        port: dst.1,
-        family: dst.2,
-        sock_type: sock.0,
-        protocol: sock.1,
-        pid: c.pid,
-        tid: c.tid,
-        uid: c.uid,
-        gid: c.gid,
-        detail,
-        cgroup_id: c.cgroup_id,
-        boot_ns: c.boot_ns,
-        comm: c.comm,
-        job_slot: slot,
-        _pad: 0,
-    };
-    if EVENTS.output::<Event>(&event, 0).is_err() {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         add(lost, 1);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    fill_event(e, r.kind, slot, true);
+    // SAFETY: as in `fill_event`.
+    unsafe {
+        addr_of_mut!((*e).denied).write(r.denied);
+        addr_of_mut!((*e).addr).write(r.addr);
+        addr_of_mut!((*e).port).write(r.port);
+        addr_of_mut!((*e).family).write(r.family);
+        addr_of_mut!((*e).sock_type).write(r.sock_type);
+        addr_of_mut!((*e).protocol).write(r.protocol);
+        addr_of_mut!((*e).detail).write(r.detail);
+    }
+    entry.submit(0);
+}
+
+/// Writes an event field by field into its place in the ring buffer (`e` is a reserved entry):
+/// no copy of it, nor of the caller's identity, on the stack (the connect programs have no room
+/// for them).
+#[inline(always)]
+fn fill_event(e: *mut Event, kind: u32, slot: u32, with_caller: bool) {
+    // SAFETY: `e` points to a reserved, writable ring buffer entry of `Event`'s size; every
+    // field is written once, with plain stores.
+    unsafe {
+        addr_of_mut!((*e).kind).write(kind);
+        addr_of_mut!((*e).denied).write(0);
+        addr_of_mut!((*e).addr).write([0; 16]);
+        addr_of_mut!((*e).port).write(0);
+        addr_of_mut!((*e).family).write(0);
+        addr_of_mut!((*e).sock_type).write(0);
+        addr_of_mut!((*e).protocol).write(0);
+        addr_of_mut!((*e).detail).write(0);
+        addr_of_mut!((*e).job_slot).write(slot);
+        addr_of_mut!((*e)._pad).write(0);
+        addr_of_mut!((*e).cookie).write(0);
+        addr_of_mut!((*e).bytes_up).write(0);
+        addr_of_mut!((*e).bytes_down).write(0);
+        addr_of_mut!((*e).boot_ns).write(bpf_ktime_get_boot_ns());
+        if with_caller {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            let uid_gid = bpf_get_current_uid_gid();
+            addr_of_mut!((*e).pid).write((pid_tgid >> 32) as u32);
+            addr_of_mut!((*e).tid).write(pid_tgid as u32);
+            addr_of_mut!((*e).uid).write(uid_gid as u32);
+            addr_of_mut!((*e).gid).write((uid_gid >> 32) as u32);
+            addr_of_mut!((*e).cgroup_id).write(bpf_get_current_cgroup_id());
+            let comm = addr_of_mut!((*e).comm);
+            if raw::bpf_get_current_comm(comm.cast(), 16) != 0 {
+                comm.write([0; 16]);
+            }
+        } else {
+            addr_of_mut!((*e).pid).write(0);
+            addr_of_mut!((*e).tid).write(0);
+            addr_of_mut!((*e).uid).write(0);
+            addr_of_mut!((*e).gid).write(0);
+            addr_of_mut!((*e).cgroup_id).write(0);
+            addr_of_mut!((*e).comm).write([0; 16]);
+        }
+    }
+}
+
+/// Writes a destination (and socket type) into an event being filled in place.
+#[inline(always)]
+fn fill_destination(e: *mut Event, a: &Connect) {
+    // SAFETY: as in `fill_event`.
+    unsafe {
+        addr_of_mut!((*e).addr).write(a.dst);
+        addr_of_mut!((*e).port).write(a.port);
+        addr_of_mut!((*e).family).write(a.family);
+        addr_of_mut!((*e).sock_type).write(a.sock_type);
+        addr_of_mut!((*e).protocol).write(a.protocol);
     }
 }
 
@@ -540,7 +617,36 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     }
     // A socket may connect again after a failed attempt: what an earlier attempt stored goes.
     forget(sk);
-    let action = lookup_destination(&dst, port).map(|d| d.action);
+    let destination = lookup_destination(&dst, port);
+    if let Some(d) = destination
+        && d.action == ACTION_KERNEL
+    {
+        let args = Connect {
+            dst,
+            port,
+            family,
+            sock_type,
+            protocol,
+            slot,
+            target_index: d.target_index,
+        };
+        let refused = kernel_connect(ctx.as_ptr(), sk, &args);
+        if refused == 0 {
+            return Ok(ALLOW);
+        }
+        report(
+            slot,
+            refused >> 16,
+            true,
+            to,
+            (sock_type, protocol),
+            refused & 0xffff,
+        );
+        return Ok(REFUSE);
+    }
+    // An earlier kernel-path attempt of this socket is over.
+    kernel_end(sk, 0, 0);
+    let action = destination.map(|d| d.action);
     if action == Some(ACTION_DIRECT) {
         return Ok(ALLOW);
     }
@@ -560,60 +666,32 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         return Ok(refuse);
     }
 
-    // Redirect, if the job (and the gateway) has room for one more connect waiting for the
-    // daemon. Whatever the mode: a full table must refuse, not evict another job's record.
-    let record = match room(cfg, slot) {
-        Ok(()) => SOCKETS.get(sk, true).ok_or(LIMIT_NO_RECORD),
-        Err(detail) => Err(detail),
-    };
-    let record = match record {
-        Ok(record) => record,
-        Err(detail) => {
-            report(slot, EVENT_LIMIT, true, to, (sock_type, protocol), detail);
-            return Ok(REFUSE);
-        }
-    };
-    // IPv4 and IPv4-mapped destinations go to the IPv4 listener, IPv6 to the IPv6 one.
-    let to_v4 = family == AF_INET || is_v4_mapped(&dst);
-    let c = caller();
-    // SAFETY: the context is a socket-bearing program context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let info = ConnInfo {
-        dst_addr: dst,
-        dst_port: port,
+    let args = Connect {
+        dst,
+        port,
         family,
-        listener_family: if to_v4 { AF_INET } else { AF_INET6 },
-        _pad: 0,
-        pid: c.pid,
-        tid: c.tid,
-        uid: c.uid,
-        gid: c.gid,
-        cgroup_id: c.cgroup_id,
-        cookie,
-        boot_ns: c.boot_ns,
-        comm: c.comm,
-        job_slot: slot,
-        _pad2: 0,
+        sock_type,
+        protocol,
+        slot,
+        target_index: 0,
     };
-    // SAFETY: `record` is this socket's storage, valid for the program's run.
-    unsafe {
-        record.write(SocketRecord {
-            info,
-            client: ClientKey {
-                addr: [0; 16],
-                port: 0,
-            },
-            queued: 0,
-        });
+    let refused = redirect(ctx.as_ptr(), sk, &args);
+    if refused != 0 {
+        report(
+            slot,
+            EVENT_LIMIT,
+            true,
+            to,
+            (sock_type, protocol),
+            refused & 0xffff,
+        );
+        return Ok(REFUSE);
     }
-    // From now on the process's execs are noted (an exec noted earlier is kept). Failing this only
-    // costs the daemon its proof: the connection goes on.
-    let _ = EXEC_STARTS.insert(c.pid, 0, u64::from(BPF_NOEXIST));
-
+    // IPv4 and IPv4-mapped destinations go to the IPv4 listener, IPv6 to the IPv6 one.
     if family == AF_INET {
         // SAFETY: `sa` is the program context; 4-byte store.
         write_u32(unsafe { addr_of_mut!((*sa).user_ip4) }, cfg.listen_ip4);
-    } else if to_v4 {
+    } else if is_v4_mapped(&dst) {
         let ip = cfg.listen_ip4.to_ne_bytes();
         set_user_ip6(
             sa,
@@ -628,14 +706,263 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         set_user_ip6(sa, cfg.listen_ip6);
     }
     set_user_port(sa, cfg.listen_port as u16);
-
     if debug_log(Some(cfg)) {
-        debug!(
-            ctx,
-            "redirect pid={} cookie={} port={}", c.pid, cookie, port
-        );
+        // SAFETY: the context is a socket-bearing program context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        debug!(ctx, "redirect pid={} cookie={} port={}", pid, cookie, port);
     }
     Ok(ALLOW)
+}
+
+/// What the connect program read from its context, for the subprograms below: they get it
+/// through a pointer to the program's stack and never load from the context themselves (the
+/// compiler may then address a context field through a computed pointer, which the verifier
+/// refuses).
+#[repr(C)]
+struct Connect {
+    dst: [u8; 16],
+    port: u16,
+    family: u16,
+    sock_type: u32,
+    protocol: u32,
+    slot: u32,
+    /// Kernel path: the target's index.
+    target_index: u32,
+}
+
+/// Keeps the record of a connect to a target with its socket, if the job (and the gateway) has
+/// room for one more connect waiting for the daemon (the caller then rewrites the destination to
+/// the listener). Returns 0, or the `LIMIT_*` it refuses for (reported by the caller). A
+/// subprogram of its own, like [`kernel_connect`], to keep each call chain's stack small.
+#[inline(never)]
+fn redirect(ctx: *mut c_void, sk: *mut bpf_sock, a: &Connect) -> u32 {
+    let Some(cfg) = config() else {
+        return LIMIT_NO_RECORD;
+    };
+    let slot = a.slot;
+    // Whatever the mode: a full table must refuse, not evict another job's record.
+    if let Err(detail) = room(cfg, slot) {
+        return detail;
+    }
+    let Some(record) = SOCKETS.get(sk, true) else {
+        return LIMIT_NO_RECORD;
+    };
+    let to_v4 = a.family == AF_INET || is_v4_mapped(&a.dst);
+    // SAFETY: the context is a socket-bearing program context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx) };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let pid = (pid_tgid >> 32) as u32;
+    // Written field by field into the socket storage: no copy of it on the stack.
+    // SAFETY: `record` is this socket's storage, valid for the program's run.
+    unsafe {
+        let info = addr_of_mut!((*record).info);
+        addr_of_mut!((*info).dst_addr).write(a.dst);
+        addr_of_mut!((*info).dst_port).write(a.port);
+        addr_of_mut!((*info).family).write(a.family);
+        addr_of_mut!((*info).listener_family).write(if to_v4 { AF_INET } else { AF_INET6 });
+        addr_of_mut!((*info)._pad).write(0);
+        addr_of_mut!((*info).pid).write(pid);
+        addr_of_mut!((*info).tid).write(pid_tgid as u32);
+        addr_of_mut!((*info).uid).write(uid_gid as u32);
+        addr_of_mut!((*info).gid).write((uid_gid >> 32) as u32);
+        addr_of_mut!((*info).cgroup_id).write(bpf_get_current_cgroup_id());
+        addr_of_mut!((*info).cookie).write(cookie);
+        addr_of_mut!((*info).boot_ns).write(bpf_ktime_get_boot_ns());
+        let comm = addr_of_mut!((*info).comm);
+        if raw::bpf_get_current_comm(comm.cast(), 16) != 0 {
+            comm.write([0; 16]);
+        }
+        addr_of_mut!((*info).job_slot).write(slot);
+        addr_of_mut!((*info)._pad2).write(0);
+        addr_of_mut!((*record).client).write(ClientKey {
+            addr: [0; 16],
+            port: 0,
+        });
+        addr_of_mut!((*record).queued).write(0);
+    }
+    // From now on the process's execs are noted (an exec noted earlier is kept). Failing this only
+    // costs the daemon its proof: the connection goes on.
+    let _ = EXEC_STARTS.insert(pid, 0, u64::from(BPF_NOEXIST));
+    0
+}
+
+// --- kernel path -------------------------------------------------------------------------------------
+
+/// A connect to a `path = "kernel"` target: let through unchanged when a daemon reads the events,
+/// the job holds a grant for the target, is under its limits, and the connect's record is in the
+/// ring buffer; refused otherwise (every mode: this is the target's policy, not the audit of
+/// non-targets). An allowed connect is never budgeted: it is recorded, or refused. Returns 0 to
+/// let it through, or the refusal to report ([`refusal`]).
+///
+/// A subprogram of its own, which reports nothing itself: inlined, or calling `report_event`, it
+/// would take the connect programs' call chain past the 512 bytes of stack.
+#[inline(never)]
+fn kernel_connect(ctx: *mut c_void, sk: *mut bpf_sock, a: &Connect) -> u32 {
+    let Some(cfg) = config() else {
+        return refusal(EVENT_LIMIT, LIMIT_NO_RECORD);
+    };
+    let slot = a.slot;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if !LIVENESS.get(0).is_some_and(|deadline| now < *deadline) {
+        return refusal(EVENT_LIMIT, LIMIT_NO_DAEMON);
+    }
+    let link = JOB_LINKS.get();
+    let (Some(st), false) = (job_state(slot), slot == 0 || link.is_null()) else {
+        return refusal(EVENT_LIMIT, LIMIT_NO_RECORD);
+    };
+    let key = GrantKey {
+        // SAFETY: storage of the attach cgroup, valid for the program's run.
+        job_cgroup_id: unsafe { read_volatile(addr_of!((*link).job_cgroup_id)) },
+        target_index: a.target_index,
+        _pad: 0,
+    };
+    // SAFETY: map lookup by value.
+    if !unsafe { GRANTS.get(&key) }.is_some_and(|g| now < g.expires_boot_ns) {
+        return refusal(EVENT_KERNEL_DENIED, a.target_index);
+    }
+    // Checked after the grant: a record a socket kept (from a connect that failed before its
+    // handshake started) lets nothing through that its job may no longer do.
+    if let Some(ks) = KERNEL_SOCKETS.get(sk, false) {
+        // SAFETY: this socket's storage, valid for the program's run.
+        let (open, port) = unsafe { ((*ks).open, (*ks).dst_port) };
+        // Recorded already: a copy of these programs attached further down let this very
+        // connect through, or the socket tries the same destination again.
+        // SAFETY: as above.
+        if open != 0 && port == u32::from(a.port) && unsafe { same_addr(&(*ks).dst_addr, &a.dst) } {
+            return 0;
+        }
+        kernel_end(sk, 0, 0);
+    }
+    // SAFETY: `st` points to a map value.
+    let (opened, closed, written, read) = unsafe {
+        (
+            addr_of_mut!((*st).kernel_opened),
+            addr_of_mut!((*st).kernel_closed),
+            addr_of_mut!((*st).kernel_written),
+            addr_of!((*st).kernel_read),
+        )
+    };
+    if difference(read_u64(opened), read_u64(closed)) >= u64::from(cfg.max_open_per_job) {
+        return refusal(EVENT_LIMIT, LIMIT_OPEN);
+    }
+    // One job's unread records are bounded, so that its flood cannot fill the ring buffer the
+    // other jobs' records go through.
+    if difference(read_u64(written), read_u64(read)) >= u64::from(cfg.max_pending_per_job) {
+        return refusal(EVENT_LIMIT, LIMIT_UNREAD);
+    }
+    let Some(ks) = KERNEL_SOCKETS.get(sk, true) else {
+        return refusal(EVENT_LIMIT, LIMIT_NO_RECORD);
+    };
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        // Nothing unrecorded goes through.
+        KERNEL_SOCKETS.delete(sk);
+        return refusal(EVENT_LIMIT, LIMIT_RING_FULL);
+    };
+    // SAFETY: `ctx` is the program's (socket-bearing) context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx) };
+    let e = entry.as_mut_ptr();
+    fill_event(e, EVENT_KERNEL_CONNECT, slot, true);
+    fill_destination(e, a);
+    // SAFETY: as in `fill_event`; `ks` is this socket's storage, valid for the program's run.
+    let pid = unsafe {
+        addr_of_mut!((*e).detail).write(a.target_index);
+        addr_of_mut!((*e).cookie).write(cookie);
+        addr_of_mut!((*ks).cookie).write(cookie);
+        addr_of_mut!((*ks).dst_addr).write(a.dst);
+        addr_of_mut!((*ks).dst_port).write(u32::from(a.port));
+        addr_of_mut!((*ks).job_slot).write(slot);
+        addr_of_mut!((*ks).open).write(1);
+        addr_of_mut!((*ks).fins).write(0);
+        read_volatile(addr_of!((*e).pid))
+    };
+    entry.submit(0);
+    add(written, 1);
+    add(opened, 1);
+    // As for redirected connects: the daemon checks the process it describes against its execs.
+    let _ = EXEC_STARTS.insert(pid, 0, u64::from(BPF_NOEXIST));
+    0
+}
+
+/// A refusal as the subprograms return it: the event kind to report, and its detail.
+#[inline(always)]
+const fn refusal(kind: u32, detail: u32) -> u32 {
+    (kind << 16) | (detail & 0xffff)
+}
+
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    // Word by word: a byte array comparison would call bcmp, one more subprogram frame.
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `a - b` of two running totals read at slightly different moments: never below zero.
+#[inline(always)]
+fn difference(a: u64, b: u64) -> u64 {
+    let d = a.wrapping_sub(b);
+    if (d as i64) < 0 { 0 } else { d }
+}
+
+/// Records the end of a socket's kernel-path connection (once), with its byte counts, and counts
+/// it out of its job's open connections.
+#[inline(always)]
+fn kernel_end(sk: *mut bpf_sock, bytes_up: u64, bytes_down: u64) {
+    let Some(ks) = KERNEL_SOCKETS.get(sk, false) else {
+        return;
+    };
+    // SAFETY: this socket's storage, valid for the program's run.
+    let r = unsafe { *ks };
+    KERNEL_SOCKETS.delete(sk);
+    if r.open == 0 {
+        return;
+    }
+    let Some(st) = job_state(r.job_slot) else {
+        return;
+    };
+    // SAFETY: `st` points to a map value.
+    let (closed, written, lost) = unsafe {
+        (
+            addr_of_mut!((*st).kernel_closed),
+            addr_of_mut!((*st).kernel_written),
+            addr_of_mut!((*st).lost),
+        )
+    };
+    add(closed, 1);
+    // Payload bytes: the counters include our SYN (once anything was acknowledged) and the FINs
+    // noted above.
+    let bytes_up = if bytes_up == 0 {
+        0
+    } else {
+        bytes_up.saturating_sub(1 + u64::from(r.fins & FIN_OUT_ACKED != 0))
+    };
+    let bytes_down = bytes_down.saturating_sub(u64::from(r.fins & FIN_IN != 0));
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        add(lost, 1);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    fill_event(e, EVENT_KERNEL_CLOSE, r.job_slot, false);
+    // SAFETY: as in `fill_event`.
+    unsafe {
+        addr_of_mut!((*e).addr).write(r.dst_addr);
+        addr_of_mut!((*e).port).write(r.dst_port as u16);
+        addr_of_mut!((*e).sock_type).write(SOCK_STREAM);
+        addr_of_mut!((*e).protocol).write(IPPROTO_TCP);
+        addr_of_mut!((*e).cookie).write(r.cookie);
+        addr_of_mut!((*e).bytes_up).write(bytes_up);
+        addr_of_mut!((*e).bytes_down).write(bytes_down);
+    }
+    entry.submit(0);
+    add(written, 1);
 }
 
 /// Whether the job in `slot` (and the gateway) has room for one more connect waiting for the
@@ -706,12 +1033,55 @@ pub(crate) fn gw_sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
         queue(&ctx);
-    } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == BPF_TCP_CLOSE {
-        // The connection is over (or never came about): a record the daemon did not take will
-        // never be taken.
-        forget(sock_of(&ctx));
+        // A kernel-path connection: its close is recorded.
+        if KERNEL_SOCKETS.get(sock_of(&ctx), false).is_some() {
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        }
+    } else if op == BPF_SOCK_OPS_STATE_CB {
+        let (old, new) = (ctx.arg(0), ctx.arg(1));
+        let sk = sock_of(&ctx);
+        note_fins(sk, old, new);
+        if new == BPF_TCP_CLOSE {
+            // The connection is over (or never came about): a record the daemon did not take
+            // will never be taken.
+            forget(sk);
+            // SAFETY: `ops` is the program context; 8-byte loads of its byte counters.
+            let (acked, received) = unsafe {
+                (
+                    read_volatile(addr_of!((*ctx.ops).bytes_acked)),
+                    read_volatile(addr_of!((*ctx.ops).bytes_received)),
+                )
+            };
+            kernel_end(sk, acked, received);
+        }
     }
     1
+}
+
+/// Notes, from a kernel-path socket's state changes, which FINs its byte counters include (they
+/// count sequence space: the SYN, and each FIN, take one), so that its record says payload bytes.
+/// A socket that enters time-wait from FIN_WAIT2 is taken to have received the peer's FIN.
+#[inline(always)]
+fn note_fins(sk: *mut bpf_sock, old: u32, new: u32) {
+    let Some(ks) = KERNEL_SOCKETS.get(sk, false) else {
+        return;
+    };
+    let seen = match (old, new) {
+        (_, BPF_TCP_CLOSE_WAIT) | (_, BPF_TCP_CLOSING) | (BPF_TCP_FIN_WAIT2, BPF_TCP_CLOSE) => {
+            FIN_IN
+        }
+        (_, BPF_TCP_FIN_WAIT2)
+        | (BPF_TCP_LAST_ACK, BPF_TCP_CLOSE)
+        | (BPF_TCP_CLOSING, BPF_TCP_CLOSE) => FIN_OUT_ACKED,
+        _ => 0,
+    };
+    if seen != 0 {
+        // SAFETY: this socket's storage, valid for the program's run.
+        unsafe {
+            let fins = addr_of_mut!((*ks).fins);
+            fins.write(fins.read() | seen);
+        }
+    }
 }
 
 #[inline(always)]

@@ -16,7 +16,8 @@ use std::{
 };
 
 use gateway_common::{
-    EVENT_BIND, EVENT_CONNECT, EVENT_KINDS, EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP,
+    EVENT_BIND, EVENT_CONNECT, EVENT_KERNEL_DENIED, EVENT_KINDS, EVENT_LIMIT, EVENT_LISTENER,
+    EVENT_SOCKET, EVENT_UDP,
 };
 use serde_json::json;
 
@@ -257,6 +258,7 @@ fn kind_name(kind: usize) -> (&'static str, &'static str) {
         EVENT_BIND => ("bind", "binds of the listener port"),
         EVENT_LISTENER => ("listener", "connects straight at the gateway listener"),
         EVENT_LIMIT => ("limit", "connects over a limit"),
+        EVENT_KERNEL_DENIED => ("kernel_path", "kernel-path connects without a grant"),
         _ => ("unknown", "unknown kernel events"),
     }
 }
@@ -314,6 +316,8 @@ async fn record(recorder: &Recorder, job: Option<String>, summary: Summary, sinc
         reason: Some(reason),
         started_at: since.to_string(),
         ended_at: Some(now()),
+        path: None,
+        cookie: None,
     };
     let detail = json!({ "total": total, "budget_per_second": per_second, "counts": counts });
     if let Err(e) = recorder

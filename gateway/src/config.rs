@@ -45,6 +45,8 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_JOB: usize = 1024;
 pub const DEFAULT_MAX_PENDING_CONNECTIONS_PER_JOB: u32 = 256;
 /// Default of `server.records_per_second_per_job`.
 pub const DEFAULT_RECORDS_PER_SECOND_PER_JOB: u32 = 50;
+/// Default of `server.kernel_path_lease`.
+pub const DEFAULT_KERNEL_PATH_LEASE: Duration = Duration::from_secs(2);
 
 /// One problem in a configuration file, located as precisely as the parser allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,25 @@ pub enum Protocol {
     Ssh,
     Http,
     Kubernetes,
+}
+
+/// How a target's connections travel. `proxy`: redirected to the gateway, which connects upstream
+/// and relays (every protocol). `kernel` (`tcp` targets only): decided and recorded by the kernel
+/// programs, straight to the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetPath {
+    Proxy,
+    Kernel,
+}
+
+impl fmt::Display for TargetPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetPath::Proxy => "proxy",
+            TargetPath::Kernel => "kernel",
+        })
+    }
 }
 
 /// Why a job could serve an address itself (a network of several addresses, any of which it might
@@ -190,6 +211,9 @@ pub struct Server {
     /// Refusals (and audited operations) recorded one by one per job, kind and second; beyond it
     /// they are counted and recorded as one summary per job and second.
     pub records_per_second_per_job: u32,
+    /// How long the kernel path stays open after the daemon's event reader last said it reads
+    /// (killed or stuck daemon); past it kernel-path connects are refused.
+    pub kernel_path_lease: Duration,
     pub ebpf_debug_log: bool,
 }
 
@@ -212,6 +236,8 @@ pub struct Target {
     /// TCP targets: keep a spare upstream connection to a destination while jobs keep connecting
     /// to it (see `protocol::spares`). Off by default.
     pub preconnect: bool,
+    /// `proxy` by default; `kernel` (opt-in) for `tcp` targets without `preconnect`.
+    pub path: TargetPath,
 }
 
 /// Accepted when an issuer does not list `algorithms`: every asymmetric algorithm.
@@ -380,6 +406,7 @@ struct RawServer {
     max_connections_per_job: Option<S<i64>>,
     max_pending_connections_per_job: Option<S<i64>>,
     records_per_second_per_job: Option<S<i64>>,
+    kernel_path_lease: Option<S<String>>,
     #[serde(default)]
     ebpf_debug_log: bool,
 }
@@ -413,6 +440,7 @@ struct RawTarget {
     ssh: Option<S<ssh::RawSshTarget>>,
     postgres: Option<S<postgres::RawPostgres>>,
     preconnect: Option<S<bool>>,
+    path: Option<S<TargetPath>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -716,6 +744,11 @@ impl Validator<'_> {
                 1_000_000,
                 DEFAULT_RECORDS_PER_SECOND_PER_JOB,
             ),
+            kernel_path_lease: self.duration(
+                raw.kernel_path_lease,
+                "server.kernel_path_lease",
+                DEFAULT_KERNEL_PATH_LEASE,
+            ),
             ebpf_debug_log: raw.ebpf_debug_log,
         }
     }
@@ -801,6 +834,26 @@ impl Validator<'_> {
                 }
                 *p.get_ref()
             });
+            let path = match t.path {
+                None => TargetPath::Proxy,
+                Some(p) => {
+                    let path = *p.get_ref();
+                    if path == TargetPath::Kernel && protocol != Protocol::Tcp {
+                        self.problem(
+                            p.span(),
+                            format!("targets[{i}].path"),
+                            format!("path \"kernel\" is for protocol \"tcp\" targets (a {protocol} target needs the gateway in the path)"),
+                        );
+                    } else if path == TargetPath::Kernel && preconnect {
+                        self.problem(
+                            p.span(),
+                            format!("targets[{i}].path"),
+                            "path \"kernel\" connects straight to the destination: a preconnected spare is for path \"proxy\"",
+                        );
+                    }
+                    path
+                }
+            };
             let target = Target {
                 name,
                 protocol,
@@ -809,6 +862,7 @@ impl Validator<'_> {
                 postgres,
                 ssh,
                 preconnect,
+                path,
             };
             self.ssh_credentials(i, &target, t.name.span());
             out.push(target);

@@ -159,6 +159,8 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         .dns_resolvers
         .clone()
         .unwrap_or_else(system_resolvers);
+    // Grants name targets by index: none may outlive the configuration it was compiled from.
+    dataplane.clear_grants()?;
     dataplane.configure(
         kernel_config(&config),
         &targets.kernel_entries(&server.allow_direct, &blocked(&config)),
@@ -168,6 +170,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     let job_states = dataplane.job_states();
     let exec_starts = dataplane.exec_starts()?;
     let events = dataplane.events()?;
+    let liveness = dataplane.liveness()?;
     let ebpf_logger = if server.ebpf_debug_log {
         Some(dataplane.logger()?)
     } else {
@@ -212,6 +215,16 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         jobs: jobs.clone(),
         connections: connections.clone(),
         recorder: recorder.clone(),
+        grants: lifecycle::GrantRules {
+            policy: policy.clone(),
+            kernel_targets: config
+                .targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.path == crate::config::TargetPath::Kernel)
+                .map(|(i, t)| (i as u32, t.name.clone()))
+                .collect(),
+        },
     });
     lifecycle.adopt_jobs().await?;
     let intercept = Arc::new(intercept::Services {
@@ -296,10 +309,13 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         control_listener,
         control,
     )));
-    tasks.push(tokio::spawn(intercept::events::read_loop(
+    // Awaited at shutdown: it closes the kernel path as it ends.
+    let event_reader = tokio::spawn(intercept::events::read_loop(
         events,
+        liveness,
+        server.kernel_path_lease,
         intercept.clone(),
-    )));
+    ));
     tasks.push(tokio::spawn(lifecycle::reap_loop(
         lifecycle.clone(),
         shutdown.clone(),
@@ -340,6 +356,14 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     tracing::info!("shutting down: no new connections; draining sessions");
     sd_notify(sd_notify::NotifyState::Stopping);
     shutdown.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), event_reader)
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "the kernel event reader did not stop; the kernel path closes when its lease runs out"
+        );
+    }
     sessions.close();
     if tokio::time::timeout(server.shutdown_grace, sessions.wait())
         .await
@@ -467,6 +491,8 @@ fn kernel_config(config: &Config) -> KernelConfig {
         flags: if s.ebpf_debug_log { FLAG_DEBUG_LOG } else { 0 },
         max_pending_per_job: s.max_pending_connections_per_job,
         events_per_second: s.records_per_second_per_job,
+        max_open_per_job: u32::try_from(s.max_connections_per_job).unwrap_or(u32::MAX),
+        _pad: 0,
     }
 }
 

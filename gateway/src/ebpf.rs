@@ -31,8 +31,8 @@ use aya::{
 };
 use gateway_common::{
     ABI_VERSION, ClientKey, Config as KernelConfig, ConnInfo, DESTINATION_PORT_BITS, Destination,
-    DestinationKeyData, EVENT_KINDS, JobLink, JobState, MAX_JOB_SLOTS, SOCKET_FAMILY_HOOK,
-    destination_key, maps, programs, v4_mapped,
+    DestinationKeyData, EVENT_KINDS, Grant, GrantKey, JobLink, JobState, MAX_JOB_SLOTS,
+    SOCKET_FAMILY_HOOK, destination_key, maps, programs, v4_mapped,
 };
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
@@ -300,16 +300,75 @@ impl Dataplane {
     }
 
     /// Attaches every program to the cgroup and pins the links, and links the cgroup to a job slot
-    /// (the one it has, for a cgroup attached before: an adopted job keeps its counters). Returns
-    /// the slot. On failure nothing stays attached.
-    pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<u32, DataplaneError> {
+    /// (the one it has, for a cgroup attached before: an adopted job keeps its counters). The
+    /// job's kernel-path grants are written before a connect program can see them, and replace
+    /// whatever the cgroup had. Returns the slot. On failure nothing stays attached.
+    pub fn attach(
+        &mut self,
+        cgroup: &Path,
+        cgroup_id: u64,
+        grants: &[KernelGrant],
+    ) -> Result<u32, DataplaneError> {
         let dir = self.jobs_dir.join(cgroup_id.to_string());
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let result = self.attach_all(cgroup, cgroup_id, &dir);
+        let result = self
+            .set_grants(cgroup_id, grants)
+            .and_then(|()| self.attach_all(cgroup, cgroup_id, &dir));
         if result.is_err() {
             let _ = unpin_dir(&dir);
+            let _ = self.set_grants(cgroup_id, &[]);
         }
         result
+    }
+
+    fn grants_map(&mut self) -> Result<HashMap<&mut MapData, GrantKey, Grant>, DataplaneError> {
+        let name = maps::GRANTS;
+        HashMap::try_from(self.map(name)?).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Makes `grants` the kernel-path targets of the job of cgroup `cgroup_id` (new ones first,
+    /// then the ones it no longer has go).
+    fn set_grants(&mut self, cgroup_id: u64, grants: &[KernelGrant]) -> Result<(), DataplaneError> {
+        let name = maps::GRANTS;
+        let mut map = self.grants_map()?;
+        let key = |target_index| GrantKey {
+            job_cgroup_id: cgroup_id,
+            target_index,
+            _pad: 0,
+        };
+        for g in grants {
+            let value = Grant {
+                expires_boot_ns: g.expires_boot_ns,
+            };
+            map.insert(key(g.target_index), value, 0)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        }
+        let stale: Vec<GrantKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                k.job_cgroup_id == cgroup_id
+                    && !grants.iter().any(|g| g.target_index == k.target_index)
+            })
+            .collect();
+        for k in stale {
+            map.remove(&k)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every grant (at start, before the destination set is written: target indexes may
+    /// mean other targets in this configuration; the jobs are granted again when adopted).
+    pub fn clear_grants(&mut self) -> Result<(), DataplaneError> {
+        let name = maps::GRANTS;
+        let mut map = self.grants_map()?;
+        let all: Vec<GrantKey> = map.keys().filter_map(Result::ok).collect();
+        for k in all {
+            map.remove(&k)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        }
+        Ok(())
     }
 
     /// `JOB_LINKS`, a cgroup storage keyed by the cgroup id alone (aya's typed access assumes
@@ -462,9 +521,12 @@ impl Dataplane {
         slot.ok_or_else(|| attach_err("no connect program".into()))
     }
 
-    /// Detaches the programs from a job cgroup (removes its pinned links).
-    pub fn detach(&self, cgroup_id: u64) -> Result<(), DataplaneError> {
-        unpin_dir(&self.jobs_dir.join(cgroup_id.to_string()))
+    /// Detaches the programs from a job cgroup (removes its pinned links) and takes back its
+    /// kernel-path grants.
+    pub fn detach(&mut self, cgroup_id: u64) -> Result<(), DataplaneError> {
+        let grants = self.set_grants(cgroup_id, &[]);
+        unpin_dir(&self.jobs_dir.join(cgroup_id.to_string()))?;
+        grants
     }
 
     /// cgroup ids with pinned links.
@@ -555,6 +617,14 @@ impl Dataplane {
             name: "AYA_LOGS",
             detail: e.to_string(),
         })
+    }
+
+    /// The value the kernel path checks for a daemon reading its events.
+    pub fn liveness(&mut self) -> Result<Liveness, DataplaneError> {
+        let name = maps::LIVENESS;
+        Array::try_from(self.take_map(name)?)
+            .map(Liveness)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     /// The ring buffer of refused and audited operations.
@@ -786,6 +856,51 @@ impl Connections {
     }
 }
 
+/// A kernel-path target a job may connect to, until when (CLOCK_BOOTTIME).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelGrant {
+    pub target_index: u32,
+    /// `u64::MAX`: no limit.
+    pub expires_boot_ns: u64,
+}
+
+/// CLOCK_BOOTTIME now, in nanoseconds: the clock of the programs' `bpf_ktime_get_boot_ns`.
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| {
+            (t.tv_sec() as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(t.tv_nsec() as u64)
+        })
+        .unwrap_or(0)
+}
+
+/// `LIVENESS`: while its deadline is ahead, the kernel path lets connects through (each recorded
+/// in the ring buffer this daemon reads).
+pub struct Liveness(Array<MapData, u64>);
+
+impl Liveness {
+    /// Moves the deadline to `lease` from now.
+    pub fn refresh(&mut self, lease: std::time::Duration) -> Result<(), DataplaneError> {
+        let deadline = boot_ns().saturating_add(lease.as_nanos() as u64);
+        self.set(deadline)
+    }
+
+    /// The daemon stops reading: the kernel path refuses from now on.
+    pub fn stop(&mut self) -> Result<(), DataplaneError> {
+        self.set(0)
+    }
+
+    fn set(&mut self, deadline: u64) -> Result<(), DataplaneError> {
+        self.0
+            .set(0, deadline, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::LIVENESS,
+                source,
+            })
+    }
+}
+
 /// The counters the daemon adds to (`JobState`).
 #[derive(Clone, Copy)]
 pub enum Counter {
@@ -898,6 +1013,28 @@ impl JobStates {
         if slot != 0 {
             self.add(0, word);
         }
+    }
+
+    /// A kernel-path record of the job in `slot` was read from the ring buffer.
+    pub fn count_read(&self, slot: u32) {
+        self.add(slot, word_of(std::mem::offset_of!(JobState, kernel_read)));
+    }
+
+    /// Kernel-path connections of the job in `slot` open now.
+    pub fn kernel_open(&self, slot: u32) -> u64 {
+        let opened = self.get(slot, word_of(std::mem::offset_of!(JobState, kernel_opened)));
+        let closed = self.get(slot, word_of(std::mem::offset_of!(JobState, kernel_closed)));
+        opened.saturating_sub(closed)
+    }
+
+    /// Kernel-path records of the job in `slot` the daemon has not read yet.
+    pub fn kernel_unread(&self, slot: u32) -> u64 {
+        let written = self.get(
+            slot,
+            word_of(std::mem::offset_of!(JobState, kernel_written)),
+        );
+        let read = self.get(slot, word_of(std::mem::offset_of!(JobState, kernel_read)));
+        written.saturating_sub(read)
     }
 
     /// Connects of the job in `slot` (0: all jobs) waiting for the daemon.

@@ -13,11 +13,55 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     budget::{self, Recorder},
     cgroup::{self, CgroupError},
-    ebpf::{Connections, Dataplane},
+    ebpf::{Connections, Dataplane, KernelGrant, boot_ns},
     identity::{Identity, Verifier},
     jobs::{Job, Jobs},
+    policy::{Decision, Policy},
     record::{JobRecord, Store, StoreError, now},
 };
+
+/// How long ending a job waits for its kernel-path connections to close (see
+/// [`JobControl::settle_kernel_path`]).
+const KERNEL_PATH_SETTLE: Duration = Duration::from_secs(1);
+
+/// What a job's kernel-path grants are compiled from: the rules, and the `path = "kernel"`
+/// targets (index in the configuration, name).
+pub struct GrantRules {
+    pub policy: Arc<Policy>,
+    pub kernel_targets: Vec<(u32, String)>,
+}
+
+impl GrantRules {
+    /// The kernel-path targets `identity` may connect to, as the gateway would decide each
+    /// connection, until the binding runs out. Only `allow` grants: a rule that wants approval
+    /// refuses whole connections, as on the proxy path.
+    pub fn compile(
+        &self,
+        identity: &Identity,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Vec<KernelGrant> {
+        let expires_boot_ns = match expires_at {
+            None => u64::MAX,
+            Some(at) => {
+                let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                boot_ns().saturating_add(left.as_nanos().min(u128::from(u64::MAX)) as u64)
+            }
+        };
+        self.kernel_targets
+            .iter()
+            .filter(|(_, name)| {
+                matches!(
+                    self.policy.decide_connection(identity, name),
+                    Decision::Allow { .. }
+                )
+            })
+            .map(|(index, _)| KernelGrant {
+                target_index: *index,
+                expires_boot_ns,
+            })
+            .collect()
+    }
+}
 
 /// What the job lifecycle uses.
 pub struct JobControl {
@@ -32,6 +76,7 @@ pub struct JobControl {
     pub jobs: Arc<Jobs>,
     pub connections: Arc<Connections>,
     pub recorder: Arc<Recorder>,
+    pub grants: GrantRules,
 }
 
 /// What a job is bound to.
@@ -124,9 +169,10 @@ impl JobControl {
         binding: Binding,
     ) -> Result<JobRecord, String> {
         let cgroup_id = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
+        let grants = self.grants.compile(&binding.identity, binding.expires_at);
         let mut dataplane = self.dataplane.lock().await;
         let slot = dataplane
-            .attach(&path, cgroup_id)
+            .attach(&path, cgroup_id, &grants)
             .map_err(|e| e.to_string())?;
         let job = Job {
             id,
@@ -190,8 +236,9 @@ impl JobControl {
 
     /// Detaches the programs; for owned jobs kills what is left and removes the cgroup. Sessions stay.
     pub async fn end_job(&self, job: &Job) -> Result<(), String> {
+        self.settle_kernel_path(job).await;
         {
-            let dataplane = self.dataplane.lock().await;
+            let mut dataplane = self.dataplane.lock().await;
             dataplane.detach(job.cgroup_id).map_err(|e| e.to_string())?;
             // Nothing removes the job's waiting records any more; what it went over its budgets
             // by is recorded before its slot can go to another job.
@@ -207,6 +254,19 @@ impl JobControl {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         }
+        match self
+            .store
+            .close_orphaned_kernel_sessions(job.id.clone())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(job = %job.id, sessions = n, "job ended with kernel-path connections open; closed without byte counts")
+            }
+            Err(e) => {
+                tracing::error!(job = %job.id, error = %e, "cannot close the job's open kernel-path sessions")
+            }
+        }
         self.store
             .end_job(job.id.clone())
             .await
@@ -217,6 +277,19 @@ impl JobControl {
         }
         tracing::info!(job = %job.id, "job ended");
         Ok(())
+    }
+
+    /// Gives the job's kernel-path connections a moment to finish closing and their records to
+    /// be read before the programs that record their close are detached (its process has
+    /// usually just exited: the FIN exchange is under way). Bounded: a connection kept open
+    /// ends with the job, without byte counts.
+    async fn settle_kernel_path(&self, job: &Job) {
+        let states = &self.recorder.job_states;
+        let settled = || states.kernel_open(job.slot) == 0 && states.kernel_unread(job.slot) == 0;
+        let deadline = tokio::time::Instant::now() + KERNEL_PATH_SETTLE;
+        while !settled() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// After a restart: take back the jobs of the store whose cgroups still exist, make sure their
@@ -240,7 +313,13 @@ impl JobControl {
                 tracing::info!(job = %r.id, "job's cgroup is gone; ended");
                 continue;
             }
-            let slot = match dataplane.attach(&path, r.cgroup_id) {
+            let binding_expires_at = r
+                .binding_expires_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            let grants = self.grants.compile(&r.identity, binding_expires_at);
+            let slot = match dataplane.attach(&path, r.cgroup_id, &grants) {
                 Ok(slot) => slot,
                 Err(e) => {
                     tracing::error!(job = %r.id, error = %e, "cannot re-attach adopted job");
@@ -262,11 +341,7 @@ impl JobControl {
                 slot,
                 owned: r.owned,
                 identity: r.identity,
-                binding_expires_at: r
-                    .binding_expires_at
-                    .as_deref()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&chrono::Utc)),
+                binding_expires_at,
                 created_at: r.created_at,
                 open_connections: Default::default(),
             });

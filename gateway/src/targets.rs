@@ -3,12 +3,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs as _};
 
-use gateway_common::{ACTION_BLOCK, ACTION_DIRECT, ACTION_REDIRECT, Destination};
+use gateway_common::{ACTION_BLOCK, ACTION_DIRECT, ACTION_KERNEL, ACTION_REDIRECT, Destination};
 use ipnet::IpNet;
 
 pub use crate::address::canonical;
 use crate::{
-    config::{AddressSpec, Config, HostSpec},
+    config::{AddressSpec, Config, HostSpec, TargetPath},
     ebpf::DestinationEntry,
 };
 
@@ -17,6 +17,8 @@ struct Resolved {
     net: IpNet,
     port: u16,
     target: usize,
+    /// A `path = "kernel"` target: decided by the connect programs, not redirected.
+    kernel: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,11 +33,13 @@ impl TargetSet {
         let mut entries = Vec::new();
         let mut problems = Vec::new();
         for (index, target) in config.targets.iter().enumerate() {
+            let kernel = target.path == TargetPath::Kernel;
             match &target.address.host {
                 HostSpec::Net(net) => entries.push(Resolved {
                     net: *net,
                     port: target.address.port,
                     target: index,
+                    kernel,
                 }),
                 HostSpec::Name(name) => {
                     match (name.as_str(), target.address.port).to_socket_addrs() {
@@ -52,6 +56,7 @@ impl TargetSet {
                                         net,
                                         port: a.port(),
                                         target: index,
+                                        kernel,
                                     });
                                 }
                             }
@@ -98,7 +103,11 @@ impl TargetSet {
                 net: e.net,
                 port: e.port,
                 value: Destination {
-                    action: ACTION_REDIRECT,
+                    action: if e.kernel {
+                        ACTION_KERNEL
+                    } else {
+                        ACTION_REDIRECT
+                    },
                     target_index: e.target as u32,
                 },
             })
@@ -198,5 +207,40 @@ mod tests {
         assert_eq!(set.lookup("127.0.0.1:7000".parse().unwrap()), Some(0));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("no-such-host.invalid"));
+    }
+
+    #[test]
+    fn kernel_path_targets_are_decided_in_the_kernel_whatever_their_address_form() {
+        let cfg = config(
+            r#"
+            [[targets]]
+            name = "by-name"
+            protocol = "tcp"
+            path = "kernel"
+            address = "localhost:7000"
+            [[targets]]
+            name = "net"
+            protocol = "tcp"
+            path = "kernel"
+            address = "[fd00::/64]:7000"
+            [[targets]]
+            name = "proxied"
+            protocol = "tcp"
+            address = "10.1.2.3:7000"
+            "#,
+        );
+        let (set, problems) = TargetSet::resolve(&cfg);
+        assert!(problems.is_empty(), "{problems:?}");
+        let entries = set.kernel_entries(&[], &[]);
+        let action = |addr: &str| {
+            let ip: std::net::IpAddr = addr.parse().unwrap();
+            entries
+                .iter()
+                .find(|e| e.net.contains(&ip) && e.port == 7000)
+                .map(|e| (e.value.action, e.value.target_index))
+        };
+        assert_eq!(action("127.0.0.1"), Some((ACTION_KERNEL, 0)));
+        assert_eq!(action("fd00::1"), Some((ACTION_KERNEL, 1)));
+        assert_eq!(action("10.1.2.3"), Some((ACTION_REDIRECT, 2)));
     }
 }

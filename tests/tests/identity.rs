@@ -15,7 +15,7 @@ use base64::Engine as _;
 use gateway_e2e::{
     Daemon, DaemonConfig, EchoServer, Netns, Postgres, TempDir, TestCgroup, gateway_bin,
     oidc::{Issuer, Mode, SigningKey, Silent, chrono_now},
-    unique_id,
+    unique_id, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -565,5 +565,106 @@ unauthenticated = true
     assert!(out.status.success(), "{}", stderr(&out));
     let v = fresh.probe(&["connect", &format!("{}:7000", ns.remote_ip), "fresh"])?;
     assert_eq!(v["echo"], "fresh", "{v}");
+    Ok(())
+}
+
+#[test]
+fn a_kernel_path_grant_is_compiled_from_the_identity_and_runs_out_with_its_binding() -> Result<()> {
+    // `path = "kernel"`: the decision is made in the kernel from grants compiled when the job is
+    // bound. Claims select the rule there as on the proxy path, and the grant carries the
+    // binding's end: past it the kernel refuses, and does not fall back to the rules for
+    // unauthenticated jobs either.
+    let id = unique_id();
+    let dir = TempDir::new(&format!("x{id}"));
+    let ns = Netns::new(&id)?;
+    let dst = format!("{}:7000", ns.remote_ip);
+    let echo = EchoServer::start(&ns, dir.path(), std::slice::from_ref(&dst))?;
+    let short = Issuer::start(dir.path(), Mode::Real)?;
+    let long = Issuer::start(dir.path(), Mode::Real)?;
+    let body = format!(
+        r#"{short}
+{long}
+[[targets]]
+name = "echo"
+protocol = "tcp"
+path = "kernel"
+address = "{dst}"
+
+[[rules]]
+name = "acme"
+action = "allow"
+claims = {{ repository = "acme/app" }}
+
+[[rules]]
+name = "anyone"
+action = "allow"
+unauthenticated = true
+"#,
+        short = real_issuer_toml(&short, "max_binding_lifetime = \"2s\""),
+        long = real_issuer_toml(&long, ""),
+    );
+    let daemon = Daemon::start(DaemonConfig {
+        server: String::new(),
+        body,
+    })?;
+    let file = dir.path().join("t.jwt");
+
+    std::fs::write(&file, long.client_token("ci-app")?)?;
+    let bound = TestCgroup::new("kbound")?;
+    let out = attach(&daemon, &bound, &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = bound.probe(&["connect", &dst, "granted"])?;
+    assert_eq!(v["echo"], "granted", "{v}");
+    // Straight to the destination: the job's own address, not the gateway's.
+    assert_eq!(v["peer"], dst.as_str(), "{v}");
+
+    std::fs::write(&file, short.client_token("ci-app")?)?;
+    let expiring = TestCgroup::new("kexp")?;
+    let out = attach(&daemon, &expiring, &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job: Value = serde_json::from_slice(&out.stdout)?;
+    let until = chrono_from_rfc3339(job["binding_expires_at"].as_str().unwrap());
+    while chrono_now() <= until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let accepted = echo.accepted().len();
+    let v = expiring.probe(&["connect", &dst, "late"])?;
+    assert_eq!(
+        v["errno"],
+        libc::EPERM,
+        "an expired binding reached the target: {v}"
+    );
+    assert_eq!(echo.accepted().len(), accepted);
+
+    let recorded = wait_until(Duration::from_secs(10), || {
+        daemon.sessions().is_ok_and(|l| l.len() == 2)
+    });
+    let sessions = daemon.sessions()?;
+    assert!(recorded, "{sessions:?}");
+    let allowed = sessions
+        .iter()
+        .find(|s| s["decision"] == "allow")
+        .expect("allowed session");
+    assert_eq!(
+        (&allowed["path"], &allowed["rule"], &allowed["identity"]),
+        (&json!("kernel"), &json!("acme"), &json!("ci-app")),
+        "{allowed}"
+    );
+    let denied = sessions
+        .iter()
+        .find(|s| s["decision"] == "deny")
+        .expect("denied session");
+    assert_eq!(
+        (&denied["path"], &denied["identity"]),
+        (&json!("kernel"), &json!("ci-app")),
+        "{denied}"
+    );
+    let shown = daemon.show_session(&denied["id"])?;
+    assert!(
+        shown["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("identity binding of job")),
+        "{shown}"
+    );
     Ok(())
 }

@@ -12,7 +12,8 @@ use serde_json::Value;
 
 /// A remote echo server (IPv4 and IPv6, ports 7000 and 7001) and a daemon whose targets are the
 /// echo server's port 7000 and a closed port (plus what a test adds; `{v4}` in it is the echo
-/// server's IPv4 address), open to unauthenticated jobs.
+/// server's IPv4 address), open to unauthenticated jobs. They go through the gateway
+/// (`path = "proxy"`): these tests are about interception; `kernel_path.rs` has the kernel path.
 struct Setup {
     daemon: Daemon,
     echo: EchoServer,
@@ -43,16 +44,19 @@ impl Setup {
 [[targets]]
 name = "echo"
 protocol = "tcp"
+path = "proxy"
 address = "{v4}:7000"
 
 [[targets]]
 name = "echo6"
 protocol = "tcp"
+path = "proxy"
 address = "[{v6}]:7000"
 
 [[targets]]
 name = "closed-port"
 protocol = "tcp"
+path = "proxy"
 address = "{v4}:7009"
 
 {extra}
@@ -1023,7 +1027,7 @@ fn a_jobs_denied_connections_are_recorded_up_to_its_budget_and_counted_beyond() 
     // opening them in a loop gets its budget's worth of rows and the rest counted.
     let s = Setup::with_body(
         "records_per_second_per_job = 5",
-        "[[targets]]\nname = \"forbidden\"\nprotocol = \"tcp\"\naddress = \"{v4}:7001\"\n",
+        "[[targets]]\nname = \"forbidden\"\nprotocol = \"tcp\"\npath = \"proxy\"\naddress = \"{v4}:7001\"\n",
     )?;
     let (job, id) = attached_job(&s, "denied")?;
     let (other, other_id) = attached_job(&s, "denied-other")?;
@@ -1378,6 +1382,9 @@ fn psql_reaches_postgres_in_a_namespace_through_a_tcp_target() -> Result<()> {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("through {}", pg.host)
     );
+    assert!(wait_until(Duration::from_secs(10), || daemon
+        .sessions()
+        .is_ok_and(|l| !l.is_empty())));
     let sessions = daemon.sessions()?;
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0]["comm"], "psql");

@@ -48,6 +48,8 @@ ca_file = "{ca}"
 [[targets]]
 name = "echo"
 protocol = "tcp"
+# Through the gateway: the test tells interception by the job's local address.
+path = "proxy"
 address = "{ip}:7000"
 
 [[rules]]

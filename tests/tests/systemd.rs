@@ -139,7 +139,7 @@ fn daemon_works_with_only_the_units_capabilities_and_notifies_systemd() -> Resul
     let mut daemon = Daemon::builder(DaemonConfig {
         server: String::new(),
         body: format!(
-            "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{}:7000\"\n\n[[rules]]\nname = \"all\"\naction = \"allow\"\nunauthenticated = true\n",
+            "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\npath = \"proxy\"\naddress = \"{}:7000\"\n\n[[rules]]\nname = \"all\"\naction = \"allow\"\nunauthenticated = true\n",
             ns.remote_ip
         ),
     })

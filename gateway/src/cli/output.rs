@@ -32,6 +32,7 @@ pub fn sessions(list: &[SessionSummary]) -> String {
                 short_time(&s.started_at),
                 or_dash(s.target.as_deref()),
                 s.destination.clone(),
+                s.path.map_or_else(|| "-".into(), |p| p.to_string()),
                 s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                 or_dash(s.comm.as_deref()),
                 s.identity.clone(),
@@ -50,6 +51,7 @@ pub fn sessions(list: &[SessionSummary]) -> String {
             "STARTED",
             "TARGET",
             "DESTINATION",
+            "PATH",
             "PID",
             "COMM",
             "IDENTITY",
@@ -71,6 +73,7 @@ pub fn session(s: &SessionRecord) -> String {
         ("target", or_dash(m.target.as_deref())),
         ("protocol", or_dash(m.protocol.as_deref())),
         ("destination", m.destination.clone()),
+        ("path", m.path.map_or_else(|| "-".into(), |p| p.to_string())),
         ("identity", m.identity.clone()),
         ("issuer", or_dash(m.issuer.as_deref())),
         (

@@ -348,3 +348,62 @@ fn connections_per_job_are_limited_by_default_and_the_limit_is_checked() {
         "{got:?}"
     );
 }
+
+#[test]
+fn tcp_targets_take_the_kernel_path_only_when_told_and_only_they_can() {
+    let tcp = "[[targets]]\nname = \"a\"\nprotocol = \"tcp\"\naddress = \"10.0.0.5:7000\"\n";
+    let cfg = Config::parse(tcp, "t.toml").unwrap();
+    assert_eq!(cfg.targets[0].path, TargetPath::Proxy);
+    let cfg = Config::parse(&format!("{tcp}path = \"kernel\"\n"), "t.toml").unwrap();
+    assert_eq!(cfg.targets[0].path, TargetPath::Kernel);
+    let cfg = Config::parse(&format!("{tcp}path = \"proxy\"\n"), "t.toml").unwrap();
+    assert_eq!(cfg.targets[0].path, TargetPath::Proxy);
+    // A spare upstream connection needs the gateway in the path.
+    let got = problems(&format!("{tcp}preconnect = true\npath = \"kernel\"\n"));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with("t.toml:6:8: targets[0].path:"),
+        "{got:#?}"
+    );
+    let got = problems(
+        "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"10.0.0.5:5432\"\npath = \"kernel\"\n",
+    );
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with("t.toml:5:8: targets[0].path: path \"kernel\" is for protocol \"tcp\""),
+        "{got:#?}"
+    );
+    let got = problems(&format!("{tcp}path = \"sideways\"\n"));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].starts_with("t.toml:5:8:"), "{got:#?}");
+    let cfg = Config::parse(
+        "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"10.0.0.5:5432\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(cfg.targets[0].path, TargetPath::Proxy);
+}
+
+#[test]
+fn the_kernel_path_lease_has_a_default_and_is_checked() {
+    assert_eq!(
+        Config::defaults().server.kernel_path_lease,
+        DEFAULT_KERNEL_PATH_LEASE
+    );
+    let cfg = Config::parse("[server]\nkernel_path_lease = \"10m\"\n", "t.toml").unwrap();
+    assert_eq!(cfg.server.kernel_path_lease, Duration::from_secs(600));
+    for bad in ["\"0s\"", "\"soon\""] {
+        let got = problems(&format!("[server]\nkernel_path_lease = {bad}\n"));
+        assert_eq!(got.len(), 1, "{bad}: {got:?}");
+        assert!(
+            got[0].contains("t.toml:2:") && got[0].contains("kernel_path_lease"),
+            "{bad}: {got:?}"
+        );
+    }
+    let got = problems("[server]\nkernel_path_lease = 5\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("t.toml:2:21:") && got[0].contains("expected a string"),
+        "{got:?}"
+    );
+}

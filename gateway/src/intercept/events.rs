@@ -1,24 +1,39 @@
 //! What the kernel programs refused (enforce) or let through (audit) without the gateway in the
 //! path, recorded as `kernel` sessions. The programs budget them per job and kind (see
-//! `budget`): what reaches the ring buffer is recorded.
+//! `budget`): what reaches the ring buffer is recorded. Kernel-path connections come through the
+//! same ring buffer (`kernel_path`), unbudgeted: the kernel refuses what it cannot queue.
+//!
+//! The reader keeps the kernel path open: it moves the `LIVENESS` deadline on while it reads, so
+//! a daemon that stops, is killed, or whose reader is stuck leaves the kernel path refusing
+//! connects within its lease (`server.kernel_path_lease`).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{
-    AF_INET, EVENT_BIND, EVENT_CONNECT, EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP,
-    Event, LIMIT_NO_RECORD, LIMIT_PENDING, LIMIT_TOTAL, MAX_PENDING,
+    AF_INET, EVENT_BIND, EVENT_CONNECT, EVENT_KERNEL_CLOSE, EVENT_KERNEL_CONNECT,
+    EVENT_KERNEL_DENIED, EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP, Event,
+    LIMIT_NO_DAEMON, LIMIT_NO_RECORD, LIMIT_OPEN, LIMIT_PENDING, LIMIT_RING_FULL, LIMIT_TOTAL,
+    LIMIT_UNREAD, MAX_PENDING,
 };
 use tokio::io::unix::AsyncFd;
 
 use super::Services;
-use super::{address, process};
+use super::{address, kernel_path, process};
+use crate::ebpf::Liveness;
 use crate::{
     identity::Identity,
-    record::{NewSession, ProcessInfo, SessionKind, now},
+    record::{NewSession, ProcessInfo, SessionKind, SessionPath, now},
 };
 
-pub async fn read_loop(ring: RingBuf<MapData>, services: Arc<Services>) {
+/// Reads the ring buffer until shutdown, and keeps the kernel path open while it does: the
+/// deadline moves `lease` ahead several times per lease.
+pub async fn read_loop(
+    ring: RingBuf<MapData>,
+    mut liveness: Liveness,
+    lease: Duration,
+    services: Arc<Services>,
+) {
     // SAFETY: the ring buffer owns its map descriptor and keeps it open, unchanged, for as long as
     // the AsyncFd owns the ring buffer.
     let mut ring = match unsafe { AsyncFd::register(ring) } {
@@ -28,16 +43,25 @@ pub async fn read_loop(ring: RingBuf<MapData>, services: Arc<Services>) {
             return;
         }
     };
+    let mut open = kernel_path::OpenSessions::load(&services).await;
+    let mut refresh = tokio::time::interval((lease / 4).min(Duration::from_millis(250)));
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut guard = tokio::select! {
             g = ring.readable_mut() => match g {
                 Ok(g) => g,
                 Err(e) => {
                     tracing::error!(error = %e, "kernel event ring buffer failed");
-                    return;
+                    break;
                 }
             },
-            () = services.shutdown.cancelled() => return,
+            _ = refresh.tick() => {
+                if let Err(e) = liveness.refresh(lease) {
+                    tracing::error!(error = %e, "cannot keep the kernel path open");
+                }
+                continue;
+            }
+            () = services.shutdown.cancelled() => break,
         };
         let mut batch = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
@@ -49,8 +73,24 @@ pub async fn read_loop(ring: RingBuf<MapData>, services: Arc<Services>) {
         }
         guard.clear_ready();
         for event in batch {
-            record(&event, &services);
+            match event.kind {
+                // Counted read once handed to the store: a job that ends waits for that.
+                EVENT_KERNEL_CONNECT => {
+                    open.connected(&event, &services).await;
+                    services.recorder.job_states.count_read(event.job_slot);
+                }
+                EVENT_KERNEL_CLOSE => {
+                    open.closed(&event, &services);
+                    services.recorder.job_states.count_read(event.job_slot);
+                }
+                _ => record(&event, &services),
+            }
         }
+    }
+    // No reader from here on: the kernel path closes now rather than when the lease runs out
+    // (what it let through until then waits in the ring buffer for the next daemon).
+    if let Err(e) = liveness.stop() {
+        tracing::error!(error = %e, "cannot close the kernel path");
     }
 }
 
@@ -65,6 +105,16 @@ fn limit_reason(detail: u32, services: &Services) -> String {
             format!("all jobs together have {MAX_PENDING} connects waiting for the gateway")
         }
         LIMIT_NO_RECORD => "no record of the connect could be kept (the cgroup is linked to no job, or the socket had no memory for it)".into(),
+        LIMIT_NO_DAEMON => "no gateway daemon was reading the kernel's records (kernel path)".into(),
+        LIMIT_UNREAD => format!(
+            "the job has {} kernel-path records the gateway has not read yet (server.max_pending_connections_per_job)",
+            services.max_pending_connections_per_job
+        ),
+        LIMIT_OPEN => format!(
+            "the job already has {} kernel-path connections open (server.max_connections_per_job)",
+            services.max_connections_per_job
+        ),
+        LIMIT_RING_FULL => "the kernel's record buffer was full: the connection could not be recorded (kernel path)".into(),
         other => format!("refused for lack of room ({other})"),
     }
 }
@@ -95,6 +145,12 @@ pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, servic
 }
 
 fn record(event: &Event, services: &Services) {
+    if event.kind == EVENT_KERNEL_DENIED {
+        let session = kernel_path::denied(event, services);
+        tracing::info!(pid = event.pid, destination = %session.destination, "{}", session.reason.as_deref().unwrap_or("refused"));
+        services.store.record_session(session);
+        return;
+    }
     let job = services
         .jobs
         .by_slot(event.job_slot)
@@ -138,7 +194,31 @@ fn record(event: &Event, services: &Services) {
         ),
     };
     let decision = if event.denied != 0 { "deny" } else { "audit" };
-    let at = now();
+    // A kernel-path target's connect refused for a limit: named like the path's other records,
+    // and dated by the kernel (it may be read long after: by the next daemon).
+    let kernel_path = event.kind == EVENT_LIMIT
+        && matches!(
+            event.detail,
+            LIMIT_NO_DAEMON | LIMIT_UNREAD | LIMIT_OPEN | LIMIT_RING_FULL
+        );
+    let (at, path, target) = if kernel_path {
+        let targets = services
+            .targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let target = targets
+            .lookup(dst)
+            .and_then(|i| services.target_configs.get(i))
+            .map(|t| t.name.clone());
+        (
+            kernel_path::wall_time(event.boot_ns),
+            Some(SessionPath::Kernel),
+            target,
+        )
+    } else {
+        (now(), None, None)
+    };
     let p = ProcessInfo {
         pid: event.pid,
         tid: event.tid,
@@ -155,7 +235,7 @@ fn record(event: &Event, services: &Services) {
     let session = NewSession {
         kind: SessionKind::Kernel,
         job_id: job.map(|j| j.id.clone()),
-        target: None,
+        target,
         protocol: Some(protocol.to_string()),
         destination,
         process: Some(p),
@@ -165,6 +245,8 @@ fn record(event: &Event, services: &Services) {
         reason: Some(reason),
         started_at: at.clone(),
         ended_at: Some(at),
+        path,
+        cookie: None,
     };
     services.store.record_session(session);
 }

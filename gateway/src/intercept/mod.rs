@@ -2,6 +2,7 @@
 //! made them, ask policy, record the session, and hand the connection to its protocol handler.
 
 pub mod events;
+pub mod kernel_path;
 pub mod process;
 
 use crate::record::EventKind;
@@ -25,7 +26,7 @@ use crate::{
     jobs::{ConnectionSlot, Jobs},
     policy::{Decision, Policy},
     protocol::{postgres, spares::Spares, ssh, tcp},
-    record::{NewSession, Origin, ProcessInfo, SessionEnd, SessionKind, Store, now},
+    record::{NewSession, Origin, ProcessInfo, SessionEnd, SessionKind, SessionPath, Store, now},
     targets::TargetSet,
 };
 
@@ -197,6 +198,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, services: Arc<Services>) {
             reason: decision.reason().map(str::to_string),
             started_at,
             ended_at: None,
+            path: Some(SessionPath::Proxy),
+            cookie: None,
         };
         // A spare upstream is known before the session is written: one write for both.
         let connected = if preconnected {
@@ -392,6 +395,8 @@ async fn anomaly(client: TcpStream, peer: SocketAddr, services: &Services, start
         )),
         ended_at: Some(started_at.clone()),
         started_at,
+        path: None,
+        cookie: None,
     };
     if let Err(e) = services.store.insert_session(session).await {
         tracing::error!(error = %e, "cannot record anomaly");

@@ -90,7 +90,7 @@ impl ProcessCache {
 }
 
 /// Only what eBPF captured at connect.
-fn captured(info: &ConnInfo) -> ProcessInfo {
+pub fn captured(info: &ConnInfo) -> ProcessInfo {
     ProcessInfo {
         pid: info.pid,
         tid: info.tid,

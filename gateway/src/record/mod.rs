@@ -8,7 +8,7 @@ mod store;
 
 pub use event::EventKind;
 pub use sessions::{
-    EventRecord, JobRecord, NewSession, Origin, ProcessInfo, SessionEnd, SessionKind,
+    EventRecord, JobRecord, NewSession, Origin, ProcessInfo, SessionEnd, SessionKind, SessionPath,
     SessionRecord, SessionSummary, now,
 };
 pub use store::{Failure, Health, Store, StoreError};

@@ -128,6 +128,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN cmdline_cut INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: how a connection to a target travelled (proxy | kernel; NULL for other records), and
+    // the socket cookie a kernel-path session's end is recorded under.
+    r#"
+    ALTER TABLE sessions ADD COLUMN path TEXT;
+    ALTER TABLE sessions ADD COLUMN cookie INTEGER;
+    CREATE INDEX sessions_open_kernel ON sessions (cookie) WHERE path = 'kernel' AND ended_at IS NULL;
+    "#,
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -45,6 +45,38 @@ impl SessionKind {
     }
 }
 
+/// How a connection travelled: through the gateway (`proxy`) or straight to the destination,
+/// decided and recorded by the kernel programs (`kernel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionPath {
+    Proxy,
+    Kernel,
+}
+
+impl SessionPath {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionPath::Proxy => "proxy",
+            SessionPath::Kernel => "kernel",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<SessionPath> {
+        match s {
+            "proxy" => Some(SessionPath::Proxy),
+            "kernel" => Some(SessionPath::Kernel),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SessionPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Who is behind an allowed connection: what every protocol handler is told about a session it
 /// serves (and decides operations on).
 #[derive(Debug, Clone)]
@@ -90,6 +122,12 @@ pub struct NewSession {
     pub started_at: String,
     /// Set for sessions that are over when recorded (refusals, anomalies, kernel events).
     pub ended_at: Option<String>,
+    /// Connections to targets: how they travelled (`None`: not a connection to a target).
+    #[serde(default)]
+    pub path: Option<SessionPath>,
+    /// Kernel path: the socket cookie its close is recorded under.
+    #[serde(default)]
+    pub cookie: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -120,6 +158,9 @@ pub struct SessionSummary {
     pub ended_at: Option<String>,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// `proxy` or `kernel` for connections to targets.
+    #[serde(default)]
+    pub path: Option<SessionPath>,
 }
 
 /// Everything about one session: `gateway sessions show ID`.
@@ -245,10 +286,54 @@ impl Store {
             c.execute(
                 "INSERT INTO events (session_id, at, kind, detail)
                  SELECT id, ?1, 'interrupted', '{\"reason\":\"the gateway stopped before the session ended\"}'
-                 FROM sessions WHERE ended_at IS NULL",
+                 FROM sessions WHERE ended_at IS NULL AND path IS NOT 'kernel'",
                 [&at],
             )?;
-            Ok(c.execute("UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL", [&at])?)
+            // Kernel-path connections do not go through the gateway: they go on, and the kernel
+            // records their end for the next daemon.
+            Ok(c.execute(
+                "UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL AND path IS NOT 'kernel'",
+                [&at],
+            )?)
+        })
+        .await
+    }
+
+    /// The kernel-path sessions of a job that ended with them still open: the kernel no longer
+    /// reports their close. Closed now, with an event saying their byte counts are unknown;
+    /// returns how many.
+    pub async fn close_orphaned_kernel_sessions(
+        &self,
+        job_id: String,
+    ) -> Result<usize, StoreError> {
+        self.call(move |c| {
+            let at = now();
+            c.execute(
+                "INSERT INTO events (session_id, at, kind, detail)
+                 SELECT id, ?1, 'closed', '{\"path\":\"kernel\",\"reason\":\"the job ended with the connection open; its end and byte counts are not known\"}'
+                 FROM sessions WHERE job_id = ?2 AND path = 'kernel' AND ended_at IS NULL",
+                params![at, job_id],
+            )?;
+            Ok(c.execute(
+                "UPDATE sessions SET ended_at = ?1
+                 WHERE job_id = ?2 AND path = 'kernel' AND ended_at IS NULL",
+                params![at, job_id],
+            )?)
+        })
+        .await
+    }
+
+    /// Kernel-path sessions still open, by the cookie their close is recorded under.
+    pub async fn open_kernel_sessions(&self) -> Result<Vec<(u64, i64)>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT cookie, id FROM sessions
+                 WHERE path = 'kernel' AND ended_at IS NULL AND cookie IS NOT NULL",
+            )?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -530,9 +615,9 @@ fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), Stor
     conn.prepare_cached(
         "INSERT INTO sessions (id, kind, job_id, target, protocol, destination, pid, tid, uid, gid,
             comm, exe, cmdline, process_verified, cgroup_id, issuer, identity, claims, decision,
-            rule, reason, started_at, ended_at, cmdline_cut)
+            rule, reason, started_at, ended_at, cmdline_cut, path, cookie)
          VALUES (?23, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?24)",
+            ?18, ?19, ?20, ?21, ?22, ?24, ?25, ?26)",
     )?
     .execute(params![
         s.kind.as_str(),
@@ -561,6 +646,8 @@ fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), Stor
         s.ended_at,
         id,
         p.is_some_and(|p| p.cmdline_cut),
+        s.path.map(SessionPath::as_str),
+        s.cookie.map(|c| c as i64),
     ])?;
     Ok(())
 }
@@ -584,5 +671,9 @@ fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<SessionSummary> {
         ended_at: r.get("ended_at")?,
         bytes_up: r.get::<_, i64>("bytes_up")? as u64,
         bytes_down: r.get::<_, i64>("bytes_down")? as u64,
+        path: r
+            .get::<_, Option<String>>("path")?
+            .as_deref()
+            .and_then(SessionPath::parse),
     })
 }

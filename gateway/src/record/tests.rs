@@ -34,6 +34,8 @@ fn session(destination: &str) -> NewSession {
         reason: None,
         started_at: now(),
         ended_at: None,
+        path: None,
+        cookie: None,
     }
 }
 

@@ -27,7 +27,7 @@
 //!                           closed at once; spread: the same from 16 loopback source addresses
 //!                           in turn (more client addresses than one has ports); hold: all kept
 //!                           open until stdin closes; serve: each blocking, read until the peer
-//!                           closes
+//!                           closes; greet: each blocking, its first line read, closed
 //!   flood-udp ADDR N        N datagrams with sendto(), tallied by errno
 //!
 //! `--cgroup DIR` first moves the probe into DIR (as a job's process would be).
@@ -356,6 +356,18 @@ fn flood_connect(addr: &str, count: &str, mode: &str) -> Value {
     let mut held = Vec::new();
     let outcomes: Vec<i32> = (0..count)
         .map(|i| {
+            if mode == "greet" {
+                // A whole connection: connected, its greeting read, closed.
+                return match TcpStream::connect(std::net::SocketAddr::V4(addr)) {
+                    Ok(s) => {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                        let mut line = String::new();
+                        let _ = BufReader::new(s).read_line(&mut line);
+                        0
+                    }
+                    Err(e) => e.raw_os_error().unwrap_or(-1),
+                };
+            }
             if mode == "serve" {
                 return match TcpStream::connect(std::net::SocketAddr::V4(addr)) {
                     Ok(mut s) => {

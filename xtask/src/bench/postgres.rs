@@ -73,6 +73,7 @@ password_file = "{secret}"
 [[targets]]
 name = "bench-relay"
 protocol = "tcp"
+path = "proxy"
 address = "{relay_host}:5432"
 
 [[rules]]

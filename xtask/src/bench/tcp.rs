@@ -1,7 +1,8 @@
 //! TCP target: connection setup time and request/response round trips through the gateway, against
 //! the same traffic sent directly and through haproxy (tcp mode), all to an echo server in a network
 //! namespace, in one run. Targets (issue 2): setup within 1.5× of direct; round trip no slower than
-//! haproxy.
+//! haproxy. The kernel path (`path = "kernel"`, issue 16): setup within 1.1× of direct, round trip
+//! within 1.05×.
 
 use std::{process::Command, time::Duration};
 
@@ -25,6 +26,9 @@ enum Path {
     Gateway,
     /// The same through a target with `preconnect = true` (another port of the echo server).
     GatewayPreconnect,
+    /// A job to a `path = "kernel"` target (a third port): decided and recorded by the kernel
+    /// programs, not relayed.
+    GatewayKernel,
 }
 
 impl Path {
@@ -34,6 +38,7 @@ impl Path {
             Path::Haproxy => "haproxy (tcp mode)",
             Path::Gateway => "gateway (recorded)",
             Path::GatewayPreconnect => "gateway, preconnect",
+            Path::GatewayKernel => "gateway, kernel path",
         }
     }
 }
@@ -44,7 +49,12 @@ pub(super) fn run() -> Result<()> {
     let ns = Netns::new(&id)?;
     let upstream = format!("{}:7000", ns.remote_ip);
     let preconnected = format!("{}:7001", ns.remote_ip);
-    let _echo = EchoServer::start(&ns, dir.path(), &[upstream.clone(), preconnected.clone()])?;
+    let kernel = format!("{}:7002", ns.remote_ip);
+    let _echo = EchoServer::start(
+        &ns,
+        dir.path(),
+        &[upstream.clone(), preconnected.clone(), kernel.clone()],
+    )?;
 
     let haproxy_port = free_port();
     let cfg = dir.path().join("haproxy.cfg");
@@ -69,7 +79,7 @@ pub(super) fn run() -> Result<()> {
     );
 
     let body = format!(
-        "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{upstream}\"\n\n[[targets]]\nname = \"echo-preconnect\"\nprotocol = \"tcp\"\naddress = \"{preconnected}\"\npreconnect = true\n\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"echo*\"]\nunauthenticated = true\n"
+        "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\npath = \"proxy\"\naddress = \"{upstream}\"\n\n[[targets]]\nname = \"echo-preconnect\"\nprotocol = \"tcp\"\naddress = \"{preconnected}\"\npreconnect = true\n\n[[targets]]\nname = \"echo-kernel\"\nprotocol = \"tcp\"\npath = \"kernel\"\naddress = \"{kernel}\"\n\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"echo*\"]\nunauthenticated = true\n"
     );
     let daemon = Daemon::builder(DaemonConfig {
         server: String::new(),
@@ -82,7 +92,7 @@ pub(super) fn run() -> Result<()> {
     // stdin, to trace or profile the gateway by hand.
     if std::env::var_os("BENCH_TCP_HOLD").is_some() {
         println!(
-            "gateway pid {} control socket {} direct/gateway {upstream} preconnect {preconnected} haproxy 127.0.0.1:{haproxy_port}",
+            "gateway pid {} control socket {} direct/gateway {upstream} preconnect {preconnected} kernel path {kernel} haproxy 127.0.0.1:{haproxy_port}",
             daemon.pid(),
             daemon.control_socket.display()
         );
@@ -92,7 +102,7 @@ pub(super) fn run() -> Result<()> {
     }
     let measure = |path: Path, args: &[&str]| -> Result<serde_json::Value> {
         let mut cmd = match path {
-            Path::Gateway | Path::GatewayPreconnect => {
+            Path::Gateway | Path::GatewayPreconnect | Path::GatewayKernel => {
                 let mut c = Command::new(gateway_bin());
                 c.arg("--control-socket")
                     .arg(&daemon.control_socket)
@@ -105,6 +115,7 @@ pub(super) fn run() -> Result<()> {
         let target = match path {
             Path::Haproxy => format!("127.0.0.1:{haproxy_port}"),
             Path::GatewayPreconnect => preconnected.clone(),
+            Path::GatewayKernel => kernel.clone(),
             _ => upstream.clone(),
         };
         cmd.arg(args[0]).arg(&target).args(&args[1..]);
@@ -116,6 +127,7 @@ pub(super) fn run() -> Result<()> {
         Path::Haproxy,
         Path::Gateway,
         Path::GatewayPreconnect,
+        Path::GatewayKernel,
     ];
     // Warm-up: caches, page tables, the gateway's prepared statements.
     for p in paths {
@@ -175,6 +187,10 @@ pub(super) fn run() -> Result<()> {
         c50[2] / c50[0],
         c50[3] / c50[0]
     );
+    println!(
+        "target: kernel path within 1.10× of direct → {:.2}×",
+        c50[4] / c50[0]
+    );
 
     println!(
         "\nTCP target — request/response round trip ({SIZE} B), {ROUND_TRIPS} on one connection, median of {ROUNDS} rounds"
@@ -204,6 +220,10 @@ pub(super) fn run() -> Result<()> {
     println!(
         "target: gateway round trip no slower than haproxy → {:.2}× haproxy",
         r50[2] / r50[1]
+    );
+    println!(
+        "target: kernel path round trip within 1.05× of direct → {:.2}×",
+        r50[4] / r50[0]
     );
     let sessions = daemon.sessions()?.len();
     println!("(gateway recorded {sessions} sessions during the run)");

@@ -188,6 +188,8 @@ unauthenticated = true
                 reason: None,
                 started_at: crate::time::now(),
                 ended_at: None,
+                path: None,
+                cookie: None,
             })
             .await
             .unwrap();

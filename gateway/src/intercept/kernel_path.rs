@@ -1,0 +1,207 @@
+//! Kernel-path sessions: connections to `path = "kernel"` targets, which the connect programs
+//! decide (the job's grants, compiled from the rules when it was bound; its limits; a daemon
+//! reading) and let go straight to the destination. The programs record each one through the
+//! ring buffer, at connect (or refuse the connect when the record cannot be queued) and at close
+//! with its byte counts; this module stores them as sessions, enriched like proxied ones
+//! (process from /proc with the exec check, job, identity, rule), with `path: kernel`.
+//!
+//! What this guarantees, and what it does not: the session is in the ring buffer before the
+//! connect returns, and in the store once the daemon has read it — not before the first byte
+//! goes out (there is no gateway in the path to hold it back). A `tcp` target has no operations
+//! to record write-ahead: who connected where, when, and how many bytes, is all there is.
+
+use std::{collections::HashMap, time::Duration};
+
+use gateway_common::{ConnInfo, Event};
+use serde_json::json;
+
+use super::{Services, process};
+use crate::{
+    ebpf::boot_ns,
+    identity::Identity,
+    policy::Decision,
+    record::{EventKind, NewSession, SessionEnd, SessionKind, SessionPath},
+};
+
+/// The kernel-path sessions open now, by socket cookie (read by one task: no lock).
+#[derive(Default)]
+pub struct OpenSessions {
+    by_cookie: HashMap<u64, i64>,
+}
+
+impl OpenSessions {
+    /// The sessions a previous daemon left open: their connections went on without it, and
+    /// their ends are in the ring buffer for this one.
+    pub async fn load(services: &Services) -> OpenSessions {
+        match services.store.open_kernel_sessions().await {
+            Ok(open) => OpenSessions {
+                by_cookie: open.into_iter().collect(),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the open kernel-path sessions; their ends will not be recorded");
+                OpenSessions::default()
+            }
+        }
+    }
+
+    /// Records a connection the kernel let through.
+    pub async fn connected(&mut self, event: &Event, services: &Services) {
+        let info = conn_info(event);
+        let dst = super::destination(&info);
+        let job = services
+            .jobs
+            .by_slot(event.job_slot)
+            .or_else(|| services.jobs.for_cgroup(event.cgroup_id));
+        let identity = job
+            .as_ref()
+            .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
+        let target = services.target_configs.get(event.detail as usize);
+        let process = services
+            .processes
+            .describe(&info, |pid| services.exec_starts.last(pid));
+        // The grants were compiled from these rules: this names the rule that allowed it.
+        let (rule, reason) = match target
+            .map(|t| services.policy.decide_connection(&identity, &t.name))
+        {
+            Some(Decision::Allow { rule }) => (Some(rule), None),
+            other => {
+                tracing::warn!(cookie = event.cookie, %dst, "the kernel let a connection through that the rules no longer allow");
+                (
+                    None,
+                    Some(format!(
+                        "let through by the kernel's grant; the rules now say: {}",
+                        other
+                            .as_ref()
+                            .map_or("no such target", |d| d.reason().unwrap_or("-"))
+                    )),
+                )
+            }
+        };
+        tracing::debug!(pid = event.pid, %dst, cookie = event.cookie, "kernel-path connection");
+        let session = NewSession {
+            kind: SessionKind::Kernel,
+            job_id: job.map(|j| j.id.clone()),
+            target: target.map(|t| t.name.clone()),
+            protocol: Some("tcp".into()),
+            destination: dst.to_string(),
+            process: Some(process),
+            identity,
+            decision: "allow".into(),
+            rule,
+            reason,
+            started_at: wall_time(event.boot_ns),
+            ended_at: None,
+            path: Some(SessionPath::Kernel),
+            cookie: Some(event.cookie),
+        };
+        match services.store.insert_session(session).await {
+            Ok(id) => {
+                self.by_cookie.insert(event.cookie, id);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %dst, "cannot record a kernel-path connection");
+            }
+        }
+    }
+
+    /// Records the end of a connection, with the bytes the kernel counted.
+    pub fn closed(&mut self, event: &Event, services: &Services) {
+        let Some(id) = self.by_cookie.remove(&event.cookie) else {
+            tracing::debug!(
+                cookie = event.cookie,
+                "end of a kernel-path connection that was not recorded open"
+            );
+            return;
+        };
+        services.store.close_session(
+            id,
+            vec![(
+                EventKind::Closed,
+                json!({ "path": "kernel", "bytes_up": event.bytes_up, "bytes_down": event.bytes_down }),
+            )],
+            SessionEnd {
+                bytes_up: event.bytes_up,
+                bytes_down: event.bytes_down,
+            },
+        );
+    }
+}
+
+/// A connect to a kernel-path target the job holds no grant for: the reason the rules (or the
+/// binding) give, as the gateway would have refused it.
+pub fn denied(event: &Event, services: &Services) -> NewSession {
+    let info = conn_info(event);
+    let dst = super::destination(&info);
+    let job = services
+        .jobs
+        .by_slot(event.job_slot)
+        .or_else(|| services.jobs.for_cgroup(event.cgroup_id));
+    let identity = job
+        .as_ref()
+        .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
+    let target = services.target_configs.get(event.detail as usize);
+    let decision = match (target, job.as_ref().and_then(|j| j.binding_expired())) {
+        (_, Some(reason)) => Decision::Deny { rule: None, reason },
+        (Some(t), None) => match services.policy.decide_connection(&identity, &t.name) {
+            Decision::RequireApproval { rule } => Decision::Deny {
+                rule: Some(rule),
+                reason: "approval of whole connections is not supported; approve statements or commands instead".into(),
+            },
+            // Granted when bound, refused now: the job ended, or its grant was taken back.
+            Decision::Allow { rule } => Decision::Deny {
+                rule: Some(rule),
+                reason: "the job holds no grant for this target (it is not attached, or was bound again)".into(),
+            },
+            d => d,
+        },
+        (None, None) => Decision::Deny {
+            rule: None,
+            reason: format!("{dst} is no longer a target"),
+        },
+    };
+    NewSession {
+        kind: SessionKind::Kernel,
+        job_id: job.map(|j| j.id.clone()),
+        target: target.map(|t| t.name.clone()),
+        protocol: Some("tcp".into()),
+        destination: dst.to_string(),
+        process: Some(process::captured(&info)),
+        identity,
+        decision: "deny".into(),
+        rule: decision.rule().map(str::to_string),
+        reason: decision.reason().map(str::to_string),
+        started_at: wall_time(event.boot_ns),
+        ended_at: Some(wall_time(event.boot_ns)),
+        path: Some(SessionPath::Kernel),
+        cookie: None,
+    }
+}
+
+/// What the connect program captured, as the process describer takes it.
+fn conn_info(event: &Event) -> ConnInfo {
+    ConnInfo {
+        dst_addr: event.addr,
+        dst_port: event.port,
+        family: event.family,
+        listener_family: 0,
+        _pad: 0,
+        pid: event.pid,
+        tid: event.tid,
+        uid: event.uid,
+        gid: event.gid,
+        cgroup_id: event.cgroup_id,
+        cookie: event.cookie,
+        boot_ns: event.boot_ns,
+        comm: event.comm,
+        job_slot: event.job_slot,
+        _pad2: 0,
+    }
+}
+
+/// The wall-clock time of a CLOCK_BOOTTIME instant of the programs (events may be read long
+/// after they happened: after a restart of the daemon).
+pub fn wall_time(event_boot_ns: u64) -> String {
+    let ago = Duration::from_nanos(boot_ns().saturating_sub(event_boot_ns));
+    let at = chrono::Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default();
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
