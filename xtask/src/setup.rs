@@ -18,6 +18,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "haproxy",
     "openssh-server",
     "openssh-client",
+    // HTTP tests: the upstream web server; h2load for the HTTP benchmark.
+    "nginx",
+    "nghttp2-client",
     // SSH tests: an interactive shell driven through a terminal, recordings checked by asciinema.
     "tmux",
     "asciinema",

@@ -24,7 +24,7 @@ use crate::{
     identity::Identity,
     jobs::{ConnectionSlot, Jobs},
     policy::{Decision, Policy},
-    protocol::{postgres, spares::Spares, ssh, tcp},
+    protocol::{http, postgres, spares::Spares, ssh, tcp},
     record::{NewSession, Origin, ProcessInfo, SessionEnd, SessionKind, Store, now},
     targets::TargetSet,
 };
@@ -53,6 +53,7 @@ pub struct Services {
     pub shutdown: CancellationToken,
     pub postgres: postgres::Services,
     pub ssh: ssh::Services,
+    pub http: http::Services,
 }
 
 pub async fn accept_loop(listener: TcpListener, services: Arc<Services>) {
@@ -318,6 +319,19 @@ async fn serve(
         }
         Protocol::Ssh => {
             let end = ssh::serve(client, upstream, target, session_id, origin, &services.ssh).await;
+            services.store.end_session(session_id, end);
+        }
+        Protocol::Http => {
+            let session = http::Session {
+                services: &services.http,
+                target: &target,
+                dst: origin.dst,
+                id: session_id,
+                identity: &origin.identity,
+                process: origin.process.as_ref(),
+                job_id: origin.job_id.as_deref(),
+            };
+            let end = http::serve(client, upstream, session).await;
             services.store.end_session(session_id, end);
         }
         other => {
