@@ -547,3 +547,110 @@ fn the_credential_goes_only_to_an_upstream_the_gateway_authenticates() -> Result
     ensure!(s.server_saw().is_empty(), "{:?}", s.server_saw());
     Ok(())
 }
+
+#[test]
+fn malformed_oversized_and_flooding_requests_get_clear_errors_at_bounded_cost() -> Result<()> {
+    let s = Setup::new()?;
+    let host = format!("Host: {HOST}\\r\\n");
+    let many: String = (0..150).map(|i| format!("X-N{i}: v\\r\\n")).collect();
+    let huge = format!("X-Big: {}\\r\\n", "a".repeat(70_000));
+    for (name, request, expected) in [
+        (
+            "too many headers",
+            format!("GET /items HTTP/1.1\\r\\n{host}{many}\\r\\n"),
+            "431",
+        ),
+        (
+            "header block too large",
+            format!("GET /items HTTP/1.1\\r\\n{host}{huge}\\r\\n"),
+            "431",
+        ),
+        (
+            "bad chunk size",
+            format!(
+                "POST /items HTTP/1.1\\r\\n{host}Transfer-Encoding: chunked\\r\\n\\r\\nzz\\r\\nabc\\r\\n0\\r\\n\\r\\n"
+            ),
+            "400",
+        ),
+        ("not HTTP", "HELLO\\r\\n\\r\\n".to_string(), "400"),
+    ] {
+        let response = s.raw(&request);
+        let status = response
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("");
+        ensure!(status == expected, "{name}: {response:?}");
+    }
+    // The bad chunk reached the server as a request whose body broke: nothing but the refusal.
+    ensure!(
+        s.server_saw()
+            .iter()
+            .all(|r| r["method"] != "POST" || r["status"] != 200),
+        "{:?}",
+        s.server_saw()
+    );
+    // Bare LF line ends: one request, read the one way, forwarded framed properly.
+    let response = s.raw(&format!(
+        "GET /lf HTTP/1.1\\n{}\\n\\n",
+        format!("Host: {HOST}")
+    ));
+    ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // A ClientHello that is garbage: the connection ends, the attempt is recorded.
+    let out = s.daemon.run_job(
+        &[],
+        httpraw_bin(),
+        &[
+            &format!("{}:443", s.nginx.addr),
+            "\\x16\\x03\\x01garbage\\r\\n",
+        ],
+    );
+    // Only a TLS alert record (0x15) comes back, if anything.
+    ensure!(out.stdout.is_empty() || out.stdout[0] == 0x15, "{out:?}");
+    let broken = wait_until(Duration::from_secs(10), || {
+        s.events("protocol_error")
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e["detail"]["phase"] == "client_tls")
+    });
+    ensure!(
+        broken,
+        "no protocol_error recorded for the garbage ClientHello"
+    );
+    // HTTP/2 rapid reset: the gateway stops the connection instead of serving the flood.
+    let flood = |mode: &str, count: &str| -> Result<Value> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http/h2flood.py");
+        let out = s.daemon.run_job(
+            &[],
+            "/usr/bin/python3",
+            &[
+                script,
+                &s.nginx.addr.to_string(),
+                "443",
+                s.gateway_ca.to_str().unwrap(),
+                HOST,
+                mode,
+                count,
+            ],
+        );
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("h2flood {mode}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let before = s.server_saw().len();
+    let reset = flood("rapid-reset", "2000")?;
+    // GOAWAY with ENHANCE_YOUR_CALM (0xb).
+    ensure!(reset["goaway"] == 11, "rapid reset was served: {reset}");
+    let served = s.server_saw().len() - before;
+    ensure!(
+        served < 200,
+        "the upstream got {served} requests of the flood"
+    );
+    // CONTINUATION flood: a header block that never ends is cut off at the header limit.
+    let continuation = flood("continuation", "2000")?;
+    ensure!(continuation["goaway"] == 11, "{continuation}");
+    ensure!(
+        continuation["sent_frames"].as_u64().unwrap_or(0) < 2000,
+        "the gateway read 32 MB of one header block: {continuation}"
+    );
+    Ok(())
+}
