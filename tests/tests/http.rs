@@ -591,10 +591,7 @@ fn malformed_oversized_and_flooding_requests_get_clear_errors_at_bounded_cost() 
         s.server_saw()
     );
     // Bare LF line ends: one request, read the one way, forwarded framed properly.
-    let response = s.raw(&format!(
-        "GET /lf HTTP/1.1\\n{}\\n\\n",
-        format!("Host: {HOST}")
-    ));
+    let response = s.raw(&format!("GET /lf HTTP/1.1\\nHost: {HOST}\\n\\n"));
     ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
     // A ClientHello that is garbage: the connection ends, the attempt is recorded.
     let out = s.daemon.run_job(
