@@ -13,8 +13,10 @@ use std::{
     time::Duration,
 };
 
+mod http;
 mod postgres;
 mod ssh;
+pub use http::{HttpSettings, HttpTls};
 pub use postgres::{ClientTls, PostgresSettings, UpstreamTls};
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -26,8 +28,8 @@ pub use crate::address::{AddressSpec, HostSpec};
 pub use crate::identity::Issuer;
 pub use crate::mask::MaskingRule;
 pub use crate::policy::model::{
-    Action, ClaimPattern, Credentials, IdentityCredentials, Rule, SqlCondition, SshCondition,
-    SshOperationKind,
+    Action, ClaimPattern, Credentials, HttpCondition, IdentityCredentials, Rule, SqlCondition,
+    SshCondition, SshOperationKind,
 };
 
 pub use approvals::{Approvals, ApproverGroup, Person, WebConfig};
@@ -171,7 +173,10 @@ pub fn targets_on_local_addresses<'a>(
 impl Protocol {
     /// Protocols this build can serve; the others are refused by validation.
     pub fn implemented(self) -> bool {
-        matches!(self, Protocol::Tcp | Protocol::Postgres | Protocol::Ssh)
+        matches!(
+            self,
+            Protocol::Tcp | Protocol::Postgres | Protocol::Ssh | Protocol::Http
+        )
     }
 }
 
@@ -233,6 +238,8 @@ pub struct Target {
     pub ssh: SshSettings,
     /// `[targets.postgres]`: settings of postgres targets (defaults for the others).
     pub postgres: PostgresSettings,
+    /// `[targets.http]`: settings of http targets (defaults for the others).
+    pub http: HttpSettings,
     /// TCP targets: keep a spare upstream connection to a destination while jobs keep connecting
     /// to it (see `protocol::spares`). Off by default.
     pub preconnect: bool,
@@ -439,6 +446,7 @@ struct RawTarget {
     credentials: RawCredentials,
     ssh: Option<S<ssh::RawSshTarget>>,
     postgres: Option<S<postgres::RawPostgres>>,
+    http: Option<S<http::RawHttp>>,
     preconnect: Option<S<bool>>,
     path: Option<S<TargetPath>>,
 }
@@ -449,8 +457,11 @@ struct RawCredentials {
     user: Option<String>,
     password_file: Option<S<String>>,
     key_file: Option<S<String>>,
+    token_file: Option<S<String>>,
+    header: Option<S<String>>,
+    scheme: Option<S<String>>,
     #[serde(default)]
-    identities: Vec<postgres::RawIdentityCredentials>,
+    identities: Vec<S<postgres::RawIdentityCredentials>>,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +483,7 @@ struct RawRule {
     reason: Option<String>,
     ssh: Option<S<ssh::RawSshCondition>>,
     sql: Option<S<postgres::RawSql>>,
+    http: Option<S<http::RawHttpCondition>>,
     #[serde(default)]
     approvers: Vec<S<String>>,
     quorum: Option<S<u32>>,
@@ -534,6 +546,16 @@ impl Validator<'_> {
                 default
             }
         }
+    }
+
+    /// An optional file setting, which must be an absolute path when given.
+    fn optional_file(&mut self, raw: Option<S<String>>, key: String) -> Option<PathBuf> {
+        let raw = raw?;
+        let p = PathBuf::from(raw.get_ref());
+        if !p.is_absolute() {
+            self.problem(raw.span(), key, "must be an absolute path");
+        }
+        Some(p)
     }
 
     fn absolute_path(&mut self, raw: Option<S<String>>, key: &str, default: &str) -> PathBuf {
@@ -774,7 +796,7 @@ impl Validator<'_> {
             }
             let protocol = *t.protocol.get_ref();
             if !protocol.implemented() {
-                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, postgres, ssh)"));
+                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, postgres, ssh, http)"));
             }
             let address = match AddressSpec::parse(t.address.get_ref(), false) {
                 Ok(a) => a,
@@ -792,26 +814,33 @@ impl Validator<'_> {
             }
             seen_addresses.push((address.clone(), name.clone()));
             let c = t.credentials;
-            let mut file = |f: Option<S<String>>, key: &str| {
-                f.map(|f| {
-                    let p = PathBuf::from(f.get_ref());
-                    if !p.is_absolute() {
-                        self.problem(
-                            f.span(),
-                            format!("targets[{i}].credentials.{key}"),
-                            "must be an absolute path",
-                        );
-                    }
-                    p
-                })
-            };
+            let mut file =
+                |f, key: &str| self.optional_file(f, format!("targets[{i}].credentials.{key}"));
+            let header = c
+                .header
+                .map(|h| h.into_inner().to_ascii_lowercase())
+                .unwrap_or_else(|| "authorization".into());
+            // A token in another header (`x-api-key`) goes as it is; in Authorization it is a
+            // bearer token, and a password is Basic.
+            let scheme = c.scheme.map(S::into_inner).unwrap_or_else(|| {
+                if header != "authorization" {
+                    String::new()
+                } else if c.token_file.is_none() && c.password_file.is_some() {
+                    "Basic".into()
+                } else {
+                    "Bearer".into()
+                }
+            });
             let mut credentials = Credentials {
                 user: c.user,
                 password_file: file(c.password_file, "password_file"),
                 key_file: file(c.key_file, "key_file"),
+                token_file: file(c.token_file, "token_file"),
+                header,
+                scheme,
                 identities: Vec::new(),
             };
-            credentials.identities = self.identity_credentials(i, c.identities);
+            credentials.identities = self.identity_credentials(i, protocol, c.identities);
             let postgres = self.postgres_settings(i, protocol, t.postgres);
             if protocol == Protocol::Postgres
                 && !postgres.authenticates_server()
@@ -854,17 +883,25 @@ impl Validator<'_> {
                     path
                 }
             };
+            let target_host = match &address.host {
+                HostSpec::Name(n) => Some(n.clone()),
+                HostSpec::Net(_) => None,
+            };
+            let http =
+                self.http_settings(i, protocol, address.port, target_host.as_deref(), t.http);
             let target = Target {
                 name,
                 protocol,
                 address,
                 credentials,
                 postgres,
+                http,
                 ssh,
                 preconnect,
                 path,
             };
             self.ssh_credentials(i, &target, t.name.span());
+            self.http_credentials(i, &target, t.name.span());
             out.push(target);
         }
         out
@@ -940,6 +977,9 @@ impl Validator<'_> {
             let sql = r
                 .sql
                 .map(|s| self.sql_condition(i, s, &target_globs, targets));
+            let http = r
+                .http
+                .map(|h| self.http_condition(i, h, &target_globs, targets));
             let (approvers, quorum, approval_timeout) = self.rule_approval(
                 i,
                 r.action,
@@ -956,6 +996,7 @@ impl Validator<'_> {
                 reason: r.reason,
                 ssh,
                 sql,
+                http,
                 approvers,
                 quorum,
                 approval_timeout,

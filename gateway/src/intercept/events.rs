@@ -202,11 +202,7 @@ fn record(event: &Event, services: &Services) {
             LIMIT_NO_DAEMON | LIMIT_UNREAD | LIMIT_OPEN | LIMIT_RING_FULL
         );
     let (at, path, target) = if kernel_path {
-        let targets = services
-            .targets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let targets = services.targets.read().clone();
         let target = targets
             .lookup(dst)
             .and_then(|i| services.target_configs.get(i))
