@@ -820,7 +820,7 @@ fn kernel_connect(ctx: *mut c_void, sk: *mut bpf_sock, a: &Connect) -> u32 {
         _pad: 0,
     };
     // SAFETY: map lookup by value.
-    if !unsafe { GRANTS.get(&key) }.is_some_and(|g| now < g.expires_boot_ns) {
+    if !unsafe { GRANTS.get(key) }.is_some_and(|g| now < g.expires_boot_ns) {
         return refusal(EVENT_KERNEL_DENIED, a.target_index);
     }
     // Checked after the grant: a record a socket kept (from a connect that failed before its
