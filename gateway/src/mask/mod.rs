@@ -12,7 +12,7 @@ mod values;
 use std::sync::Arc;
 
 pub use coverage::{CatalogColumn, Coverage, CoveredTable};
-pub use detectors::{Detector, redact};
+pub use detectors::{Detector, redact, spans};
 pub use values::{is_textual, replacement};
 
 use crate::glob;

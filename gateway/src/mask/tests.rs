@@ -107,6 +107,19 @@ fn keys_and_tokens() {
     assert_eq!(masked(Detector::PrivateKey, cert), cert);
 }
 
+/// A header that is not a private key's must not make the scan skip past a key that follows it
+/// (the text up to the next `-----`, here the key's own header, was skipped).
+#[test]
+fn a_header_that_is_not_a_key_hides_no_key_after_it() {
+    let text = "-----BEGIN x -----BEGIN RSA PRIVATE KEY-----\nMIIsecret\n-----END RSA PRIVATE KEY-----";
+    assert_eq!(
+        masked(Detector::PrivateKey, text),
+        "-----BEGIN x [masked:private_key]"
+    );
+    let long = format!("-----BEGIN {} -----BEGIN EC PRIVATE KEY-----\nMIIsecret", "L".repeat(50));
+    assert!(!masked(Detector::PrivateKey, &long).contains("MIIsecret"));
+}
+
 fn row(values: &[Option<&[u8]>]) -> Vec<u8> {
     let mut out = (values.len() as i16).to_be_bytes().to_vec();
     for v in values {
