@@ -31,13 +31,14 @@
 //! - **Detector matches are found across chunk boundaries exactly as in one piece** (see
 //!   `window`): text is scanned in pieces that end only where no match can cross. Text that
 //!   offers no such place for `max_token_bytes` (a word or PEM block that long) is refused, not
-//!   cut.
-//! - **Memory is bounded per body**, independent of its size: the container stack, one key, one
-//!   number, one detector window (`max_token_bytes`, about 8× that in the worst case of an
-//!   all-escapes string), one event (`max_event_bytes`), and the decoder's state (at most 16 MiB
-//!   for br, 8 MiB for zstd, 32 KiB + 32 KiB for gzip/deflate). A string under a masked field is
-//!   read and dropped, never held. Output per push is proportional to the push (at most ~10×: a
-//!   one-digit value becomes `"[masked]"`).
+//!   cut; whether a body is refused depends on its bytes, not on its chunks.
+//! - **Memory is bounded per body**, independent of its size: the container stack (`max_depth`
+//!   frames), one key and one number (`max_token_bytes` each), one event (`max_event_bytes`), the
+//!   detector window (a few KiB for ordinary text; at most about 21 × `max_token_bytes`, 1.3 MiB
+//!   at the default, for a string escaped character by character with no place to cut), and the
+//!   decoder's state (at most 16 MiB for br, 8 MiB for zstd, about 80 KiB for gzip/deflate). A
+//!   string under a masked field is read and dropped, never held. Output per push is
+//!   proportional to the push (at most ~10×: a one-digit value becomes `"[masked]"`).
 //! - **Decompression bombs** stop at `max_decoded_bytes`, and when the decoded size exceeds
 //!   `max_ratio` × the encoded size (per push and per body, beyond 1 MiB of grace).
 //!

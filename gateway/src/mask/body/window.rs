@@ -56,13 +56,14 @@ impl Encoding {
     }
 }
 
-/// A stretch of decoded text whose raw form differs (an escape): positions in the window.
+/// A stretch of decoded text whose raw form differs (an escape): positions in the window. An
+/// escape is at most 12 raw bytes (a surrogate pair) for at most 4 decoded ones.
 #[derive(Debug, Clone, Copy)]
 struct Unit {
     dec: u32,
-    dec_len: u32,
     raw: u32,
-    raw_len: u32,
+    dec_len: u8,
+    raw_len: u8,
 }
 
 /// Where the scan for PEM blocks stands (positions in `decoded`).
@@ -183,9 +184,9 @@ impl Window {
     pub(super) fn push_unit(&mut self, decoded: &[u8], raw: &[u8]) {
         self.units.push(Unit {
             dec: self.decoded.len() as u32,
-            dec_len: decoded.len() as u32,
             raw: self.raw.len() as u32,
-            raw_len: raw.len() as u32,
+            dec_len: decoded.len() as u8,
+            raw_len: raw.len() as u8,
         });
         self.raw.extend_from_slice(raw);
         self.decoded.extend_from_slice(decoded);
@@ -369,15 +370,19 @@ impl Window {
     /// Raw position of decoded position `d`; inside an escape, its start (`up` false) or end.
     fn raw_at(&self, d: usize, up: bool) -> usize {
         let d32 = d as u32;
-        let i = self.units.partition_point(|u| u.dec + u.dec_len <= d32);
+        let i = self
+            .units
+            .partition_point(|u| u.dec + u32::from(u.dec_len) <= d32);
         if let Some(u) = self.units.get(i)
             && u.dec < d32
         {
-            return (u.raw + if up { u.raw_len } else { 0 }) as usize;
+            return (u.raw + if up { u32::from(u.raw_len) } else { 0 }) as usize;
         }
         match i.checked_sub(1).map(|j| self.units[j]) {
             None => d,
-            Some(u) => (u.raw + u.raw_len + (d32 - u.dec - u.dec_len)) as usize,
+            Some(u) => {
+                (u.raw + u32::from(u.raw_len) + (d32 - u.dec - u32::from(u.dec_len))) as usize
+            }
         }
     }
 

@@ -318,3 +318,38 @@ fn text_that_cannot_be_scanned_in_parts_is_refused() {
     let cert = pem.replace("RSA PRIVATE KEY", "CERTIFICATE");
     assert_eq!(json_with(&r, &l, cert.as_bytes()).unwrap(), cert);
 }
+
+/// The worst case for the window: every character escaped (6 raw bytes and an escape record per
+/// decoded byte), and no place to cut until the window is full.
+#[test]
+fn an_all_escapes_string_is_the_window_worst_case() {
+    let max = 64 * 1024;
+    let r = rules(&[], &[Detector::Email]);
+    let mut m = masker(&r, "application/json", None, &BodyLimits::default());
+    m.push(b"[\"").unwrap();
+    let mut worst = 0;
+    let escaped = "\\u0061".repeat(1024);
+    let mut refused = None;
+    for _ in 0..80 {
+        match m.push(escaped.as_bytes()) {
+            Ok(_) => worst = worst.max(m.buffered()),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(refused, Some(BodyError::Unscannable { max }));
+    assert!(
+        worst <= 24 * max,
+        "{worst} bytes buffered for a {max}-byte window"
+    );
+    // With a place every character (a comma), nothing accumulates.
+    let mut m = masker(&r, "application/json", None, &BodyLimits::default());
+    m.push(b"[\"").unwrap();
+    let escaped = "\\u002c".repeat(1024);
+    for _ in 0..200 {
+        m.push(escaped.as_bytes()).unwrap();
+        assert!(m.buffered() <= 64 * 1024, "{}", m.buffered());
+    }
+}
