@@ -117,8 +117,31 @@ fn is_continuation(b: u8) -> bool {
     (0x80..0xC0).contains(&b)
 }
 
+/// Bytes without which a detector cannot match: every match of it contains one.
+fn anchors(detectors: &[Detector]) -> [bool; 256] {
+    let mut t = [false; 256];
+    for d in detectors {
+        let bytes: &[u8] = match d {
+            Detector::Email => b"@",
+            Detector::CreditCard | Detector::UsSsn | Detector::Phone | Detector::Iban => {
+                b"0123456789"
+            }
+            // AKIA, ASIA, AGPA, AIDA.
+            Detector::AwsAccessKey => b"A",
+            // Every token starts with `eyJ`.
+            Detector::Jwt => b"J",
+            Detector::PrivateKey => b"-",
+        };
+        for &b in bytes {
+            t[usize::from(b)] = true;
+        }
+    }
+    t
+}
+
 pub(super) struct Window {
     detectors: Arc<[Detector]>,
+    anchors: [bool; 256],
     encoding: Encoding,
     /// Whether the text may be emitted in pieces (JSON keys are held whole).
     pieces: bool,
@@ -143,6 +166,7 @@ impl Window {
         pieces: bool,
     ) -> Window {
         Window {
+            anchors: anchors(&detectors),
             detectors,
             encoding,
             pieces,
@@ -389,8 +413,9 @@ impl Window {
     /// Scans decoded `[..p]`, writes its raw form with matches replaced, and drops it.
     fn emit(&mut self, p: usize, out: &mut Vec<u8>, masked: &mut u64) {
         let mut raw_at = 0;
-        if !self.detectors.is_empty() {
-            for (r, d) in spans(&self.decoded[..p], &self.detectors) {
+        let piece = &self.decoded[..p];
+        if piece.iter().any(|&b| self.anchors[usize::from(b)]) {
+            for (r, d) in spans(piece, &self.detectors) {
                 let start = self.raw_at(r.start, false);
                 out.extend_from_slice(&self.raw[raw_at..start]);
                 self.encoding.write(d, out);
