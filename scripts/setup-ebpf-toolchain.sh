@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building the eBPF programs needs, idempotently (about 1 s once done):
-#   1. rust-src for the nightly toolchain (the BPF target is built with -Z build-std=core);
+#   1. rust-src and clippy for the nightly toolchain (the BPF target is built with
+#      -Z build-std=core), clippy and rustfmt for the default one (the lint gates);
 #   2. bpf-linker 0.13.0 built against the nightly's own libLLVM (a plain `cargo install bpf-linker`
 #      picks the system LLVM, which is too old here).
 # Knobs: EBPF_TOOLCHAIN (nightly), BPF_LINKER_VERSION (0.13.0), CARGO_HOME.
@@ -22,6 +23,15 @@ sysroot=$(rustup run "$EBPF_TOOLCHAIN" rustc --print sysroot)
 if [ ! -f "$sysroot/lib/rustlib/src/rust/library/core/Cargo.toml" ]; then
   say "adding rust-src to $EBPF_TOOLCHAIN"
   rustup component add rust-src --toolchain "$EBPF_TOOLCHAIN"
+fi
+# Clippy of the eBPF crate (`cargo xtask lint`), and of the host crates on the stable toolchain.
+if ! rustup run "$EBPF_TOOLCHAIN" cargo clippy --version >/dev/null 2>&1; then
+  say "adding clippy to $EBPF_TOOLCHAIN"
+  rustup component add clippy --toolchain "$EBPF_TOOLCHAIN"
+fi
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  say "adding clippy and rustfmt to the default toolchain"
+  rustup component add clippy rustfmt
 fi
 
 vv=$(rustup run "$EBPF_TOOLCHAIN" rustc -vV)

@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`<pin_dir>/v<ABI_VERSION>/`).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -25,24 +25,41 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const DESTINATIONS: &str = "DESTINATIONS";
     pub const DNS_RESOLVERS: &str = "DNS_RESOLVERS";
-    pub const PENDING: &str = "PENDING";
+    /// Socket storage: the [`super::SocketRecord`] of a redirected socket, which the kernel frees
+    /// with the socket (no table shared between jobs to fill).
+    pub const SOCKETS: &str = "SOCKETS";
     pub const BY_CLIENT: &str = "BY_CLIENT";
-    pub const ORIGINAL_PEER: &str = "ORIGINAL_PEER";
     pub const EVENTS: &str = "EVENTS";
     /// tgid → CLOCK_BOOTTIME of its latest execve(at) entry, for processes that connected.
     pub const EXEC_STARTS: &str = "EXEC_STARTS";
+    /// cgroup storage (shared by every attach type, keyed by the cgroup id alone): the
+    /// [`super::JobLink`] of the job cgroup the programs were attached to.
+    pub const JOB_LINKS: &str = "JOB_LINKS";
+    /// Array of [`super::JobState`] by job slot, mmapped by the daemon.
+    pub const JOB_STATES: &str = "JOB_STATES";
     /// Every map, in the order the daemon pins them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         CONFIG,
         DESTINATIONS,
         DNS_RESOLVERS,
-        PENDING,
+        SOCKETS,
         BY_CLIENT,
-        ORIGINAL_PEER,
         EVENTS,
         EXEC_STARTS,
+        JOB_LINKS,
+        JOB_STATES,
     ];
 }
+
+/// Redirected connects waiting for the daemon, all jobs together (`BY_CLIENT`): a connect that
+/// would make more wait is refused.
+pub const MAX_PENDING: u32 = 65536;
+/// Room in `BY_CLIENT` beyond [`MAX_PENDING`], for connects checked against the limit at the same
+/// moment: with it the table is never full when `sock_ops` adds a record.
+pub const PENDING_SLACK: u32 = 1024;
+/// Job slots (`JOB_STATES`). Slot 0 belongs to no job: it holds the gateway-wide totals of the
+/// pending counters, and counts the events of cgroups that have no job link yet.
+pub const MAX_JOB_SLOTS: u32 = 1024;
 
 /// Every program, by the name of its function in `gateway-ebpf`, with what it is attached as.
 pub mod programs {
@@ -81,6 +98,12 @@ pub struct Config {
     pub mode: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
+    /// Redirected connects of one job the daemon has not taken yet (`BY_CLIENT`); one more is
+    /// refused (`server.max_pending_connections_per_job`).
+    pub max_pending_per_job: u32,
+    /// Events reported per job, kind and second; beyond it they are only counted
+    /// (`JobState::suppressed`).
+    pub events_per_second: u32,
 }
 
 /// Key data of the `DESTINATIONS` LPM trie: port (network order) first so that it must match in
@@ -156,6 +179,56 @@ pub struct ConnInfo {
     /// started after the connect.
     pub boot_ns: u64,
     pub comm: [u8; 16],
+    /// Slot of the job (`JOB_STATES`) whose counters this record is counted in.
+    pub job_slot: u32,
+    pub _pad2: u32,
+}
+
+/// Value of `SOCKETS`: one redirected socket, from its connect until it closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketRecord {
+    pub info: ConnInfo,
+    /// Key of its `BY_CLIENT` record, once `queued`.
+    pub client: ClientKey,
+    /// 1 once `sock_ops` put the record in `BY_CLIENT` (the daemon may take it from there).
+    pub queued: u32,
+}
+
+/// Value of `JOB_LINKS` (cgroup storage of a job cgroup), written by the daemon when it attaches
+/// the programs, before the connect programs: which job the cgroup (and everything below it) is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobLink {
+    pub job_cgroup_id: u64,
+    /// 0: not written yet.
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// Event kinds counted apart (index `Event::kind`; 0 unused).
+pub const EVENT_KINDS: usize = 8;
+
+/// Counters of one job (`JOB_STATES[slot]`), shared by the programs and the daemon (mmapped):
+/// every count is only ever changed by atomic adds (the windows are approximate) and is a running
+/// total since the slot was handed to the job. Pending connects: `queued - unqueued - taken`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobState {
+    /// `BY_CLIENT` records created.
+    pub queued: u64,
+    /// `BY_CLIENT` records the kernel removed (the socket closed before the daemon took it).
+    pub unqueued: u64,
+    /// `BY_CLIENT` records the daemon took (the daemon's only write).
+    pub taken: u64,
+    /// Events within the budget that the ring buffer had no room for.
+    pub lost: u64,
+    /// Per event kind: start (CLOCK_BOOTTIME ns) of the current one-second window, and events
+    /// reported in it.
+    pub window_start: [u64; EVENT_KINDS],
+    pub window_count: [u64; EVENT_KINDS],
+    /// Per event kind and outcome (`kind * 2 + denied`): events over the budget, not reported.
+    pub suppressed: [u64; EVENT_KINDS * 2],
 }
 
 /// Key of `BY_CLIENT`: the client end of a redirected connection, i.e. the peer address the
@@ -168,16 +241,6 @@ pub struct ClientKey {
     pub port: u32,
 }
 
-/// Value of `ORIGINAL_PEER` (keyed by socket cookie): what getpeername must report.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OriginalPeer {
-    pub addr: [u8; 16],
-    /// Host byte order.
-    pub port: u32,
-    pub family: u32,
-}
-
 /// `Event::kind`: a TCP connect to a destination outside the target set.
 pub const EVENT_CONNECT: u32 = 1;
 /// `Event::kind`: a UDP datagram or UDP connect to something other than a DNS resolver.
@@ -186,6 +249,18 @@ pub const EVENT_UDP: u32 = 2;
 pub const EVENT_SOCKET: u32 = 3;
 /// `Event::kind`: a bind to the gateway listener port (an attempt to impersonate the gateway).
 pub const EVENT_BIND: u32 = 4;
+/// `Event::kind`: a TCP connect straight at the gateway listener (no redirect: no record).
+pub const EVENT_LISTENER: u32 = 5;
+/// `Event::kind`: a connect to a target refused for lack of room; `Event::detail` says which
+/// limit (`LIMIT_*`).
+pub const EVENT_LIMIT: u32 = 6;
+
+/// `Event::detail` of `EVENT_LIMIT`: the job has `Config::max_pending_per_job` connects waiting.
+pub const LIMIT_PENDING: u32 = 1;
+/// ... all jobs together have [`MAX_PENDING`] connects waiting.
+pub const LIMIT_TOTAL: u32 = 2;
+/// ... the cgroup has no job link (`JOB_LINKS`), or the socket no storage for its record.
+pub const LIMIT_NO_RECORD: u32 = 3;
 
 /// Ring-buffer record of something the programs refused (enforce) or let through (audit).
 #[repr(C)]
@@ -205,20 +280,26 @@ pub struct Event {
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub _pad: u32,
+    /// Kind-specific: the `LIMIT_*` of an `EVENT_LIMIT`.
+    pub detail: u32,
     pub cgroup_id: u64,
     pub boot_ns: u64,
     pub comm: [u8; 16],
+    /// Slot of the job the event is counted for (0: none known).
+    pub job_slot: u32,
+    pub _pad: u32,
 }
 
 // The layouts must have no implicit padding (the verifier refuses to pass uninitialised stack bytes
 // to map helpers): each size below is the plain sum of the field sizes.
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 const _: () = assert!(core::mem::size_of::<Destination>() == 8);
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 80);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 88);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);
-const _: () = assert!(core::mem::size_of::<OriginalPeer>() == 24);
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<SocketRecord>() == 112);
+const _: () = assert!(core::mem::size_of::<JobLink>() == 16);
+const _: () = assert!(core::mem::size_of::<JobState>() == 4 * 8 + 4 * EVENT_KINDS * 8);
+const _: () = assert!(core::mem::size_of::<Event>() == 96);
 
 #[cfg(feature = "user")]
 mod user {
@@ -228,6 +309,8 @@ mod user {
     unsafe impl aya::Pod for super::Destination {}
     unsafe impl aya::Pod for super::ConnInfo {}
     unsafe impl aya::Pod for super::ClientKey {}
-    unsafe impl aya::Pod for super::OriginalPeer {}
+    unsafe impl aya::Pod for super::SocketRecord {}
+    unsafe impl aya::Pod for super::JobLink {}
+    unsafe impl aya::Pod for super::JobState {}
     unsafe impl aya::Pod for super::Event {}
 }

@@ -2,22 +2,34 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_EXIST, BPF_NOEXIST, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
+    bindings::{
+        BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, bpf_map_def, bpf_map_type, bpf_sock, bpf_sock_addr,
+    },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
+        bpf_get_current_uid_gid, bpf_get_local_storage, bpf_get_socket_cookie,
+        bpf_ktime_get_boot_ns, bpf_sk_storage_delete, bpf_sk_storage_get,
     },
-    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops, tracepoint},
+    macros::{btf_map, cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops, tracepoint},
     maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
     programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
-use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use core::{
+    cell::UnsafeCell,
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    marker::PhantomData,
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
+};
 use gateway_common::{
     ACTION_BLOCK, ACTION_DIRECT, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, Config, ConnInfo,
-    DESTINATION_PORT_BITS, Destination, DestinationKeyData, EVENT_BIND, EVENT_CONNECT,
-    EVENT_SOCKET, EVENT_UDP, Event, FLAG_DEBUG_LOG, MODE_ENFORCE, OriginalPeer, destination_key,
-    v4_mapped,
+    DESTINATION_PORT_BITS, Destination, DestinationKeyData, EVENT_BIND, EVENT_CONNECT, EVENT_KINDS,
+    EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP, Event, FLAG_DEBUG_LOG, JobLink, JobState,
+    LIMIT_NO_RECORD, LIMIT_PENDING, LIMIT_TOTAL, MAX_JOB_SLOTS, MAX_PENDING, MODE_ENFORCE,
+    PENDING_SLACK, SocketRecord, destination_key, v4_mapped,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -30,7 +42,8 @@ const DNS_PORT: u16 = 53;
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 
-const MAX_INFLIGHT: u32 = 65536;
+/// Processes whose execs are noted (`EXEC_STARTS`).
+const MAX_EXEC_STARTS: u32 = 65536;
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -43,17 +56,12 @@ static DESTINATIONS: LpmTrie<DestinationKeyData, Destination> = LpmTrie::with_ma
 #[map]
 static DNS_RESOLVERS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 
-/// Redirected connects by socket cookie, until sock_ops knows the source port.
+/// Redirected connects by client (address, port), from `sock_ops` until the daemon takes them
+/// or the socket closes. A plain hash: nothing in it is ever evicted; the connect programs keep
+/// it from filling (`JobState` pending counters).
 #[map]
-static PENDING: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
-
-/// Redirected connects by client (address, port), until the daemon accepts them.
-#[map]
-static BY_CLIENT: LruHashMap<ClientKey, ConnInfo> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
-
-/// What getpeername reports for a redirected socket, by socket cookie.
-#[map]
-static ORIGINAL_PEER: LruHashMap<u64, OriginalPeer> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+static BY_CLIENT: HashMap<ClientKey, ConnInfo> =
+    HashMap::with_max_entries(MAX_PENDING + PENDING_SLACK, 0);
 
 /// tgid → when it last began an exec (CLOCK_BOOTTIME, like `ConnInfo::boot_ns`; 0: none since it
 /// first connected). A redirected connect adds its process; `gw_exec_start` updates only
@@ -61,11 +69,186 @@ static ORIGINAL_PEER: LruHashMap<u64, OriginalPeer> = LruHashMap::with_max_entri
 /// every exec of the machine. No entry (never added, or evicted) tells the daemon nothing, and it
 /// then vouches for nothing.
 #[map]
-static EXEC_STARTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+static EXEC_STARTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_EXEC_STARTS, 0);
+
+/// Counters of each job by slot; the daemon mmaps the array (its `taken` adds and its reads).
+#[map]
+static JOB_STATES: Array<JobState> = Array::with_max_entries(MAX_JOB_SLOTS, BPF_F_MMAPABLE);
+
+/// Which job the cgroup a program is attached to is (written by the daemon).
+#[map]
+static JOB_LINKS: SharedCgroupStorage<JobLink> = SharedCgroupStorage::new();
+
+/// The record of each redirected socket (socket storage: freed with the socket, charged to it).
+#[btf_map]
+static SOCKETS: SocketStorage<SocketRecord> = SocketStorage::new();
 
 /// Refused (enforce) and let-through (audit) operations, for the daemon's audit log.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// `BPF_MAP_TYPE_CGROUP_STORAGE` keyed by the cgroup id alone (Linux 5.9+): one value per cgroup
+/// the programs are attached to, shared by all of them. aya-ebpf's `CgroupStorage` keys by
+/// (cgroup, attach type), which would give every program its own copy.
+#[repr(transparent)]
+struct SharedCgroupStorage<V> {
+    def: UnsafeCell<bpf_map_def>,
+    _v: PhantomData<V>,
+}
+
+// SAFETY: the definition is only read, by the loader; programs reach the values through helpers.
+unsafe impl<V> Sync for SharedCgroupStorage<V> {}
+
+impl<V> SharedCgroupStorage<V> {
+    const fn new() -> Self {
+        SharedCgroupStorage {
+            def: UnsafeCell::new(bpf_map_def {
+                type_: bpf_map_type::BPF_MAP_TYPE_CGROUP_STORAGE,
+                key_size: core::mem::size_of::<u64>() as u32,
+                value_size: core::mem::size_of::<V>() as u32,
+                max_entries: 0,
+                map_flags: 0,
+                id: 0,
+                pinning: 0,
+            }),
+            _v: PhantomData,
+        }
+    }
+
+    /// The value of the cgroup the running program is attached to.
+    #[inline(always)]
+    fn get(&self) -> *mut V {
+        // SAFETY: the map definition is valid; flags must be 0.
+        unsafe { bpf_get_local_storage(self.def.get().cast(), 0) }.cast()
+    }
+}
+
+/// A `BPF_MAP_TYPE_SK_STORAGE` definition (BTF) usable with any socket pointer: aya-ebpf's
+/// `SkStorage` only takes a sock_addr context, and sock_ops needs it too.
+#[repr(C)]
+struct SocketStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholder pointers the loader reads as BTF; never dereferenced.
+unsafe impl<T> Sync for SocketStorage<T> {}
+
+impl<T> SocketStorage<T> {
+    const fn new() -> Self {
+        SocketStorage {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    #[inline(always)]
+    fn as_ptr(&self) -> *mut c_void {
+        core::ptr::from_ref(self).cast_mut().cast()
+    }
+
+    /// The value stored for socket `sk`; with `create`, a zeroed one is added if there is none
+    /// (`None`: none, or no memory for one).
+    #[inline(always)]
+    fn get(&self, sk: *mut bpf_sock, create: bool) -> Option<*mut T> {
+        if sk.is_null() {
+            return None;
+        }
+        let flags = if create {
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+        } else {
+            0
+        };
+        // SAFETY: `sk` is the program's (non-null) socket; no initial value (zeroed).
+        let p =
+            unsafe { bpf_sk_storage_get(self.as_ptr(), sk.cast(), core::ptr::null_mut(), flags) };
+        (!p.is_null()).then_some(p.cast())
+    }
+
+    #[inline(always)]
+    fn delete(&self, sk: *mut bpf_sock) {
+        if !sk.is_null() {
+            // SAFETY: as in `get`.
+            let _ = unsafe { bpf_sk_storage_delete(self.as_ptr(), sk.cast()) };
+        }
+    }
+}
+
+// --- job counters --------------------------------------------------------------------------------------
+
+/// The slot of the job the running program's cgroup belongs to (0: no link written yet).
+#[inline(always)]
+fn job_slot() -> u32 {
+    let link = JOB_LINKS.get();
+    if link.is_null() {
+        return 0;
+    }
+    // SAFETY: storage of the attach cgroup, valid for the program's run.
+    let slot = unsafe { read_volatile(addr_of!((*link).slot)) };
+    if slot < MAX_JOB_SLOTS { slot } else { 0 }
+}
+
+#[inline(always)]
+fn job_state(slot: u32) -> Option<*mut JobState> {
+    JOB_STATES.get_ptr_mut(slot)
+}
+
+#[inline(always)]
+fn read_u64(counter: *const u64) -> u64 {
+    // SAFETY: `counter` points into a map value, valid for the program's run.
+    unsafe { read_volatile(counter) }
+}
+
+/// Adds to a counter that the daemon (mmapped) and other CPUs change at the same time.
+#[inline(always)]
+fn add(counter: *mut u64, n: u64) {
+    // SAFETY: `counter` points into a map value (8-byte aligned), valid for the program's run; it
+    // is only ever changed by atomic adds. The old value is not used: a plain atomic add.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+/// Connects of the job (or, slot 0, of all jobs) the daemon has not taken yet.
+#[inline(always)]
+fn pending(st: *mut JobState) -> u64 {
+    // SAFETY: `st` points to a map value.
+    let (queued, unqueued, taken) = unsafe {
+        (
+            read_u64(addr_of!((*st).queued)),
+            read_u64(addr_of!((*st).unqueued)),
+            read_u64(addr_of!((*st).taken)),
+        )
+    };
+    // The three are read at slightly different moments: never below zero.
+    let left = queued.wrapping_sub(unqueued).wrapping_sub(taken);
+    if (left as i64) < 0 { 0 } else { left }
+}
+
+/// Counts a `BY_CLIENT` record in (`queued`) or out (`unqueued`) for its job and in the totals.
+#[inline(always)]
+fn count_pending(slot: u32, unqueue: bool) {
+    for s in [slot, 0] {
+        if let Some(st) = job_state(s) {
+            // SAFETY: `st` points to a map value.
+            let field = unsafe {
+                if unqueue {
+                    addr_of_mut!((*st).unqueued)
+                } else {
+                    addr_of_mut!((*st).queued)
+                }
+            };
+            add(field, 1);
+        }
+        if slot == 0 {
+            break;
+        }
+    }
+}
 
 #[inline(always)]
 fn config() -> Option<&'static Config> {
@@ -111,28 +294,77 @@ fn caller() -> Caller {
     }
 }
 
+/// Events reported per job, kind and second when no configuration was written yet.
+const DEFAULT_EVENTS_PER_SECOND: u64 = 50;
+
+/// Reports an event for the job in `slot`, within its budget of events of this kind per second;
+/// beyond it, or when the ring buffer is full, the event is only counted for the daemon
+/// (`JobState::suppressed`, `JobState::lost`). The decision never depends on it.
 #[inline(always)]
-fn report(kind: u32, denied: bool, addr: [u8; 16], port: u16, family: u16, sock: (u32, u32)) {
+fn report(
+    slot: u32,
+    kind: u32,
+    denied: bool,
+    dst: ([u8; 16], u16, u16),
+    sock: (u32, u32),
+    detail: u32,
+) {
+    let Some(st) = job_state(slot) else {
+        return;
+    };
+    let k = kind as usize;
+    if k >= EVENT_KINDS {
+        return;
+    }
     let c = caller();
+    let budget = config().map_or(DEFAULT_EVENTS_PER_SECOND, |c| {
+        u64::from(c.events_per_second)
+    });
+    // SAFETY: `st` points to a map value; `k` is in bounds.
+    let (start, count, suppressed, lost) = unsafe {
+        (
+            addr_of_mut!((*st).window_start[k]),
+            addr_of_mut!((*st).window_count[k]),
+            addr_of_mut!((*st).suppressed[k * 2 + denied as usize]),
+            addr_of_mut!((*st).lost),
+        )
+    };
+    // One-second windows per kind. Two CPUs may both start a new one: the budget is approximate,
+    // the counts are not.
+    if c.boot_ns.wrapping_sub(read_u64(start)) >= 1_000_000_000 {
+        // SAFETY: as above.
+        unsafe {
+            write_volatile(start, c.boot_ns);
+            write_volatile(count, 0);
+        }
+    }
+    if read_u64(count) >= budget {
+        add(suppressed, 1);
+        return;
+    }
+    add(count, 1);
     let event = Event {
         kind,
         denied: denied as u32,
-        addr,
-        port,
-        family,
+        addr: dst.0,
+        port: dst.1,
+        family: dst.2,
         sock_type: sock.0,
         protocol: sock.1,
         pid: c.pid,
         tid: c.tid,
         uid: c.uid,
         gid: c.gid,
-        _pad: 0,
+        detail,
         cgroup_id: c.cgroup_id,
         boot_ns: c.boot_ns,
         comm: c.comm,
+        job_slot: slot,
+        _pad: 0,
     };
-    // A full ring buffer loses the report, never the decision.
-    let _ = EVENTS.output::<Event>(&event, 0);
+    if EVENTS.output::<Event>(&event, 0).is_err() {
+        add(lost, 1);
+    }
 }
 
 // --- bpf_sock_addr field access ------------------------------------------------------------------
@@ -239,14 +471,14 @@ fn lookup_destination(addr: &[u8; 16], port: u16) -> Option<Destination> {
 // --- connect ---------------------------------------------------------------------------------------
 
 #[cgroup_sock_addr(connect4)]
-pub fn gw_connect4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_connect4(ctx: SockAddrContext) -> i32 {
     match try_connect(&ctx, AF_INET) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn gw_connect6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_connect6(ctx: SockAddrContext) -> i32 {
     match try_connect(&ctx, AF_INET6) {
         Ok(r) | Err(r) => r,
     }
@@ -256,79 +488,96 @@ pub fn gw_connect6(ctx: SockAddrContext) -> i32 {
 fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
     let cfg = config();
+    let slot = job_slot();
     let refuse = if enforcing(cfg) { REFUSE } else { ALLOW };
     // SAFETY: `sa` is the program context.
     let sock_type = read_u32(unsafe { addr_of!((*sa).type_) });
     let protocol = read_u32(unsafe { addr_of!((*sa).protocol) });
     let (dst, port) = user_addr(sa, family);
-    // SAFETY: the context is a socket-bearing program context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // A socket may connect again after a failed attempt: forget what an earlier attempt stored.
-    let _ = ORIGINAL_PEER.remove(&cookie);
+    let to = (dst, port, family);
 
     if sock_type == SOCK_DGRAM {
-        return Ok(udp_verdict(cfg, &dst, port, family, protocol));
+        return Ok(udp_verdict(slot, cfg, &dst, port, family, protocol));
     }
     if sock_type != SOCK_STREAM || protocol != IPPROTO_TCP {
         // sock_create refuses everything else; this is a second line.
         report(
+            slot,
             EVENT_SOCKET,
             enforcing(cfg),
-            dst,
-            port,
-            family,
+            to,
             (sock_type, protocol),
+            0,
         );
         return Ok(refuse);
     }
     let Some(cfg) = cfg else {
-        report(
-            EVENT_CONNECT,
-            true,
-            dst,
-            port,
-            family,
-            (sock_type, protocol),
-        );
+        report(slot, EVENT_CONNECT, true, to, (sock_type, protocol), 0);
         return Ok(REFUSE);
     };
+    // SAFETY: sock_addr programs always run for a socket.
+    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
     let listener_v4 = v4_mapped(cfg.listen_ip4.to_ne_bytes());
     let listener_v6 = words_to_bytes(cfg.listen_ip6);
     if port as u32 == cfg.listen_port && (dst == listener_v4 || dst == listener_v6) {
-        // Straight at the listener: the daemon finds no record, closes it and records an anomaly.
-        // (Also where a second attached copy of these programs sees an already rewritten connect.)
-        return Ok(ALLOW);
+        // Rewritten already by a copy of these programs attached to a cgroup further down (it
+        // left the record): let it through, if its job still has room (the record may also be
+        // left from an earlier attempt that failed before it was queued, and must not be a way
+        // around the limits). Otherwise it is straight at the listener: nothing the daemon could
+        // serve, refused here (every mode), counted in the job's budget.
+        let (kind, detail) = match SOCKETS.get(sk, false) {
+            // SAFETY: the record is this socket's storage, valid for the program's run.
+            Some(r) if unsafe { (*r).info.cookie } != 0 => {
+                match room(cfg, unsafe { (*r).info.job_slot }) {
+                    Ok(()) => return Ok(ALLOW),
+                    Err(detail) => (EVENT_LIMIT, detail),
+                }
+            }
+            _ => (EVENT_LISTENER, 0),
+        };
+        report(slot, kind, true, to, (sock_type, protocol), detail);
+        return Ok(REFUSE);
     }
+    // A socket may connect again after a failed attempt: what an earlier attempt stored goes.
+    forget(sk);
     let action = lookup_destination(&dst, port).map(|d| d.action);
     if action == Some(ACTION_DIRECT) {
         return Ok(ALLOW);
     }
     if action == Some(ACTION_BLOCK) {
-        report(
-            EVENT_CONNECT,
-            true,
-            dst,
-            port,
-            family,
-            (sock_type, protocol),
-        );
+        report(slot, EVENT_CONNECT, true, to, (sock_type, protocol), 0);
         return Ok(REFUSE);
     }
     if action != Some(ACTION_REDIRECT) || cfg.listen_port == 0 {
         report(
+            slot,
             EVENT_CONNECT,
             cfg.mode == MODE_ENFORCE,
-            dst,
-            port,
-            family,
+            to,
             (sock_type, protocol),
+            0,
         );
         return Ok(refuse);
     }
 
-    // Redirect. IPv4 and IPv4-mapped destinations go to the IPv4 listener, IPv6 to the IPv6 one.
+    // Redirect, if the job (and the gateway) has room for one more connect waiting for the
+    // daemon. Whatever the mode: a full table must refuse, not evict another job's record.
+    let record = match room(cfg, slot) {
+        Ok(()) => SOCKETS.get(sk, true).ok_or(LIMIT_NO_RECORD),
+        Err(detail) => Err(detail),
+    };
+    let record = match record {
+        Ok(record) => record,
+        Err(detail) => {
+            report(slot, EVENT_LIMIT, true, to, (sock_type, protocol), detail);
+            return Ok(REFUSE);
+        }
+    };
+    // IPv4 and IPv4-mapped destinations go to the IPv4 listener, IPv6 to the IPv6 one.
     let to_v4 = family == AF_INET || is_v4_mapped(&dst);
     let c = caller();
+    // SAFETY: the context is a socket-bearing program context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let info = ConnInfo {
         dst_addr: dst,
         dst_port: port,
@@ -343,21 +592,23 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         cookie,
         boot_ns: c.boot_ns,
         comm: c.comm,
+        job_slot: slot,
+        _pad2: 0,
     };
-    // Without the records the daemon could not serve the connection: refuse instead of sending
-    // an unattributed connection (the daemon would close it anyway).
-    PENDING.insert(&cookie, &info, 0).map_err(|_| REFUSE)?;
+    // SAFETY: `record` is this socket's storage, valid for the program's run.
+    unsafe {
+        record.write(SocketRecord {
+            info,
+            client: ClientKey {
+                addr: [0; 16],
+                port: 0,
+            },
+            queued: 0,
+        });
+    }
     // From now on the process's execs are noted (an exec noted earlier is kept). Failing this only
     // costs the daemon its proof: the connection goes on.
-    let _ = EXEC_STARTS.insert(&c.pid, &0, u64::from(BPF_NOEXIST));
-    let peer = OriginalPeer {
-        addr: dst,
-        port: u32::from(port),
-        family: u32::from(family),
-    };
-    ORIGINAL_PEER
-        .insert(&cookie, &peer, 0)
-        .map_err(|_| REFUSE)?;
+    let _ = EXEC_STARTS.insert(c.pid, 0, u64::from(BPF_NOEXIST));
 
     if family == AF_INET {
         // SAFETY: `sa` is the program context; 4-byte store.
@@ -387,43 +638,100 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     Ok(ALLOW)
 }
 
+/// Whether the job in `slot` (and the gateway) has room for one more connect waiting for the
+/// daemon; the `LIMIT_*` it is at otherwise.
 #[inline(always)]
-fn udp_verdict(cfg: Option<&Config>, dst: &[u8; 16], port: u16, family: u16, protocol: u32) -> i32 {
+fn room(cfg: &Config, slot: u32) -> Result<(), u32> {
+    let (Some(job), Some(total)) = (job_state(slot), job_state(0)) else {
+        return Err(LIMIT_NO_RECORD);
+    };
+    if slot == 0 {
+        return Err(LIMIT_NO_RECORD);
+    }
+    if pending(job) >= u64::from(cfg.max_pending_per_job) {
+        return Err(LIMIT_PENDING);
+    }
+    if pending(total) >= u64::from(MAX_PENDING) {
+        return Err(LIMIT_TOTAL);
+    }
+    Ok(())
+}
+
+/// Removes the record of a socket (an earlier connect attempt's, or a closed socket's), and its
+/// `BY_CLIENT` record if the daemon has not taken it, counting it out.
+#[inline(always)]
+fn forget(sk: *mut bpf_sock) {
+    let Some(record) = SOCKETS.get(sk, false) else {
+        return;
+    };
+    // SAFETY: `record` is this socket's storage, valid for the program's run.
+    let (queued, client, slot) =
+        unsafe { ((*record).queued, (*record).client, (*record).info.job_slot) };
+    if queued != 0 && BY_CLIENT.remove(client).is_ok() {
+        count_pending(slot, true);
+    }
+    SOCKETS.delete(sk);
+}
+
+#[inline(always)]
+fn udp_verdict(
+    slot: u32,
+    cfg: Option<&Config>,
+    dst: &[u8; 16],
+    port: u16,
+    family: u16,
+    protocol: u32,
+) -> i32 {
     // SAFETY: map lookup by value.
     if port == DNS_PORT && unsafe { DNS_RESOLVERS.get(dst) }.is_some() {
         return ALLOW;
     }
     let enforce = enforcing(cfg);
     report(
+        slot,
         EVENT_UDP,
         enforce,
-        *dst,
-        port,
-        family,
+        (*dst, port, family),
         (SOCK_DGRAM, protocol),
+        0,
     );
     if enforce { REFUSE } else { ALLOW }
 }
 
-// --- sock_ops: re-key by client address ------------------------------------------------------------
+// --- sock_ops: re-key by client address, clean up at close -----------------------------------------
 
 // Not named `sock_ops`/`sockops`: the section name would clash with the symbol at link time.
 #[sock_ops]
-pub fn gw_sock_ops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        rekey(&ctx);
+pub(crate) fn gw_sock_ops(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        queue(&ctx);
+    } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == BPF_TCP_CLOSE {
+        // The connection is over (or never came about): a record the daemon did not take will
+        // never be taken.
+        forget(sock_of(&ctx));
     }
     1
 }
 
 #[inline(always)]
-fn rekey(ctx: &SockOpsContext) {
-    // SAFETY: the context is a socket-bearing program context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: map lookup by value; copied out at once.
-    let Some(info) = (unsafe { PENDING.get(&cookie) }).copied() else {
+fn sock_of(ctx: &SockOpsContext) -> *mut bpf_sock {
+    // SAFETY: `ops` is the program context; the kernel gives a full socket or null.
+    unsafe { (*ctx.ops).__bindgen_anon_2.sk }
+}
+
+/// Puts the socket's record in `BY_CLIENT`, keyed as the daemon will see the connection.
+#[inline(always)]
+fn queue(ctx: &SockOpsContext) {
+    let Some(record) = SOCKETS.get(sock_of(ctx), false) else {
         return;
     };
+    // SAFETY: `record` is this socket's storage, valid for the program's run.
+    let (info, queued) = unsafe { ((*record).info, (*record).queued) };
+    // Queued already by a copy of these programs attached further down.
+    if queued != 0 || info.cookie == 0 {
+        return;
+    }
     // For an IPv4-mapped connect on an IPv6 socket the kernel runs tcp_v4_connect: the IPv4 source
     // is set, the mapped IPv6 one is not yet. The listener family tells which one to read.
     let addr = if info.listener_family == AF_INET {
@@ -445,20 +753,30 @@ fn rekey(ctx: &SockOpsContext) {
         addr,
         port: ctx.local_port(),
     };
-    let _ = BY_CLIENT.insert(&key, &info, 0);
-    let _ = PENDING.remove(&cookie);
+    // Never over another record: the connection then arrives without one, and the daemon closes
+    // it (and records an anomaly).
+    if BY_CLIENT.insert(key, info, u64::from(BPF_NOEXIST)).is_ok() {
+        // SAFETY: as above.
+        unsafe {
+            (*record).client = key;
+            (*record).queued = 1;
+        }
+        count_pending(info.job_slot, false);
+    }
+    // Be told when the socket closes, to remove what the daemon did not take.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
 // --- getpeername -------------------------------------------------------------------------------------
 
 #[cgroup_sock_addr(getpeername4)]
-pub fn gw_getpeername4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_getpeername4(ctx: SockAddrContext) -> i32 {
     restore_peer(&ctx, AF_INET);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
-pub fn gw_getpeername6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_getpeername6(ctx: SockAddrContext) -> i32 {
     restore_peer(&ctx, AF_INET6);
     ALLOW
 }
@@ -466,13 +784,16 @@ pub fn gw_getpeername6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn restore_peer(ctx: &SockAddrContext, family: u16) {
     let sa = ctx.sock_addr;
-    // SAFETY: the context is a socket-bearing program context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: map lookup by value; copied out at once.
-    let Some(peer) = (unsafe { ORIGINAL_PEER.get(&cookie) }).copied() else {
+    // SAFETY: sock_addr programs always run for a socket.
+    let Some(record) = SOCKETS.get(unsafe { (*sa).__bindgen_anon_1.sk }, false) else {
         return;
     };
-    let a = peer.addr;
+    // SAFETY: `record` is this socket's storage, valid for the program's run.
+    let info = unsafe { (*record).info };
+    if info.cookie == 0 {
+        return;
+    }
+    let a = info.dst_addr;
     if family == AF_INET {
         write_u32(
             // SAFETY: `sa` is the program context; 4-byte store.
@@ -490,18 +811,18 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
             ],
         );
     }
-    set_user_port(sa, peer.port as u16);
+    set_user_port(sa, info.dst_port);
 }
 
 // --- UDP sendmsg ---------------------------------------------------------------------------------------
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn gw_sendmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_sendmsg4(ctx: SockAddrContext) -> i32 {
     sendmsg(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
-pub fn gw_sendmsg6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_sendmsg6(ctx: SockAddrContext) -> i32 {
     sendmsg(&ctx, AF_INET6)
 }
 
@@ -511,18 +832,18 @@ fn sendmsg(ctx: &SockAddrContext, family: u16) -> i32 {
     let (dst, port) = user_addr(sa, family);
     // SAFETY: `sa` is the program context.
     let protocol = read_u32(unsafe { addr_of!((*sa).protocol) });
-    udp_verdict(config(), &dst, port, family, protocol)
+    udp_verdict(job_slot(), config(), &dst, port, family, protocol)
 }
 
 // --- bind: the listener port is the gateway's ----------------------------------------------------------
 
 #[cgroup_sock_addr(bind4)]
-pub fn gw_bind4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_bind4(ctx: SockAddrContext) -> i32 {
     bind(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(bind6)]
-pub fn gw_bind6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn gw_bind6(ctx: SockAddrContext) -> i32 {
     bind(&ctx, AF_INET6)
 }
 
@@ -535,7 +856,14 @@ fn bind(ctx: &SockAddrContext, family: u16) -> i32 {
     if port != 0 && u32::from(port) == cfg.listen_port {
         // Whatever the mode: a job listening here while the gateway restarts would receive other
         // jobs' redirected connections.
-        report(EVENT_BIND, true, addr, port, family, (0, 0));
+        report(
+            job_slot(),
+            EVENT_BIND,
+            true,
+            (addr, port, family),
+            (0, 0),
+            0,
+        );
         return REFUSE;
     }
     ALLOW
@@ -544,7 +872,7 @@ fn bind(ctx: &SockAddrContext, family: u16) -> i32 {
 // --- socket creation -------------------------------------------------------------------------------------
 
 #[cgroup_sock(sock_create)]
-pub fn gw_sock_create(ctx: SockContext) -> i32 {
+pub(crate) fn gw_sock_create(ctx: SockContext) -> i32 {
     let sk = ctx.sock;
     // SAFETY: `sk` is the program context.
     let (family, sock_type, protocol) = unsafe {
@@ -564,12 +892,12 @@ pub fn gw_sock_create(ctx: SockContext) -> i32 {
     let cfg = config();
     let enforce = enforcing(cfg);
     report(
+        job_slot(),
         EVENT_SOCKET,
         enforce,
-        [0u8; 16],
-        0,
-        family as u16,
+        ([0u8; 16], 0, family as u16),
         (sock_type, protocol),
+        0,
     );
     if enforce { REFUSE } else { ALLOW }
 }
@@ -580,7 +908,7 @@ const AF_UNIX: i32 = 1;
 const AF_NETLINK: i32 = 16;
 
 #[lsm_cgroup(hook = "socket_create")]
-pub fn gw_socket_family(ctx: LsmContext) -> i32 {
+pub(crate) fn gw_socket_family(ctx: LsmContext) -> i32 {
     // security_socket_create(int family, int type, int protocol, int kern); `type` is already
     // stripped of SOCK_NONBLOCK/SOCK_CLOEXEC.
     let family: i32 = ctx.arg(0);
@@ -599,12 +927,12 @@ pub fn gw_socket_family(ctx: LsmContext) -> i32 {
     // Packet (AF_PACKET), XDP, vsock, … sockets carry traffic that no connect or sendmsg hook sees.
     let enforce = enforcing(config());
     report(
+        job_slot(),
         EVENT_SOCKET,
         enforce,
-        [0u8; 16],
-        0,
-        family as u16,
+        ([0u8; 16], 0, family as u16),
         (sock_type as u32, protocol as u32),
+        0,
     );
     if enforce { REFUSE } else { ALLOW }
 }
@@ -614,12 +942,12 @@ pub fn gw_socket_family(ctx: LsmContext) -> i32 {
 /// the one that connected (an exec begun after the connect). A failed exec counts too: the
 /// daemon then only claims less than it could.
 #[tracepoint]
-pub fn gw_exec_start(_ctx: TracePointContext) -> u32 {
+pub(crate) fn gw_exec_start(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     // Only processes that connected through the gateway (see EXEC_STARTS).
-    let _ = EXEC_STARTS.insert(&tgid, &now, u64::from(BPF_EXIST));
+    let _ = EXEC_STARTS.insert(tgid, now, u64::from(BPF_EXIST));
     0
 }
 

@@ -13,8 +13,10 @@ use std::{
     time::Duration,
 };
 
+mod http;
 mod postgres;
 mod ssh;
+pub use http::{HttpSettings, HttpTls};
 pub use postgres::{ClientTls, PostgresSettings, UpstreamTls};
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -26,8 +28,8 @@ pub use crate::address::{AddressSpec, HostSpec};
 pub use crate::identity::Issuer;
 pub use crate::mask::MaskingRule;
 pub use crate::policy::model::{
-    Action, ClaimPattern, Credentials, IdentityCredentials, Rule, SqlCondition, SshCondition,
-    SshOperationKind,
+    Action, ClaimPattern, Credentials, HttpCondition, IdentityCredentials, Rule, SqlCondition,
+    SshCondition, SshOperationKind,
 };
 
 pub use approvals::{Approvals, ApproverGroup, Person, WebConfig};
@@ -41,6 +43,10 @@ pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:15001", "[::1]:15001"];
 /// Default of `server.max_connections_per_job`: with the unit's 65,536 descriptors and two per
 /// connection, at least 32 jobs at their limit still fit.
 pub const DEFAULT_MAX_CONNECTIONS_PER_JOB: usize = 1024;
+/// Default of `server.max_pending_connections_per_job`.
+pub const DEFAULT_MAX_PENDING_CONNECTIONS_PER_JOB: u32 = 256;
+/// Default of `server.records_per_second_per_job`.
+pub const DEFAULT_RECORDS_PER_SECOND_PER_JOB: u32 = 50;
 
 /// One problem in a configuration file, located as precisely as the parser allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +152,10 @@ pub fn targets_on_local_addresses<'a>(
 impl Protocol {
     /// Protocols this build can serve; the others are refused by validation.
     pub fn implemented(self) -> bool {
-        matches!(self, Protocol::Tcp | Protocol::Postgres | Protocol::Ssh)
+        matches!(
+            self,
+            Protocol::Tcp | Protocol::Postgres | Protocol::Ssh | Protocol::Http
+        )
     }
 }
 
@@ -180,6 +189,12 @@ pub struct Server {
     /// Connections one job may have open at once; more are refused (and recorded), so that one
     /// job cannot use up the gateway's descriptors for every other job.
     pub max_connections_per_job: usize,
+    /// Connects of one job redirected but not yet taken by the gateway; more are refused in the
+    /// kernel (and recorded), so that one job cannot fill the table the others' connects need.
+    pub max_pending_connections_per_job: u32,
+    /// Refusals (and audited operations) recorded one by one per job, kind and second; beyond it
+    /// they are counted and recorded as one summary per job and second.
+    pub records_per_second_per_job: u32,
     pub ebpf_debug_log: bool,
 }
 
@@ -199,6 +214,8 @@ pub struct Target {
     pub ssh: SshSettings,
     /// `[targets.postgres]`: settings of postgres targets (defaults for the others).
     pub postgres: PostgresSettings,
+    /// `[targets.http]`: settings of http targets (defaults for the others).
+    pub http: HttpSettings,
     /// TCP targets: keep a spare upstream connection to a destination while jobs keep connecting
     /// to it (see `protocol::spares`). Off by default.
     pub preconnect: bool,
@@ -368,6 +385,8 @@ struct RawServer {
     shutdown_grace: Option<S<String>>,
     upstream_connect_timeout: Option<S<String>>,
     max_connections_per_job: Option<S<i64>>,
+    max_pending_connections_per_job: Option<S<i64>>,
+    records_per_second_per_job: Option<S<i64>>,
     #[serde(default)]
     ebpf_debug_log: bool,
 }
@@ -400,6 +419,7 @@ struct RawTarget {
     credentials: RawCredentials,
     ssh: Option<S<ssh::RawSshTarget>>,
     postgres: Option<S<postgres::RawPostgres>>,
+    http: Option<S<http::RawHttp>>,
     preconnect: Option<S<bool>>,
 }
 
@@ -409,8 +429,11 @@ struct RawCredentials {
     user: Option<String>,
     password_file: Option<S<String>>,
     key_file: Option<S<String>>,
+    token_file: Option<S<String>>,
+    header: Option<S<String>>,
+    scheme: Option<S<String>>,
     #[serde(default)]
-    identities: Vec<postgres::RawIdentityCredentials>,
+    identities: Vec<S<postgres::RawIdentityCredentials>>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +455,7 @@ struct RawRule {
     reason: Option<String>,
     ssh: Option<S<ssh::RawSshCondition>>,
     sql: Option<S<postgres::RawSql>>,
+    http: Option<S<http::RawHttpCondition>>,
     #[serde(default)]
     approvers: Vec<S<String>>,
     quorum: Option<S<u32>>,
@@ -482,6 +506,28 @@ impl Validator<'_> {
                 default
             }
         }
+    }
+
+    /// A count from 1 to `max`.
+    fn bounded(&mut self, raw: Option<S<i64>>, key: &str, max: u32, default: u32) -> u32 {
+        let Some(raw) = raw else { return default };
+        match u32::try_from(*raw.get_ref()) {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                self.problem(raw.span(), key, format!("must be from 1 to {max}"));
+                default
+            }
+        }
+    }
+
+    /// An optional file setting, which must be an absolute path when given.
+    fn optional_file(&mut self, raw: Option<S<String>>, key: String) -> Option<PathBuf> {
+        let raw = raw?;
+        let p = PathBuf::from(raw.get_ref());
+        if !p.is_absolute() {
+            self.problem(raw.span(), key, "must be an absolute path");
+        }
+        Some(p)
     }
 
     fn absolute_path(&mut self, raw: Option<S<String>>, key: &str, default: &str) -> PathBuf {
@@ -680,6 +726,18 @@ impl Validator<'_> {
                     DEFAULT_MAX_CONNECTIONS_PER_JOB
                 }
             },
+            max_pending_connections_per_job: self.bounded(
+                raw.max_pending_connections_per_job,
+                "server.max_pending_connections_per_job",
+                gateway_common::MAX_PENDING,
+                DEFAULT_MAX_PENDING_CONNECTIONS_PER_JOB,
+            ),
+            records_per_second_per_job: self.bounded(
+                raw.records_per_second_per_job,
+                "server.records_per_second_per_job",
+                1_000_000,
+                DEFAULT_RECORDS_PER_SECOND_PER_JOB,
+            ),
             ebpf_debug_log: raw.ebpf_debug_log,
         }
     }
@@ -705,7 +763,7 @@ impl Validator<'_> {
             }
             let protocol = *t.protocol.get_ref();
             if !protocol.implemented() {
-                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, postgres, ssh)"));
+                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, postgres, ssh, http)"));
             }
             let address = match AddressSpec::parse(t.address.get_ref(), false) {
                 Ok(a) => a,
@@ -723,26 +781,33 @@ impl Validator<'_> {
             }
             seen_addresses.push((address.clone(), name.clone()));
             let c = t.credentials;
-            let mut file = |f: Option<S<String>>, key: &str| {
-                f.map(|f| {
-                    let p = PathBuf::from(f.get_ref());
-                    if !p.is_absolute() {
-                        self.problem(
-                            f.span(),
-                            format!("targets[{i}].credentials.{key}"),
-                            "must be an absolute path",
-                        );
-                    }
-                    p
-                })
-            };
+            let mut file =
+                |f, key: &str| self.optional_file(f, format!("targets[{i}].credentials.{key}"));
+            let header = c
+                .header
+                .map(|h| h.into_inner().to_ascii_lowercase())
+                .unwrap_or_else(|| "authorization".into());
+            // A token in another header (`x-api-key`) goes as it is; in Authorization it is a
+            // bearer token, and a password is Basic.
+            let scheme = c.scheme.map(S::into_inner).unwrap_or_else(|| {
+                if header != "authorization" {
+                    String::new()
+                } else if c.token_file.is_none() && c.password_file.is_some() {
+                    "Basic".into()
+                } else {
+                    "Bearer".into()
+                }
+            });
             let mut credentials = Credentials {
                 user: c.user,
                 password_file: file(c.password_file, "password_file"),
                 key_file: file(c.key_file, "key_file"),
+                token_file: file(c.token_file, "token_file"),
+                header,
+                scheme,
                 identities: Vec::new(),
             };
-            credentials.identities = self.identity_credentials(i, c.identities);
+            credentials.identities = self.identity_credentials(i, protocol, c.identities);
             let postgres = self.postgres_settings(i, protocol, t.postgres);
             if protocol == Protocol::Postgres
                 && !postgres.authenticates_server()
@@ -765,16 +830,24 @@ impl Validator<'_> {
                 }
                 *p.get_ref()
             });
+            let target_host = match &address.host {
+                HostSpec::Name(n) => Some(n.clone()),
+                HostSpec::Net(_) => None,
+            };
+            let http =
+                self.http_settings(i, protocol, address.port, target_host.as_deref(), t.http);
             let target = Target {
                 name,
                 protocol,
                 address,
                 credentials,
                 postgres,
+                http,
                 ssh,
                 preconnect,
             };
             self.ssh_credentials(i, &target, t.name.span());
+            self.http_credentials(i, &target, t.name.span());
             out.push(target);
         }
         out
@@ -850,6 +923,9 @@ impl Validator<'_> {
             let sql = r
                 .sql
                 .map(|s| self.sql_condition(i, s, &target_globs, targets));
+            let http = r
+                .http
+                .map(|h| self.http_condition(i, h, &target_globs, targets));
             let (approvers, quorum, approval_timeout) = self.rule_approval(
                 i,
                 r.action,
@@ -866,6 +942,7 @@ impl Validator<'_> {
                 reason: r.reason,
                 ssh,
                 sql,
+                http,
                 approvers,
                 quorum,
                 approval_timeout,
@@ -900,7 +977,10 @@ impl Validator<'_> {
     }
 
     /// The approval settings of rule `i`: required with `require_approval`, refused otherwise.
-    #[allow(clippy::type_complexity)]
+    #[expect(
+        clippy::type_complexity,
+        reason = "the raw approval keys of a rule, each with its span"
+    )]
     fn rule_approval(
         &mut self,
         i: usize,

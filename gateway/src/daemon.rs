@@ -1,11 +1,10 @@
-//! `gateway serve`: start-up in an order that leaves nothing half-done, the shared state every task
-//! works on, job lifecycle, and graceful shutdown.
+//! `gateway serve`: start-up in an order that leaves nothing half-done, the wiring of each task
+//! to the parts it uses (and no more), and graceful shutdown. Job lifecycle is `lifecycle`;
+//! control requests are answered in `control`; connections are served by `intercept`.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
     sync::{Arc, RwLock},
-    time::{Duration, Instant},
 };
 
 use gateway_common::{Config as KernelConfig, FLAG_DEBUG_LOG, MODE_AUDIT, MODE_ENFORCE};
@@ -13,15 +12,17 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    budget::{self, Recorder},
     cgroup::{self, CgroupError},
     config::{Config, Mode},
-    control::{self, RecordingStatus, Request, Response, Status, TargetStatus},
-    ebpf::{Connections, Dataplane, DataplaneError},
-    identity::{Identity, Verifier, VerifyError},
+    control::{self, RecordingStatus, Status, TargetStatus},
+    ebpf::{Dataplane, DataplaneError},
+    identity::{Verifier, VerifyError},
     intercept,
-    jobs::{Job, Jobs},
-    policy::Policy,
-    record::{JobRecord, Store, StoreError, now},
+    jobs::Jobs,
+    lifecycle::{self, JobControl},
+    protocol::{http, postgres, ssh},
+    record::{Store, StoreError, now},
     targets::TargetSet,
 };
 
@@ -78,52 +79,20 @@ pub fn local_addresses() -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
-/// State shared by every task of the daemon.
-pub struct Gateway {
-    pub config: Config,
-    pub policy: Policy,
-    /// Verifies the OIDC tokens jobs are bound with.
-    pub verifier: Verifier,
-    pub targets: RwLock<Arc<TargetSet>>,
-    pub store: Store,
-    pub jobs: Jobs,
-    pub connections: Connections,
-    pub processes: intercept::process::ProcessCache,
-    /// When processes last began an exec: attribution refuses to vouch for /proc across one.
-    pub exec_starts: crate::ebpf::ExecStarts,
-    pub approvals: crate::approval::Approvals,
-    pub dataplane: tokio::sync::Mutex<Dataplane>,
-    /// Whether jobs' packet/XDP/vsock sockets are refused (needs the BPF LSM), for `status`.
-    pub socket_family_guard: String,
-    pub cgroup_root: PathBuf,
-    /// cgroup of the daemon itself: never attached to (its upstream connects would loop).
-    pub own_cgroup: PathBuf,
-    pub shutdown: CancellationToken,
-    /// Every live session; drained on shutdown.
-    pub sessions: TaskTracker,
-    pub started_at: String,
-    /// Cancel keys, the statement classification cache and the approvals seam of postgres sessions.
-    pub postgres: crate::protocol::postgres::Shared,
-    /// Spare upstream connections of `preconnect` targets.
-    pub spares: crate::protocol::spares::Spares,
-}
-
-/// The CA and certificates for TLS toward postgres clients, when a target offers it. Loaded (or
-/// created) before anything else changes: a damaged CA stops the start.
-fn client_tls(
-    config: &Config,
-) -> Result<Option<crate::protocol::postgres::client_tls::ClientTls>, DaemonError> {
-    let offered = config.targets.iter().any(|t| {
-        t.protocol == crate::config::Protocol::Postgres
-            && t.postgres.client_tls != crate::config::ClientTls::Off
+/// The CA and certificates for TLS toward jobs, when a target terminates it (postgres
+/// `client_tls`, http `tls = "terminate"`). Loaded (or created) before anything else changes: a
+/// damaged CA stops the start.
+fn job_tls(config: &Config) -> Result<Option<Arc<crate::tls_ca::job_tls::JobTls>>, DaemonError> {
+    let offered = config.targets.iter().any(|t| match t.protocol {
+        crate::config::Protocol::Postgres => t.postgres.client_tls != crate::config::ClientTls::Off,
+        crate::config::Protocol::Http => t.http.tls == crate::config::HttpTls::Terminate,
+        _ => false,
     });
     if !offered {
         return Ok(None);
     }
     let ca = crate::tls_ca::Ca::load_or_create(&config.server.state_dir)?;
-    Ok(Some(crate::protocol::postgres::client_tls::ClientTls::new(
-        ca,
-    )))
+    Ok(Some(Arc::new(crate::tls_ca::job_tls::JobTls::new(ca))))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -151,7 +120,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             address: *address,
         });
     }
-    let client_tls = client_tls(&config)?;
+    let job_tls = job_tls(&config)?;
 
     // The lock on the pinned objects comes first: a second daemon stops here, having changed nothing.
     let mut dataplane = Dataplane::open(&server.bpf_pin_dir, ebpf_object)?;
@@ -194,6 +163,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         &resolvers,
     )?;
     let connections = dataplane.connections()?;
+    let job_states = dataplane.job_states();
     let exec_starts = dataplane.exec_starts()?;
     let events = dataplane.events()?;
     let ebpf_logger = if server.ebpf_debug_log {
@@ -213,62 +183,153 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         Some(w) => Some(crate::approval::web::bind(w, approvals.clone()).await?),
         None => None,
     };
-    let gw = Arc::new(Gateway {
-        policy: config.policy(),
-        verifier,
-        config,
-        targets: RwLock::new(Arc::new(targets)),
-        store,
-        jobs: Jobs::default(),
-        connections,
-        exec_starts,
-        processes: Default::default(),
-        approvals,
-        socket_family_guard: dataplane.family_guard().to_string(),
-        dataplane: tokio::sync::Mutex::new(dataplane),
-        cgroup_root,
-        own_cgroup,
-        shutdown: CancellationToken::new(),
-        sessions: TaskTracker::new(),
-        started_at: now(),
-        postgres: crate::protocol::postgres::Shared {
-            client_tls,
-            ..Default::default()
-        },
-        spares: Default::default(),
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let started_at = now();
+    let socket_family_guard = dataplane.family_guard().to_string();
+    let dataplane = Arc::new(tokio::sync::Mutex::new(dataplane));
+    let verifier = Arc::new(verifier);
+    let policy = Arc::new(config.policy());
+    let jobs = Arc::new(Jobs::default());
+    let connections = Arc::new(connections);
+    let targets = Arc::new(RwLock::new(Arc::new(targets)));
+    let recorder = Arc::new(Recorder {
+        budgets: budget::Budgets::new(server.records_per_second_per_job),
+        job_states,
+        store: store.clone(),
+        jobs: jobs.clone(),
+        per_second: server.records_per_second_per_job,
     });
-    gw.adopt_jobs().await?;
+    let lifecycle = Arc::new(JobControl {
+        cgroup_root: cgroup_root.clone(),
+        own_cgroup,
+        job_cgroup_parent: server.job_cgroup_parent.clone(),
+        verifier: verifier.clone(),
+        dataplane: dataplane.clone(),
+        store: store.clone(),
+        jobs: jobs.clone(),
+        connections: connections.clone(),
+        recorder: recorder.clone(),
+    });
+    lifecycle.adopt_jobs().await?;
+    let intercept = Arc::new(intercept::Services {
+        connections,
+        jobs: jobs.clone(),
+        targets: targets.clone(),
+        target_configs: config.targets.clone().into(),
+        policy: policy.clone(),
+        spares: Default::default(),
+        processes: Default::default(),
+        exec_starts,
+        store: store.clone(),
+        recorder: recorder.clone(),
+        max_connections_per_job: server.max_connections_per_job,
+        max_pending_connections_per_job: server.max_pending_connections_per_job,
+        upstream_connect_timeout: server.upstream_connect_timeout,
+        sessions: sessions.clone(),
+        shutdown: shutdown.clone(),
+        postgres: postgres::Services {
+            store: store.clone(),
+            policy: policy.clone(),
+            approvals: approvals.clone(),
+            masking: config.masking.clone().into(),
+            cancels: Default::default(),
+            classifier: Default::default(),
+            client_tls: job_tls.clone(),
+            upstream_connect_timeout: server.upstream_connect_timeout,
+            shutdown: shutdown.clone(),
+        },
+        ssh: ssh::Services {
+            store: store.clone(),
+            policy: policy.clone(),
+            approvals: approvals.clone(),
+            state_dir: server.state_dir.clone(),
+            shutdown: shutdown.clone(),
+        },
+        http: http::Services {
+            store: store.clone(),
+            policy: policy.clone(),
+            approvals: approvals.clone(),
+            job_tls: job_tls.clone(),
+            upstream_connect_timeout: server.upstream_connect_timeout,
+            shutdown: shutdown.clone(),
+            upstream_tls: Default::default(),
+        },
+    });
+    let status = {
+        let (config, sessions, jobs, verifier, store) = (
+            config.clone(),
+            sessions.clone(),
+            jobs.clone(),
+            verifier.clone(),
+            store.clone(),
+        );
+        move || {
+            status(
+                &config,
+                &socket_family_guard,
+                &cgroup_root,
+                &started_at,
+                &sessions,
+                &jobs,
+                &verifier,
+                &store,
+            )
+        }
+    };
+    let control = Arc::new(control::Context {
+        store: store.clone(),
+        approvals: approvals.clone(),
+        lifecycle: lifecycle.clone(),
+        status: Box::new(status),
+        cli_unix_group: config.approvals.cli_unix_group.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let refresh = Arc::new(TargetRefresh {
+        config: config.clone(),
+        dataplane: dataplane.clone(),
+        targets,
+        shutdown: shutdown.clone(),
+    });
 
     let mut tasks = Vec::new();
     for listener in listeners {
-        tasks.push(tokio::spawn(intercept::accept_loop(listener, gw.clone())));
+        tasks.push(tokio::spawn(intercept::accept_loop(
+            listener,
+            intercept.clone(),
+        )));
     }
     tasks.push(tokio::spawn(control::server::serve(
         control_listener,
-        gw.clone(),
+        control,
     )));
     tasks.push(tokio::spawn(intercept::events::read_loop(
         events,
-        gw.clone(),
+        intercept.clone(),
     )));
-    tasks.push(tokio::spawn(reap_loop(gw.clone())));
-    tasks.push(tokio::spawn(refresh_targets_loop(gw.clone())));
+    tasks.push(tokio::spawn(lifecycle::reap_loop(
+        lifecycle.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(budget::summary_loop(
+        recorder.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(refresh_targets_loop(refresh)));
     if let Some((listener, router)) = web {
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "approvals page");
         tasks.push(tokio::spawn(crate::approval::web::serve(
             listener,
             router,
-            gw.shutdown.clone(),
+            shutdown.clone(),
         )));
     }
-    let prefetch = gw.clone();
-    tasks.push(tokio::spawn(
-        async move { prefetch.verifier.prefetch().await },
-    ));
+    let prefetch = verifier.clone();
+    tasks.push(tokio::spawn(async move { prefetch.prefetch().await }));
     if let Some(logger) = ebpf_logger {
         tasks.push(tokio::spawn(intercept::events::log_loop(
             logger,
-            gw.clone(),
+            intercept.clone(),
         )));
     }
 
@@ -276,8 +337,8 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         listen = ?[server.listen_v4, server.listen_v6].iter().flatten().collect::<Vec<_>>(),
         mode = %server.mode,
         control = %server.control_socket.display(),
-        targets = gw.config.targets.len(),
-        jobs = gw.jobs.list().len(),
+        targets = config.targets.len(),
+        jobs = jobs.list().len(),
         "gateway ready"
     );
     sd_notify(sd_notify::NotifyState::Ready);
@@ -285,9 +346,9 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; draining sessions");
     sd_notify(sd_notify::NotifyState::Stopping);
-    gw.shutdown.cancel();
-    gw.sessions.close();
-    if tokio::time::timeout(server.shutdown_grace, gw.sessions.wait())
+    shutdown.cancel();
+    sessions.close();
+    if tokio::time::timeout(server.shutdown_grace, sessions.wait())
         .await
         .is_err()
     {
@@ -296,10 +357,63 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     for t in tasks {
         t.abort();
     }
+    // What went over a budget in the last (partial) second.
+    budget::record_summaries(&recorder).await;
     let _ = std::fs::remove_file(&server.control_socket);
     // Pinned programs and links stay: jobs stay intercepted (and fail closed) until a daemon returns.
     tracing::info!("stopped");
     Ok(())
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the status shows a little of every part"
+)]
+fn status(
+    config: &Config,
+    socket_family_guard: &str,
+    cgroup_root: &std::path::Path,
+    started_at: &str,
+    sessions: &TaskTracker,
+    jobs: &Jobs,
+    verifier: &Verifier,
+    store: &Store,
+) -> Status {
+    let s = &config.server;
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        mode: s.mode.to_string(),
+        listen: [s.listen_v4, s.listen_v6]
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect(),
+        control_socket: s.control_socket.display().to_string(),
+        state_dir: s.state_dir.display().to_string(),
+        bpf_pin_dir: s.bpf_pin_dir.display().to_string(),
+        socket_family_guard: socket_family_guard.to_string(),
+        cgroup_root: cgroup_root.display().to_string(),
+        started_at: started_at.to_string(),
+        active_sessions: sessions.len(),
+        targets: config
+            .targets
+            .iter()
+            .map(|t| TargetStatus {
+                name: t.name.clone(),
+                protocol: t.protocol.to_string(),
+                address: t.address.to_string(),
+            })
+            .collect(),
+        jobs: jobs.list().iter().map(|j| j.record()).collect(),
+        issuers: verifier.status(),
+        recording: RecordingStatus {
+            free_bytes: nix::sys::statvfs::statvfs(&s.state_dir)
+                .ok()
+                .map(|f| f.blocks_available().saturating_mul(f.fragment_size())),
+            health: store.health(),
+        },
+    }
 }
 
 /// Every proxied connection holds two descriptors: take the hard limit, not the soft 1024.
@@ -358,6 +472,8 @@ fn kernel_config(config: &Config) -> KernelConfig {
             Mode::Audit => MODE_AUDIT,
         },
         flags: if s.ebpf_debug_log { FLAG_DEBUG_LOG } else { 0 },
+        max_pending_per_job: s.max_pending_connections_per_job,
+        events_per_second: s.records_per_second_per_job,
     }
 }
 
@@ -376,383 +492,17 @@ fn system_resolvers() -> Vec<IpAddr> {
         .collect()
 }
 
-/// What a job is bound to.
-struct Binding {
-    identity: Identity,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-fn new_job_id() -> Result<String, String> {
-    crate::random::id::<6>("job").map_err(|e| format!("cannot make a job id: {e}"))
-}
-
-impl Gateway {
-    pub async fn control(&self, request: Request, uid: u32) -> Response {
-        let result = match request {
-            Request::Status => Ok(Response::Status(Box::new(self.status()))),
-            Request::CreateJob { token } => self.create_job(token).await.map(Response::Job),
-            Request::Attach { cgroup, token } => {
-                self.attach(&cgroup, token).await.map(Response::Job)
-            }
-            Request::EndJob { job_id, cgroup } => self.end_job_request(job_id, cgroup).await,
-            Request::ListSessions { limit } => self
-                .store
-                .list_sessions(limit)
-                .await
-                .map(|sessions| Response::Sessions { sessions })
-                .map_err(|e| e.to_string()),
-            Request::ListApprovals { recent } => self
-                .approvals
-                .list(recent)
-                .await
-                .map(|approvals| Response::Approvals { approvals })
-                .map_err(|e| e.to_string()),
-            Request::ShowApproval { id } => self
-                .approvals
-                .show(&id)
-                .await
-                .map(|v| Response::Approval(Box::new(v)))
-                .map_err(|e| e.to_string()),
-            Request::DecideApproval {
-                id,
-                approve,
-                for_seconds,
-                reason,
-            } => {
-                let approver = self.approvals.unix_approver(uid);
-                let verdict = if approve {
-                    crate::approval::model::Verdict::Approve { for_seconds }
-                } else {
-                    crate::approval::model::Verdict::Deny { reason }
-                };
-                self.approvals
-                    .decide(&id, &approver, verdict)
-                    .await
-                    .map(|v| Response::Approval(Box::new(v)))
-                    .map_err(|e| e.to_string())
-            }
-            Request::ShowSession { id, after, limit } => self
-                .store
-                .session_page(
-                    id,
-                    after,
-                    limit
-                        .unwrap_or(control::MAX_EVENTS_PER_PAGE)
-                        .min(control::MAX_EVENTS_PER_PAGE),
-                )
-                .await
-                .map(|s| Response::Session(Box::new(s)))
-                .map_err(|e| e.to_string()),
-        };
-        result.unwrap_or_else(|message| Response::Error { message })
-    }
-
-    fn status(&self) -> Status {
-        let s = &self.config.server;
-        Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            pid: std::process::id(),
-            mode: s.mode.to_string(),
-            listen: [s.listen_v4, s.listen_v6]
-                .iter()
-                .flatten()
-                .map(ToString::to_string)
-                .collect(),
-            control_socket: s.control_socket.display().to_string(),
-            state_dir: s.state_dir.display().to_string(),
-            bpf_pin_dir: s.bpf_pin_dir.display().to_string(),
-            socket_family_guard: self.socket_family_guard.clone(),
-            cgroup_root: self.cgroup_root.display().to_string(),
-            started_at: self.started_at.clone(),
-            active_sessions: self.sessions.len(),
-            targets: self
-                .config
-                .targets
-                .iter()
-                .map(|t| TargetStatus {
-                    name: t.name.clone(),
-                    protocol: t.protocol.to_string(),
-                    address: t.address.to_string(),
-                })
-                .collect(),
-            jobs: self.jobs.list().iter().map(|j| j.record()).collect(),
-            issuers: self.verifier.status(),
-            recording: RecordingStatus {
-                free_bytes: nix::sys::statvfs::statvfs(&s.state_dir)
-                    .ok()
-                    .map(|f| f.blocks_available().saturating_mul(f.fragment_size())),
-                health: self.store.health(),
-            },
-        }
-    }
-
-    /// No token: `unauthenticated`, unbounded. A token: verified, bound until the issuer's
-    /// `max_binding_lifetime` from now (the token's own short `exp` only matters at this moment).
-    async fn binding(&self, token: Option<String>) -> Result<Binding, String> {
-        let Some(token) = token else {
-            return Ok(Binding {
-                identity: Identity::unauthenticated(),
-                expires_at: None,
-            });
-        };
-        match self.verifier.verify(&token).await {
-            Ok(v) => Ok(Binding {
-                identity: v.identity,
-                expires_at: Some(
-                    chrono::Utc::now()
-                        + chrono::Duration::from_std(v.max_binding)
-                            .unwrap_or(chrono::Duration::MAX),
-                ),
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "job not bound");
-                Err(e.to_string())
-            }
-        }
-    }
-
-    async fn create_job(&self, token: Option<String>) -> Result<JobRecord, String> {
-        let binding = self.binding(token).await?;
-        let id = new_job_id()?;
-        let parent = self.config.server.job_cgroup_parent.clone();
-        let path = cgroup::create(&self.cgroup_root, &parent, &id).map_err(|e| e.to_string())?;
-        match self.register(id, path.clone(), true, binding).await {
-            Ok(job) => Ok(job),
-            Err(e) => {
-                let _ = std::fs::remove_dir(&path);
-                Err(e)
-            }
-        }
-    }
-
-    async fn attach(&self, given: &str, token: Option<String>) -> Result<JobRecord, String> {
-        let binding = self.binding(token).await?;
-        let path = cgroup::resolve(&self.cgroup_root, given).map_err(|e| e.to_string())?;
-        if self.own_cgroup.starts_with(&path) {
-            return Err(format!(
-                "refusing to attach to {}: the gateway itself runs in that cgroup or below it",
-                path.display()
-            ));
-        }
-        if let Some(job) = self.jobs.by_path(&path) {
-            return Err(format!(
-                "cgroup {} is already attached as {}",
-                path.display(),
-                job.id
-            ));
-        }
-        if let Some(job) = self
-            .jobs
-            .list()
-            .into_iter()
-            .find(|j| path.starts_with(&j.cgroup_path))
-        {
-            return Err(format!(
-                "cgroup {} is inside job {} already",
-                path.display(),
-                job.id
-            ));
-        }
-        self.register(new_job_id()?, path, false, binding).await
-    }
-
-    /// Attaches the programs, records the job, and only then makes it known.
-    async fn register(
-        &self,
-        id: String,
-        path: PathBuf,
-        owned: bool,
-        binding: Binding,
-    ) -> Result<JobRecord, String> {
-        let cgroup_id = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
-        let mut dataplane = self.dataplane.lock().await;
-        dataplane
-            .attach(&path, cgroup_id)
-            .map_err(|e| e.to_string())?;
-        let job = Job {
-            id,
-            cgroup_path: path,
-            cgroup_id,
-            owned,
-            identity: binding.identity,
-            binding_expires_at: binding.expires_at,
-            created_at: now(),
-            open_connections: Default::default(),
-        };
-        let record = job.record();
-        if let Err(e) = self.store.insert_job(record.clone()).await {
-            let _ = dataplane.detach(cgroup_id);
-            return Err(e.to_string());
-        }
-        drop(dataplane);
-        self.jobs.insert(job);
-        tracing::info!(
-            job = %record.id,
-            cgroup = %record.cgroup_path,
-            owned,
-            issuer = record.identity.issuer.as_deref().unwrap_or("-"),
-            identity = %record.identity.subject,
-            bound_until = record.binding_expires_at.as_deref().unwrap_or("-"),
-            "job attached"
-        );
-        Ok(record)
-    }
-
-    async fn end_job_request(
-        &self,
-        job_id: Option<String>,
-        given: Option<String>,
-    ) -> Result<Response, String> {
-        let job = match (job_id, given) {
-            (Some(id), _) => match self.jobs.by_id(&id) {
-                Some(job) => job,
-                // Ending is idempotent: the reaper may have ended an owned job whose processes
-                // are all gone before `gateway run` asked.
-                None if self.store.job_ended(id.clone()).await.unwrap_or(false) => {
-                    return Ok(Response::Ended { job_id: id });
-                }
-                None => return Err(format!("no active job {id}")),
-            },
-            (None, Some(given)) => {
-                let path = cgroup::resolve(&self.cgroup_root, &given).map_err(|e| e.to_string())?;
-                self.jobs
-                    .by_path(&path)
-                    .ok_or_else(|| format!("cgroup {} is not attached", path.display()))?
-            }
-            (None, None) => return Err("name a job id or a cgroup".into()),
-        };
-        self.end_job(&job).await?;
-        Ok(Response::Ended {
-            job_id: job.id.clone(),
-        })
-    }
-
-    /// Detaches the programs; for owned jobs kills what is left and removes the cgroup. Sessions stay.
-    async fn end_job(&self, job: &Job) -> Result<(), String> {
-        self.dataplane
-            .lock()
-            .await
-            .detach(job.cgroup_id)
-            .map_err(|e| e.to_string())?;
-        if job.owned {
-            let path = job.cgroup_path.clone();
-            tokio::task::spawn_blocking(move || {
-                cgroup::kill_and_remove(&path, Duration::from_secs(5))
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        }
-        self.store
-            .end_job(job.id.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.jobs.remove(job.cgroup_id);
-        tracing::info!(job = %job.id, "job ended");
-        Ok(())
-    }
-
-    /// After a restart: take back the jobs of the store whose cgroups still exist, make sure their
-    /// programs are attached, and drop pinned links that belong to no job.
-    async fn adopt_jobs(&self) -> Result<(), DaemonError> {
-        let interrupted = self.store.close_interrupted_sessions().await?;
-        if interrupted > 0 {
-            tracing::warn!(interrupted, "closed sessions a previous gateway left open");
-        }
-        let records = self.store.active_jobs().await?;
-        let mut dataplane = self.dataplane.lock().await;
-        for r in records {
-            let path = PathBuf::from(&r.cgroup_path);
-            let alive = cgroup::cgroup_id(&path).is_ok_and(|id| id == r.cgroup_id);
-            if !alive {
-                let _ = dataplane.detach(r.cgroup_id);
-                self.store.end_job(r.id.clone()).await?;
-                tracing::info!(job = %r.id, "job's cgroup is gone; ended");
-                continue;
-            }
-            if let Err(e) = dataplane.attach(&path, r.cgroup_id) {
-                tracing::error!(job = %r.id, error = %e, "cannot re-attach adopted job");
-            }
-            self.jobs.insert(Job {
-                id: r.id.clone(),
-                cgroup_path: path,
-                cgroup_id: r.cgroup_id,
-                owned: r.owned,
-                identity: r.identity,
-                binding_expires_at: r
-                    .binding_expires_at
-                    .as_deref()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&chrono::Utc)),
-                created_at: r.created_at,
-                open_connections: Default::default(),
-            });
-            tracing::info!(job = %r.id, "adopted job");
-        }
-        for cgroup_id in dataplane.attached() {
-            if self.jobs.for_cgroup_exact(cgroup_id).is_none() {
-                tracing::info!(cgroup_id, "removing pinned links of no known job");
-                let _ = dataplane.detach(cgroup_id);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Ends jobs whose cgroup disappeared, and owned jobs whose processes are all gone.
-async fn reap_loop(gw: Arc<Gateway>) {
-    // An owned job is only reaped empty after this long (its first process may not have moved in yet).
-    const EMPTY_GRACE: Duration = Duration::from_secs(30);
-    let mut seen_populated: std::collections::HashSet<String> = Default::default();
-    let started = Instant::now();
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            () = gw.shutdown.cancelled() => return,
-        }
-        for job in gw.jobs.list() {
-            let populated = match cgroup::populated(&job.cgroup_path) {
-                Ok(p) => p,
-                Err(CgroupError::Missing { .. }) => {
-                    if let Err(e) = gw.end_job(&job).await {
-                        tracing::warn!(job = %job.id, error = %e, "ending vanished job");
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(job = %job.id, error = %e, "cannot read job cgroup");
-                    continue;
-                }
-            };
-            if populated {
-                seen_populated.insert(job.id.clone());
-                continue;
-            }
-            let old_enough = job_age(&job) > EMPTY_GRACE && started.elapsed() > EMPTY_GRACE;
-            if job.owned && (seen_populated.contains(&job.id) || old_enough) {
-                seen_populated.remove(&job.id);
-                if let Err(e) = gw.end_job(&job).await {
-                    tracing::warn!(job = %job.id, error = %e, "reaping finished job");
-                }
-            }
-        }
-    }
-}
-
-fn job_age(job: &Job) -> Duration {
-    chrono::DateTime::parse_from_rfc3339(&job.created_at)
-        .ok()
-        .and_then(|t| {
-            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                .to_std()
-                .ok()
-        })
-        .unwrap_or_default()
+/// What re-resolving host-name targets uses.
+struct TargetRefresh {
+    config: Config,
+    dataplane: Arc<tokio::sync::Mutex<Dataplane>>,
+    targets: Arc<RwLock<Arc<TargetSet>>>,
+    shutdown: CancellationToken,
 }
 
 /// Re-resolves host-name targets and updates the kernel's destination set when they change.
-async fn refresh_targets_loop(gw: Arc<Gateway>) {
-    let has_names = gw
+async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
+    let has_names = r
         .config
         .targets
         .iter()
@@ -762,10 +512,10 @@ async fn refresh_targets_loop(gw: Arc<Gateway>) {
     }
     loop {
         tokio::select! {
-            () = tokio::time::sleep(gw.config.server.resolve_interval) => {}
-            () = gw.shutdown.cancelled() => return,
+            () = tokio::time::sleep(r.config.server.resolve_interval) => {}
+            () = r.shutdown.cancelled() => return,
         }
-        let config = gw.config.clone();
+        let config = r.config.clone();
         let Ok((fresh, problems)) =
             tokio::task::spawn_blocking(move || TargetSet::resolve(&config)).await
         else {
@@ -774,25 +524,25 @@ async fn refresh_targets_loop(gw: Arc<Gateway>) {
         for p in problems {
             tracing::warn!("{p}");
         }
-        let current = gw.targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let current = r.targets.read().unwrap_or_else(|p| p.into_inner()).clone();
         if *current == fresh {
             continue;
         }
-        let entries = fresh.kernel_entries(&gw.config.server.allow_direct, &blocked(&gw.config));
-        let resolvers = gw
+        let entries = fresh.kernel_entries(&r.config.server.allow_direct, &blocked(&r.config));
+        let resolvers = r
             .config
             .server
             .dns_resolvers
             .clone()
             .unwrap_or_else(system_resolvers);
         let configured =
-            gw.dataplane
+            r.dataplane
                 .lock()
                 .await
-                .configure(kernel_config(&gw.config), &entries, &resolvers);
+                .configure(kernel_config(&r.config), &entries, &resolvers);
         match configured {
             Ok(()) => {
-                *gw.targets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                *r.targets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
                 tracing::info!("target addresses changed; destination set updated");
             }
             Err(e) => tracing::error!(error = %e, "cannot update the destination set"),

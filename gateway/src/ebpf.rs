@@ -31,7 +31,8 @@ use aya::{
 };
 use gateway_common::{
     ABI_VERSION, ClientKey, Config as KernelConfig, ConnInfo, DESTINATION_PORT_BITS, Destination,
-    DestinationKeyData, SOCKET_FAMILY_HOOK, destination_key, maps, programs, v4_mapped,
+    DestinationKeyData, EVENT_KINDS, JobLink, JobState, MAX_JOB_SLOTS, SOCKET_FAMILY_HOOK,
+    destination_key, maps, programs, v4_mapped,
 };
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
@@ -67,6 +68,8 @@ pub enum DataplaneError {
     },
     #[error("attaching to cgroup {cgroup}: {detail}")]
     Attach { cgroup: String, detail: String },
+    #[error("no free job slot: {MAX_JOB_SLOTS} jobs at most are attached at once")]
+    NoSlot,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DataplaneError + 'a {
@@ -78,7 +81,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> D
 }
 
 /// The program kinds, by name, in attach order (sock_ops before connect so that no connect is
-/// redirected without the re-keying in place).
+/// redirected without the re-keying in place; connect last, after the job link is written).
 const PROGRAMS: [(&str, Kind); 10] = [
     (programs::SOCK_OPS, Kind::SockOps),
     (programs::SOCK_CREATE, Kind::Sock),
@@ -145,6 +148,9 @@ pub struct Dataplane {
     ebpf: Ebpf,
     jobs_dir: PathBuf,
     family_guard: FamilyGuard,
+    job_states: std::sync::Arc<JobStates>,
+    /// Job slots in use (index 0, the totals, always).
+    slots: Vec<bool>,
     _lock: Flock<File>,
 }
 
@@ -200,12 +206,24 @@ impl Dataplane {
                 "packet, XDP and vsock sockets cannot be refused in jobs ({why}); raw inet sockets still are"
             );
         }
+        let name = maps::JOB_STATES;
+        let states = ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
+        let job_states = std::sync::Arc::new(JobStates::map(states)?);
+        let mut slots = vec![false; MAX_JOB_SLOTS as usize];
+        slots[0] = true;
         Ok(Dataplane {
             ebpf,
             jobs_dir,
             family_guard,
+            job_states,
+            slots,
             _lock: lock,
         })
+    }
+
+    /// The job counters the programs keep, shared with the readers of the daemon.
+    pub fn job_states(&self) -> std::sync::Arc<JobStates> {
+        self.job_states.clone()
     }
 
     pub fn family_guard(&self) -> &FamilyGuard {
@@ -281,18 +299,91 @@ impl Dataplane {
         self.ebpf.take_map(name).ok_or_else(|| missing_map(name))
     }
 
-    /// Attaches every program to the cgroup and pins the links. On failure nothing stays attached.
-    pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<(), DataplaneError> {
+    /// Attaches every program to the cgroup and pins the links, and links the cgroup to a job slot
+    /// (the one it has, for a cgroup attached before: an adopted job keeps its counters). Returns
+    /// the slot. On failure nothing stays attached.
+    pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<u32, DataplaneError> {
         let dir = self.jobs_dir.join(cgroup_id.to_string());
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let result = self.attach_all(cgroup, &dir);
+        let result = self.attach_all(cgroup, cgroup_id, &dir);
         if result.is_err() {
             let _ = unpin_dir(&dir);
         }
         result
     }
 
-    fn attach_all(&mut self, cgroup: &Path, dir: &Path) -> Result<(), DataplaneError> {
+    /// `JOB_LINKS`, a cgroup storage keyed by the cgroup id alone (aya's typed access assumes
+    /// the key with the attach type).
+    fn job_links(&mut self) -> Result<std::os::fd::BorrowedFd<'_>, DataplaneError> {
+        let name = maps::JOB_LINKS;
+        match self.map(name)? {
+            aya::maps::Map::CgroupStorage(data) => Ok(data.fd().as_fd()),
+            _ => Err(DataplaneError::Program {
+                name,
+                detail: "not a cgroup storage".into(),
+            }),
+        }
+    }
+
+    /// The link of a cgroup the programs are attached to, when it has one.
+    fn job_link(&mut self, cgroup_id: u64) -> Result<Option<JobLink>, DataplaneError> {
+        let name = maps::JOB_LINKS;
+        match map_lookup::<u64, JobLink>(self.job_links()?, &cgroup_id) {
+            Ok(link) => Ok(Some(link)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(DataplaneError::Program {
+                name,
+                detail: format!("reading the link of cgroup {cgroup_id}: {e}"),
+            }),
+        }
+    }
+
+    /// The slot of the cgroup (its own, or a free one written into its link). The cgroup
+    /// storage exists once a program that uses it is attached.
+    fn link_slot(&mut self, cgroup_id: u64) -> Result<u32, DataplaneError> {
+        if let Some(link) = self.job_link(cgroup_id)?
+            && link.job_cgroup_id == cgroup_id
+            && link.slot != 0
+            && (link.slot as usize) < self.slots.len()
+            && !self.slots[link.slot as usize]
+        {
+            self.slots[link.slot as usize] = true;
+            return Ok(link.slot);
+        }
+        let slot = self
+            .slots
+            .iter()
+            .position(|used| !used)
+            .ok_or(DataplaneError::NoSlot)? as u32;
+        self.job_states.reset(slot);
+        let link = JobLink {
+            job_cgroup_id: cgroup_id,
+            slot,
+            _pad: 0,
+        };
+        map_update(self.job_links()?, &cgroup_id, &link).map_err(|e| DataplaneError::Program {
+            name: maps::JOB_LINKS,
+            detail: format!("writing the link of cgroup {cgroup_id}: {e}"),
+        })?;
+        self.slots[slot as usize] = true;
+        Ok(slot)
+    }
+
+    /// Frees a job's slot once its programs are detached (its records purged).
+    pub fn release_slot(&mut self, slot: u32) {
+        if slot != 0
+            && let Some(used) = self.slots.get_mut(slot as usize)
+        {
+            *used = false;
+        }
+    }
+
+    fn attach_all(
+        &mut self,
+        cgroup: &Path,
+        cgroup_id: u64,
+        dir: &Path,
+    ) -> Result<u32, DataplaneError> {
         let attach_err = |detail: String| DataplaneError::Attach {
             cgroup: cgroup.display().to_string(),
             detail,
@@ -320,7 +411,13 @@ impl Dataplane {
         }
         // bpf_link attachments to cgroups are multi-attach by nature; AllowMultiple would be EINVAL.
         let mode = CgroupAttachMode::Single;
+        let mut slot = None;
         for (name, kind) in PROGRAMS {
+            if slot.is_none() && (name == programs::CONNECT4 || name == programs::CONNECT6) {
+                // The others are attached (the cgroup storage exists): link the cgroup to its job
+                // before any connect can be redirected.
+                slot = Some(self.link_slot(cgroup_id)?);
+            }
             let path = dir.join(name);
             if path.exists() {
                 continue; // attached before (adopted job)
@@ -362,19 +459,12 @@ impl Dataplane {
             link.pin(&path)
                 .map_err(|e| attach_err(format!("pin {}: {e}", path.display())))?;
         }
-        Ok(())
+        slot.ok_or_else(|| attach_err("no connect program".into()))
     }
 
     /// Detaches the programs from a job cgroup (removes its pinned links).
     pub fn detach(&self, cgroup_id: u64) -> Result<(), DataplaneError> {
         unpin_dir(&self.jobs_dir.join(cgroup_id.to_string()))
-    }
-
-    pub fn is_attached(&self, cgroup_id: u64) -> bool {
-        let dir = self.jobs_dir.join(cgroup_id.to_string());
-        PROGRAMS.iter().all(|(name, _)| dir.join(name).exists())
-            && (self.family_guard != FamilyGuard::Active
-                || dir.join(programs::SOCKET_FAMILY).exists())
     }
 
     /// cgroup ids with pinned links.
@@ -391,6 +481,7 @@ impl Dataplane {
 
     /// The table of redirected connections waiting to be accepted.
     pub fn connections(&mut self) -> Result<Connections, DataplaneError> {
+        let states = self.job_states.clone();
         let name = maps::BY_CLIENT;
         let map = self.take_map(name)?;
         // Checks the map's type and its key and value sizes against ClientKey and ConnInfo.
@@ -420,7 +511,7 @@ impl Dataplane {
                 });
             }
         }
-        Ok(Connections(data))
+        Ok(Connections { map: data, states })
     }
 
     /// Starts noting execs: attaches `gw_exec_start` to the execve and execveat syscall entries
@@ -642,10 +733,14 @@ fn mount_kernel_fs(fstype: &str, at: &Path) -> nix::Result<()> {
 }
 
 /// Redirected connections waiting for accept(), keyed by the client's address.
-pub struct Connections(MapData);
+pub struct Connections {
+    map: MapData,
+    states: std::sync::Arc<JobStates>,
+}
 
 impl Connections {
-    /// Takes (looks up and deletes) the record of the connection whose client end is `peer`.
+    /// Takes (looks up and deletes) the record of the connection whose client end is `peer`,
+    /// counting it out of its job's pending connects.
     pub fn take(&self, peer: SocketAddr) -> Option<ConnInfo> {
         let addr = match peer.ip() {
             IpAddr::V4(v4) => v4_mapped(v4.octets()),
@@ -657,8 +752,215 @@ impl Connections {
             addr,
             port: u32::from(peer.port()),
         };
-        lookup_and_delete(self.0.fd().as_fd(), &key).ok()
+        let info = lookup_and_delete(self.map.fd().as_fd(), &key).ok()?;
+        self.states.count_out(info.job_slot, Counter::Taken);
+        Some(info)
     }
+
+    /// Removes the records of jobs whose programs are gone (`keep(slot)` false): nothing would
+    /// remove them when their sockets close, and a stale record would block its client address.
+    pub fn purge(&self, keep: impl Fn(u32) -> bool) -> usize {
+        let fd = self.map.fd().as_fd();
+        let mut stale = Vec::new();
+        let mut key = None;
+        // Bounded by the table's size: a walk that a concurrent delete restarts still ends.
+        for _ in 0..(gateway_common::MAX_PENDING + gateway_common::PENDING_SLACK) * 2 {
+            let Ok(Some(next)) = next_key(fd, key.as_ref()) else {
+                break;
+            };
+            if let Ok(info) = map_lookup::<ClientKey, ConnInfo>(fd, &next)
+                && !keep(info.job_slot)
+            {
+                stale.push(next);
+            }
+            key = Some(next);
+        }
+        let mut purged = 0;
+        for key in stale {
+            if let Ok(info) = lookup_and_delete(self.map.fd().as_fd(), &key) {
+                self.states.count_out(info.job_slot, Counter::Unqueued);
+                purged += 1;
+            }
+        }
+        purged
+    }
+}
+
+/// The counters the daemon adds to (`JobState`).
+#[derive(Clone, Copy)]
+pub enum Counter {
+    /// A record the daemon took.
+    Taken,
+    /// A record the daemon purged.
+    Unqueued,
+}
+
+/// What a job's events over its budget were, as counted by the programs (`JobState`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Suppressed {
+    /// By event kind and outcome (`[kind][denied]`).
+    pub by_kind: [[u64; 2]; EVENT_KINDS],
+    /// Within the budget, but the ring buffer was full.
+    pub lost: u64,
+}
+
+impl Suppressed {
+    /// What happened since `earlier` (the counters only grow while a slot belongs to one job).
+    pub fn since(&self, earlier: &Suppressed) -> Suppressed {
+        let mut d = Suppressed {
+            lost: self.lost.saturating_sub(earlier.lost),
+            ..Default::default()
+        };
+        for (k, kind) in self.by_kind.iter().enumerate() {
+            for (o, n) in kind.iter().enumerate() {
+                d.by_kind[k][o] = n.saturating_sub(earlier.by_kind[k][o]);
+            }
+        }
+        d
+    }
+
+    pub fn total(&self) -> u64 {
+        self.lost + self.by_kind.iter().flatten().sum::<u64>()
+    }
+}
+
+/// `JOB_STATES` mapped into the daemon's memory: the programs' per-job counters, which both
+/// sides change with atomic adds only.
+pub struct JobStates {
+    words: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    len: usize,
+    _map: MapData,
+}
+
+// SAFETY: the mapping is only accessed through atomics, and lives as long as the value.
+unsafe impl Send for JobStates {}
+// SAFETY: as above.
+unsafe impl Sync for JobStates {}
+
+/// Words (u64) of one slot; the kernel stores array values at multiples of 8 bytes, so the slots
+/// follow each other without gaps.
+const SLOT_WORDS: usize = std::mem::size_of::<JobState>() / 8;
+const _: () = assert!(std::mem::size_of::<JobState>().is_multiple_of(8));
+
+fn word_of(offset_bytes: usize) -> usize {
+    offset_bytes / 8
+}
+
+impl JobStates {
+    fn map(map: aya::maps::Map) -> Result<JobStates, DataplaneError> {
+        let name = maps::JOB_STATES;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(DataplaneError::Program {
+                name,
+                detail: "not an array".into(),
+            });
+        };
+        let len = SLOT_WORDS * 8 * MAX_JOB_SLOTS as usize;
+        let words = mmap_shared(data.fd().as_fd(), len).map_err(|e| DataplaneError::Program {
+            name,
+            detail: format!("cannot map it into memory (BPF_F_MMAPABLE): {e}"),
+        })?;
+        Ok(JobStates {
+            words,
+            len,
+            _map: data,
+        })
+    }
+
+    fn word(&self, slot: u32, word: usize) -> Option<&std::sync::atomic::AtomicU64> {
+        let index = (slot as usize).checked_mul(SLOT_WORDS)?.checked_add(word)?;
+        if slot >= MAX_JOB_SLOTS || word >= SLOT_WORDS {
+            return None;
+        }
+        // SAFETY: `index` is within the mapping (checked above), which lives as long as `self`;
+        // the kernel only changes these words atomically.
+        Some(unsafe { &*self.words.as_ptr().add(index) })
+    }
+
+    fn add(&self, slot: u32, word: usize) {
+        if let Some(w) = self.word(slot, word) {
+            w.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self, slot: u32, word: usize) -> u64 {
+        self.word(slot, word)
+            .map_or(0, |w| w.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Counts a record out of its job's and the gateway's pending connects.
+    pub fn count_out(&self, slot: u32, counter: Counter) {
+        let word = word_of(match counter {
+            Counter::Taken => std::mem::offset_of!(JobState, taken),
+            Counter::Unqueued => std::mem::offset_of!(JobState, unqueued),
+        });
+        self.add(slot, word);
+        if slot != 0 {
+            self.add(0, word);
+        }
+    }
+
+    /// Connects of the job in `slot` (0: all jobs) waiting for the daemon.
+    pub fn pending(&self, slot: u32) -> u64 {
+        let queued = self.get(slot, word_of(std::mem::offset_of!(JobState, queued)));
+        let unqueued = self.get(slot, word_of(std::mem::offset_of!(JobState, unqueued)));
+        let taken = self.get(slot, word_of(std::mem::offset_of!(JobState, taken)));
+        queued.saturating_sub(unqueued).saturating_sub(taken)
+    }
+
+    pub fn suppressed(&self, slot: u32) -> Suppressed {
+        let base = word_of(std::mem::offset_of!(JobState, suppressed));
+        let mut s = Suppressed {
+            lost: self.get(slot, word_of(std::mem::offset_of!(JobState, lost))),
+            ..Default::default()
+        };
+        for (k, kind) in s.by_kind.iter_mut().enumerate() {
+            for (o, n) in kind.iter_mut().enumerate() {
+                *n = self.get(slot, base + k * 2 + o);
+            }
+        }
+        s
+    }
+
+    /// Zeroes a slot before it is handed to a job (nothing of the job before uses it any more).
+    fn reset(&self, slot: u32) {
+        for word in 0..SLOT_WORDS {
+            if let Some(w) = self.word(slot, word) {
+                w.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for JobStates {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `mmap_shared` with this length and is not used after.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Maps `len` bytes of an mmapable BPF array read-write and shared with the kernel.
+fn mmap_shared(
+    fd: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<std::ptr::NonNull<std::sync::atomic::AtomicU64>> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a fresh shared mapping of the map's own memory (the kernel checks `len` against the
+    // array's size); nothing else in this process aliases it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
 }
 
 /// When processes that connected through the gateway last began an exec (see `EXEC_STARTS`).
@@ -676,8 +978,87 @@ impl ExecStarts {
 /// one atomic syscall instead of a lookup and a delete. aya 0.14 offers it for queues and stacks
 /// only.
 fn lookup_and_delete(map: std::os::fd::BorrowedFd<'_>, key: &ClientKey) -> io::Result<ConnInfo> {
-    use std::os::fd::AsRawFd as _;
     const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<ConnInfo>::uninit();
+    map_elem(
+        map,
+        BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+        key,
+        value.as_mut_ptr(),
+        0,
+    )?;
+    // SAFETY: the kernel filled it (the call succeeded); ConnInfo is plain old data.
+    Ok(unsafe { value.assume_init() })
+}
+
+/// `BPF_MAP_LOOKUP_ELEM`, for maps aya has no typed access to (a cgroup storage keyed by the
+/// cgroup id alone).
+fn map_lookup<K: aya::Pod, V: aya::Pod>(
+    map: std::os::fd::BorrowedFd<'_>,
+    key: &K,
+) -> io::Result<V> {
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let mut value = std::mem::MaybeUninit::<V>::uninit();
+    map_elem(map, BPF_MAP_LOOKUP_ELEM, key, value.as_mut_ptr(), 0)?;
+    // SAFETY: the kernel filled it (the call succeeded); V is plain old data.
+    Ok(unsafe { value.assume_init() })
+}
+
+/// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (the first with `None`), `None` at the end.
+fn next_key(
+    map: std::os::fd::BorrowedFd<'_>,
+    key: Option<&ClientKey>,
+) -> io::Result<Option<ClientKey>> {
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let mut next = std::mem::MaybeUninit::<ClientKey>::uninit();
+    let first = std::ptr::null::<ClientKey>();
+    // A null key asks for the first key.
+    let key = key.map_or(first, std::ptr::from_ref);
+    match map_elem_raw(map, BPF_MAP_GET_NEXT_KEY, key, next.as_mut_ptr(), 0) {
+        // SAFETY: the kernel wrote one key (the call succeeded); ClientKey is plain old data.
+        Ok(()) => Ok(Some(unsafe { next.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `BPF_MAP_UPDATE_ELEM`, likewise.
+fn map_update<K: aya::Pod, V: aya::Pod>(
+    map: std::os::fd::BorrowedFd<'_>,
+    key: &K,
+    value: &V,
+) -> io::Result<()> {
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    map_elem(
+        map,
+        BPF_MAP_UPDATE_ELEM,
+        key,
+        std::ptr::from_ref(value).cast_mut(),
+        0,
+    )
+}
+
+/// One map element command of bpf(2). The caller guarantees that the map's key and value sizes
+/// are those of `K` and `V` (checked where the map is opened, or fixed by its definition).
+fn map_elem<K, V>(
+    map: std::os::fd::BorrowedFd<'_>,
+    command: libc::c_long,
+    key: &K,
+    value: *mut V,
+    flags: u64,
+) -> io::Result<()> {
+    map_elem_raw(map, command, std::ptr::from_ref(key), value, flags)
+}
+
+/// [`map_elem`] with a key that may be null (`BPF_MAP_GET_NEXT_KEY` from the start).
+fn map_elem_raw<K, V>(
+    map: std::os::fd::BorrowedFd<'_>,
+    command: libc::c_long,
+    key: *const K,
+    value: *mut V,
+    flags: u64,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
     /// The map element commands' part of `union bpf_attr`.
     #[repr(C)]
     struct ElemAttr {
@@ -687,21 +1068,20 @@ fn lookup_and_delete(map: std::os::fd::BorrowedFd<'_>, key: &ClientKey) -> io::R
         value: u64,
         flags: u64,
     }
-    let mut value = std::mem::MaybeUninit::<ConnInfo>::uninit();
     let attr = ElemAttr {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
-        key: std::ptr::from_ref(key) as u64,
-        value: value.as_mut_ptr() as u64,
-        flags: 0,
+        key: key as u64,
+        value: value as u64,
+        flags,
     };
-    // SAFETY: `attr` has the layout the kernel reads for this command; the map's key and value
-    // sizes are those of ClientKey and ConnInfo (checked when the map was opened), so the kernel
-    // reads exactly `*key` and writes exactly one ConnInfo into `value`.
+    // SAFETY: `attr` has the layout the kernel reads for these commands; the kernel reads exactly
+    // one key of the map's key size from `key` and reads or writes exactly one value of its value
+    // size at `value`, both of which the caller sized to the map.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            command,
             &raw const attr,
             std::mem::size_of::<ElemAttr>(),
         )
@@ -709,6 +1089,5 @@ fn lookup_and_delete(map: std::os::fd::BorrowedFd<'_>, key: &ClientKey) -> io::R
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the kernel filled it (the call succeeded); ConnInfo is plain old data.
-    Ok(unsafe { value.assume_init() })
+    Ok(())
 }

@@ -16,6 +16,8 @@ pub struct Job {
     pub id: String,
     pub cgroup_path: PathBuf,
     pub cgroup_id: u64,
+    /// Slot of the job's counters in the kernel (`JOB_STATES`), linked to its cgroup.
+    pub slot: u32,
     /// Created by `gateway run`: the daemon removes the cgroup when the job is over.
     pub owned: bool,
     pub identity: Identity,
@@ -107,6 +109,13 @@ impl Jobs {
 
     pub fn by_id(&self, id: &str) -> Option<Arc<Job>> {
         self.list().into_iter().find(|j| j.id == id)
+    }
+
+    pub fn by_slot(&self, slot: u32) -> Option<Arc<Job>> {
+        if slot == 0 {
+            return None;
+        }
+        self.list().into_iter().find(|j| j.slot == slot)
     }
 
     pub fn by_path(&self, path: &Path) -> Option<Arc<Job>> {

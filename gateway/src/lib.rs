@@ -1,12 +1,11 @@
 //! The gateway daemon and CLI: transparent interception of agent jobs' connections (eBPF), process
 //! attribution, policy, and recording.
 //!
-//! Module map (DESIGN.md): `ebpf` (load, attach, pin, maps) · `intercept` (accept, attribution,
-//! dispatch) · `identity` · `policy` (pure) · `protocol/*` (bytes ↔ typed operations) · `record`
-//! (session store) · `control` (Unix-socket API) · `config` · `cgroup` · `jobs` · `daemon`.
+//! The layers, who may call whom and where a new protocol goes: `docs/architecture.md`.
 
 pub mod address;
 pub mod approval;
+pub mod budget;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -17,6 +16,7 @@ pub mod glob;
 pub mod identity;
 pub mod intercept;
 pub mod jobs;
+pub mod lifecycle;
 pub mod mask;
 pub mod policy;
 pub mod protocol;

@@ -161,13 +161,12 @@ claims = {{ repository = "acme/*" }}
             pg = pg.host,
             secret = secret.display(),
         );
-        let daemon = Daemon::start_with_env(
-            DaemonConfig {
-                server: format!("mode = \"{mode}\""),
-                body,
-            },
-            env,
-        )?;
+        let daemon = Daemon::builder(DaemonConfig {
+            server: format!("mode = \"{mode}\""),
+            body,
+        })
+        .envs(env)
+        .start()?;
         Ok(Setup {
             daemon,
             pg,

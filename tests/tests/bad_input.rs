@@ -89,6 +89,40 @@ fn check_config_names_file_line_and_key_for_each_error() -> Result<()> {
 }
 
 #[test]
+fn per_job_limits_out_of_range_are_named_with_their_key() -> Result<()> {
+    let dir = TempDir::new(&format!("l{}", unique_id()));
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[server]\nmax_pending_connections_per_job = 0\nrecords_per_second_per_job = -5\n",
+    )?;
+    let out = Command::new(gateway_bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = path.display();
+    for expected in [
+        format!("{p}:2:35: server.max_pending_connections_per_job: must be from 1 to 65536"),
+        format!("{p}:3:30: server.records_per_second_per_job: must be from 1 to 1000000"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    // More connects waiting than the kernel's table holds.
+    std::fs::write(&path, "[server]\nmax_pending_connections_per_job = 65537\n")?;
+    let out = Command::new(gateway_bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    Ok(())
+}
+
+#[test]
 fn serve_refuses_an_invalid_config_and_leaves_nothing_behind() -> Result<()> {
     require_root();
     let id = unique_id();

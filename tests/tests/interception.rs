@@ -453,8 +453,11 @@ fn a_job_over_its_connection_limit_is_refused_and_recorded_until_it_closes_some(
     let s = Setup::new("max_connections_per_job = 3")?;
     let dst = s.v4(7000);
     let ip = s.ns.remote_ip.to_string();
+    // The three are served (their greetings read) before the fourth connects: the gateway
+    // handles connections concurrently, and otherwise any one of the four could be the one over.
     let script = format!(
         "exec 3<>/dev/tcp/{ip}/7000 4<>/dev/tcp/{ip}/7000 5<>/dev/tcp/{ip}/7000; \
+         read -r g <&3; read -r g <&4; read -r g <&5; \
          \"$0\" connect {dst} over; \
          exec 3>&- 4>&- 5>&-; \
          for _ in $(seq 50); do r=$(\"$0\" connect {dst} again); case \"$r\" in *'\"ok\":true'*) break;; esac; sleep 0.1; done; echo \"$r\""
@@ -846,12 +849,15 @@ fn udp_raw_sockets_and_other_bypasses_are_refused() -> Result<()> {
 }
 
 #[test]
-fn a_direct_connection_to_the_listener_is_closed_and_recorded_as_an_anomaly() -> Result<()> {
+fn a_direct_connection_to_the_listener_is_refused_in_a_job_and_recorded_outside_one() -> Result<()>
+{
     let s = Setup::new("")?;
     let listener = format!("127.0.0.1:{}", s.daemon.port);
-    // From inside a job and from a host process alike.
+    // From inside a job: nothing the gateway could serve, refused at connect() and recorded for
+    // the job (within its budget, like any refusal).
     let inside = s.daemon.probe_in_job(&["connect", &listener])?;
-    assert_eq!(inside["ok"], false, "{inside}");
+    assert_eq!(errno(&inside), Some(libc::EPERM as i64), "{inside}");
+    // From a host process: reaches the listener, which closes it and records an anomaly.
     let out = Command::new(probe_bin())
         .args(["connect", &listener])
         .output()?;
@@ -860,15 +866,367 @@ fn a_direct_connection_to_the_listener_is_closed_and_recorded_as_an_anomaly() ->
     assert!(
         wait_until(Duration::from_secs(5), || {
             s.daemon.sessions().is_ok_and(|l| {
-                l.iter()
+                l.iter().any(|x| {
+                    x["kind"] == "kernel"
+                        && x["decision"] == "deny"
+                        && x["job_id"].is_string()
+                        && x["pid"] == inside["pid"]
+                }) && l
+                    .iter()
                     .filter(|x| x["kind"] == "anomaly" && x["decision"] == "deny")
                     .count()
-                    == 2
+                    == 1
             })
         }),
         "{:?}",
         s.daemon.sessions()?
     );
+    Ok(())
+}
+
+/// A cgroup of the test's own, attached as a job (`gateway attach`); returns it and the job's id.
+fn attached_job(s: &Setup, name: &str) -> Result<(TestCgroup, String)> {
+    let cg = TestCgroup::new(name)?;
+    let job = s
+        .daemon
+        .cli_json(&["attach", "--cgroup", cg.path.to_str().unwrap(), "--json"])?;
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    Ok((cg, id))
+}
+
+/// Sessions of one job (`None`: of no job) of one kind.
+fn sessions_of(s: &Setup, job: Option<&str>, kind: &str) -> Result<Vec<Value>> {
+    Ok(s.daemon
+        .sessions()?
+        .into_iter()
+        .filter(|x| x["kind"] == kind && x["job_id"].as_str() == job)
+        .collect())
+}
+
+/// What the `suppressed` summaries of a job (`None`: of no job) counted, for counts whose `what`
+/// is `what` (`None`: all of them).
+fn suppressed_count(s: &Setup, job: Option<&str>, what: Option<&str>) -> Result<u64> {
+    let mut total = 0;
+    for summary in sessions_of(s, job, "suppressed")? {
+        let shown = s.daemon.show_session(&summary["id"])?;
+        for event in shown["events"].as_array().into_iter().flatten() {
+            for c in event["detail"]["counts"].as_array().into_iter().flatten() {
+                if what.is_none_or(|w| c["what"] == w) {
+                    total += c["count"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// How many outcomes of a probe tally had `errno` (0: success).
+fn tallied(v: &Value, errno: i32) -> u64 {
+    v["errnos"][errno.to_string()].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn one_jobs_flood_of_refusals_is_counted_not_stored_and_hides_no_other_jobs() -> Result<()> {
+    // Refusals cost the job nothing and the store a row each: one job flooding them must neither
+    // fill the store nor crowd out another job's records (the kernel's ring buffer is shared).
+    let s = Setup::new("records_per_second_per_job = 5")?;
+    let (flooder, flooder_id) = attached_job(&s, "flood")?;
+    let (other, other_id) = attached_job(&s, "other")?;
+    const DATAGRAMS: u64 = 100_000;
+    let flood = Command::new(probe_bin())
+        .arg("--cgroup")
+        .arg(&flooder.path)
+        .args(["flood-udp", &s.v4(9999), &DATAGRAMS.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // Meanwhile the other job's refusals, each to its own destination.
+    for port in [9101, 9102, 9103] {
+        let v = other.probe(&["connect", &s.v4(port)])?;
+        assert_eq!(errno(&v), Some(libc::EPERM as i64), "{v}");
+    }
+    let flood: Value = serde_json::from_slice(&flood.wait_with_output()?.stdout)?;
+    assert_eq!(tallied(&flood, libc::EPERM), DATAGRAMS, "{flood}");
+
+    // Every refusal of the other job is on record, one by one.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            sessions_of(&s, Some(&other_id), "kernel").is_ok_and(|l| {
+                [9101, 9102, 9103]
+                    .iter()
+                    .all(|p| l.iter().any(|x| x["destination"] == s.v4(*p)))
+            })
+        }),
+        "{:?}",
+        sessions_of(&s, Some(&other_id), "kernel")?
+    );
+    // The flood: a few rows of its own, and every other datagram counted in summaries for the
+    // job, so that recorded + counted is exactly what it sent.
+    let mut last = (0, 0);
+    let accounted = wait_until(Duration::from_secs(15), || {
+        let rows = sessions_of(&s, Some(&flooder_id), "kernel")
+            .map(|l| l.len() as u64)
+            .unwrap_or(0);
+        let counted = suppressed_count(&s, Some(&flooder_id), None).unwrap_or(0);
+        last = (rows, counted);
+        rows + counted == DATAGRAMS
+    });
+    assert!(accounted, "rows, counted: {last:?} of {DATAGRAMS}");
+    assert!(last.1 > 0 && last.0 < DATAGRAMS / 10, "{last:?}");
+    let summary = &sessions_of(&s, Some(&flooder_id), "suppressed")?[0];
+    let shown = s.daemon.show_session(&summary["id"])?;
+    assert!(
+        shown["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("server.records_per_second_per_job")),
+        "{shown}"
+    );
+    Ok(())
+}
+
+#[test]
+fn in_audit_mode_a_flood_of_one_kind_does_not_hide_a_jobs_other_traffic() -> Result<()> {
+    // Audit mode lets non-targets through and records them: a job flooding datagrams must not
+    // thereby keep its one TCP connection to a non-target off the record.
+    let s = Setup::new("mode = \"audit\"\nrecords_per_second_per_job = 5")?;
+    let (job, id) = attached_job(&s, "audit")?;
+    let flood = job.probe(&["flood-udp", &s.v4(9999), "20000"])?;
+    assert_eq!(tallied(&flood, 0), 20000, "{flood}");
+    let direct = s.v4(7001);
+    let v = job.probe(&["connect", &direct])?;
+    assert_eq!(v["ok"], true, "audit mode lets it through: {v}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            sessions_of(&s, Some(&id), "kernel").is_ok_and(|l| {
+                l.iter()
+                    .any(|x| x["destination"] == direct && x["decision"] == "audit")
+            })
+        }),
+        "{:?}",
+        sessions_of(&s, Some(&id), "kernel")?
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let rows = sessions_of(&s, Some(&id), "kernel")
+                .map(|l| l.iter().filter(|x| x["protocol"] == "udp").count() as u64)
+                .unwrap_or(0);
+            rows + suppressed_count(&s, Some(&id), Some("udp")).unwrap_or(0) == 20000
+        }),
+        "{:?}",
+        sessions_of(&s, Some(&id), "suppressed")?
+    );
+    Ok(())
+}
+
+#[test]
+fn a_jobs_denied_connections_are_recorded_up_to_its_budget_and_counted_beyond() -> Result<()> {
+    // Connections the gateway refuses (here: no rule allows the target) are a row each; a job
+    // opening them in a loop gets its budget's worth of rows and the rest counted.
+    let s = Setup::with_body(
+        "records_per_second_per_job = 5",
+        "[[targets]]\nname = \"forbidden\"\nprotocol = \"tcp\"\naddress = \"{v4}:7001\"\n",
+    )?;
+    let (job, id) = attached_job(&s, "denied")?;
+    let (other, other_id) = attached_job(&s, "denied-other")?;
+    const CONNECTIONS: u64 = 200;
+    let dst = s.v4(7001);
+    let v = job.probe(&["flood-connect", &dst, &CONNECTIONS.to_string(), "serve"])?;
+    assert_eq!(tallied(&v, 0), CONNECTIONS, "{v}");
+    // Another job's refusal in the same second is recorded: budgets are per job.
+    let o = other.probe(&["connect", &dst])?;
+    assert_eq!(o["ok"], false, "{o}");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            sessions_of(&s, Some(&other_id), "proxied").is_ok_and(|l| l.len() == 1)
+        }),
+        "{:?}",
+        s.daemon.sessions()?
+    );
+    let mut last = (0, 0);
+    let accounted = wait_until(Duration::from_secs(10), || {
+        let rows = sessions_of(&s, Some(&id), "proxied")
+            .map(|l| l.iter().filter(|x| x["decision"] == "deny").count() as u64)
+            .unwrap_or(0);
+        let counted = suppressed_count(&s, Some(&id), Some("denied_connections")).unwrap_or(0);
+        last = (rows, counted);
+        rows + counted == CONNECTIONS
+    });
+    assert!(accounted, "rows, counted: {last:?} of {CONNECTIONS}");
+    assert!(last.1 > 0, "{last:?}");
+    Ok(())
+}
+
+#[test]
+fn a_job_cannot_hold_more_connects_pending_than_its_limit_nor_evict_another_jobs() -> Result<()> {
+    // While the gateway is busy (frozen here) redirected connects wait in a table shared by all
+    // jobs. One job must neither fill it nor push out another job's waiting connect: its connects
+    // over the limit are refused, and the other job's is served once the gateway is back.
+    let s = Setup::new("max_pending_connections_per_job = 8")?;
+    let (flooder, flooder_id) = attached_job(&s, "pending")?;
+    let (waiter, _) = attached_job(&s, "waiting")?;
+    let (churner, _) = attached_job(&s, "churn")?;
+    let dst = s.v4(7000);
+    let frozen = s.daemon.freeze();
+    let mut waiting = Command::new(probe_bin())
+        .arg("--cgroup")
+        .arg(&waiter.path)
+        .args(["connect-then", &dst])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut waiting_out = std::io::BufReader::new(waiting.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut waiting_out, &mut line)?;
+    assert!(line.contains("\"connected\":true"), "{line}");
+
+    // Held open: 8 wait, the rest are refused at connect().
+    let mut held = Command::new(probe_bin())
+        .arg("--cgroup")
+        .arg(&flooder.path)
+        .args(["flood-connect", &dst, "40", "hold"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut held_out = std::io::BufReader::new(held.stdout.take().expect("stdout"));
+    let mut tally = String::new();
+    std::io::BufRead::read_line(&mut held_out, &mut tally)?;
+    let tally: Value = serde_json::from_str(&tally)?;
+    assert_eq!(tallied(&tally, libc::EPERM), 32, "{tally}");
+    drop(held.stdin.take());
+    held.wait()?;
+    // Many more from a third job, each closed at once: from more client addresses than the table
+    // holds, and from every CPU (a table with per-CPU lists only evicts what the CPU adding to it
+    // has let go of). None of them may cost the waiting connect its record.
+    for cpu in 0..std::thread::available_parallelism().map_or(1, usize::from) {
+        let out = Command::new("taskset")
+            .args(["-c", &cpu.to_string()])
+            .arg(probe_bin())
+            .arg("--cgroup")
+            .arg(&churner.path)
+            .args(["flood-connect", &dst, "150000", "spread"])
+            .output()?;
+        let churn: Value = serde_json::from_slice(&out.stdout)?;
+        assert!(
+            tallied(&churn, libc::EINPROGRESS) + tallied(&churn, 0) > 0,
+            "{churn}"
+        );
+    }
+    drop(frozen);
+
+    let served: Value = {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut waiting_out, &mut line)?;
+        waiting.wait()?;
+        serde_json::from_str(&line)?
+    };
+    assert_eq!(
+        served["ok"], true,
+        "the waiting connect was not served: {served}"
+    );
+    assert!(
+        served["greeting"]
+            .as_str()
+            .is_some_and(|g| g.starts_with("hello ")),
+        "{served}"
+    );
+    // The refusals are on record, for the job that made them.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            sessions_of(&s, Some(&flooder_id), "kernel").is_ok_and(|l| {
+                l.iter()
+                    .any(|x| x["decision"] == "deny" && x["destination"] == dst)
+            })
+        }),
+        "{:?}",
+        s.daemon.sessions()?
+    );
+    let refusal = sessions_of(&s, Some(&flooder_id), "kernel")?
+        .into_iter()
+        .find(|x| x["destination"] == dst)
+        .expect("a refusal");
+    let shown = s.daemon.show_session(&refusal["id"])?;
+    assert!(
+        shown["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("server.max_pending_connections_per_job")),
+        "{shown}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_jobs_child_cgroups_share_its_limits() -> Result<()> {
+    // A job may create cgroups below its own: its limits and budgets are the job's (the cgroup
+    // the programs are attached to), not each child's, or a job would multiply them at will.
+    let s = Setup::new("max_pending_connections_per_job = 8")?;
+    let (job, _) = attached_job(&s, "children")?;
+    let children: Vec<std::path::PathBuf> = ["a", "b"].iter().map(|c| job.path.join(c)).collect();
+    for c in &children {
+        std::fs::create_dir(c)?;
+    }
+    let dst = s.v4(7000);
+    let _frozen = s.daemon.freeze();
+    let mut holders = Vec::new();
+    let mut tallies = Vec::new();
+    for c in &children {
+        let mut holder = Command::new(probe_bin())
+            .arg("--cgroup")
+            .arg(c)
+            .args(["flood-connect", &dst, "8", "hold"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )?;
+        tallies.push(serde_json::from_str::<Value>(&line)?);
+        holders.push(holder);
+    }
+    for mut h in holders {
+        drop(h.stdin.take());
+        h.wait()?;
+    }
+    assert_eq!(tallied(&tallies[0], libc::EPERM), 0, "{tallies:?}");
+    assert_eq!(tallied(&tallies[1], libc::EPERM), 8, "{tallies:?}");
+    Ok(())
+}
+
+#[test]
+fn a_long_command_line_is_stored_cut_at_4_kib_and_marked() -> Result<()> {
+    // The job chooses its arguments: megabytes of them would be stored (and cached) for every
+    // connection it opens.
+    let s = Setup::new("")?;
+    let long = "a".repeat(100 * 1024);
+    let v = s
+        .daemon
+        .probe_in_job(&["connect", &s.v4(7000), "ping", &long])?;
+    assert_eq!(v["ok"], true, "{v}");
+    let session = &s.session_for(&s.v4(7000))?[0];
+    let shown = s.daemon.show_session(&session["id"])?;
+    let process = &shown["process"];
+    let stored = process["cmdline"].to_string().len();
+    assert_eq!(process["verified"], true, "{stored} bytes of cmdline");
+    assert_eq!(
+        process["cmdline_cut"], true,
+        "not marked as cut; {stored} bytes of cmdline"
+    );
+    let args: Vec<&str> = process["cmdline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args[1..3], ["connect", s.v4(7000).as_str()], "{args:?}");
+    let bytes = args.join("\0").len();
+    assert!(bytes <= 4096, "{bytes} bytes of command line stored");
+    // The CLI says so too.
+    let text = String::from_utf8_lossy(
+        &s.daemon
+            .cli(&["sessions", "show", &session["id"].to_string()])
+            .stdout,
+    )
+    .into_owned();
+    assert!(text.contains("only the first 4 KiB are kept"), "{text}");
     Ok(())
 }
 
@@ -1088,7 +1446,8 @@ fn gateway_run_returns_the_exit_status_and_removes_the_job_cgroup() -> Result<()
 fn a_job_cannot_use_the_control_socket_or_leave_its_cgroup() -> Result<()> {
     let s = Setup::new("")?;
     let socket = s.daemon.control_socket.to_str().unwrap().to_string();
-    // Even a job running as root is refused by the daemon.
+    // Even a job running as root is refused by the daemon, before it reads the request: the
+    // daemon closes with the request unread (a reset after the answer), or before it was sent.
     let v = s.daemon.probe_in_job(&["control", &socket])?;
     assert_eq!(v["ok"], false, "{v}");
     assert!(
@@ -1097,6 +1456,10 @@ fn a_job_cannot_use_the_control_socket_or_leave_its_cgroup() -> Result<()> {
             .unwrap_or("")
             .contains("inside an agent job"),
         "{v}"
+    );
+    assert!(
+        v["after"] == "reset" || v["write_error"] == libc::EPIPE,
+        "the daemon read the request of a caller it refused: {v}"
     );
 
     // An unprivileged job can neither reach the socket nor move itself out of its cgroup; its
@@ -1139,6 +1502,62 @@ fn a_job_cannot_use_the_control_socket_or_leave_its_cgroup() -> Result<()> {
     let sessions = s.session_for(&s.v4(7000))?;
     assert_eq!(sessions.len(), 1);
     Ok(())
+}
+
+#[test]
+fn a_job_process_cannot_pass_for_another_by_leaving_its_pid_to_it() -> Result<()> {
+    // The daemon judged a control caller by the pid SO_PEERCRED reports: a job process could
+    // connect, send its request, hand the connection to a child and exit, so that its pid is
+    // reused by a process outside any job before the daemon looks. The test makes that happen for
+    // certain: the daemon is frozen, the pid is taken over with clone3(set_tid).
+    let s = Setup::new("")?;
+    let (cg, _) = attached_job(&s, "pidreuse")?;
+    let socket = s.daemon.control_socket.to_str().unwrap().to_string();
+    let mut attempts = Vec::new();
+    for _ in 0..5 {
+        let frozen = s.daemon.freeze();
+        let mut orphan = Command::new(probe_bin())
+            .arg("--cgroup")
+            .arg(&cg.path)
+            .args(["control-orphan", &socket])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let pid = orphan.id();
+        let mut out = std::io::BufReader::new(orphan.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line)?;
+        assert!(line.contains("\"connected\":true"), "{line}");
+        orphan.wait()?; // exited and reaped: its pid is free
+        let mut holder = Command::new(probe_bin())
+            .args(["hold-pid", &pid.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut held = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.as_mut().expect("stdout")),
+            &mut held,
+        )?;
+        let took_over = held.contains("\"ok\":true");
+        drop(frozen);
+        let mut answer = String::new();
+        std::io::BufRead::read_line(&mut out, &mut answer)?;
+        // The process now holding the pid was started by this test (through the holder).
+        if took_over {
+            // SAFETY: kill(2) of a process this test created.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = holder.wait();
+        if !took_over {
+            attempts.push(held);
+            continue; // someone else got the pid first: try again
+        }
+        let v: Value = serde_json::from_str(&answer)?;
+        assert_eq!(v["ok"], false, "a job process got an answer: {v}");
+        let message = v["answer"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("has exited"), "{v}");
+        return Ok(());
+    }
+    panic!("could not reuse a pid in 5 attempts: {attempts:?}");
 }
 
 #[test]

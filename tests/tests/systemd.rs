@@ -136,20 +136,21 @@ fn daemon_works_with_only_the_units_capabilities_and_notifies_systemd() -> Resul
     notify.set_read_timeout(Some(Duration::from_secs(30)))?;
     let wrapper = setpriv_for_unit();
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let mut daemon = Daemon::start_wrapped(
-        DaemonConfig {
-            server: String::new(),
-            body: format!(
-                "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{}:7000\"\n\n[[rules]]\nname = \"all\"\naction = \"allow\"\nunauthenticated = true\n",
-                ns.remote_ip
-            ),
-        },
-        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
-        &wrapper,
-    )?;
+    let mut daemon = Daemon::builder(DaemonConfig {
+        server: String::new(),
+        body: format!(
+            "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{}:7000\"\n\n[[rules]]\nname = \"all\"\naction = \"allow\"\nunauthenticated = true\n",
+            ns.remote_ip
+        ),
+    })
+    .env("NOTIFY_SOCKET", notify_path.to_str().unwrap())
+    .wrapper(&wrapper)
+    .start()?;
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).context("no sd_notify message")?;
-    assert_eq!(&buf[..n], b"READY=1");
+    // systemd reads newline-separated assignments; a trailing newline is allowed.
+    let message = std::str::from_utf8(&buf[..n])?;
+    assert_eq!(message.lines().collect::<Vec<_>>(), ["READY=1"]);
 
     // The daemon really runs without the other capabilities.
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))?;

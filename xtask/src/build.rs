@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
@@ -30,7 +30,7 @@ fn check(cmd: &mut Command) -> Result<()> {
 
 /// Builds the programs on the nightly toolchain for bpfel-unknown-none (the same flags aya-build
 /// uses) and copies the object to target/gateway-ebpf.o.
-pub fn ebpf_object() -> Result<PathBuf> {
+pub(crate) fn ebpf_object() -> Result<PathBuf> {
     let root = workspace_root();
     let target_dir = root.join("target/ebpf");
     let mut cmd = Command::new("rustup");
@@ -68,12 +68,12 @@ pub fn ebpf_object() -> Result<PathBuf> {
 
 /// `cargo build --release` of the workspace (eBPF embedded by build.rs). The package set is the same
 /// as `cargo test --workspace`'s so that the test run reuses this build instead of redoing it.
-pub fn release_build() -> Result<PathBuf> {
+pub(crate) fn release_build() -> Result<PathBuf> {
     check(cargo().args(["build", "--release", "--workspace"]))?;
     Ok(workspace_root().join("target/release"))
 }
 
-pub fn run(args: &[String]) -> Result<()> {
+pub(crate) fn run(args: &[String]) -> Result<()> {
     let bin = release_build()?.join("gateway");
     // `cargo xtask run` is cargo running this task: a SIGTERM to cargo is not passed on, so the
     // daemon asks the kernel for one when its parent (cargo) goes away. It survives the exec.
@@ -96,8 +96,33 @@ pub fn run(args: &[String]) -> Result<()> {
     Err(err).with_context(|| format!("exec {}", bin.display()))
 }
 
+/// The gates CI runs before the tests: formatting, and clippy with every warning an error, for the
+/// host crates and for the eBPF crate (on the nightly toolchain, for its target).
+pub(crate) fn lint() -> Result<()> {
+    check(cargo().args(["fmt", "--all", "--check"]))?;
+    check(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let root = workspace_root();
+    let mut ebpf = Command::new("rustup");
+    ebpf.current_dir(root.join("gateway-ebpf"))
+        .args(["run", "nightly", "cargo", "clippy", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(root.join("target/ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    check(&mut ebpf)
+}
+
 /// Builds everything once in release mode, then runs every test of the workspace against it.
-pub fn test(filter: Option<&str>) -> Result<()> {
+pub(crate) fn test(filter: Option<&str>) -> Result<()> {
     let bin_dir = release_build()?;
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--workspace", "--no-fail-fast"])

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::build::{release_build, workspace_root};
 
-pub struct Options {
+pub(crate) struct Options {
     /// Installation prefix for the binary, hooks and docs (the unit names `<prefix>/bin/gateway`).
     pub prefix: PathBuf,
     /// Stage under this directory instead of `/`.
@@ -23,7 +23,7 @@ pub struct Options {
     pub no_build: bool,
 }
 
-pub fn install(opts: &Options) -> Result<()> {
+pub(crate) fn install(opts: &Options) -> Result<()> {
     let binary = if opts.no_build {
         workspace_root().join("target/release/gateway")
     } else {
@@ -55,7 +55,7 @@ pub fn install(opts: &Options) -> Result<()> {
 }
 
 /// Copies everything under `root`; returns what it did, one line per file.
-pub fn install_files(
+pub(crate) fn install_files(
     repo: &Path,
     binary: &Path,
     root: &Path,

@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | run | test | bench | install`.
+//! Project tasks: `cargo xtask setup | build-ebpf | run | demo | test | bench | install`.
 
 mod bench;
 mod build;
+mod demo;
 mod install;
 mod setup;
 
@@ -36,6 +37,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The gates CI runs first: `cargo fmt --check`, clippy with warnings as errors for the host
+    /// crates and the eBPF crate
+    Lint,
     /// Set up, build once (release) and run every unit and end-to-end test (root)
     Test {
         /// Only tests whose name contains this
@@ -54,6 +58,9 @@ enum Command {
         #[arg(long)]
         no_build: bool,
     },
+    /// The gateway at work in about a minute (root): a database and an SSH host in a network
+    /// namespace, a job using them through the gateway (masking, a refusal, an approval, the log)
+    Demo,
     /// Benchmarks (not pass/fail): gateway vs direct vs haproxy, printed as ratios of one run
     Bench {
         /// Which benchmarks: tcp, postgres, ssh (default: all)
@@ -72,6 +79,8 @@ fn main() -> ExitCode {
             setup::setup(true).and_then(|()| build::test(filter.as_deref()))
         }
         Command::Bench { only } => bench::run(only.as_deref()),
+        Command::Demo => setup::setup(true).and_then(|()| demo::run()),
+        Command::Lint => setup::setup(false).and_then(|()| build::lint()),
         Command::Install {
             prefix,
             destdir,

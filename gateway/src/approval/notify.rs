@@ -3,6 +3,7 @@
 //! retries; it never holds up a request or a decision. Each attempt's result is a session event.
 //! The `text` is for people (chat clients render it): hidden characters in it are made visible.
 
+use crate::record::EventKind;
 use std::time::Duration;
 
 use serde_json::json;
@@ -87,11 +88,11 @@ impl Notifier {
                 let result = deliver(&client, &url, body).await;
                 let (kind, detail) = match &result {
                     Ok(attempt) => (
-                        "webhook_delivered",
+                        EventKind::WebhookDelivered,
                         json!({ "approval": id, "event": event, "url": url, "attempts": attempt }),
                     ),
                     Err(e) => (
-                        "webhook_failed",
+                        EventKind::WebhookFailed,
                         json!({ "approval": id, "event": event, "url": url, "error": e }),
                     ),
                 };

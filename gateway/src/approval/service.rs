@@ -2,6 +2,7 @@
 //! (CLI, web page), the waiting handler gets the outcome. Requests, votes and grants are durable;
 //! waiting uses a monotonic clock.
 
+use crate::record::EventKind;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -321,7 +322,7 @@ impl Approvals {
         }
         inner.store.note_event(
             request.session_id,
-            "approval_requested",
+            EventKind::ApprovalRequested,
             json!({ "approval": id, "rule": request.rule, "approvers": rule.approvers, "quorum": rule.quorum, "deadline": view.deadline, "operation": request.operation }),
         );
         let (tx, rx) = watch::channel(Status::Pending);
@@ -373,7 +374,7 @@ impl Approvals {
         })?;
         self.inner.store.note_event(
             request.session_id,
-            "approval_grant_used",
+            EventKind::ApprovalGrantUsed,
             json!({ "approval": g.approval_id, "approved_by": g.approved_by, "rule": g.rule, "operation": request.operation }),
         );
         Some(ApprovalOutcome::Approved {
@@ -433,7 +434,7 @@ impl Approvals {
             )
             .await?;
         if let Some(session) = entry.view.session_id {
-            inner.store.note_event(session, "approval_vote", json!({ "approval": id, "approver": vote.display, "principal": vote.approver, "approve": vote.approve, "reason": vote.reason, "at": at }));
+            inner.store.note_event(session, EventKind::ApprovalVote, json!({ "approval": id, "approver": vote.display, "principal": vote.approver, "approve": vote.approve, "reason": vote.reason, "at": at }));
         }
         if let Some(g) = &grant {
             let secs = next.grant_seconds.unwrap_or_default();
@@ -690,7 +691,7 @@ async fn close(inner: &Arc<Inner>, id: &str, status: Status, reason: String) -> 
     if let Some(session) = entry.view.session_id {
         inner.store.note_event(
             session,
-            "approval_closed",
+            EventKind::ApprovalClosed,
             json!({ "approval": id, "status": status.as_str(), "reason": reason }),
         );
     }

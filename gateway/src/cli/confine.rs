@@ -16,7 +16,7 @@ use std::io;
 /// Removed from the bounding set of a job that runs as root: packet sockets (CAP_NET_RAW), routes
 /// and netfilter (CAP_NET_ADMIN), detaching programs, mounts and namespaces (CAP_SYS_ADMIN,
 /// CAP_BPF, CAP_PERFMON), reading the gateway's memory (CAP_SYS_PTRACE), kernel modules.
-pub const DROPPED_CAPABILITIES: [libc::c_ulong; 7] = [
+pub(super) const DROPPED_CAPABILITIES: [libc::c_ulong; 7] = [
     12, // CAP_NET_ADMIN
     13, // CAP_NET_RAW
     16, // CAP_SYS_MODULE
@@ -84,7 +84,7 @@ const FILTER: [libc::sock_filter; 15] = [
 /// Installs the socket-family filter on the calling thread (inherited across fork and exec).
 /// Needs CAP_SYS_ADMIN (the child is still root here), so that `no_new_privs` is not required and
 /// setuid programs such as sudo keep working inside the job.
-pub fn restrict_socket_families() -> io::Result<()> {
+pub(super) fn restrict_socket_families() -> io::Result<()> {
     let program = libc::sock_fprog {
         len: FILTER.len() as u16,
         filter: FILTER.as_ptr().cast_mut(),
@@ -105,7 +105,7 @@ pub fn restrict_socket_families() -> io::Result<()> {
 }
 
 /// Drops [`DROPPED_CAPABILITIES`] from the bounding set (needs CAP_SETPCAP: call while root).
-pub fn drop_capabilities() -> io::Result<()> {
+pub(super) fn drop_capabilities() -> io::Result<()> {
     for cap in DROPPED_CAPABILITIES {
         // SAFETY: plain prctl(2) with integer arguments.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
@@ -117,7 +117,7 @@ pub fn drop_capabilities() -> io::Result<()> {
 
 /// Becomes `uid`/`gid` with no supplementary groups (what `Command::uid` does, but after the
 /// filter is in place: a filter installed after the switch would need `no_new_privs`).
-pub fn switch_user(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+pub(super) fn switch_user(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
     // SAFETY: plain system calls with integer arguments (setgroups with an empty list).
     let ok = unsafe {
         libc::setgroups(0, std::ptr::null()) == 0

@@ -1,6 +1,7 @@
 //! How sessions, jobs and status look on a terminal.
 
 use super::table::{bytes, fields, render};
+use crate::record::EventKind;
 use crate::{
     approval::{model::Status as ApprovalStatus, store::ApprovalView},
     control::{RecordingStatus, Status},
@@ -94,9 +95,17 @@ pub fn session(s: &SessionRecord) -> String {
         pairs.push(("exe", or_dash(p.exe.as_deref())));
         pairs.push((
             "cmdline",
-            p.cmdline
-                .as_ref()
-                .map_or_else(|| "-".into(), |c| c.join(" ")),
+            p.cmdline.as_ref().map_or_else(
+                || "-".into(),
+                |c| {
+                    let args = c.join(" ");
+                    if p.cmdline_cut {
+                        format!("{args} … (cut: only the first 4 KiB are kept)")
+                    } else {
+                        args
+                    }
+                },
+            ),
         ));
         pairs.push((
             "process",
@@ -111,7 +120,7 @@ pub fn session(s: &SessionRecord) -> String {
     let (statements, others): (Vec<&EventRecord>, Vec<&EventRecord>) = s
         .events
         .iter()
-        .partition(|e| e.kind == "sql" || e.kind == "sql_result");
+        .partition(|e| matches!(e.event_kind(), Some(EventKind::Sql | EventKind::SqlResult)));
     if !others.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = others
@@ -148,7 +157,7 @@ fn statement_log(events: &[&EventRecord]) -> String {
     for e in events {
         let d = &e.detail;
         let seq = d["seq"].as_u64().unwrap_or_default();
-        if e.kind == "sql" {
+        if e.event_kind() == Some(EventKind::Sql) {
             let rule = d["rule"].as_str().filter(|r| !r.is_empty());
             let decision = match rule {
                 Some(r) => format!("{} ({r})", str_of(&d["decision"])),

@@ -1,6 +1,7 @@
 //! `gateway sessions replay|export`: terminal recordings played back with their timing, and
 //! sessions written out as asciicast v2 (terminals) or JSON lines (everything else).
 
+use crate::record::EventKind;
 use std::{
     io::{BufRead as _, Write},
     path::{Path, PathBuf},
@@ -35,7 +36,7 @@ pub fn recordings(session: &SessionRecord) -> Vec<(u64, PathBuf)> {
     session
         .events
         .iter()
-        .filter(|e| e.kind == "ssh_recording")
+        .filter(|e| e.event_kind() == Some(EventKind::SshRecording))
         .filter_map(|e| {
             Some((
                 e.detail["channel"].as_u64()?,

@@ -50,7 +50,7 @@ pub struct Approvals {
 }
 
 /// GitHub names the person who started a workflow `actor`, GitLab `user_login` and `user_email`.
-pub const DEFAULT_PERSON_CLAIMS: [&str; 3] = ["actor", "user_login", "user_email"];
+pub(super) const DEFAULT_PERSON_CLAIMS: [&str; 3] = ["actor", "user_login", "user_email"];
 
 impl Default for Approvals {
     fn default() -> Self {

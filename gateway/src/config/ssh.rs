@@ -9,9 +9,9 @@ use serde::Deserialize;
 use super::{AddressSpec, Protocol, S, SshCondition, SshOperationKind, Target, Validator};
 
 /// Recorded stdout/stderr of one exec, each (the rest is counted, not kept).
-pub const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
+pub(super) const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
 /// Terminal stream kept per channel (asciicast file); the rest is counted and noted.
-pub const DEFAULT_MAX_RECORDING: u64 = 64 * 1024 * 1024;
+pub(super) const DEFAULT_MAX_RECORDING: u64 = 64 * 1024 * 1024;
 
 /// Settings of an SSH target (defaults for the other protocols).
 #[derive(Debug, Clone, Default)]
@@ -33,7 +33,7 @@ pub struct SshSettings {
 /// AES-GCM only by default: with AES-NI it costs a fraction of chacha20-poly1305 or AES-CTR with
 /// HMAC, and the gateway decrypts and encrypts every byte once more. OpenSSH ≥ 6.2, Go, libssh and
 /// PuTTY ≥ 0.76 speak it; widen the list for clients that do not (paramiko: `aes128-ctr`).
-pub const DEFAULT_JOB_CIPHERS: &[russh::cipher::Name] =
+pub(super) const DEFAULT_JOB_CIPHERS: &[russh::cipher::Name] =
     &[russh::cipher::AES_128_GCM, russh::cipher::AES_256_GCM];
 
 /// The ciphers `job_ciphers` may name.

@@ -41,11 +41,15 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
-    (&stream).write_all(&line)?;
+    // A caller the daemon refuses is answered before the daemon reads anything, and the daemon
+    // may have closed by the time the request is written: the refusal is still there to read.
+    let written = (&stream).write_all(&line);
     let mut reader = BufReader::new((&stream).take(MAX_MESSAGE as u64 * 64));
     let mut answer = String::new();
-    reader.read_line(&mut answer)?;
+    let read = reader.read_line(&mut answer);
     if answer.is_empty() {
+        written?;
+        read?;
         return Err(ClientError::Protocol(
             "the daemon closed the connection without answering".into(),
         ));

@@ -1,9 +1,14 @@
 //! The control API: newline-delimited JSON over a Unix socket (mode 0600), one request and one
-//! response per connection. Callers are checked with SO_PEERCRED: root only, and never a process
-//! inside an agent job.
+//! response per connection. Callers are checked before their request is read: root only (or the
+//! approvers' group, for approvals), and never a process inside an agent job (by a pidfd of the
+//! process that connected, not by its possibly reused pid).
 
 pub mod client;
+mod handlers;
+mod peer;
 pub mod server;
+
+pub use handlers::Context;
 
 use serde::{Deserialize, Serialize};
 

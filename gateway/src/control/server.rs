@@ -7,8 +7,8 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
+use super::Context;
 use super::{MAX_MESSAGE, Request, Response};
-use crate::{cgroup, daemon::Gateway};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -65,36 +65,44 @@ pub fn bind(path: &Path, approver_group: Option<&str>) -> Result<UnixListener, C
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, gw: Arc<Gateway>) {
+pub async fn serve(listener: UnixListener, ctx: Arc<Context>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let gw = gw.clone();
-                    tokio::spawn(async move { handle(stream, gw).await });
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move { handle(stream, ctx).await });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "control socket accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
-            () = gw.shutdown.cancelled() => return,
+            () = ctx.shutdown.cancelled() => return,
         }
     }
 }
 
-async fn handle(mut stream: UnixStream, gw: Arc<Gateway>) {
-    // The request is read (bounded) before the caller is judged, so that a refused caller reads a
-    // refusal rather than a broken pipe.
-    let request = read_request(&mut stream).await;
-    let response = match (authorize(&stream, &gw), request) {
-        (Err(message), _) | (Ok(_), Err(message)) => Response::Error { message },
-        (Ok(uid), Ok(request)) if uid != 0 && !request.is_approval() => Response::Error {
+async fn handle(mut stream: UnixStream, ctx: Arc<Context>) {
+    let accepted_at = super::peer::boot_time_ns();
+    // The caller is judged before a byte of its request is read: a refused caller gets its
+    // refusal at once, and nothing it sent is parsed (or waited for).
+    let uid = match authorize(&stream, &ctx, accepted_at) {
+        Ok(uid) => uid,
+        Err(message) => return respond(stream, &Response::Error { message }).await,
+    };
+    let response = match read_request(&mut stream).await {
+        Err(message) => Response::Error { message },
+        Ok(request) if uid != 0 && !request.is_approval() => Response::Error {
             message: format!("permission denied: uid {uid} may only use the approval commands"),
         },
-        (Ok(uid), Ok(request)) => gw.control(request, uid).await,
+        Ok(request) => ctx.handle(request, uid).await,
     };
-    let mut line = serde_json::to_vec(&response).unwrap_or_else(|e| {
+    respond(stream, &response).await;
+}
+
+async fn respond(mut stream: UnixStream, response: &Response) {
+    let mut line = serde_json::to_vec(response).unwrap_or_else(|e| {
         format!("{{\"result\":\"error\",\"message\":\"cannot encode response: {e}\"}}").into_bytes()
     });
     line.push(b'\n');
@@ -119,27 +127,26 @@ async fn read_request(read: impl tokio::io::AsyncRead + Unpin) -> Result<Request
 }
 
 /// Root, or a member of `[approvals] cli_unix_group` (approval commands only); never a process
-/// inside an agent job (a job running as root must not steer the gateway). Returns the caller's uid.
-fn authorize(stream: &UnixStream, gw: &Gateway) -> Result<u32, String> {
+/// inside an agent job (a job running as root must not steer the gateway), judged by the process
+/// that connected itself, not by its pid (see `peer`). Returns the caller's uid.
+fn authorize(stream: &UnixStream, ctx: &Context, accepted_at: u64) -> Result<u32, String> {
     let cred = stream
         .peer_cred()
         .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-    if cred.uid() != 0
-        && !in_approver_group(cred.uid(), gw.config.approvals.cli_unix_group.as_deref())
-    {
+    if cred.uid() != 0 && !in_approver_group(cred.uid(), ctx.cli_unix_group.as_deref()) {
         return Err(format!(
             "permission denied: uid {} may not use the control API (root only)",
             cred.uid()
         ));
     }
-    let Some(pid) = cred.pid() else {
-        return Err("permission denied: peer process unknown".into());
-    };
-    let Some(path) = cgroup::process_cgroup(pid as u32) else {
-        return Err("permission denied: cannot determine the caller's cgroup".into());
-    };
-    if gw.jobs.contains_cgroup(&gw.cgroup_root, &path) {
-        tracing::warn!(pid, cgroup = %path, "control request from inside an agent job refused");
+    let path = super::peer::peer_cgroup(stream, accepted_at)
+        .map_err(|why| format!("permission denied: {why}"))?;
+    if ctx
+        .lifecycle
+        .jobs
+        .contains_cgroup(&ctx.lifecycle.cgroup_root, &path)
+    {
+        tracing::warn!(pid = cred.pid().unwrap_or(0), cgroup = %path, "control request from inside an agent job refused");
         return Err("permission denied: requests from inside an agent job are refused".into());
     }
     Ok(cred.uid())

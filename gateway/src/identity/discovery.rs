@@ -5,13 +5,13 @@
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct Discovery {
+pub(super) struct Discovery {
     pub issuer: String,
     pub jwks_uri: String,
 }
 
 /// Where the configuration document of `issuer` lives (OpenID Connect Discovery 1.0, section 4).
-pub fn url(issuer: &str) -> String {
+pub(super) fn url(issuer: &str) -> String {
     format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
@@ -21,7 +21,7 @@ pub fn url(issuer: &str) -> String {
 impl Discovery {
     /// The document must name the issuer it was fetched for, exactly (Discovery section 4.3), and
     /// point to its keys over HTTPS.
-    pub fn check(&self, expected_issuer: &str) -> Result<(), String> {
+    pub(super) fn check(&self, expected_issuer: &str) -> Result<(), String> {
         if self.issuer != expected_issuer {
             return Err(format!(
                 "discovery document names issuer {:?}, expected {expected_issuer:?}",

@@ -9,16 +9,16 @@ use serde::de::DeserializeOwned;
 use super::error::{FetchError, chain};
 
 /// Discovery documents and JWKS are a few KiB; anything this large is not one.
-pub const MAX_DOCUMENT: usize = 512 * 1024;
+pub(crate) const MAX_DOCUMENT: usize = 512 * 1024;
 
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     client: reqwest::Client,
     timeout: Duration,
 }
 
 impl Fetcher {
     /// `ca_file`: PEM bundle that replaces the system trust store for this issuer.
-    pub fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Self, String> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .https_only(true)
@@ -52,12 +52,12 @@ impl Fetcher {
         Ok(Fetcher { client, timeout })
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// GETs `url` and parses the body as `what` (named in errors).
-    pub async fn get_json<T: DeserializeOwned>(
+    pub(crate) async fn get_json<T: DeserializeOwned>(
         &self,
         url: &str,
         what: &'static str,
@@ -79,7 +79,7 @@ impl Fetcher {
     }
 
     /// POSTs a form (an OAuth token request) and parses the JSON answer, with the same limits.
-    pub async fn post_form_json<T: DeserializeOwned>(
+    pub(crate) async fn post_form_json<T: DeserializeOwned>(
         &self,
         url: &str,
         form: &[(&str, &str)],

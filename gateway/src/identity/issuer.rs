@@ -21,7 +21,7 @@ use super::{
     jwks::{KeySet, RawKeySet},
 };
 
-pub struct IssuerClient {
+pub(super) struct IssuerClient {
     pub config: IssuerConfig,
     fetcher: Fetcher,
     state: tokio::sync::Mutex<State>,
@@ -50,7 +50,7 @@ pub struct IssuerStatus {
 }
 
 impl IssuerClient {
-    pub fn new(config: IssuerConfig) -> Result<Self, VerifyError> {
+    pub(super) fn new(config: IssuerConfig) -> Result<Self, VerifyError> {
         let fetcher =
             Fetcher::new(config.ca_file.as_deref(), config.fetch_timeout).map_err(|message| {
                 VerifyError::IssuerSetup {
@@ -66,7 +66,7 @@ impl IssuerClient {
     }
 
     /// The keys to verify a token naming `kid` with, refreshed as the module comment describes.
-    pub async fn keys(&self, kid: Option<&str>) -> Result<Arc<KeySet>, VerifyError> {
+    pub(super) async fn keys(&self, kid: Option<&str>) -> Result<Arc<KeySet>, VerifyError> {
         let mut state = self.state.lock().await;
         let cooldown = self.config.jwks_refetch_cooldown;
         let may_fetch = state.last_attempt.is_none_or(|t| t.elapsed() >= cooldown);
@@ -152,12 +152,12 @@ impl IssuerClient {
     }
 
     /// Upper bound of one `keys` call that fetches: discovery and JWKS, one timeout each.
-    pub fn worst_case(&self) -> Duration {
+    pub(super) fn worst_case(&self) -> Duration {
         self.fetcher.timeout() * 2
     }
 
     /// Never waits: while a fetch holds the state, says so instead.
-    pub fn status(&self) -> IssuerStatus {
+    pub(super) fn status(&self) -> IssuerStatus {
         let mut status = IssuerStatus {
             url: self.config.url.clone(),
             audiences: self.config.audiences.clone(),

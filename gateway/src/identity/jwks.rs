@@ -10,11 +10,11 @@ use serde::Deserialize;
 
 /// A JWKS as served: the keys stay raw JSON so each can fail on its own.
 #[derive(Deserialize)]
-pub struct RawKeySet {
+pub(super) struct RawKeySet {
     keys: Vec<serde_json::Value>,
 }
 
-pub struct Key {
+pub(super) struct Key {
     pub kid: Option<String>,
     /// The key's own `alg`, when it names one: then it may only verify that algorithm.
     pub alg: Option<String>,
@@ -23,14 +23,14 @@ pub struct Key {
 }
 
 #[derive(Default)]
-pub struct KeySet {
+pub(super) struct KeySet {
     pub keys: Vec<Key>,
     /// Keys in the document that were not usable for verification.
     pub skipped: usize,
 }
 
 impl KeySet {
-    pub fn from_raw(raw: RawKeySet) -> KeySet {
+    pub(super) fn from_raw(raw: RawKeySet) -> KeySet {
         let mut set = KeySet::default();
         for value in raw.keys {
             match parse_key(value) {
@@ -41,12 +41,12 @@ impl KeySet {
         set
     }
 
-    pub fn has_kid(&self, kid: &str) -> bool {
+    pub(super) fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
     /// Keys that may verify a token signed with `alg`, narrowed to `kid` when the token names one.
-    pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<&Key> {
+    pub(super) fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<&Key> {
         let alg_name = algorithm_name(alg);
         self.keys
             .iter()
@@ -87,6 +87,6 @@ fn parse_key(value: serde_json::Value) -> Option<Key> {
 }
 
 /// The JOSE name of an algorithm (`RS256`); jsonwebtoken's `Debug` spells variants that way.
-pub fn algorithm_name(alg: Algorithm) -> String {
+pub(super) fn algorithm_name(alg: Algorithm) -> String {
     format!("{alg:?}")
 }

@@ -16,14 +16,14 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// What can be read from a token before its signature is checked. Nothing here is trusted: it
 /// only selects the issuer and key, and lets errors name what the token claimed.
 #[derive(Debug, Clone)]
-pub struct Unverified {
+pub(super) struct Unverified {
     pub alg: Algorithm,
     pub kid: Option<String>,
     pub iss: String,
     claims: Map<String, Value>,
 }
 
-pub fn inspect(token: &str) -> Result<Unverified, VerifyError> {
+pub(super) fn inspect(token: &str) -> Result<Unverified, VerifyError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(VerifyError::TooLarge {
             len: token.len(),
@@ -120,7 +120,7 @@ fn json_part(part: &str, what: &str) -> Result<Map<String, Value>, VerifyError> 
 }
 
 /// What a verified token must satisfy, from the issuer's configuration.
-pub struct Expectations<'a> {
+pub(super) struct Expectations<'a> {
     pub issuer: &'a str,
     pub audiences: &'a [String],
     pub skew: Duration,
@@ -128,7 +128,7 @@ pub struct Expectations<'a> {
 
 /// Checks the signature with each candidate key (normally one: the token's `kid`) and then the
 /// registered claims. Returns all claims of the token.
-pub fn verify(
+pub(super) fn verify(
     token: &str,
     unverified: &Unverified,
     keys: &[&Key],

@@ -1,28 +1,24 @@
 //! What the kernel programs refused (enforce) or let through (audit) without the gateway in the
-//! path, recorded as `kernel` sessions.
+//! path, recorded as `kernel` sessions. The programs budget them per job and kind (see
+//! `budget`): what reaches the ring buffer is recorded.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use aya::maps::{MapData, RingBuf};
-use gateway_common::{AF_INET, EVENT_BIND, EVENT_CONNECT, EVENT_SOCKET, EVENT_UDP, Event};
+use gateway_common::{
+    AF_INET, EVENT_BIND, EVENT_CONNECT, EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP,
+    Event, LIMIT_NO_RECORD, LIMIT_PENDING, LIMIT_TOTAL, MAX_PENDING,
+};
 use tokio::io::unix::AsyncFd;
 
+use super::Services;
 use super::{address, process};
 use crate::{
-    daemon::Gateway,
     identity::Identity,
     record::{NewSession, ProcessInfo, SessionKind, now},
 };
 
-/// At most this many kernel events are recorded per second; the rest are counted and summarised,
-/// so a job cannot flood the store with refused datagrams.
-const EVENTS_PER_SECOND: u32 = 200;
-
-pub async fn read_loop(ring: RingBuf<MapData>, gw: Arc<Gateway>) {
+pub async fn read_loop(ring: RingBuf<MapData>, services: Arc<Services>) {
     // SAFETY: the ring buffer owns its map descriptor and keeps it open, unchanged, for as long as
     // the AsyncFd owns the ring buffer.
     let mut ring = match unsafe { AsyncFd::register(ring) } {
@@ -32,8 +28,6 @@ pub async fn read_loop(ring: RingBuf<MapData>, gw: Arc<Gateway>) {
             return;
         }
     };
-    let mut window = Instant::now();
-    let (mut recorded, mut suppressed) = (0u32, 0u64);
     loop {
         let mut guard = tokio::select! {
             g = ring.readable_mut() => match g {
@@ -43,7 +37,7 @@ pub async fn read_loop(ring: RingBuf<MapData>, gw: Arc<Gateway>) {
                     return;
                 }
             },
-            () = gw.shutdown.cancelled() => return,
+            () = services.shutdown.cancelled() => return,
         };
         let mut batch = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
@@ -55,29 +49,28 @@ pub async fn read_loop(ring: RingBuf<MapData>, gw: Arc<Gateway>) {
         }
         guard.clear_ready();
         for event in batch {
-            if window.elapsed() >= Duration::from_secs(1) {
-                if suppressed > 0 {
-                    tracing::warn!(
-                        suppressed,
-                        "kernel events over {EVENTS_PER_SECOND}/s were not recorded"
-                    );
-                }
-                window = Instant::now();
-                recorded = 0;
-                suppressed = 0;
-            }
-            if recorded >= EVENTS_PER_SECOND {
-                suppressed += 1;
-                continue;
-            }
-            recorded += 1;
-            record(&event, &gw);
+            record(&event, &services);
         }
     }
 }
 
+/// Why a connect to a target was refused for lack of room.
+fn limit_reason(detail: u32, services: &Services) -> String {
+    match detail {
+        LIMIT_PENDING => format!(
+            "the job has {} connects waiting for the gateway already (server.max_pending_connections_per_job)",
+            services.max_pending_connections_per_job
+        ),
+        LIMIT_TOTAL => {
+            format!("all jobs together have {MAX_PENDING} connects waiting for the gateway")
+        }
+        LIMIT_NO_RECORD => "no record of the connect could be kept (the cgroup is linked to no job, or the socket had no memory for it)".into(),
+        other => format!("refused for lack of room ({other})"),
+    }
+}
+
 /// Forwards the programs' aya-log records to the daemon's log (only with `server.ebpf_debug_log`).
-pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, gw: Arc<Gateway>) {
+pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, services: Arc<Services>) {
     // SAFETY: the logger owns its ring buffer's descriptor and keeps it open, unchanged, for as
     // long as the AsyncFd owns the logger.
     let mut logger = match unsafe { AsyncFd::register(logger) } {
@@ -96,13 +89,16 @@ pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, gw: Ar
                 }
                 Err(_) => return,
             },
-            () = gw.shutdown.cancelled() => return,
+            () = services.shutdown.cancelled() => return,
         }
     }
 }
 
-fn record(event: &Event, gw: &Gateway) {
-    let job = gw.jobs.for_cgroup(event.cgroup_id);
+fn record(event: &Event, services: &Services) {
+    let job = services
+        .jobs
+        .by_slot(event.job_slot)
+        .or_else(|| services.jobs.for_cgroup(event.cgroup_id));
     let identity = job
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
@@ -127,6 +123,14 @@ fn record(event: &Event, gw: &Gateway) {
             dst.to_string(),
             format!("bind to the gateway listener port {}", event.port),
         ),
+        EVENT_LISTENER => (
+            "tcp",
+            dst.to_string(),
+            format!(
+                "direct connection to the gateway listener {dst} (only redirected connects are served)"
+            ),
+        ),
+        EVENT_LIMIT => ("tcp", dst.to_string(), limit_reason(event.detail, services)),
         _ => (
             "unknown",
             dst.to_string(),
@@ -143,6 +147,7 @@ fn record(event: &Event, gw: &Gateway) {
         comm: process::comm(&event.comm),
         exe: None,
         cmdline: None,
+        cmdline_cut: false,
         verified: false,
         cgroup_id: event.cgroup_id,
     };
@@ -161,5 +166,5 @@ fn record(event: &Event, gw: &Gateway) {
         started_at: at.clone(),
         ended_at: Some(at),
     };
-    gw.store.record_session(session);
+    services.store.record_session(session);
 }

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod process;
 
+use crate::record::EventKind;
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::{Arc, atomic::Ordering},
@@ -14,23 +15,54 @@ use gateway_common::{AF_INET, ConnInfo};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
 use crate::{
+    budget::{self, Recorder},
     config::{Protocol, Target},
-    daemon::Gateway,
+    ebpf::{Connections, ExecStarts},
     identity::Identity,
-    jobs::ConnectionSlot,
-    policy::Decision,
-    protocol::{postgres, ssh, tcp},
-    record::{NewSession, ProcessInfo, SessionEnd, SessionKind, now},
+    jobs::{ConnectionSlot, Jobs},
+    policy::{Decision, Policy},
+    protocol::{http, postgres, spares::Spares, ssh, tcp},
+    record::{NewSession, Origin, ProcessInfo, SessionEnd, SessionKind, Store, now},
+    targets::TargetSet,
 };
 
-pub async fn accept_loop(listener: TcpListener, gw: Arc<Gateway>) {
+/// What accepting and serving intercepted connections uses.
+pub struct Services {
+    /// Connect records the kernel keeps for the gateway, by client address.
+    pub connections: Arc<Connections>,
+    pub jobs: Arc<Jobs>,
+    /// The destination set (host names resolved), shared with the refresh task.
+    pub targets: Arc<std::sync::RwLock<Arc<TargetSet>>>,
+    /// The configured targets, by the index the destination set returns.
+    pub target_configs: Arc<[Target]>,
+    pub policy: Arc<Policy>,
+    pub spares: Spares,
+    pub processes: process::ProcessCache,
+    pub exec_starts: ExecStarts,
+    pub store: Store,
+    pub recorder: Arc<Recorder>,
+    pub max_connections_per_job: usize,
+    /// For the wording of refusals the kernel reports.
+    pub max_pending_connections_per_job: u32,
+    pub upstream_connect_timeout: Duration,
+    /// Every live session; drained on shutdown.
+    pub sessions: TaskTracker,
+    pub shutdown: CancellationToken,
+    pub postgres: postgres::Services,
+    pub ssh: ssh::Services,
+    pub http: http::Services,
+}
+
+pub async fn accept_loop(listener: TcpListener, services: Arc<Services>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let gw2 = gw.clone();
-                    gw.sessions.spawn(async move { handle(stream, peer, gw2).await });
+                    let gw2 = services.clone();
+                    services.sessions.spawn(async move { handle(stream, peer, gw2).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -38,7 +70,7 @@ pub async fn accept_loop(listener: TcpListener, gw: Arc<Gateway>) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            () = gw.shutdown.cancelled() => return,
+            () = services.shutdown.cancelled() => return,
         }
     }
 }
@@ -62,26 +94,30 @@ pub fn address(bytes: &[u8; 16], v4: bool) -> IpAddr {
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
+async fn handle(client: TcpStream, peer: SocketAddr, services: Arc<Services>) {
     let started_at = now();
-    let Some(info) = gw.connections.take(peer) else {
-        return anomaly(client, peer, &gw, started_at).await;
+    let Some(info) = services.connections.take(peer) else {
+        return anomaly(client, peer, &services, started_at).await;
     };
     let dst = destination(&info);
-    let job = gw.jobs.for_cgroup(info.cgroup_id);
+    let job = services.jobs.for_cgroup(info.cgroup_id);
     let identity = job
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
     let target = {
-        let targets = gw.targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let targets = services
+            .targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         targets
             .lookup(dst)
-            .and_then(|i| gw.config.targets.get(i))
+            .and_then(|i| services.target_configs.get(i))
             .cloned()
     };
     let expired = job.as_ref().and_then(|j| j.binding_expired());
     // Held until the connection is over (the end of this function).
-    let max = gw.config.server.max_connections_per_job;
+    let max = services.max_connections_per_job;
     let slot = job.as_ref().map(|j| ConnectionSlot::take(j, max));
     let decision = match (&target, expired) {
         // Fail closed: an expired binding neither keeps its rights nor falls back to the rules
@@ -93,7 +129,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
                 "the job already has {max} connections open (server.max_connections_per_job)"
             ),
         },
-        (Some(t), None) => gw.policy.decide_connection(&identity, &t.name),
+        (Some(t), None) => services.policy.decide_connection(&identity, &t.name),
         // The destination set changed between connect and accept.
         (None, None) => Decision::Deny {
             rule: None,
@@ -108,6 +144,16 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         d => d,
     };
     let allowed = matches!(decision, Decision::Allow { .. }) && target.is_some();
+    // A job causes as many refusals as it likes; beyond its budget they are only counted (and
+    // cost neither a record nor a look at /proc).
+    if !allowed
+        && !services
+            .recorder
+            .budgets
+            .admit(job.as_deref(), budget::Source::DeniedConnections)
+    {
+        return tcp::reset(client);
+    }
     let origin = Origin {
         process: None,
         job_id: None,
@@ -116,11 +162,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         dst,
     };
 
-    let timeout = gw.config.server.upstream_connect_timeout;
+    let timeout = services.upstream_connect_timeout;
     // Taken before the refill starts (which leaves an occupied slot alone).
     let spare = if allowed && target.as_ref().is_some_and(|t| t.preconnect) {
-        let spare = gw.spares.take(dst);
-        let refill = gw.clone();
+        let spare = services.spares.take(dst);
+        let refill = services.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = refill.spares.refill(dst, timeout) => {}
@@ -136,7 +182,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
     // cannot record does not serve. Opening the upstream connection overlaps with the recording.
     let record = async {
-        let process = gw.processes.describe(&info, |pid| gw.exec_starts.last(pid));
+        let process = services
+            .processes
+            .describe(&info, |pid| services.exec_starts.last(pid));
         let session = NewSession {
             kind: SessionKind::Proxied,
             job_id: job.as_ref().map(|j| j.id.clone()),
@@ -158,7 +206,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
             Vec::new()
         };
         (
-            gw.store.insert_session_with(session, connected).await,
+            services.store.insert_session_with(session, connected).await,
             process,
         )
     };
@@ -190,34 +238,38 @@ async fn handle(client: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         (Some(target), Some(Ok(upstream))) => {
             if !preconnected {
                 let (kind, detail) = upstream_connected(dst, false);
-                gw.store.note_event(session_id, kind, detail);
+                services.store.note_event(session_id, kind, detail);
             }
-            serve(client, upstream, target, session_id, origin, &gw).await;
+            serve(client, upstream, target, session_id, origin, &services).await;
         }
         (_, Some(Err(e))) => {
-            gw.store.note_event(
+            services.store.note_event(
                 session_id,
-                "upstream_error",
+                EventKind::UpstreamError,
                 json!({ "upstream": dst.to_string(), "error": e.to_string() }),
             );
-            gw.store.end_session(session_id, SessionEnd::default());
+            services
+                .store
+                .end_session(session_id, SessionEnd::default());
             // The client's handshake is done already: a reset is the closest thing to a refusal.
             tcp::reset(client);
         }
         _ => {
-            gw.store.end_session(session_id, SessionEnd::default());
+            services
+                .store
+                .end_session(session_id, SessionEnd::default());
             tcp::reset(client);
         }
     }
 }
 
 /// The `upstream_connected` event (`preconnected` only said when a spare was used).
-fn upstream_connected(dst: SocketAddr, preconnected: bool) -> (&'static str, serde_json::Value) {
+fn upstream_connected(dst: SocketAddr, preconnected: bool) -> (EventKind, serde_json::Value) {
     let mut detail = json!({ "upstream": dst.to_string() });
     if preconnected {
         detail["preconnected"] = json!(true);
     }
-    ("upstream_connected", detail)
+    (EventKind::UpstreamConnected, detail)
 }
 
 fn log_session(
@@ -240,15 +292,6 @@ fn log_session(
     );
 }
 
-/// Who is behind an allowed connection, for handlers that decide per operation.
-pub struct Origin {
-    pub process: Option<ProcessInfo>,
-    pub job_id: Option<String>,
-    pub identity: Identity,
-    pub cgroup_id: u64,
-    pub dst: SocketAddr,
-}
-
 /// Hands an allowed, recorded connection and its upstream to the target's protocol handler.
 async fn serve(
     client: TcpStream,
@@ -256,13 +299,13 @@ async fn serve(
     target: Target,
     session_id: i64,
     origin: Origin,
-    gw: &Gateway,
+    services: &Services,
 ) {
     match target.protocol {
-        Protocol::Tcp => serve_tcp(client, upstream, session_id, gw).await,
+        Protocol::Tcp => serve_tcp(client, upstream, session_id, services).await,
         Protocol::Postgres => {
             let session = postgres::Session {
-                gw,
+                services: &services.postgres,
                 target: &target,
                 dst: origin.dst,
                 id: session_id,
@@ -272,36 +315,57 @@ async fn serve(
                 job_id: origin.job_id.as_deref(),
             };
             let end = postgres::serve(client, upstream, session).await;
-            gw.store.end_session(session_id, end);
+            services.store.end_session(session_id, end);
         }
         Protocol::Ssh => {
-            let end = ssh::serve(client, upstream, target, session_id, origin, gw).await;
-            gw.store.end_session(session_id, end);
+            let end = ssh::serve(client, upstream, target, session_id, origin, &services.ssh).await;
+            services.store.end_session(session_id, end);
+        }
+        Protocol::Http => {
+            let session = http::Session {
+                services: &services.http,
+                target: &target,
+                dst: origin.dst,
+                id: session_id,
+                identity: &origin.identity,
+                process: origin.process.as_ref(),
+                job_id: origin.job_id.as_deref(),
+            };
+            let end = http::serve(client, upstream, session).await;
+            services.store.end_session(session_id, end);
         }
         other => {
             // Validation refuses unimplemented protocols; this is the second line.
-            gw.store.note_event(
+            services.store.note_event(
                 session_id,
-                "error",
+                EventKind::Error,
                 json!({ "message": format!("protocol {other} not implemented") }),
             );
-            gw.store.end_session(session_id, SessionEnd::default());
+            services
+                .store
+                .end_session(session_id, SessionEnd::default());
             tcp::reset(client);
         }
     }
 }
 
-async fn serve_tcp(client: TcpStream, upstream: TcpStream, session_id: i64, gw: &Gateway) {
+async fn serve_tcp(client: TcpStream, upstream: TcpStream, session_id: i64, services: &Services) {
     let counters = Arc::new(tcp::Counters::default());
-    let end = tcp::relay(client, upstream, counters.clone(), gw.shutdown.cancelled()).await;
+    let end = tcp::relay(
+        client,
+        upstream,
+        counters.clone(),
+        services.shutdown.cancelled(),
+    )
+    .await;
     let (up, down) = (
         counters.up.load(Ordering::Relaxed),
         counters.down.load(Ordering::Relaxed),
     );
-    gw.store.close_session(
+    services.store.close_session(
         session_id,
         vec![(
-            "closed",
+            EventKind::Closed,
             json!({ "end": end, "bytes_up": up, "bytes_down": down }),
         )],
         SessionEnd {
@@ -311,8 +375,17 @@ async fn serve_tcp(client: TcpStream, upstream: TcpStream, session_id: i64, gw: 
     );
 }
 
-/// A connection to the listener that no redirect produced: someone connected to it directly.
-async fn anomaly(client: TcpStream, peer: SocketAddr, gw: &Gateway, started_at: String) {
+/// A connection to the listener that no redirect produced: someone outside any job connected to
+/// it directly (inside jobs the kernel refuses that), or its record was removed (it closed before
+/// the gateway took it).
+async fn anomaly(client: TcpStream, peer: SocketAddr, services: &Services, started_at: String) {
+    if !services
+        .recorder
+        .budgets
+        .admit(None, budget::Source::DirectConnections)
+    {
+        return tcp::reset(client);
+    }
     let listener = client
         .local_addr()
         .map(|a| a.to_string())
@@ -334,7 +407,7 @@ async fn anomaly(client: TcpStream, peer: SocketAddr, gw: &Gateway, started_at: 
         ended_at: Some(started_at.clone()),
         started_at,
     };
-    if let Err(e) = gw.store.insert_session(session).await {
+    if let Err(e) = services.store.insert_session(session).await {
         tracing::error!(error = %e, "cannot record anomaly");
     }
     tcp::reset(client);

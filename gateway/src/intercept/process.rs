@@ -15,8 +15,15 @@ use crate::record::ProcessInfo;
 /// later connections described by its first command line.
 #[derive(Default)]
 pub struct ProcessCache {
-    known: Mutex<HashMap<ImageKey, Option<Vec<String>>>>,
+    known: Mutex<HashMap<ImageKey, Option<Cmdline>>>,
 }
+
+/// A command line as stored: the arguments, and whether they were cut at [`CMDLINE_MAX`] bytes.
+type Cmdline = (Vec<String>, bool);
+
+/// Bytes of /proc/PID/cmdline kept per session (and per cache entry): a job chooses its
+/// arguments, and megabytes of them in every session row would be its to spend.
+pub const CMDLINE_MAX: usize = 4096;
 
 /// (pid, start time, last exec, exe, comm).
 type ImageKey = (u32, u64, u64, String, String);
@@ -68,9 +75,14 @@ impl ProcessCache {
                 cmdline
             }
         };
+        let (cmdline, cmdline_cut) = match cmdline {
+            Some((args, cut)) => (Some(args), cut),
+            None => (None, false),
+        };
         ProcessInfo {
             exe: Some(key.3),
             cmdline,
+            cmdline_cut,
             verified: true,
             ..captured(info)
         }
@@ -87,18 +99,30 @@ fn captured(info: &ConnInfo) -> ProcessInfo {
         comm: comm(&info.comm),
         exe: None,
         cmdline: None,
+        cmdline_cut: false,
         verified: false,
         cgroup_id: info.cgroup_id,
     }
 }
 
-fn cmdline_of(pid: u32) -> Option<Vec<String>> {
-    fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| {
-        raw.split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect()
-    })
+/// The first [`CMDLINE_MAX`] bytes of the command line, and whether there was more.
+fn cmdline_of(pid: u32) -> Option<Cmdline> {
+    use std::io::Read as _;
+    let file = fs::File::open(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut raw = Vec::with_capacity(CMDLINE_MAX + 1);
+    file.take(CMDLINE_MAX as u64 + 1)
+        .read_to_end(&mut raw)
+        .ok()?;
+    let cut = raw.len() > CMDLINE_MAX;
+    raw.truncate(CMDLINE_MAX);
+    Some((split_args(&raw), cut))
+}
+
+fn split_args(raw: &[u8]) -> Vec<String> {
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 fn exe_of(pid: u32) -> Option<String> {
@@ -113,7 +137,7 @@ pub fn comm(raw: &[u8; 16]) -> String {
 }
 
 /// Start time of a process in nanoseconds since boot (field 22 of /proc/PID/stat, in clock ticks).
-fn start_time_ns(pid: u32) -> Option<u64> {
+pub fn start_time_ns(pid: u32) -> Option<u64> {
     use std::io::Read as _;
     // One read() (it runs for every accepted connection): the file is generated whole on the
     // first read and is far shorter than the buffer. `read_to_string` would add a statx and
@@ -140,6 +164,37 @@ fn start_time_ns(pid: u32) -> Option<u64> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_long_command_line_is_cut_and_says_so() {
+        // A process of our own with one argument far over the cap (a number sleep accepts: 0).
+        let long = "0".repeat(3 * CMDLINE_MAX);
+        let mut child = std::process::Command::new("sleep")
+            .args(["10", &long])
+            .spawn()
+            .unwrap();
+        // Until the child has exec'd (before, /proc shows this test's command line).
+        let mut read = None;
+        for _ in 0..500 {
+            read = cmdline_of(child.id());
+            if read
+                .as_ref()
+                .is_some_and(|(args, _)| args.first().is_some_and(|a| a == "sleep"))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let (args, cut) = read.unwrap();
+        assert!(cut);
+        assert_eq!(args[0], "sleep");
+        assert_eq!(args.join("\0").len(), CMDLINE_MAX);
+        // One that fits is whole.
+        let (args, cut) = cmdline_of(std::process::id()).unwrap();
+        assert!(!cut && !args.is_empty());
+    }
+
     /// No exec since the process first connected.
     fn no_exec(_pid: u32) -> Option<u64> {
         Some(0)
@@ -162,6 +217,8 @@ mod tests {
             cookie: 1,
             boot_ns,
             comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
+            job_slot: 1,
+            _pad2: 0,
         }
     }
 
@@ -211,7 +268,7 @@ mod tests {
         let exe = exe_of(pid).unwrap();
         let start = start_time_ns(pid).unwrap();
         let cache = ProcessCache::default();
-        let poisoned = Some(vec!["poisoned".to_string()]);
+        let poisoned = Some((vec!["poisoned".to_string()], false));
         {
             let mut known = cache.known.lock().unwrap();
             // Earlier images of this pid: another program (before an exec), another comm, the
@@ -233,11 +290,25 @@ mod tests {
         let p = cache.describe(&info, exec_again);
         assert!(p.verified);
         assert_eq!(p.exe.as_deref(), Some(exe.as_str()));
-        assert_ne!(p.cmdline, poisoned, "an entry of another image was served");
+        let poisoned_args = poisoned.clone().map(|(a, _)| a);
+        assert_ne!(
+            p.cmdline, poisoned_args,
+            "an entry of another image was served"
+        );
         // The image it saw is cached now, and served from the cache.
         let key = (pid, start, 1, exe.clone(), "test".to_string());
-        assert_eq!(cache.known.lock().unwrap().get(&key), Some(&p.cmdline));
+        assert_eq!(
+            cache
+                .known
+                .lock()
+                .unwrap()
+                .get(&key)
+                .cloned()
+                .flatten()
+                .map(|(a, _)| a),
+            p.cmdline
+        );
         cache.known.lock().unwrap().insert(key, poisoned.clone());
-        assert_eq!(cache.describe(&info, exec_again).cmdline, poisoned);
+        assert_eq!(cache.describe(&info, exec_again).cmdline, poisoned_args);
     }
 }

@@ -1,32 +1,32 @@
 //! Neutral values by PostgreSQL type, in text and binary format, so that a masked column still
 //! parses as its declared type. Types without a neutral value become NULL.
 
-pub const BOOL: u32 = 16;
-pub const BYTEA: u32 = 17;
-pub const CHAR: u32 = 18;
-pub const NAME: u32 = 19;
-pub const INT8: u32 = 20;
-pub const INT2: u32 = 21;
-pub const INT4: u32 = 23;
-pub const TEXT: u32 = 25;
-pub const OID: u32 = 26;
-pub const JSON: u32 = 114;
-pub const XML: u32 = 142;
-pub const FLOAT4: u32 = 700;
-pub const FLOAT8: u32 = 701;
-pub const UNKNOWN: u32 = 705;
-pub const INET: u32 = 869;
-pub const BPCHAR: u32 = 1042;
-pub const VARCHAR: u32 = 1043;
-pub const DATE: u32 = 1082;
-pub const TIME: u32 = 1083;
-pub const TIMESTAMP: u32 = 1114;
-pub const TIMESTAMPTZ: u32 = 1184;
-pub const NUMERIC: u32 = 1700;
-pub const UUID: u32 = 2950;
-pub const JSONB: u32 = 3802;
-pub const TEXT_ARRAY: u32 = 1009;
-pub const VARCHAR_ARRAY: u32 = 1015;
+pub(super) const BOOL: u32 = 16;
+pub(super) const BYTEA: u32 = 17;
+pub(super) const CHAR: u32 = 18;
+pub(super) const NAME: u32 = 19;
+pub(super) const INT8: u32 = 20;
+pub(super) const INT2: u32 = 21;
+pub(super) const INT4: u32 = 23;
+pub(super) const TEXT: u32 = 25;
+pub(super) const OID: u32 = 26;
+pub(super) const JSON: u32 = 114;
+pub(super) const XML: u32 = 142;
+pub(super) const FLOAT4: u32 = 700;
+pub(super) const FLOAT8: u32 = 701;
+pub(super) const UNKNOWN: u32 = 705;
+pub(super) const INET: u32 = 869;
+pub(super) const BPCHAR: u32 = 1042;
+pub(super) const VARCHAR: u32 = 1043;
+pub(super) const DATE: u32 = 1082;
+pub(super) const TIME: u32 = 1083;
+pub(super) const TIMESTAMP: u32 = 1114;
+pub(super) const TIMESTAMPTZ: u32 = 1184;
+pub(super) const NUMERIC: u32 = 1700;
+pub(super) const UUID: u32 = 2950;
+pub(super) const JSONB: u32 = 3802;
+pub(super) const TEXT_ARRAY: u32 = 1009;
+pub(super) const VARCHAR_ARRAY: u32 = 1015;
 
 /// Types whose values are text that detectors can read: text-ish types in either format (their
 /// binary form is the text itself), JSON, XML, and text arrays in text format.

@@ -22,7 +22,7 @@ pub const PROTECTED_SETTINGS: &[&str] = &[
 /// Settings a client may give in its startup packet (or in `options`), besides the client
 /// encoding (checked) and `standard_conforming_strings` (only `on`). Operators add more per target
 /// with `allowed_settings`.
-pub const STARTUP_SETTINGS: &[&str] = &[
+pub(super) const STARTUP_SETTINGS: &[&str] = &[
     "application_name",
     "datestyle",
     "intervalstyle",
@@ -51,7 +51,7 @@ fn is_on(value: &str) -> bool {
 }
 
 /// Why a statement's setting changes are refused, if they are.
-pub fn check_changes(changes: &[SettingChange]) -> Result<(), String> {
+pub(super) fn check_changes(changes: &[SettingChange]) -> Result<(), String> {
     for c in changes {
         let Some(name) = &c.name else {
             return Err(

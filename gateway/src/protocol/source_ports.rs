@@ -52,7 +52,7 @@ fn next_port() -> u16 {
 /// Connects to `upstream` from the next source port in turn; a port that is taken (bound, or
 /// still in TIME_WAIT towards this destination) moves on to the next, and after a few the kernel
 /// chooses.
-pub async fn connect(upstream: SocketAddr) -> io::Result<TcpStream> {
+pub(super) async fn connect(upstream: SocketAddr) -> io::Result<TcpStream> {
     let any = match upstream.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),

@@ -46,7 +46,7 @@ pub enum JournalError {
 
 /// One thing the store was asked to keep, as it is written to the journal and later to SQLite.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Record {
+pub(crate) enum Record {
     Session {
         id: i64,
         session: Box<NewSession>,
@@ -65,19 +65,19 @@ pub enum Record {
 
 /// An event as stored: its detail already rendered as JSON text (once, on the caller's thread).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct EventRow {
+pub(crate) struct EventRow {
     pub kind: Cow<'static, str>,
     pub at: String,
     pub detail: String,
 }
 
 /// A record framed for the journal, its sequence number still to be filled in.
-pub struct Encoded(Vec<u8>);
+pub(super) struct Encoded(Vec<u8>);
 
 impl Encoded {
     /// Encodes a record; one that replay would refuse as too large is refused here instead, so
     /// that nothing is stored that cannot be read back.
-    pub fn new(record: &Record) -> Result<Encoded, JournalError> {
+    pub(super) fn new(record: &Record) -> Result<Encoded, JournalError> {
         let mut buf = Vec::with_capacity(256);
         buf.resize(HEADER, 0);
         serde_json::to_writer(&mut buf, record)?;
@@ -101,7 +101,7 @@ impl Encoded {
 }
 
 /// The journal file being appended to.
-pub struct Journal {
+pub(super) struct Journal {
     file: File,
     path: PathBuf,
     /// Bytes in the file: where the next frame starts.
@@ -110,7 +110,7 @@ pub struct Journal {
 }
 
 /// The file records are appended to, and the one it was rotated into while that is being applied.
-pub fn paths(state_dir: &Path) -> (PathBuf, PathBuf) {
+pub(super) fn paths(state_dir: &Path) -> (PathBuf, PathBuf) {
     (
         state_dir.join("gateway.journal"),
         state_dir.join("gateway.journal.1"),
@@ -126,7 +126,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 
 impl Journal {
     /// Opens `path` for appending, emptied (its records have been applied at startup).
-    pub fn create(path: &Path) -> Result<Journal, JournalError> {
+    pub(super) fn create(path: &Path) -> Result<Journal, JournalError> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -143,14 +143,18 @@ impl Journal {
         })
     }
 
-    pub fn len(&self) -> u64 {
+    pub(super) fn len(&self) -> u64 {
         self.len
     }
 
     /// Appends the frames of `records` (sequence numbers from `first_seq` on) with one `write()`;
     /// once this returns they survive a crash of the process. A failed write is cut off again so
     /// that no torn frame hides later records.
-    pub fn append(&mut self, first_seq: u64, records: &mut [Encoded]) -> Result<(), JournalError> {
+    pub(super) fn append(
+        &mut self,
+        first_seq: u64,
+        records: &mut [Encoded],
+    ) -> Result<(), JournalError> {
         if self.broken {
             return Err(JournalError::Broken(self.path.display().to_string()));
         }
@@ -184,7 +188,7 @@ impl Journal {
     }
 
     /// Empties the file (everything in it has been applied).
-    pub fn clear(&mut self) -> Result<(), JournalError> {
+    pub(super) fn clear(&mut self) -> Result<(), JournalError> {
         self.file.set_len(0).map_err(io_error(&self.path))?;
         self.len = 0;
         self.broken = false;
@@ -192,7 +196,7 @@ impl Journal {
     }
 
     /// Moves the current file to `old` and continues in a fresh one at the same path.
-    pub fn rotate(&mut self, old: &Path) -> Result<(), JournalError> {
+    pub(super) fn rotate(&mut self, old: &Path) -> Result<(), JournalError> {
         std::fs::rename(&self.path, old).map_err(io_error(&self.path))?;
         *self = Journal::create(&self.path)?;
         Ok(())
@@ -201,7 +205,7 @@ impl Journal {
 
 /// Reads every whole record of a journal file, in order. A missing file has none; a torn or
 /// corrupt frame ends the file with a warning (only the last write before a crash can be torn).
-pub fn read(path: &Path) -> Result<Vec<(u64, Record)>, JournalError> {
+pub(super) fn read(path: &Path) -> Result<Vec<(u64, Record)>, JournalError> {
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut f) => f.read_to_end(&mut bytes).map_err(io_error(path))?,

@@ -1,13 +1,15 @@
 //! Recording: the append-only session store and its records.
 
+mod event;
 mod journal;
 mod schema;
 mod sessions;
 mod store;
 
+pub use event::EventKind;
 pub use sessions::{
-    EventRecord, JobRecord, NewSession, ProcessInfo, SessionEnd, SessionKind, SessionRecord,
-    SessionSummary, now,
+    EventRecord, JobRecord, NewSession, Origin, ProcessInfo, SessionEnd, SessionKind,
+    SessionRecord, SessionSummary, now,
 };
 pub use store::{Failure, Health, Store, StoreError};
 

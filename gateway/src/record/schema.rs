@@ -124,9 +124,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE approval_votes ADD COLUMN for_seconds INTEGER;
     ALTER TABLE approval_votes ADD COLUMN person TEXT;
     "#,
+    // 6: whether a session's command line was cut at the 4 KiB the gateway keeps.
+    r#"
+    ALTER TABLE sessions ADD COLUMN cmdline_cut INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
-pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let supported = MIGRATIONS.len() as i64;
     if version > supported {

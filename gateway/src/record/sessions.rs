@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde::{Deserialize, Serialize};
 
+use super::event::EventKind;
 use super::{
     Store, StoreError,
     journal::{EventRow, Record},
@@ -20,6 +21,8 @@ pub enum SessionKind {
     Anomaly,
     /// Something the kernel programs refused or let through without the gateway in the path.
     Kernel,
+    /// How many records of one job (or of no job) a budget kept out of the store in a second.
+    Suppressed,
 }
 
 impl SessionKind {
@@ -28,6 +31,7 @@ impl SessionKind {
             SessionKind::Proxied => "proxied",
             SessionKind::Anomaly => "anomaly",
             SessionKind::Kernel => "kernel",
+            SessionKind::Suppressed => "suppressed",
         }
     }
 
@@ -35,9 +39,21 @@ impl SessionKind {
         match s {
             "anomaly" => SessionKind::Anomaly,
             "kernel" => SessionKind::Kernel,
+            "suppressed" => SessionKind::Suppressed,
             _ => SessionKind::Proxied,
         }
     }
+}
+
+/// Who is behind an allowed connection: what every protocol handler is told about a session it
+/// serves (and decides operations on).
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub process: Option<ProcessInfo>,
+    pub job_id: Option<String>,
+    pub identity: Identity,
+    pub cgroup_id: u64,
+    pub dst: std::net::SocketAddr,
 }
 
 /// The process behind a connection: what eBPF captured at connect, enriched from /proc when the
@@ -51,6 +67,9 @@ pub struct ProcessInfo {
     pub comm: String,
     pub exe: Option<String>,
     pub cmdline: Option<Vec<String>>,
+    /// The command line was longer than the gateway keeps (4 KiB): `cmdline` is its beginning.
+    #[serde(default)]
+    pub cmdline_cut: bool,
     /// /proc data belongs to the connecting process (start time checked against the connect).
     pub verified: bool,
     pub cgroup_id: u64,
@@ -121,8 +140,16 @@ pub struct SessionRecord {
 pub struct EventRecord {
     pub id: i64,
     pub at: String,
+    /// As stored: a kind this build does not know (a newer build's) is kept as its name.
     pub kind: String,
     pub detail: serde_json::Value,
+}
+
+impl EventRecord {
+    /// The event's kind, when this build knows it.
+    pub fn event_kind(&self) -> Option<EventKind> {
+        EventKind::parse(&self.kind)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -254,7 +281,7 @@ impl Store {
     pub async fn insert_session_with(
         &self,
         s: NewSession,
-        events: Vec<(&'static str, serde_json::Value)>,
+        events: Vec<(EventKind, serde_json::Value)>,
     ) -> Result<i64, StoreError> {
         if events.is_empty() {
             return self.insert_session(s).await;
@@ -290,7 +317,7 @@ impl Store {
     pub fn close_session(
         &self,
         id: i64,
-        events: Vec<(&'static str, serde_json::Value)>,
+        events: Vec<(EventKind, serde_json::Value)>,
         end: SessionEnd,
     ) {
         self.log_all_or_warn(
@@ -303,7 +330,7 @@ impl Store {
     pub async fn append_event(
         &self,
         session_id: i64,
-        kind: &'static str,
+        kind: EventKind,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
         self.append_events(session_id, vec![(kind, detail)]).await
@@ -315,7 +342,7 @@ impl Store {
     pub async fn append_events(
         &self,
         session_id: i64,
-        events: Vec<(&'static str, serde_json::Value)>,
+        events: Vec<(EventKind, serde_json::Value)>,
     ) -> Result<(), StoreError> {
         self.append_rendered(session_id, rendered(events))
     }
@@ -325,23 +352,23 @@ impl Store {
     pub fn append_rendered(
         &self,
         session_id: i64,
-        events: Vec<(&'static str, String)>,
+        events: Vec<(EventKind, String)>,
     ) -> Result<(), StoreError> {
         self.log(events_record(session_id, events))
     }
 
     /// Like [`Store::append_events`], without waiting.
-    pub fn note_events(&self, session_id: i64, events: Vec<(&'static str, serde_json::Value)>) {
+    pub fn note_events(&self, session_id: i64, events: Vec<(EventKind, serde_json::Value)>) {
         self.note_rendered(session_id, rendered(events));
     }
 
     /// Like [`Store::append_rendered`], without waiting.
-    pub fn note_rendered(&self, session_id: i64, events: Vec<(&'static str, String)>) {
+    pub fn note_rendered(&self, session_id: i64, events: Vec<(EventKind, String)>) {
         self.log_or_warn("session events", events_record(session_id, events));
     }
 
     /// Appends an event without waiting for it.
-    pub fn note_event(&self, session_id: i64, kind: &'static str, detail: serde_json::Value) {
+    pub fn note_event(&self, session_id: i64, kind: EventKind, detail: serde_json::Value) {
         self.note_events(session_id, vec![(kind, detail)]);
     }
 
@@ -387,6 +414,7 @@ impl Store {
                             comm: r.get::<_, Option<String>>("comm")?.unwrap_or_default(),
                             exe: r.get("exe")?,
                             cmdline: cmdline.and_then(|c| serde_json::from_str(&c).ok()),
+                            cmdline_cut: r.get("cmdline_cut")?,
                             verified: r.get("process_verified")?,
                             cgroup_id: r.get::<_, Option<i64>>("cgroup_id")?.unwrap_or_default()
                                 as u64,
@@ -430,7 +458,7 @@ impl Store {
     }
 }
 
-fn rendered(events: Vec<(&'static str, serde_json::Value)>) -> Vec<(&'static str, String)> {
+fn rendered(events: Vec<(EventKind, serde_json::Value)>) -> Vec<(EventKind, String)> {
     events
         .into_iter()
         .map(|(kind, detail)| (kind, detail.to_string()))
@@ -446,12 +474,12 @@ fn end_record(id: i64, end: SessionEnd) -> Record {
     }
 }
 
-fn events_record(session_id: i64, events: Vec<(&'static str, String)>) -> Record {
+fn events_record(session_id: i64, events: Vec<(EventKind, String)>) -> Record {
     let at = now();
     let events = events
         .into_iter()
         .map(|(kind, detail)| EventRow {
-            kind: kind.into(),
+            kind: kind.as_str().into(),
             at: at.clone(),
             detail,
         })
@@ -502,9 +530,9 @@ fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), Stor
     conn.prepare_cached(
         "INSERT INTO sessions (id, kind, job_id, target, protocol, destination, pid, tid, uid, gid,
             comm, exe, cmdline, process_verified, cgroup_id, issuer, identity, claims, decision,
-            rule, reason, started_at, ended_at)
+            rule, reason, started_at, ended_at, cmdline_cut)
          VALUES (?23, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22)",
+            ?18, ?19, ?20, ?21, ?22, ?24)",
     )?
     .execute(params![
         s.kind.as_str(),
@@ -532,6 +560,7 @@ fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), Stor
         s.started_at,
         s.ended_at,
         id,
+        p.is_some_and(|p| p.cmdline_cut),
     ])?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::identity::Identity;
+use crate::record::EventKind;
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir =
@@ -23,6 +24,7 @@ fn session(destination: &str) -> NewSession {
             comm: "psql".into(),
             exe: Some("/usr/bin/psql".into()),
             cmdline: Some(vec!["psql".into(), "-h".into(), "db".into()]),
+            cmdline_cut: true,
             verified: true,
             cgroup_id: 7,
         }),
@@ -44,7 +46,7 @@ async fn sessions_and_events_round_trip_and_survive_reopening() {
         .await
         .unwrap();
     store
-        .append_event(id, "statement", serde_json::json!({ "sql": "select 1" }))
+        .append_event(id, EventKind::Sql, serde_json::json!({ "sql": "select 1" }))
         .await
         .unwrap();
     store.end_session(
@@ -74,6 +76,7 @@ async fn sessions_and_events_round_trip_and_survive_reopening() {
         shown.process.as_ref().unwrap().cmdline.as_ref().unwrap()[2],
         "db"
     );
+    assert!(shown.process.as_ref().unwrap().cmdline_cut);
     assert_eq!(shown.events.len(), 1);
     assert_eq!(shown.events[0].detail["sql"], "select 1");
     assert!(matches!(
@@ -173,7 +176,7 @@ async fn acknowledged_records_survive_a_crash_before_they_are_applied() {
         .insert_session_with(
             session("10.0.0.5:1"),
             vec![(
-                "upstream_connected",
+                EventKind::UpstreamConnected,
                 serde_json::json!({ "preconnected": true }),
             )],
         )
@@ -183,15 +186,15 @@ async fn acknowledged_records_survive_a_crash_before_they_are_applied() {
         .append_events(
             id,
             vec![
-                ("sql_result", serde_json::json!({ "seq": 1 })),
-                ("sql", serde_json::json!({ "sql": "select 2" })),
+                (EventKind::SqlResult, serde_json::json!({ "seq": 1 })),
+                (EventKind::Sql, serde_json::json!({ "sql": "select 2" })),
             ],
         )
         .await
         .unwrap();
     store.close_session(
         id,
-        vec![("closed", serde_json::json!({}))],
+        vec![(EventKind::Closed, serde_json::json!({}))],
         SessionEnd {
             bytes_up: 3,
             bytes_down: 4,
@@ -262,7 +265,7 @@ async fn a_torn_write_of_several_records_keeps_the_whole_ones() {
     let id = store
         .insert_session_with(
             session("10.0.0.5:1"),
-            vec![("upstream_connected", serde_json::json!({}))],
+            vec![(EventKind::UpstreamConnected, serde_json::json!({}))],
         )
         .await
         .unwrap();
@@ -282,7 +285,7 @@ async fn a_rotated_journal_is_replayed_before_the_current_one() {
     let store = Store::open_unapplied(&dir).unwrap();
     let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
     let first = std::fs::metadata(&journal).unwrap().len() as usize;
-    store.note_event(id, "later", serde_json::json!({}));
+    store.note_event(id, EventKind::Closed, serde_json::json!({}));
     drop(store);
     // As if the daemon had moved the journal aside after the session and crashed before
     // applying either file (the event needs its session in the table first).
@@ -304,7 +307,7 @@ async fn a_long_event_log_is_read_page_by_page_without_gaps() {
     let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
     for n in 0..25 {
         store
-            .append_event(id, "sql", serde_json::json!({ "seq": n }))
+            .append_event(id, EventKind::Sql, serde_json::json!({ "seq": n }))
             .await
             .unwrap();
     }
@@ -336,10 +339,10 @@ async fn a_record_that_cannot_be_applied_leaves_the_rest_of_its_batch_in_place()
     let dir = temp_dir("bad-record");
     let store = Store::open(&dir).unwrap();
     let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
-    store.note_event(id, "sql", serde_json::json!({ "seq": 1 }));
+    store.note_event(id, EventKind::Sql, serde_json::json!({ "seq": 1 }));
     // No such session: the foreign key refuses this one.
-    store.note_event(id + 1000, "sql", serde_json::json!({ "seq": 2 }));
-    store.note_event(id, "sql", serde_json::json!({ "seq": 3 }));
+    store.note_event(id + 1000, EventKind::Sql, serde_json::json!({ "seq": 2 }));
+    store.note_event(id, EventKind::Sql, serde_json::json!({ "seq": 3 }));
     let shown = store.session(id).await.unwrap();
     let seqs: Vec<u64> = shown
         .events

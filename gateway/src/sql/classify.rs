@@ -12,7 +12,7 @@ use super::{
 /// Classifies every statement of `sql` as the server would lex it with
 /// `standard_conforming_strings` on (`scs_off` for the other reading). Text that does not parse
 /// yields one `Unparsed` statement.
-pub fn classify_with(sql: &str, scs_off: bool) -> Vec<SqlStatement> {
+pub(super) fn classify_with(sql: &str, scs_off: bool) -> Vec<SqlStatement> {
     let options = if scs_off {
         ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
     } else {

@@ -9,7 +9,7 @@
 
 /// The text with every standalone digit run replaced by `0`; `None` when the text holds no such
 /// run (use the text itself) or cannot be scanned safely.
-pub fn literal_free_key(sql: &str) -> Option<String> {
+pub(super) fn literal_free_key(sql: &str) -> Option<String> {
     let b = sql.as_bytes();
     if b.contains(&b'\\') || sql.contains("/*") {
         return None;

@@ -75,7 +75,7 @@ pub struct SettingChange {
 }
 
 #[derive(Debug, Default)]
-pub struct Facts {
+pub(super) struct Facts {
     /// The node type of the walked statement (`SelectStmt`, `DoStmt`, …).
     pub root: &'static str,
     /// Struct names of statements nested in the walked one (`DeleteStmt` in a CTE, …), excluding
@@ -92,7 +92,7 @@ pub struct Facts {
 }
 
 /// Walks `node` (one statement) and returns its facts.
-pub fn walk<T: Serialize>(node: &T) -> Result<Facts, WalkError> {
+pub(super) fn walk<T: Serialize>(node: &T) -> Result<Facts, WalkError> {
     let mut w = Walker::default();
     node.serialize(&mut w)?;
     Ok(w.finish())

@@ -14,7 +14,21 @@
 //!   bind ADDR               bind a TCP socket
 //!   tfo ADDR                TCP Fast Open: sendto(MSG_FASTOPEN) without connect()
 //!   move-cgroup DIR         write own pid into DIR/cgroup.procs (escape attempt)
-//!   control SOCKET          send a status request to the gateway control socket
+//!   control SOCKET          send a status request to the gateway control socket; then say
+//!                           whether the daemon had read it ("after": eof) or closed on it
+//!                           unread ("after": reset, or the write failed)
+//!   control-orphan SOCKET   connect and send a status request, then fork and exit: the child
+//!                           (same cgroup) prints the answer; the parent prints its pid first
+//!   hold-pid PID            clone3() a child with exactly that pid (CAP_SYS_ADMIN), which
+//!                           waits for a signal; prints whether it worked
+//!   connect-then ADDR       like connect, printing {"connected":true} once connected first
+//!   flood-connect ADDR N MODE
+//!                           N non-blocking TCP connects, tallied by errno; MODE close: each
+//!                           closed at once; spread: the same from 16 loopback source addresses
+//!                           in turn (more client addresses than one has ports); hold: all kept
+//!                           open until stdin closes; serve: each blocking, read until the peer
+//!                           closes
+//!   flood-udp ADDR N        N datagrams with sendto(), tallied by errno
 //!
 //! `--cgroup DIR` first moves the probe into DIR (as a job's process would be).
 
@@ -177,18 +191,245 @@ fn move_cgroup(dir: &str) -> Value {
 }
 
 fn control(socket: &str) -> Value {
-    let mut stream = match UnixStream::connect(socket) {
+    let stream = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(e) => return errno_json(&e),
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if let Err(e) = stream.write_all(b"{\"op\":\"status\"}\n") {
-        return errno_json(&e);
-    }
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+    let written = (&stream).write_all(b"{\"op\":\"status\"}\n");
+    let mut v = read_answer(&stream);
+    v["write_error"] = json!(written.err().and_then(|e| e.raw_os_error()));
+    // What follows the answer: end of stream if the daemon read the request before closing, a
+    // reset if it closed with the request unread.
+    let mut rest = [0u8; 64];
+    v["after"] = json!(match (&stream).read(&mut rest) {
+        Ok(0) => "eof".to_string(),
+        Ok(_) => "data".to_string(),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => "reset".to_string(),
+        Err(e) => e.to_string(),
+    });
+    v
+}
+
+/// One answer line of the control socket.
+fn read_answer(stream: &UnixStream) -> Value {
     let mut answer = String::new();
-    let _ = BufReader::new(stream).read_line(&mut answer);
+    // Byte by byte: nothing after the line is consumed.
+    let mut byte = [0u8; 1];
+    while let Ok(1) = (&*stream).read(&mut byte) {
+        answer.push(byte[0] as char);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
     let answer: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
     json!({ "ok": answer["result"] != "error" && !answer.is_null(), "answer": answer })
+}
+
+fn control_orphan(socket: &str) -> Value {
+    let stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => return errno_json(&e),
+    };
+    if let Err(e) = (&stream).write_all(b"{\"op\":\"status\"}\n") {
+        return errno_json(&e);
+    }
+    // SAFETY: this program is single-threaded; the child only uses what the parent set up.
+    match unsafe { libc::fork() } {
+        -1 => errno_json(&std::io::Error::last_os_error()),
+        0 => {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+            let mut v = read_answer(&stream);
+            v["pid"] = json!(std::process::id());
+            println!("{v}");
+            std::process::exit(0);
+        }
+        _ => json!({ "ok": true, "connected": true }),
+    }
+}
+
+fn hold_pid(pid: &str) -> Value {
+    let Ok(pid) = pid.parse::<libc::pid_t>() else {
+        return json!({ "ok": false, "error": "PID" });
+    };
+    /// `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+    }
+    let tids = [pid];
+    let args = CloneArgs {
+        flags: 0,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+    };
+    // SAFETY: clone3(2) without CLONE_VM is a fork; this program is single-threaded and the child
+    // only waits for a signal.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        -1 => errno_json(&std::io::Error::last_os_error()),
+        0 => loop {
+            // SAFETY: waits for a signal; nothing else.
+            unsafe { libc::pause() };
+        },
+        child => {
+            println!("{}", json!({ "ok": true, "holder": child }));
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(child as libc::pid_t, &raw mut status, 0) };
+            std::process::exit(0);
+        }
+    }
+}
+
+fn connect_then(addr: &str) -> Value {
+    // The connect itself is what `connect` does first; announce it, then go on as `connect`.
+    let parsed: SocketAddr = addr.parse().expect("address");
+    match TcpStream::connect_timeout(&parsed, Duration::from_secs(30)) {
+        Ok(stream) => {
+            println!("{}", json!({ "connected": true }));
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut reader = BufReader::new(stream);
+            let mut greeting = String::new();
+            match reader.read_line(&mut greeting) {
+                Ok(_) if !greeting.is_empty() => {
+                    json!({ "ok": true, "greeting": greeting.trim_end() })
+                }
+                Ok(_) => json!({ "ok": false, "error": "closed before the greeting" }),
+                Err(e) => errno_json(&e),
+            }
+        }
+        Err(e) => {
+            println!("{}", json!({ "connected": false }));
+            errno_json(&e)
+        }
+    }
+}
+
+fn tally(outcomes: impl Iterator<Item = i32>) -> Value {
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    for errno in outcomes {
+        *counts.entry(errno.to_string()).or_default() += 1;
+    }
+    json!({ "ok": true, "errnos": counts })
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+}
+
+fn flood_connect(addr: &str, count: &str, mode: &str) -> Value {
+    let addr: std::net::SocketAddrV4 = addr.parse().expect("IPv4 address");
+    let count: usize = count.parse().expect("N");
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut held = Vec::new();
+    let outcomes: Vec<i32> = (0..count)
+        .map(|i| {
+            if mode == "serve" {
+                return match TcpStream::connect(std::net::SocketAddr::V4(addr)) {
+                    Ok(mut s) => {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                        let mut sink = Vec::new();
+                        let _ = s.read_to_end(&mut sink);
+                        0
+                    }
+                    Err(e) => e.raw_os_error().unwrap_or(-1),
+                };
+            }
+            // SAFETY: socket(2), connect(2) and close(2) on a descriptor this function owns.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+                if fd < 0 {
+                    return last_errno();
+                }
+                if mode == "spread" {
+                    let source = libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: 0,
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from_ne_bytes([127, 0, 0, 2 + (i % 16) as u8]),
+                        },
+                        sin_zero: [0; 8],
+                    };
+                    if libc::bind(
+                        fd,
+                        (&source as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    ) != 0
+                    {
+                        let errno = last_errno();
+                        libc::close(fd);
+                        return errno;
+                    }
+                }
+                let r = libc::connect(
+                    fd,
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                );
+                let errno = if r == 0 { 0 } else { last_errno() };
+                if mode == "hold" {
+                    held.push(fd);
+                } else {
+                    libc::close(fd);
+                }
+                errno
+            }
+        })
+        .collect();
+    let out = tally(outcomes.into_iter());
+    if mode == "hold" {
+        println!("{out}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let mut rest = String::new();
+        let _ = std::io::stdin().read_to_string(&mut rest);
+        std::process::exit(0);
+    }
+    out
+}
+
+fn flood_udp(addr: &str, count: &str) -> Value {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let count: usize = count.parse().expect("N");
+    let socket = match UdpSocket::bind("0.0.0.0:0") {
+        Ok(s) => s,
+        Err(e) => return errno_json(&e),
+    };
+    tally((0..count).map(|_| match socket.send_to(b"x", addr) {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }))
 }
 
 fn main() {
@@ -221,6 +462,11 @@ fn main() {
         "tfo" => tfo(arg(1)),
         "move-cgroup" => move_cgroup(arg(1)),
         "control" => control(arg(1)),
+        "control-orphan" => control_orphan(arg(1)),
+        "hold-pid" => hold_pid(arg(1)),
+        "connect-then" => connect_then(arg(1)),
+        "flood-connect" => flood_connect(arg(1), arg(2), arg(3)),
+        "flood-udp" => flood_udp(arg(1), arg(2)),
         other => {
             eprintln!("e2e-probe: unknown operation {other:?}");
             std::process::exit(2);

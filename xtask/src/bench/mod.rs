@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::build;
 
-pub fn run(only: Option<&str>) -> Result<()> {
+pub(crate) fn run(only: Option<&str>) -> Result<()> {
     crate::setup::setup(true)?;
     let bin_dir = build::release_build()?;
     // The e2e support library finds the binaries through these.
@@ -50,7 +50,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
 }
 
 /// Runs a command that prints one JSON object (e2e-bench) and parses it.
-pub fn json_of(cmd: &mut Command) -> Result<Value> {
+pub(crate) fn json_of(cmd: &mut Command) -> Result<Value> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -65,7 +65,7 @@ pub fn json_of(cmd: &mut Command) -> Result<Value> {
 
 /// With BENCH_PERF_DIR set, samples `pid` with `perf record -g` for 10 s into
 /// `<dir>/<name>.data` (profiling runs only: sampling costs the gateway some throughput).
-pub fn profile(pid: u32, name: &str) -> Result<Option<std::process::Child>> {
+pub(crate) fn profile(pid: u32, name: &str) -> Result<Option<std::process::Child>> {
     let Some(dir) = std::env::var_os("BENCH_PERF_DIR") else {
         return Ok(None);
     };
@@ -89,13 +89,13 @@ pub fn profile(pid: u32, name: &str) -> Result<Option<std::process::Child>> {
 }
 
 /// Median of a list of numbers.
-pub fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
 /// A fixed-width table row.
-pub fn row(cells: &[String]) -> String {
+pub(crate) fn row(cells: &[String]) -> String {
     let widths = [22, 12, 12, 12, 14];
     cells
         .iter()

@@ -214,11 +214,13 @@ impl Bench {
 
         let secret = dir.path().join("bench-db.secret");
         fs::write(&secret, "apppw\n")?;
-        let daemon = Daemon::start_at_default_log_level(DaemonConfig {
+        let daemon = Daemon::builder(DaemonConfig {
             // The idle test holds IDLE sessions of one job.
             server: format!("max_connections_per_job = {}", IDLE + 100),
             body: gateway_config(&host, &relay_host.to_string(), &secret),
-        })?;
+        })
+        .default_log_level()
+        .start()?;
         Ok(Bench {
             ns,
             pg,
@@ -346,7 +348,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn run() -> Result<()> {
+pub(super) fn run() -> Result<()> {
     // BENCH_PG_QUICK=1 (development only): haproxy and the gateway (both ways), simple protocol, no
     // idle test.
     let quick = std::env::var_os("BENCH_PG_QUICK").is_some();

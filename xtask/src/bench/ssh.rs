@@ -92,7 +92,7 @@ impl Bench {
     }
 }
 
-pub fn run() -> Result<()> {
+pub(super) fn run() -> Result<()> {
     let id = unique_id();
     let dir = TempDir::new(&format!("bs{id}"));
     let ns = Netns::new(&id)?;
@@ -101,10 +101,12 @@ pub fn run() -> Result<()> {
         "{}\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"web\"]\nunauthenticated = true\n",
         sshd.target("web", "")
     );
-    let daemon = Daemon::start_at_default_log_level(DaemonConfig {
+    let daemon = Daemon::builder(DaemonConfig {
         server: String::new(),
         body,
-    })?;
+    })
+    .default_log_level()
+    .start()?;
     let lines = Command::new(gateway_bin())
         .arg("--config")
         .arg(&daemon.config_path)

@@ -38,7 +38,7 @@ impl Path {
     }
 }
 
-pub fn run() -> Result<()> {
+pub(super) fn run() -> Result<()> {
     let id = unique_id();
     let dir = TempDir::new(&format!("b{id}"));
     let ns = Netns::new(&id)?;
@@ -71,10 +71,12 @@ pub fn run() -> Result<()> {
     let body = format!(
         "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{upstream}\"\n\n[[targets]]\nname = \"echo-preconnect\"\nprotocol = \"tcp\"\naddress = \"{preconnected}\"\npreconnect = true\n\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"echo*\"]\nunauthenticated = true\n"
     );
-    let daemon = Daemon::start_at_default_log_level(DaemonConfig {
+    let daemon = Daemon::builder(DaemonConfig {
         server: String::new(),
         body,
-    })?;
+    })
+    .default_log_level()
+    .start()?;
 
     // BENCH_TCP_HOLD=1 (development only): print how to reach each path and wait for a line on
     // stdin, to trace or profile the gateway by hand.

@@ -16,7 +16,7 @@ use postgres_protocol::{
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AuthError {
+pub(super) enum AuthError {
     #[error("the server asks for a password but the target has no password_file")]
     NoPassword,
     #[error("the server offers no SASL mechanism the gateway speaks ({0})")]
@@ -37,19 +37,19 @@ fn encode(f: impl FnOnce(&mut BytesMut) -> std::io::Result<()>) -> Bytes {
     buf.freeze()
 }
 
-pub fn cleartext(password: &str) -> Bytes {
+pub(super) fn cleartext(password: &str) -> Bytes {
     encode(|b| frontend::password_message(password.as_bytes(), b))
 }
 
 /// `md5` + hex(md5(hex(md5(password + user)) + salt)), PostgreSQL's MD5 scheme.
-pub fn md5_password(user: &str, password: &str, salt: [u8; 4]) -> Bytes {
+pub(super) fn md5_password(user: &str, password: &str, salt: [u8; 4]) -> Bytes {
     let hash = md5_hash(user.as_bytes(), password.as_bytes(), salt);
     encode(|b| frontend::password_message(hash.as_bytes(), b))
 }
 
 /// The `tls-server-end-point` channel binding data of a certificate (RFC 5929): its hash with the
 /// hash function of its signature algorithm, SHA-256 for MD5 and SHA-1.
-pub fn tls_server_end_point(cert_der: &[u8]) -> Vec<u8> {
+pub(super) fn tls_server_end_point(cert_der: &[u8]) -> Vec<u8> {
     use x509_parser::prelude::{FromDer as _, X509Certificate};
     let algorithm = X509Certificate::from_der(cert_der)
         .map(|(_, c)| c.signature_algorithm.algorithm.to_id_string())
@@ -63,7 +63,7 @@ pub fn tls_server_end_point(cert_der: &[u8]) -> Vec<u8> {
 }
 
 /// One SCRAM exchange, client side.
-pub struct Scram {
+pub(super) struct Scram {
     inner: ScramSha256,
     mechanism: &'static str,
 }
@@ -72,7 +72,7 @@ impl Scram {
     /// Starts an exchange for the mechanisms the server offers. `server_cert`: the server's TLS
     /// certificate when the connection is TLS: the exchange is then bound to it
     /// (SCRAM-SHA-256-PLUS), so that a server relaying the exchange to another cannot use it.
-    pub fn start(
+    pub(super) fn start(
         password: &str,
         offered: &[String],
         server_cert: Option<&[u8]>,
@@ -95,17 +95,17 @@ impl Scram {
         })
     }
 
-    pub fn mechanism(&self) -> &'static str {
+    pub(super) fn mechanism(&self) -> &'static str {
         self.mechanism
     }
 
     /// SASLInitialResponse.
-    pub fn initial(&self) -> Bytes {
+    pub(super) fn initial(&self) -> Bytes {
         encode(|b| frontend::sasl_initial_response(self.mechanism, self.inner.message(), b))
     }
 
     /// Answers the server-first message (SASLContinue).
-    pub fn respond(&mut self, server_first: &[u8]) -> Result<Bytes, AuthError> {
+    pub(super) fn respond(&mut self, server_first: &[u8]) -> Result<Bytes, AuthError> {
         self.inner
             .update(server_first)
             .map_err(|e| AuthError::Scram(e.to_string()))?;
@@ -113,7 +113,7 @@ impl Scram {
     }
 
     /// Checks the server-final message: the server proves it knew the password too.
-    pub fn verify(&mut self, server_final: &[u8]) -> Result<(), AuthError> {
+    pub(super) fn verify(&mut self, server_final: &[u8]) -> Result<(), AuthError> {
         self.inner
             .finish(server_final)
             .map_err(|e| AuthError::Scram(e.to_string()))

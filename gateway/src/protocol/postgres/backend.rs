@@ -31,7 +31,7 @@ use crate::{
 const FLUSH_AT: usize = 64 * 1024;
 
 #[derive(Debug)]
-pub enum End {
+pub(super) enum End {
     /// The server closed the connection.
     Closed,
     UpstreamIo(String),
@@ -40,7 +40,7 @@ pub enum End {
     Violation(GatewayError),
 }
 
-pub struct Backend<'a> {
+pub(super) struct Backend<'a> {
     notices: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
     ctx: &'a Context<'a>,
     shared: &'a state::Shared,
@@ -64,7 +64,7 @@ enum Forward {
 }
 
 impl<'a> Backend<'a> {
-    pub fn new(
+    pub(super) fn new(
         ctx: &'a Context<'a>,
         shared: &'a state::Shared,
         notices: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
@@ -82,7 +82,7 @@ impl<'a> Backend<'a> {
         }
     }
 
-    pub async fn run<R, W>(&mut self, mut reader: FrameReader<R>, mut client: W) -> End
+    pub(super) async fn run<R, W>(&mut self, mut reader: FrameReader<R>, mut client: W) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,

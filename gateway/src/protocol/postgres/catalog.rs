@@ -30,7 +30,7 @@ fn like(glob: &str) -> String {
 /// The catalog query for `patterns`; `None` when there are none. One row per column of every
 /// table or view with a covered column: oid, schema, table, column number, name, type, generated,
 /// covered.
-pub fn query(patterns: &[ColumnPattern]) -> Option<String> {
+pub(super) fn query(patterns: &[ColumnPattern]) -> Option<String> {
     if patterns.is_empty() {
         return None;
     }
@@ -68,7 +68,7 @@ pub fn query(patterns: &[ColumnPattern]) -> Option<String> {
 }
 
 /// The schemas unqualified names resolve in, in order (temporary and system schemas included).
-pub const SEARCH_PATH: &str =
+pub(super) const SEARCH_PATH: &str =
     "SELECT s::pg_catalog.text FROM pg_catalog.unnest(pg_catalog.current_schemas(true)) AS s";
 
 fn text(v: Option<&Option<bytes::Bytes>>) -> Option<String> {
@@ -77,7 +77,7 @@ fn text(v: Option<&Option<bytes::Bytes>>) -> Option<String> {
 }
 
 /// Parses the rows of [`query`].
-pub fn coverage(rows: &[Vec<Option<bytes::Bytes>>]) -> Coverage {
+pub(super) fn coverage(rows: &[Vec<Option<bytes::Bytes>>]) -> Coverage {
     let mut tables: Vec<CoveredTable> = Vec::new();
     for r in rows {
         let parsed = (|| {
@@ -110,7 +110,7 @@ pub fn coverage(rows: &[Vec<Option<bytes::Bytes>>]) -> Coverage {
 }
 
 /// Parses the rows of [`SEARCH_PATH`].
-pub fn search_path(rows: &[Vec<Option<bytes::Bytes>>]) -> Vec<String> {
+pub(super) fn search_path(rows: &[Vec<Option<bytes::Bytes>>]) -> Vec<String> {
     rows.iter().filter_map(|r| text(r.first())).collect()
 }
 

@@ -10,7 +10,7 @@ use crate::{
 };
 
 #[derive(Debug, Clone)]
-pub struct CopyPlan {
+pub(super) struct CopyPlan {
     format: CopyFormat,
     delimiter: u8,
     quote: u8,
@@ -24,7 +24,7 @@ pub struct CopyPlan {
 
 /// What to do about a COPY out when masking applies: a plan, or the reason it cannot be masked (the
 /// gateway then refuses the statement).
-pub fn plan(coverage: &Coverage, spec: &CopySpec) -> Result<CopyPlan, String> {
+pub(super) fn plan(coverage: &Coverage, spec: &CopySpec) -> Result<CopyPlan, String> {
     if spec.format == CopyFormat::Binary {
         return Err("binary COPY output cannot be masked; use text or CSV format".into());
     }
@@ -96,7 +96,7 @@ impl CopyPlan {
     }
 
     /// Detectors over the whole row, no column replaced.
-    pub fn detectors_only() -> Self {
+    pub(super) fn detectors_only() -> Self {
         CopyPlan {
             format: CopyFormat::Text,
             delimiter: b'\t',
@@ -109,7 +109,7 @@ impl CopyPlan {
     }
 
     /// Checks the plan against the server's CopyOutResponse (overall format, column count).
-    pub fn matches(&self, binary: bool, columns: usize) -> Result<(), String> {
+    pub(super) fn matches(&self, binary: bool, columns: usize) -> Result<(), String> {
         if binary {
             return Err("the server sends binary COPY data, which cannot be masked".into());
         }
@@ -179,7 +179,7 @@ impl CopyPlan {
     }
 
     /// Masks one CopyData payload; `None` when unchanged.
-    pub fn apply(&mut self, masker: &Masker, data: &[u8]) -> Option<(Vec<u8>, usize)> {
+    pub(super) fn apply(&mut self, masker: &Masker, data: &[u8]) -> Option<(Vec<u8>, usize)> {
         self.rows_seen += 1;
         if self.header && self.rows_seen == 1 {
             return None;

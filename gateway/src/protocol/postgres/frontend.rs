@@ -31,10 +31,10 @@ use crate::{
 
 /// Sent upstream in place of a refused statement: fails in the parser, touches nothing, and puts
 /// the server in exactly the error state a real failing statement would.
-pub const REFUSED_SQL: &str = "gateway refused this statement";
+pub(super) const REFUSED_SQL: &str = "gateway refused this statement";
 /// A portal name no client may use: a Describe of it fails without side effects, which is what the
 /// gateway sends in place of a refused Bind, Describe or Execute.
-pub const REFUSED_PORTAL: &str = "\u{1}gateway refused";
+pub(super) const REFUSED_PORTAL: &str = "\u{1}gateway refused";
 
 /// Most parameters recorded per Bind.
 const MAX_PARAMS_RECORDED: usize = 64;
@@ -42,7 +42,7 @@ const MAX_PARAMS_RECORDED: usize = 64;
 const FLUSH_AT: usize = 64 * 1024;
 
 #[derive(Debug)]
-pub enum End {
+pub(super) enum End {
     /// The client sent Terminate.
     Terminated,
     /// The client closed its side.
@@ -55,7 +55,7 @@ pub enum End {
     UpstreamIo(String),
 }
 
-pub struct Frontend<'a> {
+pub(super) struct Frontend<'a> {
     ctx: &'a Context<'a>,
     shared: &'a state::Shared,
     seq: u64,
@@ -122,7 +122,7 @@ fn unaccountable(message: String) -> Refusal {
 }
 
 impl<'a> Frontend<'a> {
-    pub fn new(ctx: &'a Context<'a>, shared: &'a state::Shared) -> Self {
+    pub(super) fn new(ctx: &'a Context<'a>, shared: &'a state::Shared) -> Self {
         Frontend {
             ctx,
             shared,
@@ -133,7 +133,7 @@ impl<'a> Frontend<'a> {
         }
     }
 
-    pub async fn run<R, W>(&mut self, mut reader: FrameReader<R>, mut upstream: W) -> End
+    pub(super) async fn run<R, W>(&mut self, mut reader: FrameReader<R>, mut upstream: W) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,

@@ -2,6 +2,7 @@
 //! (write-ahead), and a `sql_result` event when its answer is complete (rows, duration, outcome and
 //! a capped sample of the masked result).
 
+use crate::record::EventKind;
 use std::sync::{
     Mutex,
     atomic::{AtomicUsize, Ordering},
@@ -20,9 +21,9 @@ use crate::{
 /// Longest SQL text stored per statement; longer texts are cut (and say so).
 const MAX_SQL: usize = 16 * 1024;
 /// Longest SQL text shown to approvers and sent to webhooks; longer texts are cut (and say so).
-pub const MAX_APPROVAL_TEXT: usize = 16 * 1024;
+pub(super) const MAX_APPROVAL_TEXT: usize = 16 * 1024;
 /// Longest single value in a parameter list or a result sample.
-pub const MAX_VALUE: usize = 256;
+pub(super) const MAX_VALUE: usize = 256;
 
 /// One statement as recorded before it is forwarded.
 pub struct Entry<'s> {
@@ -51,7 +52,7 @@ pub struct Journal<'a> {
 }
 
 /// How long a finished statement's outcome may wait for the next statement to be stored with it.
-pub const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+pub(super) const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The `sql` event, serialized straight from borrowed parts.
 #[derive(Serialize)]
@@ -82,12 +83,12 @@ impl Serialize for Capped<'_> {
     }
 }
 
-pub fn cap(text: &str, max: usize) -> Value {
+pub(super) fn cap(text: &str, max: usize) -> Value {
     Value::String(cap_text(text, max))
 }
 
 /// `text` up to `max` bytes (on a character boundary), saying how long it was when cut.
-pub fn cap_text(text: &str, max: usize) -> String {
+pub(super) fn cap_text(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
@@ -99,7 +100,7 @@ pub fn cap_text(text: &str, max: usize) -> String {
 }
 
 /// A value as recorded: text (lossy), capped.
-pub fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
+pub(super) fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
     match bytes {
         None => Value::Null,
         Some(b) if binary => {
@@ -144,12 +145,12 @@ impl<'a> Journal<'a> {
             reason: e.decision.and_then(Decision::reason),
             note: e.note,
         };
-        let mut events: Vec<(&'static str, String)> = self
+        let mut events: Vec<(EventKind, String)> = self
             .take_results()
             .into_iter()
-            .map(|r| ("sql_result", r))
+            .map(|r| (EventKind::SqlResult, r))
             .collect();
-        events.push(("sql", serde_json::to_string(&detail)?));
+        events.push((EventKind::Sql, serde_json::to_string(&detail)?));
         self.store.append_rendered(self.session_id, events)
     }
 
@@ -172,7 +173,10 @@ impl<'a> Journal<'a> {
         if !results.is_empty() {
             self.store.note_rendered(
                 self.session_id,
-                results.into_iter().map(|r| ("sql_result", r)).collect(),
+                results
+                    .into_iter()
+                    .map(|r| (EventKind::SqlResult, r))
+                    .collect(),
             );
         }
     }

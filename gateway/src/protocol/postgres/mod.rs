@@ -3,7 +3,7 @@
 //! every statement to policy, recording it write-ahead and masking results as they stream.
 //!
 //! One file per concern: `frame` (lengths and limits), `wire` (pgwire messages), `startup` (the
-//! client's first packets and the settings policy lets through), `upstream` + `auth` + `tls` (the
+//! client's first packets and the settings policy lets through), `upstream` + `auth` (the
 //! gateway's own session), `catalog` (which columns masking covers, the search path), `session`
 //! (what is pinned for the session), `frontend` / `backend` (the two directions), `state` (what
 //! they share: the server's prepared statements and portals), `journal` (statement recording),
@@ -22,10 +22,10 @@ mod journal;
 mod session;
 mod startup;
 mod state;
-mod tls;
 mod upstream;
 pub mod wire;
 
+use crate::record::EventKind;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
@@ -35,14 +35,15 @@ use tokio::{
     net::TcpStream,
 };
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     approval::Approvals,
-    config::{ClientTls as ClientTlsMode, HostSpec, Target},
-    daemon::Gateway,
+    config::{ClientTls as ClientTlsMode, HostSpec, MaskingRule, Target},
     identity::Identity,
     mask::{Coverage, Masker},
     policy::Policy,
-    record::{ProcessInfo, SessionEnd},
+    record::{ProcessInfo, SessionEnd, Store},
     sql::Classifier,
 };
 use client_tls::ClientStream;
@@ -54,18 +55,24 @@ pub use frame::{Frame, FrameError, split as split_frame};
 /// How long a client may take to send its startup packet.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// State shared by every PostgreSQL session of the daemon.
-#[derive(Debug, Default)]
-pub struct Shared {
+/// What the PostgreSQL handler uses, shared by every session of the daemon.
+pub struct Services {
+    pub store: Store,
+    pub policy: Arc<Policy>,
+    pub approvals: Approvals,
+    /// `[[masking]]` rules of every target.
+    pub masking: Arc<[MaskingRule]>,
     pub cancels: cancel::Registry,
     pub classifier: Classifier,
     /// Certificates for TLS toward clients; `None` when no target offers it.
-    pub client_tls: Option<client_tls::ClientTls>,
+    pub client_tls: Option<Arc<crate::tls_ca::job_tls::JobTls>>,
+    pub upstream_connect_timeout: Duration,
+    pub shutdown: CancellationToken,
 }
 
 /// One intercepted connection to a postgres target.
 pub struct Session<'a> {
-    pub gw: &'a Gateway,
+    pub services: &'a Services,
     pub target: &'a Target,
     pub dst: SocketAddr,
     pub id: i64,
@@ -124,11 +131,11 @@ impl Context<'_> {
 pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -> SessionEnd {
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let mode = s.target.postgres.client_tls;
-    let tls =
-        s.gw.postgres
-            .client_tls
-            .as_ref()
-            .filter(|_| mode != ClientTlsMode::Off);
+    let tls = s
+        .services
+        .client_tls
+        .as_ref()
+        .filter(|_| mode != ClientTlsMode::Off);
     let mut buf = BytesMut::with_capacity(512);
     let Some(hello) = read_hello(&mut client, &mut buf, tls.is_some(), deadline, &s).await else {
         return SessionEnd::default();
@@ -140,9 +147,9 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
                 "gateway: target {:?} requires TLS from clients (connect with sslmode=require or verify-full)",
                 s.target.name
             );
-            s.gw.store.note_event(
+            s.services.store.note_event(
                 s.id,
-                "refused",
+                EventKind::Refused,
                 json!({ "reason": message, "client_tls": false }),
             );
             refuse(
@@ -154,13 +161,13 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
         }
         return handle(client, buf, hello, upstream, &s).await;
     };
-    let config = match tls.config(s.target, s.dst.ip()) {
+    let config = match client_tls::config(tls, s.target, s.dst.ip()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(session = s.id, error = %e, "no TLS certificate for the client");
-            s.gw.store.note_event(
+            s.services.store.note_event(
                 s.id,
-                "error",
+                EventKind::Error,
                 json!({ "phase": "client_tls", "error": e.to_string() }),
             );
             return SessionEnd::default();
@@ -174,24 +181,25 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::info!(session = s.id, error = %e, "client TLS handshake failed");
-            s.gw.store.note_event(
+            s.services.store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "phase": "client_tls", "error": format!("TLS handshake with the client failed: {e}") }),
             );
             return SessionEnd::default();
         }
         Err(_) => {
-            s.gw.store.note_event(
+            s.services.store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "phase": "client_tls", "error": "no TLS handshake within 30s" }),
             );
             return SessionEnd::default();
         }
     };
-    s.gw.store
-        .note_event(s.id, "client_tls", client_tls::describe(&stream));
+    s.services
+        .store
+        .note_event(s.id, EventKind::ClientTls, client_tls::describe(&stream));
     let mut buf = BytesMut::with_capacity(512);
     let Some(hello) = read_hello(&mut stream, &mut buf, false, deadline, &s).await else {
         return SessionEnd::default();
@@ -208,7 +216,7 @@ async fn read_hello<C: ClientStream>(
     deadline: tokio::time::Instant,
     s: &Session<'_>,
 ) -> Option<Hello> {
-    let store = &s.gw.store;
+    let store = &s.services.store;
     let hello =
         tokio::time::timeout_at(deadline, startup::read_hello(client, buf, offer_tls)).await;
     match hello {
@@ -217,7 +225,7 @@ async fn read_hello<C: ClientStream>(
             tracing::info!(session = s.id, error = %e, "postgres startup refused");
             store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "phase": "startup", "error": e.to_string(), "client_tls": client.is_tls() }),
             );
             if let Some(err) = e.client_error() {
@@ -229,7 +237,7 @@ async fn read_hello<C: ClientStream>(
         Err(_) => {
             store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "phase": "startup", "error": "no startup packet within 30s" }),
             );
             None
@@ -259,10 +267,10 @@ async fn handle<C: ClientStream>(
 }
 
 async fn cancel(s: &Session<'_>, pid: i32, key: i32, tls: bool) {
-    let store = &s.gw.store;
-    let registry = &s.gw.postgres.cancels;
+    let store = &s.services.store;
+    let registry = &s.services.cancels;
     let Some(entry) = registry.lookup(pid, key) else {
-        store.note_event(s.id, "cancel", json!({ "outcome": "unknown key" }));
+        store.note_event(s.id, EventKind::Cancel, json!({ "outcome": "unknown key" }));
         return;
     };
     if entry.cgroup_id != s.cgroup_id {
@@ -271,21 +279,21 @@ async fn cancel(s: &Session<'_>, pid: i32, key: i32, tls: bool) {
             target_session = entry.session_id,
             "cancel request from another job refused"
         );
-        store.note_event(s.id, "cancel", json!({ "outcome": "refused: the session belongs to another job", "session": entry.session_id }));
+        store.note_event(s.id, EventKind::Cancel, json!({ "outcome": "refused: the session belongs to another job", "session": entry.session_id }));
         return;
     }
-    let outcome = match cancel::forward(&entry, s.gw.config.server.upstream_connect_timeout).await {
+    let outcome = match cancel::forward(&entry, s.services.upstream_connect_timeout).await {
         Ok(()) => "forwarded".to_string(),
         Err(e) => format!("failed: {e}"),
     };
     store.note_event(
         s.id,
-        "cancel",
+        EventKind::Cancel,
         json!({ "outcome": outcome, "session": entry.session_id, "client_tls": tls }),
     );
     store.note_event(
         entry.session_id,
-        "cancel_requested",
+        EventKind::CancelRequested,
         json!({ "by_session": s.id, "outcome": outcome }),
     );
 }
@@ -322,8 +330,8 @@ async fn session<C: ClientStream>(
     minor: u16,
     parameters: std::collections::BTreeMap<String, String>,
 ) -> SessionEnd {
-    let gw = s.gw;
-    let store = &gw.store;
+    let services = s.services;
+    let store = &services.store;
     let settings = &s.target.postgres;
     let upstream_startup =
         match startup::upstream_parameters(&parameters, &settings.allowed_settings) {
@@ -331,7 +339,7 @@ async fn session<C: ClientStream>(
             Err(e) => {
                 store.note_event(
                     s.id,
-                    "refused",
+                    EventKind::Refused,
                     json!({ "reason": e.message, "code": e.code }),
                 );
                 refuse(&mut client, e).await;
@@ -340,8 +348,9 @@ async fn session<C: ClientStream>(
         };
     let upstream_params = upstream_startup.parameters;
     let client_user = parameters.get("user").cloned().unwrap_or_default();
-    let (user, password_file) = Policy::upstream_account(&s.target.credentials, s.identity);
-    let user = user.map_or(client_user.clone(), str::to_string);
+    let account = Policy::upstream_account(&s.target.credentials, s.identity);
+    let password_file = account.password_file;
+    let user = account.user.map_or(client_user.clone(), str::to_string);
     let database = upstream_params
         .iter()
         .find(|(k, _)| k == "database")
@@ -355,7 +364,7 @@ async fn session<C: ClientStream>(
         user: &user,
         password_file: password_file.map(|p| p.as_path()),
         parameters: upstream_params.clone(),
-        timeout: gw.config.server.upstream_connect_timeout,
+        timeout: services.upstream_connect_timeout,
     };
     let mut up = match upstream::connect(tcp, request).await {
         Ok(u) => u,
@@ -363,7 +372,7 @@ async fn session<C: ClientStream>(
             tracing::warn!(session = s.id, error = %e, "upstream session failed");
             store.note_event(
                 s.id,
-                "upstream_error",
+                EventKind::UpstreamError,
                 json!({ "upstream": s.dst.to_string(), "user": user, "error": e.to_string() }),
             );
             // The server's own refusals (unknown database, too many clients) are the client's
@@ -399,7 +408,7 @@ async fn session<C: ClientStream>(
             continue;
         };
         if let Err(why) = pinned.check_report(&p.name, &p.value) {
-            store.note_event(s.id, "refused", json!({ "reason": why }));
+            store.note_event(s.id, EventKind::Refused, json!({ "reason": why }));
             refuse(
                 &mut client,
                 GatewayError::fatal(wire::FEATURE_NOT_SUPPORTED, format!("gateway: {why}")),
@@ -408,7 +417,7 @@ async fn session<C: ClientStream>(
             return SessionEnd::default();
         }
     }
-    let masker = Masker::for_target(&gw.config.masking, &s.target.name);
+    let masker = Masker::for_target(&services.masking, &s.target.name);
     let mut coverage = Coverage::default();
     let catalog = async {
         if let Some(q) = masker.as_ref().and_then(|m| catalog::query(&m.columns)) {
@@ -422,7 +431,7 @@ async fn session<C: ClientStream>(
         // unseen: fail closed.
         store.note_event(
             s.id,
-            "upstream_error",
+            EventKind::UpstreamError,
             json!({ "error": format!("catalog lookup: {e}") }),
         );
         refuse(
@@ -440,7 +449,7 @@ async fn session<C: ClientStream>(
     }
 
     let registration = match up.key.map(|(pid, key)| {
-        gw.postgres.cancels.register(cancel::Entry {
+        services.cancels.register(cancel::Entry {
             upstream: s.dst,
             pid,
             key,
@@ -451,7 +460,7 @@ async fn session<C: ClientStream>(
         Some(Err(e)) => {
             store.note_event(
                 s.id,
-                "error",
+                EventKind::Error,
                 json!({ "phase": "cancel_key", "error": e.to_string() }),
             );
             refuse(
@@ -486,7 +495,7 @@ async fn session<C: ClientStream>(
     }
     store.note_event(
         s.id,
-        "upstream_session",
+        EventKind::UpstreamSession,
         json!({
             "upstream": s.dst.to_string(),
             "client_user": client_user,
@@ -513,7 +522,7 @@ async fn session<C: ClientStream>(
     let ctx = Context {
         notices,
         client_watch,
-        policy: &gw.policy,
+        policy: &services.policy,
         identity: s.identity,
         target: s.target,
         session_id: s.id,
@@ -526,8 +535,8 @@ async fn session<C: ClientStream>(
         masker,
         coverage,
         session: pinned,
-        approvals: &gw.approvals,
-        classifier: &gw.postgres.classifier,
+        approvals: &services.approvals,
+        classifier: &services.classifier,
         process: s.process,
         job_id: s.job_id,
     };
@@ -549,7 +558,7 @@ async fn session<C: ClientStream>(
         tokio::select! {
             end = fe_run => Outcome::Client(end),
             end = be_run => Outcome::Server(end),
-            () = gw.shutdown.cancelled() => Outcome::Shutdown,
+            () = services.shutdown.cancelled() => Outcome::Shutdown,
         }
     };
     drop(registration);
@@ -561,7 +570,7 @@ async fn session<C: ClientStream>(
         Outcome::Client(frontend::End::Violation(err)) => {
             store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "side": "client", "error": err.message }),
             );
             (
@@ -585,7 +594,7 @@ async fn session<C: ClientStream>(
         Outcome::Server(backend::End::Violation(err)) => {
             store.note_event(
                 s.id,
-                "protocol_error",
+                EventKind::ProtocolError,
                 json!({ "side": "server", "error": err.message }),
             );
             (
@@ -609,7 +618,7 @@ async fn session<C: ClientStream>(
     ctx.journal.flush();
     store.note_event(
         s.id,
-        "closed",
+        EventKind::Closed,
         json!({ "end": end, "bytes_up": bytes_up, "bytes_down": bytes_down }),
     );
     SessionEnd {

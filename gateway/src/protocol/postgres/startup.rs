@@ -22,7 +22,7 @@ const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Hello {
+pub(super) enum Hello {
     Startup {
         minor: u16,
         parameters: BTreeMap<String, String>,
@@ -36,7 +36,7 @@ pub enum Hello {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StartupError {
+pub(super) enum StartupError {
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("unsupported frontend protocol {major}.{minor}: the gateway speaks 3.0")]
@@ -57,7 +57,7 @@ pub enum StartupError {
 
 impl StartupError {
     /// The error to send the client before closing, when it is still listening.
-    pub fn client_error(&self) -> Option<wire::GatewayError> {
+    pub(super) fn client_error(&self) -> Option<wire::GatewayError> {
         match self {
             StartupError::Version { .. } => Some(wire::GatewayError::fatal(
                 wire::FEATURE_NOT_SUPPORTED,
@@ -78,7 +78,7 @@ impl StartupError {
 
 /// Reads the client's first packets. `buf` keeps whatever followed the startup packet. With
 /// `offer_tls`, an SSLRequest is returned as `Hello::TlsRequest`; without, it is answered `N`.
-pub async fn read_hello<S>(
+pub(super) async fn read_hello<S>(
     client: &mut S,
     buf: &mut BytesMut,
     offer_tls: bool,
@@ -143,7 +143,7 @@ where
 
 /// Settings of the upstream startup packet, as policy allowed them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamStartup {
+pub(super) struct UpstreamStartup {
     /// `database` and every setting, explicit `client_encoding` and `standard_conforming_strings`
     /// included (role or database defaults cannot change them underneath).
     pub parameters: Vec<(String, String)>,
@@ -222,7 +222,7 @@ fn option_settings(options: &str) -> Result<Vec<(String, String)>, wire::Gateway
 /// Parameters for the upstream startup packet: `database`, and the client's settings (its
 /// `options` and its other startup parameters) that policy allows. Refuses replication
 /// connections: they speak a different protocol that statement policy cannot see into.
-pub fn upstream_parameters(
+pub(super) fn upstream_parameters(
     client: &BTreeMap<String, String>,
     allowed: &[String],
 ) -> Result<UpstreamStartup, wire::GatewayError> {

@@ -39,7 +39,7 @@ pub struct Refusal {
     pub detail: Option<String>,
 }
 
-pub type Columns = Arc<Vec<FieldDescription>>;
+pub(super) type Columns = Arc<Vec<FieldDescription>>;
 
 /// A prepared statement (named, or the unnamed one) as the server has it.
 #[derive(Debug)]
@@ -139,7 +139,10 @@ impl Portal {
 
 /// Columns of a RowDescription; `formats` overrides the format codes (Bind's result formats: none
 /// = all text, one = for all, else one per column).
-pub fn result_columns(fields: &[FieldDescription], formats: Option<&[i16]>) -> Vec<ResultColumn> {
+pub(super) fn result_columns(
+    fields: &[FieldDescription],
+    formats: Option<&[i16]>,
+) -> Vec<ResultColumn> {
     fields
         .iter()
         .enumerate()
@@ -210,14 +213,14 @@ impl Exec {
 }
 
 #[derive(Debug)]
-pub enum Described {
+pub(super) enum Described {
     Statement(Arc<Stmt>),
     Portal(Arc<Portal>),
 }
 
 /// A client message whose answer has not fully arrived yet.
 #[derive(Debug)]
-pub enum Pending {
+pub(super) enum Pending {
     /// A simple Query (or a refused message turned into one): answered up to ReadyForQuery.
     Query(Box<Exec>),
     /// `refusal`: the gateway sent a Parse that fails in its place.
@@ -243,7 +246,7 @@ pub enum Pending {
 impl Pending {
     /// Messages of the extended protocol: an error in one of them makes the server skip every
     /// message up to the next Sync.
-    pub fn is_extended(&self) -> bool {
+    pub(super) fn is_extended(&self) -> bool {
         !matches!(self, Pending::Query(_) | Pending::Sync)
     }
 
@@ -269,7 +272,7 @@ struct Entry<T> {
 
 /// How a lookup came out.
 #[derive(Debug)]
-pub enum Lookup<T> {
+pub(super) enum Lookup<T> {
     Found(Arc<T>),
     Absent,
     /// Depends on the answer to batch `n`: wait for it, then look again.
@@ -377,7 +380,7 @@ impl<T> Namespace<T> {
 }
 
 #[derive(Debug, Default)]
-pub struct Tracker {
+pub(super) struct Tracker {
     pub pending: VecDeque<Pending>,
     /// The server is discarding messages until the next Sync (after an extended-protocol error).
     pub skipping: bool,
@@ -393,7 +396,7 @@ pub struct Tracker {
     pub batches_answered: u64,
 }
 
-pub struct Shared {
+pub(super) struct Shared {
     tracker: Mutex<Tracker>,
     answered: tokio::sync::watch::Sender<u64>,
 }
@@ -408,7 +411,7 @@ impl Default for Shared {
 }
 
 impl Shared {
-    pub fn with<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
+    pub(super) fn with<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
         let (r, answered) = {
             let mut t = lock(&self.tracker);
             let r = f(&mut t);
@@ -423,7 +426,7 @@ impl Shared {
     }
 
     /// Resolves once the server has answered batch `batch`.
-    pub async fn answered(&self, batch: u64) {
+    pub(super) async fn answered(&self, batch: u64) {
         let mut rx = self.answered.subscribe();
         let _ = rx.wait_for(|a| *a > batch).await;
     }
@@ -431,29 +434,29 @@ impl Shared {
 
 impl Tracker {
     /// Ends the current batch (a Sync or a simple Query was forwarded).
-    pub fn end_batch(&mut self) {
+    pub(super) fn end_batch(&mut self) {
         self.batches_sent += 1;
     }
 
-    pub fn statement(&self, name: &str) -> Lookup<Stmt> {
+    pub(super) fn statement(&self, name: &str) -> Lookup<Stmt> {
         self.statements
             .lookup(name, self.batches_sent, self.batches_answered)
     }
 
-    pub fn portal(&self, name: &str) -> Lookup<Portal> {
+    pub(super) fn portal(&self, name: &str) -> Lookup<Portal> {
         self.portals
             .lookup(name, self.batches_sent, self.batches_answered)
     }
 
     /// The batch to wait for before a Parse, PREPARE, DEALLOCATE or statement Close of `name`
     /// can be forwarded (see [`Namespace::change_waits`]).
-    pub fn statement_change_waits(&self, name: &str) -> Option<u64> {
+    pub(super) fn statement_change_waits(&self, name: &str) -> Option<u64> {
         self.statements
             .change_waits(name, self.batches_sent, self.batches_answered)
     }
 
     /// Same for a Bind, DECLARE, CLOSE or portal Close of `name`.
-    pub fn portal_change_waits(&self, name: &str) -> Option<u64> {
+    pub(super) fn portal_change_waits(&self, name: &str) -> Option<u64> {
         self.portals
             .change_waits(name, self.batches_sent, self.batches_answered)
     }
@@ -461,7 +464,7 @@ impl Tracker {
     /// A Parse about to be forwarded as message `msg`: the server drops the unnamed statement
     /// first; a named one that exists makes the Parse fail. `stmt` is `None` when the gateway
     /// sends a failing Parse in its place.
-    pub fn parse(&mut self, name: &str, stmt: Option<Arc<Stmt>>, msg: u64) {
+    pub(super) fn parse(&mut self, name: &str, stmt: Option<Arc<Stmt>>, msg: u64) {
         let batch = self.batches_sent;
         if !name.is_empty() && self.statements.present(name) {
             return;
@@ -472,7 +475,7 @@ impl Tracker {
     }
 
     /// A Bind about to be forwarded: like Parse, for portals.
-    pub fn bind(&mut self, name: &str, portal: Arc<Portal>, msg: u64) {
+    pub(super) fn bind(&mut self, name: &str, portal: Arc<Portal>, msg: u64) {
         let batch = self.batches_sent;
         if !name.is_empty() && self.portals.present(name) {
             return;
@@ -483,7 +486,7 @@ impl Tracker {
     }
 
     /// A Close message (always succeeds on the server, also for unknown names).
-    pub fn close(&mut self, statement: bool, name: &str, msg: u64) {
+    pub(super) fn close(&mut self, statement: bool, name: &str, msg: u64) {
         let batch = self.batches_sent;
         let undo = if statement {
             if !self.statements.present(name) {
@@ -501,7 +504,7 @@ impl Tracker {
 
     /// A simple Query about to be forwarded: names its statements create or remove are unsettled
     /// until the server confirms each (see [`Tracker::confirm_sql`]).
-    pub fn query_objects(&mut self, statements: &Statements) {
+    pub(super) fn query_objects(&mut self, statements: &Statements) {
         let batch = self.batches_sent;
         for s in statements.iter() {
             match &s.object {
@@ -528,7 +531,7 @@ impl Tracker {
 
     /// The server completed statement `object` of a simple Query (CommandComplete): applies it.
     /// `made`: the statement or portal it creates.
-    pub fn confirm_sql(&mut self, object: &SqlObject, made: Option<Made>) {
+    pub(super) fn confirm_sql(&mut self, object: &SqlObject, made: Option<Made>) {
         let batch = self.batches_answered;
         match (object, made) {
             (SqlObject::Prepare { name }, Some(Made::Statement(s))) => {
@@ -554,7 +557,7 @@ impl Tracker {
     /// The server reported an error for pending message `p`: undoes the map changes of it and of
     /// every later message of its batch (the server skips them). Later batches never touched the
     /// same names (changes wait for earlier batches to be answered), so undoing is safe.
-    pub fn failed(&mut self, p: &Pending) {
+    pub(super) fn failed(&mut self, p: &Pending) {
         let Some(msg) = p.msg() else { return };
         let batch = self.batches_answered;
         let mut i = self.undo.len();
@@ -573,7 +576,7 @@ impl Tracker {
 
     /// ReadyForQuery: the oldest unanswered batch is answered. Outside a transaction block,
     /// portals of answered batches are gone (but WITH HOLD cursors).
-    pub fn answered(&mut self, status: u8) {
+    pub(super) fn answered(&mut self, status: u8) {
         let batch = self.batches_answered;
         self.undo.retain(|(b, _, _)| *b > batch);
         self.batches_answered += 1;

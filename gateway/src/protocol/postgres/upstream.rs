@@ -14,17 +14,19 @@ use tokio::{
 use super::{
     auth::{self, AuthError, Scram},
     frame::{Frame, FrameError, FrameReader, MAX_BACKEND_MESSAGE, ReadError},
-    tls::{self, TlsError},
     wire,
 };
-use crate::config::{PostgresSettings, UpstreamTls};
+use crate::{
+    config::{PostgresSettings, UpstreamTls},
+    protocol::upstream_tls::{self as tls, TlsError},
+};
 
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-pub type BoxStream = Box<dyn Stream>;
+pub(super) type BoxStream = Box<dyn Stream>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(super) enum UpstreamError {
     #[error("no answer from {addr} within {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("the server does not offer TLS, and the target requires it (tls = {0:?})")]
@@ -63,7 +65,7 @@ impl From<FrameError> for UpstreamError {
 }
 
 /// What the gateway needs to open an upstream session.
-pub struct Request<'a> {
+pub(super) struct Request<'a> {
     pub addr: SocketAddr,
     pub server_name: String,
     pub settings: &'a PostgresSettings,
@@ -75,7 +77,7 @@ pub struct Request<'a> {
 }
 
 /// An authenticated upstream session, ready for queries.
-pub struct Upstream {
+pub(super) struct Upstream {
     pub stream: BoxStream,
     /// Bytes read past ReadyForQuery.
     pub buffer: BytesMut,
@@ -99,7 +101,7 @@ struct Secured {
 }
 
 /// Opens the session over `tcp`, an established connection to the server.
-pub async fn connect(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, UpstreamError> {
+pub(super) async fn connect(tcp: TcpStream, req: Request<'_>) -> Result<Upstream, UpstreamError> {
     let addr = req.addr;
     let timeout = req.timeout;
     match tokio::time::timeout(timeout, open(tcp, req)).await {
@@ -327,7 +329,7 @@ impl Upstream {
     }
 
     /// Runs one gateway-internal simple query (before the client is served) and returns its rows.
-    pub async fn internal_query(
+    pub(super) async fn internal_query(
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<Bytes>>>, UpstreamError> {

@@ -12,6 +12,7 @@
 //! socket alone deadlocks a full-duplex transfer (each side waits for a WINDOW_ADJUST queued
 //! behind data the other side is not reading), which is why the window is the first brake.
 
+use crate::record::EventKind;
 use std::{
     sync::{
         Arc, Mutex,
@@ -30,8 +31,8 @@ use super::{
     sftp::{self, Completed, Framer},
 };
 
-pub const HIGH_WATER: usize = 4 << 20;
-pub const HARD_CAP: usize = 64 << 20;
+pub(super) const HIGH_WATER: usize = 4 << 20;
+pub(super) const HARD_CAP: usize = 64 << 20;
 
 /// Bytes accepted from the job and not yet handed to the host (whole connection).
 #[derive(Default)]
@@ -110,7 +111,7 @@ pub enum Down {
 }
 
 /// What `pump_up` needs to know about the channel beyond its two halves.
-pub struct UpSide {
+pub(super) struct UpSide {
     pub ctx: Arc<Ctx>,
     pub down_id: russh::ChannelId,
     pub down: server::Handle,
@@ -136,7 +137,7 @@ pub struct Parts {
 }
 
 /// Starts the two pumps of a job channel and its upstream channel.
-pub fn start(
+pub(super) fn start(
     ctx: Arc<Ctx>,
     parts: Parts,
     down: russh::Channel<server::Msg>,
@@ -168,7 +169,7 @@ pub fn start(
 }
 
 /// Job → host pump: the only place that waits on the host's window.
-pub async fn pump_down(
+pub(super) async fn pump_down(
     mut rx: mpsc::UnboundedReceiver<Down>,
     up: ChannelWriteHalf<client::Msg>,
     inflight: Arc<Inflight>,
@@ -245,7 +246,7 @@ pub async fn pump_down(
 }
 
 /// Host → job pump for one channel.
-pub async fn pump_up(
+pub(super) async fn pump_up(
     mut up_rx: ChannelReadHalf,
     down_tx: ChannelWriteHalf<server::Msg>,
     mut side: UpSide,
@@ -388,7 +389,7 @@ async fn forward_sftp_responses(
             {
                 side.ctx.store.note_event(
                     side.ctx.session_id,
-                    "ssh_sftp_file",
+                    EventKind::SshSftpFile,
                     serde_json::json!({
                         "channel": side.rec.number(),
                         "path": path,

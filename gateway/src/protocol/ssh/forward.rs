@@ -15,6 +15,7 @@
 //! control), and files the gateway's ends here; the task that opened the channel picks them up
 //! and starts the pumps.
 
+use crate::record::EventKind;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -34,7 +35,7 @@ use super::{Ctx, bridge};
 /// What policy is asked about for a `tcpip-forward` request's address. OpenSSH sends `localhost`
 /// when `-R` names no bind address (asked as 127.0.0.1), and an empty string for `*` / every
 /// interface (asked as 0.0.0.0, so only a rule destination containing 0.0.0.0 allows it).
-pub fn listen_address(address: &str) -> &str {
+pub(super) fn listen_address(address: &str) -> &str {
     match address {
         "" | "*" => "0.0.0.0",
         a if a.eq_ignore_ascii_case("localhost") => "127.0.0.1",
@@ -139,7 +140,7 @@ impl RemoteForwards {
 
 /// The host opened a `forwarded-tcpip` channel: relay it to the job if it belongs to a forward
 /// the job holds.
-pub async fn incoming(
+pub(super) async fn incoming(
     ctx: Arc<Ctx>,
     up: Channel<client::Msg>,
     reply: ChannelOpenHandle,
@@ -156,7 +157,7 @@ pub async fn incoming(
         );
         ctx.store.note_event(
             ctx.session_id,
-            "ssh_forward_connection",
+            EventKind::SshForwardConnection,
             json!({
                 "listen": format!("{}:{}", connected.0, connected.1),
                 "originator": from,
@@ -177,7 +178,7 @@ pub async fn incoming(
             .store
             .append_event(
                 ctx.session_id,
-                "ssh_forward_connection",
+                EventKind::SshForwardConnection,
                 json!({ "listen": listening.label(), "originator": from, "decision": "allow", "rule": listening.rule }),
             )
             .await
@@ -197,7 +198,7 @@ pub async fn incoming(
             Err(e) => {
                 ctx.store.note_event(
                     ctx.session_id,
-                    "ssh_forward_connection",
+                    EventKind::SshForwardConnection,
                     json!({ "listen": listening.label(), "originator": from, "error": format!("the job did not take the connection: {e}") }),
                 );
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;

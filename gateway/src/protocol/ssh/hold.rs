@@ -2,6 +2,7 @@
 //! service, the job is told on the channel which request it waits for and how it gets decided, and
 //! the outcome is on record before anything goes on. Protocol code asks; people decide.
 
+use crate::record::EventKind;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use crate::approval::{ApprovalOutcome, ApprovalRequest, Submission};
 
 /// How a held operation ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Held {
+pub(super) enum Held {
     Approved,
     /// Denied, expired, or approved but not recorded: the operation must not happen.
     Refused {
@@ -26,7 +27,7 @@ pub enum Held {
 
 /// What a held operation of one channel needs to ask and to talk to the job.
 #[derive(Clone)]
-pub struct Hold {
+pub(super) struct Hold {
     pub ctx: Arc<Ctx>,
     pub handle: server::Handle,
     pub channel: ChannelId,
@@ -38,7 +39,7 @@ pub struct Hold {
 
 impl Hold {
     /// One line from the gateway on the channel's stderr (a terminal shows it too).
-    pub async fn say(&self, text: &str) {
+    pub(super) async fn say(&self, text: &str) {
         let _ = self
             .handle
             .extended_data(self.channel, 1, Bytes::from(format!("gateway: {text}\r\n")))
@@ -47,7 +48,7 @@ impl Hold {
 
     /// Asks for approval of `operation` under `rule` and waits for the decision. A standing grant
     /// answers at once; otherwise the job reads the request id and how to decide it.
-    pub async fn ask(
+    pub(super) async fn ask(
         &self,
         rule: &str,
         kind: &str,
@@ -86,7 +87,7 @@ impl Hold {
             .store
             .append_event(
                 ctx.session_id,
-                "ssh_approval",
+                EventKind::SshApproval,
                 json!({ "channel": self.number, "kind": kind, "command": operation, "rule": rule, "outcome": outcome }),
             )
             .await

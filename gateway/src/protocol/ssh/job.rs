@@ -5,6 +5,7 @@
 //! handler returns: allowed requests are forwarded with a reply asked for, and the handler waits
 //! for the host's answer (one round trip per request at channel start).
 
+use crate::record::EventKind;
 use std::{
     collections::HashMap,
     sync::{
@@ -44,7 +45,7 @@ use crate::{
 
 /// What the session runner shares with the handler.
 #[derive(Default)]
-pub struct Shared {
+pub(super) struct Shared {
     pub authenticated: AtomicBool,
     pub upstream: tokio::sync::Mutex<Option<Arc<UpstreamHandle>>>,
 }
@@ -92,7 +93,7 @@ impl Chan {
     }
 }
 
-pub struct JobSide {
+pub(super) struct JobSide {
     ctx: Arc<Ctx>,
     shared: Arc<Shared>,
     upstream: UpstreamState,
@@ -114,7 +115,7 @@ fn connect_task(
 }
 
 impl JobSide {
-    pub fn new(ctx: Arc<Ctx>, upstream: TcpStream) -> (Self, Arc<Shared>) {
+    pub(super) fn new(ctx: Arc<Ctx>, upstream: TcpStream) -> (Self, Arc<Shared>) {
         // With a configured user the upstream handshake overlaps with the job's.
         let upstream = match ctx.target.credentials.user.clone() {
             Some(user) => UpstreamState::Connecting(connect_task(ctx.clone(), upstream, user)),
@@ -135,12 +136,12 @@ impl JobSide {
         )
     }
 
-    fn event(&self, kind: &'static str, detail: serde_json::Value) {
+    fn event(&self, kind: EventKind, detail: serde_json::Value) {
         self.ctx.store.note_event(self.ctx.session_id, kind, detail);
     }
 
     /// Write-ahead: resolves once the event is durable. A gateway that cannot record refuses.
-    async fn durable(&self, kind: &'static str, detail: serde_json::Value) -> bool {
+    async fn durable(&self, kind: EventKind, detail: serde_json::Value) -> bool {
         match self
             .ctx
             .store
@@ -188,7 +189,7 @@ impl JobSide {
                 *self.shared.upstream.lock().await = Some(handle.clone());
                 self.ctx.resolver.set_upstream(handle.clone()).await;
                 self.event(
-                    "upstream_authenticated",
+                    EventKind::UpstreamAuthenticated,
                     json!({
                         "user": self.ctx.target.credentials.user.as_deref().or(job_user),
                         "host_key": "pinned key verified",
@@ -200,7 +201,7 @@ impl JobSide {
             Err(e) => {
                 let message = e.to_string();
                 tracing::warn!(session = self.ctx.session_id, error = %message, "ssh upstream failed");
-                self.event("upstream_error", json!({ "error": message }));
+                self.event(EventKind::UpstreamError, json!({ "error": message }));
                 self.upstream = UpstreamState::Failed(message.clone());
                 Err(message)
             }
@@ -212,7 +213,7 @@ impl JobSide {
             Ok(_) => {
                 self.shared.authenticated.store(true, Ordering::Release);
                 self.event(
-                    "ssh_login",
+                    EventKind::SshLogin,
                     json!({ "requested_user": user, "method": method }),
                 );
                 Auth::Accept
@@ -440,7 +441,7 @@ impl JobSide {
         });
         match decision {
             Decision::Allow { .. } => {
-                if !self.durable("ssh_exec", detail).await {
+                if !self.durable(EventKind::SshExec, detail).await {
                     return self.refuse_channel(
                         channel,
                         "the gateway cannot record; refused",
@@ -461,11 +462,11 @@ impl JobSide {
                 self.relay_reply(channel, session).await;
             }
             Decision::Deny { reason, .. } => {
-                self.event("ssh_exec", detail);
+                self.event(EventKind::SshExec, detail);
                 self.refuse_channel(channel, &format!("refused by policy: {reason}"), session);
             }
             Decision::RequireApproval { rule } => {
-                self.event("ssh_exec", detail);
+                self.event(EventKind::SshExec, detail);
                 // The channel is accepted at once; the job reads on stderr which request it waits
                 // for. Everything it sends meanwhile waits behind the decision (`Down::Approval`).
                 let _ = session.channel_success(channel);
@@ -506,7 +507,7 @@ impl JobSide {
 /// What legacy scp (`scp -O`) does on the host: `scp [-flags] -t|-f [--] PATH…`, the file
 /// operation it stands for.
 #[derive(Debug, PartialEq, Eq)]
-pub struct LegacyScp {
+pub(super) struct LegacyScp {
     /// `-t` (to the host) is a write, `-f` (from it) a read.
     pub kind: SshOperationKind,
     pub paths: Vec<String>,
@@ -517,7 +518,7 @@ pub struct LegacyScp {
 }
 
 /// The legacy scp commands a line runs (none when it is opaque: command rules decide those).
-pub fn legacy_scp(line: &CommandLine) -> Vec<LegacyScp> {
+pub(super) fn legacy_scp(line: &CommandLine) -> Vec<LegacyScp> {
     let Ok(commands) = line.commands() else {
         return Vec::new();
     };
@@ -692,7 +693,7 @@ impl server::Handler for JobSide {
             }
             Err(e) => {
                 self.event(
-                    "upstream_error",
+                    EventKind::UpstreamError,
                     json!({ "error": format!("session channel: {e}") }),
                 );
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
@@ -714,7 +715,7 @@ impl server::Handler for JobSide {
         let port16 = u16::try_from(port).unwrap_or(0);
         let decision = self.decide(&SshOperation::Forward { host, port: port16 });
         self.event(
-            "ssh_forward",
+            EventKind::SshForward,
             json!({ "destination": format!("{host}:{port}"), "decision": decision.label(), "rule": decision.rule(), "reason": decision.reason() }),
         );
         if !matches!(decision, Decision::Allow { .. }) {
@@ -755,7 +756,7 @@ impl server::Handler for JobSide {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.event(
-            "ssh_forward",
+            EventKind::SshForward,
             json!({ "destination": path, "decision": "deny", "reason": "unix socket forwarding is not supported" }),
         );
         reply
@@ -806,15 +807,15 @@ impl server::Handler for JobSide {
         });
         let Decision::Allow { rule } = decision else {
             // Approvals apply to exec commands; a forward needing one is refused like a denied one.
-            self.event("ssh_forward", detail);
+            self.event(EventKind::SshForward, detail);
             return Ok(false);
         };
         let Ok(up) = self.ensure_upstream(None).await else {
-            self.event("ssh_forward", detail);
+            self.event(EventKind::SshForward, detail);
             return Ok(false);
         };
         // Write-ahead: the host listens for the job only once that is on record.
-        if !self.durable("ssh_forward", detail).await {
+        if !self.durable(EventKind::SshForward, detail).await {
             return Ok(false);
         }
         match up.tcpip_forward(address, requested).await {
@@ -822,7 +823,7 @@ impl server::Handler for JobSide {
                 let bound = if requested == 0 { bound } else { requested };
                 *port = bound;
                 self.event(
-                    "ssh_forward_listening",
+                    EventKind::SshForwardListening,
                     json!({ "listen": format!("{address}:{bound}") }),
                 );
                 self.ctx.forwards.add(
@@ -838,7 +839,7 @@ impl server::Handler for JobSide {
             }
             Err(e) => {
                 self.event(
-                    "upstream_error",
+                    EventKind::UpstreamError,
                     json!({ "error": format!("remote forward {address}:{requested}: {e}") }),
                 );
                 Ok(false)
@@ -857,7 +858,7 @@ impl server::Handler for JobSide {
             return Ok(false);
         }
         self.event(
-            "ssh_forward_cancel",
+            EventKind::SshForwardCancel,
             json!({ "listen": format!("{address}:{port}") }),
         );
         let Ok(up) = self.ensure_upstream(None).await else {
@@ -888,7 +889,7 @@ impl server::Handler for JobSide {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         self.event(
-            "ssh_forward",
+            EventKind::SshForward,
             json!({ "listen": path, "decision": "deny", "reason": "unix socket forwarding is not supported" }),
         );
         Ok(false)
@@ -902,7 +903,7 @@ impl server::Handler for JobSide {
         // The job's agent would let the host act with the job's keys elsewhere.
         let number = self.chans.get(&channel).map(|c| c.number);
         self.event(
-            "ssh_agent_forwarding",
+            EventKind::SshAgentForwarding,
             json!({ "channel": number, "decision": "deny" }),
         );
         Ok(false)
@@ -967,7 +968,10 @@ impl server::Handler for JobSide {
             .iter()
             .any(|g| glob::matches(g, name));
         if !allowed {
-            self.event("ssh_env", json!({ "name": name, "decision": "deny" }));
+            self.event(
+                EventKind::SshEnv,
+                json!({ "name": name, "decision": "deny" }),
+            );
             let _ = session.channel_failure(channel);
             return Ok(());
         }
@@ -989,7 +993,7 @@ impl server::Handler for JobSide {
         let (number, terminal) = (c.number, c.rec.has_pty());
         let detail = json!({ "channel": number, "terminal": terminal, "decision": decision.label(), "rule": decision.rule(), "reason": decision.reason() });
         if let Decision::Allow { .. } = decision {
-            if !self.durable("ssh_shell", detail).await {
+            if !self.durable(EventKind::SshShell, detail).await {
                 self.refuse_channel(channel, "the gateway cannot record; refused", session);
                 return Ok(());
             }
@@ -1001,7 +1005,7 @@ impl server::Handler for JobSide {
             self.send(channel, Down::Shell);
             self.relay_reply(channel, session).await;
         } else {
-            self.event("ssh_shell", detail);
+            self.event(EventKind::SshShell, detail);
             let reason = match decision {
                 Decision::Deny { reason, .. } => reason,
                 _ => "an interactive shell cannot wait for approval; run the command as `ssh host 'COMMAND'`".into(),
@@ -1023,7 +1027,7 @@ impl server::Handler for JobSide {
             _ => {
                 let number = self.chans.get(&channel).map(|c| c.number);
                 self.event(
-                    "ssh_exec",
+                    EventKind::SshExec,
                     json!({ "channel": number, "command": String::from_utf8_lossy(data), "decision": "deny", "reason": "not UTF-8 text without NUL bytes" }),
                 );
                 self.refuse_channel(
@@ -1049,7 +1053,7 @@ impl server::Handler for JobSide {
         if name != "sftp" {
             let decision = self.decide(&SshOperation::Subsystem { name });
             self.event(
-                "ssh_subsystem",
+                EventKind::SshSubsystem,
                 json!({ "channel": number, "name": name, "decision": decision.label(), "rule": decision.rule() }),
             );
             if !matches!(decision, Decision::Allow { .. }) {

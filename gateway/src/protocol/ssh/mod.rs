@@ -25,6 +25,7 @@ mod shell;
 mod shell_gate;
 mod upstream;
 
+use crate::record::EventKind;
 use std::{path::PathBuf, sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use russh::{MethodKind, MethodSet, server};
@@ -35,13 +36,21 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     approval::Approvals,
     config::Target,
-    daemon::Gateway,
     identity::Identity,
-    intercept::Origin,
     mask::Detector,
     policy::Policy,
-    record::{ProcessInfo, SessionEnd, Store},
+    record::{Origin, ProcessInfo, SessionEnd, Store},
 };
+
+/// What the SSH handler uses, shared by every session of the daemon.
+pub struct Services {
+    pub store: Store,
+    pub policy: Arc<Policy>,
+    pub approvals: Approvals,
+    /// Host keys and recordings live under it.
+    pub state_dir: PathBuf,
+    pub shutdown: CancellationToken,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -82,7 +91,7 @@ pub struct Ctx {
     pub process: Option<ProcessInfo>,
     pub job_id: Option<String>,
     pub store: Store,
-    pub policy: Policy,
+    pub policy: Arc<Policy>,
     pub approvals: Approvals,
     pub recordings: PathBuf,
     pub detectors: Arc<[Detector]>,
@@ -104,16 +113,16 @@ pub async fn serve(
     target: Target,
     session_id: i64,
     origin: Origin,
-    gw: &Gateway,
+    services: &Services,
 ) -> SessionEnd {
-    let state_dir = &gw.config.server.state_dir;
+    let state_dir = &services.state_dir;
     let host_key = match keys::host_key(state_dir, &target.name) {
         Ok(k) => k,
         Err(e) => {
             tracing::error!(session = session_id, error = %e, "no host key for the ssh target");
-            gw.store.note_event(
+            services.store.note_event(
                 session_id,
-                "error",
+                EventKind::Error,
                 json!({ "message": format!("host key: {e}") }),
             );
             crate::protocol::tcp::reset(client);
@@ -137,9 +146,9 @@ pub async fn serve(
         identity: origin.identity,
         process: origin.process,
         job_id: origin.job_id,
-        store: gw.store.clone(),
-        policy: gw.policy.clone(),
-        approvals: gw.approvals.clone(),
+        store: services.store.clone(),
+        policy: services.policy.clone(),
+        approvals: services.approvals.clone(),
         recordings: recordings_dir(state_dir),
         detectors: DETECTORS.into(),
         counters: bridge::Counters::default(),
@@ -147,7 +156,14 @@ pub async fn serve(
         resolver: resolve::Resolver::default(),
     });
     let config = server_config(host_key, certificate, ctx.target.ssh.job_ciphers.clone());
-    let end = run(client, upstream, config, ctx.clone(), gw.shutdown.clone()).await;
+    let end = run(
+        client,
+        upstream,
+        config,
+        ctx.clone(),
+        services.shutdown.clone(),
+    )
+    .await;
     let (up, down) = (
         ctx.counters.up.load(Ordering::Relaxed),
         ctx.counters.down.load(Ordering::Relaxed),
@@ -160,7 +176,7 @@ pub async fn serve(
             detail["error"] = json!(e.to_string());
         }
     }
-    ctx.store.note_event(session_id, "closed", detail);
+    ctx.store.note_event(session_id, EventKind::Closed, detail);
     SessionEnd {
         bytes_up: up,
         bytes_down: down,

@@ -9,6 +9,7 @@
 //!   wrote in two pieces, two SSH packets, is masked whole;
 //! * sftp: file operations and per-file byte counts are events (see `bridge`).
 
+use crate::record::EventKind;
 use std::{
     fs::File,
     io::{BufWriter, Write as _},
@@ -138,7 +139,7 @@ impl ChannelRecorder {
                 tracing::error!(file = %file.display(), error = %e, "cannot create the terminal recording");
                 ctx.store.note_event(
                     ctx.session_id,
-                    "error",
+                    EventKind::Error,
                     json!({ "message": format!("cannot record the terminal of channel {}: {e}", self.number) }),
                 );
                 return;
@@ -158,7 +159,7 @@ impl ChannelRecorder {
         let _ = writeln!(w, "{header}");
         ctx.store.note_event(
             ctx.session_id,
-            "ssh_recording",
+            EventKind::SshRecording,
             json!({ "channel": self.number, "kind": kind, "file": file.display().to_string(), "format": "asciicast-v2" }),
         );
         g.cast = Some(Cast {
@@ -245,7 +246,7 @@ impl ChannelRecorder {
             detail["masked"] = json!(out_masked + err_masked);
         }
         ctx.store
-            .note_event(ctx.session_id, "ssh_channel_end", detail);
+            .note_event(ctx.session_id, EventKind::SshChannelEnd, detail);
     }
 }
 

@@ -189,7 +189,7 @@ impl Channel {
 
 /// The path with repeated and trailing slashes and `.` components removed (`..` is left to the
 /// host, which takes it through links). Relative stays relative.
-pub fn lexical(path: &str) -> String {
+pub(super) fn lexical(path: &str) -> String {
     let absolute = path.starts_with('/');
     let parts: Vec<&str> = path
         .split('/')

@@ -9,7 +9,7 @@ use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use crate::config::SshOperationKind;
 
 /// Largest packet accepted either way (OpenSSH's sftp-server allows 256 KiB).
-pub const MAX_PACKET: usize = 1024 * 1024;
+pub(super) const MAX_PACKET: usize = 1024 * 1024;
 
 const INIT: u8 = 1;
 const OPEN: u8 = 3;
@@ -36,10 +36,10 @@ const STATUS: u8 = 101;
 const HANDLE: u8 = 102;
 const DATA: u8 = 103;
 
-pub const FX_OK: u32 = 0;
-pub const FX_PERMISSION_DENIED: u32 = 3;
-pub const FX_BAD_MESSAGE: u32 = 5;
-pub const FX_OP_UNSUPPORTED: u32 = 8;
+pub(super) const FX_OK: u32 = 0;
+pub(super) const FX_PERMISSION_DENIED: u32 = 3;
+pub(super) const FX_BAD_MESSAGE: u32 = 5;
+pub(super) const FX_OP_UNSUPPORTED: u32 = 8;
 
 const PFLAG_READ: u32 = 1;
 const PFLAG_WRITE: u32 = 2;
@@ -48,10 +48,10 @@ const PFLAG_CREAT: u32 = 8;
 const PFLAG_TRUNC: u32 = 0x10;
 
 /// Longest path accepted (Linux's PATH_MAX): the host would refuse a longer one.
-pub const MAX_PATH: usize = 4096;
+pub(super) const MAX_PATH: usize = 4096;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SftpError {
+pub(super) enum SftpError {
     #[error("sftp packet of {0} bytes exceeds the {MAX_PACKET}-byte limit")]
     TooLarge(usize),
     #[error("malformed sftp packet (type {0})")]
@@ -63,16 +63,16 @@ pub enum SftpError {
 
 /// Splits a byte stream into whole SFTP packets (length prefix included).
 #[derive(Default)]
-pub struct Framer {
+pub(super) struct Framer {
     buf: BytesMut,
 }
 
 impl Framer {
-    pub fn push(&mut self, data: &[u8]) {
+    pub(super) fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
-    pub fn next_packet(&mut self) -> Option<Result<Bytes, SftpError>> {
+    pub(super) fn next_packet(&mut self) -> Option<Result<Bytes, SftpError>> {
         if self.buf.len() < 4 {
             return None;
         }
@@ -87,12 +87,12 @@ impl Framer {
     }
 
     /// Bytes of an incomplete packet held back.
-    pub fn buffered(&self) -> usize {
+    pub(super) fn buffered(&self) -> usize {
         self.buf.len()
     }
 
     /// Drops what is buffered; returns how many bytes that was.
-    pub fn clear(&mut self) -> usize {
+    pub(super) fn clear(&mut self) -> usize {
         let n = self.buf.len();
         self.buf.clear();
         n
@@ -146,7 +146,7 @@ impl<'a> Reader<'a> {
 
 /// A request from the job, as policy and the recording need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
+pub(super) enum Request {
     /// INIT: version negotiation, no id.
     Init,
     Open {
@@ -192,7 +192,7 @@ pub enum Request {
 }
 
 impl Request {
-    pub fn id(&self) -> Option<u32> {
+    pub(super) fn id(&self) -> Option<u32> {
         match self {
             Request::Init => None,
             Request::Open { id, .. }
@@ -207,7 +207,7 @@ impl Request {
 }
 
 /// Parses one request packet (length prefix included).
-pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
+pub(super) fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
     let kind = *packet.get(4).ok_or(SftpError::Malformed(0))?;
     let mut r = Reader(&packet[5..], kind);
     if kind == INIT {
@@ -341,7 +341,7 @@ pub enum Response {
     Other,
 }
 
-pub fn parse_response(packet: &[u8]) -> Result<Response, SftpError> {
+pub(super) fn parse_response(packet: &[u8]) -> Result<Response, SftpError> {
     let kind = *packet.get(4).ok_or(SftpError::Malformed(0))?;
     let mut r = Reader(&packet[5..], kind);
     Ok(match kind {
@@ -375,11 +375,11 @@ const ATTR_PERMISSIONS: u32 = 4;
 const S_IFMT: u32 = 0o170000;
 const S_IFDIR: u32 = 0o040000;
 
-pub const FX_NO_SUCH_FILE: u32 = 2;
-pub const FX_FAILURE: u32 = 4;
+pub(super) const FX_NO_SUCH_FILE: u32 = 2;
+pub(super) const FX_FAILURE: u32 = 4;
 
 /// A request of the gateway's own (`INIT`, `REALPATH`, `STAT`).
-pub fn request(kind: u8, id: Option<u32>, path: &[u8]) -> Bytes {
+pub(super) fn request(kind: u8, id: Option<u32>, path: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(16 + path.len());
     let len = 1 + if id.is_some() { 8 + path.len() } else { 4 };
     b.put_u32(len as u32);
@@ -395,21 +395,21 @@ pub fn request(kind: u8, id: Option<u32>, path: &[u8]) -> Bytes {
     b.freeze()
 }
 
-pub fn init() -> Bytes {
+pub(super) fn init() -> Bytes {
     request(INIT, None, &[])
 }
 
-pub fn realpath(id: u32, path: &str) -> Bytes {
+pub(super) fn realpath(id: u32, path: &str) -> Bytes {
     request(REALPATH, Some(id), path.as_bytes())
 }
 
-pub fn stat(id: u32, path: &str) -> Bytes {
+pub(super) fn stat(id: u32, path: &str) -> Bytes {
     request(STAT, Some(id), path.as_bytes())
 }
 
 /// The answer to a REALPATH or STAT of the gateway's.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(super) enum Answer {
     /// NAME: the first name.
     Name(String),
     /// ATTRS: whether it is a directory.
@@ -422,7 +422,7 @@ pub enum Answer {
 }
 
 /// The request id a response answers (none for VERSION), and what it says.
-pub fn answer(packet: &[u8]) -> Result<(Option<u32>, Answer), SftpError> {
+pub(super) fn answer(packet: &[u8]) -> Result<(Option<u32>, Answer), SftpError> {
     let kind = *packet.get(4).ok_or(SftpError::Malformed(0))?;
     let mut r = Reader(&packet[5..], kind);
     if !matches!(kind, NAME | ATTRS | STATUS) {
@@ -457,7 +457,7 @@ pub fn answer(packet: &[u8]) -> Result<(Option<u32>, Answer), SftpError> {
 }
 
 /// SSH_FXP_STATUS for request `id`.
-pub fn status(id: u32, code: u32, message: &str) -> Bytes {
+pub(super) fn status(id: u32, code: u32, message: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(32 + message.len());
     let body = 1 + 4 + 4 + 4 + message.len() + 4;
     b.put_u32(body as u32);

@@ -10,6 +10,7 @@
 //! none of them passes a held request either. Job data was counted in `Inflight` when the handler
 //! queued it: a packet forwarded is released by `pump_down`, one dropped here is released here.
 
+use crate::record::EventKind;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -27,7 +28,7 @@ use crate::{
     policy::{Decision, SshOperation},
 };
 
-pub struct Gate {
+pub(super) struct Gate {
     pub hold: Hold,
     pub tracker: Arc<Mutex<Option<Tracker>>>,
     /// Whole reply packets for the job, written by the channel's `pump_up`.
@@ -38,7 +39,7 @@ pub struct Gate {
 }
 
 /// Starts the gate; the handler queues the channel's messages on the sender returned.
-pub fn start(gate: Gate) -> mpsc::UnboundedSender<Down> {
+pub(super) fn start(gate: Gate) -> mpsc::UnboundedSender<Down> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(gate.run(rx));
     tx
@@ -131,7 +132,8 @@ impl Gate {
 
     fn event(&self, detail: serde_json::Value) {
         let ctx = self.ctx();
-        ctx.store.note_event(ctx.session_id, "ssh_sftp", detail);
+        ctx.store
+            .note_event(ctx.session_id, EventKind::SshSftp, detail);
     }
 
     /// Decides one request and forwards it, refuses it, or holds it for approval. False when the
@@ -292,7 +294,7 @@ impl Gate {
             let ctx = self.ctx();
             if ctx
                 .store
-                .append_event(ctx.session_id, "ssh_sftp", detail)
+                .append_event(ctx.session_id, EventKind::SshSftp, detail)
                 .await
                 .is_err()
             {

@@ -14,7 +14,7 @@ const MAX_LINE: usize = 4096;
 
 /// One step of a keystroke chunk.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Key {
+pub(super) enum Key {
     /// Bytes `start..end` of the chunk are ordinary input: forward them.
     Input(usize, usize),
     /// The byte at this offset submits `line` (the Enter key).
@@ -26,7 +26,7 @@ pub enum Key {
 }
 
 #[derive(Default)]
-pub struct LineEditor {
+pub(super) struct LineEditor {
     line: Vec<u8>,
     edited: bool,
     /// Inside an escape sequence (arrow keys and friends).
@@ -44,7 +44,7 @@ enum Escape {
 
 impl LineEditor {
     /// Splits a chunk of keystrokes into input to forward and submitted lines.
-    pub fn feed(&mut self, data: &[u8]) -> Vec<Key> {
+    pub(super) fn feed(&mut self, data: &[u8]) -> Vec<Key> {
         let mut out = Vec::new();
         let mut from = 0;
         for (i, &b) in data.iter().enumerate() {

@@ -12,6 +12,7 @@
 //! Job data was counted in `Inflight` when the handler queued it; this task releases each chunk
 //! once it has dealt with it and counts again what it forwards (`pump_down` releases that).
 
+use crate::record::EventKind;
 use std::{collections::VecDeque, sync::Arc};
 
 use bytes::Bytes;
@@ -32,14 +33,14 @@ const MAX_SCRIPT_LINE: usize = 64 * 1024;
 
 const CTRL_C: u8 = 0x03;
 
-pub enum Input {
+pub(super) enum Input {
     /// A terminal: keystrokes, edited into lines.
     Terminal(LineEditor),
     /// Commands on stdin: the incomplete last line.
     Script(Vec<u8>),
 }
 
-pub struct Gate {
+pub(super) struct Gate {
     pub hold: Hold,
     /// The channel's queue to `pump_down`.
     pub up: mpsc::UnboundedSender<Down>,
@@ -48,7 +49,7 @@ pub struct Gate {
 }
 
 /// Starts the gate; the handler queues the channel's messages on the sender returned.
-pub fn start(gate: Gate) -> mpsc::UnboundedSender<Down> {
+pub(super) fn start(gate: Gate) -> mpsc::UnboundedSender<Down> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(
         Running {
@@ -223,7 +224,7 @@ impl Running {
         let reason = "withdrawn with Ctrl-C".to_string();
         self.ctx().store.note_event(
             self.ctx().session_id,
-            "ssh_approval",
+            EventKind::SshApproval,
             json!({ "channel": self.gate.hold.number, "kind": "ssh_shell_line", "command": line, "rule": rule, "outcome": { "outcome": "withdrawn" } }),
         );
         self.gate.hold.say(&reason).await;
@@ -310,7 +311,7 @@ impl Running {
             Decision::Allow { .. } => {
                 match ctx
                     .store
-                    .append_event(ctx.session_id, "ssh_shell_line", detail)
+                    .append_event(ctx.session_id, EventKind::SshShellLine, detail)
                     .await
                 {
                     Ok(()) => Verdict::Pass,
@@ -322,12 +323,12 @@ impl Running {
             }
             Decision::Deny { reason, .. } => {
                 ctx.store
-                    .note_event(ctx.session_id, "ssh_shell_line", detail);
+                    .note_event(ctx.session_id, EventKind::SshShellLine, detail);
                 Verdict::Blocked(format!("blocked by policy: {reason}"))
             }
             Decision::RequireApproval { rule } => {
                 ctx.store
-                    .note_event(ctx.session_id, "ssh_shell_line", detail);
+                    .note_event(ctx.session_id, EventKind::SshShellLine, detail);
                 Verdict::Approval(rule)
             }
         }

@@ -158,7 +158,7 @@ impl client::Handler for Upstream {
     }
 }
 
-pub type UpstreamHandle = client::Handle<Upstream>;
+pub(super) type UpstreamHandle = client::Handle<Upstream>;
 
 fn config(target: &Target) -> Arc<client::Config> {
     // Only the algorithms of the pinned keys are asked for, so the host presents a key we can check.
@@ -208,7 +208,7 @@ fn config(target: &Target) -> Arc<client::Config> {
 }
 
 /// Key exchange with the real host over `stream`, then authentication as `user` with `secret`.
-pub async fn connect(
+pub(super) async fn connect(
     ctx: Arc<Ctx>,
     stream: TcpStream,
     user: &str,

@@ -1,5 +1,5 @@
-//! TLS toward the upstream server (rustls): verifying (`verify-full`), pinned to one certificate,
-//! or encrypting only (`prefer` / `require`, libpq's semantics).
+//! TLS toward upstream servers (rustls): verifying (chain and name, against a CA file or the system
+//! roots), pinned to one certificate, or encrypting only (libpq's `prefer` / `require`).
 
 use std::{path::Path, sync::Arc};
 

@@ -1,0 +1,343 @@
+//! Job lifecycle: binding a job to an identity, creating or adopting its cgroup, attaching and
+//! detaching the programs, ending it (and its processes, for jobs the gateway owns), taking jobs
+//! back after a restart, and reaping jobs that are gone.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    budget::{self, Recorder},
+    cgroup::{self, CgroupError},
+    ebpf::{Connections, Dataplane},
+    identity::{Identity, Verifier},
+    jobs::{Job, Jobs},
+    record::{JobRecord, Store, StoreError, now},
+};
+
+/// What the job lifecycle uses.
+pub struct JobControl {
+    pub cgroup_root: PathBuf,
+    /// cgroup of the daemon itself: never attached to (its upstream connects would loop).
+    pub own_cgroup: PathBuf,
+    /// `server.job_cgroup_parent`: where `gateway run` jobs are created.
+    pub job_cgroup_parent: String,
+    pub verifier: Arc<Verifier>,
+    pub dataplane: Arc<tokio::sync::Mutex<Dataplane>>,
+    pub store: Store,
+    pub jobs: Arc<Jobs>,
+    pub connections: Arc<Connections>,
+    pub recorder: Arc<Recorder>,
+}
+
+/// What a job is bound to.
+struct Binding {
+    identity: Identity,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn new_job_id() -> Result<String, String> {
+    crate::random::id::<6>("job").map_err(|e| format!("cannot make a job id: {e}"))
+}
+
+impl JobControl {
+    /// No token: `unauthenticated`, unbounded. A token: verified, bound until the issuer's
+    /// `max_binding_lifetime` from now (the token's own short `exp` only matters at this moment).
+    async fn binding(&self, token: Option<String>) -> Result<Binding, String> {
+        let Some(token) = token else {
+            return Ok(Binding {
+                identity: Identity::unauthenticated(),
+                expires_at: None,
+            });
+        };
+        match self.verifier.verify(&token).await {
+            Ok(v) => Ok(Binding {
+                identity: v.identity,
+                expires_at: Some(
+                    chrono::Utc::now()
+                        + chrono::Duration::from_std(v.max_binding)
+                            .unwrap_or(chrono::Duration::MAX),
+                ),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "job not bound");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    pub async fn create_job(&self, token: Option<String>) -> Result<JobRecord, String> {
+        let binding = self.binding(token).await?;
+        let id = new_job_id()?;
+        let parent = self.job_cgroup_parent.clone();
+        let path = cgroup::create(&self.cgroup_root, &parent, &id).map_err(|e| e.to_string())?;
+        match self.register(id, path.clone(), true, binding).await {
+            Ok(job) => Ok(job),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn attach(&self, given: &str, token: Option<String>) -> Result<JobRecord, String> {
+        let binding = self.binding(token).await?;
+        let path = cgroup::resolve(&self.cgroup_root, given).map_err(|e| e.to_string())?;
+        if self.own_cgroup.starts_with(&path) {
+            return Err(format!(
+                "refusing to attach to {}: the gateway itself runs in that cgroup or below it",
+                path.display()
+            ));
+        }
+        if let Some(job) = self.jobs.by_path(&path) {
+            return Err(format!(
+                "cgroup {} is already attached as {}",
+                path.display(),
+                job.id
+            ));
+        }
+        if let Some(job) = self
+            .jobs
+            .list()
+            .into_iter()
+            .find(|j| path.starts_with(&j.cgroup_path))
+        {
+            return Err(format!(
+                "cgroup {} is inside job {} already",
+                path.display(),
+                job.id
+            ));
+        }
+        self.register(new_job_id()?, path, false, binding).await
+    }
+
+    /// Attaches the programs, records the job, and only then makes it known.
+    async fn register(
+        &self,
+        id: String,
+        path: PathBuf,
+        owned: bool,
+        binding: Binding,
+    ) -> Result<JobRecord, String> {
+        let cgroup_id = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
+        let mut dataplane = self.dataplane.lock().await;
+        let slot = dataplane
+            .attach(&path, cgroup_id)
+            .map_err(|e| e.to_string())?;
+        let job = Job {
+            id,
+            cgroup_path: path,
+            cgroup_id,
+            slot,
+            owned,
+            identity: binding.identity,
+            binding_expires_at: binding.expires_at,
+            created_at: now(),
+            open_connections: Default::default(),
+        };
+        let record = job.record();
+        if let Err(e) = self.store.insert_job(record.clone()).await {
+            let _ = dataplane.detach(cgroup_id);
+            self.connections.purge(|s| s != slot);
+            dataplane.release_slot(slot);
+            return Err(e.to_string());
+        }
+        // Known before the slot is free for another job.
+        self.jobs.insert(job);
+        drop(dataplane);
+        tracing::info!(
+            job = %record.id,
+            cgroup = %record.cgroup_path,
+            owned,
+            issuer = record.identity.issuer.as_deref().unwrap_or("-"),
+            identity = %record.identity.subject,
+            bound_until = record.binding_expires_at.as_deref().unwrap_or("-"),
+            "job attached"
+        );
+        Ok(record)
+    }
+
+    pub async fn end_job_request(
+        &self,
+        job_id: Option<String>,
+        given: Option<String>,
+    ) -> Result<String, String> {
+        let job = match (job_id, given) {
+            (Some(id), _) => match self.jobs.by_id(&id) {
+                Some(job) => job,
+                // Ending is idempotent: the reaper may have ended an owned job whose processes
+                // are all gone before `gateway run` asked.
+                None if self.store.job_ended(id.clone()).await.unwrap_or(false) => {
+                    return Ok(id);
+                }
+                None => return Err(format!("no active job {id}")),
+            },
+            (None, Some(given)) => {
+                let path = cgroup::resolve(&self.cgroup_root, &given).map_err(|e| e.to_string())?;
+                self.jobs
+                    .by_path(&path)
+                    .ok_or_else(|| format!("cgroup {} is not attached", path.display()))?
+            }
+            (None, None) => return Err("name a job id or a cgroup".into()),
+        };
+        self.end_job(&job).await?;
+        Ok(job.id.clone())
+    }
+
+    /// Detaches the programs; for owned jobs kills what is left and removes the cgroup. Sessions stay.
+    pub async fn end_job(&self, job: &Job) -> Result<(), String> {
+        {
+            let dataplane = self.dataplane.lock().await;
+            dataplane.detach(job.cgroup_id).map_err(|e| e.to_string())?;
+            // Nothing removes the job's waiting records any more; what it went over its budgets
+            // by is recorded before its slot can go to another job.
+            self.connections.purge(|s| s != job.slot);
+            budget::record_job_summary(&self.recorder, job).await;
+        }
+        if job.owned {
+            let path = job.cgroup_path.clone();
+            tokio::task::spawn_blocking(move || {
+                cgroup::kill_and_remove(&path, Duration::from_secs(5))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        }
+        self.store
+            .end_job(job.id.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        // Only whoever ended it frees its slot (the reaper and a request may race).
+        if self.jobs.remove(job.cgroup_id).is_some() {
+            self.dataplane.lock().await.release_slot(job.slot);
+        }
+        tracing::info!(job = %job.id, "job ended");
+        Ok(())
+    }
+
+    /// After a restart: take back the jobs of the store whose cgroups still exist, make sure their
+    /// programs are attached, and drop pinned links that belong to no job.
+    pub async fn adopt_jobs(&self) -> Result<(), StoreError> {
+        let interrupted = self.store.close_interrupted_sessions().await?;
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "closed sessions a previous gateway left open");
+        }
+        let records = self.store.active_jobs().await?;
+        self.recorder
+            .budgets
+            .baseline(0, None, self.recorder.job_states.suppressed(0));
+        let mut dataplane = self.dataplane.lock().await;
+        for r in records {
+            let path = PathBuf::from(&r.cgroup_path);
+            let alive = cgroup::cgroup_id(&path).is_ok_and(|id| id == r.cgroup_id);
+            if !alive {
+                let _ = dataplane.detach(r.cgroup_id);
+                self.store.end_job(r.id.clone()).await?;
+                tracing::info!(job = %r.id, "job's cgroup is gone; ended");
+                continue;
+            }
+            let slot = match dataplane.attach(&path, r.cgroup_id) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    tracing::error!(job = %r.id, error = %e, "cannot re-attach adopted job");
+                    0
+                }
+            };
+            // What its counters hold was summarised by the daemon before (or is zero).
+            if slot != 0 {
+                self.recorder.budgets.baseline(
+                    slot,
+                    Some(&r.id),
+                    self.recorder.job_states.suppressed(slot),
+                );
+            }
+            self.jobs.insert(Job {
+                id: r.id.clone(),
+                cgroup_path: path,
+                cgroup_id: r.cgroup_id,
+                slot,
+                owned: r.owned,
+                identity: r.identity,
+                binding_expires_at: r
+                    .binding_expires_at
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc)),
+                created_at: r.created_at,
+                open_connections: Default::default(),
+            });
+            tracing::info!(job = %r.id, "adopted job");
+        }
+        for cgroup_id in dataplane.attached() {
+            if self.jobs.for_cgroup_exact(cgroup_id).is_none() {
+                tracing::info!(cgroup_id, "removing pinned links of no known job");
+                let _ = dataplane.detach(cgroup_id);
+            }
+        }
+        // Records of jobs that ended while no daemon ran.
+        let live: Vec<u32> = self.jobs.list().iter().map(|j| j.slot).collect();
+        let purged = self.connections.purge(|s| live.contains(&s));
+        if purged > 0 {
+            tracing::info!(
+                purged,
+                "removed waiting connect records of jobs that are gone"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Ends jobs whose cgroup disappeared, and owned jobs whose processes are all gone.
+pub async fn reap_loop(jobs: Arc<JobControl>, shutdown: CancellationToken) {
+    // An owned job is only reaped empty after this long (its first process may not have moved in yet).
+    const EMPTY_GRACE: Duration = Duration::from_secs(30);
+    let mut seen_populated: std::collections::HashSet<String> = Default::default();
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        for job in jobs.jobs.list() {
+            let populated = match cgroup::populated(&job.cgroup_path) {
+                Ok(p) => p,
+                Err(CgroupError::Missing { .. }) => {
+                    if let Err(e) = jobs.end_job(&job).await {
+                        tracing::warn!(job = %job.id, error = %e, "ending vanished job");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot read job cgroup");
+                    continue;
+                }
+            };
+            if populated {
+                seen_populated.insert(job.id.clone());
+                continue;
+            }
+            let old_enough = job_age(&job) > EMPTY_GRACE && started.elapsed() > EMPTY_GRACE;
+            if job.owned && (seen_populated.contains(&job.id) || old_enough) {
+                seen_populated.remove(&job.id);
+                if let Err(e) = jobs.end_job(&job).await {
+                    tracing::warn!(job = %job.id, error = %e, "reaping finished job");
+                }
+            }
+        }
+    }
+}
+
+fn job_age(job: &Job) -> Duration {
+    chrono::DateTime::parse_from_rfc3339(&job.created_at)
+        .ok()
+        .and_then(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()
+        })
+        .unwrap_or_default()
+}
