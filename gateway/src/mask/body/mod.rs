@@ -516,7 +516,9 @@ impl std::fmt::Debug for BodyMasker {
 
 impl BodyMasker {
     /// The masker for a response with these headers, `None` when nothing in `rules` can apply to
-    /// it (forward it as it is), [`Unmaskable`] when rules apply but the body cannot be read.
+    /// it (forward it as it is), [`Unmaskable`] when rules apply but the body cannot be read. An
+    /// encoded body is decoded even when no rule reads its type: what the HTTP layer sends on is
+    /// always unencoded, so that its own filters (the credential's echoes) read the plain bytes.
     pub fn new(
         rules: &Arc<BodyRules>,
         content_type: Option<&str>,
@@ -525,8 +527,10 @@ impl BodyMasker {
     ) -> Result<Option<BodyMasker>, Unmaskable> {
         let kind = BodyKind::classify(content_type)?;
         let coding = Coding::parse(content_encoding)?;
-        let Some(inner) = Inner::new(kind, rules, limits) else {
-            return Ok(None);
+        let inner = match Inner::new(kind, rules, limits) {
+            Some(inner) => inner,
+            None if coding != Coding::Identity => Inner::Pass,
+            None => return Ok(None),
         };
         let decoder = Decoder::new(coding, inner, limits.max_decoded_bytes, limits.max_ratio)
             .map_err(|e| Unmaskable(e.to_string()))?;

@@ -1,6 +1,7 @@
 //! One request, from the job to the upstream and back: read it (`request`), ask policy, hold it
 //! for approval, record it before anything is forwarded, forward it with the target's credential,
-//! and send the response back with the credential's echoes removed and its end recorded.
+//! and send the response back masked (`[[masking]]` rules of the target), with the credential's
+//! echoes removed and its end recorded.
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -12,7 +13,7 @@ use serde_json::json;
 
 use super::{
     Body, Counters, Services, Session,
-    body::{self, ResponseBody},
+    body::{self, Filters, ResponseBody},
     credential::{self, Injected},
     echo::EchoFilter,
     headers, problem,
@@ -23,6 +24,7 @@ use crate::{
     approval::{ApprovalOutcome, ApprovalRequest, Approvals, Submission},
     config::HttpSettings,
     identity::Identity,
+    mask::body::{ACCEPT_ENCODING, BodyLimits, BodyMasker, BodyRules, Unmaskable},
     policy::{Decision, HttpRequest, Policy},
     record::{EventKind, ProcessInfo, Store},
 };
@@ -45,6 +47,8 @@ pub(super) struct Exchange {
     port: u16,
     upstream: Upstream,
     credential: Option<Injected>,
+    /// The body masking of the target's `[[masking]]` rules; `None` when none applies.
+    masking: Option<Arc<BodyRules>>,
     counters: Counters,
 }
 
@@ -76,6 +80,7 @@ impl Exchange {
             port: s.dst.port(),
             upstream: setup.upstream,
             credential,
+            masking: BodyRules::for_target(&setup.services.masking, &s.target.name),
             counters: setup.counters,
         })
     }
@@ -290,6 +295,18 @@ impl Exchange {
                 HeaderValue::from_static("identity"),
             );
         }
+        if self.masking.is_some() {
+            // A byte range of the upstream's body could cut a value away from what identifies
+            // it (its member name, the rest of a detector's match): the whole body is asked for
+            // and masked. The masking decodes every coding it asks for (and the echo filter then
+            // reads the decoded bytes), whatever codings the job would accept.
+            headers.remove(header::RANGE);
+            headers.remove(header::IF_RANGE);
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static(ACCEPT_ENCODING),
+            );
+        }
         let scheme = if self.upstream.is_tls() {
             "https"
         } else {
@@ -312,6 +329,7 @@ impl Exchange {
                 );
             }
         };
+        let head = parts.method == http::Method::HEAD;
         let mut upstream_request = Request::new(body);
         *upstream_request.method_mut() = parts.method;
         *upstream_request.uri_mut() = uri;
@@ -338,15 +356,105 @@ impl Exchange {
                 );
             }
         };
-        self.respond(number, response)
+        self.respond(number, head, response).await
     }
 
-    fn respond(&self, number: u64, response: Response<Incoming>) -> Response<Body> {
+    /// The masker for a response, `None` when no masking reads it; [`Unmaskable`] when masking
+    /// applies and the body cannot be masked.
+    fn masker_for(
+        &self,
+        head: bool,
+        transfer_coded: bool,
+        parts: &http::response::Parts,
+        body: &Incoming,
+    ) -> Result<Option<BodyMasker>, Unmaskable> {
+        let Some(rules) = &self.masking else {
+            return Ok(None);
+        };
+        let status = parts.status;
+        // Nothing to mask in a response without a body.
+        if head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || http_body::Body::is_end_stream(body)
+        {
+            return Ok(None);
+        }
+        if transfer_coded {
+            return Err(Unmaskable(
+                "a transfer coding other than chunked is not decoded".into(),
+            ));
+        }
+        if status == StatusCode::PARTIAL_CONTENT {
+            return Err(Unmaskable(
+                "a partial response (206) is a byte range of a body, which cannot be masked".into(),
+            ));
+        }
+        let mut types = parts.headers.get_all(header::CONTENT_TYPE).iter();
+        let content_type = match (types.next(), types.next()) {
+            (None, _) => None,
+            (Some(t), None) => Some(
+                t.to_str()
+                    .map_err(|_| Unmaskable("a Content-Type that is not text".into()))?,
+            ),
+            (Some(_), Some(_)) => {
+                return Err(Unmaskable("more than one Content-Type".into()));
+            }
+        };
+        // Several Content-Encoding headers are one list (RFC 9110 §5.3).
+        let codings = parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Unmaskable("a Content-Encoding that is not text".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .join(", ");
+        let coding = (!codings.is_empty()).then_some(codings.as_str());
+        BodyMasker::new(rules, content_type, coding, &BodyLimits::default())
+    }
+
+    async fn respond(
+        &self,
+        number: u64,
+        head: bool,
+        response: Response<Incoming>,
+    ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
+        // hyper removes only `chunked`: any other transfer coding is still on the body's bytes.
+        let transfer_coded = parts
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         headers::strip_hop_by_hop(&mut parts.headers);
         let secrets: &[Vec<u8>] = self.credential.as_ref().map_or(&[], |c| &c.secrets);
         let header_echoes = headers::redact_echoes(&mut parts.headers, secrets);
         let status = parts.status;
+        let masker = match self.masker_for(head, transfer_coded, &parts, &body) {
+            Ok(m) => m,
+            Err(unmaskable) => {
+                return self.refuse_response(number, &parts, &unmaskable.to_string());
+            }
+        };
+        if let Some(m) = &masker {
+            let changes = m.header_changes();
+            for name in &changes.remove {
+                parts.headers.remove(*name);
+            }
+            if changes.weaken_etag
+                && let Some(etag) = parts.headers.get(header::ETAG)
+                && !etag.as_bytes().starts_with(b"W/")
+                && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+            {
+                parts.headers.insert(header::ETAG, weak);
+            }
+        }
+        let masked = masker.is_some();
         let recorded_headers = headers::recorded(&parts.headers, None);
         let store = self.store.clone();
         let session_id = self.session_id;
@@ -362,18 +470,67 @@ impl Exchange {
                     "bytes": summary.bytes,
                     "sha256": summary.sha256,
                     "echoes_redacted": summary.echoes_redacted + header_echoes,
+                    "masked": summary.masked,
+                    "masking_error": summary.masking_error,
                     "body_sample": String::from_utf8_lossy(&summary.sample),
                 }),
             );
         });
-        let body = ResponseBody::new(
+        let mut body = ResponseBody::new(
             body,
-            EchoFilter::new(secrets),
+            Filters {
+                masker,
+                echo: EchoFilter::new(secrets),
+            },
             self.settings.body_sample,
             Arc::clone(&self.counters.down),
             on_end,
         );
+        if masked {
+            if let Err(e) = body.prefetch().await {
+                return self.refuse_response(number, &parts, &e.to_string());
+            }
+            if let Some(len) = body.complete_length() {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
         Response::from_parts(parts, body.boxed_unsync())
+    }
+
+    /// A response the masking cannot read: the job gets a refusal instead of its body, and the
+    /// recording says why (the upstream's body is dropped unread).
+    fn refuse_response(
+        &self,
+        number: u64,
+        parts: &http::response::Parts,
+        reason: &str,
+    ) -> Response<Body> {
+        tracing::info!(
+            session = self.session_id,
+            request = number,
+            "response refused: {reason}"
+        );
+        self.store.note_event(
+            self.session_id,
+            EventKind::HttpResponse,
+            json!({
+                "request": number,
+                "status": StatusCode::BAD_GATEWAY.as_u16(),
+                "upstream_status": parts.status.as_u16(),
+                "headers": headers::recorded(&parts.headers, None),
+                "refused": reason,
+                "masking": self.masking.as_ref().map(|m| m.rules.clone()),
+            }),
+        );
+        self.answer(
+            number,
+            StatusCode::BAD_GATEWAY,
+            "Response cannot be masked",
+            reason,
+            json!({}),
+        )
     }
 
     /// A refusal before policy: recorded, answered with a problem document.
