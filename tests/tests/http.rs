@@ -1005,3 +1005,127 @@ fn a_body_the_masking_fails_on_midway_is_cut_never_passed_on() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn an_http_session_exports_as_har_1_2_and_shows_its_request_log() -> Result<()> {
+    let s = Setup::new()?;
+    s.nginx.put_file("report.json", br#"{"rows": [1, 2, 3]}"#)?;
+    // Three requests on one connection (one session): allowed with a query, allowed, denied.
+    let script = format!(
+        r#"
+import json, requests
+s = requests.Session()
+h = {{"Host": "{HOST}", "Authorization": "Bearer the-jobs-own-secret"}}
+a = s.get("https://{ip}/items/1?a=1&b=x%20y", headers=h, verify="{ca}")
+b = s.get("https://{ip}/files/report.json", headers=h, verify="{ca}")
+c = s.delete("https://{ip}/items/9", headers=h, verify="{ca}")
+print(json.dumps([a.status_code, b.status_code, c.status_code]))
+"#,
+        ip = s.nginx.addr,
+        ca = s.gateway_ca.display(),
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let statuses: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("python: {}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure!(statuses == serde_json::json!([200, 200, 403]), "{statuses}");
+    let sessions = s.http_sessions()?;
+    ensure!(sessions.len() == 1, "{sessions:?}");
+    let id = sessions[0]["id"].to_string();
+    // Each response is recorded when its body ends: wait for both.
+    let complete = wait_until(Duration::from_secs(10), || {
+        s.events("http_response").is_ok_and(|r| r.len() == 2)
+    });
+    ensure!(complete, "{:?}", s.events("http_response"));
+    let har_path = s.dir.path().join("session.har");
+    let exported = s.daemon.cli(&[
+        "sessions",
+        "export",
+        &id,
+        "--format",
+        "har",
+        "-o",
+        har_path.to_str().unwrap(),
+    ]);
+    ensure!(exported.status.success(), "{exported:?}");
+    let schema = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/peers/http/har-1.2.schema.json"
+    );
+    let validated = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json, sys, jsonschema\n\
+             jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))\n\
+             print('valid')",
+            har_path.to_str().unwrap(),
+            schema,
+        ])
+        .output()?;
+    ensure!(
+        validated.status.success(),
+        "not HAR 1.2: {}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    let text = fs::read_to_string(&har_path)?;
+    ensure!(!text.contains("the-jobs-own-secret"), "{text}");
+    ensure!(!text.contains(&s.token), "{text}");
+    let har: Value = serde_json::from_str(&text)?;
+    ensure!(har["log"]["version"] == "1.2", "{har}");
+    ensure!(har["log"]["creator"]["name"] == "gateway", "{har}");
+    let entries = har["log"]["entries"].as_array().context("entries")?;
+    let expected = [
+        ("GET", format!("https://{HOST}/items/1?a=1&b=x%20y"), 200),
+        ("GET", format!("https://{HOST}/files/report.json"), 200),
+        ("DELETE", format!("https://{HOST}/items/9"), 403),
+    ];
+    ensure!(entries.len() == expected.len(), "{har}");
+    for (entry, (method, url, status)) in entries.iter().zip(&expected) {
+        ensure!(
+            entry["request"]["method"] == *method
+                && entry["request"]["url"] == *url
+                && entry["response"]["status"] == *status,
+            "expected {method} {url} {status}: {entry}"
+        );
+        ensure!(entry["time"].as_f64().is_some_and(|t| t > 0.0), "{entry}");
+        let auth = entry["request"]["headers"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["name"] == "authorization"))
+            .context("authorization header listed")?;
+        ensure!(
+            auth["value"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("[redacted")),
+            "{auth}"
+        );
+    }
+    ensure!(
+        entries[0]["request"]["queryString"]
+            == serde_json::json!([{"name": "a", "value": "1"}, {"name": "b", "value": "x y"}]),
+        "{}",
+        entries[0]["request"]
+    );
+    let report = &entries[1]["response"];
+    ensure!(
+        report["content"]["mimeType"] == "application/json"
+            && report["bodySize"] == r#"{"rows": [1, 2, 3]}"#.len(),
+        "{report}"
+    );
+    // The request log of `sessions show`.
+    let shown = s.daemon.cli(&["sessions", "show", &id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let log = shown.split("\nrequests\n").nth(1).context("request log")?;
+    for (needle, what) in [
+        ("/items/1?a=1&b=x%20y", "URL"),
+        ("allow (jobs-may-call-the-api)", "decision"),
+        ("deny (no-deletes)", "denial"),
+        ("DELETE", "method"),
+        ("403", "status"),
+        (" ms", "duration"),
+    ] {
+        ensure!(
+            log.contains(needle),
+            "no {what} in the request log:\n{shown}"
+        );
+    }
+    Ok(())
+}

@@ -3,7 +3,10 @@
 //! and send the response back masked (`[[masking]]` rules of the target), with the credential's
 //! echoes removed and its end recorded.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
@@ -31,6 +34,17 @@ use crate::{
 
 /// How long a request body may take to deliver the sample the gateway records before forwarding.
 const SAMPLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When a request was received: as recorded (RFC 3339, ms) and for measuring its duration.
+struct Received {
+    at: String,
+    instant: Instant,
+}
+
+/// Milliseconds since `from`, with microseconds.
+fn millis_since(from: Instant) -> f64 {
+    from.elapsed().as_micros() as f64 / 1000.0
+}
 
 /// What a session's requests need, owned: HTTP/2 streams are served on tasks of their own.
 pub(super) struct Exchange {
@@ -87,6 +101,11 @@ impl Exchange {
 
     pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let number = self.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        // The recording's timings (and HAR's) count from here.
+        let received = Received {
+            at: crate::time::now(),
+            instant: Instant::now(),
+        };
         let rules = HostRules {
             hosts: &self.settings.hosts,
             sni: self.sni.as_deref(),
@@ -135,7 +154,14 @@ impl Exchange {
                 );
             }
         };
-        let recorded = self.request_event(number, &reading, &parts, &decision, &sampled.sample);
+        let recorded = self.request_event(
+            number,
+            &reading,
+            &parts,
+            &decision,
+            &sampled.sample,
+            &received,
+        );
         match &decision {
             Decision::Deny { rule, reason } => {
                 self.store
@@ -173,7 +199,9 @@ impl Exchange {
                         {
                             return self.unrecordable(number);
                         }
-                        return self.forward(number, &reading, parts, sampled.body).await;
+                        return self
+                            .forward(number, &reading, parts, sampled.body, received)
+                            .await;
                     }
                     Err(reason) => {
                         let approval = json!({ "request": number, "rule": rule, "denied": reason });
@@ -199,7 +227,8 @@ impl Exchange {
         {
             return self.unrecordable(number);
         }
-        self.forward(number, &reading, parts, sampled.body).await
+        self.forward(number, &reading, parts, sampled.body, received)
+            .await
     }
 
     /// Asks people; `Ok(approver)` or `Err(why not)`.
@@ -258,14 +287,21 @@ impl Exchange {
         parts: &http::request::Parts,
         decision: &Decision,
         sample: &Bytes,
+        received: &Received,
     ) -> serde_json::Value {
         json!({
             "request": number,
+            "started_at": received.at,
+            // From the request received to its decision (and its approval, if asked).
+            "duration_ms": millis_since(received.instant),
             "version": format!("{:?}", parts.version),
+            "scheme": if self.settings.tls == crate::config::HttpTls::Terminate { "https" } else { "http" },
             "method": reading.method,
             "host": reading.host,
+            "authority": reading.authority,
             "path": reading.path,
             "target": reading.path_and_query,
+            "query": reading.query,
             "headers": headers::recorded(&parts.headers, self.credential_header()),
             "body_sample": String::from_utf8_lossy(sample),
             "decision": decision.label(),
@@ -282,6 +318,7 @@ impl Exchange {
         reading: &Reading,
         parts: http::request::Parts,
         body: Body,
+        received: Received,
     ) -> Response<Body> {
         let mut headers = parts.headers;
         headers::strip_hop_by_hop(&mut headers);
@@ -356,7 +393,7 @@ impl Exchange {
                 );
             }
         };
-        self.respond(number, head, response).await
+        self.respond(number, head, response, received).await
     }
 
     /// The masker for a response, `None` when no masking reads it; [`Unmaskable`] when masking
@@ -422,6 +459,7 @@ impl Exchange {
         number: u64,
         head: bool,
         response: Response<Incoming>,
+        received: Received,
     ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         // hyper removes only `chunked`: any other transfer coding is still on the body's bytes.
@@ -438,7 +476,7 @@ impl Exchange {
         let masker = match self.masker_for(head, transfer_coded, &parts, &body) {
             Ok(m) => m,
             Err(unmaskable) => {
-                return self.refuse_response(number, &parts, &unmaskable.to_string());
+                return self.refuse_response(number, &parts, &unmaskable.to_string(), &received);
             }
         };
         if let Some(m) = &masker {
@@ -458,6 +496,7 @@ impl Exchange {
         let recorded_headers = headers::recorded(&parts.headers, None);
         let store = self.store.clone();
         let session_id = self.session_id;
+        let (started_at, instant) = (received.at.clone(), received.instant);
         let on_end = Box::new(move |summary: body::Summary| {
             store.note_event(
                 session_id,
@@ -473,6 +512,9 @@ impl Exchange {
                     "masked": summary.masked,
                     "masking_error": summary.masking_error,
                     "body_sample": String::from_utf8_lossy(&summary.sample),
+                    "started_at": started_at,
+                    // From the request received to the response body's end.
+                    "duration_ms": millis_since(instant),
                 }),
             );
         });
@@ -488,7 +530,7 @@ impl Exchange {
         );
         if masked {
             if let Err(e) = body.prefetch().await {
-                return self.refuse_response(number, &parts, &e.to_string());
+                return self.refuse_response(number, &parts, &e.to_string(), &received);
             }
             if let Some(len) = body.complete_length() {
                 parts
@@ -506,6 +548,7 @@ impl Exchange {
         number: u64,
         parts: &http::response::Parts,
         reason: &str,
+        received: &Received,
     ) -> Response<Body> {
         tracing::info!(
             session = self.session_id,
@@ -522,6 +565,8 @@ impl Exchange {
                 "headers": headers::recorded(&parts.headers, None),
                 "refused": reason,
                 "masking": self.masking.as_ref().map(|m| m.rules.clone()),
+                "started_at": received.at,
+                "duration_ms": millis_since(received.instant),
             }),
         );
         self.answer(
