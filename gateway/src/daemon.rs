@@ -2,9 +2,10 @@
 //! to the parts it uses (and no more), and graceful shutdown. Job lifecycle is `lifecycle`;
 //! control requests are answered in `control`; connections are served by `intercept`.
 
+use parking_lot::RwLock;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use gateway_common::{Config as KernelConfig, FLAG_DEBUG_LOG, MODE_AUDIT, MODE_ENFORCE};
@@ -525,7 +526,7 @@ async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
         for p in problems {
             tracing::warn!("{p}");
         }
-        let current = r.targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let current = r.targets.read().clone();
         if *current == fresh {
             continue;
         }
@@ -543,7 +544,7 @@ async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
                 .configure(kernel_config(&r.config), &entries, &resolvers);
         match configured {
             Ok(()) => {
-                *r.targets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                *r.targets.write() = Arc::new(fresh);
                 tracing::info!("target addresses changed; destination set updated");
             }
             Err(e) => tracing::error!(error = %e, "cannot update the destination set"),

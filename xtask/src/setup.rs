@@ -24,7 +24,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-requests",
     "python3-h2",
     "python3-jsonschema",
+    "python3-httpx",
     "nghttp2-client",
+    // git over HTTPS: git's smart HTTP server behind nginx.
+    "git",
+    "fcgiwrap",
     // SSH tests: an interactive shell driven through a terminal, recordings checked by asciinema.
     "tmux",
     "asciinema",

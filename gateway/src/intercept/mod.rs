@@ -35,7 +35,7 @@ pub struct Services {
     pub connections: Arc<Connections>,
     pub jobs: Arc<Jobs>,
     /// The destination set (host names resolved), shared with the refresh task.
-    pub targets: Arc<std::sync::RwLock<Arc<TargetSet>>>,
+    pub targets: Arc<parking_lot::RwLock<Arc<TargetSet>>>,
     /// The configured targets, by the index the destination set returns.
     pub target_configs: Arc<[Target]>,
     pub policy: Arc<Policy>,
@@ -105,11 +105,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, services: Arc<Services>) {
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
     let target = {
-        let targets = services
-            .targets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let targets = services.targets.read().clone();
         targets
             .lookup(dst)
             .and_then(|i| services.target_configs.get(i))

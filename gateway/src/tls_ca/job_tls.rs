@@ -1,10 +1,11 @@
 //! TLS the gateway terminates toward jobs: server configurations with leaf certificates issued
 //! by the gateway's CA, made on first use and cached per target, destination and protocol.
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -88,8 +89,8 @@ impl JobTls {
         Ok(config)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Configs> {
-        self.configs.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Configs> {
+        self.configs.lock()
     }
 }
 

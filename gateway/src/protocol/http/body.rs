@@ -26,6 +26,8 @@ use crate::mask::body::{BodyError, BodyMasker};
 /// The first bytes of a request body, and the whole body to forward.
 pub(super) struct Sampled {
     pub(super) sample: Bytes,
+    /// The sample is the whole body.
+    pub(super) complete: bool,
     pub(super) body: Body,
 }
 
@@ -69,6 +71,7 @@ pub(super) async fn sample(
     });
     Ok(Sampled {
         sample: sample.freeze(),
+        complete,
         body: BodyExt::boxed_unsync(StreamBody::new(counted)),
     })
 }

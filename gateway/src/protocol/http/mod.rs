@@ -19,12 +19,14 @@ mod exchange;
 mod headers;
 mod problem;
 pub mod request;
+mod rpc;
 mod upstream;
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -352,11 +354,7 @@ fn upstream_tls_for(
         Some(n) => ServerName::try_from(n).map_err(|e| e.to_string())?,
         None => ServerName::IpAddress(s.dst.ip().into()),
     };
-    let mut cache = s
-        .services
-        .upstream_tls
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut cache = s.services.upstream_tls.lock();
     let config = match cache.get(&s.target.name) {
         Some(c) => Arc::clone(c),
         None => {

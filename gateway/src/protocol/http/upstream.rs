@@ -48,7 +48,7 @@ pub(super) struct Upstream {
     tls: Option<UpstreamTls>,
     connect_timeout: Duration,
     /// The connection the intercept layer opened, used for the first request.
-    first: std::sync::Mutex<Option<TcpStream>>,
+    first: parking_lot::Mutex<Option<TcpStream>>,
     sender: Mutex<Option<Sender>>,
 }
 
@@ -63,7 +63,7 @@ impl Upstream {
             dst,
             tls,
             connect_timeout,
-            first: std::sync::Mutex::new(Some(first)),
+            first: parking_lot::Mutex::new(Some(first)),
             sender: Mutex::new(None),
         }
     }
@@ -115,7 +115,7 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<Sender, UpstreamError> {
-        let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let first = self.first.lock().take();
         let tcp = match first {
             Some(s) => s,
             None => tcp::connect(self.dst, self.connect_timeout)
