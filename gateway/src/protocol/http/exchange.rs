@@ -36,8 +36,10 @@ use crate::{
 /// How long a request body may take to deliver the sample the gateway records before forwarding.
 const SAMPLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// When a request was received: as recorded (RFC 3339, ms) and for measuring its duration.
+/// A request's number in its session, and when it was received: as recorded (RFC 3339, ms) and
+/// for measuring its duration.
 struct Received {
+    number: u64,
     at: String,
     instant: Instant,
 }
@@ -104,6 +106,7 @@ impl Exchange {
         let number = self.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
         // The recording's timings (and HAR's) count from here.
         let received = Received {
+            number,
             at: crate::time::now(),
             instant: Instant::now(),
         };
@@ -172,12 +175,11 @@ impl Exchange {
         op.rpc = calls.as_ref().map(|c| c.messages.as_slice());
         let decision = self.policy.decide_http(&self.identity, &self.target, &op);
         let recorded = self.request_event(
-            number,
+            &received,
             &reading,
             &parts,
             &decision,
             &sampled.sample,
-            &received,
             calls.as_ref(),
         );
         match &decision {
@@ -315,19 +317,18 @@ impl Exchange {
 
     fn request_event(
         &self,
-        number: u64,
+        received: &Received,
         reading: &Reading,
         parts: &http::request::Parts,
         decision: &Decision,
         sample: &Bytes,
-        received: &Received,
         calls: Option<&Calls>,
     ) -> serde_json::Value {
         json!({
             "rpc": calls.map(Calls::recorded),
-            "request": number,
+            "request": received.number,
             "started_at": received.at,
-            // From the request received to its decision (and its approval, if asked).
+            // From the request received to its decision.
             "duration_ms": millis_since(received.instant),
             "version": format!("{:?}", parts.version),
             "scheme": if self.settings.tls == crate::config::HttpTls::Terminate { "https" } else { "http" },
