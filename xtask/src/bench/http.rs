@@ -63,7 +63,9 @@ pub(super) fn run() -> Result<()> {
     nginx.put_file("users.json", users_json().as_bytes())?;
     let upstream = format!("{}:443", nginx.addr);
 
-    // haproxy terminates TLS with a certificate of its own and re-encrypts to nginx, verified.
+    // haproxy terminates TLS with a certificate of its own and re-encrypts to nginx, verified,
+    // over HTTP/1.1 (from HTTP/2 it answers HTTP/1.1 clients without a reason phrase, which
+    // h2load counts as a failure).
     let pki = gateway_e2e::pki::TestPki::new(dir.path(), "haproxy")?;
     let (cert, key) = pki.issue("haproxy", &format!("DNS:{HOST}"))?;
     let pem = dir.path().join("haproxy-crt.pem");
@@ -73,7 +75,7 @@ pub(super) fn run() -> Result<()> {
     fs::write(
         &cfg,
         format!(
-            "global\n    maxconn 4096\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n    http-reuse always\nfrontend web\n    bind 127.0.0.1:{haproxy_port} ssl crt {pem} alpn h2,http/1.1\n    default_backend nginx\nbackend nginx\n    server nginx1 {upstream} ssl verify required ca-file {ca} sni str({HOST}) alpn h2,http/1.1\n",
+            "global\n    maxconn 4096\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n    http-reuse always\nfrontend web\n    bind 127.0.0.1:{haproxy_port} ssl crt {pem} alpn h2,http/1.1\n    default_backend nginx\nbackend nginx\n    server nginx1 {upstream} ssl verify required ca-file {ca} sni str({HOST}) alpn http/1.1\n",
             pem = pem.display(),
             ca = nginx.ca.display(),
         ),
@@ -117,13 +119,18 @@ unauthenticated = true
 methods = ["DELETE"]
 
 [[rules]]
-name = "reads"
-action = "allow"
+name = "no-admin"
+action = "deny"
 targets = ["api"]
 unauthenticated = true
 [rules.http]
-methods = ["GET"]
-paths = ["/files/*"]
+paths = ["/admin/*"]
+
+[[rules]]
+name = "jobs-may-call-the-api"
+action = "allow"
+targets = ["api"]
+unauthenticated = true
 "#,
         ca = nginx.ca.display(),
         token_file = token_file.display(),
