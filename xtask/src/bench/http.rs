@@ -118,6 +118,12 @@ unauthenticated = true
 [rules.http]
 methods = ["DELETE"]
 
+[[masking]]
+name = "api-pii"
+targets = ["api"]
+json_fields = ["ssn"]
+detectors = ["email"]
+
 [[rules]]
 name = "no-admin"
 action = "deny"
