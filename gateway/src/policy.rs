@@ -15,7 +15,7 @@ mod http;
 pub mod model;
 mod settings;
 mod ssh;
-pub use http::HttpRequest;
+pub use http::{HttpRequest, RpcMessage};
 pub use settings::{PROTECTED_SETTINGS, StartupSettingError, check_startup_setting};
 pub use ssh::SshOperation;
 use std::{collections::HashSet, path::PathBuf};

@@ -1,8 +1,12 @@
 //! One request, from the job to the upstream and back: read it (`request`), ask policy, hold it
 //! for approval, record it before anything is forwarded, forward it with the target's credential,
-//! and send the response back with the credential's echoes removed and its end recorded.
+//! and send the response back masked (`[[masking]]` rules of the target), with the credential's
+//! echoes removed and its end recorded.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
@@ -12,23 +16,38 @@ use serde_json::json;
 
 use super::{
     Body, Counters, Services, Session,
-    body::{self, ResponseBody},
+    body::{self, Filters, ResponseBody},
     credential::{self, Injected},
     echo::EchoFilter,
     headers, problem,
     request::{self, HostRules, Reading, Refusal},
+    rpc::{self, Calls},
     upstream::Upstream,
 };
 use crate::{
     approval::{ApprovalOutcome, ApprovalRequest, Approvals, Submission},
     config::HttpSettings,
     identity::Identity,
+    mask::body::{ACCEPT_ENCODING, BodyLimits, BodyMasker, BodyRules, Unmaskable},
     policy::{Decision, HttpRequest, Policy},
     record::{EventKind, ProcessInfo, Store},
 };
 
 /// How long a request body may take to deliver the sample the gateway records before forwarding.
 const SAMPLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A request's number in its session, and when it was received: as recorded (RFC 3339, ms) and
+/// for measuring its duration.
+struct Received {
+    number: u64,
+    at: String,
+    instant: Instant,
+}
+
+/// Milliseconds since `from`, with microseconds.
+fn millis_since(from: Instant) -> f64 {
+    from.elapsed().as_micros() as f64 / 1000.0
+}
 
 /// What a session's requests need, owned: HTTP/2 streams are served on tasks of their own.
 pub(super) struct Exchange {
@@ -45,6 +64,8 @@ pub(super) struct Exchange {
     port: u16,
     upstream: Upstream,
     credential: Option<Injected>,
+    /// The body masking of the target's `[[masking]]` rules; `None` when none applies.
+    masking: Option<Arc<BodyRules>>,
     counters: Counters,
 }
 
@@ -76,12 +97,19 @@ impl Exchange {
             port: s.dst.port(),
             upstream: setup.upstream,
             credential,
+            masking: BodyRules::for_target(&setup.services.masking, &s.target.name),
             counters: setup.counters,
         })
     }
 
     pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let number = self.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        // The recording's timings (and HAR's) count from here.
+        let received = Received {
+            number,
+            at: crate::time::now(),
+            instant: Instant::now(),
+        };
         let rules = HostRules {
             hosts: &self.settings.hosts,
             sni: self.sni.as_deref(),
@@ -90,23 +118,28 @@ impl Exchange {
         let reading =
             match request::read(request.method(), request.uri(), request.headers(), &rules) {
                 Ok(r) => r,
-                Err(refusal) => return self.refuse(number, &request, refusal),
+                Err(refusal) => {
+                    return self.refuse(number, request.method(), request.uri(), refusal);
+                }
             };
-        let op = HttpRequest {
+        let (parts, body) = request.into_parts();
+        let mut op = HttpRequest {
             method: &reading.method,
             host: &reading.host,
             path: &reading.path,
             query: &reading.query,
+            rpc: None,
         };
-        let decision = self.policy.decide_http(&self.identity, &self.target, &op);
-        let (parts, body) = request.into_parts();
-        let sampled = match tokio::time::timeout(
+        // Rules about JSON-RPC messages need the whole body before policy can decide.
+        let reads_rpc = self.policy.http_reads_rpc(&self.target, &op);
+        let limit = if reads_rpc {
+            rpc::MAX_BODY + 1
+        } else {
+            self.settings.body_sample
+        };
+        let mut sampled = match tokio::time::timeout(
             SAMPLE_TIMEOUT,
-            body::sample(
-                body,
-                self.settings.body_sample,
-                Arc::clone(&self.counters.up),
-            ),
+            body::sample(body, limit, Arc::clone(&self.counters.up)),
         )
         .await
         {
@@ -130,7 +163,25 @@ impl Exchange {
                 );
             }
         };
-        let recorded = self.request_event(number, &reading, &parts, &decision, &sampled.sample);
+        let calls = if reads_rpc {
+            match read_rpc(&parts, &sampled) {
+                Ok(calls) => calls,
+                Err(refusal) => return self.refuse(number, &parts.method, &parts.uri, refusal),
+            }
+        } else {
+            None
+        };
+        sampled.sample.truncate(self.settings.body_sample);
+        op.rpc = calls.as_ref().map(|c| c.messages.as_slice());
+        let decision = self.policy.decide_http(&self.identity, &self.target, &op);
+        let recorded = self.request_event(
+            &received,
+            &reading,
+            &parts,
+            &decision,
+            &sampled.sample,
+            calls.as_ref(),
+        );
         match &decision {
             Decision::Deny { rule, reason } => {
                 self.store
@@ -155,7 +206,10 @@ impl Exchange {
             Decision::RequireApproval { rule } => {
                 self.store
                     .note_event(self.session_id, EventKind::HttpRequest, recorded.clone());
-                match self.approve(rule, &reading, &parts, &sampled.sample).await {
+                match self
+                    .approve(rule, &reading, &parts, &sampled.sample, calls.as_ref())
+                    .await
+                {
                     Ok(by) => {
                         // Write-ahead: the approval is on record before the request leaves.
                         let approval =
@@ -168,7 +222,9 @@ impl Exchange {
                         {
                             return self.unrecordable(number);
                         }
-                        return self.forward(number, &reading, parts, sampled.body).await;
+                        return self
+                            .forward(number, &reading, parts, sampled.body, received)
+                            .await;
                     }
                     Err(reason) => {
                         let approval = json!({ "request": number, "rule": rule, "denied": reason });
@@ -194,7 +250,8 @@ impl Exchange {
         {
             return self.unrecordable(number);
         }
-        self.forward(number, &reading, parts, sampled.body).await
+        self.forward(number, &reading, parts, sampled.body, received)
+            .await
     }
 
     /// Asks people; `Ok(approver)` or `Err(why not)`.
@@ -204,11 +261,22 @@ impl Exchange {
         reading: &Reading,
         parts: &http::request::Parts,
         sample: &Bytes,
+        calls: Option<&Calls>,
     ) -> Result<String, String> {
-        let operation = format!(
+        let mut operation = format!(
             "{} {}{}",
             reading.method, reading.host, reading.path_and_query
         );
+        // A tool call is shown as what it does: the tool and its arguments.
+        for (message, arguments) in calls
+            .iter()
+            .flat_map(|c| c.messages.iter().zip(&c.arguments))
+        {
+            operation.push_str(&format!("\n{message}"));
+            if !arguments.is_null() {
+                operation.push_str(&format!(" {arguments}"));
+            }
+        }
         let request = ApprovalRequest {
             session_id: self.session_id,
             target: self.target.clone(),
@@ -223,6 +291,7 @@ impl Exchange {
                 "query": reading.query,
                 "headers": headers::recorded(&parts.headers, self.credential_header()),
                 "body_sample": String::from_utf8_lossy(sample),
+                "rpc": calls.map(Calls::recorded),
             }),
             process: self.process.clone(),
             job_id: self.job_id.clone(),
@@ -248,19 +317,27 @@ impl Exchange {
 
     fn request_event(
         &self,
-        number: u64,
+        received: &Received,
         reading: &Reading,
         parts: &http::request::Parts,
         decision: &Decision,
         sample: &Bytes,
+        calls: Option<&Calls>,
     ) -> serde_json::Value {
         json!({
-            "request": number,
+            "rpc": calls.map(Calls::recorded),
+            "request": received.number,
+            "started_at": received.at,
+            // From the request received to its decision.
+            "duration_ms": millis_since(received.instant),
             "version": format!("{:?}", parts.version),
+            "scheme": if self.settings.tls == crate::config::HttpTls::Terminate { "https" } else { "http" },
             "method": reading.method,
             "host": reading.host,
+            "authority": reading.authority,
             "path": reading.path,
             "target": reading.path_and_query,
+            "query": reading.query,
             "headers": headers::recorded(&parts.headers, self.credential_header()),
             "body_sample": String::from_utf8_lossy(sample),
             "decision": decision.label(),
@@ -277,6 +354,7 @@ impl Exchange {
         reading: &Reading,
         parts: http::request::Parts,
         body: Body,
+        received: Received,
     ) -> Response<Body> {
         let mut headers = parts.headers;
         headers::strip_hop_by_hop(&mut headers);
@@ -288,6 +366,18 @@ impl Exchange {
             headers.insert(
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
+            );
+        }
+        if self.masking.is_some() {
+            // A byte range of the upstream's body could cut a value away from what identifies
+            // it (its member name, the rest of a detector's match): the whole body is asked for
+            // and masked. The masking decodes every coding it asks for (and the echo filter then
+            // reads the decoded bytes), whatever codings the job would accept.
+            headers.remove(header::RANGE);
+            headers.remove(header::IF_RANGE);
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static(ACCEPT_ENCODING),
             );
         }
         let scheme = if self.upstream.is_tls() {
@@ -312,6 +402,7 @@ impl Exchange {
                 );
             }
         };
+        let head = parts.method == http::Method::HEAD;
         let mut upstream_request = Request::new(body);
         *upstream_request.method_mut() = parts.method;
         *upstream_request.uri_mut() = uri;
@@ -338,18 +429,110 @@ impl Exchange {
                 );
             }
         };
-        self.respond(number, response)
+        self.respond(number, head, response, received).await
     }
 
-    fn respond(&self, number: u64, response: Response<Incoming>) -> Response<Body> {
+    /// The masker for a response, `None` when no masking reads it; [`Unmaskable`] when masking
+    /// applies and the body cannot be masked.
+    fn masker_for(
+        &self,
+        head: bool,
+        transfer_coded: bool,
+        parts: &http::response::Parts,
+        body: &Incoming,
+    ) -> Result<Option<BodyMasker>, Unmaskable> {
+        let Some(rules) = &self.masking else {
+            return Ok(None);
+        };
+        let status = parts.status;
+        // Nothing to mask in a response without a body.
+        if head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || http_body::Body::is_end_stream(body)
+        {
+            return Ok(None);
+        }
+        if transfer_coded {
+            return Err(Unmaskable(
+                "a transfer coding other than chunked is not decoded".into(),
+            ));
+        }
+        if status == StatusCode::PARTIAL_CONTENT {
+            return Err(Unmaskable(
+                "a partial response (206) is a byte range of a body, which cannot be masked".into(),
+            ));
+        }
+        let mut types = parts.headers.get_all(header::CONTENT_TYPE).iter();
+        let content_type = match (types.next(), types.next()) {
+            (None, _) => None,
+            (Some(t), None) => Some(
+                t.to_str()
+                    .map_err(|_| Unmaskable("a Content-Type that is not text".into()))?,
+            ),
+            (Some(_), Some(_)) => {
+                return Err(Unmaskable("more than one Content-Type".into()));
+            }
+        };
+        // Several Content-Encoding headers are one list (RFC 9110 §5.3).
+        let codings = parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Unmaskable("a Content-Encoding that is not text".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .join(", ");
+        let coding = (!codings.is_empty()).then_some(codings.as_str());
+        BodyMasker::new(rules, content_type, coding, &BodyLimits::default())
+    }
+
+    async fn respond(
+        &self,
+        number: u64,
+        head: bool,
+        response: Response<Incoming>,
+        received: Received,
+    ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
+        // hyper removes only `chunked`: any other transfer coding is still on the body's bytes.
+        let transfer_coded = parts
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         headers::strip_hop_by_hop(&mut parts.headers);
         let secrets: &[Vec<u8>] = self.credential.as_ref().map_or(&[], |c| &c.secrets);
         let header_echoes = headers::redact_echoes(&mut parts.headers, secrets);
         let status = parts.status;
+        let masker = match self.masker_for(head, transfer_coded, &parts, &body) {
+            Ok(m) => m,
+            Err(unmaskable) => {
+                return self.refuse_response(number, &parts, &unmaskable.to_string(), &received);
+            }
+        };
+        if let Some(m) = &masker {
+            let changes = m.header_changes();
+            for name in &changes.remove {
+                parts.headers.remove(*name);
+            }
+            if changes.weaken_etag
+                && let Some(etag) = parts.headers.get(header::ETAG)
+                && !etag.as_bytes().starts_with(b"W/")
+                && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+            {
+                parts.headers.insert(header::ETAG, weak);
+            }
+        }
+        let masked = masker.is_some();
         let recorded_headers = headers::recorded(&parts.headers, None);
         let store = self.store.clone();
         let session_id = self.session_id;
+        let (started_at, instant) = (received.at.clone(), received.instant);
         let on_end = Box::new(move |summary: body::Summary| {
             store.note_event(
                 session_id,
@@ -362,22 +545,83 @@ impl Exchange {
                     "bytes": summary.bytes,
                     "sha256": summary.sha256,
                     "echoes_redacted": summary.echoes_redacted + header_echoes,
+                    "masked": summary.masked,
+                    "masking_error": summary.masking_error,
                     "body_sample": String::from_utf8_lossy(&summary.sample),
+                    "started_at": started_at,
+                    // From the request received to the response body's end.
+                    "duration_ms": millis_since(instant),
                 }),
             );
         });
-        let body = ResponseBody::new(
+        let mut body = ResponseBody::new(
             body,
-            EchoFilter::new(secrets),
+            Filters {
+                masker,
+                echo: EchoFilter::new(secrets),
+            },
             self.settings.body_sample,
             Arc::clone(&self.counters.down),
             on_end,
         );
+        if masked {
+            if let Err(e) = body.prefetch().await {
+                return self.refuse_response(number, &parts, &e.to_string(), &received);
+            }
+            if let Some(len) = body.complete_length() {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
         Response::from_parts(parts, body.boxed_unsync())
     }
 
+    /// A response the masking cannot read: the job gets a refusal instead of its body, and the
+    /// recording says why (the upstream's body is dropped unread).
+    fn refuse_response(
+        &self,
+        number: u64,
+        parts: &http::response::Parts,
+        reason: &str,
+        received: &Received,
+    ) -> Response<Body> {
+        tracing::info!(
+            session = self.session_id,
+            request = number,
+            "response refused: {reason}"
+        );
+        self.store.note_event(
+            self.session_id,
+            EventKind::HttpResponse,
+            json!({
+                "request": number,
+                "status": StatusCode::BAD_GATEWAY.as_u16(),
+                "upstream_status": parts.status.as_u16(),
+                "headers": headers::recorded(&parts.headers, None),
+                "refused": reason,
+                "masking": self.masking.as_ref().map(|m| m.rules.clone()),
+                "started_at": received.at,
+                "duration_ms": millis_since(received.instant),
+            }),
+        );
+        self.answer(
+            number,
+            StatusCode::BAD_GATEWAY,
+            "Response cannot be masked",
+            reason,
+            json!({}),
+        )
+    }
+
     /// A refusal before policy: recorded, answered with a problem document.
-    fn refuse(&self, number: u64, request: &Request<Incoming>, refusal: Refusal) -> Response<Body> {
+    fn refuse(
+        &self,
+        number: u64,
+        method: &http::Method,
+        uri: &Uri,
+        refusal: Refusal,
+    ) -> Response<Body> {
         tracing::info!(
             session = self.session_id,
             request = number,
@@ -389,8 +633,8 @@ impl Exchange {
             EventKind::Refused,
             json!({
                 "request": number,
-                "method": request.method().as_str(),
-                "target": request.uri().to_string(),
+                "method": method.as_str(),
+                "target": uri.to_string(),
                 "status": refusal.status.as_u16(),
                 "reason": refusal.detail,
             }),
@@ -430,4 +674,29 @@ impl Exchange {
         }
         problem::response(status, title, detail, extra)
     }
+}
+
+/// The JSON-RPC messages of a POST body, for rules about them: the whole body, unencoded.
+fn read_rpc(
+    parts: &http::request::Parts,
+    sampled: &body::Sampled,
+) -> Result<Option<Calls>, Refusal> {
+    if parts.headers.contains_key(header::CONTENT_ENCODING) {
+        return Err(Refusal {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            title: "Request refused by the gateway",
+            detail: "the target's rules are about JSON-RPC messages, which the gateway reads only in unencoded bodies".into(),
+        });
+    }
+    if !sampled.complete {
+        return Err(Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            title: "Request refused by the gateway",
+            detail: format!(
+                "the target's rules are about JSON-RPC messages, which the gateway reads in bodies of at most {} bytes",
+                rpc::MAX_BODY
+            ),
+        });
+    }
+    rpc::read(&sampled.sample)
 }
