@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`<pin_dir>/v<ABI_VERSION>/`).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -37,8 +37,11 @@ pub mod maps {
     pub const JOB_LINKS: &str = "JOB_LINKS";
     /// Array of [`super::JobState`] by job slot, mmapped by the daemon.
     pub const JOB_STATES: &str = "JOB_STATES";
+    /// netns cookie → 1 for every network namespace the daemon has a listener in (its own, and
+    /// each job namespace it opened one in): a redirected SYN in any other namespace is held.
+    pub const NETNS_LISTENERS: &str = "NETNS_LISTENERS";
     /// Every map, in the order the daemon pins them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CONFIG,
         DESTINATIONS,
         DNS_RESOLVERS,
@@ -48,6 +51,7 @@ pub mod maps {
         EXEC_STARTS,
         JOB_LINKS,
         JOB_STATES,
+        NETNS_LISTENERS,
     ];
 }
 
@@ -79,6 +83,9 @@ pub mod programs {
     /// Tracepoint on `syscalls:sys_enter_execve` and `sys_enter_execveat`: when a process that
     /// connected through the gateway last began to run another program (`maps::EXEC_STARTS`).
     pub const EXEC_START: &str = "gw_exec_start";
+    /// `cgroup_skb/egress`: drops the SYN of a redirected connect made in a network namespace the
+    /// daemon has no listener in yet (TCP sends it again, by then to a listener).
+    pub const SYN_HOLD: &str = "gw_syn_hold";
 }
 
 /// The LSM hook `programs::SOCKET_FAMILY` is loaded for.
@@ -182,6 +189,9 @@ pub struct ConnInfo {
     /// Slot of the job (`JOB_STATES`) whose counters this record is counted in.
     pub job_slot: u32,
     pub _pad2: u32,
+    /// Cookie of the network namespace the socket lives in (the listener it reaches is that
+    /// namespace's).
+    pub netns_cookie: u64,
 }
 
 /// Value of `SOCKETS`: one redirected socket, from its connect until it closes.
@@ -193,6 +203,7 @@ pub struct SocketRecord {
     pub client: ClientKey,
     /// 1 once `sock_ops` put the record in `BY_CLIENT` (the daemon may take it from there).
     pub queued: u32,
+    pub _pad: u32,
 }
 
 /// Value of `JOB_LINKS` (cgroup storage of a job cgroup), written by the daemon when it attaches
@@ -232,13 +243,16 @@ pub struct JobState {
 }
 
 /// Key of `BY_CLIENT`: the client end of a redirected connection, i.e. the peer address the
-/// daemon sees on accept. IPv4 as IPv4-mapped IPv6.
+/// daemon sees on accept, in the network namespace of the listener that accepted it (two
+/// containers may use the same address and port at once). IPv4 as IPv4-mapped IPv6.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientKey {
+    pub netns_cookie: u64,
     pub addr: [u8; 16],
     /// Host byte order.
     pub port: u32,
+    pub _pad: u32,
 }
 
 /// `Event::kind`: a TCP connect to a destination outside the target set.
@@ -261,6 +275,10 @@ pub const LIMIT_PENDING: u32 = 1;
 pub const LIMIT_TOTAL: u32 = 2;
 /// ... the cgroup has no job link (`JOB_LINKS`), or the socket no storage for its record.
 pub const LIMIT_NO_RECORD: u32 = 3;
+
+/// `Event::kind`: a redirected connect in a network namespace the daemon has no listener in yet
+/// (`Event::netns_cookie`); its SYN is held until the daemon opens one there. Not a refusal.
+pub const EVENT_NETNS: u32 = 7;
 
 /// Ring-buffer record of something the programs refused (enforce) or let through (audit).
 #[repr(C)]
@@ -288,18 +306,20 @@ pub struct Event {
     /// Slot of the job the event is counted for (0: none known).
     pub job_slot: u32,
     pub _pad: u32,
+    /// Network namespace of the socket, where the program knows it (0 otherwise).
+    pub netns_cookie: u64,
 }
 
 // The layouts must have no implicit padding (the verifier refuses to pass uninitialised stack bytes
 // to map helpers): each size below is the plain sum of the field sizes.
 const _: () = assert!(core::mem::size_of::<Config>() == 40);
 const _: () = assert!(core::mem::size_of::<Destination>() == 8);
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 88);
-const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);
-const _: () = assert!(core::mem::size_of::<SocketRecord>() == 112);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 96);
+const _: () = assert!(core::mem::size_of::<ClientKey>() == 32);
+const _: () = assert!(core::mem::size_of::<SocketRecord>() == 136);
 const _: () = assert!(core::mem::size_of::<JobLink>() == 16);
 const _: () = assert!(core::mem::size_of::<JobState>() == 4 * 8 + 4 * EVENT_KINDS * 8);
-const _: () = assert!(core::mem::size_of::<Event>() == 96);
+const _: () = assert!(core::mem::size_of::<Event>() == 104);
 
 #[cfg(feature = "user")]
 mod user {

@@ -13,8 +13,10 @@ use std::{
     time::Duration,
 };
 
+mod docker;
 mod postgres;
 mod ssh;
+pub use docker::{DEFAULT_DOCKER_ENGINE, DEFAULT_DOCKER_LISTEN, DockerSettings};
 pub use postgres::{ClientTls, PostgresSettings, UpstreamTls};
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -26,8 +28,8 @@ pub use crate::address::{AddressSpec, HostSpec};
 pub use crate::identity::Issuer;
 pub use crate::mask::MaskingRule;
 pub use crate::policy::model::{
-    Action, ClaimPattern, Credentials, IdentityCredentials, Rule, SqlCondition, SshCondition,
-    SshOperationKind,
+    Action, ClaimPattern, Credentials, DockerCondition, IdentityCredentials, Rule, SqlCondition,
+    SshCondition, SshOperationKind,
 };
 
 pub use approvals::{Approvals, ApproverGroup, Person, WebConfig};
@@ -228,6 +230,8 @@ pub struct Config {
     pub masking: Vec<MaskingRule>,
     pub approvals: Approvals,
     pub approvers: Vec<ApproverGroup>,
+    /// `[docker]`: the gateway's Docker API socket (`None`: not offered).
+    pub docker: Option<DockerSettings>,
     /// The file this was read from; `None` for built-in defaults.
     pub source: Option<PathBuf>,
     /// Things that are valid but probably not meant (e.g. a rule on a claim no issuer sets).
@@ -360,6 +364,7 @@ struct RawConfig {
     approvals: approvals::RawApprovals,
     #[serde(default)]
     approvers: Vec<approvals::RawApproverGroup>,
+    docker: Option<S<docker::RawDocker>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -444,6 +449,7 @@ struct RawRule {
     reason: Option<String>,
     ssh: Option<S<ssh::RawSshCondition>>,
     sql: Option<S<postgres::RawSql>>,
+    docker: Option<S<docker::RawDockerCondition>>,
     #[serde(default)]
     approvers: Vec<S<String>>,
     quorum: Option<S<u32>>,
@@ -529,6 +535,7 @@ impl Validator<'_> {
         let targets = self.targets(raw.targets);
         let approvals = self.approvals(raw.approvals);
         let approvers = self.approver_groups(raw.approvers);
+        let docker = self.docker(raw.docker);
         let rules = self.rules(raw.rules, &targets, &approvers, &issuers);
         let masking = self.masking(raw.masking, &targets);
         Config {
@@ -539,6 +546,7 @@ impl Validator<'_> {
             masking,
             approvals,
             approvers,
+            docker,
             source: None,
             warnings: Vec::new(),
         }
@@ -840,7 +848,19 @@ impl Validator<'_> {
                     format!("duplicate rule name {name:?}"),
                 );
             }
+            let docker = r.docker.map(|d| {
+                let targets_span = r.targets.as_ref().map(|t| t.span());
+                if r.ssh.is_some() || r.sql.is_some() {
+                    self.problem(
+                        d.span(),
+                        format!("rules[{i}].docker"),
+                        "a rule is about Docker requests, SQL statements or SSH operations: one of them",
+                    );
+                }
+                self.docker_condition(i, d, r.action, r.name.span(), targets_span)
+            });
             let target_globs: Vec<String> = match r.targets {
+                _ if docker.is_some() => vec!["*".to_string()],
                 None => vec!["*".to_string()],
                 Some(list) => {
                     let span = list.span();
@@ -902,6 +922,7 @@ impl Validator<'_> {
                 reason: r.reason,
                 ssh,
                 sql,
+                docker,
                 approvers,
                 quorum,
                 approval_timeout,

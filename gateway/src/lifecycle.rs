@@ -32,6 +32,8 @@ pub struct JobControl {
     pub jobs: Arc<Jobs>,
     pub connections: Arc<Connections>,
     pub recorder: Arc<Recorder>,
+    /// What jobs created in Docker through the gateway (removed with them).
+    pub containers: Arc<crate::protocol::docker::containers::Containers>,
 }
 
 /// What a job is bound to.
@@ -207,6 +209,9 @@ impl JobControl {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         }
+        // Its processes are gone: the containers, networks and volumes it made go too (nothing
+        // of it may run on, or restart, outside the job).
+        self.containers.remove_job(&job.id).await;
         self.store
             .end_job(job.id.clone())
             .await

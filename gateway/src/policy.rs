@@ -11,9 +11,11 @@
 
 use serde::Serialize;
 
+mod docker;
 pub mod model;
 mod settings;
 mod ssh;
+pub use docker::DockerOperation;
 pub use settings::{PROTECTED_SETTINGS, StartupSettingError, check_startup_setting};
 pub use ssh::SshOperation;
 use std::{collections::HashSet, path::PathBuf};
@@ -133,7 +135,7 @@ impl Policy {
         for rule in self
             .rules
             .iter()
-            .filter(|r| r.sql.is_none() && r.ssh.is_none())
+            .filter(|r| r.sql.is_none() && r.ssh.is_none() && r.docker.is_none())
         {
             if applies(rule, identity, target) {
                 return decision_of(rule, identity, target);
@@ -183,7 +185,7 @@ impl Policy {
                 ),
             };
         }
-        for rule in &self.rules {
+        for rule in self.rules.iter().filter(|r| r.docker.is_none()) {
             let sql_matches = rule
                 .sql
                 .as_ref()

@@ -6,8 +6,8 @@ use std::{net::SocketAddr, sync::Arc};
 
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{
-    AF_INET, EVENT_BIND, EVENT_CONNECT, EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP,
-    Event, LIMIT_NO_RECORD, LIMIT_PENDING, LIMIT_TOTAL, MAX_PENDING,
+    AF_INET, EVENT_BIND, EVENT_CONNECT, EVENT_LIMIT, EVENT_LISTENER, EVENT_NETNS, EVENT_SOCKET,
+    EVENT_UDP, Event, LIMIT_NO_RECORD, LIMIT_PENDING, LIMIT_TOTAL, MAX_PENDING,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -95,6 +95,10 @@ pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, servic
 }
 
 fn record(event: &Event, services: &Services) {
+    if event.kind == EVENT_NETNS {
+        // Not a refusal: a connect waits for a listener in its namespace.
+        return services.netns.request(event.pid, event.netns_cookie);
+    }
     let job = services
         .jobs
         .by_slot(event.job_slot)
@@ -150,6 +154,8 @@ fn record(event: &Event, services: &Services) {
         cmdline_cut: false,
         verified: false,
         cgroup_id: event.cgroup_id,
+        container: None,
+        ancestry: Vec::new(),
     };
     tracing::info!(pid = p.pid, comm = %p.comm, protocol, %destination, decision, "{reason}");
     let session = NewSession {
