@@ -9,9 +9,9 @@
 //! Refused connections and direct connections to the listener are budgeted here.
 
 use crate::record::EventKind;
+use parking_lot::Mutex;
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
     time::Duration,
 };
 
@@ -96,8 +96,8 @@ impl Budgets {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Whether to record one more of `source` for `job` this second; if not, it is counted for

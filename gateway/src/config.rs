@@ -14,9 +14,11 @@ use std::{
 };
 
 mod docker;
+mod http;
 mod postgres;
 mod ssh;
 pub use docker::{DEFAULT_DOCKER_ENGINE, DEFAULT_DOCKER_LISTEN, DockerSettings};
+pub use http::{HttpSettings, HttpTls};
 pub use postgres::{ClientTls, PostgresSettings, UpstreamTls};
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -28,8 +30,8 @@ pub use crate::address::{AddressSpec, HostSpec};
 pub use crate::identity::Issuer;
 pub use crate::mask::MaskingRule;
 pub use crate::policy::model::{
-    Action, ClaimPattern, Credentials, DockerCondition, IdentityCredentials, Rule, SqlCondition,
-    SshCondition, SshOperationKind,
+    Action, ClaimPattern, Credentials, DockerCondition, HttpCondition, IdentityCredentials, Rule,
+    SqlCondition, SshCondition, SshOperationKind,
 };
 
 pub use approvals::{Approvals, ApproverGroup, Person, WebConfig};
@@ -152,7 +154,10 @@ pub fn targets_on_local_addresses<'a>(
 impl Protocol {
     /// Protocols this build can serve; the others are refused by validation.
     pub fn implemented(self) -> bool {
-        matches!(self, Protocol::Tcp | Protocol::Postgres | Protocol::Ssh)
+        matches!(
+            self,
+            Protocol::Tcp | Protocol::Postgres | Protocol::Ssh | Protocol::Http
+        )
     }
 }
 
@@ -211,6 +216,8 @@ pub struct Target {
     pub ssh: SshSettings,
     /// `[targets.postgres]`: settings of postgres targets (defaults for the others).
     pub postgres: PostgresSettings,
+    /// `[targets.http]`: settings of http targets (defaults for the others).
+    pub http: HttpSettings,
     /// TCP targets: keep a spare upstream connection to a destination while jobs keep connecting
     /// to it (see `protocol::spares`). Off by default.
     pub preconnect: bool,
@@ -417,6 +424,7 @@ struct RawTarget {
     credentials: RawCredentials,
     ssh: Option<S<ssh::RawSshTarget>>,
     postgres: Option<S<postgres::RawPostgres>>,
+    http: Option<S<http::RawHttp>>,
     preconnect: Option<S<bool>>,
 }
 
@@ -426,8 +434,11 @@ struct RawCredentials {
     user: Option<String>,
     password_file: Option<S<String>>,
     key_file: Option<S<String>>,
+    token_file: Option<S<String>>,
+    header: Option<S<String>>,
+    scheme: Option<S<String>>,
     #[serde(default)]
-    identities: Vec<postgres::RawIdentityCredentials>,
+    identities: Vec<S<postgres::RawIdentityCredentials>>,
 }
 
 #[derive(Deserialize)]
@@ -450,6 +461,7 @@ struct RawRule {
     ssh: Option<S<ssh::RawSshCondition>>,
     sql: Option<S<postgres::RawSql>>,
     docker: Option<S<docker::RawDockerCondition>>,
+    http: Option<S<http::RawHttpCondition>>,
     #[serde(default)]
     approvers: Vec<S<String>>,
     quorum: Option<S<u32>>,
@@ -512,6 +524,16 @@ impl Validator<'_> {
                 default
             }
         }
+    }
+
+    /// An optional file setting, which must be an absolute path when given.
+    fn optional_file(&mut self, raw: Option<S<String>>, key: String) -> Option<PathBuf> {
+        let raw = raw?;
+        let p = PathBuf::from(raw.get_ref());
+        if !p.is_absolute() {
+            self.problem(raw.span(), key, "must be an absolute path");
+        }
+        Some(p)
     }
 
     fn absolute_path(&mut self, raw: Option<S<String>>, key: &str, default: &str) -> PathBuf {
@@ -749,7 +771,7 @@ impl Validator<'_> {
             }
             let protocol = *t.protocol.get_ref();
             if !protocol.implemented() {
-                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, postgres, ssh)"));
+                self.problem(t.protocol.span(), format!("targets[{i}].protocol"), format!("protocol \"{protocol}\" is not supported by this build yet (supported: tcp, postgres, ssh, http)"));
             }
             let address = match AddressSpec::parse(t.address.get_ref(), false) {
                 Ok(a) => a,
@@ -767,26 +789,33 @@ impl Validator<'_> {
             }
             seen_addresses.push((address.clone(), name.clone()));
             let c = t.credentials;
-            let mut file = |f: Option<S<String>>, key: &str| {
-                f.map(|f| {
-                    let p = PathBuf::from(f.get_ref());
-                    if !p.is_absolute() {
-                        self.problem(
-                            f.span(),
-                            format!("targets[{i}].credentials.{key}"),
-                            "must be an absolute path",
-                        );
-                    }
-                    p
-                })
-            };
+            let mut file =
+                |f, key: &str| self.optional_file(f, format!("targets[{i}].credentials.{key}"));
+            let header = c
+                .header
+                .map(|h| h.into_inner().to_ascii_lowercase())
+                .unwrap_or_else(|| "authorization".into());
+            // A token in another header (`x-api-key`) goes as it is; in Authorization it is a
+            // bearer token, and a password is Basic.
+            let scheme = c.scheme.map(S::into_inner).unwrap_or_else(|| {
+                if header != "authorization" {
+                    String::new()
+                } else if c.token_file.is_none() && c.password_file.is_some() {
+                    "Basic".into()
+                } else {
+                    "Bearer".into()
+                }
+            });
             let mut credentials = Credentials {
                 user: c.user,
                 password_file: file(c.password_file, "password_file"),
                 key_file: file(c.key_file, "key_file"),
+                token_file: file(c.token_file, "token_file"),
+                header,
+                scheme,
                 identities: Vec::new(),
             };
-            credentials.identities = self.identity_credentials(i, c.identities);
+            credentials.identities = self.identity_credentials(i, protocol, c.identities);
             let postgres = self.postgres_settings(i, protocol, t.postgres);
             if protocol == Protocol::Postgres
                 && !postgres.authenticates_server()
@@ -809,16 +838,24 @@ impl Validator<'_> {
                 }
                 *p.get_ref()
             });
+            let target_host = match &address.host {
+                HostSpec::Name(n) => Some(n.clone()),
+                HostSpec::Net(_) => None,
+            };
+            let http =
+                self.http_settings(i, protocol, address.port, target_host.as_deref(), t.http);
             let target = Target {
                 name,
                 protocol,
                 address,
                 credentials,
                 postgres,
+                http,
                 ssh,
                 preconnect,
             };
             self.ssh_credentials(i, &target, t.name.span());
+            self.http_credentials(i, &target, t.name.span());
             out.push(target);
         }
         out
@@ -850,11 +887,11 @@ impl Validator<'_> {
             }
             let docker = r.docker.map(|d| {
                 let targets_span = r.targets.as_ref().map(|t| t.span());
-                if r.ssh.is_some() || r.sql.is_some() {
+                if r.ssh.is_some() || r.sql.is_some() || r.http.is_some() {
                     self.problem(
                         d.span(),
                         format!("rules[{i}].docker"),
-                        "a rule is about Docker requests, SQL statements or SSH operations: one of them",
+                        "a rule is about Docker requests, SQL statements, SSH operations or HTTP requests: one of them",
                     );
                 }
                 self.docker_condition(i, d, r.action, r.name.span(), targets_span)
@@ -906,6 +943,9 @@ impl Validator<'_> {
             let sql = r
                 .sql
                 .map(|s| self.sql_condition(i, s, &target_globs, targets));
+            let http = r
+                .http
+                .map(|h| self.http_condition(i, h, &target_globs, targets));
             let (approvers, quorum, approval_timeout) = self.rule_approval(
                 i,
                 r.action,
@@ -923,6 +963,7 @@ impl Validator<'_> {
                 ssh,
                 sql,
                 docker,
+                http,
                 approvers,
                 quorum,
                 approval_timeout,

@@ -2,9 +2,10 @@
 //! to the parts it uses (and no more), and graceful shutdown. Job lifecycle is `lifecycle`;
 //! control requests are answered in `control`; connections are served by `intercept`.
 
+use parking_lot::RwLock;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use gateway_common::{Config as KernelConfig, FLAG_DEBUG_LOG, MODE_AUDIT, MODE_ENFORCE};
@@ -21,7 +22,7 @@ use crate::{
     intercept,
     jobs::Jobs,
     lifecycle::{self, JobControl},
-    protocol::{docker, postgres, ssh},
+    protocol::{docker, http, postgres, ssh},
     record::{Store, StoreError, now},
     targets::TargetSet,
 };
@@ -85,22 +86,20 @@ pub fn local_addresses() -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
-/// The CA and certificates for TLS toward postgres clients, when a target offers it. Loaded (or
-/// created) before anything else changes: a damaged CA stops the start.
-fn client_tls(
-    config: &Config,
-) -> Result<Option<crate::protocol::postgres::client_tls::ClientTls>, DaemonError> {
-    let offered = config.targets.iter().any(|t| {
-        t.protocol == crate::config::Protocol::Postgres
-            && t.postgres.client_tls != crate::config::ClientTls::Off
+/// The CA and certificates for TLS toward jobs, when a target terminates it (postgres
+/// `client_tls`, http `tls = "terminate"`). Loaded (or created) before anything else changes: a
+/// damaged CA stops the start.
+fn job_tls(config: &Config) -> Result<Option<Arc<crate::tls_ca::job_tls::JobTls>>, DaemonError> {
+    let offered = config.targets.iter().any(|t| match t.protocol {
+        crate::config::Protocol::Postgres => t.postgres.client_tls != crate::config::ClientTls::Off,
+        crate::config::Protocol::Http => t.http.tls == crate::config::HttpTls::Terminate,
+        _ => false,
     });
     if !offered {
         return Ok(None);
     }
     let ca = crate::tls_ca::Ca::load_or_create(&config.server.state_dir)?;
-    Ok(Some(crate::protocol::postgres::client_tls::ClientTls::new(
-        ca,
-    )))
+    Ok(Some(Arc::new(crate::tls_ca::job_tls::JobTls::new(ca))))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -128,7 +127,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             address: *address,
         });
     }
-    let client_tls = client_tls(&config)?;
+    let job_tls = job_tls(&config)?;
 
     // The lock on the pinned objects comes first: a second daemon stops here, having changed nothing.
     let mut dataplane = Dataplane::open(&server.bpf_pin_dir, ebpf_object)?;
@@ -268,7 +267,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             masking: config.masking.clone().into(),
             cancels: Default::default(),
             classifier: Default::default(),
-            client_tls,
+            client_tls: job_tls.clone(),
             upstream_connect_timeout: server.upstream_connect_timeout,
             shutdown: shutdown.clone(),
         },
@@ -282,6 +281,15 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         netns: netns.clone(),
         cgroup_root: cgroup_root.clone(),
         containers: containers.clone(),
+        http: http::Services {
+            store: store.clone(),
+            policy: policy.clone(),
+            approvals: approvals.clone(),
+            job_tls: job_tls.clone(),
+            upstream_connect_timeout: server.upstream_connect_timeout,
+            shutdown: shutdown.clone(),
+            upstream_tls: Default::default(),
+        },
     });
     let docker_services = config.docker.as_ref().map(|d| {
         Arc::new(docker::Services {
@@ -633,7 +641,7 @@ async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
         for p in problems {
             tracing::warn!("{p}");
         }
-        let current = r.targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let current = r.targets.read().clone();
         if *current == fresh {
             continue;
         }
@@ -651,7 +659,7 @@ async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
                 .configure(kernel_config(&r.config), &entries, &resolvers);
         match configured {
             Ok(()) => {
-                *r.targets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                *r.targets.write() = Arc::new(fresh);
                 tracing::info!("target addresses changed; destination set updated");
             }
             Err(e) => tracing::error!(error = %e, "cannot update the destination set"),

@@ -1,10 +1,11 @@
 //! The jobs the daemon knows: cgroups with the programs attached, and who each one is.
 
+use parking_lot::RwLock;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -89,22 +90,13 @@ pub struct Jobs {
 impl Jobs {
     pub fn insert(&self, job: Job) -> Arc<Job> {
         let job = Arc::new(job);
-        self.by_cgroup
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job.cgroup_id, job.clone());
+        self.by_cgroup.write().insert(job.cgroup_id, job.clone());
         job
     }
 
     pub fn remove(&self, cgroup_id: u64) -> Option<Arc<Job>> {
-        self.descendants
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, j| *j != cgroup_id);
-        self.by_cgroup
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&cgroup_id)
+        self.descendants.write().retain(|_, j| *j != cgroup_id);
+        self.by_cgroup.write().remove(&cgroup_id)
     }
 
     pub fn by_id(&self, id: &str) -> Option<Arc<Job>> {
@@ -123,37 +115,22 @@ impl Jobs {
     }
 
     pub fn list(&self) -> Vec<Arc<Job>> {
-        let mut jobs: Vec<_> = self
-            .by_cgroup
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut jobs: Vec<_> = self.by_cgroup.read().values().cloned().collect();
         jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
         jobs
     }
 
     pub fn for_cgroup_exact(&self, id: u64) -> Option<Arc<Job>> {
-        self.by_cgroup
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
+        self.by_cgroup.read().get(&id).cloned()
     }
 
     /// The job a connection from cgroup `id` belongs to: the job's own cgroup or a descendant.
     pub fn for_cgroup(&self, id: u64) -> Option<Arc<Job>> {
-        let by_cgroup = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner());
+        let by_cgroup = self.by_cgroup.read();
         if let Some(job) = by_cgroup.get(&id) {
             return Some(job.clone());
         }
-        if let Some(job_cgroup) = self
-            .descendants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
+        if let Some(job_cgroup) = self.descendants.read().get(&id) {
             return by_cgroup.get(job_cgroup).cloned();
         }
         let job = by_cgroup
@@ -161,10 +138,7 @@ impl Jobs {
             .find(|j| cgroup::find_by_id(&j.cgroup_path, id).is_some())?
             .clone();
         drop(by_cgroup);
-        self.descendants
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, job.cgroup_id);
+        self.descendants.write().insert(id, job.cgroup_id);
         Some(job)
     }
 

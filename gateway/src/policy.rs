@@ -12,10 +12,12 @@
 use serde::Serialize;
 
 mod docker;
+mod http;
 pub mod model;
 mod settings;
 mod ssh;
 pub use docker::DockerOperation;
+pub use http::HttpRequest;
 pub use settings::{PROTECTED_SETTINGS, StartupSettingError, check_startup_setting};
 pub use ssh::SshOperation;
 use std::{collections::HashSet, path::PathBuf};
@@ -132,11 +134,9 @@ impl Policy {
     /// May `identity` open a connection to `target` at all? Statement and SSH operation rules are
     /// not asked.
     pub fn decide_connection(&self, identity: &Identity, target: &str) -> Decision {
-        for rule in self
-            .rules
-            .iter()
-            .filter(|r| r.sql.is_none() && r.ssh.is_none() && r.docker.is_none())
-        {
+        for rule in self.rules.iter().filter(|r| {
+            r.sql.is_none() && r.ssh.is_none() && r.http.is_none() && r.docker.is_none()
+        }) {
             if applies(rule, identity, target) {
                 return decision_of(rule, identity, target);
             }
@@ -217,23 +217,33 @@ impl Policy {
     }
 
     /// The upstream account for `identity`: the first `[[targets.credentials.identities]]` entry
-    /// whose claims match, else the target's own `user` and `password_file`.
-    pub fn upstream_account<'a>(
-        credentials: &'a Credentials,
-        identity: &Identity,
-    ) -> (Option<&'a str>, Option<&'a PathBuf>) {
+    /// whose claims match, else the target's own `user`, `password_file` and `token_file`.
+    pub fn upstream_account<'a>(credentials: &'a Credentials, identity: &Identity) -> Account<'a> {
         if identity.is_authenticated() {
             for c in &credentials.identities {
                 if claims_match(&c.claims, identity) {
-                    return (Some(&c.user), c.password_file.as_ref());
+                    return Account {
+                        user: c.user.as_deref(),
+                        password_file: c.password_file.as_ref(),
+                        token_file: c.token_file.as_ref(),
+                    };
                 }
             }
         }
-        (
-            credentials.user.as_deref(),
-            credentials.password_file.as_ref(),
-        )
+        Account {
+            user: credentials.user.as_deref(),
+            password_file: credentials.password_file.as_ref(),
+            token_file: credentials.token_file.as_ref(),
+        }
     }
+}
+
+/// The upstream account policy picked for an identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Account<'a> {
+    pub user: Option<&'a str>,
+    pub password_file: Option<&'a PathBuf>,
+    pub token_file: Option<&'a PathBuf>,
 }
 
 /// Why a statement runs SQL the gateway cannot see, if it does.

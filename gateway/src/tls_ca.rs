@@ -245,5 +245,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
     std::fs::rename(&tmp, path).map_err(io_error(path))
 }
 
+pub mod job_tls;
+
 #[cfg(test)]
 mod tests;

@@ -254,6 +254,22 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).with_context(|| format!("gateway {args:?}: not JSON"))
     }
 
+    /// `gateway targets ca` with the daemon's configuration: the CA jobs trust for TLS the
+    /// gateway terminates.
+    pub fn ca_pem(&self) -> Result<String> {
+        let out = Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["targets", "ca"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "gateway targets ca: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// `gateway sessions show ID --json`: the session with its events.
     pub fn show_session(&self, id: impl std::fmt::Display) -> Result<Value> {
         self.cli_json(&["sessions", "show", &id.to_string(), "--json"])

@@ -19,9 +19,11 @@ use anyhow::{Context as _, Result, ensure};
 
 mod cgroup;
 mod daemon;
+pub mod http;
 mod netns;
 pub mod oidc;
 pub mod pg;
+pub mod pki;
 mod postgres;
 pub mod ssh;
 
@@ -88,6 +90,10 @@ pub fn bench_bin() -> PathBuf {
 
 pub fn echo_bin() -> PathBuf {
     target_dir().join("e2e-echo")
+}
+
+pub fn httpraw_bin() -> PathBuf {
+    target_dir().join("e2e-httpraw")
 }
 
 pub fn sshraw_bin() -> PathBuf {

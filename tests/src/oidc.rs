@@ -40,55 +40,13 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new(dir: &Path) -> Result<TestCa> {
-        let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-        let (cert, key, csr) = (
-            dir.join("issuer-tls.pem"),
-            dir.join("issuer-tls.key"),
-            dir.join("issuer-tls.csr"),
-        );
-        let ext = dir.join("issuer-tls.ext");
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        run_ok(
-            Command::new("openssl")
-                .args(["req", "-x509"])
-                .args(ec)
-                .arg("-keyout")
-                .arg(&ca_key)
-                .arg("-out")
-                .arg(&ca)
-                .args(["-days", "2", "-subj", "/CN=gateway e2e test CA"]),
-        )?;
-        run_ok(
-            Command::new("openssl")
-                .arg("req")
-                .args(ec)
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&csr)
-                .args(["-subj", "/CN=127.0.0.1"]),
-        )?;
-        fs::write(&ext, "subjectAltName=IP:127.0.0.1\n")?;
-        run_ok(
-            Command::new("openssl")
-                .args(["x509", "-req", "-in"])
-                .arg(&csr)
-                .arg("-CA")
-                .arg(&ca)
-                .arg("-CAkey")
-                .arg(&ca_key)
-                .args(["-CAcreateserial", "-days", "2", "-out"])
-                .arg(&cert)
-                .arg("-extfile")
-                .arg(&ext),
-        )?;
-        Ok(TestCa { ca, cert, key })
+        let pki = crate::pki::TestPki::new(dir, "issuer")?;
+        let (cert, key) = pki.issue("issuer-tls", "IP:127.0.0.1")?;
+        Ok(TestCa {
+            ca: pki.ca,
+            cert,
+            key,
+        })
     }
 }
 

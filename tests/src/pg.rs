@@ -193,17 +193,7 @@ password_file = "{secret}"
 
     /// `gateway targets ca` with the daemon's configuration.
     pub fn ca_pem(&self) -> Result<String> {
-        let out = Command::new(gateway_bin())
-            .arg("--config")
-            .arg(&self.daemon.config_path)
-            .args(["targets", "ca"])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "gateway targets ca: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
+        self.daemon.ca_pem()
     }
 
     /// The gateway's CA in a file, as a runner image would install it.

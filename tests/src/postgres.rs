@@ -115,63 +115,12 @@ impl Postgres {
     /// Turns TLS on with a certificate for the server's address from a CA of the test's own
     /// (generated here with openssl); returns the CA's PEM file.
     pub fn enable_tls(&self, dir: &Path) -> Result<PathBuf> {
-        let ca_key = dir.join("pg-ca.key");
-        let ca = dir.join("pg-ca.pem");
-        let key = self.data.join("server.key");
-        let csr = dir.join("server.csr");
-        let cert = self.data.join("server.crt");
-        let ext = dir.join("server.ext");
-        fs::write(&ext, format!("subjectAltName = IP:{}\n", self.host))?;
-        let openssl = |args: &[&str]| run_ok(Command::new("openssl").args(args));
-        let p = |p: &Path| p.display().to_string();
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &p(&ca_key),
-            "-out",
-            &p(&ca),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=gateway e2e test CA",
-        ])?;
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &p(&key),
-            "-out",
-            &p(&csr),
-            "-subj",
-            &format!("/CN={}", self.host),
-        ])?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &p(&csr),
-            "-CA",
-            &p(&ca),
-            "-CAkey",
-            &p(&ca_key),
-            "-CAcreateserial",
-            "-out",
-            &p(&cert),
-            "-days",
-            "2",
-            "-extfile",
-            &p(&ext),
-        ])?;
+        let pki = crate::pki::TestPki::new(dir, "pg")?;
+        let (issued_cert, issued_key) = pki.issue("pg-server", &format!("IP:{}", self.host))?;
+        let (cert, key) = (self.data.join("server.crt"), self.data.join("server.key"));
+        fs::copy(&issued_cert, &cert)?;
+        fs::copy(&issued_key, &key)?;
+        let ca = pki.ca;
         run_ok(
             Command::new("chown")
                 .arg("postgres:postgres")

@@ -148,7 +148,9 @@ fn daemon_works_with_only_the_units_capabilities_and_notifies_systemd() -> Resul
     .start()?;
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).context("no sd_notify message")?;
-    assert_eq!(&buf[..n], b"READY=1");
+    // systemd reads newline-separated assignments; a trailing newline is allowed.
+    let message = std::str::from_utf8(&buf[..n])?;
+    assert_eq!(message.lines().collect::<Vec<_>>(), ["READY=1"]);
 
     // The daemon really runs without the other capabilities.
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))?;

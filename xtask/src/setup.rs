@@ -18,6 +18,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "haproxy",
     "openssh-server",
     "openssh-client",
+    // HTTP tests: the upstream web server, Python clients (requests; h2 for HTTP/2 frames no
+    // client sends), h2load for the HTTP benchmark.
+    "nginx",
+    "python3-requests",
+    "python3-h2",
+    "nghttp2-client",
     // SSH tests: an interactive shell driven through a terminal, recordings checked by asciinema.
     "tmux",
     "asciinema",

@@ -3,11 +3,8 @@
 //! waiting uses a monotonic clock.
 
 use crate::record::EventKind;
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use parking_lot::Mutex;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde_json::json;
 use tokio::{
@@ -363,7 +360,7 @@ impl Approvals {
     }
 
     fn standing_grant(&self, request: &ApprovalRequest) -> Option<ApprovalOutcome> {
-        let mut grants = self.inner.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = self.inner.grants.lock();
         let now = Instant::now();
         grants.retain(|g| g.until > now);
         let g = grants.iter().find(|g| {
@@ -438,19 +435,15 @@ impl Approvals {
         }
         if let Some(g) = &grant {
             let secs = next.grant_seconds.unwrap_or_default();
-            inner
-                .grants
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Grant {
-                    rule: g.rule.clone(),
-                    target: g.target.clone(),
-                    issuer: g.issuer.clone(),
-                    subject: g.subject.clone(),
-                    until: Instant::now() + Duration::from_secs(secs),
-                    approved_by: g.approved_by.clone(),
-                    approval_id: g.approval_id.clone(),
-                });
+            inner.grants.lock().push(Grant {
+                rule: g.rule.clone(),
+                target: g.target.clone(),
+                issuer: g.issuer.clone(),
+                subject: g.subject.clone(),
+                until: Instant::now() + Duration::from_secs(secs),
+                approved_by: g.approved_by.clone(),
+                approval_id: g.approval_id.clone(),
+            });
         }
         entry.request = next;
         entry.view.votes = entry.request.votes.clone();

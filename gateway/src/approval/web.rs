@@ -9,9 +9,10 @@
 //! sign-ins in progress and sessions (the oldest make room), live-update streams (per session and
 //! in all). Job-controlled text reaches the page with its hidden characters made visible.
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -108,7 +109,7 @@ struct StreamPlace {
 
 impl Drop for StreamPlace {
     fn drop(&mut self) {
-        let mut s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.streams.lock();
         s.total = s.total.saturating_sub(1);
         if let Some(n) = s.per_session.get_mut(&self.session) {
             *n = n.saturating_sub(1);
@@ -243,7 +244,7 @@ pub async fn serve(
 impl Web {
     fn session(&self, headers: &HeaderMap) -> Option<(Approver, String)> {
         let id = cookie(headers, SESSION_COOKIE)?;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = self.sessions.lock();
         sessions.retain(|_, s| s.since.elapsed() < SESSION_LIFETIME);
         sessions
             .get(&id)
@@ -384,7 +385,7 @@ async fn login(State(web): State<Arc<Web>>) -> Response {
         pkce_challenge(&verifier),
     );
     {
-        let mut logins = web.logins.lock().unwrap_or_else(|p| p.into_inner());
+        let mut logins = web.logins.lock();
         logins.retain(|_, l| l.since.elapsed() < LOGIN_LIFETIME);
         let login = Login {
             state,
@@ -418,12 +419,7 @@ async fn callback(
     if let Some(e) = q.error {
         return fail(StatusCode::UNAUTHORIZED, format!("the provider said {e}"));
     }
-    let login = cookie(&headers, LOGIN_COOKIE).and_then(|id| {
-        web.logins
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
-    });
+    let login = cookie(&headers, LOGIN_COOKIE).and_then(|id| web.logins.lock().remove(&id));
     let Some(login) = login.filter(|l| l.since.elapsed() < LOGIN_LIFETIME) else {
         return fail(
             StatusCode::BAD_REQUEST,
@@ -491,7 +487,7 @@ async fn callback(
         Err(e) => return no_randomness(e),
     };
     {
-        let mut sessions = web.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = web.sessions.lock();
         sessions.retain(|_, s| s.since.elapsed() < SESSION_LIFETIME);
         let session = Session {
             approver,
@@ -519,10 +515,7 @@ async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     if web.authorize_change(&headers).is_ok()
         && let Some(id) = cookie(&headers, SESSION_COOKIE)
     {
-        web.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        web.sessions.lock().remove(&id);
     }
     let clear = web.cookie_header(SESSION_COOKIE, "", "Strict", 0);
     ([(header::SET_COOKIE, clear)], Redirect::to("/")).into_response()
@@ -566,7 +559,7 @@ fn stream_place(
     session: &str,
 ) -> Result<StreamPlace, (StatusCode, &'static str)> {
     {
-        let mut s = streams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = streams.lock();
         if s.per_session.get(session).copied().unwrap_or(0) >= MAX_STREAMS_PER_SESSION {
             return Err((
                 StatusCode::TOO_MANY_REQUESTS,
@@ -748,7 +741,7 @@ mod tests {
         assert_eq!(others.len(), MAX_STREAMS - MAX_STREAMS_PER_SESSION);
         assert!(take("late").is_none());
         drop((held, others));
-        assert_eq!(streams.lock().unwrap().total, 0);
-        assert!(streams.lock().unwrap().per_session.is_empty());
+        assert_eq!(streams.lock().total, 0);
+        assert!(streams.lock().per_session.is_empty());
     }
 }

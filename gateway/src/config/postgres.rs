@@ -149,8 +149,9 @@ pub(super) struct RawPostgres {
 pub(super) struct RawIdentityCredentials {
     #[serde(default)]
     claims: BTreeMap<S<String>, S<RawPattern>>,
-    user: S<String>,
+    user: Option<S<String>>,
     password_file: Option<S<String>>,
+    token_file: Option<S<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -303,34 +304,32 @@ impl Validator<'_> {
     pub(super) fn identity_credentials(
         &mut self,
         i: usize,
-        raw: Vec<RawIdentityCredentials>,
+        protocol: Protocol,
+        raw: Vec<S<RawIdentityCredentials>>,
     ) -> Vec<IdentityCredentials> {
         raw.into_iter()
             .enumerate()
             .map(|(j, r)| {
+                let span = r.span();
+                let r = r.into_inner();
                 let key = format!("targets[{i}].credentials.identities[{j}]");
                 if r.claims.is_empty() {
                     self.problem(
-                        r.user.span(),
+                        span.clone(),
                         format!("{key}.claims"),
                         "is required: which identities use this account?",
                     );
                 }
-                let password_file = r.password_file.map(|f| {
-                    let p = PathBuf::from(f.get_ref());
-                    if !p.is_absolute() {
-                        self.problem(
-                            f.span(),
-                            format!("{key}.password_file"),
-                            "must be an absolute path",
-                        );
-                    }
-                    p
-                });
+                // Database and SSH logins name an account; an HTTP token need not.
+                if r.user.is_none() && protocol != Protocol::Http {
+                    self.problem(span, format!("{key}.user"), "is required");
+                }
                 IdentityCredentials {
                     claims: self.claims(r.claims, &format!("{key}.claims")),
-                    user: r.user.into_inner(),
-                    password_file,
+                    user: r.user.map(S::into_inner),
+                    password_file: self
+                        .optional_file(r.password_file, format!("{key}.password_file")),
+                    token_file: self.optional_file(r.token_file, format!("{key}.token_file")),
                 }
             })
             .collect()

@@ -348,3 +348,93 @@ fn connections_per_job_are_limited_by_default_and_the_limit_is_checked() {
         "{got:?}"
     );
 }
+
+const HTTP_TARGET: &str =
+    "[[targets]]\nname = \"api\"\nprotocol = \"http\"\naddress = \"api.example:443\"\n";
+
+#[test]
+fn http_targets_terminate_tls_on_443_and_serve_their_host_name() {
+    let cfg = Config::parse(HTTP_TARGET, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let h = &cfg.targets[0].http;
+    assert_eq!(h.tls, HttpTls::Terminate);
+    assert!(h.upstream_tls);
+    assert_eq!(h.hosts, ["api.example"]);
+    let cfg = Config::parse(
+        "[[targets]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"10.0.0.5:80\"\n[targets.http]\nhosts = [\"Web.Example\", \"*.svc.example\"]\n",
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let h = &cfg.targets[0].http;
+    assert_eq!(h.tls, HttpTls::None);
+    assert!(!h.upstream_tls);
+    assert_eq!(h.hosts, ["web.example", "*.svc.example"]);
+}
+
+#[test]
+fn http_credentials_never_go_where_the_gateway_cannot_authenticate_the_server() {
+    let plain = problems(
+        "[[targets]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"web.example:80\"\n[targets.credentials]\ntoken_file = \"/etc/gateway/token\"\n",
+    );
+    assert!(
+        plain
+            .iter()
+            .any(|p| p.contains("credentials would go over plain HTTP")),
+        "{plain:?}"
+    );
+    let by_ip = problems(
+        "[[targets]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"10.0.0.5:443\"\n[targets.credentials]\ntoken_file = \"/etc/gateway/token\"\n",
+    );
+    assert!(by_ip.iter().any(|p| p.contains("server_name")), "{by_ip:?}");
+    let relative = problems(&format!(
+        "{HTTP_TARGET}[targets.credentials]\ntoken_file = \"token\"\n"
+    ));
+    assert!(
+        relative
+            .iter()
+            .any(|p| p.contains("token_file: must be an absolute path")),
+        "{relative:?}"
+    );
+}
+
+#[test]
+fn bad_http_settings_and_conditions_are_located() {
+    let bad = problems(&format!(
+        "{HTTP_TARGET}[targets.http]\ntls = \"sometimes\"\nhosts = [\"bad host\"]\nmax_headers = 1\n\n[[rules]]\nname = \"r\"\naction = \"deny\"\ntargets = [\"api\"]\nunauthenticated = true\n[rules.http]\nmethods = [\"GE T\"]\npaths = [\"admin\"]\n"
+    ));
+    for expected in [
+        "targets[0].http.tls: unknown value \"sometimes\"",
+        "targets[0].http.hosts[0]",
+        "targets[0].http.max_headers: must be at least 8",
+        "rules[0].http.methods[0]",
+        "rules[0].http.paths[0]: a path glob starts with /",
+    ] {
+        assert!(
+            bad.iter().any(|p| p.contains(expected)),
+            "{expected}: {bad:?}"
+        );
+    }
+    let not_http = problems(
+        "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"db.example:5432\"\n[targets.postgres]\ntls = \"verify-full\"\n[targets.http]\ntls = \"none\"\n\n[[rules]]\nname = \"r\"\naction = \"deny\"\ntargets = [\"db\"]\nunauthenticated = true\n[rules.http]\nmethods = [\"GET\"]\n",
+    );
+    assert!(
+        not_http
+            .iter()
+            .any(|p| p.contains("only http targets take [targets.http]")),
+        "{not_http:?}"
+    );
+    assert!(
+        not_http
+            .iter()
+            .any(|p| p.contains("the rule's targets include no http target")),
+        "{not_http:?}"
+    );
+    let no_user = problems(
+        "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"db.example:5432\"\n[targets.postgres]\ntls = \"verify-full\"\n[[targets.credentials.identities]]\nclaims = { sub = \"x\" }\npassword_file = \"/p\"\n",
+    );
+    assert!(
+        no_user
+            .iter()
+            .any(|p| p.contains("identities[0].user: is required")),
+        "{no_user:?}"
+    );
+}

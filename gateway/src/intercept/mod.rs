@@ -25,7 +25,7 @@ use crate::{
     identity::Identity,
     jobs::{ConnectionSlot, Jobs},
     policy::{Decision, Policy},
-    protocol::{docker, postgres, spares::Spares, ssh, tcp},
+    protocol::{docker, http, postgres, spares::Spares, ssh, tcp},
     record::{NewSession, Origin, ProcessInfo, SessionEnd, SessionKind, Store, now},
     targets::TargetSet,
 };
@@ -36,7 +36,7 @@ pub struct Services {
     pub connections: Arc<Connections>,
     pub jobs: Arc<Jobs>,
     /// The destination set (host names resolved), shared with the refresh task.
-    pub targets: Arc<std::sync::RwLock<Arc<TargetSet>>>,
+    pub targets: Arc<parking_lot::RwLock<Arc<TargetSet>>>,
     /// The configured targets, by the index the destination set returns.
     pub target_configs: Arc<[Target]>,
     pub policy: Arc<Policy>,
@@ -54,6 +54,7 @@ pub struct Services {
     pub shutdown: CancellationToken,
     pub postgres: postgres::Services,
     pub ssh: ssh::Services,
+    pub http: http::Services,
     /// The listeners in job network namespaces.
     pub netns: Arc<netns::Namespaces>,
     /// The cgroup v2 root (job cgroups are paths below it).
@@ -118,11 +119,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
     let target = {
-        let targets = services
-            .targets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let targets = services.targets.read().clone();
         targets
             .lookup(dst)
             .and_then(|i| services.target_configs.get(i))
@@ -350,6 +347,19 @@ async fn serve(
         }
         Protocol::Ssh => {
             let end = ssh::serve(client, upstream, target, session_id, origin, &services.ssh).await;
+            services.store.end_session(session_id, end);
+        }
+        Protocol::Http => {
+            let session = http::Session {
+                services: &services.http,
+                target: &target,
+                dst: origin.dst,
+                id: session_id,
+                identity: &origin.identity,
+                process: origin.process.as_ref(),
+                job_id: origin.job_id.as_deref(),
+            };
+            let end = http::serve(client, upstream, session).await;
             services.store.end_session(session_id, end);
         }
         other => {

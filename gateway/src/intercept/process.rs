@@ -1,7 +1,8 @@
 //! Process attribution: what eBPF captured at connect, enriched from /proc when the process is
 //! still alive and provably the one that connected.
 
-use std::{collections::HashMap, sync::Mutex};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 
 use gateway_common::ConnInfo;
 
@@ -54,12 +55,7 @@ impl ProcessCache {
             return captured(info);
         };
         let key = (info.pid, start_ns, exec_ns, exe, comm(&info.comm));
-        let known = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
+        let known = self.known.lock().get(&key).cloned();
         let cmdline = match known {
             Some(cmdline) => cmdline,
             None => {
@@ -68,7 +64,7 @@ impl ProcessCache {
                 if start_time_ns(info.pid) != Some(start_ns) {
                     return captured(info);
                 }
-                let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let mut known = self.known.lock();
                 if known.len() >= CACHE_ENTRIES {
                     known.clear();
                 }
@@ -193,7 +189,7 @@ mod tests {
         let cache = ProcessCache::default();
         let poisoned = Some((vec!["poisoned".to_string()], false));
         {
-            let mut known = cache.known.lock().unwrap();
+            let mut known = cache.known.lock();
             // Earlier images of this pid: another program (before an exec), another comm, the
             // same program before it exec'd itself again (other arguments).
             known.insert(
@@ -224,14 +220,13 @@ mod tests {
             cache
                 .known
                 .lock()
-                .unwrap()
                 .get(&key)
                 .cloned()
                 .flatten()
                 .map(|(a, _)| a),
             p.cmdline
         );
-        cache.known.lock().unwrap().insert(key, poisoned.clone());
+        cache.known.lock().insert(key, poisoned.clone());
         assert_eq!(cache.describe(&info, exec_again).cmdline, poisoned_args);
     }
 }

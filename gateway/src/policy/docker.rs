@@ -150,6 +150,7 @@ mod tests {
             ssh: None,
             sql: None,
             docker: Some(c),
+            http: None,
             approvers: Vec::new(),
             quorum: 1,
             approval_timeout: None,

@@ -34,6 +34,12 @@ pub struct Credentials {
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// HTTP: a token sent as `<scheme> <token>` in `header`.
+    pub token_file: Option<PathBuf>,
+    /// HTTP: the header that carries the credential (lower case; `authorization` by default).
+    pub header: String,
+    /// HTTP: `Bearer` (with a token), `Basic` (with user and password) or another word.
+    pub scheme: String,
     /// Per-identity upstream accounts (`[[targets.credentials.identities]]`), first match wins;
     /// identities that match none use `user` / `password_file`.
     pub identities: Vec<IdentityCredentials>,
@@ -42,8 +48,24 @@ pub struct Credentials {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityCredentials {
     pub claims: BTreeMap<String, ClaimPattern>,
-    pub user: String,
+    /// Required for postgres and ssh targets; HTTP may use a token alone.
+    pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[rules.http]`: which HTTP requests a rule is about. Every condition given must hold; within a
+/// list, one entry matching is enough (for an allow rule: see `policy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpCondition {
+    /// Upper-case method names (`GET`, `POST`, …).
+    pub methods: Vec<String>,
+    /// Globs over the request's host name (lower case, without port).
+    pub hosts: Vec<String>,
+    /// Globs over the request's path (decoded, in normal form; the query string is not part of it).
+    pub paths: Vec<String>,
+    /// Globs over the names of the query parameters.
+    pub query: Vec<String>,
 }
 
 /// A claim selector value: one glob or a list (any of them).
@@ -69,6 +91,8 @@ pub struct Rule {
     /// `[rules.docker]`: the rule is about Docker API requests (see `policy::docker`), and
     /// nothing else.
     pub docker: Option<DockerCondition>,
+    /// `[rules.http]`: the rule is about HTTP requests, not connections (see `policy`).
+    pub http: Option<HttpCondition>,
     /// `require_approval`: approver groups (`[[approvers]]` names) that may decide.
     pub approvers: Vec<String>,
     /// `require_approval`: distinct approvals needed.

@@ -2,8 +2,10 @@
 //! decide.
 
 pub mod docker;
+pub mod http;
 pub mod postgres;
 mod source_ports;
 pub mod spares;
 pub mod ssh;
 pub mod tcp;
+pub mod upstream_tls;

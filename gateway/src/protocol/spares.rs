@@ -9,13 +9,11 @@
 //! [`SPARE_IDLE`]: a burst of connections leaves at most one unused connection per destination,
 //! and an idle gateway holds none. A spare the server closed meanwhile is never handed out.
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -42,8 +40,8 @@ enum Slot {
 }
 
 impl Spares {
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    fn slots(&self) -> parking_lot::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
+        self.slots.lock()
     }
 
     /// The spare connection to `dst`, if one is ready and still open.

@@ -94,6 +94,12 @@ kinds! {
     SshApproval = "ssh_approval",
     /// A forwarded connection (`ssh -L`, `-R`).
     SshForwardConnection = "ssh_forward_connection",
+    /// An HTTP request and the decision on it, recorded before it was forwarded.
+    HttpRequest = "http_request",
+    /// An HTTP response and how its body ended.
+    HttpResponse = "http_response",
+    /// An HTTP request held for approval, and the outcome.
+    HttpApproval = "http_approval",
     /// A request for approval was made.
     ApprovalRequested = "approval_requested",
     /// Someone voted on a request.

@@ -9,11 +9,12 @@
 //! are applied before anything else reads the store. Queries and the approvals' read-modify-write
 //! work (`call`) first apply everything queued, so they see every acknowledged record in order.
 
+use parking_lot::{Condvar, Mutex};
 use std::{
     collections::VecDeque,
     path::{Path, PathBuf},
     sync::{
-        Arc, Condvar, Mutex, MutexGuard,
+        Arc,
         atomic::{AtomicBool, AtomicI64, Ordering},
     },
     thread::{self, JoinHandle},
@@ -156,10 +157,6 @@ const CLEAR_AT: u64 = 256 * 1024;
 /// coming.
 const ROTATE_AT: u64 = 16 * 1024 * 1024;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Store {
     /// Opens (creating if needed) `<state_dir>/gateway.db`, applies what the journal holds beyond
     /// it, and starts the background writer.
@@ -260,7 +257,7 @@ impl Store {
 
     /// How recording is going.
     pub fn health(&self) -> Health {
-        let log = lock(&self.shared.log);
+        let log = self.shared.log.lock();
         Health {
             journal_failing: log.journal_failing.clone(),
             apply_failing: log.apply_failing.clone(),
@@ -283,7 +280,7 @@ impl Store {
         encoded: &mut [Encoded],
         records: impl IntoIterator<Item = Record>,
     ) -> Result<(), StoreError> {
-        let mut log = lock(&self.shared.log);
+        let mut log = self.shared.log.lock();
         let first = log.next_seq;
         let appended = log.journal.append(first, encoded);
         Failure::track(&mut log.journal_failing, &appended);
@@ -326,8 +323,8 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = lock(&self.shared.conn);
-        let earlier: Vec<(u64, Record)> = lock(&self.shared.log).queue.drain(..).collect();
+        let conn = self.shared.conn.lock();
+        let earlier: Vec<(u64, Record)> = self.shared.log.lock().queue.drain(..).collect();
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             self.requeue(earlier);
             return Err(e.into());
@@ -342,7 +339,7 @@ impl Store {
             let _ = conn.execute_batch("RELEASE work");
         }
         let commit = commit(&conn);
-        Failure::track(&mut lock(&self.shared.log).apply_failing, &commit);
+        Failure::track(&mut self.shared.log.lock().apply_failing, &commit);
         if commit.is_err() {
             self.requeue(earlier);
         }
@@ -357,7 +354,7 @@ impl Store {
     /// Puts records whose transaction failed back at the front of the queue (they are still in
     /// the journal; the next transaction tries again). Called with the connection locked.
     fn requeue(&self, records: Vec<(u64, Record)>) {
-        let mut log = lock(&self.shared.log);
+        let mut log = self.shared.log.lock();
         for r in records.into_iter().rev() {
             log.queue.push_front(r);
         }
@@ -488,9 +485,9 @@ fn commit(conn: &Connection) -> Result<(), String> {
 /// failure they go back to the front of the queue (they are still in the journal).
 fn apply_queued(shared: &Shared, max: usize) -> Result<Option<u64>, String> {
     // The connection is taken before the queue so that batches are applied in queue order.
-    let conn = lock(&shared.conn);
+    let conn = shared.conn.lock();
     let batch: Vec<(u64, Record)> = {
-        let mut log = lock(&shared.log);
+        let mut log = shared.log.lock();
         let n = log.queue.len().min(max);
         log.queue.drain(..n).collect()
     };
@@ -502,7 +499,7 @@ fn apply_queued(shared: &Shared, max: usize) -> Result<Option<u64>, String> {
         .and_then(|()| apply_records(&conn, &batch))
         .map_err(|e| e.to_string())
         .and_then(|()| commit(&conn));
-    let mut log = lock(&shared.log);
+    let mut log = shared.log.lock();
     Failure::track(&mut log.apply_failing, &applied);
     if applied.is_err() {
         for r in batch.into_iter().rev() {
@@ -519,10 +516,10 @@ fn run(shared: &Shared) {
     let mut failing = false;
     loop {
         let backlog = {
-            let mut log = lock(&shared.log);
+            let mut log = shared.log.lock();
             while log.queue.is_empty() && !shared.closed.load(Ordering::Relaxed) {
                 log.writer_waiting = true;
-                log = shared.queued.wait(log).unwrap_or_else(|p| p.into_inner());
+                shared.queued.wait(&mut log);
             }
             log.writer_waiting = false;
             log.queue.len()
@@ -557,7 +554,7 @@ fn run(shared: &Shared) {
 /// Keeps the journal short: empties it once everything in it is applied, or moves it aside while
 /// records keep coming (deleted once the records it holds are applied).
 fn compact(shared: &Shared, applied: u64) {
-    let mut log = lock(&shared.log);
+    let mut log = shared.log.lock();
     if log.rotated_upto.is_some_and(|upto| applied >= upto) {
         match std::fs::remove_file(&shared.rotated_path) {
             Ok(()) => log.rotated_upto = None,

@@ -14,10 +14,8 @@ mod normalize;
 mod readings;
 mod walk;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use parking_lot::Mutex;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 
@@ -485,8 +483,8 @@ impl Classifier {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Statements>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Box<str>, Statements>> {
+        self.entries.lock()
     }
 }
 

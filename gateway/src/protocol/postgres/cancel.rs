@@ -2,7 +2,8 @@
 //! the upstream backend never leaves the gateway. A cancel arrives as a new (intercepted)
 //! connection carrying the gateway's key; it is honoured only for a session of the same job.
 
-use std::{collections::HashMap, io, net::SocketAddr, sync::Mutex, time::Duration};
+use parking_lot::Mutex;
+use std::{collections::HashMap, io, net::SocketAddr, time::Duration};
 
 use bytes::{BufMut as _, BytesMut};
 use tokio::{
@@ -26,8 +27,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), Entry>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<(i32, i32), Entry>> {
+        self.map.lock()
     }
 
     /// Registers a session's upstream key; returns the gateway key to give the client (a guessable

@@ -3,14 +3,8 @@
 //! own CA (`gateway targets ca`), so `sslmode=verify-full` verifies against that CA. The session
 //! then runs over the TLS stream exactly as over TCP: `ClientStream` is what it is generic over.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::net::IpAddr;
 
-use rustls::ServerConfig;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf},
     net::{
@@ -22,84 +16,26 @@ use tokio_rustls::server::TlsStream;
 
 use crate::{
     config::{HostSpec, Target},
-    tls_ca::{Ca, CaError},
+    tls_ca::job_tls::{JobTls, JobTlsError, Leaf},
 };
-
-/// Server configurations kept; a CIDR target gets one per address dialled, so the cache is
-/// bounded (cleared when full: entries are cheap to make again).
-const MAX_CONFIGS: usize = 4096;
 
 /// ALPN protocol name of PostgreSQL (libpq ≥ 17 offers it, and a server offering it must agree).
 const ALPN: &[u8] = b"postgresql";
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientTlsError {
-    #[error(transparent)]
-    Ca(#[from] CaError),
-    #[error("TLS server configuration: {0}")]
-    Config(#[from] rustls::Error),
-}
-
-/// How long an issued certificate is served before a fresh one replaces it: far inside its year
-/// of validity, so a daemon that runs for years never presents an expired one.
-const REISSUE_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
-
-type Configs = HashMap<(String, IpAddr), (Arc<ServerConfig>, Instant)>;
-
-/// The CA and the server configurations issued from it, shared by every postgres session.
-pub struct ClientTls {
-    ca: Ca,
-    configs: Mutex<Configs>,
-    reissue_after: Duration,
-}
-
-impl std::fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls").finish_non_exhaustive()
-    }
-}
-
-impl ClientTls {
-    pub fn new(ca: Ca) -> ClientTls {
-        ClientTls {
-            ca,
-            configs: Mutex::new(HashMap::new()),
-            reissue_after: REISSUE_AFTER,
-        }
-    }
-
-    /// The server configuration for a connection to `target` at `dst` (issued on first use).
-    pub fn config(
-        &self,
-        target: &Target,
-        dst: IpAddr,
-    ) -> Result<Arc<ServerConfig>, ClientTlsError> {
-        let key = (target.name.clone(), dst);
-        if let Some((c, issued)) = self.lock().get(&key)
-            && issued.elapsed() < self.reissue_after
-        {
-            return Ok(Arc::clone(c));
-        }
-        let (names, ips) = subject_names(target, dst);
-        let leaf = self.ca.issue(&target.name, &names, &ips)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(leaf.chain, leaf.key)?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
-        let config = Arc::new(config);
-        let mut map = self.lock();
-        if map.len() >= MAX_CONFIGS {
-            map.clear();
-        }
-        map.insert(key, (Arc::clone(&config), Instant::now()));
-        Ok(config)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Configs> {
-        self.configs.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// The server configuration for a connection to `target` at `dst` (issued on first use).
+pub fn config(
+    tls: &JobTls,
+    target: &Target,
+    dst: IpAddr,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, JobTlsError> {
+    let (names, ips) = subject_names(target, dst);
+    tls.config(&Leaf {
+        target: &target.name,
+        dst,
+        names: &names,
+        ips: &ips,
+        alpn: &[ALPN],
+    })
 }
 
 /// What the certificate names: the address the client dialled (a network target's addresses
@@ -196,26 +132,6 @@ mod tests {
         let t = cfg.targets[0].clone();
         assert_eq!(t.address, AddressSpec::parse(address, false).unwrap());
         t
-    }
-
-    #[test]
-    fn certificates_are_reused_and_replaced_well_before_they_expire() {
-        let dir = std::env::temp_dir().join(format!("gw-client-tls-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ca = Ca::load_or_create(&dir).unwrap();
-        let db = target("10.0.0.5:5432");
-        let ip: IpAddr = "10.0.0.5".parse().unwrap();
-        let tls = ClientTls::new(ca);
-        let first = tls.config(&db, ip).unwrap();
-        assert!(Arc::ptr_eq(&first, &tls.config(&db, ip).unwrap()));
-        // Past the reissue age, the next connection gets a newly issued certificate.
-        let tls = ClientTls {
-            reissue_after: Duration::ZERO,
-            ..tls
-        };
-        let again = tls.config(&db, ip).unwrap();
-        assert!(!Arc::ptr_eq(&first, &again));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

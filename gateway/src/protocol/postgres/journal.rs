@@ -3,10 +3,8 @@
 //! a capped sample of the masked result).
 
 use crate::record::EventKind;
-use std::sync::{
-    Mutex,
-    atomic::{AtomicUsize, Ordering},
-};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
@@ -155,16 +153,12 @@ impl<'a> Journal<'a> {
     }
 
     fn take_results(&self) -> Vec<String> {
-        std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.results.lock())
     }
 
     /// Whether outcomes wait to be stored.
     pub fn has_pending_results(&self) -> bool {
-        !self
-            .results
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        !self.results.lock().is_empty()
     }
 
     /// Stores the outcomes recorded so far (not waited for).
@@ -232,9 +226,6 @@ impl<'a> Journal<'a> {
             detail["sample_note"] =
                 json!("result samples left out: the session's sample cap is reached");
         }
-        self.results
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(detail.to_string());
+        self.results.lock().push(detail.to_string());
     }
 }

@@ -3,7 +3,7 @@
 //! every statement to policy, recording it write-ahead and masking results as they stream.
 //!
 //! One file per concern: `frame` (lengths and limits), `wire` (pgwire messages), `startup` (the
-//! client's first packets and the settings policy lets through), `upstream` + `auth` + `tls` (the
+//! client's first packets and the settings policy lets through), `upstream` + `auth` (the
 //! gateway's own session), `catalog` (which columns masking covers, the search path), `session`
 //! (what is pinned for the session), `frontend` / `backend` (the two directions), `state` (what
 //! they share: the server's prepared statements and portals), `journal` (statement recording),
@@ -22,7 +22,6 @@ mod journal;
 mod session;
 mod startup;
 mod state;
-mod tls;
 mod upstream;
 pub mod wire;
 
@@ -66,7 +65,7 @@ pub struct Services {
     pub cancels: cancel::Registry,
     pub classifier: Classifier,
     /// Certificates for TLS toward clients; `None` when no target offers it.
-    pub client_tls: Option<client_tls::ClientTls>,
+    pub client_tls: Option<Arc<crate::tls_ca::job_tls::JobTls>>,
     pub upstream_connect_timeout: Duration,
     pub shutdown: CancellationToken,
 }
@@ -162,7 +161,7 @@ pub async fn serve(mut client: TcpStream, upstream: TcpStream, s: Session<'_>) -
         }
         return handle(client, buf, hello, upstream, &s).await;
     };
-    let config = match tls.config(s.target, s.dst.ip()) {
+    let config = match client_tls::config(tls, s.target, s.dst.ip()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(session = s.id, error = %e, "no TLS certificate for the client");
@@ -349,8 +348,9 @@ async fn session<C: ClientStream>(
         };
     let upstream_params = upstream_startup.parameters;
     let client_user = parameters.get("user").cloned().unwrap_or_default();
-    let (user, password_file) = Policy::upstream_account(&s.target.credentials, s.identity);
-    let user = user.map_or(client_user.clone(), str::to_string);
+    let account = Policy::upstream_account(&s.target.credentials, s.identity);
+    let password_file = account.password_file;
+    let user = account.user.map_or(client_user.clone(), str::to_string);
     let database = upstream_params
         .iter()
         .find(|(k, _)| k == "database")

@@ -14,9 +14,10 @@
 //!   server has not answered yet, and where a failure would leave a *different* object in place
 //!   (not just none), is looked up only once that batch is answered: the frontend waits.
 
+use parking_lot::Mutex;
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Instant,
 };
 
@@ -69,10 +70,6 @@ pub struct Portal {
     pub columns: Mutex<Option<Columns>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Stmt {
     pub fn new(
         sql: Arc<str>,
@@ -91,15 +88,15 @@ impl Stmt {
     }
 
     pub fn is_described(&self) -> bool {
-        *lock(&self.described)
+        *self.described.lock()
     }
 
     pub fn mark_described(&self) {
-        *lock(&self.described) = true;
+        *self.described.lock() = true;
     }
 
     pub fn set_columns(&self, c: Columns) {
-        *lock(&self.columns) = Some(c);
+        *self.columns.lock() = Some(c);
     }
 }
 
@@ -116,23 +113,23 @@ impl Portal {
     }
 
     pub fn is_described(&self) -> bool {
-        *lock(&self.described) || self.stmt.is_described()
+        *self.described.lock() || self.stmt.is_described()
     }
 
     pub fn mark_described(&self) {
-        *lock(&self.described) = true;
+        *self.described.lock() = true;
     }
 
     pub fn set_columns(&self, c: Columns) {
-        *lock(&self.columns) = Some(c);
+        *self.columns.lock() = Some(c);
     }
 
     /// The result columns of this portal with their final formats, if known.
     pub fn result_columns(&self) -> Option<Vec<ResultColumn>> {
-        if let Some(c) = lock(&self.columns).as_ref() {
+        if let Some(c) = self.columns.lock().as_ref() {
             return Some(result_columns(c, None));
         }
-        let c = lock(&self.stmt.columns).clone()?;
+        let c = self.stmt.columns.lock().clone()?;
         Some(result_columns(&c, Some(&self.result_formats)))
     }
 }
@@ -413,7 +410,7 @@ impl Default for Shared {
 impl Shared {
     pub(super) fn with<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
         let (r, answered) = {
-            let mut t = lock(&self.tracker);
+            let mut t = self.tracker.lock();
             let r = f(&mut t);
             (r, t.batches_answered)
         };

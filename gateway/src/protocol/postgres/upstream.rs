@@ -14,10 +14,12 @@ use tokio::{
 use super::{
     auth::{self, AuthError, Scram},
     frame::{Frame, FrameError, FrameReader, MAX_BACKEND_MESSAGE, ReadError},
-    tls::{self, TlsError},
     wire,
 };
-use crate::config::{PostgresSettings, UpstreamTls};
+use crate::{
+    config::{PostgresSettings, UpstreamTls},
+    protocol::upstream_tls::{self as tls, TlsError},
+};
 
 pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

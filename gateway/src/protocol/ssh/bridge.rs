@@ -13,9 +13,10 @@
 //! behind data the other side is not reading), which is why the window is the first brake.
 
 use crate::record::EventKind;
+use parking_lot::Mutex;
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -272,11 +273,7 @@ pub(super) async fn pump_up(
                     .counters
                     .down
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
-                let is_sftp = side
-                    .sftp
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_some();
+                let is_sftp = side.sftp.lock().is_some();
                 if is_sftp {
                     let f = framer.get_or_insert_with(Framer::default);
                     f.push(&data);
@@ -374,12 +371,7 @@ async fn forward_sftp_responses(
             }
         };
         if let Ok(r) = sftp::parse_response(&packet) {
-            let done = side
-                .sftp
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-                .map(|t| t.response(&r));
+            let done = side.sftp.lock().as_mut().map(|t| t.response(&r));
             if let Some(Completed::Closed {
                 path,
                 mode,

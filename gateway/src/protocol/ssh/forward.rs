@@ -16,11 +16,8 @@
 //! and starts the pumps.
 
 use crate::record::EventKind;
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use parking_lot::Mutex;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use russh::{
     Channel, ChannelId, ChannelOpenFailure,
@@ -78,8 +75,8 @@ pub struct RemoteForwards {
 }
 
 impl RemoteForwards {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     pub fn add(&self, job: server::Handle, l: Listening) {

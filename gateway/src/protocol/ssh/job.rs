@@ -6,10 +6,11 @@
 //! for the host's answer (one round trip per request at channel start).
 
 use crate::record::EventKind;
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -360,7 +361,7 @@ impl JobSide {
         let Some(c) = self.chans.get_mut(&channel) else {
             return;
         };
-        *c.sftp.lock().unwrap_or_else(|p| p.into_inner()) = Some(Default::default());
+        *c.sftp.lock() = Some(Default::default());
         let gate = sftp_gate::Gate {
             hold: c.hold(&self.ctx, session.handle(), channel),
             tracker: c.sftp.clone(),

@@ -10,12 +10,13 @@
 //! * sftp: file operations and per-file byte counts are events (see `bridge`).
 
 use crate::record::EventKind;
+use parking_lot::Mutex;
 use std::{
     fs::File,
     io::{BufWriter, Write as _},
     ops::Range,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Instant,
 };
 
@@ -103,8 +104,8 @@ impl ChannelRecorder {
         self.number
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     pub fn pty(&self, term: &str, cols: u32, rows: u32) {

@@ -11,7 +11,8 @@
 //! queued it: a packet forwarded is released by `pump_down`, one dropped here is released here.
 
 use crate::record::EventKind;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
@@ -320,7 +321,6 @@ impl Gate {
         let handle_path = |h: &[u8]| {
             self.tracker
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
                 .and_then(|t| t.path_of(h).map(str::to_string))
                 .unwrap_or_else(|| "<unknown handle>".into())
@@ -370,7 +370,7 @@ impl Gate {
 
     /// Remembers what the host's reply to a forwarded request will mean (handles, sizes).
     fn track(&self, request: Request, target: Option<String>) {
-        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.tracker.lock();
         let t = t.get_or_insert_with(Default::default);
         match request {
             Request::Open {

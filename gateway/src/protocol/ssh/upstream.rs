@@ -1,10 +1,7 @@
 //! The gateway as an SSH client of the real host: pinned host key, injected credentials.
 
-use std::{
-    borrow::Cow,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use parking_lot::Mutex;
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use russh::{
     Channel, ChannelOpenFailure,
@@ -64,7 +61,7 @@ impl client::Handler for Upstream {
                 ),
             ),
         };
-        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(shown);
+        *self.presented.lock() = Some(shown);
         Ok(ok)
     }
 
@@ -224,11 +221,7 @@ pub(super) async fn connect(
     let mut handle = match client::connect_stream(config, stream, handler).await {
         Ok(h) => h,
         Err(russh::Error::UnknownKey) => {
-            let shown = presented
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or_else(|| "no key".into());
+            let shown = presented.lock().take().unwrap_or_else(|| "no key".into());
             return Err(SshError::HostKeyMismatch { presented: shown });
         }
         Err(e) => return Err(SshError::Upstream(e)),

@@ -1,5 +1,5 @@
-//! TLS toward the upstream server (rustls): verifying (`verify-full`), pinned to one certificate,
-//! or encrypting only (`prefer` / `require`, libpq's semantics).
+//! TLS toward upstream servers (rustls): verifying (chain and name, against a CA file or the system
+//! roots), pinned to one certificate, or encrypting only (libpq's `prefer` / `require`).
 
 use std::{path::Path, sync::Arc};
 
@@ -11,7 +11,7 @@ use rustls::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub(super) enum TlsError {
+pub enum TlsError {
     #[error("cannot read CA file {path}: {reason}")]
     CaFile { path: String, reason: String },
     #[error("no usable CA certificates ({0})")]
@@ -25,7 +25,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A client configuration that verifies the server against `ca_file` (or the system roots).
-pub(super) fn verifying(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn verifying(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -60,13 +60,13 @@ pub(super) fn verifying(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Tls
 
 /// Encrypts without authenticating the server (libpq's `prefer`/`require`): still checks that the
 /// handshake signatures are valid, so it is TLS, just not verified TLS.
-pub(super) fn encrypting_only() -> Result<Arc<ClientConfig>, TlsError> {
+pub fn encrypting_only() -> Result<Arc<ClientConfig>, TlsError> {
     with_verifier(None)
 }
 
 /// Authenticates the server by the SHA-256 digest of its certificate (DER), whatever its name or
 /// issuer: for servers with a self-signed certificate.
-pub(super) fn pinned(sha256: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn pinned(sha256: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
     with_verifier(Some(sha256))
 }
 

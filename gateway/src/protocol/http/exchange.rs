@@ -1,0 +1,433 @@
+//! One request, from the job to the upstream and back: read it (`request`), ask policy, hold it
+//! for approval, record it before anything is forwarded, forward it with the target's credential,
+//! and send the response back with the credential's echoes removed and its end recorded.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::{
+    Body, Counters, Services, Session,
+    body::{self, ResponseBody},
+    credential::{self, Injected},
+    echo::EchoFilter,
+    headers, problem,
+    request::{self, HostRules, Reading, Refusal},
+    upstream::Upstream,
+};
+use crate::{
+    approval::{ApprovalOutcome, ApprovalRequest, Approvals, Submission},
+    config::HttpSettings,
+    identity::Identity,
+    policy::{Decision, HttpRequest, Policy},
+    record::{EventKind, ProcessInfo, Store},
+};
+
+/// How long a request body may take to deliver the sample the gateway records before forwarding.
+const SAMPLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a session's requests need, owned: HTTP/2 streams are served on tasks of their own.
+pub(super) struct Exchange {
+    store: Store,
+    policy: Arc<Policy>,
+    approvals: Approvals,
+    session_id: i64,
+    target: String,
+    settings: HttpSettings,
+    identity: Identity,
+    process: Option<ProcessInfo>,
+    job_id: Option<String>,
+    sni: Option<String>,
+    port: u16,
+    upstream: Upstream,
+    credential: Option<Injected>,
+    counters: Counters,
+}
+
+pub(super) struct Setup<'a> {
+    pub services: &'a Services,
+    pub session: &'a Session<'a>,
+    pub sni: Option<String>,
+    pub upstream: Upstream,
+    pub counters: Counters,
+}
+
+impl Exchange {
+    pub(super) fn new(setup: Setup<'_>) -> Result<Exchange, String> {
+        let s = setup.session;
+        let account = Policy::upstream_account(&s.target.credentials, s.identity);
+        let credential =
+            credential::load(&s.target.credentials, &account).map_err(|e| e.to_string())?;
+        Ok(Exchange {
+            store: setup.services.store.clone(),
+            policy: Arc::clone(&setup.services.policy),
+            approvals: setup.services.approvals.clone(),
+            session_id: s.id,
+            target: s.target.name.clone(),
+            settings: s.target.http.clone(),
+            identity: s.identity.clone(),
+            process: s.process.cloned(),
+            job_id: s.job_id.map(str::to_string),
+            sni: setup.sni,
+            port: s.dst.port(),
+            upstream: setup.upstream,
+            credential,
+            counters: setup.counters,
+        })
+    }
+
+    pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let number = self.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let rules = HostRules {
+            hosts: &self.settings.hosts,
+            sni: self.sni.as_deref(),
+            port: self.port,
+        };
+        let reading =
+            match request::read(request.method(), request.uri(), request.headers(), &rules) {
+                Ok(r) => r,
+                Err(refusal) => return self.refuse(number, &request, refusal),
+            };
+        let op = HttpRequest {
+            method: &reading.method,
+            host: &reading.host,
+            path: &reading.path,
+            query: &reading.query,
+        };
+        let decision = self.policy.decide_http(&self.identity, &self.target, &op);
+        let (parts, body) = request.into_parts();
+        let sampled = match tokio::time::timeout(
+            SAMPLE_TIMEOUT,
+            body::sample(
+                body,
+                self.settings.body_sample,
+                Arc::clone(&self.counters.up),
+            ),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return self.answer(
+                    number,
+                    StatusCode::BAD_REQUEST,
+                    "Request body unreadable",
+                    &format!("the request body could not be read: {e}"),
+                    json!({}),
+                );
+            }
+            Err(_) => {
+                return self.answer(
+                    number,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request body too slow",
+                    "the request body did not arrive in time",
+                    json!({}),
+                );
+            }
+        };
+        let recorded = self.request_event(number, &reading, &parts, &decision, &sampled.sample);
+        match &decision {
+            Decision::Deny { rule, reason } => {
+                self.store
+                    .note_event(self.session_id, EventKind::HttpRequest, recorded);
+                tracing::info!(
+                    session = self.session_id,
+                    request = number,
+                    rule = rule.as_deref().unwrap_or("-"),
+                    "{} {} denied",
+                    reading.method,
+                    reading.path
+                );
+                return self.answer(
+                    number,
+                    StatusCode::FORBIDDEN,
+                    "Denied by gateway policy",
+                    reason,
+                    json!({ "rule": rule }),
+                );
+            }
+            Decision::Allow { .. } => {}
+            Decision::RequireApproval { rule } => {
+                self.store
+                    .note_event(self.session_id, EventKind::HttpRequest, recorded.clone());
+                match self.approve(rule, &reading, &parts, &sampled.sample).await {
+                    Ok(by) => {
+                        // Write-ahead: the approval is on record before the request leaves.
+                        let approval =
+                            json!({ "request": number, "rule": rule, "approved_by": by });
+                        if self
+                            .store
+                            .append_event(self.session_id, EventKind::HttpApproval, approval)
+                            .await
+                            .is_err()
+                        {
+                            return self.unrecordable(number);
+                        }
+                        return self.forward(number, &reading, parts, sampled.body).await;
+                    }
+                    Err(reason) => {
+                        let approval = json!({ "request": number, "rule": rule, "denied": reason });
+                        self.store
+                            .note_event(self.session_id, EventKind::HttpApproval, approval);
+                        return self.answer(
+                            number,
+                            StatusCode::FORBIDDEN,
+                            "Not approved",
+                            &reason,
+                            json!({ "rule": rule }),
+                        );
+                    }
+                }
+            }
+        }
+        // Write-ahead: nothing is forwarded that is not on record.
+        if self
+            .store
+            .append_event(self.session_id, EventKind::HttpRequest, recorded)
+            .await
+            .is_err()
+        {
+            return self.unrecordable(number);
+        }
+        self.forward(number, &reading, parts, sampled.body).await
+    }
+
+    /// Asks people; `Ok(approver)` or `Err(why not)`.
+    async fn approve(
+        &self,
+        rule: &str,
+        reading: &Reading,
+        parts: &http::request::Parts,
+        sample: &Bytes,
+    ) -> Result<String, String> {
+        let operation = format!(
+            "{} {}{}",
+            reading.method, reading.host, reading.path_and_query
+        );
+        let request = ApprovalRequest {
+            session_id: self.session_id,
+            target: self.target.clone(),
+            rule: rule.to_string(),
+            identity: self.identity.clone(),
+            operation: operation.clone(),
+            kind: "http".into(),
+            detail: json!({
+                "method": reading.method,
+                "host": reading.host,
+                "path": reading.path,
+                "query": reading.query,
+                "headers": headers::recorded(&parts.headers, self.credential_header()),
+                "body_sample": String::from_utf8_lossy(sample),
+            }),
+            process: self.process.clone(),
+            job_id: self.job_id.clone(),
+        };
+        let outcome = match self.approvals.submit(&request).await {
+            Submission::Decided(o) => o,
+            Submission::Waiting(ticket) => {
+                tracing::info!(session = self.session_id, approval = %ticket.id, "{operation} waits for approval: {}", ticket.how);
+                // The job's client waits; if it goes away, hyper drops this future and with it
+                // the ticket, which marks the request abandoned.
+                ticket.wait().await
+            }
+        };
+        match outcome {
+            ApprovalOutcome::Approved { by } => Ok(by),
+            ApprovalOutcome::Denied { reason } => Err(reason),
+        }
+    }
+
+    fn credential_header(&self) -> Option<&http::HeaderName> {
+        self.credential.as_ref().map(|c| &c.name)
+    }
+
+    fn request_event(
+        &self,
+        number: u64,
+        reading: &Reading,
+        parts: &http::request::Parts,
+        decision: &Decision,
+        sample: &Bytes,
+    ) -> serde_json::Value {
+        json!({
+            "request": number,
+            "version": format!("{:?}", parts.version),
+            "method": reading.method,
+            "host": reading.host,
+            "path": reading.path,
+            "target": reading.path_and_query,
+            "headers": headers::recorded(&parts.headers, self.credential_header()),
+            "body_sample": String::from_utf8_lossy(sample),
+            "decision": decision.label(),
+            "rule": decision.rule(),
+            "reason": decision.reason(),
+            "credential": self.credential.is_some(),
+        })
+    }
+
+    /// Forwards an allowed request and streams the response back.
+    async fn forward(
+        &self,
+        number: u64,
+        reading: &Reading,
+        parts: http::request::Parts,
+        body: Body,
+    ) -> Response<Body> {
+        let mut headers = parts.headers;
+        headers::strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        if let Some(c) = &self.credential {
+            headers.remove(&c.name);
+            headers.insert(c.name.clone(), c.value.clone());
+            // The echo filter reads the body as sent: ask for it unencoded.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        let scheme = if self.upstream.is_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        let uri = match Uri::builder()
+            .scheme(scheme)
+            .authority(reading.authority.as_str())
+            .path_and_query(reading.path_and_query.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => {
+                return self.answer(
+                    number,
+                    StatusCode::BAD_REQUEST,
+                    "Request refused by the gateway",
+                    &format!("the request target cannot be forwarded: {e}"),
+                    json!({}),
+                );
+            }
+        };
+        let mut upstream_request = Request::new(body);
+        *upstream_request.method_mut() = parts.method;
+        *upstream_request.uri_mut() = uri;
+        *upstream_request.version_mut() = Version::HTTP_11;
+        if let Ok(host) = HeaderValue::from_str(&reading.authority) {
+            headers.insert(header::HOST, host);
+        }
+        *upstream_request.headers_mut() = headers;
+        let response = match self.upstream.send(upstream_request).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(session = self.session_id, request = number, error = %e, "upstream failed");
+                self.store.note_event(
+                    self.session_id,
+                    EventKind::UpstreamError,
+                    json!({ "request": number, "error": e.to_string() }),
+                );
+                return self.answer(
+                    number,
+                    StatusCode::BAD_GATEWAY,
+                    "Upstream unavailable",
+                    &e.to_string(),
+                    json!({}),
+                );
+            }
+        };
+        self.respond(number, response)
+    }
+
+    fn respond(&self, number: u64, response: Response<Incoming>) -> Response<Body> {
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let secrets: &[Vec<u8>] = self.credential.as_ref().map_or(&[], |c| &c.secrets);
+        let header_echoes = headers::redact_echoes(&mut parts.headers, secrets);
+        let status = parts.status;
+        let recorded_headers = headers::recorded(&parts.headers, None);
+        let store = self.store.clone();
+        let session_id = self.session_id;
+        let on_end = Box::new(move |summary: body::Summary| {
+            store.note_event(
+                session_id,
+                EventKind::HttpResponse,
+                json!({
+                    "request": number,
+                    "status": status.as_u16(),
+                    "headers": recorded_headers,
+                    "end": summary.ending,
+                    "bytes": summary.bytes,
+                    "sha256": summary.sha256,
+                    "echoes_redacted": summary.echoes_redacted + header_echoes,
+                    "body_sample": String::from_utf8_lossy(&summary.sample),
+                }),
+            );
+        });
+        let body = ResponseBody::new(
+            body,
+            EchoFilter::new(secrets),
+            self.settings.body_sample,
+            Arc::clone(&self.counters.down),
+            on_end,
+        );
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+
+    /// A refusal before policy: recorded, answered with a problem document.
+    fn refuse(&self, number: u64, request: &Request<Incoming>, refusal: Refusal) -> Response<Body> {
+        tracing::info!(
+            session = self.session_id,
+            request = number,
+            "refused: {}",
+            refusal.detail
+        );
+        self.store.note_event(
+            self.session_id,
+            EventKind::Refused,
+            json!({
+                "request": number,
+                "method": request.method().as_str(),
+                "target": request.uri().to_string(),
+                "status": refusal.status.as_u16(),
+                "reason": refusal.detail,
+            }),
+        );
+        self.answer(
+            number,
+            refusal.status,
+            refusal.title,
+            &refusal.detail,
+            json!({}),
+        )
+    }
+
+    fn unrecordable(&self, number: u64) -> Response<Body> {
+        self.answer(
+            number,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Gateway cannot record",
+            "the gateway cannot record this request, so it is not forwarded",
+            json!({}),
+        )
+    }
+
+    fn answer(
+        &self,
+        number: u64,
+        status: StatusCode,
+        title: &str,
+        detail: &str,
+        extra: serde_json::Value,
+    ) -> Response<Body> {
+        let mut extra = extra;
+        if let Some(obj) = extra.as_object_mut() {
+            obj.insert("target".into(), json!(self.target));
+            obj.insert("session".into(), json!(self.session_id));
+            obj.insert("request".into(), json!(number));
+        }
+        problem::response(status, title, detail, extra)
+    }
+}

@@ -1,0 +1,125 @@
+//! nginx as the upstream web server of HTTP tests, in a network namespace: TLS (HTTP/2 and
+//! HTTP/1.1) on 443 with a certificate of the test's own CA, plain HTTP on 80, and an access log
+//! in JSON that shows exactly what reached the server (method, target, host, credential).
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+
+use crate::{Netns, Process, pki::TestPki, wait_until};
+
+/// The host name nginx serves (jobs reach it with curl --resolve or an /etc/hosts-free URL).
+pub const HOST: &str = "api.test";
+
+pub struct Nginx {
+    process: Process,
+    pub addr: Ipv4Addr,
+    /// The CA that issued nginx's certificate (the gateway's `ca_file` for the target).
+    pub ca: PathBuf,
+    pub dir: PathBuf,
+    access_log: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(ns: &Netns, dir: &Path) -> Result<Nginx> {
+        let dir = dir.join("nginx");
+        let www = dir.join("www");
+        fs::create_dir_all(www.join("files"))?;
+        let pki = TestPki::new(&dir, "web")?;
+        let (cert, key) = pki.issue(
+            "web-server",
+            &format!("DNS:{HOST},DNS:*.svc.test,IP:{}", ns.remote_ip),
+        )?;
+        let access_log = dir.join("access.log");
+        let d = dir.display();
+        let config = dir.join("nginx.conf");
+        fs::write(
+            &config,
+            format!(
+                r#"
+user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    log_format gw escape=json '{{"method":"$request_method","uri":"$request_uri","host":"$http_host","auth":"$http_authorization","api_key":"$http_x_api_key","override":"$http_x_http_method_override","protocol":"$server_protocol","status":$status}}';
+    access_log {d}/access.log gw;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    default_type text/plain;
+    keepalive_requests 100000;
+    server {{
+        listen {ip}:80;
+        listen {ip}:443 ssl http2;
+        listen {ip}:8443 ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        server_name {HOST} *.svc.test;
+        location = /whoami {{ return 200 "auth=$http_authorization key=$http_x_api_key\n"; }}
+        location /files/ {{ root {www}; }}
+        location / {{ return 200 "$request_method $request_uri\n"; }}
+    }}
+}}
+"#,
+                ip = ns.remote_ip,
+                cert = cert.display(),
+                key = key.display(),
+                www = www.display(),
+            ),
+        )?;
+        let mut cmd = ns.command("/usr/sbin/nginx");
+        cmd.arg("-c")
+            .arg(&config)
+            .args(["-g", "daemon off;"])
+            .arg("-e")
+            .arg(dir.join("error.log"));
+        let process = Process::spawn("nginx", &mut cmd, dir.join("nginx.out"))?;
+        let nginx = Nginx {
+            process,
+            addr: ns.remote_ip,
+            ca: pki.ca,
+            dir: dir.clone(),
+            access_log,
+        };
+        let up = wait_until(Duration::from_secs(10), || {
+            fs::read_to_string(dir.join("nginx.pid")).is_ok_and(|p| !p.trim().is_empty())
+        });
+        ensure!(
+            up,
+            "nginx did not start: {}",
+            fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        Ok(nginx)
+    }
+
+    /// A file nginx serves under /files/.
+    pub fn put_file(&self, name: &str, contents: &[u8]) -> Result<()> {
+        fs::write(self.dir.join("www/files").join(name), contents)?;
+        Ok(())
+    }
+
+    /// Every request nginx logged, oldest first.
+    pub fn requests(&self) -> Result<Vec<Value>> {
+        let text = fs::read_to_string(&self.access_log).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("access log line {l}")))
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (a SIGKILL would orphan them).
+        self.process.stop(libc::SIGTERM, Duration::from_secs(10));
+    }
+}

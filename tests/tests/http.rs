@@ -1,0 +1,653 @@
+//! HTTP at Layer 7 with real peers: nginx in a network namespace (HTTP/2 and HTTP/1.1 over TLS of
+//! its own CA, plain HTTP), curl, Python requests and raw bytes in intercepted jobs. What reached
+//! the server is read from nginx's access log, never from the gateway's word.
+
+use std::{fs, path::PathBuf, process::Output, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use gateway_e2e::{
+    Daemon, DaemonConfig, Netns, TempDir,
+    http::{HOST, Nginx},
+    httpraw_bin, unique_id, wait_until,
+};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+const RULES: &str = r#"
+[[rules]]
+name = "no-deletes"
+action = "deny"
+targets = ["api", "plain"]
+unauthenticated = true
+reason = "CI jobs do not delete through the API"
+[rules.http]
+methods = ["DELETE"]
+
+[[rules]]
+name = "admin-is-off-limits"
+action = "deny"
+targets = ["api", "plain"]
+unauthenticated = true
+[rules.http]
+paths = ["/admin/*"]
+
+[[rules]]
+name = "deploys-need-approval"
+action = "require_approval"
+targets = ["api"]
+unauthenticated = true
+approvers = ["ops"]
+[rules.http]
+methods = ["POST"]
+paths = ["/deploy"]
+
+[[rules]]
+name = "jobs-may-call-the-api"
+action = "allow"
+targets = ["api", "plain", "untrusted"]
+unauthenticated = true
+
+[[approvers]]
+name = "ops"
+unix_users = ["root"]
+"#;
+
+/// nginx in a namespace; a gateway with three targets for it: `api` (TLS terminated, the token
+/// injected, verified upstream TLS), `plain` (HTTP both ways, no credential), `untrusted` (the
+/// upstream's certificate from a CA the gateway does not trust).
+struct Setup {
+    daemon: Daemon,
+    nginx: Nginx,
+    token: String,
+    /// The gateway's CA, as a runner image trusts it.
+    gateway_ca: PathBuf,
+    dir: TempDir,
+    _ns: Netns,
+}
+
+impl Setup {
+    fn new() -> Result<Setup> {
+        let id = unique_id();
+        let dir = TempDir::new(&format!("http{id}"));
+        let ns = Netns::new(&id)?;
+        let nginx = Nginx::start(&ns, dir.path())?;
+        let token = format!("tok-{}", unique_id().repeat(3));
+        let token_file = dir.path().join("token");
+        fs::write(&token_file, format!("{token}\n"))?;
+        let other_ca = gateway_e2e::pki::TestPki::new(dir.path(), "other")?;
+        let body = format!(
+            r#"
+[[targets]]
+name = "api"
+protocol = "http"
+address = "{ip}:443"
+[targets.http]
+tls = "terminate"
+ca_file = "{ca}"
+hosts = ["{HOST}", "*.svc.test"]
+[targets.credentials]
+token_file = "{token_file}"
+
+[[targets]]
+name = "plain"
+protocol = "http"
+address = "{ip}:80"
+[targets.http]
+hosts = ["{HOST}"]
+
+[[targets]]
+name = "untrusted"
+protocol = "http"
+address = "{ip}:8443"
+[targets.http]
+tls = "terminate"
+ca_file = "{other}"
+hosts = ["{HOST}"]
+[targets.credentials]
+token_file = "{token_file}"
+{RULES}"#,
+            ip = nginx.addr,
+            ca = nginx.ca.display(),
+            other = other_ca.ca.display(),
+            token_file = token_file.display(),
+        );
+        let daemon = Daemon::start(DaemonConfig {
+            server: String::new(),
+            body,
+        })?;
+        let gateway_ca = dir.path().join("gateway-ca.pem");
+        fs::write(&gateway_ca, daemon.ca_pem()?)?;
+        Ok(Setup {
+            daemon,
+            nginx,
+            token,
+            gateway_ca,
+            dir,
+            _ns: ns,
+        })
+    }
+
+    /// curl in a job, for `https://api.test…` resolved to the namespace; `-w` appends the status.
+    fn curl(&self, args: &[&str]) -> Output {
+        let resolve = format!("{HOST}:443:{}", self.nginx.addr);
+        let mut all = vec![
+            "-sS",
+            "--max-time",
+            "60",
+            "--cacert",
+            self.gateway_ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ];
+        all.extend(args);
+        self.daemon.run_job(&[], "curl", &all)
+    }
+
+    /// Raw bytes to the plain target, from a job.
+    fn raw(&self, request: &str) -> String {
+        let addr = format!("{}:80", self.nginx.addr);
+        let out = self.daemon.run_job(&[], httpraw_bin(), &[&addr, request]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn server_saw(&self) -> Vec<Value> {
+        self.nginx.requests().unwrap_or_default()
+    }
+
+    fn http_sessions(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .daemon
+            .sessions()?
+            .into_iter()
+            .filter(|s| s["protocol"] == "http")
+            .collect())
+    }
+
+    /// Every event of every HTTP session, of `kind`.
+    fn events(&self, kind: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for s in self.http_sessions()? {
+            let shown = self.daemon.show_session(&s["id"])?;
+            for e in shown["events"].as_array().cloned().unwrap_or_default() {
+                if e["kind"] == kind {
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Body and the `-w` status line of a curl run.
+fn split(out: &Output) -> (String, String) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match text.rsplit_once('\n') {
+        Some((body, status)) => (body.to_string(), status.to_string()),
+        None => (String::new(), text),
+    }
+}
+
+#[test]
+fn curl_gets_the_token_injected_over_terminated_tls_and_never_sees_it() -> Result<()> {
+    let s = Setup::new()?;
+    for version in ["--http2", "--http1.1"] {
+        let out = s.curl(&[
+            version,
+            "-H",
+            "Authorization: Bearer the-jobs-own-token",
+            &format!("https://{HOST}/whoami"),
+        ]);
+        let (body, status) = split(&out);
+        ensure!(
+            status.starts_with("200"),
+            "{version}: {status} {body} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected_version = if version == "--http2" {
+            "200 2"
+        } else {
+            "200 1.1"
+        };
+        ensure!(status == expected_version, "{version}: {status}");
+        // The server echoes the Authorization header; the job reads it masked.
+        ensure!(
+            !body.contains(&s.token),
+            "the token came back to the job: {body}"
+        );
+        ensure!(body.starts_with("auth=*****"), "{body}");
+        ensure!(!body.contains("the-jobs-own-token"), "{body}");
+    }
+    let seen = s.server_saw();
+    ensure!(seen.len() == 2, "{seen:?}");
+    for r in &seen {
+        ensure!(r["auth"] == format!("Bearer {}", s.token), "{r}");
+        ensure!(r["uri"] == "/whoami" && r["host"] == HOST, "{r}");
+    }
+    Ok(())
+}
+
+#[test]
+fn denied_requests_get_a_problem_document_and_never_reach_the_server() -> Result<()> {
+    let s = Setup::new()?;
+    let out = s.curl(&["-X", "DELETE", &format!("https://{HOST}/items/1")]);
+    let (body, status) = split(&out);
+    ensure!(status.starts_with("403"), "{status} {body}");
+    let problem: Value = serde_json::from_str(&body).context("problem document")?;
+    ensure!(problem["rule"] == "no-deletes", "{problem}");
+    ensure!(
+        problem["detail"] == "CI jobs do not delete through the API",
+        "{problem}"
+    );
+    ensure!(
+        problem["status"] == 403 && problem["target"] == "api",
+        "{problem}"
+    );
+    let out = s.curl(&["-i", &format!("https://{HOST}/admin/users")]);
+    let (head, _) = split(&out);
+    ensure!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    ensure!(head.starts_with("HTTP/2 403"), "{head}");
+    // The path as the server would resolve it is what the rule sees.
+    for path in [
+        "/x/../admin/users",
+        "/%61dmin/users",
+        "/x/%2e%2e/admin/users",
+    ] {
+        let out = s.curl(&["--path-as-is", &format!("https://{HOST}{path}")]);
+        let (body, status) = split(&out);
+        ensure!(
+            status.starts_with("403") || status.starts_with("400"),
+            "{path}: {status} {body}"
+        );
+    }
+    let seen = s.server_saw();
+    ensure!(seen.is_empty(), "the server saw {seen:?}");
+    // Allowed requests still go through on the same rules.
+    let (_, status) = split(&s.curl(&[&format!("https://{HOST}/items/1")]));
+    ensure!(status.starts_with("200"), "{status}");
+    let recorded = s.events("http_request")?;
+    let decisions: Vec<&str> = recorded
+        .iter()
+        .filter_map(|e| e["detail"]["decision"].as_str())
+        .collect();
+    ensure!(
+        decisions.iter().filter(|d| **d == "deny").count() == 3 && decisions.contains(&"allow"),
+        "{recorded:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn requests_that_could_be_read_two_ways_are_refused_and_never_reach_the_server() -> Result<()> {
+    let s = Setup::new()?;
+    let host = format!("Host: {HOST}\\r\\n");
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "CL.TE smuggling",
+            format!(
+                "POST /items HTTP/1.1\\r\\n{host}Content-Length: 44\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nDELETE /items/1 HTTP/1.1\\r\\n{host}\\r\\n"
+            ),
+        ),
+        (
+            "TE.CL smuggling",
+            format!(
+                "POST /items HTTP/1.1\\r\\n{host}Transfer-Encoding: chunked\\r\\nContent-Length: 4\\r\\n\\r\\n2e\\r\\nDELETE /admin/x HTTP/1.1\\r\\n{host}\\r\\n\\r\\n0\\r\\n\\r\\n"
+            ),
+        ),
+        (
+            "two lengths",
+            format!(
+                "POST /items HTTP/1.1\\r\\n{host}Content-Length: 0\\r\\nContent-Length: 30\\r\\n\\r\\nDELETE /items/1 HTTP/1.1\\r\\n\\r\\n"
+            ),
+        ),
+        (
+            "obfuscated transfer coding",
+            format!(
+                "POST /items HTTP/1.1\\r\\n{host}Transfer-Encoding: xchunked\\r\\n\\r\\n0\\r\\n\\r\\n"
+            ),
+        ),
+        (
+            "space before the colon",
+            format!(
+                "POST /items HTTP/1.1\\r\\n{host}Transfer-Encoding : chunked\\r\\n\\r\\n0\\r\\n\\r\\n"
+            ),
+        ),
+        (
+            "folded header",
+            format!("GET /items HTTP/1.1\\r\\n{host}X-Note: a\\r\\n b\\r\\n\\r\\n"),
+        ),
+        (
+            "dot segments",
+            format!("GET /public/../admin/users HTTP/1.1\\r\\n{host}\\r\\n"),
+        ),
+        (
+            "encoded dot segments",
+            format!("GET /public/%2e%2e/admin/users HTTP/1.1\\r\\n{host}\\r\\n"),
+        ),
+        (
+            "empty segment",
+            format!("GET //admin/users HTTP/1.1\\r\\n{host}\\r\\n"),
+        ),
+        (
+            "encoded slash",
+            format!("GET /admin%2fusers HTTP/1.1\\r\\n{host}\\r\\n"),
+        ),
+        (
+            "method override",
+            format!(
+                "POST /items/1 HTTP/1.1\\r\\n{host}X-HTTP-Method-Override: DELETE\\r\\nContent-Length: 0\\r\\n\\r\\n"
+            ),
+        ),
+        (
+            "two hosts",
+            format!("GET /items HTTP/1.1\\r\\n{host}Host: evil.test\\r\\n\\r\\n"),
+        ),
+        (
+            "absolute target for another host",
+            format!("GET http://evil.test/items HTTP/1.1\\r\\n{host}\\r\\n"),
+        ),
+        (
+            "h2c upgrade",
+            format!(
+                "GET /items HTTP/1.1\\r\\n{host}Connection: Upgrade, HTTP2-Settings\\r\\nUpgrade: h2c\\r\\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\\r\\n\\r\\n"
+            ),
+        ),
+        ("echo", format!("TRACE /items HTTP/1.1\\r\\n{host}\\r\\n")),
+        (
+            "lower-case method",
+            format!("delete /items/1 HTTP/1.1\\r\\n{host}\\r\\n"),
+        ),
+    ];
+    for (name, request) in &cases {
+        let response = s.raw(request);
+        let status = response
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("");
+        if name.ends_with("smuggling") {
+            // Content-Length and Transfer-Encoding both: the request is read by its
+            // Transfer-Encoding alone and the connection closes after the one response
+            // (RFC 9112 §6.1), so what hides behind it is never read as a request.
+            ensure!(
+                response.matches("HTTP/1.1 ").count() <= 1
+                    && (response.is_empty() || response.contains("connection: close")),
+                "{name}: {response}"
+            );
+        } else {
+            ensure!(
+                matches!(status, "400" | "403" | "405" | "421" | "501"),
+                "{name}: {response}"
+            );
+        }
+        let seen = s.server_saw();
+        ensure!(
+            seen.iter().all(|r| r["method"] != "DELETE"
+                && !r["uri"].as_str().unwrap_or("").contains("admin")
+                && r["host"] == HOST
+                && r["override"] == ""),
+            "{name}: the server saw {seen:?}"
+        );
+    }
+    // Pipelined requests are each decided: the first goes through, the second is denied.
+    let response = s.raw(&format!(
+        "GET /ok HTTP/1.1\\r\\n{host}\\r\\nDELETE /items/1 HTTP/1.1\\r\\n{host}\\r\\n"
+    ));
+    ensure!(
+        response.starts_with("HTTP/1.1 200") && response.contains("HTTP/1.1 403"),
+        "{response}"
+    );
+    let seen = s.server_saw();
+    ensure!(
+        seen.iter().all(|r| r["method"] != "DELETE"),
+        "the server saw {seen:?}"
+    );
+    ensure!(seen.iter().any(|r| r["uri"] == "/ok"), "{seen:?}");
+    Ok(())
+}
+
+#[test]
+fn a_request_needing_approval_waits_for_a_person() -> Result<()> {
+    let s = Setup::new()?;
+    let url = format!("https://{HOST}/deploy?env=prod");
+    let operation = format!("POST {HOST}/deploy?env=prod");
+    for (verdict, expected) in [("approve", "200"), ("deny", "403")] {
+        let (out, ()) = std::thread::scope(|scope| -> Result<(Output, ())> {
+            let job = scope.spawn(|| s.curl(&["-X", "POST", "--data", "version=42", &url]));
+            let id = pending(&s, &operation)?;
+            let decided = s.daemon.cli(&["approvals", verdict, &id]);
+            ensure!(decided.status.success(), "{decided:?}");
+            Ok((job.join().expect("curl thread"), ()))
+        })?;
+        let (body, status) = split(&out);
+        ensure!(status.starts_with(expected), "{verdict}: {status} {body}");
+    }
+    let seen = s.server_saw();
+    ensure!(
+        seen.iter().filter(|r| r["method"] == "POST").count() == 1,
+        "{seen:?}"
+    );
+    // Approvers saw the request with its body.
+    let list = s.daemon.cli_json(&["approvals", "list", "--json"])?;
+    let shown = list
+        .as_array()
+        .and_then(|l| l.iter().find(|a| a["operation"] == operation))
+        .context("approval listed")?;
+    ensure!(
+        shown.to_string().contains("version=42"),
+        "the approver did not see the body: {shown}"
+    );
+    Ok(())
+}
+
+fn pending(s: &Setup, operation: &str) -> Result<String> {
+    let mut id = None;
+    let found = wait_until(Duration::from_secs(30), || {
+        id = s
+            .daemon
+            .cli_json(&["approvals", "list", "--json"])
+            .ok()
+            .and_then(|l| l.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|a| a["operation"] == operation && a["status"] == "pending")
+            .and_then(|a| a["id"].as_str().map(str::to_string));
+        id.is_some()
+    });
+    ensure!(found, "no pending approval for {operation}");
+    Ok(id.unwrap_or_default())
+}
+
+#[test]
+fn python_requests_works_through_the_gateway_and_everything_is_recorded() -> Result<()> {
+    let s = Setup::new()?;
+    s.nginx.put_file("report.json", br#"{"rows": [1, 2, 3]}"#)?;
+    let script = format!(
+        r#"
+import json, requests
+s = requests.Session()
+r = s.get("https://{ip}/files/report.json", headers={{"Host": "{HOST}"}}, verify="{ca}")
+d = s.delete("https://{ip}/items/9", headers={{"Host": "{HOST}"}}, verify="{ca}")
+print(json.dumps({{"status": r.status_code, "body": r.text, "denied": d.status_code, "type": d.headers.get("content-type")}}))
+"#,
+        ip = s.nginx.addr,
+        ca = s.gateway_ca.display(),
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let result: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("python: {}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure!(result["status"] == 200, "{result}");
+    ensure!(result["body"] == r#"{"rows": [1, 2, 3]}"#, "{result}");
+    ensure!(result["denied"] == 403, "{result}");
+    ensure!(result["type"] == "application/problem+json", "{result}");
+    // The recording: the request before it went out (with the credential hidden), the response
+    // with the digest of exactly what the job received.
+    let requests = s.events("http_request")?;
+    let get = requests
+        .iter()
+        .find(|e| e["detail"]["path"] == "/files/report.json")
+        .context("request recorded")?;
+    ensure!(get["detail"]["credential"] == true, "{get}");
+    ensure!(!get.to_string().contains(&s.token), "{get}");
+    let responses = s.events("http_response")?;
+    let response = responses
+        .iter()
+        .find(|e| {
+            e["detail"]["request"] == get["detail"]["request"] && e["detail"]["status"] == 200
+        })
+        .context("response recorded")?;
+    let digest: String = Sha256::digest(br#"{"rows": [1, 2, 3]}"#)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    ensure!(response["detail"]["sha256"] == digest, "{response}");
+    ensure!(response["detail"]["end"] == "complete", "{response}");
+    let _ = &s.dir;
+    Ok(())
+}
+
+#[test]
+fn the_credential_goes_only_to_an_upstream_the_gateway_authenticates() -> Result<()> {
+    let s = Setup::new()?;
+    // nginx's certificate is not from the CA the `untrusted` target names.
+    let resolve = format!("{HOST}:8443:{}", s.nginx.addr);
+    let out = s.daemon.run_job(
+        &[],
+        "curl",
+        &[
+            "-sS",
+            "--cacert",
+            s.gateway_ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_code}",
+            &format!("https://{HOST}:8443/whoami"),
+        ],
+    );
+    let (body, status) = split(&out);
+    ensure!(status == "502", "{status} {body}");
+    ensure!(s.server_saw().is_empty(), "{:?}", s.server_saw());
+    // A host the target does not serve is refused before anything leaves.
+    let out = s.curl(&[
+        "-H",
+        "Host: other.svc.test",
+        &format!("https://{HOST}/whoami"),
+    ]);
+    let (body, status) = split(&out);
+    ensure!(status.starts_with("421"), "{status} {body}");
+    let evil = format!("evil.test:443:{}", s.nginx.addr);
+    let out = s.curl(&["-k", "--resolve", &evil, "https://evil.test/whoami"]);
+    ensure!(!out.status.success(), "{out:?}");
+    ensure!(s.server_saw().is_empty(), "{:?}", s.server_saw());
+    Ok(())
+}
+
+#[test]
+fn malformed_oversized_and_flooding_requests_get_clear_errors_at_bounded_cost() -> Result<()> {
+    let s = Setup::new()?;
+    let host = format!("Host: {HOST}\\r\\n");
+    let many: String = (0..150).map(|i| format!("X-N{i}: v\\r\\n")).collect();
+    let huge = format!("X-Big: {}\\r\\n", "a".repeat(70_000));
+    for (name, request, expected) in [
+        (
+            "too many headers",
+            format!("GET /items HTTP/1.1\\r\\n{host}{many}\\r\\n"),
+            "431",
+        ),
+        (
+            "header block too large",
+            format!("GET /items HTTP/1.1\\r\\n{host}{huge}\\r\\n"),
+            "431",
+        ),
+        (
+            "bad chunk size",
+            format!(
+                "POST /items HTTP/1.1\\r\\n{host}Transfer-Encoding: chunked\\r\\n\\r\\nzz\\r\\nabc\\r\\n0\\r\\n\\r\\n"
+            ),
+            "400",
+        ),
+        ("not HTTP", "HELLO\\r\\n\\r\\n".to_string(), "400"),
+    ] {
+        let response = s.raw(&request);
+        let status = response
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("");
+        ensure!(status == expected, "{name}: {response:?}");
+    }
+    // The bad chunk reached the server as a request whose body broke: nothing but the refusal.
+    ensure!(
+        s.server_saw()
+            .iter()
+            .all(|r| r["method"] != "POST" || r["status"] != 200),
+        "{:?}",
+        s.server_saw()
+    );
+    // Bare LF line ends: one request, read the one way, forwarded framed properly.
+    let response = s.raw(&format!("GET /lf HTTP/1.1\\nHost: {HOST}\\n\\n"));
+    ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // A ClientHello that is garbage: the connection ends, the attempt is recorded.
+    let out = s.daemon.run_job(
+        &[],
+        httpraw_bin(),
+        &[
+            &format!("{}:443", s.nginx.addr),
+            "\\x16\\x03\\x01garbage\\r\\n",
+        ],
+    );
+    // Only a TLS alert record (0x15) comes back, if anything.
+    ensure!(out.stdout.is_empty() || out.stdout[0] == 0x15, "{out:?}");
+    let broken = wait_until(Duration::from_secs(10), || {
+        s.events("protocol_error")
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e["detail"]["phase"] == "client_tls")
+    });
+    ensure!(
+        broken,
+        "no protocol_error recorded for the garbage ClientHello"
+    );
+    // HTTP/2 rapid reset: the gateway stops the connection instead of serving the flood.
+    let flood = |mode: &str, count: &str| -> Result<Value> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http/h2flood.py");
+        let out = s.daemon.run_job(
+            &[],
+            "/usr/bin/python3",
+            &[
+                script,
+                &s.nginx.addr.to_string(),
+                "443",
+                s.gateway_ca.to_str().unwrap(),
+                HOST,
+                mode,
+                count,
+            ],
+        );
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("h2flood {mode}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let before = s.server_saw().len();
+    let reset = flood("rapid-reset", "2000")?;
+    // GOAWAY with ENHANCE_YOUR_CALM (0xb).
+    ensure!(reset["goaway"] == 11, "rapid reset was served: {reset}");
+    let served = s.server_saw().len() - before;
+    ensure!(
+        served < 200,
+        "the upstream got {served} requests of the flood"
+    );
+    // CONTINUATION flood: a header block that never ends is cut off at the header limit.
+    let continuation = flood("continuation", "2000")?;
+    ensure!(continuation["goaway"] == 11, "{continuation}");
+    ensure!(
+        continuation["sent_frames"].as_u64().unwrap_or(0) < 2000,
+        "the gateway read 32 MB of one header block: {continuation}"
+    );
+    Ok(())
+}
