@@ -17,7 +17,7 @@ pub mod model;
 mod settings;
 mod ssh;
 pub use docker::DockerOperation;
-pub use http::HttpRequest;
+pub use http::{HttpRequest, RpcMessage};
 pub use settings::{PROTECTED_SETTINGS, StartupSettingError, check_startup_setting};
 pub use ssh::SshOperation;
 use std::{collections::HashSet, path::PathBuf};

@@ -1,6 +1,7 @@
 //! nginx as the upstream web server of HTTP tests, in a network namespace: TLS (HTTP/2 and
 //! HTTP/1.1) on 443 with a certificate of the test's own CA, plain HTTP on 80, and an access log
-//! in JSON that shows exactly what reached the server (method, target, host, credential).
+//! in JSON that shows exactly what reached the server (method, target, host, credential). Git's
+//! smart HTTP (`git http-backend` through fcgiwrap) under /git/, for the fixture's own token only.
 
 use std::{
     fs,
@@ -19,6 +20,12 @@ pub const HOST: &str = "api.test";
 
 pub struct Nginx {
     process: Process,
+    _fcgiwrap: Process,
+    /// The one credential /git/ accepts (`Authorization: Bearer <token>`): jobs never hold it,
+    /// the gateway injects it.
+    pub token: String,
+    /// Bare repositories served under /git/ (`<name>.git`).
+    pub git_root: PathBuf,
     pub addr: Ipv4Addr,
     /// The CA that issued nginx's certificate (the gateway's `ca_file` for the target).
     pub ca: PathBuf,
@@ -37,6 +44,17 @@ impl Nginx {
             &format!("DNS:{HOST},DNS:*.svc.test,IP:{}", ns.remote_ip),
         )?;
         let access_log = dir.join("access.log");
+        let token = format!("tok-{}", crate::unique_id().repeat(3));
+        let git_root = dir.join("git");
+        fs::create_dir_all(&git_root)?;
+        let fcgi_socket = dir.join("fcgiwrap.sock");
+        let fcgiwrap = Process::spawn(
+            "fcgiwrap",
+            std::process::Command::new("/usr/sbin/fcgiwrap")
+                .arg("-s")
+                .arg(format!("unix:{}", fcgi_socket.display())),
+            dir.join("fcgiwrap.log"),
+        )?;
         let d = dir.display();
         let config = dir.join("nginx.conf");
         fs::write(
@@ -67,6 +85,19 @@ http {{
         server_name {HOST} *.svc.test;
         location = /whoami {{ return 200 "auth=$http_authorization key=$http_x_api_key\n"; }}
         location /files/ {{ root {www}; }}
+        location = /mcp {{
+            default_type application/json;
+            return 200 '{{"jsonrpc":"2.0","id":1,"result":{{"ok":true}}}}';
+        }}
+        location ~ ^/git(/.*)$ {{
+            if ($http_authorization != "Bearer {token}") {{ return 401; }}
+            fastcgi_pass unix:{fcgi};
+            include /etc/nginx/fastcgi_params;
+            fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
+            fastcgi_param GIT_PROJECT_ROOT {git};
+            fastcgi_param GIT_HTTP_EXPORT_ALL "";
+            fastcgi_param PATH_INFO $1;
+        }}
         location / {{ return 200 "$request_method $request_uri\n"; }}
     }}
 }}
@@ -75,6 +106,8 @@ http {{
                 cert = cert.display(),
                 key = key.display(),
                 www = www.display(),
+                fcgi = fcgi_socket.display(),
+                git = git_root.display(),
             ),
         )?;
         let mut cmd = ns.command("/usr/sbin/nginx");
@@ -86,6 +119,9 @@ http {{
         let process = Process::spawn("nginx", &mut cmd, dir.join("nginx.out"))?;
         let nginx = Nginx {
             process,
+            _fcgiwrap: fcgiwrap,
+            token,
+            git_root,
             addr: ns.remote_ip,
             ca: pki.ca,
             dir: dir.clone(),
@@ -106,6 +142,43 @@ http {{
     pub fn put_file(&self, name: &str, contents: &[u8]) -> Result<()> {
         fs::write(self.dir.join("www/files").join(name), contents)?;
         Ok(())
+    }
+
+    /// A bare repository served at /git/<name>.git, with one commit on main.
+    pub fn git_repository(&self, name: &str) -> Result<PathBuf> {
+        let bare = self.git_root.join(format!("{name}.git"));
+        let work = self.dir.join(format!("{name}-seed"));
+        let git = |args: &[&str], dir: &Path| -> Result<()> {
+            let out = std::process::Command::new("git")
+                .args(["-c", "user.name=seed", "-c", "user.email=seed@test"])
+                .args(args)
+                .current_dir(dir)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        fs::create_dir_all(&work)?;
+        git(&["init", "-q", "-b", "main"], &work)?;
+        fs::write(work.join("README"), "seeded\n")?;
+        git(&["add", "README"], &work)?;
+        git(&["commit", "-q", "-m", "seed"], &work)?;
+        git(
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                ".",
+                bare.to_str().unwrap_or_default(),
+            ],
+            &work,
+        )?;
+        // Pushes are open to anyone nginx lets through (nginx checks the credential).
+        git(&["config", "http.receivepack", "true"], &bare)?;
+        Ok(bare)
     }
 
     /// Every request nginx logged, oldest first.

@@ -42,6 +42,42 @@ methods = ["POST"]
 paths = ["/deploy"]
 
 [[rules]]
+name = "no-deleting-tools"
+action = "deny"
+targets = ["api"]
+unauthenticated = true
+reason = "agents do not delete through MCP"
+[rules.http]
+paths = ["/mcp"]
+mcp_tools = ["delete_*"]
+
+[[rules]]
+name = "mcp-basics"
+action = "allow"
+targets = ["api"]
+unauthenticated = true
+[rules.http]
+paths = ["/mcp"]
+rpc_methods = ["initialize", "notifications/*", "tools/list", "tools/call"]
+
+[[rules]]
+name = "nothing-else-on-mcp"
+action = "deny"
+targets = ["api"]
+unauthenticated = true
+[rules.http]
+paths = ["/mcp"]
+
+[[rules]]
+name = "locked-repos-are-read-only"
+action = "deny"
+targets = ["api"]
+unauthenticated = true
+reason = "locked.git is read-only for CI"
+[rules.http]
+paths = ["/git/locked.git/git-receive-pack"]
+
+[[rules]]
 name = "jobs-may-call-the-api"
 action = "allow"
 targets = ["api", "plain", "untrusted"]
@@ -71,7 +107,8 @@ impl Setup {
         let dir = TempDir::new(&format!("http{id}"));
         let ns = Netns::new(&id)?;
         let nginx = Nginx::start(&ns, dir.path())?;
-        let token = format!("tok-{}", unique_id().repeat(3));
+        // The one credential nginx accepts under /git/; the gateway injects it everywhere.
+        let token = nginx.token.clone();
         let token_file = dir.path().join("token");
         fs::write(&token_file, format!("{token}\n"))?;
         let other_ca = gateway_e2e::pki::TestPki::new(dir.path(), "other")?;
@@ -143,6 +180,34 @@ token_file = "{token_file}"
         ];
         all.extend(args);
         self.daemon.run_job(&[], "curl", &all)
+    }
+
+    /// A shell script in a job whose runner image took the documented trust step: the gateway's CA
+    /// added to the system store (`update-ca-certificates`), and `api.test` resolving to the
+    /// server (both bind-mounted in a mount namespace of the job's own, the host stays as it is).
+    fn job_on_a_runner_image(&self, script: &str) -> Result<Output> {
+        let bundle = self.dir.path().join("ca-certificates.crt");
+        let system = fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+        fs::write(&bundle, [system, fs::read(&self.gateway_ca)?].concat())?;
+        let hosts = self.dir.path().join("hosts");
+        fs::write(
+            &hosts,
+            format!("127.0.0.1 localhost\n{} {HOST}\n", self.nginx.addr),
+        )?;
+        // The image is prepared outside the job (a job may not mount), the job inherits it.
+        let image = format!(
+            "mount --bind {hosts} /etc/hosts\nmount --bind {bundle} /etc/ssl/certs/ca-certificates.crt\nexec \"$@\"",
+            hosts = hosts.display(),
+            bundle = bundle.display(),
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "sh", "-ec", &image, "sh"])
+            .arg(gateway_e2e::gateway_bin())
+            .arg("--control-socket")
+            .arg(&self.daemon.control_socket)
+            .args(["run", "--", "sh", "-ec", script])
+            .output()?;
+        Ok(out)
     }
 
     /// Raw bytes to the plain target, from a job.
@@ -648,6 +713,214 @@ fn malformed_oversized_and_flooding_requests_get_clear_errors_at_bounded_cost() 
     ensure!(
         continuation["sent_frames"].as_u64().unwrap_or(0) < 2000,
         "the gateway read 32 MB of one header block: {continuation}"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_documented_client_works_with_exactly_its_trust_step() -> Result<()> {
+    let s = Setup::new()?;
+    s.nginx.put_file("report.json", br#"{"rows": [1, 2, 3]}"#)?;
+    let url = format!("https://{HOST}/whoami");
+    let out = s.job_on_a_runner_image(&format!(
+        r#"
+curl -sS --fail https://{HOST}/files/report.json; echo
+curl -sS --fail --http2 -w 'curl-h2 %{{http_version}}\n' {url}
+REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt /usr/bin/python3 -c 'import requests; r = requests.get("{url}"); print("requests", r.status_code, r.text.strip())'
+SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt /usr/bin/python3 -c 'import httpx; r = httpx.Client(http2=True).get("{url}"); print("httpx", r.http_version, r.status_code, r.text.strip())'
+NODE_EXTRA_CA_CERTS={ca} node -e 'fetch("{url}").then(async r => console.log("node", r.status, (await r.text()).trim()))'
+"#,
+        ca = s.gateway_ca.display(),
+    ))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(lines.first() == Some(&r#"{"rows": [1, 2, 3]}"#), "{stdout}");
+    // Every client got the server's answer with the injected token masked, over HTTP/2 where it
+    // asked for it.
+    let masked = format!("auth={}", "*".repeat(format!("Bearer {}", s.token).len()));
+    ensure!(lines.contains(&"curl-h2 2"), "{stdout}");
+    ensure!(
+        lines.contains(&format!("{masked} key=").as_str()),
+        "{stdout}"
+    );
+    for expected in [
+        format!("requests 200 {masked}"),
+        format!("httpx HTTP/2 200 {masked}"),
+        format!("node 200 {masked}"),
+    ] {
+        ensure!(
+            lines.iter().any(|l| l.starts_with(&expected)),
+            "no line {expected:?} in {stdout}"
+        );
+    }
+    ensure!(!stdout.contains(&s.token), "{stdout}");
+    let seen = s.server_saw();
+    ensure!(seen.len() == 5, "{seen:?}");
+    for r in &seen {
+        ensure!(r["auth"] == format!("Bearer {}", s.token), "{r}");
+    }
+    Ok(())
+}
+
+#[test]
+fn git_clones_and_pushes_over_https_with_the_injected_credential_and_push_rules_hold() -> Result<()>
+{
+    let s = Setup::new()?;
+    let app = s.nginx.git_repository("app")?;
+    let locked = s.nginx.git_repository("locked")?;
+    let home = s.dir.path().join("job-home");
+    fs::create_dir_all(&home)?;
+    let out = s.job_on_a_runner_image(&format!(
+        r#"
+export HOME={home} GIT_TERMINAL_PROMPT=0
+cd $HOME
+git config --global user.name agent
+git config --global user.email agent@test
+git clone -q https://{HOST}/git/app.git app
+cd app && echo change > file && git add file && git commit -qm 'agent change' && git push -q origin main && cd ..
+git clone -q https://{HOST}/git/locked.git locked
+cd locked && echo change > file && git add file && git commit -qm 'agent change'
+if git push -q origin main 2> ../push.err; then echo PUSHED-LOCKED; fi
+cat ../push.err
+"#,
+        home = home.display(),
+    ))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "{stdout}{stderr}\nserver saw {:?}\nrecorded {:?}",
+        s.server_saw(),
+        s.events("http_request")
+    );
+    // What the server holds, read from its repositories: the push to app landed, locked is as
+    // it was.
+    let head = |repo: &std::path::Path| -> Result<String> {
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(repo)
+            .args(["log", "-1", "--format=%s", "main"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    ensure!(
+        head(&app)? == "agent change",
+        "{stdout}{stderr}\nserver saw {:?}\nrecorded {:?}",
+        s.server_saw(),
+        s.events("http_request")
+    );
+    ensure!(head(&locked)? == "seed", "{stdout}{stderr}");
+    ensure!(!stdout.contains("PUSHED-LOCKED"), "{stdout}");
+    ensure!(stdout.contains("403"), "{stdout}");
+    // The job never held the credential; every request the server got carried the gateway's.
+    ensure!(!stdout.contains(&s.token) && !stderr.contains(&s.token));
+    let config = fs::read_to_string(home.join(".gitconfig"))?;
+    ensure!(!config.contains("credential"), "{config}");
+    let seen = s.server_saw();
+    ensure!(
+        seen.iter()
+            .any(|r| r["uri"] == "/git/app.git/git-receive-pack"),
+        "{seen:?}"
+    );
+    for r in &seen {
+        ensure!(r["auth"] == format!("Bearer {}", s.token), "{r}");
+        ensure!(r["uri"] != "/git/locked.git/git-receive-pack", "{r}");
+    }
+    let denied = s
+        .events("http_request")?
+        .into_iter()
+        .find(|e| e["detail"]["path"] == "/git/locked.git/git-receive-pack")
+        .context("the refused push is recorded")?;
+    ensure!(
+        denied["detail"]["rule"] == "locked-repos-are-read-only",
+        "{denied}"
+    );
+    Ok(())
+}
+
+#[test]
+fn mcp_tool_calls_are_decided_by_tool_and_bodies_read_two_ways_are_refused() -> Result<()> {
+    let s = Setup::new()?;
+    let script = format!(
+        r#"
+import gzip, json, requests
+def call(tool, **arguments):
+    return {{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {{"name": tool, "arguments": arguments}}}}
+cases = [
+    ("get", json.dumps(call("get_issue", n=7)), {{}}),
+    ("list", json.dumps({{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}}), {{}}),
+    ("delete", json.dumps(call("delete_repo", repo="app")), {{}}),
+    ("batch", json.dumps([call("get_issue", n=1), call("delete_repo", repo="app")]), {{}}),
+    ("other-method", json.dumps({{"jsonrpc": "2.0", "id": 3, "method": "resources/read"}}), {{}}),
+    ("duplicate-name", '{{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{{"name":"get_issue","name":"delete_repo"}}}}', {{}}),
+    ("gzip", gzip.compress(json.dumps(call("delete_repo")).encode()), {{"Content-Encoding": "gzip"}}),
+    ("too-large", json.dumps(call("get_issue", pad="x" * (1100 * 1024))), {{}}),
+    ("not-json", "name=delete_repo", {{}}),
+]
+s = requests.Session()
+out = {{}}
+for name, body, headers in cases:
+    headers = dict(headers, Host="{HOST}")
+    headers["Content-Type"] = "application/json"
+    r = s.post("https://{ip}/mcp", data=body, headers=headers, verify="{ca}")
+    out[name] = [r.status_code, r.headers.get("content-type")]
+print(json.dumps(out))
+"#,
+        ip = s.nginx.addr,
+        ca = s.gateway_ca.display(),
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let result: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("python: {}", String::from_utf8_lossy(&out.stderr)))?;
+    for (case, status) in [
+        ("get", 200),
+        ("list", 200),
+        ("delete", 403),
+        ("batch", 403),
+        ("other-method", 403),
+        ("duplicate-name", 400),
+        ("gzip", 415),
+        ("too-large", 413),
+        ("not-json", 400),
+    ] {
+        ensure!(result[case][0] == status, "{case}: {result}");
+        if status != 200 {
+            ensure!(
+                result[case][1] == "application/problem+json",
+                "{case}: {result}"
+            );
+        }
+    }
+    // Only the two allowed calls reached the server.
+    let served = s
+        .server_saw()
+        .into_iter()
+        .filter(|r| r["uri"] == "/mcp")
+        .count();
+    ensure!(served == 2, "{:?}", s.server_saw());
+    // The recording names the tool and its arguments, and the rule that refused it.
+    let requests = s.events("http_request")?;
+    let delete = requests
+        .iter()
+        .find(|e| e["detail"]["rpc"][0]["tool"] == "delete_repo")
+        .context("the delete_repo call is recorded")?;
+    ensure!(delete["detail"]["rule"] == "no-deleting-tools", "{delete}");
+    ensure!(
+        delete["detail"]["rpc"][0]["arguments"]["repo"] == "app",
+        "{delete}"
+    );
+    let refused = s.events("refused")?;
+    ensure!(
+        refused.iter().any(|e| e["detail"]["status"] == 400
+            && e["detail"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("twice"))),
+        "{refused:?}"
     );
     Ok(())
 }

@@ -23,7 +23,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "python3-requests",
     "python3-h2",
+    "python3-httpx",
     "nghttp2-client",
+    // git over HTTPS: git's smart HTTP server behind nginx.
+    "git",
+    "fcgiwrap",
     // SSH tests: an interactive shell driven through a terminal, recordings checked by asciinema.
     "tmux",
     "asciinema",

@@ -104,6 +104,10 @@ pub(super) struct RawHttpCondition {
     paths: Vec<S<String>>,
     #[serde(default)]
     query: Vec<S<String>>,
+    #[serde(default)]
+    rpc_methods: Vec<S<String>>,
+    #[serde(default)]
+    mcp_tools: Vec<S<String>>,
 }
 
 /// A host name or a `*.` wildcard of one.
@@ -305,7 +309,26 @@ impl Validator<'_> {
                 }
             })
             .collect();
+        let mut names = |list: Vec<S<String>>, field: &str| -> Vec<String> {
+            let mut out = Vec::new();
+            for (j, n) in list.into_iter().enumerate() {
+                if n.get_ref().trim().is_empty() {
+                    self.problem(
+                        n.span(),
+                        format!("{key}.{field}[{j}]"),
+                        "an empty name matches nothing",
+                    );
+                } else {
+                    out.push(n.into_inner());
+                }
+            }
+            out
+        };
+        let rpc_methods = names(raw.rpc_methods, "rpc_methods");
+        let mcp_tools = names(raw.mcp_tools, "mcp_tools");
         HttpCondition {
+            rpc_methods,
+            mcp_tools,
             methods,
             hosts: raw
                 .hosts

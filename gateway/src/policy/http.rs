@@ -8,6 +8,11 @@
 //! `query` is a list of `name=value` globs: a deny or approval rule matches when any parameter
 //! matches one of them; an allow rule only when every parameter does (a parameter the rule does
 //! not name is not allowed by it).
+//!
+//! `rpc_methods` and `mcp_tools` are about the JSON-RPC messages of a POST body (MCP servers over
+//! HTTP), read by the protocol layer before policy decides: a rule with them matches only a request
+//! that carries such messages; a deny or approval rule when any message matches, an allow rule
+//! only when every one does. `mcp_tools` matches `tools/call` messages by their tool name.
 
 use std::fmt;
 
@@ -29,6 +34,28 @@ pub struct HttpRequest<'a> {
     pub path: &'a str,
     /// Decoded query parameters, in order.
     pub query: &'a [(String, String)],
+    /// The JSON-RPC messages of the body, when the target's rules asked for them to be read and
+    /// the body is JSON-RPC; `None` otherwise.
+    pub rpc: Option<&'a [RpcMessage]>,
+}
+
+/// One JSON-RPC message of a request body, as policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcMessage {
+    /// `method` of a request or notification; `None` for a response the client sends back.
+    pub method: Option<String>,
+    /// The tool of an MCP `tools/call` (`params.name`).
+    pub tool: Option<String>,
+}
+
+impl fmt::Display for RpcMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.method, &self.tool) {
+            (Some(m), Some(t)) => write!(f, "{m} {t}"),
+            (Some(m), None) => f.write_str(m),
+            (None, _) => f.write_str("(response)"),
+        }
+    }
 }
 
 impl fmt::Display for HttpRequest<'_> {
@@ -43,11 +70,29 @@ impl fmt::Display for HttpRequest<'_> {
                 write!(f, "{k}={v}")?;
             }
         }
+        if let Some(rpc) = self.rpc {
+            for (i, m) in rpc.iter().enumerate() {
+                f.write_str(if i == 0 { " " } else { ", " })?;
+                write!(f, "{m}")?;
+            }
+        }
         Ok(())
     }
 }
 
 impl Policy {
+    /// Whether a rule about `target` looks into the JSON-RPC messages of `request` (its method,
+    /// host, path and query matching): the protocol layer then reads the body (within a bound)
+    /// before asking `decide_http`.
+    pub fn http_reads_rpc(&self, target: &str, request: &HttpRequest<'_>) -> bool {
+        self.rules.iter().any(|r| {
+            r.http
+                .as_ref()
+                .is_some_and(|c| c.reads_rpc() && request_matches(c, r.action, request))
+                && r.targets.iter().any(|g| glob::matches(g, target))
+        })
+    }
+
     /// May `identity` send `request` to HTTP target `target`?
     pub fn decide_http(
         &self,
@@ -83,6 +128,11 @@ impl Policy {
 }
 
 fn condition_matches(c: &HttpCondition, action: Action, r: &HttpRequest<'_>) -> bool {
+    request_matches(c, action, r) && (!c.reads_rpc() || rpc_matches(c, action, r.rpc))
+}
+
+/// The conditions on the request line: method, host, path, query.
+fn request_matches(c: &HttpCondition, action: Action, r: &HttpRequest<'_>) -> bool {
     (c.methods.is_empty()
         || c.methods
             .iter()
@@ -90,6 +140,27 @@ fn condition_matches(c: &HttpCondition, action: Action, r: &HttpRequest<'_>) -> 
         && (c.hosts.is_empty() || c.hosts.iter().any(|g| glob::matches(g, r.host)))
         && (c.paths.is_empty() || c.paths.iter().any(|g| path_matches(g, r.path)))
         && (c.query.is_empty() || query_matches(&c.query, action, r.query))
+}
+
+fn rpc_matches(c: &HttpCondition, action: Action, rpc: Option<&[RpcMessage]>) -> bool {
+    let Some(messages) = rpc.filter(|m| !m.is_empty()) else {
+        return false;
+    };
+    let one = |m: &RpcMessage| {
+        let method = m.method.as_deref();
+        (c.rpc_methods.is_empty()
+            || method.is_some_and(|name| c.rpc_methods.iter().any(|g| glob::matches(g, name))))
+            && (c.mcp_tools.is_empty()
+                || (method == Some("tools/call")
+                    && m.tool
+                        .as_deref()
+                        .is_some_and(|t| c.mcp_tools.iter().any(|g| glob::matches(g, t)))))
+    };
+    if action == Action::Allow {
+        messages.iter().all(one)
+    } else {
+        messages.iter().any(one)
+    }
 }
 
 /// A path matches a glob as it is, and as a directory: `/admin` falls under `/admin/*`.
@@ -140,6 +211,7 @@ mod tests {
             hosts: Vec::new(),
             paths: v(paths),
             query: v(query),
+            ..Default::default()
         })
     }
 
@@ -153,6 +225,7 @@ mod tests {
             host: "api.example",
             path,
             query: &query,
+            rpc: None,
         };
         policy
             .decide_http(&Identity::unauthenticated(), "api", &r)
@@ -202,5 +275,104 @@ mod tests {
         );
         assert_eq!(decide(&p, "POST", "/search", &[("q", "x")]), "deny");
         assert_eq!(decide(&p, "GET", "/other", &[]), "deny");
+    }
+
+    fn call(method: &str, tool: Option<&str>) -> RpcMessage {
+        RpcMessage {
+            method: Some(method.into()),
+            tool: tool.map(Into::into),
+        }
+    }
+
+    fn decide_rpc(policy: &Policy, rpc: Option<&[RpcMessage]>) -> &'static str {
+        let r = HttpRequest {
+            method: "POST",
+            host: "mcp.example",
+            path: "/mcp",
+            query: &[],
+            rpc,
+        };
+        policy
+            .decide_http(&Identity::unauthenticated(), "api", &r)
+            .label()
+    }
+
+    #[test]
+    fn mcp_tool_calls_are_decided_by_tool_and_a_batch_by_every_message() {
+        let tools = |t: &[&str]| {
+            Some(HttpCondition {
+                mcp_tools: t.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+        };
+        let methods = |m: &[&str]| {
+            Some(HttpCondition {
+                rpc_methods: m.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+        };
+        let p = Policy::new(vec![
+            rule("no-deleting-tools", Action::Deny, tools(&["delete_*"])),
+            rule(
+                "merges-need-a-person",
+                Action::RequireApproval,
+                tools(&["merge_*"]),
+            ),
+            rule(
+                "mcp-basics",
+                Action::Allow,
+                methods(&["initialize", "notifications/*", "tools/list", "tools/call"]),
+            ),
+        ]);
+        let post = |path| HttpRequest {
+            method: "POST",
+            host: "mcp.example",
+            path,
+            query: &[],
+            rpc: None,
+        };
+        assert!(p.http_reads_rpc("api", &post("/mcp")));
+        assert!(!p.http_reads_rpc("other", &post("/mcp")));
+        // Only requests a rule about messages could match have their bodies read.
+        let scoped = Policy::new(vec![rule(
+            "mcp-only",
+            Action::Deny,
+            Some(HttpCondition {
+                paths: vec!["/mcp".into()],
+                mcp_tools: vec!["delete_*".into()],
+                ..Default::default()
+            }),
+        )]);
+        assert!(scoped.http_reads_rpc("api", &post("/mcp")));
+        assert!(!scoped.http_reads_rpc("api", &post("/upload")));
+        let get = call("tools/call", Some("get_issue"));
+        let delete = call("tools/call", Some("delete_repo"));
+        let merge = call("tools/call", Some("merge_pr"));
+        assert_eq!(decide_rpc(&p, Some(std::slice::from_ref(&get))), "allow");
+        assert_eq!(decide_rpc(&p, Some(std::slice::from_ref(&delete))), "deny");
+        assert_eq!(
+            decide_rpc(&p, Some(std::slice::from_ref(&merge))),
+            "require_approval"
+        );
+        // A batch is denied when any of its calls is, and allowed only when every one is.
+        assert_eq!(decide_rpc(&p, Some(&[get.clone(), delete])), "deny");
+        assert_eq!(
+            decide_rpc(&p, Some(&[get.clone(), call("resources/read", None)])),
+            "deny"
+        );
+        // A tool named like a denied one, called through another method, is not a tools/call.
+        assert_eq!(
+            decide_rpc(&p, Some(&[call("prompts/get", Some("delete_repo"))])),
+            "deny",
+            "not allowed by mcp-basics either"
+        );
+        // Without JSON-RPC messages, rules about them do not match (and so do not allow).
+        assert_eq!(decide_rpc(&p, None), "deny");
+        assert_eq!(decide_rpc(&p, Some(&[])), "deny");
+        let response = RpcMessage {
+            method: None,
+            tool: None,
+        };
+        assert_eq!(decide_rpc(&p, Some(&[get, response])), "deny");
     }
 }

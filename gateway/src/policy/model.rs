@@ -66,6 +66,17 @@ pub struct HttpCondition {
     pub paths: Vec<String>,
     /// Globs over the names of the query parameters.
     pub query: Vec<String>,
+    /// Globs over the `method` of each JSON-RPC message in a POST body (MCP servers over HTTP).
+    pub rpc_methods: Vec<String>,
+    /// Globs over the tool name of each MCP `tools/call` in a POST body.
+    pub mcp_tools: Vec<String>,
+}
+
+impl HttpCondition {
+    /// Whether the rule is about JSON-RPC bodies, which the gateway then reads before deciding.
+    pub fn reads_rpc(&self) -> bool {
+        !self.rpc_methods.is_empty() || !self.mcp_tools.is_empty()
+    }
 }
 
 /// A claim selector value: one glob or a list (any of them).

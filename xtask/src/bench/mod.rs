@@ -2,6 +2,7 @@
 //! run (the machines are shared and noisy: absolute numbers mean little, ratios of one run do).
 //! These are measurements, not tests: nothing here passes or fails on a timing.
 
+mod http;
 mod postgres;
 mod ssh;
 mod tcp;
@@ -39,12 +40,16 @@ pub(crate) fn run(only: Option<&str>) -> Result<()> {
         postgres::run()?;
         ran = true;
     }
+    if all || only == Some("http") {
+        http::run()?;
+        ran = true;
+    }
     if all || only == Some("ssh") {
         ssh::run()?;
         ran = true;
     }
     if !ran {
-        bail!("unknown benchmark {only:?} (known: tcp, postgres, ssh)");
+        bail!("unknown benchmark {only:?} (known: tcp, postgres, http, ssh)");
     }
     Ok(())
 }

@@ -24,6 +24,8 @@ use super::{Body, BoxError, echo::EchoFilter};
 /// The first bytes of a request body, and the whole body to forward.
 pub(super) struct Sampled {
     pub(super) sample: Bytes,
+    /// The sample is the whole body.
+    pub(super) complete: bool,
     pub(super) body: Body,
 }
 
@@ -67,6 +69,7 @@ pub(super) async fn sample(
     });
     Ok(Sampled {
         sample: sample.freeze(),
+        complete,
         body: BodyExt::boxed_unsync(StreamBody::new(counted)),
     })
 }

@@ -17,6 +17,7 @@ use super::{
     echo::EchoFilter,
     headers, problem,
     request::{self, HostRules, Reading, Refusal},
+    rpc::{self, Calls},
     upstream::Upstream,
 };
 use crate::{
@@ -90,23 +91,28 @@ impl Exchange {
         let reading =
             match request::read(request.method(), request.uri(), request.headers(), &rules) {
                 Ok(r) => r,
-                Err(refusal) => return self.refuse(number, &request, refusal),
+                Err(refusal) => {
+                    return self.refuse(number, request.method(), request.uri(), refusal);
+                }
             };
-        let op = HttpRequest {
+        let (parts, body) = request.into_parts();
+        let mut op = HttpRequest {
             method: &reading.method,
             host: &reading.host,
             path: &reading.path,
             query: &reading.query,
+            rpc: None,
         };
-        let decision = self.policy.decide_http(&self.identity, &self.target, &op);
-        let (parts, body) = request.into_parts();
-        let sampled = match tokio::time::timeout(
+        // Rules about JSON-RPC messages need the whole body before policy can decide.
+        let reads_rpc = self.policy.http_reads_rpc(&self.target, &op);
+        let limit = if reads_rpc {
+            rpc::MAX_BODY + 1
+        } else {
+            self.settings.body_sample
+        };
+        let mut sampled = match tokio::time::timeout(
             SAMPLE_TIMEOUT,
-            body::sample(
-                body,
-                self.settings.body_sample,
-                Arc::clone(&self.counters.up),
-            ),
+            body::sample(body, limit, Arc::clone(&self.counters.up)),
         )
         .await
         {
@@ -130,7 +136,25 @@ impl Exchange {
                 );
             }
         };
-        let recorded = self.request_event(number, &reading, &parts, &decision, &sampled.sample);
+        let calls = if reads_rpc {
+            match read_rpc(&parts, &sampled) {
+                Ok(calls) => calls,
+                Err(refusal) => return self.refuse(number, &parts.method, &parts.uri, refusal),
+            }
+        } else {
+            None
+        };
+        sampled.sample.truncate(self.settings.body_sample);
+        op.rpc = calls.as_ref().map(|c| c.messages.as_slice());
+        let decision = self.policy.decide_http(&self.identity, &self.target, &op);
+        let recorded = self.request_event(
+            number,
+            &reading,
+            &parts,
+            &decision,
+            &sampled.sample,
+            calls.as_ref(),
+        );
         match &decision {
             Decision::Deny { rule, reason } => {
                 self.store
@@ -155,7 +179,10 @@ impl Exchange {
             Decision::RequireApproval { rule } => {
                 self.store
                     .note_event(self.session_id, EventKind::HttpRequest, recorded.clone());
-                match self.approve(rule, &reading, &parts, &sampled.sample).await {
+                match self
+                    .approve(rule, &reading, &parts, &sampled.sample, calls.as_ref())
+                    .await
+                {
                     Ok(by) => {
                         // Write-ahead: the approval is on record before the request leaves.
                         let approval =
@@ -204,11 +231,22 @@ impl Exchange {
         reading: &Reading,
         parts: &http::request::Parts,
         sample: &Bytes,
+        calls: Option<&Calls>,
     ) -> Result<String, String> {
-        let operation = format!(
+        let mut operation = format!(
             "{} {}{}",
             reading.method, reading.host, reading.path_and_query
         );
+        // A tool call is shown as what it does: the tool and its arguments.
+        for (message, arguments) in calls
+            .iter()
+            .flat_map(|c| c.messages.iter().zip(&c.arguments))
+        {
+            operation.push_str(&format!("\n{message}"));
+            if !arguments.is_null() {
+                operation.push_str(&format!(" {arguments}"));
+            }
+        }
         let request = ApprovalRequest {
             session_id: self.session_id,
             target: self.target.clone(),
@@ -223,6 +261,7 @@ impl Exchange {
                 "query": reading.query,
                 "headers": headers::recorded(&parts.headers, self.credential_header()),
                 "body_sample": String::from_utf8_lossy(sample),
+                "rpc": calls.map(Calls::recorded),
             }),
             process: self.process.clone(),
             job_id: self.job_id.clone(),
@@ -253,8 +292,10 @@ impl Exchange {
         parts: &http::request::Parts,
         decision: &Decision,
         sample: &Bytes,
+        calls: Option<&Calls>,
     ) -> serde_json::Value {
         json!({
+            "rpc": calls.map(Calls::recorded),
             "request": number,
             "version": format!("{:?}", parts.version),
             "method": reading.method,
@@ -377,7 +418,13 @@ impl Exchange {
     }
 
     /// A refusal before policy: recorded, answered with a problem document.
-    fn refuse(&self, number: u64, request: &Request<Incoming>, refusal: Refusal) -> Response<Body> {
+    fn refuse(
+        &self,
+        number: u64,
+        method: &http::Method,
+        uri: &Uri,
+        refusal: Refusal,
+    ) -> Response<Body> {
         tracing::info!(
             session = self.session_id,
             request = number,
@@ -389,8 +436,8 @@ impl Exchange {
             EventKind::Refused,
             json!({
                 "request": number,
-                "method": request.method().as_str(),
-                "target": request.uri().to_string(),
+                "method": method.as_str(),
+                "target": uri.to_string(),
                 "status": refusal.status.as_u16(),
                 "reason": refusal.detail,
             }),
@@ -430,4 +477,29 @@ impl Exchange {
         }
         problem::response(status, title, detail, extra)
     }
+}
+
+/// The JSON-RPC messages of a POST body, for rules about them: the whole body, unencoded.
+fn read_rpc(
+    parts: &http::request::Parts,
+    sampled: &body::Sampled,
+) -> Result<Option<Calls>, Refusal> {
+    if parts.headers.contains_key(header::CONTENT_ENCODING) {
+        return Err(Refusal {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            title: "Request refused by the gateway",
+            detail: "the target's rules are about JSON-RPC messages, which the gateway reads only in unencoded bodies".into(),
+        });
+    }
+    if !sampled.complete {
+        return Err(Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            title: "Request refused by the gateway",
+            detail: format!(
+                "the target's rules are about JSON-RPC messages, which the gateway reads in bodies of at most {} bytes",
+                rpc::MAX_BODY
+            ),
+        });
+    }
+    rpc::read(&sampled.sample)
 }

@@ -17,6 +17,7 @@ mod exchange;
 mod headers;
 mod problem;
 pub mod request;
+mod rpc;
 mod upstream;
 
 use parking_lot::Mutex;

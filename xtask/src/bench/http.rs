@@ -1,0 +1,365 @@
+//! HTTP target: requests per second over keep-alive (HTTP/1.1 and HTTP/2), added latency, new TLS
+//! connection setup and memory per idle keep-alive connection, against the same nginx reached
+//! directly and through haproxy in HTTP mode (terminating TLS and re-encrypting, as the gateway
+//! does), in one run. The gateway decides every request with rules, injects a token, masks the
+//! response body and records each request write-ahead. Targets (issue 14): ≥ 1.0× haproxy
+//! requests/s, added p50 ≤ 0.2 ms, ≤ 64 KiB per idle connection.
+
+use std::{fs, path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use gateway_e2e::{
+    Daemon, DaemonConfig, Netns, Process, TempDir, free_port, gateway_bin,
+    http::{HOST, Nginx},
+    unique_id, wait_until,
+};
+
+use super::{median, row};
+
+const ROUNDS: usize = 3;
+/// Requests per throughput measurement.
+const REQUESTS: &str = "20000";
+/// Sequential requests on one connection for the latency measurement.
+const LATENCY_REQUESTS: &str = "2000";
+/// New TLS connections, one request each, for the setup measurement.
+const NEW_CONNECTIONS: usize = 100;
+/// Idle keep-alive connections held open for the memory measurement.
+const IDLE: usize = 256;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    Direct,
+    Haproxy,
+    Gateway,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Haproxy => "haproxy (http mode)",
+            Route::Gateway => "gateway (all on)",
+        }
+    }
+}
+
+/// A small JSON API response with a field the masking rule covers.
+fn users_json() -> String {
+    let users: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                r#"{{"id":{i},"name":"user {i}","email":"user{i}@example.com","ssn":"123-45-67{i:02}","plan":"team"}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"users":[{}],"next":null}}"#, users.join(","))
+}
+
+pub(super) fn run() -> Result<()> {
+    let id = unique_id();
+    let dir = TempDir::new(&format!("bh{id}"));
+    let ns = Netns::new(&id)?;
+    let nginx = Nginx::start(&ns, dir.path())?;
+    nginx.put_file("users.json", users_json().as_bytes())?;
+    let upstream = format!("{}:443", nginx.addr);
+
+    // haproxy terminates TLS with a certificate of its own and re-encrypts to nginx, verified.
+    let pki = gateway_e2e::pki::TestPki::new(dir.path(), "haproxy")?;
+    let (cert, key) = pki.issue("haproxy", &format!("DNS:{HOST}"))?;
+    let pem = dir.path().join("haproxy-crt.pem");
+    fs::write(&pem, [fs::read(&cert)?, fs::read(&key)?].concat())?;
+    let haproxy_port = free_port();
+    let cfg = dir.path().join("haproxy.cfg");
+    fs::write(
+        &cfg,
+        format!(
+            "global\n    maxconn 4096\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n    http-reuse always\nfrontend web\n    bind 127.0.0.1:{haproxy_port} ssl crt {pem} alpn h2,http/1.1\n    default_backend nginx\nbackend nginx\n    server nginx1 {upstream} ssl verify required ca-file {ca} sni str({HOST}) alpn h2,http/1.1\n",
+            pem = pem.display(),
+            ca = nginx.ca.display(),
+        ),
+    )?;
+    let haproxy = Process::spawn(
+        "haproxy",
+        Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
+        dir.path().join("haproxy.log"),
+    )?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            haproxy_port
+        ))
+        .is_ok()),
+        "haproxy did not start: {}",
+        fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
+    );
+
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, "bench-token\n")?;
+    let body = format!(
+        r#"
+[[targets]]
+name = "api"
+protocol = "http"
+address = "{upstream}"
+[targets.http]
+tls = "terminate"
+ca_file = "{ca}"
+hosts = ["{HOST}"]
+[targets.credentials]
+token_file = "{token_file}"
+
+[[rules]]
+name = "no-deletes"
+action = "deny"
+targets = ["api"]
+unauthenticated = true
+[rules.http]
+methods = ["DELETE"]
+
+[[rules]]
+name = "reads"
+action = "allow"
+targets = ["api"]
+unauthenticated = true
+[rules.http]
+methods = ["GET"]
+paths = ["/files/*"]
+"#,
+        ca = nginx.ca.display(),
+        token_file = token_file.display(),
+    );
+    let daemon = Daemon::builder(DaemonConfig {
+        server: String::new(),
+        body,
+    })
+    .default_log_level()
+    .start()?;
+
+    let url = format!("https://{HOST}/files/users.json");
+    // h2load in the job for the gateway (its connects are redirected), on the host otherwise.
+    let h2load = |path: Route, args: &[&str]| -> Result<String> {
+        let connect_to = match path {
+            Route::Haproxy => format!("--connect-to=127.0.0.1:{haproxy_port}"),
+            _ => format!("--connect-to={upstream}"),
+        };
+        let mut cmd = match path {
+            Route::Gateway => {
+                let mut c = Command::new(gateway_bin());
+                c.arg("--control-socket")
+                    .arg(&daemon.control_socket)
+                    .args(["run", "--", "h2load"]);
+                c
+            }
+            _ => Command::new("h2load"),
+        };
+        cmd.args(args).arg(&connect_to).arg(&url);
+        let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success() && !text.contains(" 0 succeeded"),
+            "{cmd:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(text)
+    };
+
+    let paths = [Route::Direct, Route::Haproxy, Route::Gateway];
+    for p in paths {
+        let warm = h2load(p, &["-n", "200", "-c", "2"])?;
+        all_succeeded(&warm, "200")?;
+    }
+    let mut h1 = vec![Vec::new(); paths.len()];
+    let mut h2 = vec![Vec::new(); paths.len()];
+    let mut p50 = vec![Vec::new(); paths.len()];
+    let mut setup = vec![Vec::new(); paths.len()];
+    let log = dir.path().join("h2load.log");
+    // Interleaved rounds, so that background noise hits every path alike.
+    for _ in 0..ROUNDS {
+        for (i, p) in paths.iter().enumerate() {
+            let out = h2load(*p, &["--h1", "-n", REQUESTS, "-c", "8"])?;
+            all_succeeded(&out, REQUESTS)?;
+            h1[i].push(requests_per_second(&out)?);
+            let out = h2load(*p, &["-n", REQUESTS, "-c", "4", "-m", "8"])?;
+            all_succeeded(&out, REQUESTS)?;
+            h2[i].push(requests_per_second(&out)?);
+            let log_arg = format!("--log-file={}", log.display());
+            let out = h2load(*p, &["--h1", "-n", LATENCY_REQUESTS, "-c", "1", &log_arg])?;
+            all_succeeded(&out, LATENCY_REQUESTS)?;
+            p50[i].push(median(request_durations_us(&log)?));
+            setup[i].push(new_connection_setup_us(&h2load, *p)?);
+        }
+    }
+    let h1: Vec<f64> = h1.into_iter().map(median).collect();
+    let h2: Vec<f64> = h2.into_iter().map(median).collect();
+    let p50: Vec<f64> = p50.into_iter().map(median).collect();
+    let setup: Vec<f64> = setup.into_iter().map(median).collect();
+
+    println!(
+        "\nHTTP target — nginx over TLS, a 1 KiB JSON response; median of {ROUNDS} interleaved rounds"
+    );
+    println!(
+        "{}",
+        row(&[
+            "path".into(),
+            "h1 req/s".into(),
+            "h2 req/s".into(),
+            "p50 µs".into(),
+            "new TLS µs".into()
+        ])
+    );
+    for (i, p) in paths.iter().enumerate() {
+        println!(
+            "{}",
+            row(&[
+                p.name().into(),
+                format!("{:.0}", h1[i]),
+                format!("{:.0}", h2[i]),
+                format!("{:.0}", p50[i]),
+                format!("{:.0}", setup[i]),
+            ])
+        );
+    }
+    println!(
+        "target: gateway ≥ 1.0× haproxy requests/s → HTTP/1.1 {:.2}×, HTTP/2 {:.2}×",
+        h1[2] / h1[1],
+        h2[2] / h2[1]
+    );
+    println!(
+        "target: added p50 ≤ 200 µs → gateway +{:.0} µs over direct (haproxy +{:.0} µs)",
+        p50[2] - p50[0],
+        p50[1] - p50[0]
+    );
+
+    let idle_haproxy = idle_kib_per_connection(haproxy.pid(), |script| {
+        let mut c = Command::new("python3");
+        c.arg(script)
+            .arg(format!("127.0.0.1:{haproxy_port}"))
+            .arg(IDLE.to_string());
+        c
+    })?;
+    let idle_gateway = idle_kib_per_connection(daemon.pid(), |script| {
+        let mut c = Command::new(gateway_bin());
+        c.arg("--control-socket")
+            .arg(&daemon.control_socket)
+            .args(["run", "--", "python3"])
+            .arg(script)
+            .arg(&upstream)
+            .arg(IDLE.to_string());
+        c
+    })?;
+    println!(
+        "target: ≤ 64 KiB per idle keep-alive connection → gateway {idle_gateway:.1} KiB (haproxy {idle_haproxy:.1} KiB), {IDLE} connections"
+    );
+    let sessions = daemon.sessions()?.len();
+    println!("(gateway recorded {sessions} sessions during the run)");
+    Ok(())
+}
+
+/// h2load's summary: every request done and answered 2xx.
+fn all_succeeded(out: &str, total: &str) -> Result<()> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .context("h2load printed no requests line")?;
+    let expected = format!("{total} succeeded, 0 failed");
+    let status = out
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or("");
+    if !line.contains(&expected) || !status.starts_with(&format!("status codes: {total} 2xx")) {
+        bail!("not every request succeeded: {line} / {status}\n{out}");
+    }
+    Ok(())
+}
+
+/// "finished in 1.23s, 16260.16 req/s, 1.2MB/s" → 16260.16
+fn requests_per_second(out: &str) -> Result<f64> {
+    out.lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|f| f.strip_suffix(" req/s"))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no req/s in h2load output:\n{out}"))
+}
+
+/// h2load's log file: one line per request, `start<TAB>status<TAB>duration µs`.
+fn request_durations_us(log: &Path) -> Result<Vec<f64>> {
+    let text = fs::read_to_string(log)?;
+    let durations: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+        .collect();
+    ensure!(!durations.is_empty(), "empty h2load log");
+    Ok(durations)
+}
+
+/// Median "time to 1st byte" of single-request runs: a new TCP and TLS connection each.
+fn new_connection_setup_us(
+    h2load: &dyn Fn(Route, &[&str]) -> Result<String>,
+    path: Route,
+) -> Result<f64> {
+    let mut times = Vec::with_capacity(NEW_CONNECTIONS);
+    for _ in 0..NEW_CONNECTIONS {
+        let out = h2load(path, &["--h1", "-n", "1", "-c", "1"])?;
+        all_succeeded(&out, "1")?;
+        times.push(first_byte_us(&out)?);
+    }
+    Ok(median(times))
+}
+
+/// "time to 1st byte:    1.23ms    1.23ms ..." → the min column in µs.
+fn first_byte_us(out: &str) -> Result<f64> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("time to 1st byte:"))
+        .with_context(|| format!("no time to 1st byte in:\n{out}"))?;
+    let value = line
+        .trim_start_matches("time to 1st byte:")
+        .split_whitespace()
+        .next()
+        .context("empty time to 1st byte")?;
+    let (number, scale) = if let Some(n) = value.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = value.strip_suffix("ms") {
+        (n, 1000.0)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1_000_000.0)
+    } else {
+        bail!("time unit of {value:?}")
+    };
+    Ok(number.parse::<f64>()? * scale)
+}
+
+/// Opens `IDLE` keep-alive TLS connections (one request each, then idle) with the client the
+/// command runs, and returns the growth of `pid`'s resident memory per connection in KiB.
+fn idle_kib_per_connection(pid: u32, command: impl Fn(&Path) -> Command) -> Result<f64> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/http/idle_connections.py");
+    let before = rss_kib(pid)?;
+    let mut cmd = command(&script);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("{cmd:?}"))?;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    // Let the peers settle their buffers before measuring.
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_kib(pid);
+    drop(child.stdin.take());
+    let status = child.wait()?;
+    ensure!(
+        line.trim() == format!("{IDLE} open"),
+        "idle client: {line:?} ({status})"
+    );
+    Ok((after? as f64 - before as f64) / IDLE as f64)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
