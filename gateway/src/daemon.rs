@@ -288,6 +288,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             job_tls: job_tls.clone(),
             upstream_connect_timeout: server.upstream_connect_timeout,
             shutdown: shutdown.clone(),
+            masking: config.masking.clone().into(),
             upstream_tls: Default::default(),
         },
     });

@@ -7,7 +7,7 @@
 
 use std::{cell::RefCell, collections::HashMap};
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::{Glob, GlobBuilder, GlobMatcher};
 
 /// Compiled patterns kept per thread; past this, the cache starts over.
 const CACHE_CAPACITY: usize = 4096;
@@ -35,14 +35,18 @@ fn translate(pattern: &str) -> String {
     out
 }
 
-fn compile(pattern: &str) -> Option<GlobMatcher> {
+/// The pattern as a globset `Glob`, for callers that compile many patterns into one set.
+pub(crate) fn glob(pattern: &str) -> Option<Glob> {
     GlobBuilder::new(&translate(pattern))
         .literal_separator(false)
         .backslash_escape(true)
         .empty_alternates(true)
         .build()
         .ok()
-        .map(|g| g.compile_matcher())
+}
+
+fn compile(pattern: &str) -> Option<GlobMatcher> {
+    glob(pattern).map(|g| g.compile_matcher())
 }
 
 pub fn matches(pattern: &str, text: &str) -> bool {

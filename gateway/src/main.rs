@@ -135,6 +135,8 @@ enum ExportFormat {
     Asciicast,
     /// The session and its events as JSON lines
     Jsonl,
+    /// The requests of an HTTP session as HAR 1.2 (headers without secrets, masked bodies' sizes)
+    Har,
 }
 
 #[derive(Subcommand)]
@@ -208,7 +210,7 @@ enum SessionsCommand {
         #[arg(long)]
         max_idle: Option<f64>,
     },
-    /// Write a session out: asciicast v2 (terminals) or JSON lines
+    /// Write a session out: asciicast v2 (terminals), JSON lines, or HAR 1.2 (HTTP requests)
     Export {
         id: i64,
         #[arg(long, value_enum)]
@@ -440,6 +442,7 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
                             cli::replay::export_asciicast(&session, *channel, &mut out)?
                         }
                         ExportFormat::Jsonl => cli::replay::export_jsonl(&session, &mut out)?,
+                        ExportFormat::Har => cli::har::export_har(&session, &mut out)?,
                     }
                 }
                 SessionsCommand::Show {

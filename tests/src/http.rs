@@ -1,6 +1,8 @@
 //! nginx as the upstream web server of HTTP tests, in a network namespace: TLS (HTTP/2 and
 //! HTTP/1.1) on 443 with a certificate of the test's own CA, plain HTTP on 80, and an access log
-//! in JSON that shows exactly what reached the server (method, target, host, credential). Git's
+//! in JSON that shows exactly what reached the server (method, target, host, credential, range).
+//! Files under /files/ are served as they are (with ranges, and NAME.gz to clients accepting
+//! gzip), under /gzip/ compressed on the fly, under /odd/ labelled with an unknown coding. Git's
 //! smart HTTP (`git http-backend` through fcgiwrap) under /git/, for the fixture's own token only.
 
 use std::{
@@ -67,7 +69,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log info;
 events {{ worker_connections 512; }}
 http {{
-    log_format gw escape=json '{{"method":"$request_method","uri":"$request_uri","host":"$http_host","auth":"$http_authorization","api_key":"$http_x_api_key","override":"$http_x_http_method_override","protocol":"$server_protocol","status":$status}}';
+    log_format gw escape=json '{{"method":"$request_method","uri":"$request_uri","host":"$http_host","auth":"$http_authorization","api_key":"$http_x_api_key","override":"$http_x_http_method_override","range":"$http_range","accept_encoding":"$http_accept_encoding","content_encoding":"$sent_http_content_encoding","protocol":"$server_protocol","status":$status}}';
     access_log {d}/access.log gw;
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
@@ -75,6 +77,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     default_type text/plain;
+    types {{ application/json json; text/event-stream sse; image/png png; text/html html; }}
     keepalive_requests 100000;
     server {{
         listen {ip}:80;
@@ -84,7 +87,17 @@ http {{
         ssl_certificate_key {key};
         server_name {HOST} *.svc.test;
         location = /whoami {{ return 200 "auth=$http_authorization key=$http_x_api_key\n"; }}
-        location /files/ {{ root {www}; }}
+        # Pre-compressed files (NAME.gz) for clients that accept gzip.
+        location /files/ {{ root {www}; gzip_static on; }}
+        # Compressed on the fly: no Content-Length, chunked on HTTP/1.1.
+        location /gzip/ {{
+            alias {www}/files/;
+            gzip on;
+            gzip_types application/json text/event-stream;
+            gzip_min_length 1;
+        }}
+        # A content coding no one decodes.
+        location /odd/ {{ alias {www}/files/; add_header Content-Encoding compress; }}
         location = /mcp {{
             default_type application/json;
             return 200 '{{"jsonrpc":"2.0","id":1,"result":{{"ok":true}}}}';

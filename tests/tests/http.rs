@@ -103,6 +103,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Result<Setup> {
+        Setup::with("")
+    }
+
+    /// The setup with more configuration (`[[masking]]` rules) after the rules.
+    fn with(extra: &str) -> Result<Setup> {
         let id = unique_id();
         let dir = TempDir::new(&format!("http{id}"));
         let ns = Netns::new(&id)?;
@@ -142,7 +147,7 @@ ca_file = "{other}"
 hosts = ["{HOST}"]
 [targets.credentials]
 token_file = "{token_file}"
-{RULES}"#,
+{RULES}{extra}"#,
             ip = nginx.addr,
             ca = nginx.ca.display(),
             other = other_ca.ca.display(),
@@ -922,5 +927,485 @@ print(json.dumps(out))
                 .is_some_and(|r| r.contains("twice"))),
         "{refused:?}"
     );
+    Ok(())
+}
+
+const MASKING: &str = r#"
+[[masking]]
+name = "customer-data"
+targets = ["api", "plain"]
+json_fields = ["ssn", "*token*", "users[*].card"]
+detectors = ["email", "us_ssn", "aws_access_key"]
+"#;
+
+/// A JSON document with a value for each kind of rule: fields by name, by path, by glob, and
+/// values only a detector finds.
+const USERS: &str = r#"{"users":[{"name":"Alice","ssn":"123-45-6789","email":"alice@example.com","card":"4111 1111 1111 1111","note":"backup ssn 536-22-1234"}],"api_token":"opaque-Xq7RtZ9pLm2Vw","key":"AKIAIOSFODNN7EXAMPLE","status":"ok"}"#;
+
+const SECRETS: &[&str] = &[
+    "123-45-6789",
+    "alice@example.com",
+    "4111 1111 1111 1111",
+    "536-22-1234",
+    "opaque-Xq7RtZ9pLm2Vw",
+    "AKIAIOSFODNN7EXAMPLE",
+];
+
+fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+    let mut child = std::process::Command::new("gzip")
+        .args(["-9", "-c", "-n"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("gzip stdin")?;
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output()?;
+    writer.join().expect("gzip writer")?;
+    ensure!(out.status.success(), "gzip failed");
+    Ok(out.stdout)
+}
+
+fn no_secret(what: &str, text: &str) -> Result<()> {
+    for secret in SECRETS {
+        ensure!(
+            !text.contains(secret),
+            "{what}: {secret:?} reached the job: {text}"
+        );
+    }
+    Ok(())
+}
+
+/// The masked document: every value a rule covers replaced, the rest as it was.
+fn check_masked(what: &str, body: &str) -> Result<()> {
+    no_secret(what, body)?;
+    let doc: Value =
+        serde_json::from_str(body).with_context(|| format!("{what}: not JSON: {body}"))?;
+    let user = &doc["users"][0];
+    ensure!(
+        user["name"] == "Alice" && doc["status"] == "ok",
+        "{what}: {doc}"
+    );
+    ensure!(
+        user["ssn"] == "[masked]" && user["card"] == "[masked]" && doc["api_token"] == "[masked]",
+        "{what}: {doc}"
+    );
+    ensure!(user["email"] == "[masked:email]", "{what}: {doc}");
+    ensure!(
+        user["note"] == "backup ssn [masked:us_ssn]",
+        "{what}: {doc}"
+    );
+    ensure!(doc["key"] == "[masked:aws_access_key]", "{what}: {doc}");
+    Ok(())
+}
+
+/// Headers (lower-cased) and body of a `curl -i` run whose status line `-w` appended.
+fn head_and_body(out: &Output) -> (String, String, String) {
+    let (text, status) = split(out);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_ascii_lowercase(), b.to_string()))
+        .unwrap_or_default();
+    (head, body, status)
+}
+
+#[test]
+fn json_responses_are_masked_whatever_the_job_asks_for() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    s.nginx.put_file("users.json", USERS.as_bytes())?;
+    // The same document pre-compressed: served to clients that accept gzip.
+    s.nginx
+        .put_file("users.json.gz", &gzip(USERS.as_bytes())?)?;
+    let url = |path: &str| format!("https://{HOST}{path}");
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("HTTP/2", vec!["--http2".into(), url("/files/users.json")]),
+        (
+            "HTTP/1.1",
+            vec!["--http1.1".into(), url("/files/users.json")],
+        ),
+        (
+            "gzip asked for",
+            vec!["--compressed".into(), url("/files/users.json")],
+        ),
+        (
+            "gzip forced",
+            vec![
+                "-H".into(),
+                "Accept-Encoding: gzip".into(),
+                url("/files/users.json"),
+            ],
+        ),
+        (
+            "a coding the gateway does not decode",
+            vec![
+                "-H".into(),
+                "Accept-Encoding: compress, x-custom".into(),
+                url("/files/users.json"),
+            ],
+        ),
+        (
+            "compressed on the fly",
+            vec!["--compressed".into(), url("/gzip/users.json")],
+        ),
+    ];
+    for (name, args) in &cases {
+        let mut all = vec!["-i"];
+        all.extend(args.iter().map(String::as_str));
+        let out = s.curl(&all);
+        let (head, body, status) = head_and_body(&out);
+        ensure!(
+            status.starts_with("200"),
+            "{name}: {status} {head} {body} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_masked(name, &body)?;
+        // The headers describe the masked body: no coding the job did not get, no byte ranges
+        // of the upstream's bytes, no length of them.
+        ensure!(!head.contains("content-encoding"), "{name}: {head}");
+        ensure!(!head.contains("accept-ranges"), "{name}: {head}");
+        if let Some(len) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
+            ensure!(len.trim() == body.len().to_string(), "{name}: {head}");
+        }
+    }
+    // Plain HTTP/1.1 both ways, the upstream compressing on the fly (chunked).
+    let response = s.raw(&format!(
+        "GET /gzip/users.json HTTP/1.1\\r\\nHost: {HOST}\\r\\nAccept-Encoding: gzip\\r\\nConnection: close\\r\\n\\r\\n"
+    ));
+    ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    no_secret("plain chunked", &response)?;
+    ensure!(response.contains("[masked:email]"), "{response}");
+    // The server was asked for codings the gateway decodes, whatever the job asked for, and
+    // sent every body compressed.
+    let seen = s.server_saw();
+    ensure!(seen.len() == cases.len() + 1, "{seen:?}");
+    ensure!(
+        seen.iter()
+            .all(|r| r["accept_encoding"] == "gzip, deflate, br, zstd"
+                && r["content_encoding"] == "gzip"),
+        "{seen:?}"
+    );
+    // The recording holds the masked bytes only.
+    let responses = s.events("http_response")?;
+    ensure!(responses.len() == cases.len() + 1, "{responses:?}");
+    for r in &responses {
+        no_secret("recording", &r.to_string())?;
+        ensure!(r["detail"]["masked"].as_u64() == Some(6), "{r}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_range_request_cannot_cut_a_value_out_of_the_masking() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    s.nginx.put_file("users.json", USERS.as_bytes())?;
+    // The bytes of the token alone: no field name left for the masking to see.
+    let at = USERS.find("opaque-").context("token")?;
+    let range = format!("{at}-{}", at + "opaque-Xq7RtZ9pLm2Vw".len() - 1);
+    // nginx's strong ETag for the file, as a client that fetched it before would send it.
+    let meta = fs::metadata(s.nginx.dir.join("www/files/users.json"))?;
+    let mtime = meta
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let etag = format!("\"{mtime:x}-{:x}\"", meta.len());
+    for (name, extra) in [
+        ("Range", vec!["-r".to_string(), range.clone()]),
+        (
+            "If-Range",
+            vec![
+                "-r".to_string(),
+                range.clone(),
+                "-H".to_string(),
+                format!("If-Range: {etag}"),
+            ],
+        ),
+        (
+            "several ranges",
+            vec!["-r".to_string(), format!("0-10,{range}")],
+        ),
+    ] {
+        for version in ["--http2", "--http1.1"] {
+            let mut args = vec![version];
+            args.extend(extra.iter().map(String::as_str));
+            let url = format!("https://{HOST}/files/users.json");
+            args.push(&url);
+            let out = s.curl(&args);
+            let (body, status) = split(&out);
+            no_secret(name, &body)?;
+            // The whole document, masked, instead of the part.
+            ensure!(
+                status.starts_with("200"),
+                "{name} {version}: {status} {body}"
+            );
+            check_masked(name, &body)?;
+        }
+    }
+    let seen = s.server_saw();
+    ensure!(
+        seen.iter().all(|r| r["range"] == "" && r["status"] != 206),
+        "{seen:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn responses_the_masking_cannot_read_are_refused_never_passed_on() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    s.nginx.put_file("users.json", USERS.as_bytes())?;
+    // Text in a binary type: the detectors would not read it.
+    s.nginx.put_file("photo.png", USERS.as_bytes())?;
+    // 64 MiB of JSON whitespace in 64 KiB.
+    let mut bomb = b"[".to_vec();
+    bomb.extend(std::iter::repeat_n(b' ', 64 << 20));
+    s.nginx.put_file("bomb.json.gz", &gzip(&bomb)?)?;
+    s.nginx.put_file("bomb.json", b"[]")?;
+    for (name, path, reason) in [
+        (
+            "an unknown content coding",
+            "/odd/users.json",
+            "content coding \"compress\"",
+        ),
+        (
+            "a type the masking cannot read",
+            "/files/photo.png",
+            "image/png",
+        ),
+        (
+            "a decompression bomb",
+            "/files/bomb.json",
+            "decompression bomb",
+        ),
+    ] {
+        for version in ["--http2", "--http1.1"] {
+            let out = s.curl(&["-i", version, &format!("https://{HOST}{path}")]);
+            let (head, body, status) = head_and_body(&out);
+            no_secret(name, &body)?;
+            ensure!(
+                status.starts_with("502"),
+                "{name} {version}: {status} {head} {body}"
+            );
+            ensure!(
+                head.contains("content-type: application/problem+json"),
+                "{name}: {head}"
+            );
+            let problem: Value = serde_json::from_str(&body).context("problem document")?;
+            ensure!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(reason)),
+                "{name}: {problem}"
+            );
+        }
+    }
+    let refused: Vec<Value> = s
+        .events("http_response")?
+        .into_iter()
+        .filter(|e| e["detail"]["status"] == 502)
+        .collect();
+    ensure!(refused.len() == 6, "{refused:?}");
+    for e in &refused {
+        no_secret("recording", &e.to_string())?;
+        ensure!(e["detail"]["refused"].as_str().is_some(), "{e}");
+        ensure!(e["detail"]["upstream_status"] == 200, "{e}");
+    }
+    // A body that is readable still goes through on the same connection settings.
+    let (body, status) = split(&s.curl(&[&format!("https://{HOST}/files/users.json")]));
+    ensure!(status.starts_with("200"), "{status}");
+    check_masked("after refusals", &body)?;
+    Ok(())
+}
+
+#[test]
+fn event_streams_are_masked_event_by_event() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    let stream =
+        format!("event: user\ndata: {USERS}\n\nevent: note\ndata: mail alice@example.com\n\n");
+    s.nginx.put_file("events.sse", stream.as_bytes())?;
+    for path in ["/files/events.sse", "/gzip/events.sse"] {
+        let out = s.curl(&["--compressed", &format!("https://{HOST}{path}")]);
+        let (body, status) = split(&out);
+        ensure!(status.starts_with("200"), "{path}: {status} {body}");
+        no_secret(path, &body)?;
+        let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
+        ensure!(events.len() == 2, "{path}: {body}");
+        let data = events[0]
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .context("data line")?;
+        check_masked(path, data)?;
+        ensure!(
+            events[1] == "event: note\ndata: mail [masked:email]",
+            "{path}: {body}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_body_the_masking_fails_on_midway_is_cut_never_passed_on() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    // More than the gateway reads before the headers go out, then JSON the masking cannot
+    // read, then a value only a json_fields rule would mask.
+    let pad = "lorem ipsum ".repeat(30_000);
+    let body = format!(r#"{{"pad":"{pad}","x": nope, "api_token":"opaque-Xq7RtZ9pLm2Vw"}}"#);
+    s.nginx.put_file("broken.json", body.as_bytes())?;
+    for version in ["--http2", "--http1.1"] {
+        let out = s.curl(&[version, &format!("https://{HOST}/files/broken.json")]);
+        let (text, status) = split(&out);
+        no_secret(version, &text)?;
+        // The job sees the headers and the masked beginning, then a transfer that fails; on
+        // HTTP/2 the reset may also overtake the headers still queued (no status at all).
+        ensure!(
+            status.starts_with("200") || status.starts_with("000"),
+            "{version}: {status}"
+        );
+        ensure!(
+            status.starts_with("000") || text.starts_with(r#"{"pad":"lorem ipsum"#),
+            "{version}"
+        );
+        ensure!(
+            !out.status.success(),
+            "{version}: curl read a complete body of {} bytes",
+            text.len()
+        );
+    }
+    let responses = s.events("http_response")?;
+    ensure!(responses.len() == 2, "{responses:?}");
+    for r in &responses {
+        ensure!(r["detail"]["end"] == "masking_failed", "{r}");
+        ensure!(
+            r["detail"]["masking_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("invalid JSON")),
+            "{r}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_http_session_exports_as_har_1_2_and_shows_its_request_log() -> Result<()> {
+    let s = Setup::new()?;
+    s.nginx.put_file("report.json", br#"{"rows": [1, 2, 3]}"#)?;
+    // Three requests on one connection (one session): allowed with a query, allowed, denied.
+    let script = format!(
+        r#"
+import json, requests
+s = requests.Session()
+h = {{"Host": "{HOST}", "Authorization": "Bearer the-jobs-own-secret"}}
+a = s.get("https://{ip}/items/1?a=1&b=x%20y", headers=h, verify="{ca}")
+b = s.get("https://{ip}/files/report.json", headers=h, verify="{ca}")
+c = s.delete("https://{ip}/items/9", headers=h, verify="{ca}")
+print(json.dumps([a.status_code, b.status_code, c.status_code]))
+"#,
+        ip = s.nginx.addr,
+        ca = s.gateway_ca.display(),
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let statuses: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("python: {}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure!(statuses == serde_json::json!([200, 200, 403]), "{statuses}");
+    let sessions = s.http_sessions()?;
+    ensure!(sessions.len() == 1, "{sessions:?}");
+    let id = sessions[0]["id"].to_string();
+    // Each response is recorded when its body ends: wait for both.
+    let complete = wait_until(Duration::from_secs(10), || {
+        s.events("http_response").is_ok_and(|r| r.len() == 2)
+    });
+    ensure!(complete, "{:?}", s.events("http_response"));
+    let har_path = s.dir.path().join("session.har");
+    let exported = s.daemon.cli(&[
+        "sessions",
+        "export",
+        &id,
+        "--format",
+        "har",
+        "-o",
+        har_path.to_str().unwrap(),
+    ]);
+    ensure!(exported.status.success(), "{exported:?}");
+    let schema = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/peers/http/har-1.2.schema.json"
+    );
+    let validated = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json, sys, jsonschema\n\
+             jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))\n\
+             print('valid')",
+            har_path.to_str().unwrap(),
+            schema,
+        ])
+        .output()?;
+    ensure!(
+        validated.status.success(),
+        "not HAR 1.2: {}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    let text = fs::read_to_string(&har_path)?;
+    ensure!(!text.contains("the-jobs-own-secret"), "{text}");
+    ensure!(!text.contains(&s.token), "{text}");
+    let har: Value = serde_json::from_str(&text)?;
+    ensure!(har["log"]["version"] == "1.2", "{har}");
+    ensure!(har["log"]["creator"]["name"] == "gateway", "{har}");
+    let entries = har["log"]["entries"].as_array().context("entries")?;
+    let expected = [
+        ("GET", format!("https://{HOST}/items/1?a=1&b=x%20y"), 200),
+        ("GET", format!("https://{HOST}/files/report.json"), 200),
+        ("DELETE", format!("https://{HOST}/items/9"), 403),
+    ];
+    ensure!(entries.len() == expected.len(), "{har}");
+    for (entry, (method, url, status)) in entries.iter().zip(&expected) {
+        ensure!(
+            entry["request"]["method"] == *method
+                && entry["request"]["url"] == *url
+                && entry["response"]["status"] == *status,
+            "expected {method} {url} {status}: {entry}"
+        );
+        ensure!(entry["time"].as_f64().is_some_and(|t| t > 0.0), "{entry}");
+        let auth = entry["request"]["headers"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["name"] == "authorization"))
+            .context("authorization header listed")?;
+        ensure!(
+            auth["value"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("[redacted")),
+            "{auth}"
+        );
+    }
+    ensure!(
+        entries[0]["request"]["queryString"]
+            == serde_json::json!([{"name": "a", "value": "1"}, {"name": "b", "value": "x y"}]),
+        "{}",
+        entries[0]["request"]
+    );
+    let report = &entries[1]["response"];
+    ensure!(
+        report["content"]["mimeType"] == "application/json"
+            && report["bodySize"] == r#"{"rows": [1, 2, 3]}"#.len(),
+        "{report}"
+    );
+    // The request log of `sessions show`.
+    let shown = s.daemon.cli(&["sessions", "show", &id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let log = shown.split("\nrequests\n").nth(1).context("request log")?;
+    for (needle, what) in [
+        ("/items/1?a=1&b=x%20y", "URL"),
+        ("allow (jobs-may-call-the-api)", "decision"),
+        ("deny (no-deletes)", "denial"),
+        ("DELETE", "method"),
+        ("403", "status"),
+        (" ms", "duration"),
+    ] {
+        ensure!(
+            log.contains(needle),
+            "no {what} in the request log:\n{shown}"
+        );
+    }
     Ok(())
 }

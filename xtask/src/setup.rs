@@ -19,10 +19,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     // HTTP tests: the upstream web server, Python clients (requests; h2 for HTTP/2 frames no
-    // client sends), h2load for the HTTP benchmark.
+    // client sends), jsonschema for exported HAR, h2load for the HTTP benchmark.
     "nginx",
     "python3-requests",
     "python3-h2",
+    "python3-jsonschema",
     "python3-httpx",
     "nghttp2-client",
     // git over HTTPS: git's smart HTTP server behind nginx.

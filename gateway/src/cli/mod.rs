@@ -2,6 +2,7 @@
 //! (tables) or machines (`--json`).
 
 mod confine;
+pub mod har;
 pub mod output;
 pub mod replay;
 pub mod run;

@@ -127,6 +127,13 @@ pub fn session(s: &SessionRecord) -> String {
         .events
         .iter()
         .partition(|e| matches!(e.event_kind(), Some(EventKind::Sql | EventKind::SqlResult)));
+    let (requests, others): (Vec<&EventRecord>, Vec<&EventRecord>) =
+        others.into_iter().partition(|e| {
+            matches!(
+                e.event_kind(),
+                Some(EventKind::HttpRequest | EventKind::HttpResponse)
+            )
+        });
     if !others.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = others
@@ -138,6 +145,10 @@ pub fn session(s: &SessionRecord) -> String {
     if !statements.is_empty() {
         out.push_str("\nstatements\n");
         out.push_str(&statement_log(&statements));
+    }
+    if !requests.is_empty() {
+        out.push_str("\nrequests\n");
+        out.push_str(&request_log(&requests));
     }
     if let Some(after) = s.more_after {
         out.push_str(&format!(
@@ -278,6 +289,73 @@ fn statement_log(events: &[&EventRecord]) -> String {
         }
     }
     out
+}
+
+/// The HTTP request log: each request with its decision, status and duration.
+fn request_log(events: &[&EventRecord]) -> String {
+    let responses: std::collections::HashMap<u64, &serde_json::Value> = events
+        .iter()
+        .filter(|e| e.event_kind() == Some(EventKind::HttpResponse))
+        .filter_map(|e| Some((e.detail["request"].as_u64()?, &e.detail)))
+        .collect();
+    let mut rows = Vec::new();
+    for e in events
+        .iter()
+        .filter(|e| e.event_kind() == Some(EventKind::HttpRequest))
+    {
+        let d = &e.detail;
+        let number = d["request"].as_u64().unwrap_or_default();
+        let text = |v: &serde_json::Value| visible::line(v.as_str().unwrap_or("-"));
+        let url = format!(
+            "{}://{}{}",
+            d["scheme"].as_str().unwrap_or("https"),
+            text(&d["host"]),
+            one_line(&text(&d["target"]), 120)
+        );
+        let decision = match d["rule"].as_str() {
+            Some(r) => format!("{} ({})", text(&d["decision"]), visible::line(r)),
+            None => text(&d["decision"]),
+        };
+        let (status, duration, note) = match responses.get(&number) {
+            Some(r) => {
+                let mut note = Vec::new();
+                if let Some(m) = r["masked"].as_u64() {
+                    note.push(format!("{m} masked"));
+                }
+                if let Some(reason) = r["refused"].as_str() {
+                    note.push(format!("refused: {}", visible::line(reason)));
+                }
+                if let Some(end) = r["end"].as_str().filter(|e| *e != "complete") {
+                    note.push(end.to_string());
+                }
+                (
+                    r["status"].as_u64().map_or("-".into(), |s| s.to_string()),
+                    &r["duration_ms"],
+                    note.join(", "),
+                )
+            }
+            None if d["decision"] == "deny" => ("403".into(), &d["duration_ms"], String::new()),
+            None => ("-".into(), &d["duration_ms"], String::new()),
+        };
+        rows.push(vec![
+            format!("#{number}"),
+            short_time(&e.at),
+            text(&d["method"]),
+            url,
+            decision,
+            status,
+            duration
+                .as_f64()
+                .map_or("-".into(), |ms| format!("{ms:.1} ms")),
+            note,
+        ]);
+    }
+    render(
+        &[
+            "#", "AT", "METHOD", "URL", "DECISION", "STATUS", "DURATION", "NOTE",
+        ],
+        &rows,
+    )
 }
 
 /// What a job may open sockets in, from the daemon's guard state.

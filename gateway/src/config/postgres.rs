@@ -10,7 +10,7 @@ use super::{
     IdentityCredentials, MaskingRule, Protocol, RawPattern, SqlCondition, Target, Validator,
 };
 use crate::{
-    mask::{ColumnPattern, Detector},
+    mask::{ColumnPattern, Detector, JsonField},
     sql::{CopyEndpoint, StatementKind},
 };
 
@@ -174,7 +174,20 @@ pub(super) struct RawMasking {
     #[serde(default)]
     columns: Vec<S<String>>,
     #[serde(default)]
+    json_fields: Vec<S<String>>,
+    #[serde(default)]
     detectors: Vec<S<String>>,
+}
+
+/// Whether a masking rule with these keys masks anything in `protocol`'s traffic: `columns` mask
+/// postgres results, `json_fields` HTTP bodies, `detectors` both. `http` targets are refused
+/// earlier (`Protocol::implemented`) until the HTTP layer serves them; nothing here changes then.
+fn masks(protocol: Protocol, columns: bool, json_fields: bool, detectors: bool) -> bool {
+    match protocol {
+        Protocol::Postgres => columns || detectors,
+        Protocol::Http => json_fields || detectors,
+        Protocol::Tcp | Protocol::Ssh | Protocol::Kubernetes => false,
+    }
 }
 
 impl Validator<'_> {
@@ -437,33 +450,23 @@ impl Validator<'_> {
                     format!("duplicate masking rule name {name:?}"),
                 );
             }
-            let target_globs: Vec<String> = match m.targets {
-                None => vec!["*".into()],
-                Some(list) => list
-                    .into_inner()
-                    .into_iter()
-                    .enumerate()
-                    .map(|(j, g)| {
-                        let ok = targets.iter().any(|t| {
-                            t.protocol == Protocol::Postgres
-                                && crate::glob::matches(g.get_ref(), &t.name)
-                        });
-                        if !ok {
-                            self.problem(
-                                g.span(),
-                                format!("{key}.targets[{j}]"),
-                                format!("{:?} matches no postgres target", g.get_ref()),
-                            );
-                        }
-                        g.into_inner()
-                    })
-                    .collect(),
-            };
+            let (has_columns, has_fields, has_detectors) = (
+                !m.columns.is_empty(),
+                !m.json_fields.is_empty(),
+                !m.detectors.is_empty(),
+            );
             let mut columns = Vec::new();
-            for (j, c) in m.columns.into_iter().enumerate() {
+            for (j, c) in m.columns.iter().enumerate() {
                 match ColumnPattern::parse(c.get_ref()) {
                     Ok(p) => columns.push(p),
                     Err(e) => self.problem(c.span(), format!("{key}.columns[{j}]"), e),
+                }
+            }
+            let mut json_fields = Vec::new();
+            for (j, f) in m.json_fields.iter().enumerate() {
+                match JsonField::parse(f.get_ref()) {
+                    Ok(p) => json_fields.push(p),
+                    Err(e) => self.problem(f.span(), format!("{key}.json_fields[{j}]"), e),
                 }
             }
             let mut detectors = Vec::new();
@@ -485,17 +488,73 @@ impl Validator<'_> {
                     ),
                 }
             }
-            if columns.is_empty() && detectors.is_empty() {
+            let target_globs: Vec<String> = match m.targets {
+                None => vec!["*".into()],
+                Some(list) => list
+                    .into_inner()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, g)| {
+                        let ok = targets.iter().any(|t| {
+                            masks(t.protocol, has_columns, has_fields, has_detectors)
+                                && crate::glob::matches(g.get_ref(), &t.name)
+                        });
+                        if !ok {
+                            let kinds =
+                                match (has_columns || has_detectors, has_fields || has_detectors) {
+                                    (true, false) => "postgres target",
+                                    (false, true) => "http target",
+                                    _ => "postgres or http target",
+                                };
+                            self.problem(
+                                g.span(),
+                                format!("{key}.targets[{j}]"),
+                                format!("{:?} matches no {kinds}", g.get_ref()),
+                            );
+                        }
+                        g.into_inner()
+                    })
+                    .collect(),
+            };
+            // Each kind of key needs a target it applies to among the rule's targets.
+            let named = |protocol: Protocol| {
+                targets.iter().any(|t| {
+                    t.protocol == protocol
+                        && target_globs
+                            .iter()
+                            .any(|g| crate::glob::matches(g, &t.name))
+                })
+            };
+            if let Some(c) = m.columns.first()
+                && !named(Protocol::Postgres)
+            {
+                self.problem(
+                    c.span(),
+                    format!("{key}.columns"),
+                    "columns mask postgres results, and this rule's targets include no postgres target",
+                );
+            }
+            if let Some(f) = m.json_fields.first()
+                && !named(Protocol::Http)
+            {
+                self.problem(
+                    f.span(),
+                    format!("{key}.json_fields"),
+                    "json_fields mask HTTP response bodies, and this rule's targets include no http target",
+                );
+            }
+            if !has_columns && !has_fields && !has_detectors {
                 self.problem(
                     m.name.span(),
                     key.clone(),
-                    "masks nothing: give `columns`, `detectors` or both",
+                    "masks nothing: give `columns`, `json_fields` or `detectors`",
                 );
             }
             out.push(MaskingRule {
                 name,
                 targets: target_globs,
                 columns,
+                json_fields,
                 detectors,
             });
         }

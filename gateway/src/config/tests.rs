@@ -349,6 +349,93 @@ fn connections_per_job_are_limited_by_default_and_the_limit_is_checked() {
     );
 }
 
+const PG_AND_HTTP: &str = r#"[[targets]]
+name = "db"
+protocol = "postgres"
+address = "10.0.0.5:5432"
+
+[[targets]]
+name = "api"
+protocol = "http"
+address = "10.0.0.6:443"
+"#;
+
+#[test]
+fn json_fields_are_parsed_and_located() {
+    let text = format!(
+        "{PG_AND_HTTP}\n[[masking]]\nname = \"m\"\ntargets = [\"api\"]\njson_fields = [\"users[*].ssn\", \"users[*\", \"$\", \"a..b\"]\n"
+    );
+    let got = problems(&text);
+    for e in [
+        "t.toml:14:32: masking[0].json_fields[1]: \"users[*\": `[` without `]`",
+        "t.toml:14:43: masking[0].json_fields[2]: \"$\" names the whole body",
+        "t.toml:14:48: masking[0].json_fields[3]: \"a..b\" has an empty step",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing {e:?} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), 3, "{got:#?}");
+}
+
+/// A rule of `json_fields` for an http target passes every masking check: implementing http
+/// targets makes it valid with no change to the masking validation.
+#[test]
+fn json_fields_name_http_targets_and_columns_postgres_ones() {
+    let text = format!(
+        "{PG_AND_HTTP}\n[[masking]]\nname = \"m\"\ntargets = [\"api\"]\njson_fields = [\"ssn\", \"data.items[*].card\"]\ndetectors = [\"email\"]\n"
+    );
+    let got = problems(&text);
+    assert!(got.is_empty(), "{got:#?}");
+
+    let got = problems(
+        "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"10.0.0.5:5432\"\n\n[[masking]]\nname = \"m\"\njson_fields = [\"ssn\"]\n",
+    );
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with(
+            "t.toml:8:16: masking[0].json_fields: json_fields mask HTTP response bodies, and this rule's targets include no http target"
+        ),
+        "{got:#?}"
+    );
+
+    let text = format!(
+        "{PG_AND_HTTP}\n[[masking]]\nname = \"m\"\ntargets = [\"api\"]\ncolumns = [\"ssn\"]\n"
+    );
+    let got = problems(&text);
+    assert!(
+        got.iter().any(|g| g.starts_with(
+            "t.toml:13:12: masking[0].targets[0]: \"api\" matches no postgres target"
+        )),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|g| g.contains("masking[0].columns: columns mask postgres results")),
+        "{got:#?}"
+    );
+
+    let got = problems(
+        "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"10.0.0.5:5432\"\n\n[[masking]]\nname = \"m\"\n",
+    );
+    assert!(
+        got[0].contains("masks nothing: give `columns`, `json_fields` or `detectors`"),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn a_masking_rule_may_mix_postgres_and_http_keys() {
+    let cfg = Config::parse(
+        "[[targets]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"10.0.0.5:5432\"\n\n[[masking]]\nname = \"m\"\ncolumns = [\"ssn\"]\ndetectors = [\"email\"]\n",
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.masking[0].json_fields.is_empty());
+    assert_eq!(cfg.masking[0].detectors, vec![crate::mask::Detector::Email]);
+}
+
 const HTTP_TARGET: &str =
     "[[targets]]\nname = \"api\"\nprotocol = \"http\"\naddress = \"api.example:443\"\n";
 

@@ -82,30 +82,38 @@ impl Detector {
 /// Replaces every match of `detectors` in `text`; `None` when nothing matched.
 /// Overlapping matches merge (the earlier detector in `detectors` names the merged span).
 pub fn redact(text: &[u8], detectors: &[Detector]) -> Option<(Vec<u8>, usize)> {
-    let mut spans: Vec<(Range<usize>, Detector)> = Vec::new();
-    for &d in detectors {
-        for r in d.find(text) {
-            spans.push((r, d));
-        }
-    }
+    let spans = spans(text, detectors);
     if spans.is_empty() {
         return None;
     }
-    spans.sort_by_key(|(r, _)| (r.start, std::cmp::Reverse(r.end)));
     let mut out = Vec::with_capacity(text.len());
     let mut at = 0;
-    let mut count = 0;
-    for (r, d) in spans {
-        if r.start < at {
-            continue; // inside a span already replaced
-        }
+    for (r, d) in &spans {
         out.extend_from_slice(&text[at..r.start]);
         out.extend_from_slice(d.replacement().as_bytes());
         at = r.end;
-        count += 1;
     }
     out.extend_from_slice(&text[at..]);
-    Some((out, count))
+    Some((out, spans.len()))
+}
+
+/// The spans [`redact`] replaces: in order, not overlapping, each with the detector it names.
+pub fn spans(text: &[u8], detectors: &[Detector]) -> Vec<(Range<usize>, Detector)> {
+    let mut found: Vec<(Range<usize>, Detector)> = Vec::new();
+    for &d in detectors {
+        for r in d.find(text) {
+            found.push((r, d));
+        }
+    }
+    found.sort_by_key(|(r, _)| (r.start, std::cmp::Reverse(r.end)));
+    let mut out: Vec<(Range<usize>, Detector)> = Vec::with_capacity(found.len());
+    for (r, d) in found {
+        if out.last().is_some_and(|(last, _)| r.start < last.end) {
+            continue; // inside a span already replaced
+        }
+        out.push((r, d));
+    }
+    out
 }
 
 fn is_word(b: u8) -> bool {
@@ -430,10 +438,12 @@ fn private_keys(text: &[u8]) -> Vec<Range<usize>> {
             None => break,
         };
         let label = &text[at + 11..header_end];
-        from = header_end + 5;
         if !label.ends_with(b"PRIVATE KEY") || label.len() > 40 {
+            // Not a key's header: its `-----` may open the next header, which is searched from here.
+            from = at + 11;
             continue;
         }
+        from = header_end + 5;
         let end = match find(&text[from..], b"-----END ") {
             Some(e) => {
                 let tail = from + e + 9;

@@ -5,14 +5,16 @@
 //! Pure data transformation: the protocol handler tells which columns a result has (and which of
 //! them the catalog says are covered by a rule); this module says what to do with each value.
 
+pub mod body;
 mod coverage;
 mod detectors;
 mod values;
 
 use std::sync::Arc;
 
+pub use body::JsonField;
 pub use coverage::{CatalogColumn, Coverage, CoveredTable};
-pub use detectors::{Detector, redact};
+pub use detectors::{Detector, redact, spans};
 pub use values::{is_textual, replacement};
 
 use crate::glob;
@@ -23,9 +25,11 @@ pub struct MaskingRule {
     pub name: String,
     /// Globs over target names.
     pub targets: Vec<String>,
-    /// Columns whose values are replaced whole.
+    /// Columns whose values are replaced whole (postgres results).
     pub columns: Vec<ColumnPattern>,
-    /// Value detectors run over text values of every column.
+    /// Members of JSON bodies whose values are replaced whole (HTTP responses, [`body`]).
+    pub json_fields: Vec<JsonField>,
+    /// Value detectors run over text values of every column, and over HTTP bodies.
     pub detectors: Vec<Detector>,
 }
 
@@ -113,10 +117,12 @@ impl Masker {
     /// `None` when no rule applies to `target`.
     pub fn for_target(rules: &[MaskingRule], target: &str) -> Option<Arc<Masker>> {
         let mut m = Masker::default();
-        for r in rules
-            .iter()
-            .filter(|r| r.targets.iter().any(|g| glob::matches(g, target)))
-        {
+        // A rule of only `json_fields` masks nothing in results: it must not make masking apply
+        // (and refuse what it cannot mask) on a postgres target that its globs also name.
+        for r in rules.iter().filter(|r| {
+            (!r.columns.is_empty() || !r.detectors.is_empty())
+                && r.targets.iter().any(|g| glob::matches(g, target))
+        }) {
             m.rules.push(r.name.clone());
             m.columns.extend(r.columns.iter().cloned());
             m.detectors.extend(r.detectors.iter().copied());

@@ -107,6 +107,23 @@ fn keys_and_tokens() {
     assert_eq!(masked(Detector::PrivateKey, cert), cert);
 }
 
+/// A header that is not a private key's must not make the scan skip past a key that follows it
+/// (the text up to the next `-----`, here the key's own header, was skipped).
+#[test]
+fn a_header_that_is_not_a_key_hides_no_key_after_it() {
+    let text =
+        "-----BEGIN x -----BEGIN RSA PRIVATE KEY-----\nMIIsecret\n-----END RSA PRIVATE KEY-----";
+    assert_eq!(
+        masked(Detector::PrivateKey, text),
+        "-----BEGIN x [masked:private_key]"
+    );
+    let long = format!(
+        "-----BEGIN {} -----BEGIN EC PRIVATE KEY-----\nMIIsecret",
+        "L".repeat(50)
+    );
+    assert!(!masked(Detector::PrivateKey, &long).contains("MIIsecret"));
+}
+
 fn row(values: &[Option<&[u8]>]) -> Vec<u8> {
     let mut out = (values.len() as i16).to_be_bytes().to_vec();
     for v in values {
@@ -252,4 +269,40 @@ fn column_patterns() {
     assert!(ColumnPattern::parse("a.b.c.d").is_err());
     assert!(ColumnPattern::parse("it's").is_err());
     assert!(ColumnPattern::parse("a..b").is_err());
+}
+
+/// Each side takes from a rule only what applies to it: a rule of `json_fields` alone does not
+/// make masking apply to postgres results (it would refuse what it cannot mask), and a rule of
+/// `columns` alone does not apply to HTTP bodies.
+#[test]
+fn postgres_and_body_masking_take_their_own_keys() {
+    let rule =
+        |name: &str, columns: &[&str], fields: &[&str], detectors: &[Detector]| MaskingRule {
+            name: name.into(),
+            targets: vec!["*".into()],
+            columns: columns
+                .iter()
+                .map(|c| ColumnPattern::parse(c).unwrap())
+                .collect(),
+            json_fields: fields
+                .iter()
+                .map(|f| JsonField::parse(f).unwrap())
+                .collect(),
+            detectors: detectors.to_vec(),
+        };
+    let json_only = [rule("j", &[], &["ssn"], &[])];
+    assert!(Masker::for_target(&json_only, "db").is_none());
+    assert!(body::BodyRules::for_target(&json_only, "api").is_some());
+    let columns_only = [rule("c", &["ssn"], &[], &[])];
+    assert!(Masker::for_target(&columns_only, "db").is_some());
+    assert!(body::BodyRules::for_target(&columns_only, "api").is_none());
+    let both = [
+        rule("c", &["ssn"], &[], &[]),
+        rule("d", &[], &["token"], &[Detector::Email]),
+    ];
+    let b = body::BodyRules::for_target(&both, "api").unwrap();
+    assert_eq!(b.rules, vec!["d".to_string()]);
+    assert_eq!(b.detectors, vec![Detector::Email]);
+    let m = Masker::for_target(&both, "db").unwrap();
+    assert_eq!(m.rules, vec!["c".to_string(), "d".to_string()]);
 }

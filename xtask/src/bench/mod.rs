@@ -7,9 +7,10 @@ mod postgres;
 mod ssh;
 mod tcp;
 
-use std::process::Command;
+use std::{path::Path, process::Command, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
+use gateway_e2e::{Process, free_port, wait_until};
 use serde_json::Value;
 
 use crate::build;
@@ -91,6 +92,39 @@ pub(crate) fn profile(pid: u32, name: &str) -> Result<Option<std::process::Child
         .spawn()
         .context("perf record")?;
     Ok(Some(child))
+}
+
+/// The baseline proxy: haproxy on a free loopback port in `mode` (tcp or http), with `proxy` (its
+/// sections after `global` and `defaults`, given the port) as its configuration; returns once it
+/// accepts connections.
+pub(crate) fn haproxy(
+    dir: &Path,
+    mode: &str,
+    proxy: impl FnOnce(u16) -> String,
+) -> Result<(Process, u16)> {
+    let port = free_port();
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n    maxconn 4096\ndefaults\n    mode {mode}\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n{}",
+            proxy(port)
+        ),
+    )?;
+    let log = dir.join("haproxy.log");
+    let process = Process::spawn(
+        "haproxy",
+        Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
+        log.clone(),
+    )?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "haproxy did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    Ok((process, port))
 }
 
 /// Median of a list of numbers.

@@ -188,29 +188,18 @@ impl Bench {
                 .gid(postgres.gid.as_raw()),
             dir.path().join("pgbouncer.out"),
         )?);
-        let haproxy_port = free_port();
-        let cfg = dir.path().join("haproxy.cfg");
-        fs::write(
-            &cfg,
-            format!(
-                "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\nlisten pg\n    bind 127.0.0.1:{haproxy_port}\n    server pg1 {host}:5432\n"
-            ),
-        )?;
-        peers.push(Process::spawn(
-            "haproxy",
-            Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
-            dir.path().join("haproxy.log"),
-        )?);
-        for port in [pgbouncer_port, haproxy_port] {
-            ensure!(
-                wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-                    "127.0.0.1",
-                    port
-                ))
-                .is_ok()),
-                "a baseline proxy did not start on port {port}"
-            );
-        }
+        let (haproxy, haproxy_port) = super::haproxy(dir.path(), "tcp", |port| {
+            format!("listen pg\n    bind 127.0.0.1:{port}\n    server pg1 {host}:5432\n")
+        })?;
+        peers.push(haproxy);
+        ensure!(
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                pgbouncer_port
+            ))
+            .is_ok()),
+            "pgbouncer did not start on port {pgbouncer_port}"
+        );
 
         let secret = dir.path().join("bench-db.secret");
         fs::write(&secret, "apppw\n")?;

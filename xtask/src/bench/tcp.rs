@@ -3,12 +3,11 @@
 //! namespace, in one run. Targets (issue 2): setup within 1.5× of direct; round trip no slower than
 //! haproxy.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use gateway_e2e::{
-    Daemon, DaemonConfig, EchoServer, Netns, Process, TempDir, bench_bin, free_port, gateway_bin,
-    unique_id, wait_until,
+    Daemon, DaemonConfig, EchoServer, Netns, TempDir, bench_bin, gateway_bin, unique_id,
 };
 
 use super::{json_of, median, row};
@@ -46,27 +45,9 @@ pub(super) fn run() -> Result<()> {
     let preconnected = format!("{}:7001", ns.remote_ip);
     let _echo = EchoServer::start(&ns, dir.path(), &[upstream.clone(), preconnected.clone()])?;
 
-    let haproxy_port = free_port();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\nlisten echo\n    bind 127.0.0.1:{haproxy_port}\n    server echo1 {upstream}\n"
-        ),
-    )?;
-    let _haproxy = Process::spawn(
-        "haproxy",
-        Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
-        dir.path().join("haproxy.log"),
-    )?;
-    ensure!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            haproxy_port
-        ))
-        .is_ok()),
-        "haproxy did not start"
-    );
+    let (_haproxy, haproxy_port) = super::haproxy(dir.path(), "tcp", |port| {
+        format!("listen echo\n    bind 127.0.0.1:{port}\n    server echo1 {upstream}\n")
+    })?;
 
     let body = format!(
         "[[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{upstream}\"\n\n[[targets]]\nname = \"echo-preconnect\"\nprotocol = \"tcp\"\naddress = \"{preconnected}\"\npreconnect = true\n\n[[rules]]\nname = \"bench\"\naction = \"allow\"\ntargets = [\"echo*\"]\nunauthenticated = true\n"

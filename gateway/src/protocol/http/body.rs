@@ -1,7 +1,8 @@
 //! Bodies between the two connections. A request body is read up to the sample the recording
 //! and the approvers see, then streams on; trailers are dropped (a trailer could carry a header
-//! the gateway removed). A response body streams through the echo filter, is counted and hashed,
-//! and reports how it ended once, whether it completed, failed, or the job went away.
+//! the gateway removed). A response body streams through the masking and the echo filter, is
+//! counted and hashed (what the job received, so masked), and reports how it ended once, whether
+//! it completed, failed, was cut by the masking, or the job went away.
 
 use std::{
     pin::Pin,
@@ -13,13 +14,14 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Incoming;
 use sha2::{Digest as _, Sha256};
 
 use super::{Body, BoxError, echo::EchoFilter};
+use crate::mask::body::{BodyError, BodyMasker};
 
 /// The first bytes of a request body, and the whole body to forward.
 pub(super) struct Sampled {
@@ -83,6 +85,8 @@ pub(super) enum Ending {
     UpstreamError,
     /// The job's client went away before the end.
     ClientGone,
+    /// The masking could not read the rest of the body; the job's client sees a truncated body.
+    MaskingFailed,
 }
 
 /// What the recording keeps of a response body.
@@ -95,45 +99,145 @@ pub(super) struct Summary {
     pub sha256: String,
     /// Echoes of the gateway's credential replaced.
     pub(super) echoes_redacted: u64,
+    /// Values the masking replaced; `None` when no masking read the body.
+    pub(super) masked: Option<u64>,
+    /// Why the masking stopped the body.
+    pub(super) masking_error: Option<String>,
     #[serde(skip)]
     pub(super) sample: Bytes,
 }
 
 type OnEnd = Box<dyn FnOnce(Summary) + Send>;
 
+/// What a response body goes through on its way to the job: the masking (which also decodes the
+/// body), then the credential's echo filter, which must read what the job will read.
+pub(super) struct Filters {
+    pub(super) masker: Option<BodyMasker>,
+    pub(super) echo: Option<EchoFilter>,
+}
+
+impl Filters {
+    fn push(&mut self, data: Bytes) -> Result<Bytes, BodyError> {
+        let data = match self.masker.as_mut() {
+            Some(m) => m.push(&data)?,
+            None => data,
+        };
+        Ok(match self.echo.as_mut() {
+            Some(f) => f.push(&data),
+            None => data,
+        })
+    }
+
+    fn finish(&mut self) -> Result<Bytes, BodyError> {
+        let rest = match self.masker.as_mut() {
+            Some(m) => m.finish()?,
+            None => Bytes::new(),
+        };
+        Ok(match self.echo.as_mut() {
+            Some(f) => [f.push(&rest), f.finish()].concat().into(),
+            None => rest,
+        })
+    }
+}
+
+/// Masked output that [`ResponseBody::prefetch`] gathers before the headers go out.
+const PREFETCH_BYTES: usize = 64 * 1024;
+
 /// A response body on its way to the job.
 pub(super) struct ResponseBody {
     inner: Incoming,
-    echo: Option<EchoFilter>,
+    filters: Filters,
     hasher: Sha256,
     bytes: u64,
     sample: BytesMut,
     sample_limit: usize,
     counter: Arc<AtomicU64>,
     on_end: Option<OnEnd>,
-    /// The end was seen; the filters' last bytes go out before the end is reported.
-    draining: bool,
+    /// Output read ahead by `prefetch`, sent first.
+    held: Option<Bytes>,
+    /// An upstream error met by `prefetch`, delivered after `held`.
+    held_error: Option<BoxError>,
+    /// The upstream body ended and the filters gave their last bytes.
+    upstream_done: bool,
+    masking_error: Option<String>,
 }
 
 impl ResponseBody {
     pub(super) fn new(
         inner: Incoming,
-        echo: Option<EchoFilter>,
+        filters: Filters,
         sample_limit: usize,
         counter: Arc<AtomicU64>,
         on_end: OnEnd,
     ) -> ResponseBody {
         ResponseBody {
             inner,
-            echo,
+            filters,
             hasher: Sha256::new(),
             bytes: 0,
             sample: BytesMut::new(),
             sample_limit,
             counter,
             on_end: Some(on_end),
-            draining: false,
+            held: None,
+            held_error: None,
+            upstream_done: false,
+            masking_error: None,
         }
+    }
+
+    /// Reads and masks the body's beginning before the headers go out, so that a body the
+    /// masking refuses early (a decompression bomb, an invalid stream, a short unreadable body)
+    /// gets a refusal instead of a truncated 200. Reads until `PREFETCH_BYTES` of output are
+    /// ready, the body ends, or output is ready and the upstream has sent nothing more yet (an
+    /// event stream is not held back). Returns the masking's error; the body then reports
+    /// nothing (the caller records the refusal).
+    pub(super) async fn prefetch(&mut self) -> Result<(), BodyError> {
+        let mut out = BytesMut::new();
+        while !self.upstream_done && out.len() < PREFETCH_BYTES {
+            let next = if out.is_empty() {
+                self.inner.frame().await
+            } else {
+                match self.inner.frame().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
+            let (data, ended) = match next {
+                None => (Bytes::new(), true),
+                Some(Err(e)) => {
+                    self.held_error = Some(e.into());
+                    break;
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => (data, self.inner.is_end_stream()),
+                    // Trailers of a masked body are dropped (their values are not masked).
+                    Err(_) => continue,
+                },
+            };
+            if !data.is_empty() {
+                let masked = self.filters.push(data).map_err(|e| self.disarm(e))?;
+                out.extend_from_slice(&masked);
+            }
+            if ended {
+                let rest = self.filters.finish().map_err(|e| self.disarm(e))?;
+                out.extend_from_slice(&rest);
+                self.upstream_done = true;
+            }
+        }
+        self.held = Some(out.freeze());
+        Ok(())
+    }
+
+    /// The whole body's length, when `prefetch` read all of it.
+    pub(super) fn complete_length(&self) -> Option<usize> {
+        self.upstream_done
+            .then(|| self.held.as_ref().map_or(0, Bytes::len))
+    }
+
+    fn disarm(&mut self, e: BodyError) -> BodyError {
+        self.on_end = None;
+        e
     }
 
     fn pass(&mut self, data: Bytes) -> Bytes {
@@ -152,10 +256,31 @@ impl ResponseBody {
                 ending,
                 bytes: self.bytes,
                 sha256: hex(&hasher.finalize()),
-                echoes_redacted: self.echo.as_ref().map_or(0, EchoFilter::redacted),
+                echoes_redacted: self.filters.echo.as_ref().map_or(0, EchoFilter::redacted),
+                masked: self.filters.masker.as_ref().map(BodyMasker::masked),
+                masking_error: self.masking_error.take(),
                 sample: std::mem::take(&mut self.sample).freeze(),
             });
         }
+    }
+
+    /// The masking failed mid-body: the body ends with an error, so that the job's client sees
+    /// a truncated body (HTTP/2 stream reset, HTTP/1.1 connection closed before the end).
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.upstream_done = true;
+        self.masking_error = Some(e.to_string());
+        self.end(Ending::MaskingFailed);
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+
+    /// Sends `data`; when it is the last, the end is reported with it (with a known length the
+    /// job's side may never poll past the last byte).
+    fn send(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let data = self.pass(data);
+        if self.upstream_done && self.held_error.is_none() {
+            self.end(Ending::Complete);
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 }
 
@@ -172,32 +297,43 @@ impl HttpBody for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if this.draining {
+        if let Some(held) = this.held.take()
+            && !held.is_empty()
+        {
+            return this.send(held);
+        }
+        if let Some(e) = this.held_error.take() {
+            this.end(Ending::UpstreamError);
+            return Poll::Ready(Some(Err(e)));
+        }
+        if this.upstream_done || this.on_end.is_none() {
             this.end(Ending::Complete);
             return Poll::Ready(None);
         }
         if this.inner.is_end_stream() {
-            this.draining = true;
-            let rest = this.echo.as_mut().map(EchoFilter::finish);
-            if let Some(rest) = rest.filter(|r| !r.is_empty()) {
-                let rest = this.pass(rest);
-                this.end(Ending::Complete);
-                return Poll::Ready(Some(Ok(Frame::data(rest))));
-            }
-            this.end(Ending::Complete);
-            return Poll::Ready(None);
+            this.upstream_done = true;
+            return match this.filters.finish() {
+                Ok(rest) if !rest.is_empty() => this.send(rest),
+                Ok(_) => {
+                    this.end(Ending::Complete);
+                    Poll::Ready(None)
+                }
+                Err(e) => this.fail(e),
+            };
         }
         loop {
             let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
             match frame {
                 None => {
-                    this.draining = true;
-                    let rest = this.echo.as_mut().map(EchoFilter::finish);
-                    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
-                        return Poll::Ready(Some(Ok(Frame::data(this.pass(rest)))));
-                    }
-                    this.end(Ending::Complete);
-                    return Poll::Ready(None);
+                    this.upstream_done = true;
+                    return match this.filters.finish() {
+                        Ok(rest) if !rest.is_empty() => this.send(rest),
+                        Ok(_) => {
+                            this.end(Ending::Complete);
+                            Poll::Ready(None)
+                        }
+                        Err(e) => this.fail(e),
+                    };
                 }
                 Some(Err(e)) => {
                     this.end(Ending::UpstreamError);
@@ -205,40 +341,50 @@ impl HttpBody for ResponseBody {
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        let mut data = match this.echo.as_mut() {
-                            Some(f) => f.push(&data),
-                            None => data,
+                        let mut data = match this.filters.push(data) {
+                            Ok(d) => d,
+                            Err(e) => return this.fail(e),
                         };
-                        // With a known length the job's side may never poll past the last
-                        // byte: the end is the upstream's end, with the filter's rest attached.
-                        let last = this.inner.is_end_stream();
-                        if last && let Some(rest) = this.echo.as_mut().map(EchoFilter::finish) {
-                            data = [data, rest].concat().into();
+                        if this.inner.is_end_stream() {
+                            this.upstream_done = true;
+                            match this.filters.finish() {
+                                Ok(rest) if !rest.is_empty() => {
+                                    data = [data, rest].concat().into();
+                                }
+                                Ok(_) => {}
+                                Err(e) => return this.fail(e),
+                            }
                         }
-                        if data.is_empty() && !last {
+                        if data.is_empty() && !this.upstream_done {
                             continue;
                         }
-                        let data = this.pass(data);
-                        if last {
-                            this.draining = true;
-                            this.end(Ending::Complete);
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                        return this.send(data);
                     }
-                    // Trailers (gRPC status) pass as they are.
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    // Trailers (gRPC status) pass as they are, unless the body is masked: their
+                    // values are not.
+                    Err(frame) => {
+                        if this.filters.masker.is_some() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
                 },
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.on_end.is_none()
+        self.on_end.is_none() && self.held.as_ref().is_none_or(Bytes::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {
-        // The echo filter keeps lengths, so the upstream's hint stays true.
-        self.inner.size_hint()
+        match (&self.filters.masker, self.complete_length()) {
+            // The echo filter keeps lengths, so the upstream's hint stays true.
+            (None, _) => self.inner.size_hint(),
+            (Some(_), Some(len)) if self.bytes == 0 => SizeHint::with_exact(len as u64),
+            // Masking changes lengths: unknown until the end.
+            (Some(_), _) => SizeHint::default(),
+        }
     }
 }
 

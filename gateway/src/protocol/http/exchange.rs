@@ -1,8 +1,12 @@
 //! One request, from the job to the upstream and back: read it (`request`), ask policy, hold it
 //! for approval, record it before anything is forwarded, forward it with the target's credential,
-//! and send the response back with the credential's echoes removed and its end recorded.
+//! and send the response back masked (`[[masking]]` rules of the target), with the credential's
+//! echoes removed and its end recorded.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
@@ -12,7 +16,7 @@ use serde_json::json;
 
 use super::{
     Body, Counters, Services, Session,
-    body::{self, ResponseBody},
+    body::{self, Filters, ResponseBody},
     credential::{self, Injected},
     echo::EchoFilter,
     headers, problem,
@@ -24,12 +28,26 @@ use crate::{
     approval::{ApprovalOutcome, ApprovalRequest, Approvals, Submission},
     config::HttpSettings,
     identity::Identity,
+    mask::body::{ACCEPT_ENCODING, BodyLimits, BodyMasker, BodyRules, Unmaskable},
     policy::{Decision, HttpRequest, Policy},
     record::{EventKind, ProcessInfo, Store},
 };
 
 /// How long a request body may take to deliver the sample the gateway records before forwarding.
 const SAMPLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A request's number in its session, and when it was received: as recorded (RFC 3339, ms) and
+/// for measuring its duration.
+struct Received {
+    number: u64,
+    at: String,
+    instant: Instant,
+}
+
+/// Milliseconds since `from`, with microseconds.
+fn millis_since(from: Instant) -> f64 {
+    from.elapsed().as_micros() as f64 / 1000.0
+}
 
 /// What a session's requests need, owned: HTTP/2 streams are served on tasks of their own.
 pub(super) struct Exchange {
@@ -46,6 +64,8 @@ pub(super) struct Exchange {
     port: u16,
     upstream: Upstream,
     credential: Option<Injected>,
+    /// The body masking of the target's `[[masking]]` rules; `None` when none applies.
+    masking: Option<Arc<BodyRules>>,
     counters: Counters,
 }
 
@@ -77,12 +97,19 @@ impl Exchange {
             port: s.dst.port(),
             upstream: setup.upstream,
             credential,
+            masking: BodyRules::for_target(&setup.services.masking, &s.target.name),
             counters: setup.counters,
         })
     }
 
     pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let number = self.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        // The recording's timings (and HAR's) count from here.
+        let received = Received {
+            number,
+            at: crate::time::now(),
+            instant: Instant::now(),
+        };
         let rules = HostRules {
             hosts: &self.settings.hosts,
             sni: self.sni.as_deref(),
@@ -148,7 +175,7 @@ impl Exchange {
         op.rpc = calls.as_ref().map(|c| c.messages.as_slice());
         let decision = self.policy.decide_http(&self.identity, &self.target, &op);
         let recorded = self.request_event(
-            number,
+            &received,
             &reading,
             &parts,
             &decision,
@@ -195,7 +222,9 @@ impl Exchange {
                         {
                             return self.unrecordable(number);
                         }
-                        return self.forward(number, &reading, parts, sampled.body).await;
+                        return self
+                            .forward(number, &reading, parts, sampled.body, received)
+                            .await;
                     }
                     Err(reason) => {
                         let approval = json!({ "request": number, "rule": rule, "denied": reason });
@@ -221,7 +250,8 @@ impl Exchange {
         {
             return self.unrecordable(number);
         }
-        self.forward(number, &reading, parts, sampled.body).await
+        self.forward(number, &reading, parts, sampled.body, received)
+            .await
     }
 
     /// Asks people; `Ok(approver)` or `Err(why not)`.
@@ -287,7 +317,7 @@ impl Exchange {
 
     fn request_event(
         &self,
-        number: u64,
+        received: &Received,
         reading: &Reading,
         parts: &http::request::Parts,
         decision: &Decision,
@@ -296,12 +326,18 @@ impl Exchange {
     ) -> serde_json::Value {
         json!({
             "rpc": calls.map(Calls::recorded),
-            "request": number,
+            "request": received.number,
+            "started_at": received.at,
+            // From the request received to its decision.
+            "duration_ms": millis_since(received.instant),
             "version": format!("{:?}", parts.version),
+            "scheme": if self.settings.tls == crate::config::HttpTls::Terminate { "https" } else { "http" },
             "method": reading.method,
             "host": reading.host,
+            "authority": reading.authority,
             "path": reading.path,
             "target": reading.path_and_query,
+            "query": reading.query,
             "headers": headers::recorded(&parts.headers, self.credential_header()),
             "body_sample": String::from_utf8_lossy(sample),
             "decision": decision.label(),
@@ -318,6 +354,7 @@ impl Exchange {
         reading: &Reading,
         parts: http::request::Parts,
         body: Body,
+        received: Received,
     ) -> Response<Body> {
         let mut headers = parts.headers;
         headers::strip_hop_by_hop(&mut headers);
@@ -329,6 +366,18 @@ impl Exchange {
             headers.insert(
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
+            );
+        }
+        if self.masking.is_some() {
+            // A byte range of the upstream's body could cut a value away from what identifies
+            // it (its member name, the rest of a detector's match): the whole body is asked for
+            // and masked. The masking decodes every coding it asks for (and the echo filter then
+            // reads the decoded bytes), whatever codings the job would accept.
+            headers.remove(header::RANGE);
+            headers.remove(header::IF_RANGE);
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static(ACCEPT_ENCODING),
             );
         }
         let scheme = if self.upstream.is_tls() {
@@ -353,6 +402,7 @@ impl Exchange {
                 );
             }
         };
+        let head = parts.method == http::Method::HEAD;
         let mut upstream_request = Request::new(body);
         *upstream_request.method_mut() = parts.method;
         *upstream_request.uri_mut() = uri;
@@ -379,18 +429,110 @@ impl Exchange {
                 );
             }
         };
-        self.respond(number, response)
+        self.respond(number, head, response, received).await
     }
 
-    fn respond(&self, number: u64, response: Response<Incoming>) -> Response<Body> {
+    /// The masker for a response, `None` when no masking reads it; [`Unmaskable`] when masking
+    /// applies and the body cannot be masked.
+    fn masker_for(
+        &self,
+        head: bool,
+        transfer_coded: bool,
+        parts: &http::response::Parts,
+        body: &Incoming,
+    ) -> Result<Option<BodyMasker>, Unmaskable> {
+        let Some(rules) = &self.masking else {
+            return Ok(None);
+        };
+        let status = parts.status;
+        // Nothing to mask in a response without a body.
+        if head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || http_body::Body::is_end_stream(body)
+        {
+            return Ok(None);
+        }
+        if transfer_coded {
+            return Err(Unmaskable(
+                "a transfer coding other than chunked is not decoded".into(),
+            ));
+        }
+        if status == StatusCode::PARTIAL_CONTENT {
+            return Err(Unmaskable(
+                "a partial response (206) is a byte range of a body, which cannot be masked".into(),
+            ));
+        }
+        let mut types = parts.headers.get_all(header::CONTENT_TYPE).iter();
+        let content_type = match (types.next(), types.next()) {
+            (None, _) => None,
+            (Some(t), None) => Some(
+                t.to_str()
+                    .map_err(|_| Unmaskable("a Content-Type that is not text".into()))?,
+            ),
+            (Some(_), Some(_)) => {
+                return Err(Unmaskable("more than one Content-Type".into()));
+            }
+        };
+        // Several Content-Encoding headers are one list (RFC 9110 §5.3).
+        let codings = parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Unmaskable("a Content-Encoding that is not text".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .join(", ");
+        let coding = (!codings.is_empty()).then_some(codings.as_str());
+        BodyMasker::new(rules, content_type, coding, &BodyLimits::default())
+    }
+
+    async fn respond(
+        &self,
+        number: u64,
+        head: bool,
+        response: Response<Incoming>,
+        received: Received,
+    ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
+        // hyper removes only `chunked`: any other transfer coding is still on the body's bytes.
+        let transfer_coded = parts
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         headers::strip_hop_by_hop(&mut parts.headers);
         let secrets: &[Vec<u8>] = self.credential.as_ref().map_or(&[], |c| &c.secrets);
         let header_echoes = headers::redact_echoes(&mut parts.headers, secrets);
         let status = parts.status;
+        let masker = match self.masker_for(head, transfer_coded, &parts, &body) {
+            Ok(m) => m,
+            Err(unmaskable) => {
+                return self.refuse_response(number, &parts, &unmaskable.to_string(), &received);
+            }
+        };
+        if let Some(m) = &masker {
+            let changes = m.header_changes();
+            for name in &changes.remove {
+                parts.headers.remove(*name);
+            }
+            if changes.weaken_etag
+                && let Some(etag) = parts.headers.get(header::ETAG)
+                && !etag.as_bytes().starts_with(b"W/")
+                && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+            {
+                parts.headers.insert(header::ETAG, weak);
+            }
+        }
+        let masked = masker.is_some();
         let recorded_headers = headers::recorded(&parts.headers, None);
         let store = self.store.clone();
         let session_id = self.session_id;
+        let (started_at, instant) = (received.at.clone(), received.instant);
         let on_end = Box::new(move |summary: body::Summary| {
             store.note_event(
                 session_id,
@@ -403,18 +545,73 @@ impl Exchange {
                     "bytes": summary.bytes,
                     "sha256": summary.sha256,
                     "echoes_redacted": summary.echoes_redacted + header_echoes,
+                    "masked": summary.masked,
+                    "masking_error": summary.masking_error,
                     "body_sample": String::from_utf8_lossy(&summary.sample),
+                    "started_at": started_at,
+                    // From the request received to the response body's end.
+                    "duration_ms": millis_since(instant),
                 }),
             );
         });
-        let body = ResponseBody::new(
+        let mut body = ResponseBody::new(
             body,
-            EchoFilter::new(secrets),
+            Filters {
+                masker,
+                echo: EchoFilter::new(secrets),
+            },
             self.settings.body_sample,
             Arc::clone(&self.counters.down),
             on_end,
         );
+        if masked {
+            if let Err(e) = body.prefetch().await {
+                return self.refuse_response(number, &parts, &e.to_string(), &received);
+            }
+            if let Some(len) = body.complete_length() {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
         Response::from_parts(parts, body.boxed_unsync())
+    }
+
+    /// A response the masking cannot read: the job gets a refusal instead of its body, and the
+    /// recording says why (the upstream's body is dropped unread).
+    fn refuse_response(
+        &self,
+        number: u64,
+        parts: &http::response::Parts,
+        reason: &str,
+        received: &Received,
+    ) -> Response<Body> {
+        tracing::info!(
+            session = self.session_id,
+            request = number,
+            "response refused: {reason}"
+        );
+        self.store.note_event(
+            self.session_id,
+            EventKind::HttpResponse,
+            json!({
+                "request": number,
+                "status": StatusCode::BAD_GATEWAY.as_u16(),
+                "upstream_status": parts.status.as_u16(),
+                "headers": headers::recorded(&parts.headers, None),
+                "refused": reason,
+                "masking": self.masking.as_ref().map(|m| m.rules.clone()),
+                "started_at": received.at,
+                "duration_ms": millis_since(received.instant),
+            }),
+        );
+        self.answer(
+            number,
+            StatusCode::BAD_GATEWAY,
+            "Response cannot be masked",
+            reason,
+            json!({}),
+        )
     }
 
     /// A refusal before policy: recorded, answered with a problem document.

@@ -1,14 +1,16 @@
 //! HTTP at Layer 7: the gateway terminates the job's HTTP (TLS with a certificate of its own CA
 //! when the target says `tls = "terminate"`), reads every request the way the upstream will,
 //! puts it to policy, holds it for approval, records it write-ahead, and forwards it re-framed on
-//! its own connection with the target's credential; responses come back with echoes of that
-//! credential removed. The job's bytes are never relayed as they are: each side has its own
-//! framing, so a request the gateway parsed one way cannot reach the upstream as another.
+//! its own connection with the target's credential; responses come back masked by the target's
+//! `[[masking]]` rules (refused when they cannot be masked) and with echoes of that credential
+//! removed. The job's bytes are never relayed as they are: each side has its own framing, so a
+//! request the gateway parsed one way cannot reach the upstream as another.
 //!
 //! One file per concern: `request` (what a request is about), `headers` (what crosses), `body`
-//! (sampling, counting, the end of a response), `credential` (the header the gateway adds),
-//! `echo` (the credential kept out of responses), `upstream` (the gateway's own connections),
-//! `exchange` (one request from decision to response), `problem` (the gateway's own answers).
+//! (sampling, counting, masking, the end of a response), `credential` (the header the gateway
+//! adds), `echo` (the credential kept out of responses), `upstream` (the gateway's own
+//! connections), `exchange` (one request from decision to response), `problem` (the gateway's own
+//! answers).
 
 mod body;
 mod credential;
@@ -43,6 +45,7 @@ use crate::{
     approval::Approvals,
     config::{HostSpec, HttpTls, Target},
     identity::Identity,
+    mask::MaskingRule,
     policy::Policy,
     protocol::upstream_tls,
     record::{EventKind, ProcessInfo, SessionEnd, Store},
@@ -69,6 +72,8 @@ pub struct Services {
     pub job_tls: Option<Arc<JobTls>>,
     pub upstream_connect_timeout: Duration,
     pub shutdown: CancellationToken,
+    /// `[[masking]]` rules of every target.
+    pub masking: Arc<[MaskingRule]>,
     /// Verifying client configurations, per target (the CA file is read once).
     pub upstream_tls: Mutex<HashMap<String, Arc<ClientConfig>>>,
 }

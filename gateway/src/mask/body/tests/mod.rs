@@ -1,0 +1,107 @@
+//! Tests of body masking. Every masking test also checks that the output does not depend on how
+//! the input is chunked (`chunked` splits it at every offset).
+
+mod decode;
+mod fields;
+mod json;
+mod large;
+mod properties;
+mod sse;
+mod text;
+
+use std::sync::Arc;
+
+use super::*;
+
+pub(super) fn rules(fields: &[&str], detectors: &[Detector]) -> Arc<BodyRules> {
+    let fields = fields
+        .iter()
+        .map(|f| JsonField::parse(f).unwrap_or_else(|e| panic!("{f}: {e}")))
+        .collect();
+    Arc::new(BodyRules::new(
+        vec!["test".into()],
+        fields,
+        detectors.to_vec(),
+    ))
+}
+
+pub(super) fn masker(
+    rules: &Arc<BodyRules>,
+    content_type: &str,
+    content_encoding: Option<&str>,
+    limits: &BodyLimits,
+) -> BodyMasker {
+    BodyMasker::new(rules, Some(content_type), content_encoding, limits)
+        .expect("maskable")
+        .expect("masking applies")
+}
+
+/// Feeds `chunks` and finishes: the output, or the first error.
+pub(super) fn run<'a>(
+    m: &mut BodyMasker,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend_from_slice(&m.push(c)?);
+    }
+    out.extend_from_slice(&m.finish()?);
+    Ok(out)
+}
+
+/// Masks `input` in one piece, then split at every offset (and three ways for short inputs, and
+/// byte by byte), and checks that every split gives the same result. Returns it.
+pub(super) fn chunked(make: &dyn Fn() -> BodyMasker, input: &[u8]) -> Result<Vec<u8>, BodyError> {
+    let whole = run(&mut make(), [input]);
+    let same = |got: Result<Vec<u8>, BodyError>, how: &str| match (&whole, &got) {
+        (Ok(a), Ok(b)) => assert_eq!(
+            String::from_utf8_lossy(a),
+            String::from_utf8_lossy(b),
+            "{how} of {:?}",
+            String::from_utf8_lossy(input)
+        ),
+        (Err(_), Err(_)) => {}
+        _ => panic!(
+            "{how} of {:?}: {got:?} but in one piece {whole:?}",
+            String::from_utf8_lossy(input)
+        ),
+    };
+    for i in 0..=input.len() {
+        same(
+            run(&mut make(), [&input[..i], &input[i..]]),
+            &format!("split at {i}"),
+        );
+        if input.len() <= 48 {
+            for j in i..=input.len() {
+                same(
+                    run(&mut make(), [&input[..i], &input[i..j], &input[j..]]),
+                    &format!("split at {i} and {j}"),
+                );
+            }
+        }
+    }
+    same(run(&mut make(), input.chunks(1)), "byte by byte");
+    whole
+}
+
+/// JSON masking of `input` with `rules`, checked for chunking; the output as text.
+pub(super) fn json_with(
+    rules: &Arc<BodyRules>,
+    limits: &BodyLimits,
+    input: &[u8],
+) -> Result<String, BodyError> {
+    let make = || masker(rules, "application/json", None, limits);
+    chunked(&make, input).map(|o| String::from_utf8(o).expect("UTF-8 output"))
+}
+
+pub(super) fn json(
+    fields: &[&str],
+    detectors: &[Detector],
+    input: &str,
+) -> Result<String, BodyError> {
+    json_with(
+        &rules(fields, detectors),
+        &BodyLimits::default(),
+        input.as_bytes(),
+    )
+}
