@@ -128,8 +128,7 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN cmdline_cut INTEGER NOT NULL DEFAULT 0;
     "#,
-    // 8: the container a session's process ran in and its ancestry inside the job (JSON).
-    // Self-contained: it goes after whichever migration 7 lands first.
+    // 7: the container a session's process ran in and its ancestry inside the job (JSON).
     r#"
     ALTER TABLE sessions ADD COLUMN container TEXT;
     ALTER TABLE sessions ADD COLUMN ancestry TEXT;
