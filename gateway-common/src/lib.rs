@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`<pin_dir>/v<ABI_VERSION>/`).
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -37,6 +37,9 @@ pub mod maps {
     pub const JOB_LINKS: &str = "JOB_LINKS";
     /// Array of [`super::JobState`] by job slot, mmapped by the daemon.
     pub const JOB_STATES: &str = "JOB_STATES";
+    /// netns cookie → 1 for every network namespace the daemon has a listener in (its own, and
+    /// each job namespace it opened one in): a redirected SYN in any other namespace is held.
+    pub const NETNS_LISTENERS: &str = "NETNS_LISTENERS";
     /// [`super::GrantKey`] → [`super::Grant`]: the kernel-path targets each job may reach,
     /// compiled from the rules when the job is bound.
     pub const GRANTS: &str = "GRANTS";
@@ -46,7 +49,7 @@ pub mod maps {
     /// kernel path refuses connects.
     pub const LIVENESS: &str = "LIVENESS";
     /// Every map, in the order the daemon pins them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         DESTINATIONS,
         DNS_RESOLVERS,
@@ -56,6 +59,7 @@ pub mod maps {
         EXEC_STARTS,
         JOB_LINKS,
         JOB_STATES,
+        NETNS_LISTENERS,
         GRANTS,
         KERNEL_SOCKETS,
         LIVENESS,
@@ -90,6 +94,9 @@ pub mod programs {
     /// Tracepoint on `syscalls:sys_enter_execve` and `sys_enter_execveat`: when a process that
     /// connected through the gateway last began to run another program (`maps::EXEC_STARTS`).
     pub const EXEC_START: &str = "gw_exec_start";
+    /// `cgroup_skb/egress`: drops the SYN of a redirected connect made in a network namespace the
+    /// daemon has no listener in yet (TCP sends it again, by then to a listener).
+    pub const SYN_HOLD: &str = "gw_syn_hold";
 }
 
 /// The LSM hook `programs::SOCKET_FAMILY` is loaded for.
@@ -241,6 +248,9 @@ pub struct ConnInfo {
     /// Slot of the job (`JOB_STATES`) whose counters this record is counted in.
     pub job_slot: u32,
     pub _pad2: u32,
+    /// Cookie of the network namespace the socket lives in (the listener it reaches is that
+    /// namespace's).
+    pub netns_cookie: u64,
 }
 
 /// Value of `SOCKETS`: one redirected socket, from its connect until it closes.
@@ -252,6 +262,7 @@ pub struct SocketRecord {
     pub client: ClientKey,
     /// 1 once `sock_ops` put the record in `BY_CLIENT` (the daemon may take it from there).
     pub queued: u32,
+    pub _pad: u32,
 }
 
 /// Value of `JOB_LINKS` (cgroup storage of a job cgroup), written by the daemon when it attaches
@@ -266,7 +277,7 @@ pub struct JobLink {
 }
 
 /// Event kinds counted apart (index `Event::kind`; 0 unused).
-pub const EVENT_KINDS: usize = 10;
+pub const EVENT_KINDS: usize = 11;
 
 /// Counters of one job (`JOB_STATES[slot]`), shared by the programs and the daemon (mmapped):
 /// every count is only ever changed by atomic adds (the windows are approximate) and is a running
@@ -298,13 +309,16 @@ pub struct JobState {
 }
 
 /// Key of `BY_CLIENT`: the client end of a redirected connection, i.e. the peer address the
-/// daemon sees on accept. IPv4 as IPv4-mapped IPv6.
+/// daemon sees on accept, in the network namespace of the listener that accepted it (two
+/// containers may use the same address and port at once). IPv4 as IPv4-mapped IPv6.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientKey {
+    pub netns_cookie: u64,
     pub addr: [u8; 16],
     /// Host byte order.
     pub port: u32,
+    pub _pad: u32,
 }
 
 /// `Event::kind`: a TCP connect to a destination outside the target set.
@@ -336,14 +350,18 @@ pub const LIMIT_OPEN: u32 = 6;
 /// ... (kernel path) the ring buffer had no room for the connect's record.
 pub const LIMIT_RING_FULL: u32 = 7;
 
+/// `Event::kind`: a redirected connect in a network namespace the daemon has no listener in yet
+/// (`Event::netns_cookie`); its SYN is held until the daemon opens one there. Not a refusal.
+pub const EVENT_NETNS: u32 = 7;
+
 /// `Event::kind`: a connect to a kernel-path target the job has no grant for (no rule allows
 /// it, or its binding expired); `Event::detail` is the target index. Budgeted like the others.
-pub const EVENT_KERNEL_DENIED: u32 = 7;
+pub const EVENT_KERNEL_DENIED: u32 = 8;
 /// `Event::kind`: a kernel-path connection let through; `Event::detail` is the target index.
 /// Never budgeted: written, or the connect is refused.
-pub const EVENT_KERNEL_CONNECT: u32 = 8;
+pub const EVENT_KERNEL_CONNECT: u32 = 9;
 /// `Event::kind`: a kernel-path connection closed; `Event::cookie` says which, with its bytes.
-pub const EVENT_KERNEL_CLOSE: u32 = 9;
+pub const EVENT_KERNEL_CLOSE: u32 = 10;
 
 /// Ring-buffer record of something the programs refused (enforce) or let through (audit).
 #[repr(C)]
@@ -371,6 +389,8 @@ pub struct Event {
     /// Slot of the job the event is counted for (0: none known).
     pub job_slot: u32,
     pub _pad: u32,
+    /// Network namespace of the socket, where the program knows it (0 otherwise).
+    pub netns_cookie: u64,
     /// Kernel path: the socket cookie that ties a connection's close to its connect.
     pub cookie: u64,
     /// Kernel path, at close: bytes the job sent that the peer acknowledged, and bytes received.
@@ -382,15 +402,15 @@ pub struct Event {
 // to map helpers): each size below is the plain sum of the field sizes.
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
 const _: () = assert!(core::mem::size_of::<Destination>() == 8);
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 88);
-const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);
-const _: () = assert!(core::mem::size_of::<SocketRecord>() == 112);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 96);
+const _: () = assert!(core::mem::size_of::<ClientKey>() == 32);
+const _: () = assert!(core::mem::size_of::<SocketRecord>() == 136);
 const _: () = assert!(core::mem::size_of::<JobLink>() == 16);
 const _: () = assert!(core::mem::size_of::<JobState>() == 8 * 8 + 4 * EVENT_KINDS * 8);
 const _: () = assert!(core::mem::size_of::<GrantKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Grant>() == 8);
 const _: () = assert!(core::mem::size_of::<KernelSocket>() == 40);
-const _: () = assert!(core::mem::size_of::<Event>() == 120);
+const _: () = assert!(core::mem::size_of::<Event>() == 128);
 
 #[cfg(feature = "user")]
 mod user {

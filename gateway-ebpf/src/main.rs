@@ -10,6 +10,9 @@
 //!   in `BY_CLIENT` under the client's (address, port), which is what the daemon sees on accept();
 //!   at TCP_CLOSE removes what the daemon did not take.
 //! - `getpeername4`/`getpeername6`: a redirected socket reports the original peer.
+//! - `syn_hold` (cgroup_skb egress): the listener a redirected connect reaches is the one in the
+//!   socket's own network namespace (a container's); where the daemon has none yet (the connect
+//!   program reports the namespace), the SYN is dropped and TCP sends it again a second later.
 //! - `sendmsg4`/`sendmsg6`: UDP only to the configured DNS resolvers on port 53.
 //! - `sock_create`: only TCP and UDP inet sockets (no raw, ICMP, SCTP, MPTCP …).
 //! - `bind4`/`bind6`: nobody in a job binds the gateway's listener port.

@@ -3,19 +3,24 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK,
-        bpf_map_def, bpf_map_type, bpf_sock, bpf_sock_addr,
+        __sk_buff, BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST,
+        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING,
+        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_SYN_SENT, bpf_map_def, bpf_map_type, bpf_sock,
+        bpf_sock_addr,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_local_storage, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_storage_delete,
-        bpf_sk_storage_get, generated as raw,
+        bpf_get_local_storage, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
+        bpf_sk_fullsock, bpf_sk_storage_delete, bpf_sk_storage_get, generated as raw,
     },
-    macros::{btf_map, cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops, tracepoint},
+    macros::{
+        btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops, tracepoint,
+    },
     maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
-    programs::{LsmContext, SockAddrContext, SockContext, SockOpsContext, TracePointContext},
+    programs::{
+        LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext, TracePointContext,
+    },
 };
 use aya_log_ebpf::debug;
 use core::{
@@ -29,11 +34,11 @@ use gateway_common::{
     ACTION_BLOCK, ACTION_DIRECT, ACTION_KERNEL, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey,
     Config, ConnInfo, DESTINATION_PORT_BITS, Destination, DestinationKeyData, EVENT_BIND,
     EVENT_CONNECT, EVENT_KERNEL_CLOSE, EVENT_KERNEL_CONNECT, EVENT_KERNEL_DENIED, EVENT_KINDS,
-    EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP, Event, FIN_IN, FIN_OUT_ACKED,
-    FLAG_DEBUG_LOG, Grant, GrantKey, JobLink, JobState, KernelSocket, LIMIT_NO_DAEMON,
-    LIMIT_NO_RECORD, LIMIT_OPEN, LIMIT_PENDING, LIMIT_RING_FULL, LIMIT_TOTAL, LIMIT_UNREAD,
-    MAX_JOB_SLOTS, MAX_PENDING, MODE_ENFORCE, PENDING_SLACK, SocketRecord, destination_key,
-    v4_mapped,
+    EVENT_LIMIT, EVENT_LISTENER, EVENT_NETNS, EVENT_SOCKET, EVENT_UDP, Event, FIN_IN,
+    FIN_OUT_ACKED, FLAG_DEBUG_LOG, Grant, GrantKey, JobLink, JobState, KernelSocket,
+    LIMIT_NO_DAEMON, LIMIT_NO_RECORD, LIMIT_OPEN, LIMIT_PENDING, LIMIT_RING_FULL, LIMIT_TOTAL,
+    LIMIT_UNREAD, MAX_JOB_SLOTS, MAX_PENDING, MODE_ENFORCE, PENDING_SLACK, SocketRecord,
+    destination_key, v4_mapped,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -86,6 +91,11 @@ static JOB_LINKS: SharedCgroupStorage<JobLink> = SharedCgroupStorage::new();
 /// The record of each redirected socket (socket storage: freed with the socket, charged to it).
 #[btf_map]
 static SOCKETS: SocketStorage<SocketRecord> = SocketStorage::new();
+
+/// Network namespaces (by cookie) the daemon listens in: its own and each job namespace it opened
+/// a listener in. Written by the daemon only.
+#[map]
+static NETNS_LISTENERS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 
 /// Refused (enforce) and let-through (audit) operations, for the daemon's audit log, and the
 /// kernel path's connections (connect and close).
@@ -298,7 +308,22 @@ fn report(
     sock: (u32, u32),
     detail: u32,
 ) {
+    report_in(slot, kind, denied, dst, sock, detail, 0);
+}
+
+/// [`report`], for a socket in the network namespace `netns_cookie`.
+#[inline(always)]
+fn report_in(
+    slot: u32,
+    kind: u32,
+    denied: bool,
+    dst: ([u8; 16], u16, u16),
+    sock: (u32, u32),
+    detail: u32,
+    netns_cookie: u64,
+) {
     let r = Report {
+        netns_cookie,
         addr: dst.0,
         port: dst.1,
         family: dst.2,
@@ -308,6 +333,7 @@ fn report(
         kind,
         denied: denied as u32,
         detail,
+        _pad: 0,
     };
     report_event(&r);
 }
@@ -315,6 +341,7 @@ fn report(
 /// What [`report`] passes to [`report_event`] (a subprogram takes at most five arguments).
 #[repr(C)]
 struct Report {
+    netns_cookie: u64,
     addr: [u8; 16],
     port: u16,
     family: u16,
@@ -324,6 +351,7 @@ struct Report {
     kind: u32,
     denied: u32,
     detail: u32,
+    _pad: u32,
 }
 
 /// [`report`]'s work, as a subprogram of its own: inlined in every caller it would take the
@@ -382,6 +410,7 @@ fn report_event(r: &Report) {
         addr_of_mut!((*e).sock_type).write(r.sock_type);
         addr_of_mut!((*e).protocol).write(r.protocol);
         addr_of_mut!((*e).detail).write(r.detail);
+        addr_of_mut!((*e).netns_cookie).write(r.netns_cookie);
     }
     entry.submit(0);
 }
@@ -404,6 +433,7 @@ fn fill_event(e: *mut Event, kind: u32, slot: u32, with_caller: bool) {
         addr_of_mut!((*e).detail).write(0);
         addr_of_mut!((*e).job_slot).write(slot);
         addr_of_mut!((*e)._pad).write(0);
+        addr_of_mut!((*e).netns_cookie).write(0);
         addr_of_mut!((*e).cookie).write(0);
         addr_of_mut!((*e).bytes_up).write(0);
         addr_of_mut!((*e).bytes_down).write(0);
@@ -687,6 +717,22 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         );
         return Ok(REFUSE);
     }
+    // The listener the connect reaches is the one in the socket's network namespace. Where the
+    // daemon has none yet it is told, and `gw_syn_hold` keeps the SYN until it has one.
+    // SAFETY: sock_addr programs may ask for their socket's network namespace.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: map lookup by value.
+    if unsafe { NETNS_LISTENERS.get(netns_cookie) }.is_none() {
+        report_in(
+            slot,
+            EVENT_NETNS,
+            false,
+            to,
+            (sock_type, protocol),
+            0,
+            netns_cookie,
+        );
+    }
     // IPv4 and IPv4-mapped destinations go to the IPv4 listener, IPv6 to the IPv6 one.
     if family == AF_INET {
         // SAFETY: `sa` is the program context; 4-byte store.
@@ -776,11 +822,15 @@ fn redirect(ctx: *mut c_void, sk: *mut bpf_sock, a: &Connect) -> u32 {
         }
         addr_of_mut!((*info).job_slot).write(slot);
         addr_of_mut!((*info)._pad2).write(0);
+        addr_of_mut!((*info).netns_cookie).write(bpf_get_netns_cookie(ctx));
         addr_of_mut!((*record).client).write(ClientKey {
+            netns_cookie: 0,
             addr: [0; 16],
             port: 0,
+            _pad: 0,
         });
         addr_of_mut!((*record).queued).write(0);
+        addr_of_mut!((*record)._pad).write(0);
     }
     // From now on the process's execs are noted (an exec noted earlier is kept). Failing this only
     // costs the daemon its proof: the connection goes on.
@@ -1120,8 +1170,10 @@ fn queue(ctx: &SockOpsContext) {
         })
     };
     let key = ClientKey {
+        netns_cookie: info.netns_cookie,
         addr,
         port: ctx.local_port(),
+        _pad: 0,
     };
     // Never over another record: the connection then arrives without one, and the daemon closes
     // it (and records an anomaly).
@@ -1305,6 +1357,46 @@ pub(crate) fn gw_socket_family(ctx: LsmContext) -> i32 {
         0,
     );
     if enforce { REFUSE } else { ALLOW }
+}
+
+// --- SYN hold: no listener in the socket's network namespace yet ---------------------------------
+
+/// Return values of cgroup_skb programs.
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+/// Drops the SYN of a redirected connect whose network namespace has no gateway listener yet (the
+/// connect program told the daemon, which opens one there). TCP does not fail a connect for a SYN
+/// that was not sent: it sends it again after its initial timeout (1 s), by then to the listener.
+/// Everything else passes: the checks run cheapest first, and only sockets in SYN-SENT reach the
+/// record lookup.
+#[cgroup_skb(egress)]
+pub(crate) fn gw_syn_hold(ctx: SkBuffContext) -> i32 {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: `skb` is the program context; `sk` may be null.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return PASS;
+    }
+    // SAFETY: `sk` is the packet's (non-null) socket.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return PASS;
+    }
+    // SAFETY: a full socket, valid for the program's run.
+    if read_u32(unsafe { addr_of!((*sk).state) }) != BPF_TCP_SYN_SENT {
+        return PASS;
+    }
+    let Some(record) = SOCKETS.get(sk, false) else {
+        return PASS;
+    };
+    // SAFETY: `record` is this socket's storage, valid for the program's run.
+    let (cookie, netns_cookie) = unsafe { ((*record).info.cookie, (*record).info.netns_cookie) };
+    // SAFETY: map lookup by value.
+    if cookie == 0 || unsafe { NETNS_LISTENERS.get(netns_cookie) }.is_some() {
+        return PASS;
+    }
+    DROP
 }
 
 /// On entry to execve/execveat, before anything of the process changes: the daemon, having read

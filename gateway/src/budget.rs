@@ -17,7 +17,7 @@ use std::{
 
 use gateway_common::{
     EVENT_BIND, EVENT_CONNECT, EVENT_KERNEL_DENIED, EVENT_KINDS, EVENT_LIMIT, EVENT_LISTENER,
-    EVENT_SOCKET, EVENT_UDP,
+    EVENT_NETNS, EVENT_SOCKET, EVENT_UDP,
 };
 use serde_json::json;
 
@@ -258,6 +258,10 @@ fn kind_name(kind: usize) -> (&'static str, &'static str) {
         EVENT_BIND => ("bind", "binds of the listener port"),
         EVENT_LISTENER => ("listener", "connects straight at the gateway listener"),
         EVENT_LIMIT => ("limit", "connects over a limit"),
+        EVENT_NETNS => (
+            "netns",
+            "connects in a network namespace the gateway had no listener in yet",
+        ),
         EVENT_KERNEL_DENIED => ("kernel_path", "kernel-path connects without a grant"),
         _ => ("unknown", "unknown kernel events"),
     }

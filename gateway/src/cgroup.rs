@@ -189,6 +189,32 @@ pub fn process_cgroup(pid: u32) -> Option<String> {
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
+/// The processes of a cgroup and its descendants (bounded walk; processes moving meanwhile may be
+/// missed or counted twice).
+pub fn processes(under: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut queue = vec![under.to_path_buf()];
+    let mut visited = 0;
+    while let Some(dir) = queue.pop() {
+        visited += 1;
+        if visited > 10_000 {
+            break;
+        }
+        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            queue.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    pids
+}
+
 /// Finds the directory of cgroup `id` below `under` (breadth-first, bounded).
 pub fn find_by_id(under: &Path, id: u64) -> Option<PathBuf> {
     let mut queue = vec![under.to_path_buf()];

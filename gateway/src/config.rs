@@ -13,9 +13,11 @@ use std::{
     time::Duration,
 };
 
+mod docker;
 mod http;
 mod postgres;
 mod ssh;
+pub use docker::{DEFAULT_DOCKER_ENGINE, DEFAULT_DOCKER_LISTEN, DockerSettings};
 pub use http::{HttpSettings, HttpTls};
 pub use postgres::{ClientTls, PostgresSettings, UpstreamTls};
 use serde::Deserialize;
@@ -28,8 +30,8 @@ pub use crate::address::{AddressSpec, HostSpec};
 pub use crate::identity::Issuer;
 pub use crate::mask::MaskingRule;
 pub use crate::policy::model::{
-    Action, ClaimPattern, Credentials, HttpCondition, IdentityCredentials, Rule, SqlCondition,
-    SshCondition, SshOperationKind,
+    Action, ClaimPattern, Credentials, DockerCondition, HttpCondition, IdentityCredentials, Rule,
+    SqlCondition, SshCondition, SshOperationKind,
 };
 
 pub use approvals::{Approvals, ApproverGroup, Person, WebConfig};
@@ -261,6 +263,8 @@ pub struct Config {
     pub masking: Vec<MaskingRule>,
     pub approvals: Approvals,
     pub approvers: Vec<ApproverGroup>,
+    /// `[docker]`: the gateway's Docker API socket (`None`: not offered).
+    pub docker: Option<DockerSettings>,
     /// The file this was read from; `None` for built-in defaults.
     pub source: Option<PathBuf>,
     /// Things that are valid but probably not meant (e.g. a rule on a claim no issuer sets).
@@ -393,6 +397,7 @@ struct RawConfig {
     approvals: approvals::RawApprovals,
     #[serde(default)]
     approvers: Vec<approvals::RawApproverGroup>,
+    docker: Option<S<docker::RawDocker>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -483,6 +488,7 @@ struct RawRule {
     reason: Option<String>,
     ssh: Option<S<ssh::RawSshCondition>>,
     sql: Option<S<postgres::RawSql>>,
+    docker: Option<S<docker::RawDockerCondition>>,
     http: Option<S<http::RawHttpCondition>>,
     #[serde(default)]
     approvers: Vec<S<String>>,
@@ -579,6 +585,7 @@ impl Validator<'_> {
         let targets = self.targets(raw.targets);
         let approvals = self.approvals(raw.approvals);
         let approvers = self.approver_groups(raw.approvers);
+        let docker = self.docker(raw.docker);
         let rules = self.rules(raw.rules, &targets, &approvers, &issuers);
         let masking = self.masking(raw.masking, &targets);
         Config {
@@ -589,6 +596,7 @@ impl Validator<'_> {
             masking,
             approvals,
             approvers,
+            docker,
             source: None,
             warnings: Vec::new(),
         }
@@ -931,7 +939,19 @@ impl Validator<'_> {
                     format!("duplicate rule name {name:?}"),
                 );
             }
+            let docker = r.docker.map(|d| {
+                let targets_span = r.targets.as_ref().map(|t| t.span());
+                if r.ssh.is_some() || r.sql.is_some() || r.http.is_some() {
+                    self.problem(
+                        d.span(),
+                        format!("rules[{i}].docker"),
+                        "a rule is about Docker requests, SQL statements, SSH operations or HTTP requests: one of them",
+                    );
+                }
+                self.docker_condition(i, d, r.action, r.name.span(), targets_span)
+            });
             let target_globs: Vec<String> = match r.targets {
+                _ if docker.is_some() => vec!["*".to_string()],
                 None => vec!["*".to_string()],
                 Some(list) => {
                     let span = list.span();
@@ -996,6 +1016,7 @@ impl Validator<'_> {
                 reason: r.reason,
                 ssh,
                 sql,
+                docker,
                 http,
                 approvers,
                 quorum,

@@ -22,7 +22,7 @@ use crate::{
     intercept,
     jobs::Jobs,
     lifecycle::{self, JobControl},
-    protocol::{http, postgres, ssh},
+    protocol::{docker, http, postgres, ssh},
     record::{Store, StoreError, now},
     targets::TargetSet,
 };
@@ -46,6 +46,12 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Web(#[from] crate::approval::web::WebError),
+    #[error(
+        "cannot read the daemon's network namespace cookie (SO_NETNS_COOKIE, Linux 5.14+): {0}"
+    )]
+    Netns(std::io::Error),
+    #[error(transparent)]
+    Docker(#[from] crate::protocol::docker::DockerError),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
@@ -141,6 +147,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             })?;
         listeners.push(listener);
     }
+    let docker_listener = match &config.docker {
+        Some(d) => Some(docker::bind(&d.listen)?),
+        None => None,
+    };
     let control_listener = control::server::bind(
         &server.control_socket,
         config.approvals.cli_unix_group.as_deref(),
@@ -154,10 +164,13 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     for p in problems {
         tracing::warn!("{p}");
     }
-    let resolvers = server
-        .dns_resolvers
-        .clone()
-        .unwrap_or_else(system_resolvers);
+    let resolvers = server.dns_resolvers.clone().unwrap_or_else(|| {
+        let mut r = system_resolvers();
+        if config.docker.is_some() {
+            r.extend(container_resolvers(&r));
+        }
+        r
+    });
     // Grants name targets by index: none may outlive the configuration it was compiled from.
     dataplane.clear_grants()?;
     dataplane.configure(
@@ -166,6 +179,16 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         &resolvers,
     )?;
     let connections = dataplane.connections()?;
+    // Before any job is attached: connects of jobs on the host pass to the host listeners.
+    let own_netns = intercept::netns::own_cookie().map_err(DaemonError::Netns)?;
+    let (netns, netns_requests) = intercept::netns::Namespaces::new(
+        dataplane.netns_listeners()?,
+        own_netns,
+        listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect(),
+    )?;
     let job_states = dataplane.job_states();
     let exec_starts = dataplane.exec_starts()?;
     let events = dataplane.events()?;
@@ -196,6 +219,13 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     let policy = Arc::new(config.policy());
     let jobs = Arc::new(Jobs::default());
     let connections = Arc::new(connections);
+    let netns = Arc::new(netns);
+    let containers = Arc::new(docker::containers::Containers::new(
+        config
+            .docker
+            .as_ref()
+            .map(|d| docker::Engine::new(d.engine.clone())),
+    ));
     let targets = Arc::new(RwLock::new(Arc::new(targets)));
     let recorder = Arc::new(Recorder {
         budgets: budget::Budgets::new(server.records_per_second_per_job),
@@ -224,6 +254,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 .map(|(i, t)| (i as u32, t.name.clone()))
                 .collect(),
         },
+        containers: containers.clone(),
     });
     lifecycle.adopt_jobs().await?;
     let intercept = Arc::new(intercept::Services {
@@ -260,6 +291,9 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             state_dir: server.state_dir.clone(),
             shutdown: shutdown.clone(),
         },
+        netns: netns.clone(),
+        cgroup_root: cgroup_root.clone(),
+        containers: containers.clone(),
         http: http::Services {
             store: store.clone(),
             policy: policy.clone(),
@@ -271,16 +305,39 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             upstream_tls: Default::default(),
         },
     });
+    let docker_services = config.docker.as_ref().map(|d| {
+        Arc::new(docker::Services {
+            engine: docker::Engine::new(d.engine.clone()),
+            listen: d.listen.clone(),
+            jobs: jobs.clone(),
+            cgroup_root: cgroup_root.clone(),
+            policy: policy.clone(),
+            store: store.clone(),
+            protected_paths: [
+                server.state_dir.clone(),
+                server.control_socket.clone(),
+                server.bpf_pin_dir.clone(),
+            ]
+            .into_iter()
+            .chain(d.protected_paths.iter().cloned())
+            .collect(),
+            state: Default::default(),
+            containers: containers.clone(),
+            sessions: sessions.clone(),
+            shutdown: shutdown.clone(),
+        })
+    });
     let status = {
-        let (config, sessions, jobs, verifier, store) = (
+        let (config, sessions, jobs, verifier, store, netns) = (
             config.clone(),
             sessions.clone(),
             jobs.clone(),
             verifier.clone(),
             store.clone(),
+            netns.clone(),
         );
         move || {
-            status(
+            let mut s = status(
                 &config,
                 &socket_family_guard,
                 &cgroup_root,
@@ -289,7 +346,9 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 &jobs,
                 &verifier,
                 &store,
-            )
+            );
+            s.containers = containers_status(&config, &netns.status());
+            s
         }
     };
     let control = Arc::new(control::Context {
@@ -311,8 +370,17 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     for listener in listeners {
         tasks.push(tokio::spawn(intercept::accept_loop(
             listener,
+            own_netns,
+            shutdown.clone(),
             intercept.clone(),
         )));
+    }
+    tasks.push(tokio::spawn(intercept::netns::serve(
+        netns_requests,
+        intercept.clone(),
+    )));
+    if let (Some(listener), Some(services)) = (docker_listener, docker_services) {
+        tasks.push(tokio::spawn(docker::serve(listener, services)));
     }
     tasks.push(tokio::spawn(control::server::serve(
         control_listener,
@@ -386,6 +454,9 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     // What went over a budget in the last (partial) second.
     budget::record_summaries(&recorder).await;
     let _ = std::fs::remove_file(&server.control_socket);
+    if let Some(d) = &config.docker {
+        let _ = std::fs::remove_file(&d.listen);
+    }
     // Pinned programs and links stay: jobs stay intercepted (and fail closed) until a daemon returns.
     tracing::info!("stopped");
     Ok(())
@@ -439,6 +510,33 @@ fn status(
                 .map(|f| f.blocks_available().saturating_mul(f.fragment_size())),
             health: store.health(),
         },
+        containers: Default::default(),
+    }
+}
+
+fn containers_status(
+    config: &Config,
+    netns: &intercept::netns::NetnsStatus,
+) -> control::ContainersStatus {
+    control::ContainersStatus {
+        netns_listeners: netns.listening,
+        netns_error: netns.last_error.clone(),
+        docker: config.docker.as_ref().map(|d| control::DockerStatus {
+            engine: d.engine.display().to_string(),
+            listen: d.listen.display().to_string(),
+            interception: vec![
+                format!(
+                    "gateway run jobs: the gateway's socket is mounted over {} in the job's mount namespace",
+                    d.engine.display()
+                ),
+                format!(
+                    "attached jobs (runner hooks, job containers): DOCKER_HOST=unix://{} or the socket mounted at the engine's path; the job's user must not be able to open {}",
+                    d.listen.display(),
+                    d.engine.display()
+                ),
+                "cgroup connect_unix programs: not used (a path rewritten before the kernel resolves it is bypassed through any symbolic link to the engine's socket)".into(),
+            ],
+        }),
     }
 }
 
@@ -510,11 +608,29 @@ fn blocked(config: &Config) -> Vec<SocketAddr> {
     config.approvals.web.iter().map(|w| w.listen).collect()
 }
 
+/// Resolvers containers use that the host does not: Docker's embedded resolver (127.0.0.11, in
+/// every container on a user-defined network; only reachable inside containers' namespaces), and
+/// the upstream servers Docker puts in containers on the default bridge when the host's own
+/// resolver is local (systemd-resolved's list).
+fn container_resolvers(host: &[IpAddr]) -> Vec<IpAddr> {
+    let mut extra = vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11))];
+    if host.iter().any(IpAddr::is_loopback) {
+        extra.extend(nameservers(
+            &std::fs::read_to_string("/run/systemd/resolve/resolv.conf").unwrap_or_default(),
+        ));
+    }
+    extra.retain(|ip| !host.contains(ip));
+    extra
+}
+
 /// The `nameserver` lines of /etc/resolv.conf.
 fn system_resolvers() -> Vec<IpAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
+    nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+}
+
+/// The `nameserver` lines of a resolv.conf.
+fn nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|ip| ip.trim().split('%').next()?.parse().ok())
         .collect()

@@ -25,7 +25,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, Link as _, LsmCgroup, SockOps, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Link as _,
+        LsmCgroup, SockOps, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -82,8 +83,9 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> D
 
 /// The program kinds, by name, in attach order (sock_ops before connect so that no connect is
 /// redirected without the re-keying in place; connect last, after the job link is written).
-const PROGRAMS: [(&str, Kind); 10] = [
+const PROGRAMS: [(&str, Kind); 11] = [
     (programs::SOCK_OPS, Kind::SockOps),
+    (programs::SYN_HOLD, Kind::SkbEgress),
     (programs::SOCK_CREATE, Kind::Sock),
     (programs::BIND4, Kind::SockAddr),
     (programs::BIND6, Kind::SockAddr),
@@ -100,6 +102,7 @@ enum Kind {
     SockAddr,
     SockOps,
     Sock,
+    SkbEgress,
 }
 
 /// One entry of the destination set.
@@ -194,6 +197,7 @@ impl Dataplane {
                 Kind::SockAddr => as_kind::<CgroupSockAddr>(program, name)?.load(),
                 Kind::SockOps => as_kind::<SockOps>(program, name)?.load(),
                 Kind::Sock => as_kind::<CgroupSock>(program, name)?.load(),
+                Kind::SkbEgress => as_kind::<CgroupSkb>(program, name)?.load(),
             };
             loaded.map_err(|e| DataplaneError::Program {
                 name,
@@ -513,6 +517,15 @@ impl Dataplane {
                         .map_err(|e| attach_err(e.to_string()))?
                         .try_into()
                 }
+                Kind::SkbEgress => {
+                    let p = as_kind::<CgroupSkb>(program, name)?;
+                    let id = p
+                        .attach(cg.as_fd(), CgroupSkbAttachType::Egress, mode)
+                        .map_err(|e| attach_err(format!("{name}: {e}")))?;
+                    p.take_link(id)
+                        .map_err(|e| attach_err(e.to_string()))?
+                        .try_into()
+                }
             }
             .map_err(|e| attach_err(format!("{name}: not a bpf_link attachment: {e}")))?;
             link.pin(&path)
@@ -558,8 +571,10 @@ impl Dataplane {
         // A kernel without lookup-and-delete on hash maps would make every connection an anomaly:
         // refuse to start instead. A key nobody uses must come back as not found.
         let probe = ClientKey {
+            netns_cookie: 0,
             addr: [0; 16],
             port: 0,
+            _pad: 0,
         };
         match lookup_and_delete(data.fd().as_fd(), &probe) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -609,6 +624,19 @@ impl Dataplane {
                 name: map_name,
                 source,
             })
+    }
+
+    /// The set of network namespaces the daemon listens in, emptied: listeners of an earlier
+    /// daemon are gone with it.
+    pub fn netns_listeners(&mut self) -> Result<NetnsListeners, DataplaneError> {
+        let name = maps::NETNS_LISTENERS;
+        let mut map: HashMap<MapData, u64, u8> = HashMap::try_from(self.take_map(name)?)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        let stale: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+        for cookie in stale {
+            let _ = map.remove(&cookie);
+        }
+        Ok(NetnsListeners(std::sync::Mutex::new(map)))
     }
 
     /// The reader of the programs' aya-log records (diagnostics, `server.ebpf_debug_log`).
@@ -809,9 +837,10 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Takes (looks up and deletes) the record of the connection whose client end is `peer`,
-    /// counting it out of its job's pending connects.
-    pub fn take(&self, peer: SocketAddr) -> Option<ConnInfo> {
+    /// Takes (looks up and deletes) the record of the connection whose client end is `peer` in
+    /// the network namespace `netns_cookie` (the accepting listener's), counting it out of its
+    /// job's pending connects.
+    pub fn take(&self, peer: SocketAddr, netns_cookie: u64) -> Option<ConnInfo> {
         let addr = match peer.ip() {
             IpAddr::V4(v4) => v4_mapped(v4.octets()),
             IpAddr::V6(v6) => v6
@@ -819,8 +848,10 @@ impl Connections {
                 .map_or(v6.octets(), |v4| v4_mapped(v4.octets())),
         };
         let key = ClientKey {
+            netns_cookie,
             addr,
             port: u32::from(peer.port()),
+            _pad: 0,
         };
         let info = lookup_and_delete(self.map.fd().as_fd(), &key).ok()?;
         self.states.count_out(info.job_slot, Counter::Taken);
@@ -1098,6 +1129,29 @@ fn mmap_shared(
         return Err(io::Error::last_os_error());
     }
     std::ptr::NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// The network namespaces (by cookie) the daemon has a listener in (`NETNS_LISTENERS`): a
+/// redirected SYN anywhere else is held by the kernel.
+pub struct NetnsListeners(std::sync::Mutex<HashMap<MapData, u64, u8>>);
+
+impl NetnsListeners {
+    pub fn insert(&self, netns_cookie: u64) -> Result<(), DataplaneError> {
+        let name = maps::NETNS_LISTENERS;
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(netns_cookie, 1, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    pub fn remove(&self, netns_cookie: u64) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&netns_cookie);
+    }
 }
 
 /// When processes that connected through the gateway last began an exec (see `EXEC_STARTS`).

@@ -77,6 +77,8 @@ pub struct JobControl {
     pub connections: Arc<Connections>,
     pub recorder: Arc<Recorder>,
     pub grants: GrantRules,
+    /// What jobs created in Docker through the gateway (removed with them).
+    pub containers: Arc<crate::protocol::docker::containers::Containers>,
 }
 
 /// What a job is bound to.
@@ -267,6 +269,9 @@ impl JobControl {
                 tracing::error!(job = %job.id, error = %e, "cannot close the job's open kernel-path sessions")
             }
         }
+        // Its processes are gone: the containers, networks and volumes it made go too (nothing
+        // of it may run on, or restart, outside the job).
+        self.containers.remove_job(&job.id).await;
         self.store
             .end_job(job.id.clone())
             .await

@@ -11,10 +11,12 @@
 
 use serde::Serialize;
 
+mod docker;
 mod http;
 pub mod model;
 mod settings;
 mod ssh;
+pub use docker::DockerOperation;
 pub use http::{HttpRequest, RpcMessage};
 pub use settings::{PROTECTED_SETTINGS, StartupSettingError, check_startup_setting};
 pub use ssh::SshOperation;
@@ -132,11 +134,9 @@ impl Policy {
     /// May `identity` open a connection to `target` at all? Statement and SSH operation rules are
     /// not asked.
     pub fn decide_connection(&self, identity: &Identity, target: &str) -> Decision {
-        for rule in self
-            .rules
-            .iter()
-            .filter(|r| r.sql.is_none() && r.ssh.is_none() && r.http.is_none())
-        {
+        for rule in self.rules.iter().filter(|r| {
+            r.sql.is_none() && r.ssh.is_none() && r.http.is_none() && r.docker.is_none()
+        }) {
             if applies(rule, identity, target) {
                 return decision_of(rule, identity, target);
             }
@@ -185,7 +185,7 @@ impl Policy {
                 ),
             };
         }
-        for rule in &self.rules {
+        for rule in self.rules.iter().filter(|r| r.docker.is_none()) {
             let sql_matches = rule
                 .sql
                 .as_ref()

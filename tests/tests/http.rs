@@ -136,6 +136,7 @@ protocol = "http"
 address = "{ip}:80"
 [targets.http]
 hosts = ["{HOST}"]
+header_timeout = "2s"
 
 [[targets]]
 name = "untrusted"
@@ -1407,5 +1408,54 @@ print(json.dumps([a.status_code, b.status_code, c.status_code]))
             "no {what} in the request log:\n{shown}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn a_client_that_drips_its_headers_is_cut_off_at_the_header_timeout() -> Result<()> {
+    let s = Setup::new()?;
+    // One byte every 200 ms keeps the connection busy without ever finishing the headers; the
+    // `plain` target allows 2 s for them. The client gives up after 20 s.
+    let script = format!(
+        r#"
+import json, socket, time
+s = socket.create_connection(("{ip}", 80))
+start = time.monotonic()
+s.sendall(b"GET /slow HTTP/1.1\r\nHost: {HOST}\r\n")
+answer, closed = b"", False
+s.settimeout(0.2)
+while time.monotonic() - start < 20:
+    try:
+        s.sendall(b"x")
+    except OSError:
+        closed = True
+        break
+    try:
+        chunk = s.recv(65536)
+        if not chunk:
+            closed = True
+            break
+        answer += chunk
+    except socket.timeout:
+        pass
+    except OSError:
+        closed = True
+        break
+print(json.dumps({{"closed": closed, "answer": answer.decode(errors="replace")}}))
+"#,
+        ip = s.nginx.addr,
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let result: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("python: {}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure!(result["closed"] == true, "{result}");
+    ensure!(
+        result["answer"] == ""
+            || result["answer"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("HTTP/1.1 408")),
+        "{result}"
+    );
+    ensure!(s.server_saw().is_empty(), "{:?}", s.server_saw());
     Ok(())
 }

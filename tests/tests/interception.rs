@@ -658,9 +658,11 @@ fn ipv6_and_ipv4_mapped_destinations_are_intercepted() -> Result<()> {
 }
 
 #[test]
-fn a_job_in_a_network_namespace_of_its_own_loses_connectivity_and_stays_covered() -> Result<()> {
+fn a_job_in_a_network_namespace_of_its_own_stays_covered_and_reaches_targets_only_through_the_gateway()
+-> Result<()> {
     // An unprivileged job creates a user and network namespace (where it holds CAP_NET_ADMIN) and
-    // tries from there: the cgroup hooks still apply, and the new namespace reaches nothing.
+    // tries from there: the cgroup hooks still apply; the target is reached through the listener
+    // the daemon opens in that namespace, and nothing else is reached.
     let s = Setup::new("")?;
     let before = s.echo.accepted().len();
     let inner = format!(
@@ -685,19 +687,30 @@ fn a_job_in_a_network_namespace_of_its_own_loses_connectivity_and_stays_covered(
         own.display().to_string(),
         "the job did not get a namespace of its own"
     );
-    // The target is still redirected to the loopback listener, which the new namespace lacks.
-    assert_eq!(
-        errno(&lines[1]),
-        Some(libc::ECONNREFUSED as i64),
+    // The target is redirected to the gateway's listener in the new namespace.
+    assert_eq!(lines[1]["echo"], "ping", "{}", lines[1]);
+    assert!(
+        lines[1]["local"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("127.0.0.1:")),
         "{}",
         lines[1]
     );
     // A destination outside the target set is still refused by the hook.
     assert_eq!(errno(&lines[2]), Some(libc::EPERM as i64), "{}", lines[2]);
+    // Exactly the one connection, made by the gateway, reached the target.
     assert_eq!(
         s.echo.accepted().len(),
-        before,
-        "a connection reached the host"
+        before + 1,
+        "{:?}",
+        s.echo.accepted()
+    );
+    let sessions = s.daemon.sessions()?;
+    assert!(
+        sessions
+            .iter()
+            .any(|x| x["target"] == "echo" && x["decision"] == "allow"),
+        "{sessions:#?}"
     );
     Ok(())
 }

@@ -48,6 +48,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tesseract-ocr-eng",
     // Wall-clock jumps under the daemon (approvals must not care).
     "faketime",
+    // Docker from inside a job: a real engine (dockerd, containerd, runc) the tests start.
+    "docker.io",
 ];
 
 pub(crate) fn setup(with_packages: bool) -> Result<()> {

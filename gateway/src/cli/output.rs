@@ -118,6 +118,12 @@ pub fn session(s: &SessionRecord) -> String {
                 "as captured at connect (the process exited, its pid was reused, or it began running another program)".into()
             },
         ));
+        if let Some(c) = &p.container {
+            pairs.push(("container", container_line(c)));
+        }
+        if !p.ancestry.is_empty() {
+            pairs.push(("ran by", ancestry_line(p)));
+        }
     }
     let mut out = fields(&pairs);
     let (statements, others): (Vec<&EventRecord>, Vec<&EventRecord>) = s
@@ -154,6 +160,54 @@ pub fn session(s: &SessionRecord) -> String {
         ));
     }
     out
+}
+
+fn container_line(c: &crate::record::ContainerInfo) -> String {
+    let id = c.id.get(..12).unwrap_or(&c.id);
+    match (&c.name, &c.image, c.verified) {
+        (Some(name), Some(image), true) => format!("{id} {name} (image {image})"),
+        _ => format!("{id} (not confirmed by the container engine)"),
+    }
+}
+
+/// The chain from the job's first process to the one that connected: `node (agent) → bash -c … →
+/// psql`.
+pub fn ancestry_line(p: &crate::record::ProcessInfo) -> String {
+    let step = |comm: &str, exe: Option<&str>, cmdline: Option<&Vec<String>>| {
+        let program = exe
+            .and_then(|e| e.rsplit('/').next())
+            .unwrap_or(comm)
+            .to_string();
+        let shown = match cmdline {
+            Some(args) if args.len() > 1 => {
+                let rest = one_line(&args[1..].join(" "), 60);
+                format!("{program} {rest}")
+            }
+            _ => program.clone(),
+        };
+        if program == comm || comm.is_empty() {
+            shown
+        } else {
+            format!("{shown} ({comm})")
+        }
+    };
+    let mut chain: Vec<String> = p
+        .ancestry
+        .iter()
+        .map(|a| {
+            format!(
+                "[{}] {}",
+                a.pid,
+                step(&a.comm, a.exe.as_deref(), a.cmdline.as_ref())
+            )
+        })
+        .collect();
+    chain.push(format!(
+        "[{}] {}",
+        p.pid,
+        step(&p.comm, p.exe.as_deref(), p.cmdline.as_ref())
+    ));
+    chain.join(" → ")
 }
 
 /// The SQL statement log: each statement with its decision, then its outcome and sample rows.
@@ -336,6 +390,14 @@ fn recording(r: &RecordingStatus) -> String {
     format!("ok{free}")
 }
 
+fn netns_status(c: &crate::control::ContainersStatus) -> String {
+    let listening = format!("listening in {}", c.netns_listeners);
+    match &c.netns_error {
+        Some(e) => format!("{listening}; last failure: {e}"),
+        None => listening,
+    }
+}
+
 pub fn status(s: &Status) -> String {
     let mut out = fields(&[
         ("gateway", format!("{} (pid {})", s.version, s.pid)),
@@ -349,7 +411,20 @@ pub fn status(s: &Status) -> String {
         ("started", s.started_at.clone()),
         ("active sessions", s.active_sessions.to_string()),
         ("recording", recording(&s.recording)),
+        ("job namespaces", netns_status(&s.containers)),
+        (
+            "docker",
+            s.containers.docker.as_ref().map_or_else(
+                || "not served ([docker] is not configured)".to_string(),
+                |d| format!("{} for the engine at {}", d.listen, d.engine),
+            ),
+        ),
     ]);
+    if let Some(d) = &s.containers.docker {
+        for line in &d.interception {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     out.push('\n');
     if s.targets.is_empty() {
         out.push_str("no targets configured: every intercepted connection is refused\n");

@@ -36,6 +36,8 @@ pub enum RunError {
     },
     #[error("waiting for the command: {0}")]
     Wait(std::io::Error),
+    #[error("{0}: the job would reach the Docker engine directly; not running it")]
+    DockerMask(String),
 }
 
 pub struct RunOptions {
@@ -55,13 +57,22 @@ pub fn run(endpoint: &Endpoint, opts: RunOptions) -> Result<i32, RunError> {
         ),
         None => None,
     };
+    let mask = match endpoint.call(&Request::Status)? {
+        Response::Status(s) => s
+            .containers
+            .docker
+            .map(|d| DockerMask::new(&d.listen, &d.engine))
+            .transpose()?
+            .flatten(),
+        _ => return Err(RunError::Unexpected),
+    };
     let job = match endpoint.call(&Request::CreateJob {
         token: opts.token.clone(),
     })? {
         Response::Job(job) => job,
         _ => return Err(RunError::Unexpected),
     };
-    let result = run_in_job(&job, user, &opts.command);
+    let result = run_in_job(&job, user, &opts.command, mask);
     // End the job whatever happened: leftovers are killed and the cgroup removed.
     if let Err(e) = endpoint.call(&Request::EndJob {
         job_id: Some(job.id.clone()),
@@ -72,10 +83,56 @@ pub fn run(endpoint: &Endpoint, opts: RunOptions) -> Result<i32, RunError> {
     result
 }
 
+/// The gateway's Docker socket, mounted over the engine's in the job's mount namespace: the
+/// job's Docker clients reach the gateway at the usual path, and the engine's socket is out of
+/// the job's reach (symbolic links to it resolve to the mount too).
+struct DockerMask {
+    gateway: std::ffi::CString,
+    engine: std::ffi::CString,
+}
+
+impl DockerMask {
+    /// `None` when the engine's socket does not exist (nothing to reach).
+    fn new(gateway: &str, engine: &str) -> Result<Option<DockerMask>, RunError> {
+        let cstr =
+            |s: &str| std::ffi::CString::new(s).map_err(|_| RunError::DockerMask(format!("{s:?}")));
+        match std::fs::symlink_metadata(engine) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => Ok(Some(DockerMask {
+                gateway: cstr(gateway)?,
+                engine: cstr(engine)?,
+            })),
+        }
+    }
+
+    /// In the forked child, as root: a mount namespace of its own (mounts of the host still
+    /// propagate in, none out), the gateway's socket over the engine's.
+    fn apply(&self) -> std::io::Result<()> {
+        use nix::mount::{MsFlags, mount};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )?;
+        mount(
+            Some(self.gateway.as_c_str()),
+            self.engine.as_c_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        Ok(())
+    }
+}
+
 fn run_in_job(
     job: &JobRecord,
     user: Option<nix::unistd::User>,
     command: &[OsString],
+    mask: Option<DockerMask>,
 ) -> Result<i32, RunError> {
     let procs_path = format!("{}/cgroup.procs", job.cgroup_path);
     // Opened here, as root: since Linux 5.16 the migration permission check uses the opener's
@@ -105,8 +162,8 @@ fn run_in_job(
         let switch_to = user.as_ref().map(|u| (u.uid.as_raw(), u.gid.as_raw()));
         let root = nix::unistd::geteuid().is_root();
         // SAFETY: the closure runs in the forked child before exec and only makes system calls
-        // (write, prctl, setgroups, setgid, setuid), which are async-signal-safe, on a descriptor
-        // opened before the fork; nothing allocates.
+        // (write, prctl, unshare, mount, setgroups, setgid, setuid), which are async-signal-safe,
+        // on a descriptor and strings made before the fork; nothing allocates.
         unsafe {
             cmd.pre_exec(move || {
                 let written = libc::write(procs_fd, b"0".as_ptr().cast(), 1);
@@ -115,6 +172,9 @@ fn run_in_job(
                 }
                 if root {
                     confine::restrict_socket_families()?;
+                }
+                if let Some(m) = &mask {
+                    m.apply()?;
                 }
                 match switch_to {
                     Some((uid, gid)) => confine::switch_user(uid, gid),

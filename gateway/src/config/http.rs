@@ -50,6 +50,9 @@ pub struct HttpSettings {
     /// Largest request header block accepted, and most headers.
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// How long a client may take over its TLS handshake, and over each HTTP/1.1 request's
+    /// headers (slow-header clients hold a connection of the job's limit, no more).
+    pub header_timeout: std::time::Duration,
 }
 
 impl HttpSettings {
@@ -69,6 +72,7 @@ impl HttpSettings {
             body_sample: 4096,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
+            header_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -91,6 +95,7 @@ pub(super) struct RawHttp {
     body_sample: Option<S<i64>>,
     max_header_bytes: Option<S<i64>>,
     max_headers: Option<S<i64>>,
+    header_timeout: Option<S<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -214,6 +219,11 @@ impl Validator<'_> {
             out.max_header_bytes,
         );
         out.max_headers = count(raw.max_headers, "max_headers", 8, out.max_headers);
+        out.header_timeout = self.duration(
+            raw.header_timeout,
+            &format!("{key}.header_timeout"),
+            out.header_timeout,
+        );
         out
     }
 

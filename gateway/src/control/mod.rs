@@ -118,6 +118,31 @@ pub struct Status {
     pub issuers: Vec<IssuerStatus>,
     #[serde(default)]
     pub recording: RecordingStatus,
+    #[serde(default)]
+    pub containers: ContainersStatus,
+}
+
+/// Jobs in containers and Docker through the gateway.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ContainersStatus {
+    /// Job network namespaces the daemon listens in now.
+    pub netns_listeners: usize,
+    /// Why the last job namespace could not be listened in, if one could not.
+    #[serde(default)]
+    pub netns_error: Option<String>,
+    /// `[docker]`, when the gateway serves the Docker API.
+    #[serde(default)]
+    pub docker: Option<DockerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DockerStatus {
+    /// The engine's socket (what jobs must not reach directly).
+    pub engine: String,
+    /// The gateway's socket.
+    pub listen: String,
+    /// How jobs' Docker clients reach the gateway instead of the engine, per kind of job.
+    pub interception: Vec<String>,
 }
 
 /// Whether sessions can be recorded (a gateway that cannot record refuses them).

@@ -93,12 +93,12 @@ fn peer_pidfd(socket: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
 /// accepted (a process started after cannot be the one that connected), checked before and after
 /// reading.
 fn cgroup_of_pid_started_before(pid: u32, accepted_at_ns: u64) -> Result<String, String> {
-    let started = crate::intercept::process::start_time_ns(pid).ok_or(EXITED)?;
+    let started = crate::procfs::start_time_ns(pid).ok_or(EXITED)?;
     if started > accepted_at_ns {
         return Err(EXITED.into());
     }
     let cgroup = cgroup::process_cgroup(pid);
-    if crate::intercept::process::start_time_ns(pid) != Some(started) {
+    if crate::procfs::start_time_ns(pid) != Some(started) {
         return Err(EXITED.into());
     }
     cgroup.ok_or_else(|| "cannot read the caller's cgroup".into())

@@ -12,7 +12,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{
     AF_INET, EVENT_BIND, EVENT_CONNECT, EVENT_KERNEL_CLOSE, EVENT_KERNEL_CONNECT,
-    EVENT_KERNEL_DENIED, EVENT_LIMIT, EVENT_LISTENER, EVENT_SOCKET, EVENT_UDP, Event,
+    EVENT_KERNEL_DENIED, EVENT_LIMIT, EVENT_LISTENER, EVENT_NETNS, EVENT_SOCKET, EVENT_UDP, Event,
     LIMIT_NO_DAEMON, LIMIT_NO_RECORD, LIMIT_OPEN, LIMIT_PENDING, LIMIT_RING_FULL, LIMIT_TOTAL,
     LIMIT_UNREAD, MAX_PENDING,
 };
@@ -145,6 +145,10 @@ pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, servic
 }
 
 fn record(event: &Event, services: &Services) {
+    if event.kind == EVENT_NETNS {
+        // Not a refusal: a connect waits for a listener in its namespace.
+        return services.netns.request(event.pid, event.netns_cookie);
+    }
     if event.kind == EVENT_KERNEL_DENIED {
         let session = kernel_path::denied(event, services);
         tracing::info!(pid = event.pid, destination = %session.destination, "{}", session.reason.as_deref().unwrap_or("refused"));
@@ -226,6 +230,8 @@ fn record(event: &Event, services: &Services) {
         cmdline_cut: false,
         verified: false,
         cgroup_id: event.cgroup_id,
+        container: None,
+        ancestry: Vec::new(),
     };
     tracing::info!(pid = p.pid, comm = %p.comm, protocol, %destination, decision, "{reason}");
     let session = NewSession {

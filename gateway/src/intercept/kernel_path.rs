@@ -56,9 +56,12 @@ impl OpenSessions {
             .as_ref()
             .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
         let target = services.target_configs.get(event.detail as usize);
-        let process = services
+        let mut process = services
             .processes
             .describe(&info, |pid| services.exec_starts.last(pid));
+        if let Some(job) = job.as_ref().filter(|_| process.verified) {
+            super::who_ran_it(&mut process, job, services).await;
+        }
         // The grants were compiled from these rules: this names the rule that allowed it.
         let (rule, reason) = match target
             .map(|t| services.policy.decide_connection(&identity, &t.name))
@@ -195,6 +198,7 @@ fn conn_info(event: &Event) -> ConnInfo {
         comm: event.comm,
         job_slot: event.job_slot,
         _pad2: 0,
+        netns_cookie: event.netns_cookie,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod kernel_path;
+pub mod netns;
 pub mod process;
 
 use crate::record::EventKind;
@@ -25,7 +26,7 @@ use crate::{
     identity::Identity,
     jobs::{ConnectionSlot, Jobs},
     policy::{Decision, Policy},
-    protocol::{http, postgres, spares::Spares, ssh, tcp},
+    protocol::{docker, http, postgres, spares::Spares, ssh, tcp},
     record::{NewSession, Origin, ProcessInfo, SessionEnd, SessionKind, SessionPath, Store, now},
     targets::TargetSet,
 };
@@ -55,15 +56,27 @@ pub struct Services {
     pub postgres: postgres::Services,
     pub ssh: ssh::Services,
     pub http: http::Services,
+    /// The listeners in job network namespaces.
+    pub netns: Arc<netns::Namespaces>,
+    /// The cgroup v2 root (job cgroups are paths below it).
+    pub cgroup_root: std::path::PathBuf,
+    /// Which container a process runs in, for the record.
+    pub containers: Arc<docker::containers::Containers>,
 }
 
-pub async fn accept_loop(listener: TcpListener, services: Arc<Services>) {
+/// Serves a listener in the network namespace `netns_cookie` until `stop` (or shutdown).
+pub async fn accept_loop(
+    listener: TcpListener,
+    netns_cookie: u64,
+    stop: CancellationToken,
+    services: Arc<Services>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let gw2 = services.clone();
-                    services.sessions.spawn(async move { handle(stream, peer, gw2).await });
+                    services.sessions.spawn(async move { handle(stream, peer, netns_cookie, gw2).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -72,6 +85,7 @@ pub async fn accept_loop(listener: TcpListener, services: Arc<Services>) {
                 }
             },
             () = services.shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -95,9 +109,9 @@ pub fn address(bytes: &[u8; 16], v4: bool) -> IpAddr {
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, services: Arc<Services>) {
+async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services: Arc<Services>) {
     let started_at = now();
-    let Some(info) = services.connections.take(peer) else {
+    let Some(info) = services.connections.take(peer, netns_cookie) else {
         return anomaly(client, peer, &services, started_at).await;
     };
     let dst = destination(&info);
@@ -179,9 +193,12 @@ async fn handle(client: TcpStream, peer: SocketAddr, services: Arc<Services>) {
     // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
     // cannot record does not serve. Opening the upstream connection overlaps with the recording.
     let record = async {
-        let process = services
+        let mut process = services
             .processes
             .describe(&info, |pid| services.exec_starts.last(pid));
+        if let Some(job) = job.as_ref().filter(|_| process.verified) {
+            who_ran_it(&mut process, job, &services).await;
+        }
         let session = NewSession {
             kind: SessionKind::Proxied,
             job_id: job.as_ref().map(|j| j.id.clone()),
@@ -260,6 +277,21 @@ async fn handle(client: TcpStream, peer: SocketAddr, services: Arc<Services>) {
             tcp::reset(client);
         }
     }
+}
+
+/// The container the process runs in and the processes above it in its job, for a process that
+/// is provably the one that connected.
+async fn who_ran_it(process: &mut ProcessInfo, job: &crate::jobs::Job, services: &Services) {
+    let Ok(scope) = job.cgroup_path.strip_prefix(&services.cgroup_root) else {
+        return;
+    };
+    let scope = format!("/{}", scope.display());
+    let pid = process.pid;
+    let Some(cgroup) = crate::cgroup::process_cgroup(pid) else {
+        return;
+    };
+    process.ancestry = process::ancestry(pid, &scope);
+    process.container = services.containers.describe(&cgroup, &scope).await;
 }
 
 /// The `upstream_connected` event (`preconnected` only said when a spare was used).

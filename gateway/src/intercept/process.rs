@@ -2,11 +2,16 @@
 //! still alive and provably the one that connected.
 
 use parking_lot::Mutex;
-use std::{collections::HashMap, fs};
+use std::collections::HashMap;
 
 use gateway_common::ConnInfo;
 
-use crate::record::ProcessInfo;
+use crate::{
+    procfs::{cmdline_of, exe_of},
+    record::ProcessInfo,
+};
+
+pub use crate::procfs::{CMDLINE_MAX, ancestry, start_time_ns};
 
 /// What /proc said about recent processes: a process that opens many connections (a connection
 /// pool, a benchmark) has its command line read once. Keyed by what identifies one program image
@@ -20,11 +25,7 @@ pub struct ProcessCache {
 }
 
 /// A command line as stored: the arguments, and whether they were cut at [`CMDLINE_MAX`] bytes.
-type Cmdline = (Vec<String>, bool);
-
-/// Bytes of /proc/PID/cmdline kept per session (and per cache entry): a job chooses its
-/// arguments, and megabytes of them in every session row would be its to spend.
-pub const CMDLINE_MAX: usize = 4096;
+type Cmdline = crate::procfs::Cmdline;
 
 /// (pid, start time, last exec, exe, comm).
 type ImageKey = (u32, u64, u64, String, String);
@@ -98,33 +99,9 @@ pub fn captured(info: &ConnInfo) -> ProcessInfo {
         cmdline_cut: false,
         verified: false,
         cgroup_id: info.cgroup_id,
+        container: None,
+        ancestry: Vec::new(),
     }
-}
-
-/// The first [`CMDLINE_MAX`] bytes of the command line, and whether there was more.
-fn cmdline_of(pid: u32) -> Option<Cmdline> {
-    use std::io::Read as _;
-    let file = fs::File::open(format!("/proc/{pid}/cmdline")).ok()?;
-    let mut raw = Vec::with_capacity(CMDLINE_MAX + 1);
-    file.take(CMDLINE_MAX as u64 + 1)
-        .read_to_end(&mut raw)
-        .ok()?;
-    let cut = raw.len() > CMDLINE_MAX;
-    raw.truncate(CMDLINE_MAX);
-    Some((split_args(&raw), cut))
-}
-
-fn split_args(raw: &[u8]) -> Vec<String> {
-    raw.split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
-fn exe_of(pid: u32) -> Option<String> {
-    fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|e| e.display().to_string())
 }
 
 pub fn comm(raw: &[u8; 16]) -> String {
@@ -132,64 +109,9 @@ pub fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..len]).into_owned()
 }
 
-/// Start time of a process in nanoseconds since boot (field 22 of /proc/PID/stat, in clock ticks).
-pub fn start_time_ns(pid: u32) -> Option<u64> {
-    use std::io::Read as _;
-    // One read() (it runs for every accepted connection): the file is generated whole on the
-    // first read and is far shorter than the buffer. `read_to_string` would add a statx and
-    // several growing reads.
-    let mut buf = [0u8; 2048];
-    let n = fs::File::open(format!("/proc/{pid}/stat"))
-        .ok()?
-        .read(&mut buf)
-        .ok()?;
-    let stat = buf.get(..n).filter(|_| n < buf.len())?;
-    // The command name (field 2) may contain spaces, parentheses and bytes that are not UTF-8:
-    // skip past the last ')'.
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let after_comm = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    // Fields from 3 on; starttime is field 22 → index 19 here.
-    let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()? as u64;
-    Some(ticks.saturating_mul(1_000_000_000 / hz.max(1)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_long_command_line_is_cut_and_says_so() {
-        // A process of our own with one argument far over the cap (a number sleep accepts: 0).
-        let long = "0".repeat(3 * CMDLINE_MAX);
-        let mut child = std::process::Command::new("sleep")
-            .args(["10", &long])
-            .spawn()
-            .unwrap();
-        // Until the child has exec'd (before, /proc shows this test's command line).
-        let mut read = None;
-        for _ in 0..500 {
-            read = cmdline_of(child.id());
-            if read
-                .as_ref()
-                .is_some_and(|(args, _)| args.first().is_some_and(|a| a == "sleep"))
-            {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let (args, cut) = read.unwrap();
-        assert!(cut);
-        assert_eq!(args[0], "sleep");
-        assert_eq!(args.join("\0").len(), CMDLINE_MAX);
-        // One that fits is whole.
-        let (args, cut) = cmdline_of(std::process::id()).unwrap();
-        assert!(!cut && !args.is_empty());
-    }
 
     /// No exec since the process first connected.
     fn no_exec(_pid: u32) -> Option<u64> {
@@ -215,6 +137,7 @@ mod tests {
             comm: *b"test\0\0\0\0\0\0\0\0\0\0\0\0",
             job_slot: 1,
             _pad2: 0,
+            netns_cookie: 1,
         }
     }
 
@@ -230,7 +153,7 @@ mod tests {
         assert!(p.verified);
         assert_eq!(
             p.exe.as_deref(),
-            fs::read_link("/proc/self/exe")
+            std::fs::read_link("/proc/self/exe")
                 .ok()
                 .map(|e| e.display().to_string())
                 .as_deref()

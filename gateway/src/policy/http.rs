@@ -196,6 +196,7 @@ mod tests {
             reason: None,
             ssh: None,
             sql: None,
+            docker: None,
             http,
             approvers: Vec::new(),
             quorum: 1,

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::{
     address::AddressSpec,
+    dockerapi::OperationKind as DockerOperationKind,
     sql::{CopyEndpoint, StatementKind},
 };
 
@@ -98,6 +99,9 @@ pub struct Rule {
     pub ssh: Option<SshCondition>,
     /// `[rules.sql]`: the rule is about statements, not connections (see `policy`).
     pub sql: Option<SqlCondition>,
+    /// `[rules.docker]`: the rule is about Docker API requests (see `policy::docker`), and
+    /// nothing else.
+    pub docker: Option<DockerCondition>,
     /// `[rules.http]`: the rule is about HTTP requests, not connections (see `policy`).
     pub http: Option<HttpCondition>,
     /// `require_approval`: approver groups (`[[approvers]]` names) that may decide.
@@ -191,4 +195,30 @@ pub struct SqlCondition {
     pub unbounded: bool,
     /// COPY to or from these endpoints (`client`, `file`, `program`).
     pub copy: Vec<CopyEndpoint>,
+}
+
+/// `[rules.docker]`: which Docker API requests a rule is about. An allow rule matches a request
+/// whose every privilege it lists; a deny rule one that asks for any privilege it lists (or, with
+/// no privilege lists, any request of its operations and images).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DockerCondition {
+    /// Empty: every operation except those that need a rule naming them (pull, tag, load, …).
+    pub operations: Vec<DockerOperationKind>,
+    /// Globs over the image a container is created from (or pulled).
+    pub images: Vec<String>,
+    /// Privileges by name (`privileged`, `host_network`, `devices`, …).
+    pub privileges: Vec<String>,
+    /// Capabilities beyond Docker's default set, without `CAP_` (`NET_ADMIN`).
+    pub capabilities: Vec<String>,
+    /// Globs over host paths (as the gateway resolved them) that may be bind-mounted.
+    pub bind_sources: Vec<String>,
+}
+
+impl DockerCondition {
+    /// Whether the condition says anything about privileges.
+    pub fn names_privileges(&self) -> bool {
+        !self.privileges.is_empty()
+            || !self.capabilities.is_empty()
+            || !self.bind_sources.is_empty()
+    }
 }

@@ -88,7 +88,7 @@ impl fmt::Display for SshOperation<'_> {
 impl Policy {
     /// May `identity` do `op` on SSH target `target`?
     pub fn decide_ssh(&self, identity: &Identity, target: &str, op: &SshOperation<'_>) -> Decision {
-        for rule in &self.rules {
+        for rule in self.rules.iter().filter(|r| r.docker.is_none()) {
             let matches = match &rule.ssh {
                 None => Match::Yes,
                 Some(c) => condition_matches(c, rule, op),

@@ -1,6 +1,7 @@
 //! Protocol handlers: each turns bytes into typed operations and back. They ask policy; they never
 //! decide.
 
+pub mod docker;
 pub mod http;
 pub mod postgres;
 mod source_ports;

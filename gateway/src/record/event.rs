@@ -114,6 +114,11 @@ kinds! {
     WebhookFailed = "webhook_failed",
     /// What a job (or no job) went over its recording budgets by in one second.
     Suppressed = "suppressed",
+    /// A Docker API request: what it asks for (image, command, mounts, privileges) and the
+    /// decision, recorded before it is forwarded.
+    DockerRequest = "docker_request",
+    /// The engine's answer to a Docker API request (status, the container created).
+    DockerResult = "docker_result",
 }
 
 impl std::fmt::Display for EventKind {

@@ -128,7 +128,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN cmdline_cut INTEGER NOT NULL DEFAULT 0;
     "#,
-    // 7: how a connection to a target travelled (proxy | kernel; NULL for other records), and
+    // 7: the container a session's process ran in and its ancestry inside the job (JSON).
+    r#"
+    ALTER TABLE sessions ADD COLUMN container TEXT;
+    ALTER TABLE sessions ADD COLUMN ancestry TEXT;
+    "#,
+    // 8: how a connection to a target travelled (proxy | kernel; NULL for other records), and
     // the socket cookie a kernel-path session's end is recorded under.
     r#"
     ALTER TABLE sessions ADD COLUMN path TEXT;

@@ -105,7 +105,28 @@ pub struct ProcessInfo {
     /// /proc data belongs to the connecting process (start time checked against the connect).
     pub verified: bool,
     pub cgroup_id: u64,
+    /// The container the process runs in, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerInfo>,
+    /// The processes above it inside its job (or its container), the job's first process first,
+    /// as /proc showed them when the connection was accepted (only for a verified process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
 }
+
+/// A container a process runs in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// From the process's cgroup (a name the job could also give a cgroup of its own).
+    pub id: String,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    /// The container engine confirmed that a container of this id runs in this cgroup of the
+    /// job (name and image are the engine's).
+    pub verified: bool,
+}
+
+pub use crate::procfs::Ancestor;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewSession {
@@ -503,6 +524,13 @@ impl Store {
                             verified: r.get("process_verified")?,
                             cgroup_id: r.get::<_, Option<i64>>("cgroup_id")?.unwrap_or_default()
                                 as u64,
+                            container: r
+                                .get::<_, Option<String>>("container")?
+                                .and_then(|c| serde_json::from_str(&c).ok()),
+                            ancestry: r
+                                .get::<_, Option<String>>("ancestry")?
+                                .and_then(|a| serde_json::from_str(&a).ok())
+                                .unwrap_or_default(),
                         }),
                     };
                     Ok(SessionRecord {
@@ -615,9 +643,9 @@ fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), Stor
     conn.prepare_cached(
         "INSERT INTO sessions (id, kind, job_id, target, protocol, destination, pid, tid, uid, gid,
             comm, exe, cmdline, process_verified, cgroup_id, issuer, identity, claims, decision,
-            rule, reason, started_at, ended_at, cmdline_cut, path, cookie)
+            rule, reason, started_at, ended_at, cmdline_cut, path, cookie, container, ancestry)
          VALUES (?23, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?24, ?25, ?26)",
+            ?18, ?19, ?20, ?21, ?22, ?24, ?25, ?26, ?27, ?28)",
     )?
     .execute(params![
         s.kind.as_str(),
@@ -648,6 +676,12 @@ fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), Stor
         p.is_some_and(|p| p.cmdline_cut),
         s.path.map(SessionPath::as_str),
         s.cookie.map(|c| c as i64),
+        p.and_then(|p| p.container.as_ref())
+            .map(serde_json::to_string)
+            .transpose()?,
+        p.filter(|p| !p.ancestry.is_empty())
+            .map(|p| serde_json::to_string(&p.ancestry))
+            .transpose()?,
     ])?;
     Ok(())
 }

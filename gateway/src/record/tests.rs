@@ -27,6 +27,19 @@ fn session(destination: &str) -> NewSession {
             cmdline_cut: true,
             verified: true,
             cgroup_id: 7,
+            container: Some(crate::record::ContainerInfo {
+                id: "c0ffee".into(),
+                name: Some("job-db".into()),
+                image: Some("debian:12".into()),
+                verified: true,
+            }),
+            ancestry: vec![crate::record::Ancestor {
+                pid: 40,
+                comm: "bash".into(),
+                exe: Some("/usr/bin/bash".into()),
+                cmdline: Some(vec!["bash".into(), "-c".into(), "psql".into()]),
+                cmdline_cut: false,
+            }],
         }),
         identity: Identity::unauthenticated(),
         decision: "allow".into(),
@@ -79,6 +92,8 @@ async fn sessions_and_events_round_trip_and_survive_reopening() {
         "db"
     );
     assert!(shown.process.as_ref().unwrap().cmdline_cut);
+    // Container and ancestry come back as recorded.
+    assert_eq!(shown.process, session("10.0.0.1:5432").process);
     assert_eq!(shown.events.len(), 1);
     assert_eq!(shown.events[0].detail["sql"], "select 1");
     assert!(matches!(

@@ -56,8 +56,6 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies in both directions.
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-/// How long a client may take to send a request's headers, and its TLS handshake.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Streams one HTTP/2 connection may have open at once.
 const MAX_STREAMS: u32 = 100;
 /// How long open requests may finish when the gateway stops.
@@ -144,7 +142,7 @@ pub async fn serve(client: TcpStream, upstream: TcpStream, s: Session<'_>) -> Se
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(settings.header_timeout)
         .max_headers(settings.max_headers)
         .max_buf_size(settings.max_header_bytes.max(8192));
     builder
@@ -280,7 +278,7 @@ async fn accept_tls(
         }
     };
     let accepted = tokio::time::timeout(
-        HEADER_TIMEOUT,
+        s.target.http.header_timeout,
         tokio_rustls::TlsAcceptor::from(config).accept(client),
     )
     .await;
