@@ -89,7 +89,9 @@ async fn handle(mut stream: UnixStream, ctx: Arc<Context>) {
     // refusal at once, and nothing it sent is parsed (or waited for).
     let uid = match authorize(&stream, &ctx, accepted_at) {
         Ok(uid) => uid,
-        Err(message) => return respond(stream, &Response::Error { message }).await,
+        // Answered and closed without a shutdown first: what the caller sent stays unread, and
+        // it sees a reset after the answer, never an end of stream as if it had been read.
+        Err(message) => return write_response(&mut stream, &Response::Error { message }).await,
     };
     let response = match read_request(&mut stream).await {
         Err(message) => Response::Error { message },
@@ -102,12 +104,16 @@ async fn handle(mut stream: UnixStream, ctx: Arc<Context>) {
 }
 
 async fn respond(mut stream: UnixStream, response: &Response) {
+    write_response(&mut stream, response).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn write_response(stream: &mut UnixStream, response: &Response) {
     let mut line = serde_json::to_vec(response).unwrap_or_else(|e| {
         format!("{{\"result\":\"error\",\"message\":\"cannot encode response: {e}\"}}").into_bytes()
     });
     line.push(b'\n');
     let _ = stream.write_all(&line).await;
-    let _ = stream.shutdown().await;
 }
 
 async fn read_request(read: impl tokio::io::AsyncRead + Unpin) -> Result<Request, String> {
