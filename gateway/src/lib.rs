@@ -26,6 +26,7 @@ pub mod random;
 pub mod record;
 pub mod shell;
 pub mod sql;
+pub mod strict_json;
 pub mod targets;
 pub mod time;
 pub mod tls_ca;

@@ -171,7 +171,7 @@ fn bodies_that_read_one_way_here_and_another_in_the_engine_are_refused() {
         // Exact duplicates.
         (
             r#"{"Image":"x","HostConfig":{"Privileged":false,"Privileged":true}}"#,
-            "duplicate",
+            "twice",
         ),
         // Unicode folding: U+017F (long s) matches "s", U+212A (Kelvin) matches "k" in Go.
         (

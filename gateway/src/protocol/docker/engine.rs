@@ -102,6 +102,18 @@ impl Engine {
     }
 
     /// A question of the gateway's own (not the job's): status and JSON answer.
+    /// A GET of something the engine may not know: `None` for 404, an error for other failures.
+    async fn look_up(&self, path: &str) -> Result<Option<Value>, EngineError> {
+        let (status, v) = self.ask("GET", path, None).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(EngineError::Answer(message(status, &v)));
+        }
+        Ok(Some(v))
+    }
+
     async fn ask(
         &self,
         method: &str,
@@ -140,19 +152,12 @@ impl Engine {
 
     /// A container by id, id prefix or name; `None` when the engine knows none.
     pub async fn container(&self, reference: &str) -> Result<Option<Container>, EngineError> {
-        let (status, v) = self
-            .ask(
-                "GET",
-                &format!("/containers/{}/json", segment(reference)),
-                None,
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND {
+        let Some(v) = self
+            .look_up(&format!("/containers/{}/json", segment(reference)))
+            .await?
+        else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(EngineError::Answer(message(status, &v)));
-        }
+        };
         Ok(Some(Container {
             id: text(&v["Id"]),
             name: text(&v["Name"]).trim_start_matches('/').to_string(),
@@ -164,28 +169,22 @@ impl Engine {
 
     /// The container an exec belongs to.
     pub async fn exec_container(&self, exec: &str) -> Result<Option<String>, EngineError> {
-        let (status, v) = self
-            .ask("GET", &format!("/exec/{}/json", segment(exec)), None)
-            .await?;
-        if status == StatusCode::NOT_FOUND {
+        let Some(v) = self
+            .look_up(&format!("/exec/{}/json", segment(exec)))
+            .await?
+        else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(EngineError::Answer(message(status, &v)));
-        }
+        };
         Ok(Some(text(&v["ContainerID"])).filter(|c| !c.is_empty()))
     }
 
     pub async fn network(&self, reference: &str) -> Result<Option<Labelled>, EngineError> {
-        let (status, v) = self
-            .ask("GET", &format!("/networks/{}", segment(reference)), None)
-            .await?;
-        if status == StatusCode::NOT_FOUND {
+        let Some(v) = self
+            .look_up(&format!("/networks/{}", segment(reference)))
+            .await?
+        else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(EngineError::Answer(message(status, &v)));
-        }
+        };
         Ok(Some(Labelled {
             id: text(&v["Id"]),
             name: text(&v["Name"]),
@@ -194,15 +193,9 @@ impl Engine {
     }
 
     pub async fn volume(&self, name: &str) -> Result<Option<Labelled>, EngineError> {
-        let (status, v) = self
-            .ask("GET", &format!("/volumes/{}", segment(name)), None)
-            .await?;
-        if status == StatusCode::NOT_FOUND {
+        let Some(v) = self.look_up(&format!("/volumes/{}", segment(name))).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(EngineError::Answer(message(status, &v)));
-        }
+        };
         Ok(Some(Labelled {
             id: text(&v["Name"]),
             name: text(&v["Name"]),

@@ -266,6 +266,19 @@ impl ResponseBody {
 
     /// The masking failed mid-body: the body ends with an error, so that the job's client sees
     /// a truncated body (HTTP/2 stream reset, HTTP/1.1 connection closed before the end).
+    /// The upstream's body is over: what the filters still hold goes out, then the end.
+    fn upstream_ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.upstream_done = true;
+        match self.filters.finish() {
+            Ok(rest) if !rest.is_empty() => self.send(rest),
+            Ok(_) => {
+                self.end(Ending::Complete);
+                Poll::Ready(None)
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.upstream_done = true;
         self.masking_error = Some(e.to_string());
@@ -311,30 +324,12 @@ impl HttpBody for ResponseBody {
             return Poll::Ready(None);
         }
         if this.inner.is_end_stream() {
-            this.upstream_done = true;
-            return match this.filters.finish() {
-                Ok(rest) if !rest.is_empty() => this.send(rest),
-                Ok(_) => {
-                    this.end(Ending::Complete);
-                    Poll::Ready(None)
-                }
-                Err(e) => this.fail(e),
-            };
+            return this.upstream_ended();
         }
         loop {
             let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
             match frame {
-                None => {
-                    this.upstream_done = true;
-                    return match this.filters.finish() {
-                        Ok(rest) if !rest.is_empty() => this.send(rest),
-                        Ok(_) => {
-                            this.end(Ending::Complete);
-                            Poll::Ready(None)
-                        }
-                        Err(e) => this.fail(e),
-                    };
-                }
+                None => return this.upstream_ended(),
                 Some(Err(e)) => {
                     this.end(Ending::UpstreamError);
                     return Poll::Ready(Some(Err(e.into())));

@@ -7,13 +7,7 @@
 //! must be a request or notification (`method` a string) or a response (`id` and `result` or
 //! `error`); a `tools/call` must name its tool (`params.name` a string).
 
-use std::{collections::HashSet, fmt};
-
 use http::StatusCode;
-use serde::{
-    Deserialize, Deserializer,
-    de::{self, MapAccess, SeqAccess, Visitor},
-};
 use serde_json::{Map, Value};
 
 use super::request::Refusal;
@@ -44,14 +38,14 @@ impl Calls {
 /// Reads a POST body: `Ok(None)` when it is empty, the messages when it is JSON-RPC, a refusal
 /// (400) otherwise.
 pub(super) fn read(body: &[u8]) -> Result<Option<Calls>, Refusal> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let Strict(value) = serde_json::from_slice(body).map_err(|e| {
+    let parsed = crate::strict_json::parse(body).map_err(|e| {
         bad(format!(
             "the body is not JSON the gateway can read one way only ({e}); the target's rules are about JSON-RPC messages"
         ))
     })?;
+    let Some(value) = parsed else {
+        return Ok(None);
+    };
     let items = match value {
         Value::Array(items) if items.is_empty() => return Err(bad("an empty JSON-RPC batch")),
         Value::Array(items) => items,
@@ -113,74 +107,6 @@ fn bad(detail: impl Into<String>) -> Refusal {
         status: StatusCode::BAD_REQUEST,
         title: "Request refused by the gateway",
         detail: detail.into(),
-    }
-}
-
-/// A JSON value whose objects have no key twice.
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut seen = HashSet::new();
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
-                return Err(de::Error::custom(format!("the key {key:?} appears twice")));
-            }
-            let Strict(v) = map.next_value()?;
-            out.insert(key, v);
-        }
-        Ok(Value::Object(out))
     }
 }
 
