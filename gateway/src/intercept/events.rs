@@ -21,13 +21,16 @@ use tokio::io::unix::AsyncFd;
 use super::Services;
 use super::{address, kernel_path, process};
 use crate::ebpf::Liveness;
-use crate::{
-    identity::Identity,
-    record::{NewSession, ProcessInfo, SessionKind, SessionPath, now},
-};
+use crate::record::{NewSession, ProcessInfo, SessionKind, SessionPath, now};
+
+/// Events read but not stored yet. A storing task that falls this far behind stops the reader,
+/// and with it the kernel path's lease: connects are refused rather than left unrecorded.
+const UNSTORED_EVENTS: usize = 4096;
 
 /// Reads the ring buffer until shutdown, and keeps the kernel path open while it does: the
-/// deadline moves `lease` ahead several times per lease.
+/// deadline moves `lease` ahead several times per lease. Storing (process and container
+/// lookups, the store's writes) runs in a task of its own, so a slow lookup does not hold the
+/// lease back; only a storing task stuck for a whole queue of events does.
 pub async fn read_loop(
     ring: RingBuf<MapData>,
     mut liveness: Liveness,
@@ -43,10 +46,11 @@ pub async fn read_loop(
             return;
         }
     };
-    let mut open = kernel_path::OpenSessions::load(&services).await;
+    let (unstored, to_store) = tokio::sync::mpsc::channel(UNSTORED_EVENTS);
+    let storing = tokio::spawn(store_loop(to_store, services.clone()));
     let mut refresh = tokio::time::interval((lease / 4).min(Duration::from_millis(250)));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    'reading: loop {
         let mut guard = tokio::select! {
             g = ring.readable_mut() => match g {
                 Ok(g) => g,
@@ -73,17 +77,14 @@ pub async fn read_loop(
         }
         guard.clear_ready();
         for event in batch {
-            match event.kind {
-                // Counted read once handed to the store: a job that ends waits for that.
-                EVENT_KERNEL_CONNECT => {
-                    open.connected(&event, &services).await;
-                    services.recorder.job_states.count_read(event.job_slot);
-                }
-                EVENT_KERNEL_CLOSE => {
-                    open.closed(&event, &services);
-                    services.recorder.job_states.count_read(event.job_slot);
-                }
-                _ => record(&event, &services),
+            if event.kind == EVENT_NETNS {
+                // Not a refusal and not stored: a connect waits for a listener in its namespace.
+                services.netns.request(event.pid, event.netns_cookie);
+            } else if unstored.send(event).await.is_err() {
+                tracing::error!(
+                    "the kernel event storing task ended; kernel events are not recorded"
+                );
+                break 'reading;
             }
         }
     }
@@ -91,6 +92,30 @@ pub async fn read_loop(
     // (what it let through until then waits in the ring buffer for the next daemon).
     if let Err(e) = liveness.stop() {
         tracing::error!(error = %e, "cannot close the kernel path");
+    }
+    // What was read is stored before the daemon goes.
+    drop(unstored);
+    if let Err(e) = storing.await {
+        tracing::error!(error = %e, "the kernel event storing task failed");
+    }
+}
+
+/// Stores the events the reader hands over, in the order the kernel wrote them.
+async fn store_loop(mut to_store: tokio::sync::mpsc::Receiver<Event>, services: Arc<Services>) {
+    let mut open = kernel_path::OpenSessions::load(&services).await;
+    while let Some(event) = to_store.recv().await {
+        match event.kind {
+            // Counted read once handed to the store: a job that ends waits for that.
+            EVENT_KERNEL_CONNECT => {
+                open.connected(&event, &services).await;
+                services.recorder.job_states.count_read(event.job_slot);
+            }
+            EVENT_KERNEL_CLOSE => {
+                open.closed(&event, &services);
+                services.recorder.job_states.count_read(event.job_slot);
+            }
+            _ => record(&event, &services),
+        }
     }
 }
 
@@ -145,23 +170,13 @@ pub async fn log_loop(logger: aya_log::EbpfLogger<&'static dyn log::Log>, servic
 }
 
 fn record(event: &Event, services: &Services) {
-    if event.kind == EVENT_NETNS {
-        // Not a refusal: a connect waits for a listener in its namespace.
-        return services.netns.request(event.pid, event.netns_cookie);
-    }
     if event.kind == EVENT_KERNEL_DENIED {
         let session = kernel_path::denied(event, services);
         tracing::info!(pid = event.pid, destination = %session.destination, "{}", session.reason.as_deref().unwrap_or("refused"));
         services.store.record_session(session);
         return;
     }
-    let job = services
-        .jobs
-        .by_slot(event.job_slot)
-        .or_else(|| services.jobs.for_cgroup(event.cgroup_id));
-    let identity = job
-        .as_ref()
-        .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
+    let (job, identity) = kernel_path::job_of(event, services);
     let dst = SocketAddr::new(address(&event.addr, event.family == AF_INET), event.port);
     let (protocol, destination, reason) = match event.kind {
         EVENT_CONNECT => ("tcp", dst.to_string(), format!("{dst} is not a target")),

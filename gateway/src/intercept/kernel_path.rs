@@ -10,7 +10,7 @@
 //! goes out (there is no gateway in the path to hold it back). A `tcp` target has no operations
 //! to record write-ahead: who connected where, when, and how many bytes, is all there is.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use gateway_common::{ConnInfo, Event};
 use serde_json::json;
@@ -19,6 +19,7 @@ use super::{Services, process};
 use crate::{
     ebpf::boot_ns,
     identity::Identity,
+    jobs::Job,
     policy::Decision,
     record::{EventKind, NewSession, SessionEnd, SessionKind, SessionPath},
 };
@@ -48,13 +49,7 @@ impl OpenSessions {
     pub async fn connected(&mut self, event: &Event, services: &Services) {
         let info = conn_info(event);
         let dst = super::destination(&info);
-        let job = services
-            .jobs
-            .by_slot(event.job_slot)
-            .or_else(|| services.jobs.for_cgroup(event.cgroup_id));
-        let identity = job
-            .as_ref()
-            .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
+        let (job, identity) = job_of(event, services);
         let target = services.target_configs.get(event.detail as usize);
         let mut process = services
             .processes
@@ -135,13 +130,7 @@ impl OpenSessions {
 pub fn denied(event: &Event, services: &Services) -> NewSession {
     let info = conn_info(event);
     let dst = super::destination(&info);
-    let job = services
-        .jobs
-        .by_slot(event.job_slot)
-        .or_else(|| services.jobs.for_cgroup(event.cgroup_id));
-    let identity = job
-        .as_ref()
-        .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
+    let (job, identity) = job_of(event, services);
     let target = services.target_configs.get(event.detail as usize);
     let decision = match (target, job.as_ref().and_then(|j| j.binding_expired())) {
         (_, Some(reason)) => Decision::Deny { rule: None, reason },
@@ -178,6 +167,19 @@ pub fn denied(event: &Event, services: &Services) -> NewSession {
         path: Some(SessionPath::Kernel),
         cookie: None,
     }
+}
+
+/// The job a kernel event belongs to (by the slot the program saw, else by its cgroup) and the
+/// identity it is bound to (unauthenticated without a job).
+pub fn job_of(event: &Event, services: &Services) -> (Option<Arc<Job>>, Identity) {
+    let job = services
+        .jobs
+        .by_slot(event.job_slot)
+        .or_else(|| services.jobs.for_cgroup(event.cgroup_id));
+    let identity = job
+        .as_ref()
+        .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
+    (job, identity)
 }
 
 /// What the connect program captured, as the process describer takes it.
