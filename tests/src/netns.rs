@@ -133,7 +133,15 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(ns: &Netns, dir: &Path, addrs: &[String]) -> Result<EchoServer> {
-        let mut cmd = ns.command(echo_bin());
+        EchoServer::spawn(ns.command(echo_bin()), dir, addrs)
+    }
+
+    /// An echo server in the test's own network namespace (loopback addresses).
+    pub fn start_here(dir: &Path, addrs: &[String]) -> Result<EchoServer> {
+        EchoServer::spawn(Command::new(echo_bin()), dir, addrs)
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path, addrs: &[String]) -> Result<EchoServer> {
         cmd.args(addrs);
         let process = Process::spawn(
             "echo",

@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::Result;
 use gateway_e2e::{
-    Daemon, DaemonConfig, EchoServer, Netns, TempDir, TestCgroup, probe_bin, unique_id, wait_until,
+    Daemon, DaemonConfig, EchoServer, Netns, TempDir, TestCgroup, free_port, probe_bin, unique_id,
+    wait_until,
 };
 use serde_json::Value;
 
@@ -27,6 +28,11 @@ struct Setup {
 
 impl Setup {
     fn new(server: &str) -> Result<Setup> {
+        Setup::with(server, "")
+    }
+
+    /// `server` may name the namespace's IPv4 /24 as `{net24}`; `targets` adds to the config.
+    fn with(server: &str, targets: &str) -> Result<Setup> {
         let id = unique_id();
         let dir = TempDir::new(&format!("k{id}"));
         let ns = Netns::new(&id)?;
@@ -67,9 +73,10 @@ unauthenticated = true
 "#,
             v4 = ns.remote_ip,
             v6 = ns.remote_ip6,
-        );
+        ) + targets;
+        let [a, b, c, _] = ns.remote_ip.octets();
         let daemon = Daemon::start(DaemonConfig {
-            server: server.to_string(),
+            server: server.replace("{net24}", &format!("{a}.{b}.{c}.0/24")),
             body,
         })?;
         Ok(Setup {
@@ -471,5 +478,105 @@ fn a_job_ended_and_bound_again_keeps_no_grant_of_its_old_binding() -> Result<()>
         })
     });
     assert!(recorded, "{:?}", s.sessions_to(&dst)?);
+    Ok(())
+}
+
+#[test]
+fn a_host_name_target_takes_the_kernel_path_on_every_address_it_resolves_to() -> Result<()> {
+    // `localhost` is what every test host resolves without a resolver: the gateway resolves it
+    // the same way (the system's), so each address the test sees is one the gateway granted.
+    let port = free_port();
+    let addrs: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port))?.collect();
+    anyhow::ensure!(!addrs.is_empty(), "localhost resolves to nothing here");
+    let s = Setup::with(
+        "",
+        &format!(
+            r#"
+[[targets]]
+name = "by-name"
+protocol = "tcp"
+path = "kernel"
+address = "localhost:{port}"
+
+[[rules]]
+name = "jobs-may-use-the-name"
+action = "allow"
+targets = ["by-name"]
+unauthenticated = true
+"#
+        ),
+    )?;
+    let dir = TempDir::new(&format!("kn{}", unique_id()));
+    let listening: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let _local_echo = EchoServer::start_here(dir.path(), &listening)?;
+    for dst in &listening {
+        let v = s.daemon.probe_in_job(&["connect", dst, "through"])?;
+        assert_eq!(v["ok"], true, "{dst}: {v}");
+        assert_eq!(
+            v["peer"],
+            dst.as_str(),
+            "straight to {dst}, no gateway between: {v}"
+        );
+    }
+    // The same port on a loopback address the name does not resolve to is not the target.
+    let other = format!("127.0.0.2:{port}");
+    let v = s.daemon.probe_in_job(&["connect", &other])?;
+    assert_eq!(
+        errno(&v),
+        Some(libc::EPERM as i64),
+        "{other} is not a target: {v}"
+    );
+    let recorded = wait_until(Duration::from_secs(10), || {
+        listening.iter().all(|dst| {
+            s.sessions_to(dst)
+                .is_ok_and(|l| l.len() == 1 && l[0]["ended_at"].is_string())
+        })
+    });
+    assert!(recorded, "{:?}", s.daemon.sessions()?);
+    for dst in &listening {
+        let session = &s.sessions_to(dst)?[0];
+        assert_eq!(
+            (&session["target"], &session["path"], &session["rule"]),
+            (
+                &Value::from("by-name"),
+                &Value::from("kernel"),
+                &Value::from("jobs-may-use-the-name")
+            ),
+            "{session}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn allow_direct_never_opens_a_kernel_path_target_it_contains() -> Result<()> {
+    // The operator lets the whole /24 on port 7001 go direct, and names one address of it a
+    // kernel-path target no rule grants: the more specific target decides, as the proxy path does.
+    let s = Setup::new("allow_direct = [\"{net24}:7001\"]")?;
+    let target = s.v4(7001);
+    let accepted = s.echo.accepted().len();
+    let v = s.daemon.probe_in_job(&["connect", &target])?;
+    assert_eq!(errno(&v), Some(libc::EPERM as i64), "{v}");
+    assert_eq!(
+        s.echo.accepted().len(),
+        accepted,
+        "nothing reached the target"
+    );
+    // Elsewhere in the /24 the job goes direct: the connect reaches the host side of the link,
+    // where nothing listens (refused by that host, not by the gateway), and nothing is recorded.
+    let direct = format!("{}:7001", s.ns.host_ip);
+    let d = s.daemon.probe_in_job(&["connect", &direct])?;
+    assert_eq!(errno(&d), Some(libc::ECONNREFUSED as i64), "{d}");
+    let denied = wait_until(Duration::from_secs(10), || {
+        s.sessions_to(&target).is_ok_and(|l| !l.is_empty())
+    });
+    assert!(denied, "{:?}", s.daemon.sessions()?);
+    assert_eq!(s.sessions_to(&target)?[0]["decision"], "deny");
+    assert!(
+        s.sessions_to(&direct)?.is_empty(),
+        "{:?}",
+        s.daemon.sessions()?
+    );
     Ok(())
 }
