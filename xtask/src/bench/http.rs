@@ -14,9 +14,8 @@ use gateway_e2e::{
     unique_id,
 };
 
-use super::{median, row};
+use super::{Measured, ROUNDS, median, row};
 
-const ROUNDS: usize = 3;
 /// Requests per throughput measurement.
 const REQUESTS: &str = "20000";
 /// Sequential requests on one connection for the latency measurement.
@@ -130,6 +129,7 @@ unauthenticated = true
     })
     .default_log_level()
     .start()?;
+    super::pin_proxy(daemon.pid())?;
 
     let url = format!("https://{HOST}/files/users.json");
     // h2load in the job for the gateway (its connects are redirected), on the host otherwise.
@@ -185,8 +185,10 @@ unauthenticated = true
             setup[i].push(new_connection_setup_us(&h2load, *p)?);
         }
     }
-    let h1: Vec<f64> = h1.into_iter().map(median).collect();
-    let h2: Vec<f64> = h2.into_iter().map(median).collect();
+    let h1m: Vec<Measured> = h1.into_iter().map(Measured::of).collect();
+    let h2m: Vec<Measured> = h2.into_iter().map(Measured::of).collect();
+    let h1: Vec<f64> = h1m.iter().map(|m| m.median).collect();
+    let h2: Vec<f64> = h2m.iter().map(|m| m.median).collect();
     let p50: Vec<f64> = p50.into_iter().map(median).collect();
     let setup: Vec<f64> = setup.into_iter().map(median).collect();
 
@@ -208,8 +210,8 @@ unauthenticated = true
             "{}",
             row(&[
                 p.name().into(),
-                format!("{:.0}", h1[i]),
-                format!("{:.0}", h2[i]),
+                h1m[i].show(0),
+                h2m[i].show(0),
                 format!("{:.0}", p50[i]),
                 format!("{:.0}", setup[i]),
             ])

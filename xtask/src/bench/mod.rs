@@ -31,6 +31,7 @@ pub(crate) fn run(only: Option<&str>) -> Result<()> {
     }
     println!("gateway binary: {}", gateway.display());
     gateway_e2e::require_root();
+    pin_load()?;
     let all = only.is_none();
     let mut ran = false;
     if all || only == Some("tcp") {
@@ -117,6 +118,7 @@ pub(crate) fn haproxy(
         Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
         log.clone(),
     )?;
+    pin_proxy(process.pid())?;
     ensure!(
         wait_until(Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -131,6 +133,89 @@ pub(crate) fn haproxy(
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// Rounds of each measurement, interleaved across paths so that background noise hits every
+/// path alike; tables print the median and the spread of the rounds.
+pub(crate) const ROUNDS: usize = 3;
+
+/// One measurement over the rounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measured {
+    pub median: f64,
+    /// Half the range of the rounds, as a fraction of the median.
+    pub spread: f64,
+}
+
+impl Measured {
+    pub(crate) fn of(rounds: Vec<f64>) -> Measured {
+        let low = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let median = median(rounds);
+        Measured {
+            median,
+            spread: (high - low) / 2.0 / median,
+        }
+    }
+
+    /// `6406 ±3%` (the spread only when there were rounds to spread).
+    pub(crate) fn show(&self, decimals: usize) -> String {
+        if self.spread.is_finite() && self.spread > 0.0 {
+            format!("{:.decimals$} ±{:.0}%", self.median, self.spread * 100.0)
+        } else {
+            format!("{:.decimals$}", self.median)
+        }
+    }
+}
+
+/// With BENCH_PIN=1, the CPUs of the proxy under test (the last one) and of everything else
+/// (servers, load generators and this process: what it starts inherits them).
+fn cpu_plan() -> Option<(String, String)> {
+    std::env::var_os("BENCH_PIN")?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus >= 2).then(|| {
+        (
+            (cpus - 1).to_string(),
+            if cpus == 2 {
+                "0".to_string()
+            } else {
+                format!("0-{}", cpus - 2)
+            },
+        )
+    })
+}
+
+fn taskset(cpus: &str, pid: u32) -> Result<()> {
+    let out = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .context("taskset")?;
+    ensure!(
+        out.status.success(),
+        "taskset -c {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Pins this process (and so what it starts from now on) to the load CPUs, with BENCH_PIN=1.
+fn pin_load() -> Result<()> {
+    if let Some((proxy, load)) = cpu_plan() {
+        println!(
+            "pinned: proxies under test on CPU {proxy}, servers and load generators on {load}"
+        );
+        taskset(&load, std::process::id())?;
+    }
+    Ok(())
+}
+
+/// Moves a proxy under test (the gateway, haproxy, pgbouncer: every thread) to its own CPU, with
+/// BENCH_PIN=1; each proxy then has the same one CPU.
+pub(crate) fn pin_proxy(pid: u32) -> Result<()> {
+    match cpu_plan() {
+        Some((proxy, _)) => taskset(&proxy, pid),
+        None => Ok(()),
+    }
 }
 
 /// A fixed-width table row.

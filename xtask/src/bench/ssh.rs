@@ -16,10 +16,9 @@ use gateway_e2e::{
     unique_id,
 };
 
-use super::{median, row};
+use super::{Measured, ROUNDS, median, row};
 
 const EXECS: usize = 20;
-const ROUNDS: usize = 3;
 const TRANSFER_MIB: usize = 256;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -107,6 +106,7 @@ pub(super) fn run() -> Result<()> {
     })
     .default_log_level()
     .start()?;
+    super::pin_proxy(daemon.pid())?;
     let lines = Command::new(gateway_bin())
         .arg("--config")
         .arg(&daemon.config_path)
@@ -145,7 +145,8 @@ pub(super) fn run() -> Result<()> {
             exec_ms[i].push(exec_loop(*p)?);
         }
     }
-    let exec: Vec<f64> = exec_ms.into_iter().map(median).collect();
+    let exec_m: Vec<Measured> = exec_ms.into_iter().map(Measured::of).collect();
+    let exec: Vec<f64> = exec_m.iter().map(|m| m.median).collect();
     println!(
         "\nSSH target — exec round trip (`ssh host true`: connect, key exchange, login, exec), {EXECS} sequential per round, median of {ROUNDS} rounds"
     );
@@ -158,7 +159,7 @@ pub(super) fn run() -> Result<()> {
             "{}",
             row(&[
                 p.name().into(),
-                format!("{:.1}", exec[i]),
+                exec_m[i].show(1),
                 format!("{:.2}", exec[i] / exec[0])
             ])
         );

@@ -11,12 +11,11 @@ use gateway_e2e::{
     Daemon, DaemonConfig, EchoServer, Netns, TempDir, bench_bin, gateway_bin, unique_id,
 };
 
-use super::{json_of, median, row};
+use super::{Measured, ROUNDS, json_of, median, row};
 
 const CONNECTS: &str = "2000";
 const ROUND_TRIPS: &str = "20000";
 const SIZE: &str = "64";
-const ROUNDS: usize = 3;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
@@ -68,6 +67,7 @@ pub(super) fn run() -> Result<()> {
     })
     .default_log_level()
     .start()?;
+    super::pin_proxy(daemon.pid())?;
 
     // BENCH_TCP_HOLD=1 (development only): print how to reach each path and wait for a line on
     // stdin, to trace or profile the gateway by hand.
@@ -135,9 +135,11 @@ pub(super) fn run() -> Result<()> {
             measure(Path::Gateway, &["connect", CONNECTS])?;
         }
     }
-    let c50: Vec<f64> = connect.into_iter().map(median).collect();
+    let c50m: Vec<Measured> = connect.into_iter().map(Measured::of).collect();
+    let c50: Vec<f64> = c50m.iter().map(|m| m.median).collect();
     let c99: Vec<f64> = connect_p99.into_iter().map(median).collect();
-    let r50: Vec<f64> = rtt.into_iter().map(median).collect();
+    let r50m: Vec<Measured> = rtt.into_iter().map(Measured::of).collect();
+    let r50: Vec<f64> = r50m.iter().map(|m| m.median).collect();
     let r99: Vec<f64> = rtt_p99.into_iter().map(median).collect();
 
     println!(
@@ -157,7 +159,7 @@ pub(super) fn run() -> Result<()> {
             "{}",
             row(&[
                 p.name().into(),
-                format!("{:.1}", c50[i]),
+                c50m[i].show(1),
                 format!("{:.1}", c99[i]),
                 format!("{:.2}", c50[i] / c50[0])
             ])
@@ -191,7 +193,7 @@ pub(super) fn run() -> Result<()> {
             "{}",
             row(&[
                 p.name().into(),
-                format!("{:.1}", r50[i]),
+                r50m[i].show(1),
                 format!("{:.1}", r99[i]),
                 format!("{:.2}", r50[i] / r50[0]),
                 format!("{:.2}", r50[i] / r50[1])
