@@ -264,6 +264,19 @@ impl Drop for Engine {
     }
 }
 
+/// Mount points of cgroup v1 hierarchies (a hybrid layout; none on a unified one).
+fn v1_roots() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .collect()
+}
+
 fn which(program: &str) -> Result<PathBuf> {
     let out = Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -400,6 +413,22 @@ fn docker_run_in_a_job_runs_in_the_jobs_cgroup_and_is_recorded() -> Result<()> {
     // or restarts, outside the job).
     let inspect = s.engine.docker(&["inspect", &name]);
     assert!(!inspect.status.success(), "{}", text(&inspect));
+    // On a hybrid cgroup layout the engine also made the job's cgroup path on every v1
+    // hierarchy (it removes only the container's own cgroup there): the gateway chose that
+    // parent, so it removes those too when the job ends.
+    let job_path = v2.rsplit_once('/').context("container cgroup")?.0;
+    let left = || -> Vec<PathBuf> {
+        v1_roots()
+            .into_iter()
+            .map(|root| root.join(job_path.trim_start_matches('/')))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || left().is_empty()),
+        "left on cgroup v1 hierarchies: {:?}",
+        left()
+    );
 
     // Recorded: the create with image and command, allowed.
     let requests = s.docker_requests()?;
