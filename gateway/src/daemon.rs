@@ -697,3 +697,20 @@ async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_s_embedded_resolver_is_allowed_with_a_docker_table_whatever_the_list_says() {
+        let with = |text: &str| job_resolvers(&Config::parse(text, "test.toml").unwrap());
+        let embedded = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11));
+        let listed = "[server]\ndns_resolvers = [\"10.0.0.2\"]\n";
+        assert_eq!(with(listed), vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        let docker = with(&format!("{listed}[docker]\n"));
+        assert!(docker.contains(&"10.0.0.2".parse().unwrap()), "{docker:?}");
+        assert!(docker.contains(&embedded), "{docker:?}");
+        assert!(with("[docker]\n").contains(&embedded));
+    }
+}
