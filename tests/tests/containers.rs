@@ -807,7 +807,7 @@ struct RunnerHost {
     remote: gateway_e2e::Netns,
     _pg: gateway_e2e::Postgres,
     _echo: gateway_e2e::EchoServer,
-    dir: TempDir,
+    _dir: TempDir,
 }
 
 impl RunnerHost {
@@ -882,7 +882,7 @@ unauthenticated = true
             remote,
             _pg: pg,
             _echo: echo,
-            dir,
+            _dir: dir,
         })
     }
 
@@ -1013,7 +1013,6 @@ impl Drop for RunnerHost {
                 }
             }
         }
-        let _ = &self.dir;
     }
 }
 
@@ -1228,7 +1227,7 @@ fn two_containers_with_the_same_source_port_at_once_are_separate_sessions() -> R
 /// knows one name.
 struct Dns {
     ns: gateway_e2e::Netns,
-    _server: Option<Process>,
+    server: Option<Process>,
     dir: TempDir,
 }
 
@@ -1248,7 +1247,7 @@ impl Dns {
         ]))?;
         Ok(Dns {
             ns,
-            _server: None,
+            server: None,
             dir: TempDir::new(&format!("s{id}")),
         })
     }
@@ -1303,12 +1302,12 @@ impl Dns {
             !server.alive() || server.output().contains("started")
         });
         ensure!(up && server.alive(), "dnsmasq: {}", server.output());
-        self._server = Some(server);
+        self.server = Some(server);
         Ok(())
     }
 
     fn log(&self) -> String {
-        self._server
+        self.server
             .as_ref()
             .map(Process::output)
             .unwrap_or_default()
