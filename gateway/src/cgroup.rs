@@ -57,6 +57,47 @@ pub fn cgroup2_root_from(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// Mount points of the cgroup v1 hierarchies that show their whole tree (a hybrid layout has one
+/// per controller; a unified one has none).
+pub fn v1_roots_from(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup" {
+                return None;
+            }
+            let mut fields = left.split_whitespace().skip(3);
+            let (root, mount_point) = (fields.next()?, fields.next()?);
+            (root == "/").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+        })
+        .collect()
+}
+
+/// Removes the cgroup at `job_cgroup` (a path in the v2 hierarchy) from every cgroup v1
+/// hierarchy, where it is empty. A container engine on a hybrid layout makes the cgroup parent
+/// it is given on every hierarchy and removes only each container's own cgroup: for a parent the
+/// gateway gave (an owned job's cgroup) that leaves one empty cgroup per controller and job.
+pub fn remove_v1_copies(job_cgroup: &Path) -> Result<(), CgroupError> {
+    let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    let v2 = cgroup2_root_from(&text).ok_or(CgroupError::NoCgroup2)?;
+    let Ok(relative) = job_cgroup.strip_prefix(&v2) else {
+        return Ok(());
+    };
+    // Never a hierarchy's root, nor anything but a plain path below it.
+    if relative.as_os_str().is_empty()
+        || relative
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Ok(());
+    }
+    for root in v1_roots_from(&text) {
+        remove_tree(&root.join(relative))?;
+    }
+    Ok(())
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal `\ooo`.
 fn unescape_mountinfo(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -242,6 +283,24 @@ pub fn find_by_id(under: &Path, id: u64) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_v1_hierarchies_of_a_hybrid_layout() {
+        let hybrid = "\
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 /docker/abc /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            v1_roots_from(hybrid),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu"),
+                PathBuf::from("/sys/fs/cgroup/memory")
+            ]
+        );
+        assert!(v1_roots_from("30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n").is_empty());
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_and_unified_layouts() {

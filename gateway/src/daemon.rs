@@ -164,13 +164,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     for p in problems {
         tracing::warn!("{p}");
     }
-    let resolvers = server.dns_resolvers.clone().unwrap_or_else(|| {
-        let mut r = system_resolvers();
-        if config.docker.is_some() {
-            r.extend(container_resolvers(&r));
-        }
-        r
-    });
+    let resolvers = job_resolvers(&config);
     // Grants name targets by index: none may outlive the configuration it was compiled from.
     dataplane.clear_grants()?;
     dataplane.configure(
@@ -608,6 +602,21 @@ fn blocked(config: &Config) -> Vec<SocketAddr> {
     config.approvals.web.iter().map(|w| w.listen).collect()
 }
 
+/// The resolvers jobs may send DNS to: `server.dns_resolvers` (default: the host's), and with a
+/// `[docker]` table also those of containers (whatever list is configured: a container on a
+/// user-defined network only ever asks the engine's embedded resolver).
+fn job_resolvers(config: &Config) -> Vec<IpAddr> {
+    let mut resolvers = config
+        .server
+        .dns_resolvers
+        .clone()
+        .unwrap_or_else(system_resolvers);
+    if config.docker.is_some() {
+        resolvers.extend(container_resolvers(&resolvers));
+    }
+    resolvers
+}
+
 /// Resolvers containers use that the host does not: Docker's embedded resolver (127.0.0.11, in
 /// every container on a user-defined network; only reachable inside containers' namespaces), and
 /// the upstream servers Docker puts in containers on the default bridge when the host's own
@@ -673,12 +682,7 @@ async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
             continue;
         }
         let entries = fresh.kernel_entries(&r.config.server.allow_direct, &blocked(&r.config));
-        let resolvers = r
-            .config
-            .server
-            .dns_resolvers
-            .clone()
-            .unwrap_or_else(system_resolvers);
+        let resolvers = job_resolvers(&r.config);
         let configured =
             r.dataplane
                 .lock()
@@ -691,5 +695,22 @@ async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
             }
             Err(e) => tracing::error!(error = %e, "cannot update the destination set"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_s_embedded_resolver_is_allowed_with_a_docker_table_whatever_the_list_says() {
+        let with = |text: &str| job_resolvers(&Config::parse(text, "test.toml").unwrap());
+        let embedded = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11));
+        let listed = "[server]\ndns_resolvers = [\"10.0.0.2\"]\n";
+        assert_eq!(with(listed), vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        let docker = with(&format!("{listed}[docker]\n"));
+        assert!(docker.contains(&"10.0.0.2".parse().unwrap()), "{docker:?}");
+        assert!(docker.contains(&embedded), "{docker:?}");
+        assert!(with("[docker]\n").contains(&embedded));
     }
 }

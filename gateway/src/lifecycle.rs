@@ -272,6 +272,14 @@ impl JobControl {
         // Its processes are gone: the containers, networks and volumes it made go too (nothing
         // of it may run on, or restart, outside the job).
         self.containers.remove_job(&job.id).await;
+        if job.owned {
+            let path = job.cgroup_path.clone();
+            let removed =
+                tokio::task::spawn_blocking(move || cgroup::remove_v1_copies(&path)).await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!(job = %job.id, error = %e, "cannot remove the job's cgroups on the v1 hierarchies");
+            }
+        }
         self.store
             .end_job(job.id.clone())
             .await

@@ -29,7 +29,7 @@ pub mod ssh;
 
 pub use cgroup::{TestCgroup, cgroup2_root, remove_cgroup_tree};
 pub use daemon::{Daemon, DaemonBuilder, DaemonConfig, Frozen};
-pub use netns::{EchoServer, Netns};
+pub use netns::{EchoServer, Netns, free_subnet};
 pub use postgres::{PG_BIN, Postgres};
 
 /// The tests attach eBPF programs, create namespaces and cgroups: they need root.

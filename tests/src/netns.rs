@@ -113,7 +113,7 @@ impl Drop for Netns {
 }
 
 /// Picks a 10.x.y.0/24 no interface of this machine uses (random, derived from the test id).
-fn free_subnet(id: &str) -> Result<(u8, u8)> {
+pub fn free_subnet(id: &str) -> Result<(u8, u8)> {
     let used = run_ok(Command::new("ip").args(["-o", "addr", "show"]))?;
     let seed = u32::from_str_radix(id, 16).unwrap_or(0);
     for i in 0..200u32 {

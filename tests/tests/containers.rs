@@ -39,14 +39,109 @@ fn docker_ok(socket: &Path) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// The default bridge of a test's own engine: a Linux bridge on a 10.x.y.0/24 of its own, removed
+/// with the engine.
+struct Bridge {
+    name: String,
+    subnet: (u8, u8),
+}
+
+impl Bridge {
+    fn new(id: &str) -> Result<Bridge> {
+        let subnet = gateway_e2e::free_subnet(id)?;
+        let name = format!("gwk{id}");
+        gateway_e2e::run_ok(Command::new("ip").args(["link", "add", &name, "type", "bridge"]))?;
+        let bridge = Bridge { name, subnet };
+        let address = format!("10.{}.{}.1/24", subnet.0, subnet.1);
+        gateway_e2e::run_ok(Command::new("ip").args([
+            "addr",
+            "add",
+            &address,
+            "dev",
+            &bridge.name,
+        ]))?;
+        gateway_e2e::run_ok(Command::new("ip").args(["link", "set", &bridge.name, "up"]))?;
+        Ok(bridge)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
+/// An engine of the test's own with networking (as a runner host's): a default bridge, user-defined
+/// networks, Docker's embedded resolver; `dns`: the resolvers containers on the default bridge use.
+/// The image also holds psql, e2e-probe, e2e-echo and getent.
+struct Networked {
+    engine: Engine,
+    bridge: Bridge,
+}
+
+impl Networked {
+    fn start(dns: &[std::net::Ipv4Addr]) -> Result<Option<Networked>> {
+        let id = unique_id();
+        let bridge = Bridge::new(&id)?;
+        let mut args = vec![format!("--bridge={}", bridge.name)];
+        args.extend(dns.iter().map(|ip| format!("--dns={ip}")));
+        let psql = PathBuf::from(gateway_e2e::PG_BIN).join("psql");
+        let programs = [
+            psql,
+            gateway_e2e::probe_bin(),
+            gateway_e2e::echo_bin(),
+            PathBuf::from("/usr/bin/getent"),
+        ];
+        let Some(engine) = Engine::start_own(&id, &args, &programs)? else {
+            return Ok(None);
+        };
+        Ok(Some(Networked { engine, bridge }))
+    }
+
+    /// A user-defined network (its own bridge and subnet; the engine's embedded resolver serves
+    /// names on it). Removed with the engine.
+    fn network(&self) -> Result<(String, String)> {
+        let id = unique_id();
+        let (a, b) = gateway_e2e::free_subnet(&id)?;
+        let subnet = format!("10.{a}.{b}.0/24");
+        let name = format!("gwn-{id}");
+        let out = self.engine.docker(&[
+            "network",
+            "create",
+            "--subnet",
+            &subnet,
+            "--label",
+            &format!("gwe.test={}", self.engine.image),
+            &name,
+        ]);
+        ensure!(out.status.success(), "network create: {}", text(&out));
+        Ok((name, subnet))
+    }
+}
+
 impl Engine {
     /// `Ok(None)`: no engine can run on this machine (the reason is printed).
     fn start() -> Result<Option<Engine>> {
         let id = unique_id();
+        if docker_ok(Path::new(SYSTEM_ENGINE)) {
+            let engine = Engine {
+                socket: PathBuf::from(SYSTEM_ENGINE),
+                image: format!("gwe-{id}:latest"),
+                _dockerd: None,
+                dir: TempDir::new(&format!("k{id}")),
+            };
+            engine.import_image(&[])?;
+            return Ok(Some(engine));
+        }
+        Self::start_own(&id, &["--bridge=none".to_string()], &[])
+    }
+
+    /// A dockerd of the test's own with `args` (networking), the image with `programs` added.
+    fn start_own(id: &str, args: &[String], programs: &[PathBuf]) -> Result<Option<Engine>> {
         let dir = TempDir::new(&format!("k{id}"));
-        let (socket, dockerd) = if docker_ok(Path::new(SYSTEM_ENGINE)) {
-            (PathBuf::from(SYSTEM_ENGINE), None)
-        } else {
+        let (socket, dockerd) = {
             let Ok(dockerd_bin) = which("dockerd") else {
                 eprintln!("SKIPPED: dockerd is not installed (apt-get install docker.io)");
                 return Ok(None);
@@ -66,9 +161,9 @@ impl Engine {
                     .args([
                         "--iptables=false",
                         "--ip6tables=false",
-                        "--bridge=none",
                         "--storage-driver=vfs",
-                    ]),
+                    ])
+                    .args(args),
                 dir.path().join("dockerd.log"),
             )?;
             let mut process = process;
@@ -90,15 +185,17 @@ impl Engine {
             _dockerd: dockerd,
             dir,
         };
-        engine.import_image()?;
+        engine.import_image(programs)?;
         Ok(Some(engine))
     }
 
-    /// A root file system of a few host programs and their libraries, imported as an image.
-    fn import_image(&self) -> Result<()> {
+    /// A root file system of a few host programs (and `extra`) and their libraries, each at its
+    /// host path, imported as an image.
+    fn import_image(&self, extra: &[PathBuf]) -> Result<()> {
         let root = self.dir.path().join("rootfs");
-        for program in ["/bin/sh", "/bin/cat", "/bin/sleep", "/bin/true"] {
-            let mut files = vec![PathBuf::from(program)];
+        let basic = ["/bin/sh", "/bin/cat", "/bin/sleep", "/bin/true"].map(PathBuf::from);
+        for program in basic.iter().chain(extra) {
+            let mut files = vec![program.clone()];
             let ldd = Command::new("ldd").arg(program).output()?;
             files.extend(
                 String::from_utf8_lossy(&ldd.stdout)
@@ -159,10 +256,25 @@ impl Drop for Engine {
             let _ = self.docker(&["rm", "-f", &id]);
         }
         let _ = self.docker(&["rmi", "-f", &self.image]);
+        let label = format!("label=gwe.test={}", self.image);
+        let _ = self.docker(&["network", "prune", "-f", "--filter", &label]);
         if let Some(mut d) = self._dockerd.take() {
             d.stop(libc::SIGTERM, Duration::from_secs(20));
         }
     }
+}
+
+/// Mount points of cgroup v1 hierarchies (a hybrid layout; none on a unified one).
+fn v1_roots() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .collect()
 }
 
 fn which(program: &str) -> Result<PathBuf> {
@@ -301,6 +413,22 @@ fn docker_run_in_a_job_runs_in_the_jobs_cgroup_and_is_recorded() -> Result<()> {
     // or restarts, outside the job).
     let inspect = s.engine.docker(&["inspect", &name]);
     assert!(!inspect.status.success(), "{}", text(&inspect));
+    // On a hybrid cgroup layout the engine also made the job's cgroup path on every v1
+    // hierarchy (it removes only the container's own cgroup there): the gateway chose that
+    // parent, so it removes those too when the job ends.
+    let job_path = v2.rsplit_once('/').context("container cgroup")?.0;
+    let left = || -> Vec<PathBuf> {
+        v1_roots()
+            .into_iter()
+            .map(|root| root.join(job_path.trim_start_matches('/')))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || left().is_empty()),
+        "left on cgroup v1 hierarchies: {:?}",
+        left()
+    );
 
     // Recorded: the create with image and command, allowed.
     let requests = s.docker_requests()?;
@@ -663,5 +791,634 @@ unauthenticated = true
         status["containers"]["netns_listeners"].as_u64().is_some(),
         "{status}"
     );
+    Ok(())
+}
+
+/// A CI runner host: PostgreSQL and an echo server in a "remote host" namespace, a gateway with
+/// both as targets (the PostgreSQL fixture's rules and masking), the engine as `[docker]`
+/// engine (names and images of containers in sessions), and a cgroup the runner made and
+/// attached (`gateway attach`, as a runner's hook does). The runner then starts containers
+/// itself, as root, straight to the engine, with `--cgroup-parent` below that cgroup.
+struct RunnerHost {
+    daemon: Daemon,
+    engine: Networked,
+    job: gateway_e2e::TestCgroup,
+    job_id: String,
+    remote: gateway_e2e::Netns,
+    _pg: gateway_e2e::Postgres,
+    _echo: gateway_e2e::EchoServer,
+    _dir: TempDir,
+}
+
+impl RunnerHost {
+    /// `server`: extra `[server]` lines; `engine`: the engine to use.
+    fn new(engine: Networked, server: &str) -> Result<RunnerHost> {
+        let id = unique_id();
+        let dir = TempDir::new(&format!("r{id}"));
+        let remote = gateway_e2e::Netns::new(&id)?;
+        let pg = gateway_e2e::Postgres::start(&remote, dir.path())?;
+        pg.admin_sql(gateway_e2e::pg::SCHEMA)?;
+        let echo = gateway_e2e::EchoServer::start(
+            &remote,
+            dir.path(),
+            &[format!("{}:7000", remote.remote_ip)],
+        )?;
+        let secret = dir.path().join("app-db.secret");
+        std::fs::write(&secret, "apppw\n")?;
+        let body = format!(
+            r#"
+[docker]
+engine = "{engine}"
+listen = "{listen}"
+
+[[targets]]
+name = "app-db"
+protocol = "postgres"
+address = "{ip}:5432"
+[targets.credentials]
+user = "app"
+password_file = "{secret}"
+
+[[targets]]
+name = "echo"
+protocol = "tcp"
+address = "{ip}:7000"
+
+[[rules]]
+name = "echo"
+action = "allow"
+targets = ["echo"]
+unauthenticated = true
+
+{rules}
+"#,
+            engine = engine.engine.socket.display(),
+            listen = dir.path().join("gateway-docker.sock").display(),
+            ip = remote.remote_ip,
+            secret = secret.display(),
+            rules = gateway_e2e::pg::RULES,
+        );
+        let daemon = Daemon::start(DaemonConfig {
+            server: server.to_string(),
+            body,
+        })?;
+        let job = gateway_e2e::TestCgroup::new("runner")?;
+        let attached = daemon.cli_json(&[
+            "attach",
+            "--cgroup",
+            &job.path.display().to_string(),
+            "--json",
+        ])?;
+        let job_id = attached["job_id"]
+            .as_str()
+            .or_else(|| attached["id"].as_str())
+            .with_context(|| format!("attach: {attached}"))?
+            .to_string();
+        Ok(RunnerHost {
+            daemon,
+            engine,
+            job,
+            job_id,
+            remote,
+            _pg: pg,
+            _echo: echo,
+            _dir: dir,
+        })
+    }
+
+    /// `--cgroup-parent` as the runner gives it: the attached cgroup, relative to the hierarchy.
+    fn cgroup_parent(&self) -> String {
+        let root = gateway_e2e::cgroup2_root().expect("cgroup2");
+        format!(
+            "/{}",
+            self.job
+                .path
+                .strip_prefix(root)
+                .expect("below root")
+                .display()
+        )
+    }
+
+    /// `docker run --cgroup-parent <job> ARGS` by the runner, straight to the engine.
+    fn run(&self, args: &[&str]) -> Output {
+        let parent = self.cgroup_parent();
+        let mut all = vec!["run", "--cgroup-parent", parent.as_str()];
+        all.extend_from_slice(args);
+        self.engine.engine.docker(&all)
+    }
+
+    fn image(&self) -> &str {
+        &self.engine.engine.image
+    }
+
+    /// psql in a container of the job: `-At`, the statement, no password anywhere.
+    fn psql(&self, name: &str, network: &str, sql: &str) -> Output {
+        let psql = format!("{}/psql", gateway_e2e::PG_BIN);
+        let host = self.remote.remote_ip.to_string();
+        self.run(&[
+            "--name",
+            name,
+            "--network",
+            network,
+            "-e",
+            "PGPASSFILE=/nonexistent",
+            "-e",
+            "PGCONNECT_TIMEOUT=10",
+            self.image(),
+            &psql,
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &host,
+            "-U",
+            "agent",
+            "-d",
+            "app",
+            "-c",
+            sql,
+        ])
+    }
+
+    /// The full id of a container.
+    fn container_id(&self, name: &str) -> Result<String> {
+        let out = self
+            .engine
+            .engine
+            .docker(&["inspect", "--format", "{{.Id}}", name]);
+        ensure!(out.status.success(), "inspect {name}: {}", text(&out));
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Sessions to `target`, each with what `sessions show` says of its process.
+    fn sessions_to(&self, target: &str) -> Result<Vec<(Value, Value)>> {
+        let mut found = Vec::new();
+        for s in self.daemon.sessions()? {
+            if s["target"] == target {
+                let shown = self.daemon.show_session(&s["id"])?;
+                found.push((s, shown));
+            }
+        }
+        found.sort_by_key(|(s, _)| s["id"].as_i64());
+        Ok(found)
+    }
+
+    /// Asserts that `session` is the job's and ran in container `name` (engine-confirmed).
+    fn assert_in_container(&self, session: &(Value, Value), name: &str) -> Result<()> {
+        let (listed, shown) = session;
+        assert_eq!(listed["job_id"], self.job_id.as_str(), "{listed}");
+        let container = &shown["process"]["container"];
+        assert_eq!(
+            container["id"],
+            self.container_id(name)?.as_str(),
+            "{shown}"
+        );
+        assert_eq!(
+            container["name"]
+                .as_str()
+                .map(|n| n.trim_start_matches('/')),
+            Some(name),
+            "{shown}"
+        );
+        assert_eq!(container["image"], self.image(), "{shown}");
+        assert_eq!(container["verified"], true, "{shown}");
+        Ok(())
+    }
+}
+
+impl Drop for RunnerHost {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- dockerd log ---\n{}",
+                std::fs::read_to_string(self.engine.engine.dir.path().join("dockerd.log"))
+                    .unwrap_or_default()
+            );
+        }
+        for id in self.engine.engine.containers() {
+            let _ = self.engine.engine.docker(&["rm", "-f", &id]);
+        }
+        // What the engine made for the runner's parent on cgroup v1 hierarchies (hybrid layout):
+        // the runner's to remove, and this test is the runner.
+        let root = gateway_e2e::cgroup2_root().expect("cgroup2");
+        if let (Ok(rel), Ok(dirs)) = (
+            self.job.path.strip_prefix(&root),
+            std::fs::read_dir("/sys/fs/cgroup"),
+        ) {
+            for d in dirs.flatten() {
+                let p = d.path().join(rel);
+                if p != self.job.path {
+                    remove_cgroup_tree(&p);
+                }
+            }
+        }
+    }
+}
+
+/// GitLab Runner's docker executor with `cgroup_parent`, or any runner that starts the job's
+/// container itself: the container's processes are in a cgroup below the attached job cgroup, so
+/// the job's programs cover them. psql in it reaches PostgreSQL through the gateway's listener in
+/// the container's network namespace: the masked column comes back masked, a denied statement
+/// is refused, and the session is the job's, with the container (id, name, image) recorded.
+#[test]
+fn a_runners_job_container_under_an_attached_cgroup_reaches_postgres_through_the_gateway()
+-> Result<()> {
+    let Some(engine) = Networked::start(&[])? else {
+        return Ok(());
+    };
+    let host = RunnerHost::new(engine, "")?;
+    let name = format!("gwe-job-{}", unique_id());
+    let out = host.psql(
+        &name,
+        "bridge",
+        "select id, email, ssn from users where id = 1",
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        host.daemon.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1|[masked:email]|[masked]"
+    );
+    let denied = format!("{name}-drop");
+    let out = host.psql(&denied, "bridge", "drop table notes");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-drop"),
+        "{}",
+        text(&out)
+    );
+    let sessions = host.sessions_to("app-db")?;
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    for (session, container) in sessions.iter().zip([&name, &denied]) {
+        host.assert_in_container(session, container)?;
+    }
+    // The process chain starts in the container: psql is its first process.
+    assert_eq!(
+        sessions[0].1["process"]["comm"], "psql",
+        "{}",
+        sessions[0].1
+    );
+    Ok(())
+}
+
+/// A job's service container (GitLab `services:`, a GitHub Actions service container): a second
+/// container below the same attached cgroup, on the job's user-defined network. Its own outbound
+/// connections are the job's (with its container recorded). The job container finds it by name
+/// through Docker's embedded resolver (127.0.0.11 in the container's namespace) and reaches it
+/// directly on the port `allow_direct` names for the job network; other ports of it stay refused.
+#[test]
+fn a_service_container_is_covered_by_the_job_and_reached_by_name_from_the_job_container()
+-> Result<()> {
+    let Some(engine) = Networked::start(&[])? else {
+        return Ok(());
+    };
+    let (network, subnet) = engine.network()?;
+    let host = RunnerHost::new(engine, &format!("allow_direct = [\"{subnet}:7100\"]"))?;
+    let probe = gateway_e2e::probe_bin().display().to_string();
+    let echo = gateway_e2e::echo_bin().display().to_string();
+    let id = unique_id();
+    let service = format!("gwe-svc-{id}");
+    // The service first connects out (to the echo target), then serves on 7100 and 7101.
+    let script = format!(
+        "{probe} connect {}:7000 from-service; exec {echo} 0.0.0.0:7100 0.0.0.0:7101",
+        host.remote.remote_ip
+    );
+    let out = host.run(&[
+        "-d",
+        "--name",
+        &service,
+        "--network",
+        &network,
+        "--network-alias",
+        "db",
+        host.image(),
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let serving = wait_until(Duration::from_secs(30), || {
+        let logs = host.engine.engine.docker(&["logs", &service]);
+        String::from_utf8_lossy(&logs.stdout).contains("listening 0.0.0.0:7101")
+    });
+    let logs = host.engine.engine.docker(&["logs", &service]);
+    assert!(serving, "{}\n{}", text(&logs), host.daemon.log());
+    let first: Value = serde_json::from_str(
+        String::from_utf8_lossy(&logs.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default(),
+    )
+    .with_context(|| text(&logs))?;
+    assert_eq!(
+        first["echo"],
+        "from-service",
+        "{first}\n{}",
+        host.daemon.log()
+    );
+    let sessions = host.sessions_to("echo")?;
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    host.assert_in_container(&sessions[0], &service)?;
+
+    // The job container: the service by its alias and by its name, through the engine's resolver.
+    let job = |name: &str, dst: &str| -> Result<Value> {
+        let out = host.run(&[
+            "--name",
+            name,
+            "--network",
+            &network,
+            host.image(),
+            &probe,
+            "connect",
+            dst,
+            "to-service",
+        ]);
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+            .with_context(|| format!("{dst}: {}", text(&out)))
+    };
+    for (n, dst) in [("alias", "db:7100"), ("name", &format!("{service}:7100"))] {
+        let v = job(&format!("gwe-job-{n}-{id}"), dst)?;
+        assert_eq!(v["echo"], "to-service", "{dst}: {v}\n{}", host.daemon.log());
+        // Directly to the service's address on the job network, not through the gateway.
+        assert!(
+            v["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&subnet[..subnet.len() - 4])),
+            "{v}"
+        );
+    }
+    // A port allow_direct does not name: refused (found by name, then the connect refused).
+    let v = job(&format!("gwe-job-other-{id}"), "db:7101")?;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["errno"], libc::EPERM, "{v}");
+    // The service's outbound connection is the only session; reaching the service made none.
+    assert_eq!(host.sessions_to("echo")?.len(), 1);
+    Ok(())
+}
+
+/// Two containers of the job, each in its own network namespace, connect to the same target from
+/// the same source address and port at the same time: the gateway's listener in each namespace
+/// sees 127.0.0.1:40000 both times, and each connection is its own session, attributed to its
+/// own container.
+#[test]
+fn two_containers_with_the_same_source_port_at_once_are_separate_sessions() -> Result<()> {
+    let Some(engine) = Networked::start(&[])? else {
+        return Ok(());
+    };
+    let host = RunnerHost::new(engine, "")?;
+    let probe = gateway_e2e::probe_bin().display().to_string();
+    let dst = format!("{}:7000", host.remote.remote_ip);
+    let id = unique_id();
+    let names = [format!("gwe-a-{id}"), format!("gwe-b-{id}")];
+    let parent = host.cgroup_parent();
+    let mut held = Vec::new();
+    for name in &names {
+        // `-i`: the probe holds its connection until the test closes its standard input.
+        let mut child = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", host.engine.engine.socket.display()))
+            .args(["run", "-i", "--cgroup-parent", &parent, "--name", name])
+            .args([
+                host.image(),
+                &probe,
+                "connect-from",
+                "40000",
+                &dst,
+                name,
+                "hold",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().context("stdout")?),
+            &mut line,
+        )?;
+        let v: Value =
+            serde_json::from_str(line.trim()).with_context(|| format!("{name}: {line:?}"))?;
+        held.push((child, v));
+    }
+    // Both connected and held open at once.
+    for ((_, v), name) in held.iter().zip(&names) {
+        assert_eq!(v["echo"], name.as_str(), "{v}\n{}", host.daemon.log());
+        assert_eq!(v["local"], "127.0.0.1:40000", "{v}");
+    }
+    let sessions = host.sessions_to("echo")?;
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    for (session, name) in sessions.iter().zip(&names) {
+        host.assert_in_container(session, name)?;
+        assert_eq!(session.0["decision"], "allow", "{}", session.0);
+    }
+    for (mut child, _) in held {
+        drop(child.stdin.take());
+        let status = child.wait()?;
+        assert!(status.success(), "{status}");
+    }
+    Ok(())
+}
+
+/// A DNS server (dnsmasq) in a namespace of the test's own, on .2 and .3 of its subnet, that
+/// knows one name.
+struct Dns {
+    ns: gateway_e2e::Netns,
+    server: Option<Process>,
+    dir: TempDir,
+}
+
+impl Dns {
+    fn new() -> Result<Dns> {
+        let id = unique_id();
+        let ns = gateway_e2e::Netns::new(&id)?;
+        // A second address: a resolver the gateway is not told about.
+        gateway_e2e::run_ok(Command::new("ip").args([
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/24", Self::other_of(&ns)),
+            "dev",
+            &format!("gv{id}r"),
+        ]))?;
+        Ok(Dns {
+            ns,
+            server: None,
+            dir: TempDir::new(&format!("s{id}")),
+        })
+    }
+
+    fn other_of(ns: &gateway_e2e::Netns) -> std::net::Ipv4Addr {
+        let [a, b, c, _] = ns.remote_ip.octets();
+        std::net::Ipv4Addr::new(a, b, c, 3)
+    }
+
+    /// The resolver the gateway and the engine are configured with.
+    fn resolver(&self) -> std::net::Ipv4Addr {
+        self.ns.remote_ip
+    }
+
+    /// One the gateway is not told about.
+    fn other(&self) -> std::net::Ipv4Addr {
+        Self::other_of(&self.ns)
+    }
+
+    /// Serves `name` → `ip`, on both addresses; replies reach containers on `subnet` (x.y.z.0/24)
+    /// through the host.
+    fn serve(&mut self, name: &str, ip: std::net::Ipv4Addr, subnet: &str) -> Result<()> {
+        gateway_e2e::run_ok(Command::new("ip").args([
+            "-n",
+            &self.ns.name,
+            "route",
+            "add",
+            subnet,
+            "via",
+            &self.ns.host_ip.to_string(),
+        ]))?;
+        let mut cmd = self.ns.command("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--log-queries",
+            "--log-facility=-",
+        ])
+        .arg(format!("--listen-address={}", self.resolver()))
+        .arg(format!("--listen-address={}", self.other()))
+        .arg(format!(
+            "--pid-file={}",
+            self.dir.path().join("dnsmasq.pid").display()
+        ))
+        .arg(format!("--address=/{name}/{ip}"));
+        let mut server = Process::spawn("dnsmasq", &mut cmd, self.dir.path().join("dnsmasq.log"))?;
+        let up = wait_until(Duration::from_secs(10), || {
+            !server.alive() || server.output().contains("started")
+        });
+        ensure!(up && server.alive(), "dnsmasq: {}", server.output());
+        self.server = Some(server);
+        Ok(())
+    }
+
+    fn log(&self) -> String {
+        self.server
+            .as_ref()
+            .map(Process::output)
+            .unwrap_or_default()
+    }
+}
+
+/// DNS in job containers keeps working, and only through resolvers the gateway allows: on the
+/// default bridge the container asks the resolver the engine gives it (the one in
+/// `server.dns_resolvers`); on a user-defined network it asks Docker's embedded resolver
+/// (127.0.0.11 in its own namespace), which forwards to the same. psql then reaches the target by
+/// its name. A container given another resolver (`--dns`) gets nothing: its query is refused and
+/// recorded.
+#[test]
+fn dns_in_job_containers_works_through_the_allowed_resolvers_only() -> Result<()> {
+    let mut dns = Dns::new()?;
+    let Some(engine) = Networked::start(&[dns.resolver()])? else {
+        return Ok(());
+    };
+    let bridge = engine.bridge.subnet;
+    let (network, subnet) = engine.network()?;
+    let host = RunnerHost::new(engine, &format!("dns_resolvers = [\"{}\"]", dns.resolver()))?;
+    let name = "app-db.gwe.test";
+    dns.serve(
+        name,
+        host.remote.remote_ip,
+        &format!("10.{}.{}.0/24", bridge.0, bridge.1),
+    )?;
+    gateway_e2e::run_ok(Command::new("ip").args([
+        "-n",
+        &dns.ns.name,
+        "route",
+        "add",
+        &subnet,
+        "via",
+        &dns.ns.host_ip.to_string(),
+    ]))?;
+    let id = unique_id();
+    let resolve = |container: &str, network: &str, extra: &[&str]| {
+        let mut args = vec!["--name", container, "--network", network];
+        args.extend_from_slice(extra);
+        args.extend([host.image(), "/usr/bin/getent", "ahostsv4", name]);
+        host.run(&args)
+    };
+    let expected = host.remote.remote_ip.to_string();
+    for (n, network) in [("bridge", "bridge"), ("network", network.as_str())] {
+        let out = resolve(&format!("gwe-dns-{n}-{id}"), network, &[]);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with(&expected),
+            "{n}: {}\n{}\n{}",
+            text(&out),
+            dns.log(),
+            host.daemon.log()
+        );
+    }
+    // The embedded resolver is what the container on the user-defined network asked.
+    let conf = host.run(&[
+        "--rm",
+        "--network",
+        &network,
+        host.image(),
+        "/bin/cat",
+        "/etc/resolv.conf",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&conf.stdout).contains("nameserver 127.0.0.11"),
+        "{}",
+        text(&conf)
+    );
+    // The target by its name: through the gateway, masked.
+    let psql = format!("{}/psql", gateway_e2e::PG_BIN);
+    let out = host.run(&[
+        "--name",
+        &format!("gwe-dns-psql-{id}"),
+        "-e",
+        "PGPASSFILE=/nonexistent",
+        host.image(),
+        &psql,
+        "-X",
+        "-At",
+        "-h",
+        name,
+        "-U",
+        "agent",
+        "-d",
+        "app",
+        "-c",
+        "select ssn from users where id = 2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        host.daemon.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[masked]");
+    // Another resolver: refused in the container's namespace, recorded, never asked.
+    let other = dns.other().to_string();
+    let queries = |log: String| log.lines().filter(|l| l.contains(" query[")).count();
+    let before = queries(dns.log());
+    let out = resolve(&format!("gwe-dns-other-{id}"), "bridge", &["--dns", &other]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(queries(dns.log()), before, "{}", dns.log());
+    let refused = wait_until(Duration::from_secs(5), || {
+        host.daemon.sessions().is_ok_and(|l| {
+            l.iter().any(|x| {
+                x["protocol"] == "udp"
+                    && x["decision"] == "deny"
+                    && x.to_string().contains(&format!("{other}:53"))
+            })
+        })
+    });
+    assert!(refused, "{:#?}", host.daemon.sessions()?);
     Ok(())
 }

@@ -50,6 +50,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "faketime",
     // Docker from inside a job: a real engine (dockerd, containerd, runc) the tests start.
     "docker.io",
+    // DNS in containers: a real resolver for the containers' queries.
+    "dnsmasq-base",
 ];
 
 pub(crate) fn setup(with_packages: bool) -> Result<()> {

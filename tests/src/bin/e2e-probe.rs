@@ -2,7 +2,11 @@
 //! and prints the outcome as one JSON object on stdout. Exit status 0 unless the arguments are wrong.
 //!
 //! Usage: e2e-probe [--cgroup DIR] OPERATION ARGS…
-//!   connect ADDR [TEXT]     TCP connect, read the greeting, send TEXT, read the echo
+//!   connect ADDR [TEXT]     TCP connect, read the greeting, send TEXT, read the echo (ADDR may
+//!                           be HOST:PORT, resolved by the system's resolver)
+//!   connect-from PORT ADDR TEXT [hold]
+//!                           `connect` from source port PORT (IPv4, SO_REUSEADDR); `hold`: then
+//!                           keep the connection until standard input ends
 //!   udp ADDR                one datagram with sendto()
 //!   udp-connect ADDR        connect() a UDP socket
 //!   raw                     socket(AF_INET, SOCK_RAW, IPPROTO_ICMP)
@@ -69,15 +73,91 @@ fn io_uring_setup() -> Value {
     json!({ "ok": true })
 }
 
+/// An address, or HOST:PORT looked up with the system's resolver (a container's).
+fn resolve(addr: &str) -> Result<SocketAddr, Value> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    match std::net::ToSocketAddrs::to_socket_addrs(addr) {
+        Ok(mut found) => found
+            .next()
+            .ok_or_else(|| json!({ "ok": false, "error": "no address", "stage": "resolve" })),
+        Err(e) => {
+            let mut v = errno_json(&e);
+            v["stage"] = json!("resolve");
+            Err(v)
+        }
+    }
+}
+
 fn connect(addr: &str, text: &str) -> Value {
-    let addr: SocketAddr = match addr.parse() {
+    let addr = match resolve(addr) {
         Ok(a) => a,
-        Err(e) => return json!({ "ok": false, "error": e.to_string() }),
+        Err(v) => return v,
     };
-    let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Ok(s) => s,
-        Err(e) => return errno_json(&e),
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(s) => converse(s, text),
+        Err(e) => errno_json(&e),
+    }
+}
+
+/// `connect` from a fixed IPv4 source port (what two containers may both use at once).
+fn connect_from(port: &str, addr: &str, text: &str, hold: bool) -> Value {
+    let (port, addr): (u16, std::net::SocketAddrV4) = match (port.parse(), resolve(addr)) {
+        (Ok(p), Ok(SocketAddr::V4(a))) => (p, a),
+        (_, Err(v)) => return v,
+        _ => return json!({ "ok": false, "error": "PORT and an IPv4 ADDR" }),
     };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let (source, destination) = (
+        sin(std::net::Ipv4Addr::UNSPECIFIED, port),
+        sin(*addr.ip(), addr.port()),
+    );
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    let one: libc::c_int = 1;
+    // SAFETY: socket(2), setsockopt(2), bind(2) and connect(2) on a descriptor this function
+    // owns (closed on failure, owned by the TcpStream after).
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return errno_json(&std::io::Error::last_os_error());
+        }
+        let ok = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        ) == 0
+            && libc::bind(fd, (&raw const source).cast(), len) == 0
+            && libc::connect(fd, (&raw const destination).cast(), len) == 0;
+        if !ok {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return errno_json(&e);
+        }
+        <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    let keep = hold.then(|| stream.try_clone().expect("clone"));
+    let v = converse(stream, text);
+    if let Some(_connection) = keep {
+        println!("{v}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    }
+    v
+}
+
+/// Reads the greeting, sends `text`, reads its echo.
+fn converse(stream: TcpStream, text: &str) -> Value {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let local = stream
         .local_addr()
@@ -458,6 +538,7 @@ fn main() {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let out = match arg(0) {
         "connect" => connect(arg(1), if arg(2).is_empty() { "ping" } else { arg(2) }),
+        "connect-from" => connect_from(arg(1), arg(2), arg(3), arg(4) == "hold"),
         "udp" => udp(arg(1), false),
         "udp-connect" => udp(arg(1), true),
         "raw" => socket_call(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
