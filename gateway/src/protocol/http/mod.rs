@@ -6,6 +6,9 @@
 //! removed. The job's bytes are never relayed as they are: each side has its own framing, so a
 //! request the gateway parsed one way cannot reach the upstream as another.
 //!
+//! `tls = "passthrough"` is the exception (`passthrough`): its bytes are relayed unread, after a
+//! decision on the ClientHello's server name.
+//!
 //! One file per concern: `request` (what a request is about), `headers` (what crosses), `body`
 //! (sampling, counting, masking, the end of a response), `credential` (the header the gateway
 //! adds), `echo` (the credential kept out of responses), `upstream` (the gateway's own
@@ -17,6 +20,7 @@ mod credential;
 mod echo;
 mod exchange;
 mod headers;
+mod passthrough;
 mod problem;
 pub mod request;
 mod rpc;
@@ -92,6 +96,7 @@ pub async fn serve(client: TcpStream, upstream: TcpStream, s: Session<'_>) -> Se
     let services = s.services;
     let settings = &s.target.http;
     let (client, sni, tls_detail) = match settings.tls {
+        HttpTls::Passthrough => return passthrough::serve(client, upstream, &s).await,
         HttpTls::None => (Client::Plain(client), None, None),
         HttpTls::Terminate => match accept_tls(client, &s).await {
             Some((stream, sni, detail)) => (Client::Tls(Box::new(stream)), sni, Some(detail)),
