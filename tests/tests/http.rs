@@ -1621,6 +1621,14 @@ async def main():
             await ws.send(message)
             replies.append(await ws.recv())
         out["replies"] = [r if isinstance(r, str) else r.hex() for r in replies]
+    # A message over the gateway's 1 MiB cap ends the WebSocket (1009), and never reaches the server.
+    async with websockets.connect("wss://{HOST}/ws/echo", host="{ip}", port=443, ssl=ctx) as ws:
+        await ws.send("x" * (2 * 1024 * 1024))
+        try:
+            await ws.recv()
+            out["big"] = "echoed"
+        except websockets.exceptions.ConnectionClosed as e:
+            out["big"] = e.code
     try:
         async with websockets.connect("wss://{HOST}/ws/admin", host="{ip}", port=443, ssl=ctx) as ws:
             out["admin"] = "open"
@@ -1645,11 +1653,13 @@ asyncio.run(main())
         "{result}"
     );
     ensure!(result["admin"] == 403, "{result}");
-    // The echo server saw one connection, the allowed one; nginx saw the upgrade with the
-    // injected credential, and never the denied path.
+    ensure!(result["big"] == 1009, "{result}");
+    // The echo server saw the two allowed connections and the three small messages; nginx saw
+    // the upgrades with the injected credential, and never the denied path.
     let served = echo.output();
     ensure!(
-        served.matches("connection").count() == 1 && served.contains("/ws/echo"),
+        served.matches("connection /ws/echo").count() == 2
+            && served.matches("message").count() == 3,
         "{served}"
     );
     let seen = s.server_saw();
@@ -1680,8 +1690,22 @@ asyncio.run(main())
         "{responses:?}"
     );
     let sockets = s.events("websocket")?;
-    ensure!(sockets.len() == 1, "{sockets:?}");
-    let d = &sockets[0]["detail"];
+    ensure!(sockets.len() == 2, "{sockets:?}");
+    let too_big = sockets
+        .iter()
+        .find(|e| e["detail"]["up"]["messages"] == 0)
+        .context("the WebSocket ended by the cap is recorded")?;
+    ensure!(
+        too_big["detail"]["end"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("client:")),
+        "{too_big}"
+    );
+    let relayed = sockets
+        .iter()
+        .find(|e| e["detail"]["up"]["messages"] == 3)
+        .context("the WebSocket relayed")?;
+    let d = &relayed["detail"];
     for way in ["up", "down"] {
         ensure!(d[way]["messages"] == 3, "{d}");
         ensure!(d[way]["text_messages"] == 2, "{d}");
@@ -1691,7 +1715,7 @@ asyncio.run(main())
             "{d}"
         );
     }
-    ensure!(!sockets[0].to_string().contains(&s.token), "{d}");
+    ensure!(!relayed.to_string().contains(&s.token), "{d}");
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
-        Message,
+        self, Message,
         protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
     },
 };
@@ -160,7 +160,10 @@ impl Relay {
                         }
                     }
                     Some(Err(e)) => {
-                        close(upstream, CloseCode::Policy, "the client broke the WebSocket").await;
+                        let (code, why) = unreadable(&e);
+                        close(client, code, why).await;
+                        drain(client).await;
+                        close(upstream, CloseCode::Away, "the client's WebSocket ended").await;
                         return format!("client: {e}");
                     }
                     None => {
@@ -176,6 +179,9 @@ impl Relay {
                         }
                     }
                     Some(Err(e)) => {
+                        let (code, why) = unreadable(&e);
+                        close(upstream, code, why).await;
+                        drain(upstream).await;
                         close(client, CloseCode::Error, "the upstream broke the WebSocket").await;
                         return format!("upstream: {e}");
                     }
@@ -208,6 +214,37 @@ async fn pass(message: Message, to: &mut Socket, from: &str) -> Option<String> {
         }
         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
     }
+}
+
+/// The close code and reason for a side whose frames the gateway cannot read: too large (1009),
+/// else broken (1002).
+fn unreadable(e: &tungstenite::Error) -> (CloseCode, &'static str) {
+    match e {
+        tungstenite::Error::Capacity(_) => (
+            CloseCode::Size,
+            "message or frame larger than the gateway relays (1 MiB)",
+        ),
+        _ => (CloseCode::Protocol, "the WebSocket could not be read"),
+    }
+}
+
+/// Reads and drops what a side is still sending (the rest of a message too large), bounded in
+/// bytes and time, so that closing the connection does not reset it before the side has read
+/// the close frame that says why.
+async fn drain(socket: &mut Socket) {
+    use tokio::io::AsyncReadExt as _;
+    let io = socket.get_mut();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut left = 4 * MAX_MESSAGE;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 async fn close(socket: &mut Socket, code: CloseCode, reason: &'static str) {
