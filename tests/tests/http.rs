@@ -1861,3 +1861,71 @@ fn passthrough_relays_tls_unread_and_decides_on_the_server_name_only() -> Result
     );
     Ok(())
 }
+
+#[test]
+fn passthrough_bounds_the_client_hello_in_size_and_time() -> Result<()> {
+    let s = Setup::with(PASSTHROUGH)?;
+    // A handshake message declared 60000 bytes long, sent in records of 16000: past the 32 KiB
+    // the gateway reads. Then a record header and nothing more: past header_timeout (5 s).
+    let script = format!(
+        r#"
+import json, socket
+out = {{}}
+def refused(send):
+    s = socket.create_connection(("{ip}", 9443), timeout=60)
+    try:
+        send(s)
+        return len(s.recv(100))
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
+def large(s):
+    body = b"\x01" + (60000).to_bytes(3, "big") + b"\x03\x03" + b"\x00" * 59996
+    for i in range(0, len(body), 16000):
+        chunk = body[i:i + 16000]
+        s.sendall(b"\x16\x03\x01" + len(chunk).to_bytes(2, "big") + chunk)
+out["large"] = refused(large)
+out["slow"] = refused(lambda s: s.sendall(b"\x16\x03\x01"))
+print(json.dumps(out))
+"#,
+        ip = s.nginx.addr,
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "python: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    // Closed without an answer (an end of stream, or a reset when unread bytes were left).
+    for case in ["large", "slow"] {
+        ensure!(
+            result[case] == 0 || result[case] == "ConnectionResetError",
+            "{case}: {result}"
+        );
+    }
+    let errors: Vec<String> = s
+        .events("protocol_error")?
+        .iter()
+        .map(|e| {
+            e["detail"]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    for expected in [
+        "the ClientHello is larger than 32768 bytes",
+        "no TLS ClientHello in time",
+    ] {
+        ensure!(
+            errors.iter().any(|e| e == expected),
+            "{expected}: {errors:?}"
+        );
+    }
+    let seen = s.server_saw();
+    ensure!(seen.is_empty(), "nginx saw {seen:?}");
+    Ok(())
+}
