@@ -17,6 +17,63 @@ use serde_json::Value;
 
 use crate::{Netns, Process, pki::TestPki, wait_until};
 
+/// Where the WebSocket echo server listens in the namespace (nginx proxies /ws/ to it).
+const WEBSOCKET_PORT: u16 = 9001;
+/// Where the gRPC server listens in the namespace (TLS of the fixture's CA, HTTP/2).
+pub const GRPC_PORT: u16 = 50051;
+
+/// A WebSocket server that echoes every message as it came (text as text, binary as binary) and
+/// prints each connection's path and each message's size.
+const WEBSOCKET_ECHO: &str = r#"
+import asyncio, sys, websockets
+async def echo(ws, path=None):
+    print("connection", path or ws.path, flush=True)
+    async for message in ws:
+        print("message", len(message), flush=True)
+        await ws.send(message)
+async def main():
+    async with websockets.serve(echo, sys.argv[1], int(sys.argv[2]), max_size=2**20):
+        print("ready", flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"#;
+
+/// A gRPC server without generated code (generic handlers, bytes in and out) under TLS:
+/// `/pkg.Service/Echo` answers `echo:` and the request (and echoes the call's `authorization` in
+/// its trailing metadata), `/pkg.Service/Fail` fails with
+/// FAILED_PRECONDITION and trailing metadata, `/pkg.Service/Secret` answers its secret.
+/// Every call it receives is printed.
+const GRPC_SERVER: &str = r#"
+import sys, grpc
+from concurrent import futures
+address, cert, key = sys.argv[1:4]
+def echo(request, context):
+    print("call Echo", flush=True)
+    # The credential the call carried, echoed back (the gateway must not let it through).
+    seen = dict(context.invocation_metadata()).get("authorization", "")
+    context.set_trailing_metadata((("x-served-by", "grpc-fixture"), ("x-seen-authorization", seen)))
+    return b"echo:" + request
+def fail(request, context):
+    print("call Fail", flush=True)
+    context.set_trailing_metadata((("x-failure-detail", "precondition-x"),))
+    context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the precondition failed")
+def secret(request, context):
+    print("call Secret", flush=True)
+    return b"the-secret"
+same = lambda b: b
+handlers = {
+    name: grpc.unary_unary_rpc_method_handler(f, request_deserializer=same, response_serializer=same)
+    for name, f in (("Echo", echo), ("Fail", fail), ("Secret", secret))
+}
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("pkg.Service", handlers),))
+credentials = grpc.ssl_server_credentials(((open(key, "rb").read(), open(cert, "rb").read()),))
+server.add_secure_port(address, credentials)
+server.start()
+print("ready", flush=True)
+server.wait_for_termination()
+"#;
+
 /// The host name nginx serves (jobs reach it with curl --resolve or an /etc/hosts-free URL).
 pub const HOST: &str = "api.test";
 
@@ -33,6 +90,8 @@ pub struct Nginx {
     pub ca: PathBuf,
     pub dir: PathBuf,
     access_log: PathBuf,
+    pki: TestPki,
+    remote_ip: Ipv4Addr,
 }
 
 impl Nginx {
@@ -83,6 +142,7 @@ http {{
         listen {ip}:80;
         listen {ip}:443 ssl http2;
         listen {ip}:8443 ssl http2;
+        listen {ip}:9443 ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         server_name {HOST} *.svc.test;
@@ -111,6 +171,14 @@ http {{
             fastcgi_param GIT_HTTP_EXPORT_ALL "";
             fastcgi_param PATH_INFO $1;
         }}
+        # WebSocket: upgraded and proxied to the echo server (`Nginx::websocket_echo`).
+        location /ws/ {{
+            proxy_pass http://{ip}:{WEBSOCKET_PORT};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 60s;
+        }}
         location / {{ return 200 "$request_method $request_uri\n"; }}
     }}
 }}
@@ -136,9 +204,11 @@ http {{
             token,
             git_root,
             addr: ns.remote_ip,
-            ca: pki.ca,
+            ca: pki.ca.clone(),
             dir: dir.clone(),
             access_log,
+            pki,
+            remote_ip: ns.remote_ip,
         };
         let up = wait_until(Duration::from_secs(10), || {
             fs::read_to_string(dir.join("nginx.pid")).is_ok_and(|p| !p.trim().is_empty())
@@ -149,6 +219,41 @@ http {{
             fs::read_to_string(dir.join("error.log")).unwrap_or_default()
         );
         Ok(nginx)
+    }
+
+    /// Starts the WebSocket echo server nginx proxies /ws/ to; its output lists what reached it.
+    pub fn websocket_echo(&self, ns: &Netns) -> Result<Process> {
+        let script = self.dir.join("ws-echo.py");
+        fs::write(&script, WEBSOCKET_ECHO)?;
+        let mut cmd = ns.command("/usr/bin/python3");
+        cmd.arg(&script)
+            .arg(self.remote_ip.to_string())
+            .arg(WEBSOCKET_PORT.to_string());
+        let process = Process::spawn("ws-echo", &mut cmd, self.dir.join("ws-echo.log"))?;
+        let up = wait_until(Duration::from_secs(20), || {
+            process.output().contains("ready")
+        });
+        ensure!(up, "websocket echo did not start: {}", process.output());
+        Ok(process)
+    }
+
+    /// Starts the gRPC server on `GRPC_PORT`, with a certificate of nginx's CA for `HOST`; its
+    /// output lists the calls that reached it.
+    pub fn grpc_server(&self, ns: &Netns) -> Result<Process> {
+        let (cert, key) = self.pki.issue("grpc-server", &format!("DNS:{HOST}"))?;
+        let script = self.dir.join("grpc-server.py");
+        fs::write(&script, GRPC_SERVER)?;
+        let mut cmd = ns.command("/usr/bin/python3");
+        cmd.arg(&script)
+            .arg(format!("{}:{GRPC_PORT}", self.remote_ip))
+            .arg(&cert)
+            .arg(&key);
+        let process = Process::spawn("grpc-server", &mut cmd, self.dir.join("grpc.log"))?;
+        let up = wait_until(Duration::from_secs(20), || {
+            process.output().contains("ready")
+        });
+        ensure!(up, "gRPC server did not start: {}", process.output());
+        Ok(process)
     }
 
     /// A file nginx serves under /files/.

@@ -98,7 +98,7 @@ struct Setup {
     /// The gateway's CA, as a runner image trusts it.
     gateway_ca: PathBuf,
     dir: TempDir,
-    _ns: Netns,
+    ns: Netns,
 }
 
 impl Setup {
@@ -106,8 +106,18 @@ impl Setup {
         Setup::with("")
     }
 
-    /// The setup with more configuration (`[[masking]]` rules) after the rules.
+    /// The setup with more configuration (`[[masking]]` rules) after the rules; `@IP@`, `@CA@`
+    /// and `@TOKEN_FILE@` in it stand for nginx's address, its CA file and the token's file.
     fn with(extra: &str) -> Result<Setup> {
+        Setup::configured("", extra)
+    }
+
+    /// The setup with rules that go before the common ones.
+    fn with_rules_first(rules: &str) -> Result<Setup> {
+        Setup::configured(rules, "")
+    }
+
+    fn configured(first: &str, extra: &str) -> Result<Setup> {
         let id = unique_id();
         let dir = TempDir::new(&format!("http{id}"));
         let ns = Netns::new(&id)?;
@@ -148,11 +158,15 @@ ca_file = "{other}"
 hosts = ["{HOST}"]
 [targets.credentials]
 token_file = "{token_file}"
-{RULES}{extra}"#,
+{first}{RULES}{extra}"#,
             ip = nginx.addr,
             ca = nginx.ca.display(),
             other = other_ca.ca.display(),
             token_file = token_file.display(),
+            extra = extra
+                .replace("@IP@", &nginx.addr.to_string())
+                .replace("@CA@", &nginx.ca.display().to_string())
+                .replace("@TOKEN_FILE@", &token_file.display().to_string()),
         );
         let daemon = Daemon::start(DaemonConfig {
             server: String::new(),
@@ -166,7 +180,7 @@ token_file = "{token_file}"
             token,
             gateway_ca,
             dir,
-            _ns: ns,
+            ns,
         })
     }
 
@@ -1457,5 +1471,461 @@ print(json.dumps({{"closed": closed, "answer": answer.decode(errors="replace")}}
         "{result}"
     );
     ensure!(s.server_saw().is_empty(), "{:?}", s.server_saw());
+    Ok(())
+}
+
+/// A gRPC target (the fixture's gRPC server, TLS of nginx's CA) with one method denied.
+const GRPC: &str = r#"
+[[targets]]
+name = "grpc"
+protocol = "http"
+address = "@IP@:50051"
+[targets.http]
+tls = "terminate"
+ca_file = "@CA@"
+hosts = ["api.test"]
+[targets.credentials]
+token_file = "@TOKEN_FILE@"
+
+[[rules]]
+name = "no-secrets-over-grpc"
+action = "deny"
+targets = ["grpc"]
+unauthenticated = true
+reason = "the secret method is not for CI"
+[rules.http]
+paths = ["/pkg.Service/Secret"]
+
+[[rules]]
+name = "grpc-calls"
+action = "allow"
+targets = ["grpc"]
+unauthenticated = true
+"#;
+
+#[test]
+fn grpc_calls_keep_their_trailers_and_a_denied_method_gets_permission_denied() -> Result<()> {
+    let s = Setup::with(GRPC)?;
+    let server = s.nginx.grpc_server(&s.ns)?;
+    // grpcio with the gateway's CA as its root: the one trust step.
+    let script = format!(
+        r#"
+import grpc, json
+ca = open("{ca}", "rb").read()
+channel = grpc.secure_channel("{ip}:{port}", grpc.ssl_channel_credentials(ca),
+    options=[("grpc.ssl_target_name_override", "{HOST}"), ("grpc.default_authority", "{HOST}")])
+out = {{}}
+reply, call = channel.unary_unary("/pkg.Service/Echo").with_call(b"hello", timeout=30)
+out["echo"] = reply.decode()
+out["echo_trailers"] = dict(call.trailing_metadata())
+for name in ("Fail", "Secret"):
+    try:
+        channel.unary_unary("/pkg.Service/" + name)(b"x", timeout=30)
+        out[name] = "ok"
+    except grpc.RpcError as e:
+        out[name] = {{"code": e.code().name, "details": e.details(),
+                      "trailers": dict(e.trailing_metadata() or ())}}
+print(json.dumps(out))
+"#,
+        ca = s.gateway_ca.display(),
+        ip = s.nginx.addr,
+        port = gateway_e2e::http::GRPC_PORT,
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "python: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    ensure!(result["echo"] == "echo:hello", "{result}");
+    ensure!(
+        result["echo_trailers"]["x-served-by"] == "grpc-fixture",
+        "{result}"
+    );
+    // The server got the injected token and echoed it in a trailer: the job reads it masked.
+    let echoed = result["echo_trailers"]["x-seen-authorization"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        !echoed.is_empty() && echoed.bytes().all(|b| b == b'*'),
+        "{result}"
+    );
+    // The server's status, message and trailing metadata reach the client as they were.
+    let fail = &result["Fail"];
+    ensure!(fail["code"] == "FAILED_PRECONDITION", "{result}");
+    ensure!(fail["details"] == "the precondition failed", "{result}");
+    ensure!(
+        fail["trailers"]["x-failure-detail"] == "precondition-x",
+        "{result}"
+    );
+    // The denied method: a gRPC status the client understands, naming the rule.
+    let secret = &result["Secret"];
+    ensure!(secret["code"] == "PERMISSION_DENIED", "{result}");
+    let details = secret["details"].as_str().unwrap_or_default();
+    ensure!(
+        details.contains("no-secrets-over-grpc") && details.contains("not for CI"),
+        "{result}"
+    );
+    let calls = server.output();
+    ensure!(
+        calls.contains("call Echo") && calls.contains("call Fail"),
+        "{calls}"
+    );
+    ensure!(!calls.contains("call Secret"), "the server saw {calls}");
+    let requests = s.events("http_request")?;
+    let decided = |path: &str| {
+        requests
+            .iter()
+            .find(|e| e["detail"]["path"] == path)
+            .map(|e| e["detail"]["decision"].clone())
+    };
+    ensure!(
+        decided("/pkg.Service/Echo") == Some(Value::from("allow")),
+        "{requests:?}"
+    );
+    ensure!(
+        decided("/pkg.Service/Secret") == Some(Value::from("deny")),
+        "{requests:?}"
+    );
+    Ok(())
+}
+
+/// A WebSocket path the rules deny (nginx proxies all of /ws/ to the echo server).
+const WEBSOCKET_RULE: &str = r#"
+[[rules]]
+name = "no-admin-socket"
+action = "deny"
+targets = ["api"]
+unauthenticated = true
+reason = "the admin socket is not for CI"
+[rules.http]
+paths = ["/ws/admin"]
+"#;
+
+#[test]
+fn websocket_upgrades_are_decided_relayed_and_recorded_with_counts() -> Result<()> {
+    // The deny rule goes before the rule allowing the rest of the target.
+    let s = Setup::with_rules_first(WEBSOCKET_RULE)?;
+    let echo = s.nginx.websocket_echo(&s.ns)?;
+    let script = format!(
+        r#"
+import asyncio, json, ssl, websockets
+ctx = ssl.create_default_context(cafile="{ca}")
+async def main():
+    out = {{}}
+    async with websockets.connect("wss://{HOST}/ws/echo", host="{ip}", port=443, ssl=ctx) as ws:
+        replies = []
+        for message in ["hello", "second message", b"\x00\x01binary"]:
+            await ws.send(message)
+            replies.append(await ws.recv())
+        out["replies"] = [r if isinstance(r, str) else r.hex() for r in replies]
+    # A message over the gateway's 1 MiB cap ends the WebSocket (1009), and never reaches the server.
+    async with websockets.connect("wss://{HOST}/ws/echo", host="{ip}", port=443, ssl=ctx) as ws:
+        await ws.send("x" * (2 * 1024 * 1024))
+        try:
+            await ws.recv()
+            out["big"] = "echoed"
+        except websockets.exceptions.ConnectionClosed as e:
+            out["big"] = e.code
+    try:
+        async with websockets.connect("wss://{HOST}/ws/admin", host="{ip}", port=443, ssl=ctx) as ws:
+            out["admin"] = "open"
+    except websockets.exceptions.InvalidStatusCode as e:
+        out["admin"] = e.status_code
+    print(json.dumps(out))
+asyncio.run(main())
+"#,
+        ca = s.gateway_ca.display(),
+        ip = s.nginx.addr,
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "python: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    ensure!(
+        result["replies"] == serde_json::json!(["hello", "second message", "000162696e617279"]),
+        "{result}"
+    );
+    ensure!(result["admin"] == 403, "{result}");
+    ensure!(result["big"] == 1009, "{result}");
+    // The echo server saw the two allowed connections and the three small messages; nginx saw
+    // the upgrades with the injected credential, and never the denied path.
+    let served = echo.output();
+    ensure!(
+        served.matches("connection /ws/echo").count() == 2
+            && served.matches("message").count() == 3,
+        "{served}"
+    );
+    let seen = s.server_saw();
+    ensure!(
+        seen.iter().all(|r| r["uri"] != "/ws/admin"),
+        "nginx saw {seen:?}"
+    );
+    let upgrade = seen
+        .iter()
+        .find(|r| r["uri"] == "/ws/echo")
+        .context("the upgrade reached nginx")?;
+    ensure!(upgrade["status"] == 101, "{upgrade}");
+    ensure!(
+        upgrade["auth"] == format!("Bearer {}", s.token),
+        "{upgrade}"
+    );
+    // Recorded: the upgrade request and its 101, then the relay's counts and text samples.
+    let requests = s.events("http_request")?;
+    ensure!(
+        requests
+            .iter()
+            .any(|e| e["detail"]["path"] == "/ws/admin" && e["detail"]["decision"] == "deny"),
+        "{requests:?}"
+    );
+    let responses = s.events("http_response")?;
+    ensure!(
+        responses.iter().any(|e| e["detail"]["status"] == 101),
+        "{responses:?}"
+    );
+    let sockets = s.events("websocket")?;
+    ensure!(sockets.len() == 2, "{sockets:?}");
+    let too_big = sockets
+        .iter()
+        .find(|e| e["detail"]["up"]["messages"] == 0)
+        .context("the WebSocket ended by the cap is recorded")?;
+    ensure!(
+        too_big["detail"]["end"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("client:")),
+        "{too_big}"
+    );
+    let relayed = sockets
+        .iter()
+        .find(|e| e["detail"]["up"]["messages"] == 3)
+        .context("the WebSocket relayed")?;
+    let d = &relayed["detail"];
+    for way in ["up", "down"] {
+        ensure!(d[way]["messages"] == 3, "{d}");
+        ensure!(d[way]["text_messages"] == 2, "{d}");
+        ensure!(d[way]["bytes"] == 5 + 14 + 8, "{d}");
+        ensure!(
+            d[way]["text_sample"] == serde_json::json!(["hello", "second message"]),
+            "{d}"
+        );
+    }
+    ensure!(!relayed.to_string().contains(&s.token), "{d}");
+    Ok(())
+}
+
+/// A passthrough target on nginx's port 9443: the gateway decides on the TLS server name only.
+const PASSTHROUGH: &str = r#"
+[[targets]]
+name = "pinned"
+protocol = "http"
+address = "@IP@:9443"
+[targets.http]
+tls = "passthrough"
+hosts = ["api.test", "*.svc.test"]
+header_timeout = "5s"
+
+[[rules]]
+name = "no-blocked-name"
+action = "deny"
+targets = ["pinned"]
+unauthenticated = true
+reason = "blocked.svc.test is not for CI"
+[rules.http]
+hosts = ["blocked.svc.test"]
+
+[[rules]]
+name = "pinned-clients"
+action = "allow"
+targets = ["pinned"]
+unauthenticated = true
+"#;
+
+#[test]
+fn passthrough_relays_tls_unread_and_decides_on_the_server_name_only() -> Result<()> {
+    let s = Setup::with(PASSTHROUGH)?;
+    let ip = s.nginx.addr.to_string();
+    let curl = |name: &str, ca: &PathBuf, path: &str| {
+        let resolve = format!("{name}:9443:{ip}");
+        let url = format!("https://{name}:9443{path}");
+        s.daemon.run_job(
+            &[],
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "30",
+                "--cacert",
+                ca.to_str().unwrap_or_default(),
+                "--resolve",
+                &resolve,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        )
+    };
+    // nginx's own certificate reaches the job: it verifies with nginx's CA, not the gateway's.
+    let out = curl(HOST, &s.nginx.ca, "/whoami");
+    let (body, status) = split(&out);
+    ensure!(
+        status == "200",
+        "{status} {body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing is added inside the TLS: no credential.
+    ensure!(body.trim_end() == "auth= key=", "{body}");
+    let out = curl(HOST, &s.gateway_ca, "/whoami");
+    ensure!(
+        out.status.code() == Some(60),
+        "verified with the gateway's CA: {out:?}"
+    );
+    // A name that is not a host of the target, a name a rule denies, no name at all: closed
+    // after the ClientHello, before any byte reaches the server.
+    for (name, path) in [
+        ("other.test", "/other"),
+        ("blocked.svc.test", "/blocked"),
+        (ip.as_str(), "/no-sni"),
+    ] {
+        let out = curl(name, &s.nginx.ca, path);
+        ensure!(out.status.code() == Some(35), "{name}: {out:?}");
+    }
+    // Bytes that are not TLS.
+    let raw = s.daemon.run_job(
+        &[],
+        httpraw_bin(),
+        &[
+            &format!("{ip}:9443"),
+            "GET /garbage HTTP/1.1\\r\\nHost: api.test\\r\\n\\r\\n",
+        ],
+    );
+    ensure!(
+        !String::from_utf8_lossy(&raw.stdout).contains("HTTP/1.1"),
+        "{raw:?}"
+    );
+    // The one request: the client that verified with the gateway's CA stopped at the handshake.
+    let seen = s.server_saw();
+    ensure!(
+        seen.len() == 1 && seen[0]["uri"] == "/whoami",
+        "nginx saw {seen:?}"
+    );
+    // Recorded: the server name of each connection, why the refused ones were refused, and the
+    // relayed one's byte counts.
+    let hellos = s.events("client_tls")?;
+    ensure!(
+        hellos
+            .iter()
+            .filter(|e| e["detail"]["passthrough"] == true && e["detail"]["server_name"] == HOST)
+            .count()
+            == 2,
+        "{hellos:?}"
+    );
+    let refused = s.events("refused")?;
+    let reasons: Vec<String> = refused
+        .iter()
+        .map(|e| {
+            e["detail"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    for expected in [
+        "TLS server name \"other.test\" is not a host of target \"pinned\"",
+        "blocked.svc.test is not for CI",
+        "the ClientHello names no server (SNI)",
+    ] {
+        ensure!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "{expected}: {reasons:?}"
+        );
+    }
+    let errors = s.events("protocol_error")?;
+    ensure!(
+        errors.iter().any(|e| e["detail"]["error"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("not a TLS ClientHello"))),
+        "{errors:?}"
+    );
+    let closed = s.events("closed")?;
+    ensure!(
+        closed.iter().any(|e| e["detail"]["server_name"] == HOST
+            && e["detail"]["bytes_up"].as_u64() > Some(200)
+            && e["detail"]["bytes_down"].as_u64() > Some(500)),
+        "{closed:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn passthrough_bounds_the_client_hello_in_size_and_time() -> Result<()> {
+    let s = Setup::with(PASSTHROUGH)?;
+    // A handshake message declared 60000 bytes long, sent in records of 16000: past the 32 KiB
+    // the gateway reads. Then a record header and nothing more: past header_timeout (5 s).
+    let script = format!(
+        r#"
+import json, socket
+out = {{}}
+def refused(send):
+    s = socket.create_connection(("{ip}", 9443), timeout=60)
+    try:
+        send(s)
+        return len(s.recv(100))
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
+def large(s):
+    body = b"\x01" + (60000).to_bytes(3, "big") + b"\x03\x03" + b"\x00" * 59996
+    for i in range(0, len(body), 16000):
+        chunk = body[i:i + 16000]
+        s.sendall(b"\x16\x03\x01" + len(chunk).to_bytes(2, "big") + chunk)
+out["large"] = refused(large)
+out["slow"] = refused(lambda s: s.sendall(b"\x16\x03\x01"))
+print(json.dumps(out))
+"#,
+        ip = s.nginx.addr,
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "python: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    // Closed without an answer (an end of stream, or a reset when unread bytes were left).
+    for case in ["large", "slow"] {
+        ensure!(
+            result[case] == 0 || result[case] == "ConnectionResetError",
+            "{case}: {result}"
+        );
+    }
+    let errors: Vec<String> = s
+        .events("protocol_error")?
+        .iter()
+        .map(|e| {
+            e["detail"]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    for expected in [
+        "the ClientHello is larger than 32768 bytes",
+        "no TLS ClientHello in time",
+    ] {
+        ensure!(
+            errors.iter().any(|e| e == expected),
+            "{expected}: {errors:?}"
+        );
+    }
+    let seen = s.server_saw();
+    ensure!(seen.is_empty(), "nginx saw {seen:?}");
     Ok(())
 }

@@ -26,6 +26,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-jsonschema",
     "python3-httpx",
     "nghttp2-client",
+    // WebSocket (echo server and client) and gRPC (server and client) through HTTP targets.
+    "python3-websockets",
+    "python3-grpcio",
     // git over HTTPS: git's smart HTTP server behind nginx.
     "git",
     "fcgiwrap",

@@ -15,15 +15,19 @@ pub enum HttpTls {
     Terminate,
     /// Plain HTTP from the job.
     None,
+    /// The gateway reads the job's TLS ClientHello only, decides on its server name (SNI), and
+    /// relays the bytes unread (for clients that pin the server's certificate).
+    Passthrough,
 }
 
 impl HttpTls {
-    pub const NAMES: &str = "terminate or none";
+    pub const NAMES: &str = "terminate, none or passthrough";
 
     pub fn parse(text: &str) -> Option<HttpTls> {
         match text {
             "terminate" => Some(HttpTls::Terminate),
             "none" => Some(HttpTls::None),
+            "passthrough" => Some(HttpTls::Passthrough),
             _ => None,
         }
     }
@@ -53,6 +57,9 @@ pub struct HttpSettings {
     /// How long a client may take over its TLS handshake, and over each HTTP/1.1 request's
     /// headers (slow-header clients hold a connection of the job's limit, no more).
     pub header_timeout: std::time::Duration,
+    /// `tls = "passthrough"`: a ClientHello without a server name is relayed (decided on by
+    /// rules without `hosts`); refused by default.
+    pub allow_missing_sni: bool,
 }
 
 impl HttpSettings {
@@ -73,6 +80,7 @@ impl HttpSettings {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             header_timeout: std::time::Duration::from_secs(30),
+            allow_missing_sni: false,
         }
     }
 }
@@ -96,6 +104,7 @@ pub(super) struct RawHttp {
     max_header_bytes: Option<S<i64>>,
     max_headers: Option<S<i64>>,
     header_timeout: Option<S<String>>,
+    allow_missing_sni: Option<S<bool>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -150,6 +159,7 @@ impl Validator<'_> {
             );
             return out;
         }
+        let span = raw.span();
         let raw = raw.into_inner();
         if let Some(t) = raw.tls {
             match HttpTls::parse(t.get_ref()) {
@@ -224,6 +234,25 @@ impl Validator<'_> {
             &format!("{key}.header_timeout"),
             out.header_timeout,
         );
+        if let Some(a) = raw.allow_missing_sni {
+            out.allow_missing_sni = *a.get_ref();
+            if out.tls != HttpTls::Passthrough {
+                self.problem(
+                    a.span(),
+                    format!("{key}.allow_missing_sni"),
+                    "is about tls = \"passthrough\" (a terminating target names its certificate for the address dialled)",
+                );
+            }
+        }
+        if out.tls == HttpTls::Passthrough
+            && (out.upstream_tls || out.ca_file.is_some() || out.server_name.is_some())
+        {
+            self.problem(
+                span,
+                key,
+                "with tls = \"passthrough\" the job's own TLS client verifies the server: upstream_tls, ca_file and server_name do not apply",
+            );
+        }
         out
     }
 
@@ -247,6 +276,14 @@ impl Validator<'_> {
             return;
         }
         let h = &target.http;
+        if h.tls == HttpTls::Passthrough {
+            self.problem(
+                span,
+                format!("targets[{i}].credentials"),
+                "tls = \"passthrough\" relays the job's TLS unread: the gateway cannot add a credential to it (use tls = \"terminate\")",
+            );
+            return;
+        }
         if !h.upstream_tls && !h.allow_plain_credentials {
             self.problem(
                 span.clone(),
@@ -284,7 +321,7 @@ impl Validator<'_> {
         });
         if !http_targets {
             self.problem(
-                span,
+                span.clone(),
                 key.clone(),
                 "the rule's targets include no http target",
             );
@@ -336,6 +373,35 @@ impl Validator<'_> {
         };
         let rpc_methods = names(raw.rpc_methods, "rpc_methods");
         let mcp_tools = names(raw.mcp_tools, "mcp_tools");
+        // A passthrough target's requests are never read: only its TLS server name is known.
+        let unreadable = [
+            ("methods", methods.is_empty()),
+            ("paths", paths.is_empty()),
+            ("query", raw.query.is_empty()),
+            ("rpc_methods", rpc_methods.is_empty()),
+            ("mcp_tools", mcp_tools.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(field, empty)| (!empty).then_some(field))
+        .collect::<Vec<_>>();
+        if let Some(t) = targets.iter().find(|t| {
+            t.protocol == Protocol::Http
+                && t.http.tls == HttpTls::Passthrough
+                && target_globs
+                    .iter()
+                    .any(|g| crate::glob::matches(g, &t.name))
+        }) && !unreadable.is_empty()
+        {
+            self.problem(
+                span.clone(),
+                key.clone(),
+                format!(
+                    "target {:?} relays TLS unread (tls = \"passthrough\"): only `hosts` (its server name) can be decided on, not {}; give this rule targets without it",
+                    t.name,
+                    unreadable.join(", ")
+                ),
+            );
+        }
         HttpCondition {
             rpc_methods,
             mcp_tools,

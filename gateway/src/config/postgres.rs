@@ -543,6 +543,23 @@ impl Validator<'_> {
                     "json_fields mask HTTP response bodies, and this rule's targets include no http target",
                 );
             }
+            // The gateway never reads a passthrough target's traffic: nothing there is masked.
+            if let Some(t) = targets.iter().find(|t| {
+                t.protocol == Protocol::Http
+                    && t.http.tls == super::HttpTls::Passthrough
+                    && target_globs
+                        .iter()
+                        .any(|g| crate::glob::matches(g, &t.name))
+            }) {
+                self.problem(
+                    m.name.span(),
+                    format!("{key}.targets"),
+                    format!(
+                        "target {:?} relays TLS unread (tls = \"passthrough\"), so nothing of it can be masked: name this rule's targets without it",
+                        t.name
+                    ),
+                );
+            }
             if !has_columns && !has_fields && !has_detectors {
                 self.problem(
                     m.name.span(),

@@ -584,3 +584,51 @@ fn bad_http_settings_and_conditions_are_located() {
         "{no_user:?}"
     );
 }
+
+const PASSTHROUGH_TARGET: &str = "[[targets]]\nname = \"pinned\"\nprotocol = \"http\"\naddress = \"pinned.example:443\"\n[targets.http]\ntls = \"passthrough\"\n";
+
+#[test]
+fn a_passthrough_target_takes_only_what_the_gateway_can_do_without_reading_it() {
+    let cfg = Config::parse(
+        &format!("{PASSTHROUGH_TARGET}allow_missing_sni = true\n\n[[rules]]\nname = \"r\"\naction = \"deny\"\ntargets = [\"pinned\"]\nunauthenticated = true\n[rules.http]\nhosts = [\"evil.example\"]\n"),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let h = &cfg.targets[0].http;
+    assert_eq!(h.tls, HttpTls::Passthrough);
+    assert!(!h.upstream_tls && h.allow_missing_sni);
+    assert_eq!(h.hosts, ["pinned.example"]);
+    for (extra, expected) in [
+        (
+            "[targets.credentials]\ntoken_file = \"/etc/gateway/token\"\n",
+            "targets[0].credentials: tls = \"passthrough\" relays the job's TLS unread",
+        ),
+        (
+            "ca_file = \"/etc/ca.pem\"\n",
+            "upstream_tls, ca_file and server_name do not apply",
+        ),
+        (
+            "\n[[rules]]\nname = \"r\"\naction = \"deny\"\ntargets = [\"pinned\"]\nunauthenticated = true\n[rules.http]\nmethods = [\"POST\"]\npaths = [\"/admin\"]\n",
+            "rules[0].http: target \"pinned\" relays TLS unread (tls = \"passthrough\"): only `hosts` (its server name) can be decided on, not methods, paths",
+        ),
+        (
+            "\n[[masking]]\nname = \"m\"\njson_fields = [\"ssn\"]\n",
+            "masking[0].targets: target \"pinned\" relays TLS unread",
+        ),
+    ] {
+        let found = problems(&format!("{PASSTHROUGH_TARGET}{extra}"));
+        assert!(
+            found.iter().any(|p| p.contains(expected)),
+            "{expected}: {found:?}"
+        );
+    }
+    let terminating = problems(&format!(
+        "{HTTP_TARGET}[targets.http]\nallow_missing_sni = true\n"
+    ));
+    assert!(
+        terminating
+            .iter()
+            .any(|p| p.contains("targets[0].http.allow_missing_sni")),
+        "{terminating:?}"
+    );
+}

@@ -127,6 +127,55 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// May `identity` open TLS to `server_name` (`None`: the ClientHello named none) through
+    /// passthrough target `target`? Only `hosts` can be decided on: the requests are never read.
+    /// A rule with other request conditions (which the configuration refuses for such targets)
+    /// matches when it denies or asks for approval, never when it allows.
+    pub fn decide_tls_passthrough(
+        &self,
+        identity: &Identity,
+        target: &str,
+        server_name: Option<&str>,
+    ) -> Decision {
+        let shown = server_name.unwrap_or("(no server name)");
+        for rule in &self.rules {
+            let matches = rule.http.as_ref().is_none_or(|c| {
+                let unreadable = !c.methods.is_empty()
+                    || !c.paths.is_empty()
+                    || !c.query.is_empty()
+                    || c.reads_rpc();
+                if unreadable {
+                    return rule.action != Action::Allow;
+                }
+                c.hosts.is_empty()
+                    || server_name.is_some_and(|n| c.hosts.iter().any(|g| glob::matches(g, n)))
+            });
+            if matches && applies(rule, identity, target) {
+                return match (&rule.action, &rule.http) {
+                    (Action::Deny, Some(_)) => Decision::Deny {
+                        rule: Some(rule.name.clone()),
+                        reason: rule.reason.clone().unwrap_or_else(|| {
+                            format!(
+                                "rule {:?} denies TLS to {shown} on target {target:?}",
+                                rule.name
+                            )
+                        }),
+                    },
+                    _ => decision_of(rule, identity, target),
+                };
+            }
+        }
+        Decision::Deny {
+            rule: None,
+            reason: format!(
+                "no rule allows {} TLS to {shown} on target {target:?}",
+                describe(identity)
+            ),
+        }
+    }
+}
+
 fn condition_matches(c: &HttpCondition, action: Action, r: &HttpRequest<'_>) -> bool {
     request_matches(c, action, r) && (!c.reads_rpc() || rpc_matches(c, action, r.rpc))
 }
@@ -230,6 +279,38 @@ mod tests {
         policy
             .decide_http(&Identity::unauthenticated(), "api", &r)
             .label()
+    }
+
+    #[test]
+    fn passthrough_is_decided_on_the_server_name_alone() {
+        let hosts = |h: &[&str]| {
+            Some(HttpCondition {
+                hosts: h.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+        };
+        let p = Policy::new(vec![
+            rule("blocked", Action::Deny, hosts(&["blocked.*"])),
+            rule("unreadable-deny", Action::Deny, cond(&["DELETE"], &[], &[])),
+            rule("all", Action::Allow, None),
+        ]);
+        let decide = |name: Option<&str>| {
+            p.decide_tls_passthrough(&Identity::unauthenticated(), "api", name)
+        };
+        assert_eq!(decide(Some("blocked.example")).rule(), Some("blocked"));
+        // A deny rule about requests cannot be checked: it holds for every connection.
+        assert_eq!(decide(Some("api.example")).rule(), Some("unreadable-deny"));
+        let p = Policy::new(vec![
+            rule("blocked", Action::Deny, hosts(&["blocked.*"])),
+            rule("gets", Action::Allow, cond(&["GET"], &[], &[])),
+        ]);
+        let decide = |name: Option<&str>| {
+            p.decide_tls_passthrough(&Identity::unauthenticated(), "api", name)
+                .label()
+        };
+        // An allow rule about requests allows nothing here.
+        assert_eq!(decide(Some("api.example")), "deny");
+        assert_eq!(decide(None), "deny");
     }
 
     #[test]

@@ -100,6 +100,8 @@ kinds! {
     HttpResponse = "http_response",
     /// An HTTP request held for approval, and the outcome.
     HttpApproval = "http_approval",
+    /// A WebSocket relayed after an upgrade: messages and bytes each way, text samples.
+    WebSocket = "websocket",
     /// A request for approval was made.
     ApprovalRequested = "approval_requested",
     /// Someone voted on a request.

@@ -76,6 +76,13 @@ pub(super) async fn sample(
     })
 }
 
+/// A body without bytes (the gateway's own answers).
+pub(super) fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// How a response body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +112,21 @@ pub(super) struct Summary {
     pub(super) masking_error: Option<String>,
     #[serde(skip)]
     pub(super) sample: Bytes,
+}
+
+impl Summary {
+    /// A response that ended with its headers.
+    pub(super) fn empty() -> Summary {
+        Summary {
+            ending: Ending::Complete,
+            bytes: 0,
+            sha256: hex(&Sha256::digest(b"")),
+            echoes_redacted: 0,
+            masked: None,
+            masking_error: None,
+            sample: Bytes::new(),
+        }
+    }
 }
 
 type OnEnd = Box<dyn FnOnce(Summary) + Send>;
@@ -160,6 +182,10 @@ pub(super) struct ResponseBody {
     /// The upstream body ended and the filters gave their last bytes.
     upstream_done: bool,
     masking_error: Option<String>,
+    /// Trailers that wait for the filters' last bytes.
+    held_trailers: Option<http::HeaderMap>,
+    /// Echoes of the credential replaced in trailers.
+    trailer_echoes: u64,
 }
 
 impl ResponseBody {
@@ -183,6 +209,8 @@ impl ResponseBody {
             held_error: None,
             upstream_done: false,
             masking_error: None,
+            held_trailers: None,
+            trailer_echoes: 0,
         }
     }
 
@@ -256,7 +284,8 @@ impl ResponseBody {
                 ending,
                 bytes: self.bytes,
                 sha256: hex(&hasher.finalize()),
-                echoes_redacted: self.filters.echo.as_ref().map_or(0, EchoFilter::redacted),
+                echoes_redacted: self.filters.echo.as_ref().map_or(0, EchoFilter::redacted)
+                    + self.trailer_echoes,
                 masked: self.filters.masker.as_ref().map(BodyMasker::masked),
                 masking_error: self.masking_error.take(),
                 sample: std::mem::take(&mut self.sample).freeze(),
@@ -315,6 +344,9 @@ impl HttpBody for ResponseBody {
         {
             return this.send(held);
         }
+        if let Some(trailers) = this.held_trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
         if let Some(e) = this.held_error.take() {
             this.end(Ending::UpstreamError);
             return Poll::Ready(Some(Err(e)));
@@ -355,13 +387,31 @@ impl HttpBody for ResponseBody {
                         }
                         return this.send(data);
                     }
-                    // Trailers (gRPC status) pass as they are, unless the body is masked: their
-                    // values are not.
+                    // Trailers (gRPC status) pass, without echoes of the credential, after
+                    // what the filters still hold; unless the body is masked: their values are
+                    // not.
                     Err(frame) => {
                         if this.filters.masker.is_some() {
                             continue;
                         }
-                        return Poll::Ready(Some(Ok(frame)));
+                        let Ok(mut trailers) = frame.into_trailers() else {
+                            continue;
+                        };
+                        if let Some(echo) = &this.filters.echo {
+                            this.trailer_echoes +=
+                                super::headers::redact_echoes(&mut trailers, echo.secrets());
+                        }
+                        this.upstream_done = true;
+                        let rest = match this.filters.finish() {
+                            Ok(rest) => rest,
+                            Err(e) => return this.fail(e),
+                        };
+                        if rest.is_empty() {
+                            this.end(Ending::Complete);
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        this.held_trailers = Some(trailers);
+                        return this.send(rest);
                     }
                 },
             }
@@ -369,7 +419,9 @@ impl HttpBody for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.on_end.is_none() && self.held.as_ref().is_none_or(Bytes::is_empty)
+        self.on_end.is_none()
+            && self.held.as_ref().is_none_or(Bytes::is_empty)
+            && self.held_trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

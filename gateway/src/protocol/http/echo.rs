@@ -41,6 +41,11 @@ impl EchoFilter {
         self.held.split().freeze()
     }
 
+    /// The secrets looked for (for trailers, which are headers).
+    pub(super) fn secrets(&self) -> &[Vec<u8>] {
+        &self.secrets
+    }
+
     /// Occurrences replaced so far.
     pub(super) fn redacted(&self) -> u64 {
         self.redacted

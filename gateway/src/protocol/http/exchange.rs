@@ -13,6 +13,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde_json::json;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     Body, Counters, Services, Session,
@@ -23,6 +24,7 @@ use super::{
     request::{self, HostRules, Reading, Refusal},
     rpc::{self, Calls},
     upstream::Upstream,
+    websocket,
 };
 use crate::{
     approval::{ApprovalOutcome, ApprovalRequest, Approvals, Submission},
@@ -67,6 +69,9 @@ pub(super) struct Exchange {
     /// The body masking of the target's `[[masking]]` rules; `None` when none applies.
     masking: Option<Arc<BodyRules>>,
     counters: Counters,
+    /// WebSocket relays of the session, which outlive the request that started them.
+    pub(super) relays: TaskTracker,
+    shutdown: CancellationToken,
 }
 
 pub(super) struct Setup<'a> {
@@ -99,10 +104,23 @@ impl Exchange {
             credential,
             masking: BodyRules::for_target(&setup.services.masking, &s.target.name),
             counters: setup.counters,
+            relays: TaskTracker::new(),
+            shutdown: setup.services.shutdown.clone(),
         })
     }
 
     pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        // A gRPC client reads a refusal only as a gRPC status.
+        let grpc = problem::is_grpc(request.headers());
+        let response = self.decide_and_forward(request).await;
+        if grpc {
+            problem::as_grpc_status(response).await
+        } else {
+            response
+        }
+    }
+
+    async fn decide_and_forward(&self, request: Request<Incoming>) -> Response<Body> {
         let number = self.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
         // The recording's timings (and HAR's) count from here.
         let received = Received {
@@ -356,8 +374,26 @@ impl Exchange {
         body: Body,
         received: Received,
     ) -> Response<Body> {
+        let mut parts = parts;
+        // The job's side of an upgrade: hyper hands the connection over after the 101.
+        let client_upgrade = if reading.websocket {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
         let mut headers = parts.headers;
+        let trailers_wanted = headers::wants_trailers(&headers);
         headers::strip_hop_by_hop(&mut headers);
+        if trailers_wanted {
+            // gRPC servers require it; it says only that the client reads trailers.
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if reading.websocket {
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            // The relay reads and writes plain frames: no compression is negotiated.
+            headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
         headers.remove(header::HOST);
         if let Some(c) = &self.credential {
             headers.remove(&c.name);
@@ -411,7 +447,12 @@ impl Exchange {
             headers.insert(header::HOST, host);
         }
         *upstream_request.headers_mut() = headers;
-        let response = match self.upstream.send(upstream_request).await {
+        let sent = if reading.websocket {
+            self.upstream.send_upgrade(upstream_request).await
+        } else {
+            self.upstream.send(upstream_request).await
+        };
+        let response = match sent {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(session = self.session_id, request = number, error = %e, "upstream failed");
@@ -429,7 +470,73 @@ impl Exchange {
                 );
             }
         };
+        if reading.websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return self.switch(number, response, client_upgrade, received);
+        }
         self.respond(number, head, response, received).await
+    }
+
+    /// The upstream accepted a WebSocket: the job gets the 101 (the headers that complete the
+    /// handshake, checked) and both connections go to a relay of the session.
+    fn switch(
+        &self,
+        number: u64,
+        mut response: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        received: Received,
+    ) -> Response<Body> {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        let refuse = |reason: &str| self.refuse_response(number, &parts, reason, &received);
+        let Some(client_upgrade) = client_upgrade else {
+            return refuse("the job's connection cannot be upgraded (HTTP/2)");
+        };
+        if parts.headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+            return refuse(
+                "the upstream negotiated a WebSocket extension the gateway did not offer",
+            );
+        }
+        let upgrade = parts.headers.get(header::UPGRADE);
+        if !upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+            return refuse("the upstream switched to another protocol than websocket");
+        }
+        let secrets: &[Vec<u8>] = self.credential.as_ref().map_or(&[], |c| &c.secrets);
+        let echoes = headers::redact_echoes(&mut parts.headers, secrets);
+        let mut out = Response::new(body::empty());
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = out.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for name in [header::SEC_WEBSOCKET_ACCEPT, header::SEC_WEBSOCKET_PROTOCOL] {
+            if let Some(v) = parts.headers.get(&name) {
+                headers.insert(name, v.clone());
+            }
+        }
+        self.store.note_event(
+            self.session_id,
+            EventKind::HttpResponse,
+            json!({
+                "request": number,
+                "status": 101,
+                "headers": headers::recorded(&parts.headers, None),
+                "echoes_redacted": echoes,
+                "bytes": 0,
+                "end": "upgraded",
+                "started_at": received.at,
+                "duration_ms": millis_since(received.instant),
+            }),
+        );
+        let relay = websocket::Relay {
+            store: self.store.clone(),
+            session_id: self.session_id,
+            request: number,
+            sample_limit: self.settings.body_sample,
+            counters: self.counters.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        self.relays
+            .spawn(relay.run(client_upgrade, upstream_upgrade));
+        out
     }
 
     /// The masker for a response, `None` when no masking reads it; [`Unmaskable`] when masking
@@ -554,6 +661,12 @@ impl Exchange {
                 }),
             );
         });
+        if masker.is_none() && http_body::Body::is_end_stream(&body) {
+            // Nothing follows the headers (a gRPC trailers-only response among such): HTTP/2
+            // ends the stream on the HEADERS frame, as the upstream did.
+            on_end(body::Summary::empty());
+            return Response::from_parts(parts, body::empty());
+        }
         let mut body = ResponseBody::new(
             body,
             Filters {

@@ -36,6 +36,17 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the client said it reads trailers (`TE: trailers`, the one TE value HTTP/2 allows,
+/// which gRPC requires end to end).
+pub(super) fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.split(';').next().unwrap_or("").trim() == "trailers")
+        })
+    })
+}
+
 /// Headers whose values the recording never keeps.
 const SECRET_HEADERS: &[&str] = &[
     "authorization",

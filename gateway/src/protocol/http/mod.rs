@@ -6,21 +6,26 @@
 //! removed. The job's bytes are never relayed as they are: each side has its own framing, so a
 //! request the gateway parsed one way cannot reach the upstream as another.
 //!
+//! `tls = "passthrough"` is the exception (`passthrough`): its bytes are relayed unread, after a
+//! decision on the ClientHello's server name.
+//!
 //! One file per concern: `request` (what a request is about), `headers` (what crosses), `body`
 //! (sampling, counting, masking, the end of a response), `credential` (the header the gateway
 //! adds), `echo` (the credential kept out of responses), `upstream` (the gateway's own
 //! connections), `exchange` (one request from decision to response), `problem` (the gateway's own
-//! answers).
+//! answers, also as gRPC statuses), `websocket` (messages relayed after an upgrade).
 
 mod body;
 mod credential;
 mod echo;
 mod exchange;
 mod headers;
+mod passthrough;
 mod problem;
 pub mod request;
 mod rpc;
 mod upstream;
+mod websocket;
 
 use parking_lot::Mutex;
 use std::{
@@ -92,6 +97,7 @@ pub async fn serve(client: TcpStream, upstream: TcpStream, s: Session<'_>) -> Se
     let services = s.services;
     let settings = &s.target.http;
     let (client, sni, tls_detail) = match settings.tls {
+        HttpTls::Passthrough => return passthrough::serve(client, upstream, &s).await,
         HttpTls::None => (Client::Plain(client), None, None),
         HttpTls::Terminate => match accept_tls(client, &s).await {
             Some((stream, sni, detail)) => (Client::Tls(Box::new(stream)), sni, Some(detail)),
@@ -152,6 +158,7 @@ pub async fn serve(client: TcpStream, upstream: TcpStream, s: Session<'_>) -> Se
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(100));
+    let relays = exchange.relays.clone();
     let service = hyper::service::service_fn(move |request| {
         let exchange = Arc::clone(&exchange);
         async move { Ok::<_, std::convert::Infallible>(exchange.handle(request).await) }
@@ -160,6 +167,9 @@ pub async fn serve(client: TcpStream, upstream: TcpStream, s: Session<'_>) -> Se
         Client::Plain(stream) => run(&builder, TokioIo::new(stream), service, services).await,
         Client::Tls(stream) => run(&builder, TokioIo::new(*stream), service, services).await,
     };
+    // Upgraded connections (WebSocket) are relayed after hyper let go of them.
+    relays.close();
+    relays.wait().await;
     let end = counters.end();
     services.store.note_event(
         s.id,
@@ -191,7 +201,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let connection = builder.serve_connection(io, service);
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {
         r = connection.as_mut() => match r {

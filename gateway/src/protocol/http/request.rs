@@ -58,6 +58,8 @@ pub struct Reading {
     pub path_and_query: String,
     /// Decoded parameters: split at `&`, and also at `;` when there is one (servers differ).
     pub query: Vec<(String, String)>,
+    /// An HTTP/1.1 WebSocket upgrade.
+    pub websocket: bool,
 }
 
 /// Headers with which a client asks frameworks to act on another method than the request line's.
@@ -101,13 +103,7 @@ pub fn read(
             )));
         }
     }
-    if headers.contains_key(header::UPGRADE) || connection_has(headers, "upgrade") {
-        return Err(Refusal {
-            status: StatusCode::NOT_IMPLEMENTED,
-            title: "Protocol upgrades are not relayed",
-            detail: "Upgrade (WebSocket, h2c) is not supported through the gateway yet".into(),
-        });
-    }
+    let websocket = upgrade(method, headers)?;
     if headers.contains_key("http2-settings") {
         return Err(Refusal::bad("HTTP2-Settings without a supported upgrade"));
     }
@@ -146,7 +142,50 @@ pub fn read(
         path,
         path_and_query,
         query,
+        websocket,
     })
+}
+
+/// Whether the request asks for a WebSocket (HTTP/1.1 `Upgrade: websocket`, on a GET with
+/// `Connection: upgrade`, version 13); any other upgrade (h2c, TLS) is refused, as is a
+/// WebSocket asked for in a way a server could read differently.
+fn upgrade(method: &Method, headers: &HeaderMap) -> Result<bool, Refusal> {
+    let asked = headers.contains_key(header::UPGRADE) || connection_has(headers, "upgrade");
+    if !asked {
+        return Ok(false);
+    }
+    let not_relayed = |detail: &str| Refusal {
+        status: StatusCode::NOT_IMPLEMENTED,
+        title: "Protocol upgrade not relayed",
+        detail: detail.into(),
+    };
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let (Some(one), None) = (upgrades.next(), upgrades.next()) else {
+        return Err(not_relayed(
+            "only Upgrade: websocket is relayed, in one Upgrade header",
+        ));
+    };
+    if !one.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        return Err(not_relayed(&format!(
+            "Upgrade {:?}: only websocket is relayed through the gateway",
+            String::from_utf8_lossy(one.as_bytes())
+        )));
+    }
+    if method != Method::GET || !connection_has(headers, "upgrade") {
+        return Err(Refusal::bad(
+            "a WebSocket upgrade is a GET with Connection: upgrade",
+        ));
+    }
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let one_version = matches!((versions.next(), versions.next()), (Some(v), None) if v == "13");
+    let one_key = matches!((keys.next(), keys.next()), (Some(_), None));
+    if !one_version || !one_key {
+        return Err(Refusal::bad(
+            "a WebSocket upgrade has one Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
+        ));
+    }
+    Ok(true)
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -488,6 +527,43 @@ mod tests {
     }
 
     #[test]
+    fn only_well_formed_websocket_upgrades_pass() {
+        let host = ("host", "api.example");
+        let ws = [
+            host,
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ];
+        assert!(req("GET", "/ws", &ws).unwrap().websocket);
+        assert!(!get("/ws").unwrap().websocket);
+        let without = |name: &str| -> Vec<(&str, &str)> {
+            ws.iter().copied().filter(|(k, _)| *k != name).collect()
+        };
+        for (method, headers, status) in [
+            ("POST", ws.to_vec(), 400),
+            ("GET", without("connection"), 400),
+            ("GET", without("sec-websocket-key"), 400),
+            ("GET", without("sec-websocket-version"), 400),
+            (
+                "GET",
+                [ws.to_vec(), vec![("sec-websocket-key", "x")]].concat(),
+                400,
+            ),
+            ("GET", [ws.to_vec(), vec![("upgrade", "h2c")]].concat(), 501),
+            (
+                "GET",
+                vec![host, ("upgrade", "h2c"), ("connection", "upgrade")],
+                501,
+            ),
+        ] {
+            let e = req(method, "/ws", &headers).expect_err(method);
+            assert_eq!(e.status.as_u16(), status, "{method} {headers:?}");
+        }
+    }
+
+    #[test]
     fn method_overrides_tunnels_echoes_and_upgrades_are_refused() {
         let host = ("host", "api.example");
         for (method, target, extra, status) in [
@@ -496,7 +572,7 @@ mod tests {
             ("POST", "/", Some(("x-method-override", "DELETE")), 400),
             ("POST", "/?_method=DELETE", None, 400),
             ("TRACE", "/", None, 405),
-            ("GET", "/", Some(("upgrade", "websocket")), 501),
+            ("GET", "/", Some(("upgrade", "websocket")), 400),
             ("GET", "/", Some(("connection", "keep-alive, Upgrade")), 501),
             ("GET", "/", Some(("expect", "something")), 417),
         ] {

@@ -114,34 +114,73 @@ impl Upstream {
         response.map_err(UpstreamError::Request)
     }
 
-    async fn connect(&self) -> Result<Sender, UpstreamError> {
+    /// Sends an upgrade request (WebSocket) on a connection of its own, HTTP/1.1 whatever the
+    /// server offers (upgrades are HTTP/1.1's): after a 101 the connection is the new protocol's.
+    pub(super) async fn send_upgrade(
+        &self,
+        mut request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let tcp = self.tcp().await?;
+        let mut sender = match &self.tls {
+            None => handshake_upgradable(tcp).await?,
+            Some(tls) => {
+                let mut config = (*tls.config).clone();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let stream = self.tls_connect(&Arc::new(config), &tls.name, tcp).await?;
+                handshake_upgradable(stream).await?
+            }
+        };
+        if let Some(pq) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = http::Uri::from(pq);
+        }
+        sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Request)
+    }
+
+    /// The connection the intercept layer opened, while unused, else a new one.
+    async fn tcp(&self) -> Result<TcpStream, UpstreamError> {
         let first = self.first.lock().take();
-        let tcp = match first {
-            Some(s) => s,
+        match first {
+            Some(s) => Ok(s),
             None => tcp::connect(self.dst, self.connect_timeout)
                 .await
                 .map_err(|source| UpstreamError::Connect {
                     dst: self.dst,
                     source,
-                })?,
-        };
+                }),
+        }
+    }
+
+    async fn tls_connect(
+        &self,
+        config: &Arc<ClientConfig>,
+        name: &ServerName<'static>,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+        tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp))
+            .await
+            .map_err(|_| UpstreamError::Tls {
+                name: name.to_str().into_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no TLS handshake in time",
+                ),
+            })?
+            .map_err(|source| UpstreamError::Tls {
+                name: name.to_str().into_owned(),
+                source,
+            })
+    }
+
+    async fn connect(&self) -> Result<Sender, UpstreamError> {
+        let tcp = self.tcp().await?;
         let Some(tls) = &self.tls else {
             return handshake_h1(tcp).await;
         };
-        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            connector.connect(tls.name.clone(), tcp),
-        )
-        .await
-        .map_err(|_| UpstreamError::Tls {
-            name: tls.name.to_str().into_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake in time"),
-        })?
-        .map_err(|source| UpstreamError::Tls {
-            name: tls.name.to_str().into_owned(),
-            source,
-        })?;
+        let stream = self.tls_connect(&tls.config, &tls.name, tcp).await?;
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             let (sender, connection) =
                 conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -172,4 +211,21 @@ where
         }
     });
     Ok(Sender::H1(sender))
+}
+
+/// An HTTP/1.1 connection that hands its stream over after a 101.
+async fn handshake_upgradable<S>(stream: S) -> Result<conn::http1::SendRequest<Body>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(UpstreamError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream upgrade connection ended");
+        }
+    });
+    Ok(sender)
 }
