@@ -709,6 +709,65 @@ mod tests {
     }
 
     #[test]
+    fn dns_follow_settings_are_checked() {
+        let problems = |text: &str| match Config::parse(text, "t.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        };
+        let wildcard = r#"
+            [[targets]]
+            name = "content"
+            protocol = "tcp"
+            address = "*.content.test:443"
+        "#;
+        let p = problems(wildcard);
+        assert!(
+            p.iter().any(|p| p.contains("set server.dns_follow = true")),
+            "{p:?}"
+        );
+        assert!(problems(&format!("[server]\ndns_follow = true\n{wildcard}")).is_empty());
+        for bad in [
+            "*.test:443",
+            "*.*.content.test:443",
+            "a.*.test:443",
+            "*content.test:443",
+        ] {
+            let text = format!(
+                "[server]\ndns_follow = true\n[[targets]]\nname = \"x\"\nprotocol = \"tcp\"\naddress = \"{bad}\"\n"
+            );
+            assert!(!problems(&text).is_empty(), "{bad}");
+        }
+        let kernel = r#"
+            [server]
+            dns_follow = true
+            [[targets]]
+            name = "api"
+            protocol = "tcp"
+            path = "kernel"
+            address = "api.test:443"
+        "#;
+        assert!(
+            problems(kernel)
+                .iter()
+                .any(|p| p.contains("path \"kernel\" needs an address")),
+            "{:?}",
+            problems(kernel)
+        );
+        for (settings, key) in [
+            ("dns_listen_port = 53", "server.dns_listen_port"),
+            ("dns_listen_port = 0", "server.dns_listen_port"),
+            ("dns_listen_port = 70000", "server.dns_listen_port"),
+            (
+                "dns_min_ttl = \"1m\"\ndns_max_ttl = \"10s\"",
+                "server.dns_max_ttl",
+            ),
+        ] {
+            let p = problems(&format!("[server]\ndns_follow = true\n{settings}\n"));
+            assert!(p.iter().any(|p| p.contains(key)), "{settings}: {p:?}");
+        }
+    }
+
+    #[test]
     fn cname_chains_within_the_answer_are_followed_and_nothing_else() {
         use hickory_proto::rr::{Name, Record, rdata};
         let mut m = Message::new();
