@@ -9,7 +9,7 @@
 //! - `sock_ops` (TCP_CONNECT_CB, still inside connect(2), source port now bound): puts the record
 //!   in `BY_CLIENT` under the client's (address, port), which is what the daemon sees on accept();
 //!   at TCP_CLOSE removes what the daemon did not take.
-//! - `getpeername4`/`getpeername6`: a redirected socket reports the original peer.
+//! - `getpeername4`/`getpeername6`: a redirected socket (or DNS socket) reports the original peer.
 //! - `syn_hold` (cgroup_skb egress): the listener a redirected connect reaches is the one in the
 //!   socket's own network namespace (a container's); where the daemon has none yet (the connect
 //!   program reports the namespace), the SYN is dropped and TCP sends it again a second later.

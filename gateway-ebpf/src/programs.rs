@@ -1220,6 +1220,8 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
     let sa = ctx.sock_addr;
     // SAFETY: sock_addr programs always run for a socket.
     let Some(record) = SOCKETS.get(unsafe { (*sa).__bindgen_anon_1.sk }, false) else {
+        // A UDP socket connected to a resolver is connected to the DNS forwarder.
+        restore_resolver(ctx, family);
         return;
     };
     // SAFETY: `record` is this socket's storage, valid for the program's run.

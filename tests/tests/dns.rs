@@ -141,6 +141,8 @@ fn a_host_name_target_reaches_each_address_the_job_was_told_and_nothing_else() -
         assert_eq!(connect["peer"], format!("{told}:7000"), "{v}");
         assert_eq!(connect["echo"], "told", "{v}");
     }
+    // getpeername() of the connected socket says the resolver too.
+    assert_eq!(rounds[0]["peer"], s.resolver().as_str(), "{v}");
     assert_eq!(v["others"][0]["ok"], true, "A is still within its TTL: {v}");
     assert_eq!(
         v["others"][1]["errno"],

@@ -499,7 +499,8 @@ fn dns_query(resolver: SocketAddr, name: &str, id: u16, connected: bool) -> Valu
         Ok(_) => return json!({ "ok": false, "error": "answer with another id" }),
         Err(e) => return json!({ "ok": false, "error": e.to_string() }),
     };
-    json!({ "ok": true, "from": from.to_string(), "addresses": addresses, "connected": connected })
+    let peer = socket.peer_addr().map(|p| p.to_string()).ok();
+    json!({ "ok": true, "from": from.to_string(), "addresses": addresses, "connected": connected, "peer": peer })
 }
 
 fn dns_follow(args: &[String]) -> Value {
