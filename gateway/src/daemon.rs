@@ -388,6 +388,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 store: store.clone(),
                 recorder: recorder.clone(),
                 shutdown: shutdown.clone(),
+                in_flight: Default::default(),
             }),
         )),
         _ => None,

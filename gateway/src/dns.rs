@@ -46,6 +46,9 @@ pub const MAX_FOLLOWED: usize = 8192;
 const ACCEPT_GRACE: Duration = Duration::from_secs(10);
 /// Queries being forwarded at once, all jobs together; more are dropped (and logged).
 const MAX_IN_FLIGHT: usize = 256;
+/// … and of one job, so that one job's queries to a resolver that does not answer leave room for
+/// the others'.
+const MAX_IN_FLIGHT_PER_JOB: usize = 32;
 /// How long the forwarder waits for the resolver.
 const RESOLVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest query accepted (a query is one question; EDNS options included).
@@ -254,13 +257,6 @@ impl Follow {
             .map(|((ip, port), e)| entry(*ip, *port, e.target))
             .collect()
     }
-
-    /// Forgets what a job was told (the job is over).
-    pub fn forget_job(&self, job: u64) {
-        let mut table = self.table.lock();
-        table.told.retain(|(j, _, _), _| *j != job);
-        table.per_job.remove(&job);
-    }
 }
 
 fn entry(ip: IpAddr, port: u16, target: usize) -> DestinationEntry {
@@ -284,6 +280,39 @@ pub struct Services {
     pub store: Store,
     pub recorder: Arc<Recorder>,
     pub shutdown: CancellationToken,
+    /// Queries being forwarded, per job cgroup.
+    pub in_flight: InFlight,
+}
+
+/// Queries being forwarded per job cgroup (see [`MAX_IN_FLIGHT_PER_JOB`]).
+#[derive(Default)]
+pub struct InFlight(Arc<parking_lot::Mutex<HashMap<u64, usize>>>);
+
+/// One query of a job being forwarded, counted while it lives.
+struct InFlightQuery(Arc<parking_lot::Mutex<HashMap<u64, usize>>>, u64);
+
+impl InFlight {
+    fn take(&self, job: u64) -> Option<InFlightQuery> {
+        let mut counts = self.0.lock();
+        let n = counts.entry(job).or_default();
+        if *n >= MAX_IN_FLIGHT_PER_JOB {
+            return None;
+        }
+        *n += 1;
+        Some(InFlightQuery(self.0.clone(), job))
+    }
+}
+
+impl Drop for InFlightQuery {
+    fn drop(&mut self) {
+        let mut counts = self.0.lock();
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// Binds the forwarder's sockets (127.0.0.1 and ::1 on `port`; ::1 only where the machine has
@@ -356,6 +385,10 @@ async fn receive_loop(
             tracing::warn!(%peer, "DNS forwarder: a datagram from no job's DNS socket; dropped");
             continue;
         };
+        let Some(job_permit) = services.in_flight.take(client.job_cgroup_id) else {
+            tracing::warn!(%peer, "DNS forwarder: the job has {MAX_IN_FLIGHT_PER_JOB} queries in flight already; dropped");
+            continue;
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "DNS forwarder: {MAX_IN_FLIGHT} queries in flight already; dropped");
             continue;
@@ -363,7 +396,7 @@ async fn receive_loop(
         let query = buf[..n].to_vec();
         let (socket, services) = (socket.clone(), services.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, job_permit);
             forward(&socket, peer, client, query, &services).await;
         });
     }
@@ -655,6 +688,18 @@ mod tests {
             f.check(Some(1), dst, t0 + Duration::from_secs(31)),
             Told::Unknown
         );
+    }
+
+    #[test]
+    fn one_job_has_a_bounded_share_of_the_queries_in_flight() {
+        let in_flight = InFlight::default();
+        let held: Vec<_> = (0..MAX_IN_FLIGHT_PER_JOB)
+            .map(|_| in_flight.take(1).expect("room"))
+            .collect();
+        assert!(in_flight.take(1).is_none());
+        assert!(in_flight.take(2).is_some(), "another job has its own share");
+        drop(held);
+        assert!(in_flight.take(1).is_some());
     }
 
     #[test]
