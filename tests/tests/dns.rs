@@ -12,7 +12,7 @@ use serde_json::Value;
 
 /// A "remote host" with a DNS server (e2e-dns) on its port 53 and an echo server on port 7000
 /// of three more addresses; the daemon follows DNS with that server as the only resolver, and
-/// its one target is `api.test:7000`.
+/// its targets are `api.test:7000` and `*.cdn.test:7000`.
 struct Setup {
     daemon: Daemon,
     dns: Process,
@@ -47,9 +47,10 @@ impl Setup {
         std::fs::write(
             &zone,
             format!(
-                "api.test 30 {},{}\n",
+                "api.test 30 {},{}\ncdn.test 30 {c}\nimg.cdn.test 30 {c}\n",
                 Setup::address(&ns, 3),
-                Setup::address(&ns, 4)
+                Setup::address(&ns, 4),
+                c = Setup::address(&ns, 5),
             ),
         )?;
         let mut cmd = ns.command(dns_bin());
@@ -74,10 +75,15 @@ name = "api"
 protocol = "tcp"
 address = "api.test:7000"
 
+[[targets]]
+name = "cdn"
+protocol = "tcp"
+address = "*.cdn.test:7000"
+
 [[rules]]
 name = "jobs-may-use-the-api"
 action = "allow"
-targets = ["api"]
+targets = ["api", "cdn"]
 unauthenticated = true
 "#
             .into(),
@@ -234,5 +240,30 @@ fn a_malformed_dns_query_is_dropped_and_recorded_and_never_reaches_the_resolver(
     );
     assert!(dns[0]["job_id"].is_string(), "{dns:?}");
     assert!(!s.dns.output().contains("malformed"), "{}", s.dns.output());
+    Ok(())
+}
+
+#[test]
+fn a_wildcard_target_follows_the_names_below_it_and_not_the_name_itself() -> Result<()> {
+    let s = Setup::new()?;
+    let c = Setup::address(&s.ns, 5);
+    // cdn.test is not below *.cdn.test: told its address, the job still cannot reach it.
+    let v = s
+        .daemon
+        .probe_in_job(&["dns-follow", &s.resolver(), "cdn.test", "7000", "1"])?;
+    assert_eq!(v["rounds"][0]["addresses"], serde_json::json!([c]), "{v}");
+    assert_eq!(v["rounds"][0]["connects"][0]["errno"], libc::EPERM, "{v}");
+    let v = s
+        .daemon
+        .probe_in_job(&["dns-follow", &s.resolver(), "img.cdn.test", "7000", "1"])?;
+    assert_eq!(v["rounds"][0]["addresses"], serde_json::json!([c]), "{v}");
+    assert_eq!(v["rounds"][0]["connects"][0]["ok"], true, "{v}");
+    let tcp = sessions(&s, "tcp")?;
+    assert!(
+        tcp.iter().any(|x| x["decision"] == "allow"
+            && x["target"] == "cdn"
+            && x["destination"] == format!("{c}:7000")),
+        "{tcp:?}"
+    );
     Ok(())
 }
