@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`<pin_dir>/v<ABI_VERSION>/`).
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -48,8 +48,14 @@ pub mod maps {
     /// Single `u64` (index 0): CLOCK_BOOTTIME until which a daemon reads the events; past it the
     /// kernel path refuses connects.
     pub const LIVENESS: &str = "LIVENESS";
+    /// Socket storage: the [`super::DnsSocket`] of a UDP socket whose DNS queries go to the
+    /// gateway's DNS forwarder (the resolver it addressed, given back as the answers' source).
+    pub const DNS_SOCKETS: &str = "DNS_SOCKETS";
+    /// [`super::DnsClientKey`] → [`super::DnsClient`]: who sent the DNS queries the forwarder
+    /// receives from a source port (written as each datagram leaves the job).
+    pub const DNS_CLIENTS: &str = "DNS_CLIENTS";
     /// Every map, in the order the daemon pins them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         CONFIG,
         DESTINATIONS,
         DNS_RESOLVERS,
@@ -63,6 +69,8 @@ pub mod maps {
         GRANTS,
         KERNEL_SOCKETS,
         LIVENESS,
+        DNS_SOCKETS,
+        DNS_CLIENTS,
     ];
 }
 
@@ -82,6 +90,10 @@ pub mod programs {
     pub const CONNECT6: &str = "gw_connect6";
     pub const SENDMSG4: &str = "gw_sendmsg4";
     pub const SENDMSG6: &str = "gw_sendmsg6";
+    /// `recvmsg4`/`recvmsg6`: answers of the gateway's DNS forwarder come from the resolver the
+    /// job addressed.
+    pub const RECVMSG4: &str = "gw_recvmsg4";
+    pub const RECVMSG6: &str = "gw_recvmsg6";
     pub const GETPEERNAME4: &str = "gw_getpeername4";
     pub const GETPEERNAME6: &str = "gw_getpeername6";
     pub const BIND4: &str = "gw_bind4";
@@ -125,7 +137,11 @@ pub struct Config {
     /// Kernel-path connections one job may have open at once (`server.max_connections_per_job`);
     /// one more is refused.
     pub max_open_per_job: u32,
-    pub _pad: u32,
+    /// Port of the gateway's DNS forwarder on loopback (`server.dns_listen_port`); 0: jobs' DNS
+    /// goes straight to the resolvers (no host name follows DNS).
+    pub dns_port: u32,
+    /// Network namespace of the daemon (its DNS forwarder listens there only).
+    pub own_netns_cookie: u64,
 }
 
 /// Key data of the `DESTINATIONS` LPM trie: port (network order) first so that it must match in
@@ -363,6 +379,44 @@ pub const EVENT_KERNEL_CONNECT: u32 = 9;
 /// `Event::kind`: a kernel-path connection closed; `Event::cookie` says which, with its bytes.
 pub const EVENT_KERNEL_CLOSE: u32 = 10;
 
+/// Value of `DNS_SOCKETS`: the resolver a job's UDP socket addressed before its queries were
+/// sent to the forwarder instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsSocket {
+    /// IPv4 as IPv4-mapped.
+    pub resolver: [u8; 16],
+    /// Host byte order.
+    pub port: u32,
+    /// 1 once written.
+    pub set: u32,
+}
+
+/// Key of `DNS_CLIENTS`: a job socket's source port as the forwarder sees it, and the family of
+/// the datagram (the forwarder's socket it reaches).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsClientKey {
+    /// Host byte order.
+    pub port: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+}
+
+/// Value of `DNS_CLIENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsClient {
+    /// The job cgroup (`JobLink::job_cgroup_id`) the socket belongs to.
+    pub job_cgroup_id: u64,
+    /// The cgroup the socket was created in.
+    pub cgroup_id: u64,
+    /// The resolver the socket addressed (IPv4 as IPv4-mapped), port host order.
+    pub resolver: [u8; 16],
+    pub resolver_port: u32,
+    pub job_slot: u32,
+}
+
 /// Ring-buffer record of something the programs refused (enforce) or let through (audit).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -400,7 +454,10 @@ pub struct Event {
 
 // The layouts must have no implicit padding (the verifier refuses to pass uninitialised stack bytes
 // to map helpers): each size below is the plain sum of the field sizes.
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<DnsSocket>() == 24);
+const _: () = assert!(core::mem::size_of::<DnsClientKey>() == 8);
+const _: () = assert!(core::mem::size_of::<DnsClient>() == 40);
 const _: () = assert!(core::mem::size_of::<Destination>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 96);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 32);
@@ -427,4 +484,7 @@ mod user {
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::Grant {}
     unsafe impl aya::Pod for super::KernelSocket {}
+    unsafe impl aya::Pod for super::DnsSocket {}
+    unsafe impl aya::Pod for super::DnsClientKey {}
+    unsafe impl aya::Pod for super::DnsClient {}
 }

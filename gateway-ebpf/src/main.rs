@@ -9,11 +9,14 @@
 //! - `sock_ops` (TCP_CONNECT_CB, still inside connect(2), source port now bound): puts the record
 //!   in `BY_CLIENT` under the client's (address, port), which is what the daemon sees on accept();
 //!   at TCP_CLOSE removes what the daemon did not take.
-//! - `getpeername4`/`getpeername6`: a redirected socket reports the original peer.
+//! - `getpeername4`/`getpeername6`: a redirected socket (or DNS socket) reports the original peer.
 //! - `syn_hold` (cgroup_skb egress): the listener a redirected connect reaches is the one in the
 //!   socket's own network namespace (a container's); where the daemon has none yet (the connect
 //!   program reports the namespace), the SYN is dropped and TCP sends it again a second later.
-//! - `sendmsg4`/`sendmsg6`: UDP only to the configured DNS resolvers on port 53.
+//! - `sendmsg4`/`sendmsg6` (and UDP connects): UDP only to the configured DNS resolvers on port
+//!   53; with the DNS forwarder on, sent to it instead (in the daemon's network namespace), the
+//!   resolver kept with the socket (`DNS_SOCKETS`); `syn_hold` notes who sends from each source
+//!   port (`DNS_CLIENTS`) and `recvmsg4`/`recvmsg6` give the answers the resolver's address.
 //! - `sock_create`: only TCP and UDP inet sockets (no raw, ICMP, SCTP, MPTCP …).
 //! - `bind4`/`bind6`: nobody in a job binds the gateway's listener port.
 //! - `lsm_cgroup/socket_create` (when the BPF LSM is active): sockets only in the inet, unix and

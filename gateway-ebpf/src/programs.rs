@@ -32,13 +32,13 @@ use core::{
 };
 use gateway_common::{
     ACTION_BLOCK, ACTION_DIRECT, ACTION_KERNEL, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey,
-    Config, ConnInfo, DESTINATION_PORT_BITS, Destination, DestinationKeyData, EVENT_BIND,
-    EVENT_CONNECT, EVENT_KERNEL_CLOSE, EVENT_KERNEL_CONNECT, EVENT_KERNEL_DENIED, EVENT_KINDS,
-    EVENT_LIMIT, EVENT_LISTENER, EVENT_NETNS, EVENT_SOCKET, EVENT_UDP, Event, FIN_IN,
-    FIN_OUT_ACKED, FLAG_DEBUG_LOG, Grant, GrantKey, JobLink, JobState, KernelSocket,
-    LIMIT_NO_DAEMON, LIMIT_NO_RECORD, LIMIT_OPEN, LIMIT_PENDING, LIMIT_RING_FULL, LIMIT_TOTAL,
-    LIMIT_UNREAD, MAX_JOB_SLOTS, MAX_PENDING, MODE_ENFORCE, PENDING_SLACK, SocketRecord,
-    destination_key, v4_mapped,
+    Config, ConnInfo, DESTINATION_PORT_BITS, Destination, DestinationKeyData, DnsClient,
+    DnsClientKey, DnsSocket, EVENT_BIND, EVENT_CONNECT, EVENT_KERNEL_CLOSE, EVENT_KERNEL_CONNECT,
+    EVENT_KERNEL_DENIED, EVENT_KINDS, EVENT_LIMIT, EVENT_LISTENER, EVENT_NETNS, EVENT_SOCKET,
+    EVENT_UDP, Event, FIN_IN, FIN_OUT_ACKED, FLAG_DEBUG_LOG, Grant, GrantKey, JobLink, JobState,
+    KernelSocket, LIMIT_NO_DAEMON, LIMIT_NO_RECORD, LIMIT_OPEN, LIMIT_PENDING, LIMIT_RING_FULL,
+    LIMIT_TOTAL, LIMIT_UNREAD, MAX_JOB_SLOTS, MAX_PENDING, MODE_ENFORCE, PENDING_SLACK,
+    SocketRecord, destination_key, v4_mapped,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -109,6 +109,15 @@ static GRANTS: HashMap<GrantKey, Grant> = HashMap::with_max_entries(65536, 0);
 /// The record of each kernel-path connection, until it closes.
 #[btf_map]
 static KERNEL_SOCKETS: SocketStorage<KernelSocket> = SocketStorage::new();
+
+/// The resolver each DNS socket addressed (its queries go to the gateway's forwarder instead).
+#[btf_map]
+static DNS_SOCKETS: SocketStorage<DnsSocket> = SocketStorage::new();
+
+/// Who sends from each source port the forwarder receives queries from. LRU: a port reused by
+/// another socket is written again by its first datagram, before the forwarder reads it.
+#[map]
+static DNS_CLIENTS: LruHashMap<DnsClientKey, DnsClient> = LruHashMap::with_max_entries(16384, 0);
 
 /// CLOCK_BOOTTIME until which a daemon reads the events (its event reader refreshes it).
 #[map]
@@ -604,7 +613,7 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     let to = (dst, port, family);
 
     if sock_type == SOCK_DGRAM {
-        return Ok(udp_verdict(slot, cfg, &dst, port, family, protocol));
+        return Ok(udp(ctx, slot, cfg, &dst, port, family, protocol));
     }
     if sock_type != SOCK_STREAM || protocol != IPPROTO_TCP {
         // sock_create refuses everything else; this is a second line.
@@ -1063,7 +1072,10 @@ fn udp_verdict(
     if port == DNS_PORT && unsafe { DNS_RESOLVERS.get(dst) }.is_some() {
         return ALLOW;
     }
-    let enforce = enforcing(cfg);
+    // The forwarder's port is reached only through the rewrite below (whatever the mode): what it
+    // receives is attributed by the socket's record, which only that rewrite writes.
+    let enforce =
+        enforcing(cfg) || cfg.is_some_and(|c| c.dns_port != 0 && u32::from(port) == c.dns_port);
     report(
         slot,
         EVENT_UDP,
@@ -1208,6 +1220,8 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
     let sa = ctx.sock_addr;
     // SAFETY: sock_addr programs always run for a socket.
     let Some(record) = SOCKETS.get(unsafe { (*sa).__bindgen_anon_1.sk }, false) else {
+        // A UDP socket connected to a resolver is connected to the DNS forwarder.
+        restore_resolver(ctx, family);
         return;
     };
     // SAFETY: `record` is this socket's storage, valid for the program's run.
@@ -1254,7 +1268,154 @@ fn sendmsg(ctx: &SockAddrContext, family: u16) -> i32 {
     let (dst, port) = user_addr(sa, family);
     // SAFETY: `sa` is the program context.
     let protocol = read_u32(unsafe { addr_of!((*sa).protocol) });
-    udp_verdict(job_slot(), config(), &dst, port, family, protocol)
+    udp(ctx, job_slot(), config(), &dst, port, family, protocol)
+}
+
+/// IPv4-mapped 127.0.0.1, and ::1: where the DNS forwarder listens.
+const LOOPBACK_V4: [u8; 16] = v4_mapped([127, 0, 0, 1]);
+const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// A UDP connect or datagram: [`udp_verdict`], and DNS to a resolver sent to the gateway's DNS
+/// forwarder instead when it is on (in the daemon's network namespace, where it listens),
+/// remembering the resolver for the answers and for the forwarder.
+#[inline(always)]
+fn udp(
+    ctx: &SockAddrContext,
+    slot: u32,
+    cfg: Option<&Config>,
+    dst: &[u8; 16],
+    port: u16,
+    family: u16,
+    protocol: u32,
+) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: sock_addr programs always run for a socket.
+    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+    if let Some(c) = cfg
+        && c.dns_port != 0
+        && u32::from(port) == c.dns_port
+        && (same_addr(dst, &LOOPBACK_V4) || same_addr(dst, &LOOPBACK_V6))
+        // SAFETY: the record is this socket's storage, valid for the program's run.
+        && DNS_SOCKETS.get(sk, false).is_some_and(|d| unsafe { (*d).set } != 0)
+    {
+        // Rewritten already by a copy of these programs attached further down, or the socket
+        // sends to the forwarder again: it is the socket's DNS either way.
+        return ALLOW;
+    }
+    let verdict = udp_verdict(slot, cfg, dst, port, family, protocol);
+    let Some(c) = cfg else {
+        return verdict;
+    };
+    if verdict != ALLOW || c.dns_port == 0 || port != DNS_PORT {
+        return verdict;
+    }
+    // SAFETY: map lookup by value.
+    if unsafe { DNS_RESOLVERS.get(dst) }.is_none() {
+        return verdict;
+    }
+    // SAFETY: sock_addr programs may ask for their socket's network namespace.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != c.own_netns_cookie {
+        // No forwarder there: the answers reach the job unseen, and the addresses they name are
+        // not followed for it (refused as never resolved).
+        return verdict;
+    }
+    let Some(record) = DNS_SOCKETS.get(sk, true) else {
+        // Fail closed: without the record its answers could not be given back.
+        report(
+            slot,
+            EVENT_LIMIT,
+            true,
+            (*dst, port, family),
+            (SOCK_DGRAM, protocol),
+            LIMIT_NO_RECORD,
+        );
+        return REFUSE;
+    };
+    // SAFETY: this socket's storage, valid for the program's run.
+    unsafe {
+        addr_of_mut!((*record).resolver).write(*dst);
+        addr_of_mut!((*record).port).write(u32::from(port));
+        addr_of_mut!((*record).set).write(1);
+    }
+    if family == AF_INET {
+        // SAFETY: `sa` is the program context; 4-byte store.
+        write_u32(
+            unsafe { addr_of_mut!((*sa).user_ip4) },
+            u32::from_ne_bytes([127, 0, 0, 1]),
+        );
+    } else if is_v4_mapped(dst) {
+        set_user_ip6(
+            sa,
+            [
+                0,
+                0,
+                u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+                u32::from_ne_bytes([127, 0, 0, 1]),
+            ],
+        );
+    } else {
+        set_user_ip6(sa, [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]);
+    }
+    set_user_port(sa, c.dns_port as u16);
+    ALLOW
+}
+
+// --- UDP recvmsg: the forwarder's answers come from the resolver the job asked -------------------
+
+#[cgroup_sock_addr(recvmsg4)]
+pub(crate) fn gw_recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore_resolver(&ctx, AF_INET);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub(crate) fn gw_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore_resolver(&ctx, AF_INET6);
+    ALLOW
+}
+
+#[inline(always)]
+fn restore_resolver(ctx: &SockAddrContext, family: u16) {
+    let Some(cfg) = config() else {
+        return;
+    };
+    if cfg.dns_port == 0 {
+        return;
+    }
+    let sa = ctx.sock_addr;
+    let (src, port) = user_addr(sa, family);
+    if u32::from(port) != cfg.dns_port
+        || !(same_addr(&src, &LOOPBACK_V4) || same_addr(&src, &LOOPBACK_V6))
+    {
+        return;
+    }
+    // SAFETY: sock_addr programs always run for a socket.
+    let Some(record) = DNS_SOCKETS.get(unsafe { (*sa).__bindgen_anon_1.sk }, false) else {
+        return;
+    };
+    // SAFETY: this socket's storage, valid for the program's run.
+    let (a, resolver_port, set) = unsafe { ((*record).resolver, (*record).port, (*record).set) };
+    if set == 0 {
+        return;
+    }
+    if family == AF_INET {
+        write_u32(
+            // SAFETY: `sa` is the program context; 4-byte store.
+            unsafe { addr_of_mut!((*sa).user_ip4) },
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        );
+    } else {
+        set_user_ip6(
+            sa,
+            [
+                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            ],
+        );
+    }
+    set_user_port(sa, resolver_port as u16);
 }
 
 // --- bind: the listener port is the gateway's ----------------------------------------------------------
@@ -1384,6 +1545,11 @@ pub(crate) fn gw_syn_hold(ctx: SkBuffContext) -> i32 {
         return PASS;
     }
     // SAFETY: a full socket, valid for the program's run.
+    if read_u32(unsafe { addr_of!((*sk).protocol) }) == IPPROTO_UDP {
+        note_dns_client(skb, sk);
+        return PASS;
+    }
+    // SAFETY: as above.
     if read_u32(unsafe { addr_of!((*sk).state) }) != BPF_TCP_SYN_SENT {
         return PASS;
     }
@@ -1398,6 +1564,50 @@ pub(crate) fn gw_syn_hold(ctx: SkBuffContext) -> i32 {
     }
     DROP
 }
+
+/// A datagram of a DNS socket on its way to the forwarder: who sends from its source port (now
+/// bound, which it may not have been at connect), for the forwarder to attribute the query.
+#[inline(always)]
+fn note_dns_client(skb: *mut __sk_buff, sk: *mut bpf_sock) {
+    let Some(record) = DNS_SOCKETS.get(sk, false) else {
+        return;
+    };
+    // SAFETY: this socket's storage, valid for the program's run.
+    let (resolver, resolver_port, set) =
+        unsafe { ((*record).resolver, (*record).port, (*record).set) };
+    let link = JOB_LINKS.get();
+    if set == 0 || link.is_null() {
+        return;
+    }
+    // SAFETY: `skb` is the program context, `sk` a full socket; storage of the attach cgroup.
+    let (protocol, src_port, job_cgroup_id, job_slot) = unsafe {
+        (
+            read_u32(addr_of!((*skb).protocol)),
+            read_u32(addr_of!((*sk).src_port)),
+            read_volatile(addr_of!((*link).job_cgroup_id)),
+            read_volatile(addr_of!((*link).slot)),
+        )
+    };
+    let key = DnsClientKey {
+        port: src_port,
+        family: if protocol == u32::from(ETH_P_IP.to_be()) {
+            u32::from(AF_INET)
+        } else {
+            u32::from(AF_INET6)
+        },
+    };
+    let client = DnsClient {
+        job_cgroup_id,
+        // SAFETY: the program's context.
+        cgroup_id: unsafe { raw::bpf_skb_cgroup_id(skb) },
+        resolver,
+        resolver_port,
+        job_slot,
+    };
+    let _ = DNS_CLIENTS.insert(key, client, 0);
+}
+
+const ETH_P_IP: u16 = 0x0800;
 
 /// On entry to execve/execveat, before anything of the process changes: the daemon, having read
 /// /proc/PID/exe for a connection, knows from this whether the program it read may have replaced

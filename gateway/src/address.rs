@@ -42,7 +42,13 @@ impl fmt::Display for AddressSpec {
 }
 
 impl AddressSpec {
-    /// Parses `10.0.0.5:5432`, `10.0.0.0/24:5432`, `[fd00::5]:5432`, `[fd00::/64]:22`, `db.example:5432`.
+    /// `*.example.com:443`: a name pattern, not a name to resolve.
+    pub fn is_wildcard(&self) -> bool {
+        matches!(&self.host, HostSpec::Name(n) if n.starts_with("*."))
+    }
+
+    /// Parses `10.0.0.5:5432`, `10.0.0.0/24:5432`, `[fd00::5]:5432`, `[fd00::/64]:22`,
+    /// `db.example:5432`, `*.example.com:443`.
     pub fn parse(text: &str, allow_any_port: bool) -> Result<Self, String> {
         let expected = "expected ip:port, cidr:port, [ipv6]:port or host:port";
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
@@ -72,7 +78,13 @@ impl AddressSpec {
             HostSpec::Net(net)
         } else if let Ok(ip) = host.parse::<IpAddr>() {
             HostSpec::Net(IpNet::from(ip))
-        } else if is_hostname(host) {
+        } else if is_hostname(host)
+            || host
+                .strip_prefix("*.")
+                .is_some_and(|rest| rest.contains('.') && is_hostname(rest))
+        {
+            // `*.example.com`: every name below example.com (not example.com itself), reached
+            // only through the addresses jobs are told (DNS follow).
             HostSpec::Name(host.to_ascii_lowercase())
         } else {
             return Err(format!("{expected}, got {text:?}"));
@@ -93,6 +105,17 @@ fn is_hostname(s: &str) -> bool {
         })
         // An all-numeric dotted name is a mistyped address, not a host.
         && !s.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// Whether a DNS name (lower case, no trailing dot) is the host name of `target_host` (a name, or
+/// `*.suffix` for the names below suffix).
+pub fn name_matches(target_host: &str, name: &str) -> bool {
+    match target_host.strip_prefix("*.") {
+        Some(suffix) => name
+            .strip_suffix(suffix)
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        None => target_host == name,
+    }
 }
 
 /// IPv4-mapped IPv6 addresses match IPv4 targets, as in the kernel.

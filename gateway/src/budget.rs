@@ -46,6 +46,8 @@ pub enum Source {
     /// Connections to the listener that no redirect produced (from outside any job: the kernel
     /// refuses them inside jobs).
     DirectConnections,
+    /// DNS queries the forwarder answered or dropped (DNS follow).
+    DnsQueries,
 }
 
 impl Source {
@@ -53,6 +55,7 @@ impl Source {
         match self {
             Source::DeniedConnections => "denied_connections",
             Source::DirectConnections => "direct_connections",
+            Source::DnsQueries => "dns_queries",
         }
     }
 
@@ -60,6 +63,7 @@ impl Source {
         match self {
             Source::DeniedConnections => "denied connections",
             Source::DirectConnections => "direct connections to the gateway listener",
+            Source::DnsQueries => "DNS queries",
         }
     }
 }

@@ -51,6 +51,8 @@ pub const DEFAULT_MAX_PENDING_CONNECTIONS_PER_JOB: u32 = 256;
 pub const DEFAULT_RECORDS_PER_SECOND_PER_JOB: u32 = 50;
 /// Default of `server.kernel_path_lease`.
 pub const DEFAULT_KERNEL_PATH_LEASE: Duration = Duration::from_secs(2);
+/// Default `server.dns_listen_port`: the loopback port of the DNS forwarder.
+pub const DEFAULT_DNS_LISTEN_PORT: u16 = 15053;
 
 /// One problem in a configuration file, located as precisely as the parser allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +224,20 @@ pub struct Server {
     /// (killed or stuck daemon); past it kernel-path connects are refused.
     pub kernel_path_lease: Duration,
     pub ebpf_debug_log: bool,
+    /// `dns_follow = true`: jobs' DNS goes through the gateway's forwarder and host-name targets
+    /// follow the addresses each job is told.
+    pub dns: Option<DnsFollow>,
+}
+
+/// How host-name targets follow the DNS answers jobs receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsFollow {
+    /// Loopback port of the forwarder (`server.dns_listen_port`).
+    pub port: u16,
+    /// Bounds of how long an answered address stays reachable for the job it was told to
+    /// (`server.dns_min_ttl`, `server.dns_max_ttl`): the answer's TTL within them.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
 }
 
 impl Server {
@@ -421,6 +437,11 @@ struct RawServer {
     kernel_path_lease: Option<S<String>>,
     #[serde(default)]
     ebpf_debug_log: bool,
+    #[serde(default)]
+    dns_follow: bool,
+    dns_listen_port: Option<S<i64>>,
+    dns_min_ttl: Option<S<String>>,
+    dns_max_ttl: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -582,7 +603,7 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let server = self.server(raw.server);
         let issuers = self.issuers(raw.issuers);
-        let targets = self.targets(raw.targets);
+        let targets = self.targets(raw.targets, server.dns.is_some());
         let approvals = self.approvals(raw.approvals);
         let approvers = self.approver_groups(raw.approvers);
         let docker = self.docker(raw.docker);
@@ -780,10 +801,49 @@ impl Validator<'_> {
                 DEFAULT_KERNEL_PATH_LEASE,
             ),
             ebpf_debug_log: raw.ebpf_debug_log,
+            dns: raw.dns_follow.then(|| {
+                let port = match raw.dns_listen_port {
+                    None => DEFAULT_DNS_LISTEN_PORT,
+                    Some(p) => match u16::try_from(*p.get_ref()) {
+                        Ok(p) if p != 0 && p != 53 => p,
+                        _ => {
+                            self.problem(
+                                p.span(),
+                                "server.dns_listen_port",
+                                "must be a port from 1 to 65535 other than 53",
+                            );
+                            DEFAULT_DNS_LISTEN_PORT
+                        }
+                    },
+                };
+                let min_ttl = self.duration(
+                    raw.dns_min_ttl,
+                    "server.dns_min_ttl",
+                    Duration::from_secs(5),
+                );
+                let max_span = raw.dns_max_ttl.as_ref().map(|s| s.span());
+                let max_ttl = self.duration(
+                    raw.dns_max_ttl,
+                    "server.dns_max_ttl",
+                    Duration::from_secs(3600),
+                );
+                if max_ttl < min_ttl {
+                    self.problem(
+                        max_span.unwrap_or(0..0),
+                        "server.dns_max_ttl",
+                        "must not be shorter than server.dns_min_ttl",
+                    );
+                }
+                DnsFollow {
+                    port,
+                    min_ttl,
+                    max_ttl,
+                }
+            }),
         }
     }
 
-    fn targets(&mut self, raw: Vec<RawTarget>) -> Vec<Target> {
+    fn targets(&mut self, raw: Vec<RawTarget>, dns_follow: bool) -> Vec<Target> {
         let mut names = HashSet::new();
         let mut seen_addresses: Vec<(AddressSpec, String)> = Vec::new();
         let mut out = Vec::new();
@@ -813,6 +873,13 @@ impl Validator<'_> {
                     continue;
                 }
             };
+            if address.is_wildcard() && !dns_follow {
+                self.problem(
+                    t.address.span(),
+                    format!("targets[{i}].address"),
+                    format!("{address}: a wildcard name is only reached through the addresses jobs are told; set server.dns_follow = true"),
+                );
+            }
             if let Some((_, other)) = seen_addresses.iter().find(|(a, _)| *a == address) {
                 self.problem(
                     t.address.span(),
@@ -886,6 +953,15 @@ impl Validator<'_> {
                             p.span(),
                             format!("targets[{i}].path"),
                             "path \"kernel\" connects straight to the destination: a preconnected spare is for path \"proxy\"",
+                        );
+                    } else if path == TargetPath::Kernel
+                        && dns_follow
+                        && matches!(address.host, HostSpec::Name(_))
+                    {
+                        self.problem(
+                            p.span(),
+                            format!("targets[{i}].path"),
+                            "with server.dns_follow a host-name target follows each job's DNS answers through the gateway: path \"kernel\" needs an address",
                         );
                     }
                     path

@@ -147,6 +147,17 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             })?;
         listeners.push(listener);
     }
+    let dns_sockets = match &server.dns {
+        Some(d) => Some(
+            crate::dns::bind(d.port)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, d.port)),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let docker_listener = match &config.docker {
         Some(d) => Some(docker::bind(&d.listen)?),
         None => None,
@@ -173,6 +184,11 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         &resolvers,
     )?;
     let connections = dataplane.connections()?;
+    let dns_clients = match dns_sockets {
+        Some(sockets) => Some((sockets, dataplane.dns_clients()?)),
+        None => None,
+    };
+    let follow = crate::dns::Follow::new(&config, local_addresses()).map(Arc::new);
     // Before any job is attached: connects of jobs on the host pass to the host listeners.
     let own_netns = intercept::netns::own_cookie().map_err(DaemonError::Netns)?;
     let (netns, netns_requests) = intercept::netns::Namespaces::new(
@@ -288,6 +304,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         netns: netns.clone(),
         cgroup_root: cgroup_root.clone(),
         containers: containers.clone(),
+        dns: follow.clone(),
         http: http::Services {
             store: store.clone(),
             policy: policy.clone(),
@@ -353,6 +370,23 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         cli_unix_group: config.approvals.cli_unix_group.clone(),
         shutdown: shutdown.clone(),
     });
+    let dns_services = match (dns_clients, follow) {
+        (Some((sockets, clients)), Some(follow)) => Some((
+            sockets,
+            Arc::new(crate::dns::Services {
+                follow,
+                clients,
+                dataplane: dataplane.clone(),
+                targets: targets.clone(),
+                jobs: jobs.clone(),
+                store: store.clone(),
+                recorder: recorder.clone(),
+                shutdown: shutdown.clone(),
+                in_flight: Default::default(),
+            }),
+        )),
+        _ => None,
+    };
     let refresh = Arc::new(TargetRefresh {
         config: config.clone(),
         dataplane: dataplane.clone(),
@@ -396,6 +430,9 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(refresh_targets_loop(refresh)));
+    if let Some((sockets, services)) = dns_services {
+        tasks.push(tokio::spawn(crate::dns::serve(sockets, services)));
+    }
     if let Some((listener, router)) = web {
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "approvals page");
         tasks.push(tokio::spawn(crate::approval::web::serve(
@@ -593,7 +630,8 @@ fn kernel_config(config: &Config) -> KernelConfig {
         max_pending_per_job: s.max_pending_connections_per_job,
         events_per_second: s.records_per_second_per_job,
         max_open_per_job: u32::try_from(s.max_connections_per_job).unwrap_or(u32::MAX),
-        _pad: 0,
+        dns_port: s.dns.as_ref().map_or(0, |d| u32::from(d.port)),
+        own_netns_cookie: crate::intercept::netns::own_cookie().unwrap_or(0),
     }
 }
 
@@ -660,7 +698,8 @@ async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
         .targets
         .iter()
         .any(|t| matches!(t.address.host, crate::config::HostSpec::Name(_)));
-    if !has_names {
+    // With DNS follow the gateway resolves no host names itself.
+    if !has_names || r.config.server.dns.is_some() {
         return;
     }
     loop {

@@ -32,8 +32,8 @@ use aya::{
 };
 use gateway_common::{
     ABI_VERSION, ClientKey, Config as KernelConfig, ConnInfo, DESTINATION_PORT_BITS, Destination,
-    DestinationKeyData, EVENT_KINDS, Grant, GrantKey, JobLink, JobState, MAX_JOB_SLOTS,
-    SOCKET_FAMILY_HOOK, destination_key, maps, programs, v4_mapped,
+    DestinationKeyData, DnsClient, DnsClientKey, EVENT_KINDS, Grant, GrantKey, JobLink, JobState,
+    MAX_JOB_SLOTS, SOCKET_FAMILY_HOOK, destination_key, maps, programs, v4_mapped,
 };
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
@@ -83,7 +83,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> D
 
 /// The program kinds, by name, in attach order (sock_ops before connect so that no connect is
 /// redirected without the re-keying in place; connect last, after the job link is written).
-const PROGRAMS: [(&str, Kind); 11] = [
+const PROGRAMS: [(&str, Kind); 13] = [
     (programs::SOCK_OPS, Kind::SockOps),
     (programs::SYN_HOLD, Kind::SkbEgress),
     (programs::SOCK_CREATE, Kind::Sock),
@@ -93,6 +93,8 @@ const PROGRAMS: [(&str, Kind); 11] = [
     (programs::GETPEERNAME6, Kind::SockAddr),
     (programs::SENDMSG4, Kind::SockAddr),
     (programs::SENDMSG6, Kind::SockAddr),
+    (programs::RECVMSG4, Kind::SockAddr),
+    (programs::RECVMSG6, Kind::SockAddr),
     (programs::CONNECT4, Kind::SockAddr),
     (programs::CONNECT6, Kind::SockAddr),
 ];
@@ -292,6 +294,44 @@ impl Dataplane {
         cfg.set(0, config, 0)
             .map_err(|source| DataplaneError::Map { name, source })?;
         Ok(())
+    }
+
+    /// Adds (or replaces) one entry of the destination set: an address a job was told for a
+    /// host-name target (DNS follow).
+    pub fn insert_destination(&mut self, entry: &DestinationEntry) -> Result<(), DataplaneError> {
+        let name = maps::DESTINATIONS;
+        let mut trie: LpmTrie<&mut MapData, DestinationKeyData, Destination> =
+            LpmTrie::try_from(self.map(name)?)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        trie.insert(&entry.key(), entry.value, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Removes one entry of the destination set (one that DNS follow added).
+    pub fn remove_destination(&mut self, entry: &DestinationEntry) -> Result<(), DataplaneError> {
+        let name = maps::DESTINATIONS;
+        let mut trie: LpmTrie<&mut MapData, DestinationKeyData, Destination> =
+            LpmTrie::try_from(self.map(name)?)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        match trie.remove(&entry.key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map { name, source }),
+        }
+    }
+
+    /// Who sent the datagrams the DNS forwarder receives (written by the programs).
+    pub fn dns_clients(&mut self) -> Result<DnsClients, DataplaneError> {
+        let name = maps::DNS_CLIENTS;
+        let map = self.take_map(name)?;
+        aya::maps::HashMap::<&MapData, DnsClientKey, DnsClient>::try_from(&map)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
+            return Err(DataplaneError::Program {
+                name,
+                detail: "not a hash map".into(),
+            });
+        };
+        Ok(DnsClients { map: data })
     }
 
     fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
@@ -828,6 +868,22 @@ fn mount_kernel_fs(fstype: &str, at: &Path) -> nix::Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("mode=0700"),
     )
+}
+
+/// The senders of DNS queries, by the source port the forwarder sees.
+pub struct DnsClients {
+    map: MapData,
+}
+
+impl DnsClients {
+    /// The job socket that sends from `port` (datagrams of family `AF_INET` or `AF_INET6`).
+    pub fn get(&self, port: u16, family: u16) -> Option<DnsClient> {
+        let key = DnsClientKey {
+            port: u32::from(port),
+            family: u32::from(family),
+        };
+        map_lookup(self.map.fd().as_fd(), &key).ok()
+    }
 }
 
 /// Redirected connections waiting for accept(), keyed by the client's address.

@@ -29,12 +29,15 @@ pub struct TargetSet {
 impl TargetSet {
     /// Resolves every target of `config` (host names through the system resolver; this blocks).
     /// Returns the set and one message per host name that did not resolve.
+    /// With DNS follow on, host names are not resolved here: each job reaches the addresses it
+    /// is told ([`crate::dns`]).
     pub fn resolve(config: &Config) -> (TargetSet, Vec<String>) {
         let mut entries = Vec::new();
         let mut problems = Vec::new();
         for (index, target) in config.targets.iter().enumerate() {
             let kernel = target.path == TargetPath::Kernel;
             match &target.address.host {
+                HostSpec::Name(_) if config.server.dns.is_some() => {}
                 HostSpec::Net(net) => entries.push(Resolved {
                     net: *net,
                     port: target.address.port,

@@ -96,6 +96,10 @@ pub fn httpraw_bin() -> PathBuf {
     target_dir().join("e2e-httpraw")
 }
 
+pub fn dns_bin() -> PathBuf {
+    target_dir().join("e2e-dns")
+}
+
 pub fn sshraw_bin() -> PathBuf {
     target_dir().join("e2e-sshraw")
 }

@@ -62,6 +62,8 @@ pub struct Services {
     pub cgroup_root: std::path::PathBuf,
     /// Which container a process runs in, for the record.
     pub containers: Arc<docker::containers::Containers>,
+    /// DNS follow (`server.dns_follow`): the addresses each job was told for host-name targets.
+    pub dns: Option<Arc<crate::dns::Follow>>,
 }
 
 /// Serves a listener in the network namespace `netns_cookie` until `stop` (or shutdown).
@@ -119,13 +121,22 @@ async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services
     let identity = job
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
-    let target = {
-        let targets = services.targets.read().clone();
-        targets
-            .lookup(dst)
-            .and_then(|i| services.target_configs.get(i))
-            .cloned()
+    let configured = services.targets.read().lookup(dst);
+    // An address in the set only through DNS follow is served to the jobs that were told it.
+    let (index, not_told) = match (configured, &services.dns) {
+        (Some(i), _) => (Some(i), false),
+        (None, Some(follow)) => match follow.check(
+            job.as_ref().map(|j| j.cgroup_id),
+            dst,
+            std::time::Instant::now(),
+        ) {
+            crate::dns::Told::Yes(i) => (Some(i), false),
+            crate::dns::Told::No(i) => (Some(i), true),
+            crate::dns::Told::Unknown => (None, false),
+        },
+        (None, None) => (None, false),
     };
+    let target = index.and_then(|i| services.target_configs.get(i)).cloned();
     let expired = job.as_ref().and_then(|j| j.binding_expired());
     // Held until the connection is over (the end of this function).
     let max = services.max_connections_per_job;
@@ -134,6 +145,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services
         // Fail closed: an expired binding neither keeps its rights nor falls back to the rules
         // for unauthenticated jobs.
         (_, Some(reason)) => Decision::Deny { rule: None, reason },
+        (Some(t), None) if not_told => Decision::Deny {
+            rule: None,
+            reason: format!(
+                "{} was not resolved by this job for {:?} (the target follows DNS)",
+                dst.ip(),
+                t.name
+            ),
+        },
         (_, None) if matches!(slot, Some(Err(_))) => Decision::Deny {
             rule: None,
             reason: format!(

@@ -114,6 +114,8 @@ kinds! {
     WebhookDelivered = "webhook_delivered",
     /// An approval webhook could not be delivered.
     WebhookFailed = "webhook_failed",
+    /// A job's DNS query answered through the forwarder: name, type, answers, what was followed.
+    Dns = "dns",
     /// What a job (or no job) went over its recording budgets by in one second.
     Suppressed = "suppressed",
     /// A Docker API request: what it asks for (image, command, mounts, privileges) and the

@@ -33,6 +33,12 @@
 //!                           open until stdin closes; serve: each blocking, read until the peer
 //!                           closes; greet: each blocking, its first line read, closed
 //!   flood-udp ADDR N        N datagrams with sendto(), tallied by errno
+//!   dns-follow RESOLVER NAME PORT ROUNDS [ADDR…]
+//!                           ROUNDS times: ask RESOLVER for NAME's A records (odd rounds on a
+//!                           connected socket, as glibc does, even rounds with sendto()), check
+//!                           the answer comes from RESOLVER, connect to each address on PORT;
+//!                           then connect to each ADDR
+//!   dns-raw RESOLVER HEX    send the bytes HEX to RESOLVER; say whether anything came back
 //!
 //! `--cgroup DIR` first moves the probe into DIR (as a job's process would be).
 
@@ -524,6 +530,100 @@ fn flood_udp(addr: &str, count: &str) -> Value {
     }))
 }
 
+/// One A query, on a connected socket or with sendto(); the addresses and who answered.
+fn dns_query(resolver: SocketAddr, name: &str, id: u16, connected: bool) -> Value {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    let mut query = Message::new();
+    query
+        .set_id(id)
+        .set_recursion_desired(true)
+        .add_query(Query::query(
+            Name::from_ascii(name).expect("name"),
+            RecordType::A,
+        ));
+    let bytes = query.to_vec().expect("query");
+    let socket = UdpSocket::bind(if resolver.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let sent = if connected {
+        socket.connect(resolver).and_then(|()| socket.send(&bytes))
+    } else {
+        socket.send_to(&bytes, resolver)
+    };
+    if let Err(e) = sent {
+        return errno_json(&e);
+    }
+    let mut buf = [0u8; 4096];
+    let (n, from) = match socket.recv_from(&mut buf) {
+        Ok(r) => r,
+        Err(e) => return errno_json(&e),
+    };
+    let addresses: Vec<String> = match Message::from_vec(&buf[..n]) {
+        Ok(m) if m.id() == id => m
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect(),
+        Ok(_) => return json!({ "ok": false, "error": "answer with another id" }),
+        Err(e) => return json!({ "ok": false, "error": e.to_string() }),
+    };
+    let peer = socket.peer_addr().map(|p| p.to_string()).ok();
+    json!({ "ok": true, "from": from.to_string(), "addresses": addresses, "connected": connected, "peer": peer })
+}
+
+fn dns_follow(args: &[String]) -> Value {
+    let resolver: SocketAddr = args[0].parse().expect("resolver");
+    let port = &args[2];
+    let rounds: u16 = args[3].parse().expect("rounds");
+    let mut out = Vec::new();
+    for round in 1..=rounds {
+        let mut answer = dns_query(resolver, &args[1], 0x4000 + round, round % 2 == 1);
+        let connects: Vec<Value> = answer["addresses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                connect(
+                    &format!("{}:{port}", a.as_str().unwrap_or_default()),
+                    "told",
+                )
+            })
+            .collect();
+        answer["connects"] = json!(connects);
+        out.push(answer);
+    }
+    let others: Vec<Value> = args[4..].iter().map(|a| connect(a, "other")).collect();
+    json!({ "rounds": out, "others": others })
+}
+
+fn dns_raw(resolver: &str, hex: &str) -> Value {
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).expect("hex"))
+        .collect();
+    let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    if let Err(e) = socket.send_to(&bytes, resolver) {
+        return errno_json(&e);
+    }
+    let mut buf = [0u8; 4096];
+    json!({ "ok": true, "answered": socket.recv_from(&mut buf).is_ok() })
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--cgroup") {
@@ -560,6 +660,8 @@ fn main() {
         "connect-then" => connect_then(arg(1)),
         "flood-connect" => flood_connect(arg(1), arg(2), arg(3)),
         "flood-udp" => flood_udp(arg(1), arg(2)),
+        "dns-follow" => dns_follow(&args[1..]),
+        "dns-raw" => dns_raw(arg(1), arg(2)),
         other => {
             eprintln!("e2e-probe: unknown operation {other:?}");
             std::process::exit(2);
