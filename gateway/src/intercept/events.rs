@@ -72,20 +72,26 @@ pub async fn read_loop(
             }
         }
         guard.clear_ready();
+        let mut kernel_records = kernel_path::Batch::default();
         for event in batch {
             match event.kind {
-                // Counted read once handed to the store: a job that ends waits for that.
                 EVENT_KERNEL_CONNECT => {
-                    open.connected(&event, &services).await;
-                    services.recorder.job_states.count_read(event.job_slot);
+                    open.connected(&event, &services, &mut kernel_records).await;
+                    kernel_records.read_from(event.job_slot);
                 }
                 EVENT_KERNEL_CLOSE => {
-                    open.closed(&event, &services);
-                    services.recorder.job_states.count_read(event.job_slot);
+                    open.closed(&event, &mut kernel_records);
+                    kernel_records.read_from(event.job_slot);
                 }
                 _ => record(&event, &services),
             }
+            // Counted read once stored (a job that ends waits for that): a long read is
+            // stored in parts, so that its first records do not wait for its last ones.
+            if kernel_records.len() >= kernel_path::BATCH {
+                open.store(std::mem::take(&mut kernel_records), &services);
+            }
         }
+        open.store(kernel_records, &services);
     }
     // No reader from here on: the kernel path closes now rather than when the lease runs out
     // (what it let through until then waits in the ring buffer for the next daemon).
