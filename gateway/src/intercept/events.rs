@@ -100,22 +100,28 @@ pub async fn read_loop(
     }
 }
 
-/// Stores the events the reader hands over, in the order the kernel wrote them.
+/// Stores the events the reader hands over, in the order the kernel wrote them: the kernel-path
+/// records of what is waiting (up to `kernel_path::BATCH`) with one journal write, counted read
+/// once stored (a job that ends waits for that).
 async fn store_loop(mut to_store: tokio::sync::mpsc::Receiver<Event>, services: Arc<Services>) {
     let mut open = kernel_path::OpenSessions::load(&services).await;
-    while let Some(event) = to_store.recv().await {
-        match event.kind {
-            // Counted read once handed to the store: a job that ends waits for that.
-            EVENT_KERNEL_CONNECT => {
-                open.connected(&event, &services).await;
-                services.recorder.job_states.count_read(event.job_slot);
+    let mut events = Vec::with_capacity(kernel_path::BATCH);
+    while to_store.recv_many(&mut events, kernel_path::BATCH).await > 0 {
+        let mut kernel_records = kernel_path::Batch::default();
+        for event in events.drain(..) {
+            match event.kind {
+                EVENT_KERNEL_CONNECT => {
+                    open.connected(&event, &services, &mut kernel_records).await;
+                    kernel_records.read_from(event.job_slot);
+                }
+                EVENT_KERNEL_CLOSE => {
+                    open.closed(&event, &mut kernel_records);
+                    kernel_records.read_from(event.job_slot);
+                }
+                _ => record(&event, &services),
             }
-            EVENT_KERNEL_CLOSE => {
-                open.closed(&event, &services);
-                services.recorder.job_states.count_read(event.job_slot);
-            }
-            _ => record(&event, &services),
         }
+        open.store(kernel_records, &services);
     }
 }
 

@@ -21,13 +21,44 @@ use crate::{
     identity::Identity,
     jobs::Job,
     policy::Decision,
-    record::{EventKind, NewSession, SessionEnd, SessionKind, SessionPath},
+    record::{EventKind, NewSession, Records, SessionEnd, SessionKind, SessionPath},
 };
 
 /// The kernel-path sessions open now, by socket cookie (read by one task: no lock).
 #[derive(Default)]
 pub struct OpenSessions {
     by_cookie: HashMap<u64, i64>,
+}
+
+/// The kernel-path records of one read of the ring buffer, stored with one journal write: a
+/// job's connects come as fast as the kernel makes them, and a write per record would fall
+/// behind until its unread records hit `server.max_pending_connections_per_job`.
+#[derive(Default)]
+pub struct Batch {
+    records: Records,
+    /// Sessions opened by this batch (forgotten again if it cannot be stored).
+    opened: Vec<u64>,
+    /// The job slot of each record read, counted read once the batch is stored.
+    read: Vec<u32>,
+}
+
+/// Most records stored with one write.
+pub const BATCH: usize = 64;
+
+impl Batch {
+    /// Notes a record of the job in `slot` as read (counted once the batch is stored).
+    pub fn read_from(&mut self, slot: u32) {
+        self.read.push(slot);
+    }
+
+    /// Records read into this batch.
+    pub fn len(&self) -> usize {
+        self.read.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read.is_empty()
+    }
 }
 
 impl OpenSessions {
@@ -45,8 +76,22 @@ impl OpenSessions {
         }
     }
 
-    /// Records a connection the kernel let through.
-    pub async fn connected(&mut self, event: &Event, services: &Services) {
+    /// Stores the batch (one journal write), then counts its records read: a job that ends
+    /// waits for its records to be stored.
+    pub fn store(&mut self, batch: Batch, services: &Services) {
+        if let Err(e) = services.store.log_records(batch.records) {
+            tracing::error!(error = %e, records = batch.read.len(), "cannot record kernel-path connections");
+            for cookie in &batch.opened {
+                self.by_cookie.remove(cookie);
+            }
+        }
+        for slot in batch.read {
+            services.recorder.job_states.count_read(slot);
+        }
+    }
+
+    /// Records a connection the kernel let through (stored with `batch`).
+    pub async fn connected(&mut self, event: &Event, services: &Services, batch: &mut Batch) {
         let info = conn_info(event);
         let dst = super::destination(&info);
         let (job, identity) = job_of(event, services);
@@ -92,18 +137,13 @@ impl OpenSessions {
             path: Some(SessionPath::Kernel),
             cookie: Some(event.cookie),
         };
-        match services.store.insert_session(session).await {
-            Ok(id) => {
-                self.by_cookie.insert(event.cookie, id);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, %dst, "cannot record a kernel-path connection");
-            }
-        }
+        let id = batch.records.session(&services.store, session);
+        self.by_cookie.insert(event.cookie, id);
+        batch.opened.push(event.cookie);
     }
 
-    /// Records the end of a connection, with the bytes the kernel counted.
-    pub fn closed(&mut self, event: &Event, services: &Services) {
+    /// Records the end of a connection, with the bytes the kernel counted (stored with `batch`).
+    pub fn closed(&mut self, event: &Event, batch: &mut Batch) {
         let Some(id) = self.by_cookie.remove(&event.cookie) else {
             tracing::debug!(
                 cookie = event.cookie,
@@ -111,7 +151,7 @@ impl OpenSessions {
             );
             return;
         };
-        services.store.close_session(
+        batch.records.close(
             id,
             vec![(
                 EventKind::Closed,

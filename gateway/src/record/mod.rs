@@ -8,8 +8,8 @@ mod store;
 
 pub use event::EventKind;
 pub use sessions::{
-    Ancestor, ContainerInfo, EventRecord, JobRecord, NewSession, Origin, ProcessInfo, SessionEnd,
-    SessionKind, SessionPath, SessionRecord, SessionSummary, now,
+    Ancestor, ContainerInfo, EventRecord, JobRecord, NewSession, Origin, ProcessInfo, Records,
+    SessionEnd, SessionKind, SessionPath, SessionRecord, SessionSummary, now,
 };
 pub use store::{Failure, Health, Store, StoreError};
 

@@ -140,9 +140,31 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN cookie INTEGER;
     CREATE INDEX sessions_open_kernel ON sessions (cookie) WHERE path = 'kernel' AND ended_at IS NULL;
     "#,
+    // 9: events without AUTOINCREMENT. Events are never deleted, so the largest id is never
+    // reused; AUTOINCREMENT only cost an update of `sqlite_sequence` per stored event. Ids are
+    // kept as they were (pages of `sessions show` go by id).
+    r#"
+    CREATE TABLE events_v9 (
+        id            INTEGER PRIMARY KEY,
+        session_id    INTEGER NOT NULL REFERENCES sessions(id),
+        at            TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        detail        TEXT NOT NULL DEFAULT '{}'
+    );
+    INSERT INTO events_v9 (id, session_id, at, kind, detail)
+        SELECT id, session_id, at, kind, detail FROM events ORDER BY id;
+    DROP TABLE events;
+    ALTER TABLE events_v9 RENAME TO events;
+    CREATE INDEX events_session ON events (session_id, id);
+    "#,
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Migrates up to schema version `upto` (tests build databases of earlier versions with it).
+pub(super) fn migrate_to(conn: &Connection, upto: usize) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let supported = MIGRATIONS.len() as i64;
     if version > supported {
@@ -151,7 +173,12 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             supported,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(upto)
+        .skip(version as usize)
+    {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;

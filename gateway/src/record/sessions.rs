@@ -415,6 +415,15 @@ impl Store {
         );
     }
 
+    /// Stores `records` with one journal write; resolves once they are durable. A failure
+    /// stores none of them.
+    pub fn log_records(&self, records: Records) -> Result<(), StoreError> {
+        if records.0.is_empty() {
+            return Ok(());
+        }
+        self.log_all(records.0)
+    }
+
     pub fn end_session(&self, id: i64, end: SessionEnd) {
         self.log_or_warn("end session", end_record(id, end));
     }
@@ -568,6 +577,29 @@ impl Store {
             Ok(record)
         })
         .await
+    }
+}
+
+/// Session records gathered to be stored together ([`Store::log_records`]): a reader of many
+/// short records pays one journal write per batch rather than one per record.
+#[derive(Default)]
+pub struct Records(Vec<Record>);
+
+impl Records {
+    /// Adds a session; returns the id it is stored under.
+    pub fn session(&mut self, store: &Store, s: NewSession) -> i64 {
+        let id = store.allocate_session_id();
+        self.0.push(Record::Session {
+            id,
+            session: Box::new(s),
+        });
+        id
+    }
+
+    /// Adds a session's last events and its end.
+    pub fn close(&mut self, id: i64, events: Vec<(EventKind, serde_json::Value)>, end: SessionEnd) {
+        self.0.push(events_record(id, rendered(events)));
+        self.0.push(end_record(id, end));
     }
 }
 

@@ -391,3 +391,70 @@ fn a_record_larger_than_replay_reads_is_refused_when_written() {
     };
     assert!(Encoded::new(&small).is_ok());
 }
+
+#[tokio::test]
+async fn a_database_of_schema_8_opens_with_its_events_and_their_ids() {
+    let dir = temp_dir("schema8");
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.join("gateway.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        super::schema::migrate_to(&conn, 8).unwrap();
+        conn.execute_batch(
+            r#"INSERT INTO sessions (id, kind, destination, identity, decision, started_at)
+                   VALUES (3, 'proxied', '10.0.0.5:5432', 'unauthenticated', 'allow',
+                           '2026-01-01T00:00:00.000Z');
+               INSERT INTO events (id, session_id, at, kind, detail) VALUES
+                   (5, 3, '2026-01-01T00:00:01.000Z', 'sql', '{"sql":"select 1"}'),
+                   (9, 3, '2026-01-01T00:00:02.000Z', 'sql_result', '{"rows":1}');"#,
+        )
+        .unwrap();
+    }
+    let store = Store::open(&dir).unwrap();
+    let shown = store.session(3).await.unwrap();
+    let events: Vec<_> = shown
+        .events
+        .iter()
+        .map(|e| (e.id, e.kind.as_str(), e.at.as_str(), e.detail.to_string()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (
+                5,
+                "sql",
+                "2026-01-01T00:00:01.000Z",
+                r#"{"sql":"select 1"}"#.to_string()
+            ),
+            (
+                9,
+                "sql_result",
+                "2026-01-01T00:00:02.000Z",
+                r#"{"rows":1}"#.to_string()
+            ),
+        ]
+    );
+    // New events follow the old ones; the table no longer keeps a sequence per insert.
+    store
+        .append_event(3, EventKind::Closed, serde_json::json!({}))
+        .await
+        .unwrap();
+    let (version, events_sql, next) = store
+        .call(|c| {
+            let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let sql: String = c.query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+                [],
+                |r| r.get(0),
+            )?;
+            let next: i64 = c.query_row("SELECT max(id) FROM events", [], |r| r.get(0))?;
+            Ok((version, sql, next))
+        })
+        .await
+        .unwrap();
+    assert_eq!(version, 9);
+    assert!(!events_sql.contains("AUTOINCREMENT"), "{events_sql}");
+    assert_eq!(next, 10);
+    assert_eq!(store.session(3).await.unwrap().events.len(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
