@@ -128,7 +128,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log info;
 events {{ worker_connections 512; }}
 http {{
-    log_format gw escape=json '{{"method":"$request_method","uri":"$request_uri","host":"$http_host","auth":"$http_authorization","api_key":"$http_x_api_key","override":"$http_x_http_method_override","range":"$http_range","accept_encoding":"$http_accept_encoding","content_encoding":"$sent_http_content_encoding","protocol":"$server_protocol","status":$status}}';
+    log_format gw escape=json '{{"method":"$request_method","uri":"$request_uri","host":"$http_host","auth":"$http_authorization","api_key":"$http_x_api_key","override":"$http_x_http_method_override","range":"$http_range","accept_encoding":"$http_accept_encoding","content_encoding":"$sent_http_content_encoding","protocol":"$server_protocol","status":$status,"body":"$request_body"}}';
     access_log {d}/access.log gw;
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
@@ -158,6 +158,10 @@ http {{
         }}
         # A content coding no one decodes.
         location /odd/ {{ alias {www}/files/; add_header Content-Encoding compress; }}
+        # A response header a masking detector finds (`always`: on every status).
+        location = /account {{ add_header X-Account-SSN 123-45-6789 always; return 200 "ok\n"; }}
+        # Reads the request body (proxied to this server), so the access log shows it.
+        location = /upload {{ proxy_pass http://{ip}:80/uploaded; }}
         location = /mcp {{
             default_type application/json;
             return 200 '{{"jsonrpc":"2.0","id":1,"result":{{"ok":true}}}}';

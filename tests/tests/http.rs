@@ -1113,6 +1113,58 @@ fn json_responses_are_masked_whatever_the_job_asks_for() -> Result<()> {
 }
 
 #[test]
+fn response_headers_and_recorded_request_bodies_are_masked() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    let url = |path: &str| format!("https://{HOST}{path}");
+    let out = s.curl(&["-i", &url("/account")]);
+    let (head, body, status) = head_and_body(&out);
+    ensure!(status.starts_with("200"), "{status} {head} {body}");
+    no_secret("response headers", &head)?;
+    ensure!(head.contains("x-account-ssn: [masked:us_ssn]"), "{head}");
+    // Framing headers stay as the upstream sent them.
+    ensure!(head.contains("content-type: text/plain"), "{head}");
+    // A request body with values the masking hides: the upstream gets it as the job sent it,
+    // the recording only masked.
+    let doc = r#"{"ssn":"123-45-6789","note":"reach me at alice@example.com"}"#;
+    let out = s.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        doc,
+        &url("/upload"),
+    ]);
+    let (text, status) = split(&out);
+    ensure!(status.starts_with("200"), "{status} {text}");
+    let seen = s.server_saw();
+    ensure!(
+        seen.iter()
+            .any(|r| r["uri"] == "/upload" && r["body"] == doc),
+        "{seen:?}"
+    );
+    let requests = s.events("http_request")?;
+    let responses = s.events("http_response")?;
+    for e in requests.iter().chain(&responses) {
+        no_secret("recording", &e.to_string())?;
+    }
+    ensure!(
+        requests.iter().any(|r| r["detail"]["body_sample"]
+            .as_str()
+            .is_some_and(|b| b.contains("[masked"))),
+        "{requests:?}"
+    );
+    ensure!(
+        responses.iter().any(
+            |r| r["detail"]["headers"]["x-account-ssn"] == "[masked:us_ssn]"
+                && r["detail"]["masked"].as_u64() == Some(1)
+        ),
+        "{responses:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_range_request_cannot_cut_a_value_out_of_the_masking() -> Result<()> {
     let s = Setup::with(MASKING)?;
     s.nginx.put_file("users.json", USERS.as_bytes())?;

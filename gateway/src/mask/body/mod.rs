@@ -212,6 +212,71 @@ impl BodyRules {
     }
 }
 
+/// Response headers the detectors leave alone: the client needs them as sent to read the
+/// response (its framing, type, coding and byte ranges) and none carries data of its own. Every
+/// other header value, `Location` and custom ones included, goes through the detectors.
+pub const UNMASKED_HEADERS: &[&str] = &[
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "trailer",
+    "date",
+    "sec-websocket-accept",
+];
+
+impl BodyRules {
+    /// Masks one response header value with the detectors (`json_fields` name JSON members, not
+    /// headers): the masked value and the number of matches, `None` when nothing matched or the
+    /// header is one of [`UNMASKED_HEADERS`].
+    pub fn mask_header(&self, name: &str, value: &[u8]) -> Option<(Vec<u8>, usize)> {
+        if UNMASKED_HEADERS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+        {
+            return None;
+        }
+        crate::mask::redact(value, &self.detectors)
+    }
+
+    /// What a recording (or an approver) may see of the first bytes of a request body: masked
+    /// exactly as a response of this type and coding would be for the job, so that a recording
+    /// never holds what the masking hides. `complete` says the sample is the whole body (else
+    /// its unfinished end is left out). A body the masking cannot read is not shown at all.
+    pub fn mask_sample(
+        self: &Arc<Self>,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        sample: &[u8],
+        complete: bool,
+    ) -> Vec<u8> {
+        if sample.is_empty() {
+            return Vec::new();
+        }
+        let not_shown = |why: &dyn std::fmt::Display| format!("[not recorded: {why}]").into_bytes();
+        let mut masker =
+            match BodyMasker::new(self, content_type, content_encoding, &BodyLimits::default()) {
+                Ok(Some(m)) => m,
+                Ok(None) => return sample.to_vec(),
+                Err(Unmaskable(why)) => return not_shown(&why),
+            };
+        let mut out = match masker.push(sample) {
+            Ok(b) => b.to_vec(),
+            Err(e) => return not_shown(&e),
+        };
+        if complete {
+            match masker.finish() {
+                Ok(rest) => out.extend_from_slice(&rest),
+                Err(e) => return not_shown(&e),
+            }
+        }
+        out
+    }
+}
+
 /// The content codings this module decodes, for an `Accept-Encoding` sent upstream (or send
 /// `identity` and decode nothing).
 pub const ACCEPT_ENCODING: &str = "gzip, deflate, br, zstd";

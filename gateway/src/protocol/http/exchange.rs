@@ -189,7 +189,9 @@ impl Exchange {
         } else {
             None
         };
+        let complete = sampled.complete && sampled.sample.len() <= self.settings.body_sample;
         sampled.sample.truncate(self.settings.body_sample);
+        let shown = self.shown_sample(&parts.headers, &sampled.sample, complete);
         op.rpc = calls.as_ref().map(|c| c.messages.as_slice());
         let decision = self.policy.decide_http(&self.identity, &self.target, &op);
         let recorded = self.request_event(
@@ -197,7 +199,7 @@ impl Exchange {
             &reading,
             &parts,
             &decision,
-            &sampled.sample,
+            &shown,
             calls.as_ref(),
         );
         match &decision {
@@ -225,7 +227,7 @@ impl Exchange {
                 self.store
                     .note_event(self.session_id, EventKind::HttpRequest, recorded.clone());
                 match self
-                    .approve(rule, &reading, &parts, &sampled.sample, calls.as_ref())
+                    .approve(rule, &reading, &parts, &shown, calls.as_ref())
                     .await
                 {
                     Ok(by) => {
@@ -327,6 +329,33 @@ impl Exchange {
             ApprovalOutcome::Approved { by } => Ok(by),
             ApprovalOutcome::Denied { reason } => Err(reason),
         }
+    }
+
+    /// What the recording and approvers see of a request body sample: masked as a response of
+    /// the target would be for the job (the upstream still gets the body as the job sent it).
+    fn shown_sample(&self, headers: &http::HeaderMap, sample: &Bytes, complete: bool) -> Bytes {
+        let Some(rules) = &self.masking else {
+            return sample.clone();
+        };
+        let text = |name: header::HeaderName| -> Result<Option<String>, ()> {
+            let values: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().map_err(|_| ()))
+                .collect::<Result<_, _>>()?;
+            Ok((!values.is_empty()).then(|| values.join(", ")))
+        };
+        let (Ok(content_type), Ok(coding)) =
+            (text(header::CONTENT_TYPE), text(header::CONTENT_ENCODING))
+        else {
+            return Bytes::from_static(
+                b"[not recorded: a Content-Type or Content-Encoding that is not text]",
+            );
+        };
+        let mut shown =
+            rules.mask_sample(content_type.as_deref(), coding.as_deref(), sample, complete);
+        shown.truncate(self.settings.body_sample);
+        shown.into()
     }
 
     fn credential_header(&self) -> Option<&http::HeaderName> {
@@ -487,6 +516,12 @@ impl Exchange {
     ) -> Response<Body> {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
+        let secrets: &[Vec<u8>] = self.credential.as_ref().map_or(&[], |c| &c.secrets);
+        let echoes = headers::redact_echoes(&mut parts.headers, secrets);
+        let masked = self
+            .masking
+            .as_ref()
+            .map(|rules| headers::mask(&mut parts.headers, rules));
         let refuse = |reason: &str| self.refuse_response(number, &parts, reason, &received);
         let Some(client_upgrade) = client_upgrade else {
             return refuse("the job's connection cannot be upgraded (HTTP/2)");
@@ -500,8 +535,6 @@ impl Exchange {
         if !upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
             return refuse("the upstream switched to another protocol than websocket");
         }
-        let secrets: &[Vec<u8>] = self.credential.as_ref().map_or(&[], |c| &c.secrets);
-        let echoes = headers::redact_echoes(&mut parts.headers, secrets);
         let mut out = Response::new(body::empty());
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = out.headers_mut();
@@ -520,6 +553,7 @@ impl Exchange {
                 "status": 101,
                 "headers": headers::recorded(&parts.headers, None),
                 "echoes_redacted": echoes,
+                "masked": masked,
                 "bytes": 0,
                 "end": "upgraded",
                 "started_at": received.at,
@@ -615,6 +649,11 @@ impl Exchange {
         headers::strip_hop_by_hop(&mut parts.headers);
         let secrets: &[Vec<u8>] = self.credential.as_ref().map_or(&[], |c| &c.secrets);
         let header_echoes = headers::redact_echoes(&mut parts.headers, secrets);
+        // Headers are masked whatever becomes of the body (refused, empty, HEAD).
+        let header_masked = self
+            .masking
+            .as_ref()
+            .map(|rules| headers::mask(&mut parts.headers, rules));
         let status = parts.status;
         let masker = match self.masker_for(head, transfer_coded, &parts, &body) {
             Ok(m) => m,
@@ -652,7 +691,10 @@ impl Exchange {
                     "bytes": summary.bytes,
                     "sha256": summary.sha256,
                     "echoes_redacted": summary.echoes_redacted + header_echoes,
-                    "masked": summary.masked,
+                    "masked": match (summary.masked, header_masked) {
+                        (None, None) => None,
+                        (body, headers) => Some(body.unwrap_or(0) + headers.unwrap_or(0)),
+                    },
                     "masking_error": summary.masking_error,
                     "body_sample": String::from_utf8_lossy(&summary.sample),
                     "started_at": started_at,

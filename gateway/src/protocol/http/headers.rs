@@ -3,6 +3,8 @@
 //! what the recording keeps of headers never includes a secret.
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+use crate::mask::body::BodyRules;
 use serde_json::{Map, Value};
 
 /// Headers about one connection (RFC 9110 §7.6.1), and the proxy ones the job has no business
@@ -81,6 +83,20 @@ pub(super) fn recorded(headers: &HeaderMap, also_secret: Option<&HeaderName>) ->
     Value::Object(out)
 }
 
+/// Masks response header values as the target's masking says; returns the matches replaced.
+pub(super) fn mask(headers: &mut HeaderMap, rules: &BodyRules) -> u64 {
+    let mut masked = 0;
+    for (name, value) in headers.iter_mut() {
+        if let Some((bytes, n)) = rules.mask_header(name.as_str(), value.as_bytes())
+            && let Ok(v) = HeaderValue::from_bytes(&bytes)
+        {
+            *value = v;
+            masked += n as u64;
+        }
+    }
+    masked
+}
+
 /// Replaces any secret in response header values (a server echoing the credential).
 pub(super) fn redact_echoes(headers: &mut HeaderMap, secrets: &[Vec<u8>]) -> u64 {
     let mut redacted = 0;
@@ -131,6 +147,23 @@ mod tests {
         assert_eq!(v["authorization"], "[redacted: 10 bytes]");
         assert_eq!(v["x-token"], "[redacted: 3 bytes]");
         assert_eq!(v["accept"], serde_json::json!(["a", "b"]));
+    }
+
+    #[test]
+    fn masking_reads_header_values_but_not_framing() {
+        let rules = BodyRules::new(
+            vec!["r".into()],
+            Vec::new(),
+            vec![crate::mask::Detector::UsSsn],
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-account-ssn", "123-45-6789".parse().unwrap());
+        h.append("x-account-ssn", "none".parse().unwrap());
+        h.insert("content-type", "text/plain; x=123-45-6789".parse().unwrap());
+        assert_eq!(mask(&mut h, &rules), 1);
+        let values: Vec<_> = h.get_all("x-account-ssn").iter().collect();
+        assert_eq!(values, ["[masked:us_ssn]", "none"]);
+        assert_eq!(h["content-type"], "text/plain; x=123-45-6789");
     }
 
     #[test]

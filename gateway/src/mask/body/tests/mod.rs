@@ -105,3 +105,20 @@ pub(super) fn json(
         input.as_bytes(),
     )
 }
+
+#[test]
+fn a_request_sample_is_masked_as_a_response_would_be() {
+    let r = rules(&["ssn"], &[Detector::Email]);
+    let doc = br#"{"ssn":"123-45-6789","note":"alice@example.com"}"#;
+    let shown = r.mask_sample(Some("application/json"), None, doc, true);
+    assert_eq!(shown, br#"{"ssn":"[masked]","note":"[masked:email]"}"#);
+    // A sample cut short keeps only what the masking could finish.
+    let cut = r.mask_sample(Some("application/json"), None, &doc[..30], false);
+    assert!(!String::from_utf8_lossy(&cut).contains("123-45"), "{cut:?}");
+    // Text, and a body the masking cannot read (which is not shown).
+    let text = r.mask_sample(Some("text/plain"), None, b"mail alice@example.com", true);
+    assert_eq!(text, b"mail [masked:email]");
+    let binary = r.mask_sample(Some("image/png"), None, b"alice@example.com", true);
+    assert!(binary.starts_with(b"[not recorded: "), "{binary:?}");
+    assert!(r.mask_sample(None, None, b"", true).is_empty());
+}
