@@ -107,7 +107,16 @@ impl Jobs {
         if slot == 0 {
             return None;
         }
-        self.list().into_iter().find(|j| j.slot == slot)
+        self.by_cgroup
+            .read()
+            .values()
+            .find(|j| j.slot == slot)
+            .cloned()
+    }
+
+    /// The job of something the kernel programs saw: by the slot they read, else by its cgroup.
+    pub fn of_kernel_record(&self, slot: u32, cgroup_id: u64) -> Option<Arc<Job>> {
+        self.by_slot(slot).or_else(|| self.for_cgroup(cgroup_id))
     }
 
     pub fn by_path(&self, path: &Path) -> Option<Arc<Job>> {

@@ -214,8 +214,7 @@ pub fn denied(event: &Event, services: &Services) -> NewSession {
 pub fn job_of(event: &Event, services: &Services) -> (Option<Arc<Job>>, Identity) {
     let job = services
         .jobs
-        .by_slot(event.job_slot)
-        .or_else(|| services.jobs.for_cgroup(event.cgroup_id));
+        .of_kernel_record(event.job_slot, event.cgroup_id);
     let identity = job
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
