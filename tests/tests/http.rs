@@ -1143,7 +1143,34 @@ fn response_headers_and_recorded_request_bodies_are_masked() -> Result<()> {
             .any(|r| r["uri"] == "/upload" && r["body"] == doc),
         "{seen:?}"
     );
+    // A tool call's arguments, as the gateway read them for the rules: recorded (and shown to
+    // approvers) masked like the body they came from.
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_issue","arguments":{"ssn":"123-45-6789","contact":"alice@example.com"}}}"#;
+    let out = s.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        call,
+        &url("/mcp"),
+    ]);
+    let (text, status) = split(&out);
+    ensure!(status.starts_with("200"), "{status} {text}");
     let requests = s.events("http_request")?;
+    ensure!(
+        requests.iter().any(|r| {
+            let arguments = &r["detail"]["rpc"][0]["arguments"];
+            r["detail"]["rpc"][0]["tool"] == "get_issue"
+                && arguments["ssn"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("[masked"))
+                && arguments["contact"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("[masked"))
+        }),
+        "{requests:?}"
+    );
     let responses = s.events("http_response")?;
     for e in requests.iter().chain(&responses) {
         no_secret("recording", &e.to_string())?;

@@ -4,15 +4,15 @@
 //! unrecorded or ungranted.
 
 use std::{
-    io::Write as _,
+    io::{BufRead as _, BufReader, Write as _},
     process::{Command, Stdio},
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use gateway_e2e::{
-    Daemon, DaemonConfig, EchoServer, Netns, TempDir, TestCgroup, free_port, probe_bin, unique_id,
-    wait_until,
+    Daemon, DaemonConfig, EchoServer, Netns, TempDir, TestCgroup, free_port, gateway_bin,
+    probe_bin, unique_id, wait_until,
 };
 use serde_json::Value;
 
@@ -124,8 +124,28 @@ fn a_kernel_path_connection_goes_straight_to_the_target_and_is_recorded_like_a_p
 -> Result<()> {
     let s = Setup::new("")?;
     let dst = s.v4(7000);
-    let v = s.daemon.probe_in_job(&["connect", &dst, "through"])?;
+    // The probe keeps its process and connection until its stdin closes: the daemon describes
+    // the process from /proc, as it does a proxied session's, only while it lives.
+    let mut job = Command::new(gateway_bin())
+        .arg("--control-socket")
+        .arg(&s.daemon.control_socket)
+        .args(["run", "--"])
+        .arg(probe_bin())
+        .args(["connect", &dst, "through", "hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(job.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let v: Value = serde_json::from_str(line.trim()).with_context(|| line.clone())?;
     assert_eq!(v["ok"], true, "{v}");
+    let described = wait_until(Duration::from_secs(10), || {
+        s.sessions_to(&dst).is_ok_and(|l| l.len() == 1)
+    });
+    assert!(described, "{:?}", s.daemon.sessions()?);
+    let shown = s.daemon.show_session(&s.sessions_to(&dst)?[0]["id"])?;
+    drop(job.stdin.take());
+    job.wait()?;
     // No gateway in the path: the job's socket is connected to the destination itself.
     assert_eq!(v["peer"], dst.as_str(), "{v}");
     let local = v["local"].as_str().unwrap_or_default();
@@ -151,7 +171,6 @@ fn a_kernel_path_connection_goes_straight_to_the_target_and_is_recorded_like_a_p
     // "through" went up; the greeting line and the echo came down.
     assert_eq!(session["bytes_up"], 7, "{session}");
     assert_eq!(session["bytes_down"], greeting.len() + 1 + 7, "{session}");
-    let shown = s.daemon.show_session(&session["id"])?;
     let process = &shown["process"];
     assert_eq!(process["verified"], true, "{shown}");
     assert!(

@@ -96,15 +96,30 @@ fn resolve(addr: &str) -> Result<SocketAddr, Value> {
     }
 }
 
-fn connect(addr: &str, text: &str) -> Value {
+fn connect(addr: &str, text: &str, hold: bool) -> Value {
     let addr = match resolve(addr) {
         Ok(a) => a,
         Err(v) => return v,
     };
     match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Ok(s) => converse(s, text),
+        Ok(s) => converse_and_hold(s, text, hold),
         Err(e) => errno_json(&e),
     }
+}
+
+/// `converse`; with `hold`, prints the verdict and keeps the process and its connection until
+/// stdin ends (so a test can look at both while they live).
+fn converse_and_hold(stream: TcpStream, text: &str, hold: bool) -> Value {
+    let keep = hold.then(|| stream.try_clone().expect("clone"));
+    let mut v = converse(stream, text);
+    if let Some(_connection) = keep {
+        v["pid"] = json!(std::process::id());
+        println!("{v}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    }
+    v
 }
 
 /// `connect` from a fixed IPv4 source port (what two containers may both use at once).
@@ -151,15 +166,7 @@ fn connect_from(port: &str, addr: &str, text: &str, hold: bool) -> Value {
         }
         <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
     };
-    let keep = hold.then(|| stream.try_clone().expect("clone"));
-    let v = converse(stream, text);
-    if let Some(_connection) = keep {
-        println!("{v}");
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    }
-    v
+    converse_and_hold(stream, text, hold)
 }
 
 /// Reads the greeting, sends `text`, reads its echo.
@@ -599,13 +606,17 @@ fn dns_follow(args: &[String]) -> Value {
                 connect(
                     &format!("{}:{port}", a.as_str().unwrap_or_default()),
                     "told",
+                    false,
                 )
             })
             .collect();
         answer["connects"] = json!(connects);
         out.push(answer);
     }
-    let others: Vec<Value> = args[4..].iter().map(|a| connect(a, "other")).collect();
+    let others: Vec<Value> = args[4..]
+        .iter()
+        .map(|a| connect(a, "other", false))
+        .collect();
     json!({ "rounds": out, "others": others })
 }
 
@@ -637,7 +648,11 @@ fn main() {
     }
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let out = match arg(0) {
-        "connect" => connect(arg(1), if arg(2).is_empty() { "ping" } else { arg(2) }),
+        "connect" => connect(
+            arg(1),
+            if arg(2).is_empty() { "ping" } else { arg(2) },
+            arg(3) == "hold",
+        ),
         "connect-from" => connect_from(arg(1), arg(2), arg(3), arg(4) == "hold"),
         "udp" => udp(arg(1), false),
         "udp-connect" => udp(arg(1), true),

@@ -294,7 +294,7 @@ impl Exchange {
         {
             operation.push_str(&format!("\n{message}"));
             if !arguments.is_null() {
-                operation.push_str(&format!(" {arguments}"));
+                operation.push_str(&format!(" {}", self.shown_json(arguments.clone())));
             }
         }
         let request = ApprovalRequest {
@@ -311,7 +311,7 @@ impl Exchange {
                 "query": reading.query,
                 "headers": headers::recorded(&parts.headers, self.credential_header()),
                 "body_sample": String::from_utf8_lossy(sample),
-                "rpc": calls.map(Calls::recorded),
+                "rpc": calls.map(|c| self.shown_json(c.recorded())),
             }),
             process: self.process.clone(),
             job_id: self.job_id.clone(),
@@ -358,6 +358,20 @@ impl Exchange {
         shown.into()
     }
 
+    /// What the recording and approvers see of JSON read from a request body (JSON-RPC calls,
+    /// tool arguments): masked as a JSON response of the target would be, like the body sample
+    /// it came from.
+    fn shown_json(&self, value: serde_json::Value) -> serde_json::Value {
+        let Some(rules) = &self.masking else {
+            return value;
+        };
+        let Ok(text) = serde_json::to_vec(&value) else {
+            return json!("[not recorded: not JSON]");
+        };
+        let masked = rules.mask_sample(Some("application/json"), None, &text, true);
+        serde_json::from_slice(&masked).unwrap_or_else(|_| json!(String::from_utf8_lossy(&masked)))
+    }
+
     fn credential_header(&self) -> Option<&http::HeaderName> {
         self.credential.as_ref().map(|c| &c.name)
     }
@@ -372,7 +386,7 @@ impl Exchange {
         calls: Option<&Calls>,
     ) -> serde_json::Value {
         json!({
-            "rpc": calls.map(Calls::recorded),
+            "rpc": calls.map(|c| self.shown_json(c.recorded())),
             "request": received.number,
             "started_at": received.at,
             // From the request received to its decision.
