@@ -532,6 +532,29 @@ fn set_user_ip6(sa: *mut bpf_sock_addr, words: [u32; 4]) {
     }
 }
 
+/// Writes an address (IPv4 as IPv4-mapped, as the maps keep them) and port into the context.
+#[inline(always)]
+fn set_user_addr(sa: *mut bpf_sock_addr, family: u16, a: &[u8; 16], port: u16) {
+    if family == AF_INET {
+        write_u32(
+            // SAFETY: `sa` is the program context; 4-byte store.
+            unsafe { addr_of_mut!((*sa).user_ip4) },
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        );
+    } else {
+        set_user_ip6(
+            sa,
+            [
+                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            ],
+        );
+    }
+    set_user_port(sa, port);
+}
+
 #[inline(always)]
 fn set_user_port(sa: *mut bpf_sock_addr, port: u16) {
     // SAFETY: `sa` is the program context; `user_port` holds the network-order port in its low half.
@@ -1230,24 +1253,7 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
         return;
     }
     let a = info.dst_addr;
-    if family == AF_INET {
-        write_u32(
-            // SAFETY: `sa` is the program context; 4-byte store.
-            unsafe { addr_of_mut!((*sa).user_ip4) },
-            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-        );
-    } else {
-        set_user_ip6(
-            sa,
-            [
-                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-            ],
-        );
-    }
-    set_user_port(sa, info.dst_port);
+    set_user_addr(sa, family, &a, info.dst_port);
 }
 
 // --- UDP sendmsg ---------------------------------------------------------------------------------------
@@ -1398,24 +1404,7 @@ fn restore_resolver(ctx: &SockAddrContext, family: u16) {
     if set == 0 {
         return;
     }
-    if family == AF_INET {
-        write_u32(
-            // SAFETY: `sa` is the program context; 4-byte store.
-            unsafe { addr_of_mut!((*sa).user_ip4) },
-            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-        );
-    } else {
-        set_user_ip6(
-            sa,
-            [
-                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-            ],
-        );
-    }
-    set_user_port(sa, resolver_port as u16);
+    set_user_addr(sa, family, &a, resolver_port as u16);
 }
 
 // --- bind: the listener port is the gateway's ----------------------------------------------------------
