@@ -305,8 +305,10 @@ http {{
 
     /// Every request nginx logged, oldest first.
     pub fn requests(&self) -> Result<Vec<Value>> {
-        let text = fs::read_to_string(&self.access_log).unwrap_or_default();
-        text.lines()
+        // Bodies are logged as nginx received them: a git pack is not UTF-8.
+        let bytes = fs::read(&self.access_log).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
             .map(|l| serde_json::from_str(l).with_context(|| format!("access log line {l}")))
             .collect()
     }
