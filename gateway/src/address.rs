@@ -1,7 +1,10 @@
 //! Destinations as the configuration names them (`ip:port`, `cidr:port`, `host:port`) and the
 //! address normalisation the kernel applies: a leaf every layer may use.
 
-use std::{fmt, net::IpAddr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use ipnet::IpNet;
 
@@ -123,5 +126,16 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// An address of the kernel records (IPv6 bytes, IPv4 mapped) as the process knows it.
+pub fn from_kernel(bytes: &[u8; 16], v4: bool) -> IpAddr {
+    let v6 = Ipv6Addr::from(*bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4addr) if v4 || bytes[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] => {
+            IpAddr::V4(v4addr)
+        }
+        _ => IpAddr::V6(v6),
     }
 }

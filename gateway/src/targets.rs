@@ -30,7 +30,7 @@ impl TargetSet {
     /// Resolves every target of `config` (host names through the system resolver; this blocks).
     /// Returns the set and one message per host name that did not resolve.
     /// With DNS follow on, host names are not resolved here: each job reaches the addresses it
-    /// is told ([`crate::dns`]).
+    /// is told (DNS follow).
     pub fn resolve(config: &Config) -> (TargetSet, Vec<String>) {
         let mut entries = Vec::new();
         let mut problems = Vec::new();

@@ -32,7 +32,6 @@ use crate::{
     budget::{self, Recorder},
     ebpf::{Dataplane, DnsClients},
     identity::Identity,
-    intercept::address,
     jobs::Jobs,
     record::{EventKind, NewSession, SessionKind, Store, now},
     targets::TargetSet,
@@ -196,7 +195,7 @@ async fn forward(
     services: &Services,
 ) {
     let resolver = SocketAddr::new(
-        address(&client.resolver, false),
+        crate::address::from_kernel(&client.resolver, false),
         client.resolver_port as u16,
     );
     let outcome = match exchange(socket, peer, &client, &query, resolver, services).await {

@@ -8,7 +8,7 @@ pub mod process;
 
 use crate::record::EventKind;
 use std::{
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -100,16 +100,7 @@ pub fn destination(info: &ConnInfo) -> SocketAddr {
     )
 }
 
-/// An address of the kernel records (IPv6 bytes, IPv4 mapped) as the process knows it.
-pub fn address(bytes: &[u8; 16], v4: bool) -> IpAddr {
-    let v6 = Ipv6Addr::from(*bytes);
-    match v6.to_ipv4_mapped() {
-        Some(v4addr) if v4 || bytes[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] => {
-            IpAddr::V4(v4addr)
-        }
-        _ => IpAddr::V6(v6),
-    }
-}
+pub use crate::address::from_kernel as address;
 
 async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services: Arc<Services>) {
     let started_at = now();
@@ -468,7 +459,7 @@ async fn anomaly(client: TcpStream, peer: SocketAddr, services: &Services, start
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn addresses_come_back_as_the_process_wrote_them() {
