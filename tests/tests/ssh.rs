@@ -833,6 +833,28 @@ impl Tmux {
         ensure!(found, "{what:?} not on screen:\n{}", self.screen());
         Ok(())
     }
+
+    /// Waits for `what` and then for the shell's prompt after it. Keys typed before the shell
+    /// reads its next line wait in the terminal's own line buffer (typeahead), which the
+    /// gateway's discard of a blocked line does not reach: the threat model's "keystrokes, not
+    /// the shell's buffer". The test types as a person at the prompt does.
+    fn wait_for_prompt_after(&self, what: &str) -> Result<()> {
+        let ready = |screen: &str| {
+            screen.rfind(what).is_some_and(|at| {
+                screen[at..].lines().skip(1).any(|l| {
+                    let l = l.trim_end();
+                    l.ends_with('#') || l.ends_with('$')
+                })
+            })
+        };
+        let found = wait_until(Duration::from_secs(20), || ready(&self.screen()));
+        ensure!(
+            found,
+            "{what:?} and a prompt after it not on screen:\n{}",
+            self.screen()
+        );
+        Ok(())
+    }
 }
 
 impl Drop for Tmux {
@@ -875,12 +897,12 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
         &shell_cmd,
     ])?;
     tmux.cmd(&["send-keys", "-t", "gwe", "printf 'hello-%d\\n' 42", "Enter"])?;
-    tmux.wait_for("hello-42")?;
+    tmux.wait_for_prompt_after("hello-42")?;
     tmux.cmd(&["send-keys", "-t", "gwe", "stty size", "Enter"])?;
-    tmux.wait_for("30 100")?;
+    tmux.wait_for_prompt_after("30 100")?;
     tmux.cmd(&["resize-window", "-t", "gwe", "-x", "132", "-y", "40"])?;
     tmux.cmd(&["send-keys", "-t", "gwe", "stty size", "Enter"])?;
-    tmux.wait_for("40 132")?;
+    tmux.wait_for_prompt_after("40 132")?;
     // A high-risk line is blocked before it reaches the host.
     let marker = format!("/tmp/gwe-shell-{}", unique_id());
     tmux.cmd(&[
@@ -890,9 +912,9 @@ fn interactive_shell_is_recorded_lines_are_policed_and_replayed() -> Result<()> 
         &format!("touch {marker}; echo shutdown-now"),
         "Enter",
     ])?;
-    tmux.wait_for("gateway: blocked by policy")?;
+    tmux.wait_for_prompt_after("gateway: blocked by policy")?;
     tmux.cmd(&["send-keys", "-t", "gwe", "printf 'after-%d\\n' 2", "Enter"])?;
-    tmux.wait_for("after-2")?;
+    tmux.wait_for_prompt_after("after-2")?;
     assert!(!Path::new(&marker).exists(), "the blocked line ran");
     // A line needing approval waits at Enter; the terminal names the request. Approved, it runs.
     let held = format!("touch {marker}; printf 'systemctl restart held-%d\\n' 5");
