@@ -230,54 +230,45 @@ pub fn process_cgroup(pid: u32) -> Option<String> {
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
+/// How many cgroup directories a walk visits at most: a job may make cgroups below its own, and
+/// a walk over them must stay bounded.
+const MAX_WALKED: usize = 10_000;
+
+/// A cgroup's directory and those of its descendants (depth first, at most [`MAX_WALKED`];
+/// directories made or removed meanwhile may be missed).
+fn walk(under: &Path) -> impl Iterator<Item = PathBuf> {
+    let mut pending = vec![under.to_path_buf()];
+    std::iter::from_fn(move || {
+        let dir = pending.pop()?;
+        if let Ok(entries) = fs::read_dir(&dir) {
+            pending.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        Some(dir)
+    })
+    .take(MAX_WALKED)
+}
+
 /// The processes of a cgroup and its descendants (bounded walk; processes moving meanwhile may be
 /// missed or counted twice).
 pub fn processes(under: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut queue = vec![under.to_path_buf()];
-    let mut visited = 0;
-    while let Some(dir) = queue.pop() {
-        visited += 1;
-        if visited > 10_000 {
-            break;
-        }
-        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        if let Ok(entries) = fs::read_dir(&dir) {
-            queue.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    pids
+    walk(under)
+        .filter_map(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
-/// Finds the directory of cgroup `id` below `under` (breadth-first, bounded).
+/// Finds the directory of cgroup `id` below `under` (bounded walk).
 pub fn find_by_id(under: &Path, id: u64) -> Option<PathBuf> {
-    let mut queue = vec![under.to_path_buf()];
-    let mut visited = 0;
-    while let Some(dir) = queue.pop() {
-        visited += 1;
-        if visited > 10_000 {
-            return None;
-        }
-        if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-            return Some(dir);
-        }
-        if let Ok(entries) = fs::read_dir(&dir) {
-            queue.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    None
+    walk(under).find(|dir| fs::metadata(dir).is_ok_and(|m| m.ino() == id))
 }
 
 #[cfg(test)]
