@@ -680,8 +680,12 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     // A socket may connect again after a failed attempt: what an earlier attempt stored goes.
     forget(sk);
     let destination = lookup_destination(&dst, port);
+    // SAFETY: sock_addr programs may ask for their socket's network namespace.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let mut action = destination.map(|d| d.action);
     if let Some(d) = destination
         && d.action == ACTION_KERNEL
+        && netns_cookie == cfg.own_netns_cookie
     {
         let args = Connect {
             dst,
@@ -708,7 +712,12 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     }
     // An earlier kernel-path attempt of this socket is over.
     kernel_end(sk, 0, 0);
-    let action = destination.map(|d| d.action);
+    if action == Some(ACTION_KERNEL) {
+        // A job in a network namespace of its own (a container) goes through the gateway, as on
+        // `path = "proxy"`: the destination is reached from the host's namespace, where the
+        // target was configured, not from one that may have no route to it.
+        action = Some(ACTION_REDIRECT);
+    }
     if action == Some(ACTION_DIRECT) {
         return Ok(ALLOW);
     }
@@ -751,8 +760,6 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     }
     // The listener the connect reaches is the one in the socket's network namespace. Where the
     // daemon has none yet it is told, and `gw_syn_hold` keeps the SYN until it has one.
-    // SAFETY: sock_addr programs may ask for their socket's network namespace.
-    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: map lookup by value.
     if unsafe { NETNS_LISTENERS.get(netns_cookie) }.is_none() {
         report_in(

@@ -123,8 +123,8 @@ pub enum Protocol {
 }
 
 /// How a target's connections travel. `proxy`: redirected to the gateway, which connects upstream
-/// and relays (every protocol). `kernel` (`tcp` targets only): decided and recorded by the kernel
-/// programs, straight to the destination.
+/// and relays (every protocol). `kernel` (`tcp` targets only, their default): decided and recorded
+/// by the kernel programs, straight to the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetPath {
@@ -261,7 +261,8 @@ pub struct Target {
     /// TCP targets: keep a spare upstream connection to a destination while jobs keep connecting
     /// to it (see `protocol::spares`). Off by default.
     pub preconnect: bool,
-    /// `proxy` by default; `kernel` (opt-in) for `tcp` targets without `preconnect`.
+    /// `kernel` by default for `tcp` targets (unless `preconnect`, or a name followed through
+    /// DNS); `proxy` otherwise.
     pub path: TargetPath,
 }
 
@@ -939,6 +940,14 @@ impl Validator<'_> {
                 *p.get_ref()
             });
             let path = match t.path {
+                // The kernel path is the default where it can apply: a spare upstream connection,
+                // or a name followed through the gateway's DNS, needs the gateway in the path.
+                None if protocol == Protocol::Tcp
+                    && !preconnect
+                    && !(dns_follow && matches!(address.host, HostSpec::Name(_))) =>
+                {
+                    TargetPath::Kernel
+                }
                 None => TargetPath::Proxy,
                 Some(p) => {
                     let path = *p.get_ref();

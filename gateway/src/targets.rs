@@ -229,6 +229,7 @@ mod tests {
             [[targets]]
             name = "proxied"
             protocol = "tcp"
+            path = "proxy"
             address = "10.1.2.3:7000"
             "#,
         );

@@ -1,4 +1,4 @@
-//! The kernel path (`path = "kernel"`, opt-in for `tcp` targets) end to end: the connect
+//! The kernel path (`path = "kernel"`, the default for `tcp` targets) end to end: the connect
 //! programs decide from the job's grants, let the connection go straight to the destination, and
 //! record it through the ring buffer; each test is an attempt to get a connection through
 //! unrecorded or ungranted.

@@ -350,9 +350,16 @@ fn connections_per_job_are_limited_by_default_and_the_limit_is_checked() {
 }
 
 #[test]
-fn tcp_targets_take_the_kernel_path_only_when_told_and_only_they_can() {
+fn tcp_targets_take_the_kernel_path_by_default_and_only_they_can() {
     let tcp = "[[targets]]\nname = \"a\"\nprotocol = \"tcp\"\naddress = \"10.0.0.5:7000\"\n";
     let cfg = Config::parse(tcp, "t.toml").unwrap();
+    assert_eq!(cfg.targets[0].path, TargetPath::Kernel);
+    // A spare upstream connection needs the gateway in the path: proxy unless told otherwise.
+    let cfg = Config::parse(&format!("{tcp}preconnect = true\n"), "t.toml").unwrap();
+    assert_eq!(cfg.targets[0].path, TargetPath::Proxy);
+    // So does a host name whose addresses the gateway's DNS forwarder follows.
+    let named = "[server]\ndns_follow = true\n[[targets]]\nname = \"a\"\nprotocol = \"tcp\"\naddress = \"cache.internal:7000\"\n";
+    let cfg = Config::parse(named, "t.toml").unwrap();
     assert_eq!(cfg.targets[0].path, TargetPath::Proxy);
     let cfg = Config::parse(&format!("{tcp}path = \"kernel\"\n"), "t.toml").unwrap();
     assert_eq!(cfg.targets[0].path, TargetPath::Kernel);
