@@ -1976,6 +1976,94 @@ asyncio.run(main())
     Ok(())
 }
 
+#[test]
+fn websocket_messages_reaching_the_job_and_the_recording_are_masked() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    let echo = s.nginx.websocket_echo(&s.ns)?;
+    // The echo server sends each message back as it came: what the job reads is the upstream's.
+    let script = format!(
+        r#"
+import asyncio, json, ssl, websockets
+ctx = ssl.create_default_context(cafile="{ca}")
+async def main():
+    out = {{}}
+    async with websockets.connect("wss://{HOST}/ws/echo", host="{ip}", port=443, ssl=ctx) as ws:
+        replies = []
+        for message in ["my ssn is 123-45-6789", '{{"ssn": 987654321, "name": "Alice", "mail": "alice@example.com"}}', "nothing here"]:
+            await ws.send(message)
+            replies.append(await ws.recv())
+        out["replies"] = replies
+    # A message the masking cannot read (binary) ends the WebSocket: 1003, never passed on.
+    async with websockets.connect("wss://{HOST}/ws/echo", host="{ip}", port=443, ssl=ctx) as ws:
+        await ws.send(b"\x00123-45-6789")
+        try:
+            out["binary"] = repr(await ws.recv())
+        except websockets.exceptions.ConnectionClosed as e:
+            out["binary"] = e.code
+    print(json.dumps(out))
+asyncio.run(main())
+"#,
+        ca = s.gateway_ca.display(),
+        ip = s.nginx.addr,
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "python: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let replies = &result["replies"];
+    ensure!(replies[0] == "my ssn is [masked:us_ssn]", "{result}");
+    let doc: Value = serde_json::from_str(replies[1].as_str().unwrap_or_default())
+        .with_context(|| format!("not JSON: {result}"))?;
+    ensure!(
+        doc == serde_json::json!({"ssn": "[masked]", "name": "Alice", "mail": "[masked:email]"}),
+        "{result}"
+    );
+    ensure!(replies[2] == "nothing here", "{result}");
+    ensure!(result["binary"] == 1003, "{result}");
+    // The server got the job's messages unchanged (their lengths as sent), the binary one too.
+    let served = echo.output();
+    for len in [21, 64, 12, 12] {
+        ensure!(
+            served.contains(&format!("message {len}\n")),
+            "{len}: {served}"
+        );
+    }
+    let sockets = s.events("websocket")?;
+    ensure!(sockets.len() == 2, "{sockets:?}");
+    for e in &sockets {
+        no_secret("recording", &e.to_string())?;
+        ensure!(!e.to_string().contains("987654321"), "{e}");
+    }
+    let relayed = sockets
+        .iter()
+        .find(|e| e["detail"]["up"]["messages"] == 3)
+        .context("the WebSocket relayed")?;
+    let d = &relayed["detail"];
+    for way in ["up", "down"] {
+        ensure!(
+            d[way]["text_sample"][0] == "my ssn is [masked:us_ssn]",
+            "{d}"
+        );
+        ensure!(d[way]["text_sample"][2] == "nothing here", "{d}");
+    }
+    ensure!(d["down"]["masked"] == 3, "{d}");
+    let cut = sockets
+        .iter()
+        .find(|e| e["detail"]["up"]["binary_messages"] == 1)
+        .context("the WebSocket the masking ended")?;
+    ensure!(
+        cut["detail"]["end"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot be masked")),
+        "{cut}"
+    );
+    Ok(())
+}
+
 /// A passthrough target on nginx's port 9443: the gateway decides on the TLS server name only.
 const PASSTHROUGH: &str = r#"
 [[targets]]

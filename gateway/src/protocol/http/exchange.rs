@@ -624,6 +624,7 @@ impl Exchange {
             sample_limit: self.settings.body_sample,
             counters: self.counters.clone(),
             shutdown: self.shutdown.clone(),
+            masking: self.masking.clone(),
         };
         self.relays
             .spawn(relay.run(client_upgrade, upstream_upgrade));
