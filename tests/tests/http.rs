@@ -2274,3 +2274,119 @@ print(json.dumps(out))
     ensure!(seen.is_empty(), "nginx saw {seen:?}");
     Ok(())
 }
+
+/// The passthrough target with one more name, which people must approve.
+fn passthrough_with_approval() -> String {
+    let held = r#"
+[[rules]]
+name = "held-name-needs-approval"
+action = "require_approval"
+targets = ["pinned"]
+unauthenticated = true
+approvers = ["ops"]
+[rules.http]
+hosts = ["held.svc.test"]
+
+"#;
+    let allow = "[[rules]]\nname = \"pinned-clients\"";
+    PASSTHROUGH.replace(allow, &format!("{held}{allow}"))
+}
+
+#[test]
+fn a_passthrough_connection_needing_approval_is_held_until_a_person_decides() -> Result<()> {
+    let s = Setup::with(&passthrough_with_approval())?;
+    let ip = s.nginx.addr.to_string();
+    let curl = |path: &str, max_time: &str| {
+        let resolve = format!("held.svc.test:9443:{ip}");
+        let url = format!("https://held.svc.test:9443{path}");
+        s.daemon.run_job(
+            &[],
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                max_time,
+                "--cacert",
+                s.nginx.ca.to_str().unwrap_or_default(),
+                "--resolve",
+                &resolve,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        )
+    };
+    let operation = "TLS to held.svc.test (passthrough)";
+    for (verdict, path) in [("approve", "/held-approved"), ("deny", "/held-denied")] {
+        let out = std::thread::scope(|scope| -> Result<Output> {
+            let job = scope.spawn(|| curl(path, "60"));
+            let id = pending(&s, operation)?;
+            // Held: nothing reached the server while people decide.
+            ensure!(
+                s.server_saw().iter().all(|r| r["uri"] != path),
+                "{verdict}: reached the server before a decision"
+            );
+            let decided = s.daemon.cli(&["approvals", verdict, &id]);
+            ensure!(decided.status.success(), "{decided:?}");
+            Ok(job.join().expect("curl thread"))
+        })?;
+        let (body, status) = split(&out);
+        if verdict == "approve" {
+            // nginx's own certificate (verified with nginx's CA) and its answer.
+            ensure!(
+                status == "200" && body.contains(&format!("GET {path}")),
+                "{verdict}: {status} {body} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            ensure!(out.status.code() == Some(35), "{verdict}: {out:?}");
+        }
+    }
+    // A client that gives up while it waits: its request is abandoned, and a later approval
+    // cannot open the connection.
+    let out = std::thread::scope(|scope| -> Result<Output> {
+        let job = scope.spawn(|| curl("/held-abandoned", "3"));
+        pending(&s, operation)?;
+        Ok(job.join().expect("curl thread"))
+    })?;
+    ensure!(out.status.code() == Some(28), "gave up: {out:?}");
+    let abandoned = wait_until(Duration::from_secs(30), || {
+        s.daemon
+            .cli_json(&["approvals", "list", "--json"])
+            .ok()
+            .and_then(|l| l.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a["operation"] == operation && a["status"] == "abandoned")
+    });
+    ensure!(
+        abandoned,
+        "{:?}",
+        s.daemon.cli_json(&["approvals", "list", "--json"])
+    );
+    let seen = s.server_saw();
+    ensure!(
+        seen.len() == 1 && seen[0]["uri"] == "/held-approved",
+        "nginx saw {seen:?}"
+    );
+    // Recorded: the approval before the relay, the denial as a refusal.
+    let approvals = s.events("http_approval")?;
+    ensure!(
+        approvals
+            .iter()
+            .any(|e| e["detail"]["rule"] == "held-name-needs-approval"
+                && e["detail"]["approved_by"].is_string()
+                && e["detail"]["server_name"] == "held.svc.test"),
+        "{approvals:?}"
+    );
+    let refused = s.events("refused")?;
+    ensure!(
+        refused
+            .iter()
+            .filter(|e| e["detail"]["rule"] == "held-name-needs-approval")
+            .count()
+            == 2,
+        "{refused:?}"
+    );
+    Ok(())
+}
