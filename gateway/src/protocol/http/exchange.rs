@@ -295,7 +295,7 @@ impl Exchange {
             .iter()
             .flat_map(|c| c.messages.iter().zip(&c.arguments))
         {
-            operation.push_str(&format!("\n{message}"));
+            operation.push_str(&format!("\n{}", self.shown(&message.to_string())));
             if !arguments.is_null() {
                 operation.push_str(&format!(" {}", self.shown_json(arguments.clone())));
             }
