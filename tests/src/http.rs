@@ -128,7 +128,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log info;
 events {{ worker_connections 512; }}
 http {{
-    log_format gw escape=json '{{"method":"$request_method","uri":"$request_uri","host":"$http_host","auth":"$http_authorization","api_key":"$http_x_api_key","override":"$http_x_http_method_override","range":"$http_range","accept_encoding":"$http_accept_encoding","content_encoding":"$sent_http_content_encoding","protocol":"$server_protocol","status":$status,"body":"$request_body"}}';
+    log_format gw escape=json '{{"method":"$request_method","uri":"$request_uri","host":"$http_host","auth":"$http_authorization","api_key":"$http_x_api_key","override":"$http_x_http_method_override","range":"$http_range","accept_encoding":"$http_accept_encoding","content_encoding":"$sent_http_content_encoding","protocol":"$server_protocol","status":$status,"body":"$request_body","debug":"$http_x_debug"}}';
     access_log {d}/access.log gw;
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;

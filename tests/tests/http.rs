@@ -1191,6 +1191,184 @@ fn response_headers_and_recorded_request_bodies_are_masked() -> Result<()> {
     Ok(())
 }
 
+/// A request whose line, query and headers carry values the masking hides: `curl -K FILE`, so
+/// that the values are not in the job's command line (which is recorded apart from the request).
+fn curl_config(s: &Setup, name: &str, lines: &[String]) -> Result<Output> {
+    let file = s.dir.path().join(name);
+    fs::write(&file, lines.join("\n") + "\n")?;
+    Ok(s.curl(&["-K", file.to_str().unwrap_or_default()]))
+}
+
+#[test]
+fn the_request_line_query_and_headers_are_shown_masked_and_forwarded_unchanged() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    // nginx redirects a directory named without its slash: the Location carries the path.
+    fs::create_dir_all(s.nginx.dir.join("www/files/123-45-6789"))?;
+    let url = |path: &str| format!("url = \"https://{HOST}{path}\"");
+    let debug = "header = \"X-Debug: alice@example.com\"".to_string();
+    // Allowed: the secret in the query (once as typed, once percent-encoded) and in a header.
+    let query = "/v1/users?ssn=123-45-6789&contact=alice%40example.com";
+    let out = curl_config(&s, "allowed", &[url(query), debug.clone()])?;
+    let (body, status) = split(&out);
+    ensure!(status.starts_with("200"), "{status} {body}");
+    // In the path; denied by a rule without a reason of its own (the default names the request);
+    // refused before policy (dot segments); redirected.
+    let cases = [
+        ("path", "/v1/users/123-45-6789/profile", "200"),
+        ("denied", "/admin/alice@example.com", "403"),
+        ("refused", "/x/../123-45-6789", "400"),
+        ("redirected", "/files/123-45-6789", "301"),
+    ];
+    for (name, path, expected) in cases {
+        let out = curl_config(&s, name, &[url(path), debug.clone(), "path-as-is".into()])?;
+        let (body, status) = split(&out);
+        ensure!(status.starts_with(expected), "{name}: {status} {body}");
+        if expected.starts_with('4') {
+            // What the gateway answers does not repeat what the masking hides either.
+            no_secret(name, &body)?;
+            ensure!(body.contains("[masked:"), "{name}: {body}");
+        }
+    }
+    // Held for approval: what the approver reads is masked; the job's own credential is not shown.
+    let operation = format!("POST {HOST}/deploy?ticket=[masked:us_ssn]");
+    let (out, shown) = std::thread::scope(|scope| -> Result<(Output, String)> {
+        let job = scope.spawn(|| {
+            curl_config(
+                &s,
+                "held",
+                &[
+                    url("/deploy?ticket=123-45-6789"),
+                    debug.clone(),
+                    "header = \"Authorization: Bearer the-jobs-own-token\"".into(),
+                    "data = \"version=42\"".into(),
+                ],
+            )
+        });
+        let id = pending(&s, &operation)?;
+        let list = s.daemon.cli(&["approvals", "list", "--json"]);
+        let show = s.daemon.cli(&["approvals", "show", &id]);
+        let show_json = s.daemon.cli(&["approvals", "show", &id, "--json"]);
+        let decided = s.daemon.cli(&["approvals", "approve", &id]);
+        ensure!(decided.status.success(), "{decided:?}");
+        let shown = [list, show, show_json]
+            .iter()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n");
+        Ok((job.join().expect("curl thread")?, shown))
+    })?;
+    let (body, status) = split(&out);
+    ensure!(status.starts_with("200"), "approved: {status} {body}");
+    no_secret("approval", &shown)?;
+    ensure!(
+        !shown.contains("alice%40") && !shown.contains("the-jobs-own-token"),
+        "approval: {shown}"
+    );
+    ensure!(!shown.contains(&s.token), "approval: {shown}");
+    ensure!(
+        shown.contains("[masked:email]") && shown.contains("version=42"),
+        "approval: {shown}"
+    );
+    // The upstream got every forwarded request as the job sent it.
+    let seen = s.server_saw();
+    for uri in [
+        query,
+        "/v1/users/123-45-6789/profile",
+        "/files/123-45-6789",
+        "/deploy?ticket=123-45-6789",
+    ] {
+        ensure!(
+            seen.iter()
+                .any(|r| r["uri"] == uri && r["debug"] == "alice@example.com"),
+            "{uri}: {seen:?}"
+        );
+    }
+    ensure!(
+        seen.iter().all(|r| !r["uri"]
+            .as_str()
+            .is_some_and(|u| u.contains("admin") || u.contains(".."))),
+        "{seen:?}"
+    );
+    // Every view of the recording: the events, `sessions show`, the HAR export.
+    let complete = wait_until(Duration::from_secs(10), || {
+        s.events("http_response").is_ok_and(|r| r.len() == 4)
+    });
+    ensure!(complete, "{:?}", s.events("http_response"));
+    let mut views = Vec::new();
+    for session in s.http_sessions()? {
+        let id = session["id"].to_string();
+        let events = s.daemon.show_session(&id)?["events"].to_string();
+        let shown = s.daemon.cli(&["sessions", "show", &id]);
+        let har_path = s.dir.path().join(format!("{id}.har"));
+        let exported = s.daemon.cli(&[
+            "sessions",
+            "export",
+            &id,
+            "--format",
+            "har",
+            "-o",
+            har_path.to_str().unwrap_or_default(),
+        ]);
+        ensure!(exported.status.success(), "{exported:?}");
+        views.push(events);
+        views.push(String::from_utf8_lossy(&shown.stdout).into_owned());
+        views.push(fs::read_to_string(&har_path)?);
+    }
+    let all = views.join("\n");
+    no_secret("recording", &all)?;
+    // What the gateway shows of the request, the encoded form too (a text body echoing it is
+    // masked as text, as it is: see the threat model).
+    let request_side: Vec<Value> = ["http_request", "refused", "http_approval"]
+        .iter()
+        .map(|kind| s.events(kind))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    let har_and_log = views
+        .iter()
+        .skip(1)
+        .step_by(3)
+        .chain(views.iter().skip(2).step_by(3))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    for text in [serde_json::to_string(&request_side)?, har_and_log] {
+        ensure!(!text.contains("alice%40"), "{text}");
+    }
+    ensure!(
+        !all.contains("the-jobs-own-token") && !all.contains(&s.token),
+        "{all}"
+    );
+    let requests = s.events("http_request")?;
+    let allowed = requests
+        .iter()
+        .find(|e| e["detail"]["path"] == "/v1/users")
+        .context("the allowed request is recorded")?;
+    let d = &allowed["detail"];
+    ensure!(
+        d["target"] == "/v1/users?ssn=[masked:us_ssn]&contact=%5Bmasked%3Aemail%5D"
+            && d["query"]
+                == serde_json::json!([["ssn", "[masked:us_ssn]"], ["contact", "[masked:email]"]])
+            && d["headers"]["x-debug"] == "[masked:email]",
+        "{allowed}"
+    );
+    let refused = s.events("refused")?;
+    ensure!(
+        refused.iter().any(|e| e["detail"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("[masked:us_ssn]"))),
+        "{refused:?}"
+    );
+    let responses = s.events("http_response")?;
+    ensure!(
+        responses.iter().any(|e| e["detail"]["status"] == 301
+            && e["detail"]["headers"]["location"]
+                .as_str()
+                .is_some_and(|l| l.contains("[masked:us_ssn]"))),
+        "{responses:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_range_request_cannot_cut_a_value_out_of_the_masking() -> Result<()> {
     let s = Setup::with(MASKING)?;
@@ -1798,6 +1976,94 @@ asyncio.run(main())
     Ok(())
 }
 
+#[test]
+fn websocket_messages_reaching_the_job_and_the_recording_are_masked() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    let echo = s.nginx.websocket_echo(&s.ns)?;
+    // The echo server sends each message back as it came: what the job reads is the upstream's.
+    let script = format!(
+        r#"
+import asyncio, json, ssl, websockets
+ctx = ssl.create_default_context(cafile="{ca}")
+async def main():
+    out = {{}}
+    async with websockets.connect("wss://{HOST}/ws/echo", host="{ip}", port=443, ssl=ctx) as ws:
+        replies = []
+        for message in ["my ssn is 123-45-6789", '{{"ssn": 987654321, "name": "Alice", "mail": "alice@example.com"}}', "nothing here"]:
+            await ws.send(message)
+            replies.append(await ws.recv())
+        out["replies"] = replies
+    # A message the masking cannot read (binary) ends the WebSocket: 1003, never passed on.
+    async with websockets.connect("wss://{HOST}/ws/echo", host="{ip}", port=443, ssl=ctx) as ws:
+        await ws.send(b"\x00123-45-6789")
+        try:
+            out["binary"] = repr(await ws.recv())
+        except websockets.exceptions.ConnectionClosed as e:
+            out["binary"] = e.code
+    print(json.dumps(out))
+asyncio.run(main())
+"#,
+        ca = s.gateway_ca.display(),
+        ip = s.nginx.addr,
+    );
+    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
+    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "python: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let replies = &result["replies"];
+    ensure!(replies[0] == "my ssn is [masked:us_ssn]", "{result}");
+    let doc: Value = serde_json::from_str(replies[1].as_str().unwrap_or_default())
+        .with_context(|| format!("not JSON: {result}"))?;
+    ensure!(
+        doc == serde_json::json!({"ssn": "[masked]", "name": "Alice", "mail": "[masked:email]"}),
+        "{result}"
+    );
+    ensure!(replies[2] == "nothing here", "{result}");
+    ensure!(result["binary"] == 1003, "{result}");
+    // The server got the job's messages unchanged (their lengths as sent), the binary one too.
+    let served = echo.output();
+    for len in [21, 64, 12, 12] {
+        ensure!(
+            served.contains(&format!("message {len}\n")),
+            "{len}: {served}"
+        );
+    }
+    let sockets = s.events("websocket")?;
+    ensure!(sockets.len() == 2, "{sockets:?}");
+    for e in &sockets {
+        no_secret("recording", &e.to_string())?;
+        ensure!(!e.to_string().contains("987654321"), "{e}");
+    }
+    let relayed = sockets
+        .iter()
+        .find(|e| e["detail"]["up"]["messages"] == 3)
+        .context("the WebSocket relayed")?;
+    let d = &relayed["detail"];
+    for way in ["up", "down"] {
+        ensure!(
+            d[way]["text_sample"][0] == "my ssn is [masked:us_ssn]",
+            "{d}"
+        );
+        ensure!(d[way]["text_sample"][2] == "nothing here", "{d}");
+    }
+    ensure!(d["down"]["masked"] == 3, "{d}");
+    let cut = sockets
+        .iter()
+        .find(|e| e["detail"]["up"]["binary_messages"] == 1)
+        .context("the WebSocket the masking ended")?;
+    ensure!(
+        cut["detail"]["end"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot be masked")),
+        "{cut}"
+    );
+    Ok(())
+}
+
 /// A passthrough target on nginx's port 9443: the gateway decides on the TLS server name only.
 const PASSTHROUGH: &str = r#"
 [[targets]]
@@ -2006,5 +2272,121 @@ print(json.dumps(out))
     }
     let seen = s.server_saw();
     ensure!(seen.is_empty(), "nginx saw {seen:?}");
+    Ok(())
+}
+
+/// The passthrough target with one more name, which people must approve.
+fn passthrough_with_approval() -> String {
+    let held = r#"
+[[rules]]
+name = "held-name-needs-approval"
+action = "require_approval"
+targets = ["pinned"]
+unauthenticated = true
+approvers = ["ops"]
+[rules.http]
+hosts = ["held.svc.test"]
+
+"#;
+    let allow = "[[rules]]\nname = \"pinned-clients\"";
+    PASSTHROUGH.replace(allow, &format!("{held}{allow}"))
+}
+
+#[test]
+fn a_passthrough_connection_needing_approval_is_held_until_a_person_decides() -> Result<()> {
+    let s = Setup::with(&passthrough_with_approval())?;
+    let ip = s.nginx.addr.to_string();
+    let curl = |path: &str, max_time: &str| {
+        let resolve = format!("held.svc.test:9443:{ip}");
+        let url = format!("https://held.svc.test:9443{path}");
+        s.daemon.run_job(
+            &[],
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                max_time,
+                "--cacert",
+                s.nginx.ca.to_str().unwrap_or_default(),
+                "--resolve",
+                &resolve,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        )
+    };
+    let operation = "TLS to held.svc.test (passthrough)";
+    for (verdict, path) in [("approve", "/held-approved"), ("deny", "/held-denied")] {
+        let out = std::thread::scope(|scope| -> Result<Output> {
+            let job = scope.spawn(|| curl(path, "60"));
+            let id = pending(&s, operation)?;
+            // Held: nothing reached the server while people decide.
+            ensure!(
+                s.server_saw().iter().all(|r| r["uri"] != path),
+                "{verdict}: reached the server before a decision"
+            );
+            let decided = s.daemon.cli(&["approvals", verdict, &id]);
+            ensure!(decided.status.success(), "{decided:?}");
+            Ok(job.join().expect("curl thread"))
+        })?;
+        let (body, status) = split(&out);
+        if verdict == "approve" {
+            // nginx's own certificate (verified with nginx's CA) and its answer.
+            ensure!(
+                status == "200" && body.contains(&format!("GET {path}")),
+                "{verdict}: {status} {body} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            ensure!(out.status.code() == Some(35), "{verdict}: {out:?}");
+        }
+    }
+    // A client that gives up while it waits: its request is abandoned, and a later approval
+    // cannot open the connection.
+    let out = std::thread::scope(|scope| -> Result<Output> {
+        let job = scope.spawn(|| curl("/held-abandoned", "3"));
+        pending(&s, operation)?;
+        Ok(job.join().expect("curl thread"))
+    })?;
+    ensure!(out.status.code() == Some(28), "gave up: {out:?}");
+    let abandoned = wait_until(Duration::from_secs(30), || {
+        s.daemon
+            .cli_json(&["approvals", "list", "--json"])
+            .ok()
+            .and_then(|l| l.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a["operation"] == operation && a["status"] == "abandoned")
+    });
+    ensure!(
+        abandoned,
+        "{:?}",
+        s.daemon.cli_json(&["approvals", "list", "--json"])
+    );
+    let seen = s.server_saw();
+    ensure!(
+        seen.len() == 1 && seen[0]["uri"] == "/held-approved",
+        "nginx saw {seen:?}"
+    );
+    // Recorded: the approval before the relay, the denial as a refusal.
+    let approvals = s.events("http_approval")?;
+    ensure!(
+        approvals
+            .iter()
+            .any(|e| e["detail"]["rule"] == "held-name-needs-approval"
+                && e["detail"]["approved_by"].is_string()
+                && e["detail"]["server_name"] == "held.svc.test"),
+        "{approvals:?}"
+    );
+    let refused = s.events("refused")?;
+    ensure!(
+        refused
+            .iter()
+            .filter(|e| e["detail"]["rule"] == "held-name-needs-approval")
+            .count()
+            == 2,
+        "{refused:?}"
+    );
     Ok(())
 }

@@ -239,7 +239,66 @@ impl BodyRules {
         {
             return None;
         }
-        crate::mask::redact(value, &self.detectors)
+        self.mask_text(value)
+    }
+
+    /// Masks a short text that may be percent-encoded (a URL, a query, a header value) with the
+    /// detectors: read as it is, then percent-decoded with `+` as a space, as a server reading a
+    /// query or a form does, so that `123%2D45%2D6789` is found too (and replaced by
+    /// percent-encoded text). The masked text and the number of matches; `None` when nothing
+    /// matched. Text with more than `max_token_bytes` and no place to scan it in parts is
+    /// replaced whole by a note, never shown unread.
+    pub fn mask_text(&self, text: &[u8]) -> Option<(Vec<u8>, usize)> {
+        if self.detectors.is_empty() {
+            return None;
+        }
+        let (plain, mut matches) = match crate::mask::redact(text, &self.detectors) {
+            Some((masked, n)) => (masked, n),
+            None => (text.to_vec(), 0),
+        };
+        if !plain.iter().any(|&b| b == b'%' || b == b'+') {
+            return (matches > 0).then_some((plain, matches));
+        }
+        let mut form = FormMasker::new(
+            self.detector_set.clone(),
+            BodyLimits::default().max_token_bytes,
+        );
+        let mut out = Vec::with_capacity(plain.len());
+        match form
+            .push(&plain, &mut out)
+            .and_then(|()| form.finish(&mut out))
+        {
+            Ok(()) => matches += usize::try_from(form.masked()).unwrap_or(usize::MAX),
+            Err(e) => return Some((format!("[not shown: {e}]").into_bytes(), 1)),
+        }
+        (matches > 0).then_some((out, matches))
+    }
+
+    /// [`BodyRules::mask_text`] for text that stays text; the input when nothing matched.
+    pub fn mask_str<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        match self.mask_text(text.as_bytes()) {
+            Some((masked, _)) => {
+                std::borrow::Cow::Owned(String::from_utf8_lossy(&masked).into_owned())
+            }
+            None => std::borrow::Cow::Borrowed(text),
+        }
+    }
+
+    /// Masks one whole message (a WebSocket text message) as a body of no declared type: JSON
+    /// (by `json_fields` and the detectors) when it starts like JSON and `json_fields` apply,
+    /// else text (the detectors). The masked message and the number of values masked; `None`
+    /// when nothing in it matched; an error when it cannot be masked (invalid JSON, a limit).
+    pub fn mask_message(
+        self: &Arc<Self>,
+        message: &[u8],
+    ) -> Result<Option<(Vec<u8>, u64)>, BodyError> {
+        let Ok(Some(mut masker)) = BodyMasker::new(self, None, None, &BodyLimits::default()) else {
+            return Ok(None);
+        };
+        let mut out = masker.push(message)?.to_vec();
+        out.extend_from_slice(&masker.finish()?);
+        let masked = masker.masked();
+        Ok((masked > 0).then_some((out, masked)))
     }
 
     /// What a recording (or an approver) may see of the first bytes of a request body: masked

@@ -4,6 +4,7 @@
 //! echoes removed and its end recorded.
 
 use std::{
+    borrow::Cow,
     sync::{Arc, atomic::Ordering},
     time::Instant,
 };
@@ -212,7 +213,7 @@ impl Exchange {
                     rule = rule.as_deref().unwrap_or("-"),
                     "{} {} denied",
                     reading.method,
-                    reading.path
+                    self.shown(&reading.path)
                 );
                 return self.answer(
                     number,
@@ -283,16 +284,18 @@ impl Exchange {
         sample: &Bytes,
         calls: Option<&Calls>,
     ) -> Result<String, String> {
-        let mut operation = format!(
-            "{} {}{}",
-            reading.method, reading.host, reading.path_and_query
-        );
+        let mut operation = self
+            .shown(&format!(
+                "{} {}{}",
+                reading.method, reading.host, reading.path_and_query
+            ))
+            .into_owned();
         // A tool call is shown as what it does: the tool and its arguments.
         for (message, arguments) in calls
             .iter()
             .flat_map(|c| c.messages.iter().zip(&c.arguments))
         {
-            operation.push_str(&format!("\n{message}"));
+            operation.push_str(&format!("\n{}", self.shown(&message.to_string())));
             if !arguments.is_null() {
                 operation.push_str(&format!(" {}", self.shown_json(arguments.clone())));
             }
@@ -306,14 +309,14 @@ impl Exchange {
             kind: "http".into(),
             detail: json!({
                 "method": reading.method,
-                "host": reading.host,
-                "path": reading.path,
-                "query": reading.query,
-                "headers": headers::recorded(&parts.headers, self.credential_header()),
+                "host": self.shown(&reading.host),
+                "path": self.shown(&reading.path),
+                "query": self.shown_query(&reading.query),
+                "headers": self.shown_headers(&parts.headers),
                 "body_sample": String::from_utf8_lossy(sample),
                 "rpc": calls.map(|c| self.shown_json(c.recorded())),
             }),
-            process: self.process.clone(),
+            process: self.shown_process(),
             job_id: self.job_id.clone(),
         };
         let outcome = match self.approvals.submit(&request).await {
@@ -372,6 +375,46 @@ impl Exchange {
         serde_json::from_slice(&masked).unwrap_or_else(|_| json!(String::from_utf8_lossy(&masked)))
     }
 
+    /// What the recording, approvers, logs and the gateway's own answers show of text the job
+    /// or the upstream wrote (a URL, a header, a reason quoting them): masked by the target's
+    /// detectors, as typed and percent-decoded. The upstream still gets the request unchanged.
+    fn shown<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        match &self.masking {
+            Some(rules) => rules.mask_str(text),
+            None => Cow::Borrowed(text),
+        }
+    }
+
+    /// The decoded query parameters, shown masked.
+    fn shown_query(&self, query: &[(String, String)]) -> serde_json::Value {
+        query
+            .iter()
+            .map(|(k, v)| json!([self.shown(k), self.shown(v)]))
+            .collect()
+    }
+
+    /// The job's request headers as recorded: credentials as their length, the rest masked.
+    fn shown_headers(&self, headers: &http::HeaderMap) -> serde_json::Value {
+        headers::recorded(headers, self.credential_header(), self.masking.as_deref())
+    }
+
+    /// The process as approvers see it: its command lines (which may hold the URL) masked.
+    fn shown_process(&self) -> Option<ProcessInfo> {
+        let mut process = self.process.clone()?;
+        let mask = |cmdline: &mut Option<Vec<String>>| {
+            for arg in cmdline.iter_mut().flatten() {
+                if let Cow::Owned(masked) = self.shown(arg) {
+                    *arg = masked;
+                }
+            }
+        };
+        mask(&mut process.cmdline);
+        for ancestor in &mut process.ancestry {
+            mask(&mut ancestor.cmdline);
+        }
+        Some(process)
+    }
+
     fn credential_header(&self) -> Option<&http::HeaderName> {
         self.credential.as_ref().map(|c| &c.name)
     }
@@ -394,16 +437,16 @@ impl Exchange {
             "version": format!("{:?}", parts.version),
             "scheme": if self.settings.tls == crate::config::HttpTls::Terminate { "https" } else { "http" },
             "method": reading.method,
-            "host": reading.host,
-            "authority": reading.authority,
-            "path": reading.path,
-            "target": reading.path_and_query,
-            "query": reading.query,
-            "headers": headers::recorded(&parts.headers, self.credential_header()),
+            "host": self.shown(&reading.host),
+            "authority": self.shown(&reading.authority),
+            "path": self.shown(&reading.path),
+            "target": self.shown(&reading.path_and_query),
+            "query": self.shown_query(&reading.query),
+            "headers": self.shown_headers(&parts.headers),
             "body_sample": String::from_utf8_lossy(sample),
             "decision": decision.label(),
             "rule": decision.rule(),
-            "reason": decision.reason(),
+            "reason": decision.reason().map(|r| self.shown(r)),
             "credential": self.credential.is_some(),
         })
     }
@@ -502,7 +545,7 @@ impl Exchange {
                 self.store.note_event(
                     self.session_id,
                     EventKind::UpstreamError,
-                    json!({ "request": number, "error": e.to_string() }),
+                    json!({ "request": number, "error": self.shown(&e.to_string()) }),
                 );
                 return self.answer(
                     number,
@@ -565,7 +608,7 @@ impl Exchange {
             json!({
                 "request": number,
                 "status": 101,
-                "headers": headers::recorded(&parts.headers, None),
+                "headers": headers::recorded(&parts.headers, None, None),
                 "echoes_redacted": echoes,
                 "masked": masked,
                 "bytes": 0,
@@ -581,6 +624,7 @@ impl Exchange {
             sample_limit: self.settings.body_sample,
             counters: self.counters.clone(),
             shutdown: self.shutdown.clone(),
+            masking: self.masking.clone(),
         };
         self.relays
             .spawn(relay.run(client_upgrade, upstream_upgrade));
@@ -689,7 +733,7 @@ impl Exchange {
             }
         }
         let masked = masker.is_some();
-        let recorded_headers = headers::recorded(&parts.headers, None);
+        let recorded_headers = headers::recorded(&parts.headers, None, None);
         let store = self.store.clone();
         let session_id = self.session_id;
         let (started_at, instant) = (received.at.clone(), received.instant);
@@ -758,7 +802,8 @@ impl Exchange {
         tracing::info!(
             session = self.session_id,
             request = number,
-            "response refused: {reason}"
+            "response refused: {}",
+            self.shown(reason)
         );
         self.store.note_event(
             self.session_id,
@@ -767,8 +812,8 @@ impl Exchange {
                 "request": number,
                 "status": StatusCode::BAD_GATEWAY.as_u16(),
                 "upstream_status": parts.status.as_u16(),
-                "headers": headers::recorded(&parts.headers, None),
-                "refused": reason,
+                "headers": headers::recorded(&parts.headers, None, None),
+                "refused": self.shown(reason),
                 "masking": self.masking.as_ref().map(|m| m.rules.clone()),
                 "started_at": received.at,
                 "duration_ms": millis_since(received.instant),
@@ -795,7 +840,7 @@ impl Exchange {
             session = self.session_id,
             request = number,
             "refused: {}",
-            refusal.detail
+            self.shown(&refusal.detail)
         );
         self.store.note_event(
             self.session_id,
@@ -803,9 +848,9 @@ impl Exchange {
             json!({
                 "request": number,
                 "method": method.as_str(),
-                "target": uri.to_string(),
+                "target": self.shown(&uri.to_string()),
                 "status": refusal.status.as_u16(),
-                "reason": refusal.detail,
+                "reason": self.shown(&refusal.detail),
             }),
         );
         self.answer(
@@ -841,7 +886,7 @@ impl Exchange {
             obj.insert("session".into(), json!(self.session_id));
             obj.insert("request".into(), json!(number));
         }
-        problem::response(status, title, detail, extra)
+        problem::response(status, title, &self.shown(detail), extra)
     }
 }
 

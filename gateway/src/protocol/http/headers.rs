@@ -59,15 +59,25 @@ const SECRET_HEADERS: &[&str] = &[
     "x-auth-token",
 ];
 
-/// Headers for the recording: names in lower case, secret values replaced by their length.
-pub(super) fn recorded(headers: &HeaderMap, also_secret: Option<&HeaderName>) -> Value {
+/// Headers for the recording and approvers: names in lower case, secret values replaced by
+/// their length, the others masked by `masking` (request headers are recorded as the job sent
+/// them, so they are masked here; response headers arrive masked already).
+pub(super) fn recorded(
+    headers: &HeaderMap,
+    also_secret: Option<&HeaderName>,
+    masking: Option<&BodyRules>,
+) -> Value {
     let mut out = Map::new();
     for (name, value) in headers {
         let secret = SECRET_HEADERS.contains(&name.as_str()) || Some(name) == also_secret;
         let shown = if secret {
             Value::String(format!("[redacted: {} bytes]", value.len()))
         } else {
-            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned())
+            let text = String::from_utf8_lossy(value.as_bytes());
+            Value::String(match masking {
+                Some(rules) => rules.mask_str(&text).into_owned(),
+                None => text.into_owned(),
+            })
         };
         match out.get_mut(name.as_str()) {
             Some(Value::Array(list)) => list.push(shown),
@@ -143,7 +153,7 @@ mod tests {
         h.append("accept", "a".parse().unwrap());
         h.append("accept", "b".parse().unwrap());
         let name = HeaderName::from_static("x-token");
-        let v = recorded(&h, Some(&name));
+        let v = recorded(&h, Some(&name), None);
         assert_eq!(v["authorization"], "[redacted: 10 bytes]");
         assert_eq!(v["x-token"], "[redacted: 3 bytes]");
         assert_eq!(v["accept"], serde_json::json!(["a", "b"]));
@@ -164,6 +174,28 @@ mod tests {
         let values: Vec<_> = h.get_all("x-account-ssn").iter().collect();
         assert_eq!(values, ["[masked:us_ssn]", "none"]);
         assert_eq!(h["content-type"], "text/plain; x=123-45-6789");
+    }
+
+    #[test]
+    fn recorded_request_headers_are_masked_as_typed_and_percent_encoded() {
+        let rules = BodyRules::new(
+            vec!["r".into()],
+            Vec::new(),
+            vec![crate::mask::Detector::Email, crate::mask::Detector::UsSsn],
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-debug", "alice@example.com".parse().unwrap());
+        h.insert(
+            "referer",
+            "https://a.test/?ssn=123%2D45%2D6789".parse().unwrap(),
+        );
+        h.insert("authorization", "Bearer alice@example.com".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        let v = recorded(&h, None, Some(&rules));
+        assert_eq!(v["x-debug"], "[masked:email]");
+        assert_eq!(v["referer"], "https://a.test/?ssn=%5Bmasked%3Aus_ssn%5D");
+        assert_eq!(v["authorization"], "[redacted: 24 bytes]");
+        assert_eq!(v["accept"], "*/*");
     }
 
     #[test]

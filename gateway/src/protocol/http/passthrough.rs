@@ -1,7 +1,9 @@
 //! `tls = "passthrough"`: the job's TLS goes to the upstream unread, for clients that pin the
 //! server's certificate. The gateway reads the ClientHello only (parsed by rustls, which stops
-//! there), decides on its server name (the target's `hosts`, then rules about `hosts`), and then
-//! relays every byte, the ClientHello's included, counting both ways. Nothing inside the TLS is
+//! there), decides on its server name (the target's `hosts`, then rules about `hosts`: a rule
+//! that requires approval holds the connection, its ClientHello unanswered, until people decide or
+//! the client gives up), and then relays every byte, the ClientHello's included, counting both
+//! ways. Nothing inside the TLS is
 //! seen: no request rules, credentials or masking (the configuration refuses them).
 
 use std::{sync::atomic::Ordering, time::Duration};
@@ -15,7 +17,7 @@ use tokio::{
 
 use super::{Session, request};
 use crate::{
-    approval::{ApprovalOutcome, ApprovalRequest, Submission},
+    approval::{ApprovalOutcome, ApprovalRequest, Submission, peer_closed},
     policy::Decision,
     protocol::tcp,
     record::{EventKind, SessionEnd},
@@ -171,12 +173,23 @@ pub(super) async fn serve(
     match decision {
         Decision::Allow { .. } => {}
         Decision::Deny { rule, reason } => return refuse(reason, rule.as_deref()),
-        Decision::RequireApproval { rule } => match approve(s, &rule, &hello).await {
-            Ok(by) => store.note_event(
-                s.id,
-                EventKind::HttpApproval,
-                json!({ "rule": rule, "approved_by": by, "server_name": hello.server_name }),
-            ),
+        Decision::RequireApproval { rule } => match approve(s, &client, &rule, &hello).await {
+            Ok(by) => {
+                // Write-ahead: the approval is on record before a byte reaches the upstream.
+                let approval =
+                    json!({ "rule": rule, "approved_by": by, "server_name": hello.server_name });
+                if store
+                    .append_event(s.id, EventKind::HttpApproval, approval)
+                    .await
+                    .is_err()
+                {
+                    return refuse(
+                        "the gateway cannot record the approval, so the connection is not relayed"
+                            .into(),
+                        Some(&rule),
+                    );
+                }
+            }
             Err(reason) => return refuse(reason, Some(&rule)),
         },
     }
@@ -213,8 +226,14 @@ pub(super) async fn serve(
     end_counts
 }
 
-/// Holds the connection (the ClientHello unanswered) until people decide.
-async fn approve(s: &Session<'_>, rule: &str, hello: &Hello) -> Result<String, String> {
+/// Holds the connection (the ClientHello unanswered) until people decide, or until the job's
+/// client gives up (the request is then abandoned: a later approval opens nothing).
+async fn approve(
+    s: &Session<'_>,
+    client: &TcpStream,
+    rule: &str,
+    hello: &Hello,
+) -> Result<String, String> {
     let name = hello.server_name.as_deref().unwrap_or("(no server name)");
     let request = ApprovalRequest {
         session_id: s.id,
@@ -229,7 +248,15 @@ async fn approve(s: &Session<'_>, rule: &str, hello: &Hello) -> Result<String, S
     };
     let outcome = match s.services.approvals.submit(&request).await {
         Submission::Decided(o) => o,
-        Submission::Waiting(ticket) => ticket.wait().await,
+        Submission::Waiting(ticket) => {
+            let id = ticket.id.clone();
+            tokio::select! {
+                outcome = ticket.wait() => outcome,
+                () = peer_closed(client) => ApprovalOutcome::Denied {
+                    reason: format!("the client went away while approval request {id} was pending"),
+                },
+            }
+        }
     };
     match outcome {
         ApprovalOutcome::Approved { by } => Ok(by),

@@ -6,9 +6,15 @@
 //! extensions are not negotiated (the upgrade request goes without `Sec-WebSocket-Extensions`).
 //! What is recorded at the end: messages and bytes each way, and the first text messages up to
 //! the body sample.
+//!
+//! On a target with `[[masking]]`, what reaches the job is masked as a response body would be:
+//! each text message from the upstream, whole (at most `MAX_MESSAGE`), as JSON when it starts like
+//! JSON and `json_fields` apply, else as text by the detectors. A message that cannot be masked
+//! (invalid JSON, a limit) ends the WebSocket with 1008, a binary one with 1003: neither reaches
+//! the job. Messages to the upstream go as the job sent them; their recorded samples are masked.
 
 use std::{
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -27,7 +33,10 @@ use tokio_tungstenite::{
 use tokio_util::sync::CancellationToken;
 
 use super::Counters;
-use crate::record::{EventKind, Store};
+use crate::{
+    mask::body::BodyRules,
+    record::{EventKind, Store},
+};
 
 /// Largest message (and frame) relayed: a whole message is held before it is sent on.
 pub(super) const MAX_MESSAGE: usize = 1 << 20;
@@ -49,12 +58,17 @@ struct Direction {
     bytes: u64,
     /// The first text messages, up to the target's body sample in all.
     text_sample: Vec<String>,
+    /// Values masked in the messages to the job (when the target masks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    masked: Option<u64>,
     #[serde(skip)]
     sampled: usize,
 }
 
 impl Direction {
-    fn count(&mut self, message: &Message, sample_limit: usize) {
+    /// Counts a message, and samples its text masked by `masking` (`None`: as it is, for messages
+    /// masked already).
+    fn count(&mut self, message: &Message, sample_limit: usize, masking: Option<&Arc<BodyRules>>) {
         match message {
             Message::Text(text) => {
                 self.messages += 1;
@@ -63,7 +77,18 @@ impl Direction {
                 let room = sample_limit.saturating_sub(self.sampled);
                 if room > 0 {
                     let cut = text.floor_char_boundary(room);
-                    self.text_sample.push(text.as_str()[..cut].to_string());
+                    let sample = &text.as_str()[..cut];
+                    let sample = match masking {
+                        Some(rules) => String::from_utf8_lossy(&rules.mask_sample(
+                            None,
+                            None,
+                            sample.as_bytes(),
+                            cut == text.len(),
+                        ))
+                        .into_owned(),
+                        None => sample.to_string(),
+                    };
+                    self.text_sample.push(sample);
                     self.sampled += cut.max(1);
                 }
             }
@@ -87,6 +112,8 @@ pub(super) struct Relay {
     pub(super) sample_limit: usize,
     pub(super) counters: Counters,
     pub(super) shutdown: CancellationToken,
+    /// The target's masking, `None` when none applies.
+    pub(super) masking: Option<Arc<BodyRules>>,
 }
 
 fn config() -> WebSocketConfig {
@@ -121,6 +148,9 @@ impl Relay {
             WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(config()))
                 .await;
         let (mut up, mut down) = (Direction::default(), Direction::default());
+        if self.masking.is_some() {
+            down.masked = Some(0);
+        }
         let end = self
             .relay(&mut client, &mut upstream, &mut up, &mut down)
             .await;
@@ -154,7 +184,7 @@ impl Relay {
             tokio::select! {
                 m = client.next() => match m {
                     Some(Ok(m)) => {
-                        up.count(&m, self.sample_limit);
+                        up.count(&m, self.sample_limit, self.masking.as_ref());
                         if let Some(end) = pass(m, upstream, "client").await {
                             return end;
                         }
@@ -173,7 +203,15 @@ impl Relay {
                 },
                 m = upstream.next() => match m {
                     Some(Ok(m)) => {
-                        down.count(&m, self.sample_limit);
+                        let m = match self.masked_for_job(m, down) {
+                            Ok(m) => m,
+                            Err((code, why)) => {
+                                close(client, code, "a message the gateway cannot mask").await;
+                                close(upstream, code, "a message the gateway cannot mask").await;
+                                return format!("upstream: a message that cannot be masked: {why}");
+                            }
+                        };
+                        down.count(&m, self.sample_limit, None);
                         if let Some(end) = pass(m, client, "upstream").await {
                             return end;
                         }
@@ -196,6 +234,35 @@ impl Relay {
                     return "gateway_stopped".into();
                 }
             }
+        }
+    }
+}
+
+impl Relay {
+    /// A message from the upstream as the job may read it: masked when the target masks (text
+    /// whole, within `MAX_MESSAGE`); the close code and why when it cannot be.
+    fn masked_for_job(
+        &self,
+        message: Message,
+        down: &mut Direction,
+    ) -> Result<Message, (CloseCode, String)> {
+        let Some(rules) = &self.masking else {
+            return Ok(message);
+        };
+        match message {
+            Message::Text(text) => match rules.mask_message(text.as_bytes()) {
+                Ok(None) => Ok(Message::Text(text)),
+                Ok(Some((masked, n))) => {
+                    *down.masked.get_or_insert(0) += n;
+                    Ok(Message::text(String::from_utf8_lossy(&masked).into_owned()))
+                }
+                Err(e) => Err((CloseCode::Policy, e.to_string())),
+            },
+            Message::Binary(_) => Err((
+                CloseCode::Unsupported,
+                "a binary message, which the masking cannot read".into(),
+            )),
+            other => Ok(other),
         }
     }
 }
@@ -269,7 +336,7 @@ mod tests {
             Message::text("more"),
             Message::Ping(Default::default()),
         ] {
-            d.count(&m, 9);
+            d.count(&m, 9, None);
         }
         assert_eq!((d.messages, d.text_messages, d.binary_messages), (4, 3, 1));
         assert_eq!(d.control_frames, 1);
@@ -277,8 +344,23 @@ mod tests {
         // 6 bytes of "héllo", then 3 of "wörld!" (never inside a character).
         assert_eq!(d.text_sample, ["héllo", "wö"]);
         let mut d = Direction::default();
-        d.count(&Message::text("ö"), 1);
-        d.count(&Message::text("x"), 1);
+        d.count(&Message::text("ö"), 1, None);
+        d.count(&Message::text("x"), 1, None);
         assert_eq!(d.text_sample, [""]);
+    }
+
+    #[test]
+    fn samples_are_masked_and_a_cut_match_is_left_out() {
+        let rules = Arc::new(BodyRules::new(
+            vec!["r".into()],
+            Vec::new(),
+            vec![crate::mask::Detector::UsSsn],
+        ));
+        let mut d = Direction::default();
+        d.count(&Message::text("ssn 123-45-6789 ok"), 100, Some(&rules));
+        // Cut inside the number: what is left of it is not shown.
+        d.count(&Message::text("ssn 123-45-6789"), 28, Some(&rules));
+        assert_eq!(d.text_sample[0], "ssn [masked:us_ssn] ok");
+        assert!(!d.text_sample[1].contains("123-45"), "{:?}", d.text_sample);
     }
 }

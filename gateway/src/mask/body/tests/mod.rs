@@ -107,6 +107,57 @@ pub(super) fn json(
 }
 
 #[test]
+fn urls_and_header_values_are_masked_as_typed_and_percent_decoded() {
+    let r = rules(
+        &["ssn"],
+        &[Detector::Email, Detector::UsSsn, Detector::CreditCard],
+    );
+    let shown = |text: &str| r.mask_str(text).into_owned();
+    assert_eq!(
+        shown("/v1/users?ssn=123-45-6789&mail=alice@example.com"),
+        "/v1/users?ssn=[masked:us_ssn]&mail=[masked:email]"
+    );
+    // Encoded, the match is replaced by encoded text; `+` is a space, as in a query.
+    assert_eq!(
+        shown("/v1?ssn=123%2D45%2D6789"),
+        "/v1?ssn=%5Bmasked%3Aus_ssn%5D"
+    );
+    assert_eq!(
+        shown("card=4111+1111+1111+1111&x=1"),
+        "card=%5Bmasked%3Acredit_card%5D&x=1"
+    );
+    // Both forms in one text; nothing matched: the text as it was (json_fields do not apply).
+    assert_eq!(
+        shown("a=alice@example.com&b=alice%40example.com"),
+        "a=[masked:email]&b=%5Bmasked%3Aemail%5D"
+    );
+    assert!(r.mask_text(b"/v1/users?ssn=12&x=%41+b").is_none());
+    // Text the detectors cannot scan in parts is not shown at all.
+    let long = format!("x=%41{}", "a".repeat(70 * 1024));
+    let (note, _) = r.mask_text(long.as_bytes()).expect("refused");
+    assert!(note.starts_with(b"[not shown: "), "{:?}", &note[..40]);
+    // No detectors, nothing to do.
+    assert!(rules(&["ssn"], &[]).mask_text(b"123-45-6789").is_none());
+}
+
+#[test]
+fn a_message_is_masked_whole_as_json_or_text() {
+    let r = rules(&["ssn"], &[Detector::Email]);
+    let (json, n) = r
+        .mask_message(br#"{"ssn": 1, "m": "alice@example.com"}"#)
+        .unwrap()
+        .unwrap();
+    assert_eq!(json, br#"{"ssn": "[masked]", "m": "[masked:email]"}"#);
+    assert_eq!(n, 2);
+    let (text, _) = r.mask_message(b"mail alice@example.com").unwrap().unwrap();
+    assert_eq!(text, b"mail [masked:email]");
+    assert_eq!(r.mask_message(b"nothing").unwrap(), None);
+    // Starts like JSON and is not: an error, never passed on as text.
+    assert!(r.mask_message(br#"{"ssn": 1"#).is_err());
+    assert!(r.mask_message(br#"{"ssn" 1}"#).is_err());
+}
+
+#[test]
 fn a_request_sample_is_masked_as_a_response_would_be() {
     let r = rules(&["ssn"], &[Detector::Email]);
     let doc = br#"{"ssn":"123-45-6789","note":"alice@example.com"}"#;
