@@ -332,6 +332,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             .into_iter()
             .chain(d.protected_paths.iter().cloned())
             .collect(),
+            runner_uids: d.runner_uids.clone(),
             state: Default::default(),
             containers: containers.clone(),
             sessions: sessions.clone(),

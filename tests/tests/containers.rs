@@ -83,17 +83,24 @@ struct Networked {
 
 impl Networked {
     fn start(dns: &[std::net::Ipv4Addr]) -> Result<Option<Networked>> {
+        let args: Vec<String> = dns.iter().map(|ip| format!("--dns={ip}")).collect();
+        Self::start_with(&args, &[])
+    }
+
+    /// With more dockerd arguments and more programs in the image.
+    fn start_with(extra_args: &[String], extra_programs: &[PathBuf]) -> Result<Option<Networked>> {
         let id = unique_id();
         let bridge = Bridge::new(&id)?;
         let mut args = vec![format!("--bridge={}", bridge.name)];
-        args.extend(dns.iter().map(|ip| format!("--dns={ip}")));
+        args.extend_from_slice(extra_args);
         let psql = PathBuf::from(gateway_e2e::PG_BIN).join("psql");
-        let programs = [
+        let mut programs = vec![
             psql,
             gateway_e2e::probe_bin(),
             gateway_e2e::echo_bin(),
             PathBuf::from("/usr/bin/getent"),
         ];
+        programs.extend_from_slice(extra_programs);
         let Some(engine) = Engine::start_own(&id, &args, &programs)? else {
             return Ok(None);
         };
@@ -511,7 +518,6 @@ fn escapes_through_docker_are_refused_and_recorded() -> Result<()> {
         ("host cgroupns", vec!["--cgroupns", "host"]),
         ("cap SYS_ADMIN", vec!["--cap-add", "SYS_ADMIN"]),
         ("device", vec!["--device", "/dev/null:/dev/xnull"]),
-        ("docker socket", vec!["-v", &sock_bind]),
         ("host root", vec!["-v", "/:/host"]),
         ("proc", vec!["-v", "/proc:/hostproc"]),
         ("sys", vec!["-v", "/sys:/hostsys"]),
@@ -563,6 +569,23 @@ fn escapes_through_docker_are_refused_and_recorded() -> Result<()> {
             .iter()
             .any(|d| d["mounts"].to_string().contains("/sys/fs/bpf")),
         "{denied:#?}"
+    );
+
+    // The engine's socket is not handed out but replaced: the container gets the gateway's
+    // socket at the path asked for (so docker in it stays the job's), without a rule for binds.
+    let script = format!(
+        "id=$(docker -H unix://{engine_socket} create -v {sock_bind} {image} /bin/true) && \
+         docker -H unix://{engine_socket} inspect --format '{{{{json .HostConfig.Binds}}}}' \"$id\""
+    );
+    let out = s.daemon.run_job(&[], "/bin/sh", &["-c", &script]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listen = s.engine.dir.path().join("gateway-docker.sock");
+    let binds: Vec<String> = serde_json::from_slice(&out.stdout).with_context(|| text(&out))?;
+    assert_eq!(
+        binds,
+        [format!("{}:/var/run/docker.sock", listen.display())],
+        "{}",
+        s.daemon.log()
     );
     Ok(())
 }
@@ -630,8 +653,9 @@ fn the_gateway_socket_serves_only_jobs_and_status_says_how_docker_is_covered() -
 const NOBODY: &[&str] = &["--user", "nobody"];
 
 /// A rule may allow bind mounts of host paths, but never of what would hand the job the host: the
-/// engine's socket (also through a symbolic link or a parent directory), `/`, `/proc`, the cgroup
-/// and bpf file systems. An ordinary directory it names works.
+/// engine's socket's directory, `/`, `/proc`, the cgroup and bpf file systems. The engine's socket
+/// itself, also through a symbolic link, becomes the gateway's socket. An ordinary directory the
+/// rule names works.
 #[test]
 fn protected_paths_stay_refused_when_a_rule_allows_binds() -> Result<()> {
     let Some(s) = Setup::new(
@@ -661,10 +685,19 @@ docker = { bind_sources = ["/*"] }
     let data = s.engine.dir.path().join("data-dir");
     std::fs::create_dir_all(&data)?;
     std::fs::write(data.join("file"), "job data\n")?;
+    for source in [&engine_socket, &link] {
+        let script = format!(
+            "id=$(docker -H unix://{engine_socket} create -v {source}:/mnt {image} /bin/true) && \
+             docker -H unix://{engine_socket} inspect --format '{{{{json .HostConfig.Binds}}}}' \"$id\""
+        );
+        let out = s.daemon.run_job(NOBODY, "/bin/sh", &["-c", &script]);
+        assert!(out.status.success(), "{source}: {}", text(&out));
+        let binds: Vec<String> = serde_json::from_slice(&out.stdout).with_context(|| text(&out))?;
+        let listen = s.engine.dir.path().join("gateway-docker.sock");
+        assert_eq!(binds, [format!("{}:/mnt", listen.display())], "{source}");
+    }
     for source in [
-        engine_socket.as_str(),
         engine_dir.as_str(),
-        link.as_str(),
         "/",
         "/proc",
         "/sys/fs/cgroup",
@@ -813,6 +846,11 @@ struct RunnerHost {
 impl RunnerHost {
     /// `server`: extra `[server]` lines; `engine`: the engine to use.
     fn new(engine: Networked, server: &str) -> Result<RunnerHost> {
+        Self::with(engine, server, "", "")
+    }
+
+    /// With extra `[docker]` lines and extra rules (before the PostgreSQL fixture's).
+    fn with(engine: Networked, server: &str, docker: &str, rules: &str) -> Result<RunnerHost> {
         let id = unique_id();
         let dir = TempDir::new(&format!("r{id}"));
         let remote = gateway_e2e::Netns::new(&id)?;
@@ -830,6 +868,7 @@ impl RunnerHost {
 [docker]
 engine = "{engine}"
 listen = "{listen}"
+{docker}
 
 [[targets]]
 name = "app-db"
@@ -850,8 +889,11 @@ action = "allow"
 targets = ["echo"]
 unauthenticated = true
 
+{extra_rules}
+
 {rules}
 "#,
+            extra_rules = rules,
             engine = engine.engine.socket.display(),
             listen = dir.path().join("gateway-docker.sock").display(),
             ip = remote.remote_ip,
@@ -909,6 +951,28 @@ unauthenticated = true
 
     fn image(&self) -> &str {
         &self.engine.engine.image
+    }
+
+    /// The gateway's Docker socket.
+    fn gateway_socket(&self) -> PathBuf {
+        self._dir.path().join("gateway-docker.sock")
+    }
+
+    /// The `docker_request` records of every Docker session, each with the session's process.
+    fn docker_requests(&self) -> Result<Vec<(Value, Value)>> {
+        let mut found = Vec::new();
+        for s in self.daemon.sessions()? {
+            if s["protocol"] != "docker" {
+                continue;
+            }
+            let shown = self.daemon.show_session(&s["id"])?;
+            for e in shown["events"].as_array().into_iter().flatten() {
+                if e["kind"] == "docker_request" {
+                    found.push((e["detail"].clone(), shown["process"].clone()));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// psql in a container of the job: `-At`, the statement, no password anywhere.
@@ -1420,5 +1484,366 @@ fn dns_in_job_containers_works_through_the_allowed_resolvers_only() -> Result<()
         })
     });
     assert!(refused, "{:#?}", host.daemon.sessions()?);
+    Ok(())
+}
+
+/// The GitHub Actions runner's `Runner.Worker` on a gateway runner host: a shell in the attached
+/// job cgroup (where the job-started hook moves the worker), as the runner's user (here nobody),
+/// with `DOCKER_HOST` naming the gateway's socket (the runner's `.env`). It runs the runner's
+/// `docker` command lines one at a time, as the runner builds them (one argument string).
+struct Worker {
+    child: std::process::Child,
+    dir: PathBuf,
+    next: usize,
+}
+
+/// The runner's user in these tests.
+const RUNNER_UID: u32 = 65534;
+
+impl Worker {
+    fn start(job: &Path, dir: &Path, gateway_socket: &Path) -> Result<Worker> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+        let child = Command::new("setpriv")
+            .arg(format!("--reuid={RUNNER_UID}"))
+            .arg(format!("--regid={RUNNER_UID}"))
+            .args(["--clear-groups", "sh"])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", dir)
+            .env("DOCKER_CONFIG", dir.join("docker-config"))
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", gateway_socket.display()),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let worker = Worker {
+            child,
+            dir: dir.to_path_buf(),
+            next: 0,
+        };
+        // Nothing runs before the shell reads its first line: it is in the job cgroup by then.
+        std::fs::write(job.join("cgroup.procs"), worker.child.id().to_string())?;
+        Ok(worker)
+    }
+
+    /// `docker ARGS`: exit code, standard output, standard error.
+    fn docker(&mut self, args: &str) -> Result<(i32, String, String)> {
+        use std::io::Write as _;
+        let n = self.next;
+        self.next += 1;
+        let at = |ext: &str| self.dir.join(format!("{n}.{ext}"));
+        let line = format!(
+            "docker {args} </dev/null >{out} 2>{err}; echo $? >{tmp}; mv {tmp} {rc}\n",
+            out = at("out").display(),
+            err = at("err").display(),
+            tmp = at("tmp").display(),
+            rc = at("rc").display(),
+        );
+        self.child
+            .stdin
+            .as_mut()
+            .context("worker stdin")?
+            .write_all(line.as_bytes())?;
+        ensure!(
+            wait_until(Duration::from_secs(120), || at("rc").exists()),
+            "docker {args}: no exit within 120s"
+        );
+        let rc = std::fs::read_to_string(at("rc"))?.trim().parse()?;
+        Ok((
+            rc,
+            std::fs::read_to_string(at("out"))?,
+            std::fs::read_to_string(at("err"))?,
+        ))
+    }
+
+    /// `docker ARGS`, which must succeed; its standard output, trimmed.
+    fn docker_ok(&mut self, args: &str) -> Result<String> {
+        let (rc, out, err) = self.docker(args)?;
+        ensure!(rc == 0, "docker {args}: exit {rc}\n{out}\n{err}");
+        Ok(out.trim().to_string())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes a network the runner made (and the containers on the engine first), if the test
+/// ends before the runner's cleanup does.
+struct RemoveNetwork<'a>(&'a Engine, String);
+
+impl Drop for RemoveNetwork<'_> {
+    fn drop(&mut self) {
+        for id in self.0.containers() {
+            let _ = self.0.docker(&["rm", "-f", &id]);
+        }
+        let _ = self.0.docker(&["network", "rm", &self.1]);
+    }
+}
+
+/// A runner's root directory as the runner lays it out, owned by the runner's user: `_work` (with
+/// `_temp`, `_actions`, `_tool`, the workspace, `_temp/_github_home`, `_temp/_github_workflow`) and
+/// `externals`.
+fn runner_root(at: &Path) -> Result<PathBuf> {
+    let root = at.join("runner");
+    for d in [
+        "_work/_temp/_github_home",
+        "_work/_temp/_github_workflow",
+        "_work/_actions",
+        "_work/_tool",
+        "_work/repo/repo",
+        "externals",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    gateway_e2e::run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{RUNNER_UID}:{RUNNER_UID}"))
+            .arg(&root),
+    )?;
+    Ok(root)
+}
+
+/// The `[rules.docker]` rule a runner host needs for the runner's own requests: bind mounts of its
+/// work directory (and what is below it) and of its externals, nothing else.
+fn runner_rule(root: &Path) -> String {
+    let r = root.display();
+    format!(
+        r#"
+[[rules]]
+name = "github-runner"
+action = "allow"
+unauthenticated = true
+docker = {{ bind_sources = ["{r}/_work", "{r}/_work/*", "{r}/externals"] }}
+"#
+    )
+}
+
+/// A GitHub Actions `container:` job with a service container, through the gateway's Docker API:
+/// the runner's exact `docker` command lines (actions/runner `DockerCommandManager` and
+/// `ContainerOperationProvider`), run by the job's worker in the attached job cgroup. The job's
+/// network, its service and its job container are the job's (below the job's cgroup); the runner's
+/// bind of the engine's socket becomes a bind of the gateway's socket; its work directories are
+/// bound as the runner rule allows. Each step (`docker exec`) is the job's: psql reaches
+/// PostgreSQL through the gateway (masking, the session the job's with the container recorded),
+/// the service is reached by its alias, and `docker run --privileged` from inside the job
+/// container (through the mounted socket) is refused and recorded as the job container's. The
+/// runner's cleanup then leaves nothing behind.
+#[test]
+fn a_github_actions_container_job_runs_through_the_gateways_docker_api() -> Result<()> {
+    let pool_id = unique_id();
+    let (a, b) = gateway_e2e::free_subnet(&pool_id)?;
+    let pool = format!("10.{a}.{b}.0/24");
+    let docker_cli = which("docker")?;
+    let Some(engine) = Networked::start_with(
+        &[format!("--default-address-pool=base={pool},size=26")],
+        &[which("tail")?, docker_cli],
+    )?
+    else {
+        return Ok(());
+    };
+    let scratch = TempDir::new(&format!("g{pool_id}"));
+    let root = runner_root(scratch.path())?;
+    let host = RunnerHost::with(
+        engine,
+        &format!("allow_direct = [\"{pool}:7100\"]"),
+        "runner_users = [\"nobody\"]",
+        &runner_rule(&root),
+    )?;
+    let mut worker = Worker::start(
+        &host.job.path,
+        &scratch.path().join("worker"),
+        &host.gateway_socket(),
+    )?;
+    let image = host.image().to_string();
+    let echo = gateway_e2e::echo_bin().display().to_string();
+    let label = &pool_id[..6];
+    let network = format!("github_network_{pool_id}");
+    let r = root.display();
+
+    // StartContainersAsync: versions, stale containers and networks of this runner.
+    worker.docker_ok("version --format '{{.Server.APIVersion}}'")?;
+    worker.docker_ok("version --format '{{.Client.APIVersion}}'")?;
+    let stale = worker.docker_ok(&format!(
+        "ps --all --quiet --no-trunc --filter \"label={label}\""
+    ))?;
+    assert_eq!(stale, "");
+    // The gateway does not offer prune; the runner only warns when it fails.
+    let (rc, _, err) =
+        worker.docker(&format!("network prune --force --filter \"label={label}\""))?;
+    assert!(rc != 0 && err.contains("gateway:"), "{err}");
+    worker.docker_ok(&format!("network create --label {label} {network}"))?;
+    let _cleanup = RemoveNetwork(&host.engine.engine, network.clone());
+
+    // The service container (`services: db:` with an entrypoint and command).
+    let service_name = format!("{label}_gwe_db_{pool_id}");
+    let service = worker.docker_ok(&format!(
+        "create --name {service_name} --label {label} --network {network} --network-alias db --entrypoint \"{echo}\" -e GITHUB_ACTIONS=true -e CI=true {image} 0.0.0.0:7100"
+    ))?;
+    worker.docker_ok(&format!("start {service}"))?;
+    let running = worker.docker_ok(&format!(
+        "ps --all --filter id={service} --filter status=running --no-trunc --format \"{{{{.ID}}}} {{{{.Status}}}}\""
+    ))?;
+    assert!(running.starts_with(&service), "{running}");
+    worker.docker_ok(&format!("port {service}"))?;
+
+    // The job container, with the runner's mounts, environment and entrypoint.
+    let job_name = format!("{label}_gwe_job_{pool_id}");
+    let job = worker.docker_ok(&format!(
+        "create --name {job_name} --label {label} --workdir /__w/repo/repo --network {network} \
+         -e \"HOME=/github/home\" -e GITHUB_ACTIONS=true -e CI=true \
+         -v \"/var/run/docker.sock\":\"/var/run/docker.sock\" \
+         -v \"{r}/_work\":\"/__w\" -v \"{r}/externals\":\"/__e\":ro \
+         -v \"{r}/_work/_temp\":\"/__w/_temp\" -v \"{r}/_work/_actions\":\"/__w/_actions\" \
+         -v \"{r}/_work/_tool\":\"/__t\" -v \"{r}/_work/_temp/_github_home\":\"/github/home\" \
+         -v \"{r}/_work/_temp/_github_workflow\":\"/github/workflow\" \
+         --entrypoint \"tail\" {image} \"-f\" \"/dev/null\""
+    ))?;
+    worker.docker_ok(&format!("start {job}"))?;
+    let running = worker.docker_ok(&format!(
+        "ps --all --filter id={job} --filter status=running --no-trunc --format \"{{{{.ID}}}} {{{{.Status}}}}\""
+    ))?;
+    assert!(
+        running.starts_with(&job),
+        "{running}\n{}",
+        host.daemon.log()
+    );
+    worker.docker_ok(&format!(
+        "inspect --format \"{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}\" {job}"
+    ))?;
+    worker.docker_ok(&format!(
+        "inspect --format=\"{{{{if .Config.Healthcheck}}}}{{{{print .State.Health.Status}}}}{{{{end}}}}\" {service}"
+    ))?;
+    // Both are below the job's cgroup, and the job container has the gateway's socket where the
+    // runner asked for the engine's.
+    for id in [&job, &service] {
+        let parent =
+            host.engine
+                .engine
+                .docker(&["inspect", "--format", "{{.HostConfig.CgroupParent}}", id]);
+        assert_eq!(
+            String::from_utf8_lossy(&parent.stdout).trim(),
+            host.cgroup_parent(),
+            "{}",
+            text(&parent)
+        );
+    }
+    let binds =
+        host.engine
+            .engine
+            .docker(&["inspect", "--format", "{{json .HostConfig.Binds}}", &job]);
+    let binds: Vec<String> = serde_json::from_slice(&binds.stdout).with_context(|| text(&binds))?;
+    assert!(
+        binds.contains(&format!(
+            "{}:/var/run/docker.sock",
+            host.gateway_socket().display()
+        )),
+        "{binds:?}"
+    );
+
+    let serving = wait_until(Duration::from_secs(30), || {
+        let logs = host.engine.engine.docker(&["logs", &service]);
+        String::from_utf8_lossy(&logs.stdout).contains("listening 0.0.0.0:7100")
+    });
+    assert!(
+        serving,
+        "{}",
+        text(&host.engine.engine.docker(&["logs", &service]))
+    );
+
+    // Steps: the runner writes each script to _temp and runs it with `docker exec`.
+    let mut step = |n: usize, script: &str| -> Result<(i32, String, String)> {
+        std::fs::write(root.join(format!("_work/_temp/step{n}.sh")), script)?;
+        worker.docker(&format!(
+            "exec -i --workdir /__w/repo/repo -e GITHUB_ACTIONS=true -e CI=true {job} sh -e /__w/_temp/step{n}.sh"
+        ))
+    };
+    let psql = format!(
+        "PGPASSFILE=/nonexistent PGCONNECT_TIMEOUT=10 {}/psql -X -At -v ON_ERROR_STOP=1 -h {} -U agent -d app -c 'select id, email, ssn from users where id = 1'\n",
+        gateway_e2e::PG_BIN,
+        host.remote.remote_ip
+    );
+    let (rc, out, err) = step(1, &psql)?;
+    assert_eq!(rc, 0, "{out}\n{err}\n{}", host.daemon.log());
+    assert_eq!(out.trim(), "1|[masked:email]|[masked]");
+    let sessions = host.sessions_to("app-db")?;
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    host.assert_in_container(&sessions[0], &job_name)?;
+
+    let probe = gateway_e2e::probe_bin().display().to_string();
+    let (rc, out, err) = step(2, &format!("{probe} connect db:7100 to-service\n"))?;
+    assert_eq!(rc, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("{out}\n{err}"))?;
+    assert_eq!(v["echo"], "to-service", "{v}\n{}", host.daemon.log());
+
+    // docker inside the job container: the mounted socket is the gateway's, so it is the job's.
+    let (rc, out, err) = step(
+        3,
+        &format!(
+            "docker ps --format '{{{{.Names}}}}'\ndocker run --rm --privileged {image} /bin/true || echo refused\n"
+        ),
+    )?;
+    assert_eq!(rc, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&job_name) && out.contains(&service_name),
+        "{out}"
+    );
+    assert!(out.contains("refused"), "{out}\n{err}");
+    assert!(
+        err.contains("Error response from daemon: gateway:") && err.contains("privileged"),
+        "{err}"
+    );
+    let requests = host.docker_requests()?;
+    let refused = requests
+        .iter()
+        .find(|(r, _)| r["operation"] == "container_create" && r["decision"] == "deny")
+        .with_context(|| format!("no refusal recorded: {requests:#?}"))?;
+    assert!(
+        refused.0["privileges"].to_string().contains("privileged"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.1["container"]["id"], job.as_str(), "{refused:?}");
+    assert_eq!(host.engine.engine.containers().len(), 2);
+
+    // A container action (`uses: docker://…`) while the job container runs: the runner binds
+    // paths below `_work`, which the job container has bound read-write (a step could swap one
+    // for a symbolic link to / before the engine mounts it). Refused, though the rule names them.
+    let (rc, _, err) = worker.docker(&format!(
+        "run --name {label}_action_{pool_id} --label {label} --workdir /github/workspace --rm \
+         -e GITHUB_ACTIONS=true -e CI=true --network {network} \
+         -v \"/var/run/docker.sock\":\"/var/run/docker.sock\" \
+         -v \"{r}/_work/_temp/_github_home\":\"/github/home\" \
+         -v \"{r}/_work/repo/repo\":\"/github/workspace\" {image} /bin/true"
+    ))?;
+    assert!(rc != 0 && err.contains("bound read-write"), "{err}");
+    assert_eq!(host.engine.engine.containers().len(), 2);
+
+    // StopContainersAsync.
+    worker.docker_ok(&format!("rm --force {job}"))?;
+    worker.docker_ok(&format!("rm --force {service}"))?;
+    worker.docker_ok(&format!("network rm {network}"))?;
+    assert!(host.engine.engine.containers().is_empty());
+    let left = host.engine.engine.docker(&[
+        "network",
+        "ls",
+        "--quiet",
+        "--filter",
+        &format!("name={network}"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "{}",
+        text(&left)
+    );
     Ok(())
 }

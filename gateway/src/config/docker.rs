@@ -25,6 +25,10 @@ pub struct DockerSettings {
     /// Host paths never bound into a container, besides the built-in ones (the engine's socket,
     /// `/`, `/proc`, `/sys`, the cgroup and bpf file systems, the gateway's own files).
     pub protected_paths: Vec<PathBuf>,
+    /// `runner_users`, as uids: users that run no code of a job (a runner's own user on a
+    /// runner that runs every job in a container), whose own directories on the way to a bind
+    /// source the job therefore cannot swap.
+    pub runner_uids: Vec<u32>,
 }
 
 #[derive(Deserialize)]
@@ -34,6 +38,8 @@ pub(super) struct RawDocker {
     listen: Option<S<String>>,
     #[serde(default)]
     protected_paths: Vec<S<String>>,
+    #[serde(default)]
+    runner_users: Vec<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -82,10 +88,35 @@ impl Validator<'_> {
                 }
             })
             .collect();
+        let runner_uids = raw
+            .runner_users
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, u)| {
+                let name = u.get_ref();
+                let uid = match name.parse::<u32>() {
+                    Ok(uid) => Some(uid),
+                    Err(_) => nix::unistd::User::from_name(name)
+                        .ok()
+                        .flatten()
+                        .map(|user| user.uid.as_raw()),
+                };
+                let why = match uid {
+                    None => format!("no user {name:?} on this host"),
+                    Some(0) => {
+                        "root owns every directory: its own cannot be taken as a runner's".into()
+                    }
+                    Some(uid) => return Some(uid),
+                };
+                self.problem(u.span(), format!("docker.runner_users[{i}]"), why);
+                None
+            })
+            .collect();
         Some(DockerSettings {
             engine,
             listen,
             protected_paths,
+            runner_uids,
         })
     }
 
@@ -204,6 +235,40 @@ impl Validator<'_> {
             privileges,
             capabilities,
             bind_sources,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(docker: &str) -> Result<Config, Vec<String>> {
+        Config::parse(&format!("[docker]\n{docker}\n"), "t.toml")
+            .map_err(|e| e.problems().iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn runner_users_are_named_or_numbered_and_never_root() {
+        let config = parse("runner_users = [\"nobody\", \"4242\"]").expect("valid");
+        let uid = nix::unistd::User::from_name("nobody")
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw());
+        let docker = config.docker.expect("docker");
+        assert_eq!(docker.runner_uids, [uid.expect("nobody"), 4242]);
+        for (bad, why) in [
+            ("\"no-such-user-here\"", "no user \"no-such-user-here\""),
+            ("\"root\"", "root owns every directory"),
+            ("\"0\"", "root owns every directory"),
+        ] {
+            let problems = parse(&format!("runner_users = [{bad}]")).expect_err(bad);
+            assert!(
+                problems.len() == 1
+                    && problems[0].contains("docker.runner_users[0]")
+                    && problems[0].contains(why),
+                "{bad}: {problems:?}"
+            );
         }
     }
 }

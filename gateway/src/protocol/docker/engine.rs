@@ -54,6 +54,8 @@ pub struct Container {
     pub image: String,
     pub cgroup_parent: String,
     pub labels: BTreeMap<String, String>,
+    /// Host paths bound read-write into it (as the engine resolved them).
+    pub rw_binds: Vec<String>,
 }
 
 /// What the gateway needs to know of a network or volume: its id (volumes: name) and labels.
@@ -164,6 +166,13 @@ impl Engine {
             image: text(&v["Config"]["Image"]),
             cgroup_parent: text(&v["HostConfig"]["CgroupParent"]),
             labels: labels(&v["Config"]["Labels"]),
+            rw_binds: v["Mounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["Type"] == "bind" && m["RW"] == true)
+                .map(|m| text(&m["Source"]))
+                .collect(),
         }))
     }
 

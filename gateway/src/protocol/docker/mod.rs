@@ -55,6 +55,8 @@ pub struct Services {
     pub store: Store,
     /// Host paths never bound into a container (besides the engine's own, found at first use).
     pub protected_paths: Vec<PathBuf>,
+    /// `[docker] runner_users`: users whose own directories the job cannot swap.
+    pub runner_uids: Vec<u32>,
     /// What the engine is, learnt at the first request that needs it.
     pub state: tokio::sync::OnceCell<EngineState>,
     pub containers: Arc<containers::Containers>,
@@ -93,10 +95,12 @@ impl Services {
                     protected.push(PathBuf::from(&info.root_dir));
                 }
                 protected.extend(self.protected_paths.iter().cloned());
-                let protected =
-                    tokio::task::spawn_blocking(move || paths::Protected::new(root, &protected))
-                        .await
-                        .map_err(|e| EngineError::Answer(e.to_string()))?;
+                let sockets = [self.engine.socket().to_path_buf(), self.listen.clone()];
+                let protected = tokio::task::spawn_blocking(move || {
+                    paths::Protected::new(root, &protected, &sockets)
+                })
+                .await
+                .map_err(|e| EngineError::Answer(e.to_string()))?;
                 tracing::info!(
                     version = %info.version,
                     cgroup_driver = %info.cgroup_driver,
@@ -278,6 +282,7 @@ async fn connection(stream: UnixStream, services: Arc<Services>) {
         asker: paths::Asker {
             uid: peer.uid,
             gids: peer.groups.clone(),
+            runner: services.runner_uids.contains(&peer.uid),
         },
         session,
     });

@@ -10,7 +10,14 @@
 //!   and data, `/proc`, `/sys`, `/dev`, the cgroup and bpf file systems, the gateway's own files,
 //!   and `[docker] protected_paths` (`/` contains them all);
 //! - a path the job could change between the check and the mount: a directory on the way to it
-//!   that the job's user may write (it could rename an entry and put a symbolic link there).
+//!   that the job's user may write (it could rename an entry and put a symbolic link there), or
+//!   that lies in a host directory a container of the job has bound read-write (its processes
+//!   may write there whatever their user). Directories owned by a `[docker] runner_users` user
+//!   are not counted for that user: it is the runner's, and runs no code of the job.
+//!
+//! The engine's socket is never bound: a bind of it (or of the Docker socket's usual path, or of
+//! the gateway's own socket) is a bind of the gateway's socket instead ([`Protected::is_docker_socket`]),
+//! so that docker in the container reaches the gateway and stays the job's.
 
 use std::{
     collections::HashSet,
@@ -55,23 +62,45 @@ pub struct Protected {
     at_or_above: HashSet<(u64, u64)>,
     /// The protected objects themselves: a source with one of them on its way is inside it.
     objects: HashSet<(u64, u64)>,
+    /// The engine's socket and the gateway's.
+    sockets: HashSet<(u64, u64)>,
 }
+
+/// The path jobs and runners bind to give a container the Docker socket (the GitHub Actions
+/// runner does, for every job container), wherever this host's engine listens.
+const DOCKER_SOCKET_PATHS: &[&str] = &["/var/run/docker.sock", "/run/docker.sock"];
 
 /// Who is asking: the process that connected to the gateway's socket.
 #[derive(Debug, Clone)]
 pub struct Asker {
     pub uid: u32,
     pub gids: Vec<u32>,
+    /// Its user is one of `[docker] runner_users`: the directories it owns are the runner's,
+    /// which no code of the job can rename.
+    pub runner: bool,
 }
 
+/// Host objects (device, inode) the job's containers may write: the sources of their read-write
+/// bind mounts. What lies below one may be swapped by the job at any time.
+pub type JobWritable = HashSet<(u64, u64)>;
+
 impl Protected {
-    /// `paths`: the protected paths (missing ones are skipped: nothing to bind there).
-    pub fn new(root: PathBuf, paths: &[PathBuf]) -> Protected {
+    /// `paths`: the protected paths (missing ones are skipped: nothing to bind there);
+    /// `sockets`: the engine's socket and the gateway's.
+    pub fn new(root: PathBuf, paths: &[PathBuf], sockets: &[PathBuf]) -> Protected {
         let mut p = Protected {
             root,
             at_or_above: HashSet::new(),
             objects: HashSet::new(),
+            sockets: HashSet::new(),
         };
+        for socket in sockets {
+            if let Ok(chain) = p.chain(&socket.display().to_string())
+                && let Some(last) = chain.last()
+            {
+                p.sockets.insert(last.id);
+            }
+        }
         for path in paths {
             let Ok(chain) = p.chain(&path.display().to_string()) else {
                 continue;
@@ -84,8 +113,37 @@ impl Protected {
         p
     }
 
-    /// The resolved path of `source` if it may be bound for `asker`; why not otherwise.
-    pub fn check(&self, source: &str, asker: &Asker) -> Result<String, String> {
+    /// Whether a bind of `source` asks for the Docker socket: the usual path (whatever is there,
+    /// if anything), or what resolves to the engine's socket or the gateway's.
+    pub fn is_docker_socket(&self, source: &str) -> bool {
+        if DOCKER_SOCKET_PATHS
+            .iter()
+            .any(|p| Path::new(source) == Path::new(p))
+        {
+            return true;
+        }
+        self.chain(source)
+            .ok()
+            .and_then(|c| c.last().map(|s| self.sockets.contains(&s.id)))
+            .unwrap_or(false)
+    }
+
+    /// The objects `sources` resolve to (those that do).
+    pub fn objects_of(&self, sources: &[String]) -> JobWritable {
+        sources
+            .iter()
+            .filter_map(|s| self.chain(s).ok()?.last().map(|l| l.id))
+            .collect()
+    }
+
+    /// The resolved path of `source` if it may be bound for `asker`, whose job's containers
+    /// may write `job_writable`; why not otherwise.
+    pub fn check(
+        &self,
+        source: &str,
+        asker: &Asker,
+        job_writable: &JobWritable,
+    ) -> Result<String, String> {
         let chain = self
             .chain(source)
             .map_err(|e| format!("bind source {source}: {e} (on the engine's host)"))?;
@@ -119,6 +177,15 @@ impl Protected {
         // Every directory on the way, from `/` to the source's parent: if the job may write
         // one, it may rename what follows it and put a symbolic link in its place before the
         // engine mounts.
+        if let Some(dir) = chain[..chain.len() - 1]
+            .iter()
+            .find(|c| job_writable.contains(&c.id))
+        {
+            return Err(format!(
+                "bind source {shown} lies in {}, which a container of the job has bound read-write (it could be replaced by a symbolic link before the engine mounts it)",
+                dir.path
+            ));
+        }
         for pair in chain.windows(2) {
             let (dir, entry) = (&pair[0], &pair[1]);
             if swappable(dir, entry, asker) {
@@ -201,7 +268,9 @@ impl Step {
 
 /// Whether `asker` could rename `entry` out of directory `dir` (and put something else there).
 fn swappable(dir: &Step, entry: &Step, asker: &Asker) -> bool {
-    let owner = dir.uid == asker.uid;
+    // A runner's own directories: the job runs no code as the runner's user.
+    let owns = |uid: u32| uid == asker.uid && !asker.runner;
+    let owner = owns(dir.uid);
     let group = dir.mode & 0o020 != 0 && (asker.gids.contains(&dir.gid));
     let other = dir.mode & 0o002 != 0;
     if !(owner || group || other) {
@@ -209,7 +278,7 @@ fn swappable(dir: &Step, entry: &Step, asker: &Asker) -> bool {
     }
     // Sticky (like /tmp): only the directory's or the entry's owner may rename the entry.
     let sticky = dir.mode & 0o1000 != 0;
-    !sticky || owner || entry.uid == asker.uid
+    !sticky || owner || owns(entry.uid)
 }
 
 /// Opens `path` inside `root` as the engine would reach it (symbolic links followed, kept in the
@@ -248,6 +317,7 @@ mod tests {
         Asker {
             uid,
             gids: vec![uid],
+            runner: false,
         }
     }
 
@@ -268,10 +338,11 @@ mod tests {
                 PathBuf::from("/sys"),
                 secret.clone(),
             ],
+            &[],
         );
         // uid 4242 owns nothing on the way.
         let nobody = asker(4242);
-        let ok = protected.check(&work.display().to_string(), &nobody);
+        let ok = protected.check(&work.display().to_string(), &nobody, &JobWritable::new());
         assert_eq!(ok, Ok(work.display().to_string()));
         for (source, why) in [
             ("/", "contains"),
@@ -287,14 +358,89 @@ mod tests {
             ),
             ("/no/such/path", "does not exist"),
         ] {
-            let refused = protected.check(source, &nobody).unwrap_err();
+            let refused = protected
+                .check(source, &nobody, &JobWritable::new())
+                .unwrap_err();
             assert!(refused.contains(why), "{source}: {refused}");
         }
         // The same path, for root (who owns every directory on the way): it could swap them.
         let refused = protected
-            .check(&work.display().to_string(), &asker(0))
+            .check(&work.display().to_string(), &asker(0), &JobWritable::new())
             .unwrap_err();
         assert!(refused.contains("replaced by a symbolic link"), "{refused}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A runner's work directory, owned by the runner's user: its own entries are swappable for
+    /// that user unless it is a runner user; what lies in a directory a container of the job has
+    /// bound read-write always is.
+    #[test]
+    fn runner_directories_and_what_the_jobs_containers_may_write() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("gw-runner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let temp = dir.join("runner/_work/_temp");
+        std::fs::create_dir_all(&temp).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runner_uid = 4343;
+        for d in ["runner", "runner/_work", "runner/_work/_temp"] {
+            std::os::unix::fs::chown(dir.join(d), Some(runner_uid), Some(runner_uid)).unwrap();
+        }
+        let protected = Protected::new(PathBuf::from("/"), &[PathBuf::from("/proc")], &[]);
+        let source = temp.display().to_string();
+        let none = JobWritable::new();
+        let refused = protected.check(&source, &asker(runner_uid), &none);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("replaced by a symbolic link")),
+            "{refused:?}"
+        );
+        let runner = Asker {
+            runner: true,
+            ..asker(runner_uid)
+        };
+        assert_eq!(protected.check(&source, &runner, &none), Ok(source.clone()));
+        // The job container has the work directory bound read-write: its processes may swap
+        // `_temp` whatever their user.
+        let work = protected.objects_of(&[dir.join("runner/_work").display().to_string()]);
+        let refused = protected.check(&source, &runner, &work).unwrap_err();
+        assert!(refused.contains("bound read-write"), "{refused}");
+        // The bound directory itself may still be bound again.
+        let work_path = dir.join("runner/_work").display().to_string();
+        assert_eq!(
+            protected.check(&work_path, &runner, &work),
+            Ok(work_path.clone())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_docker_socket_is_recognised_by_its_usual_path_and_by_what_it_is() {
+        let dir = std::env::temp_dir().join(format!("gw-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let engine = dir.join("engine.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&engine).unwrap();
+        std::os::unix::fs::symlink(&engine, dir.join("link")).unwrap();
+        std::fs::write(dir.join("file"), "").unwrap();
+        let protected = Protected::new(PathBuf::from("/"), &[], std::slice::from_ref(&engine));
+        for yes in [
+            "/var/run/docker.sock",
+            "/run//docker.sock",
+            &*engine.display().to_string(),
+            &*dir.join("link").display().to_string(),
+        ] {
+            assert!(protected.is_docker_socket(yes), "{yes}");
+        }
+        for no in [
+            "/var/run",
+            "/var/run/docker.sock.d",
+            &*dir.join("file").display().to_string(),
+            &*dir.display().to_string(),
+        ] {
+            assert!(!protected.is_docker_socket(no), "{no}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

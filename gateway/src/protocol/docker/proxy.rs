@@ -19,7 +19,7 @@ use super::{
     Conn,
     containers::under_job,
     engine::{Body, Container, full},
-    error,
+    error, paths,
 };
 use crate::{
     dockerapi::{
@@ -520,14 +520,46 @@ async fn create(
         let id = own_network(&given, true, conn, d).await?;
         spec.resolve_network(&given, &id);
     }
+    let protected = &state.protected;
+    // The Docker socket becomes the gateway's: docker in the container stays the job's. No rule
+    // is needed for that bind (it hands out nothing the job does not have).
+    for i in 0..spec.mounts.len() {
+        let mount = &spec.mounts[i];
+        if mount.kind != MountKind::Bind {
+            continue;
+        }
+        let source = mount.source.clone();
+        if tokio::task::block_in_place(|| protected.is_docker_socket(&source)) {
+            let listen = services.listen.display().to_string();
+            spec.set_mount_source(i, &listen);
+            if let Some(at) = spec
+                .privileges
+                .iter()
+                .position(|p| *p == Privilege::Bind(source.clone()))
+            {
+                spec.privileges.remove(at);
+            }
+        }
+    }
+    let listen = services.listen.display().to_string();
+    let binds = spec
+        .mounts
+        .iter()
+        .any(|m| m.kind == MountKind::Bind && m.source != listen);
+    let job_writable = if binds {
+        job_writable(conn, d).await?
+    } else {
+        paths::JobWritable::new()
+    };
     for i in 0..spec.mounts.len() {
         let mount = spec.mounts[i].clone();
         match mount.kind {
+            MountKind::Bind if mount.source == listen => {}
             MountKind::Bind => {
-                let protected = &state.protected;
                 let source = mount.source.clone();
                 let asker = conn.asker.clone();
-                let checked = tokio::task::block_in_place(|| protected.check(&source, &asker));
+                let checked =
+                    tokio::task::block_in_place(|| protected.check(&source, &asker, &job_writable));
                 let resolved = checked.map_err(|why| {
                     d.mounts = spec.mounts.clone();
                     d.refuse(conn, refusal(StatusCode::FORBIDDEN, why))
@@ -567,6 +599,35 @@ async fn create(
         }
     }
     Ok(spec)
+}
+
+/// What the job's containers (those it created through the gateway) may write on the host: the
+/// sources of their read-write bind mounts.
+async fn job_writable(conn: &Conn, d: &mut Detail) -> Result<paths::JobWritable, Refusal> {
+    let engine = &conn.services.engine;
+    let unreachable = |d: &mut Detail, e: super::EngineError| {
+        d.refuse(conn, refusal(StatusCode::BAD_GATEWAY, e.to_string()))
+    };
+    let ids = match engine.labelled("containers", &conn.job.id).await {
+        Ok(ids) => ids,
+        Err(e) => return Err(unreachable(d, e)),
+    };
+    let mut sources = Vec::new();
+    for id in ids {
+        match engine.container(&id).await {
+            Ok(Some(c)) => sources.extend(c.rw_binds),
+            Ok(None) => {}
+            Err(e) => return Err(unreachable(d, e)),
+        }
+    }
+    let state = conn
+        .services
+        .engine_state()
+        .await
+        .map_err(|e| unreachable(d, e))?;
+    Ok(tokio::task::block_in_place(|| {
+        state.protected.objects_of(&sources)
+    }))
 }
 
 /// The container `reference` names, if it is the job's (runs under the job's cgroup).
