@@ -8,6 +8,10 @@
 //! the kernel holds the connect's SYN (`gw_syn_hold`) and TCP sends it again. Connect records
 //! are keyed by the namespace's cookie, so two containers using the same address and port do
 //! not meet. A listener closes once no process of any job is left in its namespace.
+//!
+//! With DNS follow the DNS forwarder listens there too (on the same loopback addresses, its own
+//! port), and asks resolvers from there: an address a job's resolver configuration names (a
+//! container's 127.0.0.11) means what it means in the job's namespace.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -49,6 +53,14 @@ pub enum NetnsError {
     Thread,
     #[error("cannot make the listener asynchronous: {0}")]
     Async(io::Error),
+    #[error(
+        "cannot listen for DNS on port {port} in the network namespace of process {pid}: {source}"
+    )]
+    Dns {
+        pid: u32,
+        port: u16,
+        source: io::Error,
+    },
 }
 
 /// What the daemon knows of a namespace it was asked to listen in.
@@ -63,6 +75,8 @@ enum State {
 struct Opened {
     /// Device and inode of the namespace (as `/proc/PID/ns/net` shows them).
     ns: (u64, u64),
+    /// The namespace itself, where the DNS forwarder asks resolvers.
+    file: Arc<File>,
     since: Instant,
     /// Ends its accept loops (and so closes its listeners).
     stop: CancellationToken,
@@ -88,6 +102,8 @@ pub struct Namespaces {
     own_cookie: u64,
     /// Addresses of the host listeners; the same are bound in every namespace.
     listen: Vec<SocketAddr>,
+    /// The DNS forwarder's port (DNS follow on), bound on loopback in every namespace too.
+    dns_port: Option<u16>,
     states: Mutex<HashMap<u64, State>>,
     /// Namespaces being opened (requests for them meanwhile are dropped).
     opening: Mutex<HashSet<u64>>,
@@ -115,6 +131,7 @@ impl Namespaces {
         kernel: NetnsListeners,
         own_cookie: u64,
         listen: Vec<SocketAddr>,
+        dns_port: Option<u16>,
     ) -> Result<(Namespaces, Receiver), crate::ebpf::DataplaneError> {
         kernel.insert(own_cookie)?;
         let (requests, rx) = mpsc::channel(QUEUE);
@@ -123,6 +140,7 @@ impl Namespaces {
                 kernel,
                 own_cookie,
                 listen,
+                dns_port,
                 states: Mutex::default(),
                 opening: Mutex::default(),
                 requests,
@@ -147,6 +165,14 @@ impl Namespaces {
             if sent.is_err() {
                 lock(&self.opening).remove(&netns_cookie);
             }
+        }
+    }
+
+    /// The job network namespace `netns_cookie` while the daemon listens in it.
+    pub fn file(&self, netns_cookie: u64) -> Option<Arc<File>> {
+        match lock(&self.states).get(&netns_cookie) {
+            Some(State::Open(o)) => Some(o.file.clone()),
+            _ => None,
         }
     }
 
@@ -189,12 +215,20 @@ async fn open(request: Request, services: &Arc<Services>) {
     let namespaces = &services.netns;
     let Request { pid, netns_cookie } = request;
     let listen = namespaces.listen.clone();
-    let opened = tokio::task::spawn_blocking(move || listen_in(pid, netns_cookie, &listen))
-        .await
-        .unwrap_or(Err(NetnsError::Thread));
+    let dns_port = namespaces.dns_port;
+    let opened =
+        tokio::task::spawn_blocking(move || listen_in(pid, netns_cookie, &listen, dns_port))
+            .await
+            .unwrap_or(Err(NetnsError::Thread));
     let state = match opened {
-        Ok((ns, listeners)) => {
+        Ok(Bound {
+            ns,
+            file,
+            listeners,
+            dns,
+        }) => {
             let stop = services.shutdown.child_token();
+            let file = Arc::new(file);
             let mut addresses = Vec::new();
             for l in listeners {
                 addresses.extend(l.local_addr().ok());
@@ -203,6 +237,19 @@ async fn open(request: Request, services: &Arc<Services>) {
                     netns_cookie,
                     stop.clone(),
                     services.clone(),
+                ));
+            }
+            if let Some(forwarder) = &services.dns_forwarder {
+                addresses.extend(dns.iter().filter_map(|s| s.local_addr().ok()));
+                let namespace = crate::dns::Namespace {
+                    cookie: netns_cookie,
+                    file: Some(file.clone()),
+                };
+                tokio::spawn(crate::dns::serve_namespace(
+                    dns,
+                    namespace,
+                    forwarder.clone(),
+                    stop.clone(),
                 ));
             }
             // Only now do held SYNs pass: the listeners are there.
@@ -216,6 +263,7 @@ async fn open(request: Request, services: &Arc<Services>) {
                     );
                     State::Open(Opened {
                         ns,
+                        file,
                         since: Instant::now(),
                         stop,
                     })
@@ -300,14 +348,25 @@ fn namespaces_of(cgroups: &[std::path::PathBuf]) -> HashSet<(u64, u64)> {
         .collect()
 }
 
-/// Binds `listen` in the network namespace of `pid`, if that is still the namespace of
-/// `netns_cookie`. A thread of its own enters the namespace and returns to the daemon's before
-/// it ends (no thread of the runtime ever changes namespace).
+/// What was bound in a job network namespace.
+struct Bound {
+    /// Device and inode of the namespace.
+    ns: (u64, u64),
+    file: File,
+    listeners: Vec<TcpListener>,
+    /// The DNS forwarder's sockets (none without DNS follow).
+    dns: Vec<std::net::UdpSocket>,
+}
+
+/// Binds `listen` (and the DNS forwarder's port) in the network namespace of `pid`, if that is
+/// still the namespace of `netns_cookie`. A thread of its own enters the namespace and returns
+/// to the daemon's before it ends (no thread of the runtime ever changes namespace).
 fn listen_in(
     pid: u32,
     netns_cookie: u64,
     listen: &[SocketAddr],
-) -> Result<((u64, u64), Vec<TcpListener>), NetnsError> {
+    dns_port: Option<u16>,
+) -> Result<Bound, NetnsError> {
     let ns = File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|source| NetnsError::Gone { pid, source })?;
     let meta = ns
@@ -320,7 +379,14 @@ fn listen_in(
             .spawn(|| {
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|source| NetnsError::Enter { pid, source })?;
-                let result = bind_here(pid, netns_cookie, listen);
+                let result = bind_here(pid, netns_cookie, listen).and_then(|listeners| {
+                    let dns = match dns_port {
+                        Some(port) => crate::dns::bind_here(port)
+                            .map_err(|source| NetnsError::Dns { pid, port, source })?,
+                        None => Vec::new(),
+                    };
+                    Ok((listeners, dns))
+                });
                 // Back to the daemon's namespace (the thread ends anyway).
                 let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
                 result
@@ -328,6 +394,7 @@ fn listen_in(
             .join()
             .unwrap_or(Err(NetnsError::Thread))
     })?;
+    let (bound, dns) = bound;
     let listeners = bound
         .into_iter()
         .map(|l| {
@@ -336,7 +403,33 @@ fn listen_in(
         })
         .collect::<io::Result<Vec<_>>>()
         .map_err(NetnsError::Async)?;
-    Ok(((meta.dev(), meta.ino()), listeners))
+    Ok(Bound {
+        ns: (meta.dev(), meta.ino()),
+        file: ns,
+        listeners,
+        dns,
+    })
+}
+
+/// Runs `make` on a thread of its own in the network namespace `ns` (sockets it creates live
+/// there); the thread returns to the daemon's namespace before it ends.
+pub fn run_in<T: Send>(ns: &File, make: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let own = File::open("/proc/thread-self/ns/net")?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let result = make();
+                let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+                result
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(io::Error::other(
+                    "the thread that entered the namespace panicked",
+                ))
+            })
+    })
 }
 
 /// Binds the listener addresses in the current thread's namespace, which must be the one the
