@@ -21,6 +21,8 @@ struct Setup {
     zone: PathBuf,
     /// Where the DNS server listens (ADDR:53).
     resolver: String,
+    /// The gateway's DNS forwarder port (`server.dns_listen_port`).
+    dns_port: u16,
     _dir: TempDir,
 }
 
@@ -76,11 +78,11 @@ impl Setup {
             "e2e-dns did not start: {}",
             dns.output()
         );
+        let dns_port = free_port();
         let daemon = Daemon::start(DaemonConfig {
             server: format!(
                 "dns_follow = true\ndns_listen_port = {}\ndns_resolvers = [\"{}\"]\n",
-                free_port(),
-                resolver_ip
+                dns_port, resolver_ip
             ),
             body: r#"
 [[targets]]
@@ -108,6 +110,7 @@ unauthenticated = true
             ns,
             zone,
             resolver,
+            dns_port,
             _dir: dir,
         })
     }
@@ -509,6 +512,96 @@ fn a_job_in_its_own_network_namespace_follows_dns_through_a_forwarder_there() ->
         tcp.iter()
             .any(|x| x["decision"] == "deny" && x["destination"] == format!("{c}:7000")),
         "{tcp:?}"
+    );
+    Ok(())
+}
+
+/// A job may not bind the forwarder's port: in its own network namespace, before the gateway
+/// listens there, it would receive its own (and its namespace's) queries in the forwarder's
+/// place. Refused with EPERM, on loopback and on any address.
+#[test]
+fn a_job_may_not_bind_the_dns_forwarders_port_in_its_namespace() -> Result<()> {
+    let job_ns = JobNetns::new()?;
+    let s = Setup::new()?;
+    for addr in [
+        format!("127.0.0.1:{}", s.dns_port),
+        format!("0.0.0.0:{}", s.dns_port),
+    ] {
+        let v = job_ns.probe_in_job(&s.daemon, &["bind-udp", &addr])?;
+        assert_eq!(v["errno"], libc::EPERM, "{addr}: {v}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || s.daemon.sessions().is_ok_and(
+            |l| l
+                .iter()
+                .any(|x| x["protocol"] == "bind" && x["decision"] == "deny")
+        )),
+        "{:?}",
+        s.daemon.sessions()?
+    );
+    Ok(())
+}
+
+/// A job that makes a network namespace of its own (`unshare -Urn`: its own user namespace,
+/// in which it may configure that network as it likes) and serves DNS there itself, on the
+/// resolver address it then asks: the gateway must not take that server's word for a target's
+/// addresses (it would let the job reach any address as the target, with the target's
+/// credentials). DNS of a namespace whose network the job controls is not forwarded; the
+/// address the job's own server answered stays unreachable.
+#[test]
+fn a_job_answering_its_own_dns_in_a_namespace_it_controls_is_not_followed() -> Result<()> {
+    // The allowed resolver is 127.0.0.11 (as with `[docker]`; a host's 127.0.0.53 stub is
+    // the same case): a loopback address the job can serve in a namespace of its own.
+    let containers = JobNetns::new()?;
+    let s = Setup::with_resolver_in(Some(&containers))?;
+    let c = Setup::address(&s.ns, 5);
+    let zone = s.zone.with_file_name("own-zone");
+    std::fs::write(&zone, format!("api.test 30 {c}\n"))?;
+    let log = s.zone.with_file_name("own-dns.log");
+    let script = format!(
+        "ip link set lo up || exit 3; {dns} 127.0.0.11:53 {zone} > {log} 2>&1 & \
+         for i in $(seq 100); do grep -q listening {log} && break; sleep 0.1; done; \
+         {probe} dns-follow-tcp 127.0.0.11:53 api.test 7000 1 {c}:7000; kill $!",
+        dns = dns_bin().display(),
+        zone = zone.display(),
+        log = log.display(),
+        probe = probe_bin().display(),
+    );
+    let out = s
+        .daemon
+        .run_job(&[], "unshare", &["-Urn", "sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).with_context(|| {
+        format!(
+            "job: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })?;
+    let connects = v["rounds"][0]["connects"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for connect in connects
+        .iter()
+        .chain(v["others"].as_array().into_iter().flatten())
+    {
+        assert_ne!(
+            connect["ok"], true,
+            "{c} reached on the job's own answer: {v}"
+        );
+    }
+    assert_eq!(v["others"][0]["errno"], libc::EPERM, "{v}");
+    assert!(
+        s.echo.accepted().is_empty(),
+        "{:?}\n{v}\n{}",
+        s.echo.accepted(),
+        s.daemon.log()
+    );
+    let dns = sessions(&s, "dns")?;
+    assert!(
+        dns.iter().all(|x| x["target"].is_null()),
+        "nothing followed: {dns:?}"
     );
     Ok(())
 }

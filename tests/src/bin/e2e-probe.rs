@@ -16,6 +16,7 @@
 //!   unix                    socket(AF_UNIX, SOCK_STREAM, 0)
 //!   io-uring                io_uring_setup(2) (its socket operation would skip socket(2))
 //!   bind ADDR               bind a TCP socket
+//!   bind-udp ADDR           bind a UDP socket
 //!   tfo ADDR                TCP Fast Open: sendto(MSG_FASTOPEN) without connect()
 //!   move-cgroup DIR         write own pid into DIR/cgroup.procs (escape attempt)
 //!   control SOCKET          send a status request to the gateway control socket; then say
@@ -237,6 +238,13 @@ fn udp(addr: &str, connect_only: bool) -> Value {
 
 fn bind(addr: &str) -> Value {
     match std::net::TcpListener::bind(addr) {
+        Ok(_) => json!({ "ok": true }),
+        Err(e) => errno_json(&e),
+    }
+}
+
+fn bind_udp(addr: &str) -> Value {
+    match UdpSocket::bind(addr) {
         Ok(_) => json!({ "ok": true }),
         Err(e) => errno_json(&e),
     }
@@ -755,6 +763,7 @@ fn main() {
         "unix" => socket_call(libc::AF_UNIX, libc::SOCK_STREAM, 0),
         "io-uring" => io_uring_setup(),
         "bind" => bind(arg(1)),
+        "bind-udp" => bind_udp(arg(1)),
         "tfo" => tfo(arg(1)),
         "move-cgroup" => move_cgroup(arg(1)),
         "control" => control(arg(1)),
