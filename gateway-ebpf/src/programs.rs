@@ -1543,6 +1543,10 @@ pub(crate) fn gw_socket_family(ctx: LsmContext) -> i32 {
 /// Return values of cgroup_skb programs.
 const PASS: i32 = 1;
 const DROP: i32 = 0;
+/// Drop, with congestion notification: UDP's sendmsg then reports success (an ENOBUFS it
+/// swallows without IP_RECVERR), so a resolver library waits for its timeout and asks again
+/// instead of giving up on an EPERM.
+const DROP_QUIETLY: i32 = 2;
 
 /// Drops the SYN of a redirected connect whose network namespace has no gateway listener yet (the
 /// connect program told the daemon, which opens one there). TCP does not fail a connect for a SYN
@@ -1584,7 +1588,7 @@ pub(crate) fn gw_syn_hold(ctx: SkBuffContext) -> i32 {
 
 /// A datagram of a DNS socket on its way to the forwarder: who sends from its source port (now
 /// bound, which it may not have been at connect), for the forwarder to attribute the query.
-/// Dropped while the daemon has no forwarder in the socket's network namespace.
+/// Dropped (quietly) while the daemon has no forwarder in the socket's network namespace.
 #[inline(always)]
 fn note_dns_client(skb: *mut __sk_buff, sk: *mut bpf_sock) -> i32 {
     let Some(record) = DNS_SOCKETS.get(sk, false) else {
@@ -1605,7 +1609,7 @@ fn note_dns_client(skb: *mut __sk_buff, sk: *mut bpf_sock) -> i32 {
     }
     // SAFETY: map lookup by value.
     if unsafe { NETNS_LISTENERS.get(netns_cookie) }.is_none() {
-        return DROP;
+        return DROP_QUIETLY;
     }
     // SAFETY: `skb` is the program context, `sk` a full socket; storage of the attach cgroup.
     let (protocol, src_port, job_cgroup_id, job_slot) = unsafe {

@@ -312,10 +312,14 @@ async fn dns_over_tcp(
     let file = if netns_cookie == forwarder.own_netns {
         None
     } else {
-        match services.netns.file(netns_cookie) {
+        match services.netns.dns_namespace(netns_cookie) {
             Some(f) => Some(f),
-            // Closed since it accepted: nowhere to ask from.
-            None => return tcp::reset(client),
+            // Closed since it accepted, or a namespace whose DNS is not followed (another user
+            // namespace's: the job could answer itself there).
+            None => {
+                tracing::warn!(%resolver, netns_cookie, "DNS over TCP from a namespace whose DNS is not followed; refused");
+                return tcp::reset(client);
+            }
         }
     };
     let slot = job

@@ -11,7 +11,9 @@
 //!
 //! With DNS follow the DNS forwarder listens there too (on the same loopback addresses, its own
 //! port), and asks resolvers from there: an address a job's resolver configuration names (a
-//! container's 127.0.0.11) means what it means in the job's namespace.
+//! container's 127.0.0.11) means what it means in the job's namespace. Not in a namespace owned
+//! by another user namespace than the daemon's (`unshare -Urn`, rootless containers): whoever
+//! owns that one configures its network, and a job could answer its own queries there.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -75,8 +77,9 @@ enum State {
 struct Opened {
     /// Device and inode of the namespace (as `/proc/PID/ns/net` shows them).
     ns: (u64, u64),
-    /// The namespace itself, where the DNS forwarder asks resolvers.
-    file: Arc<File>,
+    /// The namespace itself, where the DNS forwarder asks resolvers (`None`: DNS is not
+    /// forwarded there).
+    dns: Option<Arc<File>>,
     since: Instant,
     /// Ends its accept loops (and so closes its listeners).
     stop: CancellationToken,
@@ -168,10 +171,10 @@ impl Namespaces {
         }
     }
 
-    /// The job network namespace `netns_cookie` while the daemon listens in it.
-    pub fn file(&self, netns_cookie: u64) -> Option<Arc<File>> {
+    /// The job network namespace `netns_cookie` while the DNS forwarder serves it.
+    pub fn dns_namespace(&self, netns_cookie: u64) -> Option<Arc<File>> {
         match lock(&self.states).get(&netns_cookie) {
-            Some(State::Open(o)) => Some(o.file.clone()),
+            Some(State::Open(o)) => o.dns.clone(),
             _ => None,
         }
     }
@@ -228,7 +231,6 @@ async fn open(request: Request, services: &Arc<Services>) {
             dns,
         }) => {
             let stop = services.shutdown.child_token();
-            let file = Arc::new(file);
             let mut addresses = Vec::new();
             for l in listeners {
                 addresses.extend(l.local_addr().ok());
@@ -239,19 +241,32 @@ async fn open(request: Request, services: &Arc<Services>) {
                     services.clone(),
                 ));
             }
-            if let Some(forwarder) = &services.dns_forwarder {
-                addresses.extend(dns.iter().filter_map(|s| s.local_addr().ok()));
-                let namespace = crate::dns::Namespace {
-                    cookie: netns_cookie,
-                    file: Some(file.clone()),
-                };
-                tokio::spawn(crate::dns::serve_namespace(
-                    dns,
-                    namespace,
-                    forwarder.clone(),
-                    stop.clone(),
-                ));
-            }
+            let dns_file = match (&services.dns_forwarder, dns) {
+                (Some(forwarder), Some(sockets)) => {
+                    addresses.extend(sockets.iter().filter_map(|s| s.local_addr().ok()));
+                    let file = Arc::new(file);
+                    let namespace = crate::dns::Namespace {
+                        cookie: netns_cookie,
+                        file: Some(file.clone()),
+                    };
+                    tokio::spawn(crate::dns::serve_namespace(
+                        sockets,
+                        namespace,
+                        forwarder.clone(),
+                        stop.clone(),
+                    ));
+                    Some(file)
+                }
+                (Some(_), None) => {
+                    tracing::warn!(
+                        pid,
+                        netns_cookie,
+                        "the network namespace belongs to another user namespace: its DNS is not followed (host-name targets fail closed there)"
+                    );
+                    None
+                }
+                _ => None,
+            };
             // Only now do held SYNs pass: the listeners are there.
             match namespaces.kernel.insert(netns_cookie) {
                 Ok(()) => {
@@ -263,7 +278,7 @@ async fn open(request: Request, services: &Arc<Services>) {
                     );
                     State::Open(Opened {
                         ns,
-                        file,
+                        dns: dns_file,
                         since: Instant::now(),
                         stop,
                     })
@@ -354,8 +369,9 @@ struct Bound {
     ns: (u64, u64),
     file: File,
     listeners: Vec<TcpListener>,
-    /// The DNS forwarder's sockets (none without DNS follow).
-    dns: Vec<std::net::UdpSocket>,
+    /// The DNS forwarder's sockets (`None`: not bound, without DNS follow or in a namespace of
+    /// another user namespace).
+    dns: Option<Vec<std::net::UdpSocket>>,
 }
 
 /// Binds `listen` (and the DNS forwarder's port) in the network namespace of `pid`, if that is
@@ -374,19 +390,24 @@ fn listen_in(
         .map_err(|source| NetnsError::Gone { pid, source })?;
     let own = File::open("/proc/thread-self/ns/net")
         .map_err(|source| NetnsError::Gone { pid, source })?;
+    let dns_port = dns_port.filter(|_| owned_by_own_user_namespace(&ns));
     let bound = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|source| NetnsError::Enter { pid, source })?;
-                let result = bind_here(pid, netns_cookie, listen).and_then(|listeners| {
-                    let dns = match dns_port {
-                        Some(port) => crate::dns::bind_here(port)
-                            .map_err(|source| NetnsError::Dns { pid, port, source })?,
-                        None => Vec::new(),
-                    };
-                    Ok((listeners, dns))
-                });
+                let result =
+                    bind_here(pid, netns_cookie, listen).and_then(|listeners| {
+                        let dns =
+                            match dns_port {
+                                Some(port) => Some(
+                                    crate::dns::bind_here(port)
+                                        .map_err(|source| NetnsError::Dns { pid, port, source })?,
+                                ),
+                                None => None,
+                            };
+                        Ok((listeners, dns))
+                    });
                 // Back to the daemon's namespace (the thread ends anyway).
                 let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
                 result
@@ -409,6 +430,25 @@ fn listen_in(
         listeners,
         dns,
     })
+}
+
+/// Whether the network namespace `ns` is owned by the daemon's user namespace (only processes
+/// with capabilities there configure it). Unknown counts as not.
+fn owned_by_own_user_namespace(ns: &File) -> bool {
+    /// `NS_GET_USERNS` (linux/nsfs.h): `_IO(0xb7, 0x1)`.
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: ioctl(2) on a descriptor `ns` owns, with no argument; it returns a new descriptor
+    // (owned by the File below) or -1.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` was just returned open by the kernel and is owned by nothing else.
+    let owner = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    match (owner.metadata(), std::fs::metadata("/proc/self/ns/user")) {
+        (Ok(o), Ok(own)) => (o.dev(), o.ino()) == (own.dev(), own.ino()),
+        _ => false,
+    }
 }
 
 /// Runs `make` on a thread of its own in the network namespace `ns` (sockets it creates live
