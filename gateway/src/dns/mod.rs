@@ -153,7 +153,10 @@ pub fn bind_here(port: u16) -> io::Result<Vec<std::net::UdpSocket>> {
                 s.set_nonblocking(true)?;
                 sockets.push(s);
             }
-            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {}
+            // The namespace lacks the family (IPv6 off, or not in the kernel).
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrNotAvailable
+                    || e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
             Err(e) => {
                 first_error.get_or_insert(e);
             }
