@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`<pin_dir>/v<ABI_VERSION>/`).
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -140,7 +140,8 @@ pub struct Config {
     /// Port of the gateway's DNS forwarder on loopback (`server.dns_listen_port`); 0: jobs' DNS
     /// goes straight to the resolvers (no host name follows DNS).
     pub dns_port: u32,
-    /// Network namespace of the daemon (its DNS forwarder listens there only).
+    /// Network namespace of the daemon: only connects made there take the kernel path (a job in
+    /// a namespace of its own goes through the gateway).
     pub own_netns_cookie: u64,
 }
 
@@ -390,13 +391,17 @@ pub struct DnsSocket {
     pub port: u32,
     /// 1 once written.
     pub set: u32,
+    /// The network namespace the socket sent from (the forwarder there receives its queries).
+    pub netns_cookie: u64,
 }
 
-/// Key of `DNS_CLIENTS`: a job socket's source port as the forwarder sees it, and the family of
-/// the datagram (the forwarder's socket it reaches).
+/// Key of `DNS_CLIENTS`: a job socket's network namespace and source port as the forwarder sees
+/// them, and the family of the datagram (the forwarder's socket it reaches).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DnsClientKey {
+    /// The network namespace of the socket (and of the forwarder's socket it reaches).
+    pub netns_cookie: u64,
     /// Host byte order.
     pub port: u32,
     /// `AF_INET` or `AF_INET6`.
@@ -455,8 +460,8 @@ pub struct Event {
 // The layouts must have no implicit padding (the verifier refuses to pass uninitialised stack bytes
 // to map helpers): each size below is the plain sum of the field sizes.
 const _: () = assert!(core::mem::size_of::<Config>() == 56);
-const _: () = assert!(core::mem::size_of::<DnsSocket>() == 24);
-const _: () = assert!(core::mem::size_of::<DnsClientKey>() == 8);
+const _: () = assert!(core::mem::size_of::<DnsSocket>() == 32);
+const _: () = assert!(core::mem::size_of::<DnsClientKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DnsClient>() == 40);
 const _: () = assert!(core::mem::size_of::<Destination>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 96);

@@ -61,7 +61,8 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static DESTINATIONS: LpmTrie<DestinationKeyData, Destination> = LpmTrie::with_max_entries(16384, 0);
 
-/// Resolver addresses (IPv4 as IPv4-mapped) that may receive UDP on port 53.
+/// Resolver addresses (IPv4 as IPv4-mapped) that may receive DNS (UDP, and TCP through the forwarder)
+/// on port 53.
 #[map]
 static DNS_RESOLVERS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 
@@ -682,7 +683,6 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     let destination = lookup_destination(&dst, port);
     // SAFETY: sock_addr programs may ask for their socket's network namespace.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let mut action = destination.map(|d| d.action);
     if let Some(d) = destination
         && d.action == ACTION_KERNEL
         && netns_cookie == cfg.own_netns_cookie
@@ -712,12 +712,23 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     }
     // An earlier kernel-path attempt of this socket is over.
     kernel_end(sk, 0, 0);
-    if action == Some(ACTION_KERNEL) {
+    let action = match destination {
         // A job in a network namespace of its own (a container) goes through the gateway, as on
         // `path = "proxy"`: the destination is reached from the host's namespace, where the
         // target was configured, not from one that may have no route to it.
-        action = Some(ACTION_REDIRECT);
-    }
+        Some(d) if d.action == ACTION_KERNEL => Some(ACTION_REDIRECT),
+        Some(d) => Some(d.action),
+        // DNS over TCP to a resolver jobs may use goes to the gateway's forwarder, as over UDP
+        // (the daemon tells it from a target by its destination).
+        // SAFETY: map lookup by value.
+        None if port == DNS_PORT
+            && cfg.dns_port != 0
+            && unsafe { DNS_RESOLVERS.get(&dst) }.is_some() =>
+        {
+            Some(ACTION_REDIRECT)
+        }
+        None => None,
+    };
     if action == Some(ACTION_DIRECT) {
         return Ok(ALLOW);
     }
@@ -1289,8 +1300,8 @@ const LOOPBACK_V4: [u8; 16] = v4_mapped([127, 0, 0, 1]);
 const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// A UDP connect or datagram: [`udp_verdict`], and DNS to a resolver sent to the gateway's DNS
-/// forwarder instead when it is on (in the daemon's network namespace, where it listens),
-/// remembering the resolver for the answers and for the forwarder.
+/// forwarder instead when it is on (on loopback of the socket's network namespace, where the
+/// daemon listens), remembering the resolver for the answers and for the forwarder.
 #[inline(always)]
 fn udp(
     ctx: &SockAddrContext,
@@ -1326,11 +1337,22 @@ fn udp(
     if unsafe { DNS_RESOLVERS.get(dst) }.is_none() {
         return verdict;
     }
+    // The forwarder the datagram reaches is the one in the socket's network namespace. Where the
+    // daemon has none yet it is told, and `gw_syn_hold` drops the datagram until it has one (the
+    // resolver library asks again).
     // SAFETY: sock_addr programs may ask for their socket's network namespace.
-    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != c.own_netns_cookie {
-        // No forwarder there: the answers reach the job unseen, and the addresses they name are
-        // not followed for it (refused as never resolved).
-        return verdict;
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: map lookup by value.
+    if unsafe { NETNS_LISTENERS.get(netns_cookie) }.is_none() {
+        report_in(
+            slot,
+            EVENT_NETNS,
+            false,
+            (*dst, port, family),
+            (SOCK_DGRAM, protocol),
+            0,
+            netns_cookie,
+        );
     }
     let Some(record) = DNS_SOCKETS.get(sk, true) else {
         // Fail closed: without the record its answers could not be given back.
@@ -1349,6 +1371,7 @@ fn udp(
         addr_of_mut!((*record).resolver).write(*dst);
         addr_of_mut!((*record).port).write(u32::from(port));
         addr_of_mut!((*record).set).write(1);
+        addr_of_mut!((*record).netns_cookie).write(netns_cookie);
     }
     if family == AF_INET {
         // SAFETY: `sa` is the program context; 4-byte store.
@@ -1432,9 +1455,13 @@ fn bind(ctx: &SockAddrContext, family: u16) -> i32 {
     let Some(cfg) = config() else {
         return ALLOW;
     };
-    if port != 0 && u32::from(port) == cfg.listen_port {
-        // Whatever the mode: a job listening here while the gateway restarts would receive other
-        // jobs' redirected connections.
+    if port != 0
+        && (u32::from(port) == cfg.listen_port
+            || (cfg.dns_port != 0 && u32::from(port) == cfg.dns_port))
+    {
+        // Whatever the mode: a job listening here while the gateway restarts (or before it
+        // listens in the job's network namespace) would receive redirected connections or DNS
+        // queries.
         report(
             job_slot(),
             EVENT_BIND,
@@ -1521,6 +1548,10 @@ pub(crate) fn gw_socket_family(ctx: LsmContext) -> i32 {
 /// Return values of cgroup_skb programs.
 const PASS: i32 = 1;
 const DROP: i32 = 0;
+/// Drop, with congestion notification: UDP's sendmsg then reports success (an ENOBUFS it
+/// swallows without IP_RECVERR), so a resolver library waits for its timeout and asks again
+/// instead of giving up on an EPERM.
+const DROP_QUIETLY: i32 = 2;
 
 /// Drops the SYN of a redirected connect whose network namespace has no gateway listener yet (the
 /// connect program told the daemon, which opens one there). TCP does not fail a connect for a SYN
@@ -1542,8 +1573,7 @@ pub(crate) fn gw_syn_hold(ctx: SkBuffContext) -> i32 {
     }
     // SAFETY: a full socket, valid for the program's run.
     if read_u32(unsafe { addr_of!((*sk).protocol) }) == IPPROTO_UDP {
-        note_dns_client(skb, sk);
-        return PASS;
+        return note_dns_client(skb, sk);
     }
     // SAFETY: as above.
     if read_u32(unsafe { addr_of!((*sk).state) }) != BPF_TCP_SYN_SENT {
@@ -1563,17 +1593,28 @@ pub(crate) fn gw_syn_hold(ctx: SkBuffContext) -> i32 {
 
 /// A datagram of a DNS socket on its way to the forwarder: who sends from its source port (now
 /// bound, which it may not have been at connect), for the forwarder to attribute the query.
+/// Dropped (quietly) while the daemon has no forwarder in the socket's network namespace.
 #[inline(always)]
-fn note_dns_client(skb: *mut __sk_buff, sk: *mut bpf_sock) {
+fn note_dns_client(skb: *mut __sk_buff, sk: *mut bpf_sock) -> i32 {
     let Some(record) = DNS_SOCKETS.get(sk, false) else {
-        return;
+        return PASS;
     };
     // SAFETY: this socket's storage, valid for the program's run.
-    let (resolver, resolver_port, set) =
-        unsafe { ((*record).resolver, (*record).port, (*record).set) };
+    let (resolver, resolver_port, set, netns_cookie) = unsafe {
+        (
+            (*record).resolver,
+            (*record).port,
+            (*record).set,
+            (*record).netns_cookie,
+        )
+    };
     let link = JOB_LINKS.get();
     if set == 0 || link.is_null() {
-        return;
+        return PASS;
+    }
+    // SAFETY: map lookup by value.
+    if unsafe { NETNS_LISTENERS.get(netns_cookie) }.is_none() {
+        return DROP_QUIETLY;
     }
     // SAFETY: `skb` is the program context, `sk` a full socket; storage of the attach cgroup.
     let (protocol, src_port, job_cgroup_id, job_slot) = unsafe {
@@ -1585,6 +1626,7 @@ fn note_dns_client(skb: *mut __sk_buff, sk: *mut bpf_sock) {
         )
     };
     let key = DnsClientKey {
+        netns_cookie,
         port: src_port,
         family: if protocol == u32::from(ETH_P_IP.to_be()) {
             u32::from(AF_INET)
@@ -1601,6 +1643,7 @@ fn note_dns_client(skb: *mut __sk_buff, sk: *mut bpf_sock) {
         job_slot,
     };
     let _ = DNS_CLIENTS.insert(key, client, 0);
+    PASS
 }
 
 const ETH_P_IP: u16 = 0x0800;

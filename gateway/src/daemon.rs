@@ -198,6 +198,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect(),
+        server.dns.as_ref().map(|d| d.port),
     )?;
     let job_states = dataplane.job_states();
     let exec_starts = dataplane.exec_starts()?;
@@ -267,6 +268,26 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         containers: containers.clone(),
     });
     lifecycle.adopt_jobs().await?;
+    let dns_services = match (dns_clients, follow.clone()) {
+        (Some((sockets, clients)), Some(follow)) => Some((
+            sockets,
+            Arc::new(crate::dns::Services {
+                follow,
+                clients,
+                dataplane: dataplane.clone(),
+                targets: targets.clone(),
+                jobs: jobs.clone(),
+                store: store.clone(),
+                recorder: recorder.clone(),
+                shutdown: shutdown.clone(),
+                in_flight: Default::default(),
+                limit: Arc::new(tokio::sync::Semaphore::new(crate::dns::MAX_IN_FLIGHT)),
+                resolvers: resolvers.clone(),
+                own_netns,
+            }),
+        )),
+        _ => None,
+    };
     let intercept = Arc::new(intercept::Services {
         connections,
         jobs: jobs.clone(),
@@ -305,6 +326,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         cgroup_root: cgroup_root.clone(),
         containers: containers.clone(),
         dns: follow.clone(),
+        dns_forwarder: dns_services.as_ref().map(|(_, s)| s.clone()),
         http: http::Services {
             store: store.clone(),
             policy: policy.clone(),
@@ -371,23 +393,6 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         cli_unix_group: config.approvals.cli_unix_group.clone(),
         shutdown: shutdown.clone(),
     });
-    let dns_services = match (dns_clients, follow) {
-        (Some((sockets, clients)), Some(follow)) => Some((
-            sockets,
-            Arc::new(crate::dns::Services {
-                follow,
-                clients,
-                dataplane: dataplane.clone(),
-                targets: targets.clone(),
-                jobs: jobs.clone(),
-                store: store.clone(),
-                recorder: recorder.clone(),
-                shutdown: shutdown.clone(),
-                in_flight: Default::default(),
-            }),
-        )),
-        _ => None,
-    };
     let refresh = Arc::new(TargetRefresh {
         config: config.clone(),
         dataplane: dataplane.clone(),

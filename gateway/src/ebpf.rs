@@ -870,15 +870,17 @@ fn mount_kernel_fs(fstype: &str, at: &Path) -> nix::Result<()> {
     )
 }
 
-/// The senders of DNS queries, by the source port the forwarder sees.
+/// The senders of DNS queries, by the namespace and source port the forwarder sees.
 pub struct DnsClients {
     map: MapData,
 }
 
 impl DnsClients {
-    /// The job socket that sends from `port` (datagrams of family `AF_INET` or `AF_INET6`).
-    pub fn get(&self, port: u16, family: u16) -> Option<DnsClient> {
+    /// The job socket that sends from `port` in the network namespace `netns_cookie`
+    /// (datagrams of family `AF_INET` or `AF_INET6`).
+    pub fn get(&self, netns_cookie: u64, port: u16, family: u16) -> Option<DnsClient> {
         let key = DnsClientKey {
+            netns_cookie,
             port: u32::from(port),
             family: u32::from(family),
         };

@@ -3,10 +3,10 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
-    Daemon, DaemonConfig, EchoServer, Netns, Process, TempDir, dns_bin, free_port, run_ok,
-    unique_id, wait_until,
+    Daemon, DaemonConfig, EchoServer, Netns, Process, TempDir, dns_bin, free_port, gateway_bin,
+    probe_bin, run_ok, unique_id, wait_until,
 };
 use serde_json::Value;
 
@@ -19,11 +19,22 @@ struct Setup {
     echo: EchoServer,
     ns: Netns,
     zone: PathBuf,
+    /// Where the DNS server listens (ADDR:53).
+    resolver: String,
+    /// The gateway's DNS forwarder port (`server.dns_listen_port`).
+    dns_port: u16,
     _dir: TempDir,
 }
 
 impl Setup {
     fn new() -> Result<Setup> {
+        Setup::with_resolver_in(None)
+    }
+
+    /// `job_ns`: the DNS server listens on 127.0.0.11:53 in that job network namespace (as
+    /// Docker's embedded resolver does: an address that means something else on the host)
+    /// instead of on the remote host.
+    fn with_resolver_in(job_ns: Option<&JobNetns>) -> Result<Setup> {
         let id = unique_id();
         let dir = TempDir::new(&format!("n{id}"));
         let ns = Netns::new(&id)?;
@@ -53,8 +64,12 @@ impl Setup {
                 c = Setup::address(&ns, 5),
             ),
         )?;
-        let mut cmd = ns.command(dns_bin());
-        cmd.arg(format!("{}:53", ns.remote_ip)).arg(&zone);
+        let (resolver_ip, mut cmd) = match job_ns {
+            None => (ns.remote_ip.to_string(), ns.command(dns_bin())),
+            Some(j) => ("127.0.0.11".to_string(), j.command(dns_bin())),
+        };
+        let resolver = format!("{resolver_ip}:53");
+        cmd.arg(&resolver).arg(&zone);
         let dns = Process::spawn("dns", &mut cmd, dir.path().join("dns.log"))?;
         ensure!(
             wait_until(Duration::from_secs(10), || dns
@@ -63,11 +78,11 @@ impl Setup {
             "e2e-dns did not start: {}",
             dns.output()
         );
+        let dns_port = free_port();
         let daemon = Daemon::start(DaemonConfig {
             server: format!(
                 "dns_follow = true\ndns_listen_port = {}\ndns_resolvers = [\"{}\"]\n",
-                free_port(),
-                ns.remote_ip
+                dns_port, resolver_ip
             ),
             body: r#"
 [[targets]]
@@ -94,6 +109,8 @@ unauthenticated = true
             echo,
             ns,
             zone,
+            resolver,
+            dns_port,
             _dir: dir,
         })
     }
@@ -105,7 +122,7 @@ unauthenticated = true
     }
 
     fn resolver(&self) -> String {
-        format!("{}:53", self.ns.remote_ip)
+        self.resolver.clone()
     }
 }
 
@@ -264,6 +281,327 @@ fn a_wildcard_target_follows_the_names_below_it_and_not_the_name_itself() -> Res
             && x["target"] == "cdn"
             && x["destination"] == format!("{c}:7000")),
         "{tcp:?}"
+    );
+    Ok(())
+}
+
+/// The `dns` event of a recorded query.
+fn dns_detail(s: &Setup, session: &Value) -> Result<Value> {
+    let shown = s.daemon.show_session(&session["id"])?;
+    Ok(shown["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["kind"] == "dns"))
+        .map(|e| e["detail"].clone())
+        .unwrap_or_default())
+}
+
+/// DNS over TCP (a resolver library retrying a truncated answer, `dig +tcp`, `use-vc`) goes
+/// through the gateway's forwarder too: the answer is followed for the job exactly as over
+/// UDP, the resolver is asked over TCP, and an address never answered is still refused.
+#[test]
+fn a_host_name_target_follows_an_answer_the_job_got_over_tcp() -> Result<()> {
+    let s = Setup::new()?;
+    let (a, c) = (Setup::address(&s.ns, 3), Setup::address(&s.ns, 5));
+    let v = s.daemon.probe_in_job(&[
+        "dns-follow-tcp",
+        &s.resolver(),
+        "api.test",
+        "7000",
+        "1",
+        &format!("{c}:7000"),
+    ])?;
+    let round = &v["rounds"][0];
+    assert_eq!(round["ok"], true, "{v}\n{}", s.daemon.log());
+    assert_eq!(round["addresses"], serde_json::json!([a]), "{v}");
+    // getpeername() of the job's TCP socket says the resolver it connected to.
+    assert_eq!(round["peer"], s.resolver().as_str(), "{v}");
+    assert_eq!(round["connects"][0]["ok"], true, "{v}");
+    assert_eq!(round["connects"][0]["echo"], "told", "{v}");
+    assert_eq!(
+        v["others"][0]["errno"],
+        libc::EPERM,
+        "C was never answered: {v}"
+    );
+    assert!(
+        s.dns.output().contains("query api.test A tcp"),
+        "the resolver is asked over TCP: {}",
+        s.dns.output()
+    );
+    let dns = sessions(&s, "dns")?;
+    assert_eq!(dns.len(), 1, "{dns:?}");
+    assert!(dns[0]["job_id"].is_string(), "{dns:?}");
+    assert_eq!(dns[0]["target"], "api", "{dns:?}");
+    let detail = dns_detail(&s, &dns[0])?;
+    assert_eq!(detail["name"], "api.test", "{detail}");
+    assert_eq!(detail["transport"], "tcp", "{detail}");
+    assert_eq!(detail["answers"][0]["address"], a.as_str(), "{detail}");
+    assert_eq!(detail["followed"][0]["target"], "api", "{detail}");
+    Ok(())
+}
+
+/// Over TCP as over UDP: a message that is no DNS query, or longer than a query may be, is
+/// dropped and recorded, the connection closed, and nothing reaches the resolver.
+#[test]
+fn a_malformed_or_oversized_dns_message_over_tcp_is_dropped_and_recorded() -> Result<()> {
+    let s = Setup::new()?;
+    // A length of 8, then 8 bytes that are no DNS message.
+    let v = s
+        .daemon
+        .probe_in_job(&["dns-raw-tcp", &s.resolver(), "000800ff00ffdeadbeef"])?;
+    assert_eq!(v["ok"], true, "{v}\n{}", s.daemon.log());
+    assert_eq!(v["answered"], false, "{v}");
+    // A length of 65535: refused before it is read.
+    let v = s
+        .daemon
+        .probe_in_job(&["dns-raw-tcp", &s.resolver(), "ffff0001"])?;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["answered"], false, "{v}");
+    assert!(
+        wait_until(Duration::from_secs(5), || sessions(&s, "dns").is_ok_and(
+            |l| l.iter().filter(|x| x["decision"] == "deny").count() == 2
+        )),
+        "{:?}",
+        sessions(&s, "dns")?
+    );
+    let mut reasons = Vec::new();
+    for d in sessions(&s, "dns")? {
+        assert!(d["job_id"].is_string(), "{d}");
+        let shown = s.daemon.show_session(&d["id"])?;
+        reasons.push(shown["reason"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        reasons.iter().any(|r| r.contains("malformed DNS query")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("more than")),
+        "{reasons:?}"
+    );
+    assert!(
+        !s.dns.output().contains("query") && !s.dns.output().contains("malformed"),
+        "{}",
+        s.dns.output()
+    );
+    Ok(())
+}
+
+/// A network namespace of the test's own with only loopback up (a container's, as far as the
+/// gateway can tell).
+struct JobNetns(String);
+
+impl JobNetns {
+    fn new() -> Result<JobNetns> {
+        let name = format!("gwd-{}", unique_id());
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = JobNetns(name);
+        run_ok(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
+        Ok(ns)
+    }
+
+    /// `program` run inside the namespace (nsenter, not `ip netns exec`: that one mounts a
+    /// sysfs of the namespace over /sys, and with it the cgroup file system).
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.0)).arg(program);
+        cmd
+    }
+
+    /// `gateway run -- e2e-probe ARGS…` from inside the namespace.
+    fn probe_in_job(&self, daemon: &Daemon, args: &[&str]) -> Result<Value> {
+        let out = self
+            .command(gateway_bin())
+            .arg("--control-socket")
+            .arg(&daemon.control_socket)
+            .arg("run")
+            .arg("--")
+            .arg(probe_bin())
+            .args(args)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).with_context(|| {
+            format!(
+                "probe in {}: {stdout}{}",
+                self.0,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+
+impl Drop for JobNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// A job in its own network namespace (a container's) asks the resolver of that namespace
+/// (127.0.0.11, as Docker's embedded resolver: on the host that address is the host's own
+/// loopback), over UDP and over TCP: the gateway's forwarder in that namespace asks it there,
+/// follows the answers for the job, and the job reaches each address it was told through the
+/// gateway; an address it was never told is refused.
+#[test]
+fn a_job_in_its_own_network_namespace_follows_dns_through_a_forwarder_there() -> Result<()> {
+    let job_ns = JobNetns::new()?;
+    let s = Setup::with_resolver_in(Some(&job_ns))?;
+    let (a, b, c) = (
+        Setup::address(&s.ns, 3),
+        Setup::address(&s.ns, 4),
+        Setup::address(&s.ns, 5),
+    );
+    let v = job_ns.probe_in_job(
+        &s.daemon,
+        &[
+            "dns-follow",
+            &s.resolver(),
+            "api.test",
+            "7000",
+            "2",
+            &format!("{a}:7000"),
+            &format!("{c}:7000"),
+        ],
+    )?;
+    let rounds = v["rounds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rounds.len(), 2, "{v}\n{}", s.daemon.log());
+    for (round, told) in rounds.iter().zip([&a, &b]) {
+        assert_eq!(round["ok"], true, "{v}\n{}", s.daemon.log());
+        assert_eq!(round["from"], s.resolver().as_str(), "{v}");
+        assert_eq!(round["addresses"], serde_json::json!([told]), "{v}");
+        let connect = &round["connects"][0];
+        assert_eq!(connect["ok"], true, "{told} must be reachable: {v}");
+        assert_eq!(connect["echo"], "told", "{v}");
+        assert!(
+            connect["local"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("127.0.0.1:")),
+            "through the gateway's listener in the namespace: {v}"
+        );
+    }
+    assert_eq!(v["others"][0]["ok"], true, "A is still within its TTL: {v}");
+    assert_eq!(
+        v["others"][1]["errno"],
+        libc::EPERM,
+        "C was never answered: {v}"
+    );
+    // Over TCP in the namespace too: the resolver's third answer (B, its last).
+    let v = job_ns.probe_in_job(
+        &s.daemon,
+        &["dns-follow-tcp", &s.resolver(), "api.test", "7000", "1"],
+    )?;
+    assert_eq!(v["rounds"][0]["ok"], true, "{v}\n{}", s.daemon.log());
+    assert_eq!(v["rounds"][0]["addresses"], serde_json::json!([b]), "{v}");
+    assert_eq!(v["rounds"][0]["connects"][0]["ok"], true, "{v}");
+    let out = s.dns.output();
+    assert!(out.contains("query api.test A udp"), "{out}");
+    assert!(out.contains("query api.test A tcp"), "{out}");
+
+    let dns = sessions(&s, "dns")?;
+    let allowed: Vec<&Value> = dns.iter().filter(|x| x["decision"] == "allow").collect();
+    assert_eq!(allowed.len(), 3, "one record per query: {dns:?}");
+    for d in &allowed {
+        assert!(d["job_id"].is_string(), "attributed to the job: {d}");
+        assert_eq!(d["target"], "api", "{d}");
+        assert_eq!(d["destination"], s.resolver().as_str(), "{d}");
+    }
+    let tcp = sessions(&s, "tcp")?;
+    assert_eq!(
+        tcp.iter().filter(|x| x["decision"] == "allow").count(),
+        4,
+        "{tcp:?}"
+    );
+    assert!(
+        tcp.iter()
+            .any(|x| x["decision"] == "deny" && x["destination"] == format!("{c}:7000")),
+        "{tcp:?}"
+    );
+    Ok(())
+}
+
+/// A job may not bind the forwarder's port: in its own network namespace, before the gateway
+/// listens there, it would receive its own (and its namespace's) queries in the forwarder's
+/// place. Refused with EPERM, on loopback and on any address.
+#[test]
+fn a_job_may_not_bind_the_dns_forwarders_port_in_its_namespace() -> Result<()> {
+    let job_ns = JobNetns::new()?;
+    let s = Setup::new()?;
+    for addr in [
+        format!("127.0.0.1:{}", s.dns_port),
+        format!("0.0.0.0:{}", s.dns_port),
+    ] {
+        let v = job_ns.probe_in_job(&s.daemon, &["bind-udp", &addr])?;
+        assert_eq!(v["errno"], libc::EPERM, "{addr}: {v}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || s.daemon.sessions().is_ok_and(
+            |l| l
+                .iter()
+                .any(|x| x["protocol"] == "bind" && x["decision"] == "deny")
+        )),
+        "{:?}",
+        s.daemon.sessions()?
+    );
+    Ok(())
+}
+
+/// A job that makes a network namespace of its own (`unshare -Urn`: its own user namespace,
+/// in which it may configure that network as it likes) and serves DNS there itself, on the
+/// resolver address it then asks: the gateway must not take that server's word for a target's
+/// addresses (it would let the job reach any address as the target, with the target's
+/// credentials). DNS of a namespace whose network the job controls is not forwarded; the
+/// address the job's own server answered stays unreachable.
+#[test]
+fn a_job_answering_its_own_dns_in_a_namespace_it_controls_is_not_followed() -> Result<()> {
+    // The allowed resolver is 127.0.0.11 (as with `[docker]`; a host's 127.0.0.53 stub is
+    // the same case): a loopback address the job can serve in a namespace of its own.
+    let containers = JobNetns::new()?;
+    let s = Setup::with_resolver_in(Some(&containers))?;
+    let c = Setup::address(&s.ns, 5);
+    let zone = s.zone.with_file_name("own-zone");
+    std::fs::write(&zone, format!("api.test 30 {c}\n"))?;
+    let log = s.zone.with_file_name("own-dns.log");
+    let script = format!(
+        "ip link set lo up || exit 3; {dns} 127.0.0.11:53 {zone} > {log} 2>&1 & \
+         for i in $(seq 100); do grep -q listening {log} && break; sleep 0.1; done; \
+         {probe} dns-follow-tcp 127.0.0.11:53 api.test 7000 1 {c}:7000; kill $!",
+        dns = dns_bin().display(),
+        zone = zone.display(),
+        log = log.display(),
+        probe = probe_bin().display(),
+    );
+    let out = s
+        .daemon
+        .run_job(&[], "unshare", &["-Urn", "sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).with_context(|| {
+        format!(
+            "job: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })?;
+    let connects = v["rounds"][0]["connects"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for connect in connects
+        .iter()
+        .chain(v["others"].as_array().into_iter().flatten())
+    {
+        assert_ne!(
+            connect["ok"], true,
+            "{c} reached on the job's own answer: {v}"
+        );
+    }
+    assert_eq!(v["others"][0]["errno"], libc::EPERM, "{v}");
+    assert!(
+        s.echo.accepted().is_empty(),
+        "{:?}\n{v}\n{}",
+        s.echo.accepted(),
+        s.daemon.log()
+    );
+    let dns = sessions(&s, "dns")?;
+    assert!(
+        dns.iter().all(|x| x["target"].is_null()),
+        "nothing followed: {dns:?}"
     );
     Ok(())
 }

@@ -1,25 +1,33 @@
 //! DNS follow: host-name targets reach the addresses each job is told, nothing else.
 //!
 //! With `server.dns_follow`, the kernel programs send jobs' DNS queries (UDP to port 53 of an
-//! allowed resolver) to the forwarder here instead, which asks the resolver the job addressed
-//! itself, and before the answer goes back notes every address answered for a host-name target
-//! (exact, or `*.suffix`) as told to this job, for the answer's TTL within the configured bounds,
-//! and adds it to the kernel's destination set. A redirected connect to such an address is served
-//! only for a job that was told it. Queries are recorded per job.
+//! allowed resolver) to the forwarder here instead, and the intercept listener hands it jobs'
+//! TCP connections to port 53 of those resolvers ([`tcp`]). The forwarder asks the resolver the
+//! job addressed itself, from the job's network namespace (where that address means what the
+//! job meant), and before the answer goes back notes every address answered for a host-name
+//! target (exact, or `*.suffix`) as told to this job, for the answer's TTL within the
+//! configured bounds, and adds it to the kernel's destination set. A redirected connect to such
+//! an address is served only for a job that was told it. Queries are recorded per job.
+//!
+//! The forwarder listens on loopback of the daemon's network namespace, and of each job network
+//! namespace the daemon listens in (opened and closed with the intercept listener there).
 
 mod answer;
 mod follow;
+pub mod tcp;
 #[cfg(test)]
 mod tests;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    fs::File,
+    io,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use gateway_common::{AF_INET, AF_INET6, DnsClient};
+use gateway_common::{AF_INET, AF_INET6};
 use hickory_proto::op::{Message, MessageType};
 use serde_json::json;
 use tokio::net::UdpSocket;
@@ -32,13 +40,13 @@ use crate::{
     budget::{self, Recorder},
     ebpf::{Dataplane, DnsClients},
     identity::Identity,
-    jobs::Jobs,
+    jobs::{Job, Jobs},
     record::{EventKind, NewSession, SessionKind, Store, now},
     targets::TargetSet,
 };
 
 /// Queries being forwarded at once, all jobs together; more are dropped (and logged).
-const MAX_IN_FLIGHT: usize = 256;
+pub const MAX_IN_FLIGHT: usize = 256;
 /// … and of one job, so that one job's queries to a resolver that does not answer leave room for
 /// the others'.
 const MAX_IN_FLIGHT_PER_JOB: usize = 32;
@@ -59,6 +67,32 @@ pub struct Services {
     pub shutdown: CancellationToken,
     /// Queries being forwarded, per job cgroup.
     pub in_flight: InFlight,
+    /// Queries being forwarded, all jobs together (see [`MAX_IN_FLIGHT`]).
+    pub limit: Arc<tokio::sync::Semaphore>,
+    /// The resolvers jobs may use (the kernel's `DNS_RESOLVERS`): a job's TCP connection to port
+    /// 53 of one of them is DNS for the forwarder.
+    pub resolvers: Vec<IpAddr>,
+    /// The daemon's own network namespace.
+    pub own_netns: u64,
+}
+
+impl Services {
+    /// Whether a job's TCP connection to `dst` is DNS for the forwarder.
+    pub fn is_resolver(&self, dst: SocketAddr) -> bool {
+        dst.port() == 53
+            && self
+                .resolvers
+                .iter()
+                .any(|r| crate::address::canonical(*r) == crate::address::canonical(dst.ip()))
+    }
+}
+
+/// The network namespace a query came from, where the forwarder asks the resolver.
+#[derive(Clone)]
+pub struct Namespace {
+    pub cookie: u64,
+    /// `None`: the daemon's own.
+    pub file: Option<Arc<File>>,
 }
 
 /// Queries being forwarded per job cgroup (see [`MAX_IN_FLIGHT_PER_JOB`]).
@@ -105,19 +139,87 @@ pub async fn bind(port: u16) -> std::io::Result<Vec<UdpSocket>> {
     Ok(sockets)
 }
 
-/// Serves the forwarder's sockets, and expires what was told, until shutdown.
+/// Binds the forwarder's sockets in the current thread's network namespace (a job's): 127.0.0.1
+/// and ::1 on `port`, skipping a family the namespace lacks; at least one.
+pub fn bind_here(port: u16) -> io::Result<Vec<std::net::UdpSocket>> {
+    let mut sockets = Vec::new();
+    let mut first_error = None;
+    for addr in [
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    ] {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(s) => {
+                s.set_nonblocking(true)?;
+                sockets.push(s);
+            }
+            // The namespace lacks the family (IPv6 off, or not in the kernel).
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrNotAvailable
+                    || e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    // A socket another process holds on the port would receive the job's queries: none of
+    // them is served rather than some.
+    match (first_error, sockets.is_empty()) {
+        (Some(e), _) => Err(e),
+        (None, true) => Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            "no loopback address in the namespace",
+        )),
+        (None, false) => Ok(sockets),
+    }
+}
+
+/// Serves the forwarder's sockets in the daemon's namespace, and expires what was told, until
+/// shutdown.
 pub async fn serve(sockets: Vec<UdpSocket>, services: Arc<Services>) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
+    let own = Namespace {
+        cookie: services.own_netns,
+        file: None,
+    };
     for socket in sockets {
         tasks.spawn(receive_loop(
             Arc::new(socket),
+            own.clone(),
             services.clone(),
-            limit.clone(),
         ));
     }
     tasks.spawn(expire_loop(services.clone()));
     services.shutdown.cancelled().await;
+    tasks.abort_all();
+}
+
+/// Serves the forwarder's sockets in a job network namespace until `stop` (or shutdown).
+pub async fn serve_namespace(
+    sockets: Vec<std::net::UdpSocket>,
+    namespace: Namespace,
+    services: Arc<Services>,
+    stop: CancellationToken,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for socket in sockets {
+        match UdpSocket::from_std(socket) {
+            Ok(s) => {
+                tasks.spawn(receive_loop(
+                    Arc::new(s),
+                    namespace.clone(),
+                    services.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "DNS forwarder: cannot serve a socket in a job namespace")
+            }
+        }
+    }
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = services.shutdown.cancelled() => {}
+    }
     tasks.abort_all();
 }
 
@@ -138,11 +240,7 @@ async fn expire_loop(services: Arc<Services>) {
     }
 }
 
-async fn receive_loop(
-    socket: Arc<UdpSocket>,
-    services: Arc<Services>,
-    limit: Arc<tokio::sync::Semaphore>,
-) {
+async fn receive_loop(socket: Arc<UdpSocket>, namespace: Namespace, services: Arc<Services>) {
     let family = match socket.local_addr() {
         Ok(SocketAddr::V4(_)) => AF_INET,
         _ => AF_INET6,
@@ -158,25 +256,49 @@ async fn receive_loop(
             }
         };
         // Read now: the sender's record is the one its datagram was written with.
-        let Some(client) = services.clients.get(peer.port(), family) else {
-            tracing::warn!(%peer, "DNS forwarder: a datagram from no job's DNS socket; dropped");
+        let Some(client) = services.clients.get(namespace.cookie, peer.port(), family) else {
+            tracing::warn!(%peer, netns_cookie = namespace.cookie, "DNS forwarder: a datagram from no job's DNS socket; dropped");
             continue;
         };
         let Some(job_permit) = services.in_flight.take(client.job_cgroup_id) else {
             tracing::warn!(%peer, "DNS forwarder: the job has {MAX_IN_FLIGHT_PER_JOB} queries in flight already; dropped");
             continue;
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let Ok(permit) = services.limit.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "DNS forwarder: {MAX_IN_FLIGHT} queries in flight already; dropped");
             continue;
         };
         let query = buf[..n].to_vec();
-        let (socket, services) = (socket.clone(), services.clone());
+        let (socket, services, namespace) = (socket.clone(), services.clone(), namespace.clone());
         tokio::spawn(async move {
             let _permits = (permit, job_permit);
-            forward(&socket, peer, client, query, &services).await;
+            let resolver = SocketAddr::new(
+                crate::address::from_kernel(&client.resolver, false),
+                client.resolver_port as u16,
+            );
+            let asker = Asker {
+                job_cgroup_id: client.job_cgroup_id,
+                job: services
+                    .jobs
+                    .of_kernel_record(client.job_slot, client.job_cgroup_id),
+            };
+            let outcome = match exchange(
+                &socket, peer, &asker, &query, resolver, &namespace, &services,
+            )
+            .await
+            {
+                Ok(o) | Err(o) => o,
+            };
+            record(&asker, resolver, outcome, &services).await;
         });
     }
+}
+
+/// The job a query is attributed to.
+pub struct Asker {
+    /// The job cgroup (what DNS follow notes the answers for).
+    pub job_cgroup_id: u64,
+    pub job: Option<Arc<Job>>,
 }
 
 /// What a query came to, for the record.
@@ -187,55 +309,44 @@ struct Outcome {
     target: Option<String>,
 }
 
-async fn forward(
-    socket: &UdpSocket,
-    peer: SocketAddr,
-    client: DnsClient,
-    query: Vec<u8>,
-    services: &Services,
-) {
-    let resolver = SocketAddr::new(
-        crate::address::from_kernel(&client.resolver, false),
-        client.resolver_port as u16,
-    );
-    let outcome = match exchange(socket, peer, &client, &query, resolver, services).await {
-        Ok(o) | Err(o) => o,
-    };
-    record(&client, resolver, outcome, services).await;
+impl Outcome {
+    fn refused(reason: String, detail: serde_json::Value) -> Outcome {
+        Outcome {
+            decision: "deny",
+            reason: Some(reason),
+            detail,
+            target: None,
+        }
+    }
 }
 
-async fn exchange(
-    socket: &UdpSocket,
-    peer: SocketAddr,
-    client: &DnsClient,
-    query: &[u8],
-    resolver: SocketAddr,
-    services: &Services,
-) -> Result<Outcome, Outcome> {
-    let refused = |reason: String, detail: serde_json::Value| Outcome {
-        decision: "deny",
-        reason: Some(reason),
-        detail,
-        target: None,
-    };
+/// A job's query the forwarder accepted: one question.
+struct Query {
+    id: u16,
+    name: hickory_proto::rr::Name,
+    detail: serde_json::Value,
+}
+
+/// Reads a job's query; a refusal (never forwarded) for anything but one question.
+fn read_query(query: &[u8], resolver: SocketAddr, transport: &str) -> Result<Query, Outcome> {
     if query.len() > MAX_QUERY {
-        return Err(refused(
+        return Err(Outcome::refused(
             format!("DNS query of more than {MAX_QUERY} bytes; dropped"),
-            json!({ "bytes": query.len() }),
+            json!({ "bytes": query.len(), "transport": transport, "resolver": resolver.to_string() }),
         ));
     }
     let parsed = match Message::from_vec(query) {
         Ok(m) if m.message_type() == MessageType::Query && m.queries().len() == 1 => m,
         Ok(_) => {
-            return Err(refused(
+            return Err(Outcome::refused(
                 "not a DNS query of one question; dropped".into(),
-                json!({ "bytes": query.len() }),
+                json!({ "bytes": query.len(), "transport": transport, "resolver": resolver.to_string() }),
             ));
         }
         Err(e) => {
-            return Err(refused(
+            return Err(Outcome::refused(
                 format!("malformed DNS query ({e}); dropped"),
-                json!({ "bytes": query.len() }),
+                json!({ "bytes": query.len(), "transport": transport, "resolver": resolver.to_string() }),
             ));
         }
     };
@@ -246,31 +357,39 @@ async fn exchange(
         .to_ascii()
         .trim_end_matches('.')
         .to_string();
-    let qtype = question.query_type();
-    let mut detail =
-        json!({ "name": name, "type": qtype.to_string(), "resolver": resolver.to_string() });
-    let upstream = match ask(query, parsed.id(), resolver).await {
-        Ok(a) => a,
-        Err(e) => {
-            detail["error"] = json!(e);
-            return Err(Outcome {
-                decision: "allow",
-                reason: Some(format!("no answer from the resolver: {e}")),
-                detail,
-                target: None,
-            });
-        }
-    };
-    let (answer, bytes) = upstream;
+    let detail = json!({
+        "name": name,
+        "type": question.query_type().to_string(),
+        "resolver": resolver.to_string(),
+        "transport": transport,
+    });
+    Ok(Query {
+        id: parsed.id(),
+        name: question.name().clone(),
+        detail,
+    })
+}
+
+/// Follows the resolver's answer to `query` for the job (in the kernel before the job hears of
+/// it); the bytes to give the job, and the record.
+async fn follow_answer(
+    mut query: Query,
+    answer: Message,
+    bytes: Vec<u8>,
+    asker: &Asker,
+    services: &Services,
+) -> (Vec<u8>, Outcome) {
+    let detail = &mut query.detail;
     detail["rcode"] = json!(answer.response_code().to_string());
     let max_ttl = u32::try_from(services.follow.settings.max_ttl.as_secs()).unwrap_or(u32::MAX);
-    let addresses = addresses(&answer, question.name());
+    let addresses = addresses(&answer, &query.name);
     detail["answers"] = json!(
         addresses
             .iter()
             .map(|(ip, ttl)| json!({ "address": ip.to_string(), "ttl": ttl }))
             .collect::<Vec<_>>()
     );
+    let name = detail["name"].as_str().unwrap_or_default().to_string();
     // Followed before the job hears of them: its connect must find them in the kernel.
     let statics = services.targets.read().clone();
     let now = Instant::now();
@@ -279,7 +398,7 @@ async fn exchange(
     for (ip, ttl) in &addresses {
         let (f, a) = services
             .follow
-            .tell(client.job_cgroup_id, &name, *ip, *ttl, &statics, now);
+            .tell(asker.job_cgroup_id, &name, *ip, *ttl, &statics, now);
         followed.extend(f);
         add.extend(a);
     }
@@ -305,25 +424,84 @@ async fn exchange(
     } else {
         bytes
     };
-    if let Err(e) = socket.send_to(&bytes, peer).await {
-        detail["error"] = json!(e.to_string());
-    }
-    Ok(Outcome {
-        decision: "allow",
-        reason: None,
-        detail,
-        target,
-    })
+    (
+        bytes,
+        Outcome {
+            decision: "allow",
+            reason: None,
+            detail: query.detail,
+            target,
+        },
+    )
 }
 
-/// Asks the resolver; the first answer with the query's id that parses.
-async fn ask(query: &[u8], id: u16, resolver: SocketAddr) -> Result<(Message, Vec<u8>), String> {
+/// The record of a query the resolver did not answer.
+fn unanswered(mut query: Query, error: String) -> Outcome {
+    query.detail["error"] = json!(error);
+    Outcome {
+        decision: "allow",
+        reason: Some(format!("no answer from the resolver: {error}")),
+        detail: query.detail,
+        target: None,
+    }
+}
+
+async fn exchange(
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    asker: &Asker,
+    query: &[u8],
+    resolver: SocketAddr,
+    namespace: &Namespace,
+    services: &Services,
+) -> Result<Outcome, Outcome> {
+    let parsed = read_query(query, resolver, "udp")?;
+    let (answer, bytes) = match ask(query, parsed.id, resolver, namespace).await {
+        Ok(a) => a,
+        Err(e) => return Err(unanswered(parsed, e)),
+    };
+    let (bytes, mut outcome) = follow_answer(parsed, answer, bytes, asker, services).await;
+    if let Err(e) = socket.send_to(&bytes, peer).await {
+        outcome.detail["error"] = json!(e.to_string());
+    }
+    Ok(outcome)
+}
+
+/// Runs `make` on a thread of its own in the network namespace `file` (or here, for the
+/// daemon's own): sockets it creates live there.
+async fn in_namespace<T: Send + 'static>(
+    file: Option<&Arc<File>>,
+    make: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let Some(file) = file.cloned() else {
+        return make();
+    };
+    tokio::task::spawn_blocking(move || crate::intercept::netns::run_in(&file, make))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Asks the resolver over UDP from the query's namespace; the first answer with the query's id
+/// that parses.
+async fn ask(
+    query: &[u8],
+    id: u16,
+    resolver: SocketAddr,
+    namespace: &Namespace,
+) -> Result<(Message, Vec<u8>), String> {
     let bind: SocketAddr = if resolver.is_ipv4() {
         "0.0.0.0:0".parse().expect("address")
     } else {
         "[::]:0".parse().expect("address")
     };
-    let socket = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
+    let socket = in_namespace(namespace.file.as_ref(), move || {
+        let s = std::net::UdpSocket::bind(bind)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })
+    .await
+    .and_then(UdpSocket::from_std)
+    .map_err(|e| e.to_string())?;
     socket.connect(resolver).await.map_err(|e| e.to_string())?;
     socket.send(query).await.map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 65535];
@@ -342,14 +520,12 @@ async fn ask(query: &[u8], id: u16, resolver: SocketAddr) -> Result<(Message, Ve
     }
 }
 
-async fn record(client: &DnsClient, resolver: SocketAddr, outcome: Outcome, services: &Services) {
-    let job = services
-        .jobs
-        .of_kernel_record(client.job_slot, client.job_cgroup_id);
+async fn record(asker: &Asker, resolver: SocketAddr, outcome: Outcome, services: &Services) {
+    let job = asker.job.as_ref();
     if !services
         .recorder
         .budgets
-        .admit(job.as_deref(), budget::Source::DnsQueries)
+        .admit(job.map(|j| &**j), budget::Source::DnsQueries)
     {
         return;
     }
@@ -363,14 +539,12 @@ async fn record(client: &DnsClient, resolver: SocketAddr, outcome: Outcome, serv
     );
     let session = NewSession {
         kind: SessionKind::Kernel,
-        job_id: job.as_ref().map(|j| j.id.clone()),
+        job_id: job.map(|j| j.id.clone()),
         target: outcome.target,
         protocol: Some("dns".into()),
         destination: resolver.to_string(),
         process: None,
-        identity: job
-            .as_ref()
-            .map_or_else(Identity::unauthenticated, |j| j.identity.clone()),
+        identity: job.map_or_else(Identity::unauthenticated, |j| j.identity.clone()),
         decision: outcome.decision.to_string(),
         rule: None,
         reason: outcome.reason,

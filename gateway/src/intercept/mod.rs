@@ -64,6 +64,8 @@ pub struct Services {
     pub containers: Arc<docker::containers::Containers>,
     /// DNS follow (`server.dns_follow`): the addresses each job was told for host-name targets.
     pub dns: Option<Arc<crate::dns::Follow>>,
+    /// DNS follow's forwarder: jobs' DNS over TCP, and its sockets in job network namespaces.
+    pub dns_forwarder: Option<Arc<crate::dns::Services>>,
 }
 
 /// Serves a listener in the network namespace `netns_cookie` until `stop` (or shutdown).
@@ -109,6 +111,12 @@ async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services
     };
     let dst = destination(&info);
     let job = services.jobs.for_cgroup(info.cgroup_id);
+    if let Some(forwarder) = &services.dns_forwarder
+        && forwarder.is_resolver(dst)
+        && services.targets.read().lookup(dst).is_none()
+    {
+        return dns_over_tcp(client, dst, info, job, netns_cookie, forwarder, &services).await;
+    }
     let identity = job
         .as_ref()
         .map_or_else(Identity::unauthenticated, |j| j.identity.clone());
@@ -287,6 +295,51 @@ async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services
             tcp::reset(client);
         }
     }
+}
+
+/// A job's DNS over TCP to a resolver it may use (the kernel redirects it only with DNS follow
+/// on): served by the DNS forwarder, from the job's network namespace, within the job's
+/// connection limit.
+async fn dns_over_tcp(
+    client: TcpStream,
+    resolver: SocketAddr,
+    info: ConnInfo,
+    job: Option<Arc<crate::jobs::Job>>,
+    netns_cookie: u64,
+    forwarder: &Arc<crate::dns::Services>,
+    services: &Services,
+) {
+    let file = if netns_cookie == forwarder.own_netns {
+        None
+    } else {
+        match services.netns.dns_namespace(netns_cookie) {
+            Some(f) => Some(f),
+            // Closed since it accepted, or a namespace whose DNS is not followed (another user
+            // namespace's: the job could answer itself there).
+            None => {
+                tracing::warn!(%resolver, netns_cookie, "DNS over TCP from a namespace whose DNS is not followed; refused");
+                return tcp::reset(client);
+            }
+        }
+    };
+    let slot = job
+        .as_ref()
+        .map(|j| ConnectionSlot::take(j, services.max_connections_per_job));
+    if matches!(slot, Some(Err(_))) {
+        tracing::warn!(%resolver, "DNS over TCP: the job has its connections open already; refused");
+        return tcp::reset(client);
+    }
+    let asker = crate::dns::Asker {
+        // The cgroup of the job (as the kernel's record of a datagram names it); a process of
+        // no job has no told addresses either way.
+        job_cgroup_id: job.as_ref().map_or(info.cgroup_id, |j| j.cgroup_id),
+        job,
+    };
+    let namespace = crate::dns::Namespace {
+        cookie: netns_cookie,
+        file,
+    };
+    crate::dns::tcp::serve(client, resolver, asker, namespace, forwarder).await;
 }
 
 /// The container the process runs in and the processes above it in its job, for a process that

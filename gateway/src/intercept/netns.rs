@@ -8,6 +8,12 @@
 //! the kernel holds the connect's SYN (`gw_syn_hold`) and TCP sends it again. Connect records
 //! are keyed by the namespace's cookie, so two containers using the same address and port do
 //! not meet. A listener closes once no process of any job is left in its namespace.
+//!
+//! With DNS follow the DNS forwarder listens there too (on the same loopback addresses, its own
+//! port), and asks resolvers from there: an address a job's resolver configuration names (a
+//! container's 127.0.0.11) means what it means in the job's namespace. Not in a namespace owned
+//! by another user namespace than the daemon's (`unshare -Urn`, rootless containers): whoever
+//! owns that one configures its network, and a job could answer its own queries there.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -49,6 +55,14 @@ pub enum NetnsError {
     Thread,
     #[error("cannot make the listener asynchronous: {0}")]
     Async(io::Error),
+    #[error(
+        "cannot listen for DNS on port {port} in the network namespace of process {pid}: {source}"
+    )]
+    Dns {
+        pid: u32,
+        port: u16,
+        source: io::Error,
+    },
 }
 
 /// What the daemon knows of a namespace it was asked to listen in.
@@ -63,6 +77,9 @@ enum State {
 struct Opened {
     /// Device and inode of the namespace (as `/proc/PID/ns/net` shows them).
     ns: (u64, u64),
+    /// The namespace itself, where the DNS forwarder asks resolvers (`None`: DNS is not
+    /// forwarded there).
+    dns: Option<Arc<File>>,
     since: Instant,
     /// Ends its accept loops (and so closes its listeners).
     stop: CancellationToken,
@@ -88,6 +105,8 @@ pub struct Namespaces {
     own_cookie: u64,
     /// Addresses of the host listeners; the same are bound in every namespace.
     listen: Vec<SocketAddr>,
+    /// The DNS forwarder's port (DNS follow on), bound on loopback in every namespace too.
+    dns_port: Option<u16>,
     states: Mutex<HashMap<u64, State>>,
     /// Namespaces being opened (requests for them meanwhile are dropped).
     opening: Mutex<HashSet<u64>>,
@@ -115,6 +134,7 @@ impl Namespaces {
         kernel: NetnsListeners,
         own_cookie: u64,
         listen: Vec<SocketAddr>,
+        dns_port: Option<u16>,
     ) -> Result<(Namespaces, Receiver), crate::ebpf::DataplaneError> {
         kernel.insert(own_cookie)?;
         let (requests, rx) = mpsc::channel(QUEUE);
@@ -123,6 +143,7 @@ impl Namespaces {
                 kernel,
                 own_cookie,
                 listen,
+                dns_port,
                 states: Mutex::default(),
                 opening: Mutex::default(),
                 requests,
@@ -147,6 +168,14 @@ impl Namespaces {
             if sent.is_err() {
                 lock(&self.opening).remove(&netns_cookie);
             }
+        }
+    }
+
+    /// The job network namespace `netns_cookie` while the DNS forwarder serves it.
+    pub fn dns_namespace(&self, netns_cookie: u64) -> Option<Arc<File>> {
+        match lock(&self.states).get(&netns_cookie) {
+            Some(State::Open(o)) => o.dns.clone(),
+            _ => None,
         }
     }
 
@@ -189,11 +218,18 @@ async fn open(request: Request, services: &Arc<Services>) {
     let namespaces = &services.netns;
     let Request { pid, netns_cookie } = request;
     let listen = namespaces.listen.clone();
-    let opened = tokio::task::spawn_blocking(move || listen_in(pid, netns_cookie, &listen))
-        .await
-        .unwrap_or(Err(NetnsError::Thread));
+    let dns_port = namespaces.dns_port;
+    let opened =
+        tokio::task::spawn_blocking(move || listen_in(pid, netns_cookie, &listen, dns_port))
+            .await
+            .unwrap_or(Err(NetnsError::Thread));
     let state = match opened {
-        Ok((ns, listeners)) => {
+        Ok(Bound {
+            ns,
+            file,
+            listeners,
+            dns,
+        }) => {
             let stop = services.shutdown.child_token();
             let mut addresses = Vec::new();
             for l in listeners {
@@ -205,6 +241,32 @@ async fn open(request: Request, services: &Arc<Services>) {
                     services.clone(),
                 ));
             }
+            let dns_file = match (&services.dns_forwarder, dns) {
+                (Some(forwarder), Some(sockets)) => {
+                    addresses.extend(sockets.iter().filter_map(|s| s.local_addr().ok()));
+                    let file = Arc::new(file);
+                    let namespace = crate::dns::Namespace {
+                        cookie: netns_cookie,
+                        file: Some(file.clone()),
+                    };
+                    tokio::spawn(crate::dns::serve_namespace(
+                        sockets,
+                        namespace,
+                        forwarder.clone(),
+                        stop.clone(),
+                    ));
+                    Some(file)
+                }
+                (Some(_), None) => {
+                    tracing::warn!(
+                        pid,
+                        netns_cookie,
+                        "the network namespace belongs to another user namespace: its DNS is not followed (host-name targets fail closed there)"
+                    );
+                    None
+                }
+                _ => None,
+            };
             // Only now do held SYNs pass: the listeners are there.
             match namespaces.kernel.insert(netns_cookie) {
                 Ok(()) => {
@@ -216,6 +278,7 @@ async fn open(request: Request, services: &Arc<Services>) {
                     );
                     State::Open(Opened {
                         ns,
+                        dns: dns_file,
                         since: Instant::now(),
                         stop,
                     })
@@ -300,14 +363,26 @@ fn namespaces_of(cgroups: &[std::path::PathBuf]) -> HashSet<(u64, u64)> {
         .collect()
 }
 
-/// Binds `listen` in the network namespace of `pid`, if that is still the namespace of
-/// `netns_cookie`. A thread of its own enters the namespace and returns to the daemon's before
-/// it ends (no thread of the runtime ever changes namespace).
+/// What was bound in a job network namespace.
+struct Bound {
+    /// Device and inode of the namespace.
+    ns: (u64, u64),
+    file: File,
+    listeners: Vec<TcpListener>,
+    /// The DNS forwarder's sockets (`None`: not bound, without DNS follow or in a namespace of
+    /// another user namespace).
+    dns: Option<Vec<std::net::UdpSocket>>,
+}
+
+/// Binds `listen` (and the DNS forwarder's port) in the network namespace of `pid`, if that is
+/// still the namespace of `netns_cookie`. A thread of its own enters the namespace and returns
+/// to the daemon's before it ends (no thread of the runtime ever changes namespace).
 fn listen_in(
     pid: u32,
     netns_cookie: u64,
     listen: &[SocketAddr],
-) -> Result<((u64, u64), Vec<TcpListener>), NetnsError> {
+    dns_port: Option<u16>,
+) -> Result<Bound, NetnsError> {
     let ns = File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|source| NetnsError::Gone { pid, source })?;
     let meta = ns
@@ -315,12 +390,24 @@ fn listen_in(
         .map_err(|source| NetnsError::Gone { pid, source })?;
     let own = File::open("/proc/thread-self/ns/net")
         .map_err(|source| NetnsError::Gone { pid, source })?;
+    let dns_port = dns_port.filter(|_| owned_by_own_user_namespace(&ns));
     let bound = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|source| NetnsError::Enter { pid, source })?;
-                let result = bind_here(pid, netns_cookie, listen);
+                let result =
+                    bind_here(pid, netns_cookie, listen).and_then(|listeners| {
+                        let dns =
+                            match dns_port {
+                                Some(port) => Some(
+                                    crate::dns::bind_here(port)
+                                        .map_err(|source| NetnsError::Dns { pid, port, source })?,
+                                ),
+                                None => None,
+                            };
+                        Ok((listeners, dns))
+                    });
                 // Back to the daemon's namespace (the thread ends anyway).
                 let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
                 result
@@ -328,6 +415,7 @@ fn listen_in(
             .join()
             .unwrap_or(Err(NetnsError::Thread))
     })?;
+    let (bound, dns) = bound;
     let listeners = bound
         .into_iter()
         .map(|l| {
@@ -336,7 +424,52 @@ fn listen_in(
         })
         .collect::<io::Result<Vec<_>>>()
         .map_err(NetnsError::Async)?;
-    Ok(((meta.dev(), meta.ino()), listeners))
+    Ok(Bound {
+        ns: (meta.dev(), meta.ino()),
+        file: ns,
+        listeners,
+        dns,
+    })
+}
+
+/// Whether the network namespace `ns` is owned by the daemon's user namespace (only processes
+/// with capabilities there configure it). Unknown counts as not.
+fn owned_by_own_user_namespace(ns: &File) -> bool {
+    /// `NS_GET_USERNS` (linux/nsfs.h): `_IO(0xb7, 0x1)`.
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: ioctl(2) on a descriptor `ns` owns, with no argument; it returns a new descriptor
+    // (owned by the File below) or -1.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` was just returned open by the kernel and is owned by nothing else.
+    let owner = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    match (owner.metadata(), std::fs::metadata("/proc/self/ns/user")) {
+        (Ok(o), Ok(own)) => (o.dev(), o.ino()) == (own.dev(), own.ino()),
+        _ => false,
+    }
+}
+
+/// Runs `make` on a thread of its own in the network namespace `ns` (sockets it creates live
+/// there); the thread returns to the daemon's namespace before it ends.
+pub fn run_in<T: Send>(ns: &File, make: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let own = File::open("/proc/thread-self/ns/net")?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let result = make();
+                let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+                result
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(io::Error::other(
+                    "the thread that entered the namespace panicked",
+                ))
+            })
+    })
 }
 
 /// Binds the listener addresses in the current thread's namespace, which must be the one the

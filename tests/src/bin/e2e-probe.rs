@@ -16,6 +16,7 @@
 //!   unix                    socket(AF_UNIX, SOCK_STREAM, 0)
 //!   io-uring                io_uring_setup(2) (its socket operation would skip socket(2))
 //!   bind ADDR               bind a TCP socket
+//!   bind-udp ADDR           bind a UDP socket
 //!   tfo ADDR                TCP Fast Open: sendto(MSG_FASTOPEN) without connect()
 //!   move-cgroup DIR         write own pid into DIR/cgroup.procs (escape attempt)
 //!   control SOCKET          send a status request to the gateway control socket; then say
@@ -38,7 +39,13 @@
 //!                           connected socket, as glibc does, even rounds with sendto()), check
 //!                           the answer comes from RESOLVER, connect to each address on PORT;
 //!                           then connect to each ADDR
+//!   dns-follow-tcp RESOLVER NAME PORT ROUNDS [ADDR…]
+//!                           the same over TCP (length-prefixed, one connection per round, as
+//!                           a resolver library retrying a truncated answer does)
 //!   dns-raw RESOLVER HEX    send the bytes HEX to RESOLVER; say whether anything came back
+//!   dns-raw-tcp RESOLVER HEX
+//!                           connect to RESOLVER over TCP, send the bytes HEX; say whether
+//!                           anything came back before the connection ended
 //!
 //! `--cgroup DIR` first moves the probe into DIR (as a job's process would be).
 
@@ -231,6 +238,13 @@ fn udp(addr: &str, connect_only: bool) -> Value {
 
 fn bind(addr: &str) -> Value {
     match std::net::TcpListener::bind(addr) {
+        Ok(_) => json!({ "ok": true }),
+        Err(e) => errno_json(&e),
+    }
+}
+
+fn bind_udp(addr: &str) -> Value {
+    match UdpSocket::bind(addr) {
         Ok(_) => json!({ "ok": true }),
         Err(e) => errno_json(&e),
     }
@@ -537,8 +551,21 @@ fn flood_udp(addr: &str, count: &str) -> Value {
     }))
 }
 
-/// One A query, on a connected socket or with sendto(); the addresses and who answered.
-fn dns_query(resolver: SocketAddr, name: &str, id: u16, connected: bool) -> Value {
+/// How a DNS query is sent.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    /// A UDP socket connected to the resolver, as glibc does.
+    Connected,
+    /// An unconnected UDP socket, sendto().
+    SendTo,
+    /// TCP, length-prefixed.
+    Tcp,
+}
+
+/// One A query; the addresses and who answered. Over UDP the query is sent again after a
+/// second without an answer (up to 5 times, as resolver libraries do): a job's first query in a
+/// network namespace the gateway does not serve yet is not answered.
+fn dns_query(resolver: SocketAddr, name: &str, id: u16, transport: Transport) -> Value {
     use hickory_proto::{
         op::{Message, Query},
         rr::{Name, RData, RecordType},
@@ -552,29 +579,71 @@ fn dns_query(resolver: SocketAddr, name: &str, id: u16, connected: bool) -> Valu
             RecordType::A,
         ));
     let bytes = query.to_vec().expect("query");
-    let socket = UdpSocket::bind(if resolver.is_ipv4() {
-        "0.0.0.0:0"
+    let (answer, from, peer) = if transport == Transport::Tcp {
+        let mut stream = match TcpStream::connect_timeout(&resolver, Duration::from_secs(5)) {
+            Ok(s) => s,
+            Err(e) => return errno_json(&e),
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend(&bytes);
+        let mut len = [0u8; 2];
+        let read = stream.write_all(&framed).and_then(|()| {
+            stream.read_exact(&mut len)?;
+            let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut answer)?;
+            Ok(answer)
+        });
+        match read {
+            Ok(a) => {
+                let peer = stream.peer_addr().map(|p| p.to_string()).ok();
+                (a, resolver, peer)
+            }
+            Err(e) => return errno_json(&e),
+        }
     } else {
-        "[::]:0"
-    })
-    .expect("bind");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let sent = if connected {
-        socket.connect(resolver).and_then(|()| socket.send(&bytes))
-    } else {
-        socket.send_to(&bytes, resolver)
+        let socket = UdpSocket::bind(if resolver.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        })
+        .expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let connected = transport == Transport::Connected;
+        if connected && let Err(e) = socket.connect(resolver) {
+            return errno_json(&e);
+        }
+        let mut buf = [0u8; 4096];
+        let mut received = None;
+        for _ in 0..5 {
+            let sent = if connected {
+                socket.send(&bytes)
+            } else {
+                socket.send_to(&bytes, resolver)
+            };
+            if let Err(e) = sent {
+                return errno_json(&e);
+            }
+            match socket.recv_from(&mut buf) {
+                Ok(r) => {
+                    received = Some(r);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return errno_json(&e),
+            }
+        }
+        let Some((n, from)) = received else {
+            return json!({ "ok": false, "error": "no answer" });
+        };
+        let peer = socket.peer_addr().map(|p| p.to_string()).ok();
+        (buf[..n].to_vec(), from, peer)
     };
-    if let Err(e) = sent {
-        return errno_json(&e);
-    }
-    let mut buf = [0u8; 4096];
-    let (n, from) = match socket.recv_from(&mut buf) {
-        Ok(r) => r,
-        Err(e) => return errno_json(&e),
-    };
-    let addresses: Vec<String> = match Message::from_vec(&buf[..n]) {
+    let addresses: Vec<String> = match Message::from_vec(&answer) {
         Ok(m) if m.id() == id => m
             .answers()
             .iter()
@@ -586,17 +655,21 @@ fn dns_query(resolver: SocketAddr, name: &str, id: u16, connected: bool) -> Valu
         Ok(_) => return json!({ "ok": false, "error": "answer with another id" }),
         Err(e) => return json!({ "ok": false, "error": e.to_string() }),
     };
-    let peer = socket.peer_addr().map(|p| p.to_string()).ok();
-    json!({ "ok": true, "from": from.to_string(), "addresses": addresses, "connected": connected, "peer": peer })
+    json!({ "ok": true, "from": from.to_string(), "addresses": addresses, "connected": transport == Transport::Connected, "peer": peer })
 }
 
-fn dns_follow(args: &[String]) -> Value {
+fn dns_follow(args: &[String], tcp: bool) -> Value {
     let resolver: SocketAddr = args[0].parse().expect("resolver");
     let port = &args[2];
     let rounds: u16 = args[3].parse().expect("rounds");
     let mut out = Vec::new();
     for round in 1..=rounds {
-        let mut answer = dns_query(resolver, &args[1], 0x4000 + round, round % 2 == 1);
+        let transport = match (tcp, round % 2) {
+            (true, _) => Transport::Tcp,
+            (false, 1) => Transport::Connected,
+            (false, _) => Transport::SendTo,
+        };
+        let mut answer = dns_query(resolver, &args[1], 0x4000 + round, transport);
         let connects: Vec<Value> = answer["addresses"]
             .as_array()
             .cloned()
@@ -635,6 +708,29 @@ fn dns_raw(resolver: &str, hex: &str) -> Value {
     json!({ "ok": true, "answered": socket.recv_from(&mut buf).is_ok() })
 }
 
+fn dns_raw_tcp(resolver: &str, hex: &str) -> Value {
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).expect("hex"))
+        .collect();
+    let addr = match resolve(resolver) {
+        Ok(a) => a,
+        Err(v) => return v,
+    };
+    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return errno_json(&e),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    if let Err(e) = stream.write_all(&bytes) {
+        return errno_json(&e);
+    }
+    let mut buf = [0u8; 4096];
+    let answered = matches!(stream.read(&mut buf), Ok(n) if n > 0);
+    json!({ "ok": true, "answered": answered })
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--cgroup") {
@@ -667,6 +763,7 @@ fn main() {
         "unix" => socket_call(libc::AF_UNIX, libc::SOCK_STREAM, 0),
         "io-uring" => io_uring_setup(),
         "bind" => bind(arg(1)),
+        "bind-udp" => bind_udp(arg(1)),
         "tfo" => tfo(arg(1)),
         "move-cgroup" => move_cgroup(arg(1)),
         "control" => control(arg(1)),
@@ -675,8 +772,10 @@ fn main() {
         "connect-then" => connect_then(arg(1)),
         "flood-connect" => flood_connect(arg(1), arg(2), arg(3)),
         "flood-udp" => flood_udp(arg(1), arg(2)),
-        "dns-follow" => dns_follow(&args[1..]),
+        "dns-follow" => dns_follow(&args[1..], false),
+        "dns-follow-tcp" => dns_follow(&args[1..], true),
         "dns-raw" => dns_raw(arg(1), arg(2)),
+        "dns-raw-tcp" => dns_raw_tcp(arg(1), arg(2)),
         other => {
             eprintln!("e2e-probe: unknown operation {other:?}");
             std::process::exit(2);
