@@ -204,6 +204,22 @@ fn statements_cannot_be_smuggled_by_changing_how_the_server_lexes() -> Result<()
 }
 
 #[test]
+fn a_copy_is_masked_by_its_own_options_not_by_a_cached_neighbours() -> Result<()> {
+    let t = fixture()?;
+    // `HEADER 1` makes the first line a header, which masking leaves alone; `HEADER 0` writes
+    // none. With `HEADER 1` classified first, the classification cache (which leaves numbers'
+    // values out of its keys) once answered `HEADER 0` with `HEADER 1`'s result, and the first
+    // row went out unmasked.
+    let with_header = t.psql_ok("COPY users (ssn) TO STDOUT (FORMAT csv, HEADER 1)")?;
+    assert!(with_header.starts_with("ssn"), "{with_header}");
+    assert!(!leaks_ssn(&with_header), "{with_header}");
+    let without = t.psql_ok("COPY users (ssn) TO STDOUT (FORMAT csv, HEADER 0)")?;
+    assert!(!leaks_ssn(&without), "{without}");
+    assert_eq!(without.matches("[masked]").count(), 3, "{without}");
+    Ok(())
+}
+
+#[test]
 fn statement_and_portal_maps_mirror_the_server() -> Result<()> {
     let t = fixture()?;
     // A SQL cursor executed through the protocol, after describing an unrelated statement: the

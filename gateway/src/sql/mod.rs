@@ -15,7 +15,7 @@ mod readings;
 mod walk;
 
 use parking_lot::Mutex;
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 
@@ -365,11 +365,11 @@ pub struct Classified {
 }
 
 /// Classification shared by every session of the daemon: results by text (numeric literals'
-/// values left out: see `normalize`), and a bound on how many long texts are parsed at once, so
+/// values left out where no result depends on them: see [`CacheKeys`]), and a bound on how many long texts are parsed at once, so
 /// that memory stays bounded whatever jobs send. Policy is still decided per statement.
 #[derive(Debug)]
 pub struct Classifier {
-    entries: Mutex<HashMap<Box<str>, Statements>>,
+    entries: Mutex<Entries>,
     parses: Arc<tokio::sync::Semaphore>,
 }
 
@@ -379,11 +379,53 @@ impl Default for Classifier {
     }
 }
 
+/// Cached results. Exact texts and literal-free forms are kept apart: `SET x = 0` as sent and
+/// the literal-free form of `SET x = 1` are the same string, and must not find each other.
+#[derive(Debug, Default)]
+struct Entries {
+    /// By the text as sent (with its encoding's name in front when not UTF-8).
+    exact: HashMap<Box<str>, Statements>,
+    /// By the text with its numbers' values left out (see `normalize`): only results that no
+    /// number's value can change.
+    literal_free: HashMap<Box<str>, Statements>,
+}
+
+/// A text as the cache knows it (see [`Entries`]).
+fn cache_key(text: &str, encoding: ClientEncoding) -> Cow<'_, str> {
+    match encoding {
+        ClientEncoding::Utf8 | ClientEncoding::SqlAscii => Cow::Borrowed(text),
+        other => Cow::Owned(format!("{}\0{text}", other.name())),
+    }
+}
+
+/// Whether no number's value in the text can have changed this classification: plain queries
+/// and row changes only. Settings (`SET standard_conforming_strings = 1` against `= 0`), COPY
+/// options, named objects and parse errors (which may quote the text) carry literal values, so
+/// they are kept under their exact text.
+fn literal_values_unused(statements: &[SqlStatement]) -> bool {
+    let plain = |k: StatementKind| {
+        matches!(
+            k,
+            StatementKind::Select
+                | StatementKind::Insert
+                | StatementKind::Update
+                | StatementKind::Delete
+        )
+    };
+    statements.iter().all(|s| {
+        s.kinds().all(plain)
+            && s.settings.is_empty()
+            && s.copy.is_none()
+            && s.object.is_none()
+            && s.error.is_none()
+    })
+}
+
 impl Classifier {
     /// `parallel`: long texts parsed at the same time (each may take tens of MB).
     pub fn new(parallel: usize) -> Self {
         Classifier {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
             parses: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
         }
     }
@@ -419,23 +461,24 @@ impl Classifier {
         let text: Arc<str> = Arc::from(text.as_ref());
         // Texts no longer than the token limit cannot exceed it: those may share results.
         let cacheable = raw.len() <= CACHE_MAX_TEXT.min(limits.max_tokens);
-        let normalized = cacheable
-            .then(|| normalize::literal_free_key(&text))
-            .flatten();
-        let key = cacheable.then(|| {
-            let base = normalized.as_deref().unwrap_or(&text);
-            match encoding {
-                ClientEncoding::Utf8 | ClientEncoding::SqlAscii => Box::<str>::from(base),
-                other => format!("{}\0{base}", other.name()).into_boxed_str(),
-            }
+        let keys = cacheable.then(|| {
+            let literal_free =
+                normalize::literal_free_key(&text).map(|k| cache_key(&k, encoding).into_owned());
+            (cache_key(&text, encoding), literal_free)
         });
-        if let Some(k) = &key
-            && let Some(hit) = self.lock().get(k)
-        {
-            return Classified {
-                text,
-                statements: hit.clone(),
-            };
+        if let Some((exact, literal_free)) = &keys {
+            let entries = self.lock();
+            let hit = entries.exact.get(exact.as_ref()).or_else(|| {
+                literal_free
+                    .as_deref()
+                    .and_then(|k| entries.literal_free.get(k))
+            });
+            if let Some(hit) = hit {
+                return Classified {
+                    text,
+                    statements: hit.clone(),
+                };
+            }
         }
         let statements = if raw.len() <= INLINE_MAX_TEXT {
             Arc::new(classify_all_readings(&text, raw, limits.max_tokens))
@@ -443,18 +486,19 @@ impl Classifier {
             self.classify_blocking(text.clone(), raw.to_vec(), limits.max_tokens)
                 .await
         };
-        if let Some(k) = key {
-            // An unparsed result's error message may quote the text: keep it under its exact
-            // text only.
-            let exact_only = normalized.is_some() && statements.iter().any(|s| s.error.is_some());
-            if !exact_only {
-                let mut entries = self.lock();
-                // Crude but bounded: when full, start over (hot texts come back on their next use).
-                if entries.len() >= CACHE_CAPACITY {
-                    entries.clear();
-                }
-                entries.insert(k, statements.clone());
+        if let Some((exact, literal_free)) = keys {
+            let mut entries = self.lock();
+            // Crude but bounded: when full, start over (hot texts come back on their next use).
+            if entries.exact.len() + entries.literal_free.len() >= CACHE_CAPACITY {
+                entries.exact.clear();
+                entries.literal_free.clear();
             }
+            match literal_free {
+                Some(k) if literal_values_unused(&statements) => {
+                    entries.literal_free.insert(k.into(), statements.clone())
+                }
+                _ => entries.exact.insert(exact.into(), statements.clone()),
+            };
         }
         Classified { text, statements }
     }
@@ -483,7 +527,7 @@ impl Classifier {
         }
     }
 
-    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Box<str>, Statements>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Entries> {
         self.entries.lock()
     }
 }

@@ -1,6 +1,7 @@
 //! Cache keys that ignore the values of numeric literals: `… WHERE id = 42` and `… WHERE id = 7`
-//! classify alike (no classification depends on a number's value), so clients that inline values
-//! (the simple protocol) still hit the classification cache.
+//! classify alike (no query's classification depends on a number's value), so clients that inline
+//! values (the simple protocol) still hit the classification cache. Which results may be shared
+//! under such a key is decided by the classifier (settings, for one, carry their values).
 //!
 //! Only plain digit runs outside quotes and comments are replaced, and only where they stand
 //! alone (not part of an identifier, a `$1` parameter, a decimal or exponent). Text this scanner

@@ -283,6 +283,90 @@ fn texts_differing_in_numbers_share_a_classification_but_not_an_error() {
 }
 
 #[test]
+fn a_copy_option_is_never_read_from_another_texts_cache_entry() {
+    let header = |c: &Classifier, sql: &str| {
+        cached(c, sql)[0]
+            .copy
+            .as_ref()
+            .map(|spec| spec.header)
+            .expect("a COPY")
+    };
+    // The literal-free form of `HEADER 1` is the exact text of `HEADER 0`.
+    let cache = Classifier::default();
+    assert!(header(
+        &cache,
+        "COPY users TO STDOUT (FORMAT csv, HEADER 1)"
+    ));
+    assert!(!header(
+        &cache,
+        "COPY users TO STDOUT (FORMAT csv, HEADER 0)"
+    ));
+    assert!(!header(
+        &cache,
+        "COPY users TO STDOUT (FORMAT csv, HEADER 0)"
+    ));
+    // The other way round.
+    let cache = Classifier::default();
+    assert!(!header(
+        &cache,
+        "COPY users TO STDOUT (FORMAT csv, HEADER 0)"
+    ));
+    assert!(header(
+        &cache,
+        "COPY users TO STDOUT (FORMAT csv, HEADER 1)"
+    ));
+    // FETCH counts are not shared either.
+    let a = cached(&cache, "FETCH 1 FROM c");
+    let b = cached(&cache, "FETCH 2 FROM c");
+    assert!(!Arc::ptr_eq(&a, &b));
+}
+
+#[test]
+fn texts_differing_in_one_byte_are_never_confused() {
+    let cache = Classifier::default();
+    let texts = [
+        "SELECT * FROM users WHERE id = 1",
+        "SELECT * FROM users WHERE id = 1 ",
+        "SELECT * FROM userz WHERE id = 1",
+        "SELECT * FROM users WHERE id < 1",
+        "DELETE FROM users WHERE id = 1",
+        "DELETE FROM users WHERE id = $1",
+        "SELECT * FROM users WHERE id = 1;DELETE FROM users",
+    ];
+    for _ in 0..2 {
+        for (i, a) in texts.iter().enumerate() {
+            let got = cached(&cache, a);
+            assert_eq!(
+                *got,
+                classify_all_readings(a, a.as_bytes(), Limits::default().max_tokens),
+                "{a}"
+            );
+            for b in &texts[i + 1..] {
+                assert!(!Arc::ptr_eq(&got, &cached(&cache, b)), "{a} / {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn cache_is_bounded() {
+    let cache = Classifier::default();
+    for i in 0..(super::CACHE_CAPACITY + 10) {
+        let _ = cached(&cache, &format!("SELECT c{i} FROM t"));
+    }
+    let len = |c: &Classifier| {
+        let entries = c.lock();
+        entries.exact.len() + entries.literal_free.len()
+    };
+    assert!(len(&cache) <= super::CACHE_CAPACITY);
+    // A text longer than the cache keeps is classified, not kept.
+    let long = format!("SELECT {} FROM t", "c, ".repeat(2000) + "c");
+    let before = len(&cache);
+    assert_eq!(cached(&cache, &long)[0].kind, StatementKind::Select);
+    assert_eq!(len(&cache), before);
+}
+
+#[test]
 fn tables_read_by_any_syntax_the_server_accepts() {
     for sql in [
         "SELECT * FROM (TABLE secrets) s",

@@ -342,6 +342,122 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user, system) the process `pid` and all its threads have used so far.
+fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) ends with ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // USER_HZ: the kernel reports these times in ticks of 1/100 s on every Linux architecture.
+    let ticks = 100.0;
+    let field = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("/proc/PID/stat field")?
+            .parse::<f64>()?
+            / ticks)
+    };
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+    Ok((field(11)?, field(12)?))
+}
+
+/// BENCH_PG_CPU=N: the gateway's CPU time per transaction, over `pgbench -t N` per client, relay
+/// against the PostgreSQL layer, simple and extended. CPU time per transaction hardly moves with
+/// the machine's load (TPS does), so it shows what a change to the layer costs or saves. With
+/// BENCH_PERF_DIR, the first round of each is sampled with `perf record -g` into that directory.
+fn cpu_per_transaction(b: &Bench, transactions: u64) -> Result<()> {
+    const CLIENTS: u64 = 4;
+    let pid = b.daemon.pid();
+    let paths = [Path::GatewayRelay, Path::Gateway];
+    let modes = ["simple", "extended"];
+    let mut per: Vec<Vec<Vec<(f64, f64)>>> = vec![vec![Vec::new(); paths.len()]; modes.len()];
+    for round in 0..ROUNDS {
+        for (m, mode) in modes.iter().enumerate() {
+            for (i, p) in paths.iter().enumerate() {
+                let perf = match std::env::var_os("BENCH_PERF_DIR") {
+                    Some(dir) if round == 0 => {
+                        let name = if *p == Path::Gateway {
+                            "layer"
+                        } else {
+                            "relay"
+                        };
+                        let out =
+                            std::path::Path::new(&dir).join(format!("cpu-{name}-{mode}.data"));
+                        let child = Command::new("perf")
+                            .args([
+                                "record",
+                                "-F",
+                                "999",
+                                "-g",
+                                "-q",
+                                "-p",
+                                &pid.to_string(),
+                                "-o",
+                            ])
+                            .arg(&out)
+                            .spawn()
+                            .context("perf record")?;
+                        std::thread::sleep(Duration::from_millis(500));
+                        Some(child)
+                    }
+                    _ => None,
+                };
+                let (u0, s0) = cpu_seconds(pid)?;
+                b.pgbench(
+                    *p,
+                    &[
+                        "-S",
+                        "-c",
+                        &CLIENTS.to_string(),
+                        "-j",
+                        "2",
+                        "-t",
+                        &transactions.to_string(),
+                        "-M",
+                        mode,
+                    ],
+                )?;
+                let (u1, s1) = cpu_seconds(pid)?;
+                if let Some(mut child) = perf {
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(child.id() as i32),
+                        nix::sys::signal::Signal::SIGINT,
+                    )?;
+                    let _ = child.wait();
+                }
+                let n = (transactions * CLIENTS) as f64;
+                per[m][i].push(((u1 - u0) * 1e6 / n, (s1 - s0) * 1e6 / n));
+            }
+        }
+    }
+    println!(
+        "\nPostgreSQL — gateway CPU µs per transaction (user + system), pgbench -S -c {CLIENTS} -j 2 -t {transactions}, median of {ROUNDS} interleaved rounds"
+    );
+    for (m, mode) in modes.iter().enumerate() {
+        let show = |i: usize| {
+            let total = Measured::of(per[m][i].iter().map(|(u, s)| u + s).collect());
+            let user = median(per[m][i].iter().map(|(u, _)| *u).collect());
+            let sys = median(per[m][i].iter().map(|(_, s)| *s).collect());
+            (
+                total,
+                format!("{} ({user:.1} user + {sys:.1} sys)", total.show(1)),
+            )
+        };
+        let (relay, relay_text) = show(0);
+        let (layer, layer_text) = show(1);
+        println!(
+            "{mode:<9} relay {relay_text}; L7 all on {layer_text}; the layer adds {:.1} µs ({:.2}× the relay)",
+            layer.median - relay.median,
+            layer.median / relay.median
+        );
+    }
+    Ok(())
+}
+
 pub(super) fn run() -> Result<()> {
     // BENCH_PG_QUICK=1 (development only): haproxy and the gateway (both ways), simple protocol, no
     // idle test.
@@ -354,6 +470,14 @@ pub(super) fn run() -> Result<()> {
         if !skipped(p) {
             b.pgbench(p, &["-S", "-c", "4", "-j", "2", "-T", "2"])?;
         }
+    }
+
+    if let Some(n) = std::env::var_os("BENCH_PG_CPU") {
+        let n = n
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .context("BENCH_PG_CPU: a number of transactions per client")?;
+        return cpu_per_transaction(&b, n);
     }
 
     let modes: &[&str] = if quick {

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Serialize, Serializer};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::state::Exec;
 use crate::{
@@ -67,6 +67,42 @@ struct SqlEvent<'s> {
     reason: Option<&'s str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'s str>,
+}
+
+/// The `sql_result` event, serialized straight from the execution's fields.
+#[derive(Serialize)]
+struct ResultEvent<'s> {
+    seq: u64,
+    duration_ms: f64,
+    rows: u64,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tags: &'s [String],
+    #[serde(skip_serializing_if = "is_zero")]
+    masked_values: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    suspended: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ResultError<'s>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'s str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    columns: Option<&'s [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample: Option<&'s [Vec<Value>]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample_note: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ResultError<'s> {
+    code: &'s str,
+    message: &'s str,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Text recorded up to a length (see [`cap`]).
@@ -195,37 +231,29 @@ impl<'a> Journal<'a> {
     /// Records the outcome of an execution (stored with the next statement or flush: the answer
     /// already went out).
     pub fn result(&self, exec: &Exec, skipped: bool) {
-        let mut detail = json!({
-            "seq": exec.seq,
-            "duration_ms": (exec.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            "rows": exec.rows,
-        });
-        if !exec.tags.is_empty() {
-            detail["tags"] = json!(exec.tags);
+        let has_sample = !exec.sample.is_empty();
+        let detail = ResultEvent {
+            seq: exec.seq,
+            duration_ms: (exec.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            rows: exec.rows,
+            tags: &exec.tags,
+            masked_values: exec.masked,
+            suspended: exec.suspended,
+            skipped: skipped.then_some("not executed: an earlier message of the pipeline failed"),
+            error: exec
+                .error
+                .as_ref()
+                .map(|(code, message)| ResultError { code, message }),
+            refused: exec.refusal.as_ref().map(|r| r.message.as_str()),
+            columns: has_sample.then_some(&exec.sample_columns[..]),
+            sample: has_sample.then_some(&exec.sample[..]),
+            sample_note: exec
+                .sample_dropped
+                .then_some("result samples left out: the session's sample cap is reached"),
+        };
+        // Serializing borrowed fields of plain types cannot fail.
+        if let Ok(text) = serde_json::to_string(&detail) {
+            self.results.lock().push(text);
         }
-        if exec.masked > 0 {
-            detail["masked_values"] = json!(exec.masked);
-        }
-        if exec.suspended {
-            detail["suspended"] = json!(true);
-        }
-        if skipped {
-            detail["skipped"] = json!("not executed: an earlier message of the pipeline failed");
-        }
-        if let Some((code, message)) = &exec.error {
-            detail["error"] = json!({ "code": code, "message": message });
-        }
-        if let Some(r) = &exec.refusal {
-            detail["refused"] = json!(r.message);
-        }
-        if !exec.sample.is_empty() {
-            detail["columns"] = json!(exec.sample_columns);
-            detail["sample"] = json!(exec.sample);
-        }
-        if exec.sample_dropped {
-            detail["sample_note"] =
-                json!("result samples left out: the session's sample cap is reached");
-        }
-        self.results.lock().push(detail.to_string());
     }
 }
