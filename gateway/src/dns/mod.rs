@@ -23,6 +23,7 @@ use std::{
     fs::File,
     io,
     net::{IpAddr, SocketAddr},
+    os::fd::AsFd as _,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -476,9 +477,30 @@ async fn in_namespace<T: Send + 'static>(
     let Some(file) = file.cloned() else {
         return make();
     };
-    tokio::task::spawn_blocking(move || crate::intercept::netns::run_in(&file, make))
+    tokio::task::spawn_blocking(move || run_in(&file, make))
         .await
         .map_err(io::Error::other)?
+}
+
+/// Runs `make` on a thread of its own in the network namespace `ns` (sockets it creates live
+/// there); the thread returns to the daemon's namespace before it ends.
+pub fn run_in<T: Send>(ns: &File, make: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let own = File::open("/proc/thread-self/ns/net")?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let result = make();
+                let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+                result
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(io::Error::other(
+                    "the thread that entered the namespace panicked",
+                ))
+            })
+    })
 }
 
 /// Asks the resolver over UDP from the query's namespace; the first answer with the query's id

@@ -451,27 +451,6 @@ fn owned_by_own_user_namespace(ns: &File) -> bool {
     }
 }
 
-/// Runs `make` on a thread of its own in the network namespace `ns` (sockets it creates live
-/// there); the thread returns to the daemon's namespace before it ends.
-pub fn run_in<T: Send>(ns: &File, make: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    let own = File::open("/proc/thread-self/ns/net")?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let result = make();
-                let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
-                result
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(io::Error::other(
-                    "the thread that entered the namespace panicked",
-                ))
-            })
-    })
-}
-
 /// Binds the listener addresses in the current thread's namespace, which must be the one the
 /// connect came from. An address family the namespace lacks (IPv6 is off in most containers) is
 /// skipped; the namespace needs at least one.
