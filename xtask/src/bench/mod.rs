@@ -70,29 +70,44 @@ pub(crate) fn json_of(cmd: &mut Command) -> Result<Value> {
     serde_json::from_str(text.trim()).with_context(|| format!("{cmd:?} printed {text:?}"))
 }
 
-/// With BENCH_PERF_DIR set, samples `pid` with `perf record -g` for 10 s into
-/// `<dir>/<name>.data` (profiling runs only: sampling costs the gateway some throughput).
-pub(crate) fn profile(pid: u32, name: &str) -> Result<Option<std::process::Child>> {
+/// With BENCH_PERF_DIR set, samples `pid` with `perf record -g` into `<dir>/<name>.data`, for
+/// `seconds` or, with `None`, until [`stop_profile`] (profiling runs only: sampling costs the
+/// gateway some throughput).
+pub(crate) fn profile(
+    pid: u32,
+    name: &str,
+    seconds: Option<u32>,
+) -> Result<Option<std::process::Child>> {
     let Some(dir) = std::env::var_os("BENCH_PERF_DIR") else {
         return Ok(None);
     };
     let out = std::path::Path::new(&dir).join(format!("{name}.data"));
-    let child = Command::new("perf")
-        .args([
-            "record",
-            "-F",
-            "999",
-            "-g",
-            "-q",
-            "-p",
-            &pid.to_string(),
-            "-o",
-        ])
-        .arg(&out)
-        .args(["--", "sleep", "10"])
-        .spawn()
-        .context("perf record")?;
-    Ok(Some(child))
+    let mut perf = Command::new("perf");
+    perf.args([
+        "record",
+        "-F",
+        "999",
+        "-g",
+        "-q",
+        "-p",
+        &pid.to_string(),
+        "-o",
+    ])
+    .arg(&out);
+    if let Some(seconds) = seconds {
+        perf.args(["--", "sleep", &seconds.to_string()]);
+    }
+    Ok(Some(perf.spawn().context("perf record")?))
+}
+
+/// Ends a [`profile`] started without a duration (perf writes its data on SIGINT).
+pub(crate) fn stop_profile(mut perf: std::process::Child) -> Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(perf.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    perf.wait()?;
+    Ok(())
 }
 
 /// The baseline proxy: haproxy on a free loopback port in `mode` (tcp or http), with `proxy` (its

@@ -378,33 +378,20 @@ fn cpu_per_transaction(b: &Bench, transactions: u64) -> Result<()> {
     for round in 0..ROUNDS {
         for (m, mode) in modes.iter().enumerate() {
             for (i, p) in paths.iter().enumerate() {
-                let perf = match std::env::var_os("BENCH_PERF_DIR") {
-                    Some(dir) if round == 0 => {
-                        let name = if *p == Path::Gateway {
-                            "layer"
-                        } else {
-                            "relay"
-                        };
-                        let out =
-                            std::path::Path::new(&dir).join(format!("cpu-{name}-{mode}.data"));
-                        let child = Command::new("perf")
-                            .args([
-                                "record",
-                                "-F",
-                                "999",
-                                "-g",
-                                "-q",
-                                "-p",
-                                &pid.to_string(),
-                                "-o",
-                            ])
-                            .arg(&out)
-                            .spawn()
-                            .context("perf record")?;
+                let perf = if round == 0 {
+                    let name = if *p == Path::Gateway {
+                        "layer"
+                    } else {
+                        "relay"
+                    };
+                    let perf = super::profile(pid, &format!("cpu-{name}-{mode}"), None)?;
+                    if perf.is_some() {
+                        // perf needs a moment to attach before the measured transactions start.
                         std::thread::sleep(Duration::from_millis(500));
-                        Some(child)
                     }
-                    _ => None,
+                    perf
+                } else {
+                    None
                 };
                 let (u0, s0) = cpu_seconds(pid)?;
                 b.pgbench(
@@ -422,12 +409,8 @@ fn cpu_per_transaction(b: &Bench, transactions: u64) -> Result<()> {
                     ],
                 )?;
                 let (u1, s1) = cpu_seconds(pid)?;
-                if let Some(mut child) = perf {
-                    nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(child.id() as i32),
-                        nix::sys::signal::Signal::SIGINT,
-                    )?;
-                    let _ = child.wait();
+                if let Some(perf) = perf {
+                    super::stop_profile(perf)?;
                 }
                 let n = (transactions * CLIENTS) as f64;
                 per[m][i].push(((u1 - u0) * 1e6 / n, (s1 - s0) * 1e6 / n));
@@ -496,7 +479,7 @@ pub(super) fn run() -> Result<()> {
                     continue;
                 }
                 let profile = (*p == Path::Gateway && round == 0)
-                    .then(|| super::profile(b.daemon.pid(), &format!("postgres-{mode}")))
+                    .then(|| super::profile(b.daemon.pid(), &format!("postgres-{mode}"), Some(10)))
                     .transpose()?
                     .flatten();
                 let out =

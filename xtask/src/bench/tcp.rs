@@ -130,7 +130,7 @@ pub(super) fn run() -> Result<()> {
         }
     }
     // Profiling runs only (BENCH_PERF_DIR): the gateway's connection setup, after the measurements.
-    if let Some(mut perf) = super::profile(daemon.pid(), "tcp-connect")? {
+    if let Some(mut perf) = super::profile(daemon.pid(), "tcp-connect", Some(10))? {
         while perf.try_wait()?.is_none() {
             measure(Path::Gateway, &["connect", CONNECTS])?;
         }
