@@ -122,12 +122,12 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let tcp = self.tcp().await?;
         let mut sender = match &self.tls {
-            None => handshake_upgradable(tcp).await?,
+            None => handshake_h1(tcp).await?,
             Some(tls) => {
                 let mut config = (*tls.config).clone();
                 config.alpn_protocols = vec![b"http/1.1".to_vec()];
                 let stream = self.tls_connect(&Arc::new(config), &tls.name, tcp).await?;
-                handshake_upgradable(stream).await?
+                handshake_h1(stream).await?
             }
         };
         if let Some(pq) = request.uri().path_and_query().cloned() {
@@ -178,7 +178,7 @@ impl Upstream {
     async fn connect(&self) -> Result<Sender, UpstreamError> {
         let tcp = self.tcp().await?;
         let Some(tls) = &self.tls else {
-            return handshake_h1(tcp).await;
+            return handshake_h1(tcp).await.map(Sender::H1);
         };
         let stream = self.tls_connect(&tls.config, &tls.name, tcp).await?;
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -193,28 +193,13 @@ impl Upstream {
             });
             return Ok(Sender::H2(sender));
         }
-        handshake_h1(stream).await
+        handshake_h1(stream).await.map(Sender::H1)
     }
 }
 
-async fn handshake_h1<S>(stream: S) -> Result<Sender, UpstreamError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(UpstreamError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-        }
-    });
-    Ok(Sender::H1(sender))
-}
-
-/// An HTTP/1.1 connection that hands its stream over after a 101.
-async fn handshake_upgradable<S>(stream: S) -> Result<conn::http1::SendRequest<Body>, UpstreamError>
+/// An HTTP/1.1 connection; after a 101 it hands its stream over to the upgrade (a connection
+/// that sees none runs as a plain one).
+async fn handshake_h1<S>(stream: S) -> Result<conn::http1::SendRequest<Body>, UpstreamError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -224,7 +209,7 @@ where
         .map_err(UpstreamError::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream upgrade connection ended");
+            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
         }
     });
     Ok(sender)
