@@ -365,8 +365,8 @@ pub struct Classified {
 }
 
 /// Classification shared by every session of the daemon: results by text (numeric literals'
-/// values left out where no result depends on them: see [`CacheKeys`]), and a bound on how many long texts are parsed at once, so
-/// that memory stays bounded whatever jobs send. Policy is still decided per statement.
+/// values left out where no result depends on them: see [`Entries`]), and a bound on how many
+/// long texts are parsed at once, so that memory stays bounded whatever jobs send. Policy is still decided per statement.
 #[derive(Debug)]
 pub struct Classifier {
     entries: Mutex<Entries>,
