@@ -723,7 +723,7 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         // SAFETY: map lookup by value.
         None if port == DNS_PORT
             && cfg.dns_port != 0
-            && unsafe { DNS_RESOLVERS.get(&dst) }.is_some() =>
+            && unsafe { DNS_RESOLVERS.get(dst) }.is_some() =>
         {
             Some(ACTION_REDIRECT)
         }
