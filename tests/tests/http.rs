@@ -274,6 +274,18 @@ fn split(out: &Output) -> (String, String) {
     }
 }
 
+/// Runs a python3 script as a job; what it printed, as the one JSON value it prints.
+fn python_job(daemon: &Daemon, script: &str) -> Result<Value> {
+    let out = daemon.run_job(&[], "/usr/bin/python3", &["-c", script]);
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "python: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 #[test]
 fn curl_gets_the_token_injected_over_terminated_tls_and_never_sees_it() -> Result<()> {
     let s = Setup::new()?;
@@ -563,9 +575,7 @@ print(json.dumps({{"status": r.status_code, "body": r.text, "denied": d.status_c
         ip = s.nginx.addr,
         ca = s.gateway_ca.display(),
     );
-    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
-    let result: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("python: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let result = python_job(&s.daemon, &script)?;
     ensure!(result["status"] == 200, "{result}");
     ensure!(result["body"] == r#"{"rows": [1, 2, 3]}"#, "{result}");
     ensure!(result["denied"] == 403, "{result}");
@@ -894,9 +904,7 @@ print(json.dumps(out))
         ip = s.nginx.addr,
         ca = s.gateway_ca.display(),
     );
-    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
-    let result: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("python: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let result = python_job(&s.daemon, &script)?;
     for (case, status) in [
         ("get", 200),
         ("list", 200),
@@ -1576,9 +1584,7 @@ print(json.dumps([a.status_code, b.status_code, c.status_code]))
         ip = s.nginx.addr,
         ca = s.gateway_ca.display(),
     );
-    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
-    let statuses: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("python: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let statuses = python_job(&s.daemon, &script)?;
     ensure!(statuses == serde_json::json!([200, 200, 403]), "{statuses}");
     let sessions = s.http_sessions()?;
     ensure!(sessions.len() == 1, "{sessions:?}");
@@ -1716,9 +1722,7 @@ print(json.dumps({{"closed": closed, "answer": answer.decode(errors="replace")}}
 "#,
         ip = s.nginx.addr,
     );
-    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
-    let result: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("python: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let result = python_job(&s.daemon, &script)?;
     ensure!(result["closed"] == true, "{result}");
     ensure!(
         result["answer"] == ""
@@ -1788,14 +1792,7 @@ print(json.dumps(out))
         ip = s.nginx.addr,
         port = gateway_e2e::http::GRPC_PORT,
     );
-    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
-    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "python: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let result = python_job(&s.daemon, &script)?;
     ensure!(result["echo"] == "echo:hello", "{result}");
     ensure!(
         result["echo_trailers"]["x-served-by"] == "grpc-fixture",
@@ -1897,14 +1894,7 @@ asyncio.run(main())
         ca = s.gateway_ca.display(),
         ip = s.nginx.addr,
     );
-    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
-    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "python: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let result = python_job(&s.daemon, &script)?;
     ensure!(
         result["replies"] == serde_json::json!(["hello", "second message", "000162696e617279"]),
         "{result}"
@@ -2006,14 +1996,7 @@ asyncio.run(main())
         ca = s.gateway_ca.display(),
         ip = s.nginx.addr,
     );
-    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
-    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "python: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let result = python_job(&s.daemon, &script)?;
     let replies = &result["replies"];
     ensure!(replies[0] == "my ssn is [masked:us_ssn]", "{result}");
     let doc: Value = serde_json::from_str(replies[1].as_str().unwrap_or_default())
@@ -2236,14 +2219,7 @@ print(json.dumps(out))
 "#,
         ip = s.nginx.addr,
     );
-    let out = s.daemon.run_job(&[], "/usr/bin/python3", &["-c", &script]);
-    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "python: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let result = python_job(&s.daemon, &script)?;
     // Closed without an answer (an end of stream, or a reset when unread bytes were left).
     for case in ["large", "slow"] {
         ensure!(
