@@ -217,17 +217,11 @@ fn a_host_name_target_reaches_each_address_the_job_was_told_and_nothing_else() -
     for (query, told) in dns.iter().zip([&a, &b]) {
         assert_eq!(query["job_id"], job, "{query}");
         assert_eq!(query["target"], "api", "{query}");
-        let shown = s.daemon.show_session(&query["id"])?;
-        let event = shown["events"]
-            .as_array()
-            .and_then(|e| e.iter().find(|e| e["kind"] == "dns"))
-            .cloned()
-            .unwrap_or_default();
-        let detail = &event["detail"];
-        assert_eq!(detail["name"], "api.test", "{shown}");
-        assert_eq!(detail["type"], "A", "{shown}");
-        assert_eq!(detail["answers"][0]["address"], told.as_str(), "{shown}");
-        assert_eq!(detail["followed"][0]["target"], "api", "{shown}");
+        let detail = dns_detail(&s, query)?;
+        assert_eq!(detail["name"], "api.test", "{detail}");
+        assert_eq!(detail["type"], "A", "{detail}");
+        assert_eq!(detail["answers"][0]["address"], told.as_str(), "{detail}");
+        assert_eq!(detail["followed"][0]["target"], "api", "{detail}");
     }
     Ok(())
 }
@@ -603,5 +597,18 @@ fn a_job_answering_its_own_dns_in_a_namespace_it_controls_is_not_followed() -> R
         dns.iter().all(|x| x["target"].is_null()),
         "nothing followed: {dns:?}"
     );
+    // The refusal is on record, not only in the daemon's log.
+    let refused = dns
+        .iter()
+        .find(|x| x["decision"] == "deny" && x["destination"] == "127.0.0.11:53")
+        .with_context(|| format!("{dns:?}"))?;
+    let shown = s.daemon.show_session(&refused["id"])?;
+    assert!(
+        shown["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not follow")),
+        "{shown}"
+    );
+    assert_eq!(dns_detail(&s, refused)?["transport"], "tcp", "{shown}");
     Ok(())
 }

@@ -26,6 +26,17 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection may last, however busy.
 const MAX_CONNECTION_TIME: Duration = Duration::from_secs(60);
 
+/// Records a job's DNS-over-TCP connection refused before a byte of it was read (`reason`).
+pub async fn record_refusal(
+    asker: &Asker,
+    resolver: SocketAddr,
+    reason: String,
+    services: &Services,
+) {
+    let detail = json!({ "transport": "tcp", "resolver": resolver.to_string() });
+    record(asker, resolver, Outcome::refused(reason, detail), services).await;
+}
+
 /// Serves a job's DNS-over-TCP connection to `resolver` until the job closes it, a bound is
 /// reached, or a message is refused.
 pub async fn serve(

@@ -309,6 +309,12 @@ async fn dns_over_tcp(
     forwarder: &Arc<crate::dns::Services>,
     services: &Services,
 ) {
+    let asker = crate::dns::Asker {
+        // The cgroup of the job (as the kernel's record of a datagram names it); a process of
+        // no job has no told addresses either way.
+        job_cgroup_id: job.as_ref().map_or(info.cgroup_id, |j| j.cgroup_id),
+        job,
+    };
     let file = if netns_cookie == forwarder.own_netns {
         None
     } else {
@@ -317,24 +323,24 @@ async fn dns_over_tcp(
             // Closed since it accepted, or a namespace whose DNS is not followed (another user
             // namespace's: the job could answer itself there).
             None => {
-                tracing::warn!(%resolver, netns_cookie, "DNS over TCP from a namespace whose DNS is not followed; refused");
+                let reason = "DNS over TCP from a network namespace whose DNS the gateway does not follow (owned by another user namespace, or gone); refused";
+                crate::dns::tcp::record_refusal(&asker, resolver, reason.into(), forwarder).await;
                 return tcp::reset(client);
             }
         }
     };
-    let slot = job
+    let slot = asker
+        .job
         .as_ref()
         .map(|j| ConnectionSlot::take(j, services.max_connections_per_job));
     if matches!(slot, Some(Err(_))) {
-        tracing::warn!(%resolver, "DNS over TCP: the job has its connections open already; refused");
+        let reason = format!(
+            "DNS over TCP: the job has its {} connections open already; refused",
+            services.max_connections_per_job
+        );
+        crate::dns::tcp::record_refusal(&asker, resolver, reason, forwarder).await;
         return tcp::reset(client);
     }
-    let asker = crate::dns::Asker {
-        // The cgroup of the job (as the kernel's record of a datagram names it); a process of
-        // no job has no told addresses either way.
-        job_cgroup_id: job.as_ref().map_or(info.cgroup_id, |j| j.cgroup_id),
-        job,
-    };
     let namespace = crate::dns::Namespace {
         cookie: netns_cookie,
         file,
