@@ -176,10 +176,12 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         tracing::warn!("{p}");
     }
     let resolvers = job_resolvers(&config);
+    let own_netns = intercept::netns::own_cookie().map_err(DaemonError::Netns)?;
+    let kernel = kernel_config(&config, own_netns);
     // Grants name targets by index: none may outlive the configuration it was compiled from.
     dataplane.clear_grants()?;
     dataplane.configure(
-        kernel_config(&config),
+        kernel,
         &targets.kernel_entries(&server.allow_direct, &blocked(&config)),
         &resolvers,
     )?;
@@ -190,7 +192,6 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     };
     let follow = crate::dns::Follow::new(&config, local_addresses()).map(Arc::new);
     // Before any job is attached: connects of jobs on the host pass to the host listeners.
-    let own_netns = intercept::netns::own_cookie().map_err(DaemonError::Netns)?;
     let (netns, netns_requests) = intercept::netns::Namespaces::new(
         dataplane.netns_listeners()?,
         own_netns,
@@ -395,6 +396,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     });
     let refresh = Arc::new(TargetRefresh {
         config: config.clone(),
+        kernel,
         dataplane: dataplane.clone(),
         targets,
         shutdown: shutdown.clone(),
@@ -606,7 +608,7 @@ fn sd_notify(state: sd_notify::NotifyState<'_>) {
     }
 }
 
-fn kernel_config(config: &Config) -> KernelConfig {
+fn kernel_config(config: &Config, own_netns_cookie: u64) -> KernelConfig {
     let s = &config.server;
     let v4 = s.listen_v4.map(|a| a.ip()).and_then(|ip| match ip {
         IpAddr::V4(v4) => Some(v4),
@@ -637,7 +639,7 @@ fn kernel_config(config: &Config) -> KernelConfig {
         events_per_second: s.records_per_second_per_job,
         max_open_per_job: u32::try_from(s.max_connections_per_job).unwrap_or(u32::MAX),
         dns_port: s.dns.as_ref().map_or(0, |d| u32::from(d.port)),
-        own_netns_cookie: crate::intercept::netns::own_cookie().unwrap_or(0),
+        own_netns_cookie,
     }
 }
 
@@ -692,6 +694,8 @@ fn nameservers(text: &str) -> Vec<IpAddr> {
 /// What re-resolving host-name targets uses.
 struct TargetRefresh {
     config: Config,
+    /// The programs' settings, as written at start (the refresh changes only destinations).
+    kernel: KernelConfig,
     dataplane: Arc<tokio::sync::Mutex<Dataplane>>,
     targets: Arc<RwLock<Arc<TargetSet>>>,
     shutdown: CancellationToken,
@@ -728,11 +732,11 @@ async fn refresh_targets_loop(r: Arc<TargetRefresh>) {
         }
         let entries = fresh.kernel_entries(&r.config.server.allow_direct, &blocked(&r.config));
         let resolvers = job_resolvers(&r.config);
-        let configured =
-            r.dataplane
-                .lock()
-                .await
-                .configure(kernel_config(&r.config), &entries, &resolvers);
+        let configured = r
+            .dataplane
+            .lock()
+            .await
+            .configure(r.kernel, &entries, &resolvers);
         match configured {
             Ok(()) => {
                 *r.targets.write() = Arc::new(fresh);
