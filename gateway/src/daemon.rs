@@ -38,6 +38,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Spool(#[from] intercept::spool::SpoolError),
+    #[error(transparent)]
     Control(#[from] control::server::ControlError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -132,6 +134,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     // The lock on the pinned objects comes first: a second daemon stops here, having changed nothing.
     let mut dataplane = Dataplane::open(&server.bpf_pin_dir, ebpf_object)?;
     let store = Store::open(&server.state_dir)?;
+    let (spool, left_unstored) = intercept::spool::Spool::open(&server.state_dir)?;
 
     let mut listeners = Vec::new();
     for addr in [server.listen_v4, server.listen_v6].into_iter().flatten() {
@@ -425,8 +428,12 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     // Awaited at shutdown: it closes the kernel path as it ends.
     let event_reader = tokio::spawn(intercept::events::read_loop(
         events,
-        liveness,
-        server.kernel_path_lease,
+        intercept::events::Reader {
+            liveness,
+            lease: server.kernel_path_lease,
+            spool: Arc::new(spool),
+            unstored: left_unstored,
+        },
         intercept.clone(),
     ));
     tasks.push(tokio::spawn(lifecycle::reap_loop(

@@ -333,6 +333,67 @@ fn with_no_daemon_reading_connects_are_refused_and_none_goes_unrecorded() -> Res
 }
 
 #[test]
+fn a_daemon_killed_in_the_middle_of_a_burst_leaves_every_connection_that_went_through_on_record()
+-> Result<()> {
+    // Reading a record frees its room in the ring buffer, and storing it (the process looked up
+    // in /proc, the journal written) comes after: a daemon killed in between must not take the
+    // records it read with it. A burst piled up while the daemon was stopped keeps the storing
+    // behind the reading, and the kill lands in between: every connection that went through is
+    // recorded by the next daemon, once, opened and closed.
+    let mut s = Setup::new("max_pending_connections_per_job = 4096")?;
+    let (job, id) = s.attached_job("kburst")?;
+    let dst = s.v4(7000);
+    let allowed = |l: &Vec<Value>| {
+        l.iter()
+            .filter(|x| x["decision"] == "allow" && x["job_id"] == id.as_str())
+            .count() as u64
+    };
+    let mut through = 0;
+    // Where the kill lands depends on the machine: a few rounds, killed sooner or later after
+    // the daemon runs again.
+    for after in [1, 4, 12] {
+        // The records pile up in the ring buffer while the daemon is stopped (inside its
+        // lease)…
+        let flood = {
+            let _frozen = s.daemon.freeze();
+            job.probe(&["flood-connect", &dst, "1500", "greet"])?
+        };
+        // …and it is killed a moment after it runs again: after its reader took them, before
+        // its storing task is through them.
+        std::thread::sleep(Duration::from_millis(after));
+        s.daemon.kill9();
+        let this_round = tallied(&flood, 0);
+        assert!(this_round > 0, "{flood}");
+        assert_eq!(
+            this_round + tallied(&flood, libc::EPERM),
+            1500,
+            "every connect either went through or was refused: {flood}"
+        );
+        through += this_round;
+        s.daemon.start_again()?;
+        let recorded = wait_until(Duration::from_secs(30), || {
+            s.sessions_to(&dst).is_ok_and(|l| allowed(&l) >= through)
+        });
+        let sessions = s.sessions_to(&dst)?;
+        assert!(
+            recorded,
+            "killed {after} ms after it ran again: {through} went through, {} recorded",
+            allowed(&sessions)
+        );
+        assert_eq!(allowed(&sessions), through, "each recorded once");
+    }
+    let ended = wait_until(Duration::from_secs(15), || {
+        s.sessions_to(&dst).is_ok_and(|l| {
+            l.iter()
+                .filter(|x| x["decision"] == "allow")
+                .all(|x| x["ended_at"].is_string())
+        })
+    });
+    assert!(ended, "every connection's end is on record too");
+    Ok(())
+}
+
+#[test]
 fn a_flood_while_the_reader_is_stopped_is_refused_rather_than_left_unrecorded() -> Result<()> {
     // The daemon stopped (its reader with it): a job opening connections as fast as it can gets
     // at most its budget of unread records through, every one of them recorded once the reader

@@ -7,7 +7,7 @@
 //! a daemon that stops, is killed, or whose reader is stuck leaves the kernel path refusing
 //! connects within its lease (`server.kernel_path_lease`).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{
@@ -19,6 +19,7 @@ use gateway_common::{
 use tokio::io::unix::AsyncFd;
 
 use super::Services;
+use super::spool::{Spool, event_from};
 use super::{address, kernel_path, process};
 use crate::ebpf::Liveness;
 use crate::record::{NewSession, ProcessInfo, SessionKind, SessionPath, now};
@@ -27,16 +28,28 @@ use crate::record::{NewSession, ProcessInfo, SessionKind, SessionPath, now};
 /// and with it the kernel path's lease: connects are refused rather than left unrecorded.
 const UNSTORED_EVENTS: usize = 4096;
 
+/// What the reader uses besides the ring buffer.
+pub struct Reader {
+    pub liveness: Liveness,
+    pub lease: Duration,
+    /// Where each record is kept from the moment it is taken out of the ring buffer until it is
+    /// stored.
+    pub spool: Arc<Spool>,
+    /// What a previous daemon took out of the ring buffer but may not have stored, oldest first.
+    pub unstored: Vec<Event>,
+}
+
 /// Reads the ring buffer until shutdown, and keeps the kernel path open while it does: the
 /// deadline moves `lease` ahead several times per lease. Storing (process and container
 /// lookups, the store's writes) runs in a task of its own, so a slow lookup does not hold the
 /// lease back; only a storing task stuck for a whole queue of events does.
-pub async fn read_loop(
-    ring: RingBuf<MapData>,
-    mut liveness: Liveness,
-    lease: Duration,
-    services: Arc<Services>,
-) {
+pub async fn read_loop(ring: RingBuf<MapData>, reader: Reader, services: Arc<Services>) {
+    let Reader {
+        mut liveness,
+        lease,
+        spool,
+        unstored: left_by_previous,
+    } = reader;
     // SAFETY: the ring buffer owns its map descriptor and keeps it open, unchanged, for as long as
     // the AsyncFd owns the ring buffer.
     let mut ring = match unsafe { AsyncFd::register(ring) } {
@@ -47,7 +60,12 @@ pub async fn read_loop(
         }
     };
     let (unstored, to_store) = tokio::sync::mpsc::channel(UNSTORED_EVENTS);
-    let storing = tokio::spawn(store_loop(to_store, services.clone()));
+    let storing = tokio::spawn(store_loop(
+        to_store,
+        left_by_previous,
+        spool.clone(),
+        services.clone(),
+    ));
     let mut refresh = tokio::time::interval((lease / 4).min(Duration::from_millis(250)));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'reading: loop {
@@ -69,10 +87,12 @@ pub async fn read_loop(
         };
         let mut batch = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
-            if item.len() >= std::mem::size_of::<Event>() {
-                // SAFETY: the programs write whole `Event`s (plain `repr(C)` data, any bit pattern
-                // valid); read_unaligned copes with the ring's 8-byte alignment guarantee.
-                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            if let Some(event) = event_from(&item) {
+                if event.kind != EVENT_NETNS {
+                    // Kept before the item goes (which frees its room in the ring buffer).
+                    spool.keep(&item);
+                }
+                batch.push(event);
             }
         }
         guard.clear_ready();
@@ -102,27 +122,61 @@ pub async fn read_loop(
 
 /// Stores the events the reader hands over, in the order the kernel wrote them: the kernel-path
 /// records of what is waiting (up to `kernel_path::BATCH`) with one journal write, counted read
-/// once stored (a job that ends waits for that).
-async fn store_loop(mut to_store: tokio::sync::mpsc::Receiver<Event>, services: Arc<Services>) {
+/// once stored (a job that ends waits for that), then marked stored in the spool. What a
+/// previous daemon left unstored comes first.
+async fn store_loop(
+    mut to_store: tokio::sync::mpsc::Receiver<Event>,
+    left_by_previous: Vec<Event>,
+    spool: Arc<Spool>,
+    services: Arc<Services>,
+) {
     let mut open = kernel_path::OpenSessions::load(&services).await;
+    if !left_by_previous.is_empty() {
+        tracing::info!(
+            records = left_by_previous.len(),
+            "storing the kernel records a previous daemon read but had not stored"
+        );
+        // The previous daemon may have stored its last batch without marking it.
+        let maybe_stored = &left_by_previous[..left_by_previous.len().min(kernel_path::BATCH)];
+        let stored = open.already_stored(maybe_stored, &services).await;
+        for batch in left_by_previous.chunks(kernel_path::BATCH) {
+            store_batch(batch, &mut open, &stored, &services).await;
+            spool.stored(batch.len());
+        }
+    }
+    let none_stored = HashSet::new();
     let mut events = Vec::with_capacity(kernel_path::BATCH);
     while to_store.recv_many(&mut events, kernel_path::BATCH).await > 0 {
-        let mut kernel_records = kernel_path::Batch::default();
-        for event in events.drain(..) {
-            match event.kind {
-                EVENT_KERNEL_CONNECT => {
-                    open.connected(&event, &services, &mut kernel_records).await;
-                    kernel_records.read_from(event.job_slot);
-                }
-                EVENT_KERNEL_CLOSE => {
-                    open.closed(&event, &mut kernel_records);
-                    kernel_records.read_from(event.job_slot);
-                }
-                _ => record(&event, &services),
-            }
-        }
-        open.store(kernel_records, &services);
+        store_batch(&events, &mut open, &none_stored, &services).await;
+        spool.stored(events.len());
+        events.clear();
     }
+}
+
+/// Stores `events`, leaving out kernel-path connections whose cookie is in `stored` (sessions a
+/// previous daemon stored already).
+async fn store_batch(
+    events: &[Event],
+    open: &mut kernel_path::OpenSessions,
+    stored: &HashSet<u64>,
+    services: &Services,
+) {
+    let mut kernel_records = kernel_path::Batch::default();
+    for event in events {
+        match event.kind {
+            EVENT_KERNEL_CONNECT if stored.contains(&event.cookie) => {}
+            EVENT_KERNEL_CONNECT => {
+                open.connected(event, services, &mut kernel_records).await;
+                kernel_records.read_from(event.job_slot);
+            }
+            EVENT_KERNEL_CLOSE => {
+                open.closed(event, &mut kernel_records);
+                kernel_records.read_from(event.job_slot);
+            }
+            _ => record(event, services),
+        }
+    }
+    open.store(kernel_records, services);
 }
 
 /// Why a connect to a target was refused for lack of room.

@@ -76,6 +76,27 @@ impl OpenSessions {
         }
     }
 
+    /// The cookies of `events`' kernel-path connections that are stored already (a daemon that
+    /// stored them and died before it could say so).
+    pub async fn already_stored(
+        &self,
+        events: &[Event],
+        services: &Services,
+    ) -> std::collections::HashSet<u64> {
+        let cookies = events
+            .iter()
+            .filter(|e| e.kind == gateway_common::EVENT_KERNEL_CONNECT)
+            .map(|e| e.cookie)
+            .collect();
+        match services.store.kernel_sessions_with_cookies(cookies).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot tell which kernel-path connections a previous daemon stored; some may be recorded twice");
+                Default::default()
+            }
+        }
+    }
+
     /// Stores the batch (one journal write), then counts its records read: a job that ends
     /// waits for its records to be stored.
     pub fn store(&mut self, batch: Batch, services: &Services) {

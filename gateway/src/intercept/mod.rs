@@ -5,6 +5,7 @@ pub mod events;
 pub mod kernel_path;
 pub mod netns;
 pub mod process;
+pub mod spool;
 
 use crate::record::EventKind;
 use std::{

@@ -359,6 +359,31 @@ impl Store {
         .await
     }
 
+    /// Which of `cookies` name a kernel-path session on record, open or ended.
+    pub async fn kernel_sessions_with_cookies(
+        &self,
+        cookies: Vec<u64>,
+    ) -> Result<std::collections::HashSet<u64>, StoreError> {
+        if cookies.is_empty() {
+            return Ok(Default::default());
+        }
+        self.call(move |c| {
+            // One pass over the table (cookies of ended sessions have no index).
+            let marks = vec!["?"; cookies.len()].join(",");
+            let mut st = c.prepare(&format!(
+                "SELECT DISTINCT cookie FROM sessions WHERE path = 'kernel' AND cookie IN ({marks})"
+            ))?;
+            let stored = st
+                .query_map(
+                    rusqlite::params_from_iter(cookies.iter().map(|&c| c as i64)),
+                    |r| Ok(r.get::<_, i64>(0)? as u64),
+                )?
+                .collect::<Result<_, _>>()?;
+            Ok(stored)
+        })
+        .await
+    }
+
     pub async fn active_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         self.call(|c| {
             let mut st =
