@@ -164,6 +164,13 @@ unauthenticated = true
         let warm = h2load(p, &["-n", "200", "-c", "2"])?;
         all_succeeded(&warm, "200")?;
     }
+    if let Some(n) = std::env::var_os("BENCH_HTTP_CPU") {
+        let n = n
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .context("BENCH_HTTP_CPU: a number of requests")?;
+        return cpu_per_request(&h2load, [haproxy.pid(), daemon.pid()], n);
+    }
     let mut h1 = vec![Vec::new(); paths.len()];
     let mut h2 = vec![Vec::new(); paths.len()];
     let mut p50 = vec![Vec::new(); paths.len()];
@@ -250,6 +257,60 @@ unauthenticated = true
     );
     let sessions = daemon.sessions()?.len();
     println!("(gateway recorded {sessions} sessions during the run)");
+    Ok(())
+}
+
+/// BENCH_HTTP_CPU=N: CPU time per request of haproxy and of the gateway, over N requests
+/// (HTTP/1.1, 8 connections; HTTP/2, 4 connections of 8 streams). CPU per request hardly moves
+/// with the machine's load (requests per second do), so it shows what a change costs or saves.
+/// With BENCH_PERF_DIR, the gateway's first round of each is sampled with `perf record -g`.
+fn cpu_per_request(
+    h2load: &dyn Fn(Route, &[&str]) -> Result<String>,
+    [haproxy, gateway]: [u32; 2],
+    requests: u64,
+) -> Result<()> {
+    let n = requests.to_string();
+    let loads: [(&str, Vec<&str>); 2] = [
+        ("h1", vec!["--h1", "-n", &n, "-c", "8"]),
+        ("h2", vec!["-n", &n, "-c", "4", "-m", "8"]),
+    ];
+    let routes = [(Route::Haproxy, haproxy), (Route::Gateway, gateway)];
+    let mut per = vec![vec![Vec::new(); routes.len()]; loads.len()];
+    for round in 0..ROUNDS {
+        for (l, (name, args)) in loads.iter().enumerate() {
+            for (r, (route, pid)) in routes.iter().enumerate() {
+                let perf = (round == 0 && *route == Route::Gateway)
+                    .then(|| super::profile(*pid, &format!("http-cpu-{name}"), None))
+                    .transpose()?
+                    .flatten();
+                if perf.is_some() {
+                    // perf needs a moment to attach before the measured requests start.
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                let (u0, s0) = super::postgres::cpu_seconds(*pid)?;
+                let out = h2load(*route, args)?;
+                let (u1, s1) = super::postgres::cpu_seconds(*pid)?;
+                if let Some(perf) = perf {
+                    super::stop_profile(perf)?;
+                }
+                all_succeeded(&out, &n)?;
+                per[l][r].push(((u1 - u0) + (s1 - s0)) * 1e6 / requests as f64);
+            }
+        }
+    }
+    println!(
+        "\nHTTP — CPU µs per request (user + system), {requests} requests, median of {ROUNDS} interleaved rounds"
+    );
+    for (l, (name, _)) in loads.iter().enumerate() {
+        let haproxy = Measured::of(per[l][0].clone());
+        let gateway = Measured::of(per[l][1].clone());
+        println!(
+            "{name}: haproxy {}; gateway {}; the gateway uses {:.2}× haproxy's CPU per request",
+            haproxy.show(1),
+            gateway.show(1),
+            gateway.median / haproxy.median
+        );
+    }
     Ok(())
 }
 

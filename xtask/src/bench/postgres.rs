@@ -343,7 +343,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// CPU seconds (user, system) the process `pid` and all its threads have used so far.
-fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
+pub(super) fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) ends with ')'.
     let fields: Vec<&str> = stat
