@@ -278,6 +278,8 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 dataplane: dataplane.clone(),
                 targets: targets.clone(),
                 jobs: jobs.clone(),
+                policy: policy.clone(),
+                target_names: config.targets.iter().map(|t| t.name.clone()).collect(),
                 store: store.clone(),
                 recorder: recorder.clone(),
                 shutdown: shutdown.clone(),
