@@ -37,8 +37,9 @@ impl Setup {
     /// Docker's embedded resolver does: an address that means something else on the host)
     /// instead of on the remote host.
     fn with_resolver_in(job_ns: Option<&JobNetns>) -> Result<Setup> {
-        Setup::with_rules(
+        Setup::with_config(
             job_ns,
+            "",
             r#"
 [[rules]]
 name = "jobs-may-use-the-api"
@@ -49,8 +50,9 @@ unauthenticated = true
         )
     }
 
-    /// `rules`: the configuration after the targets (rules, and issuers they need).
-    fn with_rules(job_ns: Option<&JobNetns>, rules: &str) -> Result<Setup> {
+    /// `server`: more `[server]` keys (`@C@` stands for the third echo address); `rules`: the
+    /// configuration after the targets (rules, and issuers they need).
+    fn with_config(job_ns: Option<&JobNetns>, server: &str, rules: &str) -> Result<Setup> {
         let id = unique_id();
         let dir = TempDir::new(&format!("n{id}"));
         let ns = Netns::new(&id)?;
@@ -97,8 +99,10 @@ unauthenticated = true
         let dns_port = free_port();
         let daemon = Daemon::start(DaemonConfig {
             server: format!(
-                "dns_follow = true\ndns_listen_port = {}\ndns_resolvers = [\"{}\"]\n",
-                dns_port, resolver_ip
+                "dns_follow = true\ndns_listen_port = {}\ndns_resolvers = [\"{}\"]\n{}\n",
+                dns_port,
+                resolver_ip,
+                server.replace("@C@", &Setup::address(&ns, 5)),
             ),
             body: format!(
                 r#"
@@ -686,7 +690,7 @@ claims = {{ repository = "acme/app" }}
         issuer_toml(&short, "max_binding_lifetime = \"2s\""),
         issuer_toml(&long, ""),
     );
-    let s = Setup::with_rules(None, &rules)?;
+    let s = Setup::with_config(None, "", &rules)?;
     let (a, c) = (Setup::address(&s.ns, 3), Setup::address(&s.ns, 5));
     let refused = "Query Refused";
 
@@ -838,5 +842,26 @@ fn a_query_from_a_socket_of_a_job_that_has_ended_is_refused() -> Result<()> {
         "the refused query never reaches the resolver: {}",
         s.dns.output()
     );
+    Ok(())
+}
+
+/// Where jobs reach more than targets (`allow_direct`), a job no rule lets connect to any target
+/// still has its DNS answered: it reaches the direct destinations by name.
+#[test]
+fn a_job_with_no_target_keeps_its_dns_where_allow_direct_lets_it_reach_more() -> Result<()> {
+    let s = Setup::with_config(None, "allow_direct = [\"@C@:7000\"]", "")?;
+    let c = Setup::address(&s.ns, 5);
+    let v = s
+        .daemon
+        .probe_in_job(&["dns-follow", &s.resolver(), "cdn.test", "7000", "1"])?;
+    assert_eq!(v["rounds"][0]["rcode"], "No Error", "{v}");
+    assert_eq!(v["rounds"][0]["addresses"], serde_json::json!([c]), "{v}");
+    assert_eq!(v["rounds"][0]["connects"][0]["echo"], "told", "{v}");
+    // The name of a target it may not connect to is answered, not followed.
+    let v = s
+        .daemon
+        .probe_in_job(&["dns-follow", &s.resolver(), "api.test", "7000", "1"])?;
+    assert_eq!(v["rounds"][0]["rcode"], "No Error", "{v}");
+    assert_eq!(v["rounds"][0]["connects"][0]["errno"], libc::EPERM, "{v}");
     Ok(())
 }

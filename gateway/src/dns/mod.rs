@@ -67,8 +67,12 @@ pub struct Services {
     /// What a job's connects are decided by: its queries are answered, and answers followed
     /// for a target, only as far as it may connect.
     pub policy: Arc<Policy>,
-    /// Names of all targets (a job that may connect to none has no use for DNS).
+    /// Names of all targets (a job that may connect to none has no use for DNS, unless
+    /// `reaches_beyond_targets`).
     pub target_names: Vec<String>,
+    /// Jobs reach destinations other than targets whatever their identity (`allow_direct`, or
+    /// `audit` mode): DNS is answered for any job still bound.
+    pub reaches_beyond_targets: bool,
     pub store: Store,
     pub recorder: Arc<Recorder>,
     pub shutdown: CancellationToken,
@@ -311,7 +315,8 @@ pub struct Asker {
 impl Asker {
     /// The identity the job's queries are answered for, as its connects would be decided: not
     /// for a job that has ended (a socket it left behind), nor past its binding, nor for an
-    /// identity no rule lets connect to any target. `Err`: why its queries are refused.
+    /// identity no rule lets connect to any target (when nothing but targets is reachable).
+    /// `Err`: why its queries are refused.
     fn admitted(&self, services: &Services) -> Result<Identity, String> {
         // A slot an ended job left may be another job's now: the job must be the socket's.
         let Some(job) = self
@@ -332,7 +337,7 @@ impl Asker {
                 Decision::Allow { .. }
             )
         });
-        if !reaches_any {
+        if !reaches_any && !services.reaches_beyond_targets {
             return Err(format!(
                 "no rule allows job {} ({}) to connect to any target; DNS query refused",
                 job.id, job.identity.subject
