@@ -281,6 +281,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 dataplane: dataplane.clone(),
                 targets: targets.clone(),
                 jobs: jobs.clone(),
+                policy: policy.clone(),
+                target_names: config.targets.iter().map(|t| t.name.clone()).collect(),
+                reaches_beyond_targets: !server.allow_direct.is_empty()
+                    || server.mode == crate::config::Mode::Audit,
                 store: store.clone(),
                 recorder: recorder.clone(),
                 shutdown: shutdown.clone(),

@@ -5,7 +5,9 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
-    Daemon, DaemonConfig, EchoServer, Netns, Process, TempDir, dns_bin, free_port, gateway_bin,
+    Daemon, DaemonConfig, EchoServer, Netns, Process, TempDir, TestCgroup, dns_bin, free_port,
+    gateway_bin,
+    oidc::{Issuer, Mode},
     probe_bin, run_ok, unique_id, wait_until,
 };
 use serde_json::Value;
@@ -35,6 +37,22 @@ impl Setup {
     /// Docker's embedded resolver does: an address that means something else on the host)
     /// instead of on the remote host.
     fn with_resolver_in(job_ns: Option<&JobNetns>) -> Result<Setup> {
+        Setup::with_config(
+            job_ns,
+            "",
+            r#"
+[[rules]]
+name = "jobs-may-use-the-api"
+action = "allow"
+targets = ["api", "cdn"]
+unauthenticated = true
+"#,
+        )
+    }
+
+    /// `server`: more `[server]` keys (`@C@` stands for the third echo address); `rules`: the
+    /// configuration after the targets (rules, and issuers they need).
+    fn with_config(job_ns: Option<&JobNetns>, server: &str, rules: &str) -> Result<Setup> {
         let id = unique_id();
         let dir = TempDir::new(&format!("n{id}"));
         let ns = Netns::new(&id)?;
@@ -81,10 +99,13 @@ impl Setup {
         let dns_port = free_port();
         let daemon = Daemon::start(DaemonConfig {
             server: format!(
-                "dns_follow = true\ndns_listen_port = {}\ndns_resolvers = [\"{}\"]\n",
-                dns_port, resolver_ip
+                "dns_follow = true\ndns_listen_port = {}\ndns_resolvers = [\"{}\"]\n{}\n",
+                dns_port,
+                resolver_ip,
+                server.replace("@C@", &Setup::address(&ns, 5)),
             ),
-            body: r#"
+            body: format!(
+                r#"
 [[targets]]
 name = "api"
 protocol = "tcp"
@@ -94,14 +115,8 @@ address = "api.test:7000"
 name = "cdn"
 protocol = "tcp"
 address = "*.cdn.test:7000"
-
-[[rules]]
-name = "jobs-may-use-the-api"
-action = "allow"
-targets = ["api", "cdn"]
-unauthenticated = true
-"#
-            .into(),
+{rules}"#
+            ),
         })?;
         Ok(Setup {
             daemon,
@@ -610,5 +625,243 @@ fn a_job_answering_its_own_dns_in_a_namespace_it_controls_is_not_followed() -> R
         "{shown}"
     );
     assert_eq!(dns_detail(&s, refused)?["transport"], "tcp", "{shown}");
+    Ok(())
+}
+
+/// `[[issuers]]` for a test issuer; `extra`: more keys (`max_binding_lifetime`).
+fn issuer_toml(issuer: &Issuer, extra: &str) -> String {
+    format!(
+        "[[issuers]]\nurl = \"{}\"\naudiences = [\"https://gateway.test\"]\nca_file = \"{}\"\nfetch_timeout = \"2s\"\n{extra}\n",
+        issuer.url,
+        issuer.tls.ca.display()
+    )
+}
+
+/// Binds a new cgroup to a token of `issuer` (`gateway attach`); the cgroup and the job.
+fn bound_job(s: &Setup, issuer: &Issuer, dir: &TempDir, name: &str) -> Result<(TestCgroup, Value)> {
+    let file = dir.path().join(format!("{name}.jwt"));
+    std::fs::write(&file, issuer.client_token("ci-app")?)?;
+    let cg = TestCgroup::new(name)?;
+    let out = s.daemon.cli(&[
+        "attach",
+        "--cgroup",
+        cg.path.to_str().expect("path"),
+        "--token-file",
+        file.to_str().expect("path"),
+        "--json",
+    ]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((cg, serde_json::from_slice(&out.stdout)?))
+}
+
+/// The recorded queries of one job, oldest first.
+fn job_queries(s: &Setup, job: &Value) -> Result<Vec<Value>> {
+    let mut dns: Vec<Value> = sessions(s, "dns")?
+        .into_iter()
+        .filter(|x| x["job_id"] == *job)
+        .collect();
+    dns.sort_by_key(|x| x["id"].as_i64());
+    Ok(dns)
+}
+
+/// What a job asks is answered as its connects are decided: past its binding, or bound to no
+/// identity the rules let connect anywhere, its queries over UDP and TCP are refused (REFUSED,
+/// recorded as refused `dns` sessions) and nothing is followed for it; bound, an answer is
+/// followed only for the targets it may connect to.
+#[test]
+fn dns_is_answered_and_followed_only_for_what_the_jobs_binding_may_connect_to() -> Result<()> {
+    let dir = TempDir::new(&format!("q{}", unique_id()));
+    // Jobs bound through `short` expire after 2s, through `long` after the default.
+    let short = Issuer::start(dir.path(), Mode::Real)?;
+    let long = Issuer::start(dir.path(), Mode::Real)?;
+    let rules = format!(
+        r#"{}{}
+# Only bound jobs of acme/app, and only to "api" ("cdn" is named by no rule).
+[[rules]]
+name = "acme"
+action = "allow"
+targets = ["api"]
+claims = {{ repository = "acme/app" }}
+"#,
+        issuer_toml(&short, "max_binding_lifetime = \"2s\""),
+        issuer_toml(&long, ""),
+    );
+    let s = Setup::with_config(None, "", &rules)?;
+    let (a, c) = (Setup::address(&s.ns, 3), Setup::address(&s.ns, 5));
+    let refused = "Query Refused";
+
+    let (expiring, job) = bound_job(&s, &short, &dir, "dnsexp")?;
+    let until = chrono::DateTime::parse_from_rfc3339(
+        job["binding_expires_at"].as_str().expect("bound until"),
+    )?;
+    // Wait (by the clock, not by a guess) until the binding has run out.
+    while chrono::Utc::now() <= until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let udp = expiring.probe(&[
+        "dns-follow",
+        &s.resolver(),
+        "api.test",
+        "7000",
+        "1",
+        &format!("{a}:7000"),
+    ])?;
+    assert_eq!(udp["rounds"][0]["rcode"], refused, "{udp}");
+    assert_eq!(
+        udp["rounds"][0]["addresses"],
+        serde_json::json!([]),
+        "{udp}"
+    );
+    // Nothing was followed: the address is no target at all.
+    assert_eq!(udp["others"][0]["errno"], libc::EPERM, "{udp}");
+    let tcp = expiring.probe(&["dns-follow-tcp", &s.resolver(), "api.test", "7000", "1"])?;
+    assert_eq!(tcp["rounds"][0]["rcode"], refused, "{tcp}");
+    assert_eq!(
+        tcp["rounds"][0]["addresses"],
+        serde_json::json!([]),
+        "{tcp}"
+    );
+    let queries = job_queries(&s, &job["id"])?;
+    assert_eq!(queries.len(), 2, "{queries:?}");
+    for q in &queries {
+        assert_eq!(q["decision"], "deny", "{q}");
+        let shown = s.daemon.show_session(&q["id"])?;
+        assert!(
+            shown["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("identity binding of job")),
+            "{shown}"
+        );
+        let detail = dns_detail(&s, q)?;
+        assert_eq!(detail["name"], "api.test", "{detail}");
+        assert!(detail.get("followed").is_none(), "{detail}");
+    }
+    assert!(
+        !s.dns.output().contains("query api.test"),
+        "a refused query never reaches the resolver: {}",
+        s.dns.output()
+    );
+
+    // A job bound to no identity (no token) is let connect nowhere: its DNS is refused too.
+    let unbound = s
+        .daemon
+        .probe_in_job(&["dns-follow", &s.resolver(), "api.test", "7000", "1"])?;
+    assert_eq!(unbound["rounds"][0]["rcode"], refused, "{unbound}");
+    let denied = sessions(&s, "dns")?;
+    assert!(
+        denied.iter().any(|q| q["identity"] == "unauthenticated"
+            && q["decision"] == "deny"
+            && s.daemon.show_session(&q["id"]).is_ok_and(|x| x["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no rule allows")))),
+        "{denied:?}"
+    );
+
+    // Control: bound (and in time), the same query is answered and followed, and the address
+    // reached; a name of a target it may not connect to is answered, not followed.
+    let (fresh, job) = bound_job(&s, &long, &dir, "dnsok")?;
+    let v = fresh.probe(&["dns-follow", &s.resolver(), "api.test", "7000", "1"])?;
+    assert_eq!(v["rounds"][0]["addresses"], serde_json::json!([a]), "{v}");
+    assert_eq!(v["rounds"][0]["connects"][0]["echo"], "told", "{v}");
+    let v = fresh.probe(&["dns-follow", &s.resolver(), "img.cdn.test", "7000", "1"])?;
+    assert_eq!(v["rounds"][0]["addresses"], serde_json::json!([c]), "{v}");
+    assert_eq!(v["rounds"][0]["connects"][0]["errno"], libc::EPERM, "{v}");
+    let queries = job_queries(&s, &job["id"])?;
+    assert_eq!(queries.len(), 2, "{queries:?}");
+    assert!(
+        queries.iter().all(|q| q["decision"] == "allow"),
+        "{queries:?}"
+    );
+    let detail = dns_detail(&s, &queries[1])?;
+    assert!(
+        detail["followed"][0]["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("no rule allows")),
+        "{detail}"
+    );
+    Ok(())
+}
+
+/// A job's DNS socket outlives the job (`gateway detach`, a runner releasing the cgroup while a
+/// process lingers): what it sends to the forwarder afterwards is refused and recorded, never
+/// answered or followed for a job that is gone.
+#[test]
+fn a_query_from_a_socket_of_a_job_that_has_ended_is_refused() -> Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let s = Setup::new()?;
+    let cg = TestCgroup::new("dnsend")?;
+    let path = cg.path.to_str().expect("path");
+    let out = s.daemon.cli(&["attach", "--cgroup", path, "--json"]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut probe = Command::new(probe_bin())
+        .arg("--cgroup")
+        .arg(&cg.path)
+        .args(["dns-hold", &s.resolver(), "api.test"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(probe.stdout.take().context("stdout")?).lines();
+    // Asked once while the job is attached: answered.
+    let ready = lines.next().context("the probe printed nothing")??;
+    ensure!(ready.contains(r#""ready":true"#), "{ready}");
+    let out = s.daemon.cli(&["detach", "--cgroup", path]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Now the socket (connected to the forwarder while the job was attached) asks.
+    probe.stdin.take().context("stdin")?.write_all(b"ask\n")?;
+    let answer: Value = serde_json::from_str(&lines.next().context("no answer line")??)?;
+    probe.wait()?;
+    assert_eq!(answer["rcode"], "Query Refused", "{answer}");
+    assert_eq!(answer["addresses"], serde_json::json!([]), "{answer}");
+    let mut dns = sessions(&s, "dns")?;
+    dns.sort_by_key(|x| x["id"].as_i64());
+    assert_eq!(dns.len(), 2, "{dns:?}");
+    assert_eq!(dns[0]["decision"], "allow", "{dns:?}");
+    assert_eq!(dns[1]["decision"], "deny", "{dns:?}");
+    let shown = s.daemon.show_session(&dns[1]["id"])?;
+    assert!(
+        shown["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("has ended")),
+        "{shown}"
+    );
+    assert_eq!(
+        s.dns.output().matches("query api.test").count(),
+        1,
+        "the refused query never reaches the resolver: {}",
+        s.dns.output()
+    );
+    Ok(())
+}
+
+/// Where jobs reach more than targets (`allow_direct`), a job no rule lets connect to any target
+/// still has its DNS answered: it reaches the direct destinations by name.
+#[test]
+fn a_job_with_no_target_keeps_its_dns_where_allow_direct_lets_it_reach_more() -> Result<()> {
+    let s = Setup::with_config(None, "allow_direct = [\"@C@:7000\"]", "")?;
+    let c = Setup::address(&s.ns, 5);
+    let v = s
+        .daemon
+        .probe_in_job(&["dns-follow", &s.resolver(), "cdn.test", "7000", "1"])?;
+    assert_eq!(v["rounds"][0]["rcode"], "No Error", "{v}");
+    assert_eq!(v["rounds"][0]["addresses"], serde_json::json!([c]), "{v}");
+    assert_eq!(v["rounds"][0]["connects"][0]["echo"], "told", "{v}");
+    // The name of a target it may not connect to is answered, not followed.
+    let v = s
+        .daemon
+        .probe_in_job(&["dns-follow", &s.resolver(), "api.test", "7000", "1"])?;
+    assert_eq!(v["rounds"][0]["rcode"], "No Error", "{v}");
+    assert_eq!(v["rounds"][0]["connects"][0]["errno"], libc::EPERM, "{v}");
     Ok(())
 }

@@ -2366,3 +2366,94 @@ fn a_passthrough_connection_needing_approval_is_held_until_a_person_decides() ->
     );
     Ok(())
 }
+
+/// A URL typed on a command line holds what the masking hides: the session's record of the
+/// connecting process (`sessions show`, `--json`, the HAR export) and the approver's view have
+/// its command line and its parent shell's masked with the target's detectors.
+#[test]
+fn command_lines_in_the_session_record_and_the_approval_are_masked() -> Result<()> {
+    let s = Setup::with(MASKING)?;
+    let curl = |method_args: &str, path: &str| {
+        let script = format!(
+            "curl -sS --max-time 60 --cacert {ca} --resolve {HOST}:443:{ip} {method_args} 'https://{HOST}{path}'; echo done",
+            ca = s.gateway_ca.display(),
+            ip = s.nginx.addr,
+        );
+        s.daemon.run_job(&[], "sh", &["-c", &script])
+    };
+    let out = curl("", "/v1/users?ssn=123-45-6789");
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("done"),
+        "{out:?}"
+    );
+    // Held for approval: what the approver reads of the process is masked.
+    let (held, approval) = std::thread::scope(|scope| -> Result<(Output, String)> {
+        let job = scope.spawn(|| curl("-d version=42", "/deploy?ticket=123-45-6789"));
+        let id = pending(&s, &format!("POST {HOST}/deploy?ticket=[masked:us_ssn]"))?;
+        let shown = [
+            s.daemon.cli(&["approvals", "show", &id]),
+            s.daemon.cli(&["approvals", "show", &id, "--json"]),
+            s.daemon.cli(&["approvals", "list", "--json"]),
+        ]
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+        let decided = s.daemon.cli(&["approvals", "approve", &id]);
+        ensure!(decided.status.success(), "{decided:?}");
+        Ok((job.join().expect("curl thread"), shown))
+    })?;
+    ensure!(
+        String::from_utf8_lossy(&held.stdout).contains("done"),
+        "{held:?}"
+    );
+    no_secret("approval", &approval)?;
+    ensure!(
+        approval.contains("curl"),
+        "the approver sees the process: {approval}"
+    );
+    // The upstream got both requests as typed.
+    let seen = s.server_saw();
+    for uri in ["/v1/users?ssn=123-45-6789", "/deploy?ticket=123-45-6789"] {
+        ensure!(seen.iter().any(|r| r["uri"] == uri), "{uri}: {seen:?}");
+    }
+    let sessions = s.http_sessions()?;
+    ensure!(sessions.len() == 2, "{sessions:?}");
+    for session in sessions {
+        let id = session["id"].to_string();
+        let json = s.daemon.show_session(&id)?;
+        let process = &json["process"];
+        // Recorded, and masked: the curl's own command line and its shell's.
+        let masked = |cmdline: &Value| {
+            cmdline.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|arg| arg.as_str().is_some_and(|x| x.contains("[masked:us_ssn]")))
+            })
+        };
+        ensure!(masked(&process["cmdline"]), "{process}");
+        ensure!(
+            process["ancestry"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["comm"] == "sh" && masked(&p["cmdline"]))),
+            "{process}"
+        );
+        let text = s.daemon.cli(&["sessions", "show", &id]);
+        let har_path = s.dir.path().join(format!("cmdline-{id}.har"));
+        let exported = s.daemon.cli(&[
+            "sessions",
+            "export",
+            &id,
+            "--format",
+            "har",
+            "-o",
+            har_path.to_str().unwrap_or_default(),
+        ]);
+        ensure!(exported.status.success(), "{exported:?}");
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        ensure!(text.contains("[masked:us_ssn]"), "{text}");
+        no_secret("sessions show --json", &json.to_string())?;
+        no_secret("sessions show", &text)?;
+        no_secret("har", &fs::read_to_string(&har_path)?)?;
+    }
+    Ok(())
+}

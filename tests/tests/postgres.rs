@@ -999,3 +999,72 @@ fn bad_input_garbage_instead_of_a_tls_client_hello() -> Result<()> {
     );
     Ok(())
 }
+
+/// A statement typed on psql's command line holds what the target's detectors mask: the
+/// session's record of the process (psql's command line and that of `timeout` above it) and
+/// the approver's view of it are masked as the statement log is.
+#[test]
+fn a_statement_on_psqls_command_line_is_recorded_and_shown_to_approvers_masked() -> Result<()> {
+    let t = Pg::start()?;
+    let secret = "alice@example.com";
+    let select = format!("select count(*) from users where email = '{secret}'");
+    // The SELECT runs, then the GRANT waits for approval (psql stops at neither).
+    let (out, approval) = std::thread::scope(|scope| -> Result<(Output, String)> {
+        let job = scope.spawn(|| t.psql(&["-c", &select, "-c", "GRANT SELECT ON users TO PUBLIC"]));
+        let mut id = None;
+        gateway_e2e::wait_until(std::time::Duration::from_secs(10), || {
+            id = t
+                .daemon
+                .cli_json(&["approvals", "list", "--json"])
+                .ok()
+                .and_then(|v| {
+                    v.as_array()?
+                        .iter()
+                        .find(|a| a["status"] == "pending")
+                        .and_then(|a| a["id"].as_str().map(str::to_string))
+                });
+            id.is_some()
+        });
+        let id = id.context("no pending approval request")?;
+        let shown = [
+            t.daemon.cli(&["approvals", "show", &id]),
+            t.daemon.cli(&["approvals", "show", &id, "--json"]),
+        ]
+        .iter()
+        .map(stdout)
+        .collect::<Vec<_>>()
+        .join("\n");
+        let approve = t.daemon.cli(&["approvals", "approve", &id]);
+        ensure!(approve.status.success(), "{}", stderr(&approve));
+        Ok((job.join().expect("psql thread"), shown))
+    })?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().next(), Some("1"), "{}", stdout(&out));
+    assert!(
+        !approval.contains(secret) && approval.contains("[masked:email]"),
+        "{approval}"
+    );
+    let session = t.daemon.sessions()?[0]["id"].to_string();
+    let json = t.daemon.show_session(&session)?;
+    let masked = |cmdline: &Value| {
+        cmdline.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|arg| arg.as_str().is_some_and(|x| x.contains("[masked:email]")))
+        })
+    };
+    let process = &json["process"];
+    assert!(masked(&process["cmdline"]), "{process}");
+    assert!(
+        process["ancestry"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|p| p["comm"] == "timeout" && masked(&p["cmdline"]))),
+        "{process}"
+    );
+    assert!(!json.to_string().contains(secret), "{json}");
+    let text = stdout(&t.daemon.cli(&["sessions", "show", &session]));
+    assert!(
+        !text.contains(secret) && text.contains("[masked:email]"),
+        "{text}"
+    );
+    Ok(())
+}

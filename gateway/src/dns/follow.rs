@@ -99,15 +99,16 @@ impl Follow {
     }
 
     /// Notes that job `job` was told `ip` for `name` with `ttl`; returns one [`Followed`] per
-    /// target the name matches, and the kernel entries to add.
+    /// target the name matches, and the kernel entries to add. `refuse` says why the job may
+    /// not connect to a target (by name): such an answer is passed on but not followed.
     pub(super) fn tell(
         &self,
         job: u64,
         name: &str,
-        ip: IpAddr,
-        ttl: u32,
+        (ip, ttl): (IpAddr, u32),
         statics: &TargetSet,
         now: Instant,
+        refuse: &dyn Fn(&str) -> Option<String>,
     ) -> (Vec<Followed>, Vec<DestinationEntry>) {
         let ip = canonical(ip);
         let expires = now + self.ttl(ttl);
@@ -129,7 +130,9 @@ impl Follow {
             let known = table.told.contains_key(&key);
             let jobs_count = table.per_job.get(&job).copied().unwrap_or(0);
             let kernel_known = table.kernel.contains_key(&(ip, *port));
-            f.refused = if ip.is_loopback()
+            f.refused = if let Some(why) = refuse(target) {
+                Some(why)
+            } else if ip.is_loopback()
                 || ip.is_unspecified()
                 || ip.is_multicast()
                 || self.local.contains(&ip)

@@ -29,7 +29,7 @@ use std::{
 };
 
 use gateway_common::{AF_INET, AF_INET6};
-use hickory_proto::op::{Message, MessageType};
+use hickory_proto::op::{Message, MessageType, ResponseCode};
 use serde_json::json;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,7 @@ use crate::{
     ebpf::{Dataplane, DnsClients},
     identity::Identity,
     jobs::{Job, Jobs},
+    policy::{Decision, Policy},
     record::{EventKind, NewSession, SessionKind, Store, now},
     targets::TargetSet,
 };
@@ -63,6 +64,15 @@ pub struct Services {
     pub dataplane: Arc<tokio::sync::Mutex<Dataplane>>,
     pub targets: Arc<parking_lot::RwLock<Arc<TargetSet>>>,
     pub jobs: Arc<Jobs>,
+    /// What a job's connects are decided by: its queries are answered, and answers followed
+    /// for a target, only as far as it may connect.
+    pub policy: Arc<Policy>,
+    /// Names of all targets (a job that may connect to none has no use for DNS, unless
+    /// `reaches_beyond_targets`).
+    pub target_names: Vec<String>,
+    /// Jobs reach destinations other than targets whatever their identity (`allow_direct`, or
+    /// `audit` mode): DNS is answered for any job still bound.
+    pub reaches_beyond_targets: bool,
     pub store: Store,
     pub recorder: Arc<Recorder>,
     pub shutdown: CancellationToken,
@@ -302,6 +312,41 @@ pub struct Asker {
     pub job: Option<Arc<Job>>,
 }
 
+impl Asker {
+    /// The identity the job's queries are answered for, as its connects would be decided: not
+    /// for a job that has ended (a socket it left behind), nor past its binding, nor for an
+    /// identity no rule lets connect to any target (when nothing but targets is reachable).
+    /// `Err`: why its queries are refused.
+    fn admitted(&self, services: &Services) -> Result<Identity, String> {
+        // A slot an ended job left may be another job's now: the job must be the socket's.
+        let Some(job) = self
+            .job
+            .as_ref()
+            .filter(|j| j.cgroup_id == self.job_cgroup_id)
+        else {
+            return Err(
+                "the job this DNS query came from has ended (or it is of no job); refused".into(),
+            );
+        };
+        if let Some(expired) = job.binding_expired() {
+            return Err(format!("{expired}; DNS query refused"));
+        }
+        let reaches_any = services.target_names.iter().any(|t| {
+            matches!(
+                services.policy.decide_connection(&job.identity, t),
+                Decision::Allow { .. }
+            )
+        });
+        if !reaches_any && !services.reaches_beyond_targets {
+            return Err(format!(
+                "no rule allows job {} ({}) to connect to any target; DNS query refused",
+                job.id, job.identity.subject
+            ));
+        }
+        Ok(job.identity.clone())
+    }
+}
+
 /// What a query came to, for the record.
 struct Outcome {
     decision: &'static str,
@@ -325,7 +370,22 @@ impl Outcome {
 struct Query {
     id: u16,
     name: hickory_proto::rr::Name,
+    /// What the job asked, echoed in a refusal.
+    question: hickory_proto::op::Query,
+    op_code: hickory_proto::op::OpCode,
     detail: serde_json::Value,
+}
+
+impl Query {
+    /// A REFUSED answer to the query (RFC 1035 4.1.1: policy), and the record of the refusal.
+    fn refuse(mut self, reason: String) -> (Vec<u8>, Outcome) {
+        let mut answer = Message::error_msg(self.id, self.op_code, ResponseCode::Refused);
+        answer.add_query(self.question);
+        self.detail["rcode"] = json!(ResponseCode::Refused.to_string());
+        // Built from a question that parsed: it serializes.
+        let bytes = answer.to_vec().unwrap_or_default();
+        (bytes, Outcome::refused(reason, self.detail))
+    }
 }
 
 /// Reads a job's query; a refusal (never forwarded) for anything but one question.
@@ -367,17 +427,19 @@ fn read_query(query: &[u8], resolver: SocketAddr, transport: &str) -> Result<Que
     Ok(Query {
         id: parsed.id(),
         name: question.name().clone(),
+        question: question.clone(),
+        op_code: parsed.op_code(),
         detail,
     })
 }
 
 /// Follows the resolver's answer to `query` for the job (in the kernel before the job hears of
-/// it); the bytes to give the job, and the record.
+/// it), for the targets `identity` may connect to; the bytes to give the job, and the record.
 async fn follow_answer(
     mut query: Query,
     answer: Message,
     bytes: Vec<u8>,
-    asker: &Asker,
+    (asker, identity): (&Asker, &Identity),
     services: &Services,
 ) -> (Vec<u8>, Outcome) {
     let detail = &mut query.detail;
@@ -394,12 +456,24 @@ async fn follow_answer(
     // Followed before the job hears of them: its connect must find them in the kernel.
     let statics = services.targets.read().clone();
     let now = Instant::now();
+    let refuse = |target: &str| match services.policy.decide_connection(identity, target) {
+        Decision::Allow { .. } => None,
+        Decision::Deny { reason, .. } => Some(reason),
+        Decision::RequireApproval { rule } => Some(format!(
+            "rule {rule:?} wants approval of the connection, which is not supported"
+        )),
+    };
     let mut followed = Vec::new();
     let mut add = Vec::new();
-    for (ip, ttl) in &addresses {
-        let (f, a) = services
-            .follow
-            .tell(asker.job_cgroup_id, &name, *ip, *ttl, &statics, now);
+    for answered in &addresses {
+        let (f, a) = services.follow.tell(
+            asker.job_cgroup_id,
+            &name,
+            *answered,
+            &statics,
+            now,
+            &refuse,
+        );
         followed.extend(f);
         add.extend(a);
     }
@@ -457,11 +531,22 @@ async fn exchange(
     services: &Services,
 ) -> Result<Outcome, Outcome> {
     let parsed = read_query(query, resolver, "udp")?;
+    let identity = match asker.admitted(services) {
+        Ok(i) => i,
+        Err(reason) => {
+            let (bytes, mut outcome) = parsed.refuse(reason);
+            if let Err(e) = socket.send_to(&bytes, peer).await {
+                outcome.detail["error"] = json!(e.to_string());
+            }
+            return Err(outcome);
+        }
+    };
     let (answer, bytes) = match ask(query, parsed.id, resolver, namespace).await {
         Ok(a) => a,
         Err(e) => return Err(unanswered(parsed, e)),
     };
-    let (bytes, mut outcome) = follow_answer(parsed, answer, bytes, asker, services).await;
+    let (bytes, mut outcome) =
+        follow_answer(parsed, answer, bytes, (asker, &identity), services).await;
     if let Err(e) = socket.send_to(&bytes, peer).await {
         outcome.detail["error"] = json!(e.to_string());
     }

@@ -68,6 +68,17 @@ pub async fn serve(
             Ok(p) => p,
             Err(outcome) => return record(&asker, resolver, outcome, services).await,
         };
+        // Checked per query: a binding may run out while the connection is open.
+        let identity = match asker.admitted(services) {
+            Ok(i) => i,
+            Err(reason) => {
+                let (bytes, mut outcome) = parsed.refuse(reason);
+                if let Err(e) = write_message(&mut client, &bytes).await {
+                    outcome.detail["error"] = json!(e.to_string());
+                }
+                return record(&asker, resolver, outcome, services).await;
+            }
+        };
         let Some(_job_permit) = services.in_flight.take(asker.job_cgroup_id) else {
             tracing::warn!(%resolver, "DNS forwarder: the job has {MAX_IN_FLIGHT_PER_JOB} queries in flight already; connection closed");
             return;
@@ -84,7 +95,8 @@ pub async fn serve(
                 return record(&asker, resolver, outcome, services).await;
             }
         };
-        let (bytes, mut outcome) = follow_answer(parsed, answer, bytes, &asker, services).await;
+        let (bytes, mut outcome) =
+            follow_answer(parsed, answer, bytes, (&asker, &identity), services).await;
         let sent = write_message(&mut client, &bytes).await;
         if let Err(e) = &sent {
             outcome.detail["error"] = json!(e.to_string());

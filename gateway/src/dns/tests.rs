@@ -31,7 +31,7 @@ fn a_job_reaches_what_it_was_told_for_as_long_as_the_ttl_and_no_other_job_does()
     let statics = TargetSet::default();
     let t0 = Instant::now();
     let a: IpAddr = "10.9.0.1".parse().unwrap();
-    let (followed, add) = f.tell(1, "api.test", a, 30, &statics, t0);
+    let (followed, add) = f.tell(1, "api.test", (a, 30), &statics, t0, &|_| None);
     assert_eq!(followed.len(), 1);
     assert_eq!(followed[0].refused, None);
     assert_eq!(add.len(), 1);
@@ -41,13 +41,33 @@ fn a_job_reaches_what_it_was_told_for_as_long_as_the_ttl_and_no_other_job_does()
     assert_eq!(f.check(None, dst, t0), Told::No(0));
     assert_eq!(f.check(Some(1), SocketAddr::new(a, 80), t0), Told::Unknown);
     // A second job told the same address adds no kernel entry.
-    assert!(f.tell(2, "api.test", a, 30, &statics, t0).1.is_empty());
+    assert!(
+        f.tell(2, "api.test", (a, 30), &statics, t0, &|_| None)
+            .1
+            .is_empty()
+    );
     assert!(f.expire(t0 + Duration::from_secs(29)).is_empty());
     assert_eq!(f.expire(t0 + Duration::from_secs(31)).len(), 1);
     assert_eq!(
         f.check(Some(1), dst, t0 + Duration::from_secs(31)),
         Told::Unknown
     );
+}
+
+#[test]
+fn an_answer_is_not_followed_for_a_target_the_job_may_not_connect_to() {
+    let (f, _) = follow(TARGETS);
+    let statics = TargetSet::default();
+    let t0 = Instant::now();
+    let a: IpAddr = "10.9.0.4".parse().unwrap();
+    let refuse = |t: &str| (t == "api").then(|| "no rule allows it".to_string());
+    let (followed, add) = f.tell(1, "api.test", (a, 30), &statics, t0, &refuse);
+    assert_eq!(followed[0].refused.as_deref(), Some("no rule allows it"));
+    assert!(add.is_empty());
+    assert_eq!(f.check(Some(1), SocketAddr::new(a, 443), t0), Told::Unknown);
+    let (followed, add) = f.tell(1, "x.content.test", (a, 30), &statics, t0, &refuse);
+    assert_eq!(followed[0].refused, None);
+    assert_eq!(add.len(), 1);
 }
 
 #[test]
@@ -68,9 +88,14 @@ fn ttls_are_bounded_and_names_match_exactly_or_below_a_wildcard() {
     let statics = TargetSet::default();
     let t0 = Instant::now();
     let ip: IpAddr = "10.9.0.2".parse().unwrap();
-    assert_eq!(f.tell(1, "api.test", ip, 0, &statics, t0).0[0].ttl_secs, 5);
     assert_eq!(
-        f.tell(1, "api.test", ip, u32::MAX, &statics, t0).0[0].ttl_secs,
+        f.tell(1, "api.test", (ip, 0), &statics, t0, &|_| None).0[0].ttl_secs,
+        5
+    );
+    assert_eq!(
+        f.tell(1, "api.test", (ip, u32::MAX), &statics, t0, &|_| None)
+            .0[0]
+            .ttl_secs,
         3600
     );
     for (name, hits) in [
@@ -83,7 +108,7 @@ fn ttls_are_bounded_and_names_match_exactly_or_below_a_wildcard() {
     ] {
         let ip: IpAddr = "10.9.0.3".parse().unwrap();
         assert_eq!(
-            f.tell(1, name, ip, 30, &statics, t0).0.len(),
+            f.tell(1, name, (ip, 30), &statics, t0, &|_| None).0.len(),
             hits,
             "{name}"
         );
@@ -98,13 +123,20 @@ fn local_and_loopback_answers_are_not_followed_and_the_table_is_bounded() {
     let statics = TargetSet::default();
     let t0 = Instant::now();
     for ip in ["127.0.0.1", "192.0.2.7", "::", "224.0.0.1"] {
-        let (followed, add) = f.tell(1, "api.test", ip.parse().unwrap(), 30, &statics, t0);
+        let (followed, add) = f.tell(
+            1,
+            "api.test",
+            (ip.parse().unwrap(), 30),
+            &statics,
+            t0,
+            &|_| None,
+        );
         assert!(followed[0].refused.is_some(), "{ip}");
         assert!(add.is_empty(), "{ip}");
     }
     for i in 0..MAX_TOLD_PER_JOB as u32 + 1 {
         let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a0a_0000 + i));
-        let (followed, _) = f.tell(1, "api.test", ip, 30, &statics, t0);
+        let (followed, _) = f.tell(1, "api.test", (ip, 30), &statics, t0, &|_| None);
         assert_eq!(
             followed[0].refused.is_some(),
             i as usize == MAX_TOLD_PER_JOB,

@@ -117,12 +117,7 @@ impl OpenSessions {
         let dst = super::destination(&info);
         let (job, identity) = job_of(event, services);
         let target = services.target_configs.get(event.detail as usize);
-        let mut process = services
-            .processes
-            .describe(&info, |pid| services.exec_starts.last(pid));
-        if let Some(job) = job.as_ref().filter(|_| process.verified) {
-            super::who_ran_it(&mut process, job, services).await;
-        }
+        let process = super::describe_process(&info, job.as_deref(), target, services).await;
         // The grants were compiled from these rules: this names the rule that allowed it.
         let (rule, reason) = match target
             .map(|t| services.policy.decide_connection(&identity, &t.name))

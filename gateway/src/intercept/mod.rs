@@ -212,12 +212,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services
     // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
     // cannot record does not serve. Opening the upstream connection overlaps with the recording.
     let record = async {
-        let mut process = services
-            .processes
-            .describe(&info, |pid| services.exec_starts.last(pid));
-        if let Some(job) = job.as_ref().filter(|_| process.verified) {
-            who_ran_it(&mut process, job, &services).await;
-        }
+        let process = describe_process(&info, job.as_deref(), target.as_ref(), &services).await;
         let session = NewSession {
             kind: SessionKind::Proxied,
             job_id: job.as_ref().map(|j| j.id.clone()),
@@ -347,6 +342,30 @@ async fn dns_over_tcp(
         file,
     };
     crate::dns::tcp::serve(client, resolver, asker, namespace, forwarder).await;
+}
+
+/// The process behind a connection as it is recorded (and shown to approvers): what /proc says
+/// of it and of the processes above it in its job, its command lines masked with the detectors
+/// of the target's `[[masking]]` rules (a URL or a statement typed on a command line holds what
+/// the traffic's masking hides).
+pub(crate) async fn describe_process(
+    info: &ConnInfo,
+    job: Option<&crate::jobs::Job>,
+    target: Option<&Target>,
+    services: &Services,
+) -> ProcessInfo {
+    let mut process = services
+        .processes
+        .describe(info, |pid| services.exec_starts.last(pid));
+    if let Some(job) = job.filter(|_| process.verified) {
+        who_ran_it(&mut process, job, services).await;
+    }
+    if let Some(rules) = target
+        .and_then(|t| crate::mask::body::BodyRules::for_target(&services.http.masking, &t.name))
+    {
+        process.mask_command_lines(|arg| rules.mask_str(arg));
+    }
+    process
 }
 
 /// The container the process runs in and the processes above it in its job, for a process that

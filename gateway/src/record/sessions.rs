@@ -1,5 +1,7 @@
 //! Records of jobs, sessions and session events, and the queries over them.
 
+use std::borrow::Cow;
+
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde::{Deserialize, Serialize};
 
@@ -112,6 +114,20 @@ pub struct ProcessInfo {
     /// as /proc showed them when the connection was accepted (only for a verified process).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ancestry: Vec<Ancestor>,
+}
+
+impl ProcessInfo {
+    /// Replaces each argument of its command line and its ancestors' with `mask`'s text where
+    /// that differs (detectors find what a job typed on a command line as they find it in traffic).
+    pub fn mask_command_lines(&mut self, mask: impl for<'a> Fn(&'a str) -> Cow<'a, str>) {
+        let cmdlines = std::iter::once(&mut self.cmdline)
+            .chain(self.ancestry.iter_mut().map(|a| &mut a.cmdline));
+        for arg in cmdlines.flatten().flatten() {
+            if let Cow::Owned(masked) = mask(arg) {
+                *arg = masked;
+            }
+        }
+    }
 }
 
 /// A container a process runs in.

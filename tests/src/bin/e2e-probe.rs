@@ -42,6 +42,9 @@
 //!   dns-follow-tcp RESOLVER NAME PORT ROUNDS [ADDR…]
 //!                           the same over TCP (length-prefixed, one connection per round, as
 //!                           a resolver library retrying a truncated answer does)
+//!   dns-hold RESOLVER NAME  connect a UDP socket to RESOLVER and ask for NAME's A records; say
+//!                           whether that was answered ({"ready":true}), wait for a line on
+//!                           standard input, then ask again on the same socket
 //!   dns-raw RESOLVER HEX    send the bytes HEX to RESOLVER; say whether anything came back
 //!   dns-raw-tcp RESOLVER HEX
 //!                           connect to RESOLVER over TCP, send the bytes HEX; say whether
@@ -556,6 +559,9 @@ fn flood_udp(addr: &str, count: &str) -> Value {
 enum Transport {
     /// A UDP socket connected to the resolver, as glibc does.
     Connected,
+    /// `Connected`, the query asked once (its answer ignored: the socket has been used), then
+    /// again once a line is read from standard input (after `{"ready":true}` is printed).
+    Held,
     /// An unconnected UDP socket, sendto().
     SendTo,
     /// TCP, length-prefixed.
@@ -613,9 +619,17 @@ fn dns_query(resolver: SocketAddr, name: &str, id: u16, transport: Transport) ->
         socket
             .set_read_timeout(Some(Duration::from_secs(1)))
             .expect("timeout");
-        let connected = transport == Transport::Connected;
+        let connected = matches!(transport, Transport::Connected | Transport::Held);
         if connected && let Err(e) = socket.connect(resolver) {
             return errno_json(&e);
+        }
+        if transport == Transport::Held {
+            let first = socket
+                .send(&bytes)
+                .and_then(|_| socket.recv(&mut [0u8; 4096]));
+            println!("{}", json!({ "ready": first.is_ok() }));
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
         }
         let mut buf = [0u8; 4096];
         let mut received = None;
@@ -643,19 +657,21 @@ fn dns_query(resolver: SocketAddr, name: &str, id: u16, transport: Transport) ->
         let peer = socket.peer_addr().map(|p| p.to_string()).ok();
         (buf[..n].to_vec(), from, peer)
     };
-    let addresses: Vec<String> = match Message::from_vec(&answer) {
-        Ok(m) if m.id() == id => m
-            .answers()
-            .iter()
-            .filter_map(|r| match r.data() {
-                RData::A(a) => Some(a.0.to_string()),
-                _ => None,
-            })
-            .collect(),
+    let (addresses, rcode): (Vec<String>, String) = match Message::from_vec(&answer) {
+        Ok(m) if m.id() == id => (
+            m.answers()
+                .iter()
+                .filter_map(|r| match r.data() {
+                    RData::A(a) => Some(a.0.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            m.response_code().to_string(),
+        ),
         Ok(_) => return json!({ "ok": false, "error": "answer with another id" }),
         Err(e) => return json!({ "ok": false, "error": e.to_string() }),
     };
-    json!({ "ok": true, "from": from.to_string(), "addresses": addresses, "connected": transport == Transport::Connected, "peer": peer })
+    json!({ "ok": true, "from": from.to_string(), "addresses": addresses, "rcode": rcode, "connected": transport == Transport::Connected, "peer": peer })
 }
 
 fn dns_follow(args: &[String], tcp: bool) -> Value {
@@ -774,6 +790,12 @@ fn main() {
         "flood-udp" => flood_udp(arg(1), arg(2)),
         "dns-follow" => dns_follow(&args[1..], false),
         "dns-follow-tcp" => dns_follow(&args[1..], true),
+        "dns-hold" => dns_query(
+            arg(1).parse().expect("resolver"),
+            arg(2),
+            0x4100,
+            Transport::Held,
+        ),
         "dns-raw" => dns_raw(arg(1), arg(2)),
         "dns-raw-tcp" => dns_raw_tcp(arg(1), arg(2)),
         other => {

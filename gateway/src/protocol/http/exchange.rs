@@ -401,17 +401,7 @@ impl Exchange {
     /// The process as approvers see it: its command lines (which may hold the URL) masked.
     fn shown_process(&self) -> Option<ProcessInfo> {
         let mut process = self.process.clone()?;
-        let mask = |cmdline: &mut Option<Vec<String>>| {
-            for arg in cmdline.iter_mut().flatten() {
-                if let Cow::Owned(masked) = self.shown(arg) {
-                    *arg = masked;
-                }
-            }
-        };
-        mask(&mut process.cmdline);
-        for ancestor in &mut process.ancestry {
-            mask(&mut ancestor.cmdline);
-        }
+        process.mask_command_lines(|arg| self.shown(arg));
         Some(process)
     }
 
