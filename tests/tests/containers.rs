@@ -1862,12 +1862,20 @@ fn gitlab_labels(job: u64, project: u64, kind: &str) -> Value {
     })
 }
 
-/// Removes the GitLab jobs' cgroup parent (and anything left below it) at the end of a test.
-struct RemoveCgroup(PathBuf);
+/// Removes the GitLab jobs' cgroup parent (relative to the v2 root) and anything left below
+/// it at the end of a test, with the copies the engine made on cgroup v1 hierarchies.
+struct RemoveCgroup(String);
 
 impl Drop for RemoveCgroup {
     fn drop(&mut self) {
-        remove_cgroup_tree(&self.0);
+        if let Ok(root) = gateway_e2e::cgroup2_root() {
+            remove_cgroup_tree(&root.join(&self.0));
+        }
+        if let Ok(dirs) = std::fs::read_dir("/sys/fs/cgroup") {
+            for d in dirs.flatten() {
+                remove_cgroup_tree(&d.path().join(&self.0));
+            }
+        }
     }
 }
 
@@ -1894,7 +1902,7 @@ fn gitlab_runner_jobs_get_a_cgroup_and_an_identity_each_through_the_gateways_soc
     let issuer = Issuer::start(dir.path(), Mode::Real)?;
     let parent = format!("gwe-gitlab-{id}");
     let root = gateway_e2e::cgroup2_root()?;
-    let _remove_parent = RemoveCgroup(root.join(&parent));
+    let _remove_parent = RemoveCgroup(parent.clone());
     let docker = format!(
         "\n[docker.gitlab]\nrunner_users = [\"root\"]\ncgroup_parent = \"{parent}\"\ntoken_variable = \"GATEWAY_ID_TOKEN\"\nissuer = \"{url}\"\n",
         url = issuer.url
@@ -2113,10 +2121,11 @@ claims = {{ iss = "{url}" }}
         .collect();
     assert_eq!(refused.len(), 2, "{refused:#?}");
     let reason_of = |d: &Value| d["reason"].as_str().unwrap_or_default().to_string();
+    let job_c_label = job_c.to_string();
     assert!(
         refused
             .iter()
-            .any(|d| d["gitlab_job"] == job_c.to_string() && reason_of(d).contains("job_id")),
+            .any(|d| d["gitlab_job"] == job_c_label.as_str() && reason_of(d).contains("job_id")),
         "{refused:#?}"
     );
     assert!(
