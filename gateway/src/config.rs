@@ -17,7 +17,7 @@ mod docker;
 mod http;
 mod postgres;
 mod ssh;
-pub use docker::{DEFAULT_DOCKER_ENGINE, DEFAULT_DOCKER_LISTEN, DockerSettings};
+pub use docker::{DEFAULT_DOCKER_ENGINE, DEFAULT_DOCKER_LISTEN, DockerSettings, GitlabSettings};
 pub use http::{HttpSettings, HttpTls};
 pub use postgres::{ClientTls, PostgresSettings, UpstreamTls};
 use serde::Deserialize;
@@ -607,7 +607,7 @@ impl Validator<'_> {
         let targets = self.targets(raw.targets, server.dns.is_some());
         let approvals = self.approvals(raw.approvals);
         let approvers = self.approver_groups(raw.approvers);
-        let docker = self.docker(raw.docker);
+        let docker = self.docker(raw.docker, &issuers);
         let rules = self.rules(raw.rules, &targets, &approvers, &issuers);
         let masking = self.masking(raw.masking, &targets);
         Config {

@@ -270,6 +270,11 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 .collect(),
         },
         containers: containers.clone(),
+        gitlab_parent: config
+            .docker
+            .as_ref()
+            .and_then(|d| d.gitlab.as_ref())
+            .map(|g| cgroup_root.join(&g.cgroup_parent)),
     });
     lifecycle.adopt_jobs().await?;
     let dns_services = match (dns_clients, follow.clone()) {
@@ -365,6 +370,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             runner_uids: d.runner_uids.clone(),
             state: Default::default(),
             containers: containers.clone(),
+            gitlab: d
+                .gitlab
+                .clone()
+                .map(|g| Arc::new(docker::gitlab::Gitlab::new(g, lifecycle.clone()))),
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
         })
@@ -423,6 +432,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         intercept.clone(),
     )));
     if let (Some(listener), Some(services)) = (docker_listener, docker_services) {
+        tasks.push(tokio::spawn(docker::gitlab::cleanup_loop(services.clone())));
         tasks.push(tokio::spawn(docker::serve(listener, services)));
     }
     tasks.push(tokio::spawn(control::server::serve(

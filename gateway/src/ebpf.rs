@@ -372,7 +372,11 @@ impl Dataplane {
 
     /// Makes `grants` the kernel-path targets of the job of cgroup `cgroup_id` (new ones first,
     /// then the ones it no longer has go).
-    fn set_grants(&mut self, cgroup_id: u64, grants: &[KernelGrant]) -> Result<(), DataplaneError> {
+    pub fn set_grants(
+        &mut self,
+        cgroup_id: u64,
+        grants: &[KernelGrant],
+    ) -> Result<(), DataplaneError> {
         let name = maps::GRANTS;
         let mut map = self.grants_map()?;
         let key = |target_index| GrantKey {

@@ -79,6 +79,9 @@ pub struct JobControl {
     pub grants: GrantRules,
     /// What jobs created in Docker through the gateway (removed with them).
     pub containers: Arc<crate::protocol::docker::containers::Containers>,
+    /// `[docker.gitlab] cgroup_parent`, resolved: the GitLab jobs' cgroups below it end when
+    /// their containers are gone (the Docker API proxy ends them), not when they are empty.
+    pub gitlab_parent: Option<PathBuf>,
 }
 
 /// What a job is bound to.
@@ -129,6 +132,87 @@ impl JobControl {
                 Err(e)
             }
         }
+    }
+
+    /// A GitLab job's cgroup `<root>/<parent>/<name>`, created and attached unbound (its token
+    /// binds it later, see [`JobControl::bind`]). A cgroup of that name that is no job's is
+    /// stale (a gateway stopped before it removed it): removed first if empty, else refused.
+    pub async fn create_gitlab_job(&self, parent: &str, name: &str) -> Result<Arc<Job>, String> {
+        let parent_path = self.cgroup_root.join(parent);
+        if let Some(job) = self
+            .jobs
+            .list()
+            .into_iter()
+            .find(|j| parent_path.starts_with(&j.cgroup_path))
+        {
+            return Err(format!(
+                "{} is inside job {} (attached): docker.gitlab.cgroup_parent must not be attached, the gateway attaches each GitLab job's cgroup itself",
+                parent_path.display(),
+                job.id
+            ));
+        }
+        let stale = parent_path.join(name);
+        if stale.exists() {
+            std::fs::remove_dir(&stale).map_err(|e| {
+                format!(
+                    "cgroup {} exists and is no job's; cannot remove it: {e}",
+                    stale.display()
+                )
+            })?;
+            tracing::warn!(cgroup = %stale.display(), "removed a stale GitLab job cgroup");
+        }
+        let path = cgroup::create(&self.cgroup_root, parent, name).map_err(|e| e.to_string())?;
+        let unbound = Binding {
+            identity: Identity::unauthenticated(),
+            expires_at: None,
+        };
+        match self
+            .register(new_job_id()?, path.clone(), true, unbound)
+            .await
+        {
+            Ok(record) => self
+                .jobs
+                .by_id(&record.id)
+                .ok_or_else(|| format!("job {} ended as it was made", record.id)),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Binds a job that runs unbound to `identity` (verified by the caller) until `expires_at`:
+    /// its kernel-path grants, its record, and what its next connections are decided as.
+    pub async fn bind(
+        &self,
+        job: &Job,
+        identity: Identity,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Arc<Job>, String> {
+        let grants = self.grants.compile(&identity, expires_at);
+        let mut dataplane = self.dataplane.lock().await;
+        dataplane
+            .set_grants(job.cgroup_id, &grants)
+            .map_err(|e| e.to_string())?;
+        let bound = Job {
+            id: job.id.clone(),
+            cgroup_path: job.cgroup_path.clone(),
+            cgroup_id: job.cgroup_id,
+            slot: job.slot,
+            owned: job.owned,
+            identity,
+            binding_expires_at: expires_at,
+            created_at: job.created_at.clone(),
+            open_connections: Default::default(),
+        };
+        self.store
+            .bind_job(bound.record())
+            .await
+            .map_err(|e| e.to_string())?;
+        let bound = self.jobs.insert(bound);
+        drop(dataplane);
+        tracing::info!(job = %bound.id, identity = %bound.identity.subject, "job bound");
+        Ok(bound)
     }
 
     pub async fn attach(&self, given: &str, token: Option<String>) -> Result<JobRecord, String> {
@@ -409,7 +493,12 @@ pub async fn reap_loop(jobs: Arc<JobControl>, shutdown: CancellationToken) {
                 continue;
             }
             let old_enough = job_age(&job) > EMPTY_GRACE && started.elapsed() > EMPTY_GRACE;
-            if job.owned && (seen_populated.contains(&job.id) || old_enough) {
+            // A GitLab job's cgroup is empty between its containers (one per stage).
+            let gitlab = jobs
+                .gitlab_parent
+                .as_ref()
+                .is_some_and(|p| job.cgroup_path.starts_with(p));
+            if job.owned && !gitlab && (seen_populated.contains(&job.id) || old_enough) {
                 seen_populated.remove(&job.id);
                 if let Err(e) = jobs.end_job(&job).await {
                     tracing::warn!(job = %job.id, error = %e, "reaping finished job");

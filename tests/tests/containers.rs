@@ -1847,3 +1847,302 @@ fn a_github_actions_container_job_runs_through_the_gateways_docker_api() -> Resu
     );
     Ok(())
 }
+
+/// The labels GitLab Runner's docker executor puts on every container of job `job`
+/// (executors/docker/internal/labels in gitlab-runner), with the container's type.
+fn gitlab_labels(job: u64, project: u64, kind: &str) -> Value {
+    serde_json::json!({
+        "com.gitlab.gitlab-runner.job.id": job.to_string(),
+        "com.gitlab.gitlab-runner.job.url": format!("https://gitlab.test/acme/app/-/jobs/{job}"),
+        "com.gitlab.gitlab-runner.project.id": project.to_string(),
+        "com.gitlab.gitlab-runner.pipeline.id": "900",
+        "com.gitlab.gitlab-runner.runner.id": "t3st1ng",
+        "com.gitlab.gitlab-runner.managed": "true",
+        "com.gitlab.gitlab-runner.type": kind,
+    })
+}
+
+/// Removes the GitLab jobs' cgroup parent (relative to the v2 root) and anything left below
+/// it at the end of a test, with the copies the engine made on cgroup v1 hierarchies.
+struct RemoveCgroup(String);
+
+impl Drop for RemoveCgroup {
+    fn drop(&mut self) {
+        if let Ok(root) = gateway_e2e::cgroup2_root() {
+            remove_cgroup_tree(&root.join(&self.0));
+        }
+        if let Ok(dirs) = std::fs::read_dir("/sys/fs/cgroup") {
+            for d in dirs.flatten() {
+                remove_cgroup_tree(&d.path().join(&self.0));
+            }
+        }
+    }
+}
+
+/// GitLab Runner's docker executor sending its requests to the gateway's socket
+/// (`[runners.docker] host`), with `[docker.gitlab]`: the test replays what the runner sends
+/// (POST /containers/create with the job's labels, every job variable in `Env`, its own
+/// `CgroupParent`; then start and attach), as root outside every job. Two jobs of two
+/// projects run at once: each container lands in its job's own cgroup (not the runner's
+/// parent), a service container created before any token is in the same cgroup, unbound until
+/// the build container's ID token binds it; each job's psql session is recorded with its own
+/// identity, and the rules differ per identity (project 22 may not use the database). A build
+/// container carrying another job's token, and a container without the job's labels, are
+/// refused and recorded. When a job's containers are removed, its cgroup goes.
+#[test]
+fn gitlab_runner_jobs_get_a_cgroup_and_an_identity_each_through_the_gateways_socket() -> Result<()>
+{
+    use gateway_e2e::oidc::{Issuer, Mode, chrono_now};
+    const AUDIENCE: &str = "https://gateway.test";
+    let Some(engine) = Networked::start(&[])? else {
+        return Ok(());
+    };
+    let id = unique_id();
+    let dir = TempDir::new(&format!("gl{id}"));
+    let issuer = Issuer::start(dir.path(), Mode::Real)?;
+    let parent = format!("gwe-gitlab-{id}");
+    let root = gateway_e2e::cgroup2_root()?;
+    let _remove_parent = RemoveCgroup(parent.clone());
+    let docker = format!(
+        "\n[docker.gitlab]\nrunner_users = [\"root\"]\ncgroup_parent = \"{parent}\"\ntoken_variable = \"GATEWAY_ID_TOKEN\"\nissuer = \"{url}\"\n",
+        url = issuer.url
+    );
+    let rules = format!(
+        r#"
+[[issuers]]
+url = "{url}"
+audiences = ["{AUDIENCE}"]
+ca_file = "{ca}"
+fetch_timeout = "5s"
+known_claims = ["job_id", "project_id"]
+
+[[rules]]
+name = "gitlab-project-22-no-db"
+action = "deny"
+targets = ["app-db"]
+claims = {{ project_id = "22" }}
+
+[[rules]]
+name = "gitlab-jobs-db"
+action = "allow"
+targets = ["app-db"]
+claims = {{ iss = "{url}" }}
+"#,
+        url = issuer.url,
+        ca = issuer.tls.ca.display(),
+    );
+    let host = RunnerHost::with(engine, "", &docker, &rules)?;
+    let socket = host.gateway_socket();
+    let gateway_docker = |args: &[&str]| -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args(args)
+            .output()
+            .expect("run docker")
+    };
+    // POST /containers/create as the runner sends it: status and answer.
+    let create = |name: &str, body: &Value| -> Result<(u16, Value)> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "60", "--unix-socket"])
+            .arg(&socket)
+            .args(["-X", "POST", "-H", "Content-Type: application/json"])
+            .args(["--data-binary", &body.to_string()])
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("http://docker/v1.41/containers/create?name={name}"))
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let (answer, status) = stdout.rsplit_once('\n').context("no status")?;
+        Ok((
+            status.trim().parse()?,
+            serde_json::from_str(answer).unwrap_or(Value::String(answer.to_string())),
+        ))
+    };
+    let token = |job: u64, project: u64| -> Result<String> {
+        let mut claims = issuer.claims(AUDIENCE);
+        claims["sub"] = format!("project_path:acme/app-{project}:ref_type:branch:ref:main").into();
+        claims["job_id"] = job.to_string().into();
+        claims["project_id"] = project.to_string().into();
+        claims["exp"] = (chrono_now() + 600).into();
+        issuer.current_key().sign(&claims)
+    };
+    let psql = format!("{}/psql", gateway_e2e::PG_BIN);
+    let build = |job: u64, project: u64, token: &str| -> Value {
+        serde_json::json!({
+            "Image": host.image(),
+            "Cmd": [&psql, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", host.remote.remote_ip.to_string(),
+                    "-U", "agent", "-d", "app", "-c", "select id, email, ssn from users where id = 1"],
+            "Labels": gitlab_labels(job, project, "build"),
+            "Env": [format!("CI_JOB_ID={job}"), format!("GATEWAY_ID_TOKEN={token}"),
+                    "PGPASSFILE=/nonexistent", "PGCONNECT_TIMEOUT=10"],
+            "AttachStdout": true, "AttachStderr": true,
+            "HostConfig": { "CgroupParent": "/runner-configured-parent", "NetworkMode": "bridge" },
+        })
+    };
+    let (job_a, job_b, job_c) = (1101, 1202, 1303);
+    let job_cgroup = |job: u64| format!("/{parent}/gitlab-job-{job}");
+    let cgroup_parent_of = |name: &str| -> String {
+        let out = host.engine.engine.docker(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.CgroupParent}}",
+            name,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let jobs = || -> Result<Vec<Value>> {
+        Ok(host.daemon.cli_json(&["status", "--json"])?["jobs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    };
+    let job_of = |job: u64| -> Result<Option<Value>> {
+        let suffix = format!("/gitlab-job-{job}");
+        Ok(jobs()?.into_iter().find(|j| {
+            j["cgroup_path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(&suffix))
+        }))
+    };
+
+    // Job A's service, before any token: in job A's cgroup, which is unbound.
+    let service = format!("gwe-gl-svc-{id}");
+    let (status, answer) = create(
+        &service,
+        &serde_json::json!({
+            "Image": host.image(),
+            "Cmd": ["/bin/sleep", "300"],
+            "Labels": gitlab_labels(job_a, 11, "service"),
+            "Env": ["POSTGRES_DB=app"],
+            "HostConfig": { "CgroupParent": "/runner-configured-parent", "NetworkMode": "bridge" },
+        }),
+    )?;
+    assert_eq!(status, 201, "{answer}\n{}", host.daemon.log());
+    let out = gateway_docker(&["start", &service]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(cgroup_parent_of(&service), job_cgroup(job_a));
+    let unbound = job_of(job_a)?.context("job A's cgroup is no job")?;
+    assert_eq!(
+        unbound["identity"]["subject"], "unauthenticated",
+        "{unbound}"
+    );
+
+    // Both jobs' build containers, created and run at once.
+    let (name_a, name_b) = (format!("gwe-gl-a-{id}"), format!("gwe-gl-b-{id}"));
+    for (name, job, project) in [(&name_a, job_a, 11), (&name_b, job_b, 22)] {
+        let (status, answer) = create(name, &build(job, project, &token(job, project)?))?;
+        assert_eq!(status, 201, "{answer}\n{}", host.daemon.log());
+        assert_eq!(cgroup_parent_of(name), job_cgroup(job));
+    }
+    let runs: Vec<std::process::Child> = [&name_a, &name_b]
+        .iter()
+        .map(|name| {
+            Command::new("docker")
+                .arg("-H")
+                .arg(format!("unix://{}", socket.display()))
+                .args(["start", "-a", name])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let outs: Vec<Output> = runs
+        .into_iter()
+        .map(|c| c.wait_with_output())
+        .collect::<Result<_, _>>()?;
+    assert!(
+        outs[0].status.success(),
+        "{}\n{}",
+        text(&outs[0]),
+        host.daemon.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&outs[0].stdout).trim(),
+        "1|[masked:email]|[masked]"
+    );
+    assert!(!outs[1].status.success(), "{}", text(&outs[1]));
+    let bound_a = job_of(job_a)?.context("job A")?;
+    let bound_b = job_of(job_b)?.context("job B")?;
+    assert_eq!(
+        bound_a["id"], unbound["id"],
+        "the service's job was bound, not replaced"
+    );
+    assert_eq!(bound_a["identity"]["claims"]["job_id"], job_a.to_string());
+    assert_eq!(bound_b["identity"]["claims"]["job_id"], job_b.to_string());
+    assert_ne!(bound_a["id"], bound_b["id"]);
+    let sessions = host.sessions_to("app-db")?;
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    for (listed, shown) in &sessions {
+        let (job, name, decision, rule) = if listed["job_id"] == bound_a["id"] {
+            (job_a, &name_a, "allow", "gitlab-jobs-db")
+        } else {
+            assert_eq!(listed["job_id"], bound_b["id"], "{listed}");
+            (job_b, &name_b, "deny", "gitlab-project-22-no-db")
+        };
+        assert_eq!(listed["decision"], decision, "{listed}");
+        assert_eq!(listed["rule"], rule, "{listed}");
+        assert_eq!(listed["issuer"], issuer.url.as_str(), "{listed}");
+        assert_eq!(shown["claims"]["job_id"], job.to_string(), "{shown}");
+        assert_eq!(
+            shown["process"]["container"]["id"],
+            host.container_id(name)?.as_str(),
+            "{shown}"
+        );
+    }
+
+    // Job C's build container with job A's token: refused, recorded, nothing made for job C.
+    let name_c = format!("gwe-gl-c-{id}");
+    let (status, answer) = create(&name_c, &build(job_c, 11, &token(job_a, 11)?))?;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("job_id")),
+        "{answer}"
+    );
+    assert!(job_of(job_c)?.is_none());
+    assert!(
+        !root
+            .join(&parent)
+            .join(format!("gitlab-job-{job_c}"))
+            .exists()
+    );
+    // A container without the job's labels: refused.
+    let mut unlabelled = build(job_a, 11, &token(job_a, 11)?);
+    unlabelled["Labels"] = serde_json::json!({});
+    let (status, answer) = create(&format!("gwe-gl-x-{id}"), &unlabelled)?;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(host.container_id(&name_c).ok(), None);
+    let refused: Vec<Value> = host
+        .docker_requests()?
+        .into_iter()
+        .map(|(d, _)| d)
+        .filter(|d| d["decision"] == "deny")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    let reason_of = |d: &Value| d["reason"].as_str().unwrap_or_default().to_string();
+    let job_c_label = job_c.to_string();
+    assert!(
+        refused
+            .iter()
+            .any(|d| d["gitlab_job"] == job_c_label.as_str() && reason_of(d).contains("job_id")),
+        "{refused:#?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|d| reason_of(d).contains("com.gitlab.gitlab-runner.job.id")),
+        "{refused:#?}"
+    );
+
+    // The runner removes job A's containers: its cgroup goes, job B's stays.
+    let out = gateway_docker(&["rm", "-f", &service, &name_a]);
+    assert!(out.status.success(), "{}", text(&out));
+    let a_path = root.join(&parent).join(format!("gitlab-job-{job_a}"));
+    let gone = wait_until(Duration::from_secs(30), || {
+        !a_path.exists() && job_of(job_a).is_ok_and(|j| j.is_none())
+    });
+    assert!(gone, "job A's cgroup stayed\n{}", host.daemon.log());
+    assert!(job_of(job_b)?.is_some());
+    Ok(())
+}

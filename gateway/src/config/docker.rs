@@ -29,7 +29,27 @@ pub struct DockerSettings {
     /// runner that runs every job in a container), whose own directories on the way to a bind
     /// source the job therefore cannot swap.
     pub runner_uids: Vec<u32>,
+    /// `[docker.gitlab]`: GitLab Runner's docker executor sends its requests here, and each of
+    /// its jobs gets a cgroup and an identity of its own.
+    pub gitlab: Option<GitlabSettings>,
 }
+
+/// `[docker.gitlab]`: who the runner is, where its jobs' cgroups go, how a job proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitlabSettings {
+    /// Users the runner runs as (root is allowed: the runner's service usually is root). A
+    /// process of one of them outside every job is taken as the runner.
+    pub runner_uids: Vec<u32>,
+    /// Where the gateway creates each job's cgroup (`gitlab-job-<id>`), relative to the cgroup
+    /// v2 root; never attached itself (each job's cgroup is).
+    pub cgroup_parent: String,
+    /// The job variable that holds the job's ID token (`id_tokens:` in `.gitlab-ci.yml`).
+    pub token_variable: String,
+    /// The GitLab instance's issuer URL: the tokens' `iss`, one of `[[issuers]]`.
+    pub issuer: String,
+}
+
+const DEFAULT_GITLAB_TOKEN_VARIABLE: &str = "GATEWAY_ID_TOKEN";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +60,28 @@ pub(super) struct RawDocker {
     protected_paths: Vec<S<String>>,
     #[serde(default)]
     runner_users: Vec<S<String>>,
+    gitlab: Option<S<RawGitlab>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGitlab {
+    #[serde(default)]
+    runner_users: Vec<S<String>>,
+    cgroup_parent: Option<S<String>>,
+    token_variable: Option<S<String>>,
+    issuer: Option<S<String>>,
+}
+
+/// A user name or uid as a uid, if the host knows it.
+fn uid_of(name: &str) -> Option<u32> {
+    match name.parse::<u32>() {
+        Ok(uid) => Some(uid),
+        Err(_) => nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|user| user.uid.as_raw()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -58,7 +100,11 @@ pub(super) struct RawDockerCondition {
 }
 
 impl Validator<'_> {
-    pub(super) fn docker(&mut self, raw: Option<S<RawDocker>>) -> Option<DockerSettings> {
+    pub(super) fn docker(
+        &mut self,
+        raw: Option<S<RawDocker>>,
+        issuers: &[crate::identity::Issuer],
+    ) -> Option<DockerSettings> {
         let raw = raw?.into_inner();
         let engine = self.absolute_path(raw.engine, "docker.engine", DEFAULT_DOCKER_ENGINE);
         let listen_span = raw.listen.as_ref().map(S::span);
@@ -94,14 +140,7 @@ impl Validator<'_> {
             .enumerate()
             .filter_map(|(i, u)| {
                 let name = u.get_ref();
-                let uid = match name.parse::<u32>() {
-                    Ok(uid) => Some(uid),
-                    Err(_) => nix::unistd::User::from_name(name)
-                        .ok()
-                        .flatten()
-                        .map(|user| user.uid.as_raw()),
-                };
-                let why = match uid {
+                let why = match uid_of(name) {
                     None => format!("no user {name:?} on this host"),
                     Some(0) => {
                         "root owns every directory: its own cannot be taken as a runner's".into()
@@ -112,11 +151,124 @@ impl Validator<'_> {
                 None
             })
             .collect();
+        let gitlab = raw.gitlab.and_then(|g| self.gitlab(g, issuers));
         Some(DockerSettings {
             engine,
             listen,
             protected_paths,
             runner_uids,
+            gitlab,
+        })
+    }
+
+    fn gitlab(
+        &mut self,
+        raw: S<RawGitlab>,
+        issuers: &[crate::identity::Issuer],
+    ) -> Option<GitlabSettings> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let problems_before = self.problems.len();
+        if raw.runner_users.is_empty() {
+            self.problem(
+                span.clone(),
+                "docker.gitlab.runner_users",
+                "name the user(s) gitlab-runner runs as (e.g. [\"root\"] or [\"gitlab-runner\"])",
+            );
+        }
+        let runner_uids: Vec<u32> = raw
+            .runner_users
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| {
+                let uid = uid_of(u.get_ref());
+                if uid.is_none() {
+                    self.problem(
+                        u.span(),
+                        format!("docker.gitlab.runner_users[{i}]"),
+                        format!("no user {:?} on this host", u.get_ref()),
+                    );
+                }
+                uid
+            })
+            .collect();
+        let cgroup_parent = match raw.cgroup_parent {
+            None => {
+                self.problem(
+                    span.clone(),
+                    "docker.gitlab.cgroup_parent",
+                    "name the cgroup the gateway creates each job's cgroup in (e.g. \"gateway.slice/gateway-jobs.slice/gitlab\")",
+                );
+                String::new()
+            }
+            Some(p) => {
+                let trimmed = p.get_ref().trim_matches('/').to_string();
+                let bad = trimmed.is_empty()
+                    || trimmed.split('/').any(|c| {
+                        c.is_empty()
+                            || c == "."
+                            || c == ".."
+                            || !c.chars().all(|ch| {
+                                ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.' | '@')
+                            })
+                    });
+                if bad {
+                    self.problem(
+                        p.span(),
+                        "docker.gitlab.cgroup_parent",
+                        "must be a cgroup path below the v2 root (names of letters, digits, - _ . @; no \"..\")",
+                    );
+                }
+                trimmed
+            }
+        };
+        let token_variable = match raw.token_variable {
+            None => DEFAULT_GITLAB_TOKEN_VARIABLE.to_string(),
+            Some(v) => {
+                let name = v.get_ref();
+                let valid = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    self.problem(
+                        v.span(),
+                        "docker.gitlab.token_variable",
+                        format!("{name:?} is not a variable name (letters, digits, _)"),
+                    );
+                }
+                name.clone()
+            }
+        };
+        let issuer = match raw.issuer {
+            None => {
+                self.problem(
+                    span,
+                    "docker.gitlab.issuer",
+                    "name the GitLab instance's issuer (its URL, as in [[issuers]])",
+                );
+                String::new()
+            }
+            Some(i) => {
+                if !issuers.iter().any(|known| known.url == *i.get_ref()) {
+                    self.problem(
+                        i.span(),
+                        "docker.gitlab.issuer",
+                        format!(
+                            "{:?} is not one of the [[issuers]]: the jobs' tokens are verified against it",
+                            i.get_ref()
+                        ),
+                    );
+                }
+                i.into_inner()
+            }
+        };
+        (self.problems.len() == problems_before).then_some(GitlabSettings {
+            runner_uids,
+            cgroup_parent,
+            token_variable,
+            issuer,
         })
     }
 
@@ -268,6 +420,87 @@ mod tests {
                     && problems[0].contains("docker.runner_users[0]")
                     && problems[0].contains(why),
                 "{bad}: {problems:?}"
+            );
+        }
+    }
+
+    const ISSUER: &str =
+        "[[issuers]]\nurl = \"https://gitlab.example.com\"\naudiences = [\"gateway\"]\n";
+
+    fn parse_gitlab(gitlab: &str) -> Result<Config, Vec<String>> {
+        Config::parse(
+            &format!("{ISSUER}[docker]\n[docker.gitlab]\n{gitlab}\n"),
+            "t.toml",
+        )
+        .map_err(|e| e.problems().iter().map(ToString::to_string).collect())
+    }
+
+    const GOOD: &str = "runner_users = [\"root\"]\ncgroup_parent = \"/gateway.slice/gitlab/\"\nissuer = \"https://gitlab.example.com\"";
+
+    #[test]
+    fn a_gitlab_runner_is_named_with_its_users_cgroup_parent_and_issuer() {
+        let config = parse_gitlab(GOOD).expect("valid");
+        let gitlab = config.docker.expect("docker").gitlab.expect("gitlab");
+        assert_eq!(gitlab.runner_uids, [0]);
+        assert_eq!(gitlab.cgroup_parent, "gateway.slice/gitlab");
+        assert_eq!(gitlab.token_variable, "GATEWAY_ID_TOKEN");
+        assert_eq!(gitlab.issuer, "https://gitlab.example.com");
+    }
+
+    #[test]
+    fn bad_gitlab_settings_are_refused_each_with_its_reason() {
+        let cases = [
+            (
+                "cgroup_parent = \"g\"\nissuer = \"https://gitlab.example.com\"",
+                "docker.gitlab.runner_users",
+                "name the user",
+            ),
+            (
+                "runner_users = [\"no-such-user-here\"]\ncgroup_parent = \"g\"\nissuer = \"https://gitlab.example.com\"",
+                "docker.gitlab.runner_users[0]",
+                "no user",
+            ),
+            (
+                "runner_users = [\"root\"]\nissuer = \"https://gitlab.example.com\"",
+                "docker.gitlab.cgroup_parent",
+                "name the cgroup",
+            ),
+            (
+                "runner_users = [\"root\"]\ncgroup_parent = \"a/../b\"\nissuer = \"https://gitlab.example.com\"",
+                "docker.gitlab.cgroup_parent",
+                "no \"..\"",
+            ),
+            (
+                "runner_users = [\"root\"]\ncgroup_parent = \"/\"\nissuer = \"https://gitlab.example.com\"",
+                "docker.gitlab.cgroup_parent",
+                "below the v2 root",
+            ),
+            (
+                "runner_users = [\"root\"]\ncgroup_parent = \"g\"\nissuer = \"https://gitlab.example.com\"\ntoken_variable = \"A-B\"",
+                "docker.gitlab.token_variable",
+                "not a variable name",
+            ),
+            (
+                "runner_users = [\"root\"]\ncgroup_parent = \"g\"",
+                "docker.gitlab.issuer",
+                "name the GitLab instance",
+            ),
+            (
+                "runner_users = [\"root\"]\ncgroup_parent = \"g\"\nissuer = \"https://other.example.com\"",
+                "docker.gitlab.issuer",
+                "not one of the [[issuers]]",
+            ),
+            (
+                "runner_users = [\"root\"]\ncgroup_parent = \"g\"\nissuer = \"https://gitlab.example.com\"\ncgroup_driver = \"systemd\"",
+                "cgroup_driver",
+                "",
+            ),
+        ];
+        for (body, key, why) in cases {
+            let problems = parse_gitlab(body).expect_err(body);
+            assert!(
+                problems.len() == 1 && problems[0].contains(key) && problems[0].contains(why),
+                "{body}: {problems:?}"
             );
         }
     }

@@ -289,6 +289,25 @@ impl Store {
         self.call(move |c| insert_job(c, &job)).await
     }
 
+    /// Binds an active job that was unbound (its cgroup made before its token arrived).
+    pub async fn bind_job(&self, job: JobRecord) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE jobs SET issuer = ?2, subject = ?3, claims = ?4, binding_expires_at = ?5
+                 WHERE id = ?1 AND ended_at IS NULL",
+                params![
+                    job.id,
+                    job.identity.issuer,
+                    job.identity.subject,
+                    serde_json::to_string(&job.identity.claims)?,
+                    job.binding_expires_at,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn end_job(&self, id: String) -> Result<(), StoreError> {
         self.call(move |c| {
             c.execute(

@@ -131,9 +131,40 @@ fn container_id(part: &str) -> Option<&str> {
     .then_some(id)
 }
 
-/// Cgroup paths as the engine stores a cgroup parent and as /proc shows them.
+/// Cgroup paths as the engine stores a cgroup parent and as /proc shows them. With the systemd
+/// cgroup driver the engine stores a slice name, which is mapped to its path first.
 pub fn same_cgroup(a: &str, b: &str) -> bool {
+    let a = slice_path(a).unwrap_or_else(|| a.to_string());
     a.trim_matches('/') == b.trim_matches('/')
+}
+
+/// The cgroup path (from the hierarchy's root) of a systemd slice name, as systemd lays slices
+/// out: each `-` opens a level (`a-b-c.slice` is `a.slice/a-b.slice/a-b-c.slice`; an escaped
+/// dash, `\x2d`, does not). `None` for what is not a valid slice name (a path, a name with an
+/// empty level); `-.slice` is the root.
+pub fn slice_path(name: &str) -> Option<String> {
+    let stem = name.strip_suffix(".slice")?;
+    if name.contains('/') {
+        return None;
+    }
+    if stem == "-" {
+        return Some("/".into());
+    }
+    if stem.is_empty() || stem.split('-').any(str::is_empty) {
+        return None;
+    }
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push('/');
+        path.push_str(&prefix);
+        path.push_str(".slice");
+    }
+    Some(path)
 }
 
 /// Whether a container with cgroup parent `parent` runs under the job's cgroup.
@@ -168,6 +199,37 @@ mod tests {
             container_of(&format!("/jobs/job-1/{}", "A".repeat(64)), "/jobs/job-1"),
             None
         );
+    }
+
+    #[test]
+    fn systemd_slice_names_map_to_their_cgroup_paths() {
+        assert_eq!(
+            slice_path("gateway-jobs-gitlab.slice").as_deref(),
+            Some("/gateway.slice/gateway-jobs.slice/gateway-jobs-gitlab.slice")
+        );
+        assert_eq!(slice_path("system.slice").as_deref(), Some("/system.slice"));
+        assert_eq!(slice_path("-.slice").as_deref(), Some("/"));
+        assert_eq!(
+            slice_path("ci-a\\x2db.slice").as_deref(),
+            Some("/ci.slice/ci-a\\x2db.slice")
+        );
+        for bad in [
+            "a--b.slice",
+            "-a.slice",
+            "a-.slice",
+            ".slice",
+            "a.scope",
+            "/a/b.slice",
+            "a",
+        ] {
+            assert_eq!(slice_path(bad), None, "{bad}");
+        }
+        assert!(same_cgroup(
+            "gateway-jobs-gitlab.slice",
+            "/gateway.slice/gateway-jobs.slice/gateway-jobs-gitlab.slice"
+        ));
+        assert!(same_cgroup("/jobs/job-1/", "/jobs/job-1"));
+        assert!(!same_cgroup("gateway-jobs.slice", "/gateway-jobs.slice"));
     }
 
     #[test]

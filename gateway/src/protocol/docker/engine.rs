@@ -234,8 +234,19 @@ impl Engine {
 
     /// Ids of the containers (`kind` "containers"), networks or volumes labelled as the job's.
     pub async fn labelled(&self, kind: &str, job: &str) -> Result<Vec<String>, EngineError> {
-        let filters =
-            serde_json::json!({ "label": [format!("{}={job}", crate::dockerapi::JOB_LABEL)] });
+        self.with_label(kind, crate::dockerapi::JOB_LABEL, job)
+            .await
+    }
+
+    /// Ids (volumes: names) of the containers (running or not), networks or volumes whose label
+    /// `key` is `value`.
+    pub async fn with_label(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        let filters = serde_json::json!({ "label": [format!("{key}={value}")] });
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("filters", &filters.to_string())
             .append_pair("all", "1")

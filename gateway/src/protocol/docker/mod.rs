@@ -11,6 +11,7 @@
 
 pub mod containers;
 pub mod engine;
+pub mod gitlab;
 pub mod paths;
 mod proxy;
 
@@ -60,6 +61,8 @@ pub struct Services {
     /// What the engine is, learnt at the first request that needs it.
     pub state: tokio::sync::OnceCell<EngineState>,
     pub containers: Arc<containers::Containers>,
+    /// `[docker.gitlab]`: the runner whose jobs get cgroups of their own.
+    pub gitlab: Option<Arc<gitlab::Gitlab>>,
     pub sessions: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -213,6 +216,16 @@ async fn connection(stream: UnixStream, services: Arc<Services>) {
     });
     let job = match who {
         Ok(job) => job,
+        Err(_)
+            if peer.as_ref().is_ok_and(|p| {
+                gitlab::is_runner(&services, p.uid)
+                    && !services
+                        .jobs
+                        .contains_cgroup(&services.cgroup_root, &p.cgroup)
+            }) =>
+        {
+            return gitlab::serve_runner(stream, services, process, started_at).await;
+        }
         Err(why) => {
             tracing::warn!(reason = %why, "Docker socket: connection refused");
             services.store.record_session(NewSession {
@@ -301,7 +314,7 @@ async fn connection(stream: UnixStream, services: Arc<Services>) {
 }
 
 /// Answers every request of a connection that may not use the socket with the reason.
-async fn refuse_all(stream: UnixStream, why: String) {
+pub(super) async fn refuse_all(stream: UnixStream, why: String) {
     let service = service_fn(move |_req| {
         let why = why.clone();
         async move { Ok::<_, std::convert::Infallible>(error(StatusCode::FORBIDDEN, &why)) }

@@ -794,7 +794,7 @@ async fn forward(method: String, plan: Plan, conn: &Conn) -> Result<Response<Bod
 }
 
 /// The engine's answer with its own headers, less those of its connection.
-fn respond_with(status: StatusCode, headers: &HeaderMap, body: Body) -> Response<Body> {
+pub(super) fn respond_with(status: StatusCode, headers: &HeaderMap, body: Body) -> Response<Body> {
     let mut out = Response::new(body);
     *out.status_mut() = status;
     for (k, v) in headers {
