@@ -2,6 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::event::EventKind;
 use super::{
@@ -462,12 +463,12 @@ impl Store {
         self.append_rendered(session_id, rendered(events))
     }
 
-    /// [`Store::append_events`] with details already rendered as JSON text (hot paths build the
-    /// text directly, without a `Value` tree).
+    /// [`Store::append_events`] with details already rendered as JSON (hot paths serialize them
+    /// straight from their parts, without a `Value` tree).
     pub fn append_rendered(
         &self,
         session_id: i64,
-        events: Vec<(EventKind, String)>,
+        events: Vec<RenderedEvent>,
     ) -> Result<(), StoreError> {
         self.log(events_record(session_id, events))
     }
@@ -478,7 +479,7 @@ impl Store {
     }
 
     /// Like [`Store::append_rendered`], without waiting.
-    pub fn note_rendered(&self, session_id: i64, events: Vec<(EventKind, String)>) {
+    pub fn note_rendered(&self, session_id: i64, events: Vec<RenderedEvent>) {
         self.log_or_warn("session events", events_record(session_id, events));
     }
 
@@ -603,10 +604,34 @@ impl Records {
     }
 }
 
-fn rendered(events: Vec<(EventKind, serde_json::Value)>) -> Vec<(EventKind, String)> {
+/// An event ready to be stored: its detail serialized once, as JSON.
+#[derive(Debug)]
+pub struct RenderedEvent {
+    kind: EventKind,
+    detail: Box<RawValue>,
+}
+
+impl RenderedEvent {
+    pub fn new<T: Serialize + ?Sized>(
+        kind: EventKind,
+        detail: &T,
+    ) -> Result<RenderedEvent, serde_json::Error> {
+        Ok(RenderedEvent {
+            kind,
+            detail: serde_json::value::to_raw_value(detail)?,
+        })
+    }
+}
+
+fn rendered(events: Vec<(EventKind, serde_json::Value)>) -> Vec<RenderedEvent> {
     events
         .into_iter()
-        .map(|(kind, detail)| (kind, detail.to_string()))
+        .map(|(kind, detail)| RenderedEvent {
+            kind,
+            // A `Value` always serializes.
+            detail: serde_json::value::to_raw_value(&detail)
+                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
+        })
         .collect()
 }
 
@@ -619,14 +644,14 @@ fn end_record(id: i64, end: SessionEnd) -> Record {
     }
 }
 
-fn events_record(session_id: i64, events: Vec<(EventKind, String)>) -> Record {
+fn events_record(session_id: i64, events: Vec<RenderedEvent>) -> Record {
     let at = now();
     let events = events
         .into_iter()
-        .map(|(kind, detail)| EventRow {
-            kind: kind.as_str().into(),
+        .map(|e| EventRow {
+            kind: e.kind.as_str().into(),
             at: at.clone(),
-            detail,
+            detail: e.detail,
         })
         .collect();
     Record::Events { session_id, events }
@@ -663,7 +688,7 @@ pub(crate) fn apply(conn: &Connection, record: &Record) -> Result<(), StoreError
                 "INSERT INTO events (session_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for e in events {
-                st.execute(params![session_id, e.at, e.kind.as_ref(), e.detail])?;
+                st.execute(params![session_id, e.at, e.kind.as_ref(), e.detail.get()])?;
             }
             Ok(())
         }

@@ -378,7 +378,7 @@ fn a_record_larger_than_replay_reads_is_refused_when_written() {
         events: vec![EventRow {
             kind: "x".into(),
             at: String::new(),
-            detail: "a".repeat(65 * 1024 * 1024),
+            detail: serde_json::value::to_raw_value(&"a".repeat(65 * 1024 * 1024)).unwrap(),
         }],
     };
     assert!(matches!(
@@ -457,4 +457,58 @@ async fn a_database_of_schema_8_opens_with_its_events_and_their_ids() {
     assert_eq!(next, 10);
     assert_eq!(store.session(3).await.unwrap().events.len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Frames `payload` as the journal does, with sequence number `seq`.
+fn frame(seq: u64, payload: &str) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.update(payload.as_bytes());
+    let mut out = Vec::new();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(payload.as_bytes());
+    out
+}
+
+#[tokio::test]
+async fn a_journal_of_an_earlier_build_with_details_as_text_is_replayed() {
+    let dir = temp_dir("old-journal");
+    let store = Store::open(&dir).unwrap();
+    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    drop(store);
+    // What the previous build left unapplied: the detail as a JSON string inside the record.
+    let old = format!(
+        r#"{{"Events":{{"session_id":{id},"events":[{{"kind":"sql","at":"2026-01-01T00:00:01.000Z","detail":"{{\"seq\":1,\"sql\":\"select 'a\\\"b'\"}}"}},{{"kind":"closed","at":"2026-01-01T00:00:02.000Z","detail":"null"}}]}}}}"#
+    );
+    let applied: u64 = rusqlite::Connection::open(dir.join("gateway.db"))
+        .unwrap()
+        .query_row("SELECT applied FROM journal_state", [], |r| r.get(0))
+        .unwrap();
+    std::fs::write(dir.join("gateway.journal"), frame(applied + 1, &old)).unwrap();
+
+    let store = Store::open(&dir).unwrap();
+    let shown = store.session(id).await.unwrap().events;
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert_eq!(shown[0].detail["sql"], "select 'a\"b'");
+    assert_eq!(shown[1].detail, serde_json::Value::Null);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_event_detail_goes_into_the_journal_record_as_json_not_as_escaped_text() {
+    use super::journal::{Encoded, EventRow, Record};
+    let detail = serde_json::json!({ "sql": "select \"x\"" });
+    let record = Record::Events {
+        session_id: 1,
+        events: vec![EventRow {
+            kind: "sql".into(),
+            at: "t".into(),
+            detail: serde_json::value::to_raw_value(&detail).unwrap(),
+        }],
+    };
+    let bytes = Encoded::new(&record).unwrap().into_payload_for_test();
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.contains(r#""json":{"sql":"select \"x\""}"#), "{text}");
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::state::Exec;
 use crate::{
     policy::Decision,
-    record::{Store, StoreError},
+    record::{RenderedEvent, Store, StoreError},
     sql::SqlStatement,
 };
 
@@ -45,8 +45,8 @@ pub struct Journal<'a> {
     sample_budget: AtomicUsize,
     /// Outcomes not stored yet: they go with the next statement's write-ahead transaction (one
     /// write per statement), or on [`Journal::flush`] when the session idles or ends. Rendered
-    /// as JSON text when recorded.
-    results: Mutex<Vec<String>>,
+    /// as JSON when recorded.
+    results: Mutex<Vec<RenderedEvent>>,
 }
 
 /// How long a finished statement's outcome may wait for the next statement to be stored with it.
@@ -179,16 +179,12 @@ impl<'a> Journal<'a> {
             reason: e.decision.and_then(Decision::reason),
             note: e.note,
         };
-        let mut events: Vec<(EventKind, String)> = self
-            .take_results()
-            .into_iter()
-            .map(|r| (EventKind::SqlResult, r))
-            .collect();
-        events.push((EventKind::Sql, serde_json::to_string(&detail)?));
+        let mut events = self.take_results();
+        events.push(RenderedEvent::new(EventKind::Sql, &detail)?);
         self.store.append_rendered(self.session_id, events)
     }
 
-    fn take_results(&self) -> Vec<String> {
+    fn take_results(&self) -> Vec<RenderedEvent> {
         std::mem::take(&mut *self.results.lock())
     }
 
@@ -201,13 +197,7 @@ impl<'a> Journal<'a> {
     pub fn flush(&self) {
         let results = self.take_results();
         if !results.is_empty() {
-            self.store.note_rendered(
-                self.session_id,
-                results
-                    .into_iter()
-                    .map(|r| (EventKind::SqlResult, r))
-                    .collect(),
-            );
+            self.store.note_rendered(self.session_id, results);
         }
     }
 
@@ -252,8 +242,8 @@ impl<'a> Journal<'a> {
                 .then_some("result samples left out: the session's sample cap is reached"),
         };
         // Serializing borrowed fields of plain types cannot fail.
-        if let Ok(text) = serde_json::to_string(&detail) {
-            self.results.lock().push(text);
+        if let Ok(event) = RenderedEvent::new(EventKind::SqlResult, &detail) {
+            self.results.lock().push(event);
         }
     }
 }
