@@ -73,6 +73,10 @@ pub(crate) struct EventRow {
     pub at: String,
     #[serde(rename = "json")]
     pub detail: Box<RawValue>,
+    /// For `sql` and `sql_result` events of a statement log: the statement's sequence number in
+    /// its session (the store keeps a statement and its outcome in one row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<u64>,
 }
 
 /// An [`EventRow`] as read back: journals of earlier builds carry the detail as a JSON string
@@ -85,6 +89,8 @@ struct EventRowRead {
     json: Option<Box<RawValue>>,
     #[serde(default)]
     detail: Option<String>,
+    #[serde(default)]
+    statement: Option<u64>,
 }
 
 /// A `json` field that is there, whatever it holds (`null` included).
@@ -105,6 +111,7 @@ impl TryFrom<EventRowRead> for EventRow {
             kind: r.kind,
             at: r.at,
             detail,
+            statement: r.statement,
         })
     }
 }

@@ -180,7 +180,7 @@ impl<'a> Journal<'a> {
             note: e.note,
         };
         let mut events = self.take_results();
-        events.push(RenderedEvent::new(EventKind::Sql, &detail)?);
+        events.push(RenderedEvent::new(EventKind::Sql, &detail)?.of_statement(e.seq));
         self.store.append_rendered(self.session_id, events)
     }
 
@@ -243,7 +243,7 @@ impl<'a> Journal<'a> {
         };
         // Serializing borrowed fields of plain types cannot fail.
         if let Ok(event) = RenderedEvent::new(EventKind::SqlResult, &detail) {
-            self.results.lock().push(event);
+            self.results.lock().push(event.of_statement(exec.seq));
         }
     }
 }
