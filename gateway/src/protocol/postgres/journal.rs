@@ -152,6 +152,24 @@ pub(super) fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
     }
 }
 
+/// Bytes of `v` as JSON, counted without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
+}
+
 impl<'a> Journal<'a> {
     pub fn new(store: &'a Store, session_id: i64, sample_rows: usize, sample_bytes: usize) -> Self {
         Journal {
@@ -207,7 +225,7 @@ impl<'a> Journal<'a> {
     }
 
     pub fn keep_sample(&self, exec: &mut Exec, row: Vec<Value>) {
-        let size: usize = row.iter().map(|v| v.to_string().len()).sum();
+        let size: usize = row.iter().map(json_len).sum();
         let budget = self.sample_budget.load(Ordering::Relaxed);
         if size > budget {
             self.sample_budget.store(0, Ordering::Relaxed);
