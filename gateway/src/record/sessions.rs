@@ -556,44 +556,55 @@ impl Store {
                 .optional()?;
             let mut record = record.ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
             let mut st = c.prepare_cached(
-                "SELECT id, at, kind, detail, result_at, result FROM events
+                "SELECT id, at, kind, detail, result_at, result, statement FROM events
                  WHERE session_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )?;
-            // One more than asked for: whether another page follows.
-            let fetch = i64::from(limit).saturating_add(1);
+            // More rows than events asked for: whether another page follows (a row may hold two
+            // events, or none past `after`).
+            let fetch = i64::from(limit).saturating_add(2);
             let rows = st
                 .query_map(params![id, after, fetch], |r| {
                     let id: i64 = r.get(0)?;
-                    let event = |at: String, kind: String, detail: String| EventRecord {
+                    let event = |id: i64, at: String, kind: String, detail: String| EventRecord {
                         id,
                         at,
                         kind,
                         detail: serde_json::from_str(&detail).unwrap_or_default(),
                     };
-                    let first = event(r.get(1)?, r.get(2)?, r.get(3)?);
-                    // A statement's row also holds its outcome, shown as the `sql_result` event
-                    // it was recorded as (under the statement's id: they are one row).
+                    let kind: String = r.get(2)?;
+                    // A numbered statement's row: the statement under the free id before the
+                    // row's, its outcome (once known) under the row's own, as the `sql_result`
+                    // event it was recorded as.
+                    let numbered =
+                        kind == EventKind::Sql.as_str() && r.get::<_, Option<i64>>(6)?.is_some();
+                    let first_id = if numbered { id - 1 } else { id };
+                    let first = event(first_id, r.get(1)?, kind, r.get(3)?);
                     let outcome = match (r.get::<_, Option<String>>(4)?, r.get(5)?) {
                         (Some(at), Some(detail)) => {
-                            Some(event(at, EventKind::SqlResult.as_str().into(), detail))
+                            Some(event(id, at, EventKind::SqlResult.as_str().into(), detail))
                         }
                         _ => None,
                     };
                     Ok((first, outcome))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            // At most `limit` events, a row's events never split across pages (the next page
-            // starts after a row id); the first row always fits.
-            for (first, outcome) in rows {
-                let needed = 1 + usize::from(outcome.is_some());
-                if record.events.len() + needed > limit as usize
-                    && (!record.events.is_empty() || limit == 0)
-                {
-                    record.more_after = record.events.last().map(|e| e.id);
-                    break;
+            // At most `limit` events with ids past `after` (a page may end between a statement
+            // and its outcome: the next one starts after the statement's id).
+            let mut more = false;
+            'rows: for (first, outcome) in rows {
+                for event in std::iter::once(first).chain(outcome) {
+                    if event.id <= after {
+                        continue;
+                    }
+                    if record.events.len() == limit as usize {
+                        more = true;
+                        break 'rows;
+                    }
+                    record.events.push(event);
                 }
-                record.events.push(first);
-                record.events.extend(outcome);
+            }
+            if more {
+                record.more_after = record.events.last().map(|e| e.id);
             }
             Ok(record)
         })
@@ -801,11 +812,17 @@ fn insert_event(
             _ => {}
         }
     }
-    conn.prepare_cached(
+    // A numbered statement's row leaves the id before it free: the statement is shown under
+    // that id and its outcome under the row's own, so every shown event has an id of its own, in
+    // order (pages go by row id and never split a row).
+    let sql = if kind == Some(EventKind::Sql) && e.statement.is_some() {
+        "INSERT INTO events (id, session_id, at, kind, detail, statement, result, result_at)
+         VALUES ((SELECT coalesce(max(id), 0) + 2 FROM events), ?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    } else {
         "INSERT INTO events (session_id, at, kind, detail, statement, result, result_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    };
+    conn.prepare_cached(sql)?.execute(params![
         session_id,
         e.at,
         e.kind.as_ref(),
