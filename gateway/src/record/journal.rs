@@ -20,6 +20,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::sessions::NewSession;
 
@@ -63,12 +64,56 @@ pub(crate) enum Record {
     },
 }
 
-/// An event as stored: its detail already rendered as JSON text (once, on the caller's thread).
+/// An event as stored: its detail already rendered as JSON (once, on the caller's thread), and
+/// carried as that JSON into the journal record and SQLite (neither escaped nor parsed again).
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(try_from = "EventRowRead")]
 pub(crate) struct EventRow {
     pub kind: Cow<'static, str>,
     pub at: String,
-    pub detail: String,
+    #[serde(rename = "json")]
+    pub detail: Box<RawValue>,
+    /// For `sql` and `sql_result` events of a statement log: the statement's sequence number in
+    /// its session (the store keeps a statement and its outcome in one row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<u64>,
+}
+
+/// An [`EventRow`] as read back: journals of earlier builds carry the detail as a JSON string
+/// (`detail`) rather than as JSON (`json`).
+#[derive(Deserialize)]
+struct EventRowRead {
+    kind: Cow<'static, str>,
+    at: String,
+    #[serde(default, deserialize_with = "present")]
+    json: Option<Box<RawValue>>,
+    #[serde(default)]
+    detail: Option<String>,
+    #[serde(default)]
+    statement: Option<u64>,
+}
+
+/// A `json` field that is there, whatever it holds (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+impl TryFrom<EventRowRead> for EventRow {
+    type Error = String;
+
+    fn try_from(r: EventRowRead) -> Result<EventRow, String> {
+        let detail = match (r.json, r.detail) {
+            (Some(json), _) => json,
+            (None, Some(text)) => RawValue::from_string(text).map_err(|e| e.to_string())?,
+            (None, None) => return Err("an event without its detail".into()),
+        };
+        Ok(EventRow {
+            kind: r.kind,
+            at: r.at,
+            detail,
+            statement: r.statement,
+        })
+    }
 }
 
 /// A record framed for the journal, its sequence number still to be filled in.
@@ -85,6 +130,11 @@ impl Encoded {
             return Err(JournalError::TooLarge(buf.len() - HEADER));
         }
         Ok(Encoded(buf))
+    }
+
+    #[cfg(test)]
+    pub(super) fn into_payload_for_test(self) -> Vec<u8> {
+        self.0[HEADER..].to_vec()
     }
 
     /// Fills in `seq` and the checksum; the frame is then ready to write.

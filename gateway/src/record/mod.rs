@@ -9,7 +9,7 @@ mod store;
 pub use event::EventKind;
 pub use sessions::{
     Ancestor, ContainerInfo, EventRecord, JobRecord, NewSession, Origin, ProcessInfo, Records,
-    SessionEnd, SessionKind, SessionPath, SessionRecord, SessionSummary, now,
+    RenderedEvent, SessionEnd, SessionKind, SessionPath, SessionRecord, SessionSummary, now,
 };
 pub use store::{Failure, Health, Store, StoreError};
 

@@ -157,6 +157,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE events_v9 RENAME TO events;
     CREATE INDEX events_session ON events (session_id, id);
     "#,
+    // 10: a statement and its outcome in one row: a `sql` event keeps the number of its
+    // statement in the session and, once known, the `sql_result` event's detail and time (rows
+    // written before stay as they are: readers show both shapes alike).
+    r#"
+    ALTER TABLE events ADD COLUMN statement INTEGER;
+    ALTER TABLE events ADD COLUMN result TEXT;
+    ALTER TABLE events ADD COLUMN result_at TEXT;
+    "#,
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -4,6 +4,8 @@ use std::borrow::Cow;
 
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
 
 use super::event::EventKind;
 use super::{
@@ -522,12 +524,12 @@ impl Store {
         self.append_rendered(session_id, rendered(events))
     }
 
-    /// [`Store::append_events`] with details already rendered as JSON text (hot paths build the
-    /// text directly, without a `Value` tree).
+    /// [`Store::append_events`] with details already rendered as JSON (hot paths serialize them
+    /// straight from their parts, without a `Value` tree).
     pub fn append_rendered(
         &self,
         session_id: i64,
-        events: Vec<(EventKind, String)>,
+        events: Vec<RenderedEvent>,
     ) -> Result<(), StoreError> {
         self.log(events_record(session_id, events))
     }
@@ -538,7 +540,7 @@ impl Store {
     }
 
     /// Like [`Store::append_rendered`], without waiting.
-    pub fn note_rendered(&self, session_id: i64, events: Vec<(EventKind, String)>) {
+    pub fn note_rendered(&self, session_id: i64, events: Vec<RenderedEvent>) {
         self.log_or_warn("session events", events_record(session_id, events));
     }
 
@@ -614,24 +616,54 @@ impl Store {
                 .optional()?;
             let mut record = record.ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
             let mut st = c.prepare_cached(
-                "SELECT id, at, kind, detail FROM events WHERE session_id = ?1 AND id > ?2
-                 ORDER BY id LIMIT ?3",
+                "SELECT id, at, kind, detail, result_at, result, statement FROM events
+                 WHERE session_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )?;
-            // One more than asked for: whether another page follows.
-            let fetch = i64::from(limit).saturating_add(1);
-            record.events = st
+            // More rows than events asked for: whether another page follows (a row may hold two
+            // events, or none past `after`).
+            let fetch = i64::from(limit).saturating_add(2);
+            let rows = st
                 .query_map(params![id, after, fetch], |r| {
-                    let detail: String = r.get(3)?;
-                    Ok(EventRecord {
-                        id: r.get(0)?,
-                        at: r.get(1)?,
-                        kind: r.get(2)?,
+                    let id: i64 = r.get(0)?;
+                    let event = |id: i64, at: String, kind: String, detail: String| EventRecord {
+                        id,
+                        at,
+                        kind,
                         detail: serde_json::from_str(&detail).unwrap_or_default(),
-                    })
+                    };
+                    let kind: String = r.get(2)?;
+                    // A numbered statement's row: the statement under the free id before the
+                    // row's, its outcome (once known) under the row's own, as the `sql_result`
+                    // event it was recorded as.
+                    let numbered =
+                        kind == EventKind::Sql.as_str() && r.get::<_, Option<i64>>(6)?.is_some();
+                    let first_id = if numbered { id - 1 } else { id };
+                    let first = event(first_id, r.get(1)?, kind, r.get(3)?);
+                    let outcome = match (r.get::<_, Option<String>>(4)?, r.get(5)?) {
+                        (Some(at), Some(detail)) => {
+                            Some(event(id, at, EventKind::SqlResult.as_str().into(), detail))
+                        }
+                        _ => None,
+                    };
+                    Ok((first, outcome))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            if record.events.len() > limit as usize {
-                record.events.truncate(limit as usize);
+            // At most `limit` events with ids past `after` (a page may end between a statement
+            // and its outcome: the next one starts after the statement's id).
+            let mut more = false;
+            'rows: for (first, outcome) in rows {
+                for event in std::iter::once(first).chain(outcome) {
+                    if event.id <= after {
+                        continue;
+                    }
+                    if record.events.len() == limit as usize {
+                        more = true;
+                        break 'rows;
+                    }
+                    record.events.push(event);
+                }
+            }
+            if more {
                 record.more_after = record.events.last().map(|e| e.id);
             }
             Ok(record)
@@ -663,10 +695,44 @@ impl Records {
     }
 }
 
-fn rendered(events: Vec<(EventKind, serde_json::Value)>) -> Vec<(EventKind, String)> {
+/// An event ready to be stored: its detail serialized once, as JSON.
+#[derive(Debug)]
+pub struct RenderedEvent {
+    kind: EventKind,
+    detail: Box<RawValue>,
+    statement: Option<u64>,
+}
+
+impl RenderedEvent {
+    pub fn new<T: Serialize + ?Sized>(
+        kind: EventKind,
+        detail: &T,
+    ) -> Result<RenderedEvent, serde_json::Error> {
+        Ok(RenderedEvent {
+            kind,
+            detail: serde_json::value::to_raw_value(detail)?,
+            statement: None,
+        })
+    }
+
+    /// A statement log's `sql` or `sql_result` event, of statement `seq` of its session: the
+    /// store keeps the statement and its outcome in one row.
+    pub fn of_statement(mut self, seq: u64) -> RenderedEvent {
+        self.statement = Some(seq);
+        self
+    }
+}
+
+fn rendered(events: Vec<(EventKind, serde_json::Value)>) -> Vec<RenderedEvent> {
     events
         .into_iter()
-        .map(|(kind, detail)| (kind, detail.to_string()))
+        .map(|(kind, detail)| RenderedEvent {
+            kind,
+            // A `Value` always serializes.
+            detail: serde_json::value::to_raw_value(&detail)
+                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
+            statement: None,
+        })
         .collect()
 }
 
@@ -679,14 +745,15 @@ fn end_record(id: i64, end: SessionEnd) -> Record {
     }
 }
 
-fn events_record(session_id: i64, events: Vec<(EventKind, String)>) -> Record {
+fn events_record(session_id: i64, events: Vec<RenderedEvent>) -> Record {
     let at = now();
     let events = events
         .into_iter()
-        .map(|(kind, detail)| EventRow {
-            kind: kind.as_str().into(),
+        .map(|e| EventRow {
+            kind: e.kind.as_str().into(),
             at: at.clone(),
-            detail,
+            detail: e.detail,
+            statement: e.statement,
         })
         .collect();
     Record::Events { session_id, events }
@@ -702,8 +769,13 @@ pub(crate) fn next_session_id(conn: &Connection) -> Result<i64, StoreError> {
     )?)
 }
 
-/// Writes one journal record into the tables (inside the caller's transaction).
-pub(crate) fn apply(conn: &Connection, record: &Record) -> Result<(), StoreError> {
+/// Writes one journal record into the tables (inside the caller's transaction); `folded` holds
+/// the outcomes that go into statements' rows of this batch.
+pub(crate) fn apply(
+    conn: &Connection,
+    record: &Record,
+    folded: &Folded<'_>,
+) -> Result<(), StoreError> {
     match record {
         Record::Session { id, session } => insert_session(conn, *id, session),
         Record::End {
@@ -719,15 +791,107 @@ pub(crate) fn apply(conn: &Connection, record: &Record) -> Result<(), StoreError
             Ok(())
         }
         Record::Events { session_id, events } => {
-            let mut st = conn.prepare_cached(
-                "INSERT INTO events (session_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-            )?;
             for e in events {
-                st.execute(params![session_id, e.at, e.kind.as_ref(), e.detail])?;
+                insert_event(conn, *session_id, e, folded)?;
             }
             Ok(())
         }
     }
+}
+
+/// The outcomes of statements whose `sql` event is in the same batch of records: each goes into
+/// its statement's row when that row is inserted, and is not stored again on its own.
+#[derive(Default)]
+pub(crate) struct Folded<'r> {
+    /// By (session, statement): the outcome's time and detail, once it is seen.
+    outcomes: HashMap<(i64, u64), Option<(&'r str, &'r RawValue)>>,
+}
+
+impl<'r> Folded<'r> {
+    /// Pairs the statements and outcomes of `records` (applied in this order, in one go).
+    pub(crate) fn of(records: impl IntoIterator<Item = &'r Record>) -> Folded<'r> {
+        let mut outcomes = HashMap::new();
+        for record in records {
+            let Record::Events { session_id, events } = record else {
+                continue;
+            };
+            for e in events {
+                let Some(seq) = e.statement else { continue };
+                match EventKind::parse(&e.kind) {
+                    Some(EventKind::Sql) => {
+                        outcomes.entry((*session_id, seq)).or_insert(None);
+                    }
+                    Some(EventKind::SqlResult) => {
+                        if let Some(slot @ None) = outcomes.get_mut(&(*session_id, seq)) {
+                            *slot = Some((e.at.as_str(), &*e.detail));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Folded { outcomes }
+    }
+
+    fn outcome(&self, session_id: i64, seq: u64) -> Option<(&'r str, &'r RawValue)> {
+        self.outcomes.get(&(session_id, seq)).copied().flatten()
+    }
+}
+
+fn insert_event(
+    conn: &Connection,
+    session_id: i64,
+    e: &EventRow,
+    folded: &Folded<'_>,
+) -> Result<(), StoreError> {
+    let kind = EventKind::parse(&e.kind);
+    let mut outcome = None;
+    if let Some(seq) = e.statement {
+        match kind {
+            Some(EventKind::Sql) => outcome = folded.outcome(session_id, seq),
+            Some(EventKind::SqlResult) => {
+                if folded.outcome(session_id, seq).is_some() {
+                    // Stored with its statement.
+                    return Ok(());
+                }
+                // The statement's row was stored by an earlier transaction: the outcome joins it
+                // there (or, when that row is not found, is kept as an event of its own).
+                let joined = conn
+                    .prepare_cached(
+                        "UPDATE events SET result = ?3, result_at = ?4
+                         WHERE id = (SELECT id FROM events
+                                     WHERE session_id = ?1 AND statement = ?2 AND kind = 'sql'
+                                     ORDER BY id DESC LIMIT 1)
+                           AND result IS NULL",
+                    )?
+                    .execute(params![session_id, seq as i64, e.detail.get(), e.at])?;
+                if joined == 1 {
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+    }
+    // A numbered statement's row leaves the id before it free: the statement is shown under
+    // that id and its outcome under the row's own, so every shown event has an id of its own, in
+    // order (pages go by row id and never split a row).
+    let sql = if kind == Some(EventKind::Sql) && e.statement.is_some() {
+        "INSERT INTO events (id, session_id, at, kind, detail, statement, result, result_at)
+         VALUES ((SELECT coalesce(max(id), 0) + 2 FROM events), ?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    } else {
+        "INSERT INTO events (session_id, at, kind, detail, statement, result, result_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    };
+    conn.prepare_cached(sql)?.execute(params![
+        session_id,
+        e.at,
+        e.kind.as_ref(),
+        e.detail.get(),
+        e.statement.map(|s| s as i64),
+        outcome.map(|(_, detail)| detail.get()),
+        outcome.map(|(at, _)| at),
+    ])?;
+    Ok(())
 }
 
 fn insert_session(conn: &Connection, id: i64, s: &NewSession) -> Result<(), StoreError> {

@@ -435,15 +435,18 @@ fn apply_records(conn: &Connection, records: &[(u64, Record)]) -> rusqlite::Resu
         return Ok(());
     };
     conn.execute_batch("SAVEPOINT batch")?;
+    let folded = sessions::Folded::of(records.iter().map(|(_, record)| record));
     if records
         .iter()
-        .try_for_each(|(_, record)| sessions::apply(conn, record))
+        .try_for_each(|(_, record)| sessions::apply(conn, record, &folded))
         .is_err()
     {
         conn.execute_batch("ROLLBACK TO batch")?;
+        // One by one, each outcome joins its statement's row once that is stored.
+        let alone = sessions::Folded::default();
         for (seq, record) in records {
             conn.execute_batch("SAVEPOINT record")?;
-            if let Err(e) = sessions::apply(conn, record) {
+            if let Err(e) = sessions::apply(conn, record, &alone) {
                 tracing::error!(seq, error = %e, "session store: a journal record could not be applied");
                 conn.execute_batch("ROLLBACK TO record")?;
             }

@@ -378,7 +378,8 @@ fn a_record_larger_than_replay_reads_is_refused_when_written() {
         events: vec![EventRow {
             kind: "x".into(),
             at: String::new(),
-            detail: "a".repeat(65 * 1024 * 1024),
+            detail: serde_json::value::to_raw_value(&"a".repeat(65 * 1024 * 1024)).unwrap(),
+            statement: None,
         }],
     };
     assert!(matches!(
@@ -452,9 +453,268 @@ async fn a_database_of_schema_8_opens_with_its_events_and_their_ids() {
         })
         .await
         .unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, 10);
     assert!(!events_sql.contains("AUTOINCREMENT"), "{events_sql}");
     assert_eq!(next, 10);
     assert_eq!(store.session(3).await.unwrap().events.len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A statement log as the PostgreSQL layer writes it: the `sql` event of statement `seq`
+/// (write-ahead), the outcome of the one before it in the same journal record.
+fn statement(store: &Store, id: i64, seq: u64, outcome_of: Option<u64>) {
+    let mut events = Vec::new();
+    if let Some(done) = outcome_of {
+        events.push(outcome(done));
+    }
+    events.push(
+        RenderedEvent::new(
+            EventKind::Sql,
+            &serde_json::json!({ "seq": seq, "sql": format!("select {seq}") }),
+        )
+        .unwrap()
+        .of_statement(seq),
+    );
+    store.append_rendered(id, events).unwrap();
+}
+
+fn outcome(seq: u64) -> RenderedEvent {
+    RenderedEvent::new(
+        EventKind::SqlResult,
+        &serde_json::json!({ "seq": seq, "rows": seq * 10 }),
+    )
+    .unwrap()
+    .of_statement(seq)
+}
+
+/// What `sessions show` lists: (id, kind, seq).
+async fn shown_events(store: &Store, id: i64) -> Vec<(i64, String, u64)> {
+    store
+        .session(id)
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| (e.id, e.kind, e.detail["seq"].as_u64().unwrap_or_default()))
+        .collect()
+}
+
+async fn stored_rows(store: &Store) -> i64 {
+    store
+        .call(|c| Ok(c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
+fn kinds_and_seqs(events: &[(i64, String, u64)]) -> Vec<(&str, u64)> {
+    events.iter().map(|(_, k, s)| (k.as_str(), *s)).collect()
+}
+
+#[tokio::test]
+async fn a_statement_and_its_outcome_are_stored_as_one_row_and_shown_as_two_events() {
+    let dir = temp_dir("one-row");
+    // Without the background writer: each `session()` applies what is queued in one transaction.
+    let store = Store::open_unapplied(&dir).unwrap();
+    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    // Statement 1 and its outcome in one batch; statement 2's outcome arrives after its row was
+    // stored by an earlier transaction.
+    statement(&store, id, 1, None);
+    statement(&store, id, 2, Some(1));
+    let shown = shown_events(&store, id).await;
+    assert_eq!(
+        kinds_and_seqs(&shown),
+        [("sql", 1), ("sql_result", 1), ("sql", 2)]
+    );
+    // Every shown event has an id of its own, in order, though the two are one row.
+    assert!(shown.windows(2).all(|w| w[0].0 < w[1].0), "{shown:?}");
+    assert_eq!(shown[0].0 + 1, shown[1].0);
+    store.append_rendered(id, vec![outcome(2)]).unwrap();
+    let shown = shown_events(&store, id).await;
+    assert_eq!(
+        kinds_and_seqs(&shown),
+        [("sql", 1), ("sql_result", 1), ("sql", 2), ("sql_result", 2)]
+    );
+    assert_eq!(stored_rows(&store).await, 2);
+    let detail = store.session(id).await.unwrap().events[3].detail.clone();
+    assert_eq!(detail, serde_json::json!({ "seq": 2, "rows": 20 }));
+
+    // An outcome whose statement row is not there (a statement this build did not number) is
+    // kept as an event of its own rather than lost.
+    store.append_rendered(id, vec![outcome(7)]).unwrap();
+    let shown = shown_events(&store, id).await;
+    assert_eq!(
+        shown.last().map(|e| (e.1.as_str(), e.2)),
+        Some(("sql_result", 7))
+    );
+    assert_eq!(stored_rows(&store).await, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_crash_after_only_the_write_ahead_record_keeps_the_statement() {
+    let dir = temp_dir("one-row-crash");
+    let store = Store::open_unapplied(&dir).unwrap();
+    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    statement(&store, id, 1, None);
+    statement(&store, id, 2, Some(1));
+    // The daemon dies with statement 2 forwarded: only its write-ahead record is in the journal.
+    drop(store);
+
+    let store = Store::open(&dir).unwrap();
+    let shown = shown_events(&store, id).await;
+    assert_eq!(
+        kinds_and_seqs(&shown),
+        [("sql", 1), ("sql_result", 1), ("sql", 2)]
+    );
+    assert_eq!(stored_rows(&store).await, 2);
+    // The replayed statement row takes an outcome that comes later, like any other.
+    store.append_rendered(id, vec![outcome(2)]).unwrap();
+    assert_eq!(
+        kinds_and_seqs(&shown_events(&store, id).await),
+        [("sql", 1), ("sql_result", 1), ("sql", 2), ("sql_result", 2)]
+    );
+    drop(store);
+    // Replay does not apply twice.
+    let store = Store::open(&dir).unwrap();
+    assert_eq!(stored_rows(&store).await, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn pages_of_one_row_statements_hold_limit_events_and_lose_or_repeat_none() {
+    let dir = temp_dir("one-row-pages");
+    let store = Store::open_unapplied(&dir).unwrap();
+    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    for seq in 1..=5 {
+        statement(&store, id, seq, (seq > 1).then(|| seq - 1));
+    }
+    store.append_rendered(id, vec![outcome(5)]).unwrap();
+    let (mut seen, mut ids, mut after) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..20 {
+        let page = store.session_page(id, after, 3).await.unwrap();
+        assert!(
+            !page.events.is_empty() && page.events.len() <= 3,
+            "{page:?}"
+        );
+        seen.extend(
+            page.events
+                .iter()
+                .map(|e| (e.kind.clone(), e.detail["seq"].as_u64().unwrap())),
+        );
+        ids.extend(page.events.iter().map(|e| e.id));
+        match page.more_after {
+            Some(next) => {
+                assert_eq!(page.events.len(), 3);
+                after = next;
+            }
+            None => break,
+        }
+    }
+    let expected: Vec<(String, u64)> = (1..=5)
+        .flat_map(|n| [("sql".to_string(), n), ("sql_result".to_string(), n)])
+        .collect();
+    assert_eq!(seen, expected);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_database_of_schema_9_keeps_its_two_row_statements_and_adds_one_row_ones() {
+    let dir = temp_dir("schema9");
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.join("gateway.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        super::schema::migrate_to(&conn, 9).unwrap();
+        conn.execute_batch(
+            r#"INSERT INTO sessions (id, kind, destination, identity, decision, started_at)
+                   VALUES (3, 'proxied', '10.0.0.5:5432', 'unauthenticated', 'allow',
+                           '2026-01-01T00:00:00.000Z');
+               INSERT INTO events (id, session_id, at, kind, detail) VALUES
+                   (5, 3, '2026-01-01T00:00:01.000Z', 'sql', '{"seq":1}'),
+                   (6, 3, '2026-01-01T00:00:02.000Z', 'sql_result', '{"seq":1}');"#,
+        )
+        .unwrap();
+    }
+    let store = Store::open_unapplied(&dir).unwrap();
+    let before = store.session(3).await.unwrap().events;
+    assert_eq!(
+        before
+            .iter()
+            .map(|e| (e.id, e.kind.as_str(), e.at.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (5, "sql", "2026-01-01T00:00:01.000Z"),
+            (6, "sql_result", "2026-01-01T00:00:02.000Z")
+        ]
+    );
+    // The session goes on under this build: statement 2 is one row after the two old ones.
+    statement(&store, 3, 2, None);
+    store.append_rendered(3, vec![outcome(2)]).unwrap();
+    assert_eq!(
+        kinds_and_seqs(&shown_events(&store, 3).await),
+        [("sql", 1), ("sql_result", 1), ("sql", 2), ("sql_result", 2)]
+    );
+    assert_eq!(stored_rows(&store).await, 3);
+    let version: i64 = store
+        .call(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(version, 10);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Frames `payload` as the journal does, with sequence number `seq`.
+fn frame(seq: u64, payload: &str) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.update(payload.as_bytes());
+    let mut out = Vec::new();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(payload.as_bytes());
+    out
+}
+
+#[tokio::test]
+async fn a_journal_of_an_earlier_build_with_details_as_text_is_replayed() {
+    let dir = temp_dir("old-journal");
+    let store = Store::open(&dir).unwrap();
+    let id = store.insert_session(session("10.0.0.5:1")).await.unwrap();
+    drop(store);
+    // What the previous build left unapplied: the detail as a JSON string inside the record.
+    let old = format!(
+        r#"{{"Events":{{"session_id":{id},"events":[{{"kind":"sql","at":"2026-01-01T00:00:01.000Z","detail":"{{\"seq\":1,\"sql\":\"select 'a\\\"b'\"}}"}},{{"kind":"closed","at":"2026-01-01T00:00:02.000Z","detail":"null"}}]}}}}"#
+    );
+    let applied: u64 = rusqlite::Connection::open(dir.join("gateway.db"))
+        .unwrap()
+        .query_row("SELECT applied FROM journal_state", [], |r| r.get(0))
+        .unwrap();
+    std::fs::write(dir.join("gateway.journal"), frame(applied + 1, &old)).unwrap();
+
+    let store = Store::open(&dir).unwrap();
+    let shown = store.session(id).await.unwrap().events;
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert_eq!(shown[0].detail["sql"], "select 'a\"b'");
+    assert_eq!(shown[1].detail, serde_json::Value::Null);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_event_detail_goes_into_the_journal_record_as_json_not_as_escaped_text() {
+    use super::journal::{Encoded, EventRow, Record};
+    let detail = serde_json::json!({ "sql": "select \"x\"" });
+    let record = Record::Events {
+        session_id: 1,
+        events: vec![EventRow {
+            kind: "sql".into(),
+            at: "t".into(),
+            detail: serde_json::value::to_raw_value(&detail).unwrap(),
+            statement: Some(4),
+        }],
+    };
+    let bytes = Encoded::new(&record).unwrap().into_payload_for_test();
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.contains(r#""json":{"sql":"select \"x\""}"#), "{text}");
 }

@@ -236,14 +236,16 @@ impl<'a> Backend<'a> {
             self.binary.clear();
             return;
         };
-        exec.sample_columns = columns.iter().map(|c| c.name.clone()).collect();
-        self.binary = columns.iter().map(|c| c.binary).collect();
+        self.binary.clear();
+        self.binary.extend(columns.iter().map(|c| c.binary));
         self.plan = self
             .ctx
             .masker
             .as_ref()
             .map(|m| m.plan(&columns, &self.ctx.coverage))
             .filter(|p| !p.is_noop());
+        // The names move into the recording (not cloned).
+        exec.sample_columns = columns.into_iter().map(|c| c.name).collect();
     }
 
     fn row_description(&mut self, frame: &Frame) -> Result<Forward, End> {

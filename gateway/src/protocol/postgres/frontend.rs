@@ -395,7 +395,9 @@ impl<'a> Frontend<'a> {
             target: ctx.target.name.clone(),
             rule: rule.to_string(),
             identity: ctx.identity.clone(),
-            operation: ctx.redact(&journal::cap_text(sql, journal::MAX_APPROVAL_TEXT)),
+            operation: ctx
+                .redact(&journal::cap_text(sql, journal::MAX_APPROVAL_TEXT))
+                .into_owned(),
             kind: "sql".to_string(),
             detail,
             process: ctx.process.cloned(),

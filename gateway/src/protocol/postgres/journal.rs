@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::state::Exec;
 use crate::{
     policy::Decision,
-    record::{Store, StoreError},
+    record::{RenderedEvent, Store, StoreError},
     sql::SqlStatement,
 };
 
@@ -45,8 +45,8 @@ pub struct Journal<'a> {
     sample_budget: AtomicUsize,
     /// Outcomes not stored yet: they go with the next statement's write-ahead transaction (one
     /// write per statement), or on [`Journal::flush`] when the session idles or ends. Rendered
-    /// as JSON text when recorded.
-    results: Mutex<Vec<String>>,
+    /// as JSON when recorded.
+    results: Mutex<Vec<RenderedEvent>>,
 }
 
 /// How long a finished statement's outcome may wait for the next statement to be stored with it.
@@ -152,6 +152,24 @@ pub(super) fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
     }
 }
 
+/// Bytes of `v` as JSON, counted without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
+}
+
 impl<'a> Journal<'a> {
     pub fn new(store: &'a Store, session_id: i64, sample_rows: usize, sample_bytes: usize) -> Self {
         Journal {
@@ -179,16 +197,12 @@ impl<'a> Journal<'a> {
             reason: e.decision.and_then(Decision::reason),
             note: e.note,
         };
-        let mut events: Vec<(EventKind, String)> = self
-            .take_results()
-            .into_iter()
-            .map(|r| (EventKind::SqlResult, r))
-            .collect();
-        events.push((EventKind::Sql, serde_json::to_string(&detail)?));
+        let mut events = self.take_results();
+        events.push(RenderedEvent::new(EventKind::Sql, &detail)?.of_statement(e.seq));
         self.store.append_rendered(self.session_id, events)
     }
 
-    fn take_results(&self) -> Vec<String> {
+    fn take_results(&self) -> Vec<RenderedEvent> {
         std::mem::take(&mut *self.results.lock())
     }
 
@@ -201,13 +215,7 @@ impl<'a> Journal<'a> {
     pub fn flush(&self) {
         let results = self.take_results();
         if !results.is_empty() {
-            self.store.note_rendered(
-                self.session_id,
-                results
-                    .into_iter()
-                    .map(|r| (EventKind::SqlResult, r))
-                    .collect(),
-            );
+            self.store.note_rendered(self.session_id, results);
         }
     }
 
@@ -217,7 +225,7 @@ impl<'a> Journal<'a> {
     }
 
     pub fn keep_sample(&self, exec: &mut Exec, row: Vec<Value>) {
-        let size: usize = row.iter().map(|v| v.to_string().len()).sum();
+        let size: usize = row.iter().map(json_len).sum();
         let budget = self.sample_budget.load(Ordering::Relaxed);
         if size > budget {
             self.sample_budget.store(0, Ordering::Relaxed);
@@ -252,8 +260,8 @@ impl<'a> Journal<'a> {
                 .then_some("result samples left out: the session's sample cap is reached"),
         };
         // Serializing borrowed fields of plain types cannot fail.
-        if let Ok(text) = serde_json::to_string(&detail) {
-            self.results.lock().push(text);
+        if let Ok(event) = RenderedEvent::new(EventKind::SqlResult, &detail) {
+            self.results.lock().push(event.of_statement(exec.seq));
         }
     }
 }

@@ -106,19 +106,25 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Text as it may be recorded or shown: the detectors run over it when masking applies.
-    pub fn redact(&self, text: &str) -> String {
+    /// Text as it may be recorded or shown: the detectors run over it when masking applies
+    /// (borrowed when nothing in it is masked: the statement log copies it once, into its event).
+    pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
         match &self.masker {
-            Some(m) => m.redact_str(text).into_owned(),
-            None => text.to_string(),
+            Some(m) => m.redact_str(text),
+            None => std::borrow::Cow::Borrowed(text),
         }
     }
 
-    /// A recorded value (a parameter) through the detectors.
+    /// A recorded value (a parameter) through the detectors (the same string when nothing in it
+    /// is masked).
     pub fn redact_value(&self, v: serde_json::Value) -> serde_json::Value {
         match (&self.masker, v) {
             (Some(m), serde_json::Value::String(s)) => {
-                serde_json::Value::String(m.redact_str(&s).into_owned())
+                let masked = match m.redact_str(&s) {
+                    std::borrow::Cow::Owned(masked) => Some(masked),
+                    std::borrow::Cow::Borrowed(_) => None,
+                };
+                serde_json::Value::String(masked.unwrap_or(s))
             }
             (_, v) => v,
         }
