@@ -235,7 +235,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
     let jobs = Arc::new(Jobs::default());
     let connections = Arc::new(connections);
     let netns = Arc::new(netns);
-    let containers = Arc::new(docker::containers::Containers::new(
+    let containers = Arc::new(crate::docker_engine::containers::Containers::new(
         config
             .docker
             .as_ref()

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod docker_engine;
 pub mod dockerapi;
 pub mod ebpf;
 pub mod glob;

@@ -78,7 +78,7 @@ pub struct JobControl {
     pub recorder: Arc<Recorder>,
     pub grants: GrantRules,
     /// What jobs created in Docker through the gateway (removed with them).
-    pub containers: Arc<crate::protocol::docker::containers::Containers>,
+    pub containers: Arc<crate::docker_engine::containers::Containers>,
     /// `[docker.gitlab] cgroup_parent`, resolved: the GitLab jobs' cgroups below it end when
     /// their containers are gone (the Docker API proxy ends them), not when they are empty.
     pub gitlab_parent: Option<PathBuf>,

@@ -27,7 +27,7 @@ use crate::{
     identity::Identity,
     jobs::{ConnectionSlot, Jobs},
     policy::{Decision, Policy},
-    protocol::{docker, http, postgres, spares::Spares, ssh, tcp},
+    protocol::{http, postgres, spares::Spares, ssh, tcp},
     record::{NewSession, Origin, ProcessInfo, SessionEnd, SessionKind, SessionPath, Store, now},
     targets::TargetSet,
 };
@@ -62,7 +62,7 @@ pub struct Services {
     /// The cgroup v2 root (job cgroups are paths below it).
     pub cgroup_root: std::path::PathBuf,
     /// Which container a process runs in, for the record.
-    pub containers: Arc<docker::containers::Containers>,
+    pub containers: Arc<crate::docker_engine::containers::Containers>,
     /// DNS follow (`server.dns_follow`): the addresses each job was told for host-name targets.
     pub dns: Option<Arc<crate::dns::Follow>>,
     /// DNS follow's forwarder: jobs' DNS over TCP, and its sockets in job network namespaces.

@@ -24,7 +24,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::net::UnixStream;
 
-use super::{Services, engine::Body, error, proxy::respond_with};
+use super::{Services, error, proxy::respond_with};
+use crate::docker_engine::{self as engine, Body};
 use crate::{
     config::GitlabSettings,
     dockerapi::{self, OperationKind},
@@ -253,7 +254,7 @@ async fn send(
             for (k, v) in resp.headers() {
                 out = out.header(k, v);
             }
-            out.body(super::engine::full(Bytes::new()))
+            out.body(engine::full(Bytes::new()))
                 .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))
         }
         _ => {
@@ -532,9 +533,7 @@ async fn create_container(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )
-        .body(super::engine::full(
-            serde_json::to_vec(&body).unwrap_or_default(),
-        ))
+        .body(engine::full(serde_json::to_vec(&body).unwrap_or_default()))
         .map_err(|e| bad(e.to_string()))?;
     tracing::info!(
         gitlab_job = %create.job_id,

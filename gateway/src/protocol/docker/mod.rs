@@ -9,8 +9,6 @@
 //! Refusals are answered as the engine answers errors (`{"message": …}`), so `docker` prints
 //! them as it prints the daemon's own.
 
-pub mod containers;
-pub mod engine;
 pub mod gitlab;
 pub mod paths;
 mod proxy;
@@ -26,7 +24,8 @@ use serde_json::json;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use engine::{Engine, EngineError, EngineInfo};
+use crate::docker_engine::{self as engine, containers};
+pub use crate::docker_engine::{Engine, EngineError, EngineInfo};
 
 use crate::{
     identity::Identity,

@@ -15,13 +15,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{
-    Conn,
-    containers::under_job,
-    engine::{Body, Container, full},
-    error, paths,
-};
+use super::{Conn, error, paths};
 use crate::{
+    docker_engine::{Body, Container, containers::under_job, full},
     dockerapi::{
         self, BodyKind, ContainerSpec, ExecSpec, JOB_LABEL, Mount, MountKind, NetworkSpec,
         OperationKind, Privilege, Route, UpdateSpec, VolumeSpec,

@@ -1,5 +1,10 @@
 //! The gateway's client of the Docker engine (dockerd's socket): HTTP/1.1 over a Unix socket,
-//! one connection per request (connects are cheap, and an upgraded connection is used up).
+//! one connection per request (connects are cheap, and an upgraded connection is used up), and
+//! what the daemon asks of it outside the Docker API proxy: which container a session's process
+//! runs in, and removing a job's containers when it ends ([`containers`]). Kept out of
+//! `protocol` because the job lifecycle and the intercept listener use it too.
+
+pub mod containers;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 

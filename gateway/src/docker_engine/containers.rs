@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::engine::{Container, Engine};
+use super::{Container, Engine};
 use crate::record::ContainerInfo;
 
 /// How long an answer of the engine about a container is reused.
