@@ -24,7 +24,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::net::UnixStream;
 
-use super::{Services, error, proxy::respond_with};
+use super::{
+    Services, error,
+    proxy::{cut, respond_with},
+};
 use crate::docker_engine::{self as engine, Body};
 use crate::{
     config::GitlabSettings,
@@ -32,7 +35,7 @@ use crate::{
     identity::{Identity, Verified},
     jobs::Job,
     lifecycle::JobControl,
-    record::{EventKind, NewSession, ProcessInfo, SessionEnd, SessionKind},
+    record::{EventKind, ProcessInfo, SessionEnd},
 };
 
 pub const JOB_ID_LABEL: &str = "com.gitlab.gitlab-runner.job.id";
@@ -85,22 +88,12 @@ pub(super) async fn serve_runner(
     process: Option<ProcessInfo>,
     started_at: String,
 ) {
-    let session = NewSession {
-        kind: SessionKind::Proxied,
-        job_id: None,
-        target: Some("docker".into()),
-        protocol: Some("docker".into()),
-        destination: services.listen.display().to_string(),
+    let session = services.socket_session(
+        None,
         process,
-        identity: Identity::unauthenticated(),
-        decision: "allow".into(),
-        rule: None,
-        reason: Some("GitLab runner ([docker.gitlab] runner_users)".into()),
+        Some("GitLab runner ([docker.gitlab] runner_users)".into()),
         started_at,
-        ended_at: None,
-        path: None,
-        cookie: None,
-    };
+    );
     let session = match services.store.insert_session(session).await {
         Ok(id) => id,
         Err(e) => {
@@ -625,18 +618,6 @@ pub async fn cleanup_loop(services: Arc<Services>) {
             }
         }
     }
-}
-
-/// The first `max` bytes of `s` (at a character boundary), marked when cut.
-fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]

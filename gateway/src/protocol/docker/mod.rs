@@ -73,6 +73,33 @@ pub struct EngineState {
 }
 
 impl Services {
+    /// An open session on the gateway's Docker socket: `job`'s, or of no job (the runner's,
+    /// saying why in `reason`).
+    fn socket_session(
+        &self,
+        job: Option<&Job>,
+        process: Option<ProcessInfo>,
+        reason: Option<String>,
+        started_at: String,
+    ) -> NewSession {
+        NewSession {
+            kind: SessionKind::Proxied,
+            job_id: job.map(|j| j.id.clone()),
+            target: Some("docker".into()),
+            protocol: Some("docker".into()),
+            destination: self.listen.display().to_string(),
+            process,
+            identity: job.map_or_else(Identity::unauthenticated, |j| j.identity.clone()),
+            decision: "allow".into(),
+            rule: None,
+            reason,
+            started_at,
+            ended_at: None,
+            path: None,
+            cookie: None,
+        }
+    }
+
     /// The engine's state, asked for once (again after a failure).
     async fn engine_state(&self) -> Result<&EngineState, EngineError> {
         self.state
@@ -229,19 +256,10 @@ async fn connection(stream: UnixStream, services: Arc<Services>) {
             tracing::warn!(reason = %why, "Docker socket: connection refused");
             services.store.record_session(NewSession {
                 kind: SessionKind::Anomaly,
-                job_id: None,
-                target: Some("docker".into()),
-                protocol: Some("docker".into()),
-                destination: services.listen.display().to_string(),
-                process,
-                identity: Identity::unauthenticated(),
                 decision: "deny".into(),
-                rule: None,
                 reason: Some(why.clone()),
                 ended_at: Some(started_at.clone()),
-                started_at,
-                path: None,
-                cookie: None,
+                ..services.socket_session(None, process, None, started_at)
             });
             return refuse_all(stream, why).await;
         }
@@ -264,22 +282,7 @@ async fn connection(stream: UnixStream, services: Arc<Services>) {
         .containers
         .describe(&peer.cgroup, &job_cgroup)
         .await;
-    let session = NewSession {
-        kind: SessionKind::Proxied,
-        job_id: Some(job.id.clone()),
-        target: Some("docker".into()),
-        protocol: Some("docker".into()),
-        destination: services.listen.display().to_string(),
-        process: Some(process),
-        identity: job.identity.clone(),
-        decision: "allow".into(),
-        rule: None,
-        reason: None,
-        started_at,
-        ended_at: None,
-        path: None,
-        cookie: None,
-    };
+    let session = services.socket_session(Some(&job), Some(process), None, started_at);
     let session = match services.store.insert_session(session).await {
         Ok(id) => id,
         Err(e) => {

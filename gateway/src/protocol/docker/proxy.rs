@@ -824,7 +824,7 @@ fn own_containers(bytes: &[u8], job: &str) -> Option<Bytes> {
 }
 
 /// The first `max` bytes of `s` (at a character boundary), marked when cut.
-fn cut(s: &str, max: usize) -> String {
+pub(super) fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
