@@ -275,6 +275,15 @@ impl Daemon {
         self.cli_json(&["sessions", "show", &id.to_string(), "--json"])
     }
 
+    /// The first approval request still pending, if any.
+    pub fn pending_approval(&self) -> Option<Value> {
+        let list = self.cli_json(&["approvals", "list", "--json"]).ok()?;
+        list.as_array()?
+            .iter()
+            .find(|a| a["status"] == "pending")
+            .cloned()
+    }
+
     pub fn sessions(&self) -> Result<Vec<Value>> {
         let v = self.cli_json(&["sessions", "list", "--json", "--limit", "10000"])?;
         Ok(v.as_array().cloned().unwrap_or_default())

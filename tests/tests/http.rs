@@ -106,6 +106,22 @@ impl Setup {
         Setup::with("")
     }
 
+    /// `gateway sessions export ID --format har` into the test's directory; the file's path.
+    fn export_har(&self, id: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(format!("session-{id}.har"));
+        let exported = self.daemon.cli(&[
+            "sessions",
+            "export",
+            id,
+            "--format",
+            "har",
+            "-o",
+            path.to_str().unwrap_or_default(),
+        ]);
+        ensure!(exported.status.success(), "{exported:?}");
+        Ok(path)
+    }
+
     /// The setup with more configuration (`[[masking]]` rules) after the rules; `@IP@`, `@CA@`
     /// and `@TOKEN_FILE@` in it stand for nginx's address, its CA file and the token's file.
     fn with(extra: &str) -> Result<Setup> {
@@ -1307,17 +1323,7 @@ fn the_request_line_query_and_headers_are_shown_masked_and_forwarded_unchanged()
         let id = session["id"].to_string();
         let events = s.daemon.show_session(&id)?["events"].to_string();
         let shown = s.daemon.cli(&["sessions", "show", &id]);
-        let har_path = s.dir.path().join(format!("{id}.har"));
-        let exported = s.daemon.cli(&[
-            "sessions",
-            "export",
-            &id,
-            "--format",
-            "har",
-            "-o",
-            har_path.to_str().unwrap_or_default(),
-        ]);
-        ensure!(exported.status.success(), "{exported:?}");
+        let har_path = s.export_har(&id)?;
         views.push(events);
         views.push(String::from_utf8_lossy(&shown.stdout).into_owned());
         views.push(fs::read_to_string(&har_path)?);
@@ -1594,17 +1600,7 @@ print(json.dumps([a.status_code, b.status_code, c.status_code]))
         s.events("http_response").is_ok_and(|r| r.len() == 2)
     });
     ensure!(complete, "{:?}", s.events("http_response"));
-    let har_path = s.dir.path().join("session.har");
-    let exported = s.daemon.cli(&[
-        "sessions",
-        "export",
-        &id,
-        "--format",
-        "har",
-        "-o",
-        har_path.to_str().unwrap(),
-    ]);
-    ensure!(exported.status.success(), "{exported:?}");
+    let har_path = s.export_har(&id)?;
     let schema = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/peers/http/har-1.2.schema.json"
@@ -2438,17 +2434,7 @@ fn command_lines_in_the_session_record_and_the_approval_are_masked() -> Result<(
             "{process}"
         );
         let text = s.daemon.cli(&["sessions", "show", &id]);
-        let har_path = s.dir.path().join(format!("cmdline-{id}.har"));
-        let exported = s.daemon.cli(&[
-            "sessions",
-            "export",
-            &id,
-            "--format",
-            "har",
-            "-o",
-            har_path.to_str().unwrap_or_default(),
-        ]);
-        ensure!(exported.status.success(), "{exported:?}");
+        let har_path = s.export_har(&id)?;
         let text = String::from_utf8_lossy(&text.stdout).into_owned();
         ensure!(text.contains("[masked:us_ssn]"), "{text}");
         no_secret("sessions show --json", &json.to_string())?;

@@ -264,17 +264,7 @@ fn require_approval_holds_the_statement_until_a_person_decides() -> Result<()> {
         let job = scope.spawn(|| t.psql(&["-c", "GRANT SELECT ON users TO PUBLIC"]));
         let mut request = Value::Null;
         gateway_e2e::wait_until(std::time::Duration::from_secs(10), || {
-            request = t
-                .daemon
-                .cli_json(&["approvals", "list", "--json"])
-                .ok()
-                .and_then(|v| {
-                    v.as_array()?
-                        .iter()
-                        .find(|a| a["status"] == "pending")
-                        .cloned()
-                })
-                .unwrap_or_default();
+            request = t.daemon.pending_approval().unwrap_or_default();
             !request.is_null()
         });
         let id = request["id"]
@@ -1015,14 +1005,8 @@ fn a_statement_on_psqls_command_line_is_recorded_and_shown_to_approvers_masked()
         gateway_e2e::wait_until(std::time::Duration::from_secs(10), || {
             id = t
                 .daemon
-                .cli_json(&["approvals", "list", "--json"])
-                .ok()
-                .and_then(|v| {
-                    v.as_array()?
-                        .iter()
-                        .find(|a| a["status"] == "pending")
-                        .and_then(|a| a["id"].as_str().map(str::to_string))
-                });
+                .pending_approval()
+                .and_then(|a| a["id"].as_str().map(str::to_string));
             id.is_some()
         });
         let id = id.context("no pending approval request")?;

@@ -127,12 +127,7 @@ fn detail(method: &str, path: &str) -> Map<String, Value> {
 }
 
 async fn request(req: Request<Incoming>, services: &Services, session: i64) -> Response<Body> {
-    let method = req.method().as_str().to_string();
-    let sent = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    let (method, sent) = super::method_and_target(&req);
     let mut d = detail(&method, &sent);
     let create = match dockerapi::route(&method, req.uri().path()) {
         Ok(route) => route.kind == OperationKind::ContainerCreate,

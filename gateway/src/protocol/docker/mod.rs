@@ -327,6 +327,16 @@ pub(super) async fn refuse_all(stream: UnixStream, why: String) {
 }
 
 /// An error as the engine writes them, which `docker` prints as "Error response from daemon".
+/// A request's method and target (path and query) as the job sent them.
+fn method_and_target<B>(req: &hyper::Request<B>) -> (String, String) {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    (req.method().as_str().to_string(), target)
+}
+
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<engine::Body> {
     let body = json!({ "message": format!("gateway: {message}") }).to_string();
     Response::builder()

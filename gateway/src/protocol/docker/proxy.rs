@@ -172,12 +172,7 @@ struct Plan {
 }
 
 async fn respond(mut req: Request<Incoming>, conn: &Conn) -> Result<Response<Body>, Refusal> {
-    let method = req.method().as_str().to_string();
-    let sent = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    let (method, sent) = super::method_and_target(&req);
     let mut d = Detail {
         method: method.clone(),
         path: cut(&sent, 1024),
