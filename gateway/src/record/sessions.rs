@@ -715,6 +715,16 @@ impl RenderedEvent {
         })
     }
 
+    /// An event whose detail is a JSON value (which always serializes).
+    pub fn of_value(kind: EventKind, detail: &serde_json::Value) -> RenderedEvent {
+        RenderedEvent {
+            kind,
+            detail: serde_json::value::to_raw_value(detail)
+                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
+            statement: None,
+        }
+    }
+
     /// A statement log's `sql` or `sql_result` event, of statement `seq` of its session: the
     /// store keeps the statement and its outcome in one row.
     pub fn of_statement(mut self, seq: u64) -> RenderedEvent {
@@ -726,13 +736,7 @@ impl RenderedEvent {
 fn rendered(events: Vec<(EventKind, serde_json::Value)>) -> Vec<RenderedEvent> {
     events
         .into_iter()
-        .map(|(kind, detail)| RenderedEvent {
-            kind,
-            // A `Value` always serializes.
-            detail: serde_json::value::to_raw_value(&detail)
-                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
-            statement: None,
-        })
+        .map(|(kind, detail)| RenderedEvent::of_value(kind, &detail))
         .collect()
 }
 

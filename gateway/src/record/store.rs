@@ -113,6 +113,8 @@ struct Shared {
     rotated_path: PathBuf,
     /// The last handle is gone: background threads end.
     closed: AtomicBool,
+    /// Outcomes the live sessions hold back (`held.rs`), stored before each query.
+    held: super::held::Registry,
 }
 
 #[derive(Clone)]
@@ -229,6 +231,7 @@ impl Store {
             next_session: AtomicI64::new(next_session),
             rotated_path,
             closed: AtomicBool::new(false),
+            held: Default::default(),
         });
         let weak = Arc::downgrade(&shared);
         thread::Builder::new()
@@ -253,6 +256,10 @@ impl Store {
         // Encoding happens outside the lock; only the append and the queueing are ordered.
         let mut encoded = [Encoded::new(&record)?];
         self.append(&mut encoded, [record])
+    }
+
+    pub(super) fn held_registry(&self) -> &super::held::Registry {
+        &self.shared.held
     }
 
     /// How recording is going.
@@ -323,6 +330,8 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        // What clients have received is on record for whoever looks.
+        self.shared.held.store_all(self);
         let conn = self.shared.conn.lock();
         let earlier: Vec<(u64, Record)> = self.shared.log.lock().queue.drain(..).collect();
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {

@@ -718,3 +718,41 @@ fn an_event_detail_goes_into_the_journal_record_as_json_not_as_escaped_text() {
     let text = String::from_utf8(bytes).unwrap();
     assert!(text.contains(r#""json":{"sql":"select \"x\""}"#), "{text}");
 }
+
+/// The kinds of a session's events, in stored order.
+async fn event_kinds(store: &Store, id: i64) -> Vec<String> {
+    let shown = store.session(id).await.unwrap();
+    shown.events.iter().map(|e| e.kind.clone()).collect()
+}
+
+#[tokio::test]
+async fn held_outcomes_go_with_the_next_record_and_readers_see_them_at_once() {
+    let dir = temp_dir("held");
+    let store = Store::open(&dir).unwrap();
+    let id = store
+        .insert_session(session("10.0.0.7:5432"))
+        .await
+        .unwrap();
+    let held = HeldEvents::new(store.clone(), id);
+    let event = |kind, n: u64| RenderedEvent::of_value(kind, &serde_json::json!({ "seq": n }));
+    held.append(vec![event(EventKind::Sql, 1)]).unwrap();
+    held.hold(event(EventKind::SqlResult, 1));
+    assert!(!held.is_empty());
+    held.append(vec![event(EventKind::Sql, 2)]).unwrap();
+    assert!(
+        held.is_empty(),
+        "taken along by the next write-ahead record"
+    );
+    held.hold(event(EventKind::SqlResult, 2));
+    // A reader does not wait for the session: what it holds is stored first.
+    assert_eq!(
+        event_kinds(&store, id).await,
+        ["sql", "sql_result", "sql", "sql_result"]
+    );
+    assert!(held.is_empty());
+    // What a session still holds when it ends is stored.
+    held.hold(event(EventKind::SqlResult, 3));
+    drop(held);
+    assert_eq!(event_kinds(&store, id).await.len(), 5);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -88,7 +88,7 @@ impl<'a> Backend<'a> {
         W: AsyncWrite + Unpin,
     {
         // Stores the outcomes of finished statements when no next statement took them along
-        // within RESULT_DELAY; armed at most once per delay, not per statement.
+        // within HOLD_FOR; armed at most once per delay, not per statement.
         let mut store_results = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed = false;
         loop {
@@ -125,7 +125,7 @@ impl<'a> Backend<'a> {
             if !armed && self.ctx.journal.has_pending_results() {
                 store_results
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + journal::RESULT_DELAY);
+                    .reset(tokio::time::Instant::now() + crate::record::HOLD_FOR);
                 armed = true;
             }
             // Idle: wait for the server, or for a notice of the gateway's own to pass on.

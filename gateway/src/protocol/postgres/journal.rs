@@ -3,7 +3,6 @@
 //! a capped sample of the masked result).
 
 use crate::record::EventKind;
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Serialize, Serializer};
@@ -12,7 +11,7 @@ use serde_json::Value;
 use super::state::Exec;
 use crate::{
     policy::Decision,
-    record::{RenderedEvent, Store, StoreError},
+    record::{HeldEvents, RenderedEvent, Store, StoreError},
     sql::SqlStatement,
 };
 
@@ -43,14 +42,10 @@ pub struct Journal<'a> {
     pub sample_rows: usize,
     /// Bytes of samples still allowed in this session.
     sample_budget: AtomicUsize,
-    /// Outcomes not stored yet: they go with the next statement's write-ahead transaction (one
-    /// write per statement), or on [`Journal::flush`] when the session idles or ends. Rendered
-    /// as JSON when recorded.
-    results: Mutex<Vec<RenderedEvent>>,
+    /// Outcomes not stored yet: they go with the next statement's write-ahead record (one
+    /// write per statement), or on [`Journal::flush`] when the session idles or ends.
+    results: HeldEvents,
 }
-
-/// How long a finished statement's outcome may wait for the next statement to be stored with it.
-pub(super) const RESULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The `sql` event, serialized straight from borrowed parts.
 #[derive(Serialize)]
@@ -177,7 +172,7 @@ impl<'a> Journal<'a> {
             session_id,
             sample_rows,
             sample_budget: AtomicUsize::new(sample_bytes),
-            results: Mutex::new(Vec::new()),
+            results: HeldEvents::new(store.clone(), session_id),
         }
     }
 
@@ -197,26 +192,19 @@ impl<'a> Journal<'a> {
             reason: e.decision.and_then(Decision::reason),
             note: e.note,
         };
-        let mut events = self.take_results();
-        events.push(RenderedEvent::new(EventKind::Sql, &detail)?.of_statement(e.seq));
-        self.store.append_rendered(self.session_id, events)
-    }
-
-    fn take_results(&self) -> Vec<RenderedEvent> {
-        std::mem::take(&mut *self.results.lock())
+        self.results.append(vec![
+            RenderedEvent::new(EventKind::Sql, &detail)?.of_statement(e.seq),
+        ])
     }
 
     /// Whether outcomes wait to be stored.
     pub fn has_pending_results(&self) -> bool {
-        !self.results.lock().is_empty()
+        !self.results.is_empty()
     }
 
     /// Stores the outcomes recorded so far (not waited for).
     pub fn flush(&self) {
-        let results = self.take_results();
-        if !results.is_empty() {
-            self.store.note_rendered(self.session_id, results);
-        }
+        self.results.flush();
     }
 
     /// Whether another sample row may be kept.
@@ -261,7 +249,7 @@ impl<'a> Journal<'a> {
         };
         // Serializing borrowed fields of plain types cannot fail.
         if let Ok(event) = RenderedEvent::new(EventKind::SqlResult, &detail) {
-            self.results.lock().push(event.of_statement(exec.seq));
+            self.results.hold(event.of_statement(exec.seq));
         }
     }
 }
