@@ -348,6 +348,10 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             upstream_connect_timeout: server.upstream_connect_timeout,
             shutdown: shutdown.clone(),
             masking: config.masking.clone().into(),
+            body_rules: crate::mask::body::BodyRules::per_target(
+                &config.masking,
+                config.targets.iter().map(|t| t.name.as_str()),
+            ),
             upstream_tls: Default::default(),
         },
     });

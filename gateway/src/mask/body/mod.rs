@@ -195,6 +195,18 @@ impl BodyRules {
         }
     }
 
+    /// The masking of each of `targets` that has any, compiled once (the daemon's configuration
+    /// does not change while it runs).
+    pub fn per_target<'t>(
+        rules: &[MaskingRule],
+        targets: impl IntoIterator<Item = &'t str>,
+    ) -> std::collections::HashMap<String, Arc<BodyRules>> {
+        targets
+            .into_iter()
+            .filter_map(|t| Some((t.to_string(), Self::for_target(rules, t)?)))
+            .collect()
+    }
+
     /// `None` when no rule masks anything in `target`'s bodies.
     pub fn for_target(rules: &[MaskingRule], target: &str) -> Option<Arc<BodyRules>> {
         let mut names = Vec::new();

@@ -103,7 +103,7 @@ impl Exchange {
             port: s.dst.port(),
             upstream: setup.upstream,
             credential,
-            masking: BodyRules::for_target(&setup.services.masking, &s.target.name),
+            masking: setup.services.body_rules.get(&s.target.name).cloned(),
             counters: setup.counters,
             relays: TaskTracker::new(),
             shutdown: setup.services.shutdown.clone(),

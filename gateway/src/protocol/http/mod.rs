@@ -50,7 +50,7 @@ use crate::{
     approval::Approvals,
     config::{HostSpec, HttpTls, Target},
     identity::Identity,
-    mask::MaskingRule,
+    mask::{MaskingRule, body::BodyRules},
     policy::Policy,
     protocol::upstream_tls,
     record::{EventKind, ProcessInfo, SessionEnd, Store},
@@ -77,8 +77,10 @@ pub struct Services {
     pub shutdown: CancellationToken,
     /// `[[masking]]` rules of every target.
     pub masking: Arc<[MaskingRule]>,
-    /// Verifying client configurations, per target (the CA file is read once).
-    pub upstream_tls: Mutex<HashMap<String, Arc<ClientConfig>>>,
+    /// The body masking of each target that has any, compiled at start.
+    pub body_rules: HashMap<String, Arc<BodyRules>>,
+    /// Verifying client configurations, per target and ALPN offer (the CA file is read once).
+    pub upstream_tls: Mutex<HashMap<(String, UpstreamAlpn), Arc<ClientConfig>>>,
 }
 
 /// One intercepted connection to an HTTP target.
@@ -104,12 +106,20 @@ pub async fn serve(client: TcpStream, upstream: TcpStream, s: Session<'_>) -> Se
             None => return SessionEnd::default(),
         },
     };
+    // A job that speaks HTTP/1.1 sends one request at a time: its upstream connection is
+    // HTTP/1.1 too (HTTP/2 framing would only add work). HTTP/2 jobs get HTTP/2 where offered.
+    let alpn = match &client {
+        Client::Tls(stream) if stream.get_ref().1.alpn_protocol() != Some(b"h2") => {
+            UpstreamAlpn::Http1
+        }
+        _ => UpstreamAlpn::H2OrHttp1,
+    };
     if let Some(detail) = tls_detail {
         services
             .store
             .note_event(s.id, EventKind::ClientTls, detail);
     }
-    let upstream_tls = match upstream_tls_for(&s, sni.as_deref()) {
+    let upstream_tls = match upstream_tls_for(&s, sni.as_deref(), alpn) {
         Ok(t) => t,
         Err(message) => {
             tracing::error!(session = s.id, error = %message, "no upstream TLS configuration");
@@ -214,6 +224,13 @@ where
             "gateway_stopped".into()
         }
     }
+}
+
+/// What the gateway offers the upstream in ALPN.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamAlpn {
+    H2OrHttp1,
+    Http1,
 }
 
 enum Client {
@@ -339,6 +356,7 @@ async fn accept_tls(
 fn upstream_tls_for(
     s: &Session<'_>,
     sni: Option<&str>,
+    alpn: UpstreamAlpn,
 ) -> Result<Option<upstream::UpstreamTls>, String> {
     let settings = &s.target.http;
     if !settings.upstream_tls {
@@ -363,15 +381,19 @@ fn upstream_tls_for(
         None => ServerName::IpAddress(s.dst.ip().into()),
     };
     let mut cache = s.services.upstream_tls.lock();
-    let config = match cache.get(&s.target.name) {
+    let key = (s.target.name.clone(), alpn);
+    let config = match cache.get(&key) {
         Some(c) => Arc::clone(c),
         None => {
             let verifying =
                 upstream_tls::verifying(settings.ca_file.as_deref()).map_err(|e| e.to_string())?;
             let mut config = (*verifying).clone();
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            config.alpn_protocols = match alpn {
+                UpstreamAlpn::H2OrHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                UpstreamAlpn::Http1 => vec![b"http/1.1".to_vec()],
+            };
             let config = Arc::new(config);
-            cache.insert(s.target.name.clone(), Arc::clone(&config));
+            cache.insert(key, Arc::clone(&config));
             config
         }
     };
