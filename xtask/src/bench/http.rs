@@ -30,6 +30,8 @@ enum Route {
     Direct,
     Haproxy,
     Gateway,
+    /// Another build of the gateway (`BENCH_GATEWAY_BASELINE`), for comparing a change in one run.
+    Baseline,
 }
 
 impl Route {
@@ -38,6 +40,7 @@ impl Route {
             Route::Direct => "direct",
             Route::Haproxy => "haproxy (http mode)",
             Route::Gateway => "gateway (all on)",
+            Route::Baseline => "baseline gateway (all on)",
         }
     }
 }
@@ -125,11 +128,33 @@ unauthenticated = true
     );
     let daemon = Daemon::builder(DaemonConfig {
         server: String::new(),
-        body,
+        body: body.clone(),
     })
     .default_log_level()
     .start()?;
     super::pin_proxy(daemon.pid())?;
+    // BENCH_GATEWAY_BASELINE=PATH: a second daemon runs that build of the gateway (main's, say)
+    // with the same configuration, measured in the same rounds as this one.
+    let baseline = std::env::var_os("BENCH_GATEWAY_BASELINE")
+        .map(|bin| {
+            Daemon::builder(DaemonConfig {
+                server: String::new(),
+                body,
+            })
+            .default_log_level()
+            .env("BENCH_BASELINE_BIN", &bin.to_string_lossy())
+            .wrapper(&[
+                "sh",
+                "-c",
+                "shift; exec \"$BENCH_BASELINE_BIN\" \"$@\"",
+                "sh",
+            ])
+            .start()
+        })
+        .transpose()?;
+    if let Some(b) = &baseline {
+        super::pin_proxy(b.pid())?;
+    }
 
     let url = format!("https://{HOST}/files/users.json");
     // h2load in the job for the gateway (its connects are redirected), on the host otherwise.
@@ -138,15 +163,20 @@ unauthenticated = true
             Route::Haproxy => format!("--connect-to=127.0.0.1:{haproxy_port}"),
             _ => format!("--connect-to={upstream}"),
         };
-        let mut cmd = match path {
-            Route::Gateway => {
+        let through = match path {
+            Route::Gateway => Some(&daemon),
+            Route::Baseline => baseline.as_ref(),
+            _ => None,
+        };
+        let mut cmd = match through {
+            Some(d) => {
                 let mut c = Command::new(gateway_bin());
                 c.arg("--control-socket")
-                    .arg(&daemon.control_socket)
+                    .arg(&d.control_socket)
                     .args(["run", "--", "h2load"]);
                 c
             }
-            _ => Command::new("h2load"),
+            None => Command::new("h2load"),
         };
         cmd.args(args).arg(&connect_to).arg(&url);
         let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
@@ -160,7 +190,10 @@ unauthenticated = true
     };
 
     let paths = [Route::Direct, Route::Haproxy, Route::Gateway];
-    for p in paths {
+    for p in paths
+        .into_iter()
+        .chain(baseline.as_ref().map(|_| Route::Baseline))
+    {
         let warm = h2load(p, &["-n", "200", "-c", "2"])?;
         all_succeeded(&warm, "200")?;
     }
@@ -169,7 +202,10 @@ unauthenticated = true
             .to_str()
             .and_then(|n| n.parse().ok())
             .context("BENCH_HTTP_CPU: a number of requests")?;
-        return cpu_per_request(&h2load, [haproxy.pid(), daemon.pid()], n);
+        let mut routes = vec![(Route::Haproxy, haproxy.pid())];
+        routes.extend(baseline.as_ref().map(|b| (Route::Baseline, b.pid())));
+        routes.push((Route::Gateway, daemon.pid()));
+        return cpu_per_request(&h2load, &routes, n);
     }
     let mut h1 = vec![Vec::new(); paths.len()];
     let mut h2 = vec![Vec::new(); paths.len()];
@@ -266,7 +302,7 @@ unauthenticated = true
 /// With BENCH_PERF_DIR, the gateway's first round of each is sampled with `perf record -g`.
 fn cpu_per_request(
     h2load: &dyn Fn(Route, &[&str]) -> Result<String>,
-    [haproxy, gateway]: [u32; 2],
+    routes: &[(Route, u32)],
     requests: u64,
 ) -> Result<()> {
     let n = requests.to_string();
@@ -274,7 +310,6 @@ fn cpu_per_request(
         ("h1", vec!["--h1", "-n", &n, "-c", "8"]),
         ("h2", vec!["-n", &n, "-c", "4", "-m", "8"]),
     ];
-    let routes = [(Route::Haproxy, haproxy), (Route::Gateway, gateway)];
     let mut per = vec![vec![Vec::new(); routes.len()]; loads.len()];
     for round in 0..ROUNDS {
         for (l, (name, args)) in loads.iter().enumerate() {
@@ -302,14 +337,24 @@ fn cpu_per_request(
         "\nHTTP — CPU µs per request (user + system), {requests} requests, median of {ROUNDS} interleaved rounds"
     );
     for (l, (name, _)) in loads.iter().enumerate() {
-        let haproxy = Measured::of(per[l][0].clone());
-        let gateway = Measured::of(per[l][1].clone());
+        let measured: Vec<Measured> = per[l].iter().cloned().map(Measured::of).collect();
+        let (haproxy, gateway) = (&measured[0], &measured[measured.len() - 1]);
+        let shown: Vec<String> = routes
+            .iter()
+            .zip(&measured)
+            .map(|((route, _), m)| format!("{} {}", route.name(), m.show(1)))
+            .collect();
         println!(
-            "{name}: haproxy {}; gateway {}; the gateway uses {:.2}× haproxy's CPU per request",
-            haproxy.show(1),
-            gateway.show(1),
+            "{name}: {}; the gateway uses {:.2}× haproxy's CPU per request",
+            shown.join("; "),
             gateway.median / haproxy.median
         );
+        if routes.len() > 2 {
+            println!(
+                "{name}: the gateway uses {:.2}× the baseline's CPU per request",
+                gateway.median / measured[1].median
+            );
+        }
     }
     Ok(())
 }
