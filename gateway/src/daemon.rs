@@ -377,6 +377,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 .map(|g| Arc::new(docker::gitlab::Gitlab::new(g, lifecycle.clone()))),
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
+            masking: crate::mask::body::BodyRules::every_detector(&config.masking),
         })
     });
     let status = {
