@@ -2234,5 +2234,35 @@ claims = {{ iss = "{url}" }}
     });
     assert!(gone, "job A's cgroup stayed\n{}", host.daemon.log());
     assert!(job_of(job_b)?.is_some());
+
+    // What the runner types is recorded masked like a job's (its command line, the filter in
+    // the path, percent-encoded there), with the detectors of the fixture's masking rule.
+    let out = gateway_docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        "label=owner=alice@example.com",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut runner_masked = false;
+    for session in host.daemon.sessions()? {
+        if session["protocol"] != "docker" || !session["job_id"].is_null() {
+            continue;
+        }
+        let shown = host.daemon.show_session(&session["id"])?;
+        let json = shown.to_string();
+        assert!(
+            !json.contains("alice@example.com") && !json.contains("alice%40example.com"),
+            "{shown:#}"
+        );
+        runner_masked |= shown["process"]["cmdline"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "label=owner=[masked:email]"));
+    }
+    assert!(
+        runner_masked,
+        "no runner session with its command line masked"
+    );
     Ok(())
 }
