@@ -340,6 +340,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         containers: containers.clone(),
         dns: follow.clone(),
         dns_forwarder: dns_services.as_ref().map(|(_, s)| s.clone()),
+        command_line_masking: crate::mask::body::BodyRules::every_detector(&config.masking),
         http: http::Services {
             store: store.clone(),
             policy: policy.clone(),
@@ -380,6 +381,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 .map(|g| Arc::new(docker::gitlab::Gitlab::new(g, lifecycle.clone()))),
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
+            masking: crate::mask::body::BodyRules::every_detector(&config.masking),
         })
     });
     let status = {

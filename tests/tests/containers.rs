@@ -648,6 +648,96 @@ fn the_gateway_socket_serves_only_jobs_and_status_says_how_docker_is_covered() -
     Ok(())
 }
 
+/// What a job types to Docker may hold what the masking hides: the `docker` client's command
+/// line (`-e SSN=…`) and its shell's, the command of a container or exec it creates, a filter in
+/// the request's query, and the same from a process in no job (refused) are recorded masked by
+/// the detectors of every `[[masking]]` rule; the engine gets them as typed.
+#[test]
+fn docker_requests_and_command_lines_are_recorded_masked() -> Result<()> {
+    let Some(s) = Setup::new(&format!(
+        "{ALLOW_DOCKER}\n[[masking]]\nname = \"pii\"\ndetectors = [\"us_ssn\"]\n"
+    ))?
+    else {
+        return Ok(());
+    };
+    let secret = "123-45-6789";
+    let docker = format!("docker -H unix://{}", s.engine.socket.display());
+    let image = &s.engine.image;
+    let script = format!(
+        "{docker} run --rm -e SSN={secret} {image} /bin/sh -c 'test \"$SSN\" = {secret}' && \
+         id=$({docker} run -d {image} /bin/sleep 60) && \
+         {docker} exec \"$id\" /bin/true {secret} && \
+         {docker} ps -a -q --filter label=ssn={secret} && echo done"
+    );
+    let out = s.daemon.run_job(&[], "/bin/sh", &["-c", &script]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("done"),
+        "the engine got what was typed: {}\n{}",
+        text(&out),
+        s.daemon.log()
+    );
+    // A process in no job: refused, recorded with its command line.
+    let listen = s.engine.dir.path().join("gateway-docker.sock");
+    let refused = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", listen.display()))
+        .args(["create", "-e", &format!("SSN={secret}"), image, "/bin/true"])
+        .output()?;
+    assert!(!refused.status.success(), "{}", text(&refused));
+
+    let sessions: Vec<Value> = s
+        .daemon
+        .sessions()?
+        .into_iter()
+        .filter(|x| x["protocol"] == "docker")
+        .collect();
+    assert!(
+        sessions.iter().any(|x| x["decision"] == "deny") && sessions.len() >= 5,
+        "{sessions:#?}"
+    );
+    let masked = |cmdline: &Value| {
+        cmdline.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|arg| arg.as_str().is_some_and(|x| x.contains("[masked:us_ssn]")))
+        })
+    };
+    let mut shown_masked = false;
+    for session in &sessions {
+        let json = s.daemon.show_session(&session["id"])?;
+        assert!(!json.to_string().contains(secret), "{json:#}");
+        // The refused client typed it; each of the job's clients runs under the shell that did.
+        let process = &json["process"];
+        let typed_here = if session["decision"] == "allow" {
+            process["ancestry"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["comm"] == "sh" && masked(&p["cmdline"])))
+        } else {
+            masked(&process["cmdline"])
+        };
+        assert!(typed_here, "{process:#}");
+        let shown = s
+            .daemon
+            .cli(&["sessions", "show", &session["id"].to_string()]);
+        let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+        assert!(!shown.contains(secret), "{shown}");
+        shown_masked |= shown.contains("[masked:us_ssn]");
+    }
+    // (`sessions show` cuts the shell's long command line short.)
+    assert!(shown_masked, "no session shows its masked command line");
+    let requests = s.docker_requests()?;
+    let recorded = |what: &str, replacement: &str| {
+        requests
+            .iter()
+            .any(|r| r[what].to_string().contains(replacement))
+    };
+    // The filter is read percent-decoded, its match replaced percent-encoded.
+    assert!(
+        recorded("command", "[masked:us_ssn]") && recorded("path", "%5Bmasked%3Aus_ssn%5D"),
+        "{requests:#?}"
+    );
+    Ok(())
+}
+
 /// An unprivileged job user (a root job may replace any path on the way with a link before the
 /// engine mounts it, so its bind mounts are refused whatever the rules say).
 const NOBODY: &[&str] = &["--user", "nobody"];
@@ -2144,5 +2234,35 @@ claims = {{ iss = "{url}" }}
     });
     assert!(gone, "job A's cgroup stayed\n{}", host.daemon.log());
     assert!(job_of(job_b)?.is_some());
+
+    // What the runner types is recorded masked like a job's (its command line, the filter in
+    // the path, percent-encoded there), with the detectors of the fixture's masking rule.
+    let out = gateway_docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        "label=owner=alice@example.com",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut runner_masked = false;
+    for session in host.daemon.sessions()? {
+        if session["protocol"] != "docker" || !session["job_id"].is_null() {
+            continue;
+        }
+        let shown = host.daemon.show_session(&session["id"])?;
+        let json = shown.to_string();
+        assert!(
+            !json.contains("alice@example.com") && !json.contains("alice%40example.com"),
+            "{shown:#}"
+        );
+        runner_masked |= shown["process"]["cmdline"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "label=owner=[masked:email]"));
+    }
+    assert!(
+        runner_masked,
+        "no runner session with its command line masked"
+    );
     Ok(())
 }

@@ -2443,3 +2443,96 @@ fn command_lines_in_the_session_record_and_the_approval_are_masked() -> Result<(
     }
     Ok(())
 }
+
+/// A command line may hold what any target's masking hides, and the shell above it is recorded
+/// with every connection it makes: a connection to a target no `[[masking]]` rule names,
+/// refused at the ClientHello for a name that is none of the target's `hosts` (the request is
+/// never read), is recorded with its command lines masked by the detectors of every rule.
+/// Refusals in the kernel (a target no rule allows the job, an address that is no target) are
+/// recorded with what the kernel saw of the process: no command line at all.
+#[test]
+fn command_lines_are_masked_when_no_masked_target_is_known() -> Result<()> {
+    let s = Setup::with(&format!(
+        "{MASKING}\n[[targets]]\nname = \"closed\"\nprotocol = \"tcp\"\naddress = \"@IP@:9000\"\n"
+    ))?;
+    let secret = "123-45-6789";
+    let script = format!(
+        "curl -sS --max-time 30 --cacert {ca} --resolve elsewhere.example:8443:{ip} 'https://elsewhere.example:8443/v1/users?ssn={secret}'; \
+         curl -sS --max-time 30 'http://{ip}:9000/v1/users?ssn={secret}'; \
+         curl -sS --max-time 30 'http://{ip}:81/v1/users?ssn={secret}'; echo done",
+        ca = s.gateway_ca.display(),
+        ip = s.nginx.addr,
+    );
+    let out = s.daemon.run_job(&[], "sh", &["-c", &script]);
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("done"),
+        "{out:?}"
+    );
+    ensure!(s.server_saw().is_empty(), "{:?}", s.server_saw());
+    // The kernel's refusal is recorded from its ring buffer, after the job.
+    fn port(p: &str) -> impl Fn(&Value) -> bool + '_ {
+        move |x: &Value| {
+            x["destination"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(&format!(":{p}")))
+        }
+    }
+    let mut sessions = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        sessions = s.daemon.sessions().unwrap_or_default();
+        sessions.iter().any(port("81")) && sessions.iter().any(port("9000"))
+    });
+    let masked = |cmdline: &Value| {
+        cmdline.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|arg| arg.as_str().is_some_and(|x| x.contains("[masked:us_ssn]")))
+        })
+    };
+    // The connection is allowed, its server name refused.
+    let session = sessions
+        .iter()
+        .find(|x| port("8443")(x))
+        .with_context(|| format!("no session to :8443: {sessions:?}"))?;
+    ensure!(session["target"] == "untrusted", "{session}");
+    let id = session["id"].to_string();
+    let json = s.daemon.show_session(&id)?;
+    ensure!(
+        json["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "refused")),
+        "{json}"
+    );
+    let process = &json["process"];
+    ensure!(masked(&process["cmdline"]), "{process}");
+    ensure!(
+        process["ancestry"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["comm"] == "sh" && masked(&p["cmdline"]))),
+        "{process}"
+    );
+    ensure!(!json.to_string().contains(secret), "{json}");
+    let text = s.daemon.cli(&["sessions", "show", &id]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    ensure!(
+        text.contains("[masked:us_ssn]") && !text.contains(secret),
+        "{text}"
+    );
+    for p in ["9000", "81"] {
+        let refused = sessions
+            .iter()
+            .find(|x| port(p)(x))
+            .with_context(|| format!("no refusal of :{p} recorded: {sessions:?}"))?;
+        ensure!(
+            refused["kind"] == "kernel" && refused["decision"] == "deny",
+            "{refused}"
+        );
+        let json = s.daemon.show_session(&refused["id"])?;
+        ensure!(
+            json["process"]["comm"] == "curl"
+                && json["process"]["cmdline"].is_null()
+                && !json.to_string().contains(secret),
+            "{json}"
+        );
+    }
+    Ok(())
+}

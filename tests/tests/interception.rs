@@ -450,11 +450,27 @@ fn a_full_disk_stops_service_instead_of_serving_unrecorded() -> Result<()> {
     Ok(())
 }
 
+/// A masking rule for another target (no rule may name a tcp target): what the refused
+/// process typed is recorded masked all the same.
+const MASKING_ELSEWHERE: &str = r#"
+[[targets]]
+name = "api"
+protocol = "http"
+address = "{v4}:7080"
+[targets.http]
+tls = "none"
+
+[[masking]]
+name = "api-pii"
+targets = ["api"]
+detectors = ["us_ssn"]
+"#;
+
 #[test]
 fn a_job_over_its_connection_limit_is_refused_and_recorded_until_it_closes_some() -> Result<()> {
     // One job must not use up the gateway for every other one: it holds its limit of connections
     // open, the next is refused and recorded; once it closes them it is served again.
-    let s = Setup::new("max_connections_per_job = 3")?;
+    let s = Setup::with_body("max_connections_per_job = 3", MASKING_ELSEWHERE)?;
     let dst = s.v4(7000);
     let ip = s.ns.remote_ip.to_string();
     // The three are served (their greetings read) before the fourth connects: the gateway
@@ -462,7 +478,7 @@ fn a_job_over_its_connection_limit_is_refused_and_recorded_until_it_closes_some(
     let script = format!(
         "exec 3<>/dev/tcp/{ip}/7000 4<>/dev/tcp/{ip}/7000 5<>/dev/tcp/{ip}/7000; \
          read -r g <&3; read -r g <&4; read -r g <&5; \
-         \"$0\" connect {dst} over; \
+         \"$0\" connect {dst} ssn=123-45-6789; \
          exec 3>&- 4>&- 5>&-; \
          for _ in $(seq 50); do r=$(\"$0\" connect {dst} again); case \"$r\" in *'\"ok\":true'*) break;; esac; sleep 0.1; done; echo \"$r\""
     );
@@ -505,6 +521,17 @@ fn a_job_over_its_connection_limit_is_refused_and_recorded_until_it_closes_some(
             .is_some_and(|r| r.contains("server.max_connections_per_job")),
         "{shown}"
     );
+    // Refused before a byte is read, to a target no masking rule names: its command line and
+    // its shell's are recorded masked.
+    let process = &shown["process"];
+    assert_eq!(process["cmdline"][3], "ssn=[masked:us_ssn]", "{process}");
+    assert!(
+        process["ancestry"][0]["cmdline"]
+            .to_string()
+            .contains("ssn=[masked:us_ssn]"),
+        "{process}"
+    );
+    assert!(!shown.to_string().contains("123-45-6789"), "{shown}");
     Ok(())
 }
 

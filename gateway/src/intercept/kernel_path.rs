@@ -117,7 +117,7 @@ impl OpenSessions {
         let dst = super::destination(&info);
         let (job, identity) = job_of(event, services);
         let target = services.target_configs.get(event.detail as usize);
-        let process = super::describe_process(&info, job.as_deref(), target, services).await;
+        let process = super::describe_process(&info, job.as_deref(), services).await;
         // The grants were compiled from these rules: this names the rule that allowed it.
         let (rule, reason) = match target
             .map(|t| services.policy.decide_connection(&identity, &t.name))

@@ -67,6 +67,10 @@ pub struct Services {
     pub dns: Option<Arc<crate::dns::Follow>>,
     /// DNS follow's forwarder: jobs' DNS over TCP, and its sockets in job network namespaces.
     pub dns_forwarder: Option<Arc<crate::dns::Services>>,
+    /// What masks the recorded command lines ([`BodyRules::every_detector`]).
+    ///
+    /// [`BodyRules::every_detector`]: crate::mask::body::BodyRules::every_detector
+    pub command_line_masking: Option<Arc<crate::mask::body::BodyRules>>,
 }
 
 /// Serves a listener in the network namespace `netns_cookie` until `stop` (or shutdown).
@@ -212,7 +216,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services
     // Write-ahead: no byte is relayed before the session is durably recorded, and a gateway that
     // cannot record does not serve. Opening the upstream connection overlaps with the recording.
     let record = async {
-        let process = describe_process(&info, job.as_deref(), target.as_ref(), &services).await;
+        let process = describe_process(&info, job.as_deref(), &services).await;
         let session = NewSession {
             kind: SessionKind::Proxied,
             job_id: job.as_ref().map(|j| j.id.clone()),
@@ -346,12 +350,12 @@ async fn dns_over_tcp(
 
 /// The process behind a connection as it is recorded (and shown to approvers): what /proc says
 /// of it and of the processes above it in its job, its command lines masked with the detectors
-/// of the target's `[[masking]]` rules (a URL or a statement typed on a command line holds what
-/// the traffic's masking hides).
+/// of every `[[masking]]` rule (a URL or a statement typed on a command line holds what the
+/// traffic's masking hides, and the shell above it is recorded with each connection it makes,
+/// to whichever target, or none).
 pub(crate) async fn describe_process(
     info: &ConnInfo,
     job: Option<&crate::jobs::Job>,
-    target: Option<&Target>,
     services: &Services,
 ) -> ProcessInfo {
     let mut process = services
@@ -360,12 +364,7 @@ pub(crate) async fn describe_process(
     if let Some(job) = job.filter(|_| process.verified) {
         who_ran_it(&mut process, job, services).await;
     }
-    if let Some(rules) = target
-        .and_then(|t| crate::mask::body::BodyRules::for_target(&services.http.masking, &t.name))
-    {
-        process.mask_command_lines(|arg| rules.mask_str(arg));
-    }
-    process
+    process.masked(services.command_line_masking.as_deref())
 }
 
 /// The container the process runs in and the processes above it in its job, for a process that

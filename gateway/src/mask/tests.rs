@@ -306,3 +306,60 @@ fn postgres_and_body_masking_take_their_own_keys() {
     let m = Masker::for_target(&both, "db").unwrap();
     assert_eq!(m.rules, vec!["c".to_string(), "d".to_string()]);
 }
+
+/// What a job typed (a command line, a Docker request) is masked with the detectors of every
+/// rule, whichever targets they name; rules without detectors add nothing (their keys name
+/// values in traffic), and no detector at all means nothing to mask.
+#[test]
+fn typed_text_is_masked_with_every_rules_detectors() {
+    let rule = |name: &str, target: &str, columns: &[&str], detectors: &[Detector]| MaskingRule {
+        name: name.into(),
+        targets: vec![target.into()],
+        columns: columns
+            .iter()
+            .map(|c| ColumnPattern::parse(c).unwrap())
+            .collect(),
+        json_fields: Vec::new(),
+        detectors: detectors.to_vec(),
+    };
+    assert!(body::BodyRules::every_detector(&[]).is_none());
+    assert!(body::BodyRules::every_detector(&[rule("c", "db", &["ssn"], &[])]).is_none());
+    let rules = [
+        rule("c", "db", &["ssn"], &[]),
+        rule("db-pii", "db", &[], &[Detector::Email, Detector::UsSsn]),
+        rule(
+            "api-pii",
+            "api",
+            &[],
+            &[Detector::UsSsn, Detector::AwsAccessKey],
+        ),
+    ];
+    let every = body::BodyRules::every_detector(&rules).unwrap();
+    assert_eq!(every.rules, ["db-pii", "api-pii"]);
+    assert_eq!(
+        every.detectors,
+        [Detector::Email, Detector::UsSsn, Detector::AwsAccessKey]
+    );
+    assert_eq!(
+        every.mask_str("https://other/v1?ssn=123%2D45%2D6789&to=bob@x.io"),
+        "https://other/v1?ssn=%5Bmasked%3Aus_ssn%5D&to=[masked:email]"
+    );
+    let mut detail = serde_json::json!({
+        "path": "/containers/json?filters=ssn%3D123-45-6789",
+        "command": ["/bin/true", "123-45-6789"],
+        "mounts": [{"source": "/home/bob@x.io"}],
+        "status": 200,
+        "decision": "allow",
+    });
+    every.mask_json_strings(&mut detail);
+    assert_eq!(
+        detail,
+        serde_json::json!({
+            "path": "/containers/json?filters=ssn%3D%5Bmasked%3Aus_ssn%5D",
+            "command": ["/bin/true", "[masked:us_ssn]"],
+            "mounts": [{"source": "/home/[masked:email]"}],
+            "status": 200,
+            "decision": "allow",
+        })
+    );
+}

@@ -119,6 +119,18 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// Its command lines as they are recorded and shown to approvers: masked with `masking`
+    /// ([`BodyRules::every_detector`]: a command line may hold what any target's masking hides,
+    /// whichever target, if any, this connection reaches).
+    ///
+    /// [`BodyRules::every_detector`]: crate::mask::body::BodyRules::every_detector
+    pub fn masked(mut self, masking: Option<&crate::mask::body::BodyRules>) -> ProcessInfo {
+        if let Some(rules) = masking {
+            self.mask_command_lines(|arg| rules.mask_str(arg));
+        }
+        self
+    }
+
     /// Replaces each argument of its command line and its ancestors' with `mask`'s text where
     /// that differs (detectors find what a job typed on a command line as they find it in traffic).
     pub fn mask_command_lines(&mut self, mask: impl for<'a> Fn(&'a str) -> Cow<'a, str>) {

@@ -222,6 +222,24 @@ impl BodyRules {
         }
         (!names.is_empty()).then(|| Arc::new(BodyRules::new(names, fields, detectors)))
     }
+
+    /// The detectors of every `[[masking]]` rule, whatever its targets: for text a job typed that
+    /// is recorded apart from one target's traffic. A command line may hold what any target's
+    /// masking hides, and a shell's is recorded with every connection its children make (to a
+    /// target no rule names, refused before a target is known, on the Docker socket). `None`
+    /// when no rule has detectors (`columns` and `json_fields` name values in traffic only).
+    pub fn every_detector(rules: &[MaskingRule]) -> Option<Arc<BodyRules>> {
+        let with: Vec<&MaskingRule> = rules.iter().filter(|r| !r.detectors.is_empty()).collect();
+        (!with.is_empty()).then(|| {
+            Arc::new(BodyRules::new(
+                with.iter().map(|r| r.name.clone()).collect(),
+                Vec::new(),
+                with.iter()
+                    .flat_map(|r| r.detectors.iter().copied())
+                    .collect(),
+            ))
+        })
+    }
 }
 
 /// Response headers the detectors leave alone: the client needs them as sent to read the
@@ -293,6 +311,25 @@ impl BodyRules {
                 std::borrow::Cow::Owned(String::from_utf8_lossy(&masked).into_owned())
             }
             None => std::borrow::Cow::Borrowed(text),
+        }
+    }
+
+    /// [`BodyRules::mask_str`] over every string in a JSON value (a record's detail; its keys are
+    /// the gateway's own).
+    pub fn mask_json_strings(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(s) => {
+                if let std::borrow::Cow::Owned(masked) = self.mask_str(s) {
+                    *s = masked;
+                }
+            }
+            serde_json::Value::Array(items) => {
+                items.iter_mut().for_each(|v| self.mask_json_strings(v));
+            }
+            serde_json::Value::Object(members) => {
+                members.values_mut().for_each(|v| self.mask_json_strings(v));
+            }
+            _ => {}
         }
     }
 

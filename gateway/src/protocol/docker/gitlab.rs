@@ -128,6 +128,7 @@ fn detail(method: &str, path: &str) -> Map<String, Value> {
 
 async fn request(req: Request<Incoming>, services: &Services, session: i64) -> Response<Body> {
     let (method, sent) = super::method_and_target(&req);
+    let sent = services.shown(&sent);
     let mut d = detail(&method, &sent);
     let create = match dockerapi::route(&method, req.uri().path()) {
         Ok(route) => route.kind == OperationKind::ContainerCreate,
@@ -144,7 +145,7 @@ async fn request(req: Request<Incoming>, services: &Services, session: i64) -> R
     let answer = answer.unwrap_or_else(|(status, why)| {
         d.insert("decision".into(), json!("deny"));
         d.insert("reason".into(), json!(why));
-        tracing::info!(session, path = %sent, reason = %why, "GitLab runner's Docker request refused");
+        tracing::info!(session, path = %sent, reason = %services.shown(&why), "GitLab runner's Docker request refused");
         error(status, &why)
     });
     let status = json!(answer.status().as_u16());
@@ -158,9 +159,11 @@ async fn request(req: Request<Incoming>, services: &Services, session: i64) -> R
     } else {
         d.entry("decision").or_insert(json!("allow"));
         d.insert("status".into(), status);
-        services
-            .store
-            .note_event(session, EventKind::DockerRequest, Value::Object(d));
+        services.store.note_event(
+            session,
+            EventKind::DockerRequest,
+            services.recorded(Value::Object(d)),
+        );
     }
     answer
 }
@@ -503,7 +506,11 @@ async fn create_container(
     d.insert("decision".into(), json!("allow"));
     if let Err(e) = services
         .store
-        .append_event(session, EventKind::DockerRequest, Value::Object(d.clone()))
+        .append_event(
+            session,
+            EventKind::DockerRequest,
+            services.recorded(Value::Object(d.clone())),
+        )
         .await
     {
         d.remove("decision");

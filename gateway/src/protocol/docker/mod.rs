@@ -30,6 +30,7 @@ pub use crate::docker_engine::{Engine, EngineError, EngineInfo};
 use crate::{
     identity::Identity,
     jobs::{Job, Jobs},
+    mask::body::BodyRules,
     policy::Policy,
     procfs,
     record::{NewSession, ProcessInfo, SessionEnd, SessionKind, Store, now},
@@ -64,6 +65,10 @@ pub struct Services {
     pub gitlab: Option<Arc<gitlab::Gitlab>>,
     pub sessions: TaskTracker,
     pub shutdown: CancellationToken,
+    /// The detectors of every `[[masking]]` rule ([`BodyRules::every_detector`]): what a caller
+    /// typed (its command line, its request's path, command and refusal) is recorded masked; the
+    /// engine gets it as sent.
+    pub masking: Option<Arc<BodyRules>>,
 }
 
 /// The engine's settings and the protected paths resolved in its root.
@@ -74,7 +79,7 @@ pub struct EngineState {
 
 impl Services {
     /// An open session on the gateway's Docker socket: `job`'s, or of no job (the runner's,
-    /// saying why in `reason`).
+    /// saying why in `reason`), its process's command lines masked.
     fn socket_session(
         &self,
         job: Option<&Job>,
@@ -88,7 +93,7 @@ impl Services {
             target: Some("docker".into()),
             protocol: Some("docker".into()),
             destination: self.listen.display().to_string(),
-            process,
+            process: process.map(|p| p.masked(self.masking.as_deref())),
             identity: job.map_or_else(Identity::unauthenticated, |j| j.identity.clone()),
             decision: "allow".into(),
             rule: None,
@@ -98,6 +103,22 @@ impl Services {
             path: None,
             cookie: None,
         }
+    }
+
+    /// Text the caller sent, as it is recorded and logged.
+    fn shown(&self, text: &str) -> String {
+        match &self.masking {
+            Some(rules) => rules.mask_str(text).into_owned(),
+            None => text.to_string(),
+        }
+    }
+
+    /// A request's detail as it is recorded: every string in it masked.
+    fn recorded(&self, mut detail: serde_json::Value) -> serde_json::Value {
+        if let Some(rules) = &self.masking {
+            rules.mask_json_strings(&mut detail);
+        }
+        detail
     }
 
     /// The engine's state, asked for once (again after a failure).

@@ -81,17 +81,23 @@ struct Detail {
 }
 
 impl Detail {
-    /// Records a refusal (nothing is forwarded, so nothing waits for it) and answers it.
+    /// Records a refusal (nothing is forwarded, so nothing waits for it) and answers it (the
+    /// job reads its own text unmasked).
     fn refuse(&mut self, conn: &Conn, r: Refusal) -> Refusal {
         self.decision = "deny";
-        self.reason = Some(r.message.clone());
-        conn.services.store.note_event(
-            conn.session,
-            EventKind::DockerRequest,
-            serde_json::to_value(&*self).unwrap_or_default(),
-        );
-        tracing::info!(session = conn.session, job = %conn.job.id, path = %self.path, reason = %r.message, "Docker request refused");
+        self.reason = Some(conn.services.shown(&r.message));
+        conn.services
+            .store
+            .note_event(conn.session, EventKind::DockerRequest, self.recorded(conn));
+        tracing::info!(session = conn.session, job = %conn.job.id, path = %self.path, reason = self.reason.as_deref().unwrap_or_default(), "Docker request refused");
         r
+    }
+
+    /// As it is recorded: what the job sent (path, command, image, mounts, and the reasons
+    /// that quote them) masked.
+    fn recorded(&self, conn: &Conn) -> Value {
+        conn.services
+            .recorded(serde_json::to_value(self).unwrap_or_default())
     }
 }
 
@@ -175,7 +181,7 @@ async fn respond(mut req: Request<Incoming>, conn: &Conn) -> Result<Response<Bod
     let (method, sent) = super::method_and_target(&req);
     let mut d = Detail {
         method: method.clone(),
-        path: cut(&sent, 1024),
+        path: cut(&conn.services.shown(&sent), 1024),
         ..Detail::default()
     };
     if let Some(why) = conn.job.binding_expired() {
@@ -218,11 +224,7 @@ async fn respond(mut req: Request<Incoming>, conn: &Conn) -> Result<Response<Bod
     if let Err(e) = conn
         .services
         .store
-        .append_event(
-            conn.session,
-            EventKind::DockerRequest,
-            serde_json::to_value(&d).unwrap_or_default(),
-        )
+        .append_event(conn.session, EventKind::DockerRequest, d.recorded(conn))
         .await
     {
         tracing::error!(error = %e, "cannot record a Docker request; refusing it");
