@@ -301,6 +301,8 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         )),
         _ => None,
     };
+    // Command lines and Docker requests may hold what any target hides.
+    let command_line_masking = crate::mask::body::BodyRules::every_detector(&config.masking);
     let intercept = Arc::new(intercept::Services {
         connections,
         jobs: jobs.clone(),
@@ -340,7 +342,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         containers: containers.clone(),
         dns: follow.clone(),
         dns_forwarder: dns_services.as_ref().map(|(_, s)| s.clone()),
-        command_line_masking: crate::mask::body::BodyRules::every_detector(&config.masking),
+        command_line_masking: command_line_masking.clone(),
         http: http::Services {
             store: store.clone(),
             policy: policy.clone(),
@@ -381,7 +383,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 .map(|g| Arc::new(docker::gitlab::Gitlab::new(g, lifecycle.clone()))),
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
-            masking: crate::mask::body::BodyRules::every_detector(&config.masking),
+            masking: command_line_masking,
         })
     });
     let status = {
