@@ -10,7 +10,11 @@
 //! an address is served only for a job that was told it. Queries are recorded per job.
 //!
 //! The forwarder listens on loopback of the daemon's network namespace, and of each job network
-//! namespace the daemon listens in (opened and closed with the intercept listener there).
+//! namespace the daemon listens in (opened and closed with the intercept listener there). A
+//! namespace owned by another user namespace than the daemon's (`unshare -Urn`, rootless
+//! containers) is configured by whoever owns it, the job: an address there means what the job
+//! made it mean, so its queries are asked of the daemon's own resolvers, from the daemon's
+//! namespace, whatever resolver the job addressed ([`Upstream::Daemon`]).
 
 mod answer;
 mod follow;
@@ -83,6 +87,9 @@ pub struct Services {
     /// The resolvers jobs may use (the kernel's `DNS_RESOLVERS`): a job's TCP connection to port
     /// 53 of one of them is DNS for the forwarder.
     pub resolvers: Vec<IpAddr>,
+    /// The daemon's own resolvers (`server.dns_resolvers`, default the host's), asked from the
+    /// daemon's namespace for the namespaces a job configures itself ([`Upstream::Daemon`]).
+    pub own_resolvers: Vec<IpAddr>,
     /// The daemon's own network namespace.
     pub own_netns: u64,
 }
@@ -98,12 +105,67 @@ impl Services {
     }
 }
 
-/// The network namespace a query came from, where the forwarder asks the resolver.
+/// The network namespace a query came from, and where the forwarder asks its resolver.
 #[derive(Clone)]
 pub struct Namespace {
     pub cookie: u64,
-    /// `None`: the daemon's own.
-    pub file: Option<Arc<File>>,
+    pub upstream: Upstream,
+}
+
+/// Whom the forwarder asks a namespace's queries.
+#[derive(Clone)]
+pub enum Upstream {
+    /// The resolver the job addressed, from the network namespace `file` (`None`: the daemon's
+    /// own), where that address means what the job meant (a container's 127.0.0.11).
+    Addressed(Option<Arc<File>>),
+    /// The daemon's own resolvers, from the daemon's namespace: the namespace is owned by another
+    /// user namespace, so the job configures it (addresses, routes, a server on the resolver's
+    /// address) and nothing asked there can be trusted.
+    Daemon,
+}
+
+/// The resolver asked for a query, and the namespace it is asked from.
+struct Asking {
+    resolver: SocketAddr,
+    /// `None`: the daemon's own namespace.
+    from: Option<Arc<File>>,
+}
+
+impl Namespace {
+    /// Whom to ask for a query the job addressed to `resolver`. In a namespace the job configures,
+    /// that resolver if the daemon uses it too, else the daemon's first; `Err` when the daemon
+    /// has none.
+    fn asking(&self, resolver: SocketAddr, services: &Services) -> Result<Asking, String> {
+        match &self.upstream {
+            Upstream::Addressed(file) => Ok(Asking {
+                resolver,
+                from: file.clone(),
+            }),
+            Upstream::Daemon => {
+                let canonical = crate::address::canonical;
+                let own = &services.own_resolvers;
+                let ip = own
+                    .iter()
+                    .find(|r| canonical(**r) == canonical(resolver.ip()))
+                    .or_else(|| own.first())
+                    .ok_or_else(|| {
+                        "the job's network namespace is its own to configure and the daemon has no resolver of its own to ask instead (server.dns_resolvers); DNS query refused".to_string()
+                    })?;
+                Ok(Asking {
+                    resolver: SocketAddr::new(*ip, 53),
+                    from: None,
+                })
+            }
+        }
+    }
+
+    /// Notes in a query's record whom it was asked of, where that is not what the job addressed.
+    fn note(&self, asking: &Asking, detail: &mut serde_json::Value) {
+        if matches!(self.upstream, Upstream::Daemon) {
+            detail["asked"] = json!(asking.resolver.to_string());
+            detail["asked_from"] = json!("daemon");
+        }
+    }
 }
 
 /// Queries being forwarded per job cgroup (see [`MAX_IN_FLIGHT_PER_JOB`]).
@@ -191,7 +253,7 @@ pub async fn serve(sockets: Vec<UdpSocket>, services: Arc<Services>) {
     let mut tasks = tokio::task::JoinSet::new();
     let own = Namespace {
         cookie: services.own_netns,
-        file: None,
+        upstream: Upstream::Addressed(None),
     };
     for socket in sockets {
         tasks.spawn(receive_loop(
@@ -541,7 +603,19 @@ async fn exchange(
             return Err(outcome);
         }
     };
-    let (answer, bytes) = match ask(query, parsed.id, resolver, namespace).await {
+    let asking = match namespace.asking(resolver, services) {
+        Ok(a) => a,
+        Err(reason) => {
+            let (bytes, mut outcome) = parsed.refuse(reason);
+            if let Err(e) = socket.send_to(&bytes, peer).await {
+                outcome.detail["error"] = json!(e.to_string());
+            }
+            return Err(outcome);
+        }
+    };
+    let mut parsed = parsed;
+    namespace.note(&asking, &mut parsed.detail);
+    let (answer, bytes) = match ask(query, parsed.id, &asking).await {
         Ok(a) => a,
         Err(e) => return Err(unanswered(parsed, e)),
     };
@@ -588,20 +662,22 @@ pub fn run_in<T: Send>(ns: &File, make: impl FnOnce() -> io::Result<T> + Send) -
     })
 }
 
-/// Asks the resolver over UDP from the query's namespace; the first answer with the query's id
-/// that parses.
-async fn ask(
-    query: &[u8],
-    id: u16,
-    resolver: SocketAddr,
-    namespace: &Namespace,
-) -> Result<(Message, Vec<u8>), String> {
+/// Asks the resolver over UDP; the first answer to the query that parses, with the job's `id`.
+/// The query goes out under an id of the forwarder's choosing (RFC 5452): the job chose and
+/// knows its own, and one who can guess the rest of an answer could otherwise have it followed.
+async fn ask(query: &[u8], id: u16, asking: &Asking) -> Result<(Message, Vec<u8>), String> {
+    let resolver = asking.resolver;
+    let mut wire_id = [0u8; 2];
+    getrandom::getrandom(&mut wire_id).map_err(|e| e.to_string())?;
+    let wire_id = u16::from_be_bytes(wire_id);
+    let mut query = query.to_vec();
+    set_id(&mut query, wire_id);
     let bind: SocketAddr = if resolver.is_ipv4() {
         "0.0.0.0:0".parse().expect("address")
     } else {
         "[::]:0".parse().expect("address")
     };
-    let socket = in_namespace(namespace.file.as_ref(), move || {
+    let socket = in_namespace(asking.from.as_ref(), move || {
         let s = std::net::UdpSocket::bind(bind)?;
         s.set_nonblocking(true)?;
         Ok(s)
@@ -610,7 +686,7 @@ async fn ask(
     .and_then(UdpSocket::from_std)
     .map_err(|e| e.to_string())?;
     socket.connect(resolver).await.map_err(|e| e.to_string())?;
-    socket.send(query).await.map_err(|e| e.to_string())?;
+    socket.send(&query).await.map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 65535];
     let deadline = tokio::time::Instant::now() + RESOLVER_TIMEOUT;
     loop {
@@ -619,11 +695,22 @@ async fn ask(
             .map_err(|_| format!("no answer within {RESOLVER_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
         match Message::from_vec(&buf[..n]) {
-            Ok(m) if m.id() == id && m.message_type() == MessageType::Response => {
-                return Ok((m, buf[..n].to_vec()));
+            Ok(mut m) if m.id() == wire_id && m.message_type() == MessageType::Response => {
+                m.set_id(id);
+                let mut bytes = buf[..n].to_vec();
+                set_id(&mut bytes, id);
+                return Ok((m, bytes));
             }
             _ => continue,
         }
+    }
+}
+
+/// Sets the id of a DNS message (its first two bytes, RFC 1035 4.1.1) in place: the message is
+/// passed on as the resolver wrote it but for that.
+fn set_id(message: &mut [u8], id: u16) {
+    if let Some(header) = message.get_mut(..2) {
+        header.copy_from_slice(&id.to_be_bytes());
     }
 }
 
