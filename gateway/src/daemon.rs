@@ -301,6 +301,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                     .clone()
                     .unwrap_or_else(system_resolvers),
                 own_netns,
+                admissions: Default::default(),
             }),
         )),
         _ => None,

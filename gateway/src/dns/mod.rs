@@ -28,7 +28,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     os::fd::AsFd as _,
-    sync::Arc,
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -92,6 +92,8 @@ pub struct Services {
     pub own_resolvers: Vec<IpAddr>,
     /// The daemon's own network namespace.
     pub own_netns: u64,
+    /// Whether each binding may connect to any target (policy asked once per binding).
+    pub admissions: Admissions,
 }
 
 impl Services {
@@ -165,6 +167,34 @@ impl Namespace {
             detail["asked"] = json!(asking.resolver.to_string());
             detail["asked_from"] = json!("daemon");
         }
+    }
+}
+
+/// Whether a binding may connect to any target, per job cgroup: asked of policy once per
+/// binding, not per query. The entry holds the binding's `Job` weakly, so that the allocation,
+/// and with it the address an entry is matched by, is never another binding's while the entry
+/// lives: a job bound again is a new `Job`, and its first query asks policy again.
+#[derive(Default)]
+pub struct Admissions(parking_lot::Mutex<HashMap<u64, (Weak<Job>, bool)>>);
+
+/// Entries beyond which those of bindings no longer in use are dropped.
+const ADMISSIONS_PRUNE_AT: usize = 1024;
+
+impl Admissions {
+    /// Whether `job`'s binding reaches any target; `decide` is asked when this binding was not.
+    fn reaches_any(&self, job: &Arc<Job>, decide: impl FnOnce(&Identity) -> bool) -> bool {
+        if let Some((bound, reaches)) = self.0.lock().get(&job.cgroup_id)
+            && std::ptr::eq(bound.as_ptr(), Arc::as_ptr(job))
+        {
+            return *reaches;
+        }
+        let reaches = decide(&job.identity);
+        let mut cache = self.0.lock();
+        if cache.len() >= ADMISSIONS_PRUNE_AT {
+            cache.retain(|_, (bound, _)| bound.strong_count() > 0);
+        }
+        cache.insert(job.cgroup_id, (Arc::downgrade(job), reaches));
+        reaches
     }
 }
 
@@ -376,11 +406,38 @@ pub struct Asker {
 
 impl Asker {
     /// The identity the job's queries are answered for, as its connects would be decided: not
-    /// for a job that has ended (a socket it left behind), nor past its binding, nor for an
-    /// identity no rule lets connect to any target (when nothing but targets is reachable).
+    /// for a job that has ended (a socket it left behind) or was bound again since this asker
+    /// was made (a DNS connection opened before), nor past its binding, nor for an identity no
+    /// rule lets connect to any target (when nothing but targets is reachable).
     /// `Err`: why its queries are refused.
     fn admitted(&self, services: &Services) -> Result<Identity, String> {
-        // A slot an ended job left may be another job's now: the job must be the socket's.
+        let current = services.jobs.for_cgroup_exact(self.job_cgroup_id);
+        self.admit(
+            current,
+            &services.admissions,
+            services.reaches_beyond_targets,
+            |identity| {
+                services.target_names.iter().any(|t| {
+                    matches!(
+                        services.policy.decide_connection(identity, t),
+                        Decision::Allow { .. }
+                    )
+                })
+            },
+        )
+    }
+
+    /// [`Asker::admitted`] with the job's binding now (`current`) and policy (`reaches_any`)
+    /// given.
+    fn admit(
+        &self,
+        current: Option<Arc<Job>>,
+        admissions: &Admissions,
+        reaches_beyond_targets: bool,
+        reaches_any: impl FnOnce(&Identity) -> bool,
+    ) -> Result<Identity, String> {
+        // A slot an ended job left may be another job's now: the job must be the socket's, and
+        // its binding the one it has now.
         let Some(job) = self
             .job
             .as_ref()
@@ -390,16 +447,16 @@ impl Asker {
                 "the job this DNS query came from has ended (or it is of no job); refused".into(),
             );
         };
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, job)) {
+            return Err(format!(
+                "job {} has ended or was bound again since this DNS query's connection opened; refused",
+                job.id
+            ));
+        }
         if let Some(expired) = job.binding_expired() {
             return Err(format!("{expired}; DNS query refused"));
         }
-        let reaches_any = services.target_names.iter().any(|t| {
-            matches!(
-                services.policy.decide_connection(&job.identity, t),
-                Decision::Allow { .. }
-            )
-        });
-        if !reaches_any && !services.reaches_beyond_targets {
+        if !reaches_beyond_targets && !admissions.reaches_any(job, reaches_any) {
             return Err(format!(
                 "no rule allows job {} ({}) to connect to any target; DNS query refused",
                 job.id, job.identity.subject
