@@ -735,6 +735,93 @@ fn a_job_in_a_namespace_it_controls_is_answered_by_the_daemons_resolver_not_its_
     }
     Ok(())
 }
+
+/// In a namespace of another user namespace, someone other than the job (a process of the
+/// namespace's owner outside the job's cgroup, which the bind hook does not cover) holds the
+/// forwarder's port before the daemon opens its forwarder there, and answers the job's queries
+/// with a third address. The daemon's bind there fails, so it serves nothing in that namespace:
+/// nothing the squatter says is followed, and neither its address nor the target's real ones are
+/// reachable from there.
+#[test]
+fn a_squatter_on_the_forwarders_port_in_a_namespace_the_job_controls_gets_nothing_followed()
+-> Result<()> {
+    let s = Setup::new()?;
+    let (a, c) = (Setup::address(&s.ns, 3), Setup::address(&s.ns, 5));
+    let zone = s.zone.with_file_name("squat-zone");
+    std::fs::write(&zone, format!("api.test 30 {c}\n"))?;
+    let log = s.zone.with_file_name("squat.log");
+    let squatter = Process::spawn(
+        "squatter",
+        Command::new("unshare").args([
+            "-Urn",
+            "sh",
+            "-c",
+            &format!(
+                "ip link set lo up && exec {} 127.0.0.1:{} {}",
+                dns_bin().display(),
+                s.dns_port,
+                zone.display()
+            ),
+        ]),
+        log,
+    )?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || squatter
+            .output()
+            .contains("listening")),
+        "the squatter did not start: {}",
+        squatter.output()
+    );
+    let target = squatter.pid().to_string();
+    let out = s.daemon.run_job(
+        &[],
+        "nsenter",
+        &[
+            "-t",
+            &target,
+            "-U",
+            "-n",
+            "--preserve-credentials",
+            &probe_bin().display().to_string(),
+            "dns-follow",
+            &s.resolver(),
+            "api.test",
+            "7000",
+            "1",
+            &format!("{c}:7000"),
+            &format!("{a}:7000"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).with_context(|| {
+        format!(
+            "job: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            squatter.output()
+        )
+    })?;
+    for connect in v["rounds"][0]["connects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(v["others"].as_array().into_iter().flatten())
+    {
+        assert_ne!(connect["ok"], true, "reached from the namespace: {v}");
+    }
+    assert_eq!(v["others"][0]["errno"], libc::EPERM, "{v}");
+    assert_eq!(v["others"][1]["errno"], libc::EPERM, "{v}");
+    let dns = sessions(&s, "dns")?;
+    assert!(
+        dns.iter().all(|x| x["target"].is_null()),
+        "nothing followed: {dns:?}"
+    );
+    assert!(
+        s.daemon.log().contains("cannot listen for DNS on port"),
+        "{}",
+        s.daemon.log()
+    );
+    Ok(())
+}
 /// `[[issuers]]` for a test issuer; `extra`: more keys (`max_binding_lifetime`).
 fn issuer_toml(issuer: &Issuer, extra: &str) -> String {
     format!(
