@@ -127,6 +127,7 @@ pub enum Upstream {
 }
 
 /// The resolver asked for a query, and the namespace it is asked from.
+#[derive(Debug)]
 struct Asking {
     resolver: SocketAddr,
     /// `None`: the daemon's own namespace.
@@ -135,9 +136,9 @@ struct Asking {
 
 impl Namespace {
     /// Whom to ask for a query the job addressed to `resolver`. In a namespace the job configures,
-    /// that resolver if the daemon uses it too, else the daemon's first; `Err` when the daemon
-    /// has none.
-    fn asking(&self, resolver: SocketAddr, services: &Services) -> Result<Asking, String> {
+    /// that resolver if the daemon uses it too (`own_resolvers`), else the daemon's first; `Err`
+    /// when the daemon has none.
+    fn asking(&self, resolver: SocketAddr, own_resolvers: &[IpAddr]) -> Result<Asking, String> {
         match &self.upstream {
             Upstream::Addressed(file) => Ok(Asking {
                 resolver,
@@ -145,7 +146,7 @@ impl Namespace {
             }),
             Upstream::Daemon => {
                 let canonical = crate::address::canonical;
-                let own = &services.own_resolvers;
+                let own = own_resolvers;
                 let ip = own
                     .iter()
                     .find(|r| canonical(**r) == canonical(resolver.ip()))
@@ -660,7 +661,7 @@ async fn exchange(
             return Err(outcome);
         }
     };
-    let asking = match namespace.asking(resolver, services) {
+    let asking = match namespace.asking(resolver, &services.own_resolvers) {
         Ok(a) => a,
         Err(reason) => {
             let (bytes, mut outcome) = parsed.refuse(reason);

@@ -49,7 +49,7 @@ pub async fn serve(
     services: &Services,
 ) {
     let deadline = tokio::time::Instant::now() + MAX_CONNECTION_TIME;
-    let asking = match namespace.asking(resolver, services) {
+    let asking = match namespace.asking(resolver, &services.own_resolvers) {
         Ok(a) => a,
         Err(reason) => return record_refusal(&asker, resolver, reason, services).await,
     };

@@ -345,3 +345,39 @@ fn the_cache_keeps_entries_of_bindings_in_use_only_once_it_is_large() {
     assert!(len < 20, "{len} entries");
     assert!(admissions.0.lock().contains_key(&1));
 }
+
+#[test]
+fn a_namespace_the_job_configures_is_answered_by_the_daemons_resolvers_only() {
+    let addressed: SocketAddr = "127.0.0.11:53".parse().unwrap();
+    let own: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap()];
+    let daemons = Namespace {
+        cookie: 2,
+        upstream: Upstream::Daemon,
+    };
+    // Not a resolver of the daemon's: the daemon's first, from the daemon's namespace.
+    let asking = daemons.asking(addressed, &own).unwrap();
+    assert_eq!(asking.resolver, "10.0.0.2:53".parse().unwrap());
+    assert!(asking.from.is_none());
+    let mut detail = serde_json::json!({});
+    daemons.note(&asking, &mut detail);
+    assert_eq!(detail["asked"], "10.0.0.2:53");
+    assert_eq!(detail["asked_from"], "daemon");
+    // One of the daemon's: that one (as an IPv4-mapped address too).
+    let asking = daemons
+        .asking("[::ffff:10.0.0.3]:53".parse().unwrap(), &own)
+        .unwrap();
+    assert_eq!(asking.resolver.ip(), "10.0.0.3".parse::<IpAddr>().unwrap());
+    // The daemon has none: refused, with why.
+    let none = daemons.asking(addressed, &[]).unwrap_err();
+    assert!(none.contains("no resolver of its own"), "{none}");
+    // A namespace of the daemon's user namespace: the resolver addressed, where it was.
+    let container = Namespace {
+        cookie: 3,
+        upstream: Upstream::Addressed(None),
+    };
+    let asking = container.asking(addressed, &[]).unwrap();
+    assert_eq!(asking.resolver, addressed);
+    let mut detail = serde_json::json!({});
+    container.note(&asking, &mut detail);
+    assert!(detail.get("asked").is_none(), "{detail}");
+}
