@@ -296,7 +296,12 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                 in_flight: Default::default(),
                 limit: Arc::new(tokio::sync::Semaphore::new(crate::dns::MAX_IN_FLIGHT)),
                 resolvers: resolvers.clone(),
+                own_resolvers: server
+                    .dns_resolvers
+                    .clone()
+                    .unwrap_or_else(system_resolvers),
                 own_netns,
+                admissions: Default::default(),
             }),
         )),
         _ => None,

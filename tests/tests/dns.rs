@@ -555,12 +555,13 @@ fn a_job_may_not_bind_the_dns_forwarders_port_in_its_namespace() -> Result<()> {
 /// in which it may configure that network as it likes) and serves DNS there itself, on the
 /// resolver address it then asks: the gateway must not take that server's word for a target's
 /// addresses (it would let the job reach any address as the target, with the target's
-/// credentials). DNS of a namespace whose network the job controls is not forwarded; the
-/// address the job's own server answered stays unreachable.
+/// credentials). DNS of a namespace whose network the job controls is asked of the daemon's own
+/// resolver, from the daemon's namespace (here a loopback address where nothing answers on the
+/// host): never of the job's server, and the address that server answered stays unreachable.
 #[test]
 fn a_job_answering_its_own_dns_in_a_namespace_it_controls_is_not_followed() -> Result<()> {
-    // The allowed resolver is 127.0.0.11 (as with `[docker]`; a host's 127.0.0.53 stub is
-    // the same case): a loopback address the job can serve in a namespace of its own.
+    // The resolver is 127.0.0.11 (as with `[docker]`; a host's 127.0.0.53 stub is the same
+    // case): a loopback address the job can serve in a namespace of its own.
     let containers = JobNetns::new()?;
     let s = Setup::with_resolver_in(Some(&containers))?;
     let c = Setup::address(&s.ns, 5);
@@ -607,27 +608,220 @@ fn a_job_answering_its_own_dns_in_a_namespace_it_controls_is_not_followed() -> R
         s.echo.accepted(),
         s.daemon.log()
     );
+    let own = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!own.contains("query"), "the job's server was asked: {own}");
     let dns = sessions(&s, "dns")?;
     assert!(
         dns.iter().all(|x| x["target"].is_null()),
         "nothing followed: {dns:?}"
     );
-    // The refusal is on record, not only in the daemon's log.
-    let refused = dns
+    // On record: asked of the daemon's resolver, from the daemon's namespace, unanswered.
+    let asked = dns
         .iter()
-        .find(|x| x["decision"] == "deny" && x["destination"] == "127.0.0.11:53")
+        .find(|x| x["destination"] == "127.0.0.11:53")
         .with_context(|| format!("{dns:?}"))?;
-    let shown = s.daemon.show_session(&refused["id"])?;
+    let shown = s.daemon.show_session(&asked["id"])?;
     assert!(
         shown["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("does not follow")),
+            .is_some_and(|r| r.contains("no answer from the resolver")),
         "{shown}"
     );
-    assert_eq!(dns_detail(&s, refused)?["transport"], "tcp", "{shown}");
+    let detail = dns_detail(&s, asked)?;
+    assert_eq!(detail["transport"], "tcp", "{shown}");
+    assert_eq!(detail["asked_from"], "daemon", "{detail}");
+    assert_eq!(detail["asked"], "127.0.0.11:53", "{detail}");
     Ok(())
 }
 
+/// Runs `script` (sh) as a job in a network namespace of its own (`unshare -Urn`: its own user
+/// namespace, in which it configures that network as it likes); one JSON value per line of its
+/// output. `log`: a file whose text is shown when the output is not JSON.
+fn run_in_own_namespace(s: &Setup, script: &str, log: &std::path::Path) -> Result<Vec<Value>> {
+    let out = s
+        .daemon
+        .run_job(&[], "unshare", &["-Urn", "sh", "-c", script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l.trim()).with_context(|| {
+                format!(
+                    "job: {stdout}{}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+        })
+        .collect()
+}
+
+/// A rootless job (`unshare -Urn`) gets host-name targets all the same, from the daemon's own
+/// resolver and never from its namespace: it puts the resolver's address on its own loopback and
+/// answers there itself (a third address), and asks over UDP and TCP. The gateway's forwarder in
+/// that namespace asks the daemon's resolver from the daemon's network namespace; the job is
+/// given, and reaches, what that resolver answered; the job's own server is never asked and its
+/// address stays unreachable.
+#[test]
+fn a_job_in_a_namespace_it_controls_is_answered_by_the_daemons_resolver_not_its_own() -> Result<()>
+{
+    let s = Setup::new()?;
+    let (a, b, c) = (
+        Setup::address(&s.ns, 3),
+        Setup::address(&s.ns, 4),
+        Setup::address(&s.ns, 5),
+    );
+    let resolver = s.resolver();
+    let zone = s.zone.with_file_name("own-zone");
+    std::fs::write(&zone, format!("api.test 30 {c}\n"))?;
+    let log = s.zone.with_file_name("own-dns.log");
+    let script = format!(
+        "ip link set lo up || exit 3; ip addr add {ip}/32 dev lo || exit 4; \
+         {dns} {resolver} {zone} > {log} 2>&1 & \
+         for i in $(seq 100); do grep -q listening {log} && break; sleep 0.1; done; \
+         {probe} dns-follow {resolver} api.test 7000 2 {c}:7000; \
+         {probe} dns-follow-tcp {resolver} api.test 7000 1; kill $!",
+        ip = s.ns.remote_ip,
+        dns = dns_bin().display(),
+        zone = zone.display(),
+        log = log.display(),
+        probe = probe_bin().display(),
+    );
+    let out = run_in_own_namespace(&s, &script, &log)?;
+    anyhow::ensure!(out.len() == 2, "{out:?}");
+    let (udp, tcp) = (&out[0], &out[1]);
+    let own = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(own.contains("listening"), "the job's server ran: {own}");
+    assert!(
+        !own.contains("query"),
+        "the job's own server was asked: {own}\n{udp}\n{tcp}"
+    );
+    let rounds = udp["rounds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rounds.len(), 2, "{udp}\n{}", s.daemon.log());
+    for (round, told) in rounds.iter().zip([&a, &b]) {
+        assert_eq!(round["ok"], true, "{udp}\n{}", s.daemon.log());
+        assert_eq!(round["from"], resolver.as_str(), "{udp}");
+        assert_eq!(round["addresses"], serde_json::json!([told]), "{udp}");
+        let connect = &round["connects"][0];
+        assert_eq!(connect["ok"], true, "{told} must be reachable: {udp}");
+        assert_eq!(connect["echo"], "told", "{udp}");
+    }
+    assert_eq!(
+        udp["others"][0]["errno"],
+        libc::EPERM,
+        "the job's own answer: {udp}"
+    );
+    assert_eq!(tcp["rounds"][0]["ok"], true, "{tcp}\n{}", s.daemon.log());
+    assert_eq!(
+        tcp["rounds"][0]["addresses"],
+        serde_json::json!([b]),
+        "{tcp}"
+    );
+    assert_eq!(tcp["rounds"][0]["connects"][0]["ok"], true, "{tcp}");
+    let real = s.dns.output();
+    assert!(real.contains("query api.test A udp"), "{real}");
+    assert!(real.contains("query api.test A tcp"), "{real}");
+
+    let dns = sessions(&s, "dns")?;
+    let allowed: Vec<&Value> = dns.iter().filter(|x| x["decision"] == "allow").collect();
+    assert_eq!(allowed.len(), 3, "one record per query: {dns:?}");
+    for d in &allowed {
+        assert!(d["job_id"].is_string(), "attributed to the job: {d}");
+        assert_eq!(d["target"], "api", "{d}");
+        assert_eq!(d["destination"], resolver.as_str(), "{d}");
+        let detail = dns_detail(&s, d)?;
+        assert_eq!(detail["asked"], resolver.as_str(), "{detail}");
+        assert_eq!(detail["asked_from"], "daemon", "{detail}");
+    }
+    Ok(())
+}
+
+/// In a namespace of another user namespace, someone other than the job (a process of the
+/// namespace's owner outside the job's cgroup, which the bind hook does not cover) holds the
+/// forwarder's port before the daemon opens its forwarder there, and answers the job's queries
+/// with a third address. The daemon's bind there fails, so it serves nothing in that namespace:
+/// nothing the squatter says is followed, and neither its address nor the target's real ones are
+/// reachable from there.
+#[test]
+fn a_squatter_on_the_forwarders_port_in_a_namespace_the_job_controls_gets_nothing_followed()
+-> Result<()> {
+    let s = Setup::new()?;
+    let (a, c) = (Setup::address(&s.ns, 3), Setup::address(&s.ns, 5));
+    let zone = s.zone.with_file_name("squat-zone");
+    std::fs::write(&zone, format!("api.test 30 {c}\n"))?;
+    let log = s.zone.with_file_name("squat.log");
+    let squatter = Process::spawn(
+        "squatter",
+        Command::new("unshare").args([
+            "-Urn",
+            "sh",
+            "-c",
+            &format!(
+                "ip link set lo up && exec {} 127.0.0.1:{} {}",
+                dns_bin().display(),
+                s.dns_port,
+                zone.display()
+            ),
+        ]),
+        log,
+    )?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || squatter
+            .output()
+            .contains("listening")),
+        "the squatter did not start: {}",
+        squatter.output()
+    );
+    let target = squatter.pid().to_string();
+    let out = s.daemon.run_job(
+        &[],
+        "nsenter",
+        &[
+            "-t",
+            &target,
+            "-U",
+            "-n",
+            "--preserve-credentials",
+            &probe_bin().display().to_string(),
+            "dns-follow",
+            &s.resolver(),
+            "api.test",
+            "7000",
+            "1",
+            &format!("{c}:7000"),
+            &format!("{a}:7000"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).with_context(|| {
+        format!(
+            "job: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            squatter.output()
+        )
+    })?;
+    for connect in v["rounds"][0]["connects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(v["others"].as_array().into_iter().flatten())
+    {
+        assert_ne!(connect["ok"], true, "reached from the namespace: {v}");
+    }
+    assert_eq!(v["others"][0]["errno"], libc::EPERM, "{v}");
+    assert_eq!(v["others"][1]["errno"], libc::EPERM, "{v}");
+    let dns = sessions(&s, "dns")?;
+    assert!(
+        dns.iter().all(|x| x["target"].is_null()),
+        "nothing followed: {dns:?}"
+    );
+    assert!(
+        s.daemon.log().contains("cannot listen for DNS on port"),
+        "{}",
+        s.daemon.log()
+    );
+    Ok(())
+}
 /// `[[issuers]]` for a test issuer; `extra`: more keys (`max_binding_lifetime`).
 fn issuer_toml(issuer: &Issuer, extra: &str) -> String {
     format!(

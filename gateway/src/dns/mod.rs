@@ -10,7 +10,11 @@
 //! an address is served only for a job that was told it. Queries are recorded per job.
 //!
 //! The forwarder listens on loopback of the daemon's network namespace, and of each job network
-//! namespace the daemon listens in (opened and closed with the intercept listener there).
+//! namespace the daemon listens in (opened and closed with the intercept listener there). A
+//! namespace owned by another user namespace than the daemon's (`unshare -Urn`, rootless
+//! containers) is configured by whoever owns it, the job: an address there means what the job
+//! made it mean, so its queries are asked of the daemon's own resolvers, from the daemon's
+//! namespace, whatever resolver the job addressed ([`Upstream::Daemon`]).
 
 mod answer;
 mod follow;
@@ -24,7 +28,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     os::fd::AsFd as _,
-    sync::Arc,
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -83,8 +87,13 @@ pub struct Services {
     /// The resolvers jobs may use (the kernel's `DNS_RESOLVERS`): a job's TCP connection to port
     /// 53 of one of them is DNS for the forwarder.
     pub resolvers: Vec<IpAddr>,
+    /// The daemon's own resolvers (`server.dns_resolvers`, default the host's), asked from the
+    /// daemon's namespace for the namespaces a job configures itself ([`Upstream::Daemon`]).
+    pub own_resolvers: Vec<IpAddr>,
     /// The daemon's own network namespace.
     pub own_netns: u64,
+    /// Whether each binding may connect to any target (policy asked once per binding).
+    pub admissions: Admissions,
 }
 
 impl Services {
@@ -98,12 +107,96 @@ impl Services {
     }
 }
 
-/// The network namespace a query came from, where the forwarder asks the resolver.
+/// The network namespace a query came from, and where the forwarder asks its resolver.
 #[derive(Clone)]
 pub struct Namespace {
     pub cookie: u64,
-    /// `None`: the daemon's own.
-    pub file: Option<Arc<File>>,
+    pub upstream: Upstream,
+}
+
+/// Whom the forwarder asks a namespace's queries.
+#[derive(Clone)]
+pub enum Upstream {
+    /// The resolver the job addressed, from the network namespace `file` (`None`: the daemon's
+    /// own), where that address means what the job meant (a container's 127.0.0.11).
+    Addressed(Option<Arc<File>>),
+    /// The daemon's own resolvers, from the daemon's namespace: the namespace is owned by another
+    /// user namespace, so the job configures it (addresses, routes, a server on the resolver's
+    /// address) and nothing asked there can be trusted.
+    Daemon,
+}
+
+/// The resolver asked for a query, and the namespace it is asked from.
+#[derive(Debug)]
+struct Asking {
+    resolver: SocketAddr,
+    /// `None`: the daemon's own namespace.
+    from: Option<Arc<File>>,
+}
+
+impl Namespace {
+    /// Whom to ask for a query the job addressed to `resolver`. In a namespace the job configures,
+    /// that resolver if the daemon uses it too (`own_resolvers`), else the daemon's first; `Err`
+    /// when the daemon has none.
+    fn asking(&self, resolver: SocketAddr, own_resolvers: &[IpAddr]) -> Result<Asking, String> {
+        match &self.upstream {
+            Upstream::Addressed(file) => Ok(Asking {
+                resolver,
+                from: file.clone(),
+            }),
+            Upstream::Daemon => {
+                let canonical = crate::address::canonical;
+                let own = own_resolvers;
+                let ip = own
+                    .iter()
+                    .find(|r| canonical(**r) == canonical(resolver.ip()))
+                    .or_else(|| own.first())
+                    .ok_or_else(|| {
+                        "the job's network namespace is its own to configure and the daemon has no resolver of its own to ask instead (server.dns_resolvers); DNS query refused".to_string()
+                    })?;
+                Ok(Asking {
+                    resolver: SocketAddr::new(*ip, 53),
+                    from: None,
+                })
+            }
+        }
+    }
+
+    /// Notes in a query's record whom it was asked of, where that is not what the job addressed.
+    fn note(&self, asking: &Asking, detail: &mut serde_json::Value) {
+        if matches!(self.upstream, Upstream::Daemon) {
+            detail["asked"] = json!(asking.resolver.to_string());
+            detail["asked_from"] = json!("daemon");
+        }
+    }
+}
+
+/// Whether a binding may connect to any target, per job cgroup: asked of policy once per
+/// binding, not per query. The entry holds the binding's `Job` weakly, so that the allocation,
+/// and with it the address an entry is matched by, is never another binding's while the entry
+/// lives: a job bound again is a new `Job`, and its first query asks policy again.
+#[derive(Default)]
+pub struct Admissions(parking_lot::Mutex<HashMap<u64, (Weak<Job>, bool)>>);
+
+/// Entries beyond which those of bindings no longer in use are dropped.
+const ADMISSIONS_PRUNE_AT: usize = 1024;
+
+impl Admissions {
+    /// Whether `job`'s binding reaches any target; `decide` is asked when this binding was not.
+    fn reaches_any(&self, job: &Arc<Job>, decide: impl FnOnce(&Identity) -> bool) -> bool {
+        if let Some((bound, reaches)) = self.0.lock().get(&job.cgroup_id)
+            && std::ptr::eq(bound.as_ptr(), Arc::as_ptr(job))
+        {
+            return *reaches;
+        }
+        let reaches = decide(&job.identity);
+        let mut cache = self.0.lock();
+        if cache.len() >= ADMISSIONS_PRUNE_AT {
+            cache.retain(|_, (bound, _)| bound.strong_count() > 0);
+        }
+        cache.insert(job.cgroup_id, (Arc::downgrade(job), reaches));
+        reaches
+    }
 }
 
 /// Queries being forwarded per job cgroup (see [`MAX_IN_FLIGHT_PER_JOB`]).
@@ -191,7 +284,7 @@ pub async fn serve(sockets: Vec<UdpSocket>, services: Arc<Services>) {
     let mut tasks = tokio::task::JoinSet::new();
     let own = Namespace {
         cookie: services.own_netns,
-        file: None,
+        upstream: Upstream::Addressed(None),
     };
     for socket in sockets {
         tasks.spawn(receive_loop(
@@ -314,11 +407,38 @@ pub struct Asker {
 
 impl Asker {
     /// The identity the job's queries are answered for, as its connects would be decided: not
-    /// for a job that has ended (a socket it left behind), nor past its binding, nor for an
-    /// identity no rule lets connect to any target (when nothing but targets is reachable).
+    /// for a job that has ended (a socket it left behind) or was bound again since this asker
+    /// was made (a DNS connection opened before), nor past its binding, nor for an identity no
+    /// rule lets connect to any target (when nothing but targets is reachable).
     /// `Err`: why its queries are refused.
     fn admitted(&self, services: &Services) -> Result<Identity, String> {
-        // A slot an ended job left may be another job's now: the job must be the socket's.
+        let current = services.jobs.for_cgroup_exact(self.job_cgroup_id);
+        self.admit(
+            current,
+            &services.admissions,
+            services.reaches_beyond_targets,
+            |identity| {
+                services.target_names.iter().any(|t| {
+                    matches!(
+                        services.policy.decide_connection(identity, t),
+                        Decision::Allow { .. }
+                    )
+                })
+            },
+        )
+    }
+
+    /// [`Asker::admitted`] with the job's binding now (`current`) and policy (`reaches_any`)
+    /// given.
+    fn admit(
+        &self,
+        current: Option<Arc<Job>>,
+        admissions: &Admissions,
+        reaches_beyond_targets: bool,
+        reaches_any: impl FnOnce(&Identity) -> bool,
+    ) -> Result<Identity, String> {
+        // A slot an ended job left may be another job's now: the job must be the socket's, and
+        // its binding the one it has now.
         let Some(job) = self
             .job
             .as_ref()
@@ -328,16 +448,16 @@ impl Asker {
                 "the job this DNS query came from has ended (or it is of no job); refused".into(),
             );
         };
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, job)) {
+            return Err(format!(
+                "job {} has ended or was bound again since this DNS query's connection opened; refused",
+                job.id
+            ));
+        }
         if let Some(expired) = job.binding_expired() {
             return Err(format!("{expired}; DNS query refused"));
         }
-        let reaches_any = services.target_names.iter().any(|t| {
-            matches!(
-                services.policy.decide_connection(&job.identity, t),
-                Decision::Allow { .. }
-            )
-        });
-        if !reaches_any && !services.reaches_beyond_targets {
+        if !reaches_beyond_targets && !admissions.reaches_any(job, reaches_any) {
             return Err(format!(
                 "no rule allows job {} ({}) to connect to any target; DNS query refused",
                 job.id, job.identity.subject
@@ -541,7 +661,19 @@ async fn exchange(
             return Err(outcome);
         }
     };
-    let (answer, bytes) = match ask(query, parsed.id, resolver, namespace).await {
+    let asking = match namespace.asking(resolver, &services.own_resolvers) {
+        Ok(a) => a,
+        Err(reason) => {
+            let (bytes, mut outcome) = parsed.refuse(reason);
+            if let Err(e) = socket.send_to(&bytes, peer).await {
+                outcome.detail["error"] = json!(e.to_string());
+            }
+            return Err(outcome);
+        }
+    };
+    let mut parsed = parsed;
+    namespace.note(&asking, &mut parsed.detail);
+    let (answer, bytes) = match ask(query, parsed.id, &asking).await {
         Ok(a) => a,
         Err(e) => return Err(unanswered(parsed, e)),
     };
@@ -588,20 +720,22 @@ pub fn run_in<T: Send>(ns: &File, make: impl FnOnce() -> io::Result<T> + Send) -
     })
 }
 
-/// Asks the resolver over UDP from the query's namespace; the first answer with the query's id
-/// that parses.
-async fn ask(
-    query: &[u8],
-    id: u16,
-    resolver: SocketAddr,
-    namespace: &Namespace,
-) -> Result<(Message, Vec<u8>), String> {
+/// Asks the resolver over UDP; the first answer to the query that parses, with the job's `id`.
+/// The query goes out under an id of the forwarder's choosing (RFC 5452): the job chose and
+/// knows its own, and one who can guess the rest of an answer could otherwise have it followed.
+async fn ask(query: &[u8], id: u16, asking: &Asking) -> Result<(Message, Vec<u8>), String> {
+    let resolver = asking.resolver;
+    let mut wire_id = [0u8; 2];
+    getrandom::getrandom(&mut wire_id).map_err(|e| e.to_string())?;
+    let wire_id = u16::from_be_bytes(wire_id);
+    let mut query = query.to_vec();
+    set_id(&mut query, wire_id);
     let bind: SocketAddr = if resolver.is_ipv4() {
         "0.0.0.0:0".parse().expect("address")
     } else {
         "[::]:0".parse().expect("address")
     };
-    let socket = in_namespace(namespace.file.as_ref(), move || {
+    let socket = in_namespace(asking.from.as_ref(), move || {
         let s = std::net::UdpSocket::bind(bind)?;
         s.set_nonblocking(true)?;
         Ok(s)
@@ -610,7 +744,7 @@ async fn ask(
     .and_then(UdpSocket::from_std)
     .map_err(|e| e.to_string())?;
     socket.connect(resolver).await.map_err(|e| e.to_string())?;
-    socket.send(query).await.map_err(|e| e.to_string())?;
+    socket.send(&query).await.map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 65535];
     let deadline = tokio::time::Instant::now() + RESOLVER_TIMEOUT;
     loop {
@@ -619,11 +753,22 @@ async fn ask(
             .map_err(|_| format!("no answer within {RESOLVER_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
         match Message::from_vec(&buf[..n]) {
-            Ok(m) if m.id() == id && m.message_type() == MessageType::Response => {
-                return Ok((m, buf[..n].to_vec()));
+            Ok(mut m) if m.id() == wire_id && m.message_type() == MessageType::Response => {
+                m.set_id(id);
+                let mut bytes = buf[..n].to_vec();
+                set_id(&mut bytes, id);
+                return Ok((m, bytes));
             }
             _ => continue,
         }
+    }
+}
+
+/// Sets the id of a DNS message (its first two bytes, RFC 1035 4.1.1) in place: the message is
+/// passed on as the resolver wrote it but for that.
+fn set_id(message: &mut [u8], id: u16) {
+    if let Some(header) = message.get_mut(..2) {
+        header.copy_from_slice(&id.to_be_bytes());
     }
 }
 

@@ -1,7 +1,9 @@
 //! DNS over TCP (RFC 7766): a job's TCP connection to port 53 of a resolver it may use, handed
 //! over by the intercept listener. Each length-prefixed query is read (bounded in size, count
-//! and time), checked like a datagram, asked of the resolver the job connected to over one TCP
-//! connection from the job's network namespace, and its answer followed before the job gets it.
+//! and time), checked like a datagram, asked over one TCP connection of the resolver the job
+//! connected to, from the job's network namespace (or of the daemon's own resolver, from the
+//! daemon's, for a namespace the job configures: [`super::Upstream::Daemon`]), and its answer
+//! followed before the job gets it.
 //! The first message that is not a query of one question ends the connection, recorded.
 
 use std::{net::SocketAddr, time::Duration};
@@ -14,8 +16,8 @@ use tokio::{
 };
 
 use super::{
-    Asker, MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_JOB, MAX_QUERY, Namespace, Outcome, RESOLVER_TIMEOUT,
-    Services, follow_answer, in_namespace, read_query, record, unanswered,
+    Asker, Asking, MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_JOB, MAX_QUERY, Namespace, Outcome,
+    RESOLVER_TIMEOUT, Services, follow_answer, in_namespace, read_query, record, unanswered,
 };
 
 /// Queries one connection may carry; the connection is closed after them (clients open another).
@@ -47,6 +49,10 @@ pub async fn serve(
     services: &Services,
 ) {
     let deadline = tokio::time::Instant::now() + MAX_CONNECTION_TIME;
+    let asking = match namespace.asking(resolver, &services.own_resolvers) {
+        Ok(a) => a,
+        Err(reason) => return record_refusal(&asker, resolver, reason, services).await,
+    };
     let mut upstream: Option<TcpStream> = None;
     for _ in 0..MAX_QUERIES_PER_CONNECTION {
         let idle = (tokio::time::Instant::now() + IDLE_TIMEOUT).min(deadline);
@@ -64,7 +70,7 @@ pub async fn serve(
             }
             Ok(Err(Refused::Io)) => return,
         };
-        let parsed = match read_query(&query, resolver, "tcp") {
+        let mut parsed = match read_query(&query, resolver, "tcp") {
             Ok(p) => p,
             Err(outcome) => return record(&asker, resolver, outcome, services).await,
         };
@@ -87,7 +93,8 @@ pub async fn serve(
             tracing::warn!(%resolver, "DNS forwarder: {MAX_IN_FLIGHT} queries in flight already; connection closed");
             return;
         };
-        let asked = ask(&mut upstream, &query, parsed.id, resolver, &namespace).await;
+        namespace.note(&asking, &mut parsed.detail);
+        let asked = ask(&mut upstream, &query, parsed.id, &asking).await;
         let (answer, bytes) = match asked {
             Ok(a) => a,
             Err(e) => {
@@ -149,19 +156,19 @@ async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Resul
     stream.write_all(&framed).await
 }
 
-/// Asks the resolver over TCP (one connection, from the job's namespace, opened at the first
-/// query and kept for the next); its answer to the query's id.
+/// Asks the resolver over TCP (one connection, opened at the first query and kept for the
+/// next); its answer to the query's id.
 async fn ask(
     upstream: &mut Option<TcpStream>,
     query: &[u8],
     id: u16,
-    resolver: SocketAddr,
-    namespace: &Namespace,
+    asking: &Asking,
 ) -> Result<(Message, Vec<u8>), String> {
+    let resolver = asking.resolver;
     tokio::time::timeout(RESOLVER_TIMEOUT, async {
         if upstream.is_none() {
             let v4 = resolver.is_ipv4();
-            let socket = in_namespace(namespace.file.as_ref(), move || {
+            let socket = in_namespace(asking.from.as_ref(), move || {
                 if v4 {
                     tokio::net::TcpSocket::new_v4()
                 } else {

@@ -231,3 +231,153 @@ fn cname_chains_within_the_answer_are_followed_and_nothing_else() {
         vec![("10.9.1.1".parse::<IpAddr>().unwrap(), 20)]
     );
 }
+
+fn job(cgroup_id: u64, subject: &str, expires_in: Option<chrono::Duration>) -> Arc<Job> {
+    Arc::new(Job {
+        id: format!("job-{cgroup_id}"),
+        cgroup_path: "/sys/fs/cgroup/t".into(),
+        cgroup_id,
+        slot: 1,
+        owned: true,
+        identity: Identity {
+            issuer: Some("https://issuer.test".into()),
+            subject: subject.into(),
+            claims: Default::default(),
+        },
+        binding_expires_at: expires_in.map(|d| chrono::Utc::now() + d),
+        created_at: String::new(),
+        open_connections: Default::default(),
+    })
+}
+
+fn asker(job: &Arc<Job>) -> Asker {
+    Asker {
+        job_cgroup_id: job.cgroup_id,
+        job: Some(job.clone()),
+    }
+}
+
+#[test]
+fn policy_is_asked_once_per_binding_and_again_for_a_new_one() {
+    let admissions = Admissions::default();
+    let asked = std::cell::Cell::new(0);
+    let decide = |allow: bool| {
+        let asked = &asked;
+        move |_: &Identity| {
+            asked.set(asked.get() + 1);
+            allow
+        }
+    };
+    let first = job(7, "alice", None);
+    let a = asker(&first);
+    for _ in 0..3 {
+        let admitted = a.admit(Some(first.clone()), &admissions, false, decide(true));
+        assert_eq!(admitted.unwrap().subject, "alice");
+    }
+    assert_eq!(asked.get(), 1, "one policy decision for one binding");
+
+    // Bound again (same cgroup, a new binding that may reach no target): the first query of
+    // the new binding asks policy again, and its answer is not the old binding's allow.
+    let rebound = job(7, "mallory", None);
+    let b = asker(&rebound);
+    let refused = b.admit(Some(rebound.clone()), &admissions, false, decide(false));
+    assert!(refused.unwrap_err().contains("no rule allows"));
+    assert_eq!(asked.get(), 2);
+    assert!(
+        b.admit(Some(rebound.clone()), &admissions, false, decide(true))
+            .is_err(),
+        "the new binding's refusal is what is kept"
+    );
+    assert_eq!(asked.get(), 2);
+
+    // An asker of the old binding (a DNS connection opened before the rebind) is refused at
+    // once, without asking policy.
+    let stale = a.admit(Some(rebound.clone()), &admissions, false, decide(true));
+    assert!(stale.unwrap_err().contains("bound again"));
+    assert_eq!(asked.get(), 2);
+
+    // Policy is not asked where jobs reach beyond targets.
+    assert!(
+        b.admit(Some(rebound), &admissions, true, decide(false))
+            .is_ok()
+    );
+    assert_eq!(asked.get(), 2);
+}
+
+#[test]
+fn a_cached_allow_is_not_served_past_expiry_or_detach() {
+    let admissions = Admissions::default();
+    let allow = |_: &Identity| true;
+    // A binding that has run out, with its allow in the cache: refused all the same.
+    let ended = job(9, "alice", Some(chrono::Duration::seconds(-1)));
+    assert!(admissions.reaches_any(&ended, allow));
+    let a = asker(&ended);
+    let expired = a.admit(Some(ended.clone()), &admissions, false, allow);
+    assert!(expired.unwrap_err().contains("expired"));
+    // Detached: the job is no longer the cgroup's.
+    let long = job(10, "bob", None);
+    let b = asker(&long);
+    assert!(
+        b.admit(Some(long.clone()), &admissions, false, allow)
+            .is_ok()
+    );
+    let detached = b.admit(None, &admissions, false, allow);
+    assert!(detached.unwrap_err().contains("has ended"));
+    // A socket of no job.
+    let none = Asker {
+        job_cgroup_id: 11,
+        job: None,
+    };
+    assert!(none.admit(None, &admissions, false, allow).is_err());
+}
+
+#[test]
+fn the_cache_keeps_entries_of_bindings_in_use_only_once_it_is_large() {
+    let admissions = Admissions::default();
+    let allow = |_: &Identity| true;
+    let kept = job(1, "alice", None);
+    assert!(admissions.reaches_any(&kept, allow));
+    for cgroup in 2..(ADMISSIONS_PRUNE_AT as u64 + 10) {
+        let gone = job(cgroup, "x", None);
+        assert!(admissions.reaches_any(&gone, allow));
+    }
+    let len = admissions.0.lock().len();
+    assert!(len < 20, "{len} entries");
+    assert!(admissions.0.lock().contains_key(&1));
+}
+
+#[test]
+fn a_namespace_the_job_configures_is_answered_by_the_daemons_resolvers_only() {
+    let addressed: SocketAddr = "127.0.0.11:53".parse().unwrap();
+    let own: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap()];
+    let daemons = Namespace {
+        cookie: 2,
+        upstream: Upstream::Daemon,
+    };
+    // Not a resolver of the daemon's: the daemon's first, from the daemon's namespace.
+    let asking = daemons.asking(addressed, &own).unwrap();
+    assert_eq!(asking.resolver, "10.0.0.2:53".parse().unwrap());
+    assert!(asking.from.is_none());
+    let mut detail = serde_json::json!({});
+    daemons.note(&asking, &mut detail);
+    assert_eq!(detail["asked"], "10.0.0.2:53");
+    assert_eq!(detail["asked_from"], "daemon");
+    // One of the daemon's: that one (as an IPv4-mapped address too).
+    let asking = daemons
+        .asking("[::ffff:10.0.0.3]:53".parse().unwrap(), &own)
+        .unwrap();
+    assert_eq!(asking.resolver.ip(), "10.0.0.3".parse::<IpAddr>().unwrap());
+    // The daemon has none: refused, with why.
+    let none = daemons.asking(addressed, &[]).unwrap_err();
+    assert!(none.contains("no resolver of its own"), "{none}");
+    // A namespace of the daemon's user namespace: the resolver addressed, where it was.
+    let container = Namespace {
+        cookie: 3,
+        upstream: Upstream::Addressed(None),
+    };
+    let asking = container.asking(addressed, &[]).unwrap();
+    assert_eq!(asking.resolver, addressed);
+    let mut detail = serde_json::json!({});
+    container.note(&asking, &mut detail);
+    assert!(detail.get("asked").is_none(), "{detail}");
+}

@@ -298,7 +298,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, netns_cookie: u64, services
 }
 
 /// A job's DNS over TCP to a resolver it may use (the kernel redirects it only with DNS follow
-/// on): served by the DNS forwarder, from the job's network namespace, within the job's
+/// on): served by the DNS forwarder (see [`crate::dns::Upstream`]), within the job's
 /// connection limit.
 async fn dns_over_tcp(
     client: TcpStream,
@@ -315,15 +315,15 @@ async fn dns_over_tcp(
         job_cgroup_id: job.as_ref().map_or(info.cgroup_id, |j| j.cgroup_id),
         job,
     };
-    let file = if netns_cookie == forwarder.own_netns {
-        None
+    let upstream = if netns_cookie == forwarder.own_netns {
+        crate::dns::Upstream::Addressed(None)
     } else {
-        match services.netns.dns_namespace(netns_cookie) {
-            Some(f) => Some(f),
-            // Closed since it accepted, or a namespace whose DNS is not followed (another user
-            // namespace's: the job could answer itself there).
+        match services.netns.dns_upstream(netns_cookie) {
+            Some(u) => u,
+            // Closed since it accepted.
             None => {
-                let reason = "DNS over TCP from a network namespace whose DNS the gateway does not follow (owned by another user namespace, or gone); refused";
+                let reason =
+                    "DNS over TCP from a network namespace the gateway no longer serves; refused";
                 crate::dns::tcp::record_refusal(&asker, resolver, reason.into(), forwarder).await;
                 return tcp::reset(client);
             }
@@ -343,7 +343,7 @@ async fn dns_over_tcp(
     }
     let namespace = crate::dns::Namespace {
         cookie: netns_cookie,
-        file,
+        upstream,
     };
     crate::dns::tcp::serve(client, resolver, asker, namespace, forwarder).await;
 }

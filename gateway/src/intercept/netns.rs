@@ -11,9 +11,10 @@
 //!
 //! With DNS follow the DNS forwarder listens there too (on the same loopback addresses, its own
 //! port), and asks resolvers from there: an address a job's resolver configuration names (a
-//! container's 127.0.0.11) means what it means in the job's namespace. Not in a namespace owned
-//! by another user namespace than the daemon's (`unshare -Urn`, rootless containers): whoever
-//! owns that one configures its network, and a job could answer its own queries there.
+//! container's 127.0.0.11) means what it means in the job's namespace. Not from a namespace
+//! owned by another user namespace than the daemon's (`unshare -Urn`, rootless containers):
+//! whoever owns that one configures its network, and a job could answer its own queries there;
+//! the forwarder there asks the daemon's own resolvers from the daemon's namespace instead.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -77,9 +78,8 @@ enum State {
 struct Opened {
     /// Device and inode of the namespace (as `/proc/PID/ns/net` shows them).
     ns: (u64, u64),
-    /// The namespace itself, where the DNS forwarder asks resolvers (`None`: DNS is not
-    /// forwarded there).
-    dns: Option<Arc<File>>,
+    /// Whom the DNS forwarder there asks (`None`: DNS is not forwarded there).
+    dns: Option<crate::dns::Upstream>,
     since: Instant,
     /// Ends its accept loops (and so closes its listeners).
     stop: CancellationToken,
@@ -171,8 +171,9 @@ impl Namespaces {
         }
     }
 
-    /// The job network namespace `netns_cookie` while the DNS forwarder serves it.
-    pub fn dns_namespace(&self, netns_cookie: u64) -> Option<Arc<File>> {
+    /// Whom the DNS forwarder asks for the job network namespace `netns_cookie`, while it
+    /// serves it.
+    pub fn dns_upstream(&self, netns_cookie: u64) -> Option<crate::dns::Upstream> {
         match lock(&self.states).get(&netns_cookie) {
             Some(State::Open(o)) => o.dns.clone(),
             _ => None,
@@ -227,6 +228,7 @@ async fn open(request: Request, services: &Arc<Services>) {
         Ok(Bound {
             ns,
             file,
+            owned_by_daemon,
             listeners,
             dns,
         }) => {
@@ -241,13 +243,22 @@ async fn open(request: Request, services: &Arc<Services>) {
                     services.clone(),
                 ));
             }
-            let dns_file = match (&services.dns_forwarder, dns) {
+            let dns_upstream = match (&services.dns_forwarder, dns) {
                 (Some(forwarder), Some(sockets)) => {
                     addresses.extend(sockets.iter().filter_map(|s| s.local_addr().ok()));
-                    let file = Arc::new(file);
+                    let upstream = if owned_by_daemon {
+                        crate::dns::Upstream::Addressed(Some(Arc::new(file)))
+                    } else {
+                        tracing::info!(
+                            pid,
+                            netns_cookie,
+                            "the network namespace belongs to another user namespace: its DNS is asked of the daemon's own resolvers"
+                        );
+                        crate::dns::Upstream::Daemon
+                    };
                     let namespace = crate::dns::Namespace {
                         cookie: netns_cookie,
-                        file: Some(file.clone()),
+                        upstream: upstream.clone(),
                     };
                     tokio::spawn(crate::dns::serve_namespace(
                         sockets,
@@ -255,15 +266,7 @@ async fn open(request: Request, services: &Arc<Services>) {
                         forwarder.clone(),
                         stop.clone(),
                     ));
-                    Some(file)
-                }
-                (Some(_), None) => {
-                    tracing::warn!(
-                        pid,
-                        netns_cookie,
-                        "the network namespace belongs to another user namespace: its DNS is not followed (host-name targets fail closed there)"
-                    );
-                    None
+                    Some(upstream)
                 }
                 _ => None,
             };
@@ -278,7 +281,7 @@ async fn open(request: Request, services: &Arc<Services>) {
                     );
                     State::Open(Opened {
                         ns,
-                        dns: dns_file,
+                        dns: dns_upstream,
                         since: Instant::now(),
                         stop,
                     })
@@ -368,9 +371,11 @@ struct Bound {
     /// Device and inode of the namespace.
     ns: (u64, u64),
     file: File,
+    /// Whether the namespace is owned by the daemon's user namespace (else the job may
+    /// configure it).
+    owned_by_daemon: bool,
     listeners: Vec<TcpListener>,
-    /// The DNS forwarder's sockets (`None`: not bound, without DNS follow or in a namespace of
-    /// another user namespace).
+    /// The DNS forwarder's sockets (`None`: DNS follow is off).
     dns: Option<Vec<std::net::UdpSocket>>,
 }
 
@@ -390,7 +395,7 @@ fn listen_in(
         .map_err(|source| NetnsError::Gone { pid, source })?;
     let own = File::open("/proc/thread-self/ns/net")
         .map_err(|source| NetnsError::Gone { pid, source })?;
-    let dns_port = dns_port.filter(|_| owned_by_own_user_namespace(&ns));
+    let owned_by_daemon = owned_by_own_user_namespace(&ns);
     let bound = std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -427,6 +432,7 @@ fn listen_in(
     Ok(Bound {
         ns: (meta.dev(), meta.ino()),
         file: ns,
+        owned_by_daemon,
         listeners,
         dns,
     })
