@@ -277,6 +277,8 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             .map(|g| cgroup_root.join(&g.cgroup_parent)),
     });
     lifecycle.adopt_jobs().await?;
+    // Command lines, Docker requests and DNS names may hold what any target hides.
+    let command_line_masking = crate::mask::body::BodyRules::every_detector(&config.masking);
     let dns_services = match (dns_clients, follow.clone()) {
         (Some((sockets, clients)), Some(follow)) => Some((
             sockets,
@@ -292,6 +294,7 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
                     || server.mode == crate::config::Mode::Audit,
                 store: store.clone(),
                 recorder: recorder.clone(),
+                masking: command_line_masking.clone(),
                 shutdown: shutdown.clone(),
                 in_flight: Default::default(),
                 limit: Arc::new(tokio::sync::Semaphore::new(crate::dns::MAX_IN_FLIGHT)),
@@ -306,8 +309,6 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
         )),
         _ => None,
     };
-    // Command lines and Docker requests may hold what any target hides.
-    let command_line_masking = crate::mask::body::BodyRules::every_detector(&config.masking);
     let intercept = Arc::new(intercept::Services {
         connections,
         jobs: jobs.clone(),

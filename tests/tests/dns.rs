@@ -269,6 +269,57 @@ fn a_malformed_dns_query_is_dropped_and_recorded_and_never_reaches_the_resolver(
     Ok(())
 }
 
+/// A name is data the job chose (`123-45-6789.cdn.test`): its record is masked with the
+/// detectors of every `[[masking]]` rule, as command lines are; the resolver still gets the
+/// question as asked.
+#[test]
+fn a_name_asked_is_recorded_masked() -> Result<()> {
+    let s = Setup::with_config(
+        None,
+        "",
+        r#"
+[[rules]]
+name = "jobs-may-use-the-api"
+action = "allow"
+targets = ["api", "cdn"]
+unauthenticated = true
+
+[[masking]]
+name = "pii"
+targets = ["api"]
+detectors = ["us_ssn"]
+"#,
+    )?;
+    let v = s.daemon.probe_in_job(&[
+        "dns-follow",
+        &s.resolver(),
+        "123-45-6789.cdn.test",
+        "7000",
+        "1",
+    ])?;
+    ensure!(v["ok"] == true, "{v}");
+    ensure!(
+        wait_until(Duration::from_secs(5), || sessions(&s, "dns")
+            .is_ok_and(|l| !l.is_empty())),
+        "no dns session recorded"
+    );
+    let dns = sessions(&s, "dns")?;
+    let detail = dns_detail(&s, &dns[0])?;
+    let name = detail["name"].as_str().unwrap_or_default();
+    ensure!(
+        name.ends_with(".cdn.test") && !name.contains("123-45-6789"),
+        "{detail}"
+    );
+    let all = s.daemon.show_session(&dns[0]["id"])?.to_string();
+    ensure!(!all.contains("123-45-6789"), "{all}");
+    ensure!(
+        s.dns.output().contains("123-45-6789.cdn.test"),
+        "the resolver was asked the name as the job asked it: {}",
+        s.dns.output()
+    );
+    Ok(())
+}
+
 #[test]
 fn a_wildcard_target_follows_the_names_below_it_and_not_the_name_itself() -> Result<()> {
     let s = Setup::new()?;

@@ -46,6 +46,7 @@ use crate::{
     ebpf::{Dataplane, DnsClients},
     identity::Identity,
     jobs::{Job, Jobs},
+    mask::body::BodyRules,
     policy::{Decision, Policy},
     record::{EventKind, NewSession, SessionKind, Store, now},
     targets::TargetSet,
@@ -79,6 +80,9 @@ pub struct Services {
     pub reaches_beyond_targets: bool,
     pub store: Store,
     pub recorder: Arc<Recorder>,
+    /// The detectors of every `[[masking]]` rule: a name asked (`123-45-6789.example`) is
+    /// recorded masked, as command lines are.
+    pub masking: Option<Arc<BodyRules>>,
     pub shutdown: CancellationToken,
     /// Queries being forwarded, per job cgroup.
     pub in_flight: InFlight,
@@ -780,6 +784,13 @@ async fn record(asker: &Asker, resolver: SocketAddr, outcome: Outcome, services:
         .admit(job.map(|j| &**j), budget::Source::DnsQueries)
     {
         return;
+    }
+    let mut outcome = outcome;
+    if let Some(rules) = &services.masking {
+        if let Some(name) = outcome.detail["name"].as_str() {
+            outcome.detail["name"] = json!(rules.mask_str(name));
+        }
+        outcome.reason = outcome.reason.map(|r| rules.mask_str(&r).into_owned());
     }
     let at = now();
     tracing::info!(
