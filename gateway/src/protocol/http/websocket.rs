@@ -1,4 +1,5 @@
-//! WebSocket after an allowed upgrade: both connections are handed over by hyper after the 101,
+//! WebSocket after an allowed upgrade: both connections are handed over by hyper after the 101
+//! (toward the job over HTTP/2: its stream, after the 200 to its extended CONNECT, RFC 8441),
 //! and each side gets its own WebSocket endpoint (tungstenite: the gateway is the server toward
 //! the job and the client toward the upstream). Messages are read whole, bounded, counted and
 //! sampled, and sent again with the gateway's own framing, so a frame the gateway could not parse
@@ -114,6 +115,9 @@ pub(super) struct Relay {
     pub(super) shutdown: CancellationToken,
     /// The target's masking, `None` when none applies.
     pub(super) masking: Option<Arc<BodyRules>>,
+    /// The room a WebSocket over HTTP/2 holds on its connection, held (never read) until the
+    /// relay ends.
+    pub(super) _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 fn config() -> WebSocketConfig {
@@ -267,6 +271,16 @@ impl Relay {
     }
 }
 
+/// Whether the subprotocols of the upstream's 101 (`Sec-WebSocket-Protocol`, read as tokens) are
+/// what the job may be told: none, or one of those it offered.
+pub(super) fn subprotocol_was_offered(offered: &[String], chosen: &[String]) -> bool {
+    match chosen {
+        [] => true,
+        [one] => offered.contains(one),
+        _ => false,
+    }
+}
+
 /// Sends a data message on; a close ends the relay once the other side has it. Pings and pongs
 /// stay on their side (tungstenite answers pings itself).
 async fn pass(message: Message, to: &mut Socket, from: &str) -> Option<String> {
@@ -347,6 +361,20 @@ mod tests {
         d.count(&Message::text("ö"), 1, None);
         d.count(&Message::text("x"), 1, None);
         assert_eq!(d.text_sample, [""]);
+    }
+
+    #[test]
+    fn the_job_is_told_only_a_subprotocol_it_offered() {
+        let offered = ["chat.v1".to_string(), "chat.v2".to_string()];
+        let one = |s: &str| vec![s.to_string()];
+        assert!(subprotocol_was_offered(&offered, &[]));
+        assert!(subprotocol_was_offered(&offered, &one("chat.v2")));
+        assert!(!subprotocol_was_offered(&offered, &one("admin")));
+        assert!(!subprotocol_was_offered(&[], &one("chat.v1")));
+        assert!(!subprotocol_was_offered(
+            &offered,
+            &[offered[0].clone(), offered[1].clone()]
+        ));
     }
 
     #[test]
