@@ -2315,6 +2315,72 @@ fn extended_connects_that_make_no_sense_are_refused_recorded_and_never_reach_the
 }
 
 #[test]
+fn a_websocket_over_http2_needing_approval_waits_for_a_person() -> Result<()> {
+    let s = Setup::with_rules_first(
+        r#"
+[[rules]]
+name = "held-socket"
+action = "require_approval"
+targets = ["api"]
+unauthenticated = true
+approvers = ["ops"]
+[rules.http]
+methods = ["GET"]
+paths = ["/ws/held"]
+"#,
+    )?;
+    let echo = s.nginx.websocket_echo(&s.ns)?;
+    let operation = format!("GET {HOST}/ws/held");
+    // Approved: the message the job wrote while held goes to the server only afterwards.
+    let mut early = extended_connect("/ws/held", &[]);
+    early["send"] = serde_json::json!(["written while held"]);
+    let approved = std::thread::scope(|scope| -> Result<Value> {
+        let job = scope.spawn(|| ws2(&s, &serde_json::json!({ "early": early })));
+        let id = pending(&s, &operation)?;
+        ensure!(
+            !echo.output().contains("connection"),
+            "the server saw the WebSocket before the approval: {}",
+            echo.output()
+        );
+        let decided = s.daemon.cli(&["approvals", "approve", &id]);
+        ensure!(decided.status.success(), "{decided:?}");
+        job.join().expect("job thread")
+    })?;
+    ensure!(
+        approved["status"] == 200 && approved["reply"] == "written while held",
+        "{approved}"
+    );
+    // Denied: 403 on the stream, nothing reaches the server.
+    let denied = std::thread::scope(|scope| -> Result<Value> {
+        let job = scope.spawn(|| {
+            ws2(
+                &s,
+                &serde_json::json!({ "streams": [extended_connect("/ws/held", &[])] }),
+            )
+        });
+        let id = pending(&s, &operation)?;
+        let decided = s.daemon.cli(&["approvals", "deny", &id]);
+        ensure!(decided.status.success(), "{decided:?}");
+        job.join().expect("job thread")
+    })?;
+    ensure!(denied["streams"][0]["status"] == 403, "{denied}");
+    ensure!(
+        echo.output().matches("connection /ws/held").count() == 1,
+        "{}",
+        echo.output()
+    );
+    let approvals = s.events("http_approval")?;
+    ensure!(
+        approvals
+            .iter()
+            .any(|e| e["detail"]["approved_by"].is_string())
+            && approvals.iter().any(|e| e["detail"]["denied"].is_string()),
+        "{approvals:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn websockets_over_one_http2_connection_are_bounded() -> Result<()> {
     let s = Setup::new()?;
     let echo = s.nginx.websocket_echo(&s.ns)?;

@@ -55,7 +55,7 @@ async fn main() -> Result<()> {
             .await
             .context("no answer in time")??
     } else if spec["early"].is_object() {
-        tokio::time::timeout(WAIT, early(tls, &spec["early"]))
+        tokio::time::timeout(WAIT * 3, early(tls, &spec["early"]))
             .await
             .context("no answer in time")??
     } else {
