@@ -2311,6 +2311,23 @@ fn extended_connects_that_make_no_sense_are_refused_recorded_and_never_reach_the
             "no {status} refusal about {needle}: {refusals:?}"
         );
     }
+    // An upstream that answers the upgrade with 200 and a page (nginx's `location /`) opened
+    // no WebSocket: the job gets 502, not the 200 that would tell it one is open.
+    let result = ws2(
+        &s,
+        &serde_json::json!({ "streams": [extended_connect("/not-a-socket", &[])] }),
+    )?;
+    ensure!(result["streams"][0]["status"] == 502, "{result}");
+    let responses = s.events("http_response")?;
+    ensure!(
+        responses
+            .iter()
+            .any(|e| e["detail"]["upstream_status"] == 200
+                && e["detail"]["refused"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("instead of opening the WebSocket"))),
+        "{responses:?}"
+    );
     Ok(())
 }
 
