@@ -15,7 +15,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
@@ -669,13 +669,10 @@ impl Exchange {
         if !upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
             return refuse("the upstream switched to another protocol than websocket");
         }
-        if let Some(key) = &handshake.key {
-            let accept = parts.headers.get(header::SEC_WEBSOCKET_ACCEPT);
-            if accept.is_none_or(|a| a.as_bytes() != derive_accept_key(key.as_bytes()).as_bytes()) {
-                return refuse(
-                    "the upstream's Sec-WebSocket-Accept does not answer the gateway's key",
-                );
-            }
+        if let Some(key) = &handshake.key
+            && !websocket::accept_answers(key, parts.headers.get(header::SEC_WEBSOCKET_ACCEPT))
+        {
+            return refuse("the upstream's Sec-WebSocket-Accept does not answer the gateway's key");
         }
         let chosen = headers::tokens(&parts.headers, &header::SEC_WEBSOCKET_PROTOCOL);
         if !websocket::subprotocol_was_offered(&handshake.offered, &chosen) {

@@ -271,6 +271,14 @@ impl Relay {
     }
 }
 
+/// Whether the upstream's `Sec-WebSocket-Accept` answers the key the gateway sent (RFC 6455
+/// §4.2.2): a server that did not read the key opened no WebSocket the gateway asked for.
+pub(super) fn accept_answers(key: &str, accept: Option<&http::HeaderValue>) -> bool {
+    accept.is_some_and(|a| {
+        a.as_bytes() == tungstenite::handshake::derive_accept_key(key.as_bytes()).as_bytes()
+    })
+}
+
 /// Whether the subprotocols of the upstream's 101 (`Sec-WebSocket-Protocol`, read as tokens) are
 /// what the job may be told: none, or one of those it offered.
 pub(super) fn subprotocol_was_offered(offered: &[String], chosen: &[String]) -> bool {
@@ -361,6 +369,22 @@ mod tests {
         d.count(&Message::text("ö"), 1, None);
         d.count(&Message::text("x"), 1, None);
         assert_eq!(d.text_sample, [""]);
+    }
+
+    #[test]
+    fn only_the_answer_to_the_gateways_key_is_accepted() {
+        // The example of RFC 6455 §1.3.
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let answer = http::HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(accept_answers(key, Some(&answer)));
+        assert!(!accept_answers("AAAAAAAAAAAAAAAAAAAAAA==", Some(&answer)));
+        assert!(!accept_answers(key, None));
+        assert!(!accept_answers(
+            key,
+            Some(&http::HeaderValue::from_static(
+                "s3pPLMBiTxaQ9kYGzzhZRbK+xOo"
+            ))
+        ));
     }
 
     #[test]
