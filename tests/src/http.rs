@@ -23,7 +23,8 @@ const WEBSOCKET_PORT: u16 = 9001;
 pub const GRPC_PORT: u16 = 50051;
 
 /// A WebSocket server that echoes every message as it came (text as text, binary as binary) and
-/// prints each connection's path and each message's size.
+/// prints each connection's path and each message's size. It speaks the subprotocol `chat.v2`
+/// when the client offers it (and none when the client offers none).
 const WEBSOCKET_ECHO: &str = r#"
 import asyncio, sys, websockets
 async def echo(ws, path=None):
@@ -32,7 +33,7 @@ async def echo(ws, path=None):
         print("message", len(message), flush=True)
         await ws.send(message)
 async def main():
-    async with websockets.serve(echo, sys.argv[1], int(sys.argv[2]), max_size=2**20):
+    async with websockets.serve(echo, sys.argv[1], int(sys.argv[2]), max_size=2**20, subprotocols=["chat.v2"]):
         print("ready", flush=True)
         await asyncio.Future()
 asyncio.run(main())

@@ -104,6 +104,10 @@ pub fn sshraw_bin() -> PathBuf {
     target_dir().join("e2e-sshraw")
 }
 
+pub fn ws2_bin() -> PathBuf {
+    target_dir().join("e2e-ws2")
+}
+
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     Ok(out)

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
     Daemon, DaemonConfig, Netns, TempDir,
     http::{HOST, Nginx},
-    httpraw_bin, unique_id, wait_until,
+    httpraw_bin, unique_id, wait_until, ws2_bin,
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -2039,6 +2039,393 @@ asyncio.run(main())
             .as_str()
             .is_some_and(|e| e.contains("cannot be masked")),
         "{cut}"
+    );
+    Ok(())
+}
+
+/// A WebSocket over HTTP/2 (RFC 8441) from a job, with `e2e-ws2` (see its usage for `spec`);
+/// what it printed.
+fn ws2(s: &Setup, spec: &Value) -> Result<Value> {
+    let addr = format!("{}:443", s.nginx.addr);
+    let ca = s.gateway_ca.display().to_string();
+    let out = s
+        .daemon
+        .run_job(&[], ws2_bin(), &[&addr, &ca, &spec.to_string()]);
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "e2e-ws2: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// An extended CONNECT as browsers send it, for `path`, with more headers.
+fn extended_connect(path: &str, headers: &[(&str, &str)]) -> Value {
+    let mut all = vec![serde_json::json!(["sec-websocket-version", "13"])];
+    all.extend(headers.iter().map(|(k, v)| serde_json::json!([k, v])));
+    serde_json::json!({ "method": "CONNECT", "protocol": "websocket", "path": path, "headers": all })
+}
+
+#[test]
+fn websocket_over_http2_is_decided_masked_relayed_and_recorded_like_an_upgrade() -> Result<()> {
+    // The rule denying /ws/admin is written for the WebSocket's GET: it holds on HTTP/2 too.
+    let s = Setup::configured(WEBSOCKET_RULE, MASKING)?;
+    let echo = s.nginx.websocket_echo(&s.ns)?;
+    let mut chat = extended_connect(
+        "/ws/echo",
+        &[("sec-websocket-protocol", "chat.v1, chat.v2")],
+    );
+    chat["send"] = serde_json::json!(["my ssn is 123-45-6789", "nothing here"]);
+    let mut plain = extended_connect("/ws/echo", &[]);
+    plain["send"] = serde_json::json!(["second socket"]);
+    let denied = extended_connect("/ws/admin", &[]);
+    // Three streams of one HTTP/2 connection.
+    let result = ws2(&s, &serde_json::json!({ "streams": [chat, plain, denied] }))?;
+    let streams = &result["streams"];
+    let chat = &streams[0];
+    ensure!(chat["status"] == 200, "{result}");
+    ensure!(
+        chat["replies"] == serde_json::json!(["my ssn is [masked:us_ssn]", "nothing here"]),
+        "{result}"
+    );
+    // The job is told the subprotocol the upstream chose, and nothing of HTTP/1.1's handshake.
+    ensure!(
+        chat["headers"]["sec-websocket-protocol"] == "chat.v2",
+        "{result}"
+    );
+    for name in ["sec-websocket-accept", "upgrade", "connection"] {
+        ensure!(chat["headers"].get(name).is_none(), "{name}: {result}");
+    }
+    let plain = &streams[1];
+    ensure!(plain["status"] == 200, "{result}");
+    ensure!(
+        plain["headers"].get("sec-websocket-protocol").is_none(),
+        "{result}"
+    );
+    ensure!(
+        plain["replies"] == serde_json::json!(["second socket"]),
+        "{result}"
+    );
+    let denied = &streams[2];
+    ensure!(denied["status"] == 403, "{result}");
+    ensure!(
+        denied["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("no-admin-socket")),
+        "{result}"
+    );
+    // The server saw two WebSockets (HTTP/1.1 upgrades with the credential) and the job's
+    // messages unchanged; never the denied path.
+    let served = echo.output();
+    ensure!(
+        served.matches("connection /ws/echo").count() == 2
+            && !served.contains("/ws/admin")
+            && served.contains("message 21\n"),
+        "{served}"
+    );
+    let seen = s.server_saw();
+    ensure!(seen.iter().all(|r| r["uri"] != "/ws/admin"), "{seen:?}");
+    let upgrades: Vec<_> = seen.iter().filter(|r| r["uri"] == "/ws/echo").collect();
+    ensure!(upgrades.len() == 2, "{seen:?}");
+    for u in &upgrades {
+        ensure!(
+            u["status"] == 101
+                && u["protocol"] == "HTTP/1.1"
+                && u["auth"] == format!("Bearer {}", s.token),
+            "{u}"
+        );
+    }
+    // Recorded as the GET it opens, on HTTP/2; its 200; the relay's counts and masked samples.
+    let requests = s.events("http_request")?;
+    let opened: Vec<_> = requests
+        .iter()
+        .filter(|e| e["detail"]["path"] == "/ws/echo")
+        .collect();
+    ensure!(opened.len() == 2, "{requests:?}");
+    for e in &opened {
+        let d = &e["detail"];
+        ensure!(
+            d["method"] == "GET"
+                && d["version"] == "HTTP/2.0"
+                && d["extended_connect"] == true
+                && d["decision"] == "allow",
+            "{d}"
+        );
+    }
+    ensure!(
+        requests.iter().any(|e| e["detail"]["path"] == "/ws/admin"
+            && e["detail"]["decision"] == "deny"
+            && e["detail"]["rule"] == "no-admin-socket"),
+        "{requests:?}"
+    );
+    let responses = s.events("http_response")?;
+    ensure!(
+        responses
+            .iter()
+            .filter(|e| e["detail"]["status"] == 200 && e["detail"]["end"] == "upgraded")
+            .count()
+            == 2,
+        "{responses:?}"
+    );
+    let sockets = s.events("websocket")?;
+    ensure!(sockets.len() == 2, "{sockets:?}");
+    let relayed = sockets
+        .iter()
+        .find(|e| e["detail"]["up"]["messages"] == 2)
+        .context("the chat WebSocket relayed")?;
+    let d = &relayed["detail"];
+    for way in ["up", "down"] {
+        ensure!(
+            d[way]["text_sample"]
+                == serde_json::json!(["my ssn is [masked:us_ssn]", "nothing here"]),
+            "{d}"
+        );
+    }
+    ensure!(d["down"]["masked"] == 1, "{d}");
+    for e in &sockets {
+        no_secret("recording", &e.to_string())?;
+    }
+    // `sessions show` lists the WebSocket's GET with its 200 and the upgrade.
+    let session = s
+        .http_sessions()?
+        .into_iter()
+        .find(|x| x["target"] == "api")
+        .context("the api session")?;
+    let shown = s
+        .daemon
+        .cli(&["sessions", "show", &session["id"].to_string()]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    ensure!(
+        shown.lines().any(|l| l.contains("GET")
+            && l.contains("/ws/echo")
+            && l.contains("200")
+            && l.contains("upgraded")),
+        "{shown}"
+    );
+    Ok(())
+}
+
+#[test]
+fn extended_connects_that_make_no_sense_are_refused_recorded_and_never_reach_the_server()
+-> Result<()> {
+    let s = Setup::with_rules_first(WEBSOCKET_RULE)?;
+    let echo = s.nginx.websocket_echo(&s.ns)?;
+    let refused = [
+        // A CONNECT tunnel, and a :protocol the gateway does not relay.
+        (
+            serde_json::json!({ "method": "CONNECT", "protocol": null, "authority": "api.test:443" }),
+            405,
+        ),
+        (
+            serde_json::json!({ "method": "CONNECT", "protocol": "connect-udp", "path": "/ws/echo" }),
+            501,
+        ),
+        // HTTP/1.1's handshake on HTTP/2: a key the upstream would answer, a missing version.
+        (
+            extended_connect(
+                "/ws/echo",
+                &[("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
+            ),
+            400,
+        ),
+        (
+            serde_json::json!({ "method": "CONNECT", "protocol": "websocket", "path": "/ws/echo" }),
+            400,
+        ),
+        // Another host than the target's (and than the TLS server name).
+        (
+            {
+                let mut v = extended_connect("/ws/echo", &[]);
+                v["authority"] = serde_json::json!("evil.test");
+                v
+            },
+            421,
+        ),
+        // A path read two ways.
+        (extended_connect("/ws/../ws/admin", &[]), 400),
+    ];
+    let mut specs: Vec<Value> = refused.iter().map(|(spec, _)| spec.clone()).collect();
+    // :protocol on a GET: HTTP/2 itself refuses the stream.
+    specs.push(serde_json::json!({ "method": "GET", "protocol": "websocket", "path": "/ws/echo" }));
+    let result = ws2(&s, &serde_json::json!({ "streams": specs }))?;
+    for (i, (spec, status)) in refused.iter().enumerate() {
+        ensure!(
+            result["streams"][i]["status"] == *status,
+            "{spec} should get {status}: {result}"
+        );
+    }
+    ensure!(
+        result["streams"][refused.len()]["error"].is_string(),
+        ":protocol on a GET must be reset: {result}"
+    );
+    // Connection and Upgrade on an extended CONNECT: malformed on HTTP/2, the stream is reset
+    // (PROTOCOL_ERROR) before any request exists.
+    let raw = ws2(
+        &s,
+        &serde_json::json!({ "raw": [
+            [":method", "CONNECT"], [":protocol", "websocket"], [":scheme", "https"],
+            [":authority", "api.test"], [":path", "/ws/echo"], ["sec-websocket-version", "13"],
+            ["connection", "upgrade"], ["upgrade", "websocket"],
+        ]}),
+    )?;
+    ensure!(raw["reset"] == 1, "{raw}");
+    // A message written before the answer: a denied WebSocket gets its 403 and the message goes
+    // nowhere; an allowed one relays it once the 200 is sent, as a message read by the relay.
+    let mut early = extended_connect("/ws/admin", &[]);
+    early["send"] = serde_json::json!(["written early"]);
+    let denied = ws2(&s, &serde_json::json!({ "early": early }))?;
+    ensure!(denied["status"] == 403, "{denied}");
+    early["path"] = serde_json::json!("/ws/echo");
+    let allowed = ws2(&s, &serde_json::json!({ "early": early }))?;
+    ensure!(
+        allowed["status"] == 200 && allowed["reply"] == "written early",
+        "{allowed}"
+    );
+    // Nothing but the allowed WebSocket reached the server.
+    let served = echo.output();
+    ensure!(
+        served.matches("connection").count() == 1 && served.matches("message").count() == 1,
+        "{served}"
+    );
+    let seen = s.server_saw();
+    ensure!(
+        seen.len() == 1 && seen[0]["uri"] == "/ws/echo",
+        "nginx saw {seen:?}"
+    );
+    // Each refusal before policy is recorded with its reason.
+    let refusals = s.events("refused")?;
+    for (status, needle) in [
+        (405, "CONNECT"),
+        (501, "connect-udp"),
+        (400, "Sec-WebSocket-Key"),
+        (400, "Sec-WebSocket-Version"),
+        (421, "evil.test"),
+        (400, ".."),
+    ] {
+        ensure!(
+            refusals.iter().any(|e| e["detail"]["status"] == status
+                && e["detail"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(needle))),
+            "no {status} refusal about {needle}: {refusals:?}"
+        );
+    }
+    // An upstream that answers the upgrade with 200 and a page (nginx's `location /`) opened
+    // no WebSocket: the job gets 502, not the 200 that would tell it one is open.
+    let result = ws2(
+        &s,
+        &serde_json::json!({ "streams": [extended_connect("/not-a-socket", &[])] }),
+    )?;
+    ensure!(result["streams"][0]["status"] == 502, "{result}");
+    let responses = s.events("http_response")?;
+    ensure!(
+        responses
+            .iter()
+            .any(|e| e["detail"]["upstream_status"] == 200
+                && e["detail"]["refused"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("instead of opening the WebSocket"))),
+        "{responses:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_websocket_over_http2_needing_approval_waits_for_a_person() -> Result<()> {
+    let s = Setup::with_rules_first(
+        r#"
+[[rules]]
+name = "held-socket"
+action = "require_approval"
+targets = ["api"]
+unauthenticated = true
+approvers = ["ops"]
+[rules.http]
+methods = ["GET"]
+paths = ["/ws/held"]
+"#,
+    )?;
+    let echo = s.nginx.websocket_echo(&s.ns)?;
+    let operation = format!("GET {HOST}/ws/held");
+    // Approved: the message the job wrote while held goes to the server only afterwards.
+    let mut early = extended_connect("/ws/held", &[]);
+    early["send"] = serde_json::json!(["written while held"]);
+    let approved = std::thread::scope(|scope| -> Result<Value> {
+        let job = scope.spawn(|| ws2(&s, &serde_json::json!({ "early": early })));
+        let id = pending(&s, &operation)?;
+        ensure!(
+            !echo.output().contains("connection"),
+            "the server saw the WebSocket before the approval: {}",
+            echo.output()
+        );
+        let decided = s.daemon.cli(&["approvals", "approve", &id]);
+        ensure!(decided.status.success(), "{decided:?}");
+        job.join().expect("job thread")
+    })?;
+    ensure!(
+        approved["status"] == 200 && approved["reply"] == "written while held",
+        "{approved}"
+    );
+    // Denied: 403 on the stream, nothing reaches the server.
+    let denied = std::thread::scope(|scope| -> Result<Value> {
+        let job = scope.spawn(|| {
+            ws2(
+                &s,
+                &serde_json::json!({ "streams": [extended_connect("/ws/held", &[])] }),
+            )
+        });
+        let id = pending(&s, &operation)?;
+        let decided = s.daemon.cli(&["approvals", "deny", &id]);
+        ensure!(decided.status.success(), "{decided:?}");
+        job.join().expect("job thread")
+    })?;
+    ensure!(denied["streams"][0]["status"] == 403, "{denied}");
+    ensure!(
+        echo.output().matches("connection /ws/held").count() == 1,
+        "{}",
+        echo.output()
+    );
+    let approvals = s.events("http_approval")?;
+    ensure!(
+        approvals
+            .iter()
+            .any(|e| e["detail"]["approved_by"].is_string())
+            && approvals.iter().any(|e| e["detail"]["denied"].is_string()),
+        "{approvals:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn websockets_over_one_http2_connection_are_bounded() -> Result<()> {
+    let s = Setup::new()?;
+    let echo = s.nginx.websocket_echo(&s.ns)?;
+    // One more than the bound, opened at once and all held open until every answer came.
+    let mut spec = extended_connect("/ws/echo", &[]);
+    spec["send"] = serde_json::json!(["hi"]);
+    spec["count"] = serde_json::json!(17);
+    let result = ws2(&s, &serde_json::json!({ "streams": [spec] }))?;
+    let statuses: Vec<&Value> = result["streams"]
+        .as_array()
+        .context("streams")?
+        .iter()
+        .map(|r| &r["status"])
+        .collect();
+    ensure!(
+        statuses.iter().filter(|s| **s == 200).count() == 16
+            && statuses.iter().filter(|s| **s == 429).count() == 1,
+        "{result}"
+    );
+    ensure!(
+        echo.output().matches("connection /ws/echo").count() == 16,
+        "{}",
+        echo.output()
+    );
+    let refusals = s.events("refused")?;
+    ensure!(
+        refusals.iter().any(|e| e["detail"]["status"] == 429),
+        "{refusals:?}"
     );
     Ok(())
 }

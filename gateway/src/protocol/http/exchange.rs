@@ -14,6 +14,8 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
@@ -22,7 +24,7 @@ use super::{
     credential::{self, Injected},
     echo::EchoFilter,
     headers, problem,
-    request::{self, HostRules, Reading, Refusal},
+    request::{self, HostRules, Reading, Refusal, WebSocket},
     rpc::{self, Calls},
     upstream::Upstream,
     websocket,
@@ -35,6 +37,10 @@ use crate::{
     policy::{Decision, HttpRequest, Policy},
     record::{EventKind, ProcessInfo, Store},
 };
+
+/// WebSockets one HTTP/2 connection may have open at once: each holds a connection of the
+/// gateway's own to the upstream for as long as it lasts (an HTTP/1.1 connection carries one).
+const MAX_WEBSOCKETS: usize = 16;
 
 /// How long a request body may take to deliver the sample the gateway records before forwarding.
 const SAMPLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -72,6 +78,8 @@ pub(super) struct Exchange {
     counters: Counters,
     /// WebSocket relays of the session, which outlive the request that started them.
     pub(super) relays: TaskTracker,
+    /// Room for WebSockets over HTTP/2 (`MAX_WEBSOCKETS`); a relay holds its permit.
+    websockets: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -106,6 +114,7 @@ impl Exchange {
             masking: setup.services.body_rules.get(&s.target.name).cloned(),
             counters: setup.counters,
             relays: TaskTracker::new(),
+            websockets: Arc::new(Semaphore::new(MAX_WEBSOCKETS)),
             shutdown: setup.services.shutdown.clone(),
         })
     }
@@ -134,13 +143,40 @@ impl Exchange {
             sni: self.sni.as_deref(),
             port: self.port,
         };
-        let reading =
-            match request::read(request.method(), request.uri(), request.headers(), &rules) {
-                Ok(r) => r,
-                Err(refusal) => {
+        let protocol = request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .map(hyper::ext::Protocol::as_str);
+        let reading = match request::read(
+            request.method(),
+            request.uri(),
+            request.headers(),
+            protocol,
+            &rules,
+        ) {
+            Ok(r) => r,
+            Err(refusal) => {
+                return self.refuse(number, request.method(), request.uri(), refusal);
+            }
+        };
+        // A WebSocket over HTTP/2 takes its room before anything else is done for it.
+        let slot = if reading.websocket == Some(WebSocket::ExtendedConnect) {
+            match Arc::clone(&self.websockets).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let refusal = Refusal {
+                        status: StatusCode::TOO_MANY_REQUESTS,
+                        title: "Too many WebSockets",
+                        detail: format!(
+                            "at most {MAX_WEBSOCKETS} WebSockets are open at once on one HTTP/2 connection"
+                        ),
+                    };
                     return self.refuse(number, request.method(), request.uri(), refusal);
                 }
-            };
+            }
+        } else {
+            None
+        };
         let (parts, body) = request.into_parts();
         let mut op = HttpRequest {
             method: &reading.method,
@@ -244,7 +280,7 @@ impl Exchange {
                             return self.unrecordable(number);
                         }
                         return self
-                            .forward(number, &reading, parts, sampled.body, received)
+                            .forward(number, &reading, parts, sampled.body, received, slot)
                             .await;
                     }
                     Err(reason) => {
@@ -271,7 +307,7 @@ impl Exchange {
         {
             return self.unrecordable(number);
         }
-        self.forward(number, &reading, parts, sampled.body, received)
+        self.forward(number, &reading, parts, sampled.body, received, slot)
             .await
     }
 
@@ -418,7 +454,7 @@ impl Exchange {
         sample: &Bytes,
         calls: Option<&Calls>,
     ) -> serde_json::Value {
-        json!({
+        let mut event = json!({
             "rpc": calls.map(|c| self.shown_json(c.recorded())),
             "request": received.number,
             "started_at": received.at,
@@ -438,10 +474,16 @@ impl Exchange {
             "rule": decision.rule(),
             "reason": decision.reason().map(|r| self.shown(r)),
             "credential": self.credential.is_some(),
-        })
+        });
+        if reading.websocket == Some(WebSocket::ExtendedConnect) {
+            // Sent as a CONNECT with :protocol, decided and forwarded as the GET above.
+            event["extended_connect"] = json!(true);
+        }
+        event
     }
 
-    /// Forwards an allowed request and streams the response back.
+    /// Forwards an allowed request and streams the response back; `slot` is the room a
+    /// WebSocket over HTTP/2 took.
     async fn forward(
         &self,
         number: u64,
@@ -449,14 +491,17 @@ impl Exchange {
         parts: http::request::Parts,
         body: Body,
         received: Received,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Response<Body> {
         let mut parts = parts;
-        // The job's side of an upgrade: hyper hands the connection over after the 101.
-        let client_upgrade = if reading.websocket {
+        // The job's side of a WebSocket: hyper hands the connection (HTTP/1.1) or the stream
+        // (HTTP/2) over after the 101 or 200.
+        let client_upgrade = if reading.websocket.is_some() {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {
             None
         };
+        let offered = headers::tokens(&parts.headers, &header::SEC_WEBSOCKET_PROTOCOL);
         let mut headers = parts.headers;
         let trailers_wanted = headers::wants_trailers(&headers);
         headers::strip_hop_by_hop(&mut headers);
@@ -464,11 +509,22 @@ impl Exchange {
             // gRPC servers require it; it says only that the client reads trailers.
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        if reading.websocket {
+        if reading.websocket.is_some() {
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             // The relay reads and writes plain frames: no compression is negotiated.
             headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
+        // Over HTTP/2 the job sent no key: the gateway's own opens the upstream's WebSocket.
+        let key = (reading.websocket == Some(WebSocket::ExtendedConnect)).then(generate_key);
+        if let Some(key) = &key {
+            if let Ok(v) = HeaderValue::from_str(key) {
+                headers.insert(header::SEC_WEBSOCKET_KEY, v);
+            }
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
         }
         headers.remove(header::HOST);
         if let Some(c) = &self.credential {
@@ -516,14 +572,18 @@ impl Exchange {
         };
         let head = parts.method == http::Method::HEAD;
         let mut upstream_request = Request::new(body);
-        *upstream_request.method_mut() = parts.method;
+        *upstream_request.method_mut() = match reading.websocket {
+            // The WebSocket's opening GET (RFC 6455), which the rules decided on.
+            Some(WebSocket::ExtendedConnect) => http::Method::GET,
+            _ => parts.method,
+        };
         *upstream_request.uri_mut() = uri;
         *upstream_request.version_mut() = Version::HTTP_11;
         if let Ok(host) = HeaderValue::from_str(&reading.authority) {
             headers.insert(header::HOST, host);
         }
         *upstream_request.headers_mut() = headers;
-        let sent = if reading.websocket {
+        let sent = if reading.websocket.is_some() {
             self.upstream.send_upgrade(upstream_request).await
         } else {
             self.upstream.send(upstream_request).await
@@ -546,19 +606,44 @@ impl Exchange {
                 );
             }
         };
-        if reading.websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return self.switch(number, response, client_upgrade, received);
+        if let Some(websocket) = reading.websocket
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let handshake = Handshake {
+                websocket,
+                key,
+                offered,
+                client_upgrade,
+                slot,
+            };
+            return self.switch(number, response, handshake, received);
+        }
+        if reading.websocket == Some(WebSocket::ExtendedConnect) && response.status().is_success() {
+            // A 2xx to the job's CONNECT would open a WebSocket the upstream never opened.
+            let (parts, _) = response.into_parts();
+            return self.refuse_upstream(
+                number,
+                &parts,
+                "Upstream did not open the WebSocket",
+                &format!(
+                    "the upstream answered {} instead of opening the WebSocket",
+                    parts.status
+                ),
+                &received,
+            );
         }
         self.respond(number, head, response, received).await
     }
 
-    /// The upstream accepted a WebSocket: the job gets the 101 (the headers that complete the
-    /// handshake, checked) and both connections go to a relay of the session.
+    /// The upstream accepted a WebSocket: the job gets the 101 (HTTP/1.1: the headers that
+    /// complete the handshake, checked) or the 200 (HTTP/2, once the upstream's answer to the
+    /// gateway's key is checked), and both connections go to a relay of the session. The
+    /// subprotocol the job is told is the one the upstream chose, one of those the job offered.
     fn switch(
         &self,
         number: u64,
         mut response: Response<Incoming>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        handshake: Handshake,
         received: Received,
     ) -> Response<Body> {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -569,9 +654,11 @@ impl Exchange {
             .masking
             .as_ref()
             .map(|rules| headers::mask(&mut parts.headers, rules));
-        let refuse = |reason: &str| self.refuse_response(number, &parts, reason, &received);
-        let Some(client_upgrade) = client_upgrade else {
-            return refuse("the job's connection cannot be upgraded (HTTP/2)");
+        let refuse = |reason: &str| {
+            self.refuse_upstream(number, &parts, "WebSocket not opened", reason, &received)
+        };
+        let Some(client_upgrade) = handshake.client_upgrade else {
+            return refuse("the job's connection cannot be upgraded");
         };
         if parts.headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
             return refuse(
@@ -582,22 +669,40 @@ impl Exchange {
         if !upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
             return refuse("the upstream switched to another protocol than websocket");
         }
-        let mut out = Response::new(body::empty());
-        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = out.headers_mut();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        for name in [header::SEC_WEBSOCKET_ACCEPT, header::SEC_WEBSOCKET_PROTOCOL] {
-            if let Some(v) = parts.headers.get(&name) {
-                headers.insert(name, v.clone());
-            }
+        if let Some(key) = &handshake.key
+            && !websocket::accept_answers(key, parts.headers.get(header::SEC_WEBSOCKET_ACCEPT))
+        {
+            return refuse("the upstream's Sec-WebSocket-Accept does not answer the gateway's key");
         }
+        let chosen = headers::tokens(&parts.headers, &header::SEC_WEBSOCKET_PROTOCOL);
+        if !websocket::subprotocol_was_offered(&handshake.offered, &chosen) {
+            return refuse("the upstream chose a WebSocket subprotocol the job did not offer");
+        }
+        let mut out = Response::new(body::empty());
+        let headers = out.headers_mut();
+        let status = match handshake.websocket {
+            WebSocket::Upgrade => {
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(v) = parts.headers.get(header::SEC_WEBSOCKET_ACCEPT) {
+                    headers.insert(header::SEC_WEBSOCKET_ACCEPT, v.clone());
+                }
+                StatusCode::SWITCHING_PROTOCOLS
+            }
+            // RFC 8441 §5: a 2xx opens the stream's WebSocket, no key is answered.
+            WebSocket::ExtendedConnect => StatusCode::OK,
+        };
+        if let Some(v) = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v.clone());
+        }
+        *out.status_mut() = status;
         self.store.note_event(
             self.session_id,
             EventKind::HttpResponse,
             json!({
                 "request": number,
-                "status": 101,
+                "status": status.as_u16(),
+                "upstream_status": 101,
                 "headers": headers::recorded(&parts.headers, None, None),
                 "echoes_redacted": echoes,
                 "masked": masked,
@@ -615,6 +720,7 @@ impl Exchange {
             counters: self.counters.clone(),
             shutdown: self.shutdown.clone(),
             masking: self.masking.clone(),
+            _slot: handshake.slot,
         };
         self.relays
             .spawn(relay.run(client_upgrade, upstream_upgrade));
@@ -789,6 +895,18 @@ impl Exchange {
         reason: &str,
         received: &Received,
     ) -> Response<Body> {
+        self.refuse_upstream(number, parts, "Response cannot be masked", reason, received)
+    }
+
+    /// An upstream response the job does not get: a 502 instead, and the recording says why.
+    fn refuse_upstream(
+        &self,
+        number: u64,
+        parts: &http::response::Parts,
+        title: &str,
+        reason: &str,
+        received: &Received,
+    ) -> Response<Body> {
         tracing::info!(
             session = self.session_id,
             request = number,
@@ -809,13 +927,7 @@ impl Exchange {
                 "duration_ms": millis_since(received.instant),
             }),
         );
-        self.answer(
-            number,
-            StatusCode::BAD_GATEWAY,
-            "Response cannot be masked",
-            reason,
-            json!({}),
-        )
+        self.answer(number, StatusCode::BAD_GATEWAY, title, reason, json!({}))
     }
 
     /// A refusal before policy: recorded, answered with a problem document.
@@ -878,6 +990,17 @@ impl Exchange {
         }
         problem::response(status, title, &self.shown(detail), extra)
     }
+}
+
+/// What opening a WebSocket toward the job needs once the upstream switched protocols.
+struct Handshake {
+    websocket: WebSocket,
+    /// The gateway's own `Sec-WebSocket-Key` (HTTP/2: the job sent none).
+    key: Option<String>,
+    /// The subprotocols the job offered.
+    offered: Vec<String>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 /// The JSON-RPC messages of a POST body, for rules about them: the whole body, unencoded.

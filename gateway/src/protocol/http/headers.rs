@@ -38,6 +38,21 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The comma-separated tokens of every `name` header, trimmed (`Sec-WebSocket-Protocol`).
+pub(super) fn tokens(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+    let mut out = Vec::new();
+    for value in headers.get_all(name) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        out.extend(
+            text.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+        );
+    }
+    out
+}
+
 /// Whether the client said it reads trailers (`TE: trailers`, the one TE value HTTP/2 allows,
 /// which gRPC requires end to end).
 pub(super) fn wants_trailers(headers: &HeaderMap) -> bool {
@@ -196,6 +211,19 @@ mod tests {
         assert_eq!(v["referer"], "https://a.test/?ssn=%5Bmasked%3Aus_ssn%5D");
         assert_eq!(v["authorization"], "[redacted: 24 bytes]");
         assert_eq!(v["accept"], "*/*");
+    }
+
+    #[test]
+    fn tokens_are_read_across_headers_and_commas() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "sec-websocket-protocol",
+            "chat.v1, chat.v2".parse().unwrap(),
+        );
+        h.append("sec-websocket-protocol", " ,x".parse().unwrap());
+        let name = header::SEC_WEBSOCKET_PROTOCOL;
+        assert_eq!(tokens(&h, &name), ["chat.v1", "chat.v2", "x"]);
+        assert!(tokens(&HeaderMap::new(), &name).is_empty());
     }
 
     #[test]

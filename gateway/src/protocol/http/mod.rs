@@ -13,7 +13,8 @@
 //! (sampling, counting, masking, the end of a response), `credential` (the header the gateway
 //! adds), `echo` (the credential kept out of responses), `upstream` (the gateway's own
 //! connections), `exchange` (one request from decision to response), `problem` (the gateway's own
-//! answers, also as gRPC statuses), `websocket` (messages relayed after an upgrade).
+//! answers, also as gRPC statuses), `websocket` (messages relayed after an upgrade, or after an
+//! HTTP/2 extended CONNECT).
 
 mod body;
 mod credential;
@@ -165,6 +166,8 @@ pub async fn serve(client: TcpStream, upstream: TcpStream, s: Session<'_>) -> Se
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
+        // WebSockets over HTTP/2 (RFC 8441), relayed as HTTP/1.1 upgrades toward the upstream.
+        .enable_connect_protocol()
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(100));

@@ -58,8 +58,18 @@ pub struct Reading {
     pub path_and_query: String,
     /// Decoded parameters: split at `&`, and also at `;` when there is one (servers differ).
     pub query: Vec<(String, String)>,
-    /// An HTTP/1.1 WebSocket upgrade.
-    pub websocket: bool,
+    /// How the request asks for a WebSocket, if it does.
+    pub websocket: Option<WebSocket>,
+}
+
+/// The two ways a job opens a WebSocket; both are the same GET to policy and to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebSocket {
+    /// HTTP/1.1: a GET with `Upgrade: websocket` (RFC 6455), answered with 101.
+    Upgrade,
+    /// HTTP/2: a CONNECT with `:protocol = websocket` (RFC 8441), answered with 200; read as the
+    /// GET the upstream gets, so that one rule covers a WebSocket on either version.
+    ExtendedConnect,
 }
 
 /// Headers with which a client asks frameworks to act on another method than the request line's.
@@ -70,13 +80,20 @@ const METHOD_OVERRIDES: &[&str] = &[
 ];
 
 /// Reads a request's method, host, path and query; refuses what could be read more than one way.
+/// `protocol` is HTTP/2's `:protocol` (RFC 8441), which only an extended CONNECT carries.
 pub fn read(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    protocol: Option<&str>,
     rules: &HostRules<'_>,
 ) -> Result<Reading, Refusal> {
-    let method_name = method.as_str().to_ascii_uppercase();
+    let mut method_name = method.as_str().to_ascii_uppercase();
+    let extended_connect = extended_connect(&method_name, protocol, headers)?;
+    if extended_connect {
+        // What the upstream gets, and what rules are written for.
+        method_name = "GET".into();
+    }
     match method_name.as_str() {
         "CONNECT" => {
             return Err(Refusal {
@@ -103,7 +120,11 @@ pub fn read(
             )));
         }
     }
-    let websocket = upgrade(method, headers)?;
+    let websocket = if extended_connect {
+        Some(WebSocket::ExtendedConnect)
+    } else {
+        upgrade(method, headers)?.then_some(WebSocket::Upgrade)
+    };
     if headers.contains_key("http2-settings") {
         return Err(Refusal::bad("HTTP2-Settings without a supported upgrade"));
     }
@@ -144,6 +165,53 @@ pub fn read(
         query,
         websocket,
     })
+}
+
+/// Whether the request is a WebSocket's extended CONNECT (RFC 8441): a CONNECT whose `:protocol`
+/// is `websocket`, with `Sec-WebSocket-Version: 13` and none of HTTP/1.1's handshake (the gateway
+/// makes its own toward the upstream: a key the job chose is never answered). Any other
+/// `:protocol` is refused, as is a `:protocol` on another method.
+fn extended_connect(
+    method: &str,
+    protocol: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<bool, Refusal> {
+    let Some(protocol) = protocol else {
+        return Ok(false);
+    };
+    if method != "CONNECT" {
+        return Err(Refusal::bad(format!(
+            ":protocol on a {method}: only an extended CONNECT carries it (RFC 8441)"
+        )));
+    }
+    if !protocol.eq_ignore_ascii_case("websocket") {
+        return Err(Refusal {
+            status: StatusCode::NOT_IMPLEMENTED,
+            title: "Protocol not relayed",
+            detail: format!(
+                ":protocol {protocol:?}: only websocket is relayed through the gateway"
+            ),
+        });
+    }
+    for (name, shown) in [
+        (header::CONNECTION, "Connection"),
+        (header::UPGRADE, "Upgrade"),
+        (header::SEC_WEBSOCKET_KEY, "Sec-WebSocket-Key"),
+        (header::SEC_WEBSOCKET_ACCEPT, "Sec-WebSocket-Accept"),
+    ] {
+        if headers.contains_key(name) {
+            return Err(Refusal::bad(format!(
+                "{shown} is part of HTTP/1.1's WebSocket handshake; a WebSocket over HTTP/2 has none"
+            )));
+        }
+    }
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    if !matches!((versions.next(), versions.next()), (Some(v), None) if v == "13") {
+        return Err(Refusal::bad(
+            "a WebSocket over HTTP/2 has one Sec-WebSocket-Version: 13",
+        ));
+    }
+    Ok(true)
 }
 
 /// Whether the request asks for a WebSocket (HTTP/1.1 `Upgrade: websocket`, on a GET with
@@ -423,6 +491,7 @@ mod tests {
             &Method::from_bytes(method.as_bytes()).unwrap(),
             &target.parse().unwrap(),
             &map,
+            None,
             &rules(),
         )
     }
@@ -522,7 +591,7 @@ mod tests {
         };
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "b.example".parse().unwrap());
-        let e = read(&Method::GET, &"/".parse().unwrap(), &headers, &rules).unwrap_err();
+        let e = read(&Method::GET, &"/".parse().unwrap(), &headers, None, &rules).unwrap_err();
         assert_eq!(e.status, StatusCode::MISDIRECTED_REQUEST);
     }
 
@@ -536,8 +605,11 @@ mod tests {
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ("sec-websocket-version", "13"),
         ];
-        assert!(req("GET", "/ws", &ws).unwrap().websocket);
-        assert!(!get("/ws").unwrap().websocket);
+        assert_eq!(
+            req("GET", "/ws", &ws).unwrap().websocket,
+            Some(WebSocket::Upgrade)
+        );
+        assert_eq!(get("/ws").unwrap().websocket, None);
         let without = |name: &str| -> Vec<(&str, &str)> {
             ws.iter().copied().filter(|(k, _)| *k != name).collect()
         };
@@ -560,6 +632,84 @@ mod tests {
         ] {
             let e = req(method, "/ws", &headers).expect_err(method);
             assert_eq!(e.status.as_u16(), status, "{method} {headers:?}");
+        }
+    }
+
+    fn extended(
+        method: &str,
+        protocol: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reading, Refusal> {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        read(
+            &Method::from_bytes(method.as_bytes()).unwrap(),
+            &"https://api.example/ws?x=1".parse().unwrap(),
+            &map,
+            Some(protocol),
+            &rules(),
+        )
+    }
+
+    #[test]
+    fn an_extended_connect_reads_as_the_get_of_its_websocket() {
+        let version = ("sec-websocket-version", "13");
+        let r = extended("CONNECT", "websocket", &[version]).unwrap();
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.websocket, Some(WebSocket::ExtendedConnect));
+        assert_eq!(
+            (r.host.as_str(), r.path_and_query.as_str()),
+            ("api.example", "/ws?x=1")
+        );
+        for (method, protocol, headers, status) in [
+            ("GET", "websocket", vec![version], 400),
+            ("CONNECT", "connect-udp", vec![version], 501),
+            ("CONNECT", "websocket", vec![], 400),
+            (
+                "CONNECT",
+                "websocket",
+                vec![("sec-websocket-version", "8")],
+                400,
+            ),
+            ("CONNECT", "websocket", vec![version, version], 400),
+            (
+                "CONNECT",
+                "websocket",
+                vec![version, ("sec-websocket-key", "x")],
+                400,
+            ),
+            (
+                "CONNECT",
+                "websocket",
+                vec![version, ("sec-websocket-accept", "x")],
+                400,
+            ),
+            (
+                "CONNECT",
+                "websocket",
+                vec![version, ("upgrade", "websocket")],
+                400,
+            ),
+            (
+                "CONNECT",
+                "websocket",
+                vec![version, ("connection", "upgrade")],
+                400,
+            ),
+            (
+                "CONNECT",
+                "websocket",
+                vec![version, ("host", "other.example")],
+                400,
+            ),
+        ] {
+            let e = extended(method, protocol, &headers).expect_err(method);
+            assert_eq!(e.status.as_u16(), status, "{method} {protocol} {headers:?}");
         }
     }
 

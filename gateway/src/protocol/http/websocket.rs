@@ -1,4 +1,5 @@
-//! WebSocket after an allowed upgrade: both connections are handed over by hyper after the 101,
+//! WebSocket after an allowed upgrade: both connections are handed over by hyper after the 101
+//! (toward the job over HTTP/2: its stream, after the 200 to its extended CONNECT, RFC 8441),
 //! and each side gets its own WebSocket endpoint (tungstenite: the gateway is the server toward
 //! the job and the client toward the upstream). Messages are read whole, bounded, counted and
 //! sampled, and sent again with the gateway's own framing, so a frame the gateway could not parse
@@ -114,6 +115,9 @@ pub(super) struct Relay {
     pub(super) shutdown: CancellationToken,
     /// The target's masking, `None` when none applies.
     pub(super) masking: Option<Arc<BodyRules>>,
+    /// The room a WebSocket over HTTP/2 holds on its connection, held (never read) until the
+    /// relay ends.
+    pub(super) _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 fn config() -> WebSocketConfig {
@@ -267,6 +271,24 @@ impl Relay {
     }
 }
 
+/// Whether the upstream's `Sec-WebSocket-Accept` answers the key the gateway sent (RFC 6455
+/// §4.2.2): a server that did not read the key opened no WebSocket the gateway asked for.
+pub(super) fn accept_answers(key: &str, accept: Option<&http::HeaderValue>) -> bool {
+    accept.is_some_and(|a| {
+        a.as_bytes() == tungstenite::handshake::derive_accept_key(key.as_bytes()).as_bytes()
+    })
+}
+
+/// Whether the subprotocols of the upstream's 101 (`Sec-WebSocket-Protocol`, read as tokens) are
+/// what the job may be told: none, or one of those it offered.
+pub(super) fn subprotocol_was_offered(offered: &[String], chosen: &[String]) -> bool {
+    match chosen {
+        [] => true,
+        [one] => offered.contains(one),
+        _ => false,
+    }
+}
+
 /// Sends a data message on; a close ends the relay once the other side has it. Pings and pongs
 /// stay on their side (tungstenite answers pings itself).
 async fn pass(message: Message, to: &mut Socket, from: &str) -> Option<String> {
@@ -347,6 +369,36 @@ mod tests {
         d.count(&Message::text("ö"), 1, None);
         d.count(&Message::text("x"), 1, None);
         assert_eq!(d.text_sample, [""]);
+    }
+
+    #[test]
+    fn only_the_answer_to_the_gateways_key_is_accepted() {
+        // The example of RFC 6455 §1.3.
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let answer = http::HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(accept_answers(key, Some(&answer)));
+        assert!(!accept_answers("AAAAAAAAAAAAAAAAAAAAAA==", Some(&answer)));
+        assert!(!accept_answers(key, None));
+        assert!(!accept_answers(
+            key,
+            Some(&http::HeaderValue::from_static(
+                "s3pPLMBiTxaQ9kYGzzhZRbK+xOo"
+            ))
+        ));
+    }
+
+    #[test]
+    fn the_job_is_told_only_a_subprotocol_it_offered() {
+        let offered = ["chat.v1".to_string(), "chat.v2".to_string()];
+        let one = |s: &str| vec![s.to_string()];
+        assert!(subprotocol_was_offered(&offered, &[]));
+        assert!(subprotocol_was_offered(&offered, &one("chat.v2")));
+        assert!(!subprotocol_was_offered(&offered, &one("admin")));
+        assert!(!subprotocol_was_offered(&[], &one("chat.v1")));
+        assert!(!subprotocol_was_offered(
+            &offered,
+            &[offered[0].clone(), offered[1].clone()]
+        ));
     }
 
     #[test]
