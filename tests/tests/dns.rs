@@ -550,18 +550,7 @@ fn a_job_in_its_own_network_namespace_follows_dns_through_a_forwarder_there() ->
     assert_eq!(v["rounds"][0]["ok"], true, "{v}\n{}", s.daemon.log());
     assert_eq!(v["rounds"][0]["addresses"], serde_json::json!([b]), "{v}");
     assert_eq!(v["rounds"][0]["connects"][0]["ok"], true, "{v}");
-    let out = s.dns.output();
-    assert!(out.contains("query api.test A udp"), "{out}");
-    assert!(out.contains("query api.test A tcp"), "{out}");
-
-    let dns = sessions(&s, "dns")?;
-    let allowed: Vec<&Value> = dns.iter().filter(|x| x["decision"] == "allow").collect();
-    assert_eq!(allowed.len(), 3, "one record per query: {dns:?}");
-    for d in &allowed {
-        assert!(d["job_id"].is_string(), "attributed to the job: {d}");
-        assert_eq!(d["target"], "api", "{d}");
-        assert_eq!(d["destination"], s.resolver().as_str(), "{d}");
-    }
+    api_asked_over_udp_and_tcp(&s, &s.resolver())?;
     let tcp = sessions(&s, "tcp")?;
     assert_eq!(
         tcp.iter().filter(|x| x["decision"] == "allow").count(),
@@ -769,22 +758,33 @@ fn a_job_in_a_namespace_it_controls_is_answered_by_the_daemons_resolver_not_its_
         "{tcp}"
     );
     assert_eq!(tcp["rounds"][0]["connects"][0]["ok"], true, "{tcp}");
-    let real = s.dns.output();
-    assert!(real.contains("query api.test A udp"), "{real}");
-    assert!(real.contains("query api.test A tcp"), "{real}");
-
-    let dns = sessions(&s, "dns")?;
-    let allowed: Vec<&Value> = dns.iter().filter(|x| x["decision"] == "allow").collect();
-    assert_eq!(allowed.len(), 3, "one record per query: {dns:?}");
-    for d in &allowed {
-        assert!(d["job_id"].is_string(), "attributed to the job: {d}");
-        assert_eq!(d["target"], "api", "{d}");
-        assert_eq!(d["destination"], resolver.as_str(), "{d}");
-        let detail = dns_detail(&s, d)?;
+    for d in api_asked_over_udp_and_tcp(&s, &resolver)? {
+        let detail = dns_detail(&s, &d)?;
         assert_eq!(detail["asked"], resolver.as_str(), "{detail}");
         assert_eq!(detail["asked_from"], "daemon", "{detail}");
     }
     Ok(())
+}
+
+/// The real resolver was asked `api.test` over UDP and over TCP, and the three queries of the
+/// job's rounds are recorded allowed, each attributed to the job, for `api`, at `resolver`.
+fn api_asked_over_udp_and_tcp(s: &Setup, resolver: &str) -> Result<Vec<Value>> {
+    let out = s.dns.output();
+    assert!(out.contains("query api.test A udp"), "{out}");
+    assert!(out.contains("query api.test A tcp"), "{out}");
+    let dns = sessions(s, "dns")?;
+    let allowed: Vec<Value> = dns
+        .iter()
+        .filter(|x| x["decision"] == "allow")
+        .cloned()
+        .collect();
+    assert_eq!(allowed.len(), 3, "one record per query: {dns:?}");
+    for d in &allowed {
+        assert!(d["job_id"].is_string(), "attributed to the job: {d}");
+        assert_eq!(d["target"], "api", "{d}");
+        assert_eq!(d["destination"], resolver, "{d}");
+    }
+    Ok(allowed)
 }
 
 /// In a namespace of another user namespace, someone other than the job (a process of the
