@@ -59,6 +59,9 @@ pub async fn read_loop(ring: RingBuf<MapData>, reader: Reader, services: Arc<Ser
             return;
         }
     };
+    // The previous daemon kept each record before taking it out of the ring; killed in between,
+    // it left that record both as the spool's last and as the ring's first. Read once.
+    let mut in_both = left_by_previous.last().copied();
     let (unstored, to_store) = tokio::sync::mpsc::channel(UNSTORED_EVENTS);
     let storing = tokio::spawn(store_loop(
         to_store,
@@ -88,6 +91,9 @@ pub async fn read_loop(ring: RingBuf<MapData>, reader: Reader, services: Arc<Ser
         let mut batch = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
             if let Some(event) = event_from(&item) {
+                if in_both.take().is_some_and(|kept| kept == event) {
+                    continue;
+                }
                 if event.kind != EVENT_NETNS {
                     // Kept before the item goes (which frees its room in the ring buffer).
                     spool.keep(&item);

@@ -10,6 +10,8 @@
 //! stored), then whole [`Event`]s as the kernel wrote them. It is emptied whenever everything in
 //! it is stored, so it holds at most what the storing task is behind by.
 //!
+//! A daemon killed after it kept a record and before it took it out of the ring leaves that
+//! record in both: the next daemon skips the ring's first record when it is the spool's last.
 //! What the storing task stored but had not marked yet when the daemon died (at most one batch)
 //! is stored again: kernel-path sessions are known by their socket cookie and kept once; a
 //! refusal among them may be recorded twice. Duplicates rather than losses.
