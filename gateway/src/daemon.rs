@@ -356,7 +356,6 @@ pub async fn serve(config: Config, ebpf_object: &[u8]) -> Result<(), DaemonError
             job_tls: job_tls.clone(),
             upstream_connect_timeout: server.upstream_connect_timeout,
             shutdown: shutdown.clone(),
-            masking: config.masking.clone().into(),
             body_rules: crate::mask::body::BodyRules::per_target(
                 &config.masking,
                 config.targets.iter().map(|t| t.name.as_str()),

@@ -12,6 +12,15 @@ use gateway_e2e::{
 };
 use serde_json::Value;
 
+/// The rule most tests run with: every job may connect to both targets.
+const JOBS_MAY_USE_THE_API: &str = r#"
+[[rules]]
+name = "jobs-may-use-the-api"
+action = "allow"
+targets = ["api", "cdn"]
+unauthenticated = true
+"#;
+
 /// A "remote host" with a DNS server (e2e-dns) on its port 53 and an echo server on port 7000
 /// of three more addresses; the daemon follows DNS with that server as the only resolver, and
 /// its targets are `api.test:7000` and `*.cdn.test:7000`.
@@ -37,17 +46,7 @@ impl Setup {
     /// Docker's embedded resolver does: an address that means something else on the host)
     /// instead of on the remote host.
     fn with_resolver_in(job_ns: Option<&JobNetns>) -> Result<Setup> {
-        Setup::with_config(
-            job_ns,
-            "",
-            r#"
-[[rules]]
-name = "jobs-may-use-the-api"
-action = "allow"
-targets = ["api", "cdn"]
-unauthenticated = true
-"#,
-        )
+        Setup::with_config(job_ns, "", JOBS_MAY_USE_THE_API)
     }
 
     /// `server`: more `[server]` keys (`@C@` stands for the third echo address); `rules`: the
@@ -277,13 +276,8 @@ fn a_name_asked_is_recorded_masked() -> Result<()> {
     let s = Setup::with_config(
         None,
         "",
-        r#"
-[[rules]]
-name = "jobs-may-use-the-api"
-action = "allow"
-targets = ["api", "cdn"]
-unauthenticated = true
-
+        &format!(
+            r#"{JOBS_MAY_USE_THE_API}
 [[targets]]
 name = "web"
 protocol = "http"
@@ -295,7 +289,8 @@ tls = "none"
 name = "pii"
 targets = ["web"]
 detectors = ["us_ssn"]
-"#,
+"#
+        ),
     )?;
     let v = s.daemon.probe_in_job(&[
         "dns-follow",

@@ -51,7 +51,7 @@ use crate::{
     approval::Approvals,
     config::{HostSpec, HttpTls, Target},
     identity::Identity,
-    mask::{MaskingRule, body::BodyRules},
+    mask::body::BodyRules,
     policy::Policy,
     protocol::upstream_tls,
     record::{EventKind, ProcessInfo, SessionEnd, Store},
@@ -76,8 +76,6 @@ pub struct Services {
     pub job_tls: Option<Arc<JobTls>>,
     pub upstream_connect_timeout: Duration,
     pub shutdown: CancellationToken,
-    /// `[[masking]]` rules of every target.
-    pub masking: Arc<[MaskingRule]>,
     /// The body masking of each target that has any, compiled at start.
     pub body_rules: HashMap<String, Arc<BodyRules>>,
     /// Verifying client configurations, per target and ALPN offer (the CA file is read once).
