@@ -16,6 +16,7 @@ pub mod docker_engine;
 pub mod dockerapi;
 pub mod ebpf;
 pub mod glob;
+pub mod hex;
 pub mod identity;
 pub mod intercept;
 pub mod jobs;

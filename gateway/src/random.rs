@@ -31,10 +31,7 @@ pub fn token() -> Result<String, RandomError> {
 }
 
 fn id_from<const N: usize>(prefix: &str, source: Source) -> Result<String, RandomError> {
-    let hex: String = bytes_from::<N>(source)?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = crate::hex::lower(&bytes_from::<N>(source)?);
     Ok(format!("{prefix}-{hex}"))
 }
 

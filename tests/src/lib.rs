@@ -108,6 +108,10 @@ pub fn ws2_bin() -> PathBuf {
     target_dir().join("e2e-ws2")
 }
 
+pub fn relay_bin() -> PathBuf {
+    target_dir().join("e2e-relay")
+}
+
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     Ok(out)

@@ -9,9 +9,9 @@ use std::{fs, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use gateway_e2e::{
-    Daemon, DaemonConfig, Netns, TempDir, gateway_bin,
+    Daemon, DaemonConfig, Netns, Process, TempDir, free_port, gateway_bin,
     http::{HOST, Nginx},
-    unique_id,
+    relay_bin, unique_id, wait_until,
 };
 
 use super::{Measured, ROUNDS, median, row};
@@ -30,6 +30,8 @@ enum Route {
     Direct,
     Haproxy,
     Gateway,
+    /// The gateway's stack (tokio, rustls, hyper) relaying with nothing on top (`e2e-relay`).
+    Floor,
     /// Another build of the gateway (`BENCH_GATEWAY_BASELINE`), for comparing a change in one run.
     Baseline,
 }
@@ -40,6 +42,7 @@ impl Route {
             Route::Direct => "direct",
             Route::Haproxy => "haproxy (http mode)",
             Route::Gateway => "gateway (all on)",
+            Route::Floor => "stack floor (relay)",
             Route::Baseline => "baseline gateway (all on)",
         }
     }
@@ -79,6 +82,30 @@ pub(super) fn run() -> Result<()> {
             ca = nginx.ca.display(),
         )
     })?;
+
+    // The floor: the same stack as the gateway relaying with nothing on top, with haproxy's
+    // certificate.
+    let floor_port = free_port();
+    let floor = Process::spawn(
+        "e2e-relay",
+        Command::new(relay_bin()).args([
+            format!("127.0.0.1:{floor_port}"),
+            cert.display().to_string(),
+            key.display().to_string(),
+            upstream.clone(),
+            nginx.ca.display().to_string(),
+            HOST.to_string(),
+        ]),
+        dir.path().join("relay.log"),
+    )?;
+    super::pin_proxy(floor.pid())?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", floor_port)).is_ok()
+        }),
+        "e2e-relay did not start: {}",
+        fs::read_to_string(dir.path().join("relay.log")).unwrap_or_default()
+    );
 
     let token_file = dir.path().join("token");
     fs::write(&token_file, "bench-token\n")?;
@@ -161,6 +188,7 @@ unauthenticated = true
     let h2load = |path: Route, args: &[&str]| -> Result<String> {
         let connect_to = match path {
             Route::Haproxy => format!("--connect-to=127.0.0.1:{haproxy_port}"),
+            Route::Floor => format!("--connect-to=127.0.0.1:{floor_port}"),
             _ => format!("--connect-to={upstream}"),
         };
         let through = match path {
@@ -189,7 +217,7 @@ unauthenticated = true
         Ok(text)
     };
 
-    let paths = [Route::Direct, Route::Haproxy, Route::Gateway];
+    let paths = [Route::Direct, Route::Haproxy, Route::Gateway, Route::Floor];
     for p in paths
         .into_iter()
         .chain(baseline.as_ref().map(|_| Route::Baseline))
@@ -202,7 +230,7 @@ unauthenticated = true
             .to_str()
             .and_then(|n| n.parse().ok())
             .context("BENCH_HTTP_CPU: a number of requests")?;
-        let mut routes = vec![(Route::Haproxy, haproxy.pid())];
+        let mut routes = vec![(Route::Haproxy, haproxy.pid()), (Route::Floor, floor.pid())];
         routes.extend(baseline.as_ref().map(|b| (Route::Baseline, b.pid())));
         routes.push((Route::Gateway, daemon.pid()));
         return cpu_per_request(&h2load, &routes, n);
@@ -266,6 +294,13 @@ unauthenticated = true
         h2[2] / h2[1]
     );
     println!(
+        "the stack's floor (relay, nothing on top) → HTTP/1.1 {:.2}×, HTTP/2 {:.2}× haproxy; the gateway does {:.2}× and {:.2}× of the floor's requests/s",
+        h1[3] / h1[1],
+        h2[3] / h2[1],
+        h1[2] / h1[3],
+        h2[2] / h2[3]
+    );
+    println!(
         "target: added p50 ≤ 200 µs → gateway +{:.0} µs over direct (haproxy +{:.0} µs)",
         p50[2] - p50[0],
         p50[1] - p50[0]
@@ -299,7 +334,8 @@ unauthenticated = true
 /// BENCH_HTTP_CPU=N: CPU time per request of haproxy and of the gateway, over N requests
 /// (HTTP/1.1, 8 connections; HTTP/2, 4 connections of 8 streams). CPU per request hardly moves
 /// with the machine's load (requests per second do), so it shows what a change costs or saves.
-/// With BENCH_PERF_DIR, the gateway's first round of each is sampled with `perf record -g`.
+/// With BENCH_PERF_DIR, the first round of each is sampled with `perf record -g`, for the gateway
+/// and for the floor.
 fn cpu_per_request(
     h2load: &dyn Fn(Route, &[&str]) -> Result<String>,
     routes: &[(Route, u32)],
@@ -314,8 +350,14 @@ fn cpu_per_request(
     for round in 0..ROUNDS {
         for (l, (name, args)) in loads.iter().enumerate() {
             for (r, (route, pid)) in routes.iter().enumerate() {
-                let perf = (round == 0 && *route == Route::Gateway)
-                    .then(|| super::profile(*pid, &format!("http-cpu-{name}"), None))
+                let profiled = match route {
+                    Route::Gateway => Some(format!("http-cpu-{name}")),
+                    Route::Floor => Some(format!("http-cpu-{name}-floor")),
+                    _ => None,
+                };
+                let perf = profiled
+                    .filter(|_| round == 0)
+                    .map(|file| super::profile(*pid, &file, None))
                     .transpose()?
                     .flatten();
                 if perf.is_some() {
@@ -338,7 +380,17 @@ fn cpu_per_request(
     );
     for (l, (name, _)) in loads.iter().enumerate() {
         let measured: Vec<Measured> = per[l].iter().cloned().map(Measured::of).collect();
-        let (haproxy, gateway) = (&measured[0], &measured[measured.len() - 1]);
+        let of = |route: Route| {
+            routes
+                .iter()
+                .position(|(r, _)| *r == route)
+                .map(|i| measured[i].median)
+        };
+        let (haproxy, gateway, floor) = (
+            of(Route::Haproxy).context("haproxy")?,
+            of(Route::Gateway).context("gateway")?,
+            of(Route::Floor).context("floor")?,
+        );
         let shown: Vec<String> = routes
             .iter()
             .zip(&measured)
@@ -347,12 +399,17 @@ fn cpu_per_request(
         println!(
             "{name}: {}; the gateway uses {:.2}× haproxy's CPU per request",
             shown.join("; "),
-            gateway.median / haproxy.median
+            gateway / haproxy
         );
-        if routes.len() > 2 {
+        println!(
+            "{name}: the stack's floor uses {:.2}× haproxy's CPU per request; the gateway {:.2}× the floor's",
+            floor / haproxy,
+            gateway / floor
+        );
+        if let Some(baseline) = of(Route::Baseline) {
             println!(
                 "{name}: the gateway uses {:.2}× the baseline's CPU per request",
-                gateway.median / measured[1].median
+                gateway / baseline
             );
         }
     }

@@ -70,7 +70,7 @@ pub(crate) fn json_of(cmd: &mut Command) -> Result<Value> {
     serde_json::from_str(text.trim()).with_context(|| format!("{cmd:?} printed {text:?}"))
 }
 
-/// With BENCH_PERF_DIR set, samples `pid` with `perf record -g` into `<dir>/<name>.data`, for
+/// With BENCH_PERF_DIR set, samples `pid` with `perf record -g` (or BENCH_PERF_CALLGRAPH) into `<dir>/<name>.data`, for
 /// `seconds` or, with `None`, until [`stop_profile`] (profiling runs only: sampling costs the
 /// gateway some throughput).
 pub(crate) fn profile(
@@ -82,18 +82,16 @@ pub(crate) fn profile(
         return Ok(None);
     };
     let out = std::path::Path::new(&dir).join(format!("{name}.data"));
+    // BENCH_PERF_CALLGRAPH=dwarf: call graphs through the Rust code too (release builds keep no
+    // frame pointers), at a lower rate since each sample copies the stack.
+    let call_graph = std::env::var("BENCH_PERF_CALLGRAPH").ok();
     let mut perf = Command::new("perf");
-    perf.args([
-        "record",
-        "-F",
-        "999",
-        "-g",
-        "-q",
-        "-p",
-        &pid.to_string(),
-        "-o",
-    ])
-    .arg(&out);
+    perf.arg("record");
+    match &call_graph {
+        Some(mode) => perf.args(["-F", "199", "--call-graph", mode]),
+        None => perf.args(["-F", "999", "-g"]),
+    };
+    perf.args(["-q", "-p", &pid.to_string(), "-o"]).arg(&out);
     if let Some(seconds) = seconds {
         perf.args(["--", "sleep", &seconds.to_string()]);
     }

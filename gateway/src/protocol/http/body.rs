@@ -120,7 +120,7 @@ impl Summary {
         Summary {
             ending: Ending::Complete,
             bytes: 0,
-            sha256: hex(&Sha256::digest(b"")),
+            sha256: crate::hex::lower(&Sha256::digest(b"")),
             echoes_redacted: 0,
             masked: None,
             masking_error: None,
@@ -283,7 +283,7 @@ impl ResponseBody {
             on_end(Summary {
                 ending,
                 bytes: self.bytes,
-                sha256: hex(&hasher.finalize()),
+                sha256: crate::hex::lower(&hasher.finalize()),
                 echoes_redacted: self.filters.echo.as_ref().map_or(0, EchoFilter::redacted)
                     + self.trailer_echoes,
                 masked: self.filters.masker.as_ref().map(BodyMasker::masked),
@@ -324,10 +324,6 @@ impl ResponseBody {
         }
         Poll::Ready(Some(Ok(Frame::data(data))))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl HttpBody for ResponseBody {

@@ -133,11 +133,7 @@ pub(super) fn value(bytes: Option<&[u8]>, binary: bool) -> Value {
     match bytes {
         None => Value::Null,
         Some(b) if binary => {
-            let hex: String = b
-                .iter()
-                .take(MAX_VALUE / 2)
-                .map(|x| format!("{x:02x}"))
-                .collect();
+            let hex = crate::hex::lower(&b[..b.len().min(MAX_VALUE / 2)]);
             Value::String(format!(
                 "\\x{hex}{}",
                 if b.len() > MAX_VALUE / 2 { "…" } else { "" }
