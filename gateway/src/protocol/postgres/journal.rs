@@ -249,3 +249,20 @@ impl<'a> Journal<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{MAX_VALUE, value};
+
+    #[test]
+    fn binary_values_are_recorded_as_capped_hex() {
+        assert_eq!(value(None, true), json!(null));
+        assert_eq!(value(Some(&[0x00, 0xab, 0xff]), true), json!("\\x00abff"));
+        let long = vec![0x5a; MAX_VALUE];
+        let recorded = value(Some(&long), true);
+        let text = recorded.as_str().unwrap();
+        assert_eq!(text, format!("\\x{}…", "5a".repeat(MAX_VALUE / 2)));
+    }
+}
