@@ -4,6 +4,8 @@
 //! Files under /files/ are served as they are (with ranges, and NAME.gz to clients accepting
 //! gzip), under /gzip/ compressed on the fly, under /odd/ labelled with an unknown coding. Git's
 //! smart HTTP (`git http-backend` through fcgiwrap) under /git/, for the fixture's own token only.
+//! Beside nginx, on demand: a WebSocket echo server behind /ws/, a gRPC server, and a WebSocket
+//! server that answers upgrades wrongly on purpose.
 
 use std::{
     fs,

@@ -2600,7 +2600,7 @@ asyncio.run(main())
 "#;
 
 #[test]
-fn websocket_upgrades_a_misbehaving_upstream_answers_wrongly_are_refused_and_relay_nothing()
+fn websocket_upgrades_that_a_misbehaving_upstream_answers_wrongly_are_refused_and_relay_nothing()
 -> Result<()> {
     let s = Setup::with(&misbehaving_target())?;
     let server = s.nginx.misbehaving_websocket(&s.ns)?;
