@@ -52,7 +52,12 @@ pub const MISBEHAVING_WEBSOCKET_PORT: u16 = 9445;
 /// `/ok-without-switching` (200 with a body). Prints each connection's path, each message's size
 /// and each rogue frame it wrote.
 const MISBEHAVING_WEBSOCKET: &str = r#"
-import base64, hashlib, socketserver, ssl, sys
+import base64, hashlib, socketserver, ssl, sys, threading
+lock = threading.Lock()
+def say(*words):
+    # One line at a time: connections are served on threads of their own.
+    with lock:
+        print(*words, flush=True)
 address, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(cert, key)
@@ -92,7 +97,7 @@ class Handler(socketserver.StreamRequestHandler):
                 break
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        print("connection", path, flush=True)
+        say("connection", path)
         nonce = headers.get("sec-websocket-key", "")
         offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
         head = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade"]
@@ -119,7 +124,7 @@ class Handler(socketserver.StreamRequestHandler):
                 opcode, data = self.read_frame()
                 if opcode != 1:
                     break
-                print("message", len(data), flush=True)
+                say("message", len(data))
                 self.wfile.write(text_frame(data))
             self.wfile.write(b"\x88\x00")
             return
@@ -128,7 +133,7 @@ class Handler(socketserver.StreamRequestHandler):
             return
         # The frame follows the answer in the same write: whoever reads the answer has it too.
         self.wfile.write(answer + text_frame(b"rogue-frame " + path.encode()))
-        print("rogue-frame", path, flush=True)
+        say("rogue-frame", path)
         # Held open until the peer goes (bounded by the socket's timeout).
         while self.request.recv(65536):
             pass
@@ -136,9 +141,9 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
     def handle_error(self, request, client_address):
-        print("error", sys.exc_info()[1], flush=True)
+        say("error", sys.exc_info()[1])
 with Server((address, port), Handler) as server:
-    print("ready", flush=True)
+    say("ready")
     server.serve_forever()
 "#;
 
