@@ -4,6 +4,8 @@
 //! Files under /files/ are served as they are (with ranges, and NAME.gz to clients accepting
 //! gzip), under /gzip/ compressed on the fly, under /odd/ labelled with an unknown coding. Git's
 //! smart HTTP (`git http-backend` through fcgiwrap) under /git/, for the fixture's own token only.
+//! Beside nginx, on demand: a WebSocket echo server behind /ws/, a gRPC server, and a WebSocket
+//! server that answers upgrades wrongly on purpose.
 
 use std::{
     fs,
@@ -37,6 +39,112 @@ async def main():
         print("ready", flush=True)
         await asyncio.Future()
 asyncio.run(main())
+"#;
+
+/// Where the misbehaving WebSocket server listens in the namespace (`Nginx::misbehaving_websocket`).
+pub const MISBEHAVING_WEBSOCKET_PORT: u16 = 9445;
+
+/// A WebSocket server (TLS, HTTP/1.1) that answers each upgrade by its path: `/good` opens the
+/// WebSocket correctly (the first subprotocol offered) and echoes text messages; the others
+/// answer wrongly and then write a text frame `rogue-frame PATH` at once, which no job may read:
+/// `/bad-accept` (a `Sec-WebSocket-Accept` for another key), `/unoffered-protocol` (`admin`),
+/// `/two-protocols` (two `Sec-WebSocket-Protocol` headers, each offered) and
+/// `/ok-without-switching` (200 with a body). Prints each connection's path, each message's size
+/// and each rogue frame it wrote.
+const MISBEHAVING_WEBSOCKET: &str = r#"
+import base64, hashlib, socketserver, ssl, sys, threading
+lock = threading.Lock()
+def say(*words):
+    # One line at a time: connections are served on threads of their own.
+    with lock:
+        print(*words, flush=True)
+address, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+context.set_alpn_protocols(["http/1.1"])
+def accept(nonce):
+    guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    return base64.b64encode(hashlib.sha1(nonce.encode() + guid).digest()).decode()
+def text_frame(data):
+    # A server's frame: unmasked; lengths up to 65535.
+    head = bytes([0x81, len(data)]) if len(data) < 126 else bytes([0x81, 126]) + len(data).to_bytes(2, "big")
+    return head + data
+class Handler(socketserver.StreamRequestHandler):
+    def setup(self):
+        self.request.settimeout(30)
+        self.request = context.wrap_socket(self.request, server_side=True)
+        super().setup()
+    def read_frame(self):
+        head = self.rfile.read(2)
+        if len(head) < 2:
+            return None, b""
+        length = head[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(self.rfile.read(2), "big")
+        elif length == 127:
+            length = int.from_bytes(self.rfile.read(8), "big")
+        mask = self.rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+        data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(length)))
+        return head[0] & 0x0F, data
+    def handle(self):
+        request = self.rfile.readline(8192).decode("latin-1").split()
+        if len(request) < 2:
+            return
+        path, headers = request[1], {}
+        while True:
+            line = self.rfile.readline(8192).decode("latin-1").strip()
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        say("connection", path)
+        nonce = headers.get("sec-websocket-key", "")
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        head = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade"]
+        if path == "/good":
+            head.append("Sec-WebSocket-Accept: " + accept(nonce))
+            head += ["Sec-WebSocket-Protocol: " + offered[0]] if offered else []
+        elif path == "/bad-accept":
+            head.append("Sec-WebSocket-Accept: " + accept("not " + nonce))
+        elif path == "/unoffered-protocol":
+            head += ["Sec-WebSocket-Accept: " + accept(nonce), "Sec-WebSocket-Protocol: admin"]
+        elif path == "/two-protocols":
+            head.append("Sec-WebSocket-Accept: " + accept(nonce))
+            head += ["Sec-WebSocket-Protocol: " + p for p in offered[:2]]
+        elif path == "/ok-without-switching":
+            head = ["HTTP/1.1 200 OK", "Content-Type: text/plain", "Content-Length: 16"]
+        else:
+            head = ["HTTP/1.1 404 Not Found", "Content-Length: 0"]
+        answer = ("\r\n".join(head) + "\r\n\r\n").encode()
+        if path == "/ok-without-switching":
+            answer += b"not a websocket\n"
+        if path == "/good":
+            self.wfile.write(answer)
+            while True:
+                opcode, data = self.read_frame()
+                if opcode != 1:
+                    break
+                say("message", len(data))
+                self.wfile.write(text_frame(data))
+            self.wfile.write(b"\x88\x00")
+            return
+        if head[0].startswith("HTTP/1.1 404"):
+            self.wfile.write(answer)
+            return
+        # The frame follows the answer in the same write: whoever reads the answer has it too.
+        self.wfile.write(answer + text_frame(b"rogue-frame " + path.encode()))
+        say("rogue-frame", path)
+        # Held open until the peer goes (bounded by the socket's timeout).
+        while self.request.recv(65536):
+            pass
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    def handle_error(self, request, client_address):
+        say("error", sys.exc_info()[1])
+with Server((address, port), Handler) as server:
+    say("ready")
+    server.serve_forever()
 "#;
 
 /// A gRPC server without generated code (generic handlers, bytes in and out) under TLS:
@@ -239,6 +347,37 @@ http {{
             process.output().contains("ready")
         });
         ensure!(up, "websocket echo did not start: {}", process.output());
+        Ok(process)
+    }
+
+    /// Starts the misbehaving WebSocket server on `MISBEHAVING_WEBSOCKET_PORT`, with a
+    /// certificate of nginx's CA for `HOST`; its output lists what reached it and what it wrote.
+    pub fn misbehaving_websocket(&self, ns: &Netns) -> Result<Process> {
+        let (cert, key) = self.pki.issue(
+            "ws-misbehaving",
+            &format!("DNS:{HOST},IP:{}", self.remote_ip),
+        )?;
+        let script = self.dir.join("ws-misbehaving.py");
+        fs::write(&script, MISBEHAVING_WEBSOCKET)?;
+        let mut cmd = ns.command("/usr/bin/python3");
+        cmd.arg(&script)
+            .arg(self.remote_ip.to_string())
+            .arg(MISBEHAVING_WEBSOCKET_PORT.to_string())
+            .arg(&cert)
+            .arg(&key);
+        let process = Process::spawn(
+            "ws-misbehaving",
+            &mut cmd,
+            self.dir.join("ws-misbehaving.log"),
+        )?;
+        let up = wait_until(Duration::from_secs(20), || {
+            process.output().contains("ready")
+        });
+        ensure!(
+            up,
+            "misbehaving WebSocket server did not start: {}",
+            process.output()
+        );
         Ok(process)
     }
 

@@ -7,7 +7,7 @@ use std::{fs, path::PathBuf, process::Output, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use gateway_e2e::{
     Daemon, DaemonConfig, Netns, TempDir,
-    http::{HOST, Nginx},
+    http::{HOST, MISBEHAVING_WEBSOCKET_PORT, Nginx},
     httpraw_bin, unique_id, wait_until, ws2_bin,
 };
 use serde_json::Value;
@@ -2046,11 +2046,15 @@ asyncio.run(main())
 /// A WebSocket over HTTP/2 (RFC 8441) from a job, with `e2e-ws2` (see its usage for `spec`);
 /// what it printed.
 fn ws2(s: &Setup, spec: &Value) -> Result<Value> {
-    let addr = format!("{}:443", s.nginx.addr);
+    ws2_to(s, &format!("{}:443", s.nginx.addr), spec)
+}
+
+/// `ws2` to another address than nginx's 443.
+fn ws2_to(s: &Setup, addr: &str, spec: &Value) -> Result<Value> {
     let ca = s.gateway_ca.display().to_string();
     let out = s
         .daemon
-        .run_job(&[], ws2_bin(), &[&addr, &ca, &spec.to_string()]);
+        .run_job(&[], ws2_bin(), &[addr, &ca, &spec.to_string()]);
     serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "e2e-ws2: {} {}",
@@ -2428,6 +2432,289 @@ fn websockets_over_one_http2_connection_are_bounded() -> Result<()> {
         "{refusals:?}"
     );
     Ok(())
+}
+
+/// A target for the misbehaving WebSocket server (`Nginx::misbehaving_websocket`), open to jobs.
+fn misbehaving_target() -> String {
+    format!(
+        r#"
+[[targets]]
+name = "misbehaving"
+protocol = "http"
+address = "@IP@:{MISBEHAVING_WEBSOCKET_PORT}"
+[targets.http]
+tls = "terminate"
+ca_file = "@CA@"
+hosts = ["{HOST}"]
+
+[[rules]]
+name = "jobs-may-open-websockets-there"
+action = "allow"
+targets = ["misbehaving"]
+unauthenticated = true
+"#
+    )
+}
+
+/// The answers of the misbehaving server to an upgrade that the gateway refuses with a 502, and
+/// the reason it gives and records.
+const MISBEHAVIOURS: [(&str, &str); 3] = [
+    (
+        "/bad-accept",
+        "the upstream's Sec-WebSocket-Accept does not answer the gateway's key",
+    ),
+    (
+        "/unoffered-protocol",
+        "the upstream chose a WebSocket subprotocol the job did not offer",
+    ),
+    (
+        "/two-protocols",
+        "the upstream chose more than one WebSocket subprotocol",
+    ),
+];
+
+/// Every `http_response` of the HTTP sessions, with the path of its request.
+fn responses_by_path(s: &Setup) -> Result<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    for session in s.http_sessions()? {
+        let events = s.daemon.show_session(&session["id"])?["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let path_of = |number: &Value| {
+            events
+                .iter()
+                .find(|e| e["kind"] == "http_request" && e["detail"]["request"] == *number)
+                .and_then(|e| e["detail"]["path"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        for e in events.iter().filter(|e| e["kind"] == "http_response") {
+            out.push((path_of(&e["detail"]["request"]), e["detail"].clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// What the misbehaving server wrote and read, once it printed all of `lines` (bounded wait:
+/// it prints after writing, the job may have its answer first).
+fn served_once(server: &gateway_e2e::Process, lines: &[String]) -> String {
+    wait_until(Duration::from_secs(10), || {
+        let out = server.output();
+        lines.iter().all(|l| out.contains(l.as_str()))
+    });
+    server.output()
+}
+
+/// The refusals recorded for the misbehaving paths, and only the WebSocket of `/good` relayed.
+fn check_recorded(s: &Setup, refused: &[(&str, &str, u16)]) -> Result<()> {
+    let responses = responses_by_path(s)?;
+    for (path, reason, upstream_status) in refused {
+        let recorded: Vec<_> = responses.iter().filter(|(p, _)| p == path).collect();
+        ensure!(!recorded.is_empty(), "{path}: {responses:?}");
+        for (_, r) in recorded {
+            ensure!(
+                r["status"] == 502
+                    && r["upstream_status"] == *upstream_status
+                    && r["refused"] == *reason
+                    && r["end"] != "upgraded",
+                "{path}: {r}"
+            );
+        }
+    }
+    ensure!(
+        responses
+            .iter()
+            .any(|(p, r)| p == "/good" && r["end"] == "upgraded" && r["upstream_status"] == 101),
+        "{responses:?}"
+    );
+    // The relay records its WebSocket when it ends, after the job went.
+    wait_until(Duration::from_secs(10), || {
+        s.events("websocket").is_ok_and(|e| !e.is_empty())
+    });
+    let sockets = s.events("websocket")?;
+    ensure!(sockets.len() == 1, "only /good was relayed: {sockets:?}");
+    let d = &sockets[0]["detail"];
+    ensure!(
+        d["up"]["messages"] == 1 && d["down"]["text_sample"] == serde_json::json!(["hello"]),
+        "{d}"
+    );
+    ensure!(!sockets[0].to_string().contains("rogue-frame"), "{d}");
+    Ok(())
+}
+
+/// Upgrades from a job that checks nothing (raw TLS, as an attacker's client would send them)
+/// and from `websockets` (which checks the 101): `{"raw": {path: {status, headers, after}},
+/// "checked": status or error, "good": {reply, subprotocol}}`, `after` being what came after the
+/// answer's head (its body, or after a 101 the first frame relayed).
+const UPGRADES_FROM_A_JOB: &str = r#"
+import asyncio, base64, json, os, socket, ssl, websockets
+ctx = ssl.create_default_context(cafile=CA)
+def raw(path):
+    nonce = base64.b64encode(os.urandom(16)).decode()
+    s = ctx.wrap_socket(socket.create_connection((IP, PORT), timeout=30), server_hostname=HOST)
+    s.sendall(("GET " + path + " HTTP/1.1\r\nHost: " + HOST + "\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: " + nonce + "\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: chat.v1, chat.v2\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    status = int(lines[0].split()[1])
+    want = 2 if status == 101 else int(headers.get("content-length", ["0"])[0])
+    try:
+        while len(rest) < want:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+            if status == 101 and len(rest) >= 2:
+                want = 2 + (rest[1] & 0x7F)
+    except socket.timeout:
+        pass
+    s.close()
+    return {"status": status, "headers": headers, "after": rest.decode("latin-1")}
+async def main():
+    out = {"raw": {p: raw(p) for p in ["/bad-accept", "/unoffered-protocol", "/two-protocols", "/ok-without-switching"]}}
+    url = "wss://" + HOST + "/"
+    try:
+        async with websockets.connect(url + "bad-accept", host=IP, port=PORT, ssl=ctx) as ws:
+            out["checked"] = "open"
+    except websockets.exceptions.InvalidStatusCode as e:
+        out["checked"] = e.status_code
+    except websockets.exceptions.InvalidHandshake as e:
+        out["checked"] = "handshake: " + str(e)
+    async with websockets.connect(url + "good", host=IP, port=PORT, ssl=ctx, subprotocols=["chat.v1", "chat.v2"]) as ws:
+        await ws.send("hello")
+        out["good"] = {"reply": await ws.recv(), "subprotocol": ws.subprotocol}
+    print(json.dumps(out))
+asyncio.run(main())
+"#;
+
+#[test]
+fn websocket_upgrades_that_a_misbehaving_upstream_answers_wrongly_are_refused_and_relay_nothing()
+-> Result<()> {
+    let s = Setup::with(&misbehaving_target())?;
+    let server = s.nginx.misbehaving_websocket(&s.ns)?;
+    let script = format!(
+        "CA, IP, PORT, HOST = {ca:?}, {ip:?}, {MISBEHAVING_WEBSOCKET_PORT}, {HOST:?}\n{UPGRADES_FROM_A_JOB}",
+        ca = s.gateway_ca.display().to_string(),
+        ip = s.nginx.addr.to_string(),
+    );
+    let result = python_job(&s.daemon, &script)?;
+    // Each wrong 101 is a 502 that says why: the job never holds a WebSocket the gateway did
+    // not verify, and the frame the server wrote right after it never reaches the job.
+    for (path, reason) in MISBEHAVIOURS {
+        let r = &result["raw"][path];
+        ensure!(r["status"] == 502, "{path}: {result}");
+        let after = r["after"].as_str().unwrap_or_default();
+        ensure!(
+            after.contains(reason) && !after.contains("rogue-frame"),
+            "{path}: {result}"
+        );
+    }
+    // A checking client reads the refusal as the status it is.
+    ensure!(result["checked"] == 502, "{result}");
+    // A 200 to an upgrade is an ordinary response: no WebSocket, and nothing after its body.
+    let ok = &result["raw"]["/ok-without-switching"];
+    ensure!(
+        ok["status"] == 200
+            && ok["after"] == "not a websocket\n"
+            && ok["headers"].get("upgrade").is_none(),
+        "{result}"
+    );
+    // The same target opens a well-behaved WebSocket: the failures are the misbehaviours'.
+    ensure!(
+        result["good"] == serde_json::json!({ "reply": "hello", "subprotocol": "chat.v1" }),
+        "{result}"
+    );
+    let mut lines: Vec<String> = MISBEHAVIOURS
+        .iter()
+        .map(|(p, _)| p)
+        .chain(&["/ok-without-switching"])
+        .map(|p| format!("rogue-frame {p}\n"))
+        .collect();
+    lines.push("message 5\n".into());
+    let served = served_once(&server, &lines);
+    for line in &lines {
+        ensure!(served.contains(line.as_str()), "{line}: {served}");
+    }
+    let refused: Vec<_> = MISBEHAVIOURS.iter().map(|(p, r)| (*p, *r, 101)).collect();
+    check_recorded(&s, &refused)?;
+    let responses = responses_by_path(&s)?;
+    ensure!(
+        responses
+            .iter()
+            .any(|(p, r)| p == "/ok-without-switching" && r["status"] == 200),
+        "{responses:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn websockets_over_http2_to_a_misbehaving_upstream_are_refused_and_relay_nothing() -> Result<()> {
+    let s = Setup::with(&misbehaving_target())?;
+    let server = s.nginx.misbehaving_websocket(&s.ns)?;
+    let paths = [
+        "/good",
+        "/bad-accept",
+        "/unoffered-protocol",
+        "/two-protocols",
+        "/ok-without-switching",
+    ];
+    let streams: Vec<Value> = paths
+        .iter()
+        .map(|p| {
+            let mut stream = extended_connect(p, &[("sec-websocket-protocol", "chat.v1, chat.v2")]);
+            stream["send"] = serde_json::json!(["hello"]);
+            stream
+        })
+        .collect();
+    let addr = format!("{}:{MISBEHAVING_WEBSOCKET_PORT}", s.nginx.addr);
+    let result = ws2_to(&s, &addr, &serde_json::json!({ "streams": streams }))?;
+    let good = &result["streams"][0];
+    ensure!(
+        good["status"] == 200
+            && good["headers"]["sec-websocket-protocol"] == "chat.v1"
+            && good["replies"] == serde_json::json!(["hello"]),
+        "{result}"
+    );
+    let not_switched = "the upstream answered 200 OK instead of opening the WebSocket";
+    let refused: Vec<(&str, &str, u16)> = MISBEHAVIOURS
+        .iter()
+        .map(|(p, r)| (*p, *r, 101))
+        .chain([("/ok-without-switching", not_switched, 200)])
+        .collect();
+    // Each is a 502 on its stream that says why; no stream became a WebSocket, so the job never
+    // sent its message nor read the frame the server wrote.
+    for (i, (path, reason, _)) in refused.iter().enumerate() {
+        let r = &result["streams"][i + 1];
+        ensure!(
+            r["status"] == 502
+                && r["body"].as_str().is_some_and(|b| b.contains(reason))
+                && r.get("replies").is_none(),
+            "{path}: {result}"
+        );
+    }
+    ensure!(!result.to_string().contains("rogue-frame"), "{result}");
+    let mut lines: Vec<String> = paths[1..]
+        .iter()
+        .map(|p| format!("rogue-frame {p}\n"))
+        .collect();
+    lines.push("message 5\n".into());
+    let served = served_once(&server, &lines);
+    for line in &lines {
+        ensure!(served.contains(line.as_str()), "{line}: {served}");
+    }
+    check_recorded(&s, &refused)
 }
 
 /// A passthrough target on nginx's port 9443: the gateway decides on the TLS server name only.

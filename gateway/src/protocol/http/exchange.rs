@@ -15,7 +15,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
@@ -502,6 +502,11 @@ impl Exchange {
             None
         };
         let offered = headers::tokens(&parts.headers, &header::SEC_WEBSOCKET_PROTOCOL);
+        // Over HTTP/1.1 the gateway answers the job's key itself (`request::read` let one through).
+        let job_accept = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .and_then(|k| HeaderValue::try_from(derive_accept_key(k.as_bytes())).ok());
         let mut headers = parts.headers;
         let trailers_wanted = headers::wants_trailers(&headers);
         headers::strip_hop_by_hop(&mut headers);
@@ -515,8 +520,10 @@ impl Exchange {
             // The relay reads and writes plain frames: no compression is negotiated.
             headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
-        // Over HTTP/2 the job sent no key: the gateway's own opens the upstream's WebSocket.
-        let key = (reading.websocket == Some(WebSocket::ExtendedConnect)).then(generate_key);
+        // The upstream answers a key of the gateway's own on either version (over HTTP/2 the job
+        // sent none), so its 101 is checked whatever the job's client checks, and no answer to an
+        // earlier or guessed key can open a WebSocket.
+        let key = reading.websocket.is_some().then(generate_key);
         if let Some(key) = &key {
             if let Ok(v) = HeaderValue::from_str(key) {
                 headers.insert(header::SEC_WEBSOCKET_KEY, v);
@@ -607,11 +614,13 @@ impl Exchange {
             }
         };
         if let Some(websocket) = reading.websocket
+            && let Some(key) = key
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let handshake = Handshake {
                 websocket,
                 key,
+                job_accept,
                 offered,
                 client_upgrade,
                 slot,
@@ -635,10 +644,10 @@ impl Exchange {
         self.respond(number, head, response, received).await
     }
 
-    /// The upstream accepted a WebSocket: the job gets the 101 (HTTP/1.1: the headers that
-    /// complete the handshake, checked) or the 200 (HTTP/2, once the upstream's answer to the
-    /// gateway's key is checked), and both connections go to a relay of the session. The
-    /// subprotocol the job is told is the one the upstream chose, one of those the job offered.
+    /// The upstream accepted a WebSocket: once its answer to the gateway's key is checked, the
+    /// job gets the 101 (HTTP/1.1, with the gateway's answer to the job's key) or the 200
+    /// (HTTP/2), and both connections go to a relay of the session. The subprotocol the job is
+    /// told is the one the upstream chose, one of those the job offered.
     fn switch(
         &self,
         number: u64,
@@ -669,12 +678,16 @@ impl Exchange {
         if !upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
             return refuse("the upstream switched to another protocol than websocket");
         }
-        if let Some(key) = &handshake.key
-            && !websocket::accept_answers(key, parts.headers.get(header::SEC_WEBSOCKET_ACCEPT))
-        {
+        if !websocket::accept_answers(
+            &handshake.key,
+            parts.headers.get(header::SEC_WEBSOCKET_ACCEPT),
+        ) {
             return refuse("the upstream's Sec-WebSocket-Accept does not answer the gateway's key");
         }
         let chosen = headers::tokens(&parts.headers, &header::SEC_WEBSOCKET_PROTOCOL);
+        if chosen.len() > 1 {
+            return refuse("the upstream chose more than one WebSocket subprotocol");
+        }
         if !websocket::subprotocol_was_offered(&handshake.offered, &chosen) {
             return refuse("the upstream chose a WebSocket subprotocol the job did not offer");
         }
@@ -682,11 +695,12 @@ impl Exchange {
         let headers = out.headers_mut();
         let status = match handshake.websocket {
             WebSocket::Upgrade => {
+                let Some(accept) = handshake.job_accept else {
+                    return refuse("the job's upgrade has no Sec-WebSocket-Key to answer");
+                };
                 headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                if let Some(v) = parts.headers.get(header::SEC_WEBSOCKET_ACCEPT) {
-                    headers.insert(header::SEC_WEBSOCKET_ACCEPT, v.clone());
-                }
+                headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
                 StatusCode::SWITCHING_PROTOCOLS
             }
             // RFC 8441 §5: a 2xx opens the stream's WebSocket, no key is answered.
@@ -995,8 +1009,10 @@ impl Exchange {
 /// What opening a WebSocket toward the job needs once the upstream switched protocols.
 struct Handshake {
     websocket: WebSocket,
-    /// The gateway's own `Sec-WebSocket-Key` (HTTP/2: the job sent none).
-    key: Option<String>,
+    /// The gateway's own `Sec-WebSocket-Key`, which the upstream's 101 must answer.
+    key: String,
+    /// HTTP/1.1: the `Sec-WebSocket-Accept` answering the job's own key, which the job gets.
+    job_accept: Option<HeaderValue>,
     /// The subprotocols the job offered.
     offered: Vec<String>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
