@@ -83,20 +83,10 @@ async fn forward(
             drop(slot);
             pending.await?
         }
+        // Only HTTP/2 clients get an HTTP/2 upstream: their URIs carry the authority.
         Sender::H2(s) => {
             let mut stream = s.clone();
             drop(slot);
-            if parts.uri.authority().is_none() {
-                let host = parts
-                    .headers
-                    .get(hyper::http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                parts.uri = format!("https://{host}{}", parts.uri)
-                    .parse()
-                    .unwrap_or(parts.uri);
-            }
             parts.headers.remove(hyper::http::header::HOST);
             parts.version = hyper::http::Version::HTTP_2;
             stream

@@ -503,9 +503,9 @@ impl Exchange {
         };
         let offered = headers::tokens(&parts.headers, &header::SEC_WEBSOCKET_PROTOCOL);
         // Over HTTP/1.1 the gateway answers the job's key itself (`request::read` let one through).
-        let job_accept = parts
-            .headers
-            .get(header::SEC_WEBSOCKET_KEY)
+        let job_accept = (reading.websocket == Some(WebSocket::Upgrade))
+            .then(|| parts.headers.get(header::SEC_WEBSOCKET_KEY))
+            .flatten()
             .and_then(|k| HeaderValue::try_from(derive_accept_key(k.as_bytes())).ok());
         let mut headers = parts.headers;
         let trailers_wanted = headers::wants_trailers(&headers);
