@@ -2496,14 +2496,18 @@ fn responses_by_path(s: &Setup) -> Result<Vec<(String, Value)>> {
     Ok(out)
 }
 
-/// What the misbehaving server wrote and read, once it printed all of `lines` (bounded wait:
+/// That the misbehaving server printed each of `lines`: what it wrote and read (bounded wait:
 /// it prints after writing, the job may have its answer first).
-fn served_once(server: &gateway_e2e::Process, lines: &[String]) -> String {
+fn check_served(server: &gateway_e2e::Process, lines: &[String]) -> Result<()> {
     wait_until(Duration::from_secs(10), || {
         let out = server.output();
         lines.iter().all(|l| out.contains(l.as_str()))
     });
-    server.output()
+    let served = server.output();
+    for line in lines {
+        ensure!(served.contains(line.as_str()), "{line}: {served}");
+    }
+    Ok(())
 }
 
 /// The refusals recorded for the misbehaving paths, and only the WebSocket of `/good` relayed.
@@ -2643,10 +2647,7 @@ fn websocket_upgrades_that_a_misbehaving_upstream_answers_wrongly_are_refused_an
         .map(|p| format!("rogue-frame {p}\n"))
         .collect();
     lines.push("message 5\n".into());
-    let served = served_once(&server, &lines);
-    for line in &lines {
-        ensure!(served.contains(line.as_str()), "{line}: {served}");
-    }
+    check_served(&server, &lines)?;
     let refused: Vec<_> = MISBEHAVIOURS.iter().map(|(p, r)| (*p, *r, 101)).collect();
     check_recorded(&s, &refused)?;
     let responses = responses_by_path(&s)?;
@@ -2710,10 +2711,7 @@ fn websockets_over_http2_to_a_misbehaving_upstream_are_refused_and_relay_nothing
         .map(|p| format!("rogue-frame {p}\n"))
         .collect();
     lines.push("message 5\n".into());
-    let served = served_once(&server, &lines);
-    for line in &lines {
-        ensure!(served.contains(line.as_str()), "{line}: {served}");
-    }
+    check_served(&server, &lines)?;
     check_recorded(&s, &refused)
 }
 
